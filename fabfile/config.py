@@ -1,0 +1,290 @@
+"""Load and validate deploy.toml.
+
+Every key lives in SCHEMA with its type, default and check; deploy.example.toml documents the same keys.
+Validation happens before any SSH connection and fails with one line naming the key.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+CONFIG_ENV = "FABDEPLOY_CONFIG"
+DEFAULT_CONFIG = "deploy.toml"
+
+PHASES = ("setup", "code", "venv", "django", "config", "switch", "restart", "cleanup")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_WSGI = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$")
+# Paths and names that end up in nginx/uWSGI config files, which have no quoting: keep them plain.
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
+_REL_PATH = re.compile(r"^[A-Za-z0-9._@+-][A-Za-z0-9._/@+-]*$")
+_SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
+_LISTEN = re.compile(r"^([0-9]{1,5}|[A-Za-z0-9.\-]+:[0-9]{1,5}|\[[0-9A-Fa-f:]+\]:[0-9]{1,5})$")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9_.*~^$\\()|:\[\]-]+$")
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_URL_PATH = re.compile(r"^/[A-Za-z0-9._/-]*/$")
+_HOST = re.compile(r"^([A-Za-z0-9._-]+@)?([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?$")
+SECRET_KEY_PATTERN = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|KEY|CREDENTIAL|PRIVATE", re.I)
+
+
+def _str(pattern=None, what="", empty_ok=True):
+    def check(value):
+        if not isinstance(value, str):
+            return "must be a string"
+        if value == "" and empty_ok:
+            return None
+        if pattern is not None and not pattern.match(value):
+            return f"must be {what}"
+        return None
+    return check
+
+
+def _int(lo, hi):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "must be an integer"
+        if not lo <= value <= hi:
+            return f"must be between {lo} and {hi}"
+        return None
+    return check
+
+
+def _bool(value):
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _list(item_check, what="strings"):
+    def check(value):
+        if not isinstance(value, list):
+            return f"must be a list of {what}"
+        for i, item in enumerate(value):
+            problem = item_check(item)
+            if problem:
+                return f"item {i + 1} ({item!r}) {problem}"
+        return None
+    return check
+
+
+def _env(value):
+    if not isinstance(value, dict):
+        return "must be a table of NAME = \"value\""
+    for key, item in value.items():
+        if not _ENV_KEY.match(key):
+            return f"has an invalid variable name {key!r}"
+        if not isinstance(item, str):
+            return f"{key} must be a string"
+        if "\n" in item or "\r" in item or "\0" in item:
+            return f"{key} must be a single line"
+        if "$(" in item:
+            return f"{key} must not contain '$(' (uWSGI would expand it)"
+    return None
+
+
+def _listen(value):
+    if isinstance(value, bool):
+        return "must be a port number or \"address:port\""
+    if isinstance(value, int):
+        return None if 1 <= value <= 65535 else "must be a port between 1 and 65535"
+    if isinstance(value, str) and _LISTEN.match(value):
+        return None
+    return "must be a port number or \"address:port\""
+
+
+def _server_names(value):
+    if isinstance(value, str) and value.split() and all(_SERVER_NAME.match(p) for p in value.split()):
+        return None
+    return "must be server names separated by spaces"
+
+
+def _options(value):
+    if not isinstance(value, dict):
+        return "must be a table of option = value"
+    for key, item in value.items():
+        if not re.match(r"^[a-z0-9-]+$", key):
+            return f"has an invalid option name {key!r}"
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            return f"{key} must be a string or an integer"
+        if isinstance(item, str) and ("\n" in item or "\r" in item):
+            return f"{key} must be a single line"
+    return None
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    check: Callable[[Any], str | None]
+    required: bool = False
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "project": {
+        "name": Key(None, _str(_NAME, "letters, digits, '.', '_' or '-'", empty_ok=False), required=True),
+        "source": Key(".", _str(None)),
+        "revision": Key("HEAD", _str(re.compile(r"^[^\s;`$]+$"), "a git revision")),
+        "django_settings": Key(None, _str(_DOTTED, "a dotted module path", empty_ok=False), required=True),
+        "wsgi": Key(None, _str(_WSGI, "\"module.path:callable\"", empty_ok=False), required=True),
+        "requirements": Key("requirements.txt", _str(_REL_PATH, "a relative path inside source", False)),
+        "manage": Key("manage.py", _str(_REL_PATH, "a relative path inside source", False)),
+        "hosts": Key([], _list(_str(_HOST, "[user@]host[:port]", empty_ok=False))),
+        "python": Key("python3", _str(re.compile(r"^[A-Za-z0-9._/+-]+$"), "an interpreter name or path", False)),
+        "exclude": Key([], _list(_str(None, empty_ok=False))),
+    },
+    "django": {
+        "allowed_hosts": Key([], _list(_str(re.compile(r"^[^\s'\"\\]+$"), "a host name", False))),
+        "env": Key({}, _env),
+        "static_url": Key("/static/", _str(_URL_PATH, "a URL path like /static/", False)),
+        "media_url": Key("/media/", _str(_URL_PATH, "a URL path like /media/", False)),
+        "migrate": Key(True, _bool),
+        "collectstatic": Key(True, _bool),
+        "check_deploy": Key(True, _bool),
+    },
+    "paths": {
+        "deploy_to": Key(None, _str(_SAFE_PATH, "an absolute path of plain characters", False), required=True),
+        "keep_releases": Key(5, _int(1, 1000)),
+        "shared_dirs": Key(["media"], _list(_str(_REL_PATH, "a relative path", False))),
+    },
+    "uwsgi": {
+        "processes": Key(4, _int(1, 1024)),
+        "threads": Key(2, _int(1, 1024)),
+        "max_requests": Key(5000, _int(0, 10_000_000)),
+        "harakiri": Key(30, _int(0, 86400)),
+        "buffer_size": Key(32768, _int(4096, 65535)),
+        "package": Key("uwsgi", _str(re.compile(r"^[A-Za-z0-9._\-\[\]<>=!~,]+$"), "a pip requirement", False)),
+        "reload_timeout": Key(60, _int(1, 3600)),
+        "options": Key({}, _options),
+    },
+    "nginx": {
+        "server_name": Key("_", _server_names),
+        "listen": Key(80, _listen),
+        "client_max_body_size": Key("75M", _str(_SIZE, "a size like 75M", False)),
+        "user": Key("", _str(re.compile(r"^[a-z_][a-z0-9_-]*$"), "a user name")),
+        "layout": Key("auto", lambda v: None if v in ("auto", "sites", "conf.d") else
+                      "must be \"auto\", \"sites\" or \"conf.d\""),
+        "static_expires": Key("30d", _str(re.compile(r"^(off|max|[0-9]+[smhdwMy]?)$"), "like 30d, max or off", False)),
+    },
+    "pip": {
+        "index_url": Key("", _str(re.compile(r"^(https?|file)://\S+$"), "an http(s) or file URL")),
+        "wheelhouse": Key(False, _bool),
+        "wheel_python": Key("", _str(re.compile(r"^\S+$"), "an interpreter name or path")),
+        "timeout": Key(1800, _int(10, 86400)),
+    },
+    "ssh": {
+        "strict_host_keys": Key(True, _bool),
+        "known_hosts": Key("", _str(None)),
+        "identity_file": Key("", _str(None)),
+        "connect_timeout": Key(15, _int(1, 600)),
+    },
+    "hooks": {
+        f"{when}_{phase}": Key([], _list(_str(None, empty_ok=False), "shell commands"))
+        for phase in PHASES for when in ("before", "after")
+    },
+}
+
+
+class Config:
+    """Validated configuration: cfg.section.key, plus resolved local paths."""
+
+    def __init__(self, data: dict[str, dict[str, Any]], path: Path | None):
+        self.path = path
+        self.data = data
+        base = path.parent if path else Path.cwd()
+        self.source_dir = (base / data["project"]["source"]).resolve()
+
+    def __getattr__(self, section: str) -> "_Section":
+        try:
+            return _Section(self.__dict__["data"][section])
+        except KeyError:
+            raise AttributeError(section) from None
+
+    @property
+    def shared(self) -> str:
+        return self.paths.deploy_to.rstrip("/") + "/shared"
+
+    @property
+    def server_names(self) -> list[str]:
+        return self.nginx.server_name.split()
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        if self.django.allowed_hosts:
+            return list(self.django.allowed_hosts)
+        names = [n for n in self.server_names if n not in ("_", "") and not n.startswith("~")]
+        return names or ["localhost"]
+
+    def secret_values(self) -> list[str]:
+        """Values to mask in anything printed: env values whose name looks secret."""
+        return [v for k, v in self.django.env.items() if v and SECRET_KEY_PATTERN.search(k)]
+
+
+class _Section:
+    def __init__(self, values: dict[str, Any]):
+        self.__dict__.update(values)
+
+
+def find_config_path(explicit: str | None = None) -> Path:
+    """The config file: the task option, else $FABDEPLOY_CONFIG, else ./deploy.toml."""
+    name = explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+    path = Path(name).expanduser()
+    if not path.is_file():
+        how = "--config" if explicit else (CONFIG_ENV if os.environ.get(CONFIG_ENV) else "default")
+        raise ConfigError(f"config file {name} not found ({how}); copy deploy.example.toml to deploy.toml")
+    return path
+
+
+def load_config(explicit: str | None = None) -> Config:
+    path = find_config_path(explicit)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config(raw, path)
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
+    where = f"{path}: " if path else ""
+    data: dict[str, dict[str, Any]] = {}
+    for section, value in raw.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{where}unknown section [{section}]{_suggest(section, SCHEMA)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}{section} must be a table [{section}]")
+    for section, keys in SCHEMA.items():
+        given = raw.get(section, {})
+        for key in given:
+            if key not in keys:
+                raise ConfigError(f"{where}unknown key {section}.{key}{_suggest(key, keys)}")
+        values = {}
+        for key, spec in keys.items():
+            if key not in given:
+                if spec.required:
+                    raise ConfigError(f"{where}missing required key {section}.{key}")
+                values[key] = spec.default if not isinstance(spec.default, (list, dict)) else type(spec.default)(
+                    spec.default)
+                continue
+            problem = spec.check(given[key])
+            if problem:
+                raise ConfigError(f"{where}{section}.{key} {problem} (got {given[key]!r})")
+            values[key] = given[key]
+        data[section] = values
+    deploy_to = data["paths"]["deploy_to"]
+    if deploy_to.rstrip("/") in ("", "/") or "/../" in deploy_to + "/" or "/./" in deploy_to + "/":
+        raise ConfigError(f"{where}paths.deploy_to must be a real directory below / (got {deploy_to!r})")
+    for rel in data["paths"]["shared_dirs"] + [data["project"]["requirements"], data["project"]["manage"]]:
+        if ".." in rel.split("/"):
+            raise ConfigError(f"{where}path {rel!r} must stay inside its directory (no '..')")
+    return Config(data, path)

@@ -1,0 +1,91 @@
+"""SSH connections: Fabric Connections with strict host-key checking (Fabric itself auto-adds keys)."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import paramiko
+from fabric import Connection
+
+from .config import Config
+from .errors import ConfigError, FabdeployError
+
+
+class ConnectError(FabdeployError):
+    pass
+
+
+def host_label(conn: Connection) -> str:
+    return conn.host if conn.port == 22 else f"{conn.host}:{conn.port}"
+
+
+def make_connection(target: str, cfg: Config, fabric_config=None) -> Connection:
+    """A Connection for "[user@]host[:port]"; honours -i/ssh_config from the fab command line."""
+    kwargs = {}
+    if fabric_config is not None:
+        kwargs["config"] = fabric_config
+    conn = Connection(target, connect_timeout=cfg.ssh.connect_timeout, **kwargs)
+    return prepare(conn, cfg)
+
+
+def prepare(conn: Connection, cfg: Config) -> Connection:
+    """Apply fabdeploy's SSH policy to a (not yet opened) Connection."""
+    if cfg.ssh.identity_file:
+        key = Path(cfg.ssh.identity_file).expanduser()
+        if not key.is_file():
+            raise ConfigError(f"ssh.identity_file {key} does not exist")
+        files = conn.connect_kwargs.get("key_filename") or []
+        if isinstance(files, str):
+            files = [files]
+        conn.connect_kwargs["key_filename"] = [str(key), *files]
+    if conn.connect_timeout is None:
+        conn.connect_timeout = cfg.ssh.connect_timeout
+    client = conn.client
+    if cfg.ssh.strict_host_keys:
+        try:
+            client.load_system_host_keys()
+        except (OSError, paramiko.SSHException):
+            pass
+        if cfg.ssh.known_hosts:
+            path = Path(cfg.ssh.known_hosts).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"ssh.known_hosts {path} does not exist")
+            client.load_system_host_keys(str(path))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    else:
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    return conn
+
+
+def open_connection(conn: Connection) -> None:
+    """Open the connection or raise one clear line naming the host."""
+    label = host_label(conn)
+    try:
+        conn.open()
+    except paramiko.BadHostKeyException:
+        raise ConnectError(f"{label}: the SSH host key has CHANGED since it was recorded in known_hosts; "
+                           "refusing to connect (check the server, then fix known_hosts)") from None
+    except paramiko.SSHException as exc:
+        text = str(exc)
+        if "not found in known_hosts" in text:
+            raise ConnectError(f"{label}: unknown SSH host key (not in known_hosts); add it with "
+                               f"`ssh-keyscan {conn.host} >> ~/.ssh/known_hosts` or set ssh.known_hosts, "
+                               "or opt out with ssh.strict_host_keys = false") from None
+        if isinstance(exc, paramiko.AuthenticationException) or "Authentication failed" in text:
+            raise ConnectError(f"{label}: SSH authentication failed for user {conn.user}") from None
+        raise ConnectError(f"{label}: SSH failed: {text}") from None
+    except socket.timeout:
+        raise ConnectError(f"{label}: SSH connection timed out") from None
+    except (OSError, EOFError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ConnectError(f"{label}: cannot connect: {reason}") from None
+
+
+def local_user() -> str:
+    try:
+        import getpass
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = os.environ.get("USER", "unknown")
+    return f"{user}@{socket.gethostname()}"

@@ -1,0 +1,157 @@
+"""The deploy engine: named phases with hooks, three remote invocations per host, hosts in parallel.
+
+    invocation 1  setup                          create the layout, learn host facts
+    (local)                                      build wheels when the host's venv must be built
+    invocation 2  code, venv, django, config     archive on stdin; nothing the live site uses changes
+    invocation 3  switch, restart, cleanup       make it live, reload, prune
+
+A failure before the switch removes the half-built release and leaves `current`, uWSGI and nginx as they
+were.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from . import hooks, phases
+from .config import Config
+from .connect import host_label, local_user, open_connection
+from .errors import FabdeployError, RemoteError
+from .layout import Layout
+from .output import Printer
+from .runner import run_script
+from .script import Script, parse_facts
+from .source import Source, bundle, read_source, release_id
+from .wheelhouse import build_wheels, venv_hash
+
+
+@dataclass
+class Outcome:
+    host: str
+    release: str = ""
+    ok: bool = False
+    error: str = ""
+    duration: float = 0.0
+    url: str = ""
+
+
+class _Shared:
+    """State shared by the host threads of one deploy: one wheel build and one bundle per variant."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.wheels: dict[str, list] = {}
+        self.bundles: dict[tuple, bytes] = {}
+
+
+def site_url(cfg: Config, host: str) -> str:
+    names = [n for n in cfg.server_names if n != "_" and not n.startswith(("~", "*", ".")) and "*" not in n]
+    name = names[0] if names else host
+    listen = str(cfg.nginx.listen)
+    port = listen.rsplit(":", 1)[-1]
+    return f"http://{name}/" if port == "80" else f"http://{name}:{port}/"
+
+
+class HostDeploy:
+    def __init__(self, conn, cfg: Config, source: Source, rel_id: str, printer: Printer, shared: _Shared):
+        self.conn, self.cfg, self.source, self.rel_id = conn, cfg, source, rel_id
+        self.printer, self.shared = printer, shared
+        self.host = host_label(conn)
+        self.layout = Layout(cfg.paths.deploy_to)
+
+    def script(self, built: list, rel: phases.Release | None) -> Script:
+        rel_id = rel.id if rel else self.rel_id
+        ctx = hooks.HookContext(self.cfg, self.host, rel_id, self.layout.release(rel_id),
+                                self.layout.venv(rel.venv_hash) if rel else "")
+        return Script([hooks.wrap(p, self.cfg, ctx) for p in built], tuple(self.cfg.secret_values()))
+
+    def run(self, script: Script, stdin: bytes | None = None):
+        self.printer.debug(self.host, script.display())
+        timeout = self.cfg.pip.timeout + 600
+        return run_script(self.conn, script, host=self.host, stdin=stdin, timeout=timeout,
+                          on_phase=lambda ph: self.printer.phase(self.host, ph),
+                          on_output=(lambda s, ln: self.printer.debug(self.host, ln)) if self.printer.verbose
+                          else None)
+
+    def deploy(self) -> Outcome:
+        start = time.monotonic()
+        out = Outcome(self.host, self.rel_id)
+        cfg = self.cfg
+        open_connection(self.conn)
+        result = self.run(self.script([phases.setup(cfg)], None))
+        facts = phases.Facts.parse(parse_facts(result.stdout))
+        key = venv_hash(cfg, self.source.requirements, facts.python_version)
+        need_venv = key not in facts.venvs
+        wheels = self.wheels(key, facts) if (need_venv and cfg.pip.wheelhouse) else []
+        rel = phases.Release(self.rel_id, self.source.revision, self.source.branch, self.source.kind,
+                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), local_user(), key, bool(wheels))
+        archive = self.archive(wheels)
+        self.printer.line(self.host, f"upload   release {rel.id} ({len(archive) // 1024} KiB"
+                          + (f", {len(wheels)} wheels" if wheels else "") + ")")
+        prepare = [phases.code(cfg, rel), phases.venv(cfg, rel), phases.django(cfg, rel),
+                   phases.config(cfg, rel, facts)]
+        try:
+            self.run(self.script(prepare, rel), stdin=archive)
+        except FabdeployError:
+            self.abandon(rel)
+            raise
+        self.run(self.script([phases.switch(cfg, rel), phases.restart(cfg, rel, facts),
+                              phases.cleanup(cfg, rel)], rel))
+        out.ok, out.duration = True, time.monotonic() - start
+        out.url = site_url(cfg, self.conn.host)
+        return out
+
+    def wheels(self, key: str, facts: phases.Facts) -> list:
+        with self.shared.lock:
+            if key not in self.shared.wheels:
+                self.printer.line(self.host, f"wheels   building the wheelhouse for Python {facts.python_version} ...")
+                t = time.monotonic()
+                self.shared.wheels[key] = build_wheels(self.cfg, self.source.requirements, facts.python_version, key)
+                self.printer.line(self.host, f"wheels   {len(self.shared.wheels[key])} wheels ready "
+                                  f"{time.monotonic() - t:6.2f}s")
+            return self.shared.wheels[key]
+
+    def archive(self, wheels: list) -> bytes:
+        variant = tuple(str(w) for w in wheels)
+        with self.shared.lock:
+            if variant not in self.shared.bundles:
+                self.shared.bundles[variant] = bundle(self.source.tar, wheels)
+            return self.shared.bundles[variant]
+
+    def abandon(self, rel: phases.Release) -> None:
+        try:
+            run_script(self.conn, Script([phases.abandon(self.cfg, rel)]), host=self.host, timeout=60)
+        except FabdeployError:
+            pass  # the connection may be gone; the next deploy removes leftovers by name
+
+
+def deploy_all(conns: list, cfg: Config, printer: Printer) -> list[Outcome]:
+    """Deploy to every connection (in parallel); returns one Outcome per host, never raises per host."""
+    source = read_source(cfg)
+    for w in source.warnings:
+        printer.warn(w)
+    rel_id = release_id(source)
+    printer.width = max(len(host_label(c)) for c in conns)
+    shared = _Shared()
+
+    def one(conn) -> Outcome:
+        started = time.monotonic()
+        try:
+            return HostDeploy(conn, cfg, source, rel_id, printer, shared).deploy()
+        except FabdeployError as exc:
+            return Outcome(host_label(conn), rel_id, False, str(exc), time.monotonic() - started)
+        finally:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing a dead connection must not mask the outcome
+                pass
+
+    if len(conns) == 1:
+        return [one(conns[0])]
+    with ThreadPoolExecutor(max_workers=min(len(conns), 10)) as pool:
+        return list(pool.map(one, conns))
+
+
+__all__ = ["deploy_all", "Outcome", "RemoteError"]

@@ -1,0 +1,391 @@
+"""Pure builders of the deploy phases: config + release + host facts in, shell lines out.
+
+Nothing here touches the network; tests check the exact lines, dry runs print them.
+Each builder returns a Phase; hooks from deploy.toml (and Python hooks) wrap every phase.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .config import Config
+from .layout import RELEASE_GLOB_ERE, Layout, nginx_site_paths
+from .render import render
+from .script import MARK, Phase, fact, q, write_file
+
+SETTINGS_MODULE = "fabdeploy_settings"
+
+
+@dataclass
+class Release:
+    id: str
+    revision: str
+    branch: str
+    source: str  # "git" or "dir"
+    deployed_at: str
+    deployed_by: str
+    venv_hash: str = ""
+    has_wheels: bool = False
+
+    def metadata(self) -> str:
+        return json.dumps({
+            "id": self.id, "revision": self.revision, "branch": self.branch, "source": self.source,
+            "deployed_at": self.deployed_at, "deployed_by": self.deployed_by, "venv": self.venv_hash,
+        }, indent=2, sort_keys=True)
+
+
+@dataclass
+class Facts:
+    """What the setup phase learned about a host."""
+
+    python_version: str = ""
+    nginx_layout: str = "sites"
+    nginx_user: str = "www-data"
+    nginx_pid: str = "/run/nginx.pid"
+    current: str = ""
+    venvs: list[str] = field(default_factory=list)
+    user: str = ""
+
+    @classmethod
+    def parse(cls, raw: dict[str, str]) -> "Facts":
+        return cls(
+            python_version=raw.get("python_version", ""),
+            nginx_layout=raw.get("nginx_layout", "sites"),
+            nginx_user=raw.get("nginx_user") or "www-data",
+            nginx_pid=raw.get("nginx_pid") or "/run/nginx.pid",
+            current=raw.get("current", ""),
+            venvs=raw.get("venvs", "").split(),
+            user=raw.get("user", ""),
+        )
+
+
+def note(text: str) -> str:
+    """A line whose text the deploying side shows on the phase's summary line."""
+    return f'echo "{MARK} note {text}"'
+
+
+def fail(message: str) -> str:
+    return f"{{ echo {q(message)} >&2; exit 1; }}"
+
+
+def _sudo_mkdir_owned(path: str) -> list[str]:
+    return [
+        f"if [ ! -d {q(path)} ]; then",
+        f"  sudo -n true 2>/dev/null || {fail(f'{path} does not exist and sudo -n is not allowed (passwordless sudo is needed to create it)')}",
+        f"  sudo -n mkdir -p {q(path)}",
+        f'  sudo -n chown "$(id -un):$(id -gn)" {q(path)}',
+        "fi",
+        f'[ -w {q(path)} ] || {{ echo "{path} is not writable by $(id -un)" >&2; exit 1; }}',
+    ]
+
+
+def setup(cfg: Config) -> Phase:
+    """Create the layout (sudo only where needed) and report host facts."""
+    lay = Layout(cfg.paths.deploy_to)
+    py = cfg.project.python
+    shared_dirs = [f"{lay.shared}/{d}" for d in cfg.paths.shared_dirs]
+    dirs = [lay.releases, lay.venvs, lay.tmp, lay.shared, lay.log, lay.run, lay.config,
+            f"{lay.shared}/static", f"{lay.shared}/media", f"{lay.shared}/db", *shared_dirs]
+    user_sed = r"s/^[[:space:]]*user[[:space:]][[:space:]]*\([^[:space:];]*\).*/\1/p"
+    pid_sed = r"s/^[[:space:]]*pid[[:space:]][[:space:]]*\([^[:space:];]*\).*/\1/p"
+    layout_detect = {
+        "auto": "if [ -d /etc/nginx/sites-enabled ] && grep -qs sites-enabled /etc/nginx/nginx.conf; "
+                "then nginx_layout=sites; else nginx_layout=conf.d; fi",
+        "sites": "nginx_layout=sites",
+        "conf.d": "nginx_layout=conf.d",
+    }[cfg.nginx.layout]
+    nginx_user = (f"nginx_user={q(cfg.nginx.user)}" if cfg.nginx.user else
+                  f"nginx_user=$(sed -n {q(user_sed)} /etc/nginx/nginx.conf | head -n 1); "
+                  '[ -n "$nginx_user" ] || nginx_user=www-data')
+    lines = [
+        *_sudo_mkdir_owned(cfg.paths.deploy_to),
+        "mkdir -p " + " ".join(q(d) for d in dirs),
+        f"command -v {q(py)} >/dev/null 2>&1 || {fail(f'{py} not found on the host (project.python)')}",
+        f"python_version=$({q(py)} -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])')",
+        f"{q(py)} -c 'import venv, ensurepip' 2>/dev/null || "
+        + fail(f"{py} has no venv/ensurepip module (on Debian: apt-get install python3-venv)"),
+        "[ -f /etc/nginx/nginx.conf ] || " + fail("nginx is not installed (/etc/nginx/nginx.conf missing)"),
+        nginx_user,
+        f"nginx_pid=$(sed -n {q(pid_sed)} /etc/nginx/nginx.conf | head -n 1); "
+        '[ -n "$nginx_pid" ] || nginx_pid=/run/nginx.pid',
+        'nginx_group=$(id -gn "$nginx_user" 2>/dev/null) || '
+        '{ echo "nginx user $nginx_user does not exist (nginx.user)" >&2; exit 1; }',
+        layout_detect,
+        # The socket directory: group of the web server, setgid so the socket inherits it (660 is enough).
+        # (setting the setgid bit on a group one is not a member of needs root).
+        f'if [ "$(stat -c %G:%a {q(lay.run)})" != "$nginx_group:2750" ]; then '
+        f'{{ sudo -n chgrp "$nginx_group" {q(lay.run)} && sudo -n chmod 2750 {q(lay.run)}; }} || '
+        f'{fail("cannot give the socket directory to the nginx group (sudo)")}; fi',
+        f'if [ -S {q(lay.socket)} ] && [ "$(stat -c %G {q(lay.socket)})" != "$nginx_group" ]; then '
+        f'sudo -n chgrp "$nginx_group" {q(lay.socket)}; fi',
+        f"venvs=$(cd {q(lay.venvs)} && for v in *; do [ -f \"$v/.fabdeploy-complete\" ] && printf '%s ' \"$v\"; done; true)",
+        f"current=$(readlink {q(lay.current)} || true)",
+        fact("python_version", "$python_version"),
+        fact("nginx_layout", "$nginx_layout"),
+        fact("nginx_user", "$nginx_user"),
+        fact("nginx_pid", "$nginx_pid"),
+        fact("current", "$current"),
+        fact("venvs", "$venvs"),
+        fact("user", "$(id -un)"),
+    ]
+    return Phase("setup", lines, sudo=True)
+
+
+def code(cfg: Config, rel: Release) -> Phase:
+    """Unpack the uploaded archive (stdin) into releases/<id>, add the settings module, link shared dirs."""
+    lay = Layout(cfg.paths.deploy_to)
+    R, T = lay.release(rel.id), lay.staging(rel.id)
+    settings = render(
+        "settings.py.j2", release_id=rel.id, django_settings=cfg.project.django_settings, shared=lay.shared,
+        allowed_hosts=cfg.allowed_hosts, static_url=cfg.django.static_url, media_url=cfg.django.media_url)
+    env_lines = "".join(f"{k}={q(v)}\n" for k, v in sorted(cfg.django.env.items()))
+    lines = [
+        f"[ ! -e {q(R)} ] || {fail(f'release {rel.id} already exists on the host')}",
+        f"rm -rf {q(T)}",
+        f"mkdir -p {q(T)}",
+        f"tar -xzf - -C {q(T)}",
+        f"[ -d {q(T + '/release')} ] || {fail('the uploaded archive is incomplete')}",
+        f"mv {q(T + '/release')} {q(R)}",
+        f"[ -f {q(R + '/' + cfg.project.manage)} ] || {fail(f'{cfg.project.manage} not found in the release (project.manage)')}",
+        f"mkdir -p {q(R + '/.fabdeploy')}",
+        *write_file(f"{R}/.fabdeploy/release.json", rel.metadata()),
+        *write_file(f"{R}/.fabdeploy/venv", rel.venv_hash),
+        *write_file(f"{R}/{SETTINGS_MODULE}.py", settings),
+    ]
+    for d in cfg.paths.shared_dirs:
+        target, link = f"{lay.shared}/{d}", f"{R}/{d}"
+        lines += [f"mkdir -p {q(target)}", f"rm -rf {q(link)}", f'mkdir -p "$(dirname {q(link)})"',
+                  f"ln -s {q(target)} {q(link)}"]
+    lines += [
+        f"if [ ! -s {q(lay.secret_key)} ]; then "
+        f"(umask 077; {q(cfg.project.python)} -c 'import secrets; print(secrets.token_urlsafe(50))' "
+        f"> {q(lay.secret_key + '.tmp')}) && mv {q(lay.secret_key + '.tmp')} {q(lay.secret_key)}; "
+        + note("secret key generated") + "; fi",
+        f"chmod 600 {q(lay.secret_key)}",
+        *write_file(lay.env_file, env_lines, mode="0600"),
+    ]
+    return Phase("code", lines)
+
+
+def venv_install_args(cfg: Config, rel: Release, staging: str) -> list[str]:
+    args = ["install", "--disable-pip-version-check", "--no-input", "-q"]
+    if rel.has_wheels:
+        args += ["--no-index", "--find-links", f"{staging}/wheels"]
+    elif cfg.pip.index_url:
+        args += ["--index-url", cfg.pip.index_url]
+    args += ["-r", cfg.project.requirements, cfg.uwsgi.package]
+    return args
+
+
+def venv(cfg: Config, rel: Release) -> Phase:
+    """Reuse the virtualenv keyed by the requirements hash, or build it beside the old ones."""
+    lay = Layout(cfg.paths.deploy_to)
+    V, R = lay.venv(rel.venv_hash), lay.release(rel.id)
+    pip = " ".join(q(a) for a in venv_install_args(cfg, rel, lay.staging(rel.id)))
+    lines = [
+        f"if [ -f {q(V + '/.fabdeploy-complete')} ]; then",
+        "  " + note(f"reused {rel.venv_hash}"),
+        "else",
+        f"  cd {q(R)}",
+        f"  rm -rf {q(V)}",
+        f"  {q(cfg.project.python)} -m venv {q(V)}",
+        f"  {q(V + '/bin/python')} -m pip {pip}",
+        f"  touch {q(V + '/.fabdeploy-complete')}",
+        "  " + note(f"built {rel.venv_hash}" + (" from the wheelhouse" if rel.has_wheels else "")),
+        "fi",
+    ]
+    return Phase("venv", lines)
+
+
+def django_env(cfg: Config, rel: Release) -> list[str]:
+    lay = Layout(cfg.paths.deploy_to)
+    return [
+        f"cd {q(lay.release(rel.id))}",
+        f"export DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} FABDEPLOY_RELEASE={q(rel.id)}",
+        f"set -a; . {q(lay.env_file)}; set +a",
+    ]
+
+
+def django(cfg: Config, rel: Release) -> Phase:
+    """migrate, collectstatic and check --deploy with the production settings module."""
+    lay = Layout(cfg.paths.deploy_to)
+    manage = f"{q(lay.venv(rel.venv_hash) + '/bin/python')} {q(cfg.project.manage)}"
+    lines = django_env(cfg, rel)
+    if cfg.django.migrate:
+        lines += [
+            f"out=$({manage} migrate --noinput 2>&1) || {{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
+            "applied=$(printf '%s\\n' \"$out\" | grep -c '^  Applying .* OK' || true)",
+            note("$applied migrations applied"),
+        ]
+    if cfg.django.collectstatic:
+        lines += [
+            f"out=$({manage} collectstatic --noinput 2>&1) || {{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
+            note("$(printf '%s\\n' \"$out\" | tail -n 1)"),
+        ]
+    if cfg.django.check_deploy:
+        lines += [
+            f"out=$({manage} check --deploy 2>&1) || {{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
+            f"printf '%s\\n' \"$out\" | grep -E '\\([a-z_]+\\.[WE][0-9]+\\)|issues' | sed 's/^/{MARK} warn /' || true",
+        ]
+    return Phase("django", lines)
+
+
+def uwsgi_ini(cfg: Config, rel: Release) -> str:
+    lay = Layout(cfg.paths.deploy_to)
+    return render(
+        "uwsgi.ini.j2", name=cfg.project.name, release_path=lay.release(rel.id), venv=lay.venv(rel.venv_hash),
+        wsgi=cfg.project.wsgi, settings_module=SETTINGS_MODULE, release_id=rel.id, env=cfg.django.env,
+        processes=cfg.uwsgi.processes, threads=cfg.uwsgi.threads, socket=lay.socket, pidfile=lay.pidfile,
+        logfile=lay.uwsgi_log, max_requests=cfg.uwsgi.max_requests, harakiri=cfg.uwsgi.harakiri,
+        buffer_size=cfg.uwsgi.buffer_size, options=cfg.uwsgi.options)
+
+
+def nginx_site(cfg: Config) -> str:
+    lay = Layout(cfg.paths.deploy_to)
+    return render(
+        "nginx-site.conf.j2", name=cfg.project.name, listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
+        client_max_body_size=cfg.nginx.client_max_body_size, shared=lay.shared, socket=lay.socket,
+        static_url=cfg.django.static_url, media_url=cfg.django.media_url, static_expires=cfg.nginx.static_expires)
+
+
+def config(cfg: Config, rel: Release, facts: Facts) -> Phase:
+    """Stage the uWSGI ini; install the nginx site only if it changed and only if `nginx -t` accepts it."""
+    lay = Layout(cfg.paths.deploy_to)
+    T = lay.staging(rel.id)
+    site, enabled = nginx_site_paths(facts.nginx_layout, cfg.project.name)
+    new, prev, changed = f"{T}/site.conf", f"{T}/site.prev", f"{T}/nginx-changed"
+    link_ok = f"[ \"$(readlink {q(enabled)})\" = {q(site)} ]" if enabled else "true"
+    restore = [f"if [ -f {q(prev)} ]; then sudo -n install -m 0644 {q(prev)} {q(site)}; "
+               f"else sudo -n rm -f {q(site)}" + (f" {q(enabled)}" if enabled else "") + "; fi"]
+    lines = [
+        *write_file(f"{lay.uwsgi_ini}.next", uwsgi_ini(cfg, rel), mode="0600"),
+        *write_file(new, nginx_site(cfg)),
+        f"if cmp -s {q(new)} {q(site)} && {link_ok}; then",
+        "  " + note("nginx site unchanged"),
+        "else",
+        f"  if [ -f {q(site)} ]; then cp {q(site)} {q(prev)}; fi",
+        f"  sudo -n install -m 0644 {q(new)} {q(site)}",
+    ]
+    if enabled:
+        lines.append(f"  sudo -n ln -sfn {q(site)} {q(enabled)}")
+    lines += [
+        "  if ! out=$(sudo -n nginx -t 2>&1); then",
+        *["    " + r for r in restore],
+        "    printf '%s\\n' \"$out\" >&2",
+        "    echo 'nginx -t rejected the new site; the previous nginx config was restored' >&2",
+        "    exit 1",
+        "  fi",
+        f"  touch {q(changed)}",
+        "  " + note(f"nginx site installed at {site}"),
+        "fi",
+    ]
+    return Phase("config", lines, sudo=True)
+
+
+def switch(cfg: Config, rel: Release) -> Phase:
+    """Point `current` at the release atomically (symlink to a temp name, rename over) with its uWSGI ini."""
+    lay = Layout(cfg.paths.deploy_to)
+    tmp = f"{lay.current}.fabdeploy-tmp"
+    return Phase("switch", [
+        f"ln -sfn {q(lay.release(rel.id))} {q(tmp)}",
+        f"mv -Tf {q(tmp)} {q(lay.current)}",
+        f"mv -f {q(lay.uwsgi_ini + '.next')} {q(lay.uwsgi_ini)}",
+        note(f"current -> {rel.id}"),
+    ])
+
+
+# Shell helpers: a pid from a pidfile that is alive and is the named program ("running" is never the
+# file merely existing: `nginx -t` leaves an empty pidfile behind).
+ALIVE_FN = ('alive() { p=$(cat "$1" 2>/dev/null | tr -dc 0-9); [ -n "$p" ] && [ -d "/proc/$p" ] && '
+            'grep -qs "$2" "/proc/$p/comm" && echo "$p"; }')
+CHILDREN_FN = ("children() { grep -ls \"^PPid:[[:space:]]*$1\\$\" /proc/[0-9]*/status 2>/dev/null "
+               "| cut -d/ -f3; }")
+
+
+def restart(cfg: Config, rel: Release, facts: Facts) -> Phase:
+    """Start uWSGI or reload it gracefully and wait until every worker runs the new release; then nginx."""
+    lay = Layout(cfg.paths.deploy_to)
+    R, V, T = lay.release(rel.id), lay.venv(rel.venv_hash), lay.staging(rel.id)
+    uwsgi = q(V + "/bin/uwsgi")
+    steps = cfg.uwsgi.reload_timeout * 10
+    lines = [
+        ALIVE_FN,
+        CHILDREN_FN,
+        f"pid=$(alive {q(lay.pidfile)} uwsgi || true)",
+        'if [ -n "$pid" ]; then',
+        f"  {uwsgi} --reload {q(lay.pidfile)} >/dev/null",
+        "  action=reloaded",
+        "else",
+        f"  rm -f {q(lay.socket)}",
+        f"  {uwsgi} --ini {q(lay.uwsgi_ini)}",
+        "  action=started",
+        "fi",
+        "i=0; ready=",
+        f"while [ $i -lt {steps} ]; do",
+        f"  pid=$(alive {q(lay.pidfile)} uwsgi || true)",
+        '  if [ -n "$pid" ]; then',
+        "    n=0; stale=0",
+        '    for c in $(children "$pid"); do',
+        "      n=$((n + 1))",
+        f'      [ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = {q(R)} ] || stale=$((stale + 1))',
+        "    done",
+        f'    if [ "$n" -gt 0 ] && [ "$stale" -eq 0 ] && [ -S {q(lay.socket)} ]; then ready=1; break; fi',
+        "  fi",
+        "  i=$((i + 1)); sleep 0.1",
+        "done",
+        'if [ -z "$ready" ]; then',
+        f"  echo 'uWSGI did not come up serving {rel.id} within {cfg.uwsgi.reload_timeout}s; "
+        f"last lines of {lay.uwsgi_log}:' >&2",
+        f"  tail -n 20 {q(lay.uwsgi_log)} >&2 || true",
+        "  exit 1",
+        "fi",
+        note(f"uwsgi $action (master $pid, $n workers on {rel.id})"),
+        f"npid=$(alive {q(facts.nginx_pid)} nginx || true)",
+        'if [ -z "$npid" ]; then',
+        "  sudo -n nginx",
+        "  " + note("nginx started"),
+        f"elif [ -f {q(T + '/nginx-changed')} ]; then",
+        "  sudo -n nginx -s reload",
+        "  " + note("nginx reloaded"),
+        "else",
+        "  " + note("nginx unchanged"),
+        "fi",
+    ]
+    return Phase("restart", lines, sudo=True)
+
+
+def cleanup(cfg: Config, rel: Release) -> Phase:
+    """Keep keep_releases releases (never current) and the virtualenvs they or the running master use."""
+    lay = Layout(cfg.paths.deploy_to)
+    keep = cfg.paths.keep_releases
+    return Phase("cleanup", [
+        ALIVE_FN,
+        f"cd {q(lay.releases)}",
+        f"cur=$(basename \"$(readlink {q(lay.current)})\")",
+        "removed=0",
+        f"for r in $(ls -1 | grep -E {q(RELEASE_GLOB_ERE)} | sort -r | tail -n +{keep + 1}); do",
+        '  if [ "$r" != "$cur" ]; then rm -rf -- "$r"; removed=$((removed + 1)); fi',
+        "done",
+        "used=$(cat */.fabdeploy/venv 2>/dev/null | tr '\\n' ' ')",
+        f"pid=$(alive {q(lay.pidfile)} uwsgi || true)",
+        'exe=$( [ -n "$pid" ] && readlink "/proc/$pid/exe" || true)',
+        f"cd {q(lay.venvs)}",
+        "for v in *; do",
+        '  [ -d "$v" ] || continue',
+        '  case " $used " in *" $v "*) continue;; esac',
+        f'  case "$exe" in {q(lay.venvs)}/"$v"/*) continue;; esac',
+        '  rm -rf -- "$v"',
+        "done",
+        f"rm -rf {q(lay.staging(rel.id))}",
+        note(f"kept {keep} releases, removed $removed"),
+    ])
+
+
+def abandon(cfg: Config, rel: Release) -> Phase:
+    """After a failure before the switch: remove the half-built release and staged files."""
+    lay = Layout(cfg.paths.deploy_to)
+    R = lay.release(rel.id)
+    return Phase("abandon", [
+        f'if [ "$(readlink {q(lay.current)})" != {q(R)} ]; then rm -rf {q(R)}; fi',
+        f"rm -rf {q(lay.staging(rel.id))} {q(lay.uwsgi_ini + '.next')}",
+    ])

@@ -1,0 +1,33 @@
+"""Render the jinja2 templates (uWSGI ini, nginx site, production settings module)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+
+_HERE = Path(__file__).resolve().parent
+# Installed: fabdeploy/templates; in a checkout (or an editable install): <repo>/templates.
+TEMPLATE_DIRS = [p for p in (_HERE / "templates", _HERE.parent / "templates") if p.is_dir()]
+
+
+def _ini_value(value) -> str:
+    """uWSGI expands %(...) and %x in ini values; %% is a literal percent."""
+    return str(value).replace("%", "%%")
+
+
+def environment(extra_dirs=()) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(d) for d in extra_dirs] + [str(d) for d in TEMPLATE_DIRS]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["pyrepr"] = repr
+    env.filters["ini"] = _ini_value
+    return env
+
+
+def render(template: str, **context) -> str:
+    return environment().get_template(template).render(**context)

@@ -1,0 +1,94 @@
+"""Remote work as data: a Script is named phases of shell lines, run by one `sh -c` over one SSH channel.
+
+Phases are separated by marker lines on stdout and stderr, so one remote invocation can carry several phases
+and the runner still reports each phase (and the stderr of the one that failed) on its own.
+"""
+from __future__ import annotations
+
+import secrets as _secrets
+import shlex
+from dataclasses import dataclass, field
+
+MARK = "@@fabdeploy"
+MASK = "********"
+
+
+def q(value) -> str:
+    """Shell-quote one value."""
+    return shlex.quote(str(value))
+
+
+@dataclass
+class Phase:
+    name: str
+    lines: list[str]
+    sudo: bool = False  # documentation only: the lines carry their own `sudo -n`
+
+
+@dataclass
+class Script:
+    """Phases to run in one remote `sh -c`; `secrets` are masked in display()."""
+
+    phases: list[Phase]
+    secrets: tuple[str, ...] = field(default_factory=tuple)
+
+    def text(self) -> str:
+        out = ["set -u", "umask 022"]
+        for phase in self.phases:
+            name = phase.name
+            out.append(f"echo '{MARK} begin {name}'; echo '{MARK} begin {name}' >&2")
+            out.append("(")
+            out.append("set -e")
+            out.extend(phase.lines)
+            out.append(")")
+            out.append("rc=$?")
+            out.append(f"echo \"{MARK} end {name} $rc\"; echo \"{MARK} end {name} $rc\" >&2")
+            out.append('[ "$rc" -eq 0 ] || exit "$rc"')
+        return "\n".join(out) + "\n"
+
+    def command(self) -> str:
+        return "sh -c " + q(self.text())
+
+    def display(self) -> str:
+        return mask(self.text(), self.secrets)
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.phases]
+
+
+def mask(text: str, secrets) -> str:
+    for value in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(value, MASK).replace(q(value), MASK)
+    return text
+
+
+def write_file(path: str, content: str, mode: str = "0644") -> list[str]:
+    """Lines that write `content` to `path` (atomically, via a temp file and rename) with `mode`."""
+    delim = "FABDEPLOY_EOF"
+    while delim in content:
+        delim = "FABDEPLOY_EOF_" + _secrets.token_hex(4)
+    if not content.endswith("\n"):
+        content += "\n"
+    tmp = f"{path}.fabdeploy-tmp"
+    return [
+        f"rm -f {q(tmp)}",
+        f"(umask 077; cat > {q(tmp)}) <<'{delim}'\n{content}{delim}",
+        f"chmod {mode} {q(tmp)}",
+        f"mv -f {q(tmp)} {q(path)}",
+    ]
+
+
+def fact(key: str, shell_expr: str) -> str:
+    """A line that reports `key=<value of shell_expr>` for the deploying side to parse."""
+    return f'echo "{MARK} fact {key}={shell_expr}"'
+
+
+def parse_facts(stdout: str) -> dict[str, str]:
+    facts = {}
+    prefix = f"{MARK} fact "
+    for line in stdout.splitlines():
+        if line.startswith(prefix):
+            key, _, value = line[len(prefix):].partition("=")
+            facts[key] = value
+    return facts

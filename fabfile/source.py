@@ -1,0 +1,152 @@
+"""The code to deploy: one gzip'd tar of the chosen git revision (or of a plain directory), plus wheels.
+
+Members are under release/ (the project) and wheels/ (the wheelhouse, when used); the host extracts it once.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+from .errors import LocalError
+
+DEFAULT_EXCLUDES = [".git", "__pycache__", "*.pyc", ".venv", "venv", ".tox", "node_modules", "media",
+                    "db.sqlite3", "deploy.toml", ".pytest_cache"]
+
+
+@dataclass
+class Source:
+    kind: str  # "git" or "dir"
+    revision: str  # full sha for git, content hash for a directory
+    branch: str
+    short: str
+    tar: bytes  # uncompressed tar of the project, members at the top level
+    requirements: bytes
+    warnings: list[str]
+
+
+def _git(src: Path, *args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LocalError(f"git {' '.join(args)} in {src} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return proc.stdout.strip()
+
+
+def _is_git(src: Path) -> bool:
+    proc = subprocess.run(["git", "-C", str(src), "rev-parse", "--is-inside-work-tree"],
+                          capture_output=True, text=True)
+    return proc.returncode == 0 and proc.stdout.strip() == "true"
+
+
+def read_source(cfg: Config) -> Source:
+    src = cfg.source_dir
+    if not src.is_dir():
+        raise LocalError(f"project.source {src} is not a directory")
+    if _is_git(src):
+        return _from_git(cfg, src)
+    return _from_dir(cfg, src)
+
+
+def _from_git(cfg: Config, src: Path) -> Source:
+    rev = cfg.project.revision or "HEAD"
+    proc = subprocess.run(["git", "-C", str(src), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LocalError(f"project.revision {rev!r} is not a commit in {src}")
+    sha = proc.stdout.strip()
+    prefix = _git(src, "rev-parse", "--show-prefix")
+    branch = ""
+    if rev == "HEAD":
+        branch = _git(src, "rev-parse", "--abbrev-ref", "HEAD")
+        branch = "" if branch == "HEAD" else branch
+    elif subprocess.run(["git", "-C", str(src), "show-ref", "--verify", "--quiet", f"refs/heads/{rev}"]).returncode == 0:
+        branch = rev
+    tree = f"{sha}:{prefix}" if prefix else sha
+    proc = subprocess.run(["git", "-C", str(src), "archive", "--format=tar", tree], capture_output=True)
+    if proc.returncode != 0:
+        raise LocalError(f"git archive {rev} failed in {src}: {proc.stderr.decode(errors='replace').strip()}")
+    warnings = []
+    status = _git(src, "status", "--porcelain", "--", ".")
+    if status:
+        count = len(status.splitlines())
+        warnings.append(f"{count} uncommitted change(s) in {src} are not deployed (deploying {rev} = {sha[:7]})")
+    req = _member(proc.stdout, cfg.project.requirements)
+    if req is None:
+        raise LocalError(f"{cfg.project.requirements} not found in {rev} of {src} (project.requirements)")
+    return Source("git", sha, branch, sha[:7], proc.stdout, req, warnings)
+
+
+def _member(tar_bytes: bytes, name: str) -> bytes | None:
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        try:
+            f = tar.extractfile(name)
+        except KeyError:
+            return None
+        return f.read() if f else None
+
+
+def _excluded(rel: str, patterns: list[str]) -> bool:
+    parts = rel.split("/")
+    for pat in patterns:
+        if fnmatch.fnmatch(rel, pat) or any(fnmatch.fnmatch(p, pat) for p in parts):
+            return True
+    return False
+
+
+def _from_dir(cfg: Config, src: Path) -> Source:
+    patterns = DEFAULT_EXCLUDES + list(cfg.project.exclude)
+    buf = io.BytesIO()
+    digest = hashlib.sha256()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(src.rglob("*")):
+            rel = path.relative_to(src).as_posix()
+            if _excluded(rel, patterns):
+                continue
+            if path.is_symlink() or path.is_file():
+                tar.add(path, arcname=rel, recursive=False)
+                digest.update(rel.encode() + b"\0")
+                if path.is_file() and not path.is_symlink():
+                    digest.update(path.read_bytes())
+            elif path.is_dir():
+                tar.add(path, arcname=rel, recursive=False)
+    req_path = src / cfg.project.requirements
+    if not req_path.is_file():
+        raise LocalError(f"{req_path} not found (project.requirements)")
+    sha = digest.hexdigest()
+    return Source("dir", sha, "", sha[:7], buf.getvalue(), req_path.read_bytes(), [])
+
+
+def release_id(source: Source, now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now if now is not None else time.time()))
+    return f"{stamp}-{source.short}"
+
+
+def bundle(project_tar: bytes, wheels: list[Path]) -> bytes:
+    """The upload: project under release/, wheels under wheels/, gzip'd (fast level: links are the limit)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=6, format=tarfile.PAX_FORMAT) as dst:
+        root = tarfile.TarInfo("release")
+        root.type, root.mode, root.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+        dst.addfile(root)
+        with tarfile.open(fileobj=io.BytesIO(project_tar)) as src:
+            for member in src.getmembers():
+                if member.name in ("pax_global_header",) or member.type == tarfile.XGLTYPE:
+                    continue
+                data = src.extractfile(member) if member.isfile() else None
+                member.name = "release/" + member.name.lstrip("./")
+                if member.islnk():
+                    member.linkname = "release/" + member.linkname
+                dst.addfile(member, data)
+        if wheels:
+            wdir = tarfile.TarInfo("wheels")
+            wdir.type, wdir.mode, wdir.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+            dst.addfile(wdir)
+            for wheel in wheels:
+                dst.add(wheel, arcname=f"wheels/{wheel.name}", recursive=False)
+    return out.getvalue()

@@ -1,0 +1,11 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("whoami", views.whoami, name="whoami"),
+    path("health", views.health, name="health"),
+    path("upload", views.upload, name="upload"),
+    path("notes/add", views.add_note, name="add_note"),
+]

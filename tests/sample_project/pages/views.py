@@ -1,0 +1,64 @@
+import os
+import socket
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.http import HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from .models import Note
+
+MESSAGE_FILE = Path(__file__).resolve().parent / "message.txt"
+
+
+def current_release():
+    return (
+        getattr(settings, "FABDEPLOY_RELEASE", None)
+        or os.environ.get("FABDEPLOY_RELEASE")
+        or "dev"
+    )
+
+
+def index(request):
+    context = {
+        "message": MESSAGE_FILE.read_text(encoding="utf-8").strip(),
+        "release": current_release(),
+        "note_count": Note.objects.count(),
+    }
+    return render(request, "pages/index.html", context)
+
+
+def whoami(request):
+    return JsonResponse(
+        {
+            "release": current_release(),
+            "cwd": os.getcwd(),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "base_dir": str(settings.BASE_DIR),
+        }
+    )
+
+
+def health(request):
+    return HttpResponse("ok", content_type="text/plain")
+
+
+@csrf_exempt
+@require_POST
+def upload(request):
+    uploaded = request.FILES.get("file")
+    if uploaded is None:
+        return HttpResponseBadRequest("missing file field 'file'", content_type="text/plain")
+    name = default_storage.save(f"uploads/{uploaded.name}", uploaded)
+    return HttpResponse(name, content_type="text/plain")
+
+
+@csrf_exempt
+@require_POST
+def add_note(request):
+    Note.objects.create(text=request.POST.get("text", "")[:200])
+    return HttpResponse(str(Note.objects.count()), content_type="text/plain")
