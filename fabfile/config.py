@@ -131,7 +131,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "revision": Key("HEAD", _str(re.compile(r"^[^\s;`$]+$"), "a git revision")),
         "django_settings": Key(None, _str(_DOTTED, "a dotted module path", empty_ok=False), required=True),
         "wsgi": Key(None, _str(_WSGI, "\"module.path:callable\"", empty_ok=False), required=True),
-        "requirements": Key("requirements.txt", _str(_REL_PATH, "a relative path inside source", False)),
+        "requirements": Key("requirements.txt", _str(_REL_PATH, "a relative path inside source")),
         "manage": Key("manage.py", _str(_REL_PATH, "a relative path inside source", False)),
         "hosts": Key([], _list(_str(_HOST, "[user@]host[:port]", empty_ok=False))),
         "python": Key("python3", _str(re.compile(r"^[A-Za-z0-9._/+-]+$"), "an interpreter name or path", False)),
@@ -173,6 +173,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "pip": {
         "index_url": Key("", _str(re.compile(r"^(https?|file)://\S+$"), "an http(s) or file URL")),
         "wheelhouse": Key(False, _bool),
+        "packages": Key([], _list(_str(re.compile(r"^[A-Za-z0-9._\-\[\]<>=!~,;: ]+$"), "a pip requirement", False))),
         "wheel_python": Key("", _str(re.compile(r"^\S+$"), "an interpreter name or path")),
         "timeout": Key(1800, _int(10, 86400)),
     },
@@ -284,6 +285,8 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     deploy_to = data["paths"]["deploy_to"]
     if deploy_to.rstrip("/") in ("", "/") or "/../" in deploy_to + "/" or "/./" in deploy_to + "/":
         raise ConfigError(f"{where}paths.deploy_to must be a real directory below / (got {deploy_to!r})")
+    if not data["project"]["requirements"] and not data["pip"]["packages"]:
+        raise ConfigError(f"{where}project.requirements is empty and pip.packages lists nothing to install")
     for rel in data["paths"]["shared_dirs"] + [data["project"]["requirements"], data["project"]["manage"]]:
         if ".." in rel.split("/"):
             raise ConfigError(f"{where}path {rel!r} must stay inside its directory (no '..')")

@@ -173,7 +173,9 @@ def venv_install_args(cfg: Config, rel: Release, staging: str) -> list[str]:
         args += ["--no-index", "--find-links", f"{staging}/wheels"]
     elif cfg.pip.index_url:
         args += ["--index-url", cfg.pip.index_url]
-    args += ["-r", cfg.project.requirements, cfg.uwsgi.package]
+    if cfg.project.requirements:
+        args += ["-r", cfg.project.requirements]
+    args += [*cfg.pip.packages, cfg.uwsgi.package]
     return args
 
 
@@ -302,6 +304,30 @@ CHILDREN_FN = ("children() { grep -ls \"^PPid:[[:space:]]*$1\\$\" /proc/[0-9]*/s
                "| cut -d/ -f3; }")
 
 
+# `nginx -s reload` only signals the master. Wait until new workers run and every old one has stopped
+# accepting (gone, or titled "shutting down"), so the next request sees the new config; a reload nginx
+# refused (it keeps the old workers) is reported with its error log.
+NGINX_RELOAD = [
+    'old=" $(children "$npid" | tr \'\\n\' \' \') "',
+    "sudo -n nginx -s reload",
+    "i=0; done_=",
+    "while [ $i -lt 100 ]; do",
+    "  fresh=0; stale=0",
+    '  for c in $(children "$npid"); do',
+    '    case "$old" in',
+    '      *" $c "*) tr \'\\0\' \' \' < "/proc/$c/cmdline" 2>/dev/null | grep -q "shutting down" || stale=1;;',
+    "      *) fresh=1;;",
+    "    esac",
+    "  done",
+    '  if [ "$fresh" = 1 ] && [ "$stale" = 0 ]; then done_=1; break; fi',
+    "  i=$((i + 1)); sleep 0.1",
+    "done",
+    '[ -n "$done_" ] || { echo "nginx did not reload within 10s; its error log says:" >&2; '
+    "sudo -n tail -n 5 /var/log/nginx/error.log >&2; exit 1; }",
+    note("nginx reloaded"),
+]
+
+
 def restart(cfg: Config, rel: Release, facts: Facts) -> Phase:
     """Start uWSGI or reload it gracefully and wait until every worker runs the new release; then nginx."""
     lay = Layout(cfg.paths.deploy_to)
@@ -345,8 +371,7 @@ def restart(cfg: Config, rel: Release, facts: Facts) -> Phase:
         "  sudo -n nginx",
         "  " + note("nginx started"),
         f"elif [ -f {q(T + '/nginx-changed')} ]; then",
-        "  sudo -n nginx -s reload",
-        "  " + note("nginx reloaded"),
+        *["  " + ln for ln in NGINX_RELOAD],
         "else",
         "  " + note("nginx unchanged"),
         "fi",

@@ -76,7 +76,7 @@ def _from_git(cfg: Config, src: Path) -> Source:
     if status:
         count = len(status.splitlines())
         warnings.append(f"{count} uncommitted change(s) in {src} are not deployed (deploying {rev} = {sha[:7]})")
-    req = _member(proc.stdout, cfg.project.requirements)
+    req = _member(proc.stdout, cfg.project.requirements) if cfg.project.requirements else b""
     if req is None:
         raise LocalError(f"{cfg.project.requirements} not found in {rev} of {src} (project.requirements)")
     return Source("git", sha, branch, sha[:7], proc.stdout, req, warnings)
@@ -115,11 +115,14 @@ def _from_dir(cfg: Config, src: Path) -> Source:
                     digest.update(path.read_bytes())
             elif path.is_dir():
                 tar.add(path, arcname=rel, recursive=False)
-    req_path = src / cfg.project.requirements
-    if not req_path.is_file():
-        raise LocalError(f"{req_path} not found (project.requirements)")
+    req = b""
+    if cfg.project.requirements:
+        req_path = src / cfg.project.requirements
+        if not req_path.is_file():
+            raise LocalError(f"{req_path} not found (project.requirements)")
+        req = req_path.read_bytes()
     sha = digest.hexdigest()
-    return Source("dir", sha, "", sha[:7], buf.getvalue(), req_path.read_bytes(), [])
+    return Source("dir", sha, "", sha[:7], buf.getvalue(), req, [])
 
 
 def release_id(source: Source, now: float | None = None) -> str:

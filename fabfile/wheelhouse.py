@@ -21,8 +21,10 @@ from .errors import LocalError
 
 def venv_hash(cfg: Config, requirements: bytes, python_version: str) -> str:
     h = hashlib.sha256()
-    for part in (requirements, cfg.uwsgi.package.encode(), python_version.encode(), cfg.project.python.encode(),
-                 cfg.pip.index_url.encode(), b"wheelhouse" if cfg.pip.wheelhouse else b"index"):
+    parts = (requirements, "\n".join(cfg.pip.packages).encode(), cfg.uwsgi.package.encode(),
+             python_version.encode(), cfg.project.python.encode(), cfg.pip.index_url.encode(),
+             b"wheelhouse" if cfg.pip.wheelhouse else b"index")
+    for part in parts:
         h.update(part + b"\0")
     return h.hexdigest()[:16]
 
@@ -60,7 +62,7 @@ def build_wheels(cfg: Config, requirements: bytes, python_version: str, key: str
         req_file = work / "requirements.txt"
         req_file.write_bytes(requirements)
         cmd = [py, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-input", "-q",
-               "-w", str(work / "wheels"), "-r", str(req_file), cfg.uwsgi.package]
+               "-w", str(work / "wheels"), "-r", str(req_file), *cfg.pip.packages, cfg.uwsgi.package]
         if cfg.pip.index_url:
             cmd[4:4] = ["--index-url", cfg.pip.index_url]
         proc = subprocess.run(cmd, cwd=req_dir, capture_output=True, text=True, timeout=cfg.pip.timeout)

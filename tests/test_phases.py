@@ -1,0 +1,1273 @@
+"""Script building and the deploy phases: exact lines, and the shell logic run for real with /bin/sh in temp dirs.
+
+Nothing here uses SSH. Where a phase needs root-only tools (sudo, nginx), a fake on PATH stands in and the
+absolute /etc/nginx paths are moved under a temp dir, so every run is harmless.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fabdeploy import hooks, phases
+from fabdeploy.config import parse_config
+from fabdeploy.layout import RELEASE_ID, Layout, nginx_site_paths
+from fabdeploy.phases import SETTINGS_MODULE, Facts, Release
+from fabdeploy.script import MARK, MASK, Phase, Script, fact, mask, parse_facts, q, write_file
+from fabdeploy.source import bundle
+
+SAMPLE = Path(__file__).resolve().parent / "sample_project"
+REL_ID = "20260101T000000Z-abcdef0"
+VENV = "0123456789abcdef"
+
+HOSTILE = ["x; rm -rf /", "$(touch PWNED)", "`touch PWNED`", "a'b", 'a"b', "a\\b", "${HOME}", "$HOME",
+           "it's; $(touch PWNED) `touch PWNED` 'x'", "line1\nline2", "*", "-n", ""]
+
+
+def make_cfg(deploy_to="/srv/shop", **sections):
+    data = {
+        "project": {"name": "shop", "django_settings": "shop.settings", "wsgi": "shop.wsgi:application"},
+        "paths": {"deploy_to": str(deploy_to)},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(copy.deepcopy(values))
+    return parse_config(data)
+
+
+def make_rel(rel_id=REL_ID, venv_hash=VENV, has_wheels=False) -> Release:
+    return Release(rel_id, "a" * 40, "main", "git", "2026-01-01T00:00:00Z", "tester", venv_hash, has_wheels)
+
+
+def sh(script: Script | str, cwd, stdin: bytes | None = None, env: dict | None = None, timeout=120):
+    """Run a Script through its own command() (so the outer quoting is exercised too), or plain text."""
+    command = script.command() if isinstance(script, Script) else script
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(command, shell=True, cwd=cwd, input=stdin, capture_output=True, env=full_env,
+                          timeout=timeout)
+
+
+def out(proc) -> str:
+    return proc.stdout.decode()
+
+
+def err(proc) -> str:
+    return proc.stderr.decode()
+
+
+def written(lines: list[str], path: str) -> str:
+    """The content a write_file(path, ...) inside `lines` writes."""
+    marker = f"cat > {q(path + '.fabdeploy-tmp')}) <<'"
+    for line in lines:
+        if marker in line:
+            head, _, rest = line.partition("\n")
+            delim = head.rsplit("<<'", 1)[1].rstrip("'")
+            assert rest.endswith(delim)
+            return rest[:-len(delim)]
+    raise AssertionError(f"no write_file for {path}")
+
+
+def notes(stdout: str) -> list[str]:
+    return [line[len(f"{MARK} note "):] for line in stdout.splitlines() if line.startswith(f"{MARK} note ")]
+
+
+@pytest.fixture
+def fakebin(tmp_path):
+    """A PATH dir with `sudo` (logs, drops -n, runs the command) and `nginx` (fails -t when told to)."""
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    log = tmp_path / "sudo.log"
+    fail = tmp_path / "nginx-must-fail"
+    (bindir / "sudo").write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        echo "$*" >> {q(str(log))}
+        [ "$1" = "-n" ] && shift
+        exec "$@"
+        """))
+    (bindir / "nginx").write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        echo "nginx $*" >> {q(str(log))}
+        if [ "$1" = "-t" ]; then
+          if [ -f {q(str(fail))} ]; then echo 'nginx: [emerg] unexpected "}}" in site' >&2; exit 1; fi
+          echo 'nginx: configuration file test is successful' >&2
+        fi
+        exit 0
+        """))
+    for f in bindir.iterdir():
+        f.chmod(0o755)
+
+    class Fake:
+        env = {"PATH": f"{bindir}:{os.environ['PATH']}"}
+
+        @staticmethod
+        def log() -> str:
+            return log.read_text() if log.exists() else ""
+
+        @staticmethod
+        def nginx_fails(yes=True):
+            if yes:
+                fail.touch()
+            elif fail.exists():
+                fail.unlink()
+    return Fake
+
+
+# === Script ===================================================================================================
+
+def test_text_wraps_every_phase_in_markers_and_a_set_e_subshell():
+    script = Script([Phase("one", ["echo 1"]), Phase("two", ["echo 2a", "echo 2b"])])
+    lines = script.text().splitlines()
+    assert lines[:2] == ["set -u", "umask 022"]
+    for name, body in (("one", ["echo 1"]), ("two", ["echo 2a", "echo 2b"])):
+        i = lines.index(f"echo '{MARK} begin {name}'; echo '{MARK} begin {name}' >&2")
+        assert lines[i + 1:i + 3] == ["(", "set -e"]
+        assert lines[i + 3:i + 3 + len(body)] == body
+        j = i + 3 + len(body)
+        assert lines[j:j + 4] == [")", "rc=$?", f'echo "{MARK} end {name} $rc"; echo "{MARK} end {name} $rc" >&2',
+                                  '[ "$rc" -eq 0 ] || exit "$rc"']
+    assert script.text().endswith("\n")
+    assert script.names == ["one", "two"]
+
+
+def test_command_is_sh_c_with_the_text_single_quoted():
+    script = Script([Phase("p", ["echo 'it''s'", "x=$(id -u)"])])
+    assert script.command() == "sh -c " + q(script.text())
+    assert script.command().startswith("sh -c '")
+
+
+def test_failing_phase_stops_the_script_with_its_status(tmp_path):
+    script = Script([Phase("a", ["echo A"]), Phase("b", ["echo B1", "sh -c 'exit 3'", "echo B2"]),
+                     Phase("c", ["echo C"])])
+    proc = sh(script, tmp_path)
+    assert proc.returncode == 3
+    assert out(proc).splitlines() == [f"{MARK} begin a", "A", f"{MARK} end a 0", f"{MARK} begin b", "B1",
+                                      f"{MARK} end b 3"]
+    assert err(proc).splitlines() == [f"{MARK} begin a", f"{MARK} end a 0", f"{MARK} begin b", f"{MARK} end b 3"]
+
+
+def test_unset_variable_fails_the_phase(tmp_path):
+    proc = sh(Script([Phase("p", ["echo $nosuchvariable", "echo after"])]), tmp_path)
+    assert proc.returncode != 0 and "after" not in out(proc)
+
+
+@pytest.mark.parametrize("value", HOSTILE, ids=range(len(HOSTILE)))
+def test_q_keeps_hostile_values_inert(tmp_path, value):
+    proc = sh(Script([Phase("p", [f"printf '%s' {q(value)} > out.txt", f"v={q(value)}", 'printf "%s" "$v" > v.txt'])]),
+              tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert (tmp_path / "out.txt").read_text() == value
+    assert (tmp_path / "v.txt").read_text() == value
+    assert not (tmp_path / "PWNED").exists()
+
+
+NASTY_CONTENT = ("first line\n$(touch PWNED)\n`touch PWNED`\n${HOME} $HOME \\ \\\\ 'single' \"double\"\n"
+                 "FABDEPLOY_EOF\n  FABDEPLOY_EOF\nEOF\n\n\ttabbed  \ntrailing spaces   \n"
+                 "unicode: h\u00e9llo \u2713\nlast\n")
+
+
+def test_write_file_is_byte_exact_and_inert(tmp_path):
+    target = tmp_path / "dir" / "file.txt"
+    (tmp_path / "dir").mkdir()
+    lines = write_file(str(target), NASTY_CONTENT)
+    # the content holds the default delimiter, so another one was chosen
+    assert "<<'FABDEPLOY_EOF'\n" not in lines[1]
+    proc = sh(Script([Phase("w", lines)]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert target.read_bytes() == NASTY_CONTENT.encode()
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "dir" / "PWNED").exists()
+    assert sorted(os.listdir(tmp_path / "dir")) == ["file.txt"]  # no temp file left
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+def test_write_file_uses_the_plain_delimiter_when_possible_and_sets_mode(tmp_path):
+    target = tmp_path / "secret.env"
+    target.write_text("old\n")
+    lines = write_file(str(target), "A='1'\n", mode="0600")
+    assert lines[1].endswith("<<'FABDEPLOY_EOF'\nA='1'\nFABDEPLOY_EOF")
+    assert sh(Script([Phase("w", lines)]), tmp_path).returncode == 0
+    assert target.read_text() == "A='1'\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_write_file_terminates_the_last_line(tmp_path):
+    target = tmp_path / "f"
+    assert sh(Script([Phase("w", write_file(str(target), "no newline"))]), tmp_path).returncode == 0
+    assert target.read_bytes() == b"no newline\n"
+
+
+def test_write_file_to_a_path_with_spaces_and_quotes(tmp_path):
+    target = tmp_path / "we ird's $(x)"
+    assert sh(Script([Phase("w", write_file(str(target), "ok\n"))]), tmp_path).returncode == 0
+    assert target.read_text() == "ok\n"
+
+
+def test_display_masks_secret_values_and_their_quoted_form():
+    secrets = ("s3cr3t-token", "pa ss'word")
+    script = Script([Phase("p", [f"echo {q('s3cr3t-token')}", f"X={q('pa ss' + chr(39) + 'word')}",
+                                 "echo plain s3cr3t-token inline"])], secrets)
+    shown = script.display()
+    assert "s3cr3t-token" not in shown and "pa ss" not in shown and "word" not in shown
+    assert f"echo {MASK}" in shown and f"X={MASK}" in shown and f"echo plain {MASK} inline" in shown
+    assert "s3cr3t-token" in script.text()  # only the display is masked
+
+
+def test_mask_replaces_longer_secrets_first_and_ignores_empty_ones():
+    assert mask("abcdef and abc", ["abc", "abcdef", ""]) == f"{MASK} and {MASK}"
+    assert mask("nothing here", []) == "nothing here"
+
+
+def test_parse_facts_reads_marker_lines_only():
+    stdout = (f"noise\n{MARK} fact python_version=3.11.2\n{MARK} fact venvs=aa bb \n"
+              f"{MARK} fact url=http://x/?a=b\n{MARK} note not a fact\n  {MARK} fact indented=no\n"
+              f"{MARK} fact empty=\n")
+    assert parse_facts(stdout) == {"python_version": "3.11.2", "venvs": "aa bb ", "url": "http://x/?a=b",
+                                   "empty": ""}
+
+
+def test_fact_lines_round_trip_through_sh(tmp_path):
+    proc = sh(Script([Phase("p", ["v='a b'", fact("thing", "$v"), fact("user", "$(echo me)")])]), tmp_path)
+    assert parse_facts(out(proc)) == {"thing": "a b", "user": "me"}
+
+
+# === Release / Facts ==========================================================================================
+
+def test_release_metadata_is_sorted_json():
+    meta = json.loads(make_rel().metadata())
+    assert meta == {"id": REL_ID, "revision": "a" * 40, "branch": "main", "source": "git",
+                    "deployed_at": "2026-01-01T00:00:00Z", "deployed_by": "tester", "venv": VENV}
+
+
+def test_facts_parse_with_defaults():
+    f = Facts.parse({"python_version": "3.11.2", "venvs": "aa bb ", "nginx_user": "", "current": "/srv/x"})
+    assert f == Facts(python_version="3.11.2", nginx_layout="sites", nginx_user="www-data",
+                      nginx_pid="/run/nginx.pid", current="/srv/x", venvs=["aa", "bb"], user="")
+    assert Facts.parse({}).venvs == []
+
+
+# === setup ====================================================================================================
+
+def test_setup_uses_sudo_for_deploy_to_only_when_it_is_missing():
+    lines = phases.setup(make_cfg("/srv/shop")).lines
+    i = lines.index("if [ ! -d /srv/shop ]; then")
+    block = lines[i:lines.index("fi", i) + 1]
+    assert "  sudo -n mkdir -p /srv/shop" in block
+    assert '  sudo -n chown "$(id -un):$(id -gn)" /srv/shop' in block
+    mkdirs = [ln for ln in lines if "mkdir" in ln and ln not in block]
+    assert mkdirs and not any("sudo" in ln for ln in mkdirs)
+
+
+def test_setup_creates_the_whole_layout_without_sudo():
+    lines = phases.setup(make_cfg("/srv/shop", paths={"shared_dirs": ["media", "uploads/private"]})).lines
+    mkdir = next(ln for ln in lines if ln.startswith("mkdir -p "))
+    assert set(mkdir.split()[2:]) == {"/srv/shop/releases", "/srv/shop/venvs", "/srv/shop/tmp", "/srv/shop/shared",
+                                      "/srv/shop/shared/log", "/srv/shop/shared/run", "/srv/shop/shared/config",
+                                      "/srv/shop/shared/static", "/srv/shop/shared/media", "/srv/shop/shared/db",
+                                      "/srv/shop/shared/uploads/private"}
+
+
+@pytest.mark.parametrize("layout,line", [("sites", "nginx_layout=sites"), ("conf.d", "nginx_layout=conf.d")])
+def test_setup_fixed_nginx_layout(layout, line):
+    assert line in phases.setup(make_cfg(nginx={"layout": layout})).lines
+
+
+def test_setup_reports_every_fact():
+    text = "\n".join(phases.setup(make_cfg()).lines)
+    for key in ("python_version", "nginx_layout", "nginx_user", "nginx_pid", "current", "venvs", "user"):
+        assert f'echo "{MARK} fact {key}=' in text
+
+
+def _id(flag: str) -> str:
+    return subprocess.run(["id", flag], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _deploy_to_block(cfg) -> list[str]:
+    lines = phases.setup(cfg).lines
+    return lines[:next(i for i, ln in enumerate(lines) if ln.startswith("[ -w ")) + 1]
+
+
+def test_setup_deploy_to_block_runs_sudo_only_when_missing(tmp_path, fakebin):
+    deploy_to = tmp_path / "srv" / "shop"
+    block = _deploy_to_block(make_cfg(deploy_to))
+    proc = sh(Script([Phase("setup", block)]), tmp_path, env=fakebin.env)
+    assert proc.returncode == 0, err(proc)
+    assert deploy_to.is_dir()
+    assert fakebin.log().splitlines() == ["-n true", f"-n mkdir -p {deploy_to}",
+                                          f"-n chown {_id('-un')}:{_id('-gn')} {deploy_to}"]
+    (tmp_path / "sudo.log").unlink()
+    proc = sh(Script([Phase("setup", block)]), tmp_path, env=fakebin.env)
+    assert proc.returncode == 0 and fakebin.log() == ""
+
+
+def test_setup_deploy_to_block_fails_clearly_without_sudo(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "sudo").write_text("#!/bin/sh\nexit 1\n")
+    (bindir / "sudo").chmod(0o755)
+    deploy_to = tmp_path / "missing"
+    proc = sh(Script([Phase("setup", _deploy_to_block(make_cfg(deploy_to)))]), tmp_path,
+              env={"PATH": f"{bindir}:{os.environ['PATH']}"})
+    assert proc.returncode == 1
+    assert f"{deploy_to} does not exist and sudo -n is not allowed" in err(proc)
+    assert not deploy_to.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/etc/nginx/nginx.conf").is_file()
+                    or subprocess.run(["id", "www-data"], capture_output=True).returncode != 0,
+                    reason="needs root, /etc/nginx/nginx.conf and a www-data user (only read)")
+def test_setup_runs_and_reports_facts(tmp_path, fakebin):
+    deploy_to = tmp_path / "app"
+    cfg = make_cfg(deploy_to, project={"python": sys.executable}, nginx={"layout": "conf.d", "user": "www-data"})
+    lay = Layout(str(deploy_to))
+    (deploy_to / "venvs" / "complete1").mkdir(parents=True)
+    (deploy_to / "venvs" / "complete1" / ".fabdeploy-complete").touch()
+    (deploy_to / "venvs" / "halfbuilt").mkdir()
+    (deploy_to / "releases" / REL_ID).mkdir(parents=True)
+    os.symlink(lay.release(REL_ID), lay.current)
+    proc = sh(Script([phases.setup(cfg)]), tmp_path, env=fakebin.env)
+    assert proc.returncode == 0, err(proc)
+    facts = Facts.parse(parse_facts(out(proc)))
+    assert facts.python_version == "%d.%d.%d" % sys.version_info[:3]
+    assert facts.nginx_layout == "conf.d" and facts.nginx_user == "www-data"
+    assert facts.current == lay.release(REL_ID)
+    assert facts.venvs == ["complete1"]
+    assert facts.user == _id("-un")
+    for d in ("releases", "venvs", "tmp", "shared/log", "shared/run", "shared/config", "shared/static",
+              "shared/media", "shared/db"):
+        assert (deploy_to / d).is_dir(), d
+    run = (deploy_to / "shared" / "run").stat()
+    assert stat.S_IMODE(run.st_mode) == 0o2750
+    assert run.st_gid == int(subprocess.run(["id", "-g", "www-data"], capture_output=True, text=True).stdout)
+    assert "chgrp" in fakebin.log()
+    (tmp_path / "sudo.log").unlink()
+    proc = sh(Script([phases.setup(cfg)]), tmp_path, env=fakebin.env)
+    assert proc.returncode == 0 and fakebin.log() == ""  # nothing left that needs sudo
+
+
+# === code =====================================================================================================
+
+SECRET_ENV = {"DB_PASSWORD": "hunter2-pw", "API_TOKEN": "tok'en; $HOME `x`", "DEBUG_LEVEL": "3",
+              "GREETING": "hello; rm -rf / `touch PWNED` 'q' \"dq\" \\"}
+
+
+def test_code_phase_writes_release_json_and_settings():
+    cfg = make_cfg("/srv/shop", nginx={"server_name": "example.com www.example.com"})
+    rel = make_rel()
+    lines = phases.code(cfg, rel).lines
+    R = f"/srv/shop/releases/{REL_ID}"
+    assert json.loads(written(lines, f"{R}/.fabdeploy/release.json")) == json.loads(rel.metadata())
+    assert written(lines, f"{R}/.fabdeploy/venv") == VENV + "\n"
+    settings = written(lines, f"{R}/{SETTINGS_MODULE}.py")
+    assert "from shop.settings import *" in settings
+    assert "\nDEBUG = False\n" in settings
+    assert "ALLOWED_HOSTS = ['example.com', 'www.example.com']" in settings
+    assert "_SHARED = _Path('/srv/shop/shared')" in settings
+    assert 'STATIC_ROOT = str(_SHARED / "static")' in settings
+    assert 'MEDIA_ROOT = str(_SHARED / "media")' in settings
+    assert 'SECRET_KEY = (_SHARED / "secret_key").read_text().strip()' in settings
+    assert f"FABDEPLOY_RELEASE = '{REL_ID}'" in settings
+
+
+def test_code_phase_unpacks_stdin_into_a_new_release_only():
+    lines = phases.code(make_cfg("/srv/shop"), make_rel()).lines
+    R, T = f"/srv/shop/releases/{REL_ID}", f"/srv/shop/tmp/{REL_ID}"
+    assert lines[0].startswith(f"[ ! -e {R} ] || ")
+    assert f"tar -xzf - -C {T}" in lines
+    assert f"mv {T}/release {R}" in lines
+    assert lines.index(f"tar -xzf - -C {T}") < lines.index(f"mv {T}/release {R}")
+
+
+def test_code_phase_env_file_is_quoted_and_private():
+    cfg = make_cfg(django={"env": SECRET_ENV})
+    lines = phases.code(cfg, make_rel()).lines
+    env_file = written(lines, "/srv/shop/shared/config/app.env")
+    assert env_file.splitlines() == [f"{k}={q(v)}" for k, v in sorted(SECRET_ENV.items())]
+    i = next(i for i, ln in enumerate(lines) if "app.env.fabdeploy-tmp) <<" in ln)
+    assert lines[i + 1] == "chmod 0600 /srv/shop/shared/config/app.env.fabdeploy-tmp"
+
+
+def test_code_phase_links_shared_dirs():
+    lines = phases.code(make_cfg(paths={"shared_dirs": ["media", "uploads/private"]}), make_rel()).lines
+    R = f"/srv/shop/releases/{REL_ID}"
+    for d in ("media", "uploads/private"):
+        i = lines.index(f"ln -s /srv/shop/shared/{d} {R}/{d}")
+        assert lines[i - 3:i] == [f"mkdir -p /srv/shop/shared/{d}", f"rm -rf {R}/{d}",
+                                  f'mkdir -p "$(dirname {R}/{d})"']
+
+
+def test_secret_key_is_generated_on_the_host_and_never_in_a_script():
+    cfg = make_cfg(django={"env": {"DB_PASSWORD": "hunter2-pw"}})
+    text = Script([phases.code(cfg, make_rel())]).text()
+    line = next(ln for ln in text.splitlines() if "secret_key" in ln and "token_urlsafe" in ln)
+    assert line.startswith("if [ ! -s /srv/shop/shared/secret_key ]; then (umask 077; python3 -c ")
+    assert "chmod 600 /srv/shop/shared/secret_key" in text
+    assert "SECRET_KEY = '" not in text and 'SECRET_KEY = "' not in text
+
+
+def test_no_secret_appears_in_any_displayed_script():
+    env = {"DB_PASSWORD": "hunter2-pw", "API_TOKEN": "tok'en; $HOME", "AWS_SECRET_ACCESS_KEY": "AKIA/xyz+1"}
+    cfg = make_cfg(django={"env": env})
+    rel, facts = make_rel(), Facts()
+    built = [phases.setup(cfg), phases.code(cfg, rel), phases.venv(cfg, rel), phases.django(cfg, rel),
+             phases.config(cfg, rel, facts), phases.switch(cfg, rel), phases.restart(cfg, rel, facts),
+             phases.cleanup(cfg, rel), phases.abandon(cfg, rel)]
+    script = Script(built, tuple(cfg.secret_values()))
+    assert "hunter2-pw" in script.text()  # it has to get to app.env and the uWSGI ini
+    shown = script.display()
+    for value in env.values():
+        assert value not in shown and q(value) not in shown
+    assert "tok'" not in shown and "AKIA" not in shown
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: secrets are written %-doubled into the uWSGI ini (p%%ss), a form "
+                                       "mask() does not know, so display()/--verbose prints the password")
+def test_percent_secret_is_masked_in_the_uwsgi_ini():
+    cfg = make_cfg(django={"env": {"DB_PASSWORD": "p%ss-word-42"}})
+    shown = Script([phases.config(cfg, make_rel(), Facts())], tuple(cfg.secret_values())).display()
+    assert "ss-word-42" not in shown
+
+
+# --- the settings module, imported for real ------------------------------------------------------------------
+
+FAKE_SETTINGS = """\
+from pathlib import Path
+BASE_DIR = Path(__file__).resolve().parent.parent
+SECRET_KEY = "dev-key-not-for-production"
+DEBUG = True
+ALLOWED_HOSTS = []
+INSTALLED_APPS = ["django.contrib.staticfiles"]
+STATIC_URL = "/dev-static/"
+DATABASES = {
+    "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"},
+    "memory": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+    "pg": {"ENGINE": "django.db.backends.postgresql", "NAME": "shop"},
+}
+CUSTOM = "kept"
+"""
+
+
+def _render_settings(tmp_path, **cfg_sections) -> tuple[Path, Path]:
+    deploy_to = tmp_path / "srv"
+    cfg = make_cfg(deploy_to, project={"django_settings": "fakeproj.settings"}, **cfg_sections)
+    lay = Layout(str(deploy_to))
+    content = written(phases.code(cfg, make_rel()).lines, f"{lay.release(REL_ID)}/{SETTINGS_MODULE}.py")
+    release = tmp_path / "release"
+    (release / "fakeproj").mkdir(parents=True)
+    (release / "fakeproj" / "__init__.py").write_text("")
+    (release / "fakeproj" / "settings.py").write_text(FAKE_SETTINGS)
+    (release / f"{SETTINGS_MODULE}.py").write_text(content)
+    (deploy_to / "shared").mkdir(parents=True)
+    (deploy_to / "shared" / "secret_key").write_text("the-real-production-key\n")
+    return release, deploy_to / "shared"
+
+
+def test_settings_module_compiles(tmp_path):
+    release, _ = _render_settings(tmp_path)
+    source = (release / f"{SETTINGS_MODULE}.py").read_text()
+    compile(source, f"{SETTINGS_MODULE}.py", "exec")
+
+
+def test_settings_module_overrides_the_project_settings(tmp_path):
+    release, shared = _render_settings(tmp_path, nginx={"server_name": "example.com _"},
+                                       django={"media_url": "/uploads/"})
+    probe = textwrap.dedent(f"""\
+        import json, sys
+        sys.path.insert(0, {str(release)!r})
+        import {SETTINGS_MODULE} as s
+        print(json.dumps({{"DEBUG": s.DEBUG, "SECRET_KEY": s.SECRET_KEY, "ALLOWED_HOSTS": s.ALLOWED_HOSTS,
+            "STATIC_ROOT": s.STATIC_ROOT, "MEDIA_ROOT": s.MEDIA_ROOT, "STATIC_URL": s.STATIC_URL,
+            "MEDIA_URL": s.MEDIA_URL, "CUSTOM": s.CUSTOM, "RELEASE": s.FABDEPLOY_RELEASE,
+            "DB": {{k: str(v["NAME"]) for k, v in s.DATABASES.items()}}}}))
+        """)
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["DEBUG"] is False
+    assert got["SECRET_KEY"] == "the-real-production-key"
+    assert got["ALLOWED_HOSTS"] == ["example.com"]
+    assert got["STATIC_ROOT"] == f"{shared}/static" and got["MEDIA_ROOT"] == f"{shared}/media"
+    assert got["STATIC_URL"] == "/static/" and got["MEDIA_URL"] == "/uploads/"
+    assert got["CUSTOM"] == "kept" and got["RELEASE"] == REL_ID
+    assert got["DB"] == {"default": f"{shared}/db/default.sqlite3", "memory": ":memory:", "pg": "shop"}
+
+
+# --- the code phase, run for real ----------------------------------------------------------------------------
+
+def _sample_bundle() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in sorted(SAMPLE.rglob("*")):
+            rel = path.relative_to(SAMPLE).as_posix()
+            if "__pycache__" in rel or rel.endswith(".pyc") or rel.startswith(("media", "db.sqlite3")):
+                continue
+            tar.add(path, arcname=rel, recursive=False)
+    return bundle(buf.getvalue(), [])
+
+
+def _sample_cfg(deploy_to, **sections):
+    base = {"project": {"name": "sample", "django_settings": "sampleproject.settings",
+                        "wsgi": "sampleproject.wsgi:application", "python": sys.executable},
+            "nginx": {"server_name": "sample.test"}}
+    for section, values in sections.items():
+        base.setdefault(section, {}).update(values)
+    return make_cfg(deploy_to, **base)
+
+
+def _setup_dirs(deploy_to) -> Layout:
+    """The directories the setup phase creates."""
+    lay = Layout(str(deploy_to))
+    for d in (lay.releases, lay.tmp, lay.config, lay.venvs, lay.run, lay.log, f"{lay.shared}/db",
+              f"{lay.shared}/static"):
+        Path(d).mkdir(parents=True, exist_ok=True)
+    return lay
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """The sample project after a real run of the code phase (archive on stdin) into a temp deploy_to."""
+    root = tmp_path_factory.mktemp("code")
+    deploy_to = root / "app"
+    env = {"GREETING": SECRET_ENV["GREETING"], "DB_PASSWORD": "hunter2-pw"}
+    cfg = _sample_cfg(deploy_to, django={"env": env}, paths={"shared_dirs": ["media", "uploads/private"]})
+    lay = _setup_dirs(deploy_to)
+    rel = make_rel()
+    proc = sh(Script([phases.code(cfg, rel)]), root, stdin=_sample_bundle())
+    return {"root": root, "cfg": cfg, "lay": lay, "rel": rel, "proc": proc, "env": env}
+
+
+def test_code_phase_run_unpacks_the_release(deployed):
+    proc, lay = deployed["proc"], deployed["lay"]
+    assert proc.returncode == 0, err(proc)
+    R = Path(lay.release(REL_ID))
+    assert (R / "manage.py").is_file() and (R / "sampleproject" / "settings.py").is_file()
+    assert json.loads((R / ".fabdeploy" / "release.json").read_text())["id"] == REL_ID
+    assert (R / ".fabdeploy" / "venv").read_text() == VENV + "\n"
+    assert "DEBUG = False" in (R / f"{SETTINGS_MODULE}.py").read_text()
+    assert not (Path(lay.staging(REL_ID)) / "release").exists()
+    assert notes(out(proc)) == ["secret key generated"]
+
+
+def test_code_phase_run_links_shared_dirs(deployed):
+    lay = deployed["lay"]
+    R = Path(lay.release(REL_ID))
+    for d in ("media", "uploads/private"):
+        assert (R / d).is_symlink() and os.readlink(R / d) == f"{lay.shared}/{d}"
+        assert Path(lay.shared, d).is_dir()
+
+
+def test_code_phase_run_makes_a_private_secret_key(deployed):
+    key = Path(deployed["lay"].secret_key)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert len(key.read_text().strip()) >= 50
+    assert key.read_text().strip() not in deployed["proc"].stdout.decode()
+
+
+def test_code_phase_run_env_file_sources_to_the_exact_values(deployed):
+    env_file = Path(deployed["lay"].env_file)
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    proc = sh(f"set -a; . {q(str(env_file))}; set +a; printf '%s\\n' \"$GREETING\" \"$DB_PASSWORD\"",
+              deployed["root"])
+    assert out(proc).splitlines() == [deployed["env"]["GREETING"], "hunter2-pw"]
+    assert not (deployed["root"] / "PWNED").exists()
+
+
+def test_code_phase_refuses_an_existing_release_and_keeps_the_secret_key(deployed):
+    key_before = Path(deployed["lay"].secret_key).read_text()
+    proc = sh(Script([phases.code(deployed["cfg"], deployed["rel"])]), deployed["root"], stdin=_sample_bundle())
+    assert proc.returncode == 1
+    assert f"release {REL_ID} already exists on the host" in err(proc)
+    other = make_rel("20260102T000000Z-abcdef1")
+    proc = sh(Script([phases.code(deployed["cfg"], other)]), deployed["root"], stdin=_sample_bundle())
+    assert proc.returncode == 0, err(proc)
+    assert Path(deployed["lay"].secret_key).read_text() == key_before
+    assert notes(out(proc)) == []
+
+
+def test_code_phase_rejects_an_archive_without_release(tmp_path):
+    deploy_to = tmp_path / "app"
+    (deploy_to / "releases").mkdir(parents=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("other/file")
+        tar.addfile(info, io.BytesIO(b""))
+    proc = sh(Script([phases.code(_sample_cfg(deploy_to), make_rel())]), tmp_path, stdin=buf.getvalue())
+    assert proc.returncode == 1 and "the uploaded archive is incomplete" in err(proc)
+
+
+def test_code_phase_requires_manage_py(tmp_path):
+    deploy_to = tmp_path / "app"
+    (deploy_to / "releases").mkdir(parents=True)
+    proc = sh(Script([phases.code(_sample_cfg(deploy_to, project={"manage": "src/manage.py"}), make_rel())]),
+              tmp_path, stdin=_sample_bundle())
+    assert proc.returncode == 1 and "src/manage.py not found in the release (project.manage)" in err(proc)
+
+
+# --- the django phase, run for real against the code phase's release -----------------------------------------
+
+def test_django_phase_lines():
+    cfg = make_cfg()
+    lines = phases.django(cfg, make_rel()).lines
+    assert lines[:3] == [f"cd /srv/shop/releases/{REL_ID}",
+                         f"export DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} FABDEPLOY_RELEASE={REL_ID}",
+                         "set -a; . /srv/shop/shared/config/app.env; set +a"]
+    text = "\n".join(lines)
+    manage = f"/srv/shop/venvs/{VENV}/bin/python manage.py"
+    assert f"{manage} migrate --noinput" in text
+    assert f"{manage} collectstatic --noinput" in text
+    assert f"{manage} check --deploy" in text
+
+
+def test_django_phase_flags():
+    cfg = make_cfg(django={"migrate": False, "collectstatic": False, "check_deploy": False})
+    assert len(phases.django(cfg, make_rel()).lines) == 3
+
+
+@pytest.mark.skipif(subprocess.run([sys.executable, "-c", "import django"]).returncode != 0,
+                    reason="needs Django in the test interpreter")
+def test_django_phase_runs_migrate_collectstatic_and_check(deployed):
+    lay, cfg, rel = deployed["lay"], deployed["cfg"], deployed["rel"]
+    assert deployed["proc"].returncode == 0
+    bin_dir = Path(lay.venv(rel.venv_hash)) / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "python").write_text(f"#!/bin/sh\nexec {q(sys.executable)} \"$@\"\n")
+    (bin_dir / "python").chmod(0o755)
+    proc = sh(Script([phases.django(cfg, rel)]), deployed["root"])
+    assert proc.returncode == 0, err(proc) + out(proc)
+    first = notes(out(proc))
+    assert first[0].endswith(" migrations applied") and int(first[0].split()[0]) > 0
+    assert "static files copied" in first[1]
+    assert any(line.startswith(f"{MARK} warn ") for line in out(proc).splitlines())  # check --deploy warnings
+    assert Path(lay.shared, "db", "default.sqlite3").is_file()
+    assert not Path(lay.release(rel.id), "db.sqlite3").exists()
+    assert Path(lay.shared, "static", "pages", "site.css").is_file()
+    again = sh(Script([phases.django(cfg, rel)]), deployed["root"])
+    assert again.returncode == 0 and notes(out(again))[0] == "0 migrations applied"
+
+
+# === venv =====================================================================================================
+
+def _pip_line(cfg, rel) -> str:
+    return next(ln for ln in phases.venv(cfg, rel).lines if " -m pip " in ln).strip()
+
+
+def test_venv_from_the_wheelhouse_uses_no_index_and_find_links():
+    cfg = make_cfg(pip={"index_url": "https://mirror.example/simple"})
+    line = _pip_line(cfg, make_rel(has_wheels=True))
+    assert line == (f"/srv/shop/venvs/{VENV}/bin/python -m pip install --disable-pip-version-check --no-input -q "
+                    f"--no-index --find-links /srv/shop/tmp/{REL_ID}/wheels -r requirements.txt uwsgi")
+
+
+def test_venv_with_index_url():
+    line = _pip_line(make_cfg(pip={"index_url": "https://mirror.example/simple"}), make_rel())
+    assert "--index-url https://mirror.example/simple -r requirements.txt uwsgi" in line
+    assert "--no-index" not in line and "--find-links" not in line
+
+
+def test_venv_default_index_and_custom_package():
+    line = _pip_line(make_cfg(uwsgi={"package": "uwsgi==2.0.28"}, project={"requirements": "req/prod.txt"}),
+                     make_rel())
+    assert line.endswith("-q -r req/prod.txt uwsgi==2.0.28")
+    assert "--index-url" not in line and "--no-index" not in line
+
+
+def test_venv_is_reused_when_complete_and_built_beside_otherwise():
+    lines = phases.venv(make_cfg(), make_rel()).lines
+    V = f"/srv/shop/venvs/{VENV}"
+    assert lines[0] == f"if [ -f {V}/.fabdeploy-complete ]; then"
+    assert lines[1] == f'  echo "{MARK} note reused {VENV}"'
+    assert lines[2] == "else"
+    assert lines[3:6] == [f"  cd /srv/shop/releases/{REL_ID}", f"  rm -rf {V}", f"  python3 -m venv {V}"]
+    assert lines[7] == f"  touch {V}/.fabdeploy-complete"  # only after pip succeeded
+    assert lines[-1] == "fi"
+
+
+def test_venv_reuse_branch_runs_without_pip(tmp_path):
+    deploy_to = tmp_path / "app"
+    V = deploy_to / "venvs" / VENV
+    V.mkdir(parents=True)
+    (V / ".fabdeploy-complete").touch()
+    proc = sh(Script([phases.venv(make_cfg(deploy_to, project={"python": "/nonexistent/python"}), make_rel())]),
+              tmp_path)
+    assert proc.returncode == 0 and notes(out(proc)) == [f"reused {VENV}"]
+
+
+# === uWSGI ini ================================================================================================
+
+def ini_pairs(text: str) -> list[tuple[str, str]]:
+    pairs = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith(("#", ";", "[")):
+            continue
+        key, _, value = line.partition("=")
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def test_uwsgi_ini_has_the_production_settings():
+    cfg = make_cfg(uwsgi={"processes": 3, "threads": 5, "max_requests": 1000, "harakiri": 45,
+                          "buffer_size": 8192})
+    text = phases.uwsgi_ini(cfg, make_rel())
+    assert text.splitlines()[1] == "[uwsgi]"
+    pairs = ini_pairs(text)
+    d = dict(pairs)
+    R = f"/srv/shop/releases/{REL_ID}"
+    assert d["socket"] == "/srv/shop/shared/run/uwsgi.sock"
+    assert d["chmod-socket"] == "660"
+    assert d["home"] == f"/srv/shop/venvs/{VENV}"
+    assert d["chdir"] == R and d["pythonpath"] == R
+    assert d["module"] == "shop.wsgi:application"
+    assert d["pidfile"] == "/srv/shop/shared/run/uwsgi.pid"
+    assert d["daemonize"] == "/srv/shop/shared/log/uwsgi.log"
+    assert d["master"] == "true" and d["vacuum"] == "true" and d["need-app"] == "true"
+    assert (d["processes"], d["threads"], d["max-requests"], d["harakiri"], d["buffer-size"]) == \
+        ("3", "5", "1000", "45", "8192")
+    envs = [v for k, v in pairs if k == "env"]
+    assert envs[:2] == [f"DJANGO_SETTINGS_MODULE={SETTINGS_MODULE}", f"FABDEPLOY_RELEASE={REL_ID}"]
+
+
+def test_uwsgi_ini_env_values_double_percent():
+    cfg = make_cfg(django={"env": {"RATE": "50%", "FMT": "%d-%n %%"}})
+    envs = [v for k, v in ini_pairs(phases.uwsgi_ini(cfg, make_rel())) if k == "env"]
+    assert "RATE=50%%" in envs and "FMT=%%d-%%n %%%%" in envs
+
+
+def test_uwsgi_ini_extra_options_are_appended_and_escaped():
+    cfg = make_cfg(uwsgi={"options": {"lazy-apps": "true", "cheaper": 2, "logformat": "%(method) %(uri)"}})
+    pairs = ini_pairs(phases.uwsgi_ini(cfg, make_rel()))
+    assert pairs[-3:] == [("lazy-apps", "true"), ("cheaper", "2"), ("logformat", "%%(method) %%(uri)")]
+
+
+def _uwsgi_works() -> bool:
+    exe = shutil.which("uwsgi")
+    if not exe:
+        return False
+    try:
+        return subprocess.run([exe, "--version"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+UWSGI_ENV_CASES = [
+    pytest.param("abc", id="plain"),
+    pytest.param("50%off %d %n 100%%", id="percent"),
+    pytest.param("it's \"q\" \\ $HOME ${HOME} `x`", id="quotes-and-dollar"),
+    pytest.param("a ; b # c", id="comment-chars"),
+    pytest.param("  leading", id="leading-space"),
+    pytest.param("x$(HOME)y", id="env-placeholder"),  # rejected by the config: passes as a ConfigError
+    pytest.param("x%(chdir)y", id="option-placeholder", marks=pytest.mark.xfail(
+        strict=True, reason="BUG: '%(' survives %-doubling ('%%(' -> '%(') and uWSGI then expands it as a "
+                            "placeholder; django.env must reject '%(' like '$('")),
+    pytest.param("a@(exec://touch PWNED)b", id="at-include", marks=pytest.mark.xfail(
+        strict=True, reason="BUG: uWSGI expands @(file) / @(exec://cmd) in ini values (runs the command); "
+                            "django.env must reject '@(' like '$('")),
+    pytest.param("pw-ends-with-spaces  ", id="trailing-space", marks=pytest.mark.xfail(
+        strict=True, reason="BUG: uWSGI strips trailing whitespace of ini lines, so the app gets a different "
+                            "value than app.env gives manage.py; django.env must reject it")),
+]
+
+
+@pytest.mark.skipif(not _uwsgi_works(), reason="needs a uwsgi binary")
+@pytest.mark.parametrize("value", UWSGI_ENV_CASES)
+def test_uwsgi_sees_exactly_the_configured_env_value(tmp_path, value):
+    """Each value either is refused by the config or reaches the uWSGI process byte for byte."""
+    from fabdeploy.errors import ConfigError
+    try:
+        cfg = make_cfg(tmp_path / "app", django={"env": {"PROBE": value}})
+    except ConfigError:
+        return
+    Path(Layout(cfg.paths.deploy_to).release(REL_ID)).mkdir(parents=True)
+    rendered = phases.uwsgi_ini(cfg, make_rel())
+    keep = [ln for ln in rendered.splitlines() if ln.startswith(("[uwsgi]", "chdir ", "env = "))]
+    dump = tmp_path / "env.out"
+    ini = tmp_path / "probe.ini"
+    # (printenv: a '%s' here would itself be a uWSGI magic variable)
+    ini.write_text("\n".join(keep) + f"\nexec-asap = printenv PROBE > {dump}\n")
+    # no socket: uWSGI runs exec-asap, then exits ("the -s/--socket option is missing")
+    subprocess.run(["uwsgi", "--ini", str(ini)], cwd=tmp_path, capture_output=True, timeout=60,
+                   stdin=subprocess.DEVNULL)
+    assert not (tmp_path / "PWNED").exists()
+    assert dump.read_text() == value + "\n"
+
+
+# === nginx site ===============================================================================================
+
+def test_nginx_site_has_the_server_block():
+    cfg = make_cfg(nginx={"server_name": "example.com www.example.com", "listen": "[::]:8080",
+                          "client_max_body_size": "20M"})
+    text = phases.nginx_site(cfg)
+    lines = [ln.strip() for ln in text.splitlines()]
+    assert "listen [::]:8080;" in lines
+    assert "server_name example.com www.example.com;" in lines
+    assert "client_max_body_size 20M;" in lines
+    i = lines.index("location /static/ {")
+    assert lines[i + 1:i + 4] == ["alias /srv/shop/shared/static/;", "expires 30d;", "}"]
+    j = lines.index("location /media/ {")
+    assert lines[j + 1:j + 3] == ["alias /srv/shop/shared/media/;", "}"]
+    k = lines.index("location / {")
+    assert lines[k + 1:k + 4] == ["uwsgi_pass unix:/srv/shop/shared/run/uwsgi.sock;", "include uwsgi_params;", "}"]
+    assert text.count("{") == text.count("}")
+
+
+def test_nginx_site_custom_urls_and_no_expires():
+    cfg = make_cfg(django={"static_url": "/assets/", "media_url": "/files/"}, nginx={"static_expires": "off"})
+    lines = [ln.strip() for ln in phases.nginx_site(cfg).splitlines()]
+    i = lines.index("location /assets/ {")
+    assert lines[i + 1:i + 3] == ["alias /srv/shop/shared/static/;", "}"]
+    assert "location /files/ {" in lines
+    assert not any(ln.startswith("expires") for ln in lines)
+
+
+def _nginx_ok() -> bool:
+    return shutil.which("nginx") is not None and os.geteuid() == 0
+
+
+@pytest.mark.skipif(not _nginx_ok(), reason="needs an nginx binary (and root for nginx -t)")
+@pytest.mark.parametrize("nginx", [
+    {},
+    {"server_name": "example.com www.example.com", "listen": "[::]:8080", "static_expires": "max"},
+    {"server_name": "~^api[0-9]*\\.example\\.com$ *.example.org", "listen": "127.0.0.1:8000",
+     "static_expires": "off", "client_max_body_size": "1g"},
+])
+def test_nginx_accepts_the_rendered_site(tmp_path, nginx):
+    cfg = make_cfg("/srv/shop", nginx=nginx)
+    site = phases.nginx_site(cfg).replace("/var/log/nginx/", f"{tmp_path}/")
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "uwsgi_params").write_text("")
+    (tmp_path / "nginx.conf").write_text(f"pid {tmp_path}/nginx.pid;\nevents {{}}\nhttp {{ include site.conf; }}\n")
+    proc = subprocess.run(["nginx", "-t", "-q", "-e", "stderr", "-p", f"{tmp_path}/",
+                           "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+# === config phase =============================================================================================
+
+def test_config_phase_lines_sites_layout():
+    cfg = make_cfg()
+    lines = phases.config(cfg, make_rel(), Facts(nginx_layout="sites")).lines
+    T = f"/srv/shop/tmp/{REL_ID}"
+    assert written(lines, "/srv/shop/shared/config/uwsgi.ini.next") == phases.uwsgi_ini(cfg, make_rel())
+    assert written(lines, f"{T}/site.conf") == phases.nginx_site(cfg)
+    assert f"  sudo -n install -m 0644 {T}/site.conf /etc/nginx/sites-available/shop" in lines
+    assert "  sudo -n ln -sfn /etc/nginx/sites-available/shop /etc/nginx/sites-enabled/shop" in lines
+    assert "  if ! out=$(sudo -n nginx -t 2>&1); then" in lines
+    restore = lines[lines.index("  if ! out=$(sudo -n nginx -t 2>&1); then") + 1]
+    assert restore.startswith(f"    if [ -f {T}/site.prev ]; then sudo -n install -m 0644 {T}/site.prev "
+                              "/etc/nginx/sites-available/shop; ")
+    assert restore.endswith("else sudo -n rm -f /etc/nginx/sites-available/shop /etc/nginx/sites-enabled/shop; fi")
+
+
+def test_config_phase_lines_conf_d_layout():
+    lines = phases.config(make_cfg(), make_rel(), Facts(nginx_layout="conf.d")).lines
+    assert not any("sites-enabled" in ln for ln in lines)
+    assert any(ln.endswith("install -m 0644 /srv/shop/tmp/%s/site.conf /etc/nginx/conf.d/shop.conf" % REL_ID)
+               for ln in lines)
+    assert nginx_site_paths("conf.d", "shop") == ("/etc/nginx/conf.d/shop.conf", None)
+
+
+class NginxLab:
+    """The config phase with /etc/nginx moved under a temp dir, fake sudo/nginx on PATH."""
+
+    def __init__(self, tmp_path, fakebin, layout="sites"):
+        self.tmp, self.fake, self.layout = tmp_path, fakebin, layout
+        self.etc = tmp_path / "etc" / "nginx"
+        for d in ("sites-available", "sites-enabled", "conf.d"):
+            (self.etc / d).mkdir(parents=True)
+        self.cfg = make_cfg(tmp_path / "app")
+        self.lay = Layout(self.cfg.paths.deploy_to)
+        Path(self.lay.config).mkdir(parents=True)
+        self.staging = Path(self.lay.staging(REL_ID))
+        self.staging.mkdir(parents=True)
+        site, enabled = nginx_site_paths(layout, "shop")
+        self.site = Path(site.replace("/etc/nginx/", f"{self.etc}/"))
+        self.enabled = Path(enabled.replace("/etc/nginx/", f"{self.etc}/")) if enabled else None
+
+    def run(self, cfg=None):
+        phase = phases.config(cfg or self.cfg, make_rel(), Facts(nginx_layout=self.layout))
+        phase = Phase(phase.name, [ln.replace("/etc/nginx/", f"{self.etc}/") for ln in phase.lines])
+        return sh(Script([phase]), self.tmp, env=self.fake.env)
+
+
+def test_config_phase_installs_a_new_site(tmp_path, fakebin):
+    lab = NginxLab(tmp_path, fakebin)
+    proc = lab.run()
+    assert proc.returncode == 0, err(proc)
+    assert lab.site.read_text() == phases.nginx_site(lab.cfg)
+    assert stat.S_IMODE(lab.site.stat().st_mode) == 0o644
+    assert os.readlink(lab.enabled) == str(lab.site)
+    assert (lab.staging / "nginx-changed").exists()
+    ini = Path(lab.lay.uwsgi_ini + ".next")
+    assert ini.read_text() == phases.uwsgi_ini(lab.cfg, make_rel())
+    assert stat.S_IMODE(ini.stat().st_mode) == 0o600
+    assert not Path(lab.lay.uwsgi_ini).exists()  # the live ini changes only in switch
+    assert "nginx -t" in fakebin.log()
+    assert notes(out(proc)) == [f"nginx site installed at {lab.site}"]
+
+
+def test_config_phase_leaves_an_unchanged_site_alone(tmp_path, fakebin):
+    lab = NginxLab(tmp_path, fakebin)
+    assert lab.run().returncode == 0
+    (lab.staging / "nginx-changed").unlink()
+    (tmp_path / "sudo.log").unlink()
+    proc = lab.run()
+    assert proc.returncode == 0
+    assert notes(out(proc)) == ["nginx site unchanged"]
+    assert not (lab.staging / "nginx-changed").exists()
+    assert fakebin.log() == ""  # neither install nor nginx -t
+
+
+def test_config_phase_restores_the_previous_site_when_nginx_t_fails(tmp_path, fakebin):
+    lab = NginxLab(tmp_path, fakebin)
+    lab.site.write_text("# the old, working site\n")
+    os.symlink(lab.site, lab.enabled)
+    fakebin.nginx_fails()
+    proc = lab.run(make_cfg(tmp_path / "app", nginx={"server_name": "new.example.com"}))
+    assert proc.returncode == 1
+    assert lab.site.read_text() == "# the old, working site\n"
+    assert os.readlink(lab.enabled) == str(lab.site)
+    assert "nginx: [emerg]" in err(proc)
+    assert "nginx -t rejected the new site; the previous nginx config was restored" in err(proc)
+    assert not (lab.staging / "nginx-changed").exists()
+
+
+def test_config_phase_removes_a_first_site_that_nginx_rejects(tmp_path, fakebin):
+    lab = NginxLab(tmp_path, fakebin)
+    fakebin.nginx_fails()
+    proc = lab.run()
+    assert proc.returncode == 1
+    assert not lab.site.exists() and not os.path.lexists(lab.enabled)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_config_phase_conf_d(tmp_path, fakebin, fails):
+    lab = NginxLab(tmp_path, fakebin, layout="conf.d")
+    fakebin.nginx_fails(fails)
+    proc = lab.run()
+    assert lab.site == lab.etc / "conf.d" / "shop.conf"
+    assert (proc.returncode == 1) is fails
+    assert lab.site.exists() is not fails
+    assert os.listdir(lab.etc / "sites-enabled") == []
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: when the site existed but was disabled (no sites-enabled link) and "
+                                       "nginx -t fails, the restore puts the old file back but leaves the new "
+                                       "enabled link, so the old site is now enabled")
+def test_config_phase_restore_keeps_a_disabled_site_disabled(tmp_path, fakebin):
+    lab = NginxLab(tmp_path, fakebin)
+    lab.site.write_text("# old site, disabled by the admin\n")
+    fakebin.nginx_fails()
+    assert lab.run().returncode == 1
+    assert lab.site.read_text() == "# old site, disabled by the admin\n"
+    assert not os.path.lexists(lab.enabled)
+
+
+# === switch ===================================================================================================
+
+def test_switch_lines():
+    assert phases.switch(make_cfg(), make_rel()).lines[:3] == [
+        f"ln -sfn /srv/shop/releases/{REL_ID} /srv/shop/current.fabdeploy-tmp",
+        "mv -Tf /srv/shop/current.fabdeploy-tmp /srv/shop/current",
+        "mv -f /srv/shop/shared/config/uwsgi.ini.next /srv/shop/shared/config/uwsgi.ini",
+    ]
+
+
+@pytest.mark.parametrize("previous", [None, "20251231T000000Z-0000001"])
+def test_switch_runs_atomically(tmp_path, previous):
+    deploy_to = tmp_path / "app"
+    lay = Layout(str(deploy_to))
+    Path(lay.release(REL_ID)).mkdir(parents=True)
+    Path(lay.config).mkdir(parents=True)
+    Path(lay.uwsgi_ini + ".next").write_text("new ini\n")
+    if previous:
+        Path(lay.release(previous)).mkdir()
+        os.symlink(lay.release(previous), lay.current)
+        Path(lay.uwsgi_ini).write_text("old ini\n")
+    proc = sh(Script([phases.switch(make_cfg(deploy_to), make_rel())]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert os.path.islink(lay.current) and os.readlink(lay.current) == lay.release(REL_ID)
+    assert not os.path.lexists(lay.current + ".fabdeploy-tmp")
+    assert Path(lay.uwsgi_ini).read_text() == "new ini\n"
+    assert not os.path.exists(lay.uwsgi_ini + ".next")
+    assert notes(out(proc)) == [f"current -> {REL_ID}"]
+    if previous:
+        assert Path(lay.release(previous)).is_dir()  # the old release itself is untouched
+
+
+# === restart ==================================================================================================
+
+def test_restart_lines():
+    cfg = make_cfg(uwsgi={"reload_timeout": 7})
+    lines = phases.restart(cfg, make_rel(), Facts(nginx_pid="/run/nginx.pid"))
+    text = "\n".join(lines.lines)
+    uwsgi = f"/srv/shop/venvs/{VENV}/bin/uwsgi"
+    assert f"  {uwsgi} --reload /srv/shop/shared/run/uwsgi.pid >/dev/null" in lines.lines
+    assert f"  {uwsgi} --ini /srv/shop/shared/config/uwsgi.ini" in lines.lines
+    assert "while [ $i -lt 70 ]; do" in lines.lines
+    assert f'[ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = /srv/shop/releases/{REL_ID} ]' in text
+    assert "npid=$(alive /run/nginx.pid nginx || true)" in lines.lines
+    i = lines.lines.index(f"elif [ -f /srv/shop/tmp/{REL_ID}/nginx-changed ]; then")
+    assert lines.lines[i + 1] == "  sudo -n nginx -s reload"
+    assert lines.sudo is True
+
+
+def test_alive_function_needs_a_live_process_with_the_right_name(tmp_path):
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / "good.pid").write_text(f"{sleeper.pid}\n")
+        (tmp_path / "empty.pid").write_text("")
+        (tmp_path / "dead.pid").write_text("999999999\n")
+        cases = (("good.pid", "sleep"), ("good.pid", "uwsgi"), ("empty.pid", "sleep"), ("dead.pid", "sleep"),
+                 ("missing.pid", "sleep"))
+        probe = "\n".join([phases.ALIVE_FN] + [
+            f'echo "{f}:{name}=$(alive {q(str(tmp_path / f))} {name} || echo none)"' for f, name in cases])
+        proc = sh(probe, tmp_path)
+        assert out(proc).splitlines() == [f"good.pid:sleep={sleeper.pid}", "good.pid:uwsgi=none",
+                                          "empty.pid:sleep=none", "dead.pid:sleep=none", "missing.pid:sleep=none"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# === cleanup ==================================================================================================
+
+RELEASES = [f"2026010{i}T000000Z-abcdef{i}" for i in range(1, 8)]
+VENV_OF = {1: "v-a", 2: "v-b", 3: "v-a", 4: "v-c", 5: "v-d", 6: "v-d", 7: "v-e"}
+
+
+def _cleanup_lab(tmp_path, current_index=2):
+    deploy_to = tmp_path / "app"
+    lay = Layout(str(deploy_to))
+    for i, rid in enumerate(RELEASES, 1):
+        meta = Path(lay.release(rid), ".fabdeploy")
+        meta.mkdir(parents=True)
+        (meta / "venv").write_text(VENV_OF[i] + "\n")
+    Path(lay.releases, "not-a-release").mkdir()
+    for v in ("v-a", "v-b", "v-c", "v-d", "v-e", "v-orphan"):
+        Path(lay.venvs, v, "bin").mkdir(parents=True)
+    os.symlink(lay.release(RELEASES[current_index - 1]), lay.current)
+    Path(lay.staging(RELEASES[-1]), "wheels").mkdir(parents=True)
+    Path(lay.run).mkdir(parents=True)
+    return lay
+
+
+def test_cleanup_keeps_newest_n_and_current_and_their_venvs(tmp_path):
+    lay = _cleanup_lab(tmp_path, current_index=2)
+    cfg = make_cfg(lay.deploy_to, paths={"keep_releases": 3})
+    proc = sh(Script([phases.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert sorted(os.listdir(lay.releases)) == sorted([RELEASES[1], RELEASES[4], RELEASES[5], RELEASES[6],
+                                                       "not-a-release"])
+    assert sorted(os.listdir(lay.venvs)) == ["v-b", "v-d", "v-e"]
+    assert not os.path.exists(lay.staging(RELEASES[-1]))
+    assert os.readlink(lay.current) == lay.release(RELEASES[1])
+    assert notes(out(proc)) == ["kept 3 releases, removed 3"]
+
+
+def test_cleanup_with_current_among_the_newest(tmp_path):
+    lay = _cleanup_lab(tmp_path, current_index=7)
+    cfg = make_cfg(lay.deploy_to, paths={"keep_releases": 1})
+    proc = sh(Script([phases.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert sorted(os.listdir(lay.releases)) == [RELEASES[6], "not-a-release"]
+    assert os.listdir(lay.venvs) == ["v-e"]
+    assert notes(out(proc)) == ["kept 1 releases, removed 6"]
+
+
+def test_cleanup_keeps_the_venv_of_the_running_uwsgi_master(tmp_path):
+    lay = _cleanup_lab(tmp_path, current_index=7)
+    fake_uwsgi = Path(lay.venvs, "v-orphan", "bin", "uwsgi")
+    shutil.copy(shutil.which("sleep"), fake_uwsgi)
+    master = subprocess.Popen([str(fake_uwsgi), "30"])
+    try:
+        Path(lay.pidfile).write_text(f"{master.pid}\n")
+        cfg = make_cfg(lay.deploy_to, paths={"keep_releases": 1})
+        proc = sh(Script([phases.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
+        assert proc.returncode == 0, err(proc)
+        assert sorted(os.listdir(lay.venvs)) == ["v-e", "v-orphan"]
+    finally:
+        master.kill()
+        master.wait()
+
+
+def test_cleanup_keeps_everything_when_there_are_few_releases(tmp_path):
+    lay = _cleanup_lab(tmp_path, current_index=7)
+    cfg = make_cfg(lay.deploy_to, paths={"keep_releases": 10})
+    proc = sh(Script([phases.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert len(os.listdir(lay.releases)) == 8
+    assert sorted(os.listdir(lay.venvs)) == ["v-a", "v-b", "v-c", "v-d", "v-e"]
+
+
+# === abandon ==================================================================================================
+
+@pytest.mark.parametrize("is_current", [False, True])
+def test_abandon_removes_the_half_built_release_unless_it_is_current(tmp_path, is_current):
+    deploy_to = tmp_path / "app"
+    lay = Layout(str(deploy_to))
+    old = "20251231T000000Z-0000001"
+    Path(lay.release(REL_ID)).mkdir(parents=True)
+    Path(lay.release(old)).mkdir()
+    Path(lay.staging(REL_ID)).mkdir(parents=True)
+    Path(lay.config).mkdir(parents=True)
+    Path(lay.uwsgi_ini + ".next").write_text("x")
+    Path(lay.uwsgi_ini).write_text("live")
+    os.symlink(lay.release(REL_ID if is_current else old), lay.current)
+    proc = sh(Script([phases.abandon(make_cfg(deploy_to), make_rel())]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert Path(lay.release(REL_ID)).exists() is is_current
+    assert Path(lay.release(old)).is_dir()
+    assert not Path(lay.staging(REL_ID)).exists() and not Path(lay.uwsgi_ini + ".next").exists()
+    assert Path(lay.uwsgi_ini).read_text() == "live"
+
+
+# === hooks ====================================================================================================
+
+@pytest.fixture(autouse=True)
+def _clean_hooks():
+    hooks.clear()
+    yield
+    hooks.clear()
+
+
+def _ctx(cfg, release_path=None):
+    lay = Layout(cfg.paths.deploy_to)
+    return hooks.HookContext(cfg, "web1", REL_ID, release_path or lay.release(REL_ID), lay.venv(VENV))
+
+
+def test_wrap_without_hooks_returns_the_phase_itself():
+    cfg = make_cfg()
+    phase = phases.switch(cfg, make_rel())
+    assert hooks.wrap(phase, cfg, _ctx(cfg)) is phase
+
+
+def test_wrap_puts_config_then_python_hooks_around_the_body():
+    cfg = make_cfg(hooks={"before_django": ["./manage.py compilemessages"], "after_django": ["echo done"]})
+    seen = []
+
+    @hooks.before("django")
+    def first(ctx):
+        seen.append(ctx)
+        return [f"{ctx.python} manage.py warm --release {q(ctx.release_id)}"]
+
+    @hooks.after("django")
+    def second(ctx):
+        return None  # returning nothing is allowed
+
+    ctx = _ctx(cfg)
+    body = phases.django(cfg, make_rel())
+    wrapped = hooks.wrap(body, cfg, ctx)
+    R = f"/srv/shop/releases/{REL_ID}"
+    env = (f"export FABDEPLOY_RELEASE={REL_ID} FABDEPLOY_RELEASE_PATH={R} FABDEPLOY_DEPLOY_TO=/srv/shop "
+           f"FABDEPLOY_VENV=/srv/shop/venvs/{VENV}")
+    assert wrapped.name == "django" and wrapped.sudo == body.sudo
+    n = len(body.lines)
+    before, after = wrapped.lines[:4], wrapped.lines[4 + n:]
+    assert wrapped.lines[4:4 + n] == body.lines
+    for block in (before, after):
+        assert block[0].startswith(f"({env}; cd {R} 2>/dev/null || cd /srv/shop")
+        assert block[0].endswith("; set -e")
+        assert block[-1].startswith(")")
+    assert before[1:3] == ["./manage.py compilemessages",
+                           f"/srv/shop/venvs/{VENV}/bin/python manage.py warm --release {REL_ID}"]
+    assert after[1:2] == ["echo done"] and len(after) == 3
+    assert seen == [ctx]
+
+
+def test_python_hooks_only_wrap_their_phase():
+    hooks.after("restart")(lambda ctx: ["echo restarted"])
+    cfg = make_cfg()
+    assert hooks.wrap(phases.switch(cfg, make_rel()), cfg, _ctx(cfg)).lines == phases.switch(cfg, make_rel()).lines
+    assert hooks.wrap(phases.restart(cfg, make_rel(), Facts()), cfg, _ctx(cfg)).lines[-2] == "echo restarted"
+
+
+def test_unknown_hook_phase_is_refused():
+    with pytest.raises(ValueError, match="unknown phase 'deploy'"):
+        hooks.before("deploy")
+
+
+def test_clear_empties_the_registry():
+    hooks.before("code")(lambda ctx: ["echo x"])
+    hooks.clear()
+    cfg = make_cfg()
+    phase = phases.switch(cfg, make_rel())
+    assert hooks.wrap(Phase("code", ["true"]), cfg, _ctx(cfg)).lines == ["true"]
+    assert hooks.wrap(phase, cfg, _ctx(cfg)) is phase
+
+
+def test_wrapped_phase_runs_hooks_in_the_release_dir_with_the_env(tmp_path):
+    deploy_to = tmp_path / "app"
+    R = deploy_to / "releases" / REL_ID
+    R.mkdir(parents=True)
+    cfg = make_cfg(deploy_to, hooks={
+        "before_switch": ["pwd > before.txt", "printf '%s' '$(touch PWNED) `touch PWNED`' > literal.txt"],
+        "after_switch": ['printf "%s|%s|%s|%s" "$FABDEPLOY_RELEASE" "$FABDEPLOY_RELEASE_PATH" '
+                         '"$FABDEPLOY_DEPLOY_TO" "$FABDEPLOY_VENV" > after.txt']})
+    hooks.after("switch")(lambda ctx: [f"echo {q(ctx.host)} > host.txt"])
+    body = Phase("switch", ["echo body > body.txt"])
+    proc = sh(Script([hooks.wrap(body, cfg, _ctx(cfg))]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert (R / "before.txt").read_text() == f"{R}\n"
+    assert (R / "literal.txt").read_text() == "$(touch PWNED) `touch PWNED`"
+    assert (tmp_path / "body.txt").exists()  # the body runs where the phase runs, not in the hook's cd
+    assert (R / "after.txt").read_text() == f"{REL_ID}|{R}|{deploy_to}|{deploy_to}/venvs/{VENV}"
+    assert (R / "host.txt").read_text() == "web1\n"
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+def test_hook_runs_in_deploy_to_when_the_release_does_not_exist_yet(tmp_path):
+    deploy_to = tmp_path / "app"
+    deploy_to.mkdir()
+    cfg = make_cfg(deploy_to, hooks={"before_setup": ["pwd > where.txt"]})
+    proc = sh(Script([hooks.wrap(Phase("setup", ["true"]), cfg, _ctx(cfg))]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert (deploy_to / "where.txt").read_text() == f"{deploy_to}\n"
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a hook block does `cd release || cd deploy_to` under set -e; "
+                                       "before_setup on a new host (no deploy_to yet) always fails the deploy")
+def test_before_setup_hook_works_on_a_new_host(tmp_path):
+    deploy_to = tmp_path / "app"  # does not exist: setup creates it
+    cfg = make_cfg(deploy_to, hooks={"before_setup": [f"echo ran > {q(str(tmp_path / 'ran.txt'))}"]})
+    proc = sh(Script([hooks.wrap(Phase("setup", ["true"]), cfg, _ctx(cfg))]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert (tmp_path / "ran.txt").read_text() == "ran\n"
+
+
+def test_failing_before_hook_fails_the_phase_before_its_body(tmp_path):
+    (tmp_path / "app").mkdir()
+    cfg = make_cfg(tmp_path / "app", hooks={"before_django": ["false", "echo not reached > x"]})
+    proc = sh(Script([hooks.wrap(Phase("django", ["echo body > body.txt"]), cfg, _ctx(cfg))]), tmp_path)
+    assert proc.returncode != 0
+    assert f"{MARK} end django 1" in out(proc)
+    assert not (tmp_path / "body.txt").exists() and not list(tmp_path.rglob("x"))
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: hook blocks inherit stdin, which in the prepare invocation is the "
+                                       "release archive; a before_code hook that reads stdin eats the upload "
+                                       "and the code phase fails (hook blocks should run with </dev/null)")
+def test_before_code_hook_does_not_eat_the_archive(tmp_path):
+    deploy_to = tmp_path / "app"
+    _setup_dirs(deploy_to)
+    cfg = _sample_cfg(deploy_to, hooks={"before_code": ["cat > /dev/null"]})
+    wrapped = hooks.wrap(phases.code(cfg, make_rel()), cfg, _ctx(cfg))
+    proc = sh(Script([wrapped]), tmp_path, stdin=_sample_bundle())
+    assert proc.returncode == 0, err(proc)
+    assert (deploy_to / "releases" / REL_ID / "manage.py").is_file()
+
+
+def test_hook_context_python_is_quoted():
+    cfg = make_cfg()
+    ctx = hooks.HookContext(cfg, "h", REL_ID, "/r", "/srv/v env")
+    assert ctx.python == "'/srv/v env/bin/python'"
+
+
+def test_release_ids_used_here_are_valid():
+    assert all(RELEASE_ID.match(r) for r in RELEASES + [REL_ID])
