@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .config import PHASES, Config
-from .layout import Layout
+from .layout import SETTINGS_MODULE, Layout
 from .script import Phase, q
 
 _REGISTRY: dict[tuple[str, str], list[Callable]] = defaultdict(list)
@@ -74,13 +74,14 @@ def wrap(phase: Phase, cfg: Config, ctx: HookContext) -> Phase:
     """The phase with its before/after hook commands around it, each run from the release directory."""
     lay = Layout(cfg.paths.deploy_to)
     env = (f"export FABDEPLOY_RELEASE={q(ctx.release_id)} FABDEPLOY_RELEASE_PATH={q(ctx.release_path)} "
-           f"FABDEPLOY_DEPLOY_TO={q(lay.deploy_to)} FABDEPLOY_VENV={q(ctx.venv_path)}")
+           f"FABDEPLOY_DEPLOY_TO={q(lay.deploy_to)} FABDEPLOY_VENV={q(ctx.venv_path)} "
+           f"DJANGO_SETTINGS_MODULE={SETTINGS_MODULE}")
 
     def block(when: str) -> list[str]:
         cmds = _commands(when, phase.name, cfg, ctx)
         if not cmds:
             return []
-        return [f"({env}; cd {q(ctx.release_path)} 2>/dev/null || cd {q(lay.deploy_to)}; set -e", *cmds, ")"]
+        return [f"({env}; cd {q(ctx.release_path)} 2>/dev/null || cd {q(lay.deploy_to)} 2>/dev/null || true; set -e", *cmds, ")"]
 
     before_lines, after_lines = block("before"), block("after")
     if not before_lines and not after_lines:

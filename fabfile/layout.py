@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+SETTINGS_MODULE = "fabdeploy_settings"  # the production settings module written into each release
 RELEASE_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{7,12}$")
 RELEASE_GLOB_ERE = "^[0-9]{8}T[0-9]{6}Z-[0-9a-f]+$"
 

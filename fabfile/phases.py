@@ -9,11 +9,10 @@ import json
 from dataclasses import dataclass, field
 
 from .config import Config
-from .layout import RELEASE_GLOB_ERE, Layout, nginx_site_paths
+from .layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, Layout, nginx_site_paths
 from .render import render
 from .script import MARK, Phase, fact, q, write_file
 
-SETTINGS_MODULE = "fabdeploy_settings"
 
 
 @dataclass
@@ -402,7 +401,8 @@ def cleanup(cfg: Config, rel: Release) -> Phase:
         '  rm -rf -- "$v"',
         "done",
         f"rm -rf {q(lay.staging(rel.id))}",
-        note(f"kept {keep} releases, removed $removed"),
+        f"left=$(ls -1 {q(lay.releases)} | grep -cE {q(RELEASE_GLOB_ERE)} || true)",
+        note(f"$left releases on disk (keep_releases = {keep}), removed $removed"),
     ])
 
 

@@ -68,7 +68,8 @@ def _from_git(cfg: Config, src: Path) -> Source:
     elif subprocess.run(["git", "-C", str(src), "show-ref", "--verify", "--quiet", f"refs/heads/{rev}"]).returncode == 0:
         branch = rev
     tree = f"{sha}:{prefix}" if prefix else sha
-    proc = subprocess.run(["git", "-C", str(src), "archive", "--format=tar", tree], capture_output=True)
+    top = _git(src, "rev-parse", "--show-toplevel")  # git archive in a subdirectory filters by it again
+    proc = subprocess.run(["git", "-C", top, "archive", "--format=tar", tree], capture_output=True)
     if proc.returncode != 0:
         raise LocalError(f"git archive {rev} failed in {src}: {proc.stderr.decode(errors='replace').strip()}")
     warnings = []

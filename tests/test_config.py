@@ -224,6 +224,13 @@ def test_dotdot_in_shared_dirs_rejected(dirs):
     assert "must stay inside its directory (no '..')" in message
 
 
+def test_empty_requirements_needs_pip_packages():
+    assert config_error(raw(project={"requirements": ""})) == \
+        "project.requirements is empty and pip.packages lists nothing to install"
+    cfg = parse_config(raw(project={"requirements": ""}, pip={"packages": ["Django>=5.2"]}))
+    assert cfg.project.requirements == "" and cfg.pip.packages == ["Django>=5.2"]
+
+
 def test_dotdot_in_requirements_and_manage_rejected():
     assert "no '..'" in config_error(raw(project={"requirements": "../requirements.txt"}))
     assert "no '..'" in config_error(raw(project={"manage": "src/../../manage.py"}))

@@ -156,7 +156,7 @@ def test_keep_releases_prunes_old_releases(site):
     rel, out = deploy(site)
     names = sorted(p.name for p in site.host.path("/srv/sample/releases").iterdir())
     assert names == sorted(site.releases[-2:]) and rel in names
-    assert re.search(r"cleanup\s+kept 2 releases, removed 1", out)
+    assert re.search(r"cleanup\s+2 releases on disk \(keep_releases = 2\), removed 1", out), out
     assert b"Third revision" in get(site, "/")[2]
 
 

@@ -679,6 +679,13 @@ def test_venv_default_index_and_custom_package():
     assert "--index-url" not in line and "--no-index" not in line
 
 
+def test_venv_extra_packages_and_no_requirements_file():
+    line = _pip_line(make_cfg(project={"requirements": ""}, pip={"packages": ["Django>=5.2,<5.3", "whitenoise"]}),
+                     make_rel())
+    assert line.endswith("-q 'Django>=5.2,<5.3' whitenoise uwsgi")
+    assert " -r " not in line
+
+
 def test_venv_is_reused_when_complete_and_built_beside_otherwise():
     lines = phases.venv(make_cfg(), make_rel()).lines
     V = f"/srv/shop/venvs/{VENV}"
@@ -1014,7 +1021,10 @@ def test_restart_lines():
     assert f'[ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = /srv/shop/releases/{REL_ID} ]' in text
     assert "npid=$(alive /run/nginx.pid nginx || true)" in lines.lines
     i = lines.lines.index(f"elif [ -f /srv/shop/tmp/{REL_ID}/nginx-changed ]; then")
-    assert lines.lines[i + 1] == "  sudo -n nginx -s reload"
+    branch = lines.lines[i + 1:lines.lines.index("else", i)]
+    assert "  sudo -n nginx -s reload" in branch  # nginx reloads only when the config phase changed the site
+    assert branch[-1] == f'  echo "{MARK} note nginx reloaded"'
+    assert sum("nginx -s reload" in ln for ln in lines.lines) == 1
     assert lines.sudo is True
 
 

@@ -62,10 +62,12 @@ def make_repo(root: Path, files: dict[str, str] = FILES) -> str:
     return git(root, "rev-parse", "HEAD")
 
 
-def cfg_for(config_dir: Path, **project):
+def cfg_for(config_dir: Path, pip: dict | None = None, **project):
     data = {"project": {"name": "shop", "django_settings": "shop.settings", "wsgi": "shop.wsgi:application",
                         **project},
             "paths": {"deploy_to": "/srv/shop"}}
+    if pip:
+        data["pip"] = pip
     return parse_config(data, config_dir / "deploy.toml")
 
 
@@ -98,13 +100,6 @@ def test_git_source_is_the_committed_tree(tmp_path):
         assert tar.getmember("manage.py").mode & 0o111  # executable bit kept
 
 
-SUBDIR_BUG = pytest.mark.xfail(
-    strict=True, reason="BUG: _from_git runs `git -C <subdir> archive <sha>:<prefix>`; from a subdirectory git "
-                        "archive also limits to the cwd path, which the subtree does not contain, so it fails "
-                        "with 'current working directory is untracked': a git subdirectory source never deploys")
-
-
-@SUBDIR_BUG
 def test_git_subdirectory_archives_only_that_subtree(tmp_path):
     repo = tmp_path / "repo"
     files = {f"app/{k}": v for k, v in FILES.items()} | {"README.md": "top\n", "other/secret.txt": "no\n"}
@@ -127,7 +122,6 @@ def test_uncommitted_changes_warn_and_are_not_deployed(tmp_path):
     assert "untracked.py" not in names(src.tar)
 
 
-@SUBDIR_BUG
 def test_changes_outside_the_source_subdirectory_do_not_warn(tmp_path):
     repo = tmp_path / "repo"
     make_repo(repo, {f"app/{k}": v for k, v in FILES.items()} | {"docs/index.md": "a\n"})
@@ -254,6 +248,15 @@ def test_plain_directory_revision_is_a_content_hash(tmp_path):
     assert read_source(cfg_for(a)).revision == src_a.revision
     (a / "shop" / "settings.py").write_text("DEBUG = False\n")
     assert read_source(cfg_for(a)).revision != src_a.revision
+
+
+def test_no_requirements_file_reads_as_empty(tmp_path):
+    src_dir, repo = tmp_path / "proj", tmp_path / "repo"
+    files = {k: v for k, v in FILES.items() if k != "requirements.txt"}
+    write_tree(src_dir, files)
+    make_repo(repo, files)
+    for where in (src_dir, repo):
+        assert read_source(cfg_for(where, pip={"packages": ["Django"]}, requirements="")).requirements == b""
 
 
 def test_plain_directory_without_requirements_is_a_local_error(tmp_path):
@@ -405,7 +408,9 @@ def test_venv_hash_is_stable_and_short():
     {"cfg": {"project": {"python": "python3.12"}}},
     {"cfg": {"pip": {"index_url": "https://mirror.example/simple"}}},
     {"cfg": {"pip": {"wheelhouse": True}}},
-], ids=["requirements", "patch-version", "minor-version", "uwsgi-package", "interpreter", "index", "wheelhouse"])
+    {"cfg": {"pip": {"packages": ["whitenoise"]}}},
+], ids=["requirements", "patch-version", "minor-version", "uwsgi-package", "interpreter", "index", "wheelhouse",
+        "packages"])
 def test_venv_hash_changes_with_what_goes_into_the_venv(change):
     base = venv_hash(_vcfg(), REQ, "3.11.2")
     changed = venv_hash(_vcfg(**change.get("cfg", {})), change.get("requirements", REQ),
