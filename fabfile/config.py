@@ -28,7 +28,7 @@ _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
 _REL_PATH = re.compile(r"^[A-Za-z0-9._@+-][A-Za-z0-9._/@+-]*$")
 _SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
 _LISTEN = re.compile(r"^([0-9]{1,5}|[A-Za-z0-9.\-]+:[0-9]{1,5}|\[[0-9A-Fa-f:]+\]:[0-9]{1,5})$")
-_SERVER_NAME = re.compile(r"^[A-Za-z0-9_.*~^$\\()|:\[\]-]+$")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9_.*~^$\\()|:\[\]?+-]+$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL_PATH = re.compile(r"^/[A-Za-z0-9._/-]*/$")
 _HOST = re.compile(r"^([A-Za-z0-9._-]+@)?([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?$")
@@ -83,8 +83,11 @@ def _env(value):
             return f"{key} must be a string"
         if "\n" in item or "\r" in item or "\0" in item:
             return f"{key} must be a single line"
-        if "$(" in item:
-            return f"{key} must not contain '$(' (uWSGI would expand it)"
+        for bad in ("$(", "@(", "%("):
+            if bad in item:
+                return f"{key} must not contain {bad!r} (uWSGI would expand it)"
+        if item != item.rstrip(" \t"):
+            return f"{key} must not end with whitespace (uWSGI strips it)"
     return None
 
 
@@ -217,7 +220,14 @@ class Config:
     def allowed_hosts(self) -> list[str]:
         if self.django.allowed_hosts:
             return list(self.django.allowed_hosts)
-        names = [n for n in self.server_names if n not in ("_", "") and not n.startswith("~")]
+        names = []
+        for n in self.server_names:
+            if n in ("_", "") or n.startswith("~"):
+                continue
+            if n.startswith("*."):
+                n = n[1:]
+            if "*" not in n:
+                names.append(n)
         return names or ["localhost"]
 
     def secret_values(self) -> list[str]:
@@ -246,6 +256,8 @@ def load_config(explicit: str | None = None) -> Config:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     return parse_config(raw, path)
@@ -268,7 +280,8 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         given = raw.get(section, {})
         for key in given:
             if key not in keys:
-                raise ConfigError(f"{where}unknown key {section}.{key}{_suggest(key, keys)}")
+                shown = key if key.isprintable() else repr(key)
+                raise ConfigError(f"{where}unknown key {section}.{shown}{_suggest(key, keys)}")
         values = {}
         for key, spec in keys.items():
             if key not in given:
@@ -279,14 +292,17 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
                 continue
             problem = spec.check(given[key])
             if problem:
-                raise ConfigError(f"{where}{section}.{key} {problem} (got {given[key]!r})")
+                got = "" if (section, key) == ("django", "env") else f" (got {given[key]!r})"
+                raise ConfigError(f"{where}{section}.{key} {problem}{got}")
             values[key] = given[key]
         data[section] = values
     deploy_to = data["paths"]["deploy_to"]
-    if deploy_to.rstrip("/") in ("", "/") or "/../" in deploy_to + "/" or "/./" in deploy_to + "/":
+    if deploy_to.rstrip("/") in ("", "/") or "//" in deploy_to.rstrip("/") or "/../" in deploy_to + "/" \
+            or "/./" in deploy_to + "/":
         raise ConfigError(f"{where}paths.deploy_to must be a real directory below / (got {deploy_to!r})")
     if not data["project"]["requirements"] and not data["pip"]["packages"]:
         raise ConfigError(f"{where}project.requirements is empty and pip.packages lists nothing to install")
+    data["paths"]["deploy_to"] = deploy_to.rstrip("/")
     for rel in data["paths"]["shared_dirs"] + [data["project"]["requirements"], data["project"]["manage"]]:
         if ".." in rel.split("/"):
             raise ConfigError(f"{where}path {rel!r} must stay inside its directory (no '..')")

@@ -81,7 +81,9 @@ def wrap(phase: Phase, cfg: Config, ctx: HookContext) -> Phase:
         cmds = _commands(when, phase.name, cfg, ctx)
         if not cmds:
             return []
-        return [f"({env}; cd {q(ctx.release_path)} 2>/dev/null || cd {q(lay.deploy_to)} 2>/dev/null || true; set -e", *cmds, ")"]
+        cd = f"cd {q(ctx.release_path)} 2>/dev/null || cd {q(lay.deploy_to)} 2>/dev/null || true"
+        # stdin is closed: in the prepare invocation it carries the release archive.
+        return [f"({env}; {cd}; set -e", *cmds, ") </dev/null"]
 
     before_lines, after_lines = block("before"), block("after")
     if not before_lines and not after_lines:

@@ -256,7 +256,8 @@ def config(cfg: Config, rel: Release, facts: Facts) -> Phase:
     site, enabled = nginx_site_paths(facts.nginx_layout, cfg.project.name)
     new, prev, changed = f"{T}/site.conf", f"{T}/site.prev", f"{T}/nginx-changed"
     link_ok = f"[ \"$(readlink {q(enabled)})\" = {q(site)} ]" if enabled else "true"
-    restore = [f"if [ -f {q(prev)} ]; then sudo -n install -m 0644 {q(prev)} {q(site)}; "
+    unlink = f'[ "$had_link" = 1 ] || sudo -n rm -f {q(enabled)}; ' if enabled else ""
+    restore = [f"if [ -f {q(prev)} ]; then sudo -n install -m 0644 {q(prev)} {q(site)}; {unlink}"
                f"else sudo -n rm -f {q(site)}" + (f" {q(enabled)}" if enabled else "") + "; fi"]
     lines = [
         *write_file(f"{lay.uwsgi_ini}.next", uwsgi_ini(cfg, rel), mode="0600"),
@@ -265,6 +266,7 @@ def config(cfg: Config, rel: Release, facts: Facts) -> Phase:
         "  " + note("nginx site unchanged"),
         "else",
         f"  if [ -f {q(site)} ]; then cp {q(site)} {q(prev)}; fi",
+        f"  had_link=0; if [ -L {q(enabled)} ]; then had_link=1; fi" if enabled else "  had_link=0",
         f"  sudo -n install -m 0644 {q(new)} {q(site)}",
     ]
     if enabled:

@@ -59,7 +59,7 @@ class Script:
 
 def mask(text: str, secrets) -> str:
     for value in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(value, MASK).replace(q(value), MASK)
+        text = text.replace(value.replace("%", "%%"), MASK).replace(value, MASK).replace(q(value), MASK)
     return text
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 from .config import Config
 from .errors import LocalError
 
-DEFAULT_EXCLUDES = [".git", "__pycache__", "*.pyc", ".venv", "venv", ".tox", "node_modules", "media",
-                    "db.sqlite3", "deploy.toml", ".pytest_cache"]
+# Never uploaded from a plain directory: these at any depth ...
+EXCLUDE_ANYWHERE = [".git", "__pycache__", "*.pyc", ".pytest_cache", "node_modules"]
+# ... and these only at the top (a nested static/app/media/ is the project's own).
+EXCLUDE_TOP = [".venv", "venv", ".tox", "media", "db.sqlite3", "deploy.toml"]
 
 
 @dataclass
@@ -34,7 +36,8 @@ class Source:
 def _git(src: Path, *args: str) -> str:
     proc = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise LocalError(f"git {' '.join(args)} in {src} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+        raise LocalError(f"git {' '.join(args)} in {src} failed: {lines[-1]}")
     return proc.stdout.strip()
 
 
@@ -101,13 +104,13 @@ def _excluded(rel: str, patterns: list[str]) -> bool:
 
 
 def _from_dir(cfg: Config, src: Path) -> Source:
-    patterns = DEFAULT_EXCLUDES + list(cfg.project.exclude)
+    patterns = EXCLUDE_ANYWHERE + list(cfg.project.exclude)
     buf = io.BytesIO()
     digest = hashlib.sha256()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(src.rglob("*")):
             rel = path.relative_to(src).as_posix()
-            if _excluded(rel, patterns):
+            if _excluded(rel, patterns) or rel.split("/")[0] in EXCLUDE_TOP:
                 continue
             if path.is_symlink() or path.is_file():
                 tar.add(path, arcname=rel, recursive=False)
@@ -143,7 +146,7 @@ def bundle(project_tar: bytes, wheels: list[Path]) -> bytes:
                 if member.name in ("pax_global_header",) or member.type == tarfile.XGLTYPE:
                     continue
                 data = src.extractfile(member) if member.isfile() else None
-                member.name = "release/" + member.name.lstrip("./")
+                member.name = "release/" + member.name.removeprefix("./")
                 if member.islnk():
                     member.linkname = "release/" + member.linkname
                 dst.addfile(member, data)
