@@ -67,8 +67,11 @@ def build_wheels(cfg: Config, requirements: bytes, python_version: str, key: str
             cmd[4:4] = ["--index-url", cfg.pip.index_url]
         proc = subprocess.run(cmd, cwd=req_dir, capture_output=True, text=True, timeout=cfg.pip.timeout)
         if proc.returncode != 0:
-            tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-            raise LocalError(f"wheelhouse: pip wheel failed: {tail}")
+            output = (proc.stderr or proc.stdout).strip()
+            tail = " | ".join(line.strip() for line in output.splitlines()[-3:])
+            hint = (f" (is the 'wheel' package installed for {py}? pip install wheel)"
+                    if "bdist_wheel" in output else "")
+            raise LocalError(f"wheelhouse: pip wheel failed: {tail}{hint}")
         (work / "wheels" / ".complete").touch()
         if target.exists():
             shutil.rmtree(target)
