@@ -186,6 +186,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "identity_file": Key("", _str(None)),
         "connect_timeout": Key(15, _int(1, 600)),
     },
+    "lock": {
+        "ttl": Key(3600, _int(10, 7 * 86400)),
+        "wait": Key(0, _int(0, 86400)),
+    },
     "hooks": {
         f"{when}_{phase}": Key([], _list(_str(None, empty_ok=False), "shell commands"))
         for phase in PHASES for when in ("before", "after")

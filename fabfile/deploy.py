@@ -1,28 +1,31 @@
 """The deploy engine: named phases with hooks, three remote invocations per host, hosts in parallel.
 
-    invocation 1  setup                          create the layout, learn host facts
+    invocation 1  setup                          create the layout, take the deploy lock, learn host facts
     (local)                                      build wheels when the host's venv must be built
     invocation 2  code, venv, django, config     archive on stdin; nothing the live site uses changes
-    invocation 3  switch, restart, cleanup       make it live, reload, prune
+    invocation 3  switch, restart, cleanup,      make it live, reload, prune, audit line, release the lock
+                  finish
 
-A failure before the switch removes the half-built release and leaves `current`, uWSGI and nginx as they
-were.
+A failure (or Ctrl-C) before the switch stops the remote half, removes the half-built release and leaves
+`current`, uWSGI and nginx as they were; the switch invocation is never cut in half by Ctrl-C. Every run
+ends with an audit line and the lock released.
 """
 from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import hooks, phases
+from . import hooks, lock, phases
 from .config import Config
 from .connect import host_label, local_user, open_connection
 from .errors import FabdeployError, RemoteError
+from .fleet import deferred_interrupt, for_each_host
+from .lock import LockOwner
 from .layout import Layout
 from .output import Printer
-from .runner import run_script
-from .script import Script, parse_facts
+from .runner import Interrupted, run_script
+from .script import Script, mask, parse_facts
 from .source import Source, bundle, read_source, release_id
 from .wheelhouse import build_wheels, venv_hash
 
@@ -55,8 +58,10 @@ def site_url(cfg: Config, host: str) -> str:
 
 
 class HostDeploy:
-    def __init__(self, conn, cfg: Config, source: Source, rel_id: str, printer: Printer, shared: _Shared):
+    def __init__(self, conn, cfg: Config, source: Source, rel_id: str, printer: Printer, shared: _Shared,
+                 cancel: threading.Event, wait: int = 0):
         self.conn, self.cfg, self.source, self.rel_id = conn, cfg, source, rel_id
+        self.cancel, self.wait = cancel, wait
         self.printer, self.shared = printer, shared
         self.host = host_label(conn)
         self.layout = Layout(cfg.paths.deploy_to)
@@ -67,41 +72,79 @@ class HostDeploy:
                                 self.layout.venv(rel.venv_hash) if rel else "")
         return Script([hooks.wrap(p, self.cfg, ctx) for p in built], tuple(self.cfg.secret_values()))
 
-    def run(self, script: Script, stdin: bytes | None = None):
+    def run(self, script: Script, stdin: bytes | None = None, remote: dict | None = None):
         self.printer.debug(self.host, script.display())
         timeout = self.cfg.pip.timeout + 600
-        return run_script(self.conn, script, host=self.host, stdin=stdin, timeout=timeout,
+        return run_script(self.conn, script, host=self.host, stdin=stdin, timeout=timeout, remote=remote,
+                          cancel=self.cancel,
                           on_phase=lambda ph: self.printer.phase(self.host, ph),
                           on_output=(lambda s, ln: self.printer.debug(self.host, ln)) if self.printer.verbose
                           else None)
 
     def deploy(self) -> Outcome:
         start = time.monotonic()
-        out = Outcome(self.host, self.rel_id)
         cfg = self.cfg
-        open_connection(self.conn)
-        result = self.run(self.script([phases.setup(cfg)], None))
-        facts = phases.Facts.parse(parse_facts(result.stdout))
-        key = venv_hash(cfg, self.source.requirements, facts.python_version)
-        need_venv = key not in facts.venvs
-        wheels = self.wheels(key, facts) if (need_venv and cfg.pip.wheelhouse) else []
-        rel = phases.Release(self.rel_id, self.source.revision, self.source.branch, self.source.kind,
-                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), local_user(), key, bool(wheels))
-        archive = self.archive(wheels)
-        self.printer.line(self.host, f"upload   release {rel.id} ({len(archive) // 1024} KiB"
-                          + (f", {len(wheels)} wheels" if wheels else "") + ")")
-        prepare = [phases.code(cfg, rel), phases.venv(cfg, rel), phases.django(cfg, rel),
-                   phases.config(cfg, rel, facts)]
+        owner = LockOwner.new("deploy", local_user())
+        remote: dict = {}
+        stage, rel = "connect", None
         try:
-            self.run(self.script(prepare, rel), stdin=archive)
-        except FabdeployError:
-            self.abandon(rel)
+            open_connection(self.conn)
+            stage = "setup"
+            result = self.run(self.script([phases.setup(cfg, lock.acquire(cfg, owner, self.wait))], None),
+                              remote=remote)
+            facts = phases.Facts.parse(parse_facts(result.stdout))
+            key = venv_hash(cfg, self.source.requirements, facts.python_version)
+            need_venv = key not in facts.venvs
+            wheels = self.wheels(key, facts) if (need_venv and cfg.pip.wheelhouse) else []
+            self.check_cancel("wheels")
+            rel = phases.Release(self.rel_id, self.source.revision, self.source.branch, self.source.kind,
+                                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), owner.who, key, bool(wheels))
+            archive = self.archive(wheels)
+            self.printer.line(self.host, f"upload   release {rel.id} ({len(archive) // 1024} KiB"
+                              + (f", {len(wheels)} wheels" if wheels else "") + ")")
+            stage = "prepare"
+            prepare = [phases.code(cfg, rel), phases.venv(cfg, rel), phases.django(cfg, rel),
+                       phases.config(cfg, rel, facts)]
+            self.run(self.script(prepare, rel), stdin=archive, remote=remote)
+            stage = "publish"
+            record = self.record("ok")
+            with deferred_interrupt():
+                self.run(self.script([phases.switch(cfg, rel), phases.restart(cfg, rel, facts),
+                                      phases.cleanup(cfg, rel), lock.finish(cfg, owner, record)], rel))
+        except (FabdeployError, KeyboardInterrupt) as exc:
+            if stage != "connect":
+                self.fail_cleanup(owner, rel, stage, exc, remote.get("pgid"))
             raise
-        self.run(self.script([phases.switch(cfg, rel), phases.restart(cfg, rel, facts),
-                              phases.cleanup(cfg, rel)], rel))
-        out.ok, out.duration = True, time.monotonic() - start
-        out.url = site_url(cfg, self.conn.host)
-        return out
+        return Outcome(self.host, self.rel_id, True, "", time.monotonic() - start, site_url(cfg, self.conn.host))
+
+    def check_cancel(self, where: str) -> None:
+        if self.cancel.is_set():
+            raise Interrupted(f"{self.host}: interrupted during {where}")
+
+    def record(self, result: str, error: str = "") -> dict:
+        rec = {"release": self.rel_id, "revision": self.source.revision, "branch": self.source.branch,
+               "result": result}
+        if error:
+            rec["error"] = error
+        return rec
+
+    def fail_cleanup(self, owner: LockOwner, rel, stage: str, exc: BaseException, pgid) -> None:
+        """Best effort, one invocation: stop the remote half, drop the half-built release (only before the
+        switch), write the audit line, release our lock."""
+        interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
+        error = "interrupted" if interrupted else str(exc).splitlines()[0]
+        built = [] if stage == "publish" else [
+            phases.abandon(self.cfg, rel or phases.Release(self.rel_id, "", "", "", "", ""), pgid)]
+        record = self.record("interrupted" if interrupted else "failed", mask(error, self.cfg.secret_values()))
+        try:
+            run_script(self.conn, Script([*built, lock.failed_finish(self.cfg, owner, record)]), host=self.host,
+                       timeout=60)
+        except FabdeployError:
+            pass  # the connection may be gone; the lock then shows as held (and stale after lock.ttl)
+        if interrupted:
+            self.printer.line(self.host, f"interrupted during {stage}; "
+                              + ("the half-built release was removed, " if stage != "publish" else "")
+                              + "lock released")
 
     def wheels(self, key: str, facts: phases.Facts) -> list:
         with self.shared.lock:
@@ -120,26 +163,22 @@ class HostDeploy:
                 self.shared.bundles[variant] = bundle(self.source.tar, wheels)
             return self.shared.bundles[variant]
 
-    def abandon(self, rel: phases.Release) -> None:
-        try:
-            run_script(self.conn, Script([phases.abandon(self.cfg, rel)]), host=self.host, timeout=60)
-        except FabdeployError:
-            pass  # the connection may be gone; the next deploy removes leftovers by name
 
-
-def deploy_all(conns: list, cfg: Config, printer: Printer) -> list[Outcome]:
-    """Deploy to every connection (in parallel); returns one Outcome per host, never raises per host."""
+def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = None) -> list[Outcome]:
+    """Deploy to every connection (in parallel); one Outcome per host. Ctrl-C: every host cleans up, then
+    KeyboardInterrupt propagates."""
     source = read_source(cfg)
     for w in source.warnings:
         printer.warn(w)
     rel_id = release_id(source)
     printer.width = max(len(host_label(c)) for c in conns)
     shared = _Shared()
+    wait = cfg.lock.wait if wait is None else wait
 
-    def one(conn) -> Outcome:
+    def one(conn, cancel) -> Outcome:
         started = time.monotonic()
         try:
-            return HostDeploy(conn, cfg, source, rel_id, printer, shared).deploy()
+            return HostDeploy(conn, cfg, source, rel_id, printer, shared, cancel, wait).deploy()
         except FabdeployError as exc:
             return Outcome(host_label(conn), rel_id, False, str(exc), time.monotonic() - started)
         finally:
@@ -148,10 +187,7 @@ def deploy_all(conns: list, cfg: Config, printer: Printer) -> list[Outcome]:
             except Exception:  # noqa: BLE001 - closing a dead connection must not mask the outcome
                 pass
 
-    if len(conns) == 1:
-        return [one(conns[0])]
-    with ThreadPoolExecutor(max_workers=min(len(conns), 10)) as pool:
-        return list(pool.map(one, conns))
+    return for_each_host(conns, one)
 
 
 __all__ = ["deploy_all", "Outcome", "RemoteError"]

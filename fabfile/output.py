@@ -30,8 +30,12 @@ class Printer:
             sys.stderr.write(f"warning: {text}\n")
             sys.stderr.flush()
 
+    QUIET_PHASES = ("lock", "finish")  # bookkeeping: shown only when they have something to say
+
     def phase(self, host: str, ph: PhaseResult) -> None:
         detail = "; ".join(n for n in ph.notes if n.strip())
+        if ph.name in self.QUIET_PHASES and not detail and not ph.warnings:
+            return
         self.line(host, f"{ph.name:<8} {detail:<60} {ph.duration:6.2f}s".rstrip())
         for w in ph.warnings:
             self.line(host, f"         check: {w}")

@@ -63,8 +63,9 @@ def note(text: str) -> str:
     return f'echo "{MARK} note {text}"'
 
 
-def fail(message: str) -> str:
-    return f"{{ echo {q(message)} >&2; exit 1; }}"
+def fail(message: str, code: int = 1) -> str:
+    """Stop the phase with a message the deploying side shows as the whole error (no stderr tail)."""
+    return f"{{ echo {q(MARK + ' error ' + message)} >&2; exit {code}; }}"
 
 
 def _sudo_mkdir_owned(path: str) -> list[str]:
@@ -78,8 +79,8 @@ def _sudo_mkdir_owned(path: str) -> list[str]:
     ]
 
 
-def setup(cfg: Config) -> Phase:
-    """Create the layout (sudo only where needed) and report host facts."""
+def setup(cfg: Config, lock_lines: list[str] = ()) -> Phase:
+    """Create the layout (sudo only where needed), take the deploy lock, report host facts."""
     lay = Layout(cfg.paths.deploy_to)
     py = cfg.project.python
     shared_dirs = [f"{lay.shared}/{d}" for d in cfg.paths.shared_dirs]
@@ -98,6 +99,7 @@ def setup(cfg: Config) -> Phase:
                   '[ -n "$nginx_user" ] || nginx_user=www-data')
     lines = [
         *_sudo_mkdir_owned(cfg.paths.deploy_to),
+        *lock_lines,
         "mkdir -p " + " ".join(q(d) for d in dirs),
         f"command -v {q(py)} >/dev/null 2>&1 || {fail(f'{py} not found on the host (project.python)')}",
         f"python_version=$({q(py)} -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])')",
@@ -261,6 +263,8 @@ def config(cfg: Config, rel: Release, facts: Facts) -> Phase:
                f"else sudo -n rm -f {q(site)}" + (f" {q(enabled)}" if enabled else "") + "; fi"]
     lines = [
         *write_file(f"{lay.uwsgi_ini}.next", uwsgi_ini(cfg, rel), mode="0600"),
+        # The release keeps its own copy: a rollback restores exactly the config it ran with.
+        f"cp -p {q(lay.uwsgi_ini + '.next')} {q(lay.release(rel.id) + '/.fabdeploy/uwsgi.ini')}",
         *write_file(new, nginx_site(cfg)),
         f"if cmp -s {q(new)} {q(site)} && {link_ok}; then",
         "  " + note("nginx site unchanged"),
@@ -332,10 +336,20 @@ NGINX_RELOAD = [
 def restart(cfg: Config, rel: Release, facts: Facts) -> Phase:
     """Start uWSGI or reload it gracefully and wait until every worker runs the new release; then nginx."""
     lay = Layout(cfg.paths.deploy_to)
-    R, V, T = lay.release(rel.id), lay.venv(rel.venv_hash), lay.staging(rel.id)
-    uwsgi = q(V + "/bin/uwsgi")
+    lines = uwsgi_restart_lines(cfg, q(lay.release(rel.id)), q(lay.venv(rel.venv_hash)), rel.id)
+    lines += nginx_restart_lines(facts, lay.staging(rel.id) + "/nginx-changed")
+    return Phase("restart", lines, sudo=True)
+
+
+def uwsgi_restart_lines(cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
+    """Start or gracefully reload uWSGI, then wait until every worker's cwd is the release.
+
+    release_word/venv_word are shell words (quoted paths, or "$R" in a rollback that picks on the host).
+    """
+    lay = Layout(cfg.paths.deploy_to)
+    uwsgi = f"{venv_word}/bin/uwsgi"
     steps = cfg.uwsgi.reload_timeout * 10
-    lines = [
+    return [
         ALIVE_FN,
         CHILDREN_FN,
         f"pid=$(alive {q(lay.pidfile)} uwsgi || true)",
@@ -354,30 +368,37 @@ def restart(cfg: Config, rel: Release, facts: Facts) -> Phase:
         "    n=0; stale=0",
         '    for c in $(children "$pid"); do',
         "      n=$((n + 1))",
-        f'      [ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = {q(R)} ] || stale=$((stale + 1))',
+        f'      [ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
         "    done",
         f'    if [ "$n" -gt 0 ] && [ "$stale" -eq 0 ] && [ -S {q(lay.socket)} ]; then ready=1; break; fi',
         "  fi",
         "  i=$((i + 1)); sleep 0.1",
         "done",
         'if [ -z "$ready" ]; then',
-        f"  echo 'uWSGI did not come up serving {rel.id} within {cfg.uwsgi.reload_timeout}s; "
-        f"last lines of {lay.uwsgi_log}:' >&2",
+        f'  echo "uWSGI did not come up serving {label} within {cfg.uwsgi.reload_timeout}s; '
+        f'last lines of {lay.uwsgi_log}:" >&2',
         f"  tail -n 20 {q(lay.uwsgi_log)} >&2 || true",
         "  exit 1",
         "fi",
-        note(f"uwsgi $action (master $pid, $n workers on {rel.id})"),
+        note(f"uwsgi $action (master $pid, $n workers on {label})"),
+    ]
+
+
+def nginx_restart_lines(facts: Facts, changed_flag: str) -> list[str]:
+    """Start nginx when its pid is not alive; reload it (and wait) only when the site changed."""
+    return [
+        ALIVE_FN,
+        CHILDREN_FN,
         f"npid=$(alive {q(facts.nginx_pid)} nginx || true)",
         'if [ -z "$npid" ]; then',
         "  sudo -n nginx",
         "  " + note("nginx started"),
-        f"elif [ -f {q(T + '/nginx-changed')} ]; then",
+        f"elif [ -f {q(changed_flag)} ]; then",
         *["  " + ln for ln in NGINX_RELOAD],
         "else",
         "  " + note("nginx unchanged"),
         "fi",
     ]
-    return Phase("restart", lines, sudo=True)
 
 
 def cleanup(cfg: Config, rel: Release) -> Phase:
@@ -408,11 +429,21 @@ def cleanup(cfg: Config, rel: Release) -> Phase:
     ])
 
 
-def abandon(cfg: Config, rel: Release) -> Phase:
-    """After a failure before the switch: remove the half-built release and staged files."""
+def abandon(cfg: Config, rel: Release, pgid: int | None = None) -> Phase:
+    """After a failure or interrupt before the switch: stop what the interrupted script still runs (its
+    process group), then remove the half-built release and staged files (never the current release)."""
     lay = Layout(cfg.paths.deploy_to)
     R = lay.release(rel.id)
+    stop = []
+    if pgid:
+        stop = [
+            f"if kill -TERM -{int(pgid)} 2>/dev/null; then",
+            f"  i=0; while kill -0 -{int(pgid)} 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done",
+            f"  kill -KILL -{int(pgid)} 2>/dev/null || true",
+            "fi",
+        ]
     return Phase("abandon", [
-        f'if [ "$(readlink {q(lay.current)})" != {q(R)} ]; then rm -rf {q(R)}; fi',
-        f"rm -rf {q(lay.staging(rel.id))} {q(lay.uwsgi_ini + '.next')}",
+        *stop,
+        f'if [ "$(readlink {q(lay.current)})" != {q(R)} ]; then rm -rf {q(R)} || true; fi',
+        f"rm -rf {q(lay.staging(rel.id))} {q(lay.uwsgi_ini + '.next')} || true",
     ])

@@ -12,7 +12,7 @@ from typing import Callable
 
 import paramiko
 
-from .errors import RemoteError
+from .errors import FabdeployError, RemoteError
 from .script import MARK, Script, mask
 
 
@@ -24,6 +24,7 @@ class PhaseResult:
     duration: float = 0.0
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
     stdout: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
 
@@ -34,6 +35,10 @@ class RunResult:
     phases: dict[str, PhaseResult]
     stdout: str
     stderr: str
+
+
+class Interrupted(FabdeployError):
+    """The run was cancelled (Ctrl-C) while a remote script was running."""
 
 
 class _Lines:
@@ -57,8 +62,13 @@ class _Lines:
 
 def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, timeout: float = 3600,
                on_phase: Callable[[PhaseResult], None] | None = None,
-               on_output: Callable[[str, str], None] | None = None) -> RunResult:
-    """Run `script` on `conn` (an open fabric Connection); raise RemoteError naming host + phase on failure."""
+               on_output: Callable[[str, str], None] | None = None,
+               cancel: threading.Event | None = None, remote: dict | None = None) -> RunResult:
+    """Run `script` on `conn` (an open fabric Connection); raise RemoteError naming host + phase on failure.
+
+    `cancel` set: close the channel and raise Interrupted. `remote` receives the remote "pgid" at start.
+    """
+    remote = remote if remote is not None else {}
     phases: dict[str, PhaseResult] = {}
     current = {"out": None, "err": None}
     out_all: list[str] = []
@@ -69,6 +79,9 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
         if line.startswith(MARK + " "):
             words = line[len(MARK) + 1:].split(" ", 2)
             kind = words[0]
+            if kind == "pgid" and len(words) >= 2 and words[1].strip().isdigit():
+                remote["pgid"] = int(words[1])
+                return
             if kind == "begin" and len(words) >= 2:
                 if stream == "out":
                     phases[words[1]] = PhaseResult(words[1], started=time.monotonic())
@@ -90,6 +103,8 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
                     phases[name].notes.append(rest)
                 elif kind == "warn":
                     phases[name].warnings.append(rest)
+                elif kind == "error":
+                    phases[name].errors.append(rest)
             return
         name = current[stream]
         if name and name in phases:
@@ -136,6 +151,9 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
                     break
                 if chan.closed and not chan.recv_ready() and not chan.recv_stderr_ready():
                     break
+                if cancel is not None and cancel.is_set():
+                    chan.close()
+                    raise Interrupted(f"{host}: interrupted during {_running(phases, script)}")
                 if time.monotonic() > deadline:
                     chan.close()
                     raise RemoteError(host, _running(phases, script), f"timed out after {timeout:.0f}s")
@@ -151,11 +169,10 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
     if rc != 0:
         failed = _running(phases, script, failed=True)
         ph = phases.get(failed)
+        if ph and ph.errors:  # the script said what is wrong: that line is the whole message
+            raise RemoteError(host, failed, mask(ph.errors[-1], script.secrets))
         tail_lines = (ph.stderr if ph and ph.stderr else err_all)[-15:]
-        if rc == -1:
-            message = "SSH connection lost"
-        else:
-            message = f"exit status {rc}"
+        message = "SSH connection lost" if rc == -1 else f"exit status {rc}"
         raise RemoteError(host, failed, message, mask("\n".join(tail_lines), script.secrets))
     return result
 

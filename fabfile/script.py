@@ -33,7 +33,8 @@ class Script:
     secrets: tuple[str, ...] = field(default_factory=tuple)
 
     def text(self) -> str:
-        out = ["set -u", "umask 022"]
+        # The process group, so that an interrupted run can stop its remote half (tar, pip, manage.py).
+        out = ["set -u", "umask 022", f"echo \"{MARK} pgid $(cut -d' ' -f5 /proc/$$/stat)\""]
         for phase in self.phases:
             name = phase.name
             out.append(f"echo '{MARK} begin {name}'; echo '{MARK} begin {name}' >&2")

@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import functools
+import json as _json
 
 from fabric import Connection
 from invoke import task
 from invoke.exceptions import Exit
 
+from . import lock, report
 from .config import Config, load_config
-from .connect import make_connection, prepare
+from .connect import host_label, make_connection, open_connection, prepare
 from .deploy import deploy_all
 from .errors import ConfigError, FabdeployError
+from .logs import show_logs
 from .output import Printer
+from .rollback import rollback_all
+from .runner import run_script
+from .script import Script
 
 CONFIG_HELP = "deploy.toml to use (default: $FABDEPLOY_CONFIG, else ./deploy.toml)"
 
@@ -38,13 +44,14 @@ def target_connections(c, cfg: Config) -> list[Connection]:
     return [make_connection(h, cfg, c.config) for h in cfg.project.hosts]
 
 
-@task(help={"config": CONFIG_HELP, "verbose": "show every remote command and its output"})
+@task(help={"config": CONFIG_HELP, "verbose": "show every remote command and its output",
+            "wait": "seconds to wait for another run's deploy lock (default: lock.wait)"})
 @one_line_errors
-def deploy(c, config=None, verbose=False):
+def deploy(c, config=None, verbose=False, wait=None):
     """Deploy the project: upload, virtualenv, migrate, collectstatic, switch, reload uWSGI and nginx."""
     cfg = load_config(config)
     printer = Printer(verbose=verbose)
-    outcomes = deploy_all(target_connections(c, cfg), cfg, printer)
+    outcomes = deploy_all(target_connections(c, cfg), cfg, printer, wait=_seconds(wait, "--wait"))
     failed = [o for o in outcomes if not o.ok]
     for o in outcomes:
         if o.ok:
@@ -53,4 +60,87 @@ def deploy(c, config=None, verbose=False):
         raise Exit("\n".join(f"fabdeploy: {o.error}" for o in failed), code=1)
 
 
-__all__ = ["deploy"]
+@task(help={"config": CONFIG_HELP, "to": "release id to go back to (default: the previous good release)",
+            "strict": "refuse when the database has migrations the target release does not know",
+            "wait": "seconds to wait for another run's deploy lock", "verbose": "show the remote script"})
+@one_line_errors
+def rollback(c, to=None, strict=False, config=None, wait=None, verbose=False):
+    """Switch back to the previous good release (or --to ID), reload gracefully, mark the abandoned one bad."""
+    cfg = load_config(config)
+    printer = Printer(verbose=verbose)
+    outcomes = rollback_all(target_connections(c, cfg), cfg, printer, to, strict, wait=_seconds(wait, "--wait"))
+    for o in outcomes:
+        if o.ok:
+            printer.info(f"{o.host}: rolled back to {o.release} in {o.duration:.1f}s")
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        raise Exit("\n".join(f"fabdeploy: {o.error}" for o in failed), code=1)
+
+
+@task(help={"config": CONFIG_HELP, "json": "print JSON (one object per host) for scripts"})
+@one_line_errors
+def releases(c, json=False, config=None):
+    """List the releases on each host: id, revision, branch, when, by whom, status, virtualenv."""
+    cfg = load_config(config)
+    reports = report.releases(target_connections(c, cfg), cfg)
+    print(_json.dumps(reports, indent=2) if json else report.format_releases(reports))
+    if any("error" in r for r in reports):
+        raise Exit(code=1)
+
+
+@task(help={"config": CONFIG_HELP, "json": "print JSON (one object per host) for scripts"})
+@one_line_errors
+def status(c, json=False, config=None):
+    """Per host: current release, uWSGI master and workers, nginx, an HTTP check, disk free; flags drift."""
+    cfg = load_config(config)
+    reports = report.status(target_connections(c, cfg), cfg)
+    print(_json.dumps(reports, indent=2) if json else report.format_status(reports))
+    if not all(report.healthy(r) for r in reports):
+        raise Exit(code=1)
+
+
+@task(help={"config": CONFIG_HELP, "n": "lines to show from each log (default 20)",
+            "follow": "keep streaming new lines until Ctrl-C", "which": "app, access, error (comma separated)"})
+@one_line_errors
+def logs(c, n=20, follow=False, which=None, config=None):
+    """Show the app server log and this site's nginx access and error logs (-f follows, all hosts merged)."""
+    cfg = load_config(config)
+    errors = show_logs(target_connections(c, cfg), cfg, Printer(), _seconds(n, "-n"), follow, which)
+    if errors:
+        raise Exit("\n".join(f"fabdeploy: {e}" for e in errors), code=1)
+
+
+@task(help={"config": CONFIG_HELP, "force": "also break a lock younger than lock.ttl"})
+@one_line_errors
+def unlock(c, force=False, config=None):
+    """Break a deploy lock left by a run that is gone (always when older than lock.ttl; else with --force)."""
+    cfg = load_config(config)
+    printer = Printer()
+    errors = []
+    for conn in target_connections(c, cfg):
+        host = host_label(conn)
+        try:
+            open_connection(conn)
+            res = run_script(conn, Script([lock.unlock(cfg, force)]), host=host, timeout=60)
+            printer.info(f"{host}: " + "; ".join(res.phases["unlock"].notes))
+        except FabdeployError as exc:
+            errors.append(str(exc))
+        finally:
+            conn.close()
+    if errors:
+        raise Exit("\n".join(f"fabdeploy: {e}" for e in errors), code=1)
+
+
+def _seconds(value, flag: str):
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} takes a whole number (got {value!r})") from None
+    if number < 0:
+        raise ConfigError(f"{flag} takes a number >= 0 (got {value!r})")
+    return number
+
+
+__all__ = ["deploy", "rollback", "releases", "status", "logs", "unlock"]

@@ -9,6 +9,7 @@ import copy
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -58,7 +59,9 @@ def sh(script: Script | str, cwd, stdin: bytes | None = None, env: dict | None =
 
 
 def out(proc) -> str:
-    return proc.stdout.decode()
+    """stdout without the leading process-group line (tested on its own below)."""
+    return "".join(ln for ln in proc.stdout.decode().splitlines(keepends=True)
+                   if not ln.startswith(f"{MARK} pgid "))
 
 
 def err(proc) -> str:
@@ -143,6 +146,15 @@ def test_command_is_sh_c_with_the_text_single_quoted():
     script = Script([Phase("p", ["echo 'it''s'", "x=$(id -u)"])])
     assert script.command() == "sh -c " + q(script.text())
     assert script.command().startswith("sh -c '")
+
+
+def test_script_reports_its_process_group_first(tmp_path):
+    script = Script([Phase("a", ["echo A"])])
+    proc = sh(script, tmp_path)
+    first = proc.stdout.decode().splitlines()[0]
+    assert re.fullmatch(rf"{MARK} pgid [0-9]+", first), first
+    # sh was started by us, so its group is ours: the number is a real, live process group id
+    assert int(first.split()[-1]) == os.getpgid(0)
 
 
 def test_failing_phase_stops_the_script_with_its_status(tmp_path):
@@ -868,6 +880,7 @@ class NginxLab:
         Path(self.lay.config).mkdir(parents=True)
         self.staging = Path(self.lay.staging(REL_ID))
         self.staging.mkdir(parents=True)
+        Path(self.lay.release(REL_ID), ".fabdeploy").mkdir(parents=True)  # the code phase made it
         site, enabled = nginx_site_paths(layout, "shop")
         self.site = Path(site.replace("/etc/nginx/", f"{self.etc}/"))
         self.enabled = Path(enabled.replace("/etc/nginx/", f"{self.etc}/")) if enabled else None
@@ -886,6 +899,10 @@ def test_config_phase_installs_a_new_site(tmp_path, fakebin):
     assert stat.S_IMODE(lab.site.stat().st_mode) == 0o644
     assert os.readlink(lab.enabled) == str(lab.site)
     assert (lab.staging / "nginx-changed").exists()
+    # the release keeps the exact uWSGI config it runs with (rollback restores it)
+    saved = Path(lab.lay.release(REL_ID), ".fabdeploy", "uwsgi.ini")
+    assert saved.read_text() == Path(lab.lay.uwsgi_ini + ".next").read_text() == phases.uwsgi_ini(lab.cfg, make_rel())
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     ini = Path(lab.lay.uwsgi_ini + ".next")
     assert ini.read_text() == phases.uwsgi_ini(lab.cfg, make_rel())
     assert stat.S_IMODE(ini.stat().st_mode) == 0o600

@@ -1,0 +1,49 @@
+"""Running one function per host: in parallel threads, with Ctrl-C turned into an orderly cancel."""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+MAX_PARALLEL = 10
+
+
+def for_each_host(conns: list, fn: Callable[[object, threading.Event], T]) -> list[T]:
+    """fn(conn, cancel) for every connection; one host runs in this thread, several in a pool.
+
+    On Ctrl-C the cancel event is set and every host gets to clean up (release its lock...) before
+    KeyboardInterrupt is raised again here.
+    """
+    cancel = threading.Event()
+    if len(conns) == 1:
+        return [fn(conns[0], cancel)]
+    pool = ThreadPoolExecutor(max_workers=min(len(conns), MAX_PARALLEL))
+    futures = [pool.submit(fn, conn, cancel) for conn in conns]
+    try:
+        wait(futures)
+    except KeyboardInterrupt:
+        cancel.set()
+        wait(futures, timeout=120)
+        pool.shutdown(wait=False)
+        raise
+    pool.shutdown()
+    return [f.result() for f in futures]
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Hold Ctrl-C until the block is done (a switch + reload must not be cut in half)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt

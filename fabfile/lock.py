@@ -1,0 +1,120 @@
+"""The deploy lock and the audit log, as shell lines that ride inside other phases (no extra round trip).
+
+Lock: an atomic ``mkdir <deploy_to>/.fabdeploy-lock`` holding who/where/pid/when and a random token;
+only the holder's token releases it. A lock older than ``lock.ttl`` is reported as stale, never ignored;
+``fab unlock`` breaks it.
+Audit: one JSON line per deploy/rollback appended to ``shared/log/audit.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+
+from .config import Config
+from .layout import Layout
+from .script import MARK, Phase, q
+
+
+@dataclass(frozen=True)
+class LockOwner:
+    action: str
+    who: str
+    token: str
+    pid: int
+    since: str
+
+    @classmethod
+    def new(cls, action: str, who: str) -> "LockOwner":
+        return cls(action, who, secrets.token_hex(8), os.getpid(),
+                   time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    def describe(self) -> str:
+        return f"{self.who} (pid {self.pid}, {self.action}, since {self.since})"
+
+
+def lock_dir(cfg: Config) -> str:
+    return f"{Layout(cfg.paths.deploy_to).deploy_to}/.fabdeploy-lock"
+
+
+def audit_file(cfg: Config) -> str:
+    return f"{Layout(cfg.paths.deploy_to).log}/audit.jsonl"
+
+
+def _dyn_fail(message: str, code: int = 75) -> str:
+    """Like phases.fail, for a message with shell expansions ($holder...): double-quoted."""
+    return f'{{ echo "{MARK} error {message}" >&2; exit {code}; }}'
+
+
+def acquire(cfg: Config, owner: LockOwner, wait: int = 0) -> list[str]:
+    L = lock_dir(cfg)
+    ttl = cfg.lock.ttl
+    return [
+        "waited=0",
+        f"while ! mkdir {q(L)} 2>/dev/null; do",
+        f"  if [ \"$waited\" -ge {int(wait)} ]; then",
+        f"    holder=$(cat {q(L + '/info')} 2>/dev/null || echo 'an unknown holder')",
+        f"    age=$(( $(date +%s) - $(stat -c %Y {q(L)} 2>/dev/null || date +%s) ))",
+        f"    if [ \"$age\" -gt {ttl} ]; then",
+        "      " + _dyn_fail(f"deploy lock is STALE: held by $holder for ${{age}}s (older than lock.ttl = {ttl}s); "
+                             "if that run is gone, break it with: fab unlock"),
+        "    fi",
+        "    " + _dyn_fail("deploy lock held by $holder for ${age}s; retry later or pass --wait SECONDS"),
+        "  fi",
+        "  sleep 1; waited=$((waited + 1))",
+        "done",
+        f"printf '%s\\n' {q(owner.describe())} > {q(L + '/info')}",
+        f"printf '%s\\n' {q(owner.token)} > {q(L + '/token')}",
+        f"date +%s > {q(L + '/started')}",
+    ]
+
+
+def release(cfg: Config, owner: LockOwner) -> list[str]:
+    L = lock_dir(cfg)
+    return [f"if [ \"$(cat {q(L + '/token')} 2>/dev/null)\" = {q(owner.token)} ]; then rm -rf {q(L)}; fi"]
+
+
+def audit(cfg: Config, owner: LockOwner, record: dict, dynamic: dict[str, str] | None = None) -> list[str]:
+    """Append one JSON line: the record, remote time, the duration since the lock was taken, and
+    `dynamic` fields whose values are shell words known only on the host (plain release ids)."""
+    L = lock_dir(cfg)
+    fields = {"action": owner.action, "who": owner.who, **record}
+    head = json.dumps(fields, sort_keys=True)[:-1].replace("%", "%%")
+    dynamic = dynamic or {}
+    fmt = head + "".join(f', "{k}": "%s"' for k in dynamic) + ', "time": "%s", "duration": %s}\\n'
+    args = "".join(f"{v} " for v in dynamic.values())
+    return [
+        f"mkdir -p {q(Layout(cfg.paths.deploy_to).log)}",
+        f"start=$(cat {q(L + '/started')} 2>/dev/null || date +%s)",
+        f"printf {q(fmt)} {args}\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" \"$(( $(date +%s) - start ))\" "
+        f">> {q(audit_file(cfg))}",
+    ]
+
+
+def finish(cfg: Config, owner: LockOwner, record: dict, dynamic: dict[str, str] | None = None) -> Phase:
+    """The last phase of a locked run: audit line, then release the lock."""
+    return Phase("finish", [*audit(cfg, owner, record, dynamic), *release(cfg, owner)])
+
+
+def failed_finish(cfg: Config, owner: LockOwner, record: dict) -> Phase:
+    """After a failure: the audit line (best effort: the layout may not exist), then release the lock."""
+    return Phase("finish", ["(", *audit(cfg, owner, record), ") 2>/dev/null || true", *release(cfg, owner)])
+
+
+def unlock(cfg: Config, force: bool) -> Phase:
+    """Break the lock: always when older than lock.ttl, younger only with force."""
+    L = lock_dir(cfg)
+    ttl = cfg.lock.ttl
+    return Phase("unlock", [
+        f"if [ ! -d {q(L)} ]; then echo '{MARK} note not locked'; exit 0; fi",
+        f"holder=$(cat {q(L + '/info')} 2>/dev/null || echo 'an unknown holder')",
+        f"age=$(( $(date +%s) - $(stat -c %Y {q(L)} 2>/dev/null || date +%s) ))",
+        f"if [ \"$age\" -le {ttl} ] && [ {1 if force else 0} = 0 ]; then",
+        "  " + _dyn_fail(f"deploy lock held by $holder for ${{age}}s is younger than lock.ttl = {ttl}s; "
+                         "if that run is really gone: fab unlock --force", code=1),
+        "fi",
+        f"rm -rf {q(L)}",
+        f'echo "{MARK} note removed the lock held by $holder for ${{age}}s"',
+    ])

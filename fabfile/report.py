@@ -1,0 +1,247 @@
+"""`fab releases` and `fab status`: one read-only remote invocation per host (a small Python program run
+by the host's python3), printed as tables or JSON. Neither takes the lock nor writes anything."""
+from __future__ import annotations
+
+import json
+
+from .config import Config
+from .connect import host_label, open_connection
+from .errors import FabdeployError
+from .fleet import for_each_host
+from .layout import RELEASE_GLOB_ERE, Layout
+from .runner import run_script
+from .script import MARK, Phase, Script, q
+
+_COMMON = r"""
+import json, os, re, sys, time
+P = json.loads(sys.argv[1])
+D = P["deploy_to"]
+def read(path, default=""):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return default
+def current():
+    try:
+        return os.path.basename(os.readlink(D + "/current"))
+    except OSError:
+        return ""
+def audit(n):
+    lines = read(D + "/shared/log/audit.jsonl").splitlines()[-n:]
+    out = []
+    for ln in lines:
+        try:
+            out.append(json.loads(ln))
+        except ValueError:
+            pass
+    return out
+def emit(obj):
+    print("@@fabdeploy json " + json.dumps(obj))
+"""
+
+RELEASES_PY = _COMMON + r"""
+cur = current()
+rels = []
+rdir = D + "/releases"
+names = sorted(os.listdir(rdir), reverse=True) if os.path.isdir(rdir) else []
+for r in names:
+    if not re.match(P["pattern"], r):
+        continue
+    try:
+        meta = json.loads(read(f"{rdir}/{r}/.fabdeploy/release.json", "{}"))
+    except ValueError:
+        meta = {}
+    venv = meta.get("venv") or read(f"{rdir}/{r}/.fabdeploy/venv")
+    status = "current" if r == cur else ("bad" if os.path.exists(f"{rdir}/{r}/.fabdeploy/bad") else "ok")
+    rels.append({"id": r, "revision": meta.get("revision", ""), "branch": meta.get("branch", ""),
+                 "deployed_at": meta.get("deployed_at", ""), "deployed_by": meta.get("deployed_by", ""),
+                 "status": status, "venv": venv,
+                 "venv_present": bool(venv) and os.path.isfile(f"{D}/venvs/{venv}/.fabdeploy-complete")})
+emit({"current": cur, "releases": rels, "audit": audit(10)})
+"""
+
+STATUS_PY = _COMMON + r"""
+import http.client
+def alive(pidfile, name):
+    pid = re.sub(r"\D", "", read(pidfile))
+    if pid and name in read(f"/proc/{pid}/comm"):
+        return int(pid)
+    return None
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and re.search(rf"^PPid:\s*{pid}$", read(f"/proc/{d}/status"), re.M):
+            out.append(int(d))
+    return out
+cur = current()
+res = {"current": cur, "revision": "", "branch": ""}
+if cur:
+    try:
+        meta = json.loads(read(f"{D}/releases/{cur}/.fabdeploy/release.json", "{}"))
+        res["revision"], res["branch"] = meta.get("revision", ""), meta.get("branch", "")
+    except ValueError:
+        pass
+pid = alive(D + "/shared/run/uwsgi.pid", "uwsgi")
+workers = children(pid) if pid else []
+res["app"] = {"pid": pid, "workers": len(workers),
+              "on_current": bool(workers) and all(
+                  os.path.realpath(f"/proc/{w}/cwd") == os.path.realpath(f"{D}/current") for w in workers
+                  if os.path.exists(f"/proc/{w}/cwd"))}
+conf = read("/etc/nginx/nginx.conf")
+m = re.search(r"^\s*pid\s+([^;\s]+)", conf, re.M)
+npid = alive(m.group(1) if m else "/run/nginx.pid", "nginx")
+name = P["name"]
+enabled = os.path.exists(f"/etc/nginx/sites-enabled/{name}") or os.path.exists(f"/etc/nginx/conf.d/{name}.conf")
+res["nginx"] = {"pid": npid, "site_enabled": enabled}
+start = time.monotonic()
+try:
+    conn = http.client.HTTPConnection(P["http_addr"], P["http_port"], timeout=10)
+    conn.request("GET", P["http_path"], headers={"Host": P["http_host"]})
+    resp = conn.getresponse()
+    resp.read()
+    res["http"] = {"status": resp.status, "ms": round((time.monotonic() - start) * 1000), "error": ""}
+except Exception as exc:
+    res["http"] = {"status": None, "ms": round((time.monotonic() - start) * 1000), "error": str(exc)[:200]}
+try:
+    st = os.statvfs(D)
+    res["disk_free_bytes"] = st.f_bavail * st.f_frsize
+except OSError:
+    res["disk_free_bytes"] = None
+lock = D + "/.fabdeploy-lock"
+res["lock"] = ({"holder": read(lock + "/info", "unknown"), "age_s": int(time.time() - os.stat(lock).st_mtime)}
+               if os.path.isdir(lock) else None)
+last = audit(1)
+res["last"] = last[0] if last else None
+emit(res)
+"""
+
+
+def _program(cfg: Config, code: str, params: dict) -> Script:
+    return Script([Phase("read", [f"{q(cfg.project.python)} -c {q(code)} {q(json.dumps(params))}"])])
+
+
+def _json(res) -> dict:
+    prefix = f"{MARK} json "
+    for line in res.stdout.splitlines():
+        if line.startswith(prefix):
+            return json.loads(line[len(prefix):])
+    raise FabdeployError("the host returned no report")
+
+
+def _collect(conns, cfg: Config, code: str, params_for) -> list[dict]:
+    def one(conn, cancel) -> dict:
+        host = host_label(conn)
+        try:
+            open_connection(conn)
+            res = run_script(conn, _program(cfg, code, params_for(conn)), host=host, timeout=60, cancel=cancel)
+            return {"host": host, **_json(res)}
+        except FabdeployError as exc:
+            return {"host": host, "error": str(exc)}
+        finally:
+            conn.close()
+    return for_each_host(conns, one)
+
+
+def releases(conns, cfg: Config) -> list[dict]:
+    return _collect(conns, cfg, RELEASES_PY,
+                    lambda conn: {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "pattern": RELEASE_GLOB_ERE})
+
+
+def http_target(cfg: Config, host: str) -> tuple[str, int, str]:
+    """Address, port and Host header that reach this site's nginx server block from the host itself."""
+    listen = str(cfg.nginx.listen)
+    addr, _, port = listen.rpartition(":") if ":" in listen else ("", "", listen)
+    addr = addr.strip("[]") or "127.0.0.1"
+    if addr in ("0.0.0.0", "*", "::"):
+        addr = "127.0.0.1" if addr != "::" else "::1"
+    names = [n for n in cfg.server_names if n != "_" and not n.startswith("~") and "*" not in n]
+    return addr, int(port), (names[0] if names else host)
+
+
+def status(conns, cfg: Config) -> list[dict]:
+    def params(conn):
+        addr, port, host_header = http_target(cfg, conn.host)
+        return {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "name": cfg.project.name,
+                "http_addr": addr, "http_port": port, "http_host": host_header, "http_path": "/"}
+    return _collect(conns, cfg, STATUS_PY, params)
+
+
+def drift(reports: list[dict]) -> str:
+    """A warning when the hosts do not all serve the same release."""
+    seen = {r.get("current") or "(none)" for r in reports if "error" not in r}
+    if len(seen) <= 1:
+        return ""
+    by = ", ".join(f"{r['host']}={r.get('current') or '(none)'}" for r in reports if "error" not in r)
+    return f"DRIFT: hosts are not on the same release: {by}"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def format_releases(reports: list[dict]) -> str:
+    out = []
+    for rep in reports:
+        out.append(rep["host"])
+        if "error" in rep:
+            out.append(f"  error: {rep['error']}")
+            continue
+        if not rep["releases"]:
+            out.append("  no releases")
+            continue
+        rows = [["RELEASE", "REVISION", "BRANCH", "DEPLOYED AT", "DEPLOYED BY", "STATUS", "VENV"]]
+        for r in rep["releases"]:
+            rows.append([r["id"], r["revision"][:10], r["branch"] or "-", r["deployed_at"] or "-",
+                         r["deployed_by"] or "-", r["status"], "yes" if r["venv_present"] else "removed"])
+        out += _table(rows)
+    return "\n".join(out)
+
+
+def _size(n) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "?"
+
+
+def format_status(reports: list[dict]) -> str:
+    out = []
+    for rep in reports:
+        out.append(rep["host"])
+        if "error" in rep:
+            out.append(f"  error: {rep['error']}")
+            continue
+        app, ngx, http = rep["app"], rep["nginx"], rep["http"]
+        rev = (rep["revision"] or "")[:10]
+        where = f"  ({rev}, {rep['branch']})" if rev and rep["branch"] else (f"  ({rev})" if rev else "")
+        out.append(f"  release   {rep['current'] or '(none)'}{where}")
+        out.append(f"  app       " + (f"uWSGI master {app['pid']} up, {app['workers']} workers"
+                                      + ("" if app["on_current"] else " (NOT all on current)")
+                                      if app["pid"] else "uWSGI DOWN"))
+        out.append(f"  nginx     " + (f"up (master {ngx['pid']})" if ngx["pid"] else "DOWN")
+                   + (", site enabled" if ngx["site_enabled"] else ", site NOT enabled"))
+        out.append(f"  http      " + (f"{http['status']} in {http['ms']} ms" if http["status"] else
+                                      f"FAILED: {http['error']}"))
+        out.append(f"  disk free {_size(rep['disk_free_bytes'])}")
+        if rep["lock"]:
+            out.append(f"  lock      held by {rep['lock']['holder']} for {rep['lock']['age_s']}s")
+        last = rep.get("last")
+        if last:
+            out.append(f"  last      {last.get('action')} {last.get('release', '')} {last.get('result')} "
+                       f"by {last.get('who')} at {last.get('time')}")
+    warning = drift(reports)
+    if warning:
+        out.append(warning)
+    return "\n".join(out)
+
+
+def healthy(rep: dict) -> bool:
+    return ("error" not in rep and bool(rep["app"]["pid"]) and bool(rep["nginx"]["pid"])
+            and rep["http"]["status"] is not None and rep["http"]["status"] < 500)
+
+
