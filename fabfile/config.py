@@ -186,6 +186,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "identity_file": Key("", _str(None)),
         "connect_timeout": Key(15, _int(1, 600)),
     },
+    "health": {
+        "path": Key("/", _str(re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*$"), "a URL path like /health", False)),
+        "status": Key(0, _int(0, 599)),
+        "timeout": Key(15, _int(1, 600)),
+        "revert": Key(True, _bool),
+    },
     "lock": {
         "ttl": Key(3600, _int(10, 7 * 86400)),
         "wait": Key(0, _int(0, 86400)),

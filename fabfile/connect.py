@@ -89,3 +89,12 @@ def local_user() -> str:
     except (KeyError, OSError):
         user = os.environ.get("USER", "unknown")
     return f"{user}@{socket.gethostname()}"
+
+
+def reconnect(conn: Connection, cfg: Config) -> Connection:
+    """A fresh, opened connection to the same host (the old transport died), for cleaning up."""
+    fresh = Connection(conn.host, user=conn.user, port=conn.port, config=conn.config,
+                       connect_kwargs=dict(conn.connect_kwargs), connect_timeout=cfg.ssh.connect_timeout)
+    prepare(fresh, cfg)
+    open_connection(fresh)
+    return fresh

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 
 from . import hooks, lock, phases
 from .config import Config
-from .connect import host_label, local_user, open_connection
+from .connect import host_label, local_user, open_connection, reconnect
 from .errors import FabdeployError, RemoteError
 from .fleet import deferred_interrupt, for_each_host
 from .lock import LockOwner
-from .layout import Layout
+from .health import health
+from .layout import Layout, nginx_site_paths
 from .output import Printer
 from .runner import Interrupted, run_script
 from .script import Script, mask, parse_facts
@@ -58,6 +59,8 @@ def site_url(cfg: Config, host: str) -> str:
 
 
 class HostDeploy:
+    """One host of a deploy: prepare() everywhere first, then publish() (or abort()) everywhere."""
+
     def __init__(self, conn, cfg: Config, source: Source, rel_id: str, printer: Printer, shared: _Shared,
                  cancel: threading.Event, wait: int = 0):
         self.conn, self.cfg, self.source, self.rel_id = conn, cfg, source, rel_id
@@ -65,6 +68,12 @@ class HostDeploy:
         self.printer, self.shared = printer, shared
         self.host = host_label(conn)
         self.layout = Layout(cfg.paths.deploy_to)
+        self.owner = LockOwner.new("deploy", local_user())
+        self.remote: dict = {}  # the remote process group of the running invocation
+        self.stage = "connect"
+        self.rel: phases.Release | None = None
+        self.facts: phases.Facts | None = None
+        self.started = time.monotonic()
 
     def script(self, built: list, rel: phases.Release | None) -> Script:
         rel_id = rel.id if rel else self.rel_id
@@ -72,50 +81,74 @@ class HostDeploy:
                                 self.layout.venv(rel.venv_hash) if rel else "")
         return Script([hooks.wrap(p, self.cfg, ctx) for p in built], tuple(self.cfg.secret_values()))
 
-    def run(self, script: Script, stdin: bytes | None = None, remote: dict | None = None):
+    def run(self, script: Script, stdin: bytes | None = None):
         self.printer.debug(self.host, script.display())
         timeout = self.cfg.pip.timeout + 600
-        return run_script(self.conn, script, host=self.host, stdin=stdin, timeout=timeout, remote=remote,
-                          cancel=self.cancel,
+        interruptible = self.stage not in ("publish", "published")
+        return run_script(self.conn, script, host=self.host, stdin=stdin, timeout=timeout, remote=self.remote,
+                          cancel=self.cancel if interruptible else None,
                           on_phase=lambda ph: self.printer.phase(self.host, ph),
                           on_output=(lambda s, ln: self.printer.debug(self.host, ln)) if self.printer.verbose
                           else None)
 
-    def deploy(self) -> Outcome:
-        start = time.monotonic()
+    def prepare(self) -> None:
+        """Invocations 1 and 2: lock, facts, upload, venv, migrate, static, config. Changes nothing the
+        running site uses; on failure or Ctrl-C cleans up after itself and raises."""
         cfg = self.cfg
-        owner = LockOwner.new("deploy", local_user())
-        remote: dict = {}
-        stage, rel = "connect", None
         try:
             open_connection(self.conn)
-            stage = "setup"
-            result = self.run(self.script([phases.setup(cfg, lock.acquire(cfg, owner, self.wait))], None),
-                              remote=remote)
-            facts = phases.Facts.parse(parse_facts(result.stdout))
+            self.stage = "setup"
+            result = self.run(self.script([phases.setup(cfg, lock.acquire(cfg, self.owner, self.wait))], None))
+            self.facts = facts = phases.Facts.parse(parse_facts(result.stdout))
             key = venv_hash(cfg, self.source.requirements, facts.python_version)
             need_venv = key not in facts.venvs
             wheels = self.wheels(key, facts) if (need_venv and cfg.pip.wheelhouse) else []
             self.check_cancel("wheels")
-            rel = phases.Release(self.rel_id, self.source.revision, self.source.branch, self.source.kind,
-                                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), owner.who, key, bool(wheels))
+            self.rel = rel = phases.Release(
+                self.rel_id, self.source.revision, self.source.branch, self.source.kind,
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), self.owner.who, key, bool(wheels))
             archive = self.archive(wheels)
             self.printer.line(self.host, f"upload   release {rel.id} ({len(archive) // 1024} KiB"
                               + (f", {len(wheels)} wheels" if wheels else "") + ")")
-            stage = "prepare"
+            self.stage = "prepare"
             prepare = [phases.code(cfg, rel), phases.venv(cfg, rel), phases.django(cfg, rel),
                        phases.config(cfg, rel, facts)]
-            self.run(self.script(prepare, rel), stdin=archive, remote=remote)
-            stage = "publish"
-            record = self.record("ok")
-            with deferred_interrupt():
-                self.run(self.script([phases.switch(cfg, rel), phases.restart(cfg, rel, facts),
-                                      phases.cleanup(cfg, rel), lock.finish(cfg, owner, record)], rel))
+            self.run(self.script(prepare, rel), stdin=archive)
+            self.stage = "prepared"
         except (FabdeployError, KeyboardInterrupt) as exc:
-            if stage != "connect":
-                self.fail_cleanup(owner, rel, stage, exc, remote.get("pgid"))
+            if self.stage != "connect":
+                self.fail_cleanup(exc)
             raise
-        return Outcome(self.host, self.rel_id, True, "", time.monotonic() - start, site_url(cfg, self.conn.host))
+
+    def publish(self) -> Outcome:
+        """Invocation 3: switch, reload, health gate (reverting by itself on failure), prune, audit, unlock.
+        Never cut in half by Ctrl-C."""
+        cfg, rel, facts = self.cfg, self.rel, self.facts
+        lay = self.layout
+        site, _ = nginx_site_paths(facts.nginx_layout, cfg.project.name)
+        steps = [phases.switch(cfg, rel), phases.restart(cfg, rel, facts),
+                 health(cfg, self.conn.host, rel.id, facts.current, lay.staging(rel.id), site, facts.nginx_pid),
+                 phases.cleanup(cfg, rel), lock.finish(cfg, self.owner, self.record("ok"))]
+        self.stage = "publish"
+        try:
+            with deferred_interrupt():
+                try:
+                    self.run(self.script(steps, rel))
+                finally:
+                    self.stage = "published"
+        except KeyboardInterrupt:
+            if self.stage != "published":
+                raise
+            self.printer.line(self.host, "interrupt held until the switch finished; the deploy completed")
+        except FabdeployError as exc:
+            self.fail_cleanup(exc)
+            raise
+        return Outcome(self.host, self.rel_id, True, "", time.monotonic() - self.started,
+                       site_url(cfg, self.conn.host))
+
+    def abort(self, reason: str) -> None:
+        """A prepared host whose fleet will not switch: remove its release, audit, unlock."""
+        self.fail_cleanup(FabdeployError(reason))
 
     def check_cancel(self, where: str) -> None:
         if self.cancel.is_set():
@@ -128,22 +161,25 @@ class HostDeploy:
             rec["error"] = error
         return rec
 
-    def fail_cleanup(self, owner: LockOwner, rel, stage: str, exc: BaseException, pgid) -> None:
-        """Best effort, one invocation: stop the remote half, drop the half-built release (only before the
-        switch), write the audit line, release our lock."""
+    def fail_cleanup(self, exc: BaseException) -> None:
+        """Best effort, one invocation (reconnecting if the connection died): stop the remote half, drop the
+        half-built release (before the switch only), write the audit line, release our lock."""
         interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
         error = "interrupted" if interrupted else str(exc).splitlines()[0]
-        built = [] if stage == "publish" else [
-            phases.abandon(self.cfg, rel or phases.Release(self.rel_id, "", "", "", "", ""), pgid)]
+        before_switch = self.stage not in ("publish", "published")
+        built = [phases.abandon(self.cfg, self.rel or phases.Release(self.rel_id, "", "", "", "", ""),
+                                self.remote.get("pgid"))] if before_switch else []
         record = self.record("interrupted" if interrupted else "failed", mask(error, self.cfg.secret_values()))
+        script = Script([*built, lock.failed_finish(self.cfg, self.owner, record)])
         try:
-            run_script(self.conn, Script([*built, lock.failed_finish(self.cfg, owner, record)]), host=self.host,
-                       timeout=60)
+            conn = self.conn if self.conn.is_connected else reconnect(self.conn, self.cfg)
+            run_script(conn, script, host=self.host, timeout=60)
         except FabdeployError:
-            pass  # the connection may be gone; the lock then shows as held (and stale after lock.ttl)
+            self.printer.line(self.host, "could not clean up (host unreachable): the lock stays until `fab unlock`")
+            return
         if interrupted:
-            self.printer.line(self.host, f"interrupted during {stage}; "
-                              + ("the half-built release was removed, " if stage != "publish" else "")
+            self.printer.line(self.host, f"interrupted during {self.stage}; "
+                              + ("the half-built release was removed, " if before_switch else "")
                               + "lock released")
 
     def wheels(self, key: str, facts: phases.Facts) -> list:
@@ -165,8 +201,9 @@ class HostDeploy:
 
 
 def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = None) -> list[Outcome]:
-    """Deploy to every connection (in parallel); one Outcome per host. Ctrl-C: every host cleans up, then
-    KeyboardInterrupt propagates."""
+    """Deploy to every connection in two steps: prepare all hosts in parallel; only when every host
+    prepared, publish on all (in parallel). One Outcome per host. Ctrl-C during preparation: every host
+    cleans up (prepared ones abort), then KeyboardInterrupt propagates."""
     source = read_source(cfg)
     for w in source.warnings:
         printer.warn(w)
@@ -174,20 +211,56 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
     printer.width = max(len(host_label(c)) for c in conns)
     shared = _Shared()
     wait = cfg.lock.wait if wait is None else wait
+    cancel = threading.Event()
+    hosts = [HostDeploy(conn, cfg, source, rel_id, printer, shared, cancel, wait) for conn in conns]
+    outcomes: dict[str, Outcome] = {}
 
-    def one(conn, cancel) -> Outcome:
-        started = time.monotonic()
+    def prepare(hd, host_cancel) -> bool:
+        hd.cancel = host_cancel
         try:
-            return HostDeploy(conn, cfg, source, rel_id, printer, shared, cancel, wait).deploy()
+            hd.prepare()
+            return True
         except FabdeployError as exc:
-            return Outcome(host_label(conn), rel_id, False, str(exc), time.monotonic() - started)
-        finally:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - closing a dead connection must not mask the outcome
-                pass
+            outcomes[hd.host] = Outcome(hd.host, rel_id, False, str(exc), time.monotonic() - hd.started)
+            return False
 
-    return for_each_host(conns, one)
+    try:
+        prepared = for_each_host(hosts, prepare)
+    except KeyboardInterrupt:
+        for hd in hosts:
+            if hd.stage == "prepared":
+                hd.abort("interrupted")
+        _close(hosts)
+        raise
+    if not all(prepared):
+        failed = ", ".join(hd.host for hd, ok in zip(hosts, prepared) if not ok)
+        for hd, ok in zip(hosts, prepared):
+            if ok:
+                reason = f"not switched: {failed} failed to prepare (no host switches unless all prepared)"
+                hd.abort(reason)
+                outcomes[hd.host] = Outcome(hd.host, rel_id, False, f"{hd.host}: {reason}",
+                                            time.monotonic() - hd.started)
+        _close(hosts)
+        return [outcomes[hd.host] for hd in hosts]
+
+    def publish(hd, host_cancel) -> Outcome:
+        try:
+            return hd.publish()
+        except FabdeployError as exc:
+            return Outcome(hd.host, rel_id, False, str(exc), time.monotonic() - hd.started)
+
+    try:
+        return for_each_host(hosts, publish)
+    finally:
+        _close(hosts)
+
+
+def _close(hosts) -> None:
+    for hd in hosts:
+        try:
+            hd.conn.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection must not mask the outcome
+            pass
 
 
 __all__ = ["deploy_all", "Outcome", "RemoteError"]

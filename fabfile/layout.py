@@ -46,6 +46,11 @@ class Layout:
         return f"{self.shared}/config"
 
     @property
+    def static(self) -> str:
+        """Per-release static roots (static/<release-id>) and the `current` link nginx serves."""
+        return f"{self.shared}/static"
+
+    @property
     def socket(self) -> str:
         return f"{self.run}/uwsgi.sock"
 

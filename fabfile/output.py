@@ -34,6 +34,10 @@ class Printer:
 
     def phase(self, host: str, ph: PhaseResult) -> None:
         detail = "; ".join(n for n in ph.notes if n.strip())
+        if ph.rc:
+            why = (ph.errors or ph.stderr or [f"exit status {ph.rc}"])[-1]
+            self.line(host, f"{ph.name:<8} FAILED: {why}")
+            return
         if ph.name in self.QUIET_PHASES and not detail and not ph.warnings:
             return
         self.line(host, f"{ph.name:<8} {detail:<60} {ph.duration:6.2f}s".rstrip())

@@ -153,6 +153,12 @@ def code(cfg: Config, rel: Release) -> Phase:
         *write_file(f"{R}/.fabdeploy/venv", rel.venv_hash),
         *write_file(f"{R}/{SETTINGS_MODULE}.py", settings),
     ]
+    # Static files: this release's own root, seeded with hard links from the live one (collectstatic
+    # replaces a changed file with a new inode, so the live site's files are never modified).
+    S = f"{lay.static}/{rel.id}"
+    lines += [f"rm -rf {q(S)}",
+              f"if [ -d {q(lay.static + '/current/')} ]; then cp -al \"$(readlink -f {q(lay.static + '/current')})\" {q(S)}; "
+              f"else mkdir -p {q(S)}; fi"]
     for d in cfg.paths.shared_dirs:
         target, link = f"{lay.shared}/{d}", f"{R}/{d}"
         lines += [f"mkdir -p {q(target)}", f"rm -rf {q(link)}", f'mkdir -p "$(dirname {q(link)})"',
@@ -209,11 +215,21 @@ def django_env(cfg: Config, rel: Release) -> list[str]:
     ]
 
 
+WSGI_IMPORT_PY = ("import importlib, sys; mod, _, attr = sys.argv[1].partition(':'); "
+                  "getattr(importlib.import_module(mod), attr or 'application')")
+
+
 def django(cfg: Config, rel: Release) -> Phase:
     """migrate, collectstatic and check --deploy with the production settings module."""
     lay = Layout(cfg.paths.deploy_to)
     manage = f"{q(lay.venv(rel.venv_hash) + '/bin/python')} {q(cfg.project.manage)}"
     lines = django_env(cfg, rel)
+    # The app must import under the production settings before anything (migrations) touches shared state.
+    lines += [
+        f"out=$({q(lay.venv(rel.venv_hash) + '/bin/python')} -c {q(WSGI_IMPORT_PY)} {q(cfg.project.wsgi)} 2>&1) || "
+        f"{{ printf '%s\n' \"$out\" | tail -n 12 >&2; echo 'the WSGI application {cfg.project.wsgi} does not import "
+        f"with the production settings' >&2; exit 1; }}",
+    ]
     if cfg.django.migrate:
         lines += [
             f"out=$({manage} migrate --noinput 2>&1) || {{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
@@ -296,9 +312,17 @@ def switch(cfg: Config, rel: Release) -> Phase:
     return Phase("switch", [
         f"ln -sfn {q(lay.release(rel.id))} {q(tmp)}",
         f"mv -Tf {q(tmp)} {q(lay.current)}",
+        *static_switch(cfg, q(rel.id)),
         f"mv -f {q(lay.uwsgi_ini + '.next')} {q(lay.uwsgi_ini)}",
         note(f"current -> {rel.id}"),
     ])
+
+
+def static_switch(cfg: Config, release_word: str) -> list[str]:
+    """Point shared/static/current at the release's static root (atomically), when it has one."""
+    st = Layout(cfg.paths.deploy_to).static
+    return [f"if [ -d {q(st)}/{release_word} ]; then ln -sfn {release_word} {q(st + '/current.fabdeploy-tmp')} && "
+            f"mv -Tf {q(st + '/current.fabdeploy-tmp')} {q(st + '/current')}; fi"]
 
 
 # Shell helpers: a pid from a pidfile that is alive and is the named program ("running" is never the
@@ -338,7 +362,7 @@ def restart(cfg: Config, rel: Release, facts: Facts) -> Phase:
     lay = Layout(cfg.paths.deploy_to)
     lines = uwsgi_restart_lines(cfg, q(lay.release(rel.id)), q(lay.venv(rel.venv_hash)), rel.id)
     lines += nginx_restart_lines(facts, lay.staging(rel.id) + "/nginx-changed")
-    return Phase("restart", lines, sudo=True)
+    return Phase("restart", lines, sudo=True, keep_going=True)
 
 
 def uwsgi_restart_lines(cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
@@ -361,9 +385,11 @@ def uwsgi_restart_lines(cfg: Config, release_word: str, venv_word: str, label: s
         f"  {uwsgi} --ini {q(lay.uwsgi_ini)}",
         "  action=started",
         "fi",
-        "i=0; ready=",
+        "i=0; ready=; gone=0",
         f"while [ $i -lt {steps} ]; do",
         f"  pid=$(alive {q(lay.pidfile)} uwsgi || true)",
+        # a master that stays gone (need-app: the app failed to load) is a failure, not something to wait for
+        '  if [ -z "$pid" ]; then gone=$((gone + 1)); [ "$gone" -lt 30 ] || break; fi',
         '  if [ -n "$pid" ]; then',
         "    n=0; stale=0",
         '    for c in $(children "$pid"); do',
@@ -382,6 +408,12 @@ def uwsgi_restart_lines(cfg: Config, release_word: str, venv_word: str, label: s
         "fi",
         note(f"uwsgi $action (master $pid, $n workers on {label})"),
     ]
+
+
+def nginx_reload_lines(nginx_pid: str) -> list[str]:
+    """Reload a running nginx and wait for it (nothing when it is not running)."""
+    return [ALIVE_FN, CHILDREN_FN, f"npid=$(alive {q(nginx_pid)} nginx || true)",
+            'if [ -n "$npid" ]; then', *["  " + ln for ln in NGINX_RELOAD], "fi"]
 
 
 def nginx_restart_lines(facts: Facts, changed_flag: str) -> list[str]:
@@ -423,6 +455,12 @@ def cleanup(cfg: Config, rel: Release) -> Phase:
         f'  case "$exe" in {q(lay.venvs)}/"$v"/*) continue;; esac',
         '  rm -rf -- "$v"',
         "done",
+        # static roots of releases that are gone
+        f"if cd {q(lay.static)} 2>/dev/null; then",
+        "  for s in *; do",
+        f'    if echo "$s" | grep -qE {q(RELEASE_GLOB_ERE)} && [ ! -d {q(lay.releases)}/"$s" ]; then rm -rf -- "$s"; fi',
+        "  done",
+        "fi",
         f"rm -rf {q(lay.staging(rel.id))}",
         f"left=$(ls -1 {q(lay.releases)} | grep -cE {q(RELEASE_GLOB_ERE)} || true)",
         note(f"$left releases on disk (keep_releases = {keep}), removed $removed"),
@@ -444,6 +482,6 @@ def abandon(cfg: Config, rel: Release, pgid: int | None = None) -> Phase:
         ]
     return Phase("abandon", [
         *stop,
-        f'if [ "$(readlink {q(lay.current)})" != {q(R)} ]; then rm -rf {q(R)} || true; fi',
+        f'if [ "$(readlink {q(lay.current)})" != {q(R)} ]; then rm -rf {q(R)} {q(lay.static + "/" + rel.id)} || true; fi',
         f"rm -rf {q(lay.staging(rel.id))} {q(lay.uwsgi_ini + '.next')} || true",
     ])

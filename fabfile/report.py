@@ -8,6 +8,7 @@ from .config import Config
 from .connect import host_label, open_connection
 from .errors import FabdeployError
 from .fleet import for_each_host
+from .health import http_target
 from .layout import RELEASE_GLOB_ERE, Layout
 from .runner import run_script
 from .script import MARK, Phase, Script, q
@@ -148,22 +149,11 @@ def releases(conns, cfg: Config) -> list[dict]:
                     lambda conn: {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "pattern": RELEASE_GLOB_ERE})
 
 
-def http_target(cfg: Config, host: str) -> tuple[str, int, str]:
-    """Address, port and Host header that reach this site's nginx server block from the host itself."""
-    listen = str(cfg.nginx.listen)
-    addr, _, port = listen.rpartition(":") if ":" in listen else ("", "", listen)
-    addr = addr.strip("[]") or "127.0.0.1"
-    if addr in ("0.0.0.0", "*", "::"):
-        addr = "127.0.0.1" if addr != "::" else "::1"
-    names = [n for n in cfg.server_names if n != "_" and not n.startswith("~") and "*" not in n]
-    return addr, int(port), (names[0] if names else host)
-
-
 def status(conns, cfg: Config) -> list[dict]:
     def params(conn):
         addr, port, host_header = http_target(cfg, conn.host)
         return {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "name": cfg.project.name,
-                "http_addr": addr, "http_port": port, "http_host": host_header, "http_path": "/"}
+                "http_addr": addr, "http_port": port, "http_host": host_header, "http_path": cfg.health.path}
     return _collect(conns, cfg, STATUS_PY, params)
 
 

@@ -87,6 +87,7 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
         refuse,
         f'ln -sfn "$R" {q(lay.current + ".fabdeploy-tmp")}',
         f"mv -Tf {q(lay.current + '.fabdeploy-tmp')} {q(lay.current)}",
+        *phases.static_switch(cfg, '"$T"'),
         f'cp -p "$R/.fabdeploy/uwsgi.ini" {q(lay.uwsgi_ini)}',
         'touch "$cur/.fabdeploy/bad"',
         'rm -f "$R/.fabdeploy/bad"',

@@ -93,7 +93,7 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
                     ph = phases[words[1]]
                     ph.rc = int(words[2]) if words[2].strip().isdigit() else 1
                     ph.duration = time.monotonic() - ph.started
-                    if on_phase and ph.rc == 0:
+                    if on_phase:
                         on_phase(ph)
                 return
             name = current[stream]

@@ -23,6 +23,9 @@ class Phase:
     name: str
     lines: list[str]
     sudo: bool = False  # documentation only: the lines carry their own `sudo -n`
+    # A failure does not stop the script: later phases see the name in $fabdeploy_failed and decide
+    # (the health phase reverts when the restart failed).
+    keep_going: bool = False
 
 
 @dataclass
@@ -34,7 +37,8 @@ class Script:
 
     def text(self) -> str:
         # The process group, so that an interrupted run can stop its remote half (tar, pip, manage.py).
-        out = ["set -u", "umask 022", f"echo \"{MARK} pgid $(cut -d' ' -f5 /proc/$$/stat)\""]
+        out = ["set -u", "umask 022", "fabdeploy_failed=",
+               f"echo \"{MARK} pgid $(cut -d' ' -f5 /proc/$$/stat)\""]
         for phase in self.phases:
             name = phase.name
             out.append(f"echo '{MARK} begin {name}'; echo '{MARK} begin {name}' >&2")
@@ -44,7 +48,10 @@ class Script:
             out.append(")")
             out.append("rc=$?")
             out.append(f"echo \"{MARK} end {name} $rc\"; echo \"{MARK} end {name} $rc\" >&2")
-            out.append('[ "$rc" -eq 0 ] || exit "$rc"')
+            if phase.keep_going:
+                out.append(f'[ "$rc" -eq 0 ] || fabdeploy_failed="$fabdeploy_failed {name}"')
+            else:
+                out.append('[ "$rc" -eq 0 ] || exit "$rc"')
         return "\n".join(out) + "\n"
 
     def command(self) -> str:

@@ -380,7 +380,7 @@ def test_code_phase_writes_release_json_and_settings():
     assert "\nDEBUG = False\n" in settings
     assert "ALLOWED_HOSTS = ['example.com', 'www.example.com']" in settings
     assert "_SHARED = _Path('/srv/shop/shared')" in settings
-    assert 'STATIC_ROOT = str(_SHARED / "static")' in settings
+    assert f"STATIC_ROOT = str(_SHARED / \"static\" / {REL_ID!r})" in settings
     assert 'MEDIA_ROOT = str(_SHARED / "media")' in settings
     assert 'SECRET_KEY = (_SHARED / "secret_key").read_text().strip()' in settings
     assert f"FABDEPLOY_RELEASE = '{REL_ID}'" in settings
@@ -808,7 +808,7 @@ def test_nginx_site_has_the_server_block():
     assert "server_name example.com www.example.com;" in lines
     assert "client_max_body_size 20M;" in lines
     i = lines.index("location /static/ {")
-    assert lines[i + 1:i + 4] == ["alias /srv/shop/shared/static/;", "expires 30d;", "}"]
+    assert lines[i + 1:i + 4] == ["alias /srv/shop/shared/static/current/;", "expires 30d;", "}"]
     j = lines.index("location /media/ {")
     assert lines[j + 1:j + 3] == ["alias /srv/shop/shared/media/;", "}"]
     k = lines.index("location / {")
@@ -820,7 +820,7 @@ def test_nginx_site_custom_urls_and_no_expires():
     cfg = make_cfg(django={"static_url": "/assets/", "media_url": "/files/"}, nginx={"static_expires": "off"})
     lines = [ln.strip() for ln in phases.nginx_site(cfg).splitlines()]
     i = lines.index("location /assets/ {")
-    assert lines[i + 1:i + 3] == ["alias /srv/shop/shared/static/;", "}"]
+    assert lines[i + 1:i + 3] == ["alias /srv/shop/shared/static/current/;", "}"]
     assert "location /files/ {" in lines
     assert not any(ln.startswith("expires") for ln in lines)
 

@@ -1,0 +1,101 @@
+"""The health gate: after the switch and reload, an HTTP check through nginx on the host itself; when it
+fails (or uWSGI did not come up), the same remote invocation switches back to the previous release,
+reloads, checks again and marks the new release bad.
+"""
+from __future__ import annotations
+
+from .config import Config
+from .layout import Layout
+from .script import MARK, Phase, q
+
+# Run by the host's python3: retry until the deadline; print the last answer; exit 0 when healthy.
+CHECK_PY = r"""
+import http.client, sys, time
+addr, port, host, path, want, timeout = sys.argv[1:7]
+port, want, deadline = int(port), int(want), time.monotonic() + float(timeout)
+last = "no answer"
+while True:
+    try:
+        conn = http.client.HTTPConnection(addr, port, timeout=5)
+        conn.request("GET", path, headers={"Host": host, "User-Agent": "fabdeploy-health"})
+        resp = conn.getresponse()
+        resp.read()
+        last = f"GET {path} -> {resp.status}"
+        if (resp.status == want) if want else (resp.status < 500):
+            print(last)
+            sys.exit(0)
+    except Exception as exc:
+        last = f"GET {path}: {exc}"
+    if time.monotonic() > deadline:
+        print(last)
+        sys.exit(1)
+    time.sleep(0.3)
+"""
+
+
+def http_target(cfg: Config, host: str) -> tuple[str, int, str]:
+    """Address, port and Host header that reach this site's nginx server block from the host itself."""
+    listen = str(cfg.nginx.listen)
+    addr, _, port = listen.rpartition(":") if ":" in listen else ("", "", listen)
+    addr = addr.strip("[]") or "127.0.0.1"
+    if addr in ("0.0.0.0", "*", "::"):
+        addr = "127.0.0.1" if addr != "::" else "::1"
+    names = [n for n in cfg.server_names if n != "_" and not n.startswith("~") and "*" not in n]
+    return addr, int(port), (names[0] if names else host)
+
+
+def check_command(cfg: Config, host: str) -> str:
+    addr, port, host_header = http_target(cfg, host)
+    args = [addr, port, host_header, cfg.health.path, cfg.health.status, cfg.health.timeout]
+    return f"{q(cfg.project.python)} -c {q(CHECK_PY)} " + " ".join(q(a) for a in args)
+
+
+def _fail(message: str) -> str:
+    return f'{{ echo "{MARK} error {message}" >&2; exit 1; }}'
+
+
+def health(cfg: Config, host: str, release_id: str, previous: str, staging: str, site_path: str,
+           nginx_pid: str) -> Phase:
+    """Check the new release; on failure revert to `previous` (a release path, "" on a first deploy)."""
+    from .phases import nginx_reload_lines, static_switch, uwsgi_restart_lines  # noqa: avoid a cycle
+
+    lay = Layout(cfg.paths.deploy_to)
+    R = lay.release(release_id)
+    check = check_command(cfg, host)
+    prev_id = previous.rsplit("/", 1)[-1] if previous else ""
+    lines = [
+        'why=""',
+        'case " $fabdeploy_failed " in *" restart "*) why="the app server or nginx did not come up";; esac',
+        f'if [ -z "$why" ]; then if answer=$({check}); then echo "{MARK} note $answer"; exit 0; '
+        'else why=$answer; fi; fi',
+        f"touch {q(R + '/.fabdeploy/bad')}",
+    ]
+    if not cfg.health.revert:
+        return Phase("health", lines + [_fail("health check failed: $why (health.revert = false: left as is)")])
+    if not previous:
+        return Phase("health", lines + [_fail("health check failed: $why; no previous release to revert to")])
+    P = q(previous)
+    lines += [
+        f"[ -f {P}/.fabdeploy/uwsgi.ini ] || "
+        + _fail(f"health check failed: $why; cannot revert: {prev_id} has no saved uWSGI config"),
+        f"ln -sfn {P} {q(lay.current + '.fabdeploy-tmp')}",
+        f"mv -Tf {q(lay.current + '.fabdeploy-tmp')} {q(lay.current)}",
+        *static_switch(cfg, q(prev_id)),
+        f"cp -p {P}/.fabdeploy/uwsgi.ini {q(lay.uwsgi_ini)}",
+        f'V={q(lay.venvs)}/"$(cat {P}/.fabdeploy/venv)"',
+        "(",
+        *uwsgi_restart_lines(cfg, P, '"$V"', prev_id),
+        ") >/dev/null || " + _fail(f"health check failed: $why; reverting to {prev_id} failed too: uWSGI did not come up"),
+        # the nginx site as it was before this deploy, when this deploy changed it
+        f"if [ -f {q(staging + '/site.prev')} ]; then",
+        f"  sudo -n install -m 0644 {q(staging + '/site.prev')} {q(site_path)}",
+        "  if sudo -n nginx -t >/dev/null 2>&1; then",
+        *["    " + ln for ln in nginx_reload_lines(nginx_pid)],
+        "  fi",
+        "fi",
+        f'if again=$({check}); then '
+        + _fail(f"health check failed: $why; reverted to {prev_id} ($again); the new release is marked bad")
+        + "; fi",
+        _fail(f"health check failed: $why; reverted to {prev_id}, which is unhealthy too: $again"),
+    ]
+    return Phase("health", lines)
