@@ -162,6 +162,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "buffer_size": Key(32768, _int(4096, 65535)),
         "package": Key("uwsgi", _str(re.compile(r"^[A-Za-z0-9._\-\[\]<>=!~,]+$"), "a pip requirement", False)),
         "reload_timeout": Key(60, _int(1, 3600)),
+        "listen": Key(1024, _int(16, 65535)),
         "options": Key({}, _options),
     },
     "nginx": {
@@ -171,6 +172,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "user": Key("", _str(re.compile(r"^[a-z_][a-z0-9_-]*$"), "a user name")),
         "layout": Key("auto", lambda v: None if v in ("auto", "sites", "conf.d") else
                       "must be \"auto\", \"sites\" or \"conf.d\""),
+        "template": Key("", _str(None)),
         "static_expires": Key("30d", _str(re.compile(r"^(off|max|[0-9]+[smhdwMy]?)$"), "like 30d, max or off", False)),
     },
     "pip": {
@@ -217,6 +219,13 @@ class Config:
             return _Section(self.__dict__["data"][section])
         except KeyError:
             raise AttributeError(section) from None
+
+    @property
+    def nginx_template(self) -> Path | None:
+        """The user's nginx site template (relative to the config file), or None for the built-in one."""
+        if not self.nginx.template:
+            return None
+        return ((self.path.parent if self.path else Path.cwd()) / self.nginx.template).resolve()
 
     @property
     def shared(self) -> str:
@@ -316,4 +325,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     for rel in data["paths"]["shared_dirs"] + [data["project"]["requirements"], data["project"]["manage"]]:
         if ".." in rel.split("/"):
             raise ConfigError(f"{where}path {rel!r} must stay inside its directory (no '..')")
-    return Config(data, path)
+    cfg = Config(data, path)
+    if cfg.nginx_template and not cfg.nginx_template.is_file():
+        raise ConfigError(f"{where}nginx.template {cfg.nginx_template} does not exist")
+    return cfg

@@ -53,7 +53,8 @@ def acquire(cfg: Config, owner: LockOwner, wait: int = 0) -> list[str]:
     ttl = cfg.lock.ttl
     return [
         "waited=0",
-        f"while ! mkdir {q(L)} 2>/dev/null; do",
+        f"while ! err=$(mkdir {q(L)} 2>&1); do",
+        f"  [ -d {q(L)} ] || " + _dyn_fail("cannot take the deploy lock: $err", code=1),
         f"  if [ \"$waited\" -ge {int(wait)} ]; then",
         f"    holder=$(cat {q(L + '/info')} 2>/dev/null || echo 'an unknown holder')",
         f"    age=$(( $(date +%s) - $(stat -c %Y {q(L)} 2>/dev/null || date +%s) ))",

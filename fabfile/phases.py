@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from .config import Config
 from .layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, Layout, nginx_site_paths
-from .render import render
+from .render import render, render_file
 from .script import MARK, Phase, fact, q, write_file
 
 
@@ -215,8 +215,10 @@ def django_env(cfg: Config, rel: Release) -> list[str]:
     ]
 
 
+# Import the WSGI callable and resolve the URLconf (which imports the views), as the first request would.
 WSGI_IMPORT_PY = ("import importlib, sys; mod, _, attr = sys.argv[1].partition(':'); "
-                  "getattr(importlib.import_module(mod), attr or 'application')")
+                  "getattr(importlib.import_module(mod), attr or 'application'); "
+                  "import django.urls; django.urls.get_resolver().url_patterns")
 
 
 def django(cfg: Config, rel: Release) -> Phase:
@@ -226,9 +228,12 @@ def django(cfg: Config, rel: Release) -> Phase:
     lines = django_env(cfg, rel)
     # The app must import under the production settings before anything (migrations) touches shared state.
     lines += [
-        f"out=$({q(lay.venv(rel.venv_hash) + '/bin/python')} -c {q(WSGI_IMPORT_PY)} {q(cfg.project.wsgi)} 2>&1) || "
-        f"{{ printf '%s\n' \"$out\" | tail -n 12 >&2; echo 'the WSGI application {cfg.project.wsgi} does not import "
-        f"with the production settings' >&2; exit 1; }}",
+        f"out=$({q(lay.venv(rel.venv_hash) + '/bin/python')} -c {q(WSGI_IMPORT_PY)} {q(cfg.project.wsgi)} 2>&1) || {{",
+        "  printf '%s\\n' \"$out\" | tail -n 12 >&2",
+        f"  echo \"{MARK} error the WSGI application {cfg.project.wsgi} does not import with the production "
+        "settings: $(printf '%s\\n' \"$out\" | tail -n 1)\" >&2",
+        "  exit 1",
+        "}",
     ]
     if cfg.django.migrate:
         lines += [
@@ -256,15 +261,18 @@ def uwsgi_ini(cfg: Config, rel: Release) -> str:
         wsgi=cfg.project.wsgi, settings_module=SETTINGS_MODULE, release_id=rel.id, env=cfg.django.env,
         processes=cfg.uwsgi.processes, threads=cfg.uwsgi.threads, socket=lay.socket, pidfile=lay.pidfile,
         logfile=lay.uwsgi_log, max_requests=cfg.uwsgi.max_requests, harakiri=cfg.uwsgi.harakiri,
-        buffer_size=cfg.uwsgi.buffer_size, options=cfg.uwsgi.options)
+        buffer_size=cfg.uwsgi.buffer_size, listen=cfg.uwsgi.listen, options=cfg.uwsgi.options)
 
 
 def nginx_site(cfg: Config) -> str:
     lay = Layout(cfg.paths.deploy_to)
-    return render(
-        "nginx-site.conf.j2", name=cfg.project.name, listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
+    context = dict(
+        name=cfg.project.name, listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
         client_max_body_size=cfg.nginx.client_max_body_size, shared=lay.shared, socket=lay.socket,
         static_url=cfg.django.static_url, media_url=cfg.django.media_url, static_expires=cfg.nginx.static_expires)
+    if cfg.nginx_template:
+        return render_file(cfg.nginx_template, "nginx.template", **context)
+    return render("nginx-site.conf.j2", **context)
 
 
 def config(cfg: Config, rel: Release, facts: Facts) -> Phase:

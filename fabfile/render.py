@@ -5,6 +5,8 @@ from pathlib import Path
 
 import jinja2
 
+from .errors import ConfigError
+
 _HERE = Path(__file__).resolve().parent
 # Installed: fabdeploy/templates; in a checkout (or an editable install): <repo>/templates.
 TEMPLATE_DIRS = [p for p in (_HERE / "templates", _HERE.parent / "templates") if p.is_dir()]
@@ -31,3 +33,13 @@ def environment(extra_dirs=()) -> jinja2.Environment:
 
 def render(template: str, **context) -> str:
     return environment().get_template(template).render(**context)
+
+
+def render_file(path: Path, what: str, **context) -> str:
+    """Render a user's template file; any template problem is one ConfigError line naming `what`."""
+    try:
+        return environment([path.parent]).get_template(path.name).render(**context)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"{what} {path}: line {exc.lineno}: {exc.message}") from None
+    except jinja2.TemplateError as exc:
+        raise ConfigError(f"{what} {path}: {exc}") from None

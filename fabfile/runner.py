@@ -169,8 +169,9 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
     if rc != 0:
         failed = _running(phases, script, failed=True)
         ph = phases.get(failed)
-        if ph and ph.errors:  # the script said what is wrong: that line is the whole message
-            raise RemoteError(host, failed, mask(ph.errors[-1], script.secrets))
+        if ph and ph.errors:  # the script said what is wrong; its other stderr lines are the detail
+            raise RemoteError(host, failed, mask(ph.errors[-1], script.secrets),
+                              mask("\n".join(ph.stderr[-15:]), script.secrets))
         tail_lines = (ph.stderr if ph and ph.stderr else err_all)[-15:]
         message = "SSH connection lost" if rc == -1 else f"exit status {rc}"
         raise RemoteError(host, failed, message, mask("\n".join(tail_lines), script.secrets))

@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "tests" / "sample_project"
 BIN = Path(sys.executable).parent
 FAB = str(BIN / "fab")
+WHEELS = REPO / ".cache" / "wheels"  # filled by scripts/setup: tests build wheelhouses offline from it
+OFFLINE = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELS)}
 _index = itertools.count(20)
 
 TEAM_FABFILE = "from fabdeploy.tasks import *  # noqa: F401,F403\n"
@@ -30,6 +32,9 @@ TEAM_FABFILE = "from fabdeploy.tasks import *  # noqa: F401,F403\n"
 def lab():
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests create network namespaces and need root (run them as root)")
+    if not list(WHEELS.glob("uwsgi-*.whl")):
+        pytest.fail(f"no wheels in {WHEELS}: run scripts/setup first")
+    os.environ.update(OFFLINE)  # Popen'd fab processes of the tests inherit it too
     hostlab.ensure_machine_setup()
     return hostlab
 
@@ -119,6 +124,7 @@ def run_fab(cwd: Path, *args: str, env: dict | None = None, timeout: float = 600
             cache: Path | None = None) -> subprocess.CompletedProcess:
     full_env = dict(os.environ)
     full_env.pop("FABDEPLOY_CONFIG", None)
+    full_env.update(OFFLINE)
     if cache is not None:
         full_env["XDG_CACHE_HOME"] = str(cache)
     full_env.update(env or {})
