@@ -130,7 +130,9 @@ def fakebin(tmp_path):
 def test_text_wraps_every_phase_in_markers_and_a_set_e_subshell():
     script = Script([Phase("one", ["echo 1"]), Phase("two", ["echo 2a", "echo 2b"])])
     lines = script.text().splitlines()
-    assert lines[:2] == ["set -u", "umask 022"]
+    # the failed keep_going phases so far, then the process group (for stopping an interrupted run)
+    assert lines[:4] == ["set -u", "umask 022", "fabdeploy_failed=",
+                         f"echo \"{MARK} pgid $(cut -d' ' -f5 /proc/$$/stat)\""]
     for name, body in (("one", ["echo 1"]), ("two", ["echo 2a", "echo 2b"])):
         i = lines.index(f"echo '{MARK} begin {name}'; echo '{MARK} begin {name}' >&2")
         assert lines[i + 1:i + 3] == ["(", "set -e"]
@@ -140,6 +142,16 @@ def test_text_wraps_every_phase_in_markers_and_a_set_e_subshell():
                                   '[ "$rc" -eq 0 ] || exit "$rc"']
     assert script.text().endswith("\n")
     assert script.names == ["one", "two"]
+
+
+def test_keep_going_phase_records_its_failure_instead_of_exiting():
+    lines = Script([Phase("r", ["false"], keep_going=True), Phase("h", ["true"])]).text().splitlines()
+    i = lines.index(f'echo "{MARK} end r $rc"; echo "{MARK} end r $rc" >&2')
+    assert lines[i - 1] == "rc=$?"
+    assert lines[i + 1] == '[ "$rc" -eq 0 ] || fabdeploy_failed="$fabdeploy_failed r"'
+    j = lines.index(f'echo "{MARK} end h $rc"; echo "{MARK} end h $rc" >&2')
+    assert lines[j + 1] == '[ "$rc" -eq 0 ] || exit "$rc"'
+    assert Phase("x", []).keep_going is False
 
 
 def test_command_is_sh_c_with_the_text_single_quoted():
@@ -501,7 +513,8 @@ def test_settings_module_overrides_the_project_settings(tmp_path):
     assert got["DEBUG"] is False
     assert got["SECRET_KEY"] == "the-real-production-key"
     assert got["ALLOWED_HOSTS"] == ["example.com"]
-    assert got["STATIC_ROOT"] == f"{shared}/static" and got["MEDIA_ROOT"] == f"{shared}/media"
+    # each release collects into its own static root; the switch points static/current at it
+    assert got["STATIC_ROOT"] == f"{shared}/static/{REL_ID}" and got["MEDIA_ROOT"] == f"{shared}/media"
     assert got["STATIC_URL"] == "/static/" and got["MEDIA_URL"] == "/uploads/"
     assert got["CUSTOM"] == "kept" and got["RELEASE"] == REL_ID
     assert got["DB"] == {"default": f"{shared}/db/default.sqlite3", "memory": ":memory:", "pg": "shop"}
@@ -626,25 +639,39 @@ def test_django_phase_lines():
     assert lines[:3] == [f"cd /srv/shop/releases/{REL_ID}",
                          f"export DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} FABDEPLOY_RELEASE={REL_ID}",
                          "set -a; . /srv/shop/shared/config/app.env; set +a"]
+    # first of all: the WSGI app imports under the production settings (before migrate touches the db)
+    block = _wsgi_import_block(lines)
+    assert block[0].startswith(f"out=$(/srv/shop/venvs/{VENV}/bin/python -c {q(phases.WSGI_IMPORT_PY)} "
+                               "shop.wsgi:application 2>&1) ||")
+    assert "the WSGI application shop.wsgi:application does not import with the production settings" in "\n".join(block)
     text = "\n".join(lines)
     manage = f"/srv/shop/venvs/{VENV}/bin/python manage.py"
     assert f"{manage} migrate --noinput" in text
     assert f"{manage} collectstatic --noinput" in text
     assert f"{manage} check --deploy" in text
+    assert lines[3 + len(block)].startswith(f"out=$({manage} migrate --noinput 2>&1)")
+
+
+def _wsgi_import_block(lines: list[str]) -> list[str]:
+    """The lines of the django phase between its environment (3 lines) and its first manage.py command."""
+    rest = lines[3:]
+    end = next((i for i, ln in enumerate(rest) if " manage.py " in ln), len(rest))
+    assert rest[0].startswith("out=$(") and f"-c {q(phases.WSGI_IMPORT_PY)} " in rest[0]
+    return rest[:end]
 
 
 def test_django_phase_flags():
     cfg = make_cfg(django={"migrate": False, "collectstatic": False, "check_deploy": False})
-    assert len(phases.django(cfg, make_rel()).lines) == 3
+    lines = phases.django(cfg, make_rel()).lines
+    # cd, export, env file, and the WSGI import check (never optional); no manage.py command at all
+    assert lines[3:] == _wsgi_import_block(lines)
+    assert not any("manage.py" in ln for ln in lines)
 
 
 def test_django_phase_runs_migrate_collectstatic_and_check(deployed):
     lay, cfg, rel = deployed["lay"], deployed["cfg"], deployed["rel"]
     assert deployed["proc"].returncode == 0
-    bin_dir = Path(lay.venv(rel.venv_hash)) / "bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    (bin_dir / "python").write_text(f"#!/bin/sh\nexec {q(sys.executable)} \"$@\"\n")
-    (bin_dir / "python").chmod(0o755)
+    _fake_venv_python(lay, rel)
     proc = sh(Script([phases.django(cfg, rel)]), deployed["root"])
     assert proc.returncode == 0, err(proc) + out(proc)
     first = notes(out(proc))
@@ -653,9 +680,100 @@ def test_django_phase_runs_migrate_collectstatic_and_check(deployed):
     assert any(line.startswith(f"{MARK} warn ") for line in out(proc).splitlines())  # check --deploy warnings
     assert Path(lay.shared, "db", "default.sqlite3").is_file()
     assert not Path(lay.release(rel.id), "db.sqlite3").exists()
-    assert Path(lay.shared, "static", "pages", "site.css").is_file()
+    # collected into this release's own static root, not into shared/static itself
+    assert Path(lay.static, rel.id, "pages", "site.css").read_text() == (SAMPLE / "pages/static/pages/site.css").read_text()
+    assert not Path(lay.static, "pages").exists()
     again = sh(Script([phases.django(cfg, rel)]), deployed["root"])
     assert again.returncode == 0 and notes(out(again))[0] == "0 migrations applied"
+
+
+def _fake_venv_python(lay: Layout, rel: Release) -> None:
+    """The release's virtualenv python: this interpreter (which has Django)."""
+    bin_dir = Path(lay.venv(rel.venv_hash)) / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "python").write_text(f"#!/bin/sh\nexec {q(sys.executable)} \"$@\"\n")
+    (bin_dir / "python").chmod(0o755)
+
+
+def _fresh_release(tmp_path, rel=None, bundle_bytes=None, **sections):
+    """A temp deploy_to after a real code phase of the sample project; returns (cfg, lay, rel)."""
+    deploy_to = tmp_path / "app"
+    lay = _setup_dirs(deploy_to)
+    cfg = _sample_cfg(deploy_to, **sections)
+    rel = rel or make_rel()
+    proc = sh(Script([phases.code(cfg, rel)]), tmp_path, stdin=bundle_bytes or _sample_bundle())
+    assert proc.returncode == 0, err(proc)
+    _fake_venv_python(lay, rel)
+    return cfg, lay, rel
+
+
+@pytest.mark.parametrize("breakage", ["wsgi", "urls"])
+def test_django_phase_stops_before_migrate_when_the_app_does_not_import(tmp_path, breakage):
+    wsgi = "sampleproject.nosuchmodule:application" if breakage == "wsgi" else "sampleproject.wsgi:application"
+    cfg, lay, rel = _fresh_release(tmp_path, project={"wsgi": wsgi})
+    if breakage == "urls":  # the URLconf (imported by the first request) is broken
+        with open(Path(lay.release(rel.id), "pages", "urls.py"), "a") as f:
+            f.write("\nraise ImportError('broken-urlconf-marker')\n")
+    proc = sh(Script([phases.django(cfg, rel)]), tmp_path)
+    assert proc.returncode == 1
+    assert f"the WSGI application {wsgi} does not import with the production settings" in err(proc)
+    assert ("nosuchmodule" if breakage == "wsgi" else "broken-urlconf-marker") in err(proc)  # the cause, shown
+    assert notes(out(proc)) == []  # no migrate, no collectstatic
+    assert not Path(lay.shared, "db", "default.sqlite3").exists()
+    assert os.listdir(Path(lay.static, rel.id)) == []
+
+
+# === per-release static roots =================================================================================
+
+OLD_ID = "20251231T000000Z-0000001"
+
+
+def test_code_phase_seeds_the_static_root_with_hard_links_from_the_live_one(tmp_path):
+    deploy_to = tmp_path / "app"
+    lay = _setup_dirs(deploy_to)
+    live = Path(lay.static, OLD_ID)
+    (live / "pages").mkdir(parents=True)
+    (live / "pages" / "site.css").write_text("live css\n")
+    (live / "admin.css").write_text("admin\n")
+    os.symlink(OLD_ID, Path(lay.static, "current"))  # relative, as static_switch makes it
+    (Path(lay.static, REL_ID)).mkdir()
+    (Path(lay.static, REL_ID, "leftover-from-an-abandoned-try")).write_text("x")
+    proc = sh(Script([phases.code(_sample_cfg(deploy_to), make_rel())]), tmp_path, stdin=_sample_bundle())
+    assert proc.returncode == 0, err(proc)
+    new = Path(lay.static, REL_ID)
+    assert sorted(p.relative_to(new).as_posix() for p in new.rglob("*")) == ["admin.css", "pages", "pages/site.css"]
+    for f in ("admin.css", "pages/site.css"):
+        assert (new / f).stat().st_ino == (live / f).stat().st_ino  # hard links, not copies
+    assert os.readlink(Path(lay.static, "current")) == OLD_ID  # the live site is switched only in switch
+
+
+def test_code_phase_without_a_live_static_root_starts_empty(deployed):
+    lay = deployed["lay"]
+    assert Path(lay.static, REL_ID).is_dir()
+    assert not os.path.lexists(Path(lay.static, "current"))
+
+
+def test_collectstatic_never_modifies_the_live_static_files(tmp_path):
+    """Release A collects and goes live; release B changes a file: A's root keeps its bytes and inode."""
+    flags = {"migrate": False, "check_deploy": False}
+    cfg, lay, a = _fresh_release(tmp_path, rel=make_rel(OLD_ID), django=flags)
+    proc = sh(Script([phases.django(cfg, a), Phase("live", phases.static_switch(cfg, q(a.id)))]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    live_css = Path(lay.static, a.id, "pages", "site.css")
+    original, inode = live_css.read_text(), live_css.stat().st_ino
+    admin_css = next(Path(lay.static, a.id, "admin").rglob("*.css")).relative_to(lay.static + "/" + a.id)
+    b = make_rel(REL_ID)
+    assert sh(Script([phases.code(cfg, b)]), tmp_path, stdin=_sample_bundle()).returncode == 0
+    source = Path(lay.release(b.id), "pages", "static", "pages", "site.css")
+    source.write_text("/* changed in release B */\n")
+    future = source.stat().st_mtime + 60  # collectstatic compares whole seconds
+    os.utime(source, (future, future))
+    proc = sh(Script([phases.django(cfg, b)]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert live_css.read_text() == original and live_css.stat().st_ino == inode
+    assert Path(lay.static, b.id, "pages", "site.css").read_text() == "/* changed in release B */\n"
+    # unchanged files stay shared between the two roots
+    assert Path(lay.static, b.id, admin_css).stat().st_ino == Path(lay.static, a.id, admin_css).stat().st_ino
 
 
 # === venv =====================================================================================================
@@ -968,11 +1086,17 @@ def test_config_phase_restore_keeps_a_disabled_site_disabled(tmp_path, fakebin):
 # === switch ===================================================================================================
 
 def test_switch_lines():
-    assert phases.switch(make_cfg(), make_rel()).lines[:3] == [
+    S = "/srv/shop/shared/static"
+    assert phases.switch(make_cfg(), make_rel()).lines[:4] == [
         f"ln -sfn /srv/shop/releases/{REL_ID} /srv/shop/current.fabdeploy-tmp",
         "mv -Tf /srv/shop/current.fabdeploy-tmp /srv/shop/current",
+        f"if [ -d {S}/{REL_ID} ]; then ln -sfn {REL_ID} {S}/current.fabdeploy-tmp && "
+        f"mv -Tf {S}/current.fabdeploy-tmp {S}/current; fi",
         "mv -f /srv/shop/shared/config/uwsgi.ini.next /srv/shop/shared/config/uwsgi.ini",
     ]
+    assert phases.static_switch(make_cfg(), '"$T"') == [
+        f'if [ -d {S}/"$T" ]; then ln -sfn "$T" {S}/current.fabdeploy-tmp && mv -Tf {S}/current.fabdeploy-tmp '
+        f'{S}/current; fi']
 
 
 @pytest.mark.parametrize("previous", [None, "20251231T000000Z-0000001"])
@@ -982,19 +1106,38 @@ def test_switch_runs_atomically(tmp_path, previous):
     Path(lay.release(REL_ID)).mkdir(parents=True)
     Path(lay.config).mkdir(parents=True)
     Path(lay.uwsgi_ini + ".next").write_text("new ini\n")
+    Path(lay.static, REL_ID).mkdir(parents=True)
     if previous:
         Path(lay.release(previous)).mkdir()
         os.symlink(lay.release(previous), lay.current)
         Path(lay.uwsgi_ini).write_text("old ini\n")
+        Path(lay.static, previous).mkdir()
+        os.symlink(previous, Path(lay.static, "current"))
     proc = sh(Script([phases.switch(make_cfg(deploy_to), make_rel())]), tmp_path)
     assert proc.returncode == 0, err(proc)
     assert os.path.islink(lay.current) and os.readlink(lay.current) == lay.release(REL_ID)
     assert not os.path.lexists(lay.current + ".fabdeploy-tmp")
+    # nginx serves shared/static/current/: a relative link to the release's own static root
+    assert os.readlink(Path(lay.static, "current")) == REL_ID
+    assert Path(lay.static, "current").resolve() == Path(lay.static, REL_ID).resolve()
+    assert sorted(os.listdir(lay.static)) == sorted(["current", REL_ID] + ([previous] if previous else []))
     assert Path(lay.uwsgi_ini).read_text() == "new ini\n"
     assert not os.path.exists(lay.uwsgi_ini + ".next")
     assert notes(out(proc)) == [f"current -> {REL_ID}"]
     if previous:
         assert Path(lay.release(previous)).is_dir()  # the old release itself is untouched
+
+
+def test_static_switch_leaves_the_link_alone_without_a_static_root(tmp_path):
+    """A release without its own static root (deployed before per-release roots): nothing to point at."""
+    cfg = make_cfg(tmp_path / "app")
+    lay = Layout(cfg.paths.deploy_to)
+    Path(lay.static, OLD_ID).mkdir(parents=True)
+    os.symlink(OLD_ID, Path(lay.static, "current"))
+    proc = sh(Script([Phase("s", ["T=" + REL_ID, *phases.static_switch(cfg, '"$T"')])]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert os.readlink(Path(lay.static, "current")) == OLD_ID
+    assert sorted(os.listdir(lay.static)) == sorted(["current", OLD_ID])
 
 
 # === restart ==================================================================================================
