@@ -15,6 +15,7 @@ from .deploy import deploy_all
 from .errors import ConfigError, FabdeployError
 from .logs import show_logs
 from .output import Printer
+from .plan import plan_all
 from .rollback import rollback_all
 from .runner import run_script
 from .script import Script
@@ -45,12 +46,18 @@ def target_connections(c, cfg: Config) -> list[Connection]:
 
 
 @task(help={"config": CONFIG_HELP, "verbose": "show every remote command and its output",
-            "wait": "seconds to wait for another run's deploy lock (default: lock.wait)"})
+            "wait": "seconds to wait for another run's deploy lock (default: lock.wait)",
+            "plan": "print the remote commands and config diffs per host; change nothing (also: fab --dry)"})
 @one_line_errors
-def deploy(c, config=None, verbose=False, wait=None):
+def deploy(c, config=None, verbose=False, wait=None, plan=False):
     """Deploy the project: upload, virtualenv, migrate, collectstatic, switch, reload uWSGI and nginx."""
     cfg = load_config(config)
     printer = Printer(verbose=verbose)
+    if plan or c.config.run.dry:
+        errors = plan_all(target_connections(c, cfg), cfg, printer)
+        if errors:
+            raise Exit("\n".join(f"fabdeploy: {e}" for e in errors), code=1)
+        return
     outcomes = deploy_all(target_connections(c, cfg), cfg, printer, wait=_seconds(wait, "--wait"))
     failed = [o for o in outcomes if not o.ok]
     for o in outcomes:

@@ -1,0 +1,142 @@
+"""`fab deploy --plan` (or Invoke's `fab --dry deploy`): a truly read-only plan.
+
+One read-only remote invocation per host learns what setup would (Python version, nginx layout, current
+release, virtualenvs) and reads the live uWSGI ini and nginx site. Nothing is uploaded, created, locked or
+reloaded. Printed per host: the remote scripts a deploy would run (secrets masked) and a unified diff of
+every rendered config against the host's copy.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+
+from . import lock, phases
+from .config import Config
+from .connect import host_label, local_user, open_connection
+from .errors import FabdeployError
+from .fleet import for_each_host
+from .health import health
+from .layout import SETTINGS_MODULE, Layout, nginx_site_paths
+from .lock import LockOwner
+from .output import Printer
+from .runner import run_script
+from .render import render
+from .script import MARK, Phase, Script, mask, q
+from .source import read_source, release_id
+from .wheelhouse import venv_hash
+
+FACTS_PY = r"""
+import json, os, re, sys
+P = json.loads(sys.argv[1])
+D = P["deploy_to"]
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+conf = read("/etc/nginx/nginx.conf") or ""
+m = re.search(r"^\s*user\s+([^;\s]+)", conf, re.M)
+user = P["nginx_user"] or (m.group(1) if m else "www-data")
+m = re.search(r"^\s*pid\s+([^;\s]+)", conf, re.M)
+pid = m.group(1) if m else "/run/nginx.pid"
+layout = P["layout"]
+if layout == "auto":
+    layout = "sites" if os.path.isdir("/etc/nginx/sites-enabled") and "sites-enabled" in conf else "conf.d"
+site = f"/etc/nginx/sites-available/{P['name']}" if layout == "sites" else f"/etc/nginx/conf.d/{P['name']}.conf"
+try:
+    current = os.readlink(D + "/current")
+except OSError:
+    current = ""
+venvs = sorted(v for v in (os.listdir(D + "/venvs") if os.path.isdir(D + "/venvs") else [])
+               if os.path.isfile(f"{D}/venvs/{v}/.fabdeploy-complete"))
+print("@@fabdeploy json " + json.dumps({
+    "python_version": "%d.%d.%d" % sys.version_info[:3], "nginx_layout": layout, "nginx_user": user,
+    "nginx_pid": pid, "current": current, "venvs": venvs, "site": site,
+    "files": {"uwsgi.ini": read(D + "/shared/config/uwsgi.ini"), "nginx site": read(site),
+              "settings": read(f"{current}/{P['settings']}.py") if current else None},
+    "locked": read(D + "/.fabdeploy-lock/info"), "deploy_to_exists": os.path.isdir(D)}))
+"""
+
+
+def read_host(conn, cfg: Config) -> dict:
+    params = {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "name": cfg.project.name,
+              "layout": cfg.nginx.layout, "nginx_user": cfg.nginx.user, "settings": SETTINGS_MODULE}
+    script = Script([Phase("read", [f"{q(cfg.project.python)} -c {q(FACTS_PY)} {q(json.dumps(params))}"])])
+    res = run_script(conn, script, host=host_label(conn), timeout=60)
+    for line in res.stdout.splitlines():
+        if line.startswith(f"{MARK} json "):
+            return json.loads(line[len(MARK) + 6:])
+    raise FabdeployError(f"{host_label(conn)}: plan: the host returned no facts")
+
+
+def _diff(name: str, old: str | None, new: str) -> str:
+    if old == new:
+        return f"--- {name}: unchanged\n"
+    lines = difflib.unified_diff((old or "").splitlines(keepends=True), new.splitlines(keepends=True),
+                                 fromfile=f"{name} (on host)" if old is not None else f"{name} (absent)",
+                                 tofile=f"{name} (would be written)")
+    return "".join(lines)
+
+
+def plan_host(conn, cfg: Config, source, rel_id: str) -> str:
+    host = host_label(conn)
+    open_connection(conn)
+    raw = read_host(conn, cfg)
+    facts = phases.Facts(python_version=raw["python_version"], nginx_layout=raw["nginx_layout"],
+                         nginx_user=raw["nginx_user"], nginx_pid=raw["nginx_pid"], current=raw["current"],
+                         venvs=raw["venvs"])
+    key = venv_hash(cfg, source.requirements, facts.python_version)
+    rel = phases.Release(rel_id, source.revision, source.branch, source.kind, "<deploy time>", local_user(), key,
+                         cfg.pip.wheelhouse and key not in facts.venvs)
+    owner = LockOwner("deploy", local_user(), "<token>", 0, "<deploy time>")
+    lay = Layout(cfg.paths.deploy_to)
+    site, _ = nginx_site_paths(facts.nginx_layout, cfg.project.name)
+    invocations = [
+        ("1 (setup)", [phases.setup(cfg, lock.acquire(cfg, owner))]),
+        ("2 (prepare; the release archive on stdin)",
+         [phases.code(cfg, rel), phases.venv(cfg, rel), phases.django(cfg, rel), phases.config(cfg, rel, facts)]),
+        ("3 (publish)", [phases.switch(cfg, rel), phases.restart(cfg, rel, facts),
+                         health(cfg, conn.host, rel.id, facts.current, lay.staging(rel.id), site, facts.nginx_pid),
+                         phases.cleanup(cfg, rel), lock.finish(cfg, owner, {"result": "ok"})]),
+    ]
+    out = [f"===== {host}: plan for release {rel_id} (nothing below has been run)"]
+    out.append(f"current release: {facts.current or '(none)'}; virtualenv {key}: "
+               + ("reused" if key in facts.venvs else "would be built"
+                  + (" from a local wheelhouse" if cfg.pip.wheelhouse else "")))
+    if raw.get("locked"):
+        out.append(f"NOTE: the deploy lock is held by {raw['locked'].strip()}: a deploy now would fail")
+    for title, built in invocations:
+        out.append(f"----- remote invocation {title}")
+        out.append(Script(built, tuple(cfg.secret_values())).display().rstrip())
+    settings = render("settings.py.j2", release_id=rel.id, django_settings=cfg.project.django_settings,
+                             shared=lay.shared, allowed_hosts=cfg.allowed_hosts, static_url=cfg.django.static_url,
+                             media_url=cfg.django.media_url)
+    out.append("----- config diffs")
+    files = raw["files"]
+    out.append(mask(_diff("uwsgi.ini", files["uwsgi.ini"], phases.uwsgi_ini(cfg, rel)), cfg.secret_values()))
+    out.append(_diff(f"nginx site {site}", files["nginx site"], phases.nginx_site(cfg)))
+    out.append(_diff(f"{SETTINGS_MODULE}.py", files["settings"], settings))
+    return "\n".join(out)
+
+
+def plan_all(conns: list, cfg: Config, printer: Printer) -> list[str]:
+    source = read_source(cfg)
+    for w in source.warnings:
+        printer.warn(w)
+    rel_id = release_id(source)
+    errors: list[str] = []
+
+    def one(conn, cancel) -> str:
+        try:
+            return plan_host(conn, cfg, source, rel_id)
+        except FabdeployError as exc:
+            errors.append(str(exc))
+            return ""
+        finally:
+            conn.close()
+
+    for text in for_each_host(conns, one):
+        if text:
+            printer.info(text)
+    return errors
