@@ -88,4 +88,4 @@ def wrap(phase: Phase, cfg: Config, ctx: HookContext) -> Phase:
     before_lines, after_lines = block("before"), block("after")
     if not before_lines and not after_lines:
         return phase
-    return Phase(phase.name, before_lines + phase.lines + after_lines, phase.sudo)
+    return Phase(phase.name, before_lines + phase.lines + after_lines, phase.sudo, phase.keep_going)

@@ -52,9 +52,11 @@ def acquire(cfg: Config, owner: LockOwner, wait: int = 0) -> list[str]:
     L = lock_dir(cfg)
     ttl = cfg.lock.ttl
     return [
-        "waited=0",
+        "waited=0; again=",
         f"while ! err=$(mkdir {q(L)} 2>&1); do",
-        f"  [ -d {q(L)} ] || " + _dyn_fail("cannot take the deploy lock: $err", code=1),
+        # mkdir failed but there is no lock: either it was just released (try once more) or mkdir cannot work
+        f'  if [ ! -d {q(L)} ]; then [ -z "$again" ] || '
+        + _dyn_fail("cannot take the deploy lock: $err", code=1) + "; again=1; continue; fi",
         f"  if [ \"$waited\" -ge {int(wait)} ]; then",
         f"    holder=$(cat {q(L + '/info')} 2>/dev/null || echo 'an unknown holder')",
         f"    age=$(( $(date +%s) - $(stat -c %Y {q(L)} 2>/dev/null || date +%s) ))",
@@ -82,10 +84,10 @@ def audit(cfg: Config, owner: LockOwner, record: dict, dynamic: dict[str, str] |
     `dynamic` fields whose values are shell words known only on the host (plain release ids)."""
     L = lock_dir(cfg)
     fields = {"action": owner.action, "who": owner.who, **record}
-    head = json.dumps(fields, sort_keys=True)[:-1].replace("%", "%%")
+    head = json.dumps(fields, sort_keys=True)[:-1]  # an argument of printf, never part of its format
     dynamic = dynamic or {}
-    fmt = head + "".join(f', "{k}": "%s"' for k in dynamic) + ', "time": "%s", "duration": %s}\\n'
-    args = "".join(f"{v} " for v in dynamic.values())
+    fmt = "%s" + "".join(f', "{k}": "%s"' for k in dynamic) + ', "time": "%s", "duration": %s}\\n'
+    args = q(head) + " " + "".join(f"{v} " for v in dynamic.values())
     return [
         f"mkdir -p {q(Layout(cfg.paths.deploy_to).log)}",
         f"start=$(cat {q(L + '/started')} 2>/dev/null || date +%s)",

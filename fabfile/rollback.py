@@ -78,8 +78,8 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
         f'R={q(lay.releases)}/"$T"',
         # Migrations: ask the target's own code which applied ones it does not know.
         f'unknown=$(cd "$R" && export DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} && set -a && . {q(lay.env_file)} '
-        f'&& set +a && "$V/bin/python" -c {q(UNKNOWN_MIGRATIONS_PY)} 2>&1) || '
-        f'{{ printf "%s\\n" "$unknown" >&2; {_fail("could not compare the migrations of release $T with the database")}; }}',
+        f'&& set +a && "$V/bin/python" -c {q(UNKNOWN_MIGRATIONS_PY)}) || '
+        + _fail("could not compare the migrations of release $T with the database"),
         "unknown_list=$(printf '%s\\n' \"$unknown\" | awk 'NF == 2 {printf \" %s.%s\", $1, $2}')",
         "printf '%s\\n' \"$unknown\" | while read -r app name; do "
         f'[ -n "$name" ] && echo "{MARK} warn the database has migration $app.$name that $T does not know '

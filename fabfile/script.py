@@ -24,7 +24,7 @@ class Phase:
     lines: list[str]
     sudo: bool = False  # documentation only: the lines carry their own `sudo -n`
     # A failure does not stop the script: later phases see the name in $fabdeploy_failed and decide
-    # (the health phase reverts when the restart failed).
+    # (the health phase reverts when the restart failed). Never make the last phase keep_going.
     keep_going: bool = False
 
 

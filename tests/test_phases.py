@@ -1158,6 +1158,115 @@ def test_restart_lines():
     assert branch[-1] == f'  echo "{MARK} note nginx reloaded"'
     assert sum("nginx -s reload" in ln for ln in lines.lines) == 1
     assert lines.sudo is True
+    # a failing restart does not stop the script: the health phase after it decides (and reverts)
+    assert lines.keep_going is True
+    # a master that stays gone for 30 polls (~3 s) ends the wait early
+    assert "i=0; ready=; gone=0" in lines.lines
+    assert '  if [ -z "$pid" ]; then gone=$((gone + 1)); [ "$gone" -lt 30 ] || break; fi' in lines.lines
+
+
+# --- uWSGI restart, run for real with the real uWSGI ----------------------------------------------------------
+
+GOOD_APP = """\
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+
+
+class UwsgiLab:
+    """A release with a tiny WSGI app and a uWSGI ini in a temp deploy_to; the real uWSGI of the test venv."""
+
+    def __init__(self, tmp_path, app_source=GOOD_APP, module="app:application", reload_timeout=60):
+        self.tmp = tmp_path
+        self.cfg = make_cfg(tmp_path / "app", uwsgi={"reload_timeout": reload_timeout})
+        self.lay = lay = Layout(self.cfg.paths.deploy_to)
+        self.R = Path(lay.release(REL_ID))
+        self.R.mkdir(parents=True)
+        (self.R / "app.py").write_text(app_source)
+        for d in (lay.run, lay.log, lay.config):
+            Path(d).mkdir(parents=True, exist_ok=True)
+        Path(lay.uwsgi_ini).write_text(textwrap.dedent(f"""\
+            [uwsgi]
+            master = true
+            processes = 2
+            need-app = true
+            vacuum = true
+            socket = {lay.socket}
+            pidfile = {lay.pidfile}
+            daemonize = {lay.uwsgi_log}
+            chdir = {self.R}
+            module = {module}
+            """))
+        self.venv = str(Path(UWSGI).parent.parent)
+
+    def restart(self, release_word=None):
+        lines = phases.uwsgi_restart_lines(self.cfg, release_word or q(str(self.R)), q(self.venv), REL_ID)
+        return sh(Script([Phase("restart", lines)]), self.tmp, timeout=180)
+
+    def stop(self):
+        """Stop the master this lab started (by its pid) and wait until it and its workers are gone."""
+        try:
+            pid = int(Path(self.lay.pidfile).read_text().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            if "uwsgi" not in Path(f"/proc/{pid}/comm").read_text():
+                return
+            os.kill(pid, 2)  # SIGINT: uWSGI's master shuts down (SIGTERM would reload)
+        except (OSError, ProcessLookupError):
+            return
+        for _ in range(100):
+            if not Path(f"/proc/{pid}").exists():
+                return
+            subprocess.run(["sleep", "0.1"])
+        os.kill(pid, 9)
+
+
+def test_restart_starts_uwsgi_and_waits_for_workers_in_the_release(tmp_path):
+    lab = UwsgiLab(tmp_path)
+    try:
+        proc = lab.restart()
+        assert proc.returncode == 0, err(proc) + out(proc)
+        pid = int(Path(lab.lay.pidfile).read_text())
+        assert notes(out(proc)) == [f"uwsgi started (master {pid}, 2 workers on {REL_ID})"]
+        assert Path(lab.lay.socket).is_socket()
+        again = lab.restart()  # a live master: graceful reload, same master
+        assert again.returncode == 0, err(again)
+        assert notes(out(again)) == [f"uwsgi reloaded (master {pid}, 2 workers on {REL_ID})"]
+    finally:
+        lab.stop()
+
+
+def test_restart_gives_up_early_when_the_master_stays_gone(tmp_path):
+    """need-app and an app that does not load: the master exits; no waiting out reload_timeout (60 s)."""
+    import time
+    lab = UwsgiLab(tmp_path, module="nosuchmodule_for_fabdeploy:application", reload_timeout=60)
+    try:
+        start = time.monotonic()
+        proc = lab.restart()
+        elapsed = time.monotonic() - start
+        assert proc.returncode == 1
+        assert 2.5 < elapsed < 20, elapsed
+        assert f"uWSGI did not come up serving {REL_ID} within 60s; last lines of {lab.lay.uwsgi_log}:" in err(proc)
+        assert "nosuchmodule_for_fabdeploy" in err(proc) or "no app loaded" in err(proc)  # the log tail
+    finally:
+        lab.stop()
+
+
+def test_restart_keeps_waiting_while_the_master_lives(tmp_path):
+    """A live master whose workers never serve the release: the whole reload_timeout, not ~3 s."""
+    import time
+    lab = UwsgiLab(tmp_path, reload_timeout=5)
+    try:
+        start = time.monotonic()
+        proc = lab.restart(release_word=q(str(tmp_path / "some-other-release")))
+        elapsed = time.monotonic() - start
+        assert proc.returncode == 1
+        assert elapsed >= 5, elapsed
+        assert f"uWSGI did not come up serving {REL_ID} within 5s" in err(proc)
+    finally:
+        lab.stop()
 
 
 def test_alive_function_needs_a_live_process_with_the_right_name(tmp_path):
@@ -1197,7 +1306,18 @@ def _cleanup_lab(tmp_path, current_index=2):
     os.symlink(lay.release(RELEASES[current_index - 1]), lay.current)
     Path(lay.staging(RELEASES[-1]), "wheels").mkdir(parents=True)
     Path(lay.run).mkdir(parents=True)
+    # per-release static roots, the live link, and things cleanup must not take for a release's root
+    for rid in RELEASES + ["20251201T000000Z-0ff0ff0"]:  # the last one's release is already gone
+        Path(lay.static, rid, "pages").mkdir(parents=True)
+        Path(lay.static, rid, "pages", "site.css").write_text(rid)
+    os.symlink(RELEASES[current_index - 1], Path(lay.static, "current"))
+    Path(lay.static, "pages").mkdir()  # collected before per-release roots existed
+    Path(lay.static, "not-a-release").mkdir()
     return lay
+
+
+def _static_entries(lay) -> list[str]:
+    return sorted(os.listdir(lay.static))
 
 
 def test_cleanup_keeps_newest_n_and_current_and_their_venvs(tmp_path):
@@ -1211,6 +1331,10 @@ def test_cleanup_keeps_newest_n_and_current_and_their_venvs(tmp_path):
     assert not os.path.exists(lay.staging(RELEASES[-1]))
     assert os.readlink(lay.current) == lay.release(RELEASES[1])
     assert notes(out(proc)) == ["4 releases on disk (keep_releases = 3), removed 3"]  # current is the 4th
+    # static roots follow the releases on disk; the live link and non-release entries stay
+    assert _static_entries(lay) == sorted([RELEASES[1], RELEASES[4], RELEASES[5], RELEASES[6], "current", "pages",
+                                           "not-a-release"])
+    assert Path(lay.static, "current", "pages", "site.css").read_text() == RELEASES[1]
 
 
 def test_cleanup_with_current_among_the_newest(tmp_path):
@@ -1221,6 +1345,7 @@ def test_cleanup_with_current_among_the_newest(tmp_path):
     assert sorted(os.listdir(lay.releases)) == [RELEASES[6], "not-a-release"]
     assert os.listdir(lay.venvs) == ["v-e"]
     assert notes(out(proc)) == ["1 releases on disk (keep_releases = 1), removed 6"]
+    assert _static_entries(lay) == sorted([RELEASES[6], "current", "pages", "not-a-release"])
 
 
 def test_cleanup_keeps_the_venv_of_the_running_uwsgi_master(tmp_path):
@@ -1246,6 +1371,7 @@ def test_cleanup_keeps_everything_when_there_are_few_releases(tmp_path):
     assert proc.returncode == 0, err(proc)
     assert len(os.listdir(lay.releases)) == 8
     assert sorted(os.listdir(lay.venvs)) == ["v-a", "v-b", "v-c", "v-d", "v-e"]
+    assert _static_entries(lay) == sorted(RELEASES + ["current", "pages", "not-a-release"])  # only the orphan went
 
 
 # === abandon ==================================================================================================
@@ -1262,10 +1388,16 @@ def test_abandon_removes_the_half_built_release_unless_it_is_current(tmp_path, i
     Path(lay.uwsgi_ini + ".next").write_text("x")
     Path(lay.uwsgi_ini).write_text("live")
     os.symlink(lay.release(REL_ID if is_current else old), lay.current)
+    for rid in (REL_ID, old):
+        Path(lay.static, rid).mkdir(parents=True)
+    os.symlink(REL_ID if is_current else old, Path(lay.static, "current"))
     proc = sh(Script([phases.abandon(make_cfg(deploy_to), make_rel())]), tmp_path)
     assert proc.returncode == 0, err(proc)
     assert Path(lay.release(REL_ID)).exists() is is_current
     assert Path(lay.release(old)).is_dir()
+    # the release's static root goes with it; the live one stays
+    assert Path(lay.static, REL_ID).exists() is is_current
+    assert Path(lay.static, old).is_dir() and Path(lay.static, "current").is_dir()
     assert not Path(lay.staging(REL_ID)).exists() and not Path(lay.uwsgi_ini + ".next").exists()
     assert Path(lay.uwsgi_ini).read_text() == "live"
 
