@@ -39,6 +39,7 @@ class Outcome:
     error: str = ""
     duration: float = 0.0
     url: str = ""
+    unchanged: bool = False  # the live release already was this revision with these configs
 
 
 class _Shared:
@@ -62,9 +63,9 @@ class HostDeploy:
     """One host of a deploy: prepare() everywhere first, then publish() (or abort()) everywhere."""
 
     def __init__(self, conn, cfg: Config, source: Source, rel_id: str, printer: Printer, shared: _Shared,
-                 cancel: threading.Event, wait: int = 0):
+                 cancel: threading.Event, wait: int = 0, force: bool = False, fingerprint: str = ""):
         self.conn, self.cfg, self.source, self.rel_id = conn, cfg, source, rel_id
-        self.cancel, self.wait = cancel, wait
+        self.cancel, self.wait, self.force, self.fingerprint = cancel, wait, force, fingerprint
         self.printer, self.shared = printer, shared
         self.host = host_label(conn)
         self.layout = Layout(cfg.paths.deploy_to)
@@ -98,15 +99,23 @@ class HostDeploy:
         try:
             open_connection(self.conn)
             self.stage = "setup"
-            result = self.run(self.script([phases.setup(cfg, lock.acquire(cfg, self.owner, self.wait))], None))
+            unchanged = [] if self.force else phases.unchanged_exit(cfg, self.fingerprint, [
+                *lock.audit(cfg, self.owner, self.record("unchanged"), dynamic={"live": '"$(basename "$cur")"'}),
+                *lock.release(cfg, self.owner)])
+            result = self.run(self.script([phases.setup(cfg, lock.acquire(cfg, self.owner, self.wait), unchanged)],
+                                          None))
             self.facts = facts = phases.Facts.parse(parse_facts(result.stdout))
+            if facts.unchanged:
+                self.stage = "unchanged"  # the lock is already released
+                return
             key = venv_hash(cfg, self.source.requirements, facts.python_version)
             need_venv = key not in facts.venvs
             wheels = self.wheels(key, facts) if (need_venv and cfg.pip.wheelhouse) else []
             self.check_cancel("wheels")
             self.rel = rel = phases.Release(
                 self.rel_id, self.source.revision, self.source.branch, self.source.kind,
-                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), self.owner.who, key, bool(wheels))
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), self.owner.who, key, bool(wheels),
+                self.fingerprint)
             archive = self.archive(wheels)
             self.printer.line(self.host, f"upload   release {rel.id} ({len(archive) // 1024} KiB"
                               + (f", {len(wheels)} wheels" if wheels else "") + ")")
@@ -124,6 +133,9 @@ class HostDeploy:
         """Invocation 3: switch, reload, health gate (reverting by itself on failure), prune, audit, unlock.
         Never cut in half by Ctrl-C."""
         cfg, rel, facts = self.cfg, self.rel, self.facts
+        if self.stage == "unchanged":
+            return Outcome(self.host, facts.unchanged, True, "", time.monotonic() - self.started,
+                           site_url(cfg, self.conn.host), unchanged=True)
         lay = self.layout
         site, _ = nginx_site_paths(facts.nginx_layout, cfg.project.name)
         steps = [phases.switch(cfg, rel), phases.restart(cfg, rel, facts),
@@ -200,7 +212,8 @@ class HostDeploy:
             return self.shared.bundles[variant]
 
 
-def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = None) -> list[Outcome]:
+def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = None,
+               force: bool = False) -> list[Outcome]:
     """Deploy to every connection in two steps: prepare all hosts in parallel; only when every host
     prepared, publish on all (in parallel). One Outcome per host. Ctrl-C during preparation: every host
     cleans up (prepared ones abort), then KeyboardInterrupt propagates."""
@@ -212,7 +225,8 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
     shared = _Shared()
     wait = cfg.lock.wait if wait is None else wait
     cancel = threading.Event()
-    hosts = [HostDeploy(conn, cfg, source, rel_id, printer, shared, cancel, wait) for conn in conns]
+    fp = phases.fingerprint(cfg, source.revision, source.requirements)
+    hosts = [HostDeploy(conn, cfg, source, rel_id, printer, shared, cancel, wait, force, fp) for conn in conns]
     outcomes: dict[str, Outcome] = {}
 
     def prepare(hd, host_cancel) -> bool:
@@ -228,14 +242,16 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
         prepared = for_each_host(hosts, prepare)
     except KeyboardInterrupt:
         for hd in hosts:
-            if hd.stage == "prepared":
+            if hd.stage == "prepared":  # ("unchanged" hosts hold no lock and built nothing)
                 hd.abort("interrupted")
         _close(hosts)
         raise
     if not all(prepared):
         failed = ", ".join(hd.host for hd, ok in zip(hosts, prepared) if not ok)
         for hd, ok in zip(hosts, prepared):
-            if ok:
+            if ok and hd.stage == "unchanged":
+                outcomes[hd.host] = hd.publish()  # nothing was built there; reports "already live"
+            elif ok:
                 reason = f"not switched: {failed} failed to prepare (no host switches unless all prepared)"
                 hd.abort(reason)
                 outcomes[hd.host] = Outcome(hd.host, rel_id, False, f"{hd.host}: {reason}",

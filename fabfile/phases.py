@@ -5,6 +5,7 @@ Each builder returns a Phase; hooks from deploy.toml (and Python hooks) wrap eve
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 
@@ -25,11 +26,13 @@ class Release:
     deployed_by: str
     venv_hash: str = ""
     has_wheels: bool = False
+    fingerprint: str = ""  # of everything a deploy would produce: equal means "already live"
 
     def metadata(self) -> str:
         return json.dumps({
             "id": self.id, "revision": self.revision, "branch": self.branch, "source": self.source,
             "deployed_at": self.deployed_at, "deployed_by": self.deployed_by, "venv": self.venv_hash,
+            "fingerprint": self.fingerprint,
         }, indent=2, sort_keys=True)
 
 
@@ -44,10 +47,12 @@ class Facts:
     current: str = ""
     venvs: list[str] = field(default_factory=list)
     user: str = ""
+    unchanged: str = ""  # the live release, when it already is what this deploy would produce
 
     @classmethod
     def parse(cls, raw: dict[str, str]) -> "Facts":
         return cls(
+            unchanged=raw.get("unchanged", ""),
             python_version=raw.get("python_version", ""),
             nginx_layout=raw.get("nginx_layout", "sites"),
             nginx_user=raw.get("nginx_user") or "www-data",
@@ -79,7 +84,38 @@ def _sudo_mkdir_owned(path: str) -> list[str]:
     ]
 
 
-def setup(cfg: Config, lock_lines: list[str] = ()) -> Phase:
+def fingerprint(cfg: Config, revision: str, requirements: bytes) -> str:
+    """A hash of the code revision and everything fabdeploy renders or installs for it (with placeholder
+    release ids): when the live release has the same one, a deploy has nothing to do."""
+    probe = Release("RELEASE", revision, "", "", "", "", "VENV")
+    parts = [revision, requirements.decode(errors="replace"), cfg.pip.packages, cfg.uwsgi.package,
+             nginx_site(cfg), uwsgi_ini(cfg, probe),
+             render("settings.py.j2", release_id="RELEASE", django_settings=cfg.project.django_settings,
+                    shared=Layout(cfg.paths.deploy_to).shared, allowed_hosts=cfg.allowed_hosts,
+                    static_url=cfg.django.static_url, media_url=cfg.django.media_url),
+             sorted(cfg.django.env.items()), cfg.hooks.__dict__, cfg.health.__dict__, cfg.project.python]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def unchanged_exit(cfg: Config, fp: str, after: list[str]) -> list[str]:
+    """Setup lines: when the live release has fingerprint `fp` and its uWSGI is up, run `after` (audit,
+    unlock), report `unchanged=<release>` and end the phase successfully."""
+    lay = Layout(cfg.paths.deploy_to)
+    return [
+        ALIVE_FN,
+        f"cur=$(readlink {q(lay.current)} || true)",
+        f'if [ -n "$cur" ] && grep -qs {q(chr(34) + "fingerprint" + chr(34) + ": " + chr(34) + fp + chr(34))} '
+        f'"$cur/.fabdeploy/release.json" && alive {q(lay.pidfile)} uwsgi >/dev/null; then',
+        *["  " + ln for ln in after],
+        "  " + fact("unchanged", '$(basename "$cur")'),
+        "  " + note('already live: $(basename "$cur") has this revision and these configs '
+                    "(nothing to do; --force deploys anyway)"),
+        "  exit 0",
+        "fi",
+    ]
+
+
+def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = ()) -> Phase:
     """Create the layout (sudo only where needed), take the deploy lock, report host facts."""
     lay = Layout(cfg.paths.deploy_to)
     py = cfg.project.python
@@ -100,6 +136,7 @@ def setup(cfg: Config, lock_lines: list[str] = ()) -> Phase:
     lines = [
         *_sudo_mkdir_owned(cfg.paths.deploy_to),
         *lock_lines,
+        *unchanged_lines,
         "mkdir -p " + " ".join(q(d) for d in dirs),
         f"command -v {q(py)} >/dev/null 2>&1 || {fail(f'{py} not found on the host (project.python)')}",
         f"python_version=$({q(py)} -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])')",

@@ -4,6 +4,7 @@ stdin (the release archive) is sent from a thread while stdout/stderr are read, 
 """
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -35,6 +36,14 @@ class RunResult:
     phases: dict[str, PhaseResult]
     stdout: str
     stderr: str
+
+
+def _trace(host: str) -> None:
+    """With $FABDEPLOY_TRACE set to a file, append one line per SSH channel opened (the benchmark counts)."""
+    path = os.environ.get("FABDEPLOY_TRACE")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"channel {host}\n")
 
 
 class Interrupted(FabdeployError):
@@ -117,6 +126,7 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
         chan = transport.open_session()
         chan.settimeout(None)
         chan.exec_command(script.command())
+        _trace(host)
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise RemoteError(host, script.names[0], f"SSH connection lost ({exc or type(exc).__name__})") from None
 

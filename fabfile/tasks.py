@@ -47,9 +47,10 @@ def target_connections(c, cfg: Config) -> list[Connection]:
 
 @task(help={"config": CONFIG_HELP, "verbose": "show every remote command and its output",
             "wait": "seconds to wait for another run's deploy lock (default: lock.wait)",
-            "plan": "print the remote commands and config diffs per host; change nothing (also: fab --dry)"})
+            "plan": "print the remote commands and config diffs per host; change nothing (also: fab --dry)",
+            "force": "deploy even when the live release already is this revision with the same configs"})
 @one_line_errors
-def deploy(c, config=None, verbose=False, wait=None, plan=False):
+def deploy(c, config=None, verbose=False, wait=None, plan=False, force=False):
     """Deploy the project: upload, virtualenv, migrate, collectstatic, switch, reload uWSGI and nginx."""
     cfg = load_config(config)
     printer = Printer(verbose=verbose)
@@ -58,11 +59,12 @@ def deploy(c, config=None, verbose=False, wait=None, plan=False):
         if errors:
             raise Exit("\n".join(f"fabdeploy: {e}" for e in errors), code=1)
         return
-    outcomes = deploy_all(target_connections(c, cfg), cfg, printer, wait=_seconds(wait, "--wait"))
+    outcomes = deploy_all(target_connections(c, cfg), cfg, printer, wait=_seconds(wait, "--wait"), force=force)
     failed = [o for o in outcomes if not o.ok]
     for o in outcomes:
         if o.ok:
-            printer.info(f"{o.host}: deployed {o.release} in {o.duration:.1f}s -> {o.url}")
+            what = "already live" if o.unchanged else "deployed"
+            printer.info(f"{o.host}: {what} {o.release} in {o.duration:.1f}s -> {o.url}")
     if failed:
         raise Exit("\n".join(f"fabdeploy: {o.error}" for o in failed), code=1)
 

@@ -67,7 +67,7 @@ def test_static_css_is_served_by_nginx_from_shared(site):
     # Django would add X-Served-By (its middleware is on every Django response); nginx adds ETag/Expires.
     assert "x-served-by" not in headers
     assert "etag" in headers and "expires" in headers
-    assert body == site.host.path("/srv/sample/shared/static/pages/site.css").read_bytes()
+    assert body == site.host.path("/srv/sample/shared/static/current/pages/site.css").read_bytes()
     log = site.host.path("/srv/sample/shared/log/uwsgi.log").read_text()
     assert "/static/pages/site.css" not in log
 
@@ -171,3 +171,25 @@ def test_changed_requirements_build_a_new_venv_beside_the_old(site):
     meta = json.loads(site.host.path(f"/srv/sample/releases/{rel}/.fabdeploy/release.json").read_text())
     assert meta["venv"] in venvs
     assert f"Release: {rel}".encode() in get(site, "/")[2]
+
+
+def test_noop_redeploy_is_detected_in_one_round_trip(site, tmp_path):
+    live = site.releases[-1]
+    before = sorted(p.name for p in site.host.path("/srv/sample/releases").iterdir())
+    trace = tmp_path / "trace"
+    res = run_fab(site.proj.root, "-H", site.host.ssh_target(), "deploy", cache=site.cache,
+                  env={"FABDEPLOY_TRACE": str(trace)})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"already live {live}" in res.stdout and "--force deploys anyway" in res.stdout
+    assert trace.read_text().splitlines() == [f"channel {site.host.address}"]  # one remote invocation
+    assert sorted(p.name for p in site.host.path("/srv/sample/releases").iterdir()) == before
+    assert not site.host.path("/srv/sample/.fabdeploy-lock").exists()
+    last = json.loads(site.host.path("/srv/sample/shared/log/audit.jsonl").read_text().splitlines()[-1])
+    assert last["result"] == "unchanged" and last["live"] == live
+    # --force deploys anyway; a full deploy is three invocations
+    trace.unlink()
+    res = run_fab(site.proj.root, "-H", site.host.ssh_target(), "deploy", "--force", cache=site.cache,
+                  env={"FABDEPLOY_TRACE": str(trace)})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert release_of(res.stdout) != live
+    assert len(trace.read_text().splitlines()) == 3
