@@ -268,7 +268,32 @@ def test_fact_lines_round_trip_through_sh(tmp_path):
 def test_release_metadata_is_sorted_json():
     meta = json.loads(make_rel().metadata())
     assert meta == {"id": REL_ID, "revision": "a" * 40, "branch": "main", "source": "git",
-                    "deployed_at": "2026-01-01T00:00:00Z", "deployed_by": "tester", "venv": VENV}
+                    "deployed_at": "2026-01-01T00:00:00Z", "deployed_by": "tester", "venv": VENV,
+                    "fingerprint": ""}
+
+
+def test_fingerprint_changes_with_what_a_deploy_produces():
+    cfg = make_cfg()
+    base = phases.fingerprint(cfg, "a" * 40, b"Django\n")
+    assert base == phases.fingerprint(cfg, "a" * 40, b"Django\n")  # stable
+    assert base != phases.fingerprint(cfg, "b" * 40, b"Django\n")  # another revision
+    assert base != phases.fingerprint(cfg, "a" * 40, b"Django\nsqlparse\n")  # other requirements
+    assert base != phases.fingerprint(make_cfg(uwsgi={"processes": 9}), "a" * 40, b"Django\n")  # uwsgi.ini
+    assert base != phases.fingerprint(make_cfg(nginx={"listen": 8080}), "a" * 40, b"Django\n")  # nginx site
+    assert base != phases.fingerprint(make_cfg(django={"env": {"A": "1"}}), "a" * 40, b"Django\n")
+
+
+def test_unchanged_exit_matches_only_the_live_fingerprint(tmp_path):
+    cfg = make_cfg(tmp_path / "app")
+    lay = Layout(cfg.paths.deploy_to)
+    rel = Path(lay.release(REL_ID))
+    (rel / ".fabdeploy").mkdir(parents=True)
+    (rel / ".fabdeploy" / "release.json").write_text(json.dumps({"fingerprint": "f" * 20}, indent=2))
+    os.symlink(rel, lay.current)
+    Path(lay.run).mkdir(parents=True)
+    Path(lay.pidfile).write_text(str(os.getpid()))  # "uwsgi" must be the live process' name: it is not
+    script = Script([Phase("setup", [*phases.unchanged_exit(cfg, "f" * 20, ["echo AFTER"]), "echo BUILT"])])
+    assert "BUILT" in out(sh(script, tmp_path))  # app server not alive: deploy anyway
 
 
 def test_facts_parse_with_defaults():
@@ -1542,3 +1567,28 @@ def test_hook_context_python_is_quoted():
 
 def test_release_ids_used_here_are_valid():
     assert all(RELEASE_ID.match(r) for r in RELEASES + [REL_ID])
+
+
+def test_unchanged_exit_skips_the_deploy_when_live_and_identical(tmp_path):
+    cfg = make_cfg(tmp_path / "app")
+    lay = Layout(cfg.paths.deploy_to)
+    rel = Path(lay.release(REL_ID))
+    (rel / ".fabdeploy").mkdir(parents=True)
+    (rel / ".fabdeploy" / "release.json").write_text(json.dumps({"fingerprint": "f" * 20}, indent=2))
+    os.symlink(rel, lay.current)
+    Path(lay.run).mkdir(parents=True)
+    fake = tmp_path / "uwsgi"  # a live process whose name is uwsgi
+    shutil.copy("/bin/sleep", fake)
+    proc = subprocess.Popen([str(fake), "30"])
+    try:
+        Path(lay.pidfile).write_text(str(proc.pid))
+        same = Script([Phase("setup", [*phases.unchanged_exit(cfg, "f" * 20, ["echo AFTER"]), "echo BUILT"])])
+        text = out(sh(same, tmp_path))
+        assert "AFTER" in text and "BUILT" not in text
+        assert f"{MARK} fact unchanged={REL_ID}" in text
+        other = Script([Phase("setup", [*phases.unchanged_exit(cfg, "e" * 20, ["echo AFTER"]), "echo BUILT"])])
+        text = out(sh(other, tmp_path))
+        assert "AFTER" not in text and "BUILT" in text
+    finally:
+        proc.kill()
+        proc.wait()
