@@ -75,9 +75,18 @@ class LatencyProxy:
         self.ready.wait(10)
         return self
 
+    async def _shutdown(self) -> None:
+        self.server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.loop.stop()
+
     def stop(self) -> None:
-        if self.loop:
-            self.loop.call_soon_threadsafe(self.server.close)
-            self.loop.call_soon_threadsafe(self.loop.stop)
+        if self.loop and self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
         if self.thread:
             self.thread.join(timeout=5)
+        if self.loop and not self.loop.is_running():
+            self.loop.close()

@@ -1,0 +1,273 @@
+"""fabdeploy benchmark: fab against the one-script limit, on real test hosts behind injected latency.
+
+    sudo .venv/bin/python bench/run.py                 # 1, 3, 10 hosts x 0 and 25 ms one-way delay, 3 runs
+    sudo .venv/bin/python bench/run.py --quick         # 1 host, 0 and 25 ms, 1 run (what CI runs)
+
+For every host a LatencyProxy (bench/latency_proxy.py) sits between the deploying side and the host's sshd
+and delays each chunk by D ms each way. Measures, as medians of wall time:
+  first     first deploy to fresh hosts (virtualenv built from the wheelhouse)
+  code      code-only redeploy (requirements unchanged)
+  noop      redeploy of the live revision (detected, nothing done)
+  rollback  fab rollback
+and the same remote work as ONE shell script per host over ONE ssh session, hosts in parallel ("limit";
+its archive and wheels are prepared before the clock starts, so the limit is a strict one).
+Prints fab / limit ratios and the SSH connections and channels fab opened per host. Asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench")]
+
+import hostlab  # noqa: E402
+from latency_proxy import LatencyProxy  # noqa: E402
+
+from fabdeploy import lock, phases  # noqa: E402
+from fabdeploy.config import load_config  # noqa: E402
+from fabdeploy.health import health  # noqa: E402
+from fabdeploy.layout import Layout, nginx_site_paths  # noqa: E402
+from fabdeploy.lock import LockOwner  # noqa: E402
+from fabdeploy.rollback import rollback_script  # noqa: E402
+from fabdeploy.script import Script  # noqa: E402
+from fabdeploy.source import bundle, read_source, release_id  # noqa: E402
+from fabdeploy.wheelhouse import build_wheels, venv_hash  # noqa: E402
+
+FAB = str(Path(sys.executable).parent / "fab")
+WHEELS = REPO / ".cache" / "wheels"
+OFFLINE = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELS)}
+BASE_PORT = 41000
+FIRST_INDEX = 150
+
+
+def git(cwd, *args):
+    return subprocess.run(["git", "-C", str(cwd), "-c", "user.name=bench", "-c", "user.email=b@b", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+class Bench:
+    def __init__(self, work: Path, nhosts: int):
+        self.work = work
+        self.hosts = [hostlab.create_host(f"bench{i}", FIRST_INDEX + i) for i in range(nhosts)]
+        self.proxies: list[LatencyProxy] = []
+        self.src = work / "src"
+        shutil.copytree(REPO / "tests" / "sample_project", self.src,
+                        ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3", "media"))
+        git(self.src, "init", "-q", "-b", "main")
+        self.commit("initial")
+        (work / "fabfile.py").write_text("from fabdeploy.tasks import *\n")
+        self.known = work / "known_hosts"
+        lines = hostlab.known_hosts().read_text().splitlines()
+        with self.known.open("w") as f:
+            for i, h in enumerate(self.hosts):
+                key = next(ln.split(" ", 1)[1] for ln in lines if ln.startswith(h.address + " "))
+                f.write(f"[127.0.0.1]:{BASE_PORT + i} {key}\n")
+        self.counter = 0
+
+    def commit(self, message: str) -> None:
+        (self.src / "pages" / "message.txt").write_text(f"{message}\n")
+        git(self.src, "add", "-A")
+        git(self.src, "commit", "-q", "-m", message, "--allow-empty")
+
+    def set_delay(self, delay_ms: float) -> None:
+        for p in self.proxies:
+            p.stop()
+        self.proxies = [LatencyProxy(BASE_PORT + i, (h.address, 22), delay_ms).start()
+                        for i, h in enumerate(self.hosts)]
+
+    def config(self, n: int) -> Path:
+        targets = ", ".join(f'"deploy@127.0.0.1:{BASE_PORT + i}"' for i in range(n))
+        path = self.work / f"deploy-{n}.toml"
+        path.write_text(textwrap.dedent(f"""\
+            [project]
+            name = "bench"
+            source = "src"
+            django_settings = "sampleproject.settings"
+            wsgi = "sampleproject.wsgi:application"
+            hosts = [{targets}]
+            [paths]
+            deploy_to = "/srv/bench"
+            keep_releases = 5
+            [uwsgi]
+            processes = 2
+            threads = 2
+            [nginx]
+            server_name = "bench.test"
+            [pip]
+            wheelhouse = true
+            [ssh]
+            known_hosts = "{self.known}"
+            identity_file = "{hostlab.client_key()}"
+            """))
+        return path
+
+    def reset(self, n: int) -> None:
+        """Fresh hosts for a first deploy: stop the app server, remove the site and deploy_to."""
+        for h in self.hosts[:n]:
+            h.exec("p=$(cat /srv/bench/shared/run/uwsgi.pid 2>/dev/null) && kill -INT $p; "
+                   "for i in $(seq 50); do [ -e /proc/$p ] || break; sleep 0.1; done; "
+                   "rm -rf /srv/bench /etc/nginx/sites-enabled/bench /etc/nginx/sites-available/bench", check=False)
+
+    def fab(self, n: int, *args: str) -> tuple[float, int, int]:
+        """Wall time of one fab command, and SSH connections and channels it opened per host."""
+        trace = self.work / "trace"
+        trace.unlink(missing_ok=True)
+        before = sum(p.connections for p in self.proxies[:n])
+        env = {**os.environ, **OFFLINE, "FABDEPLOY_TRACE": str(trace),
+               "XDG_CACHE_HOME": str(self.work / "cache")}
+        t = time.monotonic()
+        res = subprocess.run([FAB, *args, "--config", str(self.config(n))], cwd=self.work, env=env,
+                             capture_output=True, text=True, timeout=900)
+        wall = time.monotonic() - t
+        if res.returncode != 0:
+            raise SystemExit(f"bench: fab {' '.join(args)} failed:\n{res.stdout}{res.stderr}")
+        channels = len(trace.read_text().splitlines()) if trace.exists() else 0
+        conns = sum(p.connections for p in self.proxies[:n]) - before
+        return wall, conns // n, channels // n
+
+    # ---- the limit: the same remote work as one script per host over one ssh session --------------------
+    def limit(self, n: int, action: str) -> float:
+        os.environ.update(OFFLINE)
+        os.environ["XDG_CACHE_HOME"] = str(self.work / "cache")
+        cfg = load_config(str(self.config(n)))
+        owner = LockOwner.new(action, "bench@limit")
+        if action == "rollback":
+            script, stdin = rollback_script(cfg, owner, None, False, 0), None
+        elif action == "noop":
+            source = read_source(cfg)
+            fp = phases.fingerprint(cfg, source.revision, source.requirements)
+            script = Script([phases.setup(cfg, lock.acquire(cfg, owner),
+                                          phases.unchanged_exit(cfg, fp, lock.release(cfg, owner)))])
+            stdin = None
+        else:
+            facts = self.facts(cfg)
+            source = read_source(cfg)
+            key = venv_hash(cfg, source.requirements, facts.python_version)
+            need = key not in facts.venvs
+            wheels = build_wheels(cfg, source.requirements, facts.python_version, key) if need else []
+            rel = phases.Release(release_id(source), source.revision, source.branch, source.kind, "now",
+                                 owner.who, key, bool(wheels),
+                                 phases.fingerprint(cfg, source.revision, source.requirements))
+            lay = Layout(cfg.paths.deploy_to)
+            site, _ = nginx_site_paths(facts.nginx_layout, cfg.project.name)
+            built = [phases.setup(cfg, lock.acquire(cfg, owner)), phases.code(cfg, rel), phases.venv(cfg, rel),
+                     phases.django(cfg, rel), phases.config(cfg, rel, facts), phases.switch(cfg, rel),
+                     phases.restart(cfg, rel, facts),
+                     health(cfg, "127.0.0.1", rel.id, facts.current, lay.staging(rel.id), site, facts.nginx_pid),
+                     phases.cleanup(cfg, rel), lock.finish(cfg, owner, {"result": "ok"})]
+            script, stdin = Script(built), bundle(source.tar, wheels)
+
+        def one(i: int) -> None:
+            cmd = ["ssh", "-F", "/dev/null", "-i", str(hostlab.client_key()), "-o", "IdentitiesOnly=yes",
+                   "-o", f"UserKnownHostsFile={self.known}", "-o", "StrictHostKeyChecking=yes", "-o",
+                   "BatchMode=yes", "-p", str(BASE_PORT + i), "deploy@127.0.0.1", script.command()]
+            res = subprocess.run(cmd, input=stdin or b"", capture_output=True, timeout=900)
+            if res.returncode != 0:
+                raise SystemExit(f"bench: limit {action} failed on host {i}: {res.stderr.decode()[-800:]}")
+
+        t = time.monotonic()
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            list(pool.map(one, range(n)))
+        return time.monotonic() - t
+
+    def facts(self, cfg) -> phases.Facts:
+        """What setup would learn (read before the clock starts; the limit knows it in advance)."""
+        from fabdeploy.connect import make_connection
+        from fabdeploy.plan import read_host
+        conn = make_connection(cfg.project.hosts[0], cfg)
+        conn.open()
+        try:
+            raw = read_host(conn, cfg)
+        finally:
+            conn.close()
+        return phases.Facts(python_version=raw["python_version"], nginx_layout=raw["nginx_layout"],
+                            nginx_user=raw["nginx_user"], nginx_pid=raw["nginx_pid"], current=raw["current"],
+                            venvs=raw["venvs"])
+
+    def close(self) -> None:
+        for p in self.proxies:
+            p.stop()
+        for h in self.hosts:
+            h.destroy()
+
+
+def measure(b: Bench, n: int, runs: int) -> dict[str, dict]:
+    res: dict[str, dict] = {m: {"fab": [], "limit": [], "conns": 0, "channels": 0}
+                            for m in ("first", "code", "noop", "rollback")}
+
+    def record(m, sample):
+        wall, conns, channels = sample
+        res[m]["fab"].append(wall)
+        res[m]["conns"], res[m]["channels"] = conns, channels
+
+    for r in range(runs):
+        b.reset(n)
+        record("first", b.fab(n, "deploy"))
+        b.reset(n)
+        res["first"]["limit"].append(b.limit(n, "deploy"))
+        b.commit(f"code {n} {r} a")
+        record("code", b.fab(n, "deploy"))
+        b.commit(f"code {n} {r} b")
+        res["code"]["limit"].append(b.limit(n, "deploy"))
+        record("noop", b.fab(n, "deploy"))
+        res["noop"]["limit"].append(b.limit(n, "noop"))
+        record("rollback", b.fab(n, "rollback"))
+        res["rollback"]["limit"].append(b.limit(n, "rollback"))
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="1 host, 1 run (for CI)")
+    ap.add_argument("--hosts", default="1,3,10")
+    ap.add_argument("--delays", default="0,25", help="one-way delays in ms")
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    hosts = [1] if args.quick else [int(x) for x in args.hosts.split(",")]
+    runs = 1 if args.quick else args.runs
+    delays = [float(x) for x in args.delays.split(",")]
+    if os.geteuid() != 0:
+        print("bench: run as root (it creates network namespaces)", file=sys.stderr)
+        return 1
+    hostlab.ensure_machine_setup()
+    work = Path(tempfile.mkdtemp(prefix="fabdeploy-bench-"))
+    b = Bench(work, max(hosts))
+    rows = []
+    try:
+        for delay in delays:
+            b.set_delay(delay)
+            for n in hosts:
+                for m, r in measure(b, n, runs).items():
+                    fab, limit = statistics.median(r["fab"]), statistics.median(r["limit"])
+                    rows.append((m, n, delay, fab, limit, r["conns"], r["channels"]))
+                    print(f"  measured {m:<8} hosts={n:<2} delay={delay:g}ms fab={fab:.2f}s limit={limit:.2f}s",
+                          flush=True)
+    finally:
+        b.close()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nfabdeploy benchmark: medians of {runs} run(s); machine: {os.cpu_count()} cores")
+    print(f"{'measure':<9} {'hosts':>5} {'delay':>6} {'fab s':>7} {'limit s':>8} {'fab/limit':>9} "
+          f"{'ssh conns/host':>14} {'channels/host':>13}")
+    one_host = {(m, d): f for m, n, d, f, _, _, _ in rows if n == 1}
+    for m, n, d, fab, limit, conns, channels in rows:
+        print(f"{m:<9} {n:>5} {d:>4g}ms {fab:>7.2f} {limit:>8.2f} {fab / limit:>9.2f} {conns:>14} {channels:>13}")
+    scaled = [(m, n, d, fab / one_host[(m, d)]) for m, n, d, fab, *_ in rows if n > 1]
+    if scaled:
+        print("\nscaling (fab time with N hosts / with 1 host):")
+        for m, n, d, ratio in scaled:
+            print(f"  {m:<9} {n:>2} hosts {d:>4g}ms  {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
