@@ -171,22 +171,25 @@ def _table(rows: list[list[str]]) -> list[str]:
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
-def format_releases(reports: list[dict]) -> str:
+def _per_host(reports: list[dict], body) -> list[str]:
+    """The host's name, then body(report) lines, or its error."""
     out = []
     for rep in reports:
         out.append(rep["host"])
-        if "error" in rep:
-            out.append(f"  error: {rep['error']}")
-            continue
+        out += [f"  error: {rep['error']}"] if "error" in rep else body(rep)
+    return out
+
+
+def format_releases(reports: list[dict]) -> str:
+    def body(rep) -> list[str]:
         if not rep["releases"]:
-            out.append("  no releases")
-            continue
+            return ["  no releases"]
         rows = [["RELEASE", "REVISION", "BRANCH", "DEPLOYED AT", "DEPLOYED BY", "STATUS", "VENV"]]
         for r in rep["releases"]:
             rows.append([r["id"], r["revision"][:10], r["branch"] or "-", r["deployed_at"] or "-",
                          r["deployed_by"] or "-", r["status"], "yes" if r["venv_present"] else "removed"])
-        out += _table(rows)
-    return "\n".join(out)
+        return _table(rows)
+    return "\n".join(_per_host(reports, body))
 
 
 def _size(n) -> str:
@@ -200,30 +203,28 @@ def _size(n) -> str:
 
 
 def format_status(reports: list[dict]) -> str:
-    out = []
-    for rep in reports:
-        out.append(rep["host"])
-        if "error" in rep:
-            out.append(f"  error: {rep['error']}")
-            continue
+    def body(rep) -> list[str]:
         app, ngx, http = rep["app"], rep["nginx"], rep["http"]
         rev = (rep["revision"] or "")[:10]
         where = f"  ({rev}, {rep['branch']})" if rev and rep["branch"] else (f"  ({rev})" if rev else "")
-        out.append(f"  release   {rep['current'] or '(none)'}{where}")
-        out.append(f"  app       " + (f"uWSGI master {app['pid']} up, {app['workers']} workers"
-                                      + ("" if app["on_current"] else " (NOT all on current)")
-                                      if app["pid"] else "uWSGI DOWN"))
-        out.append(f"  nginx     " + (f"up (master {ngx['pid']})" if ngx["pid"] else "DOWN")
-                   + (", site enabled" if ngx["site_enabled"] else ", site NOT enabled"))
-        out.append(f"  http      " + (f"{http['status']} in {http['ms']} ms" if http["status"] else
-                                      f"FAILED: {http['error']}"))
-        out.append(f"  disk free {_size(rep['disk_free_bytes'])}")
+        out = [f"  release   {rep['current'] or '(none)'}{where}",
+               "  app       " + (f"uWSGI master {app['pid']} up, {app['workers']} workers"
+                                 + ("" if app["on_current"] else " (NOT all on current)")
+                                 if app["pid"] else "uWSGI DOWN"),
+               "  nginx     " + (f"up (master {ngx['pid']})" if ngx["pid"] else "DOWN")
+               + (", site enabled" if ngx["site_enabled"] else ", site NOT enabled"),
+               "  http      " + (f"{http['status']} in {http['ms']} ms" if http["status"] else
+                                 f"FAILED: {http['error']}"),
+               f"  disk free {_size(rep['disk_free_bytes'])}"]
         if rep["lock"]:
             out.append(f"  lock      held by {rep['lock']['holder']} for {rep['lock']['age_s']}s")
         last = rep.get("last")
         if last:
             out.append(f"  last      {last.get('action')} {last.get('release', '')} {last.get('result')} "
                        f"by {last.get('who')} at {last.get('time')}")
+        return out
+
+    out = _per_host(reports, body)
     warning = drift(reports)
     if warning:
         out.append(warning)

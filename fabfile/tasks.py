@@ -56,8 +56,7 @@ def deploy(c, config=None, verbose=False, wait=None, plan=False, force=False):
     printer = Printer(verbose=verbose)
     if plan or c.config.run.dry:
         errors = plan_all(target_connections(c, cfg), cfg, printer)
-        if errors:
-            raise Exit("\n".join(f"fabdeploy: {e}" for e in errors), code=1)
+        _exit_if_failed(errors)
         return
     outcomes = deploy_all(target_connections(c, cfg), cfg, printer, wait=_seconds(wait, "--wait"), force=force)
     failed = [o for o in outcomes if not o.ok]
@@ -65,8 +64,7 @@ def deploy(c, config=None, verbose=False, wait=None, plan=False, force=False):
         if o.ok:
             what = "already live" if o.unchanged else "deployed"
             printer.info(f"{o.host}: {what} {o.release} in {o.duration:.1f}s -> {o.url}")
-    if failed:
-        raise Exit("\n".join(f"fabdeploy: {o.error}" for o in failed), code=1)
+    _exit_if_failed([o.error for o in failed])
 
 
 @task(help={"config": CONFIG_HELP, "to": "release id to go back to (default: the previous good release)",
@@ -82,8 +80,7 @@ def rollback(c, to=None, strict=False, config=None, wait=None, verbose=False):
         if o.ok:
             printer.info(f"{o.host}: rolled back to {o.release} in {o.duration:.1f}s")
     failed = [o for o in outcomes if not o.ok]
-    if failed:
-        raise Exit("\n".join(f"fabdeploy: {o.error}" for o in failed), code=1)
+    _exit_if_failed([o.error for o in failed])
 
 
 @task(help={"config": CONFIG_HELP, "json": "print JSON (one object per host) for scripts"})
@@ -115,8 +112,7 @@ def logs(c, n=20, follow=False, which=None, config=None):
     """Show the app server log and this site's nginx access and error logs (-f follows, all hosts merged)."""
     cfg = load_config(config)
     errors = show_logs(target_connections(c, cfg), cfg, Printer(), _seconds(n, "-n"), follow, which)
-    if errors:
-        raise Exit("\n".join(f"fabdeploy: {e}" for e in errors), code=1)
+    _exit_if_failed(errors)
 
 
 @task(help={"config": CONFIG_HELP, "force": "also break a lock younger than lock.ttl"})
@@ -136,6 +132,11 @@ def unlock(c, force=False, config=None):
             errors.append(str(exc))
         finally:
             conn.close()
+    _exit_if_failed(errors)
+
+
+def _exit_if_failed(errors: list[str]) -> None:
+    """One line per failed host on stderr, exit status 1."""
     if errors:
         raise Exit("\n".join(f"fabdeploy: {e}" for e in errors), code=1)
 
