@@ -8,7 +8,7 @@ from fabric import Connection
 from invoke import task
 from invoke.exceptions import Exit
 
-from . import lock, report
+from . import executor, lock, report
 from .config import Config, load_config
 from .connect import host_label, make_connection, open_connection, prepare
 from .deploy import deploy_all
@@ -24,7 +24,8 @@ CONFIG_HELP = "deploy.toml to use (default: $FABDEPLOY_CONFIG, else ./deploy.tom
 
 
 def one_line_errors(fn):
-    """Turn fabdeploy errors into one line on stderr and exit status 1, never a traceback."""
+    """Turn fabdeploy errors into one line on stderr and exit status 1, never a traceback. Marks the task as
+    one that handles many hosts itself (see executor.FleetExecutor)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -33,13 +34,17 @@ def one_line_errors(fn):
             raise Exit(f"fabdeploy: {exc}", code=1) from None
         except KeyboardInterrupt:
             raise Exit("fabdeploy: interrupted", code=130) from None
+    wrapper.fabdeploy_fleet = True
     return wrapper
 
 
 def target_connections(c, cfg: Config) -> list[Connection]:
-    """`fab -H host` gives one Connection; without -H, the hosts listed in deploy.toml."""
+    """`fab -H host` gives one Connection (or, with FleetExecutor, all -H hosts at once); without -H, the
+    hosts listed in deploy.toml."""
     if isinstance(c, Connection):
         return [prepare(c, cfg)]
+    if executor.cli_hosts(c):
+        return [make_connection(h, cfg, c.config) for h in executor.cli_hosts(c)]
     if not cfg.project.hosts:
         raise ConfigError("no hosts: pass -H user@host or set project.hosts in deploy.toml")
     return [make_connection(h, cfg, c.config) for h in cfg.project.hosts]
@@ -64,7 +69,20 @@ def deploy(c, config=None, verbose=False, wait=None, plan=False, force=False):
         if o.ok:
             what = "already live" if o.unchanged else "deployed"
             printer.info(f"{o.host}: {what} {o.release} in {o.duration:.1f}s -> {o.url}")
+    if len(outcomes) > 1:
+        printer.info(summary_table(outcomes))
     _exit_if_failed([o.error for o in failed])
+
+
+def summary_table(outcomes) -> str:
+    """HOST, RELEASE, DURATION, RESULT, ERROR: one row per host of a fleet deploy."""
+    rows = [("HOST", "RELEASE", "DURATION", "RESULT", "ERROR")]
+    for o in outcomes:
+        result = "unchanged" if o.unchanged else ("ok" if o.ok else "FAILED")
+        rows.append((o.host, o.release, f"{o.duration:.1f}s", result, (o.error or "").splitlines()[0][:90]
+                     if o.error else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 @task(help={"config": CONFIG_HELP, "to": "release id to go back to (default: the previous good release)",

@@ -57,3 +57,23 @@ def test_status_flags_drift(fleet):
     res = run_fab(proj.root, "status")
     assert "DRIFT: hosts are not on the same release" in res.stdout, res.stdout
     assert a.address in res.stdout.split("DRIFT")[1] and b.address in res.stdout.split("DRIFT")[1]
+
+
+def test_parallel_dash_h_with_the_fleet_executor(fleet):
+    """With fabric.yaml selecting FleetExecutor, `fab -H a,b deploy` is one two-phase deploy of both hosts
+    (Fabric alone would call the task once per host, one after another)."""
+    a, b, proj, cache = fleet
+    (proj.root / "fabric.yaml").write_text("tasks:\n  executor_class: fabdeploy.executor.FleetExecutor\n")
+    try:
+        proj.commit("dash-h", {"pages/message.txt": "deployed with -H a,b\n"})
+        res = run_fab(proj.root, "-H", f"{a.ssh_target()},{b.ssh_target()}", "deploy", cache=cache)
+        assert res.returncode == 0, res.stdout + res.stderr
+        ids = set(re.findall(r"deployed (\S+) in", res.stdout))
+        assert len(ids) == 1
+        table = res.stdout[res.stdout.index("HOST "):].splitlines()
+        assert table[0].split() == ["HOST", "RELEASE", "DURATION", "RESULT", "ERROR"]
+        assert sorted(line.split()[0] for line in table[1:]) == sorted([a.address, b.address])
+        assert all(line.split()[3] == "ok" for line in table[1:])
+        assert b"deployed with -H a,b" in page(a) and b"deployed with -H a,b" in page(b)
+    finally:
+        (proj.root / "fabric.yaml").unlink()
