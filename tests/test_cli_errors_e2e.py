@@ -7,11 +7,12 @@ import re
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
 import hostlab
-from conftest import REPO, make_project, run_fab, sample_config
+from conftest import FAB, REPO, make_project, run_fab, sample_config
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +119,10 @@ def test_task_list_from_the_repo_fabfile_and_a_team_fabfile(env):
     assert res.returncode == 0 and "deploy" in res.stdout
     res = run_fab(proj.root, "--help", "deploy")
     assert "--config" in res.stdout and "--verbose" in res.stdout
+    # the `fabdeploy` command: the same tasks without any fabfile
+    res = subprocess.run([str(Path(FAB).parent / "fabdeploy"), "--list"], cwd=proj.root, capture_output=True,
+                         text=True)
+    assert res.returncode == 0 and re.search(r"^\s+rollback\s+Switch back", res.stdout, re.M), res.stdout
 
 
 def test_installed_package_has_no_top_level_fabfile(tmp_path):
