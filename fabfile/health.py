@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .config import Config
 from .layout import Layout
-from .script import MARK, Phase, q
+from .script import MARK, Phase, fail_expanded, q
 
 # Run by the host's python3: retry until the deadline; print the last answer; exit 0 when healthy.
 CHECK_PY = r"""
@@ -50,10 +50,6 @@ def check_command(cfg: Config, host: str) -> str:
     return f"{q(cfg.project.python)} -c {q(CHECK_PY)} " + " ".join(q(a) for a in args)
 
 
-def _fail(message: str) -> str:
-    return f'{{ echo "{MARK} error {message}" >&2; exit 1; }}'
-
-
 def health(cfg: Config, host: str, release_id: str, previous: str, staging: str, site_path: str,
            nginx_pid: str) -> Phase:
     """Check the new release; on failure revert to `previous` (a release path, "" on a first deploy)."""
@@ -71,13 +67,13 @@ def health(cfg: Config, host: str, release_id: str, previous: str, staging: str,
         f"touch {q(R + '/.fabdeploy/bad')}",
     ]
     if not cfg.health.revert:
-        return Phase("health", lines + [_fail("health check failed: $why (health.revert = false: left as is)")])
+        return Phase("health", lines + [fail_expanded("health check failed: $why (health.revert = false: left as is)")])
     if not previous:
-        return Phase("health", lines + [_fail("health check failed: $why; no previous release to revert to")])
+        return Phase("health", lines + [fail_expanded("health check failed: $why; no previous release to revert to")])
     P = q(previous)
     lines += [
         f"[ -f {P}/.fabdeploy/uwsgi.ini ] || "
-        + _fail(f"health check failed: $why; cannot revert: {prev_id} has no saved uWSGI config"),
+        + fail_expanded(f"health check failed: $why; cannot revert: {prev_id} has no saved uWSGI config"),
         f"ln -sfn {P} {q(lay.current + '.fabdeploy-tmp')}",
         f"mv -Tf {q(lay.current + '.fabdeploy-tmp')} {q(lay.current)}",
         *static_switch(cfg, q(prev_id)),
@@ -85,7 +81,7 @@ def health(cfg: Config, host: str, release_id: str, previous: str, staging: str,
         f'V={q(lay.venvs)}/"$(cat {P}/.fabdeploy/venv)"',
         "(",
         *uwsgi_restart_lines(cfg, P, '"$V"', prev_id),
-        ") >/dev/null || " + _fail(f"health check failed: $why; reverting to {prev_id} failed too: uWSGI did not come up"),
+        ") >/dev/null || " + fail_expanded(f"health check failed: $why; reverting to {prev_id} failed too: uWSGI did not come up"),
         # the nginx site as it was before this deploy, when this deploy changed it
         f"if [ -f {q(staging + '/site.prev')} ]; then",
         f"  sudo -n install -m 0644 {q(staging + '/site.prev')} {q(site_path)}",
@@ -94,8 +90,8 @@ def health(cfg: Config, host: str, release_id: str, previous: str, staging: str,
         "  fi",
         "fi",
         f'if again=$({check}); then '
-        + _fail(f"health check failed: $why; reverted to {prev_id} ($again); the new release is marked bad")
+        + fail_expanded(f"health check failed: $why; reverted to {prev_id} ($again); the new release is marked bad")
         + "; fi",
-        _fail(f"health check failed: $why; reverted to {prev_id}, which is unhealthy too: $again"),
+        fail_expanded(f"health check failed: $why; reverted to {prev_id}, which is unhealthy too: $again"),
     ]
     return Phase("health", lines)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .config import Config
 from .layout import Layout
-from .script import MARK, Phase, q
+from .script import MARK, Phase, fail_expanded, q
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,7 @@ def audit_file(cfg: Config) -> str:
     return f"{Layout(cfg.paths.deploy_to).log}/audit.jsonl"
 
 
-def _dyn_fail(message: str, code: int = 75) -> str:
-    """Like phases.fail, for a message with shell expansions ($holder...): double-quoted."""
-    return f'{{ echo "{MARK} error {message}" >&2; exit {code}; }}'
+LOCKED = 75  # exit status of a run refused by the lock (EX_TEMPFAIL)
 
 
 def acquire(cfg: Config, owner: LockOwner, wait: int = 0) -> list[str]:
@@ -56,15 +54,15 @@ def acquire(cfg: Config, owner: LockOwner, wait: int = 0) -> list[str]:
         f"while ! err=$(mkdir {q(L)} 2>&1); do",
         # mkdir failed but there is no lock: either it was just released (try once more) or mkdir cannot work
         f'  if [ ! -d {q(L)} ]; then [ -z "$again" ] || '
-        + _dyn_fail("cannot take the deploy lock: $err", code=1) + "; again=1; continue; fi",
+        + fail_expanded("cannot take the deploy lock: $err") + "; again=1; continue; fi",
         f"  if [ \"$waited\" -ge {int(wait)} ]; then",
         f"    holder=$(cat {q(L + '/info')} 2>/dev/null || echo 'an unknown holder')",
         f"    age=$(( $(date +%s) - $(stat -c %Y {q(L)} 2>/dev/null || date +%s) ))",
         f"    if [ \"$age\" -gt {ttl} ]; then",
-        "      " + _dyn_fail(f"deploy lock is STALE: held by $holder for ${{age}}s (older than lock.ttl = {ttl}s); "
-                             "if that run is gone, break it with: fab unlock"),
+        "      " + fail_expanded(f"deploy lock is STALE: held by $holder for ${{age}}s (older than lock.ttl = {ttl}s); "
+                             "if that run is gone, break it with: fab unlock", LOCKED),
         "    fi",
-        "    " + _dyn_fail("deploy lock held by $holder for ${age}s; retry later or pass --wait SECONDS"),
+        "    " + fail_expanded("deploy lock held by $holder for ${age}s; retry later or pass --wait SECONDS", LOCKED),
         "  fi",
         "  sleep 1; waited=$((waited + 1))",
         "done",
@@ -115,8 +113,8 @@ def unlock(cfg: Config, force: bool) -> Phase:
         f"holder=$(cat {q(L + '/info')} 2>/dev/null || echo 'an unknown holder')",
         f"age=$(( $(date +%s) - $(stat -c %Y {q(L)} 2>/dev/null || date +%s) ))",
         f"if [ \"$age\" -le {ttl} ] && [ {1 if force else 0} = 0 ]; then",
-        "  " + _dyn_fail(f"deploy lock held by $holder for ${{age}}s is younger than lock.ttl = {ttl}s; "
-                         "if that run is really gone: fab unlock --force", code=1),
+        "  " + fail_expanded(f"deploy lock held by $holder for ${{age}}s is younger than lock.ttl = {ttl}s; "
+                         "if that run is really gone: fab unlock --force"),
         "fi",
         f"rm -rf {q(L)}",
         f'echo "{MARK} note removed the lock held by $holder for ${{age}}s"',

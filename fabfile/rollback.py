@@ -24,7 +24,7 @@ from .layout import RELEASE_GLOB_ERE, RELEASE_ID, SETTINGS_MODULE, Layout
 from .lock import LockOwner
 from .output import Printer
 from .runner import run_script
-from .script import MARK, Phase, Script, q
+from .script import MARK, Phase, Script, fail_expanded, q
 
 # Run by the target release's own Python and code: applied migrations the target's code does not have.
 UNKNOWN_MIGRATIONS_PY = """
@@ -39,18 +39,14 @@ for alias in connections:
 """
 
 
-def _fail(message: str) -> str:
-    return f'{{ echo "{MARK} error {message}" >&2; exit 1; }}'
-
-
 def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
     lay = Layout(cfg.paths.deploy_to)
     D = q(lay.deploy_to)
     if to:
         pick = [
             f"T={q(to)}",
-            f'[ -d "$T" ] || {_fail(f"release {to} is not on the host (see fab releases)")}',
-            f'[ "$T" != "$cur" ] || {_fail(f"release {to} is already current")}',
+            f'[ -d "$T" ] || {fail_expanded(f"release {to} is not on the host (see fab releases)")}',
+            f'[ "$T" != "$cur" ] || {fail_expanded(f"release {to} is already current")}',
         ]
     else:
         pick = [
@@ -63,23 +59,23 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
             '  [ -f "$r/.fabdeploy/uwsgi.ini" ] || continue',
             '  T=$r; break',
             "done",
-            f'[ -n "$T" ] || {_fail("nothing to roll back to: no older good release on disk (see fab releases)")}',
+            f'[ -n "$T" ] || {fail_expanded("nothing to roll back to: no older good release on disk (see fab releases)")}',
         ]
-    refuse = (f'[ -z "$unknown" ] || {_fail("refusing (--strict): the database has migrations release $T does not know:$unknown_list")}'
+    refuse = (f'[ -z "$unknown" ] || {fail_expanded("refusing (--strict): the database has migrations release $T does not know:$unknown_list")}'
               if strict else "true")
     return Phase("rollback", [
-        f"cd {q(lay.releases)} 2>/dev/null || {_fail('nothing is deployed here')}",
+        f"cd {q(lay.releases)} 2>/dev/null || {fail_expanded('nothing is deployed here')}",
         f'cur=$(basename "$(readlink {q(lay.current)})" 2>/dev/null || true)',
-        f'[ -n "$cur" ] || {_fail("nothing is deployed here (no current release)")}',
+        f'[ -n "$cur" ] || {fail_expanded("nothing is deployed here (no current release)")}',
         *pick,
         f'V={D}/venvs/"$(cat "$T/.fabdeploy/venv" 2>/dev/null)"',
-        f'[ -f "$V/.fabdeploy-complete" ] || {_fail("the virtualenv of release $T was removed; deploy it again instead")}',
-        f'[ -f "$T/.fabdeploy/uwsgi.ini" ] || {_fail("release $T has no saved uWSGI config; deploy it again instead")}',
+        f'[ -f "$V/.fabdeploy-complete" ] || {fail_expanded("the virtualenv of release $T was removed; deploy it again instead")}',
+        f'[ -f "$T/.fabdeploy/uwsgi.ini" ] || {fail_expanded("release $T has no saved uWSGI config; deploy it again instead")}',
         f'R={q(lay.releases)}/"$T"',
         # Migrations: ask the target's own code which applied ones it does not know.
         f'unknown=$(cd "$R" && export DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} && set -a && . {q(lay.env_file)} '
         f'&& set +a && "$V/bin/python" -c {q(UNKNOWN_MIGRATIONS_PY)}) || '
-        + _fail("could not compare the migrations of release $T with the database"),
+        + fail_expanded("could not compare the migrations of release $T with the database"),
         "unknown_list=$(printf '%s\\n' \"$unknown\" | awk 'NF == 2 {printf \" %s.%s\", $1, $2}')",
         "printf '%s\\n' \"$unknown\" | while read -r app name; do "
         f'[ -n "$name" ] && echo "{MARK} warn the database has migration $app.$name that $T does not know '
@@ -112,7 +108,7 @@ def finish(cfg: Config, owner: LockOwner) -> Phase:
 
 def rollback_script(cfg: Config, owner: LockOwner, to: str | None, strict: bool, wait: int) -> Script:
     lock_phase = Phase("lock", [
-        f"[ -d {q(cfg.paths.deploy_to)} ] || {_fail('nothing is deployed here')}",
+        f"[ -d {q(cfg.paths.deploy_to)} ] || {fail_expanded('nothing is deployed here')}",
         *lock.acquire(cfg, owner, wait)])
     return Script([lock_phase, select_and_switch(cfg, to, strict), restart(cfg), finish(cfg, owner)],
                   tuple(cfg.secret_values()))

@@ -87,6 +87,12 @@ def write_file(path: str, content: str, mode: str = "0644") -> list[str]:
     ]
 
 
+def fail_expanded(message: str, code: int = 1) -> str:
+    """Stop with a message the deploying side shows as the error; the message is double-quoted, so it may
+    use shell expansions ($holder, $T...): never put untrusted text in it."""
+    return f'{{ echo "{MARK} error {message}" >&2; exit {code}; }}'
+
+
 def fact(key: str, shell_expr: str) -> str:
     """A line that reports `key=<value of shell_expr>` for the deploying side to parse."""
     return f'echo "{MARK} fact {key}={shell_expr}"'
