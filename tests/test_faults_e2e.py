@@ -159,6 +159,15 @@ def no_sleep_left(env) -> bool:
     return "sleep" not in comms
 
 
+def wait_until_no_sleep(env, seconds: float = 10) -> None:
+    """The remote half was stopped: no hook `sleep` left (bounded wait: killed processes may take a moment
+    to be reaped in the namespace)."""
+    deadline = time.monotonic() + seconds
+    while not no_sleep_left(env) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert no_sleep_left(env)
+
+
 def test_5_ssh_connection_killed_during_upload(site):
     # before_code sleeps while the archive waits on stdin: kill the SSH session processes then.
     proc = slow_deploy(site, "before_code", 20)
@@ -170,10 +179,7 @@ def test_5_ssh_connection_killed_during_upload(site):
     out, _ = proc.communicate(timeout=90)
     res = subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
     assert_intact(site, res, "SSH connection lost")
-    deadline = time.monotonic() + 10
-    while not no_sleep_left(site) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert no_sleep_left(site)
+    wait_until_no_sleep(site)
     restore_source(site)
 
 
@@ -185,7 +191,7 @@ def test_6_sigint_during_preparation(site, hook):
     out, _ = proc.communicate(timeout=90)
     res = subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
     assert_intact(site, res, "interrupted")
-    assert no_sleep_left(site)
+    wait_until_no_sleep(site)
     restore_source(site)
 
 
