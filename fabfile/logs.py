@@ -73,7 +73,7 @@ def stream(conn, cfg: Config, files: dict[str, str], lines: int, follow: bool, p
                     if "sudo" in text or "cannot open" in text:
                         printer.line(host, f"!      | {text}")
                 continue
-            if chan.exit_status_ready():
+            if chan.exit_status_ready() and chan.eof_received:  # (the status can come before the last output)
                 break
             time.sleep(0.02)
         if buf:

@@ -147,6 +147,7 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
     outs = _Lines(lambda line: handle("out", line))
     errs = _Lines(lambda line: handle("err", line))
     deadline = time.monotonic() + timeout
+    status_seen = 0.0
     try:
         while True:
             busy = False
@@ -157,8 +158,12 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
                 errs.feed(chan.recv_stderr(65536))
                 busy = True
             if not busy:
+                # sshd may send the exit status before the last output: done after EOF as well (or, when a
+                # background process of a hook keeps the output open, 2 s after the status)
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
+                    status_seen = status_seen or time.monotonic()
+                    if chan.eof_received or time.monotonic() - status_seen > 2:
+                        break
                 if chan.closed and not chan.recv_ready() and not chan.recv_stderr_ready():
                     break
                 if cancel is not None and cancel.is_set():
