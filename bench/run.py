@@ -183,16 +183,14 @@ class Bench:
     def facts(self, cfg) -> phases.Facts:
         """What setup would learn (read before the clock starts; the limit knows it in advance)."""
         from fabdeploy.connect import make_connection
-        from fabdeploy.plan import read_host
+        from fabdeploy.plan import facts_from, read_host
         conn = make_connection(cfg.project.hosts[0], cfg)
         conn.open()
         try:
             raw = read_host(conn, cfg)
         finally:
             conn.close()
-        return phases.Facts(python_version=raw["python_version"], nginx_layout=raw["nginx_layout"],
-                            nginx_user=raw["nginx_user"], nginx_pid=raw["nginx_pid"], current=raw["current"],
-                            venvs=raw["venvs"])
+        return facts_from(raw)
 
     def close(self) -> None:
         for p in self.proxies:

@@ -70,6 +70,13 @@ def read_host(conn, cfg: Config) -> dict:
     raise FabdeployError(f"{host_label(conn)}: plan: the host returned no facts")
 
 
+def facts_from(raw: dict) -> phases.Facts:
+    """The Facts the setup phase would report, from read_host()'s answer."""
+    return phases.Facts(python_version=raw["python_version"], nginx_layout=raw["nginx_layout"],
+                        nginx_user=raw["nginx_user"], nginx_pid=raw["nginx_pid"], current=raw["current"],
+                        venvs=raw["venvs"])
+
+
 def _diff(name: str, old: str | None, new: str) -> str:
     if old == new:
         return f"--- {name}: unchanged\n"
@@ -83,9 +90,7 @@ def plan_host(conn, cfg: Config, source, rel_id: str) -> str:
     host = host_label(conn)
     open_connection(conn)
     raw = read_host(conn, cfg)
-    facts = phases.Facts(python_version=raw["python_version"], nginx_layout=raw["nginx_layout"],
-                         nginx_user=raw["nginx_user"], nginx_pid=raw["nginx_pid"], current=raw["current"],
-                         venvs=raw["venvs"])
+    facts = facts_from(raw)
     key = venv_hash(cfg, source.requirements, facts.python_version)
     rel = phases.Release(rel_id, source.revision, source.branch, source.kind, "<deploy time>", local_user(), key,
                          cfg.pip.wheelhouse and key not in facts.venvs)

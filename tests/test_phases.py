@@ -283,14 +283,20 @@ def test_fingerprint_changes_with_what_a_deploy_produces():
     assert base != phases.fingerprint(make_cfg(django={"env": {"A": "1"}}), "a" * 40, b"Django\n")
 
 
-def test_unchanged_exit_matches_only_the_live_fingerprint(tmp_path):
+def live_release_with_fingerprint(tmp_path, fp: str):
+    """A deploy_to whose current release records fingerprint `fp` (no app server pid yet)."""
     cfg = make_cfg(tmp_path / "app")
     lay = Layout(cfg.paths.deploy_to)
     rel = Path(lay.release(REL_ID))
     (rel / ".fabdeploy").mkdir(parents=True)
-    (rel / ".fabdeploy" / "release.json").write_text(json.dumps({"fingerprint": "f" * 20}, indent=2))
+    (rel / ".fabdeploy" / "release.json").write_text(json.dumps({"fingerprint": fp}, indent=2))
     os.symlink(rel, lay.current)
     Path(lay.run).mkdir(parents=True)
+    return cfg, lay
+
+
+def test_unchanged_exit_matches_only_the_live_fingerprint(tmp_path):
+    cfg, lay = live_release_with_fingerprint(tmp_path, "f" * 20)
     Path(lay.pidfile).write_text(str(os.getpid()))  # "uwsgi" must be the live process' name: it is not
     script = Script([Phase("setup", [*phases.unchanged_exit(cfg, "f" * 20, ["echo AFTER"]), "echo BUILT"])])
     assert "BUILT" in out(sh(script, tmp_path))  # app server not alive: deploy anyway
@@ -1570,13 +1576,7 @@ def test_release_ids_used_here_are_valid():
 
 
 def test_unchanged_exit_skips_the_deploy_when_live_and_identical(tmp_path):
-    cfg = make_cfg(tmp_path / "app")
-    lay = Layout(cfg.paths.deploy_to)
-    rel = Path(lay.release(REL_ID))
-    (rel / ".fabdeploy").mkdir(parents=True)
-    (rel / ".fabdeploy" / "release.json").write_text(json.dumps({"fingerprint": "f" * 20}, indent=2))
-    os.symlink(rel, lay.current)
-    Path(lay.run).mkdir(parents=True)
+    cfg, lay = live_release_with_fingerprint(tmp_path, "f" * 20)
     fake = tmp_path / "uwsgi"  # a live process whose name is uwsgi
     shutil.copy("/bin/sleep", fake)
     proc = subprocess.Popen([str(fake), "30"])
