@@ -21,8 +21,32 @@ touches only the host's private directories for those paths.  Every other
 path (/usr, /etc outside /etc/nginx, /var/www, /opt, ...) is the machine's
 real filesystem, shared by all hosts.
 
-The namespace has no default route: hosts can reach only the root namespace
-side of their veth (10.213.N.1), never the outside world.
+Networking: hosts reach each other at their 10.213.N.2 addresses (an nginx
+load balancer on one host can proxy to uWSGI sockets on others), and the
+root namespace (10.213.N.1, where the test client lives), but nothing outside
+10.213.0.0/16.  The namespace has no default route, only
+``10.213.0.0/16 via 10.213.N.1``.  The root namespace forwards between the
+hosts' veths without any machine-wide setting (net.ipv4.ip_forward and
+conf/all stay as they are; there is no iptables/nft):
+
+* IPv4 forwarding is enabled on the host's root-side veth only
+  (``/proc/sys/net/ipv4/conf/fdlNa/forwarding``): the kernel decides by the
+  interface a packet *arrives on*, so only packets coming from lab hosts are
+  ever forwarded.
+* Two policy-routing rules keyed on that veth (``iif fdlNa``) confine what
+  it forwards: pref 10213 looks destinations inside 10.213.0.0/16 up in the
+  main table but suppresses routes less specific than /16 (the machine's
+  default route), and pref 10214 answers everything else with "network
+  unreachable".  So a packet for an address outside the lab, or for a lab
+  address whose host does not exist, is refused instead of leaving through
+  the machine's default route -- even if a process in the host adds its own
+  default route.  Traffic not arriving on a lab veth never matches them.
+
+The veth, its forwarding flag and its rules are created with the host and
+removed by destroy().  rp_filter does not get in the way: the reverse path of
+10.213.N.2 is the host's own veth.  (Writing net.ipv4.ip_forward or
+conf/all/forwarding machine-wide resets every interface's flag, which would
+cut hosts off from each other until they are re-created.)
 
 Library use (pytest fixtures)::
 
@@ -91,6 +115,11 @@ _PATH_ALIASES = {"/var/run": "/run"}
 
 REQUIRED_TOOLS = ["ip", "unshare", "nsenter", "mount", "sshd", "nginx", "sudo",
                   "visudo", "runuser", "useradd", "usermod", "ssh-keygen"]
+
+LAB_NET = "10.213.0.0/16"
+# ip rule priorities of the per-host forwarding guard (see the docstring).
+RULE_PREF_LAB = 10213
+RULE_PREF_BLOCK = 10214
 
 _LAB_ADDR_RE = re.compile(r"^10\.213\.\d{1,3}\.2$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
@@ -174,6 +203,32 @@ def _netns_exists(netns: str) -> bool:
 
 def _link_exists(dev: str) -> bool:
     return Path("/sys/class/net", dev).exists()
+
+
+def _del_forward_rules(veth_root: str) -> None:
+    """Delete the policy rules of veth_root (if any; the link may be gone)."""
+    for pref in (RULE_PREF_LAB, RULE_PREF_BLOCK):
+        for _ in range(20):  # normally one each; more only after odd failures
+            if _run(["ip", "rule", "del", "pref", str(pref), "iif", veth_root],
+                    check=False).returncode != 0:
+                break
+
+
+def _enable_lab_forwarding(veth_root: str) -> None:
+    """Let the root namespace forward packets arriving on veth_root, to lab hosts only."""
+    _del_forward_rules(veth_root)  # stale rules of an earlier host with this index
+    # the guard goes in before forwarding is switched on
+    _run(["ip", "rule", "add", "pref", str(RULE_PREF_LAB), "iif", veth_root, "to", LAB_NET,
+          "lookup", "main", "suppress_prefixlength", "15"])
+    _run(["ip", "rule", "add", "pref", str(RULE_PREF_BLOCK), "iif", veth_root, "unreachable"])
+    knob = Path("/proc/sys/net/ipv4/conf", veth_root, "forwarding")
+    try:
+        knob.write_text("1\n")
+        value = knob.read_text().strip()
+    except OSError as e:
+        raise LabError(f"cannot enable forwarding on {veth_root}: {e}") from None
+    if value != "1":
+        raise LabError(f"{knob} reads {value!r} after writing 1")
 
 
 def _netns_pids(netns: str) -> list[int]:
@@ -479,6 +534,8 @@ def _destroy(root: Path, name: str, netns: str, veth_root: str | None,
         _run(["ip", "netns", "del", netns], check=False)
     if veth_root and _link_exists(veth_root):
         _run(["ip", "link", "del", veth_root], check=False)
+    if veth_root:
+        _del_forward_rules(veth_root)
     if address:
         _remove_known_host(root, address)
     proc = _PROCS.pop((str(root), name), None)
@@ -670,7 +727,9 @@ def _create(host: TestHost) -> TestHost:
     _run(["ip", "-n", ns, "addr", "add", f"{host.address}/24", "dev", b])
     _run(["ip", "-n", ns, "link", "set", "lo", "up"])
     _run(["ip", "-n", ns, "link", "set", b, "up"])
-    # deliberately no default route in the namespace
+    # other lab hosts via the root namespace; deliberately no default route
+    _run(["ip", "-n", ns, "route", "add", LAB_NET, "via", host.gateway])
+    _enable_lab_forwarding(a)
 
     host.base.mkdir(parents=True)
     _make_private_fs(host)

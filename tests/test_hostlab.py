@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +41,19 @@ def host():
         yield h
     finally:
         h.destroy()
+
+
+@pytest.fixture
+def peers():
+    a = b = None
+    try:
+        a = hostlab.create_host("selftest3", 202)
+        b = hostlab.create_host("selftest4", 203)
+        yield a, b
+    finally:
+        for h in (b, a):
+            if h is not None:
+                h.destroy()
 
 
 @pytest.fixture
@@ -154,3 +169,97 @@ def test_destroy_kills_everything(host2):
     assert not any(ln.startswith(address + " ")
                    for ln in hostlab.known_hosts().read_text().splitlines())
     host2.destroy()  # second destroy is a no-op
+
+
+def _global_forwarding() -> tuple[str, str]:
+    return tuple(Path(f"/proc/sys/net/ipv4/{k}").read_text().strip()
+                 for k in ("ip_forward", "conf/all/forwarding"))
+
+
+_GLOBAL_FORWARDING = _global_forwarding() if sys.platform == "linux" else None
+
+
+# Listens on argv[1]:argv[2] for one connection (waits at most 20 s), answers
+# b"pong <peer address> <data>", and writes argv[3] once listening.
+_LISTENER = """
+import socket, sys
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2])))
+srv.listen(1)
+srv.settimeout(20)
+open(sys.argv[3], "w").close()
+conn, peer = srv.accept()
+conn.settimeout(5)
+data = conn.recv(1024)
+conn.sendall(b"pong " + peer[0].encode() + b" " + data)
+conn.close()
+"""
+
+_CLIENT = """
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as s:
+    s.sendall(sys.argv[3].encode())
+    s.settimeout(5)
+    print(s.recv(1024).decode())
+"""
+
+
+def test_hosts_reach_each_other_but_nothing_else(peers):
+    a, b = peers
+    port = 9531
+    token = uuid.uuid4().hex
+    ready = f"/tmp/listener-{token}.ready"
+    # the listener, in the background inside B; only net+mount namespaces are
+    # private, so the pid echoed by the shell is valid here too
+    res = b.exec(f"nohup python3 -c {shlex.quote(_LISTENER)} {b.address} {port} {ready} "
+                 f">/tmp/listener-{token}.log 2>&1 </dev/null & echo $!")
+    pid = int(res.stdout.strip())
+    try:
+        deadline = time.monotonic() + 10
+        while not b.path(ready).exists():
+            assert _alive(pid), b.path(f"/tmp/listener-{token}.log").read_text()
+            assert time.monotonic() < deadline, "listener not ready within 10 s"
+            time.sleep(0.05)
+        # A reaches B at its ordinary address, without NAT
+        res = a.exec(["python3", "-c", _CLIENT, b.address, str(port), token], timeout=20)
+        assert res.stdout.strip() == f"pong {a.address} {token}"
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid)  # exited by itself after the one connection
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+    # the route A uses: the lab prefix via its own gateway, no default route
+    routes = a.exec(["ip", "route"]).stdout
+    assert f"10.213.0.0/16 via {a.gateway}" in routes, routes
+    assert not [ln for ln in routes.splitlines() if ln.startswith("default")], routes
+    assert f"via {a.gateway}" in a.exec(["ip", "route", "get", b.address]).stdout
+    # outside the lab: no route at all in A (route lookup only, no traffic)
+    res = a.exec(["ip", "route", "get", "192.0.2.1"], check=False)
+    assert res.returncode != 0 and "unreachable" in res.stderr.lower(), (res.stdout, res.stderr)
+    # and the root namespace refuses to forward anything from A beyond lab hosts,
+    # even if A routed it there (10.213.0.2 never exists: indexes are 1..250)
+    for dst in ("192.0.2.1", "8.8.8.8", "10.213.0.2"):
+        res = subprocess.run(["ip", "route", "get", dst, "from", a.address, "iif", a.veth_root],
+                             capture_output=True, text=True)
+        assert res.returncode != 0 and "unreachable" in res.stderr.lower(), (dst, res.stdout)
+    res = subprocess.run(["ip", "route", "get", b.address, "from", a.address, "iif", a.veth_root],
+                         capture_output=True, text=True, check=True)
+    assert f"dev {b.veth_root}" in res.stdout
+    # forwarding is enabled on the lab veths only
+    for h in (a, b):
+        assert Path(f"/proc/sys/net/ipv4/conf/{h.veth_root}/forwarding").read_text().strip() == "1"
+    # ... and the machine-wide switches are untouched
+    assert _global_forwarding() == _GLOBAL_FORWARDING
+
+
+def test_destroy_removes_forwarding_rules(peers):
+    a, _ = peers
+    veth = a.veth_root
+    assert veth in subprocess.run(["ip", "rule"], capture_output=True, text=True, check=True).stdout
+    a.destroy()
+    assert veth not in subprocess.run(["ip", "rule"], capture_output=True, text=True,
+                                      check=True).stdout
