@@ -32,6 +32,7 @@ _SERVER_NAME = re.compile(r"^[A-Za-z0-9_.*~^$\\()|:\[\]?+-]+$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL_PATH = re.compile(r"^/[A-Za-z0-9._/-]*/$")
 _HOST = re.compile(r"^([A-Za-z0-9._-]+@)?([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?$")
+BALANCE_METHODS = ("round_robin", "least_conn", "ip_hash", "hash")
 SECRET_KEY_PATTERN = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|KEY|CREDENTIAL|PRIVATE", re.I)
 
 
@@ -120,6 +121,46 @@ def _options(value):
     return None
 
 
+def check_rolling(value):
+    if isinstance(value, bool):
+        return "must be a number of hosts or a percentage like \"30%\""
+    if isinstance(value, int):
+        return None if 0 <= value <= 10000 else "must be between 0 and 10000"
+    if isinstance(value, str) and re.fullmatch(r"([1-9][0-9]?|100)%", value):
+        return None
+    return "must be a number of hosts or a percentage like \"30%\""
+
+
+# Per-host settings of a role entry: { host = "deploy@web1", weight = 2, ... }
+SERVER_KEYS: dict[str, Callable[[Any], str | None]] = {
+    "host": _str(_HOST, "[user@]host[:port]", empty_ok=False),
+    "address": _str(re.compile(r"^([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\])$"), "a host name or IP address"),
+    "weight": _int(1, 1000),
+    "backup": _bool,
+    "max_fails": _int(0, 1000),
+    "fail_timeout": _int(1, 3600),
+}
+
+
+def _servers(value):
+    if not isinstance(value, list):
+        return "must be a list of \"user@host\" or { host = \"user@host\", weight = 2, ... }"
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            item = {"host": item}
+        if not isinstance(item, dict):
+            return f"item {i + 1} must be \"user@host\" or an inline table {{ host = ... }}"
+        if "host" not in item:
+            return f"item {i + 1} has no host"
+        for key, val in item.items():
+            if key not in SERVER_KEYS:
+                return f"item {i + 1} has an unknown key {key!r}{_suggest(key, SERVER_KEYS)}"
+            problem = SERVER_KEYS[key](val)
+            if problem:
+                return f"item {i + 1} ({item['host']}) {key} {problem} (got {val!r})"
+    return None
+
+
 @dataclass(frozen=True)
 class Key:
     default: Any
@@ -197,6 +238,27 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "lock": {
         "ttl": Key(3600, _int(10, 7 * 86400)),
         "wait": Key(0, _int(0, 86400)),
+    },
+    "fleet": {
+        "parallel": Key(10, _int(1, 1000)),
+        "rolling": Key(0, check_rolling),
+    },
+    "roles": {
+        "app": Key([], _servers),
+        "lb": Key([], _servers),
+    },
+    "balancer": {
+        "method": Key("round_robin", lambda v: None if v in BALANCE_METHODS else
+                      "must be one of " + ", ".join(f'"{m}"' for m in BALANCE_METHODS)),
+        "hash_key": Key("$request_uri", _str(re.compile(r"^[$A-Za-z0-9_]+$"), "an nginx variable like $request_uri", False)),
+        "hash_consistent": Key(True, _bool),
+        "keepalive": Key(0, _int(0, 10000)),
+        "port": Key(8001, _int(1, 65535)),
+        "bind": Key("", _str(re.compile(r"^([0-9.]+|\[[0-9A-Fa-f:]+\])$"), "an IP address")),
+        "app_nginx": Key(False, _bool),
+        "media": Key("app", lambda v: None if v in ("app", "lb") else "must be \"app\" or \"lb\""),
+        "max_fails": Key(1, _int(0, 1000)),
+        "fail_timeout": Key(10, _int(1, 3600)),
     },
     "hooks": {
         f"{when}_{phase}": Key([], _list(_str(None, empty_ok=False), "shell commands"))
@@ -287,6 +349,29 @@ def _suggest(word: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _check_roles(data: dict, where: str) -> None:
+    roles, hosts = data["roles"], data["project"]["hosts"]
+    if (roles["app"] or roles["lb"]) and hosts:
+        raise ConfigError(f"{where}project.hosts and [roles] both list hosts: use one (project.hosts = app hosts "
+                          "that each serve themselves with their own nginx)")
+    if roles["lb"] and not roles["app"]:
+        raise ConfigError(f"{where}roles.lb needs app hosts to balance: roles.app is empty")
+    seen = {}
+    for role in ("app", "lb"):
+        for item in roles[role]:
+            host = item if isinstance(item, str) else item["host"]
+            if host in seen:
+                raise ConfigError(f"{where}host {host} is listed twice (roles.{seen[host]} and roles.{role}); "
+                                  "a host has one role")
+            seen[host] = role
+            if role == "lb" and isinstance(item, dict) and set(item) - {"host"}:
+                raise ConfigError(f"{where}roles.lb {host}: weight, backup, address... are settings of app hosts")
+    method = data["balancer"]["method"]
+    if method in ("ip_hash", "hash") and any(isinstance(i, dict) and i.get("backup") for i in roles["app"]):
+        raise ConfigError(f"{where}roles.app: backup servers cannot be used with balancer.method = \"{method}\" "
+                          "(nginx refuses it)")
+
+
 def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     where = f"{path}: " if path else ""
     data: dict[str, dict[str, Any]] = {}
@@ -325,6 +410,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     for rel in data["paths"]["shared_dirs"] + [data["project"]["requirements"], data["project"]["manage"]]:
         if ".." in rel.split("/"):
             raise ConfigError(f"{where}path {rel!r} must stay inside its directory (no '..')")
+    _check_roles(data, where)
     cfg = Config(data, path)
     if cfg.nginx_template and not cfg.nginx_template.is_file():
         raise ConfigError(f"{where}nginx.template {cfg.nginx_template} does not exist")

@@ -12,6 +12,7 @@ ends with an audit line and the lock released.
 """
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from dataclasses import dataclass
@@ -22,11 +23,13 @@ from .connect import host_label, local_user, open_connection, reconnect
 from .errors import FabdeployError, RemoteError
 from .fleet import deferred_interrupt, for_each_host
 from .lock import LockOwner
-from .health import health
-from .layout import Layout, nginx_site_paths
+from .health import check_command, health
+from .layout import RELEASE_GLOB_ERE, Layout, nginx_site_paths
+from .roles import batches, server_of
+from .rollback import rollback_script
 from .output import Printer
 from .runner import Interrupted, run_script
-from .script import Script, mask, parse_facts
+from .script import MARK, Phase, Script, fact, fail_expanded, mask, parse_facts, q
 from .source import Source, bundle, read_source, release_id
 from .wheelhouse import build_wheels, venv_hash
 
@@ -63,11 +66,13 @@ class HostDeploy:
     """One host of a deploy: prepare() everywhere first, then publish() (or abort()) everywhere."""
 
     def __init__(self, conn, cfg: Config, source: Source, rel_id: str, printer: Printer, shared: _Shared,
-                 cancel: threading.Event, wait: int = 0, force: bool = False, fingerprint: str = ""):
+                 cancel: threading.Event, wait: int = 0, force: bool = False):
         self.conn, self.cfg, self.source, self.rel_id = conn, cfg, source, rel_id
-        self.cancel, self.wait, self.force, self.fingerprint = cancel, wait, force, fingerprint
+        self.cancel, self.wait, self.force = cancel, wait, force
         self.printer, self.shared = printer, shared
         self.host = host_label(conn)
+        self.server = server_of(conn)
+        self.fingerprint = phases.fingerprint(cfg, source.revision, source.requirements, self.server)
         self.layout = Layout(cfg.paths.deploy_to)
         self.owner = LockOwner.new("deploy", local_user())
         self.remote: dict = {}  # the remote process group of the running invocation
@@ -121,7 +126,7 @@ class HostDeploy:
                               + (f", {len(wheels)} wheels" if wheels else "") + ")")
             self.stage = "prepare"
             prepare = [phases.code(cfg, rel), phases.venv(cfg, rel), phases.django(cfg, rel),
-                       phases.config(cfg, rel, facts)]
+                       phases.config(cfg, rel, facts, self.server)]
             self.run(self.script(prepare, rel), stdin=archive)
             self.stage = "prepared"
         except (FabdeployError, KeyboardInterrupt) as exc:
@@ -138,8 +143,9 @@ class HostDeploy:
                            site_url(cfg, self.conn.host), unchanged=True)
         lay = self.layout
         site, _ = nginx_site_paths(facts.nginx_layout, cfg.project.name)
-        steps = [phases.switch(cfg, rel), phases.restart(cfg, rel, facts),
-                 health(cfg, self.conn.host, rel.id, facts.current, lay.staging(rel.id), site, facts.nginx_pid),
+        steps = [phases.switch(cfg, rel), phases.restart(cfg, rel, facts, self.server),
+                 health(cfg, self.conn.host, rel.id, facts.current, lay.staging(rel.id), site, facts.nginx_pid,
+                        self.server),
                  phases.cleanup(cfg, rel), lock.finish(cfg, self.owner, self.record("ok"))]
         self.stage = "publish"
         try:
@@ -161,6 +167,34 @@ class HostDeploy:
     def abort(self, reason: str) -> None:
         """A prepared host whose fleet will not switch: remove its release, audit, unlock."""
         self.fail_cleanup(FabdeployError(reason))
+
+    def live_release(self) -> str:
+        """The release this host serves after preparing: the new one, or the live one when unchanged."""
+        return self.facts.unchanged if self.stage == "unchanged" else self.rel_id
+
+    def export_static(self) -> bytes:
+        """The static root of this host's release as a tar.gz (for the load balancers), one invocation."""
+        rid = self.live_release()
+        static = Layout(self.cfg.paths.deploy_to).static
+        script = Script([Phase("static", [
+            f"[ -d {q(static + '/' + rid)} ] || {phases.fail(f'no static files for {rid} on this host')}",
+            f"tar -czf - -C {q(static)} {q(rid)} | base64"])])
+        res = run_script(self.conn, script, host=self.host, timeout=600)
+        return base64.b64decode("".join(res.phases["static"].stdout))
+
+    def revert(self, reason: str) -> None:
+        """Switch a published host back to the release it ran before (its rolling batch failed)."""
+        previous = self.facts.current.rsplit("/", 1)[-1] if self.facts and self.facts.current else ""
+        if self.stage == "unchanged" or not previous:
+            return
+        owner = LockOwner.new("rollback", self.owner.who)
+        try:
+            run_script(self.conn, rollback_script(self.cfg, owner, previous, False, 0), host=self.host,
+                       timeout=self.cfg.uwsgi.reload_timeout + 120,
+                       on_phase=lambda ph: self.printer.phase(self.host, ph))
+            self.printer.line(self.host, f"reverted to {previous}: {reason}")
+        except FabdeployError as exc:
+            self.printer.line(self.host, f"could not revert to {previous}: {exc}")
 
     def check_cancel(self, where: str) -> None:
         if self.cancel.is_set():
@@ -212,11 +246,165 @@ class HostDeploy:
             return self.shared.bundles[variant]
 
 
-def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = None,
-               force: bool = False) -> list[Outcome]:
-    """Deploy to every connection in two steps: prepare all hosts in parallel; only when every host
-    prepared, publish on all (in parallel). One Outcome per host. Ctrl-C during preparation: every host
-    cleans up (prepared ones abort), then KeyboardInterrupt propagates."""
+class LbDeploy:
+    """One load balancer host: setup (lock, facts), prepare (this release's static files, the upstream
+    site, checked with `nginx -t`), drain (batches of a rolling deploy marked down), finish (final site,
+    reload, health check through the balancer, prune static roots, audit, unlock)."""
+
+    def __init__(self, conn, cfg: Config, rel_id: str, printer: Printer, cancel: threading.Event,
+                 wait: int = 0, record: dict | None = None):
+        self.conn, self.cfg, self.rel_id, self.printer, self.cancel, self.wait = conn, cfg, rel_id, printer, cancel, wait
+        self.host = host_label(conn)
+        self.server = server_of(conn)
+        self.layout = Layout(cfg.paths.deploy_to)
+        self.owner = LockOwner.new("deploy", local_user())
+        self.base_record = dict(record or {})
+        self.stage = "connect"
+        self.facts: phases.Facts | None = None
+        self.static_before = ""
+        self.started = time.monotonic()
+
+    @property
+    def staging(self) -> str:
+        return self.layout.staging(self.rel_id) + "-lb"
+
+    def run(self, phases_: list[Phase], stdin: bytes | None = None, interruptible: bool = True):
+        script = Script(phases_, tuple(self.cfg.secret_values()))
+        self.printer.debug(self.host, script.display())
+        return run_script(self.conn, script, host=self.host, stdin=stdin, timeout=self.cfg.pip.timeout + 600,
+                          cancel=self.cancel if interruptible else None,
+                          on_phase=lambda ph: self.printer.phase(self.host, ph))
+
+    def prepare(self) -> None:
+        """Invocation 1: layout, lock, facts (runs while the app hosts prepare)."""
+        try:
+            open_connection(self.conn)
+            self.stage = "setup"
+            st = self.layout.static
+            res = self.run([phases.setup(self.cfg, lock.acquire(self.cfg, self.owner, self.wait), app=False),
+                            Phase("lb", [fact("static_current", f'$(basename "$(readlink {q(st + "/current")})" '
+                                                                '2>/dev/null || true)')])])
+            raw = parse_facts(res.stdout)
+            self.facts = phases.Facts.parse(raw)
+            self.static_before = raw.get("static_current", "")
+            self.stage = "locked"
+        except (FabdeployError, KeyboardInterrupt) as exc:
+            if self.stage != "connect":
+                self.fail_cleanup(exc)
+            raise
+
+    def stage_release(self, static_id: str, tar: bytes | None) -> None:
+        """Invocation 2: unpack the release's static files (hard-linked onto the live ones, so pages of the
+        old and the new release both find theirs), point static/current at them, install the site."""
+        self.rel_id = static_id
+        st = self.layout.static
+        S = f"{st}/{static_id}"
+        lines = []
+        if tar is not None and static_id != self.static_before:
+            lines = [
+                f"rm -rf {q(S)}",
+                f"if [ -d {q(st + '/current/')} ]; then cp -al \"$(readlink -f {q(st + '/current')})\" {q(S)}; "
+                f"else mkdir -p {q(S)}; fi",
+                f"tar -xzf - -C {q(st)}",
+                "n=$(find " + q(S) + " -type f | wc -l)",
+                *phases.static_switch(self.cfg, q(static_id)),
+                phases.note(f"static files of {static_id}: $n files"),
+            ]
+        else:
+            lines = [phases.note(f"static files of {static_id} already here")]
+        site = phases.lb_site(self.cfg)
+        try:
+            self.stage = "prepare"
+            self.run([Phase("static", lines),
+                      Phase("config", phases.site_install(self.cfg, site, self.facts, self.staging), sudo=True)],
+                     stdin=tar if lines and tar is not None and static_id != self.static_before else None)
+            self.stage = "prepared"
+        except (FabdeployError, KeyboardInterrupt) as exc:
+            self.fail_cleanup(exc)
+            raise
+
+    def drain(self, targets: list[str]) -> None:
+        """Mark these app hosts down in the upstream (every other one up), `nginx -t`, reload and wait."""
+        lines = phases.site_install(self.cfg, phases.lb_site(self.cfg, drained=set(targets)), self.facts,
+                                    self.staging + "/drain")
+        lines += [f"rm -rf {q(self.staging + '/drain')}", *phases.nginx_reload_lines(self.facts.nginx_pid)]
+        names = ", ".join(targets) or "none"
+        self.run([Phase("drain", lines + [phases.note(f"out of the upstream: {names}")], sudo=True)],
+                 interruptible=False)
+
+    def finish(self, record: dict) -> Outcome:
+        """The final site (every app host up), start or reload nginx, check through the balancer, prune
+        static roots of releases no longer kept, audit, unlock."""
+        cfg, lay = self.cfg, self.layout
+        ok = record.get("result") == "ok"
+        steps = [Phase("config", phases.site_install(cfg, phases.lb_site(cfg), self.facts, self.staging),
+                       sudo=True),
+                 Phase("restart", phases.nginx_restart_lines(self.facts, self.staging + "/nginx-changed"),
+                       sudo=True)]
+        if ok:
+            check = check_command(cfg, self.conn.host, self.server)
+            steps.append(Phase("health", [
+                f'if answer=$({check}); then echo "{MARK} note through the balancer: $answer"; else '
+                + fail_expanded("health check through the load balancer failed: $answer") + "; fi"],
+                keep_going=True))
+        keep = cfg.paths.keep_releases
+        steps.append(Phase("cleanup", [
+            f"cd {q(lay.static)}",
+            "cur=$(basename \"$(readlink current)\")",
+            "removed=0",
+            f"for r in $(ls -1 | grep -E {q(RELEASE_GLOB_ERE)} | sort -r | tail -n +{keep + 1}); do",
+            '  if [ "$r" != "$cur" ]; then rm -rf -- "$r"; removed=$((removed + 1)); fi',
+            "done",
+            f"rm -rf {q(self.staging)}",
+            phases.note(f"static roots: removed $removed (keep_releases = {keep})"),
+        ]))
+        steps.append(lock.finish(cfg, self.owner, {**self.base_record, "release": self.rel_id, **record}))
+        try:
+            with deferred_interrupt():
+                res = self.run(steps, interruptible=False)
+        except FabdeployError as exc:
+            self.fail_cleanup(exc)
+            return Outcome(self.host, self.rel_id, False, str(exc), time.monotonic() - self.started)
+        health_ph = res.phases.get("health")
+        if health_ph is not None and health_ph.rc:
+            error = f"{self.host}: health: " + (health_ph.errors or ["failed"])[-1]
+            return Outcome(self.host, self.rel_id, False, error, time.monotonic() - self.started)
+        return Outcome(self.host, self.rel_id, ok, "" if ok else record.get("error", ""),
+                       time.monotonic() - self.started, site_url(cfg, self.conn.host))
+
+    def abort(self, reason: str) -> None:
+        self.fail_cleanup(FabdeployError(reason))
+
+    def fail_cleanup(self, exc: BaseException) -> None:
+        """Put static/current and the site back as they were, audit, unlock (best effort)."""
+        interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
+        error = "interrupted" if interrupted else str(exc).splitlines()[0]
+        st = self.layout.static
+        lines = []
+        if self.facts is not None:
+            site, _ = nginx_site_paths(self.facts.nginx_layout, self.cfg.project.name)
+            prev = self.staging + "/site.prev"
+            lines = [f"if [ -f {q(prev)} ]; then sudo -n install -m 0644 {q(prev)} {q(site)}; fi"]
+            if self.static_before and self.rel_id != self.static_before:
+                lines += [*phases.static_switch(self.cfg, q(self.static_before)), f"rm -rf {q(st + '/' + self.rel_id)}"]
+            lines.append(f"rm -rf {q(self.staging)}")
+        record = {**self.base_record, "release": self.rel_id, "result": "interrupted" if interrupted else "failed",
+                  "error": mask(error, self.cfg.secret_values())}
+        try:
+            conn = self.conn if self.conn.is_connected else reconnect(self.conn, self.cfg)
+            run_script(conn, Script([Phase("abandon", lines or ["true"]),
+                                     lock.failed_finish(self.cfg, self.owner, record)]), host=self.host, timeout=60)
+        except FabdeployError:
+            self.printer.line(self.host, "could not clean up (host unreachable): the lock stays until `fab unlock`")
+
+
+def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = None, force: bool = False,
+               parallel: int | None = None, rolling=None) -> list[Outcome]:
+    """Deploy to every connection, two-phase: prepare every host in parallel (app hosts: code, venv,
+    migrate, static, config; load balancers: lock, then this release's static files and their upstream
+    site); only when every host prepared, switch the app hosts (all at once, or in rolling batches that
+    the load balancers take out of their upstream first), then finish on the load balancers. One Outcome
+    per host. Ctrl-C during preparation: every host cleans up, then KeyboardInterrupt propagates."""
     source = read_source(cfg)
     for w in source.warnings:
         printer.warn(w)
@@ -224,51 +412,104 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
     printer.width = max(len(host_label(c)) for c in conns)
     shared = _Shared()
     wait = cfg.lock.wait if wait is None else wait
+    parallel = parallel or cfg.fleet.parallel
+    rolling = cfg.fleet.rolling if rolling is None else rolling
     cancel = threading.Event()
-    fp = phases.fingerprint(cfg, source.revision, source.requirements)
-    hosts = [HostDeploy(conn, cfg, source, rel_id, printer, shared, cancel, wait, force, fp) for conn in conns]
+    apps = [HostDeploy(conn, cfg, source, rel_id, printer, shared, cancel, wait, force)
+            for conn in conns if server_of(conn).role == "app"]
+    record = {"revision": source.revision, "branch": source.branch}
+    lbs = [LbDeploy(conn, cfg, rel_id, printer, cancel, wait, record) for conn in conns
+           if server_of(conn).role == "lb"]
+    everyone = apps + lbs
     outcomes: dict[str, Outcome] = {}
 
-    def prepare(hd, host_cancel) -> bool:
-        hd.cancel = host_cancel
-        try:
-            hd.prepare()
-            return True
-        except FabdeployError as exc:
-            outcomes[hd.host] = Outcome(hd.host, rel_id, False, str(exc), time.monotonic() - hd.started)
-            return False
+    def failed_outcome(hd, exc) -> Outcome:
+        return Outcome(hd.host, rel_id, False, str(exc), time.monotonic() - hd.started)
 
-    try:
-        prepared = for_each_host(hosts, prepare)
-    except KeyboardInterrupt:
-        for hd in hosts:
-            if hd.stage == "prepared":  # ("unchanged" hosts hold no lock and built nothing)
-                hd.abort("interrupted")
-        _close(hosts)
-        raise
-    if not all(prepared):
-        failed = ", ".join(hd.host for hd, ok in zip(hosts, prepared) if not ok)
-        for hd, ok in zip(hosts, prepared):
-            if ok and hd.stage == "unchanged":
+    def step(hosts, fn) -> list[bool]:
+        """fn(host) on every host in parallel; a FabdeployError becomes that host's outcome."""
+        def one(hd, host_cancel) -> bool:
+            hd.cancel = host_cancel
+            try:
+                fn(hd)
+                return True
+            except FabdeployError as exc:
+                outcomes[hd.host] = failed_outcome(hd, exc)
+                return False
+        try:
+            return for_each_host(hosts, one, parallel)
+        except KeyboardInterrupt:
+            for hd in everyone:
+                if hd.stage in ("prepared", "locked"):  # ("unchanged" hosts hold no lock and built nothing)
+                    hd.abort("interrupted")
+            _close(everyone)
+            raise
+
+    def give_up(why: str) -> list[Outcome]:
+        """Nothing switches: every prepared host removes what it built and unlocks."""
+        for hd in everyone:
+            if hd.host in outcomes:
+                continue
+            if isinstance(hd, HostDeploy) and hd.stage == "unchanged":
                 outcomes[hd.host] = hd.publish()  # nothing was built there; reports "already live"
-            elif ok:
-                reason = f"not switched: {failed} failed to prepare (no host switches unless all prepared)"
+            else:
+                reason = f"not switched: {why} (no host switches unless all prepared)"
                 hd.abort(reason)
                 outcomes[hd.host] = Outcome(hd.host, rel_id, False, f"{hd.host}: {reason}",
                                             time.monotonic() - hd.started)
-        _close(hosts)
-        return [outcomes[hd.host] for hd in hosts]
+        _close(everyone)
+        return [outcomes[hd.host] for hd in everyone]
 
-    def publish(hd, host_cancel) -> Outcome:
+    ok = step(everyone, lambda hd: hd.prepare())
+    if not all(ok):
+        return give_up(", ".join(hd.host for hd, good in zip(everyone, ok) if not good) + " failed to prepare")
+    if lbs:
         try:
-            return hd.publish()
+            static_id, tar = apps[0].live_release(), apps[0].export_static()
         except FabdeployError as exc:
-            return Outcome(hd.host, rel_id, False, str(exc), time.monotonic() - hd.started)
+            return give_up(f"could not read the static files from {apps[0].host}: {exc}")
+        ok = step(lbs, lambda lb: lb.stage_release(static_id, tar))
+        if not all(ok):
+            return give_up(", ".join(lb.host for lb, good in zip(lbs, ok) if not good) + " failed to prepare")
 
+    def publish(hd) -> None:
+        outcomes[hd.host] = hd.publish()
+
+    groups = batches(apps, rolling)
+    stopped = ""
     try:
-        return for_each_host(hosts, publish)
+        for n, batch in enumerate(groups, 1):
+            if stopped:
+                for hd in batch:
+                    hd.abort(f"not switched: {stopped}")
+                    outcomes[hd.host] = Outcome(hd.host, rel_id, False, f"{hd.host}: not switched: {stopped}",
+                                                time.monotonic() - hd.started)
+                continue
+            if len(groups) > 1:
+                printer.info(f"rolling: batch {n}/{len(groups)}: {', '.join(hd.host for hd in batch)}")
+                if lbs and not all(step(lbs, lambda lb: lb.drain([hd.server.target for hd in batch]))):
+                    stopped = f"the load balancer could not take batch {n} out of the upstream"
+                    for hd in batch:
+                        hd.abort(f"not switched: {stopped}")
+                        outcomes[hd.host] = Outcome(hd.host, rel_id, False, f"{hd.host}: not switched: {stopped}",
+                                                    time.monotonic() - hd.started)
+                    continue
+            good = step(batch, publish)
+            if not all(good):
+                bad = ", ".join(hd.host for hd, g in zip(batch, good) if not g)
+                stopped = f"rolling deploy stopped: batch {n} failed ({bad})"
+                if len(groups) > 1:
+                    for hd, g in zip(batch, good):
+                        if g:
+                            hd.revert(stopped)
+                            outcomes[hd.host] = Outcome(hd.host, rel_id, False,
+                                                        f"{hd.host}: reverted: {stopped}",
+                                                        time.monotonic() - hd.started)
+        final = {"result": "ok"} if not stopped else {"result": "failed", "error": stopped}
+        step(lbs, lambda lb: outcomes.__setitem__(lb.host, lb.finish(final)))
+        return [outcomes[hd.host] for hd in everyone]
     finally:
-        _close(hosts)
+        _close(everyone)
 
 
 def _close(hosts) -> None:

@@ -11,16 +11,19 @@ T = TypeVar("T")
 MAX_PARALLEL = 10
 
 
-def for_each_host(conns: list, fn: Callable[[object, threading.Event], T]) -> list[T]:
-    """fn(conn, cancel) for every connection; one host runs in this thread, several in a pool.
+def for_each_host(conns: list, fn: Callable[[object, threading.Event], T], parallel: int = MAX_PARALLEL) -> list[T]:
+    """fn(conn, cancel) for every connection; one host runs in this thread, several in a pool of at most
+    `parallel` threads.
 
     On Ctrl-C the cancel event is set and every host gets to clean up (release its lock...) before
     KeyboardInterrupt is raised again here.
     """
     cancel = threading.Event()
+    if not conns:
+        return []
     if len(conns) == 1:
         return [fn(conns[0], cancel)]
-    pool = ThreadPoolExecutor(max_workers=min(len(conns), MAX_PARALLEL))
+    pool = ThreadPoolExecutor(max_workers=max(1, min(len(conns), parallel)))
     futures = [pool.submit(fn, conn, cancel) for conn in conns]
     try:
         wait(futures)

@@ -84,7 +84,8 @@ def stream(conn, cfg: Config, files: dict[str, str], lines: int, follow: bool, p
         chan.close()  # the remote `cat` sees EOF and ends the tail
 
 
-def show_logs(conns, cfg: Config, printer: Printer, lines: int, follow: bool, which: str | None) -> list[str]:
+def show_logs(conns, cfg: Config, printer: Printer, lines: int, follow: bool, which: str | None,
+              parallel: int | None = None) -> list[str]:
     files = log_files(cfg)
     if which:
         chosen = [w.strip() for w in which.split(",") if w.strip()]
@@ -104,7 +105,8 @@ def show_logs(conns, cfg: Config, printer: Printer, lines: int, follow: bool, wh
             conn.close()
 
     try:
-        for_each_host(conns, one)
+        # every host at once when following (a bounded pool would never reach the hosts beyond it)
+        for_each_host(conns, one, len(conns) if follow else (parallel or cfg.fleet.parallel))
     except KeyboardInterrupt:
         if not follow:
             raise

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .config import Config
 from .layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, Layout, nginx_site_paths
 from .render import render, render_file
+from .roles import Server, balanced, bind_address, runs_nginx, uwsgi_socket
 from .script import MARK, Phase, fact, q, write_file
 
 
@@ -84,12 +85,12 @@ def _sudo_mkdir_owned(path: str) -> list[str]:
     ]
 
 
-def fingerprint(cfg: Config, revision: str, requirements: bytes) -> str:
+def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server | None = None) -> str:
     """A hash of the code revision and everything fabdeploy renders or installs for it (with placeholder
     release ids): when the live release has the same one, a deploy has nothing to do."""
     probe = Release("RELEASE", revision, "", "", "", "", "VENV")
     parts = [revision, requirements.decode(errors="replace"), cfg.pip.packages, cfg.uwsgi.package,
-             nginx_site(cfg), uwsgi_ini(cfg, probe),
+             nginx_site(cfg, server) if runs_nginx(cfg, server) else "", uwsgi_ini(cfg, probe, server),
              render("settings.py.j2", release_id="RELEASE", django_settings=cfg.project.django_settings,
                     shared=Layout(cfg.paths.deploy_to).shared, allowed_hosts=cfg.allowed_hosts,
                     static_url=cfg.django.static_url, media_url=cfg.django.media_url),
@@ -115,8 +116,9 @@ def unchanged_exit(cfg: Config, fp: str, after: list[str]) -> list[str]:
     ]
 
 
-def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = ()) -> Phase:
-    """Create the layout (sudo only where needed), take the deploy lock, report host facts."""
+def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = (), app: bool = True) -> Phase:
+    """Create the layout (sudo only where needed), take the deploy lock, report host facts. `app` False:
+    a load balancer host (no virtualenvs)."""
     lay = Layout(cfg.paths.deploy_to)
     py = cfg.project.python
     shared_dirs = [f"{lay.shared}/{d}" for d in cfg.paths.shared_dirs]
@@ -140,8 +142,8 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         "mkdir -p " + " ".join(q(d) for d in dirs),
         f"command -v {q(py)} >/dev/null 2>&1 || {fail(f'{py} not found on the host (project.python)')}",
         f"python_version=$({q(py)} -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])')",
-        f"{q(py)} -c 'import venv, ensurepip' 2>/dev/null || "
-        + fail(f"{py} has no venv/ensurepip module (on Debian: apt-get install python3-venv)"),
+        (f"{q(py)} -c 'import venv, ensurepip' 2>/dev/null || "
+         + fail(f"{py} has no venv/ensurepip module (on Debian: apt-get install python3-venv)")) if app else "true",
         "[ -f /etc/nginx/nginx.conf ] || " + fail("nginx is not installed (/etc/nginx/nginx.conf missing)"),
         nginx_user,
         f"nginx_pid=$(sed -n {q(pid_sed)} /etc/nginx/nginx.conf | head -n 1); "
@@ -291,31 +293,83 @@ def django(cfg: Config, rel: Release) -> Phase:
     return Phase("django", lines)
 
 
-def uwsgi_ini(cfg: Config, rel: Release) -> str:
+def static_maps(cfg: Config, server: Server | None) -> list[tuple[str, str]]:
+    """uWSGI static-map entries: app hosts behind a balancer serve media themselves (balancer.media = "app")."""
+    if server is None or not balanced(cfg) or server.role != "app" or cfg.balancer.media != "app":
+        return []
+    return [(cfg.django.media_url.rstrip("/"), Layout(cfg.paths.deploy_to).shared + "/media")]
+
+
+def uwsgi_ini(cfg: Config, rel: Release, server: Server | None = None) -> str:
     lay = Layout(cfg.paths.deploy_to)
     return render(
         "uwsgi.ini.j2", name=cfg.project.name, release_path=lay.release(rel.id), venv=lay.venv(rel.venv_hash),
         wsgi=cfg.project.wsgi, settings_module=SETTINGS_MODULE, release_id=rel.id, env=cfg.django.env,
-        processes=cfg.uwsgi.processes, threads=cfg.uwsgi.threads, socket=lay.socket, pidfile=lay.pidfile,
+        processes=cfg.uwsgi.processes, threads=cfg.uwsgi.threads, socket=uwsgi_socket(cfg, server, lay.socket),
+        static_maps=static_maps(cfg, server), pidfile=lay.pidfile,
         logfile=lay.uwsgi_log, max_requests=cfg.uwsgi.max_requests, harakiri=cfg.uwsgi.harakiri,
         buffer_size=cfg.uwsgi.buffer_size, listen=cfg.uwsgi.listen, options=cfg.uwsgi.options)
 
 
-def nginx_site(cfg: Config) -> str:
+def uwsgi_pass(cfg: Config, server: Server | None) -> str:
+    """nginx's uwsgi_pass target for the app on the same host."""
+    sock = uwsgi_socket(cfg, server, Layout(cfg.paths.deploy_to).socket)
+    if sock.startswith("/"):
+        return "unix:" + sock
+    addr = bind_address(cfg, server)
+    return sock if addr not in ("0.0.0.0", "::") else f"127.0.0.1:{cfg.balancer.port}"
+
+
+def nginx_site(cfg: Config, server: Server | None = None) -> str:
+    """The site of a host that serves itself (or of a balanced app host with balancer.app_nginx)."""
+    if server is not None and server.role == "lb" and balanced(cfg):
+        return lb_site(cfg)
     lay = Layout(cfg.paths.deploy_to)
     context = dict(
         name=cfg.project.name, listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
         client_max_body_size=cfg.nginx.client_max_body_size, shared=lay.shared, socket=lay.socket,
+        uwsgi_pass=uwsgi_pass(cfg, server),
         static_url=cfg.django.static_url, media_url=cfg.django.media_url, static_expires=cfg.nginx.static_expires)
     if cfg.nginx_template:
         return render_file(cfg.nginx_template, "nginx.template", **context)
     return render("nginx-site.conf.j2", **context)
 
 
-def config(cfg: Config, rel: Release, facts: Facts) -> Phase:
+def lb_site(cfg: Config, drained=()) -> str:
+    """The load balancer's site: an upstream of every app host (those in `drained` marked down)."""
+    from .roles import servers  # noqa: keep the import local (roles imports config only)
+
+    lay = Layout(cfg.paths.deploy_to)
+    apps = [dict(address=f"[{s.upstream_address}]" if ":" in s.upstream_address else s.upstream_address,
+                 weight=s.weight, backup=s.backup, max_fails=s.max_fails, fail_timeout=s.fail_timeout,
+                 down=s.target in drained) for s in servers(cfg) if s.role == "app"]
+    b = cfg.balancer
+    return render(
+        "nginx-lb.conf.j2", name=cfg.project.name, upstream=f"{cfg.project.name.replace('.', '_')}_app",
+        method=b.method, hash_key=b.hash_key, hash_consistent=b.hash_consistent, servers=apps, port=b.port,
+        keepalive=b.keepalive, listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
+        client_max_body_size=cfg.nginx.client_max_body_size, shared=lay.shared, static_url=cfg.django.static_url,
+        media_url=cfg.django.media_url, static_expires=cfg.nginx.static_expires, media=b.media)
+
+
+def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None) -> Phase:
     """Stage the uWSGI ini; install the nginx site only if it changed and only if `nginx -t` accepts it."""
     lay = Layout(cfg.paths.deploy_to)
-    T = lay.staging(rel.id)
+    lines = [
+        *write_file(f"{lay.uwsgi_ini}.next", uwsgi_ini(cfg, rel, server), mode="0600"),
+        # The release keeps its own copy: a rollback restores exactly the config it ran with.
+        f"cp -p {q(lay.uwsgi_ini + '.next')} {q(lay.release(rel.id) + '/.fabdeploy/uwsgi.ini')}",
+    ]
+    if runs_nginx(cfg, server):
+        lines += site_install(cfg, nginx_site(cfg, server), facts, lay.staging(rel.id))
+    else:
+        lines.append(note("no nginx on this app host (the lb hosts balance it)"))
+    return Phase("config", lines, sudo=True)
+
+
+def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:
+    """Install the nginx site only if it changed and only if `nginx -t` accepts it (else put the previous
+    one back and fail). Leaves T/site.prev (for a revert) and T/nginx-changed (for the reload)."""
     site, enabled = nginx_site_paths(facts.nginx_layout, cfg.project.name)
     new, prev, changed = f"{T}/site.conf", f"{T}/site.prev", f"{T}/nginx-changed"
     link_ok = f"[ \"$(readlink {q(enabled)})\" = {q(site)} ]" if enabled else "true"
@@ -323,10 +377,8 @@ def config(cfg: Config, rel: Release, facts: Facts) -> Phase:
     restore = [f"if [ -f {q(prev)} ]; then sudo -n install -m 0644 {q(prev)} {q(site)}; {unlink}"
                f"else sudo -n rm -f {q(site)}" + (f" {q(enabled)}" if enabled else "") + "; fi"]
     lines = [
-        *write_file(f"{lay.uwsgi_ini}.next", uwsgi_ini(cfg, rel), mode="0600"),
-        # The release keeps its own copy: a rollback restores exactly the config it ran with.
-        f"cp -p {q(lay.uwsgi_ini + '.next')} {q(lay.release(rel.id) + '/.fabdeploy/uwsgi.ini')}",
-        *write_file(new, nginx_site(cfg)),
+        f"mkdir -p {q(T)}",
+        *write_file(new, content),
         f"if cmp -s {q(new)} {q(site)} && {link_ok}; then",
         "  " + note("nginx site unchanged"),
         "else",
@@ -347,7 +399,7 @@ def config(cfg: Config, rel: Release, facts: Facts) -> Phase:
         "  " + note(f"nginx site installed at {site}"),
         "fi",
     ]
-    return Phase("config", lines, sudo=True)
+    return lines
 
 
 def switch(cfg: Config, rel: Release) -> Phase:
@@ -402,11 +454,12 @@ NGINX_RELOAD = [
 ]
 
 
-def restart(cfg: Config, rel: Release, facts: Facts) -> Phase:
+def restart(cfg: Config, rel: Release, facts: Facts, server: Server | None = None) -> Phase:
     """Start uWSGI or reload it gracefully and wait until every worker runs the new release; then nginx."""
     lay = Layout(cfg.paths.deploy_to)
     lines = uwsgi_restart_lines(cfg, q(lay.release(rel.id)), q(lay.venv(rel.venv_hash)), rel.id)
-    lines += nginx_restart_lines(facts, lay.staging(rel.id) + "/nginx-changed")
+    if runs_nginx(cfg, server):
+        lines += nginx_restart_lines(facts, lay.staging(rel.id) + "/nginx-changed")
     return Phase("restart", lines, sudo=True, keep_going=True)
 
 
@@ -441,7 +494,9 @@ def uwsgi_restart_lines(cfg: Config, release_word: str, venv_word: str, label: s
         "      n=$((n + 1))",
         f'      [ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
         "    done",
-        f'    if [ "$n" -gt 0 ] && [ "$stale" -eq 0 ] && [ -S {q(lay.socket)} ]; then ready=1; break; fi',
+        # a unix socket must exist (uWSGI creates it after the workers); a TCP socket is bound by the master
+        f'    if [ "$n" -gt 0 ] && [ "$stale" -eq 0 ] && {{ [ -S {q(lay.socket)} ] || '
+        f'! grep -q "^socket = /" {q(lay.uwsgi_ini)}; }}; then ready=1; break; fi',
         "  fi",
         "  i=$((i + 1)); sleep 0.1",
         "done",

@@ -16,6 +16,7 @@ from .connect import host_label, local_user, open_connection
 from .errors import FabdeployError
 from .fleet import for_each_host
 from .health import health
+from .roles import runs_nginx, server_of
 from .layout import SETTINGS_MODULE, Layout, nginx_site_paths
 from .lock import LockOwner
 from .output import Printer
@@ -91,18 +92,24 @@ def plan_host(conn, cfg: Config, source, rel_id: str) -> str:
     open_connection(conn)
     raw = read_host(conn, cfg)
     facts = facts_from(raw)
+    server = server_of(conn)
+    site, _ = nginx_site_paths(facts.nginx_layout, cfg.project.name)
+    if server.role == "lb":
+        return "\n".join([f"===== {host}: plan (load balancer) for release {rel_id} (nothing below has been run)",
+                          "static files of the release are copied here from an app host; the site:",
+                          _diff(f"nginx site {site}", raw["files"]["nginx site"], phases.lb_site(cfg))])
     key = venv_hash(cfg, source.requirements, facts.python_version)
     rel = phases.Release(rel_id, source.revision, source.branch, source.kind, "<deploy time>", local_user(), key,
                          cfg.pip.wheelhouse and key not in facts.venvs)
     owner = LockOwner("deploy", local_user(), "<token>", 0, "<deploy time>")
     lay = Layout(cfg.paths.deploy_to)
-    site, _ = nginx_site_paths(facts.nginx_layout, cfg.project.name)
     invocations = [
         ("1 (setup)", [phases.setup(cfg, lock.acquire(cfg, owner))]),
         ("2 (prepare; the release archive on stdin)",
-         [phases.code(cfg, rel), phases.venv(cfg, rel), phases.django(cfg, rel), phases.config(cfg, rel, facts)]),
-        ("3 (publish)", [phases.switch(cfg, rel), phases.restart(cfg, rel, facts),
-                         health(cfg, conn.host, rel.id, facts.current, lay.staging(rel.id), site, facts.nginx_pid),
+         [phases.code(cfg, rel), phases.venv(cfg, rel), phases.django(cfg, rel), phases.config(cfg, rel, facts, server)]),
+        ("3 (publish)", [phases.switch(cfg, rel), phases.restart(cfg, rel, facts, server),
+                         health(cfg, conn.host, rel.id, facts.current, lay.staging(rel.id), site, facts.nginx_pid,
+                                server),
                          phases.cleanup(cfg, rel), lock.finish(cfg, owner, {"result": "ok"})]),
     ]
     out = [f"===== {host}: plan for release {rel_id} (nothing below has been run)"]
@@ -119,8 +126,9 @@ def plan_host(conn, cfg: Config, source, rel_id: str) -> str:
                              media_url=cfg.django.media_url)
     out.append("----- config diffs")
     files = raw["files"]
-    out.append(mask(_diff("uwsgi.ini", files["uwsgi.ini"], phases.uwsgi_ini(cfg, rel)), cfg.secret_values()))
-    out.append(_diff(f"nginx site {site}", files["nginx site"], phases.nginx_site(cfg)))
+    out.append(mask(_diff("uwsgi.ini", files["uwsgi.ini"], phases.uwsgi_ini(cfg, rel, server)), cfg.secret_values()))
+    if runs_nginx(cfg, server):
+        out.append(_diff(f"nginx site {site}", files["nginx site"], phases.nginx_site(cfg, server)))
     out.append(_diff(f"{SETTINGS_MODULE}.py", files["settings"], settings))
     return "\n".join(out)
 

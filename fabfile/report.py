@@ -8,7 +8,8 @@ from .config import Config
 from .connect import host_label, open_connection
 from .errors import FabdeployError
 from .fleet import for_each_host
-from .health import http_target
+from .health import UWSGI_GET_PY, check_target
+from .roles import runs_nginx, server_of
 from .layout import RELEASE_GLOB_ERE, Layout
 from .runner import run_script
 from .script import MARK, Phase, Script, q
@@ -62,7 +63,7 @@ for r in names:
 emit({"current": cur, "releases": rels, "audit": audit(10)})
 """
 
-STATUS_PY = _COMMON + r"""
+STATUS_PY = _COMMON + UWSGI_GET_PY + r"""
 import http.client
 def alive(pidfile, name):
     pid = re.sub(r"\D", "", read(pidfile))
@@ -95,13 +96,20 @@ npid = alive(m.group(1) if m else "/run/nginx.pid", "nginx")
 name = P["name"]
 enabled = os.path.exists(f"/etc/nginx/sites-enabled/{name}") or os.path.exists(f"/etc/nginx/conf.d/{name}.conf")
 res["nginx"] = {"pid": npid, "site_enabled": enabled}
+res["role"], res["nginx_expected"] = P["role"], P["nginx"]
+if P["role"] == "lb":
+    res["static"] = os.path.basename(os.path.realpath(D + "/shared/static/current"))
 start = time.monotonic()
 try:
-    conn = http.client.HTTPConnection(P["http_addr"], P["http_port"], timeout=10)
-    conn.request("GET", P["http_path"], headers={"Host": P["http_host"]})
-    resp = conn.getresponse()
-    resp.read()
-    res["http"] = {"status": resp.status, "ms": round((time.monotonic() - start) * 1000), "error": ""}
+    if P["proto"] == "uwsgi":
+        status = uwsgi_get(P["http_addr"], P["http_port"], P["http_host"], P["http_path"])
+    else:
+        conn = http.client.HTTPConnection(P["http_addr"], P["http_port"], timeout=10)
+        conn.request("GET", P["http_path"], headers={"Host": P["http_host"]})
+        resp = conn.getresponse()
+        resp.read()
+        status = resp.status
+    res["http"] = {"status": status, "via": P["proto"], "ms": round((time.monotonic() - start) * 1000), "error": ""}
 except Exception as exc:
     res["http"] = {"status": None, "ms": round((time.monotonic() - start) * 1000), "error": str(exc)[:200]}
 try:
@@ -130,7 +138,7 @@ def _json(res) -> dict:
     raise FabdeployError("the host returned no report")
 
 
-def _collect(conns, cfg: Config, code: str, params_for) -> list[dict]:
+def _collect(conns, cfg: Config, code: str, params_for, parallel: int | None = None) -> list[dict]:
     def one(conn, cancel) -> dict:
         host = host_label(conn)
         try:
@@ -141,7 +149,7 @@ def _collect(conns, cfg: Config, code: str, params_for) -> list[dict]:
             return {"host": host, "error": str(exc)}
         finally:
             conn.close()
-    return for_each_host(conns, one)
+    return for_each_host(conns, one, parallel or cfg.fleet.parallel)
 
 
 def releases(conns, cfg: Config) -> list[dict]:
@@ -149,20 +157,23 @@ def releases(conns, cfg: Config) -> list[dict]:
                     lambda conn: {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "pattern": RELEASE_GLOB_ERE})
 
 
-def status(conns, cfg: Config) -> list[dict]:
+def status(conns, cfg: Config, parallel: int | None = None) -> list[dict]:
     def params(conn):
-        addr, port, host_header = http_target(cfg, conn.host)
-        return {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "name": cfg.project.name,
-                "http_addr": addr, "http_port": port, "http_host": host_header, "http_path": cfg.health.path}
-    return _collect(conns, cfg, STATUS_PY, params)
+        server = server_of(conn)
+        proto, addr, port, host_header = check_target(cfg, conn.host, server)
+        return {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "name": cfg.project.name, "proto": proto,
+                "role": server.role, "http_addr": addr, "http_port": port, "http_host": host_header,
+                "http_path": cfg.health.path, "nginx": runs_nginx(cfg, server)}
+    return _collect(conns, cfg, STATUS_PY, params, parallel)
 
 
 def drift(reports: list[dict]) -> str:
     """A warning when the hosts do not all serve the same release."""
-    seen = {r.get("current") or "(none)" for r in reports if "error" not in r}
+    apps = [r for r in reports if "error" not in r and r.get("role", "app") == "app"]
+    seen = {r.get("current") or "(none)" for r in apps}
     if len(seen) <= 1:
         return ""
-    by = ", ".join(f"{r['host']}={r.get('current') or '(none)'}" for r in reports if "error" not in r)
+    by = ", ".join(f"{r['host']}={r.get('current') or '(none)'}" for r in apps)
     return f"DRIFT: hosts are not on the same release: {by}"
 
 
@@ -207,13 +218,19 @@ def format_status(reports: list[dict]) -> str:
         app, ngx, http = rep["app"], rep["nginx"], rep["http"]
         rev = (rep["revision"] or "")[:10]
         where = f"  ({rev}, {rep['branch']})" if rev and rep["branch"] else (f"  ({rev})" if rev else "")
-        out = [f"  release   {rep['current'] or '(none)'}{where}",
-               "  app       " + (f"uWSGI master {app['pid']} up, {app['workers']} workers"
+        lb = rep.get("role") == "lb"
+        via = " (uwsgi protocol, straight to uWSGI)" if http.get("via") == "uwsgi" else (
+            " (through the load balancer)" if lb else "")
+        out = [f"  role      load balancer; static files of {rep.get('static') or '(none)'}" if lb else
+               f"  release   {rep['current'] or '(none)'}{where}",
+               "  app       " + ("none (load balancer)" if lb else
+                                 f"uWSGI master {app['pid']} up, {app['workers']} workers"
                                  + ("" if app["on_current"] else " (NOT all on current)")
                                  if app["pid"] else "uWSGI DOWN"),
-               "  nginx     " + (f"up (master {ngx['pid']})" if ngx["pid"] else "DOWN")
-               + (", site enabled" if ngx["site_enabled"] else ", site NOT enabled"),
-               "  http      " + (f"{http['status']} in {http['ms']} ms" if http["status"] else
+               "  nginx     " + ("not used (behind the load balancer)" if not rep.get("nginx_expected", True) else
+                                 (f"up (master {ngx['pid']})" if ngx["pid"] else "DOWN")
+                                 + (", site enabled" if ngx["site_enabled"] else ", site NOT enabled")),
+               "  http      " + (f"{http['status']} in {http['ms']} ms{via}" if http["status"] else
                                  f"FAILED: {http['error']}"),
                f"  disk free {_size(rep['disk_free_bytes'])}"]
         if rep["lock"]:
@@ -232,7 +249,10 @@ def format_status(reports: list[dict]) -> str:
 
 
 def healthy(rep: dict) -> bool:
-    return ("error" not in rep and bool(rep["app"]["pid"]) and bool(rep["nginx"]["pid"])
-            and rep["http"]["status"] is not None and rep["http"]["status"] < 500)
+    if "error" in rep:
+        return False
+    app_ok = rep.get("role") == "lb" or bool(rep["app"]["pid"])
+    nginx_ok = not rep.get("nginx_expected", True) or bool(rep["nginx"]["pid"])
+    return app_ok and nginx_ok and rep["http"]["status"] is not None and rep["http"]["status"] < 500
 
 

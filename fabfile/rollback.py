@@ -124,7 +124,7 @@ class RollbackOutcome:
 
 
 def rollback_all(conns: list, cfg: Config, printer: Printer, to: str | None, strict: bool,
-                 wait: int | None = None) -> list[RollbackOutcome]:
+                 wait: int | None = None, parallel: int | None = None) -> list[RollbackOutcome]:
     if to and not RELEASE_ID.match(to):
         raise FabdeployError(f"--to {to!r} is not a release id (like 20261122T033903Z-cadb91d)")
     wait = cfg.lock.wait if wait is None else wait
@@ -157,4 +157,4 @@ def rollback_all(conns: list, cfg: Config, printer: Printer, to: str | None, str
         finally:
             conn.close()
 
-    return for_each_host(conns, one)
+    return for_each_host(conns, one, parallel or cfg.fleet.parallel)

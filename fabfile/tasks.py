@@ -9,18 +9,21 @@ from invoke import task
 from invoke.exceptions import Exit
 
 from . import executor, lock, report
-from .config import Config, load_config
+from .config import Config, check_rolling, load_config
 from .connect import host_label, make_connection, open_connection, prepare
 from .deploy import deploy_all
 from .errors import ConfigError, FabdeployError
 from .logs import show_logs
 from .output import Printer
 from .plan import plan_all
+from .roles import balanced, parse_roles, select
 from .rollback import rollback_all
 from .runner import run_script
 from .script import Script
 
 CONFIG_HELP = "deploy.toml to use (default: $FABDEPLOY_CONFIG, else ./deploy.toml)"
+ROLES_HELP = "only hosts of these roles: app, lb or app,lb (default: all)"
+PARALLEL_HELP = "hosts worked on at once (default: fleet.parallel)"
 
 
 def one_line_errors(fn):
@@ -38,32 +41,48 @@ def one_line_errors(fn):
     return wrapper
 
 
-def target_connections(c, cfg: Config) -> list[Connection]:
-    """`fab -H host` gives one Connection (or, with FleetExecutor, all -H hosts at once); without -H, the
-    hosts listed in deploy.toml."""
+def target_connections(c, cfg: Config, roles: str | None = None) -> list[Connection]:
+    """The hosts to work on, each Connection carrying its Server (role, weight...): `fab -H host` gives one
+    Connection (with FleetExecutor, all -H hosts at once); without -H, the hosts in deploy.toml. `roles`
+    ("app", "lb", "app,lb") narrows them."""
+    wanted = parse_roles(roles)
     if isinstance(c, Connection):
+        c.fabdeploy_server = select(cfg, [c.original_host or _target(c)], wanted)[0]
         return [prepare(c, cfg)]
-    if executor.cli_hosts(c):
-        return [make_connection(h, cfg, c.config) for h in executor.cli_hosts(c)]
-    if not cfg.project.hosts:
-        raise ConfigError("no hosts: pass -H user@host or set project.hosts in deploy.toml")
-    return [make_connection(h, cfg, c.config) for h in cfg.project.hosts]
+    conns = []
+    for server in select(cfg, executor.cli_hosts(c), wanted):
+        conn = make_connection(server.target, cfg, c.config)
+        conn.fabdeploy_server = server
+        conns.append(conn)
+    return conns
+
+
+def _target(conn: Connection) -> str:
+    return f"{conn.user}@{conn.host}" + (f":{conn.port}" if conn.port != 22 else "")
 
 
 @task(help={"config": CONFIG_HELP, "verbose": "show every remote command and its output",
             "wait": "seconds to wait for another run's deploy lock (default: lock.wait)",
             "plan": "print the remote commands and config diffs per host; change nothing (also: fab --dry)",
-            "force": "deploy even when the live release already is this revision with the same configs"})
+            "force": "deploy even when the live release already is this revision with the same configs",
+            "roles": ROLES_HELP, "parallel": PARALLEL_HELP,
+            "rolling": "switch app hosts in batches of N or N% (default: fleet.rolling; 0 = all at once)"})
 @one_line_errors
-def deploy(c, config=None, verbose=False, wait=None, plan=False, force=False):
+def deploy(c, config=None, verbose=False, wait=None, plan=False, force=False, roles=None, parallel=None,
+           rolling=None):
     """Deploy the project: upload, virtualenv, migrate, collectstatic, switch, reload uWSGI and nginx."""
     cfg = load_config(config)
     printer = Printer(verbose=verbose)
+    conns = target_connections(c, cfg, roles)
     if plan or c.config.run.dry:
-        errors = plan_all(target_connections(c, cfg), cfg, printer)
+        errors = plan_all(conns, cfg, printer)
         _exit_if_failed(errors)
         return
-    outcomes = deploy_all(target_connections(c, cfg), cfg, printer, wait=_seconds(wait, "--wait"), force=force)
+    if roles and "app" not in parse_roles(roles) and balanced(cfg):
+        raise ConfigError("deploy --roles lb needs the app hosts too (the load balancers get their static files "
+                          "from them): use --roles app,lb or no --roles")
+    outcomes = deploy_all(conns, cfg, printer, wait=_seconds(wait, "--wait"), force=force,
+                          parallel=_positive(parallel, "--parallel"), rolling=_rolling(rolling))
     failed = [o for o in outcomes if not o.ok]
     for o in outcomes:
         if o.ok:
@@ -87,13 +106,15 @@ def summary_table(outcomes) -> str:
 
 @task(help={"config": CONFIG_HELP, "to": "release id to go back to (default: the previous good release)",
             "strict": "refuse when the database has migrations the target release does not know",
-            "wait": "seconds to wait for another run's deploy lock", "verbose": "show the remote script"})
+            "wait": "seconds to wait for another run's deploy lock", "verbose": "show the remote script",
+            "parallel": PARALLEL_HELP})
 @one_line_errors
-def rollback(c, to=None, strict=False, config=None, wait=None, verbose=False):
+def rollback(c, to=None, strict=False, config=None, wait=None, verbose=False, parallel=None):
     """Switch back to the previous good release (or --to ID), reload gracefully, mark the abandoned one bad."""
     cfg = load_config(config)
     printer = Printer(verbose=verbose)
-    outcomes = rollback_all(target_connections(c, cfg), cfg, printer, to, strict, wait=_seconds(wait, "--wait"))
+    outcomes = rollback_all(target_connections(c, cfg, "app"), cfg, printer, to, strict,
+                            wait=_seconds(wait, "--wait"), parallel=_parallel(parallel, cfg))
     for o in outcomes:
         if o.ok:
             printer.info(f"{o.host}: rolled back to {o.release} in {o.duration:.1f}s")
@@ -104,43 +125,46 @@ def rollback(c, to=None, strict=False, config=None, wait=None, verbose=False):
 @task(help={"config": CONFIG_HELP, "json": "print JSON (one object per host) for scripts"})
 @one_line_errors
 def releases(c, json=False, config=None):
-    """List the releases on each host: id, revision, branch, when, by whom, status, virtualenv."""
+    """List the releases on each app host: id, revision, branch, when, by whom, status, virtualenv."""
     cfg = load_config(config)
-    reports = report.releases(target_connections(c, cfg), cfg)
+    reports = report.releases(target_connections(c, cfg, "app"), cfg)
     print(_json.dumps(reports, indent=2) if json else report.format_releases(reports))
     if any("error" in r for r in reports):
         raise Exit(code=1)
 
 
-@task(help={"config": CONFIG_HELP, "json": "print JSON (one object per host) for scripts"})
+@task(help={"config": CONFIG_HELP, "json": "print JSON (one object per host) for scripts", "roles": ROLES_HELP,
+            "parallel": PARALLEL_HELP})
 @one_line_errors
-def status(c, json=False, config=None):
+def status(c, json=False, config=None, roles=None, parallel=None):
     """Per host: current release, uWSGI master and workers, nginx, an HTTP check, disk free; flags drift."""
     cfg = load_config(config)
-    reports = report.status(target_connections(c, cfg), cfg)
+    reports = report.status(target_connections(c, cfg, roles), cfg, _parallel(parallel, cfg))
     print(_json.dumps(reports, indent=2) if json else report.format_status(reports))
     if not all(report.healthy(r) for r in reports):
         raise Exit(code=1)
 
 
 @task(help={"config": CONFIG_HELP, "n": "lines to show from each log (default 20)",
-            "follow": "keep streaming new lines until Ctrl-C", "which": "app, access, error (comma separated)"})
+            "follow": "keep streaming new lines until Ctrl-C", "which": "app, access, error (comma separated)",
+            "roles": ROLES_HELP, "parallel": PARALLEL_HELP})
 @one_line_errors
-def logs(c, n=20, follow=False, which=None, config=None):
+def logs(c, n=20, follow=False, which=None, config=None, roles=None, parallel=None):
     """Show the app server log and this site's nginx access and error logs (-f follows, all hosts merged)."""
     cfg = load_config(config)
-    errors = show_logs(target_connections(c, cfg), cfg, Printer(), _seconds(n, "-n"), follow, which)
+    errors = show_logs(target_connections(c, cfg, roles), cfg, Printer(), _seconds(n, "-n"), follow, which,
+                       _parallel(parallel, cfg))
     _exit_if_failed(errors)
 
 
-@task(help={"config": CONFIG_HELP, "force": "also break a lock younger than lock.ttl"})
+@task(help={"config": CONFIG_HELP, "force": "also break a lock younger than lock.ttl", "roles": ROLES_HELP})
 @one_line_errors
-def unlock(c, force=False, config=None):
+def unlock(c, force=False, config=None, roles=None):
     """Break a deploy lock left by a run that is gone (always when older than lock.ttl; else with --force)."""
     cfg = load_config(config)
     printer = Printer()
     errors = []
-    for conn in target_connections(c, cfg):
+    for conn in target_connections(c, cfg, roles):
         host = host_label(conn)
         try:
             open_connection(conn)
@@ -157,6 +181,29 @@ def _exit_if_failed(errors: list[str]) -> None:
     """One line per failed host on stderr, exit status 1."""
     if errors:
         raise Exit("\n".join(f"fabdeploy: {e}" for e in errors), code=1)
+
+
+def _positive(value, flag: str):
+    number = _seconds(value, flag)
+    if number == 0:
+        raise ConfigError(f"{flag} takes a number >= 1 (got {value!r})")
+    return number
+
+
+def _parallel(value, cfg: Config) -> int:
+    return _positive(value, "--parallel") or cfg.fleet.parallel
+
+
+def _rolling(value):
+    """--rolling N or N%: checked like fleet.rolling."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    parsed = int(text) if text.isdigit() else text
+    problem = check_rolling(parsed)
+    if problem:
+        raise ConfigError(f"--rolling {problem} (got {value!r})")
+    return parsed
 
 
 def _seconds(value, flag: str):

@@ -435,7 +435,7 @@ def web(request):
 
 def check(addr, port, path, want=0, timeout=1, host="example.com"):
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", health.CHECK_PY, addr, str(port), host, path, str(want),
+    proc = subprocess.run([sys.executable, "-c", health.CHECK_PY, "http", addr, str(port), host, path, str(want),
                            str(timeout)], capture_output=True, text=True, timeout=60)
     return proc, time.monotonic() - start
 
