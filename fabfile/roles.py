@@ -99,9 +99,16 @@ def select(cfg: Config, cli_hosts: list[str], roles: tuple[str, ...] = ROLES) ->
     return picked
 
 
+def attach(conn, server: Server):
+    """Remember which Server a Connection is for. (A plain attribute set on an invoke Context becomes a
+    config update, and the Connections of one run share their config: set it on the instance itself.)"""
+    object.__setattr__(conn, "fabdeploy_server", server)
+    return conn
+
+
 def server_of(conn) -> Server:
     """The Server a connection was made for (see tasks.target_connections); a plain app host otherwise."""
-    return getattr(conn, "fabdeploy_server", None) or Server(conn.host, "app")
+    return conn.__dict__.get("fabdeploy_server") or Server(conn.host, "app")
 
 
 def bind_address(cfg: Config, server: Server) -> str:

@@ -16,7 +16,7 @@ from .errors import ConfigError, FabdeployError
 from .logs import show_logs
 from .output import Printer
 from .plan import plan_all
-from .roles import balanced, parse_roles, select
+from .roles import attach, balanced, parse_roles, select
 from .rollback import rollback_all
 from .runner import run_script
 from .script import Script
@@ -47,13 +47,12 @@ def target_connections(c, cfg: Config, roles: str | None = None) -> list[Connect
     ("app", "lb", "app,lb") narrows them."""
     wanted = parse_roles(roles)
     if isinstance(c, Connection):
-        c.fabdeploy_server = select(cfg, [c.original_host or _target(c)], wanted)[0]
+        attach(c, select(cfg, [c.original_host or _target(c)], wanted)[0])
         return [prepare(c, cfg)]
     conns = []
     for server in select(cfg, executor.cli_hosts(c), wanted):
         conn = make_connection(server.target, cfg, c.config)
-        conn.fabdeploy_server = server
-        conns.append(conn)
+        conns.append(attach(conn, server))
     return conns
 
 

@@ -31,10 +31,22 @@ def index(request):
     return render(request, "pages/index.html", context)
 
 
+def served_by():
+    """The socket uWSGI serves this app on (host:port behind a load balancer); "" outside uWSGI."""
+    try:
+        import uwsgi
+    except ImportError:
+        return ""
+    sock = uwsgi.opt.get("socket", b"")
+    sock = sock[0] if isinstance(sock, list) else sock
+    return sock.decode() if isinstance(sock, bytes) else str(sock)
+
+
 def whoami(request):
     return JsonResponse(
         {
             "release": current_release(),
+            "socket": served_by(),
             "cwd": os.getcwd(),
             "pid": os.getpid(),
             "host": socket.gethostname(),

@@ -1,0 +1,239 @@
+"""A fleet behind a load balancer, on real hosts: three app hosts (uWSGI over TCP) and one lb host (nginx
+with an upstream of the three), four network namespaces.
+
+- one `fab deploy` deploys all four in parallel, with one release id, and prints the summary table; the
+  wall time of a sequential run (--parallel 1) is measured beside it and printed (never asserted);
+- requests through the balancer reach all three app hosts (each reports the socket it serves on);
+  static files come from the balancer's own disk; media from a shared mount reach every app host;
+- ip_hash keeps one client on one app host; least_conn with weights renders and is live;
+- a rolling deploy (--rolling 1) under bounded load through the balancer drops no request;
+- one app host unreachable: no host switches, and the summary says why.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import make_project, run_fab, sample_config
+
+WORKERS = 4
+MAX_REQUESTS = 20_000
+MAX_SECONDS = 300
+
+
+def fleet_config(apps, lb, extra: str = "") -> str:
+    base = sample_config(lb)
+    base = base.replace(f'hosts = ["{lb.ssh_target()}"]\n', "")
+    roles = ("[roles]\napp = [" + ", ".join(f'"{a.ssh_target()}"' for a in apps) + "]\n"
+             f'lb = ["{lb.ssh_target()}"]\n')
+    return base + roles + extra
+
+
+@pytest.fixture(scope="module")
+def fleet(make_host, tmp_path_factory, wheel_cache):
+    apps = [make_host(f"lbapp{i}") for i in (1, 2, 3)]
+    lb = make_host("lbfront")
+    proj = make_project(tmp_path_factory.mktemp("lbfleet"))
+    # media on a "shared mount": one directory outside the hosts' private paths, linked from every app host
+    media = Path(f"/var/tmp/fabdeploy-lb-media-{os.getpid()}")
+    media.mkdir(mode=0o755, exist_ok=True)
+    shutil.chown(media, "deploy", "deploy")
+    for a in apps:
+        a.exec("mkdir -p /srv/sample/shared && chown -R deploy:deploy /srv/sample", user="root")
+        a.exec(["ln", "-sfn", str(media), "/srv/sample/shared/media"], user="deploy")
+    proj.write_config(fleet_config(apps, lb))
+    yield apps, lb, proj, wheel_cache
+    shutil.rmtree(media, ignore_errors=True)
+
+
+def get(lb, path: str, headers: dict | None = None) -> tuple[int, bytes]:
+    status, _, body = lb.http(path, host_header=lb.address, headers=headers)
+    return status, body
+
+
+def whoami(lb, headers: dict | None = None) -> dict:
+    status, body = get(lb, "/whoami", headers)
+    assert status == 200, body[:300]
+    return json.loads(body)
+
+
+def table(stdout: str) -> dict[str, list[str]]:
+    lines = stdout[stdout.index("HOST "):].splitlines()
+    assert lines[0].split() == ["HOST", "RELEASE", "DURATION", "RESULT", "ERROR"]
+    return {ln.split()[0]: ln.split() for ln in lines[1:] if ln.strip()}
+
+
+def test_fleet_deploys_in_parallel_and_the_balancer_reaches_every_app_host(fleet, capsys):
+    apps, lb, proj, cache = fleet
+    res = run_fab(proj.root, "deploy", cache=cache)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = table(res.stdout)
+    assert sorted(rows) == sorted([a.address for a in apps] + [lb.address])
+    assert all(r[3] == "ok" for r in rows.values()), res.stdout
+    assert len({r[1] for r in rows.values()}) == 1  # one release id everywhere
+    rel = rows[lb.address][1]
+
+    # each app host: uWSGI on its own address and port 8001, no nginx site of its own
+    for a in apps:
+        ini = a.path("/srv/sample/shared/config/uwsgi.ini").read_text()
+        assert f"socket = {a.address}:8001" in ini
+        assert not a.path("/etc/nginx/sites-enabled/sample").exists()
+    site = lb.path("/etc/nginx/sites-available/sample").read_text()
+    for a in apps:
+        assert f"server {a.address}:8001 max_fails=1 fail_timeout=10s;" in site
+
+    seen = Counter(whoami(lb)["socket"] for _ in range(30))
+    assert set(seen) == {f"{a.address}:8001" for a in apps}, seen
+    assert min(seen.values()) >= 5, seen  # round robin spreads the requests
+    assert all(whoami(lb)["release"] == rel for _ in range(6))
+
+    # static files: served by the balancer from its own copy of this release's files
+    status, css = get(lb, "/static/pages/site.css")
+    assert status == 200
+    assert lb.path(f"/srv/sample/shared/static/{rel}/pages/site.css").read_bytes() == css
+    assert os.readlink(lb.path("/srv/sample/shared/static/current")) == rel
+
+    # media: uploaded through the balancer to one app host, reachable through every app host
+    name = f"m{os.getpid()}.txt"
+    conn = http.client.HTTPConnection(lb.address, 80, timeout=10)
+    boundary = "fabdeploy-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: text/plain\r\n\r\nshared media\r\n--{boundary}--\r\n").encode()
+    conn.request("POST", "/upload", body=body, headers={
+        "Host": lb.address, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    resp = conn.getresponse()
+    saved = resp.read().decode()
+    assert resp.status == 200, saved
+    conn.close()
+    for _ in range(6):
+        status, data = get(lb, f"/media/{saved}")
+        assert (status, data) == (200, b"shared media")
+
+    # status: every host healthy, the lb's line says what it is
+    st = run_fab(proj.root, "status")
+    assert st.returncode == 0, st.stdout + st.stderr
+    assert "load balancer; static files of " + rel in st.stdout
+    assert "uwsgi protocol, straight to uWSGI" in st.stdout
+    assert "DRIFT" not in st.stdout
+
+    # parallel vs one host after another: a code-only redeploy each way, timed side by side
+    times = {}
+    for label, args in (("sequential", ["--parallel", "1"]), ("parallel", [])):
+        proj.commit(label, {"pages/message.txt": f"{label} run\n"})
+        start = time.monotonic()
+        r = run_fab(proj.root, "deploy", *args, cache=cache)
+        times[label] = time.monotonic() - start
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"{label} run".encode() in get(lb, "/")[1]
+    with capsys.disabled():
+        print(f"\nfleet of 3 app + 1 lb, code-only redeploy: one host at a time {times['sequential']:.1f}s, "
+              f"in parallel {times['parallel']:.1f}s (ratio {times['sequential'] / times['parallel']:.2f})")
+
+
+def test_ip_hash_keeps_a_client_on_one_app_host_and_least_conn_with_weights_is_live(fleet):
+    apps, lb, proj, cache = fleet
+    proj.write_config(fleet_config(apps, lb, '[balancer]\nmethod = "ip_hash"\n'))
+    res = run_fab(proj.root, "deploy", cache=cache)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "ip_hash;" in lb.path("/etc/nginx/sites-available/sample").read_text()
+    assert len({whoami(lb)["socket"] for _ in range(12)}) == 1  # this machine is one client address
+
+    weighted = fleet_config(apps, lb, '[balancer]\nmethod = "least_conn"\n').replace(
+        f'"{apps[0].ssh_target()}"', f'{{ host = "{apps[0].ssh_target()}", weight = 3, max_fails = 2 }}')
+    proj.write_config(weighted)
+    res = run_fab(proj.root, "deploy", cache=cache)
+    assert res.returncode == 0, res.stdout + res.stderr
+    site = lb.path("/etc/nginx/sites-available/sample").read_text()
+    assert "least_conn;" in site and f"server {apps[0].address}:8001 weight=3 max_fails=2" in site
+    assert lb.exec("nginx -t", user="root").returncode == 0
+    assert len({whoami(lb)["socket"] for _ in range(30)}) == 3
+    proj.write_config(fleet_config(apps, lb))
+
+
+class Load:
+    """Constant GETs through the balancer, bounded in count and time."""
+
+    def __init__(self, lb):
+        self.lb, self.samples, self.stop = lb, [], threading.Event()
+        self.lock = threading.Lock()
+        self.deadline = time.monotonic() + MAX_SECONDS
+        self.threads = [threading.Thread(target=self.loop, daemon=True) for _ in range(WORKERS)]
+
+    def loop(self):
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            with self.lock:
+                if len(self.samples) >= MAX_REQUESTS:
+                    return
+            try:
+                conn = http.client.HTTPConnection(self.lb.address, 80, timeout=30)
+                conn.request("GET", "/whoami", headers={"Host": self.lb.address})
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                sample = (time.monotonic(), resp.status, json.loads(body)["release"] if resp.status == 200 else "")
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded and fails the test
+                sample = (time.monotonic(), None, f"{type(exc).__name__}: {exc}")
+            with self.lock:
+                self.samples.append(sample)
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=40)
+
+
+def test_rolling_deploy_under_load_drops_no_request(fleet):
+    apps, lb, proj, cache = fleet
+    proj.commit("rolling", {"pages/message.txt": "rolled out\n"})
+    with Load(lb) as load:
+        time.sleep(1)
+        res = run_fab(proj.root, "deploy", "--rolling", "1", cache=cache)
+        done = time.monotonic()
+        time.sleep(1)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for n in (1, 2, 3):
+        assert f"rolling: batch {n}/3" in res.stdout
+    assert res.stdout.count("out of the upstream:") >= 3
+    rel = table(res.stdout)[lb.address][1]
+    failed = [s for s in load.samples if s[1] != 200]
+    assert len(load.samples) > 50 and not failed, (len(load.samples), failed[:5])
+    after = [s[2] for s in load.samples if s[0] > done + 0.2]
+    assert after and set(after) == {rel}
+    site = lb.path("/etc/nginx/sites-available/sample").read_text()
+    assert " down;" not in site  # every host back in the upstream
+
+
+def test_one_app_host_unreachable_switches_no_host(fleet):
+    apps, lb, proj, cache = fleet
+    before = whoami(lb)["release"]
+    static_before = os.readlink(lb.path("/srv/sample/shared/static/current"))
+    down = apps[2]
+    os.kill(down.sshd_pid, signal.SIGTERM)  # connection refused from now on (last test of the module)
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{down.sshd_pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proj.commit("never live", {"pages/message.txt": "must not go live\n"})
+    res = run_fab(proj.root, "deploy", cache=cache)
+    assert res.returncode == 1, res.stdout + res.stderr
+    rows = table(res.stdout)
+    assert rows[down.address][3] == "FAILED" and "cannot connect" in " ".join(rows[down.address][4:])
+    for h in (apps[0], apps[1], lb):
+        assert rows[h.address][3] == "FAILED" and "not switched" in " ".join(rows[h.address][4:]), res.stdout
+    assert {whoami(lb)["release"] for _ in range(9)} == {before}
+    assert os.readlink(lb.path("/srv/sample/shared/static/current")) == static_before
+    assert b"must not go live" not in get(lb, "/")[1]

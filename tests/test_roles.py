@@ -1,0 +1,645 @@
+"""Roles and the load balancer: config validation, host selection, rolling batches, the lb's upstream site
+(checked by the real `nginx -t`), the app hosts' uWSGI TCP socket, and the health check in the uwsgi
+protocol against a real uWSGI.
+
+Nothing here uses SSH.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fabdeploy import health, phases, roles
+from fabdeploy.config import parse_config
+from fabdeploy.errors import ConfigError
+from fabdeploy.phases import Facts, Release
+from fabdeploy.roles import Server
+
+REL_ID = "20260101T000000Z-abcdef0"
+VENV = "0123456789abcdef"
+UWSGI = str(Path(sys.executable).parent / "uwsgi")
+LB = "deploy@10.0.0.10"
+
+
+def make_cfg(deploy_to="/srv/shop", **sections):
+    data = {
+        "project": {"name": "shop", "django_settings": "shop.settings", "wsgi": "shop.wsgi:application"},
+        "paths": {"deploy_to": str(deploy_to)},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(copy.deepcopy(values))
+    return parse_config(data)
+
+
+def lb_cfg(app=("deploy@10.0.0.1", "deploy@10.0.0.2"), lb=(LB,), **sections):
+    """A balanced config: app hosts behind one load balancer."""
+    return make_cfg(roles={"app": list(app), "lb": list(lb)}, **sections)
+
+
+def make_rel() -> Release:
+    return Release(REL_ID, "a" * 40, "main", "git", "2026-01-01T00:00:00Z", "tester", VENV)
+
+
+def config_error(**sections) -> str:
+    with pytest.raises(ConfigError) as info:
+        make_cfg(**sections)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def app_server(cfg, target) -> Server:
+    return next(s for s in roles.servers(cfg) if s.target == target)
+
+
+# === config validation ========================================================================================
+
+def test_roles_item_with_an_unknown_key_names_it_and_suggests():
+    msg = config_error(roles={"app": [{"host": "deploy@10.0.0.1", "wieght": 2}]})
+    assert msg.startswith("roles.app item 1 has an unknown key 'wieght' (did you mean 'weight'?)")
+
+
+@pytest.mark.parametrize("weight", [0, "2", True, 1001])
+def test_roles_item_bad_weight(weight):
+    msg = config_error(roles={"app": ["deploy@10.0.0.2", {"host": "deploy@10.0.0.1", "weight": weight}]})
+    assert msg.startswith("roles.app item 2 (deploy@10.0.0.1) weight must be ")
+    assert f"(got {weight!r})" in msg
+
+
+def test_roles_item_without_host():
+    assert config_error(roles={"app": [{"weight": 2}]}).startswith("roles.app item 1 has no host")
+
+
+def test_roles_bad_host_string():
+    msg = config_error(roles={"app": ["deploy@web 1"]})
+    assert msg.startswith("roles.app item 1 (deploy@web 1) host must be [user@]host[:port]")
+
+
+def test_host_listed_in_two_roles():
+    msg = config_error(roles={"app": ["deploy@10.0.0.1", "deploy@10.0.0.2"], "lb": ["deploy@10.0.0.2"]})
+    assert msg == "host deploy@10.0.0.2 is listed twice (roles.app and roles.lb); a host has one role"
+
+
+def test_host_listed_twice_in_one_role():
+    msg = config_error(roles={"app": ["deploy@10.0.0.1", {"host": "deploy@10.0.0.1", "weight": 2}]})
+    assert msg == "host deploy@10.0.0.1 is listed twice (roles.app and roles.app); a host has one role"
+
+
+def test_lb_without_app_hosts():
+    assert config_error(roles={"lb": [LB]}) == "roles.lb needs app hosts to balance: roles.app is empty"
+
+
+def test_project_hosts_together_with_roles():
+    msg = config_error(project={"hosts": ["deploy@10.0.0.3"]}, roles={"app": ["deploy@10.0.0.1"]})
+    assert msg.startswith("project.hosts and [roles] both list hosts: use one")
+
+
+@pytest.mark.parametrize("method", ["ip_hash", "hash"])
+def test_backup_is_refused_with_hash_methods(method):
+    msg = config_error(roles={"app": ["deploy@10.0.0.1", {"host": "deploy@10.0.0.2", "backup": True}],
+                              "lb": [LB]}, balancer={"method": method})
+    assert msg == (f'roles.app: backup servers cannot be used with balancer.method = "{method}" '
+                   "(nginx refuses it)")
+
+
+@pytest.mark.parametrize("method", ["round_robin", "least_conn"])
+def test_backup_is_accepted_with_other_methods(method):
+    cfg = lb_cfg(app=["deploy@10.0.0.1", {"host": "deploy@10.0.0.2", "backup": True}],
+                 balancer={"method": method})
+    assert [s.backup for s in roles.servers(cfg) if s.role == "app"] == [False, True]
+
+
+@pytest.mark.parametrize("setting", [{"weight": 2}, {"backup": True}, {"address": "10.0.0.9"}])
+def test_lb_entry_with_app_settings(setting):
+    msg = config_error(roles={"app": ["deploy@10.0.0.1"], "lb": [{"host": LB, **setting}]})
+    assert msg == f"roles.lb {LB}: weight, backup, address... are settings of app hosts"
+
+
+def test_lb_entry_as_table_with_host_only_is_fine():
+    cfg = lb_cfg(lb=[{"host": LB}])
+    assert [s.target for s in roles.servers(cfg) if s.role == "lb"] == [LB]
+
+
+@pytest.mark.parametrize("rolling", ["30", "0%", "150%", -1, True, 10001, 2.5, "30 %"])
+def test_fleet_rolling_invalid(rolling):
+    msg = config_error(fleet={"rolling": rolling})
+    assert msg.startswith("fleet.rolling must be ") and msg.endswith(f"(got {rolling!r})")
+
+
+@pytest.mark.parametrize("rolling", [0, 2, "30%", "100%", "1%"])
+def test_fleet_rolling_valid(rolling):
+    assert make_cfg(fleet={"rolling": rolling}).fleet.rolling == rolling
+
+
+@pytest.mark.parametrize("method", ["random", "RoundRobin", "", 1])
+def test_balancer_method_invalid(method):
+    msg = config_error(balancer={"method": method})
+    assert msg == ('balancer.method must be one of "round_robin", "least_conn", "ip_hash", "hash" '
+                   f"(got {method!r})")
+
+
+@pytest.mark.parametrize("bind", ["localhost", "10.0.0.1:8001", "::1", 1])
+def test_balancer_bind_invalid(bind):
+    msg = config_error(balancer={"bind": bind})
+    assert msg.startswith("balancer.bind must be ") and msg.endswith(f"(got {bind!r})")
+
+
+def test_unknown_balancer_key_is_suggested():
+    assert config_error(balancer={"methd": "hash"}) == "unknown key balancer.methd (did you mean 'method'?)"
+
+
+def test_balancer_and_fleet_defaults():
+    cfg = make_cfg()
+    assert cfg.fleet.parallel == 10 and cfg.fleet.rolling == 0
+    assert cfg.roles.app == [] and cfg.roles.lb == []
+    b = cfg.balancer
+    assert (b.method, b.hash_key, b.hash_consistent, b.keepalive, b.port, b.bind, b.app_nginx, b.media,
+            b.max_fails, b.fail_timeout) == ("round_robin", "$request_uri", True, 0, 8001, "", False, "app", 1, 10)
+
+
+# === servers() ================================================================================================
+
+def test_servers_from_strings_and_inline_tables():
+    cfg = lb_cfg(app=["deploy@10.0.0.1",
+                      {"host": "deploy@app2.internal", "address": "10.0.0.2", "weight": 3, "backup": True,
+                       "max_fails": 5, "fail_timeout": 60}],
+                 lb=[LB, {"host": "deploy@10.0.0.11"}])
+    assert roles.servers(cfg) == [
+        Server("deploy@10.0.0.1", "app", "", 1, False, 1, 10),
+        Server("deploy@app2.internal", "app", "10.0.0.2", 3, True, 5, 60),
+        Server(LB, "lb", "", 1, False, 1, 10),
+        Server("deploy@10.0.0.11", "lb", "", 1, False, 1, 10),
+    ]
+    assert roles.balanced(cfg)
+
+
+def test_servers_defaults_come_from_the_balancer_section():
+    cfg = lb_cfg(app=["deploy@10.0.0.1", {"host": "deploy@10.0.0.2", "max_fails": 0}],
+                 balancer={"max_fails": 4, "fail_timeout": 25})
+    apps = [s for s in roles.servers(cfg) if s.role == "app"]
+    assert [(s.max_fails, s.fail_timeout) for s in apps] == [(4, 25), (0, 25)]
+
+
+def test_project_hosts_are_app_servers():
+    cfg = make_cfg(project={"hosts": ["deploy@10.0.0.1", "web2:2222"]}, balancer={"max_fails": 2, "fail_timeout": 7})
+    assert roles.servers(cfg) == [Server("deploy@10.0.0.1", "app", max_fails=2, fail_timeout=7),
+                                  Server("web2:2222", "app", max_fails=2, fail_timeout=7)]
+    assert not roles.balanced(cfg)
+
+
+def test_no_hosts_at_all():
+    assert roles.servers(make_cfg()) == []
+
+
+@pytest.mark.parametrize("target, hostname", [
+    ("deploy@10.0.0.1", "10.0.0.1"),
+    ("10.0.0.1:2222", "10.0.0.1"),
+    ("deploy@[::1]:22", "::1"),
+    ("[fd00::2]", "fd00::2"),
+    ("web1", "web1"),
+    ("deploy@web1.example.com:22", "web1.example.com"),
+])
+def test_server_hostname(target, hostname):
+    assert Server(target).hostname == hostname
+    assert Server(target).upstream_address == hostname
+
+
+def test_server_address_overrides_the_upstream_address():
+    assert Server("deploy@app1.internal", address="10.0.0.7").upstream_address == "10.0.0.7"
+
+
+# === select() =================================================================================================
+
+def test_select_without_h_takes_every_configured_host():
+    cfg = lb_cfg()
+    assert [s.target for s in roles.select(cfg, [])] == ["deploy@10.0.0.1", "deploy@10.0.0.2", LB]
+
+
+def test_select_matches_h_by_exact_target():
+    cfg = lb_cfg(app=["deploy@10.0.0.1", {"host": "deploy@10.0.0.2", "weight": 4}])
+    assert roles.select(cfg, ["deploy@10.0.0.2"]) == [Server("deploy@10.0.0.2", "app", weight=4)]
+
+
+def test_select_matches_h_by_host_name_keeping_the_h_target():
+    cfg = lb_cfg(app=["deploy@10.0.0.1", {"host": "deploy@10.0.0.2", "weight": 4, "max_fails": 3}])
+    chosen = roles.select(cfg, ["root@10.0.0.2:2222", "10.0.0.10"])
+    assert chosen == [Server("root@10.0.0.2:2222", "app", weight=4, max_fails=3),
+                      Server("10.0.0.10", "lb")]
+
+
+def test_select_h_host_not_in_roles_is_an_error_with_a_balancer():
+    with pytest.raises(ConfigError) as info:
+        roles.select(lb_cfg(), ["deploy@10.0.0.99"])
+    assert str(info.value) == "host deploy@10.0.0.99 (-H) is in no role of [roles]; add it to roles.app or roles.lb"
+
+
+def test_select_unknown_h_host_is_an_app_host_without_a_balancer():
+    cfg = make_cfg(project={"hosts": ["deploy@10.0.0.1"]})
+    assert roles.select(cfg, ["deploy@10.0.0.99"]) == [Server("deploy@10.0.0.99", "app")]
+    assert roles.select(make_cfg(), ["web9"]) == [Server("web9", "app")]
+
+
+def test_select_filters_by_role():
+    cfg = lb_cfg()
+    assert [s.target for s in roles.select(cfg, [], ("app",))] == ["deploy@10.0.0.1", "deploy@10.0.0.2"]
+    assert [s.target for s in roles.select(cfg, [], ("lb",))] == [LB]
+    assert [s.target for s in roles.select(cfg, ["deploy@10.0.0.1", LB], ("lb",))] == [LB]
+
+
+def test_select_role_filter_leaving_nothing_is_an_error():
+    with pytest.raises(ConfigError) as info:
+        roles.select(lb_cfg(), ["deploy@10.0.0.1"], ("lb",))
+    assert str(info.value) == "no hosts with role lb among the selected hosts"
+
+
+def test_select_without_any_host_is_an_error():
+    with pytest.raises(ConfigError) as info:
+        roles.select(make_cfg(), [])
+    assert str(info.value).startswith("no hosts: pass -H user@host")
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, ("app", "lb")), ("", ("app", "lb")), ("app", ("app",)), ("lb", ("lb",)),
+    ("app,lb", ("app", "lb")), (" lb , app ", ("lb", "app")),
+])
+def test_parse_roles(value, expected):
+    assert roles.parse_roles(value) == expected
+
+
+def test_parse_roles_rejects_an_unknown_role():
+    with pytest.raises(ConfigError) as info:
+        roles.parse_roles("app,web")
+    assert str(info.value) == "--roles: unknown role 'web' (roles are: app, lb)"
+
+
+# === batches() ================================================================================================
+
+HOSTS5 = ["h1", "h2", "h3", "h4", "h5"]
+
+
+@pytest.mark.parametrize("items, rolling, sizes", [
+    (HOSTS5, 0, [5]),
+    (HOSTS5, 2, [2, 2, 1]),
+    (HOSTS5, 1, [1, 1, 1, 1, 1]),
+    (HOSTS5, 7, [5]),
+    (HOSTS5, "30%", [2, 2, 1]),
+    (HOSTS5, "100%", [5]),
+    (HOSTS5, "1%", [1, 1, 1, 1, 1]),
+    (["h1"], "1%", [1]),
+    (["h1"], 0, [1]),
+    ([], 2, []),
+])
+def test_batches(items, rolling, sizes):
+    groups = roles.batches(items, rolling)
+    assert [len(g) for g in groups] == sizes
+    assert [h for g in groups for h in g] == items  # every host once, in order
+
+
+# === the load balancer's site =================================================================================
+
+def upstream_lines(site: str) -> list[str]:
+    lines = [ln.strip() for ln in site.splitlines()]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("upstream "))
+    end = lines.index("}", start)
+    return lines[start:end + 1]
+
+
+def nginx_t(tmp_path: Path, site: str) -> subprocess.CompletedProcess:
+    """The real `nginx -t` on a site (log paths moved under tmp_path), like test_phases does."""
+    site = site.replace("/var/log/nginx/", f"{tmp_path}/")
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "uwsgi_params").write_text("")
+    (tmp_path / "nginx.conf").write_text(f"pid {tmp_path}/nginx.pid;\nevents {{}}\nhttp {{ include site.conf; }}\n")
+    return subprocess.run(["nginx", "-t", "-q", "-e", "stderr", "-p", f"{tmp_path}/",
+                           "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True, timeout=60)
+
+
+LB_CASES = [
+    pytest.param(
+        dict(app=[{"host": "deploy@10.0.0.1", "weight": 3}, "deploy@10.0.0.2"]), {}, (),
+        ["upstream shop_app {",
+         "server 10.0.0.1:8001 weight=3 max_fails=1 fail_timeout=10s;",
+         "server 10.0.0.2:8001 max_fails=1 fail_timeout=10s;",
+         "}"], id="round_robin-weights"),
+    pytest.param(
+        dict(app=["deploy@10.0.0.1", {"host": "deploy@10.0.0.2", "backup": True, "max_fails": 0,
+                                      "fail_timeout": 90}]),
+        {"max_fails": 3, "fail_timeout": 30, "port": 9000}, (),
+        ["upstream shop_app {",
+         "server 10.0.0.1:9000 max_fails=3 fail_timeout=30s;",
+         "server 10.0.0.2:9000 max_fails=0 fail_timeout=90s backup;",
+         "}"], id="round_robin-backup-fails-port"),
+    pytest.param(
+        dict(app=[{"host": "deploy@10.0.0.1", "weight": 2}, {"host": "deploy@10.0.0.2", "backup": True}]),
+        {"method": "least_conn", "keepalive": 16}, (),
+        ["upstream shop_app {",
+         "least_conn;",
+         "server 10.0.0.1:8001 weight=2 max_fails=1 fail_timeout=10s;",
+         "server 10.0.0.2:8001 max_fails=1 fail_timeout=10s backup;",
+         "keepalive 16;",
+         "}"], id="least_conn-backup-keepalive"),
+    pytest.param(
+        dict(app=[{"host": "deploy@10.0.0.1", "weight": 5}, "deploy@[fd00::3]:22"]),
+        {"method": "ip_hash"}, (),
+        ["upstream shop_app {",
+         "ip_hash;",
+         "server 10.0.0.1:8001 weight=5 max_fails=1 fail_timeout=10s;",
+         "server [fd00::3]:8001 max_fails=1 fail_timeout=10s;",
+         "}"], id="ip_hash-weights-ipv6"),
+    pytest.param(
+        dict(app=["deploy@10.0.0.1", {"host": "deploy@10.0.0.2", "weight": 2}]),
+        {"method": "hash"}, (),
+        ["upstream shop_app {",
+         "hash $request_uri consistent;",
+         "server 10.0.0.1:8001 max_fails=1 fail_timeout=10s;",
+         "server 10.0.0.2:8001 weight=2 max_fails=1 fail_timeout=10s;",
+         "}"], id="hash-consistent"),
+    pytest.param(
+        dict(app=["deploy@10.0.0.1", "deploy@10.0.0.2"]),
+        {"method": "hash", "hash_consistent": False, "hash_key": "$remote_addr", "keepalive": 4}, (),
+        ["upstream shop_app {",
+         "hash $remote_addr;",
+         "server 10.0.0.1:8001 max_fails=1 fail_timeout=10s;",
+         "server 10.0.0.2:8001 max_fails=1 fail_timeout=10s;",
+         "keepalive 4;",
+         "}"], id="hash-not-consistent"),
+    pytest.param(
+        dict(app=[{"host": "deploy@app1.internal", "address": "10.0.0.7"}, "deploy@10.0.0.2",
+                  {"host": "deploy@10.0.0.3", "backup": True}]),
+        {}, ("deploy@10.0.0.2", "deploy@10.0.0.3"),
+        ["upstream shop_app {",
+         "server 10.0.0.7:8001 max_fails=1 fail_timeout=10s;",
+         "server 10.0.0.2:8001 max_fails=1 fail_timeout=10s down;",
+         "server 10.0.0.3:8001 max_fails=1 fail_timeout=10s backup down;",
+         "}"], id="address-and-drained"),
+    pytest.param(
+        dict(app=["deploy@10.0.0.1", "deploy@10.0.0.2"]), {"method": "ip_hash"}, ("deploy@10.0.0.1",),
+        ["upstream shop_app {",
+         "ip_hash;",
+         "server 10.0.0.1:8001 max_fails=1 fail_timeout=10s down;",
+         "server 10.0.0.2:8001 max_fails=1 fail_timeout=10s;",
+         "}"], id="ip_hash-drained"),
+]
+
+
+@pytest.mark.parametrize("roles_, balancer, drained, expected", LB_CASES)
+def test_lb_site_upstream_and_nginx_accepts_it(tmp_path, roles_, balancer, drained, expected):
+    cfg = lb_cfg(**roles_, balancer=balancer)
+    site = phases.lb_site(cfg, drained=set(drained))
+    assert upstream_lines(site) == expected
+    proc = nginx_t(tmp_path, site)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_lb_site_server_block(tmp_path):
+    cfg = lb_cfg(nginx={"server_name": "example.com", "listen": 8080, "client_max_body_size": "20M"})
+    site = phases.lb_site(cfg)
+    lines = [ln.strip() for ln in site.splitlines()]
+    assert "listen 8080;" in lines and "server_name example.com;" in lines and "client_max_body_size 20M;" in lines
+    i = lines.index("location /static/ {")
+    assert lines[i + 1:i + 4] == ["alias /srv/shop/shared/static/current/;", "expires 30d;", "}"]
+    k = lines.index("location / {")
+    assert lines[k + 1:k + 3] == ["uwsgi_pass shop_app;", "include uwsgi_params;"]
+    assert "location /media/ {" not in lines  # balancer.media = "app": the app hosts serve it
+    assert site.count("{") == site.count("}")
+    proc = nginx_t(tmp_path, site)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_lb_site_serves_media_itself_with_media_lb(tmp_path):
+    cfg = lb_cfg(balancer={"media": "lb"}, django={"media_url": "/files/"})
+    lines = [ln.strip() for ln in phases.lb_site(cfg).splitlines()]
+    j = lines.index("location /files/ {")
+    assert lines[j + 1:j + 3] == ["alias /srv/shop/shared/media/;", "}"]
+    proc = nginx_t(tmp_path, phases.lb_site(cfg))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_lb_site_upstream_name_of_a_dotted_project(tmp_path):
+    cfg = lb_cfg(project={"name": "my.shop"})
+    site = phases.lb_site(cfg)
+    assert upstream_lines(site)[0] == "upstream my_shop_app {"
+    assert "        uwsgi_pass my_shop_app;" in site.splitlines()
+    assert nginx_t(tmp_path, site).returncode == 0
+
+
+def test_nginx_site_of_an_lb_host_is_the_lb_site():
+    cfg = lb_cfg()
+    lb = app_server(cfg, LB)
+    assert phases.nginx_site(cfg, lb) == phases.lb_site(cfg)
+
+
+# === app hosts: uWSGI on TCP ==================================================================================
+
+def ini_values(text: str, key: str) -> list[str]:
+    return [ln.partition("=")[2].strip() for ln in text.splitlines() if ln.partition("=")[0].strip() == key]
+
+
+@pytest.mark.parametrize("app, balancer, socket_", [
+    ("deploy@10.0.0.1", {}, "10.0.0.1:8001"),
+    ({"host": "deploy@app1.internal", "address": "10.0.0.5"}, {"port": 9100}, "10.0.0.5:9100"),
+    ("deploy@10.0.0.1", {"bind": "0.0.0.0"}, "0.0.0.0:8001"),
+    ("deploy@10.0.0.1", {"bind": "[::]"}, "[::]:8001"),
+    ("deploy@[fd00::1]:22", {}, "[fd00::1]:8001"),
+    ("deploy@app1.internal", {}, "0.0.0.0:8001"),
+])
+def test_uwsgi_ini_of_a_balanced_app_host_binds_tcp_and_serves_media(app, balancer, socket_):
+    cfg = lb_cfg(app=[app], balancer=balancer)
+    server = next(s for s in roles.servers(cfg) if s.role == "app")
+    text = phases.uwsgi_ini(cfg, make_rel(), server)
+    assert ini_values(text, "socket") == [socket_]
+    assert ini_values(text, "static-map") == ["/media=/srv/shop/shared/media"]
+    assert ini_values(text, "offload-threads") == ["1"]
+
+
+def test_uwsgi_ini_static_map_follows_media_url():
+    cfg = lb_cfg(django={"media_url": "/files/up/"})
+    text = phases.uwsgi_ini(cfg, make_rel(), app_server(cfg, "deploy@10.0.0.1"))
+    assert ini_values(text, "static-map") == ["/files/up=/srv/shop/shared/media"]
+
+
+def test_uwsgi_ini_without_static_map_when_the_lb_serves_media():
+    cfg = lb_cfg(balancer={"media": "lb"})
+    text = phases.uwsgi_ini(cfg, make_rel(), app_server(cfg, "deploy@10.0.0.1"))
+    assert ini_values(text, "socket") == ["10.0.0.1:8001"]
+    assert ini_values(text, "static-map") == [] and ini_values(text, "offload-threads") == []
+
+
+def test_uwsgi_ini_of_an_unbalanced_host_keeps_the_unix_socket():
+    cfg = make_cfg(project={"hosts": ["deploy@10.0.0.1"]})
+    for server in (None, roles.servers(cfg)[0]):
+        text = phases.uwsgi_ini(cfg, make_rel(), server)
+        assert ini_values(text, "socket") == ["/srv/shop/shared/run/uwsgi.sock"]
+        assert ini_values(text, "static-map") == [] and ini_values(text, "offload-threads") == []
+    # roles.app without an lb: every app host still serves itself
+    cfg = make_cfg(roles={"app": ["deploy@10.0.0.1"]})
+    text = phases.uwsgi_ini(cfg, make_rel(), roles.servers(cfg)[0])
+    assert ini_values(text, "socket") == ["/srv/shop/shared/run/uwsgi.sock"]
+    assert ini_values(text, "static-map") == []
+
+
+@pytest.mark.parametrize("app, balancer, upstream", [
+    ("deploy@10.0.0.1", {}, "10.0.0.1:8001"),
+    ("deploy@app1.internal", {}, "127.0.0.1:8001"),
+    ("deploy@10.0.0.1", {"bind": "0.0.0.0", "port": 9000}, "127.0.0.1:9000"),
+    ("deploy@10.0.0.1", {"bind": "[::1]"}, "[::1]:8001"),
+])
+def test_nginx_site_of_an_app_host_with_app_nginx_passes_to_tcp(tmp_path, app, balancer, upstream):
+    cfg = lb_cfg(app=[app], balancer={"app_nginx": True, **balancer})
+    server = next(s for s in roles.servers(cfg) if s.role == "app")
+    assert roles.runs_nginx(cfg, server)
+    site = phases.nginx_site(cfg, server)
+    assert f"        uwsgi_pass {upstream};" in site.splitlines()
+    proc = nginx_t(tmp_path, site)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_runs_nginx():
+    cfg = lb_cfg()
+    app, lb = app_server(cfg, "deploy@10.0.0.1"), app_server(cfg, LB)
+    assert not roles.runs_nginx(cfg, app)
+    assert roles.runs_nginx(cfg, lb) and roles.runs_nginx(cfg, None)
+    assert roles.runs_nginx(lb_cfg(balancer={"app_nginx": True}), app)
+    plain = make_cfg(project={"hosts": ["deploy@10.0.0.1"]})
+    assert roles.runs_nginx(plain, roles.servers(plain)[0])
+
+
+# === phases of a balanced app host ============================================================================
+
+def test_config_phase_of_a_balanced_app_host_installs_no_nginx_site():
+    cfg = lb_cfg()
+    server = app_server(cfg, "deploy@10.0.0.1")
+    lines = phases.config(cfg, make_rel(), Facts(), server).lines
+    text = "\n".join(lines)
+    assert "nginx -t" not in text and "sudo -n install" not in text
+    assert phases.note("no nginx on this app host (the lb hosts balance it)") in lines
+    assert "socket = 10.0.0.1:8001" in text
+
+
+def test_config_phase_of_a_balanced_app_host_with_app_nginx_installs_the_site():
+    cfg = lb_cfg(balancer={"app_nginx": True})
+    lines = phases.config(cfg, make_rel(), Facts(), app_server(cfg, "deploy@10.0.0.1")).lines
+    assert "  if ! out=$(sudo -n nginx -t 2>&1); then" in lines
+    assert "uwsgi_pass 10.0.0.1:8001;" in "\n".join(lines)
+
+
+def test_restart_phase_of_a_balanced_app_host_leaves_nginx_alone():
+    cfg = lb_cfg()
+    lines = phases.restart(cfg, make_rel(), Facts(), app_server(cfg, "deploy@10.0.0.1")).lines
+    assert not [ln for ln in lines if "nginx" in ln]
+    assert any("/bin/uwsgi --ini" in ln for ln in lines)
+    with_nginx = phases.restart(lb_cfg(balancer={"app_nginx": True}), make_rel(), Facts(),
+                                app_server(cfg, "deploy@10.0.0.1")).lines
+    assert "  sudo -n nginx" in with_nginx
+    assert "  sudo -n nginx" in phases.restart(make_cfg(), make_rel(), Facts()).lines
+
+
+def test_fingerprint_of_a_balanced_app_host_depends_on_its_socket():
+    cfg = lb_cfg()
+    a, b = app_server(cfg, "deploy@10.0.0.1"), app_server(cfg, "deploy@10.0.0.2")
+    assert phases.fingerprint(cfg, "a" * 40, b"", a) != phases.fingerprint(cfg, "a" * 40, b"", b)
+    assert phases.fingerprint(cfg, "a" * 40, b"", a) == phases.fingerprint(cfg, "a" * 40, b"", a)
+
+
+# === health: the check target and the uwsgi protocol against a real uWSGI =====================================
+
+def test_check_target():
+    cfg = lb_cfg(app=["deploy@10.0.0.1", "deploy@app2.internal"], nginx={"server_name": "example.com"})
+    assert health.check_target(cfg, "10.0.0.1", app_server(cfg, "deploy@10.0.0.1")) == \
+        ("uwsgi", "10.0.0.1", 8001, "example.com")
+    assert health.check_target(cfg, "app2.internal", app_server(cfg, "deploy@app2.internal")) == \
+        ("uwsgi", "127.0.0.1", 8001, "example.com")
+    assert health.check_target(cfg, "10.0.0.10", app_server(cfg, LB)) == ("http", "127.0.0.1", 80, "example.com")
+    nginx_cfg = lb_cfg(balancer={"app_nginx": True})
+    assert health.check_target(nginx_cfg, "10.0.0.1", app_server(nginx_cfg, "deploy@10.0.0.1")) == \
+        ("http", "127.0.0.1", 80, "10.0.0.1")
+    v6 = lb_cfg(balancer={"bind": "[::]", "port": 9000})
+    assert health.check_target(v6, "h", app_server(v6, "deploy@10.0.0.1")) == ("uwsgi", "::1", 9000, "h")
+    assert "'uwsgi' 10.0.0.1 8001 example.com /" in health.check_command(cfg, "10.0.0.1",
+                                                                         app_server(cfg, "deploy@10.0.0.1")) \
+        or " uwsgi 10.0.0.1 8001 example.com / 0 15" in health.check_command(cfg, "10.0.0.1",
+                                                                             app_server(cfg, "deploy@10.0.0.1"))
+
+
+HEALTH_APP = """\
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/bad":
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [b"down"]
+    assert environ["HTTP_HOST"] == "example.com", environ["HTTP_HOST"]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def real_uwsgi(tmp_path):
+    """A real uWSGI (the test venv's) serving HEALTH_APP on a 127.0.0.1 TCP port; stopped by its pid."""
+    (tmp_path / "app.py").write_text(HEALTH_APP)
+    port = _free_port()
+    log = open(tmp_path / "uwsgi.log", "wb")
+    proc = subprocess.Popen([UWSGI, "--socket", f"127.0.0.1:{port}", "--wsgi-file", str(tmp_path / "app.py"),
+                             "--master", "--processes", "1", "--die-on-term"],
+                            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"uWSGI exited ({proc.returncode}): {(tmp_path / 'uwsgi.log').read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"uWSGI did not listen on {port} within 15s")
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+def run_check(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", health.CHECK_PY, *map(str, args)], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_health_check_in_the_uwsgi_protocol_against_real_uwsgi(real_uwsgi):
+    port = real_uwsgi
+    ok = run_check("uwsgi", "127.0.0.1", port, "example.com", "/", 0, 5)
+    assert (ok.returncode, ok.stdout) == (0, "GET / -> 200\n"), ok.stderr
+    # an exact wanted status, and a query string
+    ok = run_check("uwsgi", "127.0.0.1", port, "example.com", "/?x=1", 200, 5)
+    assert (ok.returncode, ok.stdout) == (0, "GET /?x=1 -> 200\n"), ok.stderr
+    started = time.monotonic()
+    bad = run_check("uwsgi", "127.0.0.1", port, "example.com", "/bad", 0, 1)
+    assert (bad.returncode, bad.stdout) == (1, "GET /bad -> 503\n"), bad.stderr
+    assert time.monotonic() - started < 15
+    # wanted 503 exactly: healthy
+    assert run_check("uwsgi", "127.0.0.1", port, "example.com", "/bad", 503, 1).returncode == 0
+
+
+def test_health_check_in_the_uwsgi_protocol_with_nothing_listening():
+    port = _free_port()
+    proc = run_check("uwsgi", "127.0.0.1", port, "example.com", "/", 0, 1)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("GET /: ") and "refused" in proc.stdout.lower()
