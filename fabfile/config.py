@@ -349,6 +349,14 @@ def _suggest(word: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def host_name(target: str) -> str:
+    """The host of "[user@]host[:port]" ("[::1]" -> "::1")."""
+    host = target.rsplit("@", 1)[-1]
+    if host.startswith("["):
+        return host[1:host.index("]")]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 def _check_roles(data: dict, where: str) -> None:
     roles, hosts = data["roles"], data["project"]["hosts"]
     if (roles["app"] or roles["lb"]) and hosts:
@@ -360,10 +368,11 @@ def _check_roles(data: dict, where: str) -> None:
     for role in ("app", "lb"):
         for item in roles[role]:
             host = item if isinstance(item, str) else item["host"]
-            if host in seen:
-                raise ConfigError(f"{where}host {host} is listed twice (roles.{seen[host]} and roles.{role}); "
+            name = host_name(host)
+            if name in seen:
+                raise ConfigError(f"{where}host {name} is listed twice (roles.{seen[name]} and roles.{role}); "
                                   "a host has one role")
-            seen[host] = role
+            seen[name] = role
             if role == "lb" and isinstance(item, dict) and set(item) - {"host"}:
                 raise ConfigError(f"{where}roles.lb {host}: weight, backup, address... are settings of app hosts")
     method = data["balancer"]["method"]
@@ -396,7 +405,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
                 continue
             problem = spec.check(given[key])
             if problem:
-                got = "" if (section, key) == ("django", "env") else f" (got {given[key]!r})"
+                got = "" if (section, key) == ("django", "env") or section == "roles" else f" (got {given[key]!r})"
                 raise ConfigError(f"{where}{section}.{key} {problem}{got}")
             values[key] = given[key]
         data[section] = values

@@ -487,7 +487,7 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
                 continue
             if len(groups) > 1:
                 printer.info(f"rolling: batch {n}/{len(groups)}: {', '.join(hd.host for hd in batch)}")
-                if lbs and not all(step(lbs, lambda lb: lb.drain([hd.server.target for hd in batch]))):
+                if lbs and not all(step(lbs, lambda lb: lb.drain([hd.server.upstream_address for hd in batch]))):
                     stopped = f"the load balancer could not take batch {n} out of the upstream"
                     for hd in batch:
                         hd.abort(f"not switched: {stopped}")

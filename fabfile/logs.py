@@ -17,16 +17,24 @@ from .errors import FabdeployError
 from .fleet import for_each_host
 from .layout import Layout
 from .output import Printer
+from .roles import Server, balanced, runs_nginx, server_of
 from .script import q
 
 WHICH = ("app", "access", "error")
 
 
-def log_files(cfg: Config) -> dict[str, str]:
+def log_files(cfg: Config, server: Server | None = None) -> dict[str, str]:
+    """The logs a host has: the app server's (not on a load balancer) and this site's nginx logs (not on an
+    app host behind a load balancer, unless balancer.app_nginx)."""
     name = cfg.project.name
-    return {"app": Layout(cfg.paths.deploy_to).uwsgi_log,
-            "access": f"/var/log/nginx/{name}.access.log",
-            "error": f"/var/log/nginx/{name}.error.log"}
+    files = {"app": Layout(cfg.paths.deploy_to).uwsgi_log,
+             "access": f"/var/log/nginx/{name}.access.log",
+             "error": f"/var/log/nginx/{name}.error.log"}
+    if server is not None and server.role == "lb" and balanced(cfg):
+        del files["app"]
+    if not runs_nginx(cfg, server):
+        del files["access"], files["error"]
+    return files
 
 
 def tail_command(files: list[str], lines: int, follow: bool) -> str:
@@ -86,19 +94,20 @@ def stream(conn, cfg: Config, files: dict[str, str], lines: int, follow: bool, p
 
 def show_logs(conns, cfg: Config, printer: Printer, lines: int, follow: bool, which: str | None,
               parallel: int | None = None) -> list[str]:
-    files = log_files(cfg)
+    chosen = WHICH
     if which:
         chosen = [w.strip() for w in which.split(",") if w.strip()]
         bad = [w for w in chosen if w not in WHICH]
         if bad:
             raise FabdeployError(f"--which {','.join(bad)}: choose from {', '.join(WHICH)}")
-        files = {w: files[w] for w in chosen}
     printer.width = max(len(host_label(c)) for c in conns)
     errors: list[str] = []
 
     def one(conn, cancel) -> None:
         try:
-            stream(conn, cfg, files, lines, follow, printer, cancel)
+            files = {w: f for w, f in log_files(cfg, server_of(conn)).items() if w in chosen}
+            if files:  # (--which access on an app host without nginx: nothing to show there)
+                stream(conn, cfg, files, lines, follow, printer, cancel)
         except FabdeployError as exc:
             errors.append(str(exc))
         finally:

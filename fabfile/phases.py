@@ -340,9 +340,12 @@ def lb_site(cfg: Config, drained=()) -> str:
     from .roles import servers  # noqa: keep the import local (roles imports config only)
 
     lay = Layout(cfg.paths.deploy_to)
-    apps = [dict(address=f"[{s.upstream_address}]" if ":" in s.upstream_address else s.upstream_address,
-                 weight=s.weight, backup=s.backup, max_fails=s.max_fails, fail_timeout=s.fail_timeout,
-                 down=s.target in drained) for s in servers(cfg) if s.role == "app"]
+    apps = []
+    for s in servers(cfg):
+        if s.role == "app":
+            addr = s.upstream_address.strip("[]")
+            apps.append(dict(address=f"[{addr}]" if ":" in addr else addr, weight=s.weight, backup=s.backup,
+                             max_fails=s.max_fails, fail_timeout=s.fail_timeout, down=s.upstream_address in drained))
     b = cfg.balancer
     return render(
         "nginx-lb.conf.j2", name=cfg.project.name, upstream=f"{cfg.project.name.replace('.', '_')}_app",

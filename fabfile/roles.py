@@ -10,7 +10,7 @@ import ipaddress
 import math
 from dataclasses import dataclass
 
-from .config import Config
+from .config import Config, host_name
 from .errors import ConfigError
 
 ROLES = ("app", "lb")
@@ -28,10 +28,7 @@ class Server:
 
     @property
     def hostname(self) -> str:
-        host = self.target.rsplit("@", 1)[-1]
-        if host.startswith("["):
-            return host[1:host.index("]")]
-        return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        return host_name(self.target)
 
     @property
     def upstream_address(self) -> str:

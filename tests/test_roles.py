@@ -7,11 +7,9 @@ Nothing here uses SSH.
 from __future__ import annotations
 
 import copy
-import os
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -85,12 +83,17 @@ def test_roles_bad_host_string():
 
 def test_host_listed_in_two_roles():
     msg = config_error(roles={"app": ["deploy@10.0.0.1", "deploy@10.0.0.2"], "lb": ["deploy@10.0.0.2"]})
-    assert msg == "host deploy@10.0.0.2 is listed twice (roles.app and roles.lb); a host has one role"
+    assert msg == "host 10.0.0.2 is listed twice (roles.app and roles.lb); a host has one role"
+
+
+def test_host_listed_in_two_roles_under_other_user_and_port():
+    msg = config_error(roles={"app": ["deploy@web1", "deploy@10.0.0.2"], "lb": ["root@web1:2222"]})
+    assert msg == "host web1 is listed twice (roles.app and roles.lb); a host has one role"
 
 
 def test_host_listed_twice_in_one_role():
     msg = config_error(roles={"app": ["deploy@10.0.0.1", {"host": "deploy@10.0.0.1", "weight": 2}]})
-    assert msg == "host deploy@10.0.0.1 is listed twice (roles.app and roles.app); a host has one role"
+    assert msg == "host 10.0.0.1 is listed twice (roles.app and roles.app); a host has one role"
 
 
 def test_lb_without_app_hosts():
@@ -374,20 +377,34 @@ LB_CASES = [
     pytest.param(
         dict(app=[{"host": "deploy@app1.internal", "address": "10.0.0.7"}, "deploy@10.0.0.2",
                   {"host": "deploy@10.0.0.3", "backup": True}]),
-        {}, ("deploy@10.0.0.2", "deploy@10.0.0.3"),
+        {}, ("10.0.0.2", "10.0.0.3"),
         ["upstream shop_app {",
          "server 10.0.0.7:8001 max_fails=1 fail_timeout=10s;",
          "server 10.0.0.2:8001 max_fails=1 fail_timeout=10s down;",
          "server 10.0.0.3:8001 max_fails=1 fail_timeout=10s backup down;",
          "}"], id="address-and-drained"),
     pytest.param(
-        dict(app=["deploy@10.0.0.1", "deploy@10.0.0.2"]), {"method": "ip_hash"}, ("deploy@10.0.0.1",),
+        dict(app=["deploy@10.0.0.1", "deploy@10.0.0.2"]), {"method": "ip_hash"}, ("10.0.0.1",),
         ["upstream shop_app {",
          "ip_hash;",
          "server 10.0.0.1:8001 max_fails=1 fail_timeout=10s down;",
          "server 10.0.0.2:8001 max_fails=1 fail_timeout=10s;",
          "}"], id="ip_hash-drained"),
+    pytest.param(
+        dict(app=[{"host": "deploy@web1", "address": "[fd00::1]"}, "deploy@10.0.0.2"]), {}, ("[fd00::1]",),
+        ["upstream shop_app {",
+         "server [fd00::1]:8001 max_fails=1 fail_timeout=10s down;",
+         "server 10.0.0.2:8001 max_fails=1 fail_timeout=10s;",
+         "}"], id="ipv6-address-drained"),
 ]
+
+
+def test_drain_matches_hosts_named_differently_with_dash_h():
+    """`-H 10.0.0.1` for "deploy@10.0.0.1" in the config: the batch drained is that upstream server."""
+    cfg = lb_cfg()
+    batch = roles.select(cfg, ["root@10.0.0.1:22"], ("app",))
+    site = phases.lb_site(cfg, drained={s.upstream_address for s in batch})
+    assert "server 10.0.0.1:8001 max_fails=1 fail_timeout=10s down;" in upstream_lines(site)
 
 
 @pytest.mark.parametrize("roles_, balancer, drained, expected", LB_CASES)
@@ -563,10 +580,8 @@ def test_check_target():
         ("http", "127.0.0.1", 80, "10.0.0.1")
     v6 = lb_cfg(balancer={"bind": "[::]", "port": 9000})
     assert health.check_target(v6, "h", app_server(v6, "deploy@10.0.0.1")) == ("uwsgi", "::1", 9000, "h")
-    assert "'uwsgi' 10.0.0.1 8001 example.com /" in health.check_command(cfg, "10.0.0.1",
-                                                                         app_server(cfg, "deploy@10.0.0.1")) \
-        or " uwsgi 10.0.0.1 8001 example.com / 0 15" in health.check_command(cfg, "10.0.0.1",
-                                                                             app_server(cfg, "deploy@10.0.0.1"))
+    assert health.check_command(cfg, "10.0.0.1", app_server(cfg, "deploy@10.0.0.1")).endswith(
+        "' uwsgi 10.0.0.1 8001 example.com / 0 15")
 
 
 HEALTH_APP = """\
