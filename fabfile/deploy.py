@@ -420,6 +420,9 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
     record = {"revision": source.revision, "branch": source.branch}
     lbs = [LbDeploy(conn, cfg, rel_id, printer, cancel, wait, record) for conn in conns
            if server_of(conn).role == "lb"]
+    if lbs and not apps:
+        raise FabdeployError("the load balancers get this release's static files from the app hosts: deploy them "
+                             "in the same run (fab deploy, or -H with the app hosts too and the FleetExecutor)")
     everyone = apps + lbs
     outcomes: dict[str, Outcome] = {}
 

@@ -658,3 +658,21 @@ def test_health_check_in_the_uwsgi_protocol_with_nothing_listening():
     proc = run_check("uwsgi", "127.0.0.1", port, "example.com", "/", 0, 1)
     assert proc.returncode == 1
     assert proc.stdout.startswith("GET /: ") and "refused" in proc.stdout.lower()
+
+
+def test_deploying_only_load_balancers_is_one_clear_error(tmp_path):
+    """Without the app hosts in the same run the balancers have no static files to take: one line, before SSH."""
+    from fabdeploy.deploy import deploy_all
+    from fabdeploy.errors import FabdeployError
+    from fabdeploy.output import Printer
+    from fabric import Connection
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "manage.py").write_text("")
+    (src / "requirements.txt").write_text("Django\n")
+    cfg = lb_cfg()
+    cfg.source_dir = src
+    conn = roles.attach(Connection("10.0.0.10"), roles.select(cfg, [LB])[0])
+    with pytest.raises(FabdeployError, match="the load balancers get this release's static files from the app hosts"):
+        deploy_all([conn], cfg, Printer())
