@@ -14,10 +14,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,10 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_project, run_fab, sample_config
-
-WORKERS = 4
-MAX_REQUESTS = 20_000
-MAX_SECONDS = 300
+from test_load_e2e import Load  # constant GETs, bounded in count and time
 
 
 def fleet_config(apps, lb, extra: str = "") -> str:
@@ -160,47 +155,10 @@ def test_ip_hash_keeps_a_client_on_one_app_host_and_least_conn_with_weights_is_l
     proj.write_config(fleet_config(apps, lb))
 
 
-class Load:
-    """Constant GETs through the balancer, bounded in count and time."""
-
-    def __init__(self, lb):
-        self.lb, self.samples, self.stop = lb, [], threading.Event()
-        self.lock = threading.Lock()
-        self.deadline = time.monotonic() + MAX_SECONDS
-        self.threads = [threading.Thread(target=self.loop, daemon=True) for _ in range(WORKERS)]
-
-    def loop(self):
-        while not self.stop.is_set() and time.monotonic() < self.deadline:
-            with self.lock:
-                if len(self.samples) >= MAX_REQUESTS:
-                    return
-            try:
-                conn = http.client.HTTPConnection(self.lb.address, 80, timeout=30)
-                conn.request("GET", "/whoami", headers={"Host": self.lb.address})
-                resp = conn.getresponse()
-                body = resp.read()
-                conn.close()
-                sample = (time.monotonic(), resp.status, json.loads(body)["release"] if resp.status == 200 else "")
-            except Exception as exc:  # noqa: BLE001 - every failure is recorded and fails the test
-                sample = (time.monotonic(), None, f"{type(exc).__name__}: {exc}")
-            with self.lock:
-                self.samples.append(sample)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=40)
-
-
 def test_rolling_deploy_under_load_drops_no_request(fleet):
     apps, lb, proj, cache = fleet
     proj.commit("rolling", {"pages/message.txt": "rolled out\n"})
-    with Load(lb) as load:
+    with Load(lb.address) as load:  # GET / through the balancer, each answer naming its release
         time.sleep(1)
         res = run_fab(proj.root, "deploy", "--rolling", "1", cache=cache)
         done = time.monotonic()
@@ -210,9 +168,9 @@ def test_rolling_deploy_under_load_drops_no_request(fleet):
         assert f"rolling: batch {n}/3" in res.stdout
     assert res.stdout.count("out of the upstream:") >= 3
     rel = table(res.stdout)[lb.address][1]
-    failed = [s for s in load.samples if s[1] != 200]
+    failed = [s for s in load.samples if s.status != 200]
     assert len(load.samples) > 50 and not failed, (len(load.samples), failed[:5])
-    after = [s[2] for s in load.samples if s[0] > done + 0.2]
+    after = [s.release for s in load.samples if s.start > done]
     assert after and set(after) == {rel}
     site = lb.path("/etc/nginx/sites-available/sample").read_text()
     assert " down;" not in site  # every host back in the upstream

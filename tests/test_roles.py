@@ -6,7 +6,6 @@ Nothing here uses SSH.
 """
 from __future__ import annotations
 
-import copy
 import socket
 import subprocess
 import sys
@@ -16,34 +15,18 @@ from pathlib import Path
 import pytest
 
 from fabdeploy import health, phases, roles
-from fabdeploy.config import parse_config
 from fabdeploy.errors import ConfigError
-from fabdeploy.phases import Facts, Release
+from fabdeploy.phases import Facts
 from fabdeploy.roles import Server
+from test_phases import make_cfg, make_rel
 
-REL_ID = "20260101T000000Z-abcdef0"
-VENV = "0123456789abcdef"
 UWSGI = str(Path(sys.executable).parent / "uwsgi")
 LB = "deploy@10.0.0.10"
-
-
-def make_cfg(deploy_to="/srv/shop", **sections):
-    data = {
-        "project": {"name": "shop", "django_settings": "shop.settings", "wsgi": "shop.wsgi:application"},
-        "paths": {"deploy_to": str(deploy_to)},
-    }
-    for section, values in sections.items():
-        data.setdefault(section, {}).update(copy.deepcopy(values))
-    return parse_config(data)
 
 
 def lb_cfg(app=("deploy@10.0.0.1", "deploy@10.0.0.2"), lb=(LB,), **sections):
     """A balanced config: app hosts behind one load balancer."""
     return make_cfg(roles={"app": list(app), "lb": list(lb)}, **sections)
-
-
-def make_rel() -> Release:
-    return Release(REL_ID, "a" * 40, "main", "git", "2026-01-01T00:00:00Z", "tester", VENV)
 
 
 def config_error(**sections) -> str:
