@@ -134,7 +134,8 @@ def check_rolling(value):
 # Per-host settings of a role entry: { host = "deploy@web1", weight = 2, ... }
 SERVER_KEYS: dict[str, Callable[[Any], str | None]] = {
     "host": _str(_HOST, "[user@]host[:port]", empty_ok=False),
-    "address": _str(re.compile(r"^([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\])$"), "a host name or IP address"),
+    "address": _str(re.compile(r"^([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:]*)$"),
+                    "a host name or IP address"),
     "weight": _int(1, 1000),
     "backup": _bool,
     "max_fails": _int(0, 1000),
@@ -259,6 +260,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "media": Key("app", lambda v: None if v in ("app", "lb") else "must be \"app\" or \"lb\""),
         "max_fails": Key(1, _int(0, 1000)),
         "fail_timeout": Key(10, _int(1, 3600)),
+        "firewall": Key("auto", lambda v: None if v in ("auto", "nftables", "off") else
+                        "must be \"auto\", \"nftables\" or \"off\""),
     },
     "hooks": {
         f"{when}_{phase}": Key([], _list(_str(None, empty_ok=False), "shell commands"))
@@ -373,8 +376,9 @@ def _check_roles(data: dict, where: str) -> None:
                 raise ConfigError(f"{where}host {name} is listed twice (roles.{seen[name]} and roles.{role}); "
                                   "a host has one role")
             seen[name] = role
-            if role == "lb" and isinstance(item, dict) and set(item) - {"host"}:
-                raise ConfigError(f"{where}roles.lb {host}: weight, backup, address... are settings of app hosts")
+            if role == "lb" and isinstance(item, dict) and set(item) - {"host", "address"}:
+                raise ConfigError(f"{where}roles.lb {host}: weight, backup, max_fails, fail_timeout are settings "
+                                  "of app hosts")
     method = data["balancer"]["method"]
     if method in ("ip_hash", "hash") and any(isinstance(i, dict) and i.get("backup") for i in roles["app"]):
         raise ConfigError(f"{where}roles.app: backup servers cannot be used with balancer.method = \"{method}\" "

@@ -282,7 +282,7 @@ class LbDeploy:
             self.stage = "setup"
             st = self.layout.static
             res = self.run([phases.setup(self.cfg, lock.acquire(self.cfg, self.owner, self.wait), app=False),
-                            Phase("lb", [fact("static_current", f'$(basename "$(readlink {q(st + "/current")})" '
+                            Phase("facts", [fact("static_current", f'$(basename "$(readlink {q(st + "/current")})" '
                                                                 '2>/dev/null || true)')])])
             raw = parse_facts(res.stdout)
             self.facts = phases.Facts.parse(raw)
@@ -293,14 +293,14 @@ class LbDeploy:
                 self.fail_cleanup(exc)
             raise
 
-    def stage_release(self, static_id: str, tar: bytes | None) -> None:
+    def stage_release(self, static_id: str, tar: bytes) -> None:
         """Invocation 2: unpack the release's static files (hard-linked onto the live ones, so pages of the
         old and the new release both find theirs), point static/current at them, install the site."""
         self.rel_id = static_id
         st = self.layout.static
         S = f"{st}/{static_id}"
-        lines = []
-        if tar is not None and static_id != self.static_before:
+        upload = static_id != self.static_before
+        if upload:
             lines = [
                 f"rm -rf {q(S)}",
                 f"if [ -d {q(st + '/current/')} ]; then cp -al \"$(readlink -f {q(st + '/current')})\" {q(S)}; "
@@ -317,7 +317,7 @@ class LbDeploy:
             self.stage = "prepare"
             self.run([Phase("static", lines),
                       Phase("config", phases.site_install(self.cfg, site, self.facts, self.staging), sudo=True)],
-                     stdin=tar if lines and tar is not None and static_id != self.static_before else None)
+                     stdin=tar if upload else None)
             self.stage = "prepared"
         except (FabdeployError, KeyboardInterrupt) as exc:
             self.fail_cleanup(exc)
@@ -369,8 +369,9 @@ class LbDeploy:
         if health_ph is not None and health_ph.rc:
             error = f"{self.host}: health: " + (health_ph.errors or ["failed"])[-1]
             return Outcome(self.host, self.rel_id, False, error, time.monotonic() - self.started)
-        return Outcome(self.host, self.rel_id, ok, "" if ok else record.get("error", ""),
-                       time.monotonic() - self.started, site_url(cfg, self.conn.host))
+        # the balancer did its part (its audit line says how the deploy as a whole ended)
+        return Outcome(self.host, self.rel_id, True, "", time.monotonic() - self.started,
+                       site_url(cfg, self.conn.host))
 
     def abort(self, reason: str) -> None:
         self.fail_cleanup(FabdeployError(reason))

@@ -30,7 +30,7 @@ class Printer:
             sys.stderr.write(f"warning: {text}\n")
             sys.stderr.flush()
 
-    QUIET_PHASES = ("lock", "finish")  # bookkeeping: shown only when they have something to say
+    QUIET_PHASES = ("lock", "finish", "facts")  # bookkeeping: shown only when they have something to say
 
     def phase(self, host: str, ph: PhaseResult) -> None:
         detail = "; ".join(n for n in ph.notes if n.strip())

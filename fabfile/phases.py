@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 
 from .config import Config
@@ -91,6 +92,7 @@ def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server 
     probe = Release("RELEASE", revision, "", "", "", "", "VENV")
     parts = [revision, requirements.decode(errors="replace"), cfg.pip.packages, cfg.uwsgi.package,
              nginx_site(cfg, server) if runs_nginx(cfg, server) else "", uwsgi_ini(cfg, probe, server),
+             firewall(cfg, server, "STAGING"),
              render("settings.py.j2", release_id="RELEASE", django_settings=cfg.project.django_settings,
                     shared=Layout(cfg.paths.deploy_to).shared, allowed_hosts=cfg.allowed_hosts,
                     static_url=cfg.django.static_url, media_url=cfg.django.media_url),
@@ -367,7 +369,53 @@ def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None
         lines += site_install(cfg, nginx_site(cfg, server), facts, lay.staging(rel.id))
     else:
         lines.append(note("no nginx on this app host (the lb hosts balance it)"))
+    lines += firewall(cfg, server, lay.staging(rel.id))
     return Phase("config", lines, sudo=True)
+
+
+def firewall_rules(cfg: Config) -> tuple[str, str]:
+    """(table name, nft script): the uWSGI port of an app host open to the load balancers and the host
+    itself only (others get a TCP reset). The script replaces the table atomically (`nft -f`)."""
+    from .roles import servers  # noqa: keep the import local (roles imports config only)
+
+    table = "fabdeploy_" + re.sub(r"[^A-Za-z0-9_]", "_", cfg.project.name)
+    port = cfg.balancer.port
+    lbs = [s.upstream_address.strip("[]") for s in servers(cfg) if s.role == "lb"]
+    v4, v6 = [a for a in lbs if ":" not in a], [a for a in lbs if ":" in a]
+    rules = [f"tcp dport {port} fib saddr type local accept"]
+    if v4:
+        rules.append(f"tcp dport {port} ip saddr {{ {', '.join(v4)} }} accept")
+    if v6:
+        rules.append(f"tcp dport {port} ip6 saddr {{ {', '.join(v6)} }} accept")
+    rules.append(f"tcp dport {port} reject with tcp reset")
+    body = "\n".join(f"    {r}" for r in rules)
+    return table, (f"add table inet {table}\ndelete table inet {table}\ntable inet {table} {{\n"
+                   f"  chain input {{\n    type filter hook input priority 0; policy accept;\n{body}\n  }}\n}}\n")
+
+
+def firewall(cfg: Config, server: Server | None, staging: str) -> list[str]:
+    """On an app host behind load balancers: restrict uWSGI's port with nftables (balancer.firewall)."""
+    mode = cfg.balancer.firewall
+    if mode == "off" or server is None or server.role != "app" or not balanced(cfg):
+        return []
+    from .roles import servers  # noqa: keep the import local
+
+    table, rules = firewall_rules(cfg)
+    lbs = ", ".join(s.upstream_address for s in servers(cfg) if s.role == "lb")
+    missing = (fail("balancer.firewall = \"nftables\" but nft is not usable with sudo -n on this host "
+                    "(apt-get install nftables)") if mode == "nftables" else
+               f'echo "{MARK} warn uWSGI port {cfg.balancer.port} is open to every host that can reach it: '
+               'nft not found (install nftables, or restrict it yourself: see the README)"')
+    return [
+        "if sudo -n nft --version >/dev/null 2>&1; then",
+        *["  " + ln for ln in write_file(f"{staging}/firewall.nft", rules)],
+        f"  out=$(sudo -n nft -f {q(staging + '/firewall.nft')} 2>&1) || {{ printf '%s\\n' \"$out\" >&2; "
+        + fail("nftables refused the firewall rules for the uWSGI port") + "; }",
+        "  " + note(f"uWSGI port {cfg.balancer.port} open to {lbs} only (nftables table inet {table})"),
+        "else",
+        "  " + missing,
+        "fi",
+    ]
 
 
 def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -78,11 +79,16 @@ def test_fleet_deploys_in_parallel_and_the_balancer_reaches_every_app_host(fleet
     assert len({r[1] for r in rows.values()}) == 1  # one release id everywhere
     rel = rows[lb.address][1]
 
-    # each app host: uWSGI on its own address and port 8001, no nginx site of its own
+    # each app host: uWSGI on its own address and port 8001, no nginx site of its own, and the port open to
+    # the balancer only: from this machine (not a balancer) the connection is reset
     for a in apps:
         ini = a.path("/srv/sample/shared/config/uwsgi.ini").read_text()
         assert f"socket = {a.address}:8001" in ini
         assert not a.path("/etc/nginx/sites-enabled/sample").exists()
+        assert f"ip saddr {lb.address} accept" in a.exec("nft list table inet fabdeploy_sample").stdout
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((a.address, 8001), timeout=5).close()
+    assert "open to " + lb.address + " only (nftables table inet fabdeploy_sample)" in res.stdout
     site = lb.path("/etc/nginx/sites-available/sample").read_text()
     for a in apps:
         assert f"server {a.address}:8001 max_fails=1 fail_timeout=10s;" in site
@@ -174,6 +180,44 @@ def test_rolling_deploy_under_load_drops_no_request(fleet):
     assert after and set(after) == {rel}
     site = lb.path("/etc/nginx/sites-available/sample").read_text()
     assert " down;" not in site  # every host back in the upstream
+
+
+FAIL_MARK = "/srv/fabdeploy-test-fail-health"  # a host with this file answers 500 on / (new code below)
+FAIL_CODE = f"""def index(request):
+    if Path({FAIL_MARK!r}).exists():
+        return HttpResponse("failing on purpose", status=500)
+"""
+
+
+def test_a_failing_rolling_batch_stops_the_rollout_and_is_reverted(fleet):
+    apps, lb, proj, cache = fleet
+    before = whoami(lb)["release"]
+    views = (proj.src / "pages" / "views.py").read_text()
+    broken = views.replace("def index(request):\n", FAIL_CODE)
+    assert broken != views
+    proj.commit("fails on one host", {"pages/views.py": broken, "pages/message.txt": "half rolled\n"})
+    apps[1].exec(["touch", FAIL_MARK])
+    try:
+        res = run_fab(proj.root, "deploy", "--rolling", "2", cache=cache)
+    finally:
+        apps[1].exec(["rm", "-f", FAIL_MARK])
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "rolling: batch 1/2" in res.stdout and "rolling: batch 2/2" not in res.stdout
+    rows = table(res.stdout)
+    err = {h: " ".join(r[4:]) for h, r in rows.items()}
+    assert rows[apps[1].address][3] == "FAILED" and "health check failed" in err[apps[1].address], res.stdout
+    assert rows[apps[0].address][3] == "FAILED" and "reverted: rolling deploy stopped: batch 1 failed" in \
+        err[apps[0].address], res.stdout
+    assert rows[apps[2].address][3] == "FAILED" and "not switched: rolling deploy stopped" in \
+        err[apps[2].address], res.stdout
+    assert rows[lb.address][3] == "ok", res.stdout
+    # every app host serves the release from before, and all are back in the upstream
+    assert {whoami(lb)["release"] for _ in range(12)} == {before}
+    assert len({whoami(lb)["socket"] for _ in range(30)}) == 3
+    assert " down;" not in lb.path("/etc/nginx/sites-available/sample").read_text()
+    for a in apps:
+        assert os.path.basename(os.readlink(a.path("/srv/sample/current"))) == before
+    proj.commit("repaired", {"pages/views.py": views})
 
 
 def test_one_app_host_unreachable_switches_no_host(fleet):

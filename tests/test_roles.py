@@ -103,10 +103,16 @@ def test_backup_is_accepted_with_other_methods(method):
     assert [s.backup for s in roles.servers(cfg) if s.role == "app"] == [False, True]
 
 
-@pytest.mark.parametrize("setting", [{"weight": 2}, {"backup": True}, {"address": "10.0.0.9"}])
+@pytest.mark.parametrize("setting", [{"weight": 2}, {"backup": True}, {"max_fails": 2}])
 def test_lb_entry_with_app_settings(setting):
     msg = config_error(roles={"app": ["deploy@10.0.0.1"], "lb": [{"host": LB, **setting}]})
-    assert msg == f"roles.lb {LB}: weight, backup, address... are settings of app hosts"
+    assert msg == f"roles.lb {LB}: weight, backup, max_fails, fail_timeout are settings of app hosts"
+
+
+def test_lb_entry_may_say_its_address():
+    """(the address the app hosts see it connect from: their firewall lets it in)"""
+    cfg = lb_cfg(lb=({"host": "deploy@lb.example.com", "address": "10.0.0.9"},))
+    assert "ip saddr { 10.0.0.9 } accept" in phases.firewall_rules(cfg)[1]
 
 
 def test_lb_entry_as_table_with_host_only_is_fine():
@@ -659,3 +665,30 @@ def test_deploying_only_load_balancers_is_one_clear_error(tmp_path):
     conn = roles.attach(Connection("10.0.0.10"), roles.select(cfg, [LB])[0])
     with pytest.raises(FabdeployError, match="the load balancers get this release's static files from the app hosts"):
         deploy_all([conn], cfg, Printer())
+
+
+def test_firewall_rules_load_into_real_nftables(tmp_path):
+    """The rules fabdeploy writes are accepted by nft (checked with `nft -c`, nothing is applied)."""
+    cfg = lb_cfg(lb=(LB, {"host": "deploy@lb2", "address": "fd00::9"}))
+    table, rules = phases.firewall_rules(cfg)
+    assert table == "fabdeploy_shop"
+    assert "tcp dport 8001 ip saddr { 10.0.0.10 } accept" in rules
+    assert "tcp dport 8001 ip6 saddr { fd00::9 } accept" in rules
+    assert rules.rstrip().splitlines()[-3].strip() == "tcp dport 8001 reject with tcp reset"
+    (tmp_path / "fw.nft").write_text(rules)
+    proc = subprocess.run(["nft", "-c", "-f", str(tmp_path / "fw.nft")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_firewall_modes():
+    cfg = lb_cfg()
+    app = roles.servers(cfg)[0]
+    assert "sudo -n nft -f /srv/shop/tmp/R/firewall.nft" in "\n".join(phases.firewall(cfg, app, "/srv/shop/tmp/R"))
+    assert "warn uWSGI port 8001 is open" in "\n".join(phases.firewall(cfg, app, "/T"))
+    strict = lb_cfg(balancer={"firewall": "nftables"})
+    assert "error balancer.firewall" in "\n".join(phases.firewall(strict, roles.servers(strict)[0], "/T"))
+    assert phases.firewall(lb_cfg(balancer={"firewall": "off"}), app, "/T") == []
+    assert phases.firewall(cfg, roles.servers(cfg)[-1], "/T") == []  # the balancer itself
+    # the no-op fingerprint of an app host changes with the balancers its firewall lets in
+    other = lb_cfg(lb=("deploy@10.0.0.99",))
+    assert phases.fingerprint(cfg, "a" * 40, b"", app) != phases.fingerprint(other, "a" * 40, b"", roles.servers(other)[0])
