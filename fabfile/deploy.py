@@ -216,12 +216,7 @@ class HostDeploy:
         built = [phases.abandon(self.cfg, self.rel or phases.Release(self.rel_id, "", "", "", "", ""),
                                 self.remote.get("pgid"))] if before_switch else []
         record = self.record("interrupted" if interrupted else "failed", mask(error, self.cfg.secret_values()))
-        script = Script([*built, lock.failed_finish(self.cfg, self.owner, record)])
-        try:
-            conn = self.conn if self.conn.is_connected else reconnect(self.conn, self.cfg)
-            run_script(conn, script, host=self.host, timeout=60)
-        except FabdeployError:
-            self.printer.line(self.host, "could not clean up (host unreachable): the lock stays until `fab unlock`")
+        if not run_cleanup(self, Script([*built, lock.failed_finish(self.cfg, self.owner, record)])):
             return
         if interrupted:
             self.printer.line(self.host, f"interrupted during {self.stage}; "
@@ -382,21 +377,26 @@ class LbDeploy:
         error = "interrupted" if interrupted else str(exc).splitlines()[0]
         st = self.layout.static
         lines = []
-        if self.facts is not None:
-            site, _ = nginx_site_paths(self.facts.nginx_layout, self.cfg.project.name)
-            prev = self.staging + "/site.prev"
-            lines = [f"if [ -f {q(prev)} ]; then sudo -n install -m 0644 {q(prev)} {q(site)}; fi"]
+        if self.facts is not None and self.stage not in ("setup", "locked"):
+            lines = phases.lb_restore_site(self.cfg, self.facts, self.staging)
             if self.static_before and self.rel_id != self.static_before:
                 lines += [*phases.static_switch(self.cfg, q(self.static_before)), f"rm -rf {q(st + '/' + self.rel_id)}"]
             lines.append(f"rm -rf {q(self.staging)}")
         record = {**self.base_record, "release": self.rel_id, "result": "interrupted" if interrupted else "failed",
                   "error": mask(error, self.cfg.secret_values())}
-        try:
-            conn = self.conn if self.conn.is_connected else reconnect(self.conn, self.cfg)
-            run_script(conn, Script([Phase("abandon", lines or ["true"]),
-                                     lock.failed_finish(self.cfg, self.owner, record)]), host=self.host, timeout=60)
-        except FabdeployError:
-            self.printer.line(self.host, "could not clean up (host unreachable): the lock stays until `fab unlock`")
+        run_cleanup(self, Script([Phase("abandon", lines or ["true"]), lock.failed_finish(self.cfg, self.owner, record)]))
+
+
+def run_cleanup(hd, script: Script) -> bool:
+    """Run a cleanup script on a host, best effort, over a fresh connection when the old one died. False (and
+    a line saying the lock stays) when the host cannot be reached."""
+    try:
+        conn = hd.conn if hd.conn.is_connected else reconnect(hd.conn, hd.cfg)
+        run_script(conn, script, host=hd.host, timeout=60)
+        return True
+    except FabdeployError:
+        hd.printer.line(hd.host, "could not clean up (host unreachable): the lock stays until `fab unlock`")
+        return False
 
 
 def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = None, force: bool = False,
@@ -449,18 +449,21 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
             _close(everyone)
             raise
 
+    def not_switched(hd, why: str) -> None:
+        """hd will not switch: it removes what it built and unlocks (an unchanged host, which built nothing
+        and holds no lock, reports "already live")."""
+        if isinstance(hd, HostDeploy) and hd.stage == "unchanged":
+            outcomes[hd.host] = hd.publish()
+            return
+        hd.abort(f"not switched: {why}")
+        outcomes[hd.host] = Outcome(hd.host, rel_id, False, f"{hd.host}: not switched: {why}",
+                                    time.monotonic() - hd.started)
+
     def give_up(why: str) -> list[Outcome]:
         """Nothing switches: every prepared host removes what it built and unlocks."""
         for hd in everyone:
-            if hd.host in outcomes:
-                continue
-            if isinstance(hd, HostDeploy) and hd.stage == "unchanged":
-                outcomes[hd.host] = hd.publish()  # nothing was built there; reports "already live"
-            else:
-                reason = f"not switched: {why} (no host switches unless all prepared)"
-                hd.abort(reason)
-                outcomes[hd.host] = Outcome(hd.host, rel_id, False, f"{hd.host}: {reason}",
-                                            time.monotonic() - hd.started)
+            if hd.host not in outcomes:
+                not_switched(hd, f"{why} (no host switches unless all prepared)")
         _close(everyone)
         return [outcomes[hd.host] for hd in everyone]
 
@@ -485,18 +488,14 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
         for n, batch in enumerate(groups, 1):
             if stopped:
                 for hd in batch:
-                    hd.abort(f"not switched: {stopped}")
-                    outcomes[hd.host] = Outcome(hd.host, rel_id, False, f"{hd.host}: not switched: {stopped}",
-                                                time.monotonic() - hd.started)
+                    not_switched(hd, stopped)
                 continue
             if len(groups) > 1:
                 printer.info(f"rolling: batch {n}/{len(groups)}: {', '.join(hd.host for hd in batch)}")
                 if lbs and not all(step(lbs, lambda lb: lb.drain([hd.server.upstream_address for hd in batch]))):
                     stopped = f"the load balancer could not take batch {n} out of the upstream"
                     for hd in batch:
-                        hd.abort(f"not switched: {stopped}")
-                        outcomes[hd.host] = Outcome(hd.host, rel_id, False, f"{hd.host}: not switched: {stopped}",
-                                                    time.monotonic() - hd.started)
+                        not_switched(hd, stopped)
                     continue
             good = step(batch, publish)
             if not all(good):

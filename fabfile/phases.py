@@ -357,6 +357,24 @@ def lb_site(cfg: Config, drained=()) -> str:
         media_url=cfg.django.media_url, static_expires=cfg.nginx.static_expires, media=b.media)
 
 
+def lb_restore_site(cfg: Config, facts: Facts, staging: str) -> list[str]:
+    """A balancer whose deploy is abandoned: put back the site as it was before the deploy (its saved copy
+    when the deploy changed it, no site when the deploy created it, else the full upstream: a rolling drain
+    may have marked hosts down) and reload a running nginx."""
+    site, enabled = nginx_site_paths(facts.nginx_layout, cfg.project.name)
+    prev, full = f"{staging}/site.prev", f"{staging}/site.full"
+    return [
+        *write_file(full, lb_site(cfg)),
+        f"if [ -f {q(prev)} ]; then sudo -n install -m 0644 {q(prev)} {q(site)}",
+        f"elif [ -f {q(staging + '/nginx-changed')} ]; then sudo -n rm -f {q(site)}"
+        + (f" {q(enabled)}" if enabled else ""),
+        f"else sudo -n install -m 0644 {q(full)} {q(site)}; fi",
+        "if sudo -n nginx -t >/dev/null 2>&1; then",
+        *["  " + ln for ln in nginx_reload_lines(facts.nginx_pid)],
+        "fi",
+    ]
+
+
 def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None) -> Phase:
     """Stage the uWSGI ini; install the nginx site only if it changed and only if `nginx -t` accepts it."""
     lay = Layout(cfg.paths.deploy_to)

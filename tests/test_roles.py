@@ -18,7 +18,7 @@ from fabdeploy import health, phases, roles
 from fabdeploy.errors import ConfigError
 from fabdeploy.phases import Facts
 from fabdeploy.roles import Server
-from test_phases import make_cfg, make_rel
+from test_phases import fakebin, make_cfg, make_rel  # noqa: F401 (a fixture)
 
 UWSGI = str(Path(sys.executable).parent / "uwsgi")
 LB = "deploy@10.0.0.10"
@@ -692,3 +692,40 @@ def test_firewall_modes():
     # the no-op fingerprint of an app host changes with the balancers its firewall lets in
     other = lb_cfg(lb=("deploy@10.0.0.99",))
     assert phases.fingerprint(cfg, "a" * 40, b"", app) != phases.fingerprint(other, "a" * 40, b"", roles.servers(other)[0])
+
+
+@pytest.mark.parametrize("case", ["changed", "created", "drained"])
+def test_an_abandoned_balancer_gets_its_site_back(tmp_path, fakebin, case):
+    """changed: this deploy changed the site (site.prev saved) -> the old site; created: there was none ->
+    removed; drained: unchanged but a rolling drain marked hosts down -> the full upstream again."""
+    from fabdeploy.script import Phase, Script
+    from test_phases import err, sh
+
+    cfg = lb_cfg()
+    etc = tmp_path / "etc" / "nginx"
+    (etc / "sites-available").mkdir(parents=True)
+    (etc / "sites-enabled").mkdir()
+    site, enabled = etc / "sites-available" / "shop", etc / "sites-enabled" / "shop"
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    if case == "changed":
+        (staging / "site.prev").write_text("# the site before\n")
+        site.write_text(phases.lb_site(cfg, drained={"10.0.0.1"}))
+    elif case == "created":
+        (staging / "nginx-changed").touch()
+        site.write_text(phases.lb_site(cfg))
+        enabled.symlink_to(site)
+    else:
+        site.write_text(phases.lb_site(cfg, drained={"10.0.0.2"}))
+    lines = phases.lb_restore_site(cfg, Facts(nginx_layout="sites", nginx_pid=str(tmp_path / "no.pid")),
+                                   str(staging))
+    proc = sh(Script([Phase("abandon", [ln.replace("/etc/nginx/", f"{etc}/") for ln in lines])]), tmp_path,
+              env=fakebin.env)
+    assert proc.returncode == 0, err(proc)
+    if case == "changed":
+        assert site.read_text() == "# the site before\n"
+    elif case == "created":
+        assert not site.exists() and not enabled.is_symlink()
+    else:
+        assert site.read_text() == phases.lb_site(cfg) and " down;" not in site.read_text()
+    assert "nginx -t" in fakebin.log()
