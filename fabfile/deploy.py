@@ -77,6 +77,7 @@ class HostDeploy:
         self.owner = LockOwner.new("deploy", local_user())
         self.remote: dict = {}  # the remote process group of the running invocation
         self.stage = "connect"
+        self.held_interrupt = False
         self.rel: phases.Release | None = None
         self.facts: phases.Facts | None = None
         self.started = time.monotonic()
@@ -157,6 +158,7 @@ class HostDeploy:
         except KeyboardInterrupt:
             if self.stage != "published":
                 raise
+            self.held_interrupt = True  # (a rolling deploy stops after this batch)
             self.printer.line(self.host, "interrupt held until the switch finished; the deploy completed")
         except FabdeployError as exc:
             self.fail_cleanup(exc)
@@ -368,10 +370,12 @@ class LbDeploy:
         return Outcome(self.host, self.rel_id, True, "", time.monotonic() - self.started,
                        site_url(cfg, self.conn.host))
 
-    def abort(self, reason: str) -> None:
-        self.fail_cleanup(FabdeployError(reason))
+    def abort(self, reason: str, keep_static: bool = False) -> None:
+        """The deploy stops: see fail_cleanup. keep_static: app hosts already serve the new release, whose
+        pages need its static files (the new root holds the old files as well)."""
+        self.fail_cleanup(FabdeployError(reason), keep_static)
 
-    def fail_cleanup(self, exc: BaseException) -> None:
+    def fail_cleanup(self, exc: BaseException, keep_static: bool = False) -> None:
         """Put static/current and the site back as they were, audit, unlock (best effort)."""
         interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
         error = "interrupted" if interrupted else str(exc).splitlines()[0]
@@ -379,7 +383,7 @@ class LbDeploy:
         lines = []
         if self.facts is not None and self.stage not in ("setup", "locked"):
             lines = phases.lb_restore_site(self.cfg, self.facts, self.staging)
-            if self.static_before and self.rel_id != self.static_before:
+            if self.static_before and self.rel_id != self.static_before and not keep_static:
                 lines += [*phases.static_switch(self.cfg, q(self.static_before)), f"rm -rf {q(st + '/' + self.rel_id)}"]
             lines.append(f"rm -rf {q(self.staging)}")
         record = {**self.base_record, "release": self.rel_id, "result": "interrupted" if interrupted else "failed",
@@ -440,51 +444,56 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
             except FabdeployError as exc:
                 outcomes[hd.host] = failed_outcome(hd, exc)
                 return False
-        try:
-            return for_each_host(hosts, one, parallel)
-        except KeyboardInterrupt:
+        return for_each_host(hosts, one, parallel)
+
+    def interrupted() -> None:
+        """Ctrl-C: hosts that prepared and will not switch remove what they built and unlock; balancers put
+        their site back (keeping the new static files once an app host serves the new release)."""
+        switched = any(hd.stage in ("publish", "published") for hd in apps)
+        for hd in apps:
+            if hd.stage == "prepared":  # ("unchanged" hosts hold no lock and built nothing)
+                hd.abort("interrupted")
+        for lb in lbs:
+            if lb.stage in ("prepared", "locked"):
+                lb.abort("interrupted", keep_static=switched)
+
+    def steps() -> list[Outcome]:
+        """deploy_all's steps: prepare, stage the balancers, switch (in batches), finish the balancers."""
+
+        def not_switched(hd, why: str) -> None:
+            """hd will not switch: it removes what it built and unlocks (an unchanged host, which built nothing
+            and holds no lock, reports "already live")."""
+            if isinstance(hd, HostDeploy) and hd.stage == "unchanged":
+                outcomes[hd.host] = hd.publish()
+                return
+            hd.abort(f"not switched: {why}")
+            outcomes[hd.host] = Outcome(hd.host, rel_id, False, f"{hd.host}: not switched: {why}",
+                                        time.monotonic() - hd.started)
+
+        def give_up(why: str) -> list[Outcome]:
+            """Nothing switches: every prepared host removes what it built and unlocks."""
             for hd in everyone:
-                if hd.stage in ("prepared", "locked"):  # ("unchanged" hosts hold no lock and built nothing)
-                    hd.abort("interrupted")
-            _close(everyone)
-            raise
+                if hd.host not in outcomes:
+                    not_switched(hd, f"{why} (no host switches unless all prepared)")
+            return [outcomes[hd.host] for hd in everyone]
 
-    def not_switched(hd, why: str) -> None:
-        """hd will not switch: it removes what it built and unlocks (an unchanged host, which built nothing
-        and holds no lock, reports "already live")."""
-        if isinstance(hd, HostDeploy) and hd.stage == "unchanged":
-            outcomes[hd.host] = hd.publish()
-            return
-        hd.abort(f"not switched: {why}")
-        outcomes[hd.host] = Outcome(hd.host, rel_id, False, f"{hd.host}: not switched: {why}",
-                                    time.monotonic() - hd.started)
-
-    def give_up(why: str) -> list[Outcome]:
-        """Nothing switches: every prepared host removes what it built and unlocks."""
-        for hd in everyone:
-            if hd.host not in outcomes:
-                not_switched(hd, f"{why} (no host switches unless all prepared)")
-        _close(everyone)
-        return [outcomes[hd.host] for hd in everyone]
-
-    ok = step(everyone, lambda hd: hd.prepare())
-    if not all(ok):
-        return give_up(", ".join(hd.host for hd, good in zip(everyone, ok) if not good) + " failed to prepare")
-    if lbs:
-        try:
-            static_id, tar = apps[0].live_release(), apps[0].export_static()
-        except FabdeployError as exc:
-            return give_up(f"could not read the static files from {apps[0].host}: {exc}")
-        ok = step(lbs, lambda lb: lb.stage_release(static_id, tar))
+        ok = step(everyone, lambda hd: hd.prepare())
         if not all(ok):
-            return give_up(", ".join(lb.host for lb, good in zip(lbs, ok) if not good) + " failed to prepare")
+            return give_up(", ".join(hd.host for hd, good in zip(everyone, ok) if not good) + " failed to prepare")
+        if lbs:
+            try:
+                static_id, tar = apps[0].live_release(), apps[0].export_static()
+            except FabdeployError as exc:
+                return give_up(f"could not read the static files from {apps[0].host}: {exc}")
+            ok = step(lbs, lambda lb: lb.stage_release(static_id, tar))
+            if not all(ok):
+                return give_up(", ".join(lb.host for lb, good in zip(lbs, ok) if not good) + " failed to prepare")
 
-    def publish(hd) -> None:
-        outcomes[hd.host] = hd.publish()
+        def publish(hd) -> None:
+            outcomes[hd.host] = hd.publish()
 
-    groups = batches(apps, rolling)
-    stopped = ""
-    try:
+        groups = batches(apps, rolling)
+        stopped = ""
         for n, batch in enumerate(groups, 1):
             if stopped:
                 for hd in batch:
@@ -498,6 +507,8 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
                         not_switched(hd, stopped)
                     continue
             good = step(batch, publish)
+            if n < len(groups) and any(hd.held_interrupt for hd in batch):
+                raise KeyboardInterrupt  # Ctrl-C held while this batch switched: no further batch
             if not all(good):
                 bad = ", ".join(hd.host for hd, g in zip(batch, good) if not g)
                 stopped = f"rolling deploy stopped: batch {n} failed ({bad})"
@@ -511,6 +522,12 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
         final = {"result": "ok"} if not stopped else {"result": "failed", "error": stopped}
         step(lbs, lambda lb: outcomes.__setitem__(lb.host, lb.finish(final)))
         return [outcomes[hd.host] for hd in everyone]
+
+    try:
+        return steps()
+    except KeyboardInterrupt:
+        interrupted()
+        raise
     finally:
         _close(everyone)
 

@@ -15,15 +15,17 @@ import http.client
 import json
 import os
 import shutil
+import re
 import signal
 import socket
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from conftest import make_project, run_fab, sample_config
+from conftest import FAB, make_project, run_fab, sample_config
 from test_load_e2e import Load  # constant GETs, bounded in count and time
 
 
@@ -218,6 +220,40 @@ def test_a_failing_rolling_batch_stops_the_rollout_and_is_reverted(fleet):
     for a in apps:
         assert os.path.basename(os.readlink(a.path("/srv/sample/current"))) == before
     proj.commit("repaired", {"pages/views.py": views})
+
+
+def test_ctrl_c_during_a_rolling_deploy_stops_the_rollout_and_puts_the_balancer_back(fleet):
+    apps, lb, proj, cache = fleet
+    before = whoami(lb)["release"]
+    proj.commit("interrupted rollout", {"pages/message.txt": "interrupted rollout\n"})
+    proj.write_config(fleet_config(apps, lb, '[hooks]\nbefore_switch = ["sleep 2"]\n'), name="slow.toml")
+    proc = subprocess.Popen([FAB, "deploy", "--config", "slow.toml", "--rolling", "1"], cwd=proj.root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "XDG_CACHE_HOME": str(cache)})
+    seen = []
+    deadline = time.monotonic() + 180
+    for line in proc.stdout:  # bounded: fab ends by itself; the deadline only guards the test
+        seen.append(line)
+        if line.startswith("rolling: batch 2/3") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    out = "".join(seen) + out
+    assert proc.returncode == 130, out
+    new = re.search(r"upload\s+release (\S+)", out).group(1)
+    assert os.path.basename(os.readlink(apps[0].path("/srv/sample/current"))) == new
+    assert os.path.basename(os.readlink(apps[2].path("/srv/sample/current"))) == before
+    assert not apps[2].path(f"/srv/sample/releases/{new}").exists()  # its prepared release was removed
+    site = lb.path("/etc/nginx/sites-available/sample").read_text()
+    assert " down;" not in site
+    assert len({whoami(lb)["socket"] for _ in range(30)}) == 3  # every app host answers again
+    # the balancer keeps the new static root (app host 1 serves pages that need it; it holds the old files too)
+    assert os.readlink(lb.path("/srv/sample/shared/static/current")) == new
+    for h in (*apps, lb):
+        assert not h.path("/srv/sample/.fabdeploy-lock").exists(), h
+    # back to one release everywhere for the next test
+    res = run_fab(proj.root, "deploy", cache=cache)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def test_one_app_host_unreachable_switches_no_host(fleet):
