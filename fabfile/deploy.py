@@ -24,7 +24,7 @@ from .errors import FabdeployError, RemoteError
 from .fleet import deferred_interrupt, for_each_host
 from .lock import LockOwner
 from .health import check_command, health
-from .layout import RELEASE_GLOB_ERE, Layout, nginx_site_paths
+from .layout import Layout, nginx_site_paths
 from .roles import batches, server_of
 from .rollback import rollback_script
 from .output import Printer
@@ -294,16 +294,12 @@ class LbDeploy:
         """Invocation 2: unpack the release's static files (hard-linked onto the live ones, so pages of the
         old and the new release both find theirs), point static/current at them, install the site."""
         self.rel_id = static_id
-        st = self.layout.static
-        S = f"{st}/{static_id}"
         upload = static_id != self.static_before
         if upload:
             lines = [
-                f"rm -rf {q(S)}",
-                f"if [ -d {q(st + '/current/')} ]; then cp -al \"$(readlink -f {q(st + '/current')})\" {q(S)}; "
-                f"else mkdir -p {q(S)}; fi",
-                f"tar -xzf - -C {q(st)}",
-                "n=$(find " + q(S) + " -type f | wc -l)",
+                *phases.seed_static(self.cfg, static_id),
+                f"tar -xzf - -C {q(self.layout.static)}",
+                f"n=$(find {q(self.layout.static + '/' + static_id)} -type f | wc -l)",
                 *phases.static_switch(self.cfg, q(static_id)),
                 phases.note(f"static files of {static_id}: $n files"),
             ]
@@ -348,10 +344,7 @@ class LbDeploy:
         steps.append(Phase("cleanup", [
             f"cd {q(lay.static)}",
             "cur=$(basename \"$(readlink current)\")",
-            "removed=0",
-            f"for r in $(ls -1 | grep -E {q(RELEASE_GLOB_ERE)} | sort -r | tail -n +{keep + 1}); do",
-            '  if [ "$r" != "$cur" ]; then rm -rf -- "$r"; removed=$((removed + 1)); fi',
-            "done",
+            *phases.prune_lines(keep),
             f"rm -rf {q(self.staging)}",
             phases.note(f"static roots: removed $removed (keep_releases = {keep})"),
         ]))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .config import Config
 from .layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, Layout, nginx_site_paths
 from .render import render, render_file
-from .roles import Server, balanced, bind_address, runs_nginx, uwsgi_socket
+from .roles import Server, balanced, bind_address, runs_nginx, servers, uwsgi_socket
 from .script import MARK, Phase, fact, q, write_file
 
 
@@ -194,12 +194,7 @@ def code(cfg: Config, rel: Release) -> Phase:
         *write_file(f"{R}/.fabdeploy/venv", rel.venv_hash),
         *write_file(f"{R}/{SETTINGS_MODULE}.py", settings),
     ]
-    # Static files: this release's own root, seeded with hard links from the live one (collectstatic
-    # replaces a changed file with a new inode, so the live site's files are never modified).
-    S = f"{lay.static}/{rel.id}"
-    lines += [f"rm -rf {q(S)}",
-              f"if [ -d {q(lay.static + '/current/')} ]; then cp -al \"$(readlink -f {q(lay.static + '/current')})\" {q(S)}; "
-              f"else mkdir -p {q(S)}; fi"]
+    lines += seed_static(cfg, rel.id)
     for d in cfg.paths.shared_dirs:
         target, link = f"{lay.shared}/{d}", f"{R}/{d}"
         lines += [f"mkdir -p {q(target)}", f"rm -rf {q(link)}", f'mkdir -p "$(dirname {q(link)})"',
@@ -213,6 +208,28 @@ def code(cfg: Config, rel: Release) -> Phase:
         *write_file(lay.env_file, env_lines, mode="0600"),
     ]
     return Phase("code", lines)
+
+
+def seed_static(cfg: Config, release_id: str) -> list[str]:
+    """Create the release's own static root, seeded with hard links from the live one. collectstatic (or
+    tar, on a balancer) replaces a changed file with a new inode, so the live site's files are never
+    modified, and the new root keeps the old release's files too."""
+    st = Layout(cfg.paths.deploy_to).static
+    S = f"{st}/{release_id}"
+    return [f"rm -rf {q(S)}",
+            f"if [ -d {q(st + '/current/')} ]; then cp -al \"$(readlink -f {q(st + '/current')})\" {q(S)}; "
+            f"else mkdir -p {q(S)}; fi"]
+
+
+def prune_lines(keep: int) -> list[str]:
+    """In a directory of release-named entries (the cwd; $cur the one in use): remove all but the newest
+    `keep`, never $cur; counts them in $removed."""
+    return [
+        "removed=0",
+        f"for r in $(ls -1 | grep -E {q(RELEASE_GLOB_ERE)} | sort -r | tail -n +{keep + 1}); do",
+        '  if [ "$r" != "$cur" ]; then rm -rf -- "$r"; removed=$((removed + 1)); fi',
+        "done",
+    ]
 
 
 def venv_install_args(cfg: Config, rel: Release, staging: str) -> list[str]:
@@ -339,8 +356,6 @@ def nginx_site(cfg: Config, server: Server | None = None) -> str:
 
 def lb_site(cfg: Config, drained=()) -> str:
     """The load balancer's site: an upstream of every app host (those in `drained` marked down)."""
-    from .roles import servers  # noqa: keep the import local (roles imports config only)
-
     lay = Layout(cfg.paths.deploy_to)
     apps = []
     for s in servers(cfg):
@@ -394,8 +409,6 @@ def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None
 def firewall_rules(cfg: Config) -> tuple[str, str]:
     """(table name, nft script): the uWSGI port of an app host open to the load balancers and the host
     itself only (others get a TCP reset). The script replaces the table atomically (`nft -f`)."""
-    from .roles import servers  # noqa: keep the import local (roles imports config only)
-
     table = "fabdeploy_" + re.sub(r"[^A-Za-z0-9_]", "_", cfg.project.name)
     port = cfg.balancer.port
     lbs = [s.upstream_address.strip("[]") for s in servers(cfg) if s.role == "lb"]
@@ -416,8 +429,6 @@ def firewall(cfg: Config, server: Server | None, staging: str) -> list[str]:
     mode = cfg.balancer.firewall
     if mode == "off" or server is None or server.role != "app" or not balanced(cfg):
         return []
-    from .roles import servers  # noqa: keep the import local
-
     table, rules = firewall_rules(cfg)
     lbs = ", ".join(s.upstream_address for s in servers(cfg) if s.role == "lb")
     missing = (fail("balancer.firewall = \"nftables\" but nft is not usable with sudo -n on this host "
@@ -610,10 +621,7 @@ def cleanup(cfg: Config, rel: Release) -> Phase:
         ALIVE_FN,
         f"cd {q(lay.releases)}",
         f"cur=$(basename \"$(readlink {q(lay.current)})\")",
-        "removed=0",
-        f"for r in $(ls -1 | grep -E {q(RELEASE_GLOB_ERE)} | sort -r | tail -n +{keep + 1}); do",
-        '  if [ "$r" != "$cur" ]; then rm -rf -- "$r"; removed=$((removed + 1)); fi',
-        "done",
+        *prune_lines(keep),
         "used=$(cat */.fabdeploy/venv 2>/dev/null | tr '\\n' ' ')",
         f"pid=$(alive {q(lay.pidfile)} uwsgi || true)",
         'exe=$( [ -n "$pid" ] && readlink "/proc/$pid/exe" || true)',
