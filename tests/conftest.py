@@ -23,7 +23,8 @@ BIN = Path(sys.executable).parent
 FAB = str(BIN / "fab")
 WHEELS = REPO / ".cache" / "wheels"  # filled by scripts/setup: tests build wheelhouses offline from it
 OFFLINE = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELS)}
-_index = itertools.count(20)
+# Host addresses 10.213.N.2 from N = 20 on (FABDEPLOY_LAB_INDEX moves it, for two test runs side by side).
+_index = itertools.count(int(os.environ.get("FABDEPLOY_LAB_INDEX", "20")))
 
 TEAM_FABFILE = "from fabdeploy.tasks import *  # noqa: F401,F403\n"
 
