@@ -222,12 +222,28 @@ def seed_static(cfg: Config, release_id: str) -> list[str]:
 
 
 def prune_lines(keep: int) -> list[str]:
-    """In a directory of release-named entries (the cwd; $cur the one in use): remove all but the newest
-    `keep`, never $cur; counts them in $removed."""
+    """In a directory of release-named entries (the cwd; $cur the one in use): keep `keep` of them and
+    remove the rest, counting them in $removed. Always kept: $cur and (with keep >= 2) the way back, the
+    newest entry older than $cur not marked bad (`<entry>/.fabdeploy/bad`), which is what a rollback picks.
+    The other places go to the newest entries, good ones before those marked bad."""
+    back = [
+        "back=; seen=",
+        "for r in $all; do",
+        '  if [ -n "$seen" ] && [ -z "$back" ] && [ ! -f "$r/.fabdeploy/bad" ]; then back=$r; fi',
+        '  [ "$r" != "$cur" ] || seen=1',
+        "done",
+    ] if keep >= 2 else ["back="]
     return [
         "removed=0",
-        f"for r in $(ls -1 | grep -E {q(RELEASE_GLOB_ERE)} | sort -r | tail -n +{keep + 1}); do",
-        '  if [ "$r" != "$cur" ]; then rm -rf -- "$r"; removed=$((removed + 1)); fi',
+        f"all=$(ls -1 | grep -E {q(RELEASE_GLOB_ERE)} | sort -r || true)",  # newest first
+        *back,
+        "kept=0",
+        'for r in $all; do if [ "$r" = "$cur" ] || [ "$r" = "$back" ]; then kept=$((kept + 1)); fi; done',
+        'good=$(for r in $all; do [ -f "$r/.fabdeploy/bad" ] || echo "$r"; done)',
+        'bad=$(for r in $all; do [ ! -f "$r/.fabdeploy/bad" ] || echo "$r"; done)',
+        "for r in $good $bad; do",
+        '  if [ "$r" = "$cur" ] || [ "$r" = "$back" ]; then continue; fi',
+        f'  if [ "$kept" -lt {int(keep)} ]; then kept=$((kept + 1)); else rm -rf -- "$r"; removed=$((removed + 1)); fi',
         "done",
     ]
 
@@ -563,6 +579,8 @@ def uwsgi_restart_lines(cfg: Config, release_word: str, venv_word: str, label: s
         f"  {uwsgi} --ini {q(lay.uwsgi_ini)}",
         "  action=started",
         "fi",
+        # ready means every worker the ini asks for is up (processes, or the cheaper subsystem's start count)
+        *expected_workers_lines(lay.uwsgi_ini),
         "i=0; ready=; gone=0",
         f"while [ $i -lt {steps} ]; do",
         f"  pid=$(alive {q(lay.pidfile)} uwsgi || true)",
@@ -575,7 +593,7 @@ def uwsgi_restart_lines(cfg: Config, release_word: str, venv_word: str, label: s
         f'      [ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
         "    done",
         # a unix socket must exist (uWSGI creates it after the workers); a TCP socket is bound by the master
-        f'    if [ "$n" -gt 0 ] && [ "$stale" -eq 0 ] && {{ [ -S {q(lay.socket)} ] || '
+        f'    if [ "$n" -gt 0 ] && [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ] && {{ [ -S {q(lay.socket)} ] || '
         f'! grep -q "^socket = /" {q(lay.uwsgi_ini)}; }}; then ready=1; break; fi',
         "  fi",
         "  i=$((i + 1)); sleep 0.1",
@@ -587,6 +605,17 @@ def uwsgi_restart_lines(cfg: Config, release_word: str, venv_word: str, label: s
         "  exit 1",
         "fi",
         note(f"uwsgi $action (master $pid, $n workers on {label})"),
+    ]
+
+
+def expected_workers_lines(ini: str) -> list[str]:
+    """Set $want to the number of workers the uWSGI ini starts with: cheaper-initial, else cheaper, else
+    processes (the last value of each key wins, as in uWSGI), else 1."""
+    return [
+        f"procs=$(sed -n 's/^processes *= *\\([0-9][0-9]*\\) *$/\\1/p' {q(ini)} | tail -n 1)",
+        f"ci=$(sed -n 's/^cheaper-initial *= *\\([0-9][0-9]*\\) *$/\\1/p' {q(ini)} | tail -n 1)",
+        f"ch=$(sed -n 's/^cheaper *= *\\([0-9][0-9]*\\) *$/\\1/p' {q(ini)} | tail -n 1)",
+        'want=${ci:-${ch:-${procs:-1}}}',
     ]
 
 
@@ -614,7 +643,8 @@ def nginx_restart_lines(facts: Facts, changed_flag: str) -> list[str]:
 
 
 def cleanup(cfg: Config, rel: Release) -> Phase:
-    """Keep keep_releases releases (never current) and the virtualenvs they or the running master use."""
+    """Keep keep_releases releases (always current and the release a rollback would go back to; releases
+    marked bad go first) and the virtualenvs they or the running master use."""
     lay = Layout(cfg.paths.deploy_to)
     keep = cfg.paths.keep_releases
     return Phase("cleanup", [

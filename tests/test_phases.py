@@ -551,6 +551,43 @@ def test_settings_module_overrides_the_project_settings(tmp_path):
     assert got["DB"] == {"default": f"{shared}/db/default.sqlite3", "memory": ":memory:", "pg": "shop"}
 
 
+LOG_PROBE = """\
+import logging, sys
+sys.path.insert(0, {release!r})
+import os
+os.environ["DJANGO_SETTINGS_MODULE"] = {module!r}
+import django
+django.setup()
+try:
+    raise ValueError("probe-failure-7c1")
+except ValueError:
+    logging.getLogger("django.request").error("Internal Server Error: /boom/", exc_info=True)
+"""
+
+
+@pytest.mark.parametrize("project_logging, overlay_logs", [
+    ("", True),
+    # a LOGGING that says nothing about django.request: the overlay adds its handler, keeping theirs
+    ('LOGGING = {"version": 1, "handlers": {"h": {"class": "logging.NullHandler"}}, '
+     '"loggers": {"myapp": {"handlers": ["h"]}}}', True),
+    # a LOGGING that configures django (here: to nowhere) is the project's choice
+    ('LOGGING = {"version": 1, "handlers": {"h": {"class": "logging.NullHandler"}}, '
+     '"loggers": {"django": {"handlers": ["h"], "propagate": False}}}', False),
+])
+def test_settings_module_logs_view_errors_with_their_traceback(tmp_path, project_logging, overlay_logs):
+    release, _ = _render_settings(tmp_path)
+    base = release / "fakeproj" / "settings.py"
+    base.write_text(base.read_text() + "\n" + project_logging + "\n")
+    proc = subprocess.run([sys.executable, "-c", LOG_PROBE.format(release=str(release), module=SETTINGS_MODULE)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    if overlay_logs:
+        assert "ERROR django.request: Internal Server Error: /boom/" in proc.stderr
+        assert "Traceback (most recent call last)" in proc.stderr and "probe-failure-7c1" in proc.stderr
+    else:
+        assert proc.stderr == ""
+
+
 # --- the code phase, run for real ----------------------------------------------------------------------------
 
 def _sample_bundle() -> bytes:
@@ -1210,7 +1247,7 @@ class UwsgiLab:
 
     def __init__(self, tmp_path, app_source=GOOD_APP, module="app:application", reload_timeout=60):
         self.tmp = tmp_path
-        self.cfg = make_cfg(tmp_path / "app", uwsgi={"reload_timeout": reload_timeout})
+        self.cfg = make_cfg(tmp_path / "app", uwsgi={"reload_timeout": reload_timeout, "processes": 2})
         self.lay = lay = Layout(self.cfg.paths.deploy_to)
         self.R = Path(lay.release(REL_ID))
         self.R.mkdir(parents=True)
@@ -1267,6 +1304,47 @@ def test_restart_starts_uwsgi_and_waits_for_workers_in_the_release(tmp_path):
         assert notes(out(again)) == [f"uwsgi reloaded (master {pid}, 2 workers on {REL_ID})"]
     finally:
         lab.stop()
+
+
+FAKE_UWSGI = """#!/bin/sh
+# A uWSGI stand-in whose master starts its workers one at a time (0.4 s apart), as a loaded host can.
+if [ "$1" = --ini ]; then setsid "$0" --master </dev/null >/dev/null 2>&1 & exit 0; fi
+echo $$ > {pidfile}
+cd {release}
+for i in $(seq {workers}); do sleep 0.4; sleep 60 & done
+wait
+"""
+
+
+@pytest.mark.parametrize("ini_lines, want", [
+    ("processes = 4", 4),
+    ("processes = 4\ncheaper = 2", 2),
+    ("processes = 4\ncheaper = 1\ncheaper-initial = 3", 3),
+])
+def test_restart_reports_ready_only_when_every_worker_is_up(tmp_path, ini_lines, want):
+    cfg = make_cfg(tmp_path / "app", uwsgi={"reload_timeout": 20})
+    lay = Layout(cfg.paths.deploy_to)
+    release = Path(lay.release(REL_ID))
+    release.mkdir(parents=True)
+    for d in (lay.run, lay.config):
+        Path(d).mkdir(parents=True, exist_ok=True)
+    Path(lay.uwsgi_ini).write_text(f"[uwsgi]\nmaster = true\n{ini_lines}\n")  # (no unix socket to wait for)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    fake = venv / "bin" / "uwsgi"
+    fake.write_text(FAKE_UWSGI.format(pidfile=q(lay.pidfile), release=q(str(release)), workers=want))
+    fake.chmod(0o755)
+    lines = phases.uwsgi_restart_lines(cfg, q(str(release)), q(str(venv)), REL_ID)
+    try:
+        proc = sh(Script([Phase("restart", lines)]), tmp_path, timeout=60)
+        assert proc.returncode == 0, err(proc)
+        pid = int(Path(lay.pidfile).read_text())
+        assert notes(out(proc)) == [f"uwsgi started (master {pid}, {want} workers on {REL_ID})"]
+    finally:
+        try:
+            os.killpg(int(Path(lay.pidfile).read_text()), 9)  # the stand-in's own group (setsid)
+        except (OSError, ValueError):
+            pass
 
 
 def test_restart_gives_up_early_when_the_master_stays_gone(tmp_path):
@@ -1356,14 +1434,14 @@ def test_cleanup_keeps_newest_n_and_current_and_their_venvs(tmp_path):
     cfg = make_cfg(lay.deploy_to, paths={"keep_releases": 3})
     proc = sh(Script([phases.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
     assert proc.returncode == 0, err(proc)
-    assert sorted(os.listdir(lay.releases)) == sorted([RELEASES[1], RELEASES[4], RELEASES[5], RELEASES[6],
-                                                       "not-a-release"])
-    assert sorted(os.listdir(lay.venvs)) == ["v-b", "v-d", "v-e"]
+    # current (2nd), the way back (1st, the newest good one older than current) and the newest one
+    assert sorted(os.listdir(lay.releases)) == sorted([RELEASES[0], RELEASES[1], RELEASES[6], "not-a-release"])
+    assert sorted(os.listdir(lay.venvs)) == ["v-a", "v-b", "v-e"]
     assert not os.path.exists(lay.staging(RELEASES[-1]))
     assert os.readlink(lay.current) == lay.release(RELEASES[1])
-    assert notes(out(proc)) == ["4 releases on disk (keep_releases = 3), removed 3"]  # current is the 4th
+    assert notes(out(proc)) == ["3 releases on disk (keep_releases = 3), removed 4"]
     # static roots follow the releases on disk; the live link and non-release entries stay
-    assert _static_entries(lay) == sorted([RELEASES[1], RELEASES[4], RELEASES[5], RELEASES[6], "current", "pages",
+    assert _static_entries(lay) == sorted([RELEASES[0], RELEASES[1], RELEASES[6], "current", "pages",
                                            "not-a-release"])
     assert Path(lay.static, "current", "pages", "site.css").read_text() == RELEASES[1]
 
@@ -1377,6 +1455,29 @@ def test_cleanup_with_current_among_the_newest(tmp_path):
     assert os.listdir(lay.venvs) == ["v-e"]
     assert notes(out(proc)) == ["1 releases on disk (keep_releases = 1), removed 6"]
     assert _static_entries(lay) == sorted([RELEASES[6], "current", "pages", "not-a-release"])
+
+
+@pytest.mark.parametrize("keep, bad, current, left", [
+    # the way back (1st: the 2nd and 3rd are bad) survives; then the newest
+    (3, {2, 3}, 4, [1, 4, 7]),
+    (2, {2, 3}, 4, [1, 4]),
+    # bad releases go first; the newest good ones stay
+    (4, {5, 6}, 7, [2, 3, 4, 7]),
+    (3, {6}, 7, [4, 5, 7]),
+    # after a rollback to the 5th (6th and 7th bad): the 4th is the way back, the bad ones go
+    (3, {6, 7}, 5, [3, 4, 5]),
+    # keep_releases = 1 keeps only current: there is no way back by definition
+    (1, set(), 7, [7]),
+])
+def test_prune_removes_bad_releases_first_and_keeps_the_way_back(tmp_path, keep, bad, current, left):
+    lay = _cleanup_lab(tmp_path, current_index=current)
+    for i in bad:
+        Path(lay.release(RELEASES[i - 1]), ".fabdeploy", "bad").touch()
+    cfg = make_cfg(lay.deploy_to, paths={"keep_releases": keep})
+    proc = sh(Script([phases.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert sorted(os.listdir(lay.releases)) == sorted([RELEASES[i - 1] for i in left] + ["not-a-release"])
+    assert notes(out(proc)) == [f"{len(left)} releases on disk (keep_releases = {keep}), removed {7 - len(left)}"]
 
 
 def test_cleanup_keeps_the_venv_of_the_running_uwsgi_master(tmp_path):
