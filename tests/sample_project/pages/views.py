@@ -55,6 +55,15 @@ def whoami(request):
     )
 
 
+class BoomError(RuntimeError):
+    pass
+
+
+def boom(request):
+    """A view that raises: its traceback must reach the app log (fab logs)."""
+    raise BoomError("fabdeploy-sample-boom: this view always fails")
+
+
 def health(request):
     return HttpResponse("ok", content_type="text/plain")
 
