@@ -216,7 +216,7 @@ class HostDeploy:
         error = "interrupted" if interrupted else str(exc).splitlines()[0]
         before_switch = self.stage not in ("publish", "published")
         built = [phases.abandon(self.cfg, self.rel or phases.Release(self.rel_id, "", "", "", "", ""),
-                                self.remote.get("pgid"))] if before_switch else []
+                                self.remote.get("pgid"), lock.held(self.cfg, self.owner))] if before_switch else []
         record = self.record("interrupted" if interrupted else "failed", mask(error, self.cfg.secret_values()))
         if not run_cleanup(self, Script([*built, lock.failed_finish(self.cfg, self.owner, record)])):
             return
@@ -381,7 +381,9 @@ class LbDeploy:
             lines.append(f"rm -rf {q(self.staging)}")
         record = {**self.base_record, "release": self.rel_id, "result": "interrupted" if interrupted else "failed",
                   "error": mask(error, self.cfg.secret_values())}
-        run_cleanup(self, Script([Phase("abandon", lines or ["true"]), lock.failed_finish(self.cfg, self.owner, record)]))
+        held = lock.held(self.cfg, self.owner)
+        run_cleanup(self, Script([Phase("abandon", [f"if ! {held}; then exit 0; fi", *lines]),
+                                  lock.failed_finish(self.cfg, self.owner, record)]))
 
 
 def run_cleanup(hd, script: Script) -> bool:

@@ -72,9 +72,13 @@ def acquire(cfg: Config, owner: LockOwner, wait: int = 0) -> list[str]:
     ]
 
 
+def held(cfg: Config, owner: LockOwner) -> str:
+    """A shell condition: this run holds the deploy lock."""
+    return f"[ \"$(cat {q(lock_dir(cfg) + '/token')} 2>/dev/null)\" = {q(owner.token)} ]"
+
+
 def release(cfg: Config, owner: LockOwner) -> list[str]:
-    L = lock_dir(cfg)
-    return [f"if [ \"$(cat {q(L + '/token')} 2>/dev/null)\" = {q(owner.token)} ]; then rm -rf {q(L)}; fi"]
+    return [f"if {held(cfg, owner)}; then rm -rf {q(lock_dir(cfg))}; fi"]
 
 
 def audit(cfg: Config, owner: LockOwner, record: dict, dynamic: dict[str, str] | None = None) -> list[str]:
@@ -100,8 +104,10 @@ def finish(cfg: Config, owner: LockOwner, record: dict, dynamic: dict[str, str] 
 
 
 def failed_finish(cfg: Config, owner: LockOwner, record: dict) -> Phase:
-    """After a failure: the audit line (best effort: the layout may not exist), then release the lock."""
-    return Phase("finish", ["(", *audit(cfg, owner, record), ") 2>/dev/null || true", *release(cfg, owner)])
+    """After a failure: the audit line (best effort: the layout may not exist), then release the lock; a
+    run that never held the lock (refused by another's) writes nothing."""
+    return Phase("finish", [f"if {held(cfg, owner)}; then", "(", *audit(cfg, owner, record),
+                            ") 2>/dev/null || true", *release(cfg, owner), "fi"])
 
 
 def unlock(cfg: Config, force: bool) -> Phase:

@@ -106,9 +106,14 @@ def unchanged_exit(cfg: Config, fp: str, after: list[str]) -> list[str]:
     lay = Layout(cfg.paths.deploy_to)
     return [
         ALIVE_FN,
+        CHILDREN_FN,
+        # every worker of the live master runs `current` (not only the link: a switch whose reload never
+        # happened leaves the old code serving)
+        'on_current() { n=0; for c in $(children "$1"); do n=$((n + 1)); '
+        '[ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = "$cur" ] || return 1; done; [ "$n" -gt 0 ]; }',
         f"cur=$(readlink {q(lay.current)} || true)",
         f'if [ -n "$cur" ] && grep -qs {q(chr(34) + "fingerprint" + chr(34) + ": " + chr(34) + fp + chr(34))} '
-        f'"$cur/.fabdeploy/release.json" && alive {q(lay.pidfile)} uwsgi >/dev/null; then',
+        f'"$cur/.fabdeploy/release.json" && mpid=$(alive {q(lay.pidfile)} uwsgi) && on_current "$mpid"; then',
         *["  " + ln for ln in after],
         "  " + fact("unchanged", '$(basename "$cur")'),
         "  " + note('already live: $(basename "$cur") has this revision and these configs '
@@ -410,9 +415,9 @@ def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None
     """Stage the uWSGI ini; install the nginx site only if it changed and only if `nginx -t` accepts it."""
     lay = Layout(cfg.paths.deploy_to)
     lines = [
-        *write_file(f"{lay.uwsgi_ini}.next", uwsgi_ini(cfg, rel, server), mode="0600"),
-        # The release keeps its own copy: a rollback restores exactly the config it ran with.
-        f"cp -p {q(lay.uwsgi_ini + '.next')} {q(lay.release(rel.id) + '/.fabdeploy/uwsgi.ini')}",
+        # Staged in the release itself (never a shared name another run could touch): the switch installs
+        # it, and a rollback restores exactly the config the release ran with.
+        *write_file(f"{lay.release(rel.id)}/.fabdeploy/uwsgi.ini", uwsgi_ini(cfg, rel, server), mode="0600"),
     ]
     if runs_nginx(cfg, server):
         lines += site_install(cfg, nginx_site(cfg, server), facts, lay.staging(rel.id))
@@ -499,16 +504,25 @@ def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:
 
 
 def switch(cfg: Config, rel: Release) -> Phase:
-    """Point `current` at the release atomically (symlink to a temp name, rename over) with its uWSGI ini."""
+    """Install the release's uWSGI ini, then point `current` at the release atomically (symlink to a temp
+    name, rename over): if the ini cannot be installed, `current` has not moved."""
     lay = Layout(cfg.paths.deploy_to)
     tmp = f"{lay.current}.fabdeploy-tmp"
     return Phase("switch", [
+        *install_ini(cfg, q(lay.release(rel.id))),
         f"ln -sfn {q(lay.release(rel.id))} {q(tmp)}",
         f"mv -Tf {q(tmp)} {q(lay.current)}",
         *static_switch(cfg, q(rel.id)),
-        f"mv -f {q(lay.uwsgi_ini + '.next')} {q(lay.uwsgi_ini)}",
         note(f"current -> {rel.id}"),
     ])
+
+
+def install_ini(cfg: Config, release_word: str) -> list[str]:
+    """Make a release's own uWSGI ini (release_word: a shell word naming the release directory) the live
+    one, atomically (a temp copy renamed over)."""
+    ini = Layout(cfg.paths.deploy_to).uwsgi_ini
+    return [f"cp -p {release_word}/.fabdeploy/uwsgi.ini {q(ini + '.fabdeploy-tmp')}",
+            f"mv -f {q(ini + '.fabdeploy-tmp')} {q(ini)}"]
 
 
 def static_switch(cfg: Config, release_word: str) -> list[str]:
@@ -674,9 +688,11 @@ def cleanup(cfg: Config, rel: Release) -> Phase:
     ])
 
 
-def abandon(cfg: Config, rel: Release, pgid: int | None = None) -> Phase:
+def abandon(cfg: Config, rel: Release, pgid: int | None = None, held: str = "true") -> Phase:
     """After a failure or interrupt before the switch: stop what the interrupted script still runs (its
-    process group), then remove the half-built release and staged files (never the current release)."""
+    process group), then remove the half-built release and staged files (never the current release), but
+    only while `held` (a shell condition: this run holds the deploy lock); a run refused by another one's
+    lock changes nothing (the release id and files may be that run's)."""
     lay = Layout(cfg.paths.deploy_to)
     R = lay.release(rel.id)
     stop = []
@@ -689,6 +705,7 @@ def abandon(cfg: Config, rel: Release, pgid: int | None = None) -> Phase:
         ]
     return Phase("abandon", [
         *stop,
+        f"if ! {held}; then " + note("another run holds the deploy lock: nothing of this run to remove") + "; exit 0; fi",
         f'if [ "$(readlink {q(lay.current)})" != {q(R)} ]; then rm -rf {q(R)} {q(lay.static + "/" + rel.id)} || true; fi',
-        f"rm -rf {q(lay.staging(rel.id))} {q(lay.uwsgi_ini + '.next')} || true",
+        f"rm -rf {q(lay.staging(rel.id))} || true",
     ])

@@ -1034,7 +1034,8 @@ def test_config_phase_lines_sites_layout():
     cfg = make_cfg()
     lines = phases.config(cfg, make_rel(), Facts(nginx_layout="sites")).lines
     T = f"/srv/shop/tmp/{REL_ID}"
-    assert written(lines, "/srv/shop/shared/config/uwsgi.ini.next") == phases.uwsgi_ini(cfg, make_rel())
+    assert written(lines, f"/srv/shop/releases/{REL_ID}/.fabdeploy/uwsgi.ini") == phases.uwsgi_ini(cfg, make_rel())
+    assert not [ln for ln in lines if "shared/config" in ln]  # nothing shared is staged: another run can't touch it
     assert written(lines, f"{T}/site.conf") == phases.nginx_site(cfg)
     assert f"  sudo -n install -m 0644 {T}/site.conf /etc/nginx/sites-available/shop" in lines
     assert "  sudo -n ln -sfn /etc/nginx/sites-available/shop /etc/nginx/sites-enabled/shop" in lines
@@ -1087,11 +1088,8 @@ def test_config_phase_installs_a_new_site(tmp_path, fakebin):
     assert (lab.staging / "nginx-changed").exists()
     # the release keeps the exact uWSGI config it runs with (rollback restores it)
     saved = Path(lab.lay.release(REL_ID), ".fabdeploy", "uwsgi.ini")
-    assert saved.read_text() == Path(lab.lay.uwsgi_ini + ".next").read_text() == phases.uwsgi_ini(lab.cfg, make_rel())
+    assert saved.read_text() == phases.uwsgi_ini(lab.cfg, make_rel())
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
-    ini = Path(lab.lay.uwsgi_ini + ".next")
-    assert ini.read_text() == phases.uwsgi_ini(lab.cfg, make_rel())
-    assert stat.S_IMODE(ini.stat().st_mode) == 0o600
     assert not Path(lab.lay.uwsgi_ini).exists()  # the live ini changes only in switch
     assert "nginx -t" in fakebin.log()
     assert notes(out(proc)) == [f"nginx site installed at {lab.site}"]
@@ -1155,12 +1153,14 @@ def test_config_phase_restore_keeps_a_disabled_site_disabled(tmp_path, fakebin):
 
 def test_switch_lines():
     S = "/srv/shop/shared/static"
-    assert phases.switch(make_cfg(), make_rel()).lines[:4] == [
+    # the release's own ini goes live before `current` moves (no current without its config)
+    assert phases.switch(make_cfg(), make_rel()).lines[:5] == [
+        f"cp -p /srv/shop/releases/{REL_ID}/.fabdeploy/uwsgi.ini /srv/shop/shared/config/uwsgi.ini.fabdeploy-tmp",
+        "mv -f /srv/shop/shared/config/uwsgi.ini.fabdeploy-tmp /srv/shop/shared/config/uwsgi.ini",
         f"ln -sfn /srv/shop/releases/{REL_ID} /srv/shop/current.fabdeploy-tmp",
         "mv -Tf /srv/shop/current.fabdeploy-tmp /srv/shop/current",
         f"if [ -d {S}/{REL_ID} ]; then ln -sfn {REL_ID} {S}/current.fabdeploy-tmp && "
         f"mv -Tf {S}/current.fabdeploy-tmp {S}/current; fi",
-        "mv -f /srv/shop/shared/config/uwsgi.ini.next /srv/shop/shared/config/uwsgi.ini",
     ]
     assert phases.static_switch(make_cfg(), '"$T"') == [
         f'if [ -d {S}/"$T" ]; then ln -sfn "$T" {S}/current.fabdeploy-tmp && mv -Tf {S}/current.fabdeploy-tmp '
@@ -1171,9 +1171,9 @@ def test_switch_lines():
 def test_switch_runs_atomically(tmp_path, previous):
     deploy_to = tmp_path / "app"
     lay = Layout(str(deploy_to))
-    Path(lay.release(REL_ID)).mkdir(parents=True)
+    Path(lay.release(REL_ID), ".fabdeploy").mkdir(parents=True)
     Path(lay.config).mkdir(parents=True)
-    Path(lay.uwsgi_ini + ".next").write_text("new ini\n")
+    Path(lay.release(REL_ID), ".fabdeploy", "uwsgi.ini").write_text("new ini\n")
     Path(lay.static, REL_ID).mkdir(parents=True)
     if previous:
         Path(lay.release(previous)).mkdir()
@@ -1190,7 +1190,7 @@ def test_switch_runs_atomically(tmp_path, previous):
     assert Path(lay.static, "current").resolve() == Path(lay.static, REL_ID).resolve()
     assert sorted(os.listdir(lay.static)) == sorted(["current", REL_ID] + ([previous] if previous else []))
     assert Path(lay.uwsgi_ini).read_text() == "new ini\n"
-    assert not os.path.exists(lay.uwsgi_ini + ".next")
+    assert not os.path.exists(lay.uwsgi_ini + ".fabdeploy-tmp")
     assert notes(out(proc)) == [f"current -> {REL_ID}"]
     if previous:
         assert Path(lay.release(previous)).is_dir()  # the old release itself is untouched
@@ -1517,7 +1517,6 @@ def test_abandon_removes_the_half_built_release_unless_it_is_current(tmp_path, i
     Path(lay.release(old)).mkdir()
     Path(lay.staging(REL_ID)).mkdir(parents=True)
     Path(lay.config).mkdir(parents=True)
-    Path(lay.uwsgi_ini + ".next").write_text("x")
     Path(lay.uwsgi_ini).write_text("live")
     os.symlink(lay.release(REL_ID if is_current else old), lay.current)
     for rid in (REL_ID, old):
@@ -1530,8 +1529,38 @@ def test_abandon_removes_the_half_built_release_unless_it_is_current(tmp_path, i
     # the release's static root goes with it; the live one stays
     assert Path(lay.static, REL_ID).exists() is is_current
     assert Path(lay.static, old).is_dir() and Path(lay.static, "current").is_dir()
-    assert not Path(lay.staging(REL_ID)).exists() and not Path(lay.uwsgi_ini + ".next").exists()
+    assert not Path(lay.staging(REL_ID)).exists()
     assert Path(lay.uwsgi_ini).read_text() == "live"
+
+
+def test_a_switch_whose_ini_cannot_be_installed_leaves_current_alone(tmp_path):
+    lay = Layout(str(tmp_path / "app"))
+    old = "20251231T000000Z-0000001"
+    Path(lay.release(REL_ID)).mkdir(parents=True)  # (its saved ini is missing)
+    Path(lay.release(old)).mkdir()
+    Path(lay.config).mkdir(parents=True)
+    os.symlink(lay.release(old), lay.current)
+    proc = sh(Script([phases.switch(make_cfg(lay.deploy_to), make_rel())]), tmp_path)
+    assert proc.returncode != 0
+    assert os.readlink(lay.current) == lay.release(old)
+
+
+def test_abandon_by_a_run_without_the_lock_removes_nothing(tmp_path):
+    """A run refused by another's lock (same release id: same commit, same second) must not delete the
+    holder's release or staged files."""
+    lay = Layout(str(tmp_path / "app"))
+    old = "20251231T000000Z-0000001"
+    Path(lay.release(REL_ID), ".fabdeploy").mkdir(parents=True)
+    Path(lay.release(REL_ID), ".fabdeploy", "uwsgi.ini").write_text("holder's")
+    Path(lay.release(old)).mkdir()
+    Path(lay.staging(REL_ID)).mkdir(parents=True)
+    Path(lay.static, REL_ID).mkdir(parents=True)
+    os.symlink(lay.release(old), lay.current)
+    proc = sh(Script([phases.abandon(make_cfg(lay.deploy_to), make_rel(), held="false")]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert Path(lay.release(REL_ID), ".fabdeploy", "uwsgi.ini").read_text() == "holder's"
+    assert Path(lay.staging(REL_ID)).is_dir() and Path(lay.static, REL_ID).is_dir()
+    assert notes(out(proc)) == ["another run holds the deploy lock: nothing of this run to remove"]
 
 
 # === hooks ====================================================================================================
@@ -1678,18 +1707,43 @@ def test_release_ids_used_here_are_valid():
 
 def test_unchanged_exit_skips_the_deploy_when_live_and_identical(tmp_path):
     cfg, lay = live_release_with_fingerprint(tmp_path, "f" * 20)
-    fake = tmp_path / "uwsgi"  # a live process whose name is uwsgi
-    shutil.copy("/bin/sleep", fake)
-    proc = subprocess.Popen([str(fake), "30"])
+    # a live process named uwsgi (the master) with one child (a worker) working in the live release
+    fake = tmp_path / "uwsgi"
+    fake.write_text("#!/bin/sh\ncd \"$1\" && sleep 30 &\nwait\n")
+    fake.chmod(0o755)
+    proc = subprocess.Popen([str(fake), lay.release(REL_ID)])
     try:
         Path(lay.pidfile).write_text(str(proc.pid))
         same = Script([Phase("setup", [*phases.unchanged_exit(cfg, "f" * 20, ["echo AFTER"]), "echo BUILT"])])
-        text = out(sh(same, tmp_path))
+        for _ in range(50):  # until the worker runs
+            text = out(sh(same, tmp_path))
+            if "AFTER" in text:
+                break
         assert "AFTER" in text and "BUILT" not in text
         assert f"{MARK} fact unchanged={REL_ID}" in text
         other = Script([Phase("setup", [*phases.unchanged_exit(cfg, "e" * 20, ["echo AFTER"]), "echo BUILT"])])
         text = out(sh(other, tmp_path))
         assert "AFTER" not in text and "BUILT" in text
     finally:
+        subprocess.run(["pkill", "-P", str(proc.pid)])
+        proc.kill()
+        proc.wait()
+
+
+def test_unchanged_exit_deploys_when_the_workers_serve_another_release(tmp_path):
+    """`current` names the release but the workers still run the old code (a switch whose reload never
+    happened): not "already live"."""
+    cfg, lay = live_release_with_fingerprint(tmp_path, "f" * 20)
+    fake = tmp_path / "uwsgi"
+    fake.write_text("#!/bin/sh\ncd \"$1\" && sleep 30 &\nwait\n")
+    fake.chmod(0o755)
+    proc = subprocess.Popen([str(fake), str(tmp_path)])
+    try:
+        Path(lay.pidfile).write_text(str(proc.pid))
+        same = Script([Phase("setup", [*phases.unchanged_exit(cfg, "f" * 20, ["echo AFTER"]), "echo BUILT"])])
+        text = out(sh(same, tmp_path))
+        assert "AFTER" not in text and "BUILT" in text
+    finally:
+        subprocess.run(["pkill", "-P", str(proc.pid)])
         proc.kill()
         proc.wait()
