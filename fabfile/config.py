@@ -74,12 +74,24 @@ def _list(item_check, what="strings"):
     return check
 
 
+# Environment names fabdeploy sets itself (the production settings module, the release) or that would
+# change which Python code runs (manage.py and uWSGI read the same file).
+RESERVED_ENV = ("DJANGO_SETTINGS_MODULE", "FABDEPLOY_RELEASE", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP",
+                "VIRTUAL_ENV", "PATH", "LD_PRELOAD", "LD_LIBRARY_PATH")
+
+
 def _env(value):
     if not isinstance(value, dict):
         return "must be a table of NAME = \"value\""
     for key, item in value.items():
         if not _ENV_KEY.match(key):
             return f"has an invalid variable name {key!r}"
+        if key in RESERVED_ENV or key.startswith("FABDEPLOY_"):
+            why = ("fabdeploy sets it to its production settings module (put your settings in "
+                   "project.django_settings)" if key == "DJANGO_SETTINGS_MODULE" else
+                   "fabdeploy sets it" if key.startswith("FABDEPLOY_") else
+                   "it changes which Python code the app and manage.py run")
+            return f"must not set {key}: {why}"
         if not isinstance(item, str):
             return f"{key} must be a string"
         if "\n" in item or "\r" in item or "\0" in item:
@@ -104,6 +116,8 @@ def _listen(value):
 
 def _server_names(value):
     if isinstance(value, str) and value.split() and all(_SERVER_NAME.match(p) for p in value.split()):
+        if any(p.endswith("\\") for p in value.split()):
+            return "must not end a name with a backslash (it would escape nginx's ';')"
         return None
     return "must be server names separated by spaces"
 
@@ -379,10 +393,25 @@ def _check_roles(data: dict, where: str) -> None:
             if role == "lb" and isinstance(item, dict) and set(item) - {"host", "address"}:
                 raise ConfigError(f"{where}roles.lb {host}: weight, backup, max_fails, fail_timeout are settings "
                                   "of app hosts")
+    port = data["balancer"]["port"]
+    ssh_ports = {22} | {int(t.rsplit(":", 1)[1]) for t in _role_targets(roles) if re.search(r":[0-9]+$", t)}
+    if roles["lb"] and port in ssh_ports:
+        raise ConfigError(f"{where}balancer.port = {port} is an SSH port of these hosts: the app hosts' firewall "
+                          "would cut SSH off; pick another port for uWSGI")
     method = data["balancer"]["method"]
     if method in ("ip_hash", "hash") and any(isinstance(i, dict) and i.get("backup") for i in roles["app"]):
         raise ConfigError(f"{where}roles.app: backup servers cannot be used with balancer.method = \"{method}\" "
                           "(nginx refuses it)")
+
+
+def _role_targets(roles: dict) -> list[str]:
+    return [item if isinstance(item, str) else item["host"] for role in ("app", "lb") for item in roles[role]]
+
+
+def ident(name: str) -> str:
+    """An nft/nginx identifier for a project name, one-to-one ("my-app" and "my.app" stay distinct):
+    letters and digits kept, "_" -> "__", "-" -> "_h", "." -> "_d"."""
+    return "".join(c if c.isalnum() else {"_": "__", "-": "_h", ".": "_d"}[c] for c in name)
 
 
 def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:

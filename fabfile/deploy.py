@@ -144,7 +144,7 @@ class HostDeploy:
                            site_url(cfg, self.conn.host), unchanged=True)
         lay = self.layout
         site, _ = nginx_site_paths(facts.nginx_layout, cfg.project.name)
-        steps = [phases.switch(cfg, rel), phases.restart(cfg, rel, facts, self.server),
+        steps = [phases.switch(cfg, rel, self.server), phases.restart(cfg, rel, facts, self.server),
                  health(cfg, self.conn.host, rel.id, facts.current, lay.staging(rel.id), site, facts.nginx_pid,
                         self.server),
                  phases.cleanup(cfg, rel), lock.finish(cfg, self.owner, self.record("ok"))]
@@ -216,7 +216,8 @@ class HostDeploy:
         error = "interrupted" if interrupted else str(exc).splitlines()[0]
         before_switch = self.stage not in ("publish", "published")
         built = [phases.abandon(self.cfg, self.rel or phases.Release(self.rel_id, "", "", "", "", ""),
-                                self.remote.get("pgid"), lock.held(self.cfg, self.owner))] if before_switch else []
+                                self.remote.get("pgid"), lock.held(self.cfg, self.owner), self.facts)] \
+            if before_switch else []
         record = self.record("interrupted" if interrupted else "failed", mask(error, self.cfg.secret_values()))
         if not run_cleanup(self, Script([*built, lock.failed_finish(self.cfg, self.owner, record)])):
             return

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 
-from .config import Config
+from .config import Config, ident
 from .layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, Layout, nginx_site_paths
 from .render import render, render_file
 from .roles import Server, balanced, bind_address, runs_nginx, servers, uwsgi_socket
@@ -386,7 +385,7 @@ def lb_site(cfg: Config, drained=()) -> str:
                              max_fails=s.max_fails, fail_timeout=s.fail_timeout, down=s.upstream_address in drained))
     b = cfg.balancer
     return render(
-        "nginx-lb.conf.j2", name=cfg.project.name, upstream=f"{cfg.project.name.replace('.', '_')}_app",
+        "nginx-lb.conf.j2", name=cfg.project.name, upstream=f"{ident(cfg.project.name)}_app",
         method=b.method, hash_key=b.hash_key, hash_consistent=b.hash_consistent, servers=apps, port=b.port,
         keepalive=b.keepalive, listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
         client_max_body_size=cfg.nginx.client_max_body_size, shared=lay.shared, static_url=cfg.django.static_url,
@@ -430,7 +429,7 @@ def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None
 def firewall_rules(cfg: Config) -> tuple[str, str]:
     """(table name, nft script): the uWSGI port of an app host open to the load balancers and the host
     itself only (others get a TCP reset). The script replaces the table atomically (`nft -f`)."""
-    table = "fabdeploy_" + re.sub(r"[^A-Za-z0-9_]", "_", cfg.project.name)
+    table = "fabdeploy_" + ident(cfg.project.name)
     port = cfg.balancer.port
     lbs = [s.upstream_address.strip("[]") for s in servers(cfg) if s.role == "lb"]
     v4, v6 = [a for a in lbs if ":" not in a], [a for a in lbs if ":" in a]
@@ -445,10 +444,15 @@ def firewall_rules(cfg: Config) -> tuple[str, str]:
                    f"  chain input {{\n    type filter hook input priority 0; policy accept;\n{body}\n  }}\n}}\n")
 
 
+def _firewalled(cfg: Config, server: Server | None) -> bool:
+    return cfg.balancer.firewall != "off" and server is not None and server.role == "app" and balanced(cfg)
+
+
 def firewall(cfg: Config, server: Server | None, staging: str) -> list[str]:
-    """On an app host behind load balancers: restrict uWSGI's port with nftables (balancer.firewall)."""
+    """Config phase of an app host behind load balancers: stage the nftables rules that restrict uWSGI's
+    port (balancer.firewall) and have nft check them; firewall_apply makes them live at the switch."""
     mode = cfg.balancer.firewall
-    if mode == "off" or server is None or server.role != "app" or not balanced(cfg):
+    if not _firewalled(cfg, server):
         return []
     table, rules = firewall_rules(cfg)
     lbs = ", ".join(s.upstream_address for s in servers(cfg) if s.role == "lb")
@@ -459,13 +463,46 @@ def firewall(cfg: Config, server: Server | None, staging: str) -> list[str]:
     return [
         "if sudo -n nft --version >/dev/null 2>&1; then",
         *["  " + ln for ln in write_file(f"{staging}/firewall.nft", rules)],
-        f"  out=$(sudo -n nft -f {q(staging + '/firewall.nft')} 2>&1) || {{ printf '%s\\n' \"$out\" >&2; "
+        f"  out=$(sudo -n nft -c -f {q(staging + '/firewall.nft')} 2>&1) || {{ printf '%s\\n' \"$out\" >&2; "
         + fail("nftables refused the firewall rules for the uWSGI port") + "; }",
-        "  " + note(f"uWSGI port {cfg.balancer.port} open to {lbs} only (nftables table inet {table})"),
+        "  " + note(f"uWSGI port {cfg.balancer.port} will be open to {lbs} only (nftables table inet {table}, "
+                    "applied at the switch)"),
         "else",
         "  " + missing,
         "fi",
     ]
+
+
+def firewall_apply(cfg: Config, server: Server | None, staging: str) -> list[str]:
+    """Switch phase: make the staged firewall rules live (atomically: `nft -f` replaces the table), and drop
+    the table an older fabdeploy named less exactly (when it guards this port)."""
+    if not _firewalled(cfg, server):
+        return []
+    table = firewall_rules(cfg)[0]
+    legacy = "fabdeploy_" + "".join(c if c.isalnum() or c == "_" else "_" for c in cfg.project.name)
+    F = q(staging + "/firewall.nft")
+    lines = [f"if [ -f {F} ]; then",
+             f"  out=$(sudo -n nft -f {F} 2>&1) || {{ printf '%s\\n' \"$out\" >&2; "
+             + fail("nftables refused the firewall rules for the uWSGI port") + "; }"]
+    if legacy != table:
+        lines.append(f"  if sudo -n nft list table inet {legacy} 2>/dev/null | grep -q 'dport {cfg.balancer.port} '; "
+                     f"then sudo -n nft delete table inet {legacy}; fi")
+    return lines + ["  " + note(f"uWSGI port {cfg.balancer.port}: nftables table inet {table} applied"), "fi"]
+
+
+MANAGED = "# Managed by fabdeploy"  # the first line of every nginx site fabdeploy writes
+
+
+def site_restore(cfg: Config, facts: Facts, T: str) -> list[str]:
+    """An abandoned deploy that installed a changed site (T/nginx-changed; nginx was not reloaded with it):
+    put the site back as it was (its saved copy, disabled again if it was; or no site at all)."""
+    site, enabled = nginx_site_paths(facts.nginx_layout, cfg.project.name)
+    prev = f"{T}/site.prev"
+    unlink = (f"; if [ -f {q(T + '/site.unlinked')} ]; then sudo -n rm -f {q(enabled)}; fi" if enabled else "")
+    return [f"if [ -f {q(T + '/nginx-changed')} ]; then",
+            f"  if [ -f {q(prev)} ]; then sudo -n install -m 0644 {q(prev)} {q(site)}{unlink}; "
+            f"else sudo -n rm -f {q(site)}" + (f" {q(enabled)}" if enabled else "") + "; fi",
+            "fi"]
 
 
 def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:
@@ -473,6 +510,8 @@ def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:
     one back and fail). Leaves T/site.prev (for a revert) and T/nginx-changed (for the reload)."""
     site, enabled = nginx_site_paths(facts.nginx_layout, cfg.project.name)
     new, prev, changed = f"{T}/site.conf", f"{T}/site.prev", f"{T}/nginx-changed"
+    if not content.startswith(MANAGED):
+        content = f"{MANAGED} for {cfg.project.name}; rewritten on every deploy.\n" + content
     link_ok = f"[ \"$(readlink {q(enabled)})\" = {q(site)} ]" if enabled else "true"
     unlink = f'[ "$had_link" = 1 ] || sudo -n rm -f {q(enabled)}; ' if enabled else ""
     restore = [f"if [ -f {q(prev)} ]; then sudo -n install -m 0644 {q(prev)} {q(site)}; {unlink}"
@@ -483,8 +522,14 @@ def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:
         f"if cmp -s {q(new)} {q(site)} && {link_ok}; then",
         "  " + note("nginx site unchanged"),
         "else",
+        # never overwrite a site fabdeploy did not write (project.name = "default" would replace the
+        # distribution's default site)
+        f"  if [ -f {q(site)} ] && ! head -n 1 {q(site)} | grep -q {q(MANAGED)}; then "
+        + fail(f"{site} exists and was not written by fabdeploy (its first line is not '{MANAGED} ...'): "
+               "choose another project.name, or remove that file") + "; fi",
         f"  if [ -f {q(site)} ]; then cp {q(site)} {q(prev)}; fi",
         f"  had_link=0; if [ -L {q(enabled)} ]; then had_link=1; fi" if enabled else "  had_link=0",
+        f'  [ "$had_link" = 1 ] || touch {q(T + "/site.unlinked")}',
         f"  sudo -n install -m 0644 {q(new)} {q(site)}",
     ]
     if enabled:
@@ -503,12 +548,13 @@ def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:
     return lines
 
 
-def switch(cfg: Config, rel: Release) -> Phase:
-    """Install the release's uWSGI ini, then point `current` at the release atomically (symlink to a temp
-    name, rename over): if the ini cannot be installed, `current` has not moved."""
+def switch(cfg: Config, rel: Release, server: Server | None = None) -> Phase:
+    """Apply the staged firewall rules, install the release's uWSGI ini, then point `current` at the release
+    atomically (symlink to a temp name, rename over): if either fails, `current` has not moved."""
     lay = Layout(cfg.paths.deploy_to)
     tmp = f"{lay.current}.fabdeploy-tmp"
     return Phase("switch", [
+        *firewall_apply(cfg, server, lay.staging(rel.id)),
         *install_ini(cfg, q(lay.release(rel.id))),
         f"ln -sfn {q(lay.release(rel.id))} {q(tmp)}",
         f"mv -Tf {q(tmp)} {q(lay.current)}",
@@ -688,7 +734,8 @@ def cleanup(cfg: Config, rel: Release) -> Phase:
     ])
 
 
-def abandon(cfg: Config, rel: Release, pgid: int | None = None, held: str = "true") -> Phase:
+def abandon(cfg: Config, rel: Release, pgid: int | None = None, held: str = "true",
+            facts: Facts | None = None) -> Phase:
     """After a failure or interrupt before the switch: stop what the interrupted script still runs (its
     process group), then remove the half-built release and staged files (never the current release), but
     only while `held` (a shell condition: this run holds the deploy lock); a run refused by another one's
@@ -707,5 +754,6 @@ def abandon(cfg: Config, rel: Release, pgid: int | None = None, held: str = "tru
         *stop,
         f"if ! {held}; then " + note("another run holds the deploy lock: nothing of this run to remove") + "; exit 0; fi",
         f'if [ "$(readlink {q(lay.current)})" != {q(R)} ]; then rm -rf {q(R)} {q(lay.static + "/" + rel.id)} || true; fi',
+        *(site_restore(cfg, facts, lay.staging(rel.id)) if facts else []),
         f"rm -rf {q(lay.staging(rel.id))} || true",
     ])

@@ -107,7 +107,7 @@ def plan_host(conn, cfg: Config, source, rel_id: str) -> str:
         ("1 (setup)", [phases.setup(cfg, lock.acquire(cfg, owner))]),
         ("2 (prepare; the release archive on stdin)",
          [phases.code(cfg, rel), phases.venv(cfg, rel), phases.django(cfg, rel), phases.config(cfg, rel, facts, server)]),
-        ("3 (publish)", [phases.switch(cfg, rel), phases.restart(cfg, rel, facts, server),
+        ("3 (publish)", [phases.switch(cfg, rel, server), phases.restart(cfg, rel, facts, server),
                          health(cfg, conn.host, rel.id, facts.current, lay.staging(rel.id), site, facts.nginx_pid,
                                 server),
                          phases.cleanup(cfg, rel), lock.finish(cfg, owner, {"result": "ok"})]),

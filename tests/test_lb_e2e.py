@@ -90,7 +90,8 @@ def test_fleet_deploys_in_parallel_and_the_balancer_reaches_every_app_host(fleet
         assert f"ip saddr {lb.address} accept" in a.exec("nft list table inet fabdeploy_sample").stdout
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((a.address, 8001), timeout=5).close()
-    assert "open to " + lb.address + " only (nftables table inet fabdeploy_sample)" in res.stdout
+    assert f"will be open to {lb.address} only (nftables table inet fabdeploy_sample, applied at the switch)" \
+        in res.stdout
     site = lb.path("/etc/nginx/sites-available/sample").read_text()
     for a in apps:
         assert f"server {a.address}:8001 max_fails=1 fail_timeout=10s;" in site
@@ -266,8 +267,17 @@ def test_one_app_host_unreachable_switches_no_host(fleet):
     while os.path.exists(f"/proc/{down.sshd_pid}") and time.monotonic() < deadline:
         time.sleep(0.1)
     proj.commit("never live", {"pages/message.txt": "must not go live\n"})
-    res = run_fab(proj.root, "deploy", cache=cache)
+    # ... with a config whose firewall would let another balancer address in (and so cut this one off):
+    # nothing live changes before the switch, so the prepared app hosts keep their table
+    moved = (proj.root / "deploy.toml").read_text().replace(
+        f'lb = ["{lb.ssh_target()}"]', f'lb = [{{ host = "{lb.ssh_target()}", address = "10.213.249.2" }}]')
+    assert moved != (proj.root / "deploy.toml").read_text()
+    proj.write_config(moved, name="moved.toml")
+    res = run_fab(proj.root, "deploy", "--config", "moved.toml", cache=cache)
     assert res.returncode == 1, res.stdout + res.stderr
+    for a in apps[:2]:
+        rules = a.exec("nft list table inet fabdeploy_sample").stdout
+        assert f"ip saddr {lb.address} accept" in rules and "10.213.249.2" not in rules, rules
     rows = table(res.stdout)
     assert rows[down.address][3] == "FAILED" and "cannot connect" in " ".join(rows[down.address][4:])
     for h in (apps[0], apps[1], lb):

@@ -1077,6 +1077,11 @@ class NginxLab:
         phase = Phase(phase.name, [ln.replace("/etc/nginx/", f"{self.etc}/") for ln in phase.lines])
         return sh(Script([phase]), self.tmp, env=self.fake.env)
 
+    def abandon(self):
+        phase = phases.abandon(self.cfg, make_rel(), facts=Facts(nginx_layout=self.layout))
+        phase = Phase(phase.name, [ln.replace("/etc/nginx/", f"{self.etc}/") for ln in phase.lines])
+        return sh(Script([phase]), self.tmp, env=self.fake.env)
+
 
 def test_config_phase_installs_a_new_site(tmp_path, fakebin):
     lab = NginxLab(tmp_path, fakebin)
@@ -1109,16 +1114,59 @@ def test_config_phase_leaves_an_unchanged_site_alone(tmp_path, fakebin):
 
 def test_config_phase_restores_the_previous_site_when_nginx_t_fails(tmp_path, fakebin):
     lab = NginxLab(tmp_path, fakebin)
-    lab.site.write_text("# the old, working site\n")
+    lab.site.write_text("# Managed by fabdeploy for shop: the old, working site\n")
     os.symlink(lab.site, lab.enabled)
     fakebin.nginx_fails()
     proc = lab.run(make_cfg(tmp_path / "app", nginx={"server_name": "new.example.com"}))
     assert proc.returncode == 1
-    assert lab.site.read_text() == "# the old, working site\n"
+    assert lab.site.read_text() == "# Managed by fabdeploy for shop: the old, working site\n"
     assert os.readlink(lab.enabled) == str(lab.site)
     assert "nginx: [emerg]" in err(proc)
     assert "nginx -t rejected the new site; the previous nginx config was restored" in err(proc)
     assert not (lab.staging / "nginx-changed").exists()
+
+
+def test_config_phase_never_overwrites_a_site_fabdeploy_did_not_write(tmp_path, fakebin):
+    """project.name = "default" must not replace the distribution's default site."""
+    lab = NginxLab(tmp_path, fakebin)
+    lab.site.write_text("server { listen 80 default_server; }\n")
+    proc = lab.run()
+    assert proc.returncode == 1
+    assert f"{lab.site} exists and was not written by fabdeploy" in err(proc)
+    assert lab.site.read_text() == "server { listen 80 default_server; }\n"
+    assert fakebin.log() == ""  # not installed, no nginx -t
+
+
+def test_a_site_from_a_user_template_gets_the_managed_line(tmp_path, fakebin):
+    tpl = tmp_path / "site.j2"
+    tpl.write_text("server { listen {{ listen }}; }\n")
+    lab = NginxLab(tmp_path, fakebin)
+    cfg = make_cfg(tmp_path / "app", nginx={"template": str(tpl)})
+    assert lab.run(cfg).returncode == 0
+    assert lab.site.read_text().splitlines() == ["# Managed by fabdeploy for shop; rewritten on every deploy.",
+                                                 "server { listen 80; }"]
+    assert lab.run(cfg).returncode == 0  # and the next deploy may rewrite it
+    assert notes(out(lab.run(cfg))) == ["nginx site unchanged"]
+
+
+@pytest.mark.parametrize("had_site, had_link", [(False, False), (True, True), (True, False)])
+def test_abandon_puts_back_the_site_a_failed_deploy_installed(tmp_path, fakebin, had_site, had_link):
+    """The config phase installs a changed site (nginx is not reloaded with it); an abandoned deploy puts it
+    back, so the next reload by anyone does not make it live."""
+    lab = NginxLab(tmp_path, fakebin)
+    old = "# Managed by fabdeploy for shop: the old site\n"
+    if had_site:
+        lab.site.write_text(old)
+        if had_link:
+            os.symlink(lab.site, lab.enabled)
+    assert lab.run().returncode == 0 and (lab.staging / "nginx-changed").exists()
+    proc = lab.abandon()
+    assert proc.returncode == 0, err(proc)
+    if had_site:
+        assert lab.site.read_text() == old
+        assert os.path.lexists(lab.enabled) is had_link
+    else:
+        assert not lab.site.exists() and not os.path.lexists(lab.enabled)
 
 
 def test_config_phase_removes_a_first_site_that_nginx_rejects(tmp_path, fakebin):

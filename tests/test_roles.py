@@ -432,8 +432,8 @@ def test_lb_site_serves_media_itself_with_media_lb(tmp_path):
 def test_lb_site_upstream_name_of_a_dotted_project(tmp_path):
     cfg = lb_cfg(project={"name": "my.shop"})
     site = phases.lb_site(cfg)
-    assert upstream_lines(site)[0] == "upstream my_shop_app {"
-    assert "        uwsgi_pass my_shop_app;" in site.splitlines()
+    assert upstream_lines(site)[0] == "upstream my_dshop_app {"  # (my_shop would be my__shop_app)
+    assert "        uwsgi_pass my_dshop_app;" in site.splitlines()
     assert nginx_t(tmp_path, site).returncode == 0
 
 
@@ -683,7 +683,12 @@ def test_firewall_rules_load_into_real_nftables(tmp_path):
 def test_firewall_modes():
     cfg = lb_cfg()
     app = roles.servers(cfg)[0]
-    assert "sudo -n nft -f /srv/shop/tmp/R/firewall.nft" in "\n".join(phases.firewall(cfg, app, "/srv/shop/tmp/R"))
+    # checked (nft -c) in the config phase, applied at the switch
+    assert "sudo -n nft -c -f /srv/shop/tmp/R/firewall.nft" in "\n".join(phases.firewall(cfg, app, "/srv/shop/tmp/R"))
+    assert "sudo -n nft -f /srv/shop/tmp/R/firewall.nft" in "\n".join(phases.firewall_apply(cfg, app, "/srv/shop/tmp/R"))
+    rel = phases.Release("R", "a" * 40, "main", "git", "", "")
+    assert "nft -f /srv/shop/tmp/R/firewall.nft" in "\n".join(phases.switch(cfg, rel, app).lines)
+    assert "nft" not in "\n".join(phases.switch(cfg, rel, roles.servers(cfg)[-1]).lines)
     assert "warn uWSGI port 8001 is open" in "\n".join(phases.firewall(cfg, app, "/T"))
     strict = lb_cfg(balancer={"firewall": "nftables"})
     assert "error balancer.firewall" in "\n".join(phases.firewall(strict, roles.servers(strict)[0], "/T"))
