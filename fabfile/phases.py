@@ -225,26 +225,32 @@ def seed_static(cfg: Config, release_id: str) -> list[str]:
             f"else mkdir -p {q(S)}; fi"]
 
 
+PENDING = "pending"  # <release>/.fabdeploy/pending: prepared, never made live
+# A release a rollback must not pick: marked bad (it failed or was rolled back from), or never live.
+UNUSABLE_FN = ('unusable() { [ -f "$1/.fabdeploy/bad" ] || [ -f "$1/.fabdeploy/' + PENDING + '" ]; }')
+
+
 def prune_lines(keep: int) -> list[str]:
     """In a directory of release-named entries (the cwd; $cur the one in use): keep `keep` of them and
     remove the rest, counting them in $removed. Always kept: $cur and (with keep >= 2) the way back, the
-    newest entry older than $cur not marked bad (`<entry>/.fabdeploy/bad`), which is what a rollback picks.
-    The other places go to the newest entries, good ones before those marked bad."""
+    newest entry older than $cur that is usable (not marked bad, not pending), which is what a rollback
+    picks. The other places go to the newest entries, usable ones first."""
     back = [
         "back=; seen=",
         "for r in $all; do",
-        '  if [ -n "$seen" ] && [ -z "$back" ] && [ ! -f "$r/.fabdeploy/bad" ]; then back=$r; fi',
+        '  if [ -n "$seen" ] && [ -z "$back" ] && ! unusable "$r"; then back=$r; fi',
         '  [ "$r" != "$cur" ] || seen=1',
         "done",
     ] if keep >= 2 else ["back="]
     return [
         "removed=0",
+        UNUSABLE_FN,
         f"all=$(ls -1 | grep -E {q(RELEASE_GLOB_ERE)} | sort -r || true)",  # newest first
         *back,
         "kept=0",
         'for r in $all; do if [ "$r" = "$cur" ] || [ "$r" = "$back" ]; then kept=$((kept + 1)); fi; done',
-        'good=$(for r in $all; do [ -f "$r/.fabdeploy/bad" ] || echo "$r"; done)',
-        'bad=$(for r in $all; do [ ! -f "$r/.fabdeploy/bad" ] || echo "$r"; done)',
+        'good=$(for r in $all; do unusable "$r" || echo "$r"; done)',
+        'bad=$(for r in $all; do ! unusable "$r" || echo "$r"; done)',
         "for r in $good $bad; do",
         '  if [ "$r" = "$cur" ] || [ "$r" = "$back" ]; then continue; fi',
         f'  if [ "$kept" -lt {int(keep)} ]; then kept=$((kept + 1)); else rm -rf -- "$r"; removed=$((removed + 1)); fi',
@@ -417,6 +423,8 @@ def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None
         # Staged in the release itself (never a shared name another run could touch): the switch installs
         # it, and a rollback restores exactly the config the release ran with.
         *write_file(f"{lay.release(rel.id)}/.fabdeploy/uwsgi.ini", uwsgi_ini(cfg, rel, server), mode="0600"),
+        # complete but not live yet: an automatic rollback never picks it (the switch removes the mark)
+        f"touch {q(lay.release(rel.id) + '/.fabdeploy/' + PENDING)}",
     ]
     if runs_nginx(cfg, server):
         lines += site_install(cfg, nginx_site(cfg, server), facts, lay.staging(rel.id))
@@ -558,6 +566,7 @@ def switch(cfg: Config, rel: Release, server: Server | None = None) -> Phase:
         *install_ini(cfg, q(lay.release(rel.id))),
         f"ln -sfn {q(lay.release(rel.id))} {q(tmp)}",
         f"mv -Tf {q(tmp)} {q(lay.current)}",
+        f"rm -f {q(lay.release(rel.id) + '/.fabdeploy/' + PENDING)}",
         *static_switch(cfg, q(rel.id)),
         note(f"current -> {rel.id}"),
     ])

@@ -55,7 +55,8 @@ for r in names:
     except ValueError:
         meta = {}
     venv = meta.get("venv") or read(f"{rdir}/{r}/.fabdeploy/venv")
-    status = "current" if r == cur else ("bad" if os.path.exists(f"{rdir}/{r}/.fabdeploy/bad") else "ok")
+    status = "current" if r == cur else ("bad" if os.path.exists(f"{rdir}/{r}/.fabdeploy/bad") else
+                                         "never live" if os.path.exists(f"{rdir}/{r}/.fabdeploy/pending") else "ok")
     rels.append({"id": r, "revision": meta.get("revision", ""), "branch": meta.get("branch", ""),
                  "deployed_at": meta.get("deployed_at", ""), "deployed_by": meta.get("deployed_by", ""),
                  "status": status, "venv": venv,

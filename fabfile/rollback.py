@@ -47,6 +47,8 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
             f"T={q(to)}",
             f'[ -d "$T" ] || {fail_expanded(f"release {to} is not on the host (see fab releases)")}',
             f'[ "$T" != "$cur" ] || {fail_expanded(f"release {to} is already current")}',
+            f'[ ! -f "$T/.fabdeploy/{phases.PENDING}" ] || echo "{MARK} warn release {to} never went live '
+            '(it was prepared by a deploy that did not switch)"',
         ]
     else:
         pick = [
@@ -55,6 +57,7 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
             '  if [ "$r" = "$cur" ]; then past=1; continue; fi',
             '  [ "$past" = 1 ] || continue',
             '  [ -f "$r/.fabdeploy/bad" ] && continue',
+            f'  [ -f "$r/.fabdeploy/{phases.PENDING}" ] && continue  # never went live',
             f'  [ -f {D}/venvs/"$(cat "$r/.fabdeploy/venv" 2>/dev/null)"/.fabdeploy-complete ] || continue',
             '  [ -f "$r/.fabdeploy/uwsgi.ini" ] || continue',
             '  T=$r; break',
@@ -86,7 +89,7 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
         *phases.static_switch(cfg, '"$T"'),
         f'cp -p "$R/.fabdeploy/uwsgi.ini" {q(lay.uwsgi_ini)}',
         'touch "$cur/.fabdeploy/bad"',
-        'rm -f "$R/.fabdeploy/bad"',
+        f'rm -f "$R/.fabdeploy/bad" "$R/.fabdeploy/{phases.PENDING}"',
         f'echo "{MARK} note $cur -> $T ($cur marked bad)"',
     ])
 

@@ -592,6 +592,23 @@ def test_rollback_twice_walks_further_back_past_bad_releases(tmp_path):
                            "bad": sorted([R2, R5, R6])}
 
 
+def test_rollback_never_picks_a_release_that_never_went_live(tmp_path):
+    """A release left complete by a deploy killed after its config phase (venv and ini present) is pending:
+    rollback skips it; --to may still name it, with a warning."""
+    lab = RollbackLab(tmp_path, current=R6)
+    Path(lab.lay.release(R5), ".fabdeploy", "pending").touch()
+    proc = lab.run()
+    assert proc.returncode == 0, err(proc)
+    assert lab.state()["current"] == lab.lay.release(R1)
+    lab = RollbackLab(tmp_path / "again", current=R6)
+    Path(lab.lay.release(R5), ".fabdeploy", "pending").touch()
+    proc = lab.run(to=R5)
+    assert proc.returncode == 0, err(proc)
+    assert lab.state()["current"] == lab.lay.release(R5)
+    assert f"{MARK} warn release {R5} never went live" in out(proc)
+    assert not Path(lab.lay.release(R5), ".fabdeploy", "pending").exists()  # it is live now
+
+
 def test_rollback_to_an_explicit_release_even_one_marked_bad(tmp_path):
     lab = RollbackLab(tmp_path)
     proc = lab.run(to=R2)

@@ -1202,11 +1202,12 @@ def test_config_phase_restore_keeps_a_disabled_site_disabled(tmp_path, fakebin):
 def test_switch_lines():
     S = "/srv/shop/shared/static"
     # the release's own ini goes live before `current` moves (no current without its config)
-    assert phases.switch(make_cfg(), make_rel()).lines[:5] == [
+    assert phases.switch(make_cfg(), make_rel()).lines[:6] == [
         f"cp -p /srv/shop/releases/{REL_ID}/.fabdeploy/uwsgi.ini /srv/shop/shared/config/uwsgi.ini.fabdeploy-tmp",
         "mv -f /srv/shop/shared/config/uwsgi.ini.fabdeploy-tmp /srv/shop/shared/config/uwsgi.ini",
         f"ln -sfn /srv/shop/releases/{REL_ID} /srv/shop/current.fabdeploy-tmp",
         "mv -Tf /srv/shop/current.fabdeploy-tmp /srv/shop/current",
+        f"rm -f /srv/shop/releases/{REL_ID}/.fabdeploy/pending",  # it went live
         f"if [ -d {S}/{REL_ID} ]; then ln -sfn {REL_ID} {S}/current.fabdeploy-tmp && "
         f"mv -Tf {S}/current.fabdeploy-tmp {S}/current; fi",
     ]
@@ -1517,10 +1518,11 @@ def test_cleanup_with_current_among_the_newest(tmp_path):
     # keep_releases = 1 keeps only current: there is no way back by definition
     (1, set(), 7, [7]),
 ])
-def test_prune_removes_bad_releases_first_and_keeps_the_way_back(tmp_path, keep, bad, current, left):
+@pytest.mark.parametrize("mark", ["bad", "pending"])  # pending: prepared, never live
+def test_prune_removes_bad_releases_first_and_keeps_the_way_back(tmp_path, keep, bad, current, left, mark):
     lay = _cleanup_lab(tmp_path, current_index=current)
     for i in bad:
-        Path(lay.release(RELEASES[i - 1]), ".fabdeploy", "bad").touch()
+        Path(lay.release(RELEASES[i - 1]), ".fabdeploy", mark).touch()
     cfg = make_cfg(lay.deploy_to, paths={"keep_releases": keep})
     proc = sh(Script([phases.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
     assert proc.returncode == 0, err(proc)
