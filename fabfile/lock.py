@@ -93,8 +93,8 @@ def audit(cfg: Config, owner: LockOwner, record: dict, dynamic: dict[str, str] |
     return [
         f"mkdir -p {q(Layout(cfg.paths.deploy_to).log)}",
         f"start=$(cat {q(L + '/started')} 2>/dev/null || date +%s)",
-        f"printf {q(fmt)} {args}\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" \"$(( $(date +%s) - start ))\" "
-        f">> {q(audit_file(cfg))}",
+        f"(umask 027; printf {q(fmt)} {args}\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" \"$(( $(date +%s) - start ))\" "
+        f">> {q(audit_file(cfg))})",
     ]
 
 

@@ -157,11 +157,17 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         'nginx_group=$(id -gn "$nginx_user" 2>/dev/null) || '
         '{ echo "nginx user $nginx_user does not exist (nginx.user)" >&2; exit 1; }',
         layout_detect,
-        # The socket directory: group of the web server, setgid so the socket inherits it (660 is enough).
-        # (setting the setgid bit on a group one is not a member of needs root).
-        f'if [ "$(stat -c %G:%a {q(lay.run)})" != "$nginx_group:2750" ]; then '
-        f'{{ sudo -n chgrp "$nginx_group" {q(lay.run)} && sudo -n chmod 2750 {q(lay.run)}; }} || '
-        f'{fail("cannot give the socket directory to the nginx group (sudo)")}; fi',
+        # Directories the web server reads (the socket, static files, media): its group, setgid so what is
+        # created inside inherits it, nothing for others (setting the setgid bit on a group one is not a
+        # member of needs root). Everything else is private to the deploy user: deploy_to and shared can
+        # only be traversed, shared/db and shared/config are 0700 (the scripts run with umask 027).
+        *[f'if [ "$(stat -L -c %G:%a {q(d)})" != "$nginx_group:2750" ]; then '
+          f'{{ sudo -n chgrp "$nginx_group" {q(d)} && sudo -n chmod 2750 {q(d)}; }} || '
+          f'{fail(f"cannot give {d} to the nginx group (sudo)")}; fi'
+          for d in (lay.run, lay.static, f"{lay.shared}/media")],
+        f"chmod 0711 {q(lay.deploy_to)} {q(lay.shared)}",
+        f"chmod 0700 {q(lay.shared + '/db')} {q(lay.config)}",
+        f"chmod 0750 {q(lay.log)} {q(lay.releases)} {q(lay.tmp)}",
         f'if [ -S {q(lay.socket)} ] && [ "$(stat -c %G {q(lay.socket)})" != "$nginx_group" ]; then '
         f'sudo -n chgrp "$nginx_group" {q(lay.socket)}; fi',
         f"venvs=$(cd {q(lay.venvs)} && for v in *; do [ -f \"$v/.fabdeploy-complete\" ] && printf '%s ' \"$v\"; done; true)",
@@ -294,6 +300,7 @@ def django_env(cfg: Config, rel: Release) -> list[str]:
     lay = Layout(cfg.paths.deploy_to)
     return [
         f"cd {q(lay.release(rel.id))}",
+        "umask 027",  # what Django creates (an SQLite database, uploads) is not for other local users
         f"export DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} FABDEPLOY_RELEASE={q(rel.id)}",
         f"set -a; . {q(lay.env_file)}; set +a",
     ]

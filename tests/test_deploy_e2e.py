@@ -142,6 +142,26 @@ def test_media_survives_a_deploy(site):
     assert "x-served-by" not in headers
 
 
+def test_data_is_not_readable_by_other_local_users(site):
+    """Password hashes, sessions, uploads and the audit log are for the app (and, for media and static
+    files, the web server's group) only; nginx still serves static files and media (the tests above)."""
+    d = "/srv/sample"
+    modes = {p: site.host.exec(["stat", "-c", "%a %G", p]).stdout.split() for p in
+             (d, f"{d}/shared", f"{d}/shared/db", f"{d}/shared/config", f"{d}/shared/log", f"{d}/releases",
+              f"{d}/shared/static", f"{d}/shared/media", f"{d}/shared/db/default.sqlite3",
+              f"{d}/shared/log/audit.jsonl", f"{d}/shared/media/{site.media_path}")}
+    assert modes[d][0] == modes[f"{d}/shared"][0] == "711"
+    assert modes[f"{d}/shared/db"][0] == modes[f"{d}/shared/config"][0] == "700"
+    assert modes[f"{d}/shared/log"][0] == modes[f"{d}/releases"][0] == "750"
+    assert modes[f"{d}/shared/static"] == modes[f"{d}/shared/media"] == ["2750", "www-data"]
+    assert modes[f"{d}/shared/db/default.sqlite3"][0] == modes[f"{d}/shared/log/audit.jsonl"][0] == "640"
+    assert modes[f"{d}/shared/media/{site.media_path}"] == ["640", "www-data"]
+    for path in (f"{d}/shared/db/default.sqlite3", f"{d}/shared/log/audit.jsonl", f"{d}/shared/media/{site.media_path}",
+                 f"{d}/current/{'pages/views.py'}"):
+        res = site.host.exec(["cat", path], user="nobody", check=False)
+        assert res.returncode != 0 and "Permission denied" in res.stderr, (path, res.stdout[:100])
+
+
 def test_every_worker_runs_the_new_release(site):
     pid = int(site.host.path("/srv/sample/shared/run/uwsgi.pid").read_text())
     children = site.host.exec(f"grep -l '^PPid:[[:space:]]*{pid}$' /proc/[0-9]*/status | cut -d/ -f3").stdout.split()

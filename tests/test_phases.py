@@ -704,7 +704,7 @@ def test_code_phase_requires_manage_py(tmp_path):
 def test_django_phase_lines():
     cfg = make_cfg()
     lines = phases.django(cfg, make_rel()).lines
-    assert lines[:3] == [f"cd /srv/shop/releases/{REL_ID}",
+    assert lines[:4] == [f"cd /srv/shop/releases/{REL_ID}", "umask 027",
                          f"export DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} FABDEPLOY_RELEASE={REL_ID}",
                          "set -a; . /srv/shop/shared/config/app.env; set +a"]
     # first of all: the WSGI app imports under the production settings (before migrate touches the db)
@@ -717,12 +717,12 @@ def test_django_phase_lines():
     assert f"{manage} migrate --noinput" in text
     assert f"{manage} collectstatic --noinput" in text
     assert f"{manage} check --deploy" in text
-    assert lines[3 + len(block)].startswith(f"out=$({manage} migrate --noinput 2>&1)")
+    assert lines[4 + len(block)].startswith(f"out=$({manage} migrate --noinput 2>&1)")
 
 
 def _wsgi_import_block(lines: list[str]) -> list[str]:
-    """The lines of the django phase between its environment (3 lines) and its first manage.py command."""
-    rest = lines[3:]
+    """The lines of the django phase between its environment (4 lines) and its first manage.py command."""
+    rest = lines[4:]
     end = next((i for i, ln in enumerate(rest) if " manage.py " in ln), len(rest))
     assert rest[0].startswith("out=$(") and f"-c {q(phases.WSGI_IMPORT_PY)} " in rest[0]
     return rest[:end]
@@ -731,8 +731,8 @@ def _wsgi_import_block(lines: list[str]) -> list[str]:
 def test_django_phase_flags():
     cfg = make_cfg(django={"migrate": False, "collectstatic": False, "check_deploy": False})
     lines = phases.django(cfg, make_rel()).lines
-    # cd, export, env file, and the WSGI import check (never optional); no manage.py command at all
-    assert lines[3:] == _wsgi_import_block(lines)
+    # cd, umask, export, env file, and the WSGI import check (never optional); no manage.py command at all
+    assert lines[4:] == _wsgi_import_block(lines)
     assert not any("manage.py" in ln for ln in lines)
 
 
