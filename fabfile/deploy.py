@@ -218,7 +218,7 @@ class HostDeploy:
         before_switch = self.stage not in ("publish", "published")
         built = [phases.abandon(self.cfg, self.rel or phases.Release(self.rel_id, "", "", "", "", ""),
                                 self.remote.get("pgid"))] if before_switch else [
-            Phase("abandon", [f"rm -rf {q(self.layout.staging(self.rel_id))} || true"])]  # (reverted, or failed late)
+            phases.drop_staging(self.cfg, self.rel_id)]
         record = self.record("interrupted" if interrupted else "failed", mask(error, self.cfg.secret_values()))
         if not run_cleanup(self, Script([*built, lock.failed_finish(self.cfg, self.owner, record)])):
             return

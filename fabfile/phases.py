@@ -699,3 +699,9 @@ def abandon(cfg: Config, rel: Release, pgid: int | None = None) -> Phase:
         f'if [ "$(readlink {q(lay.current)})" != {q(R)} ]; then rm -rf {q(R)} {q(lay.static + "/" + rel.id)} || true; fi',
         f"rm -rf {q(lay.staging(rel.id))} {q(lay.uwsgi_ini + '.next')} || true",
     ])
+
+
+def drop_staging(cfg: Config, release_id: str) -> Phase:
+    """After a failure past the switch (the health gate reverted, or a later phase failed): remove the
+    release's staged files under tmp/ (site copies, anything uploaded)."""
+    return Phase("abandon", [f"rm -rf {q(Layout(cfg.paths.deploy_to).staging(release_id))} || true"])

@@ -146,7 +146,7 @@ def test_hash_input_of_a_single_file_is_that_file():
 
 def test_a_change_in_any_included_file_changes_the_venv_key(tmp_path):
     cfg = cfg_for(tmp_path)
-    files = {k.encode() and k: v.encode() for k, v in NESTED.items() if k.endswith(".txt")}
+    files = {k: v.encode() for k, v in NESTED.items() if k.endswith(".txt")}
     base = venv_hash(cfg, hash_input(files), "3.11.2")
     for path in files:
         if path == "requirements.txt":
