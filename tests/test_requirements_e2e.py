@@ -193,3 +193,29 @@ def test_8_a_failed_install_names_the_missing_requirement_and_its_marker(site):
     assert re.search(r"pip found no distribution of fabdeploy-absent-pkg .*requirements/base\.txt requires it "
                      r"with the marker 'python_full_version >= \"3\.0\"'", out), out
     assert tmp_entries(site) == []
+
+
+def test_9_a_wheel_the_builder_left_out_is_named_with_its_marker(site):
+    """A marker that differs between the building machine and the host (here platform_release: a builder
+    whose kernel reports another release, made with a sitecustomize) leaves a wheel out of the wheelhouse;
+    the host's pip fails and the error names the requirement, its file and the marker."""
+    site.host.path("/home/deploy/.config/pip/pip.conf").unlink()  # (test 7's mirror would have gunicorn)
+    custom = site.root / "other-kernel"
+    custom.mkdir()
+    (custom / "sitecustomize.py").write_text("import platform\nplatform.release = lambda: '0.0-builder'\n")
+    py = wrapper(site, "other-kernel-python", f'PYTHONPATH={custom} exec {sys.executable} "$@"')
+    site.proj.commit("gunicorn only where the kernel is not the builder's", {
+        "requirements/base.txt": BASE,
+        "requirements/production.txt": ("--requirement=base.txt\n-c ../constraints.txt\n"
+                                        'gunicorn ; platform_release != "0.0-builder"\n')})
+    site.proj.write_config(sample_config(site.host).replace(
+        "wheelhouse = true", f'wheelhouse = true\nwheel_python = "{py}"'), name="kernel.toml")
+    live = os.readlink(site.host.path("/srv/sample/current"))
+    res, out = fab(site, config="kernel.toml")
+    assert res.returncode != 0 and "Traceback" not in out, out
+    assert re.search(r"upload\s+release .*wheels\)", out), out
+    assert ("pip found no distribution of gunicorn in the uploaded wheelhouse: requirements/production.txt "
+            "requires it with the marker 'platform_release != \"0.0-builder\"', which excluded it when the "
+            "wheelhouse was built") in out, out
+    assert os.readlink(site.host.path("/srv/sample/current")) == live
+    assert tmp_entries(site) == []
