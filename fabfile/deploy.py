@@ -50,7 +50,7 @@ class _Shared:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.wheels: dict[str, list] = {}
+        self.wheels: dict[tuple, list] = {}
         self.bundles: dict[tuple, bytes] = {}
 
 
@@ -126,7 +126,8 @@ class HostDeploy:
             self.printer.line(self.host, f"upload   release {rel.id} ({len(archive) // 1024} KiB"
                               + (f", {len(wheels)} wheels" if wheels else "") + ")")
             self.stage = "prepare"
-            prepare = [phases.code(cfg, rel), phases.venv(cfg, rel), phases.django(cfg, rel),
+            prepare = [phases.code(cfg, rel), phases.venv(cfg, rel, self.source.requirement_files),
+                       phases.django(cfg, rel),
                        phases.config(cfg, rel, facts, self.server)]
             self.run(self.script(prepare, rel), stdin=archive)
             self.stage = "prepared"
@@ -217,7 +218,7 @@ class HostDeploy:
         before_switch = self.stage not in ("publish", "published")
         built = [phases.abandon(self.cfg, self.rel or phases.Release(self.rel_id, "", "", "", "", ""),
                                 self.remote.get("pgid"), lock.held(self.cfg, self.owner), self.facts)] \
-            if before_switch else []
+            if before_switch else [phases.drop_staging(self.cfg, self.rel_id)]
         record = self.record("interrupted" if interrupted else "failed", mask(error, self.cfg.secret_values()))
         if not run_cleanup(self, Script([*built, lock.failed_finish(self.cfg, self.owner, record)])):
             return
@@ -227,14 +228,17 @@ class HostDeploy:
                               + "lock released")
 
     def wheels(self, key: str, facts: phases.Facts) -> list:
+        variant = (key, facts.python_platform)
         with self.shared.lock:
-            if key not in self.shared.wheels:
-                self.printer.line(self.host, f"wheels   building the wheelhouse for Python {facts.python_version} ...")
+            if variant not in self.shared.wheels:
+                self.printer.line(self.host, f"wheels   building the wheelhouse for Python {facts.python_version} "
+                                  f"({facts.python_platform}) ...")
                 t = time.monotonic()
-                self.shared.wheels[key] = build_wheels(self.cfg, self.source.requirements, facts.python_version, key)
-                self.printer.line(self.host, f"wheels   {len(self.shared.wheels[key])} wheels ready "
+                self.shared.wheels[variant] = build_wheels(self.cfg, self.source.requirement_files,
+                                                           facts.python_version, facts.python_platform, key)
+                self.printer.line(self.host, f"wheels   {len(self.shared.wheels[variant])} wheels ready "
                                   f"{time.monotonic() - t:6.2f}s")
-            return self.shared.wheels[key]
+            return self.shared.wheels[variant]
 
     def archive(self, wheels: list) -> bytes:
         variant = tuple(str(w) for w in wheels)

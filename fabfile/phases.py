@@ -13,7 +13,9 @@ from .config import Config, ident
 from .layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, Layout, nginx_site_paths
 from .render import render, render_file
 from .roles import Server, balanced, bind_address, runs_nginx, servers, uwsgi_socket
-from .script import MARK, Phase, fact, q, write_file
+from .requirements import listed, normalize
+from .script import MARK, Phase, fact, fail_expanded, q, write_file
+from .wheelhouse import PYTHON_FACTS_PY
 
 
 
@@ -42,6 +44,7 @@ class Facts:
     """What the setup phase learned about a host."""
 
     python_version: str = ""
+    python_platform: str = ""  # implementation, platform and C library: "cpython linux-x86_64 glibc-2.36"
     nginx_layout: str = "sites"
     nginx_user: str = "www-data"
     nginx_pid: str = "/run/nginx.pid"
@@ -55,6 +58,7 @@ class Facts:
         return cls(
             unchanged=raw.get("unchanged", ""),
             python_version=raw.get("python_version", ""),
+            python_platform=raw.get("python_platform", ""),
             nginx_layout=raw.get("nginx_layout", "sites"),
             nginx_user=raw.get("nginx_user") or "www-data",
             nginx_pid=raw.get("nginx_pid") or "/run/nginx.pid",
@@ -147,7 +151,9 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         *unchanged_lines,
         "mkdir -p " + " ".join(q(d) for d in dirs),
         f"command -v {q(py)} >/dev/null 2>&1 || {fail(f'{py} not found on the host (project.python)')}",
-        f"python_version=$({q(py)} -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])')",
+        f"python_facts=$({q(py)} -c {q(PYTHON_FACTS_PY)})",
+        "python_version=$(printf '%s\\n' \"$python_facts\" | sed -n 1p)",
+        "python_platform=$(printf '%s\\n' \"$python_facts\" | sed -n 2p)",
         (f"{q(py)} -c 'import venv, ensurepip' 2>/dev/null || "
          + fail(f"{py} has no venv/ensurepip module (on Debian: apt-get install python3-venv)")) if app else "true",
         "[ -f /etc/nginx/nginx.conf ] || " + fail("nginx is not installed (/etc/nginx/nginx.conf missing)"),
@@ -173,6 +179,7 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         f"venvs=$(cd {q(lay.venvs)} && for v in *; do [ -f \"$v/.fabdeploy-complete\" ] && printf '%s ' \"$v\"; done; true)",
         f"current=$(readlink {q(lay.current)} || true)",
         fact("python_version", "$python_version"),
+        fact("python_platform", "$python_platform"),
         fact("nginx_layout", "$nginx_layout"),
         fact("nginx_user", "$nginx_user"),
         fact("nginx_pid", "$nginx_pid"),
@@ -276,8 +283,32 @@ def venv_install_args(cfg: Config, rel: Release, staging: str) -> list[str]:
     return args
 
 
-def venv(cfg: Config, rel: Release) -> Phase:
-    """Reuse the virtualenv keyed by the requirements hash, or build it beside the old ones."""
+def pip_missing_lines(rel: Release, files: dict[str, bytes]) -> list[str]:
+    """After a failed pip install (its output in $out): name the requirement pip found no distribution for,
+    with the file and environment marker that list it (a marker that excluded it from the wheelhouse)."""
+    where = "in the uploaded wheelhouse" if rel.has_wheels else "for this host"
+    lines = [
+        "missing=$(printf '%s\\n' \"$out\" | sed -n 's/.*No matching distribution found for "
+        "\\([A-Za-z0-9][A-Za-z0-9._-]*\\).*/\\1/p' | head -n 1)",
+        'if [ -n "$missing" ]; then',
+        "  case \"$(printf '%s' \"$missing\" | sed 's/[-_.][-_.]*/-/g' | tr 'A-Z' 'a-z')\" in",
+    ]
+    for name, (path, line, marker) in sorted(listed(files).items()):
+        if marker:
+            why = (f"pip found no distribution of {name} {where}: {path} requires it with the marker "
+                   f"'{marker}'" + (", which excluded it when the wheelhouse was built" if rel.has_wheels else ""))
+        else:
+            why = f"pip found no distribution of {name} {where} ({path}: {line})"
+        lines.append(f"    {q(normalize(name))}) {fail(why)};;")
+    lines += [f"    *) {fail_expanded(f'pip found no distribution of $missing {where}')};;",
+              "  esac",
+              "fi"]
+    return lines
+
+
+def venv(cfg: Config, rel: Release, requirement_files: dict[str, bytes] | None = None) -> Phase:
+    """Reuse the virtualenv keyed by the requirements hash, or build it beside the old ones. The uploaded
+    wheels are removed once used (a failed deploy leaves none under tmp/)."""
     lay = Layout(cfg.paths.deploy_to)
     V, R = lay.venv(rel.venv_hash), lay.release(rel.id)
     pip = " ".join(q(a) for a in venv_install_args(cfg, rel, lay.staging(rel.id)))
@@ -288,10 +319,16 @@ def venv(cfg: Config, rel: Release) -> Phase:
         f"  cd {q(R)}",
         f"  rm -rf {q(V)}",
         f"  {q(cfg.project.python)} -m venv {q(V)}",
-        f"  {q(V + '/bin/python')} -m pip {pip}",
+        f"  if ! out=$({q(V + '/bin/python')} -m pip {pip} 2>&1); then",
+        f"    rm -rf {q(lay.staging(rel.id) + '/wheels')}",
+        "    printf '%s\\n' \"$out\" | tail -n 20 >&2",
+        *["    " + ln for ln in pip_missing_lines(rel, requirement_files or {})],
+        "    exit 1",
+        "  fi",
         f"  touch {q(V + '/.fabdeploy-complete')}",
         "  " + note(f"built {rel.venv_hash}" + (" from the wheelhouse" if rel.has_wheels else "")),
         "fi",
+        f"rm -rf {q(lay.staging(rel.id) + '/wheels')}",
     ]
     return Phase("venv", lines)
 
@@ -773,3 +810,9 @@ def abandon(cfg: Config, rel: Release, pgid: int | None = None, held: str = "tru
         *(site_restore(cfg, facts, lay.staging(rel.id)) if facts else []),
         f"rm -rf {q(lay.staging(rel.id))} || true",
     ])
+
+
+def drop_staging(cfg: Config, release_id: str) -> Phase:
+    """After a failure past the switch (the health gate reverted, or a later phase failed): remove the
+    release's staged files under tmp/ (site copies, anything uploaded)."""
+    return Phase("abandon", [f"rm -rf {q(Layout(cfg.paths.deploy_to).staging(release_id))} || true"])

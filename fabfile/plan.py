@@ -106,7 +106,8 @@ def plan_host(conn, cfg: Config, source, rel_id: str) -> str:
     invocations = [
         ("1 (setup)", [phases.setup(cfg, lock.acquire(cfg, owner))]),
         ("2 (prepare; the release archive on stdin)",
-         [phases.code(cfg, rel), phases.venv(cfg, rel), phases.django(cfg, rel), phases.config(cfg, rel, facts, server)]),
+         [phases.code(cfg, rel), phases.venv(cfg, rel, source.requirement_files), phases.django(cfg, rel),
+          phases.config(cfg, rel, facts, server)]),
         ("3 (publish)", [phases.switch(cfg, rel, server), phases.restart(cfg, rel, facts, server),
                          health(cfg, conn.host, rel.id, facts.current, lay.staging(rel.id), site, facts.nginx_pid,
                                 server),

@@ -10,11 +10,12 @@ import io
 import subprocess
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config
 from .errors import LocalError
+from .requirements import collect, hash_input
 
 # Never uploaded from a plain directory: these at any depth ...
 EXCLUDE_ANYWHERE = [".git", "__pycache__", "*.pyc", ".pytest_cache", "node_modules"]
@@ -29,8 +30,10 @@ class Source:
     branch: str
     short: str
     tar: bytes  # uncompressed tar of the project, members at the top level
-    requirements: bytes
+    requirements: bytes  # what the venv key hashes: the requirement file and every file it includes
     warnings: list[str]
+    # project.requirements and every file it includes with -r/-c, path (relative to the source) -> content
+    requirement_files: dict[str, bytes] = field(default_factory=dict)
 
 
 def _git(src: Path, *args: str) -> str:
@@ -80,10 +83,8 @@ def _from_git(cfg: Config, src: Path) -> Source:
     if status:
         count = len(status.splitlines())
         warnings.append(f"{count} uncommitted change(s) in {src} are not deployed (deploying {rev} = {sha[:7]})")
-    req = _member(proc.stdout, cfg.project.requirements) if cfg.project.requirements else b""
-    if req is None:
-        raise LocalError(f"{cfg.project.requirements} not found in {rev} of {src} (project.requirements)")
-    return Source("git", sha, branch, sha[:7], proc.stdout, req, warnings)
+    files = collect(cfg.project.requirements, lambda name: _member(proc.stdout, name), f"{rev} of {src}")
+    return Source("git", sha, branch, sha[:7], proc.stdout, hash_input(files), warnings, files)
 
 
 def _member(tar_bytes: bytes, name: str) -> bytes | None:
@@ -119,14 +120,12 @@ def _from_dir(cfg: Config, src: Path) -> Source:
                     digest.update(path.read_bytes())
             elif path.is_dir():
                 tar.add(path, arcname=rel, recursive=False)
-    req = b""
-    if cfg.project.requirements:
-        req_path = src / cfg.project.requirements
-        if not req_path.is_file():
-            raise LocalError(f"{req_path} not found (project.requirements)")
-        req = req_path.read_bytes()
+    if cfg.project.requirements and not (src / cfg.project.requirements).is_file():
+        raise LocalError(f"{src / cfg.project.requirements} not found (project.requirements)")
+    # read from the archive: an include that project.exclude leaves out is an error here, not on the host
+    files = collect(cfg.project.requirements, lambda name: _member(buf.getvalue(), name), str(src))
     sha = digest.hexdigest()
-    return Source("dir", sha, "", sha[:7], buf.getvalue(), req, [])
+    return Source("dir", sha, "", sha[:7], buf.getvalue(), hash_input(files), [], files)
 
 
 def release_id(source: Source, now: float | None = None) -> str:

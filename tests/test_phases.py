@@ -847,7 +847,8 @@ def test_collectstatic_never_modifies_the_live_static_files(tmp_path):
 # === venv =====================================================================================================
 
 def _pip_line(cfg, rel) -> str:
-    return next(ln for ln in phases.venv(cfg, rel).lines if " -m pip " in ln).strip()
+    line = next(ln for ln in phases.venv(cfg, rel).lines if " -m pip " in ln).strip()
+    return line.removeprefix("if ! out=$(").removesuffix(" 2>&1); then")  # (output captured for errors)
 
 
 def test_venv_from_the_wheelhouse_uses_no_index_and_find_links():
@@ -884,8 +885,9 @@ def test_venv_is_reused_when_complete_and_built_beside_otherwise():
     assert lines[1] == f'  echo "{MARK} note reused {VENV}"'
     assert lines[2] == "else"
     assert lines[3:6] == [f"  cd /srv/shop/releases/{REL_ID}", f"  rm -rf {V}", f"  python3 -m venv {V}"]
-    assert lines[7] == f"  touch {V}/.fabdeploy-complete"  # only after pip succeeded
-    assert lines[-1] == "fi"
+    touch = lines.index(f"  touch {V}/.fabdeploy-complete")  # only after pip succeeded:
+    assert lines[6].startswith("  if ! out=$(") and lines[touch - 2:touch] == ["    exit 1", "  fi"]
+    assert lines[-2:] == ["fi", f"rm -rf /srv/shop/tmp/{REL_ID}/wheels"]  # the uploaded wheels, once used
 
 
 def test_venv_reuse_branch_runs_without_pip(tmp_path):
