@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 
+from fabric import Connection
 from fabric.executor import Executor
 from fabric.main import Fab
 from fabric.tasks import ConnectionCall
@@ -89,7 +90,7 @@ def refuse_per_host_call(context, task_name: str) -> None:
     per host (a `tasks.executor_class` other than FleetExecutor): one line saying what to do, before any host
     is touched. A call with one -H host, or from a team task under FleetExecutor, goes on as before."""
     executor = _running(InvokeExecutor)
-    if executor is None or getattr(executor, "fabdeploy_fleet", False) or not hasattr(context, "host"):
+    if executor is None or getattr(executor, "fabdeploy_fleet", False) or not isinstance(context, Connection):
         return
     hosts = _host_list(executor.core) if executor.core else []
     if len(hosts) > 1:

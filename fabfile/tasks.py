@@ -126,12 +126,13 @@ def rollback(c, to=None, strict=False, config=None, wait=None, verbose=False, pa
     _exit_if_failed([o.error for o in failed])
 
 
-@task(help={"config": CONFIG_HELP, "json": "print JSON (one object per host) for scripts"})
+@task(help={"config": CONFIG_HELP, "json": "print JSON (one object per host) for scripts",
+            "parallel": PARALLEL_HELP})
 @one_line_errors
-def releases(c, json=False, config=None):
+def releases(c, json=False, config=None, parallel=None):
     """List the releases on each app host: id, revision, branch, when, by whom, status, virtualenv."""
     cfg = load_config(config)
-    reports = report.releases(target_connections(c, cfg, "app"), cfg)
+    reports = report.releases(target_connections(c, cfg, "app"), cfg, _parallel(parallel, cfg))
     print(_json.dumps(reports, indent=2) if json else report.format_releases(reports))
     if any("error" in r for r in reports):
         raise Exit(code=1)
