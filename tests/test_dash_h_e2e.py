@@ -8,14 +8,18 @@ unlock and rollback tests below leave the first host failing and check that the 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, TEAM_FABFILE, make_project, run_fab, sample_config
+from conftest import BIN, FAB, OFFLINE, TEAM_FABFILE, make_project, run_fab, sample_config
 
 USER_TASK = '''
 from fabric import task
@@ -109,6 +113,37 @@ def test_rollback_moves_both(pair):
         assert current(h) == seen["first"]
 
 
+def test_logs_follow_streams_both_hosts_in_one_call(pair):
+    """`logs -f` never returns by itself: called once per host, it would follow the first host only."""
+    a, b, proj, *_ = pair
+    env = {k: v for k, v in os.environ.items() if k != "FABDEPLOY_CONFIG"} | OFFLINE
+    proc = subprocess.Popen([FAB, "-H", f"{a.ssh_target()},{b.ssh_target()}", "logs", "-f", "--which", "app"],
+                            cwd=proj.root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen, out = set(), []
+
+    def read():
+        for line in proc.stdout:
+            out.append(line)
+            m = re.match(r"^(\S+)\s+app\s+\|", line)
+            if m:
+                seen.add(m.group(1))
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60  # a liveness bound, not a timing assertion
+        while seen != {a.address, b.address} and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    assert seen == {a.address, b.address}, "".join(out)
+
+
 def make_lock(host, age: str) -> None:
     host.exec(f"mkdir {LOCK} && echo 'ghost@test (pid 1, deploy)' > {LOCK}/info && touch -d '{age}' {LOCK}",
               user="deploy")
@@ -145,7 +180,8 @@ def sshd_logins(host) -> int:
 def test_another_executor_is_refused_before_any_host_is_touched(pair, tmp_path):
     a, b, proj, cache, _ = pair
     shutil.copy(proj.root / "fabfile.py", tmp_path / "fabfile.py")
-    shutil.copy(proj.root / "deploy.toml", tmp_path / "deploy.toml")
+    (tmp_path / "deploy.toml").write_text((proj.root / "deploy.toml").read_text()
+                                          .replace('source = "src"', f'source = "{proj.src}"'))
     (tmp_path / "fabric.yaml").write_text("tasks:\n  executor_class: fabric.executor.Executor\n")
     before = sshd_logins(a), sshd_logins(b)
     res = run_fab(tmp_path, "-H", f"{a.ssh_target()},{b.ssh_target()}", "deploy", cache=cache)
