@@ -153,9 +153,10 @@ def _collect(conns, cfg: Config, code: str, params_for, parallel: int | None = N
     return for_each_host(conns, one, parallel or cfg.fleet.parallel)
 
 
-def releases(conns, cfg: Config) -> list[dict]:
+def releases(conns, cfg: Config, parallel: int | None = None) -> list[dict]:
     return _collect(conns, cfg, RELEASES_PY,
-                    lambda conn: {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "pattern": RELEASE_GLOB_ERE})
+                    lambda conn: {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "pattern": RELEASE_GLOB_ERE},
+                    parallel)
 
 
 def status(conns, cfg: Config, parallel: int | None = None) -> list[dict]:

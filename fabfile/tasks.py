@@ -13,6 +13,7 @@ from .config import Config, check_rolling, load_config
 from .connect import host_label, make_connection, open_connection, prepare
 from .deploy import deploy_all
 from .errors import ConfigError, FabdeployError
+from .fleet import for_each_host
 from .logs import show_logs
 from .output import Printer
 from .plan import plan_all
@@ -25,13 +26,17 @@ CONFIG_HELP = "deploy.toml to use (default: $FABDEPLOY_CONFIG, else ./deploy.tom
 ROLES_HELP = "only hosts of these roles: app, lb or app,lb (default: all)"
 PARALLEL_HELP = "hosts worked on at once (default: fleet.parallel)"
 
+executor.use_fleet_executor()  # `fab -H a,b task` with these tasks imported: one call for all hosts, no fabric.yaml
+
 
 def one_line_errors(fn):
     """Turn fabdeploy errors into one line on stderr and exit status 1, never a traceback. Marks the task as
-    one that handles many hosts itself (see executor.FleetExecutor)."""
+    one that handles many hosts itself (see executor.FleetExecutor) and refuses to be called once per -H
+    host by another executor."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            executor.refuse_per_host_call(args[0], fn.__name__)
             return fn(*args, **kwargs)
         except FabdeployError as exc:
             raise Exit(f"fabdeploy: {exc}", code=1) from None
@@ -121,12 +126,13 @@ def rollback(c, to=None, strict=False, config=None, wait=None, verbose=False, pa
     _exit_if_failed([o.error for o in failed])
 
 
-@task(help={"config": CONFIG_HELP, "json": "print JSON (one object per host) for scripts"})
+@task(help={"config": CONFIG_HELP, "json": "print JSON (one object per host) for scripts",
+            "parallel": PARALLEL_HELP})
 @one_line_errors
-def releases(c, json=False, config=None):
+def releases(c, json=False, config=None, parallel=None):
     """List the releases on each app host: id, revision, branch, when, by whom, status, virtualenv."""
     cfg = load_config(config)
-    reports = report.releases(target_connections(c, cfg, "app"), cfg)
+    reports = report.releases(target_connections(c, cfg, "app"), cfg, _parallel(parallel, cfg))
     print(_json.dumps(reports, indent=2) if json else report.format_releases(reports))
     if any("error" in r for r in reports):
         raise Exit(code=1)
@@ -156,24 +162,27 @@ def logs(c, n=20, follow=False, which=None, config=None, roles=None, parallel=No
     _exit_if_failed(errors)
 
 
-@task(help={"config": CONFIG_HELP, "force": "also break a lock younger than lock.ttl", "roles": ROLES_HELP})
+@task(help={"config": CONFIG_HELP, "force": "also break a lock younger than lock.ttl", "roles": ROLES_HELP,
+            "parallel": PARALLEL_HELP})
 @one_line_errors
-def unlock(c, force=False, config=None, roles=None):
+def unlock(c, force=False, config=None, roles=None, parallel=None):
     """Break a deploy lock left by a run that is gone (always when older than lock.ttl; else with --force)."""
     cfg = load_config(config)
     printer = Printer()
-    errors = []
-    for conn in target_connections(c, cfg, roles):
+
+    def one(conn, cancel) -> str | None:
         host = host_label(conn)
         try:
             open_connection(conn)
-            res = run_script(conn, Script([lock.unlock(cfg, force)]), host=host, timeout=60)
+            res = run_script(conn, Script([lock.unlock(cfg, force)]), host=host, timeout=60, cancel=cancel)
             printer.info(f"{host}: " + "; ".join(res.phases["unlock"].notes))
+            return None
         except FabdeployError as exc:
-            errors.append(str(exc))
+            return str(exc)
         finally:
             conn.close()
-    _exit_if_failed(errors)
+    errors = for_each_host(target_connections(c, cfg, roles), one, _parallel(parallel, cfg))
+    _exit_if_failed([e for e in errors if e])
 
 
 def _exit_if_failed(errors: list[str]) -> None:
