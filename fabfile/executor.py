@@ -30,9 +30,12 @@ class FleetExecutor(Executor):
         fleet, other = [], []
         for call in calls:
             task = call if isinstance(call, Task) else call.task
-            (fleet if getattr(task.body, "fabdeploy_fleet", False) and host_str else other).append(call)
+            # (with words after `--` and no -H, Fabric would refuse: "a command but no hosts"; `fab manage -- ARGS`
+            # takes its hosts from deploy.toml)
+            mine = getattr(task.body, "fabdeploy_fleet", False) and (host_str or self.core.remainder)
+            (fleet if mine else other).append(call)
         if fleet:
-            self.config[HOSTS_KEY] = [h.strip() for h in host_str.split(",") if h.strip()]
+            self.config[HOSTS_KEY] = [h.strip() for h in (host_str or "").split(",") if h.strip()]
         ret = []
         for call in calls:
             if call in fleet:

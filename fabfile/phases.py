@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .config import Config
 from .layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, Layout, nginx_site_paths
+from .django_manage import wrapper as manage_wrapper
 from .render import render, render_file
 from .roles import Server, balanced, bind_address, runs_nginx, servers, uwsgi_socket
 from .script import MARK, Phase, fact, q, write_file
@@ -96,7 +97,8 @@ def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server 
              render("settings.py.j2", release_id="RELEASE", django_settings=cfg.project.django_settings,
                     shared=Layout(cfg.paths.deploy_to).shared, allowed_hosts=cfg.allowed_hosts,
                     static_url=cfg.django.static_url, media_url=cfg.django.media_url),
-             sorted(cfg.django.env.items()), cfg.hooks.__dict__, cfg.health.__dict__, cfg.project.python]
+             sorted(cfg.django.env.items()), cfg.hooks.__dict__, cfg.health.__dict__, cfg.project.python,
+             manage_wrapper(cfg)]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -206,6 +208,8 @@ def code(cfg: Config, rel: Release) -> Phase:
         + note("secret key generated") + "; fi",
         f"chmod 600 {q(lay.secret_key)}",
         *write_file(lay.env_file, env_lines, mode="0600"),
+        f"mkdir -p {q(lay.bin)}",
+        *write_file(lay.manage, manage_wrapper(cfg), mode="0755"),
     ]
     return Phase("code", lines)
 
