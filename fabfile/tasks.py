@@ -11,6 +11,7 @@ from invoke.exceptions import Exit
 
 from . import executor, lock, report
 from . import django_manage as _manage
+from . import starter
 from .config import Config, check_rolling, load_config
 from .connect import host_label, make_connection, open_connection, prepare
 from .deploy import deploy_all
@@ -199,6 +200,23 @@ def manage(c, host=None, config=None):
     result = conn.run(_manage.remote_command(cfg, args), pty=sys.stdin.isatty(), warn=True, hide=False,
                       echo=False)
     raise Exit(code=result.exited if result.exited >= 0 else 255)
+
+
+@task(help={"source": "the Django project directory, with manage.py (default: .)",
+            "output": "the file to write (default: deploy.toml; never overwritten)"})
+@one_line_errors
+def init(c, source=".", output="deploy.toml"):
+    """Write a starting deploy.toml guessed from the Django project (settings, WSGI app, requirements, name)."""
+    path, project = starter.write_init(source, output)
+    print(f"wrote {path}: name {project.name.value}, settings {project.settings.value}, "
+          f"wsgi {project.wsgi.value}, requirements {project.requirements.value or '(none)'}")
+    print("next: fill in the TODO lines (hosts, deploy_to, server_name), then `fabdeploy deploy`")
+
+
+@task
+def example_config(c):
+    """Print the configuration reference, every key commented: fabdeploy example-config > deploy.toml"""
+    print(starter.example_config(), end="")
 
 
 def _exit_if_failed(errors: list[str]) -> None:
