@@ -85,9 +85,9 @@ def guess_settings(root: Path) -> Guess:
         if not found:
             return Guess("mysite.settings", "TODO: no settings module found (manage.py names none)", todo=True)
         named = f"{found[0]}.settings"
-        why = "the first */settings.py (manage.py names no DJANGO_SETTINGS_MODULE)"
+        why = "from the first */settings.py (manage.py names no DJANGO_SETTINGS_MODULE)"
     else:
-        why = "the DJANGO_SETTINGS_MODULE default in manage.py"
+        why = "from the DJANGO_SETTINGS_MODULE default in manage.py"
     path = module_path(root, named)
     if path is None:
         return Guess(named, f"TODO: {why}, but it is not in the project directory: check it", todo=True)
@@ -96,8 +96,8 @@ def guess_settings(root: Path) -> Guess:
         mods = package_modules(path)
         if not ROOT_URLCONF.search(init) and not RELATIVE_IMPORT.search(init) and mods:
             pick = pick_module(mods)
-            return Guess(f"{named}.{pick}", f"{why} is {named}, a package ({', '.join(mods)}) whose __init__ "
-                         f"imports none of them: picked {pick} (check it; see README, settings packages)")
+            return Guess(f"{named}.{pick}", f"manage.py names {named}, a package ({', '.join(mods)}) whose "
+                         f"__init__ imports none of them: picked {pick} (check it; README: settings packages)")
     return Guess(named, why)
 
 
@@ -116,10 +116,10 @@ def guess_wsgi(root: Path, settings: str) -> Guess:
         m = WSGI_SETTING.search(file.read_text(encoding="utf-8", errors="replace"))
         if m:
             mod, _, attr = m.group(1).rpartition(".")
-            return Guess(f"{mod}:{attr}", f"WSGI_APPLICATION in {file.relative_to(root).as_posix()}")
+            return Guess(f"{mod}:{attr}", f"from WSGI_APPLICATION in {file.relative_to(root).as_posix()}")
     top = settings.split(".")[0]
     if (root / top / "wsgi.py").is_file():
-        return Guess(f"{top}.wsgi:application", f"{top}/wsgi.py (no WSGI_APPLICATION in the settings)")
+        return Guess(f"{top}.wsgi:application", f"from {top}/wsgi.py (no WSGI_APPLICATION in the settings)")
     return Guess(f"{top}.wsgi:application", "TODO: no WSGI_APPLICATION or wsgi.py found", todo=True)
 
 
@@ -167,11 +167,7 @@ def _toml(value: str) -> str:
 
 
 def _line(key: str, value: str, comment: str) -> str:
-    return f"{key + ' = ' + value:<40}# {comment}"
-
-
-def _from(guess: Guess) -> str:
-    return guess.why if guess.todo else f"from {guess.why}"
+    return f"{key + ' = ' + value:<39} # {comment}"
 
 
 def render(p: Project, source: str) -> str:
@@ -179,13 +175,13 @@ def render(p: Project, source: str) -> str:
     lines = [
         "# deploy.toml written by `fabdeploy init`: the project's own values were guessed (the comments say from",
         "# what); the TODO lines are yours to fill in. Every other key and its default: `fabdeploy example-config`.",
-        "# Then: fab deploy (or fabdeploy deploy), and fab manage -- createsuperuser.",
+        "# Then: fabdeploy deploy, and fabdeploy manage -- createsuperuser (or fab deploy, fab manage ...).",
         "",
         "[project]",
         _line("name", _toml(p.name.value), f"from {p.name.why}; names the nginx site, uWSGI, logs"),
         _line("source", _toml(source), "the Django project (manage.py), relative to this file"),
-        _line("django_settings", _toml(p.settings.value), _from(p.settings)),
-        _line("wsgi", _toml(p.wsgi.value), _from(p.wsgi)),
+        _line("django_settings", _toml(p.settings.value), p.settings.why),
+        _line("wsgi", _toml(p.wsgi.value), p.wsgi.why),
         _line("requirements", _toml(p.requirements.value), p.requirements.why),
         _line("hosts", "[]", 'TODO: e.g. ["deploy@web1.example.com"] (or fab -H deploy@web1 deploy)'),
         "",

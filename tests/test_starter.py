@@ -41,7 +41,7 @@ def test_sample_project(tmp_path):
     assert (p.name.value, p.settings.value, p.wsgi.value, p.requirements.value) == (
         "shopsite", "sampleproject.settings", "sampleproject.wsgi:application", "requirements.txt")
     assert p.packages == []
-    assert p.wsgi.why == "WSGI_APPLICATION in sampleproject/settings.py"
+    assert p.wsgi.why == "from WSGI_APPLICATION in sampleproject/settings.py"
 
 
 def test_startproject_layout(tmp_path):
@@ -61,7 +61,7 @@ def test_settings_package_picks_the_production_module(tmp_path):
     assert p.settings.value == "sampleproject.settings.production"
     assert "a package (base, dev, production) whose __init__ imports none of them" in p.settings.why
     assert p.wsgi.value == "sampleproject.wsgi:application"
-    assert p.wsgi.why == "WSGI_APPLICATION in sampleproject/settings/base.py"
+    assert p.wsgi.why == "from WSGI_APPLICATION in sampleproject/settings/base.py"
 
 
 def test_settings_package_that_imports_a_module_is_kept(tmp_path):
