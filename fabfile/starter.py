@@ -37,8 +37,7 @@ def example_config() -> str:
 @dataclass
 class Guess:
     value: str
-    why: str
-    todo: bool = False
+    why: str  # the comment written next to it: where the value came from, or a TODO
 
 
 @dataclass
@@ -83,14 +82,14 @@ def guess_settings(root: Path) -> Guess:
     if named is None:
         found = sorted(p.parent.name for p in root.glob("*/settings.py"))
         if not found:
-            return Guess("mysite.settings", "TODO: no settings module found (manage.py names none)", todo=True)
+            return Guess("mysite.settings", "TODO: no settings module found (manage.py names none)")
         named = f"{found[0]}.settings"
         why = "from the first */settings.py (manage.py names no DJANGO_SETTINGS_MODULE)"
     else:
         why = "from the DJANGO_SETTINGS_MODULE default in manage.py"
     path = module_path(root, named)
     if path is None:
-        return Guess(named, f"TODO: {why}, but it is not in the project directory: check it", todo=True)
+        return Guess(named, f"TODO: {why}, but it is not in the project directory: check it")
     if path.is_dir():
         init = (path / "__init__.py").read_text(encoding="utf-8", errors="replace")
         mods = package_modules(path)
@@ -120,7 +119,7 @@ def guess_wsgi(root: Path, settings: str) -> Guess:
     top = settings.split(".")[0]
     if (root / top / "wsgi.py").is_file():
         return Guess(f"{top}.wsgi:application", f"from {top}/wsgi.py (no WSGI_APPLICATION in the settings)")
-    return Guess(f"{top}.wsgi:application", "TODO: no WSGI_APPLICATION or wsgi.py found", todo=True)
+    return Guess(f"{top}.wsgi:application", "TODO: no WSGI_APPLICATION or wsgi.py found")
 
 
 def guess_requirements(root: Path) -> Guess:
