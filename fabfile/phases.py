@@ -14,6 +14,7 @@ from .config import Config
 from .layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, Layout, nginx_site_paths
 from .django_manage import wrapper as manage_wrapper
 from .render import render, render_file
+from .starter import GENERIC_NAMES, PRODUCTION_NAMES  # the same pick as `fabdeploy init`
 from .roles import Server, balanced, bind_address, runs_nginx, servers, uwsgi_socket
 from .script import MARK, Phase, fact, q, write_file
 
@@ -287,8 +288,8 @@ name = getattr(overlay, 'FABDEPLOY_PROJECT_SETTINGS', '')
 package = sys.modules.get(name)
 if package is not None and hasattr(package, '__path__') and not hasattr(overlay, 'ROOT_URLCONF'):
     mods = sorted(m.name for m in pkgutil.iter_modules(package.__path__))
-    generic = ('base', 'common', 'defaults', 'dev', 'development', 'local', 'test', 'tests', 'testing')
-    pick = next((m for m in ('production', 'prod', 'live', 'deploy') if m in mods), None) \\
+    generic = {GENERIC_NAMES!r}
+    pick = next((m for m in {PRODUCTION_NAMES!r} if m in mods), None) \\
         or next((m for m in mods if m not in generic), None) or (mods[0] if mods else None)
     hint = f'point it at one module, e.g. {{name}}.{{pick}}' if pick else 'its __init__ defines no ROOT_URLCONF'
     print(f'{MARK} error project.django_settings {{name}} is a package ({{", ".join(mods) or "no modules"}}): {{hint}}')
