@@ -2,8 +2,8 @@
 
 In a team fabfile::
 
-    from fabdeploy.tasks import *   # deploy, rollback, releases, status, logs, unlock
+    from fabdeploy.tasks import *   # deploy, rollback, releases, status, logs, unlock, manage
 """
-from .tasks import deploy, logs, releases, rollback, status, unlock  # noqa: F401
+from .tasks import deploy, logs, manage, releases, rollback, status, unlock  # noqa: F401
 
 __version__ = "0.1.0"

@@ -344,7 +344,8 @@ def find_config_path(explicit: str | None = None) -> Path:
     path = Path(name).expanduser()
     if not path.is_file():
         how = "--config" if explicit else (CONFIG_ENV if os.environ.get(CONFIG_ENV) else "default")
-        raise ConfigError(f"config file {name} not found ({how}); copy deploy.example.toml to deploy.toml")
+        raise ConfigError(f"config file {name} not found ({how}); write one with `fabdeploy init` "
+                          "(or `fabdeploy example-config`: the deploy.example.toml reference)")
     return path
 
 

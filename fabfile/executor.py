@@ -18,7 +18,7 @@ from fabric import Connection
 from fabric.executor import Executor
 from fabric.main import Fab
 from fabric.tasks import ConnectionCall
-from invoke import Call, Program
+from invoke import Call, Program, Task
 from invoke import Executor as InvokeExecutor
 
 from .errors import ConfigError
@@ -48,8 +48,19 @@ class FleetExecutor(Executor):
 
     def expand_calls(self, calls, apply_hosts=True):
         """Fabric's expansion (one call per -H host, pre/post tasks, `-- command`), then each group of
-        per-host calls of a fabdeploy task becomes one plain call that gets the -H hosts in the config."""
-        expanded = super().expand_calls(calls, apply_hosts=apply_hosts)
+        per-host calls of a fabdeploy task becomes one plain call that gets the -H hosts in the config.
+        Words after `--` belong to a fabdeploy task that takes them (`fab manage -- createsuperuser`),
+        not to Fabric's "run this command on every host"."""
+        remainder = self.core.remainder
+        takes_rest = bool(remainder) and any(
+            getattr(getattr(c if isinstance(c, Task) else c.task, "body", None), "fabdeploy_remainder", False)
+            for c in calls)
+        if takes_rest:
+            self.core.remainder = ""
+        try:
+            expanded = super().expand_calls(calls, apply_hosts=apply_hosts)
+        finally:
+            self.core.remainder = remainder
         raw = (self.core[0].args.hosts.value or "").split(",") if apply_hosts else []
         if not any(isinstance(c, ConnectionCall) and is_fleet_task(c.task) for c in expanded) or not raw:
             return expanded

@@ -34,6 +34,15 @@ class Layout:
         return f"{self.deploy_to}/tmp"
 
     @property
+    def bin(self) -> str:
+        """Commands for people on the host: bin/manage runs manage.py in the live release (production settings)."""
+        return f"{self.deploy_to}/bin"
+
+    @property
+    def manage(self) -> str:
+        return f"{self.bin}/manage"
+
+    @property
     def run(self) -> str:
         return f"{self.shared}/run"
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 from .config import Config, ident
 from .layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, Layout, nginx_site_paths
+from .django_manage import wrapper as manage_wrapper
 from .render import render, render_file
+from .starter import GENERIC_NAMES, PRODUCTION_NAMES  # the same pick as `fabdeploy init`
 from .roles import Server, balanced, bind_address, runs_nginx, servers, uwsgi_socket
 from .requirements import listed, normalize
 from .script import MARK, Phase, fact, fail_expanded, q, write_file
@@ -99,7 +101,8 @@ def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server 
              render("settings.py.j2", release_id="RELEASE", django_settings=cfg.project.django_settings,
                     shared=Layout(cfg.paths.deploy_to).shared, allowed_hosts=cfg.allowed_hosts,
                     static_url=cfg.django.static_url, media_url=cfg.django.media_url),
-             sorted(cfg.django.env.items()), cfg.hooks.__dict__, cfg.health.__dict__, cfg.project.python]
+             sorted(cfg.django.env.items()), cfg.hooks.__dict__, cfg.health.__dict__, cfg.project.python,
+             manage_wrapper(cfg)]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -223,6 +226,8 @@ def code(cfg: Config, rel: Release) -> Phase:
         + note("secret key generated") + "; fi",
         f"chmod 600 {q(lay.secret_key)}",
         *write_file(lay.env_file, env_lines, mode="0600"),
+        f"mkdir -p {q(lay.bin)}",
+        *write_file(lay.manage, manage_wrapper(cfg), mode="0755"),
     ]
     return Phase("code", lines)
 
@@ -343,8 +348,25 @@ def django_env(cfg: Config, rel: Release) -> list[str]:
     ]
 
 
+# A project settings module that is a package (mysite/settings/ with base.py, production.py) whose __init__
+# defines no ROOT_URLCONF: say so in one line with its modules, instead of Django's "'Settings' object has no
+# attribute 'ROOT_URLCONF'". (An __init__ that imports one of them, `from .production import *`, is fine.)
+SETTINGS_PACKAGE_PY = f"""\
+import importlib, os, pkgutil, sys
+overlay = importlib.import_module(os.environ['DJANGO_SETTINGS_MODULE'])
+name = getattr(overlay, 'FABDEPLOY_PROJECT_SETTINGS', '')
+package = sys.modules.get(name)
+if package is not None and hasattr(package, '__path__') and not hasattr(overlay, 'ROOT_URLCONF'):
+    mods = sorted(m.name for m in pkgutil.iter_modules(package.__path__))
+    generic = {GENERIC_NAMES!r}
+    pick = next((m for m in {PRODUCTION_NAMES!r} if m in mods), None) \\
+        or next((m for m in mods if m not in generic), None) or (mods[0] if mods else None)
+    hint = f'point it at one module, e.g. {{name}}.{{pick}}' if pick else 'its __init__ defines no ROOT_URLCONF'
+    print(f'{MARK} error project.django_settings {{name}} is a package ({{", ".join(mods) or "no modules"}}): {{hint}}')
+    sys.exit(3)
+"""
 # Import the WSGI callable and resolve the URLconf (which imports the views), as the first request would.
-WSGI_IMPORT_PY = ("import importlib, sys; mod, _, attr = sys.argv[1].partition(':'); "
+WSGI_IMPORT_PY = (SETTINGS_PACKAGE_PY + "mod, _, attr = sys.argv[1].partition(':'); "
                   "getattr(importlib.import_module(mod), attr or 'application'); "
                   "import django.urls; django.urls.get_resolver().url_patterns")
 
@@ -357,6 +379,7 @@ def django(cfg: Config, rel: Release) -> Phase:
     # The app must import under the production settings before anything (migrations) touches shared state.
     lines += [
         f"out=$({q(lay.venv(rel.venv_hash) + '/bin/python')} -c {q(WSGI_IMPORT_PY)} {q(cfg.project.wsgi)} 2>&1) || {{",
+        f"  case \"$out\" in *{q(MARK + ' error ')}*) printf '%s\\n' \"$out\" | grep {q('^' + MARK + ' error ')} >&2; exit 1;; esac",
         "  printf '%s\\n' \"$out\" | tail -n 12 >&2",
         f"  echo \"{MARK} error the WSGI application {cfg.project.wsgi} does not import with the production "
         "settings: $(printf '%s\\n' \"$out\" | tail -n 1)\" >&2",

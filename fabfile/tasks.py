@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import functools
 import json as _json
+import sys
 
 from fabric import Connection
 from invoke import task
 from invoke.exceptions import Exit
 
 from . import executor, lock, report
+from . import django_manage as _manage
+from . import starter
 from .config import Config, check_rolling, load_config
 from .connect import host_label, make_connection, open_connection, prepare
 from .deploy import deploy_all
@@ -185,6 +188,49 @@ def unlock(c, force=False, config=None, roles=None, parallel=None):
     _exit_if_failed([e for e in errors if e])
 
 
+@task(help={"config": CONFIG_HELP, "host": "the app host to run it on (default: the first app host or -H host)"},
+      auto_shortflags=False)
+@one_line_errors
+def manage(c, host=None, config=None):
+    """Run manage.py in the live release: fab manage -- createsuperuser (production settings, exit status kept)."""
+    args = _manage.remainder()
+    if not args:
+        raise ConfigError("manage needs the command after --, e.g. fab manage -- createsuperuser")
+    cfg = load_config(config)
+    if host:
+        server = select(cfg, [host], ("app",))[0]
+        conn = attach(make_connection(server.target, cfg, c.config), server)
+    else:
+        conn = target_connections(c, cfg, "app")[0]
+    open_connection(conn)
+    print(f"{host_label(conn)}: manage.py {' '.join(args)}", file=sys.stderr)
+    # A terminal on both ends when stdin is one (interactive createsuperuser, shell); else plain streams, and
+    # stdin goes through (loaddata -). The program ends with the command's exit status.
+    result = conn.run(_manage.remote_command(cfg, args), pty=sys.stdin.isatty(), warn=True, hide=False,
+                      echo=False)
+    raise Exit(code=result.exited if result.exited >= 0 else 255)
+
+
+manage.body.fabdeploy_remainder = True  # the words after `--` are its arguments (see executor.FleetExecutor)
+
+
+@task(help={"source": "the Django project directory, with manage.py (default: .)",
+            "output": "the file to write (default: deploy.toml; never overwritten)"})
+@one_line_errors
+def init(c, source=".", output="deploy.toml"):
+    """Write a starting deploy.toml guessed from the Django project (settings, WSGI app, requirements, name)."""
+    path, project = starter.write_init(source, output)
+    print(f"wrote {path}: name {project.name.value}, settings {project.settings.value}, "
+          f"wsgi {project.wsgi.value}, requirements {project.requirements.value or '(none)'}")
+    print("next: fill in the TODO lines (hosts, deploy_to, server_name), then `fabdeploy deploy`")
+
+
+@task
+def example_config(c):
+    """Print the configuration reference, every key commented: fabdeploy example-config > deploy.toml"""
+    print(starter.example_config(), end="")
+
+
 def _exit_if_failed(errors: list[str]) -> None:
     """One line per failed host on stderr, exit status 1."""
     if errors:
@@ -226,4 +272,4 @@ def _seconds(value, flag: str):
     return number
 
 
-__all__ = ["deploy", "rollback", "releases", "status", "logs", "unlock"]
+__all__ = ["deploy", "rollback", "releases", "status", "logs", "unlock", "manage"]

@@ -359,7 +359,8 @@ def test_missing_file_message(tmp_path, monkeypatch, how):
     expected_name = "deploy.toml" if how == "default" else missing
     expected_how = {"explicit": "--config", "env": CONFIG_ENV, "default": "default"}[how]
     assert message == (f"config file {expected_name} not found ({expected_how}); "
-                       "copy deploy.example.toml to deploy.toml")
+                       "write one with `fabdeploy init` (or `fabdeploy example-config`: the "
+                       "deploy.example.toml reference)")
 
 
 def test_directory_is_not_a_config_file(tmp_path):
