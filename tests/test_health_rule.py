@@ -201,3 +201,12 @@ def test_check_spec_sends_every_plain_server_name():
     spec = health.check_spec(cfg, "web1")
     assert spec["hosts"] == ["shop.test", "www.shop.test"] and spec["port"] == 8080 and spec["tls"] is False
     assert health.check_spec(parse_config(raw()), "web1")["hosts"] == ["web1"]  # server_name "_": the host
+
+
+def test_example_config_lets_allowed_hosts_follow_the_server_names():
+    """A copied deploy.example.toml must not pin ALLOWED_HOSTS to something other than the names nginx serves."""
+    import tomllib
+    from conftest import REPO
+    cfg = parse_config(tomllib.loads((REPO / "deploy.example.toml").read_text()))
+    assert cfg.django.allowed_hosts == [] and cfg.allowed_hosts == cfg.server_names
+    assert health.accepted_statuses(cfg) == []
