@@ -99,7 +99,7 @@ res["role"], res["nginx_expected"] = P["role"], P["nginx"]
 if P["role"] == "lb":
     res["static"] = os.path.basename(os.path.realpath(D + "/shared/static/current"))
 start = time.monotonic()
-spec, said, bad, status, error = P["check"], [], [], None, ""
+spec, said, bad, statuses, error = P["check"], [], [], [], ""
 for host in spec["hosts"]:
     try:
         ok, line, status = probe(spec, host)
@@ -108,8 +108,10 @@ for host in spec["hosts"]:
     said.append(line)
     if not ok:
         bad.append(line)
-res["http"] = {"ok": not bad, "status": status, "answer": "; ".join(bad or said), "via": spec["proto"],
-               "ms": round((time.monotonic() - start) * 1000), "error": error}
+    statuses.append((ok, status))
+# status: the final answer of the first failing name (None: no answer), else of the first name
+res["http"] = {"ok": not bad, "status": min(statuses, key=lambda s: s[0])[1], "answer": "; ".join(bad or said),
+               "via": spec["proto"], "ms": round((time.monotonic() - start) * 1000), "error": error}
 try:
     st = os.statvfs(D)
     res["disk_free_bytes"] = st.f_bavail * st.f_frsize
@@ -227,7 +229,7 @@ def format_status(reports: list[dict]) -> str:
                                  (f"up (master {ngx['pid']})" if ngx["pid"] else "DOWN")
                                  + (", site enabled" if ngx["site_enabled"] else ", site NOT enabled")),
                "  http      " + (f"{http['answer']} in {http['ms']} ms{via}" if http.get("ok") else
-                                 f"FAILED: {http['error']}" if http["status"] is None else
+                                 f"FAILED: {http.get('answer') or http['error']}" if http["status"] is None else
                                  f"UNHEALTHY: {http['answer']}{via}"),
                f"  disk free {_size(rep['disk_free_bytes'])}"]
         if rep["lock"]:
@@ -256,7 +258,7 @@ def unhealthy(rep: dict) -> str:
         return "nginx is down"
     http = rep["http"]
     if not http.get("ok"):
-        return f"http: {http['error']}" if http["status"] is None else f"http: {http['answer']}"
+        return f"http: {http.get('answer') or http['error']}"
     return ""
 
 

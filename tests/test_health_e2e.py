@@ -6,6 +6,7 @@ The tests run in order and build on each other (a good release first, then bad o
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from types import SimpleNamespace
@@ -163,6 +164,18 @@ def test_6_every_server_name_is_checked(site):
     assert res.returncode == 1, out
     assert "GET / (Host: www.sample.test) -> 400" in out and "include www.sample.test?" in out
     assert_reverted(site, out)
+    # the same with health.revert = false: the release stays live, and fab status names the failing name only
+    site.proj.write_config(cfg + '[health]\ntimeout = 2\nrevert = false\n'
+                           + f'[django]\nallowed_hosts = ["{site.host.address}"]\n', name="two-names-stay.toml")
+    res, out = fab(site, "deploy", config="two-names-stay.toml")
+    assert res.returncode == 1 and "health.revert = false: left as is" in out, out
+    res, out = fab(site, "status", "--json", config="two-names-stay.toml")
+    assert res.returncode == 1, out
+    [st] = json.loads(res.stdout)
+    assert st["http"]["ok"] is False and st["http"]["status"] == 400  # the failing name's answer, not the first's
+    assert st["http"]["answer"].startswith("GET / (Host: www.sample.test) -> 400: ") and \
+        site.host.address not in st["http"]["answer"]
+    assert "unhealthy: http: GET / (Host: www.sample.test) -> 400" in res.stderr
     # with the default allowed_hosts (the server names), both names pass
     site.proj.write_config(cfg, name="two-names-ok.toml")
     res, out = fab(site, "deploy", config="two-names-ok.toml")
