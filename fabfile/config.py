@@ -135,6 +135,16 @@ def _options(value):
     return None
 
 
+def _statuses(value):
+    """health.status: a list of HTTP codes; the old single integer (0 = the default rule, N = [N]) still works."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return None if value == 0 or 100 <= value <= 599 else "must be a list of HTTP status codes like [200, 302]"
+    if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599
+                                       for v in value):
+        return None
+    return "must be a list of HTTP status codes like [200, 302]"
+
+
 def check_rolling(value):
     if isinstance(value, bool):
         return "must be a number of hosts or a percentage like \"30%\""
@@ -246,7 +256,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "health": {
         "path": Key("/", _str(re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*$"), "a URL path like /health", False)),
-        "status": Key(0, _int(0, 599)),
+        "status": Key([], _statuses),
         "timeout": Key(15, _int(1, 600)),
         "revert": Key(True, _bool),
     },

@@ -1,20 +1,28 @@
 """The health gate: after the switch and reload, an HTTP check through nginx on the host itself; when it
 fails (or uWSGI did not come up), the same remote invocation switches back to the previous release,
 reloads, checks again and marks the new release bad.
+
+The rule (one place, PROBE_PY, used by the deploy's health gate, the balancer's check and `fab status`): GET
+`health.path` once per name of `nginx.server_name` (as the Host header); follow redirects that stay on that
+host; the final answer must be 2xx, or one of `health.status` when that lists codes (a listed code is
+accepted as it is, without following it).
 """
 from __future__ import annotations
+
+import json
 
 from .config import Config
 from .layout import Layout
 from .roles import Server, bind_address, runs_nginx
 from .script import MARK, Phase, fail_expanded, q
 
-# Run by the host's python3: retry until the deadline; print the last answer; exit 0 when healthy.
-# proto "http": through nginx; "uwsgi": straight to uWSGI's TCP socket in the uwsgi protocol (an app host
-# behind a load balancer has no nginx of its own).
-# GET `path` from uWSGI's TCP socket in the uwsgi protocol; returns the HTTP status.
-UWSGI_GET_PY = r"""
-import socket, struct
+# Python for the host's python3. probe(spec, host) checks one Host name by the rule and returns
+# (ok, one line saying what happened, final status). spec: proto ("http": through nginx; "uwsgi": straight to
+# uWSGI's TCP socket in the uwsgi protocol, for an app host behind a load balancer without nginx), addr, port,
+# path, accept (codes; [] = a final 2xx after same-host redirects), tls (the site serves https).
+PROBE_PY = r"""
+import http.client, socket, struct
+from urllib.parse import urljoin, urlsplit
 def uwsgi_get(addr, port, host, path):
     p, _, qs = path.partition("?")
     env = {"REQUEST_METHOD": "GET", "PATH_INFO": p, "QUERY_STRING": qs, "REQUEST_URI": path,
@@ -25,37 +33,86 @@ def uwsgi_get(addr, port, host, path):
     with socket.create_connection((addr, port), timeout=5) as s:
         s.sendall(struct.pack("<BHB", 0, len(body), 0) + body)
         head = b""
-        while b"\r\n" not in head:
+        while b"\r\n\r\n" not in head:
             chunk = s.recv(4096)
             if not chunk:
                 break
             head += chunk
-    return int(head.split(b" ", 2)[1])
+    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    headers = {}
+    for ln in lines[1:]:
+        k, _, v = ln.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(lines[0].split(" ", 2)[1]), headers
+def http_get(addr, port, host, path):
+    conn = http.client.HTTPConnection(addr, port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": host, "User-Agent": "fabdeploy-health"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+def _printable(text):
+    return "".join(c if c.isprintable() else "?" for c in text)[:200]
+def probe(spec, host):
+    get = uwsgi_get if spec["proto"] == "uwsgi" else http_get
+    accept, path = spec["accept"], spec["path"]
+    said = f"GET {path} (Host: {host}) ->"
+    name = (urlsplit("http://" + host).hostname or host).lower()
+    seen = []
+    while True:
+        status, headers = get(spec["addr"], spec["port"], host, path)
+        said += f" {status}"
+        if status in accept:
+            return True, said, status
+        where = headers.get("location", "")
+        if 300 <= status < 400 and status != 304 and where:
+            url = urljoin(f"http://{host}{path}", where)
+            u = urlsplit(url)
+            said += " " + _printable(url if (u.hostname or "").lower() != name or u.scheme != "http" else
+                                     where)
+            if u.scheme == "https" and (u.hostname or "").lower() == name and not spec["tls"]:
+                return False, said + (": a redirect to https but the site has no TLS"
+                                      " (SECURE_SSL_REDIRECT = True in the Django settings?)"), status
+            if u.scheme == "https" and (u.hostname or "").lower() == name:
+                return True, said, status
+            if u.scheme != "http" or (u.hostname or "").lower() != name:
+                return False, said + ": a redirect to another host (list the code in health.status to accept it)", status
+            path = (u.path or "/") + ("?" + u.query if u.query else "")
+            if path in seen or len(seen) >= 5:
+                return False, said + ": too many redirects", status
+            seen.append(path)
+            said += " ->"
+            continue
+        if accept:
+            return False, said + f" (health.status accepts {', '.join(map(str, accept))})", status
+        if 200 <= status < 300:
+            return True, said, status
+        if status == 400:
+            return False, said + (f": Bad Request; does ALLOWED_HOSTS ([django] allowed_hosts) include {host}?"), status
+        return False, said, status
 """
 
-CHECK_PY = UWSGI_GET_PY + r"""
-import http.client, sys, time
-proto, addr, port, host, path, want, timeout = sys.argv[1:8]
-port, want, deadline = int(port), int(want), time.monotonic() + float(timeout)
-last = "no answer"
+# Retry until every name passes or the deadline; print one line (the failing names' answers); exit 0 when healthy.
+CHECK_PY = PROBE_PY + r"""
+import json, sys, time
+spec = json.loads(sys.argv[1])
+deadline = time.monotonic() + spec["timeout"]
+pending, last = list(spec["hosts"]), {}
 while True:
-    try:
-        if proto == "uwsgi":
-            status = uwsgi_get(addr, port, host, path)
-        else:
-            conn = http.client.HTTPConnection(addr, port, timeout=5)
-            conn.request("GET", path, headers={"Host": host, "User-Agent": "fabdeploy-health"})
-            resp = conn.getresponse()
-            resp.read()
-            status = resp.status
-        last = f"GET {path} -> {status}"
-        if (status == want) if want else (status < 500):
-            print(last)
-            sys.exit(0)
-    except Exception as exc:
-        last = f"GET {path}: {exc}"
+    for host in list(pending):
+        try:
+            ok, last[host], _ = probe(spec, host)
+        except Exception as exc:
+            ok, last[host] = False, f"GET {spec['path']} (Host: {host}): {exc}"
+        if ok:
+            pending.remove(host)
+    if not pending:
+        print("; ".join(last[h] for h in spec["hosts"]))
+        sys.exit(0)
     if time.monotonic() > deadline:
-        print(last)
+        print("; ".join(last[h] for h in pending))
         sys.exit(1)
     time.sleep(0.3)
 """
@@ -68,8 +125,7 @@ def http_target(cfg: Config, host: str) -> tuple[str, int, str]:
     addr = addr.strip("[]") or "127.0.0.1"
     if addr in ("0.0.0.0", "*", "::"):
         addr = "127.0.0.1" if addr != "::" else "::1"
-    names = [n for n in cfg.server_names if n != "_" and not n.startswith("~") and "*" not in n]
-    return addr, int(port), (names[0] if names else host)
+    return addr, int(port), host_headers(cfg, host)[0]
 
 
 def check_target(cfg: Config, host: str, server: Server | None = None) -> tuple[str, str, int, str]:
@@ -82,12 +138,36 @@ def check_target(cfg: Config, host: str, server: Server | None = None) -> tuple[
     return "uwsgi", {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr, addr), cfg.balancer.port, host_header
 
 
+def site_has_tls(cfg: Config) -> bool:
+    """Whether the site serves https (then a same-host redirect to https is healthy). Not yet: no TLS support."""
+    return False
+
+
+def accepted_statuses(cfg: Config) -> list[int]:
+    """health.status as a list: [] (the default rule: a final 2xx) for the old 0, [N] for the old N."""
+    status = cfg.health.status
+    if isinstance(status, int):
+        return [status] if status else []
+    return list(status)
+
+
+def host_headers(cfg: Config, host: str) -> list[str]:
+    """The Host headers the check sends: each plain name of nginx.server_name, else the host's own name."""
+    names = [n for n in cfg.server_names if n != "_" and not n.startswith("~") and "*" not in n]
+    return names or [host]
+
+
+def check_spec(cfg: Config, host: str, server: Server | None = None) -> dict:
+    """What PROBE_PY needs to check one host by the rule (JSON for the host's python3)."""
+    proto, addr, port, _ = check_target(cfg, host, server)
+    return {"proto": proto, "addr": addr, "port": port, "hosts": host_headers(cfg, host), "path": cfg.health.path,
+            "accept": accepted_statuses(cfg), "tls": site_has_tls(cfg), "timeout": cfg.health.timeout}
+
+
 def check_command(cfg: Config, host: str, server: Server | None = None) -> str:
     """The health check of one host: through its nginx, or (an app host behind a load balancer without
-    nginx) straight to uWSGI's TCP socket."""
-    proto, addr, port, host_header = check_target(cfg, host, server)
-    args = [proto, addr, port, host_header, cfg.health.path, cfg.health.status, cfg.health.timeout]
-    return f"{q(cfg.project.python)} -c {q(CHECK_PY)} " + " ".join(q(a) for a in args)
+    nginx) straight to uWSGI's TCP socket; prints one line, exits 0 when healthy."""
+    return f"{q(cfg.project.python)} -c {q(CHECK_PY)} {q(json.dumps(check_spec(cfg, host, server)))}"
 
 
 def health(cfg: Config, host: str, release_id: str, previous: str, staging: str, site_path: str,

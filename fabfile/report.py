@@ -8,7 +8,7 @@ from .config import Config
 from .connect import host_label, open_connection
 from .errors import FabdeployError
 from .fleet import for_each_host
-from .health import UWSGI_GET_PY, check_target
+from .health import PROBE_PY, check_spec
 from .roles import runs_nginx, server_of
 from .layout import RELEASE_GLOB_ERE, Layout
 from .runner import run_script
@@ -64,8 +64,7 @@ for r in names:
 emit({"current": cur, "releases": rels, "audit": audit(10)})
 """
 
-STATUS_PY = _COMMON + UWSGI_GET_PY + r"""
-import http.client
+STATUS_PY = _COMMON + PROBE_PY + r"""
 def alive(pidfile, name):
     pid = re.sub(r"\D", "", read(pidfile))
     if pid and name in read(f"/proc/{pid}/comm"):
@@ -101,18 +100,19 @@ res["role"], res["nginx_expected"] = P["role"], P["nginx"]
 if P["role"] == "lb":
     res["static"] = os.path.basename(os.path.realpath(D + "/shared/static/current"))
 start = time.monotonic()
-try:
-    if P["proto"] == "uwsgi":
-        status = uwsgi_get(P["http_addr"], P["http_port"], P["http_host"], P["http_path"])
-    else:
-        conn = http.client.HTTPConnection(P["http_addr"], P["http_port"], timeout=10)
-        conn.request("GET", P["http_path"], headers={"Host": P["http_host"]})
-        resp = conn.getresponse()
-        resp.read()
-        status = resp.status
-    res["http"] = {"status": status, "via": P["proto"], "ms": round((time.monotonic() - start) * 1000), "error": ""}
-except Exception as exc:
-    res["http"] = {"status": None, "ms": round((time.monotonic() - start) * 1000), "error": str(exc)[:200]}
+spec, said, bad, statuses, error = P["check"], [], [], [], ""
+for host in spec["hosts"]:
+    try:
+        ok, line, status = probe(spec, host)
+    except Exception as exc:
+        ok, line, status, error = False, f"GET {spec['path']} (Host: {host}): {str(exc)[:200]}", None, str(exc)[:200]
+    said.append(line)
+    if not ok:
+        bad.append(line)
+    statuses.append((ok, status))
+# status: the final answer of the first failing name (None: no answer), else of the first name
+res["http"] = {"ok": not bad, "status": min(statuses, key=lambda s: s[0])[1], "answer": "; ".join(bad or said),
+               "via": spec["proto"], "ms": round((time.monotonic() - start) * 1000), "error": error}
 try:
     st = os.statvfs(D)
     res["disk_free_bytes"] = st.f_bavail * st.f_frsize
@@ -162,10 +162,8 @@ def releases(conns, cfg: Config, parallel: int | None = None) -> list[dict]:
 def status(conns, cfg: Config, parallel: int | None = None) -> list[dict]:
     def params(conn):
         server = server_of(conn)
-        proto, addr, port, host_header = check_target(cfg, conn.host, server)
-        return {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "name": cfg.project.name, "proto": proto,
-                "role": server.role, "http_addr": addr, "http_port": port, "http_host": host_header,
-                "http_path": cfg.health.path, "nginx": runs_nginx(cfg, server)}
+        return {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "name": cfg.project.name,
+                "role": server.role, "check": check_spec(cfg, conn.host, server), "nginx": runs_nginx(cfg, server)}
     return _collect(conns, cfg, STATUS_PY, params, parallel)
 
 
@@ -232,8 +230,9 @@ def format_status(reports: list[dict]) -> str:
                "  nginx     " + ("not used (behind the load balancer)" if not rep.get("nginx_expected", True) else
                                  (f"up (master {ngx['pid']})" if ngx["pid"] else "DOWN")
                                  + (", site enabled" if ngx["site_enabled"] else ", site NOT enabled")),
-               "  http      " + (f"{http['status']} in {http['ms']} ms{via}" if http["status"] else
-                                 f"FAILED: {http['error']}"),
+               "  http      " + (f"{http['answer']} in {http['ms']} ms{via}" if http.get("ok") else
+                                 f"FAILED: {http.get('answer') or http['error']}" if http["status"] is None else
+                                 f"UNHEALTHY: {http['answer']}{via}"),
                f"  disk free {_size(rep['disk_free_bytes'])}"]
         if rep["lock"]:
             out.append(f"  lock      held by {rep['lock']['holder']} for {rep['lock']['age_s']}s")
@@ -250,11 +249,20 @@ def format_status(reports: list[dict]) -> str:
     return "\n".join(out)
 
 
-def healthy(rep: dict) -> bool:
+def unhealthy(rep: dict) -> str:
+    """Why a host is unhealthy ("" when it is not): unreachable, uWSGI or nginx down, or the HTTP check
+    failing the health rule (health.PROBE_PY, the same as the deploy's health gate)."""
     if "error" in rep:
-        return False
-    app_ok = rep.get("role") == "lb" or bool(rep["app"]["pid"])
-    nginx_ok = not rep.get("nginx_expected", True) or bool(rep["nginx"]["pid"])
-    return app_ok and nginx_ok and rep["http"]["status"] is not None and rep["http"]["status"] < 500
+        return rep["error"]
+    if rep.get("role") != "lb" and not rep["app"]["pid"]:
+        return "uWSGI is down"
+    if rep.get("nginx_expected", True) and not rep["nginx"]["pid"]:
+        return "nginx is down"
+    http = rep["http"]
+    if not http.get("ok"):
+        return f"http: {http.get('answer') or http['error']}"
+    return ""
 
 
+def healthy(rep: dict) -> bool:
+    return not unhealthy(rep)

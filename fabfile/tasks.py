@@ -145,12 +145,12 @@ def releases(c, json=False, config=None, parallel=None):
             "parallel": PARALLEL_HELP})
 @one_line_errors
 def status(c, json=False, config=None, roles=None, parallel=None):
-    """Per host: current release, uWSGI master and workers, nginx, an HTTP check, disk free; flags drift."""
+    """Per host: current release, uWSGI master and workers, nginx, the health check, disk free; flags drift.
+    Exits 1 naming each unhealthy host and why."""
     cfg = load_config(config)
     reports = report.status(target_connections(c, cfg, roles), cfg, _parallel(parallel, cfg))
     print(_json.dumps(reports, indent=2) if json else report.format_status(reports))
-    if not all(report.healthy(r) for r in reports):
-        raise Exit(code=1)
+    _exit_if_failed([f"{r['host']}: unhealthy: {report.unhealthy(r)}" for r in reports if report.unhealthy(r)])
 
 
 @task(help={"config": CONFIG_HELP, "n": "lines to show from each log (default 20)",

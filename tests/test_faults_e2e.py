@@ -252,7 +252,7 @@ def test_8_health_check_failing_after_the_switch_reverts(site):
     cfgname = with_change(site, {"pages/views.py": broken}, "[health]\ntimeout = 3\n")
     res = fab(site, "deploy", config=cfgname)
     out = res.stdout + res.stderr
-    assert re.search(rf"health check failed: GET / -> 500; reverted to {site.good}", out), out
+    assert re.search(rf"health check failed: GET / \(Host: [^)]+\) -> 500; reverted to {site.good}", out), out
     bad = release_of_attempt(out)
     assert site.host.path(f"/srv/sample/releases/{bad}/.fabdeploy/bad").exists()
     # the failed release stays on disk (marked bad) for inspection; everything else is as before

@@ -433,43 +433,46 @@ def web(request):
     thread.join(timeout=10)
 
 
-def check(addr, port, path, want=0, timeout=1, host="example.com"):
+def check(addr, port, path, want=(), timeout=1, host="example.com"):
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", health.CHECK_PY, "http", addr, str(port), host, path, str(want),
-                           str(timeout)], capture_output=True, text=True, timeout=60)
+    spec = {"proto": "http", "addr": addr, "port": port, "hosts": [host], "path": path, "accept": list(want),
+            "tls": False, "timeout": timeout}
+    proc = subprocess.run([sys.executable, "-c", health.CHECK_PY, json.dumps(spec)],
+                          capture_output=True, text=True, timeout=60)
     return proc, time.monotonic() - start
 
 
 def test_check_py_healthy_answer(web):
     proc, elapsed = check(web.addr, web.server_port, "/ok")
-    assert (proc.returncode, proc.stdout) == (0, "GET /ok -> 200\n"), proc.stderr
+    assert (proc.returncode, proc.stdout) == (0, "GET /ok (Host: example.com) -> 200\n"), proc.stderr
     assert elapsed < 5
     assert web.seen == [("/ok", "example.com", "fabdeploy-health")]  # one request, the configured Host
 
 
-def test_check_py_any_status_below_500_is_healthy_by_default(web):
+def test_check_py_a_4xx_is_unhealthy_by_default(web):
     proc, _ = check(web.addr, web.server_port, "/gone")
-    assert (proc.returncode, proc.stdout) == (0, "GET /gone -> 404\n")
+    assert (proc.returncode, proc.stdout) == (1, "GET /gone (Host: example.com) -> 404\n")
 
 
 def test_check_py_retries_a_500_until_the_timeout_and_prints_the_last_answer(web):
     proc, elapsed = check(web.addr, web.server_port, "/boom", timeout=1)
-    assert (proc.returncode, proc.stdout) == (1, "GET /boom -> 500\n")
+    assert (proc.returncode, proc.stdout) == (1, "GET /boom (Host: example.com) -> 500\n")
     assert 1 <= elapsed < 8
     assert web.hits["/boom"] >= 3  # retried (every 0.3 s)
 
 
 def test_check_py_retries_until_healthy(web):
     proc, _ = check(web.addr, web.server_port, "/flaky", timeout=10)
-    assert (proc.returncode, proc.stdout) == (0, "GET /flaky -> 200\n")
+    assert (proc.returncode, proc.stdout) == (0, "GET /flaky (Host: example.com) -> 200\n")
     assert web.hits["/flaky"] == 3
 
 
 def test_check_py_exact_status(web):
-    proc, _ = check(web.addr, web.server_port, "/empty", want=204)
-    assert (proc.returncode, proc.stdout) == (0, "GET /empty -> 204\n")
-    proc, elapsed = check(web.addr, web.server_port, "/ok", want=204, timeout=1)
-    assert (proc.returncode, proc.stdout) == (1, "GET /ok -> 200\n")  # 200 is not the 204 asked for
+    proc, _ = check(web.addr, web.server_port, "/empty", want=[204])
+    assert (proc.returncode, proc.stdout) == (0, "GET /empty (Host: example.com) -> 204\n")
+    proc, elapsed = check(web.addr, web.server_port, "/ok", want=[204], timeout=1)
+    # 200 is not the 204 asked for
+    assert (proc.returncode, proc.stdout) == (1, "GET /ok (Host: example.com) -> 200 (health.status accepts 204)\n")
     assert elapsed >= 1
 
 
@@ -479,7 +482,7 @@ def test_check_py_without_a_server(tmp_path):
         port = s.getsockname()[1]
     proc, elapsed = check("127.0.0.1", port, "/", timeout=1)
     assert proc.returncode == 1
-    assert proc.stdout.startswith("GET /: ") and "refused" in proc.stdout and proc.stdout.count("\n") == 1
+    assert proc.stdout.startswith("GET / (Host: example.com): ") and "refused" in proc.stdout and proc.stdout.count("\n") == 1
     assert 1 <= elapsed < 8
 
 
@@ -488,7 +491,7 @@ def test_check_command_over_ipv6_from_the_nginx_listen(web, tmp_path):
     cfg = make_cfg(nginx={"listen": f"[::]:{web.server_port}", "server_name": "_"},
                    project={"python": sys.executable}, health={"path": "/empty", "status": 204, "timeout": 2})
     proc = sh(health.check_command(cfg, "web1"), tmp_path)
-    assert (proc.returncode, proc.stdout.decode()) == (0, "GET /empty -> 204\n"), err(proc)
+    assert (proc.returncode, proc.stdout.decode()) == (0, "GET /empty (Host: web1) -> 204\n"), err(proc)
     assert web.seen == [("/empty", "web1", "fabdeploy-health")]
 
 
@@ -498,7 +501,8 @@ def test_check_command_quotes_the_path(web, tmp_path):
                    project={"python": sys.executable}, health={"path": path, "timeout": 2})
     proc = sh(health.check_command(cfg, "web1"), tmp_path)
     assert proc.returncode == 0, err(proc)
-    assert web.seen == [(path, "shop.test", "fabdeploy-health")]  # literally, not expanded by the shell
+    # literally, not expanded by the shell; each name of server_name as the Host
+    assert web.seen == [(path, "shop.test", "fabdeploy-health"), (path, "www.shop.test", "fabdeploy-health")]
 
 
 # === rollback: selection and switch =============================================================================

@@ -234,7 +234,7 @@ def test_status_reports_the_site(ops):
     ok = [a for a in audit(ops) if a["result"] == "ok"]
     assert ok[-1]["release"] == current(ops) and ok[-1]["duration"] >= 0
     text = fab(ops, "status").stdout
-    assert "uWSGI master" in text and "http      200" in text
+    assert "uWSGI master" in text and f"http      GET / (Host: {ops.host.address}) -> 200 in" in text
 
 
 def test_logs_show_each_source(ops):

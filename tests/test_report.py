@@ -2,7 +2,7 @@
 from fabdeploy import report
 
 UP = {"app": {"pid": 5, "workers": 2, "on_current": True}, "nginx": {"pid": 7, "site_enabled": True},
-      "http": {"status": 200, "ms": 5, "error": ""}, "disk_free_bytes": 1 << 30, "lock": None, "last": None,
+      "http": {"ok": True, "status": 200, "answer": "GET / (Host: a.test) -> 200", "ms": 5, "error": ""}, "disk_free_bytes": 1 << 30, "lock": None, "last": None,
       "revision": "abcdef1234567", "branch": "main"}
 
 
@@ -22,8 +22,23 @@ def test_status_lines_and_health():
     assert "uWSGI DOWN" in text and "http      FAILED: refused" in text and "c\n  error: boom" in text
     assert report.healthy({"host": "a", "current": "R1", **UP})
     assert not report.healthy(down) and not report.healthy({"host": "c", "error": "x"})
-    five = {"host": "a", "current": "R1", **UP, "http": {"status": 502, "ms": 1, "error": ""}}
+    five = {"host": "a", "current": "R1", **UP, "http": {"ok": False, "status": 502, "ms": 1, "error": "",
+                                                          "answer": "GET / (Host: a.test) -> 502"}}
     assert not report.healthy(five)
+    assert "  http      GET / (Host: a.test) -> 200 in 5 ms" in text
+
+
+def test_unhealthy_says_why():
+    bad = {"ok": False, "status": 400, "ms": 1, "error": "",
+           "answer": "GET / (Host: a.test) -> 400: Bad Request; does ALLOWED_HOSTS ..."}
+    rep = {"host": "a", "current": "R1", **UP, "http": bad}
+    assert report.unhealthy(rep) == "http: GET / (Host: a.test) -> 400: Bad Request; does ALLOWED_HOSTS ..."
+    assert "  http      UNHEALTHY: GET / (Host: a.test) -> 400: Bad Request" in report.format_status([rep])
+    assert report.unhealthy({"host": "a", "current": "R1", **UP}) == ""
+    assert report.unhealthy({"host": "c", "error": "unreachable"}) == "unreachable"
+    down = {**UP, "app": {"pid": None, "workers": 0, "on_current": False}}
+    assert report.unhealthy(down) == "uWSGI is down"
+    assert report.unhealthy({**UP, "nginx": {"pid": None, "site_enabled": True}}) == "nginx is down"
 
 
 def test_releases_table():

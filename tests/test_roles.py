@@ -6,6 +6,7 @@ Nothing here uses SSH.
 """
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from fabdeploy import health, phases, roles
 from fabdeploy.errors import ConfigError
 from fabdeploy.phases import Facts
 from fabdeploy.roles import Server
+from fabdeploy.script import q
 from test_phases import fakebin, make_cfg, make_rel  # noqa: F401 (a fixture)
 
 UWSGI = str(Path(sys.executable).parent / "uwsgi")
@@ -569,8 +571,9 @@ def test_check_target():
         ("http", "127.0.0.1", 80, "10.0.0.1")
     v6 = lb_cfg(balancer={"bind": "[::]", "port": 9000})
     assert health.check_target(v6, "h", app_server(v6, "deploy@10.0.0.1")) == ("uwsgi", "::1", 9000, "h")
-    assert health.check_command(cfg, "10.0.0.1", app_server(cfg, "deploy@10.0.0.1")).endswith(
-        "' uwsgi 10.0.0.1 8001 example.com / 0 15")
+    assert health.check_command(cfg, "10.0.0.1", app_server(cfg, "deploy@10.0.0.1")).endswith(" " + q(json.dumps(
+        {"proto": "uwsgi", "addr": "10.0.0.1", "port": 8001, "hosts": ["example.com"], "path": "/", "accept": [],
+         "tls": False, "timeout": 15})))
 
 
 HEALTH_APP = """\
@@ -622,31 +625,33 @@ def real_uwsgi(tmp_path):
         log.close()
 
 
-def run_check(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", health.CHECK_PY, *map(str, args)], capture_output=True,
+def run_check(proto, addr, port, host, path, accept, timeout) -> subprocess.CompletedProcess:
+    spec = {"proto": proto, "addr": addr, "port": port, "hosts": [host], "path": path, "accept": accept,
+            "tls": False, "timeout": timeout}
+    return subprocess.run([sys.executable, "-c", health.CHECK_PY, json.dumps(spec)], capture_output=True,
                           text=True, timeout=60)
 
 
 def test_health_check_in_the_uwsgi_protocol_against_real_uwsgi(real_uwsgi):
     port = real_uwsgi
-    ok = run_check("uwsgi", "127.0.0.1", port, "example.com", "/", 0, 5)
-    assert (ok.returncode, ok.stdout) == (0, "GET / -> 200\n"), ok.stderr
+    ok = run_check("uwsgi", "127.0.0.1", port, "example.com", "/", [], 5)
+    assert (ok.returncode, ok.stdout) == (0, "GET / (Host: example.com) -> 200\n"), ok.stderr
     # an exact wanted status, and a query string
-    ok = run_check("uwsgi", "127.0.0.1", port, "example.com", "/?x=1", 200, 5)
-    assert (ok.returncode, ok.stdout) == (0, "GET /?x=1 -> 200\n"), ok.stderr
+    ok = run_check("uwsgi", "127.0.0.1", port, "example.com", "/?x=1", [200], 5)
+    assert (ok.returncode, ok.stdout) == (0, "GET /?x=1 (Host: example.com) -> 200\n"), ok.stderr
     started = time.monotonic()
-    bad = run_check("uwsgi", "127.0.0.1", port, "example.com", "/bad", 0, 1)
-    assert (bad.returncode, bad.stdout) == (1, "GET /bad -> 503\n"), bad.stderr
+    bad = run_check("uwsgi", "127.0.0.1", port, "example.com", "/bad", [], 1)
+    assert (bad.returncode, bad.stdout) == (1, "GET /bad (Host: example.com) -> 503\n"), bad.stderr
     assert time.monotonic() - started < 15
     # wanted 503 exactly: healthy
-    assert run_check("uwsgi", "127.0.0.1", port, "example.com", "/bad", 503, 1).returncode == 0
+    assert run_check("uwsgi", "127.0.0.1", port, "example.com", "/bad", [503], 1).returncode == 0
 
 
 def test_health_check_in_the_uwsgi_protocol_with_nothing_listening():
     port = _free_port()
-    proc = run_check("uwsgi", "127.0.0.1", port, "example.com", "/", 0, 1)
+    proc = run_check("uwsgi", "127.0.0.1", port, "example.com", "/", [], 1)
     assert proc.returncode == 1
-    assert proc.stdout.startswith("GET /: ") and "refused" in proc.stdout.lower()
+    assert proc.stdout.startswith("GET / (Host: example.com): ") and "refused" in proc.stdout.lower()
 
 
 def test_deploying_only_load_balancers_is_one_clear_error(tmp_path):
