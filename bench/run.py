@@ -154,13 +154,15 @@ class Bench:
             source = read_source(cfg)
             key = venv_hash(cfg, source.requirements, facts.python_version)
             need = key not in facts.venvs
-            wheels = build_wheels(cfg, source.requirements, facts.python_version, key) if need else []
+            wheels = build_wheels(cfg, source.requirement_files, facts.python_version, facts.python_platform,
+                                  key) if need else []
             rel = phases.Release(release_id(source), source.revision, source.branch, source.kind, "now",
                                  owner.who, key, bool(wheels),
                                  phases.fingerprint(cfg, source.revision, source.requirements))
             lay = Layout(cfg.paths.deploy_to)
             site, _ = nginx_site_paths(facts.nginx_layout, cfg.project.name)
-            built = [phases.setup(cfg, lock.acquire(cfg, owner)), phases.code(cfg, rel), phases.venv(cfg, rel),
+            built = [phases.setup(cfg, lock.acquire(cfg, owner)), phases.code(cfg, rel),
+                     phases.venv(cfg, rel, source.requirement_files),
                      phases.django(cfg, rel), phases.config(cfg, rel, facts), phases.switch(cfg, rel),
                      phases.restart(cfg, rel, facts),
                      health(cfg, "127.0.0.1", rel.id, facts.current, lay.staging(rel.id), site, facts.nginx_pid),

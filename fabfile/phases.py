@@ -239,7 +239,9 @@ def seed_static(cfg: Config, release_id: str) -> list[str]:
     st = Layout(cfg.paths.deploy_to).static
     S = f"{st}/{release_id}"
     return [f"rm -rf {q(S)}",
-            f"if [ -d {q(st + '/current/')} ]; then cp -al \"$(readlink -f {q(st + '/current')})\" {q(S)}; "
+            # (not cp -a: preserving modes would chmod the new directories, which drops the setgid bit
+            # that gives new files the web server's group; plain mkdir inherits it)
+            f"if [ -d {q(st + '/current/')} ]; then cp -Rl --preserve=timestamps \"$(readlink -f {q(st + '/current')})\" {q(S)}; "
             f"else mkdir -p {q(S)}; fi"]
 
 

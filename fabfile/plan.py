@@ -27,7 +27,7 @@ from .source import read_source, release_id
 from .wheelhouse import venv_hash
 
 FACTS_PY = r"""
-import json, os, re, sys
+import json, os, platform, re, sys, sysconfig
 P = json.loads(sys.argv[1])
 D = P["deploy_to"]
 def read(path):
@@ -52,7 +52,10 @@ except OSError:
 venvs = sorted(v for v in (os.listdir(D + "/venvs") if os.path.isdir(D + "/venvs") else [])
                if os.path.isfile(f"{D}/venvs/{v}/.fabdeploy-complete"))
 print("@@fabdeploy json " + json.dumps({
-    "python_version": "%d.%d.%d" % sys.version_info[:3], "nginx_layout": layout, "nginx_user": user,
+    "python_version": "%d.%d.%d" % sys.version_info[:3],
+    # (as the setup phase reports it: wheelhouse.PYTHON_FACTS_PY)
+    "python_platform": " ".join([sys.implementation.name, sysconfig.get_platform(), "-".join(platform.libc_ver()) or "-"]),
+    "nginx_layout": layout, "nginx_user": user,
     "nginx_pid": pid, "current": current, "venvs": venvs, "site": site,
     "files": {"uwsgi.ini": read(D + "/shared/config/uwsgi.ini"), "nginx site": read(site),
               "settings": read(f"{current}/{P['settings']}.py") if current else None},
@@ -73,7 +76,8 @@ def read_host(conn, cfg: Config) -> dict:
 
 def facts_from(raw: dict) -> phases.Facts:
     """The Facts the setup phase would report, from read_host()'s answer."""
-    return phases.Facts(python_version=raw["python_version"], nginx_layout=raw["nginx_layout"],
+    return phases.Facts(python_version=raw["python_version"], python_platform=raw.get("python_platform", ""),
+                        nginx_layout=raw["nginx_layout"],
                         nginx_user=raw["nginx_user"], nginx_pid=raw["nginx_pid"], current=raw["current"],
                         venvs=raw["venvs"])
 

@@ -48,6 +48,7 @@ class Project:
     settings: Guess
     wsgi: Guess
     requirements: Guess
+    health: Guess = field(default_factory=lambda: Guess("/", "the health check's page"))
     packages: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -122,6 +123,33 @@ def guess_wsgi(root: Path, settings: str) -> Guess:
     return Guess(f"{top}.wsgi:application", "TODO: no WSGI_APPLICATION or wsgi.py found")
 
 
+ROOT_URLCONF = re.compile(r"""^ROOT_URLCONF\s*=\s*["']([\w.]+)["']""", re.M)
+ROOT_ROUTE = re.compile(r"""(\bpath\(\s*r?["']["']|\b(re_path|url)\(\s*r?["']\^?\$?["'])""")
+ADMIN_ROUTE = re.compile(r"""\bpath\(\s*["']([^"']*)["']\s*,\s*admin\.site\.urls""")
+
+
+def guess_health(root: Path, settings: str) -> Guess:
+    """A page for the health check (it needs a final 2xx): / when the URLconf routes it, else the admin's
+    login page (a fresh `startproject` site has no page at /: a 404 would fail every deploy)."""
+    urlconf = f"{settings.split('.')[0]}.urls"
+    path = module_path(root, settings)
+    for file in ([path] if path and path.is_file() else []) + ([path / "__init__.py"] if path and path.is_dir() else []):
+        m = ROOT_URLCONF.search(file.read_text(encoding="utf-8", errors="replace"))
+        if m:
+            urlconf = m.group(1)
+    file = module_path(root, urlconf)
+    text = file.read_text(encoding="utf-8", errors="replace") if file and file.is_file() else ""
+    # (not the examples in startproject's docstring, nor comments)
+    text = re.sub(r'""".*?"""|\'\'\'.*?\'\'\'|#[^\n]*', "", text, flags=re.S)
+    if ROOT_ROUTE.search(text):
+        return Guess("/", f"{urlconf} routes /; the check needs a 2xx there (same-host redirects are followed)")
+    m = ADMIN_ROUTE.search(text)
+    if m:
+        return Guess(f"/{m.group(1)}login/", f"{urlconf} has no page at / (a 404 fails the health check); "
+                     "the admin login page answers 200. Better: a page of your own")
+    return Guess("/", f"TODO: a page that answers 2xx ({urlconf} seems to have none at /; a 404 fails the check)")
+
+
 def guess_requirements(root: Path) -> Guess:
     if (root / "requirements.txt").is_file():
         return Guess("requirements.txt", "found requirements.txt")
@@ -155,7 +183,7 @@ def inspect_project(root: Path) -> Project:
     settings = guess_settings(root)
     reqs = guess_requirements(root)
     project = Project(Guess(name if _NAME.match(name) else "mysite", why), settings,
-                      guess_wsgi(root, settings.value), reqs)
+                      guess_wsgi(root, settings.value), reqs, guess_health(root, settings.value))
     if not reqs.value:
         project.packages = [django_requirement()]
     return project
@@ -189,6 +217,9 @@ def render(p: Project, source: str) -> str:
         "",
         "[nginx]",
         _line("server_name", '"_"', 'TODO: your domain, e.g. "example.com www.example.com" (also ALLOWED_HOSTS)'),
+        "",
+        "[health]",
+        _line("path", _toml(p.health.value), p.health.why),
         "",
         "[pip]",
         _line("wheelhouse", "false", "true: build wheels here, hosts need no package index"),

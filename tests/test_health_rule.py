@@ -207,6 +207,6 @@ def test_example_config_lets_allowed_hosts_follow_the_server_names():
     """A copied deploy.example.toml must not pin ALLOWED_HOSTS to something other than the names nginx serves."""
     import tomllib
     from conftest import REPO
-    cfg = parse_config(tomllib.loads((REPO / "deploy.example.toml").read_text()))
+    cfg = parse_config(tomllib.loads((REPO / "templates" / "deploy.example.toml").read_text()))
     assert cfg.django.allowed_hosts == [] and cfg.allowed_hosts == cfg.server_names
     assert health.accepted_statuses(cfg) == []

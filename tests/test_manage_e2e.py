@@ -15,7 +15,6 @@ import pytest
 
 from conftest import BIN, FAB, OFFLINE, make_project, run_fab, sample_config
 
-FABRIC_YAML = "tasks:\n  executor_class: fabdeploy.executor.FleetExecutor\n"
 SHOW = ("from django.conf import settings; import os; "
         "print('settings', settings.SETTINGS_MODULE, settings.DEBUG, os.environ['GREETING'])")
 
@@ -24,8 +23,9 @@ SHOW = ("from django.conf import settings; import os; "
 def site(make_host, tmp_path_factory, wheel_cache):
     host = make_host("manage")
     proj = make_project(tmp_path_factory.mktemp("proj"))
-    # plain Fabric refuses words after `--` together with a task ("not given any hosts"): fabdeploy's executor
-    (proj.root / "fabric.yaml").write_text(FABRIC_YAML)
+    # no fabric.yaml: importing fabdeploy's tasks gives `fab` their executor, which hands the words after
+    # `--` to manage (plain Fabric would run them as a shell command, or refuse: "not given any hosts")
+    assert not (proj.root / "fabric.yaml").exists()
     proj.write_config(sample_config(host, extra="""\
         [django]
         env = { GREETING = "hello from app.env" }

@@ -118,3 +118,19 @@ def test_fabdeploy_init_command_line(tmp_path):
     assert res.returncode == 1
     assert res.stderr == ("fabdeploy: init: deploy.toml already exists; not overwriting it "
                           "(move it away, or pass --output FILE)\n")
+
+
+@pytest.mark.parametrize("urls, want", [
+    ('urlpatterns = [path("", views.home), path("admin/", admin.site.urls)]', "/"),
+    ('urlpatterns = [re_path(r"^$", views.home)]', "/"),
+    # startproject: only the admin (its docstring's `path('', ...)` examples do not count)
+    ('"""\nExamples:\n    path(\'\', views.home, name=\'home\')\n"""\n# path("", x)\n'
+     'urlpatterns = [path("backoffice/", admin.site.urls)]', "/backoffice/login/"),
+    ('urlpatterns = [path("api/", include("api.urls"))]', "/"),
+])
+def test_init_guesses_a_health_page_that_answers_2xx(tmp_path, urls, want):
+    project = sample_copy(tmp_path)
+    (project / "sampleproject" / "urls.py").write_text(urls + "\n")
+    guess = inspect(project).health
+    assert guess.value == want
+    assert ("TODO" in guess.why) is (want == "/" and "api" in urls)
