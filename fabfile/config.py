@@ -34,7 +34,8 @@ _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL_PATH = re.compile(r"^/[A-Za-z0-9._/-]*/$")
 _HOST = re.compile(r"^([A-Za-z0-9._-]+@)?([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?$")
 BALANCE_METHODS = ("round_robin", "least_conn", "ip_hash", "hash")
-MIN_SECRET_LEN = 4  # [django] env values this long or longer are masked in everything printed
+MIN_SECRET_LEN = 4  # [django] env values this long or longer are masked in everything printed ...
+NEVER_SECRET = ("true", "false", "none", "null")  # ... except these words (masking them hides unrelated text)
 
 
 def url_userinfo(url: str) -> str:
@@ -347,9 +348,9 @@ class Config:
 
     def secret_values(self) -> list[str]:
         """Values to mask in anything printed: every [django] env value of MIN_SECRET_LEN characters or more
-        (whatever its name; shorter ones such as "1" or "true" would mask unrelated text), and the userinfo
-        (user:password, and the password alone) of pip.index_url."""
-        values = [v for v in self.django.env.values() if len(v) >= MIN_SECRET_LEN]
+        (whatever its name; shorter ones such as "1" or "on", and true/false/none/null, would mask unrelated
+        text), and the userinfo (user:password, and the password alone) of pip.index_url."""
+        values = [v for v in self.django.env.values() if len(v) >= MIN_SECRET_LEN and v.lower() not in NEVER_SECRET]
         userinfo = url_userinfo(self.pip.index_url)
         if userinfo:
             values.append(userinfo)

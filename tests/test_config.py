@@ -293,9 +293,9 @@ def test_allowed_hosts_translate_nginx_wildcards():
 
 def test_secret_values_are_every_env_value_of_four_characters_or_more_whatever_its_name():
     env = {"API_TOKEN": "tok-123", "DATABASE_URL": "postgres://app:pw-456@db/app", "SENTRY": "s-789",
-           "AWS_ACCESS_KEY": "k-1", "DEBUG": "true", "DEBUG_LEVEL": "3", "EMPTY_PASSWORD": ""}
+           "AWS_ACCESS_KEY": "k-1", "DEBUG": "True", "DEBUG_LEVEL": "3", "EMPTY_PASSWORD": "", "REGION": "eu-1"}
     cfg = parse_config(raw(django={"env": env}))
-    assert sorted(cfg.secret_values()) == sorted(["tok-123", "postgres://app:pw-456@db/app", "s-789", "true"])
+    assert sorted(cfg.secret_values()) == sorted(["tok-123", "postgres://app:pw-456@db/app", "s-789", "eu-1"])
 
 
 def test_secret_values_include_the_userinfo_of_the_index_url():
