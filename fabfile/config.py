@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import unquote
 
 from .errors import ConfigError
 
@@ -33,7 +34,14 @@ _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _URL_PATH = re.compile(r"^/[A-Za-z0-9._/-]*/$")
 _HOST = re.compile(r"^([A-Za-z0-9._-]+@)?([A-Za-z0-9._-]+|\[[0-9A-Fa-f:]+\])(:[0-9]{1,5})?$")
 BALANCE_METHODS = ("round_robin", "least_conn", "ip_hash", "hash")
-SECRET_KEY_PATTERN = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|KEY|CREDENTIAL|PRIVATE", re.I)
+MIN_SECRET_LEN = 4  # [django] env values this long or longer are masked in everything printed ...
+NEVER_SECRET = ("true", "false", "none", "null")  # ... except these words (masking them hides unrelated text)
+
+
+def url_userinfo(url: str) -> str:
+    """The "user:password" (or token) part of scheme://userinfo@host/..., or ""."""
+    m = re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://([^/@]+)@", url or "")
+    return m.group(1) if m else ""
 
 
 def _str(pattern=None, what="", empty_ok=True):
@@ -339,8 +347,16 @@ class Config:
         return names or ["localhost"]
 
     def secret_values(self) -> list[str]:
-        """Values to mask in anything printed: env values whose name looks secret."""
-        return [v for k, v in self.django.env.items() if v and SECRET_KEY_PATTERN.search(k)]
+        """Values to mask in anything printed: every [django] env value of MIN_SECRET_LEN characters or more
+        (whatever its name; shorter ones such as "1" or "on", and true/false/none/null, would mask unrelated
+        text), and the userinfo (user:password, and the password alone) of pip.index_url."""
+        values = [v for v in self.django.env.values() if len(v) >= MIN_SECRET_LEN and v.lower() not in NEVER_SECRET]
+        userinfo = url_userinfo(self.pip.index_url)
+        if userinfo:
+            values.append(userinfo)
+            password = userinfo.partition(":")[2]
+            values += [p for p in (password, unquote(password)) if len(p) >= MIN_SECRET_LEN]
+        return values
 
 
 class _Section:

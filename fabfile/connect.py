@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -30,7 +31,8 @@ def make_connection(target: str, cfg: Config, fabric_config=None) -> Connection:
 
 
 def prepare(conn: Connection, cfg: Config) -> Connection:
-    """Apply fabdeploy's SSH policy to a (not yet opened) Connection."""
+    """Apply fabdeploy's SSH policy to a (not yet opened) Connection and to every gateway hop it goes through
+    (ProxyJump from ssh_config: Fabric gives each hop its own client with auto-add host keys)."""
     if cfg.ssh.identity_file:
         key = Path(cfg.ssh.identity_file).expanduser()
         if not key.is_file():
@@ -38,7 +40,8 @@ def prepare(conn: Connection, cfg: Config) -> Connection:
         files = conn.connect_kwargs.get("key_filename") or []
         if isinstance(files, str):
             files = [files]
-        conn.connect_kwargs["key_filename"] = [str(key), *files]
+        if str(key) not in files:
+            conn.connect_kwargs["key_filename"] = [str(key), *files]
     if conn.connect_timeout is None:
         conn.connect_timeout = cfg.ssh.connect_timeout
     client = conn.client
@@ -55,7 +58,28 @@ def prepare(conn: Connection, cfg: Config) -> Connection:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
     else:
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    # A ProxyCommand gateway (a string) is a program of its own, e.g. `ssh -W`, checking keys as it is set up.
+    if isinstance(conn.gateway, Connection):
+        prepare(conn.gateway, cfg)
     return conn
+
+
+def _hops(conn: Connection) -> list[Connection]:
+    """The gateway Connections in front of conn, nearest first."""
+    hops = []
+    gw = conn.gateway
+    while isinstance(gw, Connection):
+        hops.append(gw)
+        gw = gw.gateway
+    return hops
+
+
+def _about(conn: Connection, hostname: str) -> tuple[str, Connection]:
+    """Whom a host-key error is about: the target, or "jump host X (ProxyJump to target)", and its Connection."""
+    for hop in _hops(conn):
+        if hostname in (hop.host, f"[{hop.host}]:{hop.port}"):
+            return f"jump host {host_label(hop)} (ProxyJump to {host_label(conn)})", hop
+    return host_label(conn), conn
 
 
 def open_connection(conn: Connection) -> None:
@@ -63,14 +87,17 @@ def open_connection(conn: Connection) -> None:
     label = host_label(conn)
     try:
         conn.open()
-    except paramiko.BadHostKeyException:
-        raise ConnectError(f"{label}: the SSH host key has CHANGED since it was recorded in known_hosts; "
-                           "refusing to connect (check the server, then fix known_hosts)") from None
+    except paramiko.BadHostKeyException as exc:
+        raise ConnectError(f"{_about(conn, exc.hostname)[0]}: the SSH host key has CHANGED since it was recorded in "
+                           "known_hosts; refusing to connect (check the server, then fix known_hosts)") from None
     except paramiko.SSHException as exc:
         text = str(exc)
         if "not found in known_hosts" in text:
-            raise ConnectError(f"{label}: unknown SSH host key (not in known_hosts); add it with "
-                               f"`ssh-keyscan {conn.host} >> ~/.ssh/known_hosts` or set ssh.known_hosts, "
+            m = re.match(r"Server '(.*)' not found in known_hosts", text)
+            who, hop = _about(conn, m.group(1) if m else conn.host)
+            port = f"-p {hop.port} " if hop.port != 22 else ""
+            raise ConnectError(f"{who}: unknown SSH host key (not in known_hosts); add it with "
+                               f"`ssh-keyscan {port}{hop.host} >> ~/.ssh/known_hosts` or set ssh.known_hosts, "
                                "or opt out with ssh.strict_host_keys = false") from None
         if isinstance(exc, paramiko.AuthenticationException) or "Authentication failed" in text:
             raise ConnectError(f"{label}: SSH authentication failed for user {conn.user}") from None

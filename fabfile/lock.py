@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .config import Config
 from .layout import Layout
-from .script import MARK, Phase, fail_expanded, q
+from .script import MARK, Phase, fail_expanded, mask, q
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,9 @@ def audit(cfg: Config, owner: LockOwner, record: dict, dynamic: dict[str, str] |
     """Append one JSON line: the record, remote time, the duration since the lock was taken, and
     `dynamic` fields whose values are shell words known only on the host (plain release ids)."""
     L = lock_dir(cfg)
-    fields = {"action": owner.action, "who": owner.who, **record}
+    secrets = cfg.secret_values()  # the audit log never gets a secret (an error message may quote one)
+    fields = {k: mask(v, secrets) if isinstance(v, str) else v
+              for k, v in {"action": owner.action, "who": owner.who, **record}.items()}
     head = json.dumps(fields, sort_keys=True)[:-1]  # an argument of printf, never part of its format
     dynamic = dynamic or {}
     fmt = "%s" + "".join(f', "{k}": "%s"' for k in dynamic) + ', "time": "%s", "duration": %s}\\n'

@@ -1,34 +1,52 @@
-"""Console output: one line per phase per host, safe to call from several host threads."""
+"""Console output: one line per phase per host, safe to call from several host threads.
+
+Every line fabdeploy prints goes through here and is masked once, on the way out: the values registered with
+add_secrets() (every [django] env value, the pip.index_url userinfo) and any URL's userinfo (script.mask).
+"""
 from __future__ import annotations
 
 import sys
 import threading
 
 from .runner import PhaseResult
+from .script import mask
 
 _lock = threading.Lock()
+_secrets: set[str] = set()
+
+
+def add_secrets(values) -> None:
+    """Values to mask in everything printed from now on (the deploy.toml of this run)."""
+    with _lock:
+        _secrets.update(v for v in values if v)
+
+
+def masked(text: str) -> str:
+    """`text` as it may be printed: registered secrets and URL userinfo masked."""
+    return mask(text, tuple(_secrets))
 
 
 class Printer:
-    def __init__(self, verbose: bool = False, stream=None, width: int = 0):
+    def __init__(self, verbose: bool = False, stream=None, width: int = 0, secrets=()):
         self.verbose = verbose
         self.stream = stream or sys.stdout
         self.width = width
+        add_secrets(secrets)
+
+    def _write(self, stream, text: str) -> None:
+        text = masked(text)
+        with _lock:
+            stream.write(text + "\n")
+            stream.flush()
 
     def line(self, host: str, text: str) -> None:
-        with _lock:
-            self.stream.write(f"{host:<{self.width}}  {text}\n")
-            self.stream.flush()
+        self._write(self.stream, f"{host:<{self.width}}  {text}")
 
     def info(self, text: str) -> None:
-        with _lock:
-            self.stream.write(text + "\n")
-            self.stream.flush()
+        self._write(self.stream, text)
 
     def warn(self, text: str) -> None:
-        with _lock:
-            sys.stderr.write(f"warning: {text}\n")
-            sys.stderr.flush()
+        self._write(sys.stderr, f"warning: {text}")
 
     QUIET_PHASES = ("lock", "finish", "facts")  # bookkeeping: shown only when they have something to say
 

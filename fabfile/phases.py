@@ -193,6 +193,11 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
     return Phase("setup", lines, sudo=True)
 
 
+def env_file_text(cfg: Config) -> str:
+    """shared/config/app.env: the [django] env for manage.py and the hooks (sh syntax, values quoted)."""
+    return "".join(f"{k}={q(v)}\n" for k, v in sorted(cfg.django.env.items()))
+
+
 def code(cfg: Config, rel: Release) -> Phase:
     """Unpack the uploaded archive (stdin) into releases/<id>, add the settings module, link shared dirs."""
     lay = Layout(cfg.paths.deploy_to)
@@ -200,7 +205,6 @@ def code(cfg: Config, rel: Release) -> Phase:
     settings = render(
         "settings.py.j2", release_id=rel.id, django_settings=cfg.project.django_settings, shared=lay.shared,
         allowed_hosts=cfg.allowed_hosts, static_url=cfg.django.static_url, media_url=cfg.django.media_url)
-    env_lines = "".join(f"{k}={q(v)}\n" for k, v in sorted(cfg.django.env.items()))
     lines = [
         f"[ ! -e {q(R)} ] || {fail(f'release {rel.id} already exists on the host')}",
         f"rm -rf {q(T)}",
@@ -225,7 +229,7 @@ def code(cfg: Config, rel: Release) -> Phase:
         f"> {q(lay.secret_key + '.tmp')}) && mv {q(lay.secret_key + '.tmp')} {q(lay.secret_key)}; "
         + note("secret key generated") + "; fi",
         f"chmod 600 {q(lay.secret_key)}",
-        *write_file(lay.env_file, env_lines, mode="0600"),
+        *write_file(lay.env_file, env_file_text(cfg), mode="0600"),
         f"mkdir -p {q(lay.bin)}",
         *write_file(lay.manage, manage_wrapper(cfg), mode="0755"),
     ]

@@ -3,12 +3,14 @@
 One read-only remote invocation per host learns what setup would (Python version, nginx layout, current
 release, virtualenvs) and reads the live uWSGI ini and nginx site. Nothing is uploaded, created, locked or
 reloaded. Printed per host: the remote scripts a deploy would run (secrets masked) and a unified diff of
-every rendered config against the host's copy.
+every rendered config against the host's copy; environment values (old ones read from the host as well as
+new ones) are never shown, a changed one reads "******** (changed)".
 """
 from __future__ import annotations
 
 import difflib
 import json
+import re
 
 from . import lock, phases
 from .config import Config
@@ -22,7 +24,7 @@ from .lock import LockOwner
 from .output import Printer
 from .runner import run_script
 from .render import render
-from .script import MARK, Phase, Script, mask, q
+from .script import MARK, MASK, Phase, Script, q
 from .source import read_source, release_id
 from .wheelhouse import venv_hash
 
@@ -57,7 +59,8 @@ print("@@fabdeploy json " + json.dumps({
     "python_platform": " ".join([sys.implementation.name, sysconfig.get_platform(), "-".join(platform.libc_ver()) or "-"]),
     "nginx_layout": layout, "nginx_user": user,
     "nginx_pid": pid, "current": current, "venvs": venvs, "site": site,
-    "files": {"uwsgi.ini": read(D + "/shared/config/uwsgi.ini"), "nginx site": read(site),
+    "files": {"uwsgi.ini": read(D + "/shared/config/uwsgi.ini"), "app.env": read(D + "/shared/config/app.env"),
+              "nginx site": read(site),
               "settings": read(f"{current}/{P['settings']}.py") if current else None},
     "locked": read(D + "/.fabdeploy-lock/info"), "deploy_to_exists": os.path.isdir(D)}))
 """
@@ -82,13 +85,43 @@ def facts_from(raw: dict) -> phases.Facts:
                         venvs=raw["venvs"])
 
 
-def _diff(name: str, old: str | None, new: str) -> str:
+def _diff(name: str, old: str | None, new: str, env_line=None) -> str:
+    """A unified diff of the host's `old` file against the `new` one. With `env_line` (a pattern whose groups
+    are the text before the value, the variable's name and its value), those values are never shown: a line
+    whose value changed reads `******** (changed)` on the new side."""
     if old == new:
         return f"--- {name}: unchanged\n"
+    if env_line is not None:
+        old, new = _mask_env(old, new, env_line)
+        if old == new:  # only the text of masked values differs (an escaped form): say so without them
+            return f"--- {name}: changed values only (masked)\n"
     lines = difflib.unified_diff((old or "").splitlines(keepends=True), new.splitlines(keepends=True),
                                  fromfile=f"{name} (on host)" if old is not None else f"{name} (absent)",
                                  tofile=f"{name} (would be written)")
     return "".join(lines)
+
+
+# environment lines whose values are masked in the diffs: the user's [django] env (not the two fabdeploy sets)
+UWSGI_ENV_LINE = re.compile(r"^(env\s*=\s*)(?!DJANGO_SETTINGS_MODULE=|FABDEPLOY_)([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+APP_ENV_LINE = re.compile(r"^()([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+
+
+def _mask_env(old: str | None, new: str, pattern: re.Pattern) -> tuple[str | None, str]:
+    def values(text):
+        return {m.group(2): m.group(3) for m in map(pattern.match, (text or "").splitlines()) if m}
+    before, after = values(old), values(new)
+
+    def hide(text, changed_label):
+        out = []
+        for line in text.splitlines(keepends=True):
+            m = pattern.match(line.rstrip("\n"))
+            if m:
+                name = m.group(2)
+                changed = name in before and name in after and before[name] != after[name]
+                line = f"{m.group(1)}{name}={MASK}{changed_label if changed else ''}\n"
+            out.append(line)
+        return "".join(out)
+    return (None if old is None else hide(old, "")), hide(new, " (changed)")
 
 
 def plan_host(conn, cfg: Config, source, rel_id: str) -> str:
@@ -131,7 +164,8 @@ def plan_host(conn, cfg: Config, source, rel_id: str) -> str:
                              media_url=cfg.django.media_url)
     out.append("----- config diffs")
     files = raw["files"]
-    out.append(mask(_diff("uwsgi.ini", files["uwsgi.ini"], phases.uwsgi_ini(cfg, rel, server)), cfg.secret_values()))
+    out.append(_diff("uwsgi.ini", files["uwsgi.ini"], phases.uwsgi_ini(cfg, rel, server), UWSGI_ENV_LINE))
+    out.append(_diff("app.env", files["app.env"], phases.env_file_text(cfg), APP_ENV_LINE))
     if runs_nginx(cfg, server):
         out.append(_diff(f"nginx site {site}", files["nginx site"], phases.nginx_site(cfg, server)))
     out.append(_diff(f"{SETTINGS_MODULE}.py", files["settings"], settings))

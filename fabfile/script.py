@@ -6,6 +6,7 @@ and the runner still reports each phase (and the stderr of the one that failed) 
 from __future__ import annotations
 
 import secrets as _secrets
+import re
 import shlex
 from dataclasses import dataclass, field
 
@@ -65,10 +66,24 @@ class Script:
         return [p.name for p in self.phases]
 
 
-def mask(text: str, secrets) -> str:
+# "scheme://userinfo@": a URL's user:password (or token as user name) is masked wherever it shows, also when it is
+# not in deploy.toml (an old value read from a host, a tool's error output). ssh/git URLs keep a plain user name.
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)([^/\s@'\"]+)@")
+
+
+def _userinfo(m: re.Match) -> str:
+    scheme, info = m.group(1), m.group(2)
+    if ":" not in info and scheme.lower().rstrip(":/").split("+")[-1] in ("ssh", "git"):
+        return m.group(0)
+    return f"{scheme}{MASK}@"
+
+
+def mask(text: str, secrets=()) -> str:
+    """`text` with every secret value replaced by MASK (also as written in a uWSGI ini, with %% for %, and
+    shell-quoted) and every URL's userinfo masked."""
     for value in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(value.replace("%", "%%"), MASK).replace(value, MASK).replace(q(value), MASK)
-    return text
+        text = text.replace(q(value), MASK).replace(value.replace("%", "%%"), MASK).replace(value, MASK)
+    return _USERINFO.sub(_userinfo, text)
 
 
 def write_file(path: str, content: str, mode: str = "0644") -> list[str]:

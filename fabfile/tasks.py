@@ -18,7 +18,7 @@ from .deploy import deploy_all
 from .errors import ConfigError, FabdeployError
 from .fleet import for_each_host
 from .logs import show_logs
-from .output import Printer
+from .output import Printer, add_secrets, masked
 from .plan import plan_all
 from .roles import attach, balanced, parse_roles, select
 from .rollback import rollback_all
@@ -42,11 +42,18 @@ def one_line_errors(fn):
             executor.refuse_per_host_call(args[0], fn.__name__)
             return fn(*args, **kwargs)
         except FabdeployError as exc:
-            raise Exit(f"fabdeploy: {exc}", code=1) from None
+            raise Exit(masked(f"fabdeploy: {exc}"), code=1) from None
         except KeyboardInterrupt:
             raise Exit("fabdeploy: interrupted", code=130) from None
     wrapper.fabdeploy_fleet = True
     return wrapper
+
+
+def _load(config: str | None) -> Config:
+    """load_config, and its secrets masked in everything this run prints (see output.masked)."""
+    cfg = load_config(config)
+    add_secrets(cfg.secret_values())
+    return cfg
 
 
 def target_connections(c, cfg: Config, roles: str | None = None) -> list[Connection]:
@@ -78,7 +85,7 @@ def _target(conn: Connection) -> str:
 def deploy(c, config=None, verbose=False, wait=None, plan=False, force=False, roles=None, parallel=None,
            rolling=None):
     """Deploy the project: upload, virtualenv, migrate, collectstatic, switch, reload uWSGI and nginx."""
-    cfg = load_config(config)
+    cfg = _load(config)
     printer = Printer(verbose=verbose)
     conns = target_connections(c, cfg, roles)
     if plan or c.config.run.dry:
@@ -118,7 +125,7 @@ def summary_table(outcomes) -> str:
 @one_line_errors
 def rollback(c, to=None, strict=False, config=None, wait=None, verbose=False, parallel=None):
     """Switch back to the previous good release (or --to ID), reload gracefully, mark the abandoned one bad."""
-    cfg = load_config(config)
+    cfg = _load(config)
     printer = Printer(verbose=verbose)
     outcomes = rollback_all(target_connections(c, cfg, "app"), cfg, printer, to, strict,
                             wait=_seconds(wait, "--wait"), parallel=_parallel(parallel, cfg))
@@ -134,9 +141,9 @@ def rollback(c, to=None, strict=False, config=None, wait=None, verbose=False, pa
 @one_line_errors
 def releases(c, json=False, config=None, parallel=None):
     """List the releases on each app host: id, revision, branch, when, by whom, status, virtualenv."""
-    cfg = load_config(config)
+    cfg = _load(config)
     reports = report.releases(target_connections(c, cfg, "app"), cfg, _parallel(parallel, cfg))
-    print(_json.dumps(reports, indent=2) if json else report.format_releases(reports))
+    print(masked(_json.dumps(reports, indent=2) if json else report.format_releases(reports)))
     if any("error" in r for r in reports):
         raise Exit(code=1)
 
@@ -147,9 +154,9 @@ def releases(c, json=False, config=None, parallel=None):
 def status(c, json=False, config=None, roles=None, parallel=None):
     """Per host: current release, uWSGI master and workers, nginx, the health check, disk free; flags drift.
     Exits 1 naming each unhealthy host and why."""
-    cfg = load_config(config)
+    cfg = _load(config)
     reports = report.status(target_connections(c, cfg, roles), cfg, _parallel(parallel, cfg))
-    print(_json.dumps(reports, indent=2) if json else report.format_status(reports))
+    print(masked(_json.dumps(reports, indent=2) if json else report.format_status(reports)))
     _exit_if_failed([f"{r['host']}: unhealthy: {report.unhealthy(r)}" for r in reports if report.unhealthy(r)])
 
 
@@ -159,7 +166,7 @@ def status(c, json=False, config=None, roles=None, parallel=None):
 @one_line_errors
 def logs(c, n=20, follow=False, which=None, config=None, roles=None, parallel=None):
     """Show the app server log and this site's nginx access and error logs (-f follows, all hosts merged)."""
-    cfg = load_config(config)
+    cfg = _load(config)
     errors = show_logs(target_connections(c, cfg, roles), cfg, Printer(), _seconds(n, "-n"), follow, which,
                        _parallel(parallel, cfg))
     _exit_if_failed(errors)
@@ -170,7 +177,7 @@ def logs(c, n=20, follow=False, which=None, config=None, roles=None, parallel=No
 @one_line_errors
 def unlock(c, force=False, config=None, roles=None, parallel=None):
     """Break a deploy lock left by a run that is gone (always when older than lock.ttl; else with --force)."""
-    cfg = load_config(config)
+    cfg = _load(config)
     printer = Printer()
 
     def one(conn, cancel) -> str | None:
@@ -196,7 +203,7 @@ def manage(c, host=None, config=None):
     args = _manage.remainder()
     if not args:
         raise ConfigError("manage needs the command after --, e.g. fab manage -- createsuperuser")
-    cfg = load_config(config)
+    cfg = _load(config)
     if host:
         server = select(cfg, [host], ("app",))[0]
         conn = attach(make_connection(server.target, cfg, c.config), server)
@@ -234,7 +241,7 @@ def example_config(c):
 def _exit_if_failed(errors: list[str]) -> None:
     """One line per failed host on stderr, exit status 1."""
     if errors:
-        raise Exit("\n".join(f"fabdeploy: {e}" for e in errors), code=1)
+        raise Exit(masked("\n".join(f"fabdeploy: {e}" for e in errors)), code=1)
 
 
 def _positive(value, flag: str):

@@ -291,11 +291,17 @@ def test_allowed_hosts_translate_nginx_wildcards():
     assert validate_host("shop.example.com", cfg.allowed_hosts)
 
 
-def test_secret_values_pick_env_values_whose_name_looks_secret():
-    env = {"API_TOKEN": "tok-123", "DB_PASSWORD": "pw-456", "DJANGO_SECRET": "s-789", "AWS_ACCESS_KEY": "k-1",
-           "DEBUG_LEVEL": "3", "DB_HOST": "db.internal", "EMPTY_PASSWORD": ""}
+def test_secret_values_are_every_env_value_of_four_characters_or_more_whatever_its_name():
+    env = {"API_TOKEN": "tok-123", "DATABASE_URL": "postgres://app:pw-456@db/app", "SENTRY": "s-789",
+           "AWS_ACCESS_KEY": "k-1", "DEBUG": "True", "DEBUG_LEVEL": "3", "EMPTY_PASSWORD": "", "REGION": "eu-1"}
     cfg = parse_config(raw(django={"env": env}))
-    assert sorted(cfg.secret_values()) == sorted(["tok-123", "pw-456", "s-789", "k-1"])
+    assert sorted(cfg.secret_values()) == sorted(["tok-123", "postgres://app:pw-456@db/app", "s-789", "eu-1"])
+
+
+def test_secret_values_include_the_userinfo_of_the_index_url():
+    cfg = parse_config(raw(pip={"index_url": "https://ci:t%40ken-99@mirror.example/simple"}))
+    assert sorted(cfg.secret_values()) == sorted(["ci:t%40ken-99", "t%40ken-99", "t@ken-99"])
+    assert parse_config(raw(pip={"index_url": "https://mirror.example/simple"})).secret_values() == []
 
 
 def test_source_dir_is_relative_to_the_config_file(tmp_path):
