@@ -21,6 +21,7 @@ from . import hooks, lock, phases
 from .config import Config
 from .connect import host_label, local_user, open_connection, reconnect
 from .errors import FabdeployError, RemoteError
+from .firewall import port_check
 from .fleet import deferred_interrupt, for_each_host
 from .lock import LockOwner
 from .health import check_command, health
@@ -113,8 +114,8 @@ class HostDeploy:
             unchanged = [] if self.force else phases.unchanged_exit(cfg, self.fingerprint, [
                 *lock.audit(cfg, self.owner, self.record("unchanged"), dynamic={"live": '"$(basename "$cur")"'}),
                 *lock.release(cfg, self.owner)])
-            result = self.run(self.script([phases.setup(cfg, lock.acquire(cfg, self.owner, self.wait), unchanged)],
-                                          None))
+            locked = [*lock.acquire(cfg, self.owner, self.wait), *port_check(cfg, self.server)]
+            result = self.run(self.script([phases.setup(cfg, locked, unchanged)], None))
             self.facts = facts = phases.Facts.parse(parse_facts(result.stdout))
             if facts.unchanged:
                 self.stage = "unchanged"  # the lock is already released

@@ -1,6 +1,6 @@
 """The uWSGI port of an app host behind load balancers: who may reach it, and whether it is free.
 
-Shell-line builders for the config phase (nothing live changes there):
+Shell-line builders for the setup and config phases (nothing live changes there):
 - the balancers' addresses as the app host sees them: IP literals as they are, host names resolved on the
   app host (`getent ahosts`, IPv4 and IPv6) into `ip saddr` / `ip6 saddr` rules; a name that does not
   resolve stops the deploy naming it;
@@ -12,7 +12,7 @@ import ipaddress
 
 from .config import Config
 from .layout import Layout
-from .roles import servers
+from .roles import Server, balanced, servers
 from .script import MARK, q
 
 
@@ -92,3 +92,11 @@ def port_free(cfg: Config) -> list[str]:
         "  done",
         "fi",
     ]
+
+
+def port_check(cfg: Config, server: Server | None) -> list[str]:
+    """port_free on an app host behind load balancers (for its setup phase, right after the lock is taken:
+    before anything is uploaded, migrated or changed); nothing elsewhere."""
+    if server is None or server.role != "app" or not balanced(cfg):
+        return []
+    return port_free(cfg)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from .config import Config, ident
 from .layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, Layout, nginx_site_paths
 from .django_manage import wrapper as manage_wrapper
-from .firewall import lb_sources, port_free, resolved_rules
+from .firewall import lb_sources, resolved_rules
 from .render import render, render_file
 from .starter import GENERIC_NAMES, PRODUCTION_NAMES  # the same pick as `fabdeploy init`
 from .roles import Server, balanced, bind_address, runs_nginx, servers, uwsgi_socket
@@ -499,8 +499,6 @@ def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None
     else:
         lines.append(note("no nginx on this app host (the lb hosts balance it)"))
     lines += firewall(cfg, server, lay.staging(rel.id))
-    if server is not None and server.role == "app" and balanced(cfg):
-        lines = [*port_free(cfg), *lines]  # another program on balancer.port: refused before anything else
     return Phase("config", lines, sudo=True)
 
 

@@ -16,7 +16,7 @@ import pytest
 from fabdeploy import firewall, phases, roles
 from fabdeploy.layout import Layout
 from fabdeploy.script import MARK, Phase, Script, q
-from test_phases import err, fakebin, out  # noqa: F401 (a fixture)
+from test_phases import err, fakebin, make_cfg, out  # noqa: F401 (a fixture)
 from test_roles import lb_cfg
 
 HOSTS = "127.0.0.1 localhost\n10.9.9.9 lb.example.test\nfd00::9 lb.example.test\nfd00::8 lb6.example.test\n"
@@ -120,10 +120,10 @@ def test_a_free_port_and_our_own_uwsgi_on_it_pass(tmp_path):
         proc.wait()
 
 
-def test_the_config_phase_checks_the_port_on_balanced_app_hosts_only():
+def test_the_port_is_checked_on_balanced_app_hosts_only():
     cfg = lb_cfg()
-    rel = phases.Release("R", "a" * 40, "main", "git", "", "")
-    facts = phases.Facts()
     app, lb = roles.servers(cfg)[0], roles.servers(cfg)[-1]
-    assert phases.config(cfg, rel, facts, app).lines[:len(firewall.port_free(cfg))] == firewall.port_free(cfg)
-    assert "fw_listen" not in "\n".join(phases.config(cfg, rel, facts, lb).lines)
+    assert firewall.port_check(cfg, app) == firewall.port_free(cfg)
+    assert firewall.port_check(cfg, lb) == []
+    single = make_cfg(project={"hosts": ["deploy@10.0.0.1"]})  # no balancer: uWSGI on its unix socket
+    assert firewall.port_check(single, roles.servers(single)[0]) == []

@@ -3,7 +3,8 @@
 - a balancer given by host name: resolved on the app host into IPv4 and IPv6 nft rules (nft itself would
   resolve it once, IPv4 only); a name that does not resolve stops the deploy with one line naming it;
 - balancer.port in use by another program on the app host: refused with one line naming host, port and
-  program, before anything changes; our own uWSGI holding it (a redeploy) is fine.
+  program, in the setup phase (before anything is uploaded, migrated or changed); our own uWSGI holding it
+  (a redeploy) is fine.
 """
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ def test_2_a_balancer_name_becomes_ipv4_and_ipv6_rules(fleet):
 def test_3_a_port_another_program_listens_on_is_refused_before_anything_changes(fleet):
     live = served_release(fleet)
     table = nft_table(fleet)
+    releases = sorted(p.name for p in fleet.app.path("/srv/sample/releases").iterdir())
     listener = subprocess.Popen(["ip", "netns", "exec", fleet.app.netns, "python3", "-m", "http.server", "8002", "--bind", "0.0.0.0"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -89,10 +91,12 @@ def test_3_a_port_another_program_listens_on_is_refused_before_anything_changes(
         res = fab(fleet, "deploy", "--config", "port.toml")
         out = res.stdout + res.stderr
         assert res.returncode != 0 and "Traceback" not in out, out
-        assert (f"{fleet.app.address}: config failed: balancer.port 8002 is in use on this host by python3 "
+        assert (f"{fleet.app.address}: setup failed: balancer.port 8002 is in use on this host by python3 "
                 f"(pid {listener.pid}), not by this site's uWSGI: choose another balancer.port") in out, out
         assert served_release(fleet) == live
         assert nft_table(fleet) == table
+        assert sorted(p.name for p in fleet.app.path("/srv/sample/releases").iterdir()) == releases
+        assert not fleet.app.path("/srv/sample/.fabdeploy-lock").exists()
         assert "8002" not in fleet.app.path("/srv/sample/shared/config/uwsgi.ini").read_text()
     finally:
         listener.kill()
