@@ -21,6 +21,7 @@ from . import hooks, lock, phases
 from .config import Config
 from .connect import host_label, local_user, open_connection, reconnect
 from .errors import FabdeployError, RemoteError
+from .firewall import port_check
 from .fleet import deferred_interrupt, for_each_host
 from .lock import LockOwner
 from .health import check_command, health
@@ -83,10 +84,15 @@ class HostDeploy:
         self.started = time.monotonic()
 
     def script(self, built: list, rel: phases.Release | None) -> Script:
+        """The phases wrapped in their hooks; once the lock is ours (a Release exists), the first one starts
+        by keeping the lock fresh for the whole invocation."""
         rel_id = rel.id if rel else self.rel_id
         ctx = hooks.HookContext(self.cfg, self.host, rel_id, self.layout.release(rel_id),
                                 self.layout.venv(rel.venv_hash) if rel else "")
-        return Script([hooks.wrap(p, self.cfg, ctx) for p in built], tuple(self.cfg.secret_values()))
+        wrapped = [hooks.wrap(p, self.cfg, ctx) for p in built]
+        if rel is not None:
+            wrapped[0] = lock.kept_alive(wrapped[0], self.cfg, self.owner)
+        return Script(wrapped, tuple(self.cfg.secret_values()))
 
     def run(self, script: Script, stdin: bytes | None = None):
         self.printer.debug(self.host, script.display())
@@ -108,8 +114,8 @@ class HostDeploy:
             unchanged = [] if self.force else phases.unchanged_exit(cfg, self.fingerprint, [
                 *lock.audit(cfg, self.owner, self.record("unchanged"), dynamic={"live": '"$(basename "$cur")"'}),
                 *lock.release(cfg, self.owner)])
-            result = self.run(self.script([phases.setup(cfg, lock.acquire(cfg, self.owner, self.wait), unchanged)],
-                                          None))
+            locked = [*lock.acquire(cfg, self.owner, self.wait), *port_check(cfg, self.server)]
+            result = self.run(self.script([phases.setup(cfg, locked, unchanged)], None))
             self.facts = facts = phases.Facts.parse(parse_facts(result.stdout))
             if facts.unchanged:
                 self.stage = "unchanged"  # the lock is already released
@@ -271,6 +277,8 @@ class LbDeploy:
         return self.layout.staging(self.rel_id) + "-lb"
 
     def run(self, phases_: list[Phase], stdin: bytes | None = None, interruptible: bool = True):
+        if self.stage not in ("connect", "setup"):  # the lock is ours: keep it fresh in this invocation
+            phases_ = [lock.kept_alive(phases_[0], self.cfg, self.owner), *phases_[1:]]
         script = Script(phases_, tuple(self.cfg.secret_values()))
         self.printer.debug(self.host, script.display())
         return run_script(self.conn, script, host=self.host, stdin=stdin, timeout=self.cfg.pip.timeout + 600,

@@ -1,9 +1,12 @@
 """The deploy lock and the audit log, as shell lines that ride inside other phases (no extra round trip).
 
 Lock: an atomic ``mkdir <deploy_to>/.fabdeploy-lock`` holding who/where/pid/when and a random token;
-only the holder's token releases it. A lock older than ``lock.ttl`` is reported as stale, never ignored;
-``fab unlock`` breaks it.
-Audit: one JSON line per deploy/rollback appended to ``shared/log/audit.jsonl``.
+only the holder's token releases it. Its age is the directory's mtime: every remote invocation of the
+holder touches it at its start and a background loop keeps touching it while that invocation runs
+(keep_alive), so only a lock whose run is gone (or idle between invocations for longer than ``lock.ttl``)
+gets older than ``lock.ttl``. Such a lock is reported as stale, never ignored; ``fab unlock`` breaks it.
+Audit: one JSON line per deploy/rollback appended to ``shared/log/audit.jsonl``; a line that cannot be
+written is a warning, never a failure (the release is live by then).
 """
 from __future__ import annotations
 
@@ -66,10 +69,33 @@ def acquire(cfg: Config, owner: LockOwner, wait: int = 0) -> list[str]:
         "  fi",
         "  sleep 1; waited=$((waited + 1))",
         "done",
-        f"printf '%s\\n' {q(owner.describe())} > {q(L + '/info')}",
-        f"printf '%s\\n' {q(owner.token)} > {q(L + '/token')}",
-        f"date +%s > {q(L + '/started')}",
+        # a lock without its owner files (a full disk) would block every later run: remove it and say why
+        f"if ! err=$({{ printf '%s\\n' {q(owner.describe())} > {q(L + '/info')} && "
+        f"printf '%s\\n' {q(owner.token)} > {q(L + '/token')} && date +%s > {q(L + '/started')}; }} 2>&1); then",
+        f"  rm -rf {q(L)}",
+        f"  {{ echo {q(MARK + ' error cannot write the deploy lock files in ' + L + ' (disk full?): ')}"
+        "\"$(printf '%s' \"$err\" | tail -n 1)\" >&2; exit 1; }",
+        "fi",
+        *keep_alive(cfg, owner),
     ]
+
+
+def keep_alive(cfg: Config, owner: LockOwner) -> list[str]:
+    """Lines for the start of each remote invocation of the lock's holder: refresh the lock now, and every
+    lock.ttl/4 seconds while this invocation's shell lives (a background loop that stops with the shell, or
+    as soon as the lock is not ours), so a long phase (pip, a slow hook) never makes it look stale."""
+    L = lock_dir(cfg)
+    every = max(1, cfg.lock.ttl // 4)
+    return [
+        f"if {held(cfg, owner)}; then touch -c {q(L)}; fi",
+        f"(n={every}; while kill -0 $$ 2>/dev/null; do if [ \"$n\" -le 0 ]; then {held(cfg, owner)} || exit 0; "
+        f"touch -c {q(L)} || true; n={every}; fi; n=$((n - 1)); sleep 1; done) </dev/null >/dev/null 2>&1 &",
+    ]
+
+
+def kept_alive(phase: Phase, cfg: Config, owner: LockOwner) -> Phase:
+    """The phase, starting with keep_alive (for the first phase of a holder's later invocations)."""
+    return Phase(phase.name, [*keep_alive(cfg, owner), *phase.lines], phase.sudo, phase.keep_going)
 
 
 def held(cfg: Config, owner: LockOwner) -> str:
@@ -92,11 +118,15 @@ def audit(cfg: Config, owner: LockOwner, record: dict, dynamic: dict[str, str] |
     dynamic = dynamic or {}
     fmt = "%s" + "".join(f', "{k}": "%s"' for k in dynamic) + ', "time": "%s", "duration": %s}\\n'
     args = q(head) + " " + "".join(f"{v} " for v in dynamic.values())
+    A = audit_file(cfg)
     return [
-        f"mkdir -p {q(Layout(cfg.paths.deploy_to).log)}",
-        f"start=$(cat {q(L + '/started')} 2>/dev/null || date +%s)",
+        f"if ! err=$({{ mkdir -p {q(Layout(cfg.paths.deploy_to).log)} && "
+        f"start=$(cat {q(L + '/started')} 2>/dev/null || date +%s) && "
         f"(umask 027; printf {q(fmt)} {args}\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" \"$(( $(date +%s) - start ))\" "
-        f">> {q(audit_file(cfg))})",
+        f">> {q(A)}); }} 2>&1); then",
+        f"  echo {q(MARK + ' warn could not append the audit line to ' + A + ': ')}"
+        "\"$(printf '%s' \"$err\" | tail -n 1)\"",
+        "fi",
     ]
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .config import Config, ident
 from .layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, Layout, nginx_site_paths
 from .django_manage import wrapper as manage_wrapper
+from .firewall import lb_sources, resolved_rules
 from .render import render, render_file
 from .starter import GENERIC_NAMES, PRODUCTION_NAMES  # the same pick as `fabdeploy init`
 from .roles import Server, balanced, bind_address, runs_nginx, servers, uwsgi_socket
@@ -509,11 +510,11 @@ def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None
 
 def firewall_rules(cfg: Config) -> tuple[str, str]:
     """(table name, nft script): the uWSGI port of an app host open to the load balancers and the host
-    itself only (others get a TCP reset). The script replaces the table atomically (`nft -f`)."""
+    itself only (others get a TCP reset). The script replaces the table atomically (`nft -f`); balancers
+    given by host name get their rules on the host (firewall.resolved_rules)."""
     table = "fabdeploy_" + ident(cfg.project.name)
     port = cfg.balancer.port
-    lbs = [s.upstream_address.strip("[]") for s in servers(cfg) if s.role == "lb"]
-    v4, v6 = [a for a in lbs if ":" not in a], [a for a in lbs if ":" in a]
+    v4, v6, _ = lb_sources(cfg)  # (balancers given by name: resolved on the host, see firewall())
     rules = [f"tcp dport {port} fib saddr type local accept"]
     if v4:
         rules.append(f"tcp dport {port} ip saddr {{ {', '.join(v4)} }} accept")
@@ -544,6 +545,7 @@ def firewall(cfg: Config, server: Server | None, staging: str) -> list[str]:
     return [
         "if sudo -n nft --version >/dev/null 2>&1; then",
         *["  " + ln for ln in write_file(f"{staging}/firewall.nft", rules)],
+        *["  " + ln for ln in resolved_rules(cfg, table, f"{staging}/firewall.nft")],
         f"  out=$(sudo -n nft -c -f {q(staging + '/firewall.nft')} 2>&1) || {{ printf '%s\\n' \"$out\" >&2; "
         + fail("nftables refused the firewall rules for the uWSGI port") + "; }",
         "  " + note(f"uWSGI port {cfg.balancer.port} will be open to {lbs} only (nftables table inet {table}, "
