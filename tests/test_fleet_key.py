@@ -98,3 +98,14 @@ def test_code_phase_installs_the_given_key_and_stages_a_replacement(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert path.read_text() == key + "\n" and not staged.exists()
     assert f"{MARK} note secret key replaced by the fleet key" in proc.stdout
+
+
+def test_status_names_app_hosts_whose_keys_differ():
+    from fabdeploy.report import key_drift
+    same = [{"host": "a", "secret_key_fp": "1" * 16}, {"host": "b", "secret_key_fp": "1" * 16},
+            {"host": "lb", "role": "lb"}]
+    assert key_drift(same) == ""
+    differ = [{"host": "a", "secret_key_fp": "1" * 16}, {"host": "b", "secret_key_fp": "2" * 16},
+              {"host": "c", "secret_key_fp": ""}, {"host": "d", "error": "unreachable"}]
+    assert key_drift(differ) == ("SECRET_KEY DIFFERS between app hosts: c (no key); a (11111111); b (22222222) "
+                                 "(fab deploy --adopt-secret-key HOST)")

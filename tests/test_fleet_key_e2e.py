@@ -4,7 +4,7 @@ private paths, like a shared mount), no balancer: one module-scoped pair for bot
 - 11.2: the first fleet deploy leaves one SECRET_KEY on both hosts (a value signed on one loads on the
   other); hosts whose keys differ are refused in one line naming them, with nothing changed on either;
   `--adopt-secret-key HOST` makes them one (the key never printed, even with --verbose); a host that lost
-  its key gets the fleet's.
+  its key gets the fleet's; `fab status` names hosts whose keys differ.
 - 11.7: slow migrations deployed to both hosts at once are applied once (the hosts take turns under the
   migration lock), and both hosts serve the release.
 """
@@ -176,6 +176,11 @@ def test_hosts_with_different_keys_are_refused_and_nothing_changes(pair):
     assert "Traceback" not in res.stderr
     assert state(pair) == before
     no_secret(res, key(pair.a), key(pair.b))
+    # fab status says so too, with the same fingerprints
+    st = run_fab(pair.proj.root, "status")
+    groups = re.search(r"SECRET_KEYs \(shared/secret_key\): (.*?): sessions", errors[0]).group(1)
+    assert f"SECRET_KEY DIFFERS between app hosts: {groups} (fab deploy --adopt-secret-key HOST)" in st.stdout, \
+        st.stdout + st.stderr
 
 
 def test_adopt_secret_key_makes_the_fleet_one_again(pair):
@@ -193,6 +198,8 @@ def test_adopt_secret_key_makes_the_fleet_one_again(pair):
         serves(h, rel)
     res = loads_on(pair, pair.b, signed_on(pair, pair.a))
     assert res.returncode == 0 and res.stdout.strip().splitlines()[-1] == "one fleet", res.stdout + res.stderr
+    st = run_fab(pair.proj.root, "status")
+    assert st.returncode == 0 and "SECRET_KEY DIFFERS" not in st.stdout, st.stdout + st.stderr
 
 
 def test_a_host_without_a_key_gets_the_fleets(pair):
