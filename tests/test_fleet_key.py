@@ -109,3 +109,45 @@ def test_status_names_app_hosts_whose_keys_differ():
               {"host": "c", "secret_key_fp": ""}, {"host": "d", "error": "unreachable"}]
     assert key_drift(differ) == ("SECRET_KEY DIFFERS between app hosts: c (no key); a (11111111); b (22222222) "
                                  "(fab deploy --adopt-secret-key HOST)")
+
+
+# --- the migration lock (phases.MIGRATE_LOCK_PY), run for real with this interpreter's Django and SQLite ---
+
+def _lock_env(tmp_path):
+    import os
+    import shutil
+    import sys
+    from test_phases import SAMPLE
+    src = tmp_path / "src"
+    shutil.copytree(SAMPLE, src, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3"))
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "sampleproject.settings"}
+    return src, env, [sys.executable, "-c", phases.MIGRATE_LOCK_PY]
+
+
+def test_migration_lock_lets_one_command_run_at_a_time(tmp_path):
+    src, env, wrapper = _lock_env(tmp_path)
+    # each command fails if another one is inside at the same moment
+    inside = ("if [ -e inside ]; then echo OVERLAP; exit 1; fi; touch inside; sleep 0.5; rm inside; "
+              "echo done")
+    procs = [subprocess.Popen([*wrapper, "fabdeploy-migrate-sample", "60", "sh", "-c", inside], cwd=src, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert all(o.strip().splitlines()[-1] == "done" for o in outs), outs
+    assert (src / ".migrate.lock").exists()  # beside the SQLite database file (BASE_DIR/db.sqlite3)
+
+
+def test_migration_lock_held_too_long_fails_in_one_line(tmp_path):
+    import fcntl
+    import os
+    src, env, wrapper = _lock_env(tmp_path)
+    fd = os.open(src / ".migrate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.lockf(fd, fcntl.LOCK_EX)  # another host's migrate (a POSIX lock: another process sees it)
+    try:
+        proc = subprocess.run([*wrapper, "fabdeploy-migrate-sample", "1", "sh", "-c", "echo ran"], cwd=src, env=env,
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 1 and "ran" not in proc.stdout
+    assert proc.stderr.strip() == (f"{MARK} error waited 1s for the migration lock fabdeploy-migrate-sample "
+                                   "(sqlite): another host is still migrating this database")
