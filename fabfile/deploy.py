@@ -1,6 +1,7 @@
 """The deploy engine: named phases with hooks, three remote invocations per host, hosts in parallel.
 
     invocation 1  setup                          create the layout, take the deploy lock, learn host facts
+    (local)                                      every app host's SECRET_KEY fingerprint compared (one key)
     (local)                                      build wheels when the host's venv must be built
     invocation 2  code, venv, django, config     archive on stdin; nothing the live site uses changes
     invocation 3  switch, restart, cleanup,      make it live, reload, prune, audit line, release the lock
@@ -100,11 +101,6 @@ class HostDeploy:
                           on_phase=lambda ph: self.printer.phase(self.host, ph),
                           on_output=(lambda s, ln: self.printer.debug(self.host, ln)) if self.printer.verbose
                           else None)
-
-    def prepare(self) -> None:
-        """Invocations 1 and 2 (see setup and build)."""
-        self.setup()
-        self.build()
 
     def setup(self) -> None:
         """Invocation 1: layout, lock, facts (with the fingerprint of the host's secret key). On failure or
