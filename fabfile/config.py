@@ -85,7 +85,7 @@ def _list(item_check, what="strings"):
 # Environment names fabdeploy sets itself (the production settings module, the release) or that would
 # change which Python code runs (manage.py and uWSGI read the same file).
 RESERVED_ENV = ("DJANGO_SETTINGS_MODULE", "FABDEPLOY_RELEASE", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP",
-                "VIRTUAL_ENV", "PATH", "LD_PRELOAD", "LD_LIBRARY_PATH")
+                "VIRTUAL_ENV", "PATH", "LD_PRELOAD", "LD_LIBRARY_PATH", "SECRET_KEY", "DJANGO_SECRET_KEY")
 
 
 def _env(value):
@@ -97,6 +97,9 @@ def _env(value):
         if key in RESERVED_ENV or key.startswith("FABDEPLOY_"):
             why = ("fabdeploy sets it to its production settings module (put your settings in "
                    "project.django_settings)" if key == "DJANGO_SETTINGS_MODULE" else
+                   "the production settings always take SECRET_KEY from shared/secret_key, one key for every "
+                   "app host (an env value would be ignored, or half-used by project code)"
+                   if key in ("SECRET_KEY", "DJANGO_SECRET_KEY") else
                    "fabdeploy sets it" if key.startswith("FABDEPLOY_") else
                    "it changes which Python code the app and manage.py run")
             return f"must not set {key}: {why}"

@@ -1,6 +1,7 @@
 """The deploy engine: named phases with hooks, three remote invocations per host, hosts in parallel.
 
     invocation 1  setup                          create the layout, take the deploy lock, learn host facts
+    (local)                                      every app host's SECRET_KEY fingerprint compared (one key)
     (local)                                      build wheels when the host's venv must be built
     invocation 2  code, venv, django, config     archive on stdin; nothing the live site uses changes
     invocation 3  switch, restart, cleanup,      make it live, reload, prune, audit line, release the lock
@@ -17,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from . import hooks, lock, phases
+from . import hooks, lock, phases, secret_key
 from .config import Config
 from .connect import host_label, local_user, open_connection, reconnect
 from .errors import FabdeployError, RemoteError
@@ -81,6 +82,8 @@ class HostDeploy:
         self.held_interrupt = False
         self.rel: phases.Release | None = None
         self.facts: phases.Facts | None = None
+        self.key_fp = ""  # fingerprint of the host's shared/secret_key ("" = none)
+        self.secret_key = ""  # the fleet's key, when this host must get it (never printed)
         self.started = time.monotonic()
 
     def script(self, built: list, rel: phases.Release | None) -> Script:
@@ -92,7 +95,7 @@ class HostDeploy:
         wrapped = [hooks.wrap(p, self.cfg, ctx) for p in built]
         if rel is not None:
             wrapped[0] = lock.kept_alive(wrapped[0], self.cfg, self.owner)
-        return Script(wrapped, tuple(self.cfg.secret_values()))
+        return Script(wrapped, tuple(self.cfg.secret_values()) + ((self.secret_key,) if self.secret_key else ()))
 
     def run(self, script: Script, stdin: bytes | None = None):
         self.printer.debug(self.host, script.display())
@@ -104,9 +107,9 @@ class HostDeploy:
                           on_output=(lambda s, ln: self.printer.debug(self.host, ln)) if self.printer.verbose
                           else None)
 
-    def prepare(self) -> None:
-        """Invocations 1 and 2: lock, facts, upload, venv, migrate, static, config. Changes nothing the
-        running site uses; on failure or Ctrl-C cleans up after itself and raises."""
+    def setup(self) -> None:
+        """Invocation 1: layout, lock, facts (with the fingerprint of the host's secret key). On failure or
+        Ctrl-C cleans up after itself and raises."""
         cfg = self.cfg
         try:
             open_connection(self.conn)
@@ -116,10 +119,25 @@ class HostDeploy:
                 *lock.release(cfg, self.owner)])
             locked = [*lock.acquire(cfg, self.owner, self.wait), *port_check(cfg, self.server)]
             result = self.run(self.script([phases.setup(cfg, locked, unchanged)], None))
-            self.facts = facts = phases.Facts.parse(parse_facts(result.stdout))
+            raw = parse_facts(result.stdout)
+            self.facts = facts = phases.Facts.parse(raw)
+            self.key_fp = raw.get(secret_key.FACT, "")
             if facts.unchanged:
                 self.stage = "unchanged"  # the lock is already released
                 return
+            self.stage = "locked"
+        except (FabdeployError, KeyboardInterrupt) as exc:
+            if self.stage != "connect":
+                self.fail_cleanup(exc)
+            raise
+
+    def build(self) -> None:
+        """Invocation 2: upload, venv, migrate, static, config. Changes nothing the running site uses; on
+        failure or Ctrl-C cleans up after itself and raises."""
+        cfg, facts = self.cfg, self.facts
+        if self.stage == "unchanged":
+            return
+        try:
             key = venv_hash(cfg, self.source.requirements, facts.python_version)
             need_venv = key not in facts.venvs
             wheels = self.wheels(key, facts) if (need_venv and cfg.pip.wheelhouse) else []
@@ -132,7 +150,7 @@ class HostDeploy:
             self.printer.line(self.host, f"upload   release {rel.id} ({len(archive) // 1024} KiB"
                               + (f", {len(wheels)} wheels" if wheels else "") + ")")
             self.stage = "prepare"
-            prepare = [phases.code(cfg, rel), phases.venv(cfg, rel, self.source.requirement_files),
+            prepare = [phases.code(cfg, rel, self.secret_key or None), phases.venv(cfg, rel, self.source.requirement_files),
                        phases.django(cfg, rel),
                        phases.config(cfg, rel, facts, self.server)]
             self.run(self.script(prepare, rel), stdin=archive)
@@ -412,12 +430,14 @@ def run_cleanup(hd, script: Script) -> bool:
 
 
 def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = None, force: bool = False,
-               parallel: int | None = None, rolling=None) -> list[Outcome]:
+               parallel: int | None = None, rolling=None, adopt_secret_key: str | None = None) -> list[Outcome]:
     """Deploy to every connection, two-phase: prepare every host in parallel (app hosts: code, venv,
     migrate, static, config; load balancers: lock, then this release's static files and their upstream
     site); only when every host prepared, switch the app hosts (all at once, or in rolling batches that
     the load balancers take out of their upstream first), then finish on the load balancers. One Outcome
-    per host. Ctrl-C during preparation: every host cleans up, then KeyboardInterrupt propagates."""
+    per host. Ctrl-C during preparation: every host cleans up, then KeyboardInterrupt propagates.
+    Between the app hosts' setup and their upload, their secret keys are made one (see share_secret_key);
+    keys that differ (without adopt_secret_key) stop the deploy before any host changed anything."""
     source = read_source(cfg)
     for w in source.warnings:
         printer.warn(w)
@@ -459,7 +479,7 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
         their site back (keeping the new static files once an app host serves the new release)."""
         switched = any(hd.stage in ("publish", "published") for hd in apps)
         for hd in apps:
-            if hd.stage == "prepared":  # ("unchanged" hosts hold no lock and built nothing)
+            if hd.stage in ("locked", "prepared"):  # ("unchanged" hosts hold no lock and built nothing)
                 hd.abort("interrupted")
         for lb in lbs:
             if lb.stage in ("prepared", "locked"):
@@ -485,9 +505,19 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
                     not_switched(hd, f"{why} (no host switches unless all prepared)")
             return [outcomes[hd.host] for hd in everyone]
 
-        ok = step(everyone, lambda hd: hd.prepare())
+        ok = step(everyone, lambda hd: hd.setup() if isinstance(hd, HostDeploy) else hd.prepare())
         if not all(ok):
             return give_up(", ".join(hd.host for hd, good in zip(everyone, ok) if not good) + " failed to prepare")
+        try:
+            share_secret_key(apps, adopt_secret_key)
+        except FabdeployError:
+            for hd in everyone:  # nothing was changed: unlock, audit, and say it in one line
+                if hd.stage != "unchanged":
+                    hd.abort("secret keys differ")
+            raise
+        ok = step(apps, lambda hd: hd.build())
+        if not all(ok):
+            return give_up(", ".join(hd.host for hd, good in zip(apps, ok) if not good) + " failed to prepare")
         if lbs:
             try:
                 static_id, tar = apps[0].live_release(), apps[0].export_static()
@@ -538,6 +568,32 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
         raise
     finally:
         _close(everyone)
+
+
+def share_secret_key(apps: list[HostDeploy], adopt: str | None) -> None:
+    """Give every app host of the run the same shared/secret_key (secret_key.decide): a new one when none has
+    one (a single host makes its own, as always), else the holder's (read once, never shown) for the hosts
+    without one, or the adopted host's for every host whose key differs."""
+    if adopt:  # the host as in the summary, or its SSH target from deploy.toml / -H
+        adopt = next((hd.host for hd in apps if adopt in (hd.host, hd.server.target)), adopt)
+    plan = secret_key.decide({hd.host: hd.key_fp for hd in apps}, adopt)
+    if not plan.targets:
+        return
+    by_host = {hd.host: hd for hd in apps}
+    stuck = [h for h in plan.targets if by_host[h].stage == "unchanged"]
+    if stuck:
+        raise FabdeployError(f"{', '.join(stuck)}: the live release is unchanged but the host needs the fleet's "
+                             "SECRET_KEY: deploy with --force")
+    if plan.generate:
+        key = secret_key.new_key()
+    else:
+        src = by_host[plan.source]
+        res = run_script(src.conn, secret_key.read_script(src.cfg.paths.deploy_to), host=src.host, timeout=60)
+        key = secret_key.parse_key("\n".join(res.phases["secret_key"].stdout), src.host)
+    for h in plan.targets:
+        by_host[h].secret_key = key
+    src_text = "a new key" if plan.generate else f"the key of {plan.source}"
+    apps[0].printer.info(f"secret key: {src_text} goes to {', '.join(plan.targets)}")
 
 
 def _close(hosts) -> None:

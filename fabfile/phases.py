@@ -19,6 +19,7 @@ from .roles import Server, balanced, bind_address, runs_nginx, servers, uwsgi_so
 from .requirements import listed, normalize
 from .script import MARK, Phase, fact, fail_expanded, q, write_file
 from .wheelhouse import PYTHON_FACTS_PY
+from . import secret_key as _secret_key
 
 
 
@@ -152,6 +153,8 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
     lines = [
         *_sudo_mkdir_owned(cfg.paths.deploy_to),
         *lock_lines,
+        # (before the unchanged exit: an unchanged host's key takes part in the fleet's agreement too)
+        *(_secret_key.fingerprint_lines(cfg.paths.deploy_to) if app else []),
         *unchanged_lines,
         "mkdir -p " + " ".join(q(d) for d in dirs),
         f"command -v {q(py)} >/dev/null 2>&1 || {fail(f'{py} not found on the host (project.python)')}",
@@ -199,8 +202,10 @@ def env_file_text(cfg: Config) -> str:
     return "".join(f"{k}={q(v)}\n" for k, v in sorted(cfg.django.env.items()))
 
 
-def code(cfg: Config, rel: Release) -> Phase:
-    """Unpack the uploaded archive (stdin) into releases/<id>, add the settings module, link shared dirs."""
+def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
+    """Unpack the uploaded archive (stdin) into releases/<id>, add the settings module, link shared dirs.
+    shared/secret_key: `secret_key` when given (the fleet's one key; mask it in displays), else the host's
+    own, generated on its first deploy."""
     lay = Layout(cfg.paths.deploy_to)
     R, T = lay.release(rel.id), lay.staging(rel.id)
     settings = render(
@@ -224,6 +229,11 @@ def code(cfg: Config, rel: Release) -> Phase:
         target, link = f"{lay.shared}/{d}", f"{R}/{d}"
         lines += [f"mkdir -p {q(target)}", f"rm -rf {q(link)}", f'mkdir -p "$(dirname {q(link)})"',
                   f"ln -s {q(target)} {q(link)}"]
+    if secret_key:  # a host without a key gets it now; one whose key differs (adopt) at the switch
+        staged = f"{T}/secret_key"
+        lines += [*write_file(staged, secret_key, mode="0600"),
+                  f"if [ -s {q(lay.secret_key)} ]; then {note('secret key staged (installed at the switch)')}; "
+                  f"else mv -f {q(staged)} {q(lay.secret_key)}; {note('secret key installed (the fleet key)')}; fi"]
     lines += [
         f"if [ ! -s {q(lay.secret_key)} ]; then "
         f"(umask 077; {q(cfg.project.python)} -c 'import secrets; print(secrets.token_urlsafe(50))' "
@@ -378,6 +388,66 @@ WSGI_IMPORT_PY = (SETTINGS_PACKAGE_PY + "mod, _, attr = sys.argv[1].partition(':
                   "import django.urls; django.urls.get_resolver().url_patterns")
 
 
+# Run a command (manage.py migrate) while holding the project's migration lock in its default database, so
+# that app hosts sharing one database migrate one after another (the later ones find nothing to do):
+# PostgreSQL a session advisory lock, MySQL/MariaDB GET_LOCK, SQLite a POSIX (fcntl) lock on a file beside
+# the database file (shared/db/.migrate.lock: one machine, or a shared mount with locking). Other
+# databases: no lock (a warning). argv: lock name, seconds to wait, the command.
+MIGRATE_LOCK_WAIT = 600
+MIGRATE_LOCK_PY = f"""\
+import fcntl, hashlib, os, subprocess, sys, time
+import django
+django.setup()
+from django.db import connection
+name, wait, cmd = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+vendor, db = connection.vendor, connection.settings_dict
+def waited():
+    print(f'{MARK} error waited {{wait}}s for the migration lock {{name}} ({{vendor}}): another host is still '
+          'migrating this database', file=sys.stderr)
+    sys.exit(1)
+t0, unlock = time.monotonic(), lambda: None
+if vendor == 'postgresql':
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], 'big', signed=True)
+    with connection.cursor() as c:
+        while True:
+            c.execute('SELECT pg_try_advisory_lock(%s)', [key])
+            if c.fetchone()[0]:
+                break
+            if time.monotonic() - t0 > wait:
+                waited()
+            time.sleep(0.5)
+    def unlock():
+        with connection.cursor() as c:
+            c.execute('SELECT pg_advisory_unlock(%s)', [key])
+elif vendor == 'mysql':
+    with connection.cursor() as c:
+        c.execute('SELECT GET_LOCK(%s, %s)', [name[:64], wait])
+        if c.fetchone()[0] != 1:
+            waited()
+    def unlock():
+        with connection.cursor() as c:
+            c.execute('SELECT RELEASE_LOCK(%s)', [name[:64]])
+elif vendor == 'sqlite' and str(db.get('NAME', ':memory:')) != ':memory:' and 'mode=memory' not in str(db['NAME']):
+    fd = os.open(os.path.join(os.path.dirname(os.path.abspath(str(db['NAME']))), '.migrate.lock'),
+                 os.O_RDWR | os.O_CREAT, 0o600)
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            if time.monotonic() - t0 > wait:
+                waited()
+            time.sleep(0.2)
+elif vendor != 'sqlite':
+    print(f'{MARK} warn no migration lock for a {{vendor}} database: app hosts sharing it migrate at once',
+          flush=True)
+sys.stdout.flush()
+rc = subprocess.call(cmd)
+unlock()
+sys.exit(rc)
+"""
+
+
 def django(cfg: Config, rel: Release) -> Phase:
     """migrate, collectstatic and check --deploy with the production settings module."""
     lay = Layout(cfg.paths.deploy_to)
@@ -395,7 +465,10 @@ def django(cfg: Config, rel: Release) -> Phase:
     ]
     if cfg.django.migrate:
         lines += [
-            f"out=$({manage} migrate --noinput 2>&1) || {{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
+            f"out=$({q(lay.venv(rel.venv_hash) + '/bin/python')} -c {q(MIGRATE_LOCK_PY)} "
+            f"{q('fabdeploy-migrate-' + cfg.project.name)} {MIGRATE_LOCK_WAIT} {manage} migrate --noinput 2>&1) || "
+            f"{{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
+            f"printf '%s\\n' \"$out\" | grep '^{MARK} warn ' || true",
             "applied=$(printf '%s\\n' \"$out\" | grep -c '^  Applying .* OK' || true)",
             note("$applied migrations applied"),
         ]
@@ -643,6 +716,9 @@ def switch(cfg: Config, rel: Release, server: Server | None = None) -> Phase:
         f"mv -Tf {q(tmp)} {q(lay.current)}",
         f"rm -f {q(lay.release(rel.id) + '/.fabdeploy/' + PENDING)}",
         *static_switch(cfg, q(rel.id)),
+        # the fleet's key, when it replaces this host's own (fab deploy --adopt-secret-key): the restart loads it
+        f"if [ -f {q(lay.staging(rel.id) + '/secret_key')} ]; then mv -f {q(lay.staging(rel.id) + '/secret_key')} "
+        f"{q(lay.secret_key)}; {note('secret key replaced by the fleet key')}; fi",
         note(f"current -> {rel.id}"),
     ])
 

@@ -99,6 +99,10 @@ res["nginx"] = {"pid": npid, "site_enabled": enabled}
 res["role"], res["nginx_expected"] = P["role"], P["nginx"]
 if P["role"] == "lb":
     res["static"] = os.path.basename(os.path.realpath(D + "/shared/static/current"))
+else:  # the fingerprint of the deploy's key agreement (secret_key.fingerprint_lines), never the key
+    import hashlib
+    key = read(D + "/shared/secret_key")
+    res["secret_key_fp"] = hashlib.sha256(("fabdeploy-secret-key:" + key).encode()).hexdigest()[:16] if key else ""
 start = time.monotonic()
 spec, said, bad, statuses, error = P["check"], [], [], [], ""
 for host in spec["hosts"]:
@@ -177,6 +181,17 @@ def drift(reports: list[dict]) -> str:
     return f"DRIFT: hosts are not on the same release: {by}"
 
 
+def key_drift(reports: list[dict]) -> str:
+    """A warning when the app hosts do not all have the same SECRET_KEY (fingerprints, grouped)."""
+    apps = [r for r in reports if "secret_key_fp" in r]
+    fps = {r["host"]: r["secret_key_fp"] for r in apps}
+    if len(set(fps.values())) <= 1:
+        return ""
+    groups = "; ".join(f"{', '.join(h for h, f in fps.items() if f == fp)} ({fp[:8] or 'no key'})"
+                       for fp in sorted(set(fps.values())))
+    return f"SECRET_KEY DIFFERS between app hosts: {groups} (fab deploy --adopt-secret-key HOST)"
+
+
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -243,9 +258,9 @@ def format_status(reports: list[dict]) -> str:
         return out
 
     out = _per_host(reports, body)
-    warning = drift(reports)
-    if warning:
-        out.append(warning)
+    for warning in (drift(reports), key_drift(reports)):
+        if warning:
+            out.append(warning)
     return "\n".join(out)
 
 

@@ -80,10 +80,12 @@ def _target(conn: Connection) -> str:
             "plan": "print the remote commands and config diffs per host; change nothing (also: fab --dry)",
             "force": "deploy even when the live release already is this revision with the same configs",
             "roles": ROLES_HELP, "parallel": PARALLEL_HELP,
-            "rolling": "switch app hosts in batches of N or N% (default: fleet.rolling; 0 = all at once)"})
+            "rolling": "switch app hosts in batches of N or N% (default: fleet.rolling; 0 = all at once)",
+            "adopt-secret-key": "app hosts whose SECRET_KEYs differ: give every app host HOST's key (implies "
+                                "--force)"})
 @one_line_errors
 def deploy(c, config=None, verbose=False, wait=None, plan=False, force=False, roles=None, parallel=None,
-           rolling=None):
+           rolling=None, adopt_secret_key=None):
     """Deploy the project: upload, virtualenv, migrate, collectstatic, switch, reload uWSGI and nginx."""
     cfg = _load(config)
     printer = Printer(verbose=verbose)
@@ -95,8 +97,9 @@ def deploy(c, config=None, verbose=False, wait=None, plan=False, force=False, ro
     if roles and "app" not in parse_roles(roles) and balanced(cfg):
         raise ConfigError("deploy --roles lb needs the app hosts too (the load balancers get their static files "
                           "from them): use --roles app,lb or no --roles")
-    outcomes = deploy_all(conns, cfg, printer, wait=_seconds(wait, "--wait"), force=force,
-                          parallel=_positive(parallel, "--parallel"), rolling=_rolling(rolling))
+    outcomes = deploy_all(conns, cfg, printer, wait=_seconds(wait, "--wait"), force=force or bool(adopt_secret_key),
+                          parallel=_positive(parallel, "--parallel"), rolling=_rolling(rolling),
+                          adopt_secret_key=adopt_secret_key)
     failed = [o for o in outcomes if not o.ok]
     for o in outcomes:
         if o.ok:

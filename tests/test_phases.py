@@ -717,7 +717,10 @@ def test_django_phase_lines():
     assert f"{manage} migrate --noinput" in text
     assert f"{manage} collectstatic --noinput" in text
     assert f"{manage} check --deploy" in text
-    assert lines[4 + len(block)].startswith(f"out=$({manage} migrate --noinput 2>&1)")
+    # migrate runs under the project's migration lock (app hosts sharing a database take turns)
+    assert lines[4 + len(block)].startswith(
+        f"out=$(/srv/shop/venvs/{VENV}/bin/python -c {q(phases.MIGRATE_LOCK_PY)} fabdeploy-migrate-shop "
+        f"{phases.MIGRATE_LOCK_WAIT} {manage} migrate --noinput 2>&1)")
 
 
 def _wsgi_import_block(lines: list[str]) -> list[str]:
