@@ -77,3 +77,43 @@ def test_a_view_that_raises_leaves_its_traceback_in_fab_logs(day):
     assert "Internal Server Error: /boom/" in out
     assert "Traceback (most recent call last)" in out
     assert "BoomError: fabdeploy-sample-boom: this view always fails" in out
+
+
+def test_rollback_never_picks_a_release_that_never_went_live(day):
+    """A deploy killed after its config phase leaves a complete release (venv, saved ini) that never went
+    live: a later rollback skips it."""
+    good = live(day)
+    day.proj.write_config(sample_config(day.host, keep=3).replace("processes = 2", "processes = 3")
+                          + '[hooks]\nbefore_switch = ["kill -9 0"]\n', name="killed.toml")
+    day.proj.commit("never live", {"pages/message.txt": "never live\n"})
+    res = run_fab(day.proj.root, "deploy", "--config", "killed.toml", cache=day.cache)
+    assert res.returncode != 0
+    never = release_of_any(res.stdout + res.stderr)
+    assert live(day) == good
+    assert day.host.path(f"/srv/sample/releases/{never}/.fabdeploy/uwsgi.ini").exists()  # complete...
+    assert day.host.path(f"/srv/sample/releases/{never}/.fabdeploy/pending").exists()  # ...but never live
+    res, out = fab(day, "releases")
+    assert re.search(rf"{never}.*never live", out), out
+    deploy(day, "after")
+    rollback(day)
+    assert live(day) == good
+
+
+def test_a_site_fabdeploy_did_not_write_is_never_overwritten(day):
+    """project.name = "default" would replace the distribution's default nginx site."""
+    default = day.host.path("/etc/nginx/sites-available/default")
+    assert default.exists()
+    before = default.read_text()
+    day.proj.write_config(sample_config(day.host, name="default", deploy_to="/srv/default", listen=8082),
+                          name="default.toml")
+    res = run_fab(day.proj.root, "deploy", "--config", "default.toml", cache=day.cache)
+    assert res.returncode == 1
+    assert "/etc/nginx/sites-available/default exists and was not written by fabdeploy" in res.stderr, res.stderr
+    assert default.read_text() == before
+    assert not day.host.path("/srv/default/current").exists()
+
+
+def release_of_any(output: str) -> str:
+    m = re.search(r"release (\d{8}T\d{6}Z-[0-9a-f]+)", output)
+    assert m, output
+    return m.group(1)
