@@ -137,3 +137,20 @@ def release_of(output: str) -> str:
     m = re.search(r"deployed (\d{8}T\d{6}Z-[0-9a-f]+)", output)
     assert m, f"no release id in output:\n{output}"
     return m.group(1)
+
+
+def reload_uwsgi_and_wait(app_host, front_host, want: int, timeout: float = 60) -> None:
+    """HUP app_host's uWSGI master (it re-reads the release's files), then poll front_host (the same host, or
+    its balancer) until / answers `want` (bounded in time)."""
+    import time
+    app_host.exec("kill -HUP $(cat /srv/sample/shared/run/uwsgi.pid)")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            status = front_host.http("/", host_header=front_host.address)[0]
+        except OSError:
+            status = None
+        if status == want:
+            return
+        assert time.monotonic() < deadline, f"the site did not answer {want} after the reload (last: {status})"
+        time.sleep(0.3)

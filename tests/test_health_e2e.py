@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import release_of, run_fab, sample_config, make_project
+from conftest import reload_uwsgi_and_wait, release_of, run_fab, sample_config, make_project
 
 FAST = """\
     [health]
@@ -122,19 +121,6 @@ def test_4_a_same_host_redirect_is_followed_and_listed_codes_are_taken_as_they_a
     assert re.search(rf"unhealthy: http: GET /dangling/ .* -> 404", res.stderr), out
 
 
-def reload_and_wait(site, want: int):
-    site.host.exec("kill -HUP $(cat /srv/sample/shared/run/uwsgi.pid)")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            status = site.host.http("/", host_header=site.host.address)[0]
-        except OSError:
-            status = None
-        if status == want:
-            return
-        assert time.monotonic() < deadline, f"the site did not answer {want} after the reload (last: {status})"
-        time.sleep(0.3)
-
 
 def test_5_status_exits_1_while_the_site_answers_400_and_0_once_fixed(site):
     settings = site.host.path(f"/srv/sample/releases/{site.good}/fabdeploy_settings.py")
@@ -142,7 +128,7 @@ def test_5_status_exits_1_while_the_site_answers_400_and_0_once_fixed(site):
     assert "ALLOWED_HOSTS = " in original
     settings.write_text(re.sub(r"^ALLOWED_HOSTS = .*$", 'ALLOWED_HOSTS = ["nope.invalid"]', original, flags=re.M))
     try:
-        reload_and_wait(site, 400)
+        reload_uwsgi_and_wait(site.host, site.host, 400)
         res, out = fab(site, "status")
         assert res.returncode == 1, out
         assert f"UNHEALTHY: GET / (Host: {site.host.address}) -> 400: Bad Request; does ALLOWED_HOSTS" in res.stdout
@@ -150,7 +136,7 @@ def test_5_status_exits_1_while_the_site_answers_400_and_0_once_fixed(site):
         assert "Traceback" not in out
     finally:
         settings.write_text(original)
-        reload_and_wait(site, 200)
+        reload_uwsgi_and_wait(site.host, site.host, 200)
     res, out = fab(site, "status")
     assert res.returncode == 0, out
 

@@ -4,12 +4,11 @@ to https without TLS fails and reverts; `fab status` reports an app host answeri
 from __future__ import annotations
 
 import re
-import time
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import make_project, run_fab, sample_config
+from conftest import reload_uwsgi_and_wait, make_project, run_fab, sample_config
 
 
 @pytest.fixture(scope="module")
@@ -59,26 +58,13 @@ def test_2_an_https_redirect_from_an_app_host_fails_over_uwsgi_and_reverts(fleet
         fleet.proj.commit("back to http", {"sampleproject/settings.py": original})
 
 
-def reload_and_wait(fleet, want: int):
-    fleet.app.exec("kill -HUP $(cat /srv/sample/shared/run/uwsgi.pid)")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            status = fleet.lb.http("/", host_header=fleet.lb.address)[0]
-        except OSError:
-            status = None
-        if status == want:
-            return
-        assert time.monotonic() < deadline, f"the site did not answer {want} after the reload (last: {status})"
-        time.sleep(0.3)
-
 
 def test_3_status_reports_an_app_host_answering_400_over_uwsgi(fleet):
     settings = fleet.app.path(f"/srv/sample/releases/{fleet.good}/fabdeploy_settings.py")
     original = settings.read_text()
     settings.write_text(re.sub(r"^ALLOWED_HOSTS = .*$", 'ALLOWED_HOSTS = ["nope.invalid"]', original, flags=re.M))
     try:
-        reload_and_wait(fleet, 400)
+        reload_uwsgi_and_wait(fleet.app, fleet.lb, 400)
         res, out = fab(fleet, "status")
         assert res.returncode == 1, out
         assert f"{fleet.app.address}: unhealthy: http: GET / (Host: {fleet.lb.address}) -> 400" in res.stderr
@@ -86,6 +72,6 @@ def test_3_status_reports_an_app_host_answering_400_over_uwsgi(fleet):
         assert "ALLOWED_HOSTS" in res.stdout and "uwsgi protocol" in res.stdout
     finally:
         settings.write_text(original)
-        reload_and_wait(fleet, 200)
+        reload_uwsgi_and_wait(fleet.app, fleet.lb, 200)
     res, out = fab(fleet, "status")
     assert res.returncode == 0, out

@@ -15,18 +15,8 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import WHEELS, make_project, release_of, run_fab, sample_config
+from test_faults_e2e import RAISING_MIGRATION  # a migration that raises
 
-RAISING_MIGRATION = '''from django.db import migrations
-
-
-def boom(apps, schema_editor):
-    raise RuntimeError("migration exploded on purpose")
-
-
-class Migration(migrations.Migration):
-    dependencies = [("pages", "0001_initial")]
-    operations = [migrations.RunPython(boom)]
-'''
 
 
 def _version(project: str) -> str:
