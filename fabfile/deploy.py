@@ -90,9 +90,11 @@ class HostDeploy:
 
     def run(self, script: Script, stdin: bytes | None = None):
         self.printer.debug(self.host, script.display())
-        timeout = self.cfg.pip.timeout + 600
+        timeout = self.cfg.pip.timeout + 600 + self.wait
         interruptible = self.stage not in ("publish", "published")
-        return run_script(self.conn, script, host=self.host, stdin=stdin, timeout=timeout, remote=self.remote,
+        # (the pgid of an interruptible run: its cleanup stops it; a detached publish is never stopped)
+        return run_script(self.conn, script, host=self.host, stdin=stdin, timeout=timeout,
+                          remote=self.remote if interruptible else None,
                           cancel=self.cancel if interruptible else None,
                           on_phase=lambda ph: self.printer.phase(self.host, ph),
                           on_output=(lambda s, ln: self.printer.debug(self.host, ln)) if self.printer.verbose
@@ -149,11 +151,16 @@ class HostDeploy:
                  health(cfg, self.conn.host, rel.id, facts.current, lay.staging(rel.id), site, facts.nginx_pid,
                         self.server),
                  phases.cleanup(cfg, rel), lock.finish(cfg, self.owner, self.record("ok"))]
+        script = self.script(steps, rel)
+        # runs detached on the host: it finishes (health gate, revert, audit, unlock) even if we die
+        script.detach = f"{lay.tmp}/{rel.id}.publish"
+        script.on_failure = [f"rm -rf {q(lay.staging(rel.id))} || true",
+                             *lock.failed_here(cfg, self.owner, self.record("failed"))]
         self.stage = "publish"
         try:
             with deferred_interrupt():
                 try:
-                    self.run(self.script(steps, rel))
+                    self.run(script)
                 finally:
                     self.stage = "published"
         except KeyboardInterrupt:
@@ -533,7 +540,11 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
 
 
 def _close(hosts) -> None:
+    """Close every connection but those of hosts still publishing (their thread finishes the switch; the
+    remote half runs detached anyway)."""
     for hd in hosts:
+        if hd.stage == "publish":
+            continue
         try:
             hd.conn.close()
         except Exception:  # noqa: BLE001 - closing a dead connection must not mask the outcome

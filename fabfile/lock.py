@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from .config import Config
+from .detach import ERR_VAR
 from .layout import Layout
 from .script import MARK, Phase, fail_expanded, q
 
@@ -108,6 +109,19 @@ def failed_finish(cfg: Config, owner: LockOwner, record: dict) -> Phase:
     run that never held the lock (refused by another's) writes nothing."""
     return Phase("finish", [f"if {held(cfg, owner)}; then", "(", *audit(cfg, owner, record),
                             ") 2>/dev/null || true", *release(cfg, owner), "fi"])
+
+
+def failed_here(cfg: Config, owner: LockOwner, record: dict) -> list[str]:
+    """Script.on_failure lines of a detached run: while it holds the lock, a `failed` audit line whose error
+    is the failed phase and its last error marker (read from the run's stderr file, JSON-escaped), then
+    release the lock. The deploying side may be gone; when it is not, its own cleanup finds the lock
+    released and writes nothing more."""
+    last_error = (f"sed -n 's/^{MARK} error //p' \"${{{ERR_VAR}:-/dev/null}}\" 2>/dev/null | tail -n 1 "
+                  r"""| tr -d '\000-\037' | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g'""")
+    return [f"if {held(cfg, owner)}; then",
+            f'fabdeploy_error="$fabdeploy_phase failed: $({last_error})"',
+            "(", *audit(cfg, owner, record, {"error": '"$fabdeploy_error"'}), ") 2>/dev/null || true",
+            *release(cfg, owner), "fi"]
 
 
 def unlock(cfg: Config, force: bool) -> Phase:
