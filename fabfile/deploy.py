@@ -269,6 +269,7 @@ class LbDeploy:
         self.owner = LockOwner.new("deploy", local_user())
         self.base_record = dict(record or {})
         self.stage = "connect"
+        self.remote: dict = {}  # the pgid of the running remote script: stopped when it fails or is interrupted
         self.facts: phases.Facts | None = None
         self.static_before = ""
         self.started = time.monotonic()
@@ -280,7 +281,9 @@ class LbDeploy:
     def run(self, phases_: list[Phase], stdin: bytes | None = None, interruptible: bool = True):
         script = Script(phases_, tuple(self.cfg.secret_values()))
         self.printer.debug(self.host, script.display())
-        return run_script(self.conn, script, host=self.host, stdin=stdin, timeout=self.cfg.pip.timeout + 600,
+        return run_script(self.conn, script, host=self.host, stdin=stdin,
+                          timeout=self.cfg.pip.timeout + 600 + self.wait,
+                          remote=self.remote if interruptible else None,
                           cancel=self.cancel if interruptible else None,
                           on_phase=lambda ph: self.printer.phase(self.host, ph))
 
@@ -394,7 +397,8 @@ class LbDeploy:
         record = {**self.base_record, "release": self.rel_id, "result": "interrupted" if interrupted else "failed",
                   "error": mask(error, self.cfg.secret_values())}
         held = lock.held(self.cfg, self.owner)
-        run_cleanup(self, Script([Phase("abandon", [f"if ! {held}; then exit 0; fi", *lines]),
+        stop = phases.stop_group(self.remote.pop("pgid", None))  # e.g. a loop waiting for the lock
+        run_cleanup(self, Script([Phase("abandon", [*stop, f"if ! {held}; then exit 0; fi", *lines]),
                                   lock.failed_finish(self.cfg, self.owner, record)]))
 
 
@@ -423,7 +427,7 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
     rel_id = release_id(source)
     printer.width = max(len(host_label(c)) for c in conns)
     shared = _Shared()
-    wait = cfg.lock.wait if wait is None else wait
+    wait = lock.capped_wait(cfg, cfg.lock.wait if wait is None else wait, printer.warn)
     parallel = parallel or cfg.fleet.parallel
     rolling = cfg.fleet.rolling if rolling is None else rolling
     cancel = threading.Event()

@@ -47,6 +47,17 @@ def audit_file(cfg: Config) -> str:
 LOCKED = 75  # exit status of a run refused by the lock (EX_TEMPFAIL)
 
 
+def capped_wait(cfg: Config, wait: int, warn) -> int:
+    """A lock wait of at most lock.ttl seconds (by then the holder's lock is stale and only `fab unlock` frees
+    it); a longer one is cut, with one `warn` line. Invocations that wait add it to their timeout, so the
+    deploying side never gives up on a remote loop that still waits (and would take the lock later)."""
+    ttl = cfg.lock.ttl
+    if wait > ttl:
+        warn(f"a lock wait of {wait}s is longer than lock.ttl = {ttl}s: waiting {ttl}s at most")
+        return ttl
+    return wait
+
+
 def acquire(cfg: Config, owner: LockOwner, wait: int = 0) -> list[str]:
     L = lock_dir(cfg)
     ttl = cfg.lock.ttl
