@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from . import hooks, lock, phases
+from . import detach, hooks, lock, phases
 from .config import Config
 from .connect import host_label, local_user, open_connection, reconnect
 from .errors import FabdeployError, RemoteError
@@ -76,6 +76,7 @@ class HostDeploy:
         self.layout = Layout(cfg.paths.deploy_to)
         self.owner = LockOwner.new("deploy", local_user())
         self.remote: dict = {}  # the remote process group of the running invocation
+        self.detached = ""  # the file prefix of the detached publish on the host (detach.py)
         self.stage = "connect"
         self.held_interrupt = False
         self.rel: phases.Release | None = None
@@ -153,7 +154,7 @@ class HostDeploy:
                  phases.cleanup(cfg, rel), lock.finish(cfg, self.owner, self.record("ok"))]
         script = self.script(steps, rel)
         # runs detached on the host: it finishes (health gate, revert, audit, unlock) even if we die
-        script.detach = f"{lay.tmp}/{rel.id}.publish"
+        script.detach = self.detached = f"{lay.tmp}/{rel.id}.publish"
         script.on_failure = [f"rm -rf {q(lay.staging(rel.id))} || true",
                              *lock.failed_here(cfg, self.owner, self.record("failed"))]
         self.stage = "publish"
@@ -169,8 +170,10 @@ class HostDeploy:
             self.held_interrupt = True  # (a rolling deploy stops after this batch)
             self.printer.line(self.host, "interrupt held until the switch finished; the deploy completed")
         except FabdeployError as exc:
-            self.fail_cleanup(exc)
-            raise
+            if self.fail_cleanup(exc) != "0":
+                raise
+            self.printer.line(self.host, "the SSH channel broke during publish; the host finished it by itself "
+                              "(exit status 0)")
         return Outcome(self.host, self.rel_id, True, "", time.monotonic() - self.started,
                        site_url(cfg, self.conn.host))
 
@@ -217,22 +220,28 @@ class HostDeploy:
             rec["error"] = error
         return rec
 
-    def fail_cleanup(self, exc: BaseException) -> None:
+    def fail_cleanup(self, exc: BaseException) -> str:
         """Best effort, one invocation (reconnecting if the connection died): stop the remote half, drop the
-        half-built release (before the switch only), write the audit line, release our lock."""
+        half-built release (before the switch only), write the audit line, release our lock. After the
+        switch, first let a detached publish our broken channel left behind finish (it audits and unlocks
+        by itself); returns its exit status ("" when none was left behind)."""
         interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
         error = "interrupted" if interrupted else str(exc).splitlines()[0]
         before_switch = self.stage not in ("publish", "published")
+        timeout = self.cfg.pip.timeout + 600
         built = [phases.abandon(self.cfg, self.rel or phases.Release(self.rel_id, "", "", "", "", ""),
                                 self.remote.get("pgid"), lock.held(self.cfg, self.owner), self.facts)] \
-            if before_switch else [phases.drop_staging(self.cfg, self.rel_id)]
+            if before_switch else [*([Phase("settle", detach.settle(self.detached, timeout))] if self.detached
+                                     else []), phases.drop_staging(self.cfg, self.rel_id)]
         record = self.record("interrupted" if interrupted else "failed", mask(error, self.cfg.secret_values()))
-        if not run_cleanup(self, Script([*built, lock.failed_finish(self.cfg, self.owner, record)])):
-            return
+        res = run_cleanup(self, Script([*built, lock.failed_finish(self.cfg, self.owner, record)]), timeout + 60)
+        if not res:
+            return ""
         if interrupted:
             self.printer.line(self.host, f"interrupted during {self.stage}; "
                               + ("the half-built release was removed, " if before_switch else "")
                               + "lock released")
+        return parse_facts(res.stdout).get(detach.STATUS_FACT, "")
 
     def wheels(self, key: str, facts: phases.Facts) -> list:
         variant = (key, facts.python_platform)
@@ -402,16 +411,15 @@ class LbDeploy:
                                   lock.failed_finish(self.cfg, self.owner, record)]))
 
 
-def run_cleanup(hd, script: Script) -> bool:
-    """Run a cleanup script on a host, best effort, over a fresh connection when the old one died. False (and
-    a line saying the lock stays) when the host cannot be reached."""
+def run_cleanup(hd, script: Script, timeout: float = 60):
+    """Run a cleanup script on a host, best effort, over a fresh connection when the old one died: its
+    RunResult, or None (and a line saying the lock stays) when the host cannot be reached."""
     try:
         conn = hd.conn if hd.conn.is_connected else reconnect(hd.conn, hd.cfg)
-        run_script(conn, script, host=hd.host, timeout=60)
-        return True
+        return run_script(conn, script, host=hd.host, timeout=timeout)
     except FabdeployError:
         hd.printer.line(hd.host, "could not clean up (host unreachable): the lock stays until `fab unlock`")
-        return False
+        return None
 
 
 def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = None, force: bool = False,

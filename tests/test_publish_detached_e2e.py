@@ -118,3 +118,24 @@ def test_killed_client_before_a_failing_health_check_the_host_reverts_and_unlock
         f"reverted to {site.good}" in audit["error"], audit
     assert not site.host.path(f"/srv/sample/tmp/{bad}").exists()  # its staged files are gone too
     (site.proj.src / "pages" / "views.py").write_text(views)
+
+
+def test_ssh_channel_broken_during_publish_fab_waits_for_the_host_to_finish(site):
+    """The client lives but its SSH session dies: its cleanup waits for the detached publish instead of
+    writing a `failed` audit line and releasing the lock while that publish still runs."""
+    proc = start_deploy(site, "before_restart", 5, {"pages/message.txt": "session killed in before_restart\n"})
+    sessions = [p for p in site.host.pids() if p != site.host.sshd_pid and
+                site.host.exec(["cat", f"/proc/{p}/cmdline"], check=False).stdout.startswith("sshd: deploy")]
+    assert sessions
+    for pid in sessions:
+        os.kill(pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=180)
+    rel = attempted_release(out)
+    assert proc.returncode == 0 and "Traceback" not in out, out
+    assert "the SSH channel broke during publish; the host finished it by itself (exit status 0)" in out, out
+    assert f"deployed {rel}" in out, out
+    assert not site.host.path("/srv/sample/.fabdeploy-lock").exists()
+    assert_live(site, rel)
+    lines = [json.loads(ln) for ln in site.host.path("/srv/sample/shared/log/audit.jsonl").read_text().splitlines()]
+    assert [a["result"] for a in lines if a.get("release") == rel] == ["ok"], lines[-3:]
+    site.good = rel
