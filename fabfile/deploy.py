@@ -3,8 +3,9 @@
     invocation 1  setup                          create the layout, take the deploy lock, learn host facts
     (local)                                      build wheels when the host's venv must be built
     invocation 2  code, venv, django, config     archive on stdin; nothing the live site uses changes
-    invocation 3  switch, restart, cleanup,      make it live, reload, prune, audit line, release the lock
-                  finish
+    invocation 3  switch, restart, health,       make it live, reload, check, prune, audit line, release the
+                  cleanup, finish                lock: detached on the host (detach.py), so it finishes even
+                                                 when fab dies or its connection drops
 
 A failure (or Ctrl-C) before the switch stops the remote half, removes the half-built release and leaves
 `current`, uWSGI and nginx as they were; the switch invocation is never cut in half by Ctrl-C. Every run
@@ -141,7 +142,7 @@ class HostDeploy:
 
     def publish(self) -> Outcome:
         """Invocation 3: switch, reload, health gate (reverting by itself on failure), prune, audit, unlock.
-        Never cut in half by Ctrl-C."""
+        Never cut in half by Ctrl-C; runs detached on the host, so not by a dead client either."""
         cfg, rel, facts = self.cfg, self.rel, self.facts
         if self.stage == "unchanged":
             return Outcome(self.host, facts.unchanged, True, "", time.monotonic() - self.started,
