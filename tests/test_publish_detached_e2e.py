@@ -77,9 +77,9 @@ def last_audit(env) -> dict:
     return json.loads(env.host.path("/srv/sample/shared/log/audit.jsonl").read_text().splitlines()[-1])
 
 
-def assert_live(env, rel: str) -> None:
+def assert_live(env, rel: str, name: str = "") -> None:
     assert current(env) == rel
-    status, _, body = env.host.http("/", host_header=env.host.address)
+    status, _, body = env.host.http("/", host_header=name or env.host.address)
     assert status == 200 and f"Release: {rel}".encode() in body, body[:300]
     assert workers_cwd(env) == {f"/srv/sample/releases/{rel}"}
 
@@ -138,4 +138,36 @@ def test_ssh_channel_broken_during_publish_fab_waits_for_the_host_to_finish(site
     assert_live(site, rel)
     lines = [json.loads(ln) for ln in site.host.path("/srv/sample/shared/log/audit.jsonl").read_text().splitlines()]
     assert [a["result"] for a in lines if a.get("release") == rel] == ["ok"], lines[-3:]
+    site.good = rel
+
+
+def test_fleet_ctrl_c_twice_while_hosts_publish_leaves_both_live_and_unlocked(site, make_host):
+    """A second Ctrl-C gives up waiting for the publishing hosts: their connections stay open (fab finishes
+    them before it exits) and their detached halves finish anyway."""
+    other = make_host("publish2")
+    hosts = f'hosts = ["{site.host.ssh_target()}", "{other.ssh_target()}"]'
+    flag = site.host.path(FLAG)
+    flag.unlink(missing_ok=True)
+    site.proj.commit("fleet change", {"pages/message.txt": "fleet, two Ctrl-C\n"})
+    cfg = sample_config(site.host, extra=f'[hooks]\nbefore_restart = ["touch {FLAG}", "sleep 4"]\n')
+    site.proj.write_config(cfg.replace(f'hosts = ["{site.host.ssh_target()}"]', hosts), name="fleet.toml")
+    proc = subprocess.Popen([FAB, "deploy", "--config", "fleet.toml"], cwd=site.proj.root, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "XDG_CACHE_HOME": str(site.cache)})
+    deadline = time.monotonic() + 180
+    while not (flag.exists() and other.path(FLAG).exists()):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "the hooks never ran"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130 and "Traceback" not in out, out
+    rel = attempted_release(out)
+    for host in (site.host, other):
+        env = SimpleNamespace(host=host)
+        wait_unlocked(env)
+        assert_live(env, rel, site.host.address)  # (the server_name of both)
+        assert last_audit(env)["result"] == "ok" and last_audit(env)["release"] == rel
     site.good = rel
