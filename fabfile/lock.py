@@ -76,7 +76,9 @@ def acquire(cfg: Config, owner: LockOwner, wait: int = 0) -> list[str]:
         "    fi",
         "    " + fail_expanded("deploy lock held by $holder for ${age}s; retry later or pass --wait SECONDS", LOCKED),
         "  fi",
-        "  sleep 1; waited=$((waited + 1))",
+        # a line per second: once the deploying side is gone the write kills this loop (SIGPIPE) before the
+        # next mkdir, so a waiter never takes the lock for a run that no longer exists
+        f'  sleep 1; waited=$((waited + 1)); echo "{MARK} waiting $waited"',
         "done",
         f"printf '%s\\n' {q(owner.describe())} > {q(L + '/info')}",
         f"printf '%s\\n' {q(owner.token)} > {q(L + '/token')}",

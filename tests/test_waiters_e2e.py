@@ -23,6 +23,7 @@ def lab(make_host, tmp_path_factory, wheel_cache):
     proj = make_project(tmp_path_factory.mktemp("waiters"))
     single = sample_config(app, extra="[lock]\nttl = 10\n")
     proj.write_config(single, name="app.toml")
+    proj.write_config(sample_config(app), name="long.toml")  # lock.ttl = 3600: a wait of 60 s is not cut
     fleet = sample_config(lb).replace(f'hosts = ["{lb.ssh_target()}"]\n', "")
     fleet += f'[roles]\napp = ["{app.ssh_target()}"]\nlb = ["{lb.ssh_target()}"]\n'
     proj.write_config(fleet, name="fleet.toml")
@@ -105,3 +106,16 @@ def test_ctrl_c_while_a_balancer_waits_for_its_lock(lab):
     interrupt_while_waiting(lab, lab.lb, "deploy", "--wait", "60", "--config", "fleet.toml")
     assert_nothing_waits_and_nobody_takes_the_lock(lab.lb)
     wait_for(lambda: not lab.app.path(LOCK).exists(), 30, "the app host's lock was not released")
+
+
+@pytest.mark.parametrize("task", ["rollback", "deploy"])
+def test_fab_killed_while_waiting_for_the_lock_leaves_no_remote_loop(lab, task):
+    """SIGKILL: nothing on our side can stop the remote loop; its next line per second fails and ends it."""
+    hold_lock(lab.app)
+    proc = fab_popen(lab, task, "--wait", "60", "--config", "long.toml")
+    try:
+        wait_for(lambda: waiting_loops(lab.app), 120, "fab never started waiting for the lock")
+    finally:
+        proc.kill()
+    proc.communicate(timeout=30)
+    assert_nothing_waits_and_nobody_takes_the_lock(lab.app)
