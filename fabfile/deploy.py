@@ -280,6 +280,7 @@ class LbDeploy:
         self.base_record = dict(record or {})
         self.stage = "connect"
         self.remote: dict = {}  # the pgid of the running remote script: stopped when it fails or is interrupted
+        self.detached = ""  # the file prefix of the detached finish on the host (detach.py)
         self.facts: phases.Facts | None = None
         self.static_before = ""
         self.started = time.monotonic()
@@ -288,8 +289,8 @@ class LbDeploy:
     def staging(self) -> str:
         return self.layout.staging(self.rel_id) + "-lb"
 
-    def run(self, phases_: list[Phase], stdin: bytes | None = None, interruptible: bool = True):
-        script = Script(phases_, tuple(self.cfg.secret_values()))
+    def run(self, phases_: list[Phase], stdin: bytes | None = None, interruptible: bool = True, detach: str = ""):
+        script = Script(phases_, tuple(self.cfg.secret_values()), detach=detach)
         self.printer.debug(self.host, script.display())
         return run_script(self.conn, script, host=self.host, stdin=stdin,
                           timeout=self.cfg.pip.timeout + 600 + self.wait,
@@ -374,12 +375,18 @@ class LbDeploy:
             phases.note(f"static roots: removed $removed (keep_releases = {keep})"),
         ]))
         steps.append(lock.finish(cfg, self.owner, {**self.base_record, "release": self.rel_id, **record}))
+        # detached on the host like an app host's publish: it finishes (reload, audit, unlock) if we die
+        self.detached = f"{lay.tmp}/{self.rel_id}-lb.publish"
         try:
             with deferred_interrupt():
-                res = self.run(steps, interruptible=False)
+                res = self.run(steps, interruptible=False, detach=self.detached)
         except FabdeployError as exc:
-            self.fail_cleanup(exc)
-            return Outcome(self.host, self.rel_id, False, str(exc), time.monotonic() - self.started)
+            if self.fail_cleanup(exc) != "0":
+                return Outcome(self.host, self.rel_id, False, str(exc), time.monotonic() - self.started)
+            self.printer.line(self.host, "the SSH channel broke during finish; the host finished it by itself "
+                              "(exit status 0; see fab status for the check through the balancer)")
+            return Outcome(self.host, self.rel_id, True, "", time.monotonic() - self.started,
+                           site_url(cfg, self.conn.host))
         health_ph = res.phases.get("health")
         if health_ph is not None and health_ph.rc:
             error = f"{self.host}: health: " + (health_ph.errors or ["failed"])[-1]
@@ -393,8 +400,10 @@ class LbDeploy:
         pages need its static files (the new root holds the old files as well)."""
         self.fail_cleanup(FabdeployError(reason), keep_static)
 
-    def fail_cleanup(self, exc: BaseException, keep_static: bool = False) -> None:
-        """Put static/current and the site back as they were, audit, unlock (best effort)."""
+    def fail_cleanup(self, exc: BaseException, keep_static: bool = False) -> str:
+        """Put static/current and the site back as they were, audit, unlock (best effort). After a broken
+        channel in finish, first let the detached finish end (it unlocks when it succeeds, and then nothing
+        is put back); returns its exit status ("" when none was left behind)."""
         interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
         error = "interrupted" if interrupted else str(exc).splitlines()[0]
         st = self.layout.static
@@ -408,8 +417,11 @@ class LbDeploy:
                   "error": mask(error, self.cfg.secret_values())}
         held = lock.held(self.cfg, self.owner)
         stop = phases.stop_group(self.remote.pop("pgid", None))  # e.g. a loop waiting for the lock
-        run_cleanup(self, Script([Phase("abandon", [*stop, f"if ! {held}; then exit 0; fi", *lines]),
-                                  lock.failed_finish(self.cfg, self.owner, record)]))
+        timeout = self.cfg.pip.timeout + 600
+        settle = [Phase("settle", detach.settle(self.detached, timeout))] if self.detached else []
+        res = run_cleanup(self, Script([*settle, Phase("abandon", [*stop, f"if ! {held}; then exit 0; fi", *lines]),
+                                        lock.failed_finish(self.cfg, self.owner, record)]), timeout + 60)
+        return parse_facts(res.stdout).get(detach.STATUS_FACT, "") if res else ""
 
 
 def run_cleanup(hd, script: Script, timeout: float = 60):
