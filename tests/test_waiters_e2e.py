@@ -33,8 +33,8 @@ def lab(make_host, tmp_path_factory, wheel_cache):
 def hold_lock(host) -> None:
     """Another run's lock (as a live run leaves it), taken by the test."""
     host.exec("mkdir -p /srv/sample && chown deploy:deploy /srv/sample")
-    host.exec(f"rm -rf {LOCK} && mkdir {LOCK} && echo 'someone else (test)' > {LOCK}/info && echo test-token > {LOCK}/token",
-              user="deploy")
+    host.exec(f"rm -rf {LOCK} && mkdir {LOCK} && echo 'someone else (test)' > {LOCK}/info && "
+              f"echo test-token > {LOCK}/token", user="deploy")
 
 
 def drop_lock(host) -> None:
