@@ -4,8 +4,9 @@
     (local)                                      every app host's SECRET_KEY fingerprint compared (one key)
     (local)                                      build wheels when the host's venv must be built
     invocation 2  code, venv, django, config     archive on stdin; nothing the live site uses changes
-    invocation 3  switch, restart, cleanup,      make it live, reload, prune, audit line, release the lock
-                  finish
+    invocation 3  switch, restart, health,       make it live, reload, check, prune, audit line, release the
+                  cleanup, finish                lock: detached on the host (detach.py), so it finishes even
+                                                 when fab dies or its connection drops
 
 A failure (or Ctrl-C) before the switch stops the remote half, removes the half-built release and leaves
 `current`, uWSGI and nginx as they were; the switch invocation is never cut in half by Ctrl-C. Every run
@@ -18,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from . import hooks, lock, phases, secret_key
+from . import detach, hooks, lock, phases, secret_key
 from .config import Config
 from .connect import host_label, local_user, open_connection, reconnect
 from .errors import FabdeployError, RemoteError
@@ -78,6 +79,7 @@ class HostDeploy:
         self.layout = Layout(cfg.paths.deploy_to)
         self.owner = LockOwner.new("deploy", local_user())
         self.remote: dict = {}  # the remote process group of the running invocation
+        self.detached = ""  # the file prefix of the detached publish on the host (detach.py)
         self.stage = "connect"
         self.held_interrupt = False
         self.rel: phases.Release | None = None
@@ -99,9 +101,11 @@ class HostDeploy:
 
     def run(self, script: Script, stdin: bytes | None = None):
         self.printer.debug(self.host, script.display())
-        timeout = self.cfg.pip.timeout + 600
+        timeout = self.cfg.pip.timeout + 600 + self.wait
         interruptible = self.stage not in ("publish", "published")
-        return run_script(self.conn, script, host=self.host, stdin=stdin, timeout=timeout, remote=self.remote,
+        # (the pgid of an interruptible run: its cleanup stops it; a detached publish is never stopped)
+        return run_script(self.conn, script, host=self.host, stdin=stdin, timeout=timeout,
+                          remote=self.remote if interruptible else None,
                           cancel=self.cancel if interruptible else None,
                           on_phase=lambda ph: self.printer.phase(self.host, ph),
                           on_output=(lambda s, ln: self.printer.debug(self.host, ln)) if self.printer.verbose
@@ -162,7 +166,7 @@ class HostDeploy:
 
     def publish(self) -> Outcome:
         """Invocation 3: switch, reload, health gate (reverting by itself on failure), prune, audit, unlock.
-        Never cut in half by Ctrl-C."""
+        Never cut in half by Ctrl-C; runs detached on the host, so not by a dead client either."""
         cfg, rel, facts = self.cfg, self.rel, self.facts
         if self.stage == "unchanged":
             return Outcome(self.host, facts.unchanged, True, "", time.monotonic() - self.started,
@@ -173,11 +177,16 @@ class HostDeploy:
                  health(cfg, self.conn.host, rel.id, facts.current, lay.staging(rel.id), site, facts.nginx_pid,
                         self.server),
                  phases.cleanup(cfg, rel), lock.finish(cfg, self.owner, self.record("ok"))]
+        script = self.script(steps, rel)
+        # runs detached on the host: it finishes (health gate, revert, audit, unlock) even if we die
+        script.detach = self.detached = f"{lay.tmp}/{rel.id}.publish"
+        script.on_failure = [f"rm -rf {q(lay.staging(rel.id))} || true",
+                             *lock.failed_here(cfg, self.owner, self.record("failed"))]
         self.stage = "publish"
         try:
             with deferred_interrupt():
                 try:
-                    self.run(self.script(steps, rel))
+                    self.run(script)
                 finally:
                     self.stage = "published"
         except KeyboardInterrupt:
@@ -186,8 +195,10 @@ class HostDeploy:
             self.held_interrupt = True  # (a rolling deploy stops after this batch)
             self.printer.line(self.host, "interrupt held until the switch finished; the deploy completed")
         except FabdeployError as exc:
-            self.fail_cleanup(exc)
-            raise
+            if self.fail_cleanup(exc) != "0":
+                raise
+            self.printer.line(self.host, "the SSH channel broke during publish; the host finished it by itself "
+                              "(exit status 0)")
         return Outcome(self.host, self.rel_id, True, "", time.monotonic() - self.started,
                        site_url(cfg, self.conn.host))
 
@@ -234,22 +245,28 @@ class HostDeploy:
             rec["error"] = error
         return rec
 
-    def fail_cleanup(self, exc: BaseException) -> None:
+    def fail_cleanup(self, exc: BaseException) -> str:
         """Best effort, one invocation (reconnecting if the connection died): stop the remote half, drop the
-        half-built release (before the switch only), write the audit line, release our lock."""
+        half-built release (before the switch only), write the audit line, release our lock. After the
+        switch, first let a detached publish our broken channel left behind finish (it audits and unlocks
+        by itself); returns its exit status ("" when none was left behind)."""
         interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
         error = "interrupted" if interrupted else str(exc).splitlines()[0]
         before_switch = self.stage not in ("publish", "published")
+        timeout = self.cfg.pip.timeout + 600
         built = [phases.abandon(self.cfg, self.rel or phases.Release(self.rel_id, "", "", "", "", ""),
                                 self.remote.get("pgid"), lock.held(self.cfg, self.owner), self.facts)] \
-            if before_switch else [phases.drop_staging(self.cfg, self.rel_id)]
+            if before_switch else [*([Phase("settle", detach.settle(self.detached, timeout))] if self.detached
+                                     else []), phases.drop_staging(self.cfg, self.rel_id)]
         record = self.record("interrupted" if interrupted else "failed", mask(error, self.cfg.secret_values()))
-        if not run_cleanup(self, Script([*built, lock.failed_finish(self.cfg, self.owner, record)])):
-            return
+        res = run_cleanup(self, Script([*built, lock.failed_finish(self.cfg, self.owner, record)]), timeout + 60)
+        if not res:
+            return ""
         if interrupted:
             self.printer.line(self.host, f"interrupted during {self.stage}; "
                               + ("the half-built release was removed, " if before_switch else "")
                               + "lock released")
+        return parse_facts(res.stdout).get(detach.STATUS_FACT, "")
 
     def wheels(self, key: str, facts: phases.Facts) -> list:
         variant = (key, facts.python_platform)
@@ -286,6 +303,8 @@ class LbDeploy:
         self.owner = LockOwner.new("deploy", local_user())
         self.base_record = dict(record or {})
         self.stage = "connect"
+        self.remote: dict = {}  # the pgid of the running remote script: stopped when it fails or is interrupted
+        self.detached = ""  # the file prefix of the detached finish on the host (detach.py)
         self.facts: phases.Facts | None = None
         self.static_before = ""
         self.started = time.monotonic()
@@ -294,12 +313,14 @@ class LbDeploy:
     def staging(self) -> str:
         return self.layout.staging(self.rel_id) + "-lb"
 
-    def run(self, phases_: list[Phase], stdin: bytes | None = None, interruptible: bool = True):
+    def run(self, phases_: list[Phase], stdin: bytes | None = None, interruptible: bool = True, detach: str = ""):
         if self.stage not in ("connect", "setup"):  # the lock is ours: keep it fresh in this invocation
             phases_ = [lock.kept_alive(phases_[0], self.cfg, self.owner), *phases_[1:]]
-        script = Script(phases_, tuple(self.cfg.secret_values()))
+        script = Script(phases_, tuple(self.cfg.secret_values()), detach=detach)
         self.printer.debug(self.host, script.display())
-        return run_script(self.conn, script, host=self.host, stdin=stdin, timeout=self.cfg.pip.timeout + 600,
+        return run_script(self.conn, script, host=self.host, stdin=stdin,
+                          timeout=self.cfg.pip.timeout + 600 + self.wait,
+                          remote=self.remote if interruptible else None,
                           cancel=self.cancel if interruptible else None,
                           on_phase=lambda ph: self.printer.phase(self.host, ph))
 
@@ -380,12 +401,18 @@ class LbDeploy:
             phases.note(f"static roots: removed $removed (keep_releases = {keep})"),
         ]))
         steps.append(lock.finish(cfg, self.owner, {**self.base_record, "release": self.rel_id, **record}))
+        # detached on the host like an app host's publish: it finishes (reload, audit, unlock) if we die
+        self.detached = f"{lay.tmp}/{self.rel_id}-lb.publish"
         try:
             with deferred_interrupt():
-                res = self.run(steps, interruptible=False)
+                res = self.run(steps, interruptible=False, detach=self.detached)
         except FabdeployError as exc:
-            self.fail_cleanup(exc)
-            return Outcome(self.host, self.rel_id, False, str(exc), time.monotonic() - self.started)
+            if self.fail_cleanup(exc) != "0":
+                return Outcome(self.host, self.rel_id, False, str(exc), time.monotonic() - self.started)
+            self.printer.line(self.host, "the SSH channel broke during finish; the host finished it by itself "
+                              "(exit status 0; see fab status for the check through the balancer)")
+            return Outcome(self.host, self.rel_id, True, "", time.monotonic() - self.started,
+                           site_url(cfg, self.conn.host))
         health_ph = res.phases.get("health")
         if health_ph is not None and health_ph.rc:
             error = f"{self.host}: health: " + (health_ph.errors or ["failed"])[-1]
@@ -399,8 +426,10 @@ class LbDeploy:
         pages need its static files (the new root holds the old files as well)."""
         self.fail_cleanup(FabdeployError(reason), keep_static)
 
-    def fail_cleanup(self, exc: BaseException, keep_static: bool = False) -> None:
-        """Put static/current and the site back as they were, audit, unlock (best effort)."""
+    def fail_cleanup(self, exc: BaseException, keep_static: bool = False) -> str:
+        """Put static/current and the site back as they were, audit, unlock (best effort). After a broken
+        channel in finish, first let the detached finish end (it unlocks when it succeeds, and then nothing
+        is put back); returns its exit status ("" when none was left behind)."""
         interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
         error = "interrupted" if interrupted else str(exc).splitlines()[0]
         st = self.layout.static
@@ -413,20 +442,23 @@ class LbDeploy:
         record = {**self.base_record, "release": self.rel_id, "result": "interrupted" if interrupted else "failed",
                   "error": mask(error, self.cfg.secret_values())}
         held = lock.held(self.cfg, self.owner)
-        run_cleanup(self, Script([Phase("abandon", [f"if ! {held}; then exit 0; fi", *lines]),
-                                  lock.failed_finish(self.cfg, self.owner, record)]))
+        stop = phases.stop_group(self.remote.pop("pgid", None))  # e.g. a loop waiting for the lock
+        timeout = self.cfg.pip.timeout + 600
+        settle = [Phase("settle", detach.settle(self.detached, timeout))] if self.detached else []
+        res = run_cleanup(self, Script([*settle, Phase("abandon", [*stop, f"if ! {held}; then exit 0; fi", *lines]),
+                                        lock.failed_finish(self.cfg, self.owner, record)]), timeout + 60)
+        return parse_facts(res.stdout).get(detach.STATUS_FACT, "") if res else ""
 
 
-def run_cleanup(hd, script: Script) -> bool:
-    """Run a cleanup script on a host, best effort, over a fresh connection when the old one died. False (and
-    a line saying the lock stays) when the host cannot be reached."""
+def run_cleanup(hd, script: Script, timeout: float = 60):
+    """Run a cleanup script on a host, best effort, over a fresh connection when the old one died: its
+    RunResult, or None (and a line saying the lock stays) when the host cannot be reached."""
     try:
         conn = hd.conn if hd.conn.is_connected else reconnect(hd.conn, hd.cfg)
-        run_script(conn, script, host=hd.host, timeout=60)
-        return True
+        return run_script(conn, script, host=hd.host, timeout=timeout)
     except FabdeployError:
         hd.printer.line(hd.host, "could not clean up (host unreachable): the lock stays until `fab unlock`")
-        return False
+        return None
 
 
 def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = None, force: bool = False,
@@ -444,7 +476,7 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
     rel_id = release_id(source)
     printer.width = max(len(host_label(c)) for c in conns)
     shared = _Shared()
-    wait = cfg.lock.wait if wait is None else wait
+    wait = lock.capped_wait(cfg, cfg.lock.wait if wait is None else wait, printer.warn)
     parallel = parallel or cfg.fleet.parallel
     rolling = cfg.fleet.rolling if rolling is None else rolling
     cancel = threading.Event()
@@ -597,7 +629,11 @@ def share_secret_key(apps: list[HostDeploy], adopt: str | None) -> None:
 
 
 def _close(hosts) -> None:
+    """Close every connection but those of hosts still publishing (their thread finishes the switch; the
+    remote half runs detached anyway)."""
     for hd in hosts:
+        if hd.stage == "publish":
+            continue
         try:
             hd.conn.close()
         except Exception:  # noqa: BLE001 - closing a dead connection must not mask the outcome

@@ -50,3 +50,27 @@ def deferred_interrupt():
         signal.signal(signal.SIGINT, previous)
     if caught:
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_as_interrupt():
+    """SIGTERM and SIGHUP (a cancelled CI job, a closed terminal) act like Ctrl-C while the block runs: they go
+    to the current SIGINT handler (so deferred_interrupt holds them too). The previous handlers come back
+    after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def as_sigint(signum, frame):
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, as_sigint) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

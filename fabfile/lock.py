@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from .config import Config
+from .detach import ERR_VAR
 from .layout import Layout
 from .script import MARK, Phase, fail_expanded, mask, q
 
@@ -49,6 +50,17 @@ def audit_file(cfg: Config) -> str:
 LOCKED = 75  # exit status of a run refused by the lock (EX_TEMPFAIL)
 
 
+def capped_wait(cfg: Config, wait: int, warn) -> int:
+    """A lock wait of at most lock.ttl seconds (by then the holder's lock is stale and only `fab unlock` frees
+    it); a longer one is cut, with one `warn` line. Invocations that wait add it to their timeout, so the
+    deploying side never gives up on a remote loop that still waits (and would take the lock later)."""
+    ttl = cfg.lock.ttl
+    if wait > ttl:
+        warn(f"a lock wait of {wait}s is longer than lock.ttl = {ttl}s: waiting {ttl}s at most")
+        return ttl
+    return wait
+
+
 def acquire(cfg: Config, owner: LockOwner, wait: int = 0) -> list[str]:
     L = lock_dir(cfg)
     ttl = cfg.lock.ttl
@@ -67,7 +79,9 @@ def acquire(cfg: Config, owner: LockOwner, wait: int = 0) -> list[str]:
         "    fi",
         "    " + fail_expanded("deploy lock held by $holder for ${age}s; retry later or pass --wait SECONDS", LOCKED),
         "  fi",
-        "  sleep 1; waited=$((waited + 1))",
+        # a line per second: once the deploying side is gone the write kills this loop (SIGPIPE) before the
+        # next mkdir, so a waiter never takes the lock for a run that no longer exists
+        f'  sleep 1; waited=$((waited + 1)); echo "{MARK} waiting $waited"',
         "done",
         # a lock without its owner files (a full disk) would block every later run: remove it and say why
         f"if ! err=$({{ printf '%s\\n' {q(owner.describe())} > {q(L + '/info')} && "
@@ -140,6 +154,19 @@ def failed_finish(cfg: Config, owner: LockOwner, record: dict) -> Phase:
     run that never held the lock (refused by another's) writes nothing."""
     return Phase("finish", [f"if {held(cfg, owner)}; then", "(", *audit(cfg, owner, record),
                             ") 2>/dev/null || true", *release(cfg, owner), "fi"])
+
+
+def failed_here(cfg: Config, owner: LockOwner, record: dict) -> list[str]:
+    """Script.on_failure lines of a detached run: while it holds the lock, a `failed` audit line whose error
+    is the failed phase and its last error marker (read from the run's stderr file, JSON-escaped), then
+    release the lock. The deploying side may be gone; when it is not, its own cleanup finds the lock
+    released and writes nothing more."""
+    last_error = (f"sed -n 's/^{MARK} error //p' \"${{{ERR_VAR}:-/dev/null}}\" 2>/dev/null | tail -n 1 "
+                  r"""| tr -d '\000-\037' | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g'""")
+    return [f"if {held(cfg, owner)}; then",
+            f'fabdeploy_error="$fabdeploy_phase failed: $({last_error})"',
+            "(", *audit(cfg, owner, record, {"error": '"$fabdeploy_error"'}), ") 2>/dev/null || true",
+            *release(cfg, owner), "fi"]
 
 
 def unlock(cfg: Config, force: bool) -> Phase:

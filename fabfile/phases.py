@@ -894,6 +894,18 @@ def cleanup(cfg: Config, rel: Release) -> Phase:
     ])
 
 
+def stop_group(pgid: int | None) -> list[str]:
+    """Lines that stop an interrupted script's process group (TERM, up to 5 s, then KILL); none without one."""
+    if not pgid:
+        return []
+    return [
+        f"if kill -TERM -{int(pgid)} 2>/dev/null; then",
+        f"  i=0; while kill -0 -{int(pgid)} 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done",
+        f"  kill -KILL -{int(pgid)} 2>/dev/null || true",
+        "fi",
+    ]
+
+
 def abandon(cfg: Config, rel: Release, pgid: int | None = None, held: str = "true",
             facts: Facts | None = None) -> Phase:
     """After a failure or interrupt before the switch: stop what the interrupted script still runs (its
@@ -902,16 +914,8 @@ def abandon(cfg: Config, rel: Release, pgid: int | None = None, held: str = "tru
     lock changes nothing (the release id and files may be that run's)."""
     lay = Layout(cfg.paths.deploy_to)
     R = lay.release(rel.id)
-    stop = []
-    if pgid:
-        stop = [
-            f"if kill -TERM -{int(pgid)} 2>/dev/null; then",
-            f"  i=0; while kill -0 -{int(pgid)} 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done",
-            f"  kill -KILL -{int(pgid)} 2>/dev/null || true",
-            "fi",
-        ]
     return Phase("abandon", [
-        *stop,
+        *stop_group(pgid),
         f"if ! {held}; then " + note("another run holds the deploy lock: nothing of this run to remove") + "; exit 0; fi",
         f'if [ "$(readlink {q(lay.current)})" != {q(R)} ]; then rm -rf {q(R)} {q(lay.static + "/" + rel.id)} || true; fi',
         *(site_restore(cfg, facts, lay.staging(rel.id)) if facts else []),

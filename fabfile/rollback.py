@@ -130,25 +130,28 @@ def rollback_all(conns: list, cfg: Config, printer: Printer, to: str | None, str
                  wait: int | None = None, parallel: int | None = None) -> list[RollbackOutcome]:
     if to and not RELEASE_ID.match(to):
         raise FabdeployError(f"--to {to!r} is not a release id (like 20261122T033903Z-cadb91d)")
-    wait = cfg.lock.wait if wait is None else wait
+    wait = lock.capped_wait(cfg, cfg.lock.wait if wait is None else wait, printer.warn)
     printer.width = max(len(host_label(c)) for c in conns)
 
     def one(conn, cancel) -> RollbackOutcome:
         host = host_label(conn)
         start = time.monotonic()
         owner = LockOwner.new("rollback", local_user())
+        remote: dict = {}
         try:
             open_connection(conn)
             script = rollback_script(cfg, owner, to, strict, wait)
             printer.debug(host, script.display())
             try:
                 with deferred_interrupt():
-                    res = run_script(conn, script, host=host, timeout=cfg.uwsgi.reload_timeout + 120,
-                                     on_phase=lambda ph: printer.phase(host, ph))
+                    # the lock wait counts in the timeout: we never give up on a loop that still waits
+                    res = run_script(conn, script, host=host, timeout=cfg.uwsgi.reload_timeout + 120 + wait,
+                                     on_phase=lambda ph: printer.phase(host, ph), remote=remote)
             except FabdeployError as exc:
                 failed = lock.failed_finish(cfg, owner, {"result": "failed", "error": str(exc).splitlines()[0]})
+                stop = Phase("stop", phases.stop_group(remote.get("pgid")))  # a timed-out script, if still there
                 try:
-                    run_script(conn, Script([failed]), host=host, timeout=60)
+                    run_script(conn, Script([stop, failed]), host=host, timeout=60)
                 except FabdeployError:
                     pass
                 raise

@@ -35,11 +35,18 @@ class Script:
 
     phases: list[Phase]
     secrets: tuple[str, ...] = field(default_factory=tuple)
+    # Lines run on the host when a phase fails (not keep_going), before the script exits; $fabdeploy_phase
+    # names the phase. A detached script's own audit line and unlock (nobody else may be left to write them).
+    on_failure: list[str] = field(default_factory=list)
+    # A path prefix on the host: run detached (see detach.py), output in <detach>.out/.err, followed.
+    detach: str = ""
 
     def text(self) -> str:
         # The process group, so that an interrupted run can stop its remote half (tar, pip, manage.py).
         out = ["set -u", "umask 022", "fabdeploy_failed=",
                f"echo \"{MARK} pgid $(cut -d' ' -f5 /proc/$$/stat)\""]
+        if self.on_failure:
+            out += ["fabdeploy_on_failure() {", "(", *self.on_failure, ") || true", "}"]
         for phase in self.phases:
             name = phase.name
             out.append(f"echo '{MARK} begin {name}'; echo '{MARK} begin {name}' >&2")
@@ -51,11 +58,16 @@ class Script:
             out.append(f"echo \"{MARK} end {name} $rc\"; echo \"{MARK} end {name} $rc\" >&2")
             if phase.keep_going:
                 out.append(f'[ "$rc" -eq 0 ] || fabdeploy_failed="$fabdeploy_failed {name}"')
+            elif self.on_failure:
+                out.append(f'[ "$rc" -eq 0 ] || {{ fabdeploy_phase={name}; fabdeploy_on_failure; exit "$rc"; }}')
             else:
                 out.append('[ "$rc" -eq 0 ] || exit "$rc"')
         return "\n".join(out) + "\n"
 
     def command(self) -> str:
+        if self.detach:
+            from . import detach
+            return detach.command(self.detach, self.text())
         return "sh -c " + q(self.text())
 
     def display(self) -> str:

@@ -16,7 +16,7 @@ from .config import Config, check_rolling, load_config
 from .connect import host_label, make_connection, open_connection, prepare
 from .deploy import deploy_all
 from .errors import ConfigError, FabdeployError
-from .fleet import for_each_host
+from .fleet import for_each_host, signals_as_interrupt
 from .logs import show_logs
 from .output import Printer, add_secrets, masked
 from .plan import plan_all
@@ -33,14 +33,16 @@ executor.use_fleet_executor()  # `fab -H a,b task` with these tasks imported: on
 
 
 def one_line_errors(fn):
-    """Turn fabdeploy errors into one line on stderr and exit status 1, never a traceback. Marks the task as
+    """Turn fabdeploy errors into one line on stderr and exit status 1, never a traceback; SIGTERM and SIGHUP
+    act like Ctrl-C (exit 130 after the same cleanup). Marks the task as
     one that handles many hosts itself (see executor.FleetExecutor) and refuses to be called once per -H
     host by another executor."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             executor.refuse_per_host_call(args[0], fn.__name__)
-            return fn(*args, **kwargs)
+            with signals_as_interrupt():
+                return fn(*args, **kwargs)
         except FabdeployError as exc:
             raise Exit(masked(f"fabdeploy: {exc}"), code=1) from None
         except KeyboardInterrupt:

@@ -1,0 +1,70 @@
+"""Detached remote scripts: the publish half of a deploy runs on the host in its own session, so it finishes
+(health gate, revert, audit line, unlock) even when the deploying side dies or its SSH channel closes.
+
+The SSH channel runs a small wrapper: it starts the script with `setsid nohup`, its stdout and stderr going
+to two files (`<prefix>.out`, `<prefix>.err`), and follows both (`tail -f --pid`) on the same channel, so
+the runner parses the marker lines as if the script ran in the channel itself. The script's exit status is
+written to `<prefix>.status` and becomes the wrapper's. One channel, as before. When the deploying side is
+gone, the wrapper's `tail` dies at its next write and the script goes on; its files stay for inspection
+until the next detached run in the same directory (the status file always stays until then: a deploying
+side whose channel broke reads it with `settle`).
+"""
+from __future__ import annotations
+
+import shlex
+
+ERR_VAR = "FABDEPLOY_DETACHED_ERR"  # the detached script's stderr file (its last `error` marker says why)
+SUFFIXES = (".out", ".err", ".status")
+
+
+def wrapper(prefix: str) -> str:
+    """The shell run over the channel with the script text as $1 (`sh -c <wrapper> fabdeploy <script>`)."""
+    P = shlex.quote(prefix)
+    folder = shlex.quote(prefix.rsplit("/", 1)[0] or "/")
+    mark = "@@fabdeploy"
+    return "\n".join([
+        f"P={P}",
+        # the leftovers of an earlier detached run (its client was gone): only one run holds the lock
+        f"rm -f {folder}/*.publish.out {folder}/*.publish.err {folder}/*.publish.status \"$P.status.tmp\"",
+        "umask 077",
+        f': > "$P.out" && : > "$P.err" || {{ echo "{mark} error cannot write $P.out" >&2; exit 1; }}',
+        # a background job of a non-interactive sh is no process group leader: setsid does not fork, $! is
+        # the detached sh itself
+        f'{ERR_VAR}="$P.err" setsid nohup sh -c \'sh -c "$1"; echo $? > "$2.tmp"; mv -f "$2.tmp" "$2"\' '
+        'fabdeploy-publish "$1" "$P.status" < /dev/null > "$P.out" 2> "$P.err" &',
+        "pid=$!",
+        'tail -s 0.2 -n +1 -f --pid="$pid" "$P.err" >&2 &',
+        'tail -s 0.2 -n +1 -f --pid="$pid" "$P.out"',
+        "wait",
+        # (the status file stays until the next detached run: a cleanup whose channel broke reads it)
+        'if [ -s "$P.status" ]; then rc=$(cat "$P.status"); rm -f "$P.out" "$P.err"; exit "$rc"; fi',
+        f'echo "{mark} error the detached script ended without an exit status (see $P.err on the host)" >&2',
+        "exit 1",
+    ]) + "\n"
+
+
+def command(prefix: str, script_text: str) -> str:
+    """The channel's command: the wrapper, the script as its argument."""
+    return "sh -c " + shlex.quote(wrapper(prefix)) + " fabdeploy " + shlex.quote(script_text)
+
+
+STATUS_FACT = "detached_status"
+
+
+def settle(prefix: str, seconds: int) -> list[str]:
+    """Lines for the deploying side's cleanup after its channel broke: wait (up to `seconds`) while the
+    detached run at `prefix` is still going (its output file is there, its status file is not), then report
+    its exit status as the fact `detached_status`: the status, "running" when it did not end in time,
+    "unknown" when it ended without one, nothing when no detached run was started."""
+    P = shlex.quote(prefix)
+    return [
+        f"P={P}",
+        'if [ -e "$P.out" ] || [ -e "$P.status" ]; then',
+        '  i=0',
+        f'  while [ -e "$P.out" ] && [ ! -s "$P.status" ] && [ "$i" -lt {int(seconds)} ]; do',
+        "    sleep 1; i=$((i + 1))",
+        "  done",
+        '  if [ -s "$P.status" ]; then s=$(cat "$P.status"); elif [ -e "$P.out" ]; then s=running; else s=unknown; fi',
+        f'  echo "@@fabdeploy fact {STATUS_FACT}=$s"',
+        "fi",
+    ]
