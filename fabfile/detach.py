@@ -14,7 +14,7 @@ from __future__ import annotations
 import shlex
 
 ERR_VAR = "FABDEPLOY_DETACHED_ERR"  # the detached script's stderr file (its last `error` marker says why)
-SUFFIXES = (".out", ".err", ".status")
+SUFFIXES = (".out", ".err", ".status", ".pid")
 
 
 def wrapper(prefix: str) -> str:
@@ -25,7 +25,8 @@ def wrapper(prefix: str) -> str:
     return "\n".join([
         f"P={P}",
         # the leftovers of an earlier detached run (its client was gone): only one run holds the lock
-        f"rm -f {folder}/*.publish.out {folder}/*.publish.err {folder}/*.publish.status \"$P.status.tmp\"",
+        f"rm -f {folder}/*.publish.out {folder}/*.publish.err {folder}/*.publish.status {folder}/*.publish.pid "
+        '"$P.status.tmp"',
         "umask 077",
         f': > "$P.out" && : > "$P.err" || {{ echo "{mark} error cannot write $P.out" >&2; exit 1; }}',
         # a background job of a non-interactive sh is no process group leader: setsid does not fork, $! is
@@ -33,6 +34,7 @@ def wrapper(prefix: str) -> str:
         f'{ERR_VAR}="$P.err" setsid nohup sh -c \'sh -c "$1"; echo $? > "$2.tmp"; mv -f "$2.tmp" "$2"\' '
         'fabdeploy-publish "$1" "$P.status" < /dev/null > "$P.out" 2> "$P.err" &',
         "pid=$!",
+        'echo "$pid" > "$P.pid"',  # (settle: a run that died without a status is not waited for)
         'tail -s 0.2 -n +1 -f --pid="$pid" "$P.err" >&2 &',
         'tail -s 0.2 -n +1 -f --pid="$pid" "$P.out"',
         "wait",
@@ -53,18 +55,20 @@ STATUS_FACT = "detached_status"
 
 def settle(prefix: str, seconds: int) -> list[str]:
     """Lines for the deploying side's cleanup after its channel broke: wait (up to `seconds`) while the
-    detached run at `prefix` is still going (its output file is there, its status file is not), then report
-    its exit status as the fact `detached_status`: the status, "running" when it did not end in time,
-    "unknown" when it ended without one, nothing when no detached run was started."""
+    detached run at `prefix` is still going (its output file is there, its status file is not, its process is
+    alive), then report its exit status as the fact `detached_status`: the status, "running" when it did not
+    end in time, "unknown" when it ended without one (killed), nothing when no detached run was started."""
     P = shlex.quote(prefix)
     return [
         f"P={P}",
         'if [ -e "$P.out" ] || [ -e "$P.status" ]; then',
         '  i=0',
-        f'  while [ -e "$P.out" ] && [ ! -s "$P.status" ] && [ "$i" -lt {int(seconds)} ]; do',
+        f'  while [ -e "$P.out" ] && [ ! -s "$P.status" ] && [ "$i" -lt {int(seconds)} ] && '
+        'kill -0 "$(cat "$P.pid" 2>/dev/null)" 2>/dev/null; do',
         "    sleep 1; i=$((i + 1))",
         "  done",
-        '  if [ -s "$P.status" ]; then s=$(cat "$P.status"); elif [ -e "$P.out" ]; then s=running; else s=unknown; fi',
+        '  if [ -s "$P.status" ]; then s=$(cat "$P.status"); '
+        'elif [ -e "$P.out" ] && kill -0 "$(cat "$P.pid" 2>/dev/null)" 2>/dev/null; then s=running; else s=unknown; fi',
         f'  echo "@@fabdeploy fact {STATUS_FACT}=$s"',
         "fi",
     ]

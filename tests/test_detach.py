@@ -34,10 +34,10 @@ def test_a_detached_script_streams_its_markers_and_exit_status_through_the_chann
     assert err(proc).splitlines() == [f"{MARK} begin one", f"{MARK} end one 0", f"{MARK} begin two", "oops",
                                       f"{MARK} error it broke", f"{MARK} end two 3"]
     # the output files are gone once followed to the end; the status stays for a cleanup that lost its channel
-    assert files(prefix) == {"r1.publish.status"} and (tmp_path / "r1.publish.status").read_text() == "3\n"
+    assert files(prefix) == {"r1.publish.status", "r1.publish.pid"} and (tmp_path / "r1.publish.status").read_text() == "3\n"
     # the next detached run in the directory removes leftovers
     assert sh(Script([Phase("x", ["true"])], detach=str(tmp_path / "r2.publish")), tmp_path).returncode == 0
-    assert files(tmp_path / "r") == {"r2.publish.status"}
+    assert files(tmp_path / "r") == {"r2.publish.status", "r2.publish.pid"}
 
 
 def test_a_detached_script_finishes_when_the_channel_side_is_killed(tmp_path):
@@ -91,21 +91,31 @@ def test_a_script_without_on_failure_is_unchanged():
     ({}, None),                                        # no detached run was started
     ({"out": "", "status": "0\n"}, "0"),               # it ended while we reconnected
     ({"status": "4\n"}, "4"),                          # followed to its end, then the channel broke
-    ({"out": ""}, "running"),                          # still going after `seconds`
+    ({"out": "", "pid": "LIVE"}, "running"),           # still going after `seconds`
+    ({"out": "", "pid": "DEAD"}, "unknown"),           # killed before it could write a status: no waiting
 ])
 def test_settle_reports_the_detached_status(tmp_path, present, expected):
     prefix = tmp_path / "r.publish"
-    for suffix, text in present.items():
-        Path(f"{prefix}.{suffix}").write_text(text)
-    proc = sh(Script([Phase("settle", detach.settle(str(prefix), 1))]), tmp_path)
-    assert proc.returncode == 0, err(proc)
-    assert parse_facts(proc.stdout.decode()).get(detach.STATUS_FACT) == expected
+    live = subprocess.Popen(["sleep", "30"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        for suffix, text in present.items():
+            Path(f"{prefix}.{suffix}").write_text(text.replace("LIVE", str(live.pid)).replace("DEAD", str(dead.pid)))
+        proc = sh(Script([Phase("settle", detach.settle(str(prefix), 1 if expected != "unknown" else 600))]),
+                  tmp_path, timeout=30)
+        assert proc.returncode == 0, err(proc)
+        assert parse_facts(proc.stdout.decode()).get(detach.STATUS_FACT) == expected
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_settle_waits_for_a_run_left_behind(tmp_path):
     prefix = tmp_path / "r.publish"
     Path(f"{prefix}.out").write_text("")
     later = subprocess.Popen(f"sleep 1; echo 0 > {prefix}.status", shell=True)
+    Path(f"{prefix}.pid").write_text(f"{later.pid}\n")
     proc = sh(Script([Phase("settle", detach.settle(str(prefix), 30))]), tmp_path)
     later.wait(timeout=10)
     assert parse_facts(proc.stdout.decode())[detach.STATUS_FACT] == "0"
