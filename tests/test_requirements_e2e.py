@@ -60,7 +60,10 @@ def site_packages(site, venv: str, deploy_to="/srv/sample"):
 
 
 def tmp_entries(site, deploy_to="/srv/sample") -> list[str]:
-    return sorted(p.name for p in site.host.path(f"{deploy_to}/tmp").iterdir())
+    """What a deploy left under tmp/, but the last publish's exit status and pid (a few bytes that a client
+    whose connection broke reads; the next publish removes them)."""
+    return sorted(p.name for p in site.host.path(f"{deploy_to}/tmp").iterdir()
+                  if not p.name.endswith((".publish.status", ".publish.pid")))
 
 
 def wrapper(site, name: str, body: str):
