@@ -173,7 +173,7 @@ def check_command(cfg: Config, host: str, server: Server | None = None) -> str:
 def health(cfg: Config, host: str, release_id: str, previous: str, staging: str, site_path: str,
            nginx_pid: str, server: Server | None = None) -> Phase:
     """Check the new release; on failure revert to `previous` (a release path, "" on a first deploy)."""
-    from .phases import nginx_reload_lines, static_switch, uwsgi_restart_lines  # noqa: avoid a cycle
+    from .phases import install_ini, nginx_reload_lines, static_switch, uwsgi_restart_lines  # noqa: avoid a cycle
 
     lay = Layout(cfg.paths.deploy_to)
     R = lay.release(release_id)
@@ -194,10 +194,10 @@ def health(cfg: Config, host: str, release_id: str, previous: str, staging: str,
     lines += [
         f"[ -f {P}/.fabdeploy/uwsgi.ini ] || "
         + fail_expanded(f"health check failed: $why; cannot revert: {prev_id} has no saved uWSGI config"),
+        *install_ini(cfg, P),  # (before `current` moves, as in a switch)
         f"ln -sfn {P} {q(lay.current + '.fabdeploy-tmp')}",
         f"mv -Tf {q(lay.current + '.fabdeploy-tmp')} {q(lay.current)}",
         *static_switch(cfg, q(prev_id)),
-        f"cp -p {P}/.fabdeploy/uwsgi.ini {q(lay.uwsgi_ini)}",
         f'V={q(lay.venvs)}/"$(cat {P}/.fabdeploy/venv)"',
         "(",
         *uwsgi_restart_lines(cfg, P, '"$V"', prev_id),

@@ -84,10 +84,10 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
         f'[ -n "$name" ] && echo "{MARK} warn the database has migration $app.$name that $T does not know '
         '(left applied; fabdeploy never unapplies migrations)"; done || true',
         refuse,
+        *phases.install_ini(cfg, '"$R"'),  # (before `current` moves, as in a switch)
         f'ln -sfn "$R" {q(lay.current + ".fabdeploy-tmp")}',
         f"mv -Tf {q(lay.current + '.fabdeploy-tmp')} {q(lay.current)}",
         *phases.static_switch(cfg, '"$T"'),
-        f'cp -p "$R/.fabdeploy/uwsgi.ini" {q(lay.uwsgi_ini)}',
         'touch "$cur/.fabdeploy/bad"',
         f'rm -f "$R/.fabdeploy/bad" "$R/.fabdeploy/{phases.PENDING}"',
         f'echo "{MARK} note $cur -> $T ($cur marked bad)"',
