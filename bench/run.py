@@ -33,15 +33,33 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench")]
 import hostlab  # noqa: E402
 from latency_proxy import LatencyProxy  # noqa: E402
 
-from fabdeploy import lock, phases  # noqa: E402
+from fabdeploy.steps import lock
+
+from fabdeploy import model
+
+from fabdeploy.steps import activate
+
+from fabdeploy.steps import cleanup
+
+from fabdeploy.steps import code
+
+from fabdeploy.steps import configure
+
+from fabdeploy.steps import django_app
+
+from fabdeploy.steps import live_check
+
+from fabdeploy.steps import setup
+
+from fabdeploy.steps import venv  # noqa: E402
 from fabdeploy.config import load_config  # noqa: E402
-from fabdeploy.health import health  # noqa: E402
-from fabdeploy.layout import Layout, nginx_site_paths  # noqa: E402
-from fabdeploy.lock import LockOwner  # noqa: E402
-from fabdeploy.rollback import rollback_script  # noqa: E402
-from fabdeploy.script import Script  # noqa: E402
-from fabdeploy.source import bundle, read_source, release_id  # noqa: E402
-from fabdeploy.wheelhouse import build_wheels, venv_hash  # noqa: E402
+from fabdeploy.steps.health import health  # noqa: E402
+from fabdeploy.hosts.layout import Layout, nginx_site_paths  # noqa: E402
+from fabdeploy.steps.lock import LockOwner  # noqa: E402
+from fabdeploy.ops.rollback import rollback_script  # noqa: E402
+from fabdeploy.remote.script import Script  # noqa: E402
+from fabdeploy.local.source import bundle, read_source, release_id  # noqa: E402
+from fabdeploy.local.wheelhouse import build_wheels, venv_hash  # noqa: E402
 
 FAB = str(Path(sys.executable).parent / "fab")
 WHEELS = REPO / ".cache" / "wheels"
@@ -145,9 +163,9 @@ class Bench:
             script, stdin = rollback_script(cfg, owner, None, False, 0), None
         elif action == "noop":
             source = read_source(cfg)
-            fp = phases.fingerprint(cfg, source.revision, source.requirements)
-            script = Script([phases.setup(cfg, lock.acquire(cfg, owner),
-                                          phases.unchanged_exit(cfg, fp, lock.release(cfg, owner)))])
+            fp = live_check.fingerprint(cfg, source.revision, source.requirements)
+            script = Script([setup.setup(cfg, lock.acquire(cfg, owner),
+                                          live_check.unchanged_exit(cfg, fp, lock.release(cfg, owner)))])
             stdin = None
         else:
             facts = self.facts(cfg)
@@ -156,17 +174,17 @@ class Bench:
             need = key not in facts.venvs
             wheels = build_wheels(cfg, source.requirement_files, facts.python_version, facts.python_platform,
                                   key) if need else []
-            rel = phases.Release(release_id(source), source.revision, source.branch, source.kind, "now",
+            rel = model.Release(release_id(source), source.revision, source.branch, source.kind, "now",
                                  owner.who, key, bool(wheels),
-                                 phases.fingerprint(cfg, source.revision, source.requirements))
+                                 live_check.fingerprint(cfg, source.revision, source.requirements))
             lay = Layout(cfg.paths.deploy_to)
             site, _ = nginx_site_paths(facts.nginx_layout, cfg.project.name)
-            built = [phases.setup(cfg, lock.acquire(cfg, owner)), phases.code(cfg, rel),
-                     phases.venv(cfg, rel, source.requirement_files),
-                     phases.django(cfg, rel), phases.config(cfg, rel, facts), phases.switch(cfg, rel),
-                     phases.restart(cfg, rel, facts),
+            built = [setup.setup(cfg, lock.acquire(cfg, owner)), code.code(cfg, rel),
+                     venv.venv(cfg, rel, source.requirement_files),
+                     django_app.django(cfg, rel), configure.config(cfg, rel, facts), activate.switch(cfg, rel),
+                     activate.restart(cfg, rel, facts),
                      health(cfg, "127.0.0.1", rel.id, facts.current, lay.staging(rel.id), site, facts.nginx_pid),
-                     phases.cleanup(cfg, rel), lock.finish(cfg, owner, {"result": "ok"})]
+                     cleanup.cleanup(cfg, rel), lock.finish(cfg, owner, {"result": "ok"})]
             script, stdin = Script(built), bundle(source.tar, wheels)
 
         def one(i: int) -> None:
@@ -182,10 +200,10 @@ class Bench:
             list(pool.map(one, range(n)))
         return time.monotonic() - t
 
-    def facts(self, cfg) -> phases.Facts:
+    def facts(self, cfg) -> model.Facts:
         """What setup would learn (read before the clock starts; the limit knows it in advance)."""
-        from fabdeploy.connect import make_connection
-        from fabdeploy.plan import facts_from, read_host
+        from fabdeploy.hosts.connect import make_connection
+        from fabdeploy.ops.plan import facts_from, read_host
         conn = make_connection(cfg.project.hosts[0], cfg)
         conn.open()
         try:

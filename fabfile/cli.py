@@ -3,8 +3,8 @@ from fabric.main import Fab
 from fabric.config import Config
 from invoke import Collection
 
-from . import __version__, tasks
-from .executor import FleetExecutor
+from fabdeploy import __version__, tasks
+from fabdeploy.executor import FleetExecutor
 
 
 def main():

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote
 
-from .errors import ConfigError
+from fabdeploy.errors import ConfigError
 
 CONFIG_ENV = "FABDEPLOY_CONFIG"
 DEFAULT_CONFIG = "deploy.toml"
@@ -113,6 +113,22 @@ def _env(value):
         if item != item.rstrip(" \t"):
             return f"{key} must not end with whitespace (uWSGI strips it)"
     return None
+
+
+def _hook_commands(value):
+    """A hook: shell commands for every host where the phase runs, or a table of them per role."""
+    commands = _list(_str(None, empty_ok=False), "shell commands")
+    if isinstance(value, dict):
+        for role, item in value.items():
+            if role not in ("app", "lb"):
+                return f"has an unknown role {role!r} (roles are: app, lb)"
+            problem = commands(item)
+            if problem:
+                return f"{role} {problem}"
+        return None
+    problem = commands(value)
+    return problem and problem.replace("must be a list of shell commands",
+                                       "must be a list of shell commands, or a table of them per role (app, lb)")
 
 
 def _listen(value):
@@ -299,7 +315,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                         "must be \"auto\", \"nftables\" or \"off\""),
     },
     "hooks": {
-        f"{when}_{phase}": Key([], _list(_str(None, empty_ok=False), "shell commands"))
+        f"{when}_{phase}": Key([], _hook_commands)
         for phase in PHASES for when in ("before", "after")
     },
 }

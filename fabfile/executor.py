@@ -21,7 +21,7 @@ from fabric.tasks import ConnectionCall
 from invoke import Call, Program, Task
 from invoke import Executor as InvokeExecutor
 
-from .errors import ConfigError
+from fabdeploy.errors import ConfigError
 
 # The config key carrying the -H hosts to a fabdeploy task called once for all of them (a config key, not a
 # module global: in this repository the tasks load as `fabfile.*` while fab may import `fabdeploy.executor`).

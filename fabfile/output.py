@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 import threading
 
-from .runner import PhaseResult
-from .script import mask
+from fabdeploy.remote.runner import PhaseResult
+from fabdeploy.remote.script import mask
 
 _lock = threading.Lock()
 _secrets: set[str] = set()

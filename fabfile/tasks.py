@@ -9,21 +9,22 @@ from fabric import Connection
 from invoke import task
 from invoke.exceptions import Exit
 
-from . import executor, lock, report
-from . import django_manage as _manage
-from . import starter
-from .config import Config, check_rolling, load_config
-from .connect import host_label, make_connection, open_connection, prepare
-from .deploy import deploy_all
-from .errors import ConfigError, FabdeployError
-from .fleet import for_each_host, signals_as_interrupt
-from .logs import show_logs
-from .output import Printer, add_secrets, masked
-from .plan import plan_all
-from .roles import attach, balanced, parse_roles, select
-from .rollback import rollback_all
-from .runner import run_script
-from .script import Script
+from fabdeploy import executor
+from fabdeploy.config import Config, check_rolling, load_config
+from fabdeploy.errors import ConfigError, FabdeployError
+from fabdeploy.hosts.connect import host_label, make_connection, open_connection, prepare
+from fabdeploy.hosts.fleet import for_each_host, signals_as_interrupt
+from fabdeploy.hosts.roles import attach, balanced, parse_roles, select
+from fabdeploy.ops import manage as _manage
+from fabdeploy.ops import report, starter
+from fabdeploy.ops.deploy import deploy_all
+from fabdeploy.ops.logs import show_logs
+from fabdeploy.ops.plan import plan_all
+from fabdeploy.ops.rollback import rollback_all
+from fabdeploy.output import Printer, add_secrets, masked
+from fabdeploy.remote.runner import run_script
+from fabdeploy.remote.script import Script
+from fabdeploy.steps import lock
 
 CONFIG_HELP = "deploy.toml to use (default: $FABDEPLOY_CONFIG, else ./deploy.toml)"
 ROLES_HELP = "only hosts of these roles: app, lb or app,lb (default: all)"
@@ -93,7 +94,7 @@ def deploy(c, config=None, verbose=False, wait=None, plan=False, force=False, ro
     printer = Printer(verbose=verbose)
     conns = target_connections(c, cfg, roles)
     if plan or c.config.run.dry:
-        errors = plan_all(conns, cfg, printer)
+        errors = plan_all(conns, cfg, printer, _seconds(wait, "--wait"), force)
         _exit_if_failed(errors)
         return
     if roles and "app" not in parse_roles(roles) and balanced(cfg):

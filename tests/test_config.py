@@ -8,7 +8,7 @@ import pytest
 
 from fabdeploy.config import (CONFIG_ENV, SCHEMA, Config, find_config_path, load_config, parse_config)
 from fabdeploy.errors import ConfigError
-from fabdeploy.layout import Layout
+from fabdeploy.hosts.layout import Layout
 
 MINIMAL = {
     "project": {"name": "shop", "django_settings": "shop.settings", "wsgi": "shop.wsgi:application"},

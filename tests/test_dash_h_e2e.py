@@ -203,7 +203,8 @@ def test_the_invoke_command_lists_the_tasks(tmp_path):
 
 def test_every_fabdeploy_task_is_a_fleet_task():
     """Each task in `from fabdeploy.tasks import *` is called once for all -H hosts by FleetExecutor."""
-    from fabdeploy import executor, tasks
+    from fabdeploy import executor
+    from fabdeploy import tasks
     assert sorted(tasks.__all__) == ["deploy", "logs", "manage", "releases", "rollback", "status", "unlock"]
     for name in tasks.__all__:
         assert executor.is_fleet_task(getattr(tasks, name)), name

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from fabdeploy import detach, lock
-from fabdeploy.fleet import deferred_interrupt, signals_as_interrupt
-from fabdeploy.script import MARK, Phase, Script, fail_expanded, parse_facts
+from fabdeploy.remote import detach
+
+from fabdeploy.steps import lock
+from fabdeploy.hosts.fleet import deferred_interrupt, signals_as_interrupt
+from fabdeploy.remote.markers import MARK, fail_expanded, parse_facts
+from fabdeploy.remote.script import Phase, Script
 from test_ops_builders import ALICE, BOB, LockLab
 from test_phases import REL_ID, err, make_cfg, sh
 

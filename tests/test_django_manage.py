@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 from fabdeploy.config import parse_config
-from fabdeploy.django_manage import remainder, remote_command, wrapper
-from fabdeploy.layout import Layout
+from fabdeploy.ops.manage import remainder, remote_command, wrapper
+from fabdeploy.hosts.layout import Layout
 
 HOSTILE = ["shell", "-c", "print('a b'); $(touch PWNED) `touch PWNED`", "it's", "", "-n", "*"]
 REPORT = ("import json, os, sys; print(json.dumps({'args': sys.argv[1:], 'cwd': os.getcwd(), "

@@ -13,9 +13,15 @@ import time
 
 import pytest
 
-from fabdeploy import firewall, phases, roles
-from fabdeploy.layout import Layout
-from fabdeploy.script import MARK, Phase, Script, q
+from fabdeploy.front import firewall
+
+from fabdeploy.hosts import roles
+
+from fabdeploy.front import firewall
+from fabdeploy.hosts.layout import Layout
+from fabdeploy.remote.markers import MARK
+from fabdeploy.remote.script import Phase, Script
+from fabdeploy.remote.shell import q
 from test_phases import err, fakebin, make_cfg, out  # noqa: F401 (a fixture)
 from test_roles import lb_cfg
 
@@ -40,7 +46,7 @@ def test_literal_and_named_balancers_become_v4_and_v6_rules_nft_accepts(tmp_path
                      {"host": "deploy@lb3", "address": "lb6.example.test"}, {"host": "deploy@lb4", "address": "[fd00::7]"}))
     assert firewall.lb_sources(cfg) == (["10.0.0.10"], ["fd00::7"], ["lb.example.test", "lb6.example.test"])
     app = roles.servers(cfg)[0]
-    proc = run_with_hosts(tmp_path, phases.firewall(cfg, app, str(tmp_path)), fakebin.env)
+    proc = run_with_hosts(tmp_path, firewall.firewall(cfg, app, str(tmp_path)), fakebin.env)
     assert proc.returncode == 0, err(proc)
     rules = (tmp_path / "firewall.nft").read_text()
     assert "tcp dport 8001 ip saddr { 10.0.0.10 } accept" in rules
@@ -54,7 +60,7 @@ def test_literal_and_named_balancers_become_v4_and_v6_rules_nft_accepts(tmp_path
 
 def test_a_balancer_name_that_does_not_resolve_is_one_line(tmp_path, fakebin):
     cfg = lb_cfg(lb=({"host": "deploy@lb2", "address": "nowhere.invalid"},))
-    proc = run_with_hosts(tmp_path, phases.firewall(cfg, roles.servers(cfg)[0], str(tmp_path)), fakebin.env)
+    proc = run_with_hosts(tmp_path, firewall.firewall(cfg, roles.servers(cfg)[0], str(tmp_path)), fakebin.env)
     assert proc.returncode == 1
     assert errors(proc) == [f"{MARK} error load balancer nowhere.invalid does not resolve on this host (getent "
                             "ahosts nowhere.invalid): its firewall could not let it in to uWSGI port 8001; give "

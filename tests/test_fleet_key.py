@@ -7,9 +7,16 @@ import subprocess
 
 import pytest
 
-from fabdeploy import phases, secret_key
+from fabdeploy.steps import secret_key
+
+from fabdeploy.steps import activate
+
+from fabdeploy.steps import code
+
+from fabdeploy.steps import django_app
 from fabdeploy.errors import FabdeployError
-from fabdeploy.script import MARK, Script, parse_facts
+from fabdeploy.remote.markers import MARK, parse_facts
+from fabdeploy.remote.script import Script
 from test_config import config_error, raw
 from test_phases import _sample_bundle, _sample_cfg, make_rel
 
@@ -77,7 +84,7 @@ def test_code_phase_installs_the_given_key_and_stages_a_replacement(tmp_path):
         (deploy_to / d).mkdir(parents=True)
     cfg = _sample_cfg(deploy_to)
     key = "the-fleet-key-" + "x" * 40
-    script = Script([phases.code(cfg, make_rel(), key)], (key,))
+    script = Script([code.code(cfg, make_rel(), key)], (key,))
     assert key in script.text() and key not in script.display()
     proc = subprocess.run(["sh", "-c", script.text()], input=_sample_bundle(), capture_output=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -87,13 +94,13 @@ def test_code_phase_installs_the_given_key_and_stages_a_replacement(tmp_path):
     # a host with another key: staged, and installed by the switch (not before: the live site keeps its key)
     other = make_rel("20260101T000000Z-bbbbbbb")
     path.write_text("old-key\n")
-    proc = subprocess.run(["sh", "-c", Script([phases.code(cfg, other, key)]).text()], input=_sample_bundle(),
+    proc = subprocess.run(["sh", "-c", Script([code.code(cfg, other, key)]).text()], input=_sample_bundle(),
                           capture_output=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert path.read_text() == "old-key\n"
     staged = deploy_to / "tmp" / other.id / "secret_key"
     assert staged.read_text() == key + "\n" and staged.stat().st_mode & 0o777 == 0o600
-    switch = "\n".join(ln for ln in phases.switch(cfg, other).lines if "secret_key" in ln)
+    switch = "\n".join(ln for ln in activate.switch(cfg, other).lines if "secret_key" in ln)
     proc = subprocess.run(["sh", "-c", f"set -e\n{switch}"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert path.read_text() == key + "\n" and not staged.exists()
@@ -101,7 +108,7 @@ def test_code_phase_installs_the_given_key_and_stages_a_replacement(tmp_path):
 
 
 def test_status_names_app_hosts_whose_keys_differ():
-    from fabdeploy.report import key_drift
+    from fabdeploy.ops.report import key_drift
     same = [{"host": "a", "secret_key_fp": "1" * 16}, {"host": "b", "secret_key_fp": "1" * 16},
             {"host": "lb", "role": "lb"}]
     assert key_drift(same) == ""
@@ -111,7 +118,7 @@ def test_status_names_app_hosts_whose_keys_differ():
                                  "(fab deploy --adopt-secret-key HOST)")
 
 
-# --- the migration lock (phases.MIGRATE_LOCK_PY), run for real with this interpreter's Django and SQLite ---
+# --- the migration lock (django_app.MIGRATE_LOCK_PY), run for real with this interpreter's Django and SQLite ---
 
 def _lock_env(tmp_path):
     import os
@@ -121,7 +128,7 @@ def _lock_env(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(SAMPLE, src, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3"))
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "sampleproject.settings"}
-    return src, env, [sys.executable, "-c", phases.MIGRATE_LOCK_PY]
+    return src, env, [sys.executable, "-c", django_app.MIGRATE_LOCK_PY]
 
 
 def test_migration_lock_lets_one_command_run_at_a_time(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fabdeploy import health
+from fabdeploy.steps import health
 from fabdeploy.config import parse_config
 from fabdeploy.errors import ConfigError
 from test_config import raw

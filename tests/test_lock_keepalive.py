@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import time
 
-from fabdeploy import lock
-from fabdeploy.script import MARK, Phase, Script
+from fabdeploy.steps import lock
+from fabdeploy.remote.markers import MARK
+from fabdeploy.remote.script import Phase, Script
 from test_ops_builders import ALICE, BOB, LockLab
 from test_phases import err, out, sh
 

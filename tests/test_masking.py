@@ -13,13 +13,26 @@ from fabric import Connection
 from invoke import Context
 from invoke.exceptions import Exit
 
-from fabdeploy import lock, output, phases, plan, tasks
+from fabdeploy.steps import lock
+
+from fabdeploy import output
+
+from fabdeploy.ops import plan
+
+from fabdeploy import tasks
+
+from fabdeploy import model
+
+from fabdeploy.steps import code
+
+from fabdeploy.steps import configure
 from fabdeploy.config import parse_config
-from fabdeploy.connect import prepare
+from fabdeploy.hosts.connect import prepare
 from fabdeploy.errors import FabdeployError
-from fabdeploy.lock import LockOwner
-from fabdeploy.runner import PhaseResult
-from fabdeploy.script import MASK, Script, mask, q
+from fabdeploy.steps.lock import LockOwner
+from fabdeploy.remote.runner import PhaseResult
+from fabdeploy.remote.script import MASK, Script, mask
+from fabdeploy.remote.shell import q
 
 DB_URL = "postgres://app:Db-pa55word@db.internal/shop"
 INNOCUOUS = "zq81-innocuous-value"
@@ -58,8 +71,8 @@ def test_mask_covers_the_ini_and_shell_quoted_forms():
 
 def test_every_env_value_of_four_or_more_characters_is_masked_in_the_displayed_script():
     cfg = make_cfg()
-    shown = Script([phases.config(cfg, phases.Release("r1", "a" * 40, "main", "git", "t", "me", "v"),
-                                  phases.Facts())], tuple(cfg.secret_values())).display()
+    shown = Script([configure.config(cfg, model.Release("r1", "a" * 40, "main", "git", "t", "me", "v"),
+                                  model.Facts())], tuple(cfg.secret_values())).display()
     assert "env = DATABASE_URL=" in shown and not leaked(shown)
     assert "env = DEBUG=1" in shown  # short values stay (they would mask unrelated text)
 
@@ -126,7 +139,7 @@ def test_plan_diff_says_changed_without_old_or_new_values():
 
 def test_plan_diff_of_app_env_and_unchanged_files():
     cfg = make_cfg()
-    new = phases.env_file_text(cfg)
+    new = code.env_file_text(cfg)
     old = new.replace(q(INNOCUOUS), "'an-old-value'")
     shown = plan._diff("app.env", old, new, plan.APP_ENV_LINE)
     assert f"+COLOR={MASK} (changed)" in shown and "an-old-value" not in shown and not leaked(shown)

@@ -19,15 +19,26 @@ from pathlib import Path
 
 import pytest
 
-from fabdeploy import health, hooks, lock, phases
+from fabdeploy.steps import health
+
+from fabdeploy import hooks
+
+from fabdeploy.steps import lock
+
+from fabdeploy.steps import code
+
+from fabdeploy.steps import django_app
 from fabdeploy.errors import FabdeployError
-from fabdeploy.layout import SETTINGS_MODULE, Layout
-from fabdeploy.lock import LockOwner
-from fabdeploy.script import MARK, Phase, Script, q
+from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
+from fabdeploy.steps.lock import LockOwner
+from fabdeploy.remote.markers import MARK
+from fabdeploy.remote.script import Phase, Script
+from fabdeploy.remote.shell import q
 from test_phases import REL_ID, _fresh_release, _sample_bundle, err, make_cfg, make_rel, notes, out, sh
 
-# (the package exports the `rollback` task under the same name as the module)
-rollback = importlib.import_module("fabdeploy.rollback")
+# the rollback's phases, and the task's logic (the package exports the `rollback` task under the module's name)
+rollback = importlib.import_module("fabdeploy.steps.rollback")
+rollback_ops = importlib.import_module("fabdeploy.ops.rollback")
 
 # === lock =====================================================================================================
 
@@ -702,7 +713,7 @@ def test_rollback_script_lock_select_finish_audits_the_target(tmp_path):
     """The whole rollback script minus the uWSGI restart: locked, switched, audited with the target, unlocked."""
     lab = RollbackLab(tmp_path)
     owner = LockOwner("rollback", "alice", "d4d4d4d4d4d4d4d4", 1, "now")
-    full = rollback.rollback_script(lab.cfg, owner, None, False, 0)
+    full = rollback_ops.rollback_script(lab.cfg, owner, None, False, 0)
     assert full.names == ["lock", "rollback", "restart", "finish"]
     proc = sh(Script([p for p in full.phases if p.name != "restart"]), tmp_path)
     assert proc.returncode == 0, err(proc)
@@ -716,7 +727,7 @@ def test_rollback_script_refuses_while_locked(tmp_path):
     lab = RollbackLab(tmp_path)
     assert sh(Script([Phase("lock", lock.acquire(lab.cfg, ALICE))]), tmp_path).returncode == 0
     owner = LockOwner("rollback", "bob", "e5e5e5e5e5e5e5e5", 1, "now")
-    proc = sh(rollback.rollback_script(lab.cfg, owner, None, False, 0), tmp_path)
+    proc = sh(rollback_ops.rollback_script(lab.cfg, owner, None, False, 0), tmp_path)
     assert proc.returncode == 75
     assert lab.state() == lab.before
 
@@ -724,7 +735,7 @@ def test_rollback_script_refuses_while_locked(tmp_path):
 @pytest.mark.parametrize("to", ["../../etc", "20260101T000000Z-abcdef1/../../x", "current", "2026; rm -rf /", "-rf"])
 def test_rollback_all_refuses_a_to_that_is_not_a_release_id(to):
     with pytest.raises(FabdeployError, match="is not a release id"):
-        rollback.rollback_all([], make_cfg(), None, to, False)
+        rollback_ops.rollback_all([], make_cfg(), None, to, False)
 
 
 # --- rollback against a real Django database ---------------------------------------------------------------------
@@ -744,10 +755,10 @@ def test_rollback_sees_the_real_migration_the_target_does_not_know(tmp_path):
     flags = {"collectstatic": False, "check_deploy": False}
     a, b = make_rel(R1), make_rel(R2)
     cfg, lay, _ = _fresh_release(tmp_path, rel=a, django=flags)
-    assert sh(Script([phases.django(cfg, a)]), tmp_path).returncode == 0
-    assert sh(Script([phases.code(cfg, b)]), tmp_path, stdin=_sample_bundle()).returncode == 0
+    assert sh(Script([django_app.django(cfg, a)]), tmp_path).returncode == 0
+    assert sh(Script([code.code(cfg, b)]), tmp_path, stdin=_sample_bundle()).returncode == 0
     Path(lay.release(b.id), "pages", "migrations", "0002_tag.py").write_text(MIGRATION_0002)
-    proc = sh(Script([phases.django(cfg, b)]), tmp_path)
+    proc = sh(Script([django_app.django(cfg, b)]), tmp_path)
     assert proc.returncode == 0 and notes(out(proc))[0] == "1 migrations applied", err(proc)
     for r in (a, b):
         Path(lay.release(r.id), ".fabdeploy", "uwsgi.ini").write_text(f"ini of {r.id}\n")

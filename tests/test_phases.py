@@ -20,12 +20,39 @@ from pathlib import Path
 
 import pytest
 
-from fabdeploy import hooks, phases
+from fabdeploy import hooks
+
+from fabdeploy.appserver import uwsgi
+
+from fabdeploy.front import nginx
+
+from fabdeploy.remote import shell
+
+from fabdeploy.steps import activate
+
+from fabdeploy.steps import cleanup
+
+from fabdeploy.steps import code
+
+from fabdeploy.steps import configure
+
+from fabdeploy.steps import django_app
+
+from fabdeploy.steps import live_check
+
+from fabdeploy.steps import setup
+
+from fabdeploy.steps import static
+
+from fabdeploy.steps import venv
 from fabdeploy.config import parse_config
-from fabdeploy.layout import RELEASE_ID, Layout, nginx_site_paths
-from fabdeploy.phases import SETTINGS_MODULE, Facts, Release
-from fabdeploy.script import MARK, MASK, Phase, Script, fact, mask, parse_facts, q, write_file
-from fabdeploy.source import bundle
+from fabdeploy.hosts.layout import RELEASE_ID, Layout, nginx_site_paths
+from fabdeploy.hosts.layout import SETTINGS_MODULE
+from fabdeploy.model import Facts, Release
+from fabdeploy.remote.markers import MARK, fact, parse_facts
+from fabdeploy.remote.script import MASK, Phase, Script, mask
+from fabdeploy.remote.shell import q, write_file
+from fabdeploy.local.source import bundle
 
 SAMPLE = Path(__file__).resolve().parent / "sample_project"
 REL_ID = "20260101T000000Z-abcdef0"
@@ -274,13 +301,13 @@ def test_release_metadata_is_sorted_json():
 
 def test_fingerprint_changes_with_what_a_deploy_produces():
     cfg = make_cfg()
-    base = phases.fingerprint(cfg, "a" * 40, b"Django\n")
-    assert base == phases.fingerprint(cfg, "a" * 40, b"Django\n")  # stable
-    assert base != phases.fingerprint(cfg, "b" * 40, b"Django\n")  # another revision
-    assert base != phases.fingerprint(cfg, "a" * 40, b"Django\nsqlparse\n")  # other requirements
-    assert base != phases.fingerprint(make_cfg(uwsgi={"processes": 9}), "a" * 40, b"Django\n")  # uwsgi.ini
-    assert base != phases.fingerprint(make_cfg(nginx={"listen": 8080}), "a" * 40, b"Django\n")  # nginx site
-    assert base != phases.fingerprint(make_cfg(django={"env": {"A": "1"}}), "a" * 40, b"Django\n")
+    base = live_check.fingerprint(cfg, "a" * 40, b"Django\n")
+    assert base == live_check.fingerprint(cfg, "a" * 40, b"Django\n")  # stable
+    assert base != live_check.fingerprint(cfg, "b" * 40, b"Django\n")  # another revision
+    assert base != live_check.fingerprint(cfg, "a" * 40, b"Django\nsqlparse\n")  # other requirements
+    assert base != live_check.fingerprint(make_cfg(uwsgi={"processes": 9}), "a" * 40, b"Django\n")  # uwsgi.ini
+    assert base != live_check.fingerprint(make_cfg(nginx={"listen": 8080}), "a" * 40, b"Django\n")  # nginx site
+    assert base != live_check.fingerprint(make_cfg(django={"env": {"A": "1"}}), "a" * 40, b"Django\n")
 
 
 def live_release_with_fingerprint(tmp_path, fp: str):
@@ -298,7 +325,7 @@ def live_release_with_fingerprint(tmp_path, fp: str):
 def test_unchanged_exit_matches_only_the_live_fingerprint(tmp_path):
     cfg, lay = live_release_with_fingerprint(tmp_path, "f" * 20)
     Path(lay.pidfile).write_text(str(os.getpid()))  # "uwsgi" must be the live process' name: it is not
-    script = Script([Phase("setup", [*phases.unchanged_exit(cfg, "f" * 20, ["echo AFTER"]), "echo BUILT"])])
+    script = Script([Phase("setup", [*live_check.unchanged_exit(cfg, "f" * 20, ["echo AFTER"]), "echo BUILT"])])
     assert "BUILT" in out(sh(script, tmp_path))  # app server not alive: deploy anyway
 
 
@@ -312,7 +339,7 @@ def test_facts_parse_with_defaults():
 # === setup ====================================================================================================
 
 def test_setup_uses_sudo_for_deploy_to_only_when_it_is_missing():
-    lines = phases.setup(make_cfg("/srv/shop")).lines
+    lines = setup.setup(make_cfg("/srv/shop")).lines
     i = lines.index("if [ ! -d /srv/shop ]; then")
     block = lines[i:lines.index("fi", i) + 1]
     assert "  sudo -n mkdir -p /srv/shop" in block
@@ -322,7 +349,7 @@ def test_setup_uses_sudo_for_deploy_to_only_when_it_is_missing():
 
 
 def test_setup_creates_the_whole_layout_without_sudo():
-    lines = phases.setup(make_cfg("/srv/shop", paths={"shared_dirs": ["media", "uploads/private"]})).lines
+    lines = setup.setup(make_cfg("/srv/shop", paths={"shared_dirs": ["media", "uploads/private"]})).lines
     mkdir = next(ln for ln in lines if ln.startswith("mkdir -p "))
     assert set(mkdir.split()[2:]) == {"/srv/shop/releases", "/srv/shop/venvs", "/srv/shop/tmp", "/srv/shop/shared",
                                       "/srv/shop/shared/log", "/srv/shop/shared/run", "/srv/shop/shared/config",
@@ -332,11 +359,11 @@ def test_setup_creates_the_whole_layout_without_sudo():
 
 @pytest.mark.parametrize("layout,line", [("sites", "nginx_layout=sites"), ("conf.d", "nginx_layout=conf.d")])
 def test_setup_fixed_nginx_layout(layout, line):
-    assert line in phases.setup(make_cfg(nginx={"layout": layout})).lines
+    assert line in setup.setup(make_cfg(nginx={"layout": layout})).lines
 
 
 def test_setup_reports_every_fact():
-    text = "\n".join(phases.setup(make_cfg()).lines)
+    text = "\n".join(setup.setup(make_cfg()).lines)
     for key in ("python_version", "nginx_layout", "nginx_user", "nginx_pid", "current", "venvs", "user"):
         assert f'echo "{MARK} fact {key}=' in text
 
@@ -346,7 +373,7 @@ def _id(flag: str) -> str:
 
 
 def _deploy_to_block(cfg) -> list[str]:
-    lines = phases.setup(cfg).lines
+    lines = setup.setup(cfg).lines
     return lines[:next(i for i, ln in enumerate(lines) if ln.startswith("[ -w ")) + 1]
 
 
@@ -385,7 +412,7 @@ def test_setup_runs_and_reports_facts(tmp_path, fakebin):
     (deploy_to / "venvs" / "halfbuilt").mkdir()
     (deploy_to / "releases" / REL_ID).mkdir(parents=True)
     os.symlink(lay.release(REL_ID), lay.current)
-    proc = sh(Script([phases.setup(cfg)]), tmp_path, env=fakebin.env)
+    proc = sh(Script([setup.setup(cfg)]), tmp_path, env=fakebin.env)
     assert proc.returncode == 0, err(proc)
     facts = Facts.parse(parse_facts(out(proc)))
     assert facts.python_version == "%d.%d.%d" % sys.version_info[:3]
@@ -401,7 +428,7 @@ def test_setup_runs_and_reports_facts(tmp_path, fakebin):
     assert run.st_gid == int(subprocess.run(["id", "-g", "www-data"], capture_output=True, text=True).stdout)
     assert "chgrp" in fakebin.log()
     (tmp_path / "sudo.log").unlink()
-    proc = sh(Script([phases.setup(cfg)]), tmp_path, env=fakebin.env)
+    proc = sh(Script([setup.setup(cfg)]), tmp_path, env=fakebin.env)
     assert proc.returncode == 0 and fakebin.log() == ""  # nothing left that needs sudo
 
 
@@ -414,7 +441,7 @@ SECRET_ENV = {"DB_PASSWORD": "hunter2-pw", "API_TOKEN": "tok'en; $HOME `x`", "DE
 def test_code_phase_writes_release_json_and_settings():
     cfg = make_cfg("/srv/shop", nginx={"server_name": "example.com www.example.com"})
     rel = make_rel()
-    lines = phases.code(cfg, rel).lines
+    lines = code.code(cfg, rel).lines
     R = f"/srv/shop/releases/{REL_ID}"
     assert json.loads(written(lines, f"{R}/.fabdeploy/release.json")) == json.loads(rel.metadata())
     assert written(lines, f"{R}/.fabdeploy/venv") == VENV + "\n"
@@ -430,7 +457,7 @@ def test_code_phase_writes_release_json_and_settings():
 
 
 def test_code_phase_unpacks_stdin_into_a_new_release_only():
-    lines = phases.code(make_cfg("/srv/shop"), make_rel()).lines
+    lines = code.code(make_cfg("/srv/shop"), make_rel()).lines
     R, T = f"/srv/shop/releases/{REL_ID}", f"/srv/shop/tmp/{REL_ID}"
     assert lines[0].startswith(f"[ ! -e {R} ] || ")
     assert f"tar -xzf - -C {T}" in lines
@@ -440,7 +467,7 @@ def test_code_phase_unpacks_stdin_into_a_new_release_only():
 
 def test_code_phase_env_file_is_quoted_and_private():
     cfg = make_cfg(django={"env": SECRET_ENV})
-    lines = phases.code(cfg, make_rel()).lines
+    lines = code.code(cfg, make_rel()).lines
     env_file = written(lines, "/srv/shop/shared/config/app.env")
     assert env_file.splitlines() == [f"{k}={q(v)}" for k, v in sorted(SECRET_ENV.items())]
     i = next(i for i, ln in enumerate(lines) if "app.env.fabdeploy-tmp) <<" in ln)
@@ -448,7 +475,7 @@ def test_code_phase_env_file_is_quoted_and_private():
 
 
 def test_code_phase_links_shared_dirs():
-    lines = phases.code(make_cfg(paths={"shared_dirs": ["media", "uploads/private"]}), make_rel()).lines
+    lines = code.code(make_cfg(paths={"shared_dirs": ["media", "uploads/private"]}), make_rel()).lines
     R = f"/srv/shop/releases/{REL_ID}"
     for d in ("media", "uploads/private"):
         i = lines.index(f"ln -s /srv/shop/shared/{d} {R}/{d}")
@@ -458,7 +485,7 @@ def test_code_phase_links_shared_dirs():
 
 def test_secret_key_is_generated_on_the_host_and_never_in_a_script():
     cfg = make_cfg(django={"env": {"DB_PASSWORD": "hunter2-pw"}})
-    text = Script([phases.code(cfg, make_rel())]).text()
+    text = Script([code.code(cfg, make_rel())]).text()
     line = next(ln for ln in text.splitlines() if "secret_key" in ln and "token_urlsafe" in ln)
     assert line.startswith("if [ ! -s /srv/shop/shared/secret_key ]; then (umask 077; python3 -c ")
     assert "chmod 600 /srv/shop/shared/secret_key" in text
@@ -469,9 +496,9 @@ def test_no_secret_appears_in_any_displayed_script():
     env = {"DB_PASSWORD": "hunter2-pw", "API_TOKEN": "tok'en; $HOME", "AWS_SECRET_ACCESS_KEY": "AKIA/xyz+1"}
     cfg = make_cfg(django={"env": env})
     rel, facts = make_rel(), Facts()
-    built = [phases.setup(cfg), phases.code(cfg, rel), phases.venv(cfg, rel), phases.django(cfg, rel),
-             phases.config(cfg, rel, facts), phases.switch(cfg, rel), phases.restart(cfg, rel, facts),
-             phases.cleanup(cfg, rel), phases.abandon(cfg, rel)]
+    built = [setup.setup(cfg), code.code(cfg, rel), venv.venv(cfg, rel), django_app.django(cfg, rel),
+             configure.config(cfg, rel, facts), activate.switch(cfg, rel), activate.restart(cfg, rel, facts),
+             cleanup.cleanup(cfg, rel), cleanup.abandon(cfg, rel)]
     script = Script(built, tuple(cfg.secret_values()))
     assert "hunter2-pw" in script.text()  # it has to get to app.env and the uWSGI ini
     shown = script.display()
@@ -482,7 +509,7 @@ def test_no_secret_appears_in_any_displayed_script():
 
 def test_percent_secret_is_masked_in_the_uwsgi_ini():
     cfg = make_cfg(django={"env": {"DB_PASSWORD": "p%ss-word-42"}})
-    shown = Script([phases.config(cfg, make_rel(), Facts())], tuple(cfg.secret_values())).display()
+    shown = Script([configure.config(cfg, make_rel(), Facts())], tuple(cfg.secret_values())).display()
     assert "ss-word-42" not in shown
 
 
@@ -509,7 +536,7 @@ def _render_settings(tmp_path, **cfg_sections) -> tuple[Path, Path]:
     deploy_to = tmp_path / "srv"
     cfg = make_cfg(deploy_to, project={"django_settings": "fakeproj.settings"}, **cfg_sections)
     lay = Layout(str(deploy_to))
-    content = written(phases.code(cfg, make_rel()).lines, f"{lay.release(REL_ID)}/{SETTINGS_MODULE}.py")
+    content = written(code.code(cfg, make_rel()).lines, f"{lay.release(REL_ID)}/{SETTINGS_MODULE}.py")
     release = tmp_path / "release"
     (release / "fakeproj").mkdir(parents=True)
     (release / "fakeproj" / "__init__.py").write_text("")
@@ -628,7 +655,7 @@ def deployed(tmp_path_factory):
     cfg = _sample_cfg(deploy_to, django={"env": env}, paths={"shared_dirs": ["media", "uploads/private"]})
     lay = _setup_dirs(deploy_to)
     rel = make_rel()
-    proc = sh(Script([phases.code(cfg, rel)]), root, stdin=_sample_bundle())
+    proc = sh(Script([code.code(cfg, rel)]), root, stdin=_sample_bundle())
     return {"root": root, "cfg": cfg, "lay": lay, "rel": rel, "proc": proc, "env": env}
 
 
@@ -670,11 +697,11 @@ def test_code_phase_run_env_file_sources_to_the_exact_values(deployed):
 
 def test_code_phase_refuses_an_existing_release_and_keeps_the_secret_key(deployed):
     key_before = Path(deployed["lay"].secret_key).read_text()
-    proc = sh(Script([phases.code(deployed["cfg"], deployed["rel"])]), deployed["root"], stdin=_sample_bundle())
+    proc = sh(Script([code.code(deployed["cfg"], deployed["rel"])]), deployed["root"], stdin=_sample_bundle())
     assert proc.returncode == 1
     assert f"release {REL_ID} already exists on the host" in err(proc)
     other = make_rel("20260102T000000Z-abcdef1")
-    proc = sh(Script([phases.code(deployed["cfg"], other)]), deployed["root"], stdin=_sample_bundle())
+    proc = sh(Script([code.code(deployed["cfg"], other)]), deployed["root"], stdin=_sample_bundle())
     assert proc.returncode == 0, err(proc)
     assert Path(deployed["lay"].secret_key).read_text() == key_before
     assert notes(out(proc)) == []
@@ -687,14 +714,14 @@ def test_code_phase_rejects_an_archive_without_release(tmp_path):
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         info = tarfile.TarInfo("other/file")
         tar.addfile(info, io.BytesIO(b""))
-    proc = sh(Script([phases.code(_sample_cfg(deploy_to), make_rel())]), tmp_path, stdin=buf.getvalue())
+    proc = sh(Script([code.code(_sample_cfg(deploy_to), make_rel())]), tmp_path, stdin=buf.getvalue())
     assert proc.returncode == 1 and "the uploaded archive is incomplete" in err(proc)
 
 
 def test_code_phase_requires_manage_py(tmp_path):
     deploy_to = tmp_path / "app"
     (deploy_to / "releases").mkdir(parents=True)
-    proc = sh(Script([phases.code(_sample_cfg(deploy_to, project={"manage": "src/manage.py"}), make_rel())]),
+    proc = sh(Script([code.code(_sample_cfg(deploy_to, project={"manage": "src/manage.py"}), make_rel())]),
               tmp_path, stdin=_sample_bundle())
     assert proc.returncode == 1 and "src/manage.py not found in the release (project.manage)" in err(proc)
 
@@ -703,13 +730,13 @@ def test_code_phase_requires_manage_py(tmp_path):
 
 def test_django_phase_lines():
     cfg = make_cfg()
-    lines = phases.django(cfg, make_rel()).lines
+    lines = django_app.django(cfg, make_rel()).lines
     assert lines[:4] == [f"cd /srv/shop/releases/{REL_ID}", "umask 027",
                          f"export DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} FABDEPLOY_RELEASE={REL_ID}",
                          "set -a; . /srv/shop/shared/config/app.env; set +a"]
     # first of all: the WSGI app imports under the production settings (before migrate touches the db)
     block = _wsgi_import_block(lines)
-    assert block[0].startswith(f"out=$(/srv/shop/venvs/{VENV}/bin/python -c {q(phases.WSGI_IMPORT_PY)} "
+    assert block[0].startswith(f"out=$(/srv/shop/venvs/{VENV}/bin/python -c {q(django_app.WSGI_IMPORT_PY)} "
                                "shop.wsgi:application 2>&1) ||")
     assert "the WSGI application shop.wsgi:application does not import with the production settings" in "\n".join(block)
     text = "\n".join(lines)
@@ -719,21 +746,21 @@ def test_django_phase_lines():
     assert f"{manage} check --deploy" in text
     # migrate runs under the project's migration lock (app hosts sharing a database take turns)
     assert lines[4 + len(block)].startswith(
-        f"out=$(/srv/shop/venvs/{VENV}/bin/python -c {q(phases.MIGRATE_LOCK_PY)} fabdeploy-migrate-shop "
-        f"{phases.MIGRATE_LOCK_WAIT} {manage} migrate --noinput 2>&1)")
+        f"out=$(/srv/shop/venvs/{VENV}/bin/python -c {q(django_app.MIGRATE_LOCK_PY)} fabdeploy-migrate-shop "
+        f"{django_app.MIGRATE_LOCK_WAIT} {manage} migrate --noinput 2>&1)")
 
 
 def _wsgi_import_block(lines: list[str]) -> list[str]:
     """The lines of the django phase between its environment (4 lines) and its first manage.py command."""
     rest = lines[4:]
     end = next((i for i, ln in enumerate(rest) if " manage.py " in ln), len(rest))
-    assert rest[0].startswith("out=$(") and f"-c {q(phases.WSGI_IMPORT_PY)} " in rest[0]
+    assert rest[0].startswith("out=$(") and f"-c {q(django_app.WSGI_IMPORT_PY)} " in rest[0]
     return rest[:end]
 
 
 def test_django_phase_flags():
     cfg = make_cfg(django={"migrate": False, "collectstatic": False, "check_deploy": False})
-    lines = phases.django(cfg, make_rel()).lines
+    lines = django_app.django(cfg, make_rel()).lines
     # cd, umask, export, env file, and the WSGI import check (never optional); no manage.py command at all
     assert lines[4:] == _wsgi_import_block(lines)
     assert not any("manage.py" in ln for ln in lines)
@@ -743,7 +770,7 @@ def test_django_phase_runs_migrate_collectstatic_and_check(deployed):
     lay, cfg, rel = deployed["lay"], deployed["cfg"], deployed["rel"]
     assert deployed["proc"].returncode == 0
     _fake_venv_python(lay, rel)
-    proc = sh(Script([phases.django(cfg, rel)]), deployed["root"])
+    proc = sh(Script([django_app.django(cfg, rel)]), deployed["root"])
     assert proc.returncode == 0, err(proc) + out(proc)
     first = notes(out(proc))
     assert first[0].endswith(" migrations applied") and int(first[0].split()[0]) > 0
@@ -754,7 +781,7 @@ def test_django_phase_runs_migrate_collectstatic_and_check(deployed):
     # collected into this release's own static root, not into shared/static itself
     assert Path(lay.static, rel.id, "pages", "site.css").read_text() == (SAMPLE / "pages/static/pages/site.css").read_text()
     assert not Path(lay.static, "pages").exists()
-    again = sh(Script([phases.django(cfg, rel)]), deployed["root"])
+    again = sh(Script([django_app.django(cfg, rel)]), deployed["root"])
     assert again.returncode == 0 and notes(out(again))[0] == "0 migrations applied"
 
 
@@ -772,7 +799,7 @@ def _fresh_release(tmp_path, rel=None, bundle_bytes=None, **sections):
     lay = _setup_dirs(deploy_to)
     cfg = _sample_cfg(deploy_to, **sections)
     rel = rel or make_rel()
-    proc = sh(Script([phases.code(cfg, rel)]), tmp_path, stdin=bundle_bytes or _sample_bundle())
+    proc = sh(Script([code.code(cfg, rel)]), tmp_path, stdin=bundle_bytes or _sample_bundle())
     assert proc.returncode == 0, err(proc)
     _fake_venv_python(lay, rel)
     return cfg, lay, rel
@@ -785,7 +812,7 @@ def test_django_phase_stops_before_migrate_when_the_app_does_not_import(tmp_path
     if breakage == "urls":  # the URLconf (imported by the first request) is broken
         with open(Path(lay.release(rel.id), "pages", "urls.py"), "a") as f:
             f.write("\nraise ImportError('broken-urlconf-marker')\n")
-    proc = sh(Script([phases.django(cfg, rel)]), tmp_path)
+    proc = sh(Script([django_app.django(cfg, rel)]), tmp_path)
     assert proc.returncode == 1
     assert f"the WSGI application {wsgi} does not import with the production settings" in err(proc)
     assert ("nosuchmodule" if breakage == "wsgi" else "broken-urlconf-marker") in err(proc)  # the cause, shown
@@ -809,7 +836,7 @@ def test_code_phase_seeds_the_static_root_with_hard_links_from_the_live_one(tmp_
     os.symlink(OLD_ID, Path(lay.static, "current"))  # relative, as static_switch makes it
     (Path(lay.static, REL_ID)).mkdir()
     (Path(lay.static, REL_ID, "leftover-from-an-abandoned-try")).write_text("x")
-    proc = sh(Script([phases.code(_sample_cfg(deploy_to), make_rel())]), tmp_path, stdin=_sample_bundle())
+    proc = sh(Script([code.code(_sample_cfg(deploy_to), make_rel())]), tmp_path, stdin=_sample_bundle())
     assert proc.returncode == 0, err(proc)
     new = Path(lay.static, REL_ID)
     assert sorted(p.relative_to(new).as_posix() for p in new.rglob("*")) == ["admin.css", "pages", "pages/site.css"]
@@ -828,18 +855,18 @@ def test_collectstatic_never_modifies_the_live_static_files(tmp_path):
     """Release A collects and goes live; release B changes a file: A's root keeps its bytes and inode."""
     flags = {"migrate": False, "check_deploy": False}
     cfg, lay, a = _fresh_release(tmp_path, rel=make_rel(OLD_ID), django=flags)
-    proc = sh(Script([phases.django(cfg, a), Phase("live", phases.static_switch(cfg, q(a.id)))]), tmp_path)
+    proc = sh(Script([django_app.django(cfg, a), Phase("live", static.static_switch(cfg, q(a.id)))]), tmp_path)
     assert proc.returncode == 0, err(proc)
     live_css = Path(lay.static, a.id, "pages", "site.css")
     original, inode = live_css.read_text(), live_css.stat().st_ino
     admin_css = next(Path(lay.static, a.id, "admin").rglob("*.css")).relative_to(lay.static + "/" + a.id)
     b = make_rel(REL_ID)
-    assert sh(Script([phases.code(cfg, b)]), tmp_path, stdin=_sample_bundle()).returncode == 0
+    assert sh(Script([code.code(cfg, b)]), tmp_path, stdin=_sample_bundle()).returncode == 0
     source = Path(lay.release(b.id), "pages", "static", "pages", "site.css")
     source.write_text("/* changed in release B */\n")
     future = source.stat().st_mtime + 60  # collectstatic compares whole seconds
     os.utime(source, (future, future))
-    proc = sh(Script([phases.django(cfg, b)]), tmp_path)
+    proc = sh(Script([django_app.django(cfg, b)]), tmp_path)
     assert proc.returncode == 0, err(proc)
     assert live_css.read_text() == original and live_css.stat().st_ino == inode
     assert Path(lay.static, b.id, "pages", "site.css").read_text() == "/* changed in release B */\n"
@@ -850,7 +877,7 @@ def test_collectstatic_never_modifies_the_live_static_files(tmp_path):
 # === venv =====================================================================================================
 
 def _pip_line(cfg, rel) -> str:
-    line = next(ln for ln in phases.venv(cfg, rel).lines if " -m pip " in ln).strip()
+    line = next(ln for ln in venv.venv(cfg, rel).lines if " -m pip " in ln).strip()
     return line.removeprefix("if ! out=$(").removesuffix(" 2>&1); then")  # (output captured for errors)
 
 
@@ -882,7 +909,7 @@ def test_venv_extra_packages_and_no_requirements_file():
 
 
 def test_venv_is_reused_when_complete_and_built_beside_otherwise():
-    lines = phases.venv(make_cfg(), make_rel()).lines
+    lines = venv.venv(make_cfg(), make_rel()).lines
     V = f"/srv/shop/venvs/{VENV}"
     assert lines[0] == f"if [ -f {V}/.fabdeploy-complete ]; then"
     assert lines[1] == f'  echo "{MARK} note reused {VENV}"'
@@ -898,7 +925,7 @@ def test_venv_reuse_branch_runs_without_pip(tmp_path):
     V = deploy_to / "venvs" / VENV
     V.mkdir(parents=True)
     (V / ".fabdeploy-complete").touch()
-    proc = sh(Script([phases.venv(make_cfg(deploy_to, project={"python": "/nonexistent/python"}), make_rel())]),
+    proc = sh(Script([venv.venv(make_cfg(deploy_to, project={"python": "/nonexistent/python"}), make_rel())]),
               tmp_path)
     assert proc.returncode == 0 and notes(out(proc)) == [f"reused {VENV}"]
 
@@ -918,7 +945,7 @@ def ini_pairs(text: str) -> list[tuple[str, str]]:
 def test_uwsgi_ini_has_the_production_settings():
     cfg = make_cfg(uwsgi={"processes": 3, "threads": 5, "max_requests": 1000, "harakiri": 45,
                           "buffer_size": 8192})
-    text = phases.uwsgi_ini(cfg, make_rel())
+    text = uwsgi.uwsgi_ini(cfg, make_rel())
     assert text.splitlines()[1] == "[uwsgi]"
     pairs = ini_pairs(text)
     d = dict(pairs)
@@ -939,13 +966,13 @@ def test_uwsgi_ini_has_the_production_settings():
 
 def test_uwsgi_ini_env_values_double_percent():
     cfg = make_cfg(django={"env": {"RATE": "50%", "FMT": "%d-%n %%"}})
-    envs = [v for k, v in ini_pairs(phases.uwsgi_ini(cfg, make_rel())) if k == "env"]
+    envs = [v for k, v in ini_pairs(uwsgi.uwsgi_ini(cfg, make_rel())) if k == "env"]
     assert "RATE=50%%" in envs and "FMT=%%d-%%n %%%%" in envs
 
 
 def test_uwsgi_ini_extra_options_are_appended_and_escaped():
     cfg = make_cfg(uwsgi={"options": {"lazy-apps": "true", "cheaper": 2, "logformat": "%(method) %(uri)"}})
-    pairs = ini_pairs(phases.uwsgi_ini(cfg, make_rel()))
+    pairs = ini_pairs(uwsgi.uwsgi_ini(cfg, make_rel()))
     assert pairs[-3:] == [("lazy-apps", "true"), ("cheaper", "2"), ("logformat", "%%(method) %%(uri)")]
 
 
@@ -975,7 +1002,7 @@ def test_uwsgi_sees_exactly_the_configured_env_value(tmp_path, value):
     except ConfigError:
         return
     Path(Layout(cfg.paths.deploy_to).release(REL_ID)).mkdir(parents=True)
-    rendered = phases.uwsgi_ini(cfg, make_rel())
+    rendered = uwsgi.uwsgi_ini(cfg, make_rel())
     keep = [ln for ln in rendered.splitlines() if ln.startswith(("[uwsgi]", "chdir ", "env = "))]
     dump = tmp_path / "env.out"
     ini = tmp_path / "probe.ini"
@@ -993,7 +1020,7 @@ def test_uwsgi_sees_exactly_the_configured_env_value(tmp_path, value):
 def test_nginx_site_has_the_server_block():
     cfg = make_cfg(nginx={"server_name": "example.com www.example.com", "listen": "[::]:8080",
                           "client_max_body_size": "20M"})
-    text = phases.nginx_site(cfg)
+    text = nginx.nginx_site(cfg)
     lines = [ln.strip() for ln in text.splitlines()]
     assert "listen [::]:8080;" in lines
     assert "server_name example.com www.example.com;" in lines
@@ -1009,22 +1036,22 @@ def test_nginx_site_has_the_server_block():
 
 def test_nginx_site_custom_urls_and_no_expires():
     cfg = make_cfg(django={"static_url": "/assets/", "media_url": "/files/"}, nginx={"static_expires": "off"})
-    lines = [ln.strip() for ln in phases.nginx_site(cfg).splitlines()]
+    lines = [ln.strip() for ln in nginx.nginx_site(cfg).splitlines()]
     i = lines.index("location /assets/ {")
     assert lines[i + 1:i + 3] == ["alias /srv/shop/shared/static/current/;", "}"]
     assert "location /files/ {" in lines
     assert not any(ln.startswith("expires") for ln in lines)
 
 
-@pytest.mark.parametrize("nginx", [
+@pytest.mark.parametrize("nginx_cfg", [
     {},
     {"server_name": "example.com www.example.com", "listen": "[::]:8080", "static_expires": "max"},
     {"server_name": "~^api[0-9]*\\.example\\.com$ *.example.org", "listen": "127.0.0.1:8000",
      "static_expires": "off", "client_max_body_size": "1g"},
 ])
-def test_nginx_accepts_the_rendered_site(tmp_path, nginx):
-    cfg = make_cfg("/srv/shop", nginx=nginx)
-    site = phases.nginx_site(cfg).replace("/var/log/nginx/", f"{tmp_path}/")
+def test_nginx_accepts_the_rendered_site(tmp_path, nginx_cfg):
+    cfg = make_cfg("/srv/shop", nginx=nginx_cfg)
+    site = nginx.nginx_site(cfg).replace("/var/log/nginx/", f"{tmp_path}/")
     (tmp_path / "site.conf").write_text(site)
     (tmp_path / "uwsgi_params").write_text("")
     (tmp_path / "nginx.conf").write_text(f"pid {tmp_path}/nginx.pid;\nevents {{}}\nhttp {{ include site.conf; }}\n")
@@ -1037,11 +1064,11 @@ def test_nginx_accepts_the_rendered_site(tmp_path, nginx):
 
 def test_config_phase_lines_sites_layout():
     cfg = make_cfg()
-    lines = phases.config(cfg, make_rel(), Facts(nginx_layout="sites")).lines
+    lines = configure.config(cfg, make_rel(), Facts(nginx_layout="sites")).lines
     T = f"/srv/shop/tmp/{REL_ID}"
-    assert written(lines, f"/srv/shop/releases/{REL_ID}/.fabdeploy/uwsgi.ini") == phases.uwsgi_ini(cfg, make_rel())
+    assert written(lines, f"/srv/shop/releases/{REL_ID}/.fabdeploy/uwsgi.ini") == uwsgi.uwsgi_ini(cfg, make_rel())
     assert not [ln for ln in lines if "shared/config" in ln]  # nothing shared is staged: another run can't touch it
-    assert written(lines, f"{T}/site.conf") == phases.nginx_site(cfg)
+    assert written(lines, f"{T}/site.conf") == nginx.nginx_site(cfg)
     assert f"  sudo -n install -m 0644 {T}/site.conf /etc/nginx/sites-available/shop" in lines
     assert "  sudo -n ln -sfn /etc/nginx/sites-available/shop /etc/nginx/sites-enabled/shop" in lines
     assert "  if ! out=$(sudo -n nginx -t 2>&1); then" in lines
@@ -1052,7 +1079,7 @@ def test_config_phase_lines_sites_layout():
 
 
 def test_config_phase_lines_conf_d_layout():
-    lines = phases.config(make_cfg(), make_rel(), Facts(nginx_layout="conf.d")).lines
+    lines = configure.config(make_cfg(), make_rel(), Facts(nginx_layout="conf.d")).lines
     assert not any("sites-enabled" in ln for ln in lines)
     assert any(ln.endswith("install -m 0644 /srv/shop/tmp/%s/site.conf /etc/nginx/conf.d/shop.conf" % REL_ID)
                for ln in lines)
@@ -1078,12 +1105,12 @@ class NginxLab:
         self.enabled = Path(enabled.replace("/etc/nginx/", f"{self.etc}/")) if enabled else None
 
     def run(self, cfg=None):
-        phase = phases.config(cfg or self.cfg, make_rel(), Facts(nginx_layout=self.layout))
+        phase = configure.config(cfg or self.cfg, make_rel(), Facts(nginx_layout=self.layout))
         phase = Phase(phase.name, [ln.replace("/etc/nginx/", f"{self.etc}/") for ln in phase.lines])
         return sh(Script([phase]), self.tmp, env=self.fake.env)
 
     def abandon(self):
-        phase = phases.abandon(self.cfg, make_rel(), facts=Facts(nginx_layout=self.layout))
+        phase = cleanup.abandon(self.cfg, make_rel(), facts=Facts(nginx_layout=self.layout))
         phase = Phase(phase.name, [ln.replace("/etc/nginx/", f"{self.etc}/") for ln in phase.lines])
         return sh(Script([phase]), self.tmp, env=self.fake.env)
 
@@ -1092,13 +1119,13 @@ def test_config_phase_installs_a_new_site(tmp_path, fakebin):
     lab = NginxLab(tmp_path, fakebin)
     proc = lab.run()
     assert proc.returncode == 0, err(proc)
-    assert lab.site.read_text() == phases.nginx_site(lab.cfg)
+    assert lab.site.read_text() == nginx.nginx_site(lab.cfg)
     assert stat.S_IMODE(lab.site.stat().st_mode) == 0o644
     assert os.readlink(lab.enabled) == str(lab.site)
     assert (lab.staging / "nginx-changed").exists()
     # the release keeps the exact uWSGI config it runs with (rollback restores it)
     saved = Path(lab.lay.release(REL_ID), ".fabdeploy", "uwsgi.ini")
-    assert saved.read_text() == phases.uwsgi_ini(lab.cfg, make_rel())
+    assert saved.read_text() == uwsgi.uwsgi_ini(lab.cfg, make_rel())
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     assert not Path(lab.lay.uwsgi_ini).exists()  # the live ini changes only in switch
     assert "nginx -t" in fakebin.log()
@@ -1207,16 +1234,19 @@ def test_config_phase_restore_keeps_a_disabled_site_disabled(tmp_path, fakebin):
 def test_switch_lines():
     S = "/srv/shop/shared/static"
     # the release's own ini goes live before `current` moves (no current without its config)
-    assert phases.switch(make_cfg(), make_rel()).lines[:6] == [
+    assert activate.switch(make_cfg(), make_rel()).lines[:6] == [
         f"cp -p /srv/shop/releases/{REL_ID}/.fabdeploy/uwsgi.ini /srv/shop/shared/config/uwsgi.ini.fabdeploy-tmp",
         "mv -f /srv/shop/shared/config/uwsgi.ini.fabdeploy-tmp /srv/shop/shared/config/uwsgi.ini",
         f"ln -sfn /srv/shop/releases/{REL_ID} /srv/shop/current.fabdeploy-tmp",
         "mv -Tf /srv/shop/current.fabdeploy-tmp /srv/shop/current",
-        f"rm -f /srv/shop/releases/{REL_ID}/.fabdeploy/pending",  # it went live
         f"if [ -d {S}/{REL_ID} ]; then ln -sfn {REL_ID} {S}/current.fabdeploy-tmp && "
         f"mv -Tf {S}/current.fabdeploy-tmp {S}/current; fi",
+        f"rm -f /srv/shop/releases/{REL_ID}/.fabdeploy/pending",  # it went live
     ]
-    assert phases.static_switch(make_cfg(), '"$T"') == [
+    # the same activation as a health revert and a rollback
+    assert activate.switch(make_cfg(), make_rel()).lines[:5] == activate.activate(
+        make_cfg(), f"/srv/shop/releases/{REL_ID}", REL_ID)
+    assert static.static_switch(make_cfg(), '"$T"') == [
         f'if [ -d {S}/"$T" ]; then ln -sfn "$T" {S}/current.fabdeploy-tmp && mv -Tf {S}/current.fabdeploy-tmp '
         f'{S}/current; fi']
 
@@ -1235,7 +1265,7 @@ def test_switch_runs_atomically(tmp_path, previous):
         Path(lay.uwsgi_ini).write_text("old ini\n")
         Path(lay.static, previous).mkdir()
         os.symlink(previous, Path(lay.static, "current"))
-    proc = sh(Script([phases.switch(make_cfg(deploy_to), make_rel())]), tmp_path)
+    proc = sh(Script([activate.switch(make_cfg(deploy_to), make_rel())]), tmp_path)
     assert proc.returncode == 0, err(proc)
     assert os.path.islink(lay.current) and os.readlink(lay.current) == lay.release(REL_ID)
     assert not os.path.lexists(lay.current + ".fabdeploy-tmp")
@@ -1256,7 +1286,7 @@ def test_static_switch_leaves_the_link_alone_without_a_static_root(tmp_path):
     lay = Layout(cfg.paths.deploy_to)
     Path(lay.static, OLD_ID).mkdir(parents=True)
     os.symlink(OLD_ID, Path(lay.static, "current"))
-    proc = sh(Script([Phase("s", ["T=" + REL_ID, *phases.static_switch(cfg, '"$T"')])]), tmp_path)
+    proc = sh(Script([Phase("s", ["T=" + REL_ID, *static.static_switch(cfg, '"$T"')])]), tmp_path)
     assert proc.returncode == 0, err(proc)
     assert os.readlink(Path(lay.static, "current")) == OLD_ID
     assert sorted(os.listdir(lay.static)) == sorted(["current", OLD_ID])
@@ -1266,7 +1296,7 @@ def test_static_switch_leaves_the_link_alone_without_a_static_root(tmp_path):
 
 def test_restart_lines():
     cfg = make_cfg(uwsgi={"reload_timeout": 7})
-    lines = phases.restart(cfg, make_rel(), Facts(nginx_pid="/run/nginx.pid"))
+    lines = activate.restart(cfg, make_rel(), Facts(nginx_pid="/run/nginx.pid"))
     text = "\n".join(lines.lines)
     uwsgi = f"/srv/shop/venvs/{VENV}/bin/uwsgi"
     assert f"  {uwsgi} --reload /srv/shop/shared/run/uwsgi.pid >/dev/null" in lines.lines
@@ -1323,7 +1353,7 @@ class UwsgiLab:
         self.venv = str(Path(UWSGI).parent.parent)
 
     def restart(self, release_word=None):
-        lines = phases.uwsgi_restart_lines(self.cfg, release_word or q(str(self.R)), q(self.venv), REL_ID)
+        lines = uwsgi.uwsgi_restart_lines(self.cfg, release_word or q(str(self.R)), q(self.venv), REL_ID)
         return sh(Script([Phase("restart", lines)]), self.tmp, timeout=180)
 
     def stop(self):
@@ -1388,7 +1418,7 @@ def test_restart_reports_ready_only_when_every_worker_is_up(tmp_path, ini_lines,
     fake = venv / "bin" / "uwsgi"
     fake.write_text(FAKE_UWSGI.format(pidfile=q(lay.pidfile), release=q(str(release)), workers=want))
     fake.chmod(0o755)
-    lines = phases.uwsgi_restart_lines(cfg, q(str(release)), q(str(venv)), REL_ID)
+    lines = uwsgi.uwsgi_restart_lines(cfg, q(str(release)), q(str(venv)), REL_ID)
     try:
         proc = sh(Script([Phase("restart", lines)]), tmp_path, timeout=60)
         assert proc.returncode == 0, err(proc)
@@ -1440,7 +1470,7 @@ def test_alive_function_needs_a_live_process_with_the_right_name(tmp_path):
         (tmp_path / "dead.pid").write_text("999999999\n")
         cases = (("good.pid", "sleep"), ("good.pid", "uwsgi"), ("empty.pid", "sleep"), ("dead.pid", "sleep"),
                  ("missing.pid", "sleep"))
-        probe = "\n".join([phases.ALIVE_FN] + [
+        probe = "\n".join([shell.ALIVE_FN] + [
             f'echo "{f}:{name}=$(alive {q(str(tmp_path / f))} {name} || echo none)"' for f, name in cases])
         proc = sh(probe, tmp_path)
         assert out(proc).splitlines() == [f"good.pid:sleep={sleeper.pid}", "good.pid:uwsgi=none",
@@ -1486,7 +1516,7 @@ def _static_entries(lay) -> list[str]:
 def test_cleanup_keeps_newest_n_and_current_and_their_venvs(tmp_path):
     lay = _cleanup_lab(tmp_path, current_index=2)
     cfg = make_cfg(lay.deploy_to, paths={"keep_releases": 3})
-    proc = sh(Script([phases.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
+    proc = sh(Script([cleanup.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
     assert proc.returncode == 0, err(proc)
     # current (2nd), the way back (1st, the newest good one older than current) and the newest one
     assert sorted(os.listdir(lay.releases)) == sorted([RELEASES[0], RELEASES[1], RELEASES[6], "not-a-release"])
@@ -1503,7 +1533,7 @@ def test_cleanup_keeps_newest_n_and_current_and_their_venvs(tmp_path):
 def test_cleanup_with_current_among_the_newest(tmp_path):
     lay = _cleanup_lab(tmp_path, current_index=7)
     cfg = make_cfg(lay.deploy_to, paths={"keep_releases": 1})
-    proc = sh(Script([phases.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
+    proc = sh(Script([cleanup.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
     assert proc.returncode == 0, err(proc)
     assert sorted(os.listdir(lay.releases)) == [RELEASES[6], "not-a-release"]
     assert os.listdir(lay.venvs) == ["v-e"]
@@ -1529,7 +1559,7 @@ def test_prune_removes_bad_releases_first_and_keeps_the_way_back(tmp_path, keep,
     for i in bad:
         Path(lay.release(RELEASES[i - 1]), ".fabdeploy", mark).touch()
     cfg = make_cfg(lay.deploy_to, paths={"keep_releases": keep})
-    proc = sh(Script([phases.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
+    proc = sh(Script([cleanup.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
     assert proc.returncode == 0, err(proc)
     assert sorted(os.listdir(lay.releases)) == sorted([RELEASES[i - 1] for i in left] + ["not-a-release"])
     assert notes(out(proc)) == [f"{len(left)} releases on disk (keep_releases = {keep}), removed {7 - len(left)}"]
@@ -1543,7 +1573,7 @@ def test_cleanup_keeps_the_venv_of_the_running_uwsgi_master(tmp_path):
     try:
         Path(lay.pidfile).write_text(f"{master.pid}\n")
         cfg = make_cfg(lay.deploy_to, paths={"keep_releases": 1})
-        proc = sh(Script([phases.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
+        proc = sh(Script([cleanup.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
         assert proc.returncode == 0, err(proc)
         assert sorted(os.listdir(lay.venvs)) == ["v-e", "v-orphan"]
     finally:
@@ -1554,7 +1584,7 @@ def test_cleanup_keeps_the_venv_of_the_running_uwsgi_master(tmp_path):
 def test_cleanup_keeps_everything_when_there_are_few_releases(tmp_path):
     lay = _cleanup_lab(tmp_path, current_index=7)
     cfg = make_cfg(lay.deploy_to, paths={"keep_releases": 10})
-    proc = sh(Script([phases.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
+    proc = sh(Script([cleanup.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
     assert proc.returncode == 0, err(proc)
     assert len(os.listdir(lay.releases)) == 8
     assert sorted(os.listdir(lay.venvs)) == ["v-a", "v-b", "v-c", "v-d", "v-e"]
@@ -1577,7 +1607,7 @@ def test_abandon_removes_the_half_built_release_unless_it_is_current(tmp_path, i
     for rid in (REL_ID, old):
         Path(lay.static, rid).mkdir(parents=True)
     os.symlink(REL_ID if is_current else old, Path(lay.static, "current"))
-    proc = sh(Script([phases.abandon(make_cfg(deploy_to), make_rel())]), tmp_path)
+    proc = sh(Script([cleanup.abandon(make_cfg(deploy_to), make_rel())]), tmp_path)
     assert proc.returncode == 0, err(proc)
     assert Path(lay.release(REL_ID)).exists() is is_current
     assert Path(lay.release(old)).is_dir()
@@ -1595,7 +1625,7 @@ def test_a_switch_whose_ini_cannot_be_installed_leaves_current_alone(tmp_path):
     Path(lay.release(old)).mkdir()
     Path(lay.config).mkdir(parents=True)
     os.symlink(lay.release(old), lay.current)
-    proc = sh(Script([phases.switch(make_cfg(lay.deploy_to), make_rel())]), tmp_path)
+    proc = sh(Script([activate.switch(make_cfg(lay.deploy_to), make_rel())]), tmp_path)
     assert proc.returncode != 0
     assert os.readlink(lay.current) == lay.release(old)
 
@@ -1611,7 +1641,7 @@ def test_abandon_by_a_run_without_the_lock_removes_nothing(tmp_path):
     Path(lay.staging(REL_ID)).mkdir(parents=True)
     Path(lay.static, REL_ID).mkdir(parents=True)
     os.symlink(lay.release(old), lay.current)
-    proc = sh(Script([phases.abandon(make_cfg(lay.deploy_to), make_rel(), held="false")]), tmp_path)
+    proc = sh(Script([cleanup.abandon(make_cfg(lay.deploy_to), make_rel(), held="false")]), tmp_path)
     assert proc.returncode == 0, err(proc)
     assert Path(lay.release(REL_ID), ".fabdeploy", "uwsgi.ini").read_text() == "holder's"
     assert Path(lay.staging(REL_ID)).is_dir() and Path(lay.static, REL_ID).is_dir()
@@ -1634,7 +1664,7 @@ def _ctx(cfg, release_path=None):
 
 def test_wrap_without_hooks_returns_the_phase_itself():
     cfg = make_cfg()
-    phase = phases.switch(cfg, make_rel())
+    phase = activate.switch(cfg, make_rel())
     assert hooks.wrap(phase, cfg, _ctx(cfg)) is phase
 
 
@@ -1652,7 +1682,7 @@ def test_wrap_puts_config_then_python_hooks_around_the_body():
         return None  # returning nothing is allowed
 
     ctx = _ctx(cfg)
-    body = phases.django(cfg, make_rel())
+    body = django_app.django(cfg, make_rel())
     wrapped = hooks.wrap(body, cfg, ctx)
     R = f"/srv/shop/releases/{REL_ID}"
     exports = [f"FABDEPLOY_RELEASE={REL_ID}", f"FABDEPLOY_RELEASE_PATH={R}", "FABDEPLOY_DEPLOY_TO=/srv/shop",
@@ -1676,8 +1706,8 @@ def test_wrap_puts_config_then_python_hooks_around_the_body():
 def test_python_hooks_only_wrap_their_phase():
     hooks.after("restart")(lambda ctx: ["echo restarted"])
     cfg = make_cfg()
-    assert hooks.wrap(phases.switch(cfg, make_rel()), cfg, _ctx(cfg)).lines == phases.switch(cfg, make_rel()).lines
-    assert hooks.wrap(phases.restart(cfg, make_rel(), Facts()), cfg, _ctx(cfg)).lines[-2] == "echo restarted"
+    assert hooks.wrap(activate.switch(cfg, make_rel()), cfg, _ctx(cfg)).lines == activate.switch(cfg, make_rel()).lines
+    assert hooks.wrap(activate.restart(cfg, make_rel(), Facts()), cfg, _ctx(cfg)).lines[-2] == "echo restarted"
 
 
 def test_unknown_hook_phase_is_refused():
@@ -1689,7 +1719,7 @@ def test_clear_empties_the_registry():
     hooks.before("code")(lambda ctx: ["echo x"])
     hooks.clear()
     cfg = make_cfg()
-    phase = phases.switch(cfg, make_rel())
+    phase = activate.switch(cfg, make_rel())
     assert hooks.wrap(Phase("code", ["true"]), cfg, _ctx(cfg)).lines == ["true"]
     assert hooks.wrap(phase, cfg, _ctx(cfg)) is phase
 
@@ -1744,7 +1774,7 @@ def test_before_code_hook_does_not_eat_the_archive(tmp_path):
     deploy_to = tmp_path / "app"
     _setup_dirs(deploy_to)
     cfg = _sample_cfg(deploy_to, hooks={"before_code": ["cat > /dev/null"]})
-    wrapped = hooks.wrap(phases.code(cfg, make_rel()), cfg, _ctx(cfg))
+    wrapped = hooks.wrap(code.code(cfg, make_rel()), cfg, _ctx(cfg))
     proc = sh(Script([wrapped]), tmp_path, stdin=_sample_bundle())
     assert proc.returncode == 0, err(proc)
     assert (deploy_to / "releases" / REL_ID / "manage.py").is_file()
@@ -1769,14 +1799,14 @@ def test_unchanged_exit_skips_the_deploy_when_live_and_identical(tmp_path):
     proc = subprocess.Popen([str(fake), lay.release(REL_ID)])
     try:
         Path(lay.pidfile).write_text(str(proc.pid))
-        same = Script([Phase("setup", [*phases.unchanged_exit(cfg, "f" * 20, ["echo AFTER"]), "echo BUILT"])])
+        same = Script([Phase("setup", [*live_check.unchanged_exit(cfg, "f" * 20, ["echo AFTER"]), "echo BUILT"])])
         for _ in range(50):  # until the worker runs
             text = out(sh(same, tmp_path))
             if "AFTER" in text:
                 break
         assert "AFTER" in text and "BUILT" not in text
         assert f"{MARK} fact unchanged={REL_ID}" in text
-        other = Script([Phase("setup", [*phases.unchanged_exit(cfg, "e" * 20, ["echo AFTER"]), "echo BUILT"])])
+        other = Script([Phase("setup", [*live_check.unchanged_exit(cfg, "e" * 20, ["echo AFTER"]), "echo BUILT"])])
         text = out(sh(other, tmp_path))
         assert "AFTER" not in text and "BUILT" in text
     finally:
@@ -1795,7 +1825,7 @@ def test_unchanged_exit_deploys_when_the_workers_serve_another_release(tmp_path)
     proc = subprocess.Popen([str(fake), str(tmp_path)])
     try:
         Path(lay.pidfile).write_text(str(proc.pid))
-        same = Script([Phase("setup", [*phases.unchanged_exit(cfg, "f" * 20, ["echo AFTER"]), "echo BUILT"])])
+        same = Script([Phase("setup", [*live_check.unchanged_exit(cfg, "f" * 20, ["echo AFTER"]), "echo BUILT"])])
         text = out(sh(same, tmp_path))
         assert "AFTER" not in text and "BUILT" in text
     finally:

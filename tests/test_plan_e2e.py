@@ -1,8 +1,10 @@
 """`fab deploy --plan` and `fab --dry deploy` are truly read-only: the host stays byte-for-byte unchanged."""
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
+import re
 
 import pytest
 
@@ -41,7 +43,7 @@ def test_plan_on_a_new_host_creates_nothing(env):
     before = snapshot(host)
     res = run_fab(proj.root, "deploy", "--plan", cache=cache)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "remote invocation 1 (setup)" in res.stdout and "remote invocation 3 (publish)" in res.stdout
+    assert "remote invocation setup" in res.stdout and "remote invocation publish" in res.stdout
     assert "uwsgi.ini (absent)" in res.stdout and "would be built" in res.stdout
     assert SECRET not in res.stdout + res.stderr
     assert snapshot(host) == before
@@ -70,3 +72,57 @@ def test_plan_and_dry_after_a_deploy_change_nothing(env):
     assert host.path("/srv/sample/shared/run/uwsgi.pid").read_text() == pid
     status, _, body = host.http("/", host_header=host.address)
     assert f"Release: {live}".encode() in body
+
+
+HOOKS = """[hooks]
+before_setup = ["echo hook-before-setup"]
+before_django = ["echo hook-before-django $FABDEPLOY_RELEASE"]
+after_restart = ["echo hook-after-restart $FABDEPLOY_ROLE $FABDEPLOY_ACTION > /tmp/fabdeploy-plan-hook"]
+"""
+
+
+def listings(text: str, host: str = "") -> dict[str, str]:
+    """The remote invocations printed by --plan, or by --verbose with `host` (whose "<host>  | " prefix is
+    removed): name -> script."""
+    lines = [re.sub(rf"^{re.escape(host)}\s+\| ?", "", ln) if host else ln for ln in text.splitlines()]
+    out, name, body = {}, None, []
+    for ln in lines:
+        m = re.match(r"^----- remote invocation (\S+)$", ln)
+        if m:
+            name, body = m.group(1), []
+        elif name and ln == f"----- end of invocation {name}":
+            out[name] = "\n".join(body)
+            name = None
+        elif name:
+            body.append(ln)
+    return out
+
+
+def test_plan_prints_byte_for_byte_the_scripts_deploy_runs_hooks_included(env):
+    """--plan and a real deploy print their remote scripts the same way; apart from what only exists when the
+    deploy runs (the lock's token, pid and start time, the release's deploy time) they are the same text."""
+    host, proj, cache = env
+    proj.write_config(sample_config(host, extra=f'[django]\nenv = {{ DB_PASSWORD = "{SECRET}" }}\n' + HOOKS),
+                      name="hooks.toml")
+    proj.commit("hooked", {"pages/message.txt": "hooked change\n"})
+    plan = run_fab(proj.root, "deploy", "--plan", "--config", "hooks.toml", cache=cache)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    res = run_fab(proj.root, "deploy", "--verbose", "--config", "hooks.toml", cache=cache)
+    assert res.returncode == 0, res.stdout + res.stderr
+    planned, ran = listings(plan.stdout), listings(res.stdout, host.address)
+    assert list(planned) == list(ran) == ["setup", "prepare", "publish"]
+    token = re.search(r"printf '%s\\n' ([0-9a-f]{16}) > \S+/token", ran["setup"]).group(1)
+    # the release id is made of the time too: the plan's and the deploy's differ by the seconds between them
+    planned_id = re.search(r"plan for release (\S+)", plan.stdout).group(1)
+    for name in ran:
+        text = ran[name].replace(token, "TOKEN-OF-THE-DEPLOY").replace(release_of(res.stdout), planned_id)
+        text = re.sub(r"\(pid \d+, deploy, since [0-9TZ:-]+\)", "(pid 0, deploy, since <deploy time>)", text)
+        text = re.sub(r'"deployed_at": "[0-9TZ:-]+"', '"deployed_at": "<deploy time>"', text)
+        assert text == planned[name], name + ":\n" + "\n".join(difflib.unified_diff(
+            planned[name].splitlines(), text.splitlines(), "plan", "deploy", lineterm=""))
+    assert "echo hook-before-setup" in planned["setup"]
+    assert "echo hook-before-django $FABDEPLOY_RELEASE" in planned["prepare"]
+    assert "hook-after-restart" in planned["publish"]
+    # and the hooks ran where the plan said
+    assert host.path("/tmp/fabdeploy-plan-hook").read_text() == "hook-after-restart app deploy\n"
+    assert SECRET not in plan.stdout + res.stdout

@@ -1,5 +1,5 @@
 """Pure formatting of `fab status` / `fab releases` reports and drift detection."""
-from fabdeploy import report
+from fabdeploy.ops import report
 
 UP = {"app": {"pid": 5, "workers": 2, "on_current": True}, "nginx": {"pid": 7, "site_enabled": True},
       "http": {"ok": True, "status": 200, "answer": "GET / (Host: a.test) -> 200", "ms": 5, "error": ""}, "disk_free_bytes": 1 << 30, "lock": None, "last": None,

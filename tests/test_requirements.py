@@ -9,14 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from fabdeploy import phases
+from fabdeploy import model
+
+from fabdeploy.steps import setup
+
+from fabdeploy.steps import venv
 from fabdeploy.config import parse_config
 from fabdeploy.errors import LocalError
-from fabdeploy.layout import Layout
-from fabdeploy.requirements import collect, hash_input, include_of, listed, logical_lines
-from fabdeploy.script import MARK, Script
-from fabdeploy.source import read_source
-from fabdeploy.wheelhouse import build_wheels, local_python_facts, venv_hash, wheel_key
+from fabdeploy.hosts.layout import Layout
+from fabdeploy.local.requirements import collect, hash_input, include_of, listed, logical_lines
+from fabdeploy.remote.markers import MARK
+from fabdeploy.remote.script import Script
+from fabdeploy.local.source import read_source
+from fabdeploy.local.wheelhouse import build_wheels, local_python_facts, venv_hash, wheel_key
 
 NESTED = {
     "manage.py": "print('manage')\n",
@@ -202,7 +207,7 @@ def test_a_builder_of_another_platform_is_refused(tmp_path):
 def test_setup_reports_python_version_and_platform_like_the_builder(tmp_path):
     from test_phases import sh  # the real-sh runner of the phase tests
     cfg = cfg_for(tmp_path, python=sys.executable)
-    lines = [ln for ln in phases.setup(cfg).lines if "python_facts" in ln or "python_platform" in ln
+    lines = [ln for ln in setup.setup(cfg).lines if "python_facts" in ln or "python_platform" in ln
              or "python_version=" in ln]
     proc = sh("\n".join(lines + ['echo "$python_version|$python_platform"']), tmp_path)
     _, version, platform = local_python_facts(cfg_for(tmp_path, pip={"wheel_python": sys.executable}))
@@ -218,7 +223,7 @@ def test_venv_names_the_missing_requirement_and_its_marker_with_real_pip(tmp_pat
     cfg = parse_config({"project": {"name": "shop", "django_settings": "s.settings", "wsgi": "s.wsgi:application",
                                     "python": "/usr/bin/python3"},
                         "paths": {"deploy_to": str(deploy_to)}})
-    rel = phases.Release("20260101T000000Z-abcdef0", "a" * 40, "main", "git", "", "", "0123456789abcdef", True)
+    rel = model.Release("20260101T000000Z-abcdef0", "a" * 40, "main", "git", "", "", "0123456789abcdef", True)
     lay = Layout(str(deploy_to))
     files = {"requirements.txt": b"-r requirements/base.txt\n",
              "requirements/base.txt": b'fabdeploy-absent-pkg==1.0 ; python_full_version >= "3.0"\n'}
@@ -229,7 +234,7 @@ def test_venv_names_the_missing_requirement_and_its_marker_with_real_pip(tmp_pat
     uwsgi = next((Path(__file__).parent.parent / ".cache" / "wheels").glob("uwsgi-*.whl"))  # (scripts/setup)
     Path(lay.staging(rel.id), "wheels", uwsgi.name).write_bytes(uwsgi.read_bytes())
     Path(lay.venvs).mkdir(parents=True)
-    proc = sh(Script([phases.venv(cfg, rel, files)]), tmp_path, env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""},
+    proc = sh(Script([venv.venv(cfg, rel, files)]), tmp_path, env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""},
               timeout=300)
     assert proc.returncode == 1
     errors = [ln for ln in proc.stderr.decode().splitlines() if ln.startswith(f"{MARK} error ")]

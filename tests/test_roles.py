@@ -15,11 +15,29 @@ from pathlib import Path
 
 import pytest
 
-from fabdeploy import health, phases, roles
+from fabdeploy.steps import health
+
+from fabdeploy.hosts import roles
+
+from fabdeploy import model
+
+from fabdeploy.appserver import uwsgi
+
+from fabdeploy.front import firewall
+
+from fabdeploy.front import nginx
+
+from fabdeploy.remote import markers
+
+from fabdeploy.steps import activate
+
+from fabdeploy.steps import configure
+
+from fabdeploy.steps import live_check
 from fabdeploy.errors import ConfigError
-from fabdeploy.phases import Facts
-from fabdeploy.roles import Server
-from fabdeploy.script import q
+from fabdeploy.model import Facts
+from fabdeploy.hosts.roles import Server
+from fabdeploy.remote.shell import q
 from test_phases import fakebin, make_cfg, make_rel  # noqa: F401 (a fixture)
 
 UWSGI = str(Path(sys.executable).parent / "uwsgi")
@@ -114,7 +132,7 @@ def test_lb_entry_with_app_settings(setting):
 def test_lb_entry_may_say_its_address():
     """(the address the app hosts see it connect from: their firewall lets it in)"""
     cfg = lb_cfg(lb=({"host": "deploy@lb.example.com", "address": "10.0.0.9"},))
-    assert "ip saddr { 10.0.0.9 } accept" in phases.firewall_rules(cfg)[1]
+    assert "ip saddr { 10.0.0.9 } accept" in firewall.firewall_rules(cfg)[1]
 
 
 def test_lb_entry_as_table_with_host_only_is_fine():
@@ -394,14 +412,14 @@ def test_drain_matches_hosts_named_differently_with_dash_h():
     """`-H 10.0.0.1` for "deploy@10.0.0.1" in the config: the batch drained is that upstream server."""
     cfg = lb_cfg()
     batch = roles.select(cfg, ["root@10.0.0.1:22"], ("app",))
-    site = phases.lb_site(cfg, drained={s.upstream_address for s in batch})
+    site = nginx.lb_site(cfg, drained={s.upstream_address for s in batch})
     assert "server 10.0.0.1:8001 max_fails=1 fail_timeout=10s down;" in upstream_lines(site)
 
 
 @pytest.mark.parametrize("roles_, balancer, drained, expected", LB_CASES)
 def test_lb_site_upstream_and_nginx_accepts_it(tmp_path, roles_, balancer, drained, expected):
     cfg = lb_cfg(**roles_, balancer=balancer)
-    site = phases.lb_site(cfg, drained=set(drained))
+    site = nginx.lb_site(cfg, drained=set(drained))
     assert upstream_lines(site) == expected
     proc = nginx_t(tmp_path, site)
     assert proc.returncode == 0, proc.stderr
@@ -409,7 +427,7 @@ def test_lb_site_upstream_and_nginx_accepts_it(tmp_path, roles_, balancer, drain
 
 def test_lb_site_server_block(tmp_path):
     cfg = lb_cfg(nginx={"server_name": "example.com", "listen": 8080, "client_max_body_size": "20M"})
-    site = phases.lb_site(cfg)
+    site = nginx.lb_site(cfg)
     lines = [ln.strip() for ln in site.splitlines()]
     assert "listen 8080;" in lines and "server_name example.com;" in lines and "client_max_body_size 20M;" in lines
     i = lines.index("location /static/ {")
@@ -424,16 +442,16 @@ def test_lb_site_server_block(tmp_path):
 
 def test_lb_site_serves_media_itself_with_media_lb(tmp_path):
     cfg = lb_cfg(balancer={"media": "lb"}, django={"media_url": "/files/"})
-    lines = [ln.strip() for ln in phases.lb_site(cfg).splitlines()]
+    lines = [ln.strip() for ln in nginx.lb_site(cfg).splitlines()]
     j = lines.index("location /files/ {")
     assert lines[j + 1:j + 3] == ["alias /srv/shop/shared/media/;", "}"]
-    proc = nginx_t(tmp_path, phases.lb_site(cfg))
+    proc = nginx_t(tmp_path, nginx.lb_site(cfg))
     assert proc.returncode == 0, proc.stderr
 
 
 def test_lb_site_upstream_name_of_a_dotted_project(tmp_path):
     cfg = lb_cfg(project={"name": "my.shop"})
-    site = phases.lb_site(cfg)
+    site = nginx.lb_site(cfg)
     assert upstream_lines(site)[0] == "upstream my_dshop_app {"  # (my_shop would be my__shop_app)
     assert "        uwsgi_pass my_dshop_app;" in site.splitlines()
     assert nginx_t(tmp_path, site).returncode == 0
@@ -442,7 +460,7 @@ def test_lb_site_upstream_name_of_a_dotted_project(tmp_path):
 def test_nginx_site_of_an_lb_host_is_the_lb_site():
     cfg = lb_cfg()
     lb = app_server(cfg, LB)
-    assert phases.nginx_site(cfg, lb) == phases.lb_site(cfg)
+    assert nginx.nginx_site(cfg, lb) == nginx.lb_site(cfg)
 
 
 # === app hosts: uWSGI on TCP ==================================================================================
@@ -462,7 +480,7 @@ def ini_values(text: str, key: str) -> list[str]:
 def test_uwsgi_ini_of_a_balanced_app_host_binds_tcp_and_serves_media(app, balancer, socket_):
     cfg = lb_cfg(app=[app], balancer=balancer)
     server = next(s for s in roles.servers(cfg) if s.role == "app")
-    text = phases.uwsgi_ini(cfg, make_rel(), server)
+    text = uwsgi.uwsgi_ini(cfg, make_rel(), server)
     assert ini_values(text, "socket") == [socket_]
     assert ini_values(text, "static-map") == ["/media=/srv/shop/shared/media"]
     assert ini_values(text, "offload-threads") == ["1"]
@@ -470,13 +488,13 @@ def test_uwsgi_ini_of_a_balanced_app_host_binds_tcp_and_serves_media(app, balanc
 
 def test_uwsgi_ini_static_map_follows_media_url():
     cfg = lb_cfg(django={"media_url": "/files/up/"})
-    text = phases.uwsgi_ini(cfg, make_rel(), app_server(cfg, "deploy@10.0.0.1"))
+    text = uwsgi.uwsgi_ini(cfg, make_rel(), app_server(cfg, "deploy@10.0.0.1"))
     assert ini_values(text, "static-map") == ["/files/up=/srv/shop/shared/media"]
 
 
 def test_uwsgi_ini_without_static_map_when_the_lb_serves_media():
     cfg = lb_cfg(balancer={"media": "lb"})
-    text = phases.uwsgi_ini(cfg, make_rel(), app_server(cfg, "deploy@10.0.0.1"))
+    text = uwsgi.uwsgi_ini(cfg, make_rel(), app_server(cfg, "deploy@10.0.0.1"))
     assert ini_values(text, "socket") == ["10.0.0.1:8001"]
     assert ini_values(text, "static-map") == [] and ini_values(text, "offload-threads") == []
 
@@ -484,12 +502,12 @@ def test_uwsgi_ini_without_static_map_when_the_lb_serves_media():
 def test_uwsgi_ini_of_an_unbalanced_host_keeps_the_unix_socket():
     cfg = make_cfg(project={"hosts": ["deploy@10.0.0.1"]})
     for server in (None, roles.servers(cfg)[0]):
-        text = phases.uwsgi_ini(cfg, make_rel(), server)
+        text = uwsgi.uwsgi_ini(cfg, make_rel(), server)
         assert ini_values(text, "socket") == ["/srv/shop/shared/run/uwsgi.sock"]
         assert ini_values(text, "static-map") == [] and ini_values(text, "offload-threads") == []
     # roles.app without an lb: every app host still serves itself
     cfg = make_cfg(roles={"app": ["deploy@10.0.0.1"]})
-    text = phases.uwsgi_ini(cfg, make_rel(), roles.servers(cfg)[0])
+    text = uwsgi.uwsgi_ini(cfg, make_rel(), roles.servers(cfg)[0])
     assert ini_values(text, "socket") == ["/srv/shop/shared/run/uwsgi.sock"]
     assert ini_values(text, "static-map") == []
 
@@ -504,7 +522,7 @@ def test_nginx_site_of_an_app_host_with_app_nginx_passes_to_tcp(tmp_path, app, b
     cfg = lb_cfg(app=[app], balancer={"app_nginx": True, **balancer})
     server = next(s for s in roles.servers(cfg) if s.role == "app")
     assert roles.runs_nginx(cfg, server)
-    site = phases.nginx_site(cfg, server)
+    site = nginx.nginx_site(cfg, server)
     assert f"        uwsgi_pass {upstream};" in site.splitlines()
     proc = nginx_t(tmp_path, site)
     assert proc.returncode == 0, proc.stderr
@@ -525,36 +543,36 @@ def test_runs_nginx():
 def test_config_phase_of_a_balanced_app_host_installs_no_nginx_site():
     cfg = lb_cfg()
     server = app_server(cfg, "deploy@10.0.0.1")
-    lines = phases.config(cfg, make_rel(), Facts(), server).lines
+    lines = configure.config(cfg, make_rel(), Facts(), server).lines
     text = "\n".join(lines)
     assert "nginx -t" not in text and "sudo -n install" not in text
-    assert phases.note("no nginx on this app host (the lb hosts balance it)") in lines
+    assert markers.note("no nginx on this app host (the lb hosts balance it)") in lines
     assert "socket = 10.0.0.1:8001" in text
 
 
 def test_config_phase_of_a_balanced_app_host_with_app_nginx_installs_the_site():
     cfg = lb_cfg(balancer={"app_nginx": True})
-    lines = phases.config(cfg, make_rel(), Facts(), app_server(cfg, "deploy@10.0.0.1")).lines
+    lines = configure.config(cfg, make_rel(), Facts(), app_server(cfg, "deploy@10.0.0.1")).lines
     assert "  if ! out=$(sudo -n nginx -t 2>&1); then" in lines
     assert "uwsgi_pass 10.0.0.1:8001;" in "\n".join(lines)
 
 
 def test_restart_phase_of_a_balanced_app_host_leaves_nginx_alone():
     cfg = lb_cfg()
-    lines = phases.restart(cfg, make_rel(), Facts(), app_server(cfg, "deploy@10.0.0.1")).lines
+    lines = activate.restart(cfg, make_rel(), Facts(), app_server(cfg, "deploy@10.0.0.1")).lines
     assert not [ln for ln in lines if "nginx" in ln]
     assert any("/bin/uwsgi --ini" in ln for ln in lines)
-    with_nginx = phases.restart(lb_cfg(balancer={"app_nginx": True}), make_rel(), Facts(),
+    with_nginx = activate.restart(lb_cfg(balancer={"app_nginx": True}), make_rel(), Facts(),
                                 app_server(cfg, "deploy@10.0.0.1")).lines
     assert "  sudo -n nginx" in with_nginx
-    assert "  sudo -n nginx" in phases.restart(make_cfg(), make_rel(), Facts()).lines
+    assert "  sudo -n nginx" in activate.restart(make_cfg(), make_rel(), Facts()).lines
 
 
 def test_fingerprint_of_a_balanced_app_host_depends_on_its_socket():
     cfg = lb_cfg()
     a, b = app_server(cfg, "deploy@10.0.0.1"), app_server(cfg, "deploy@10.0.0.2")
-    assert phases.fingerprint(cfg, "a" * 40, b"", a) != phases.fingerprint(cfg, "a" * 40, b"", b)
-    assert phases.fingerprint(cfg, "a" * 40, b"", a) == phases.fingerprint(cfg, "a" * 40, b"", a)
+    assert live_check.fingerprint(cfg, "a" * 40, b"", a) != live_check.fingerprint(cfg, "a" * 40, b"", b)
+    assert live_check.fingerprint(cfg, "a" * 40, b"", a) == live_check.fingerprint(cfg, "a" * 40, b"", a)
 
 
 # === health: the check target and the uwsgi protocol against a real uWSGI =====================================
@@ -656,7 +674,7 @@ def test_health_check_in_the_uwsgi_protocol_with_nothing_listening():
 
 def test_deploying_only_load_balancers_is_one_clear_error(tmp_path):
     """Without the app hosts in the same run the balancers have no static files to take: one line, before SSH."""
-    from fabdeploy.deploy import deploy_all
+    from fabdeploy.ops.deploy import deploy_all
     from fabdeploy.errors import FabdeployError
     from fabdeploy.output import Printer
     from fabric import Connection
@@ -675,7 +693,7 @@ def test_deploying_only_load_balancers_is_one_clear_error(tmp_path):
 def test_firewall_rules_load_into_real_nftables(tmp_path):
     """The rules fabdeploy writes are accepted by nft (checked with `nft -c`, nothing is applied)."""
     cfg = lb_cfg(lb=(LB, {"host": "deploy@lb2", "address": "fd00::9"}))
-    table, rules = phases.firewall_rules(cfg)
+    table, rules = firewall.firewall_rules(cfg)
     assert table == "fabdeploy_shop"
     assert "tcp dport 8001 ip saddr { 10.0.0.10 } accept" in rules
     assert "tcp dport 8001 ip6 saddr { fd00::9 } accept" in rules
@@ -689,26 +707,26 @@ def test_firewall_modes():
     cfg = lb_cfg()
     app = roles.servers(cfg)[0]
     # checked (nft -c) in the config phase, applied at the switch
-    assert "sudo -n nft -c -f /srv/shop/tmp/R/firewall.nft" in "\n".join(phases.firewall(cfg, app, "/srv/shop/tmp/R"))
-    assert "sudo -n nft -f /srv/shop/tmp/R/firewall.nft" in "\n".join(phases.firewall_apply(cfg, app, "/srv/shop/tmp/R"))
-    rel = phases.Release("R", "a" * 40, "main", "git", "", "")
-    assert "nft -f /srv/shop/tmp/R/firewall.nft" in "\n".join(phases.switch(cfg, rel, app).lines)
-    assert "nft" not in "\n".join(phases.switch(cfg, rel, roles.servers(cfg)[-1]).lines)
-    assert "warn uWSGI port 8001 is open" in "\n".join(phases.firewall(cfg, app, "/T"))
+    assert "sudo -n nft -c -f /srv/shop/tmp/R/firewall.nft" in "\n".join(firewall.firewall(cfg, app, "/srv/shop/tmp/R"))
+    assert "sudo -n nft -f /srv/shop/tmp/R/firewall.nft" in "\n".join(firewall.firewall_apply(cfg, app, "/srv/shop/tmp/R"))
+    rel = model.Release("R", "a" * 40, "main", "git", "", "")
+    assert "nft -f /srv/shop/tmp/R/firewall.nft" in "\n".join(activate.switch(cfg, rel, app).lines)
+    assert "nft" not in "\n".join(activate.switch(cfg, rel, roles.servers(cfg)[-1]).lines)
+    assert "warn uWSGI port 8001 is open" in "\n".join(firewall.firewall(cfg, app, "/T"))
     strict = lb_cfg(balancer={"firewall": "nftables"})
-    assert "error balancer.firewall" in "\n".join(phases.firewall(strict, roles.servers(strict)[0], "/T"))
-    assert phases.firewall(lb_cfg(balancer={"firewall": "off"}), app, "/T") == []
-    assert phases.firewall(cfg, roles.servers(cfg)[-1], "/T") == []  # the balancer itself
+    assert "error balancer.firewall" in "\n".join(firewall.firewall(strict, roles.servers(strict)[0], "/T"))
+    assert firewall.firewall(lb_cfg(balancer={"firewall": "off"}), app, "/T") == []
+    assert firewall.firewall(cfg, roles.servers(cfg)[-1], "/T") == []  # the balancer itself
     # the no-op fingerprint of an app host changes with the balancers its firewall lets in
     other = lb_cfg(lb=("deploy@10.0.0.99",))
-    assert phases.fingerprint(cfg, "a" * 40, b"", app) != phases.fingerprint(other, "a" * 40, b"", roles.servers(other)[0])
+    assert live_check.fingerprint(cfg, "a" * 40, b"", app) != live_check.fingerprint(other, "a" * 40, b"", roles.servers(other)[0])
 
 
 @pytest.mark.parametrize("case", ["changed", "created", "drained"])
 def test_an_abandoned_balancer_gets_its_site_back(tmp_path, fakebin, case):
     """changed: this deploy changed the site (site.prev saved) -> the old site; created: there was none ->
     removed; drained: unchanged but a rolling drain marked hosts down -> the full upstream again."""
-    from fabdeploy.script import Phase, Script
+    from fabdeploy.remote.script import Phase, Script
     from test_phases import err, sh
 
     cfg = lb_cfg()
@@ -720,14 +738,14 @@ def test_an_abandoned_balancer_gets_its_site_back(tmp_path, fakebin, case):
     staging.mkdir()
     if case == "changed":
         (staging / "site.prev").write_text("# the site before\n")
-        site.write_text(phases.lb_site(cfg, drained={"10.0.0.1"}))
+        site.write_text(nginx.lb_site(cfg, drained={"10.0.0.1"}))
     elif case == "created":
         (staging / "nginx-changed").touch()
-        site.write_text(phases.lb_site(cfg))
+        site.write_text(nginx.lb_site(cfg))
         enabled.symlink_to(site)
     else:
-        site.write_text(phases.lb_site(cfg, drained={"10.0.0.2"}))
-    lines = phases.lb_restore_site(cfg, Facts(nginx_layout="sites", nginx_pid=str(tmp_path / "no.pid")),
+        site.write_text(nginx.lb_site(cfg, drained={"10.0.0.2"}))
+    lines = nginx.lb_restore_site(cfg, Facts(nginx_layout="sites", nginx_pid=str(tmp_path / "no.pid")),
                                    str(staging))
     proc = sh(Script([Phase("abandon", [ln.replace("/etc/nginx/", f"{etc}/") for ln in lines])]), tmp_path,
               env=fakebin.env)
@@ -737,5 +755,5 @@ def test_an_abandoned_balancer_gets_its_site_back(tmp_path, fakebin, case):
     elif case == "created":
         assert not site.exists() and not enabled.is_symlink()
     else:
-        assert site.read_text() == phases.lb_site(cfg) and " down;" not in site.read_text()
+        assert site.read_text() == nginx.lb_site(cfg) and " down;" not in site.read_text()
     assert "nginx -t" in fakebin.log()

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fabdeploy import phases
-from fabdeploy.script import MARK, Script
+from fabdeploy.steps import django_app
+from fabdeploy.remote.markers import MARK
+from fabdeploy.remote.script import Script
 
 from test_phases import _fresh_release, err, notes, out, sh
 
@@ -29,7 +30,7 @@ def run_django(tmp_path, init: str, modules=("base", "dev", "production")):
     flags = {"collectstatic": False, "check_deploy": False}
     cfg, lay, rel = _fresh_release(tmp_path, project={"django_settings": "sampleproject.conf"}, django=flags)
     make_package(Path(lay.release(rel.id)), init, modules)
-    return sh(Script([phases.django(cfg, rel)]), tmp_path)
+    return sh(Script([django_app.django(cfg, rel)]), tmp_path)
 
 
 @pytest.mark.parametrize("modules, pick", [(("base", "dev", "production"), "production"),

@@ -13,9 +13,9 @@ import pytest
 
 from fabdeploy.config import parse_config
 from fabdeploy.errors import LocalError
-from fabdeploy.layout import RELEASE_ID
-from fabdeploy.source import EXCLUDE_ANYWHERE, EXCLUDE_TOP, Source, _git, bundle, read_source, release_id
-from fabdeploy.wheelhouse import venv_hash
+from fabdeploy.hosts.layout import RELEASE_ID
+from fabdeploy.local.source import EXCLUDE_ANYWHERE, EXCLUDE_TOP, Source, _git, bundle, read_source, release_id
+from fabdeploy.local.wheelhouse import venv_hash
 
 FILES = {
     "manage.py": "#!/usr/bin/env python\nprint('manage')\n",

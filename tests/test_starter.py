@@ -11,7 +11,7 @@ import pytest
 
 from fabdeploy.config import parse_config
 from fabdeploy.errors import ConfigError
-from fabdeploy.starter import inspect_project as inspect, write_init
+from fabdeploy.ops.starter import inspect_project as inspect, write_init
 
 from conftest import BIN, SAMPLE
 

@@ -1,0 +1,175 @@
+"""nginx, the front end: the app site and the balancer site, installed only when `nginx -t` accepts
+them, reloads that wait for new workers."""
+from __future__ import annotations
+
+from fabdeploy.appserver.uwsgi import uwsgi_pass
+from fabdeploy.config import Config, ident
+from fabdeploy.hosts.layout import Layout, nginx_site_paths
+from fabdeploy.hosts.roles import Server, balanced, servers
+from fabdeploy.local.render import render, render_file
+from fabdeploy.model import Facts
+from fabdeploy.remote.markers import fail, note
+from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q, write_file
+
+
+MANAGED = "# Managed by fabdeploy"  # the first line of every nginx site fabdeploy writes
+
+
+
+def site_restore(cfg: Config, facts: Facts, T: str) -> list[str]:
+    """An abandoned deploy that installed a changed site (T/nginx-changed; nginx was not reloaded with it):
+    put the site back as it was (its saved copy, disabled again if it was; or no site at all)."""
+    site, enabled = nginx_site_paths(facts.nginx_layout, cfg.project.name)
+    prev = f"{T}/site.prev"
+    unlink = (f"; if [ -f {q(T + '/site.unlinked')} ]; then sudo -n rm -f {q(enabled)}; fi" if enabled else "")
+    return [f"if [ -f {q(T + '/nginx-changed')} ]; then",
+            f"  if [ -f {q(prev)} ]; then sudo -n install -m 0644 {q(prev)} {q(site)}{unlink}; "
+            f"else sudo -n rm -f {q(site)}" + (f" {q(enabled)}" if enabled else "") + "; fi",
+            "fi"]
+
+
+
+def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:
+    """Install the nginx site only if it changed and only if `nginx -t` accepts it (else put the previous
+    one back and fail). Leaves T/site.prev (for a revert) and T/nginx-changed (for the reload)."""
+    site, enabled = nginx_site_paths(facts.nginx_layout, cfg.project.name)
+    new, prev, changed = f"{T}/site.conf", f"{T}/site.prev", f"{T}/nginx-changed"
+    if not content.startswith(MANAGED):
+        content = f"{MANAGED} for {cfg.project.name}; rewritten on every deploy.\n" + content
+    link_ok = f"[ \"$(readlink {q(enabled)})\" = {q(site)} ]" if enabled else "true"
+    unlink = f'[ "$had_link" = 1 ] || sudo -n rm -f {q(enabled)}; ' if enabled else ""
+    restore = [f"if [ -f {q(prev)} ]; then sudo -n install -m 0644 {q(prev)} {q(site)}; {unlink}"
+               f"else sudo -n rm -f {q(site)}" + (f" {q(enabled)}" if enabled else "") + "; fi"]
+    lines = [
+        f"mkdir -p {q(T)}",
+        *write_file(new, content),
+        f"if cmp -s {q(new)} {q(site)} && {link_ok}; then",
+        "  " + note("nginx site unchanged"),
+        "else",
+        # never overwrite a site fabdeploy did not write (project.name = "default" would replace the
+        # distribution's default site)
+        f"  if [ -f {q(site)} ] && ! head -n 1 {q(site)} | grep -q {q(MANAGED)}; then "
+        + fail(f"{site} exists and was not written by fabdeploy (its first line is not '{MANAGED} ...'): "
+               "choose another project.name, or remove that file") + "; fi",
+        f"  if [ -f {q(site)} ]; then cp {q(site)} {q(prev)}; fi",
+        f"  had_link=0; if [ -L {q(enabled)} ]; then had_link=1; fi" if enabled else "  had_link=0",
+        f'  [ "$had_link" = 1 ] || touch {q(T + "/site.unlinked")}',
+        f"  sudo -n install -m 0644 {q(new)} {q(site)}",
+    ]
+    if enabled:
+        lines.append(f"  sudo -n ln -sfn {q(site)} {q(enabled)}")
+    lines += [
+        "  if ! out=$(sudo -n nginx -t 2>&1); then",
+        *["    " + r for r in restore],
+        "    printf '%s\\n' \"$out\" >&2",
+        "    echo 'nginx -t rejected the new site; the previous nginx config was restored' >&2",
+        "    exit 1",
+        "  fi",
+        f"  touch {q(changed)}",
+        "  " + note(f"nginx site installed at {site}"),
+        "fi",
+    ]
+    return lines
+
+
+# `nginx -s reload` only signals the master. Wait until new workers run and every old one has stopped
+# accepting (gone, or titled "shutting down"), so the next request sees the new config; a reload nginx
+# refused (it keeps the old workers) is reported with its error log.
+NGINX_RELOAD = [
+    'old=" $(children "$npid" | tr \'\\n\' \' \') "',
+    "sudo -n nginx -s reload",
+    "i=0; done_=",
+    "while [ $i -lt 100 ]; do",
+    "  fresh=0; stale=0",
+    '  for c in $(children "$npid"); do',
+    '    case "$old" in',
+    '      *" $c "*) tr \'\\0\' \' \' < "/proc/$c/cmdline" 2>/dev/null | grep -q "shutting down" || stale=1;;',
+    "      *) fresh=1;;",
+    "    esac",
+    "  done",
+    '  if [ "$fresh" = 1 ] && [ "$stale" = 0 ]; then done_=1; break; fi',
+    "  i=$((i + 1)); sleep 0.1",
+    "done",
+    '[ -n "$done_" ] || { echo "nginx did not reload within 10s; its error log says:" >&2; '
+    "sudo -n tail -n 5 /var/log/nginx/error.log >&2; exit 1; }",
+    note("nginx reloaded"),
+]
+
+
+
+def nginx_reload_lines(nginx_pid: str) -> list[str]:
+    """Reload a running nginx and wait for it (nothing when it is not running)."""
+    return [ALIVE_FN, CHILDREN_FN, f"npid=$(alive {q(nginx_pid)} nginx || true)",
+            'if [ -n "$npid" ]; then', *["  " + ln for ln in NGINX_RELOAD], "fi"]
+
+
+
+def nginx_restart_lines(facts: Facts, changed_flag: str) -> list[str]:
+    """Start nginx when its pid is not alive; reload it (and wait) only when the site changed."""
+    return [
+        ALIVE_FN,
+        CHILDREN_FN,
+        f"npid=$(alive {q(facts.nginx_pid)} nginx || true)",
+        'if [ -z "$npid" ]; then',
+        "  sudo -n nginx",
+        "  " + note("nginx started"),
+        f"elif [ -f {q(changed_flag)} ]; then",
+        *["  " + ln for ln in NGINX_RELOAD],
+        "else",
+        "  " + note("nginx unchanged"),
+        "fi",
+    ]
+
+
+
+def nginx_site(cfg: Config, server: Server | None = None) -> str:
+    """The site of a host that serves itself (or of a balanced app host with balancer.app_nginx)."""
+    if server is not None and server.role == "lb" and balanced(cfg):
+        return lb_site(cfg)
+    lay = Layout(cfg.paths.deploy_to)
+    context = dict(
+        name=cfg.project.name, listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
+        client_max_body_size=cfg.nginx.client_max_body_size, shared=lay.shared, socket=lay.socket,
+        uwsgi_pass=uwsgi_pass(cfg, server),
+        static_url=cfg.django.static_url, media_url=cfg.django.media_url, static_expires=cfg.nginx.static_expires)
+    if cfg.nginx_template:
+        return render_file(cfg.nginx_template, "nginx.template", **context)
+    return render("nginx-site.conf.j2", **context)
+
+
+
+def lb_site(cfg: Config, drained=()) -> str:
+    """The load balancer's site: an upstream of every app host (those in `drained` marked down)."""
+    lay = Layout(cfg.paths.deploy_to)
+    apps = []
+    for s in servers(cfg):
+        if s.role == "app":
+            addr = s.upstream_address.strip("[]")
+            apps.append(dict(address=f"[{addr}]" if ":" in addr else addr, weight=s.weight, backup=s.backup,
+                             max_fails=s.max_fails, fail_timeout=s.fail_timeout, down=s.upstream_address in drained))
+    b = cfg.balancer
+    return render(
+        "nginx-lb.conf.j2", name=cfg.project.name, upstream=f"{ident(cfg.project.name)}_app",
+        method=b.method, hash_key=b.hash_key, hash_consistent=b.hash_consistent, servers=apps, port=b.port,
+        keepalive=b.keepalive, listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
+        client_max_body_size=cfg.nginx.client_max_body_size, shared=lay.shared, static_url=cfg.django.static_url,
+        media_url=cfg.django.media_url, static_expires=cfg.nginx.static_expires, media=b.media)
+
+
+
+def lb_restore_site(cfg: Config, facts: Facts, staging: str) -> list[str]:
+    """A balancer whose deploy is abandoned: put back the site as it was before the deploy (its saved copy
+    when the deploy changed it, no site when the deploy created it, else the full upstream: a rolling drain
+    may have marked hosts down) and reload a running nginx."""
+    site, enabled = nginx_site_paths(facts.nginx_layout, cfg.project.name)
+    prev, full = f"{staging}/site.prev", f"{staging}/site.full"
+    return [
+        *write_file(full, lb_site(cfg)),
+        f"if [ -f {q(prev)} ]; then sudo -n install -m 0644 {q(prev)} {q(site)}",
+        f"elif [ -f {q(staging + '/nginx-changed')} ]; then sudo -n rm -f {q(site)}"
+        + (f" {q(enabled)}" if enabled else ""),
+        f"else sudo -n install -m 0644 {q(full)} {q(site)}; fi",
+        "if sudo -n nginx -t >/dev/null 2>&1; then",
+        *["  " + ln for ln in nginx_reload_lines(facts.nginx_pid)],
+        "fi",
+    ]

@@ -1,0 +1,127 @@
+"""SSH connections: Fabric Connections with strict host-key checking (Fabric itself auto-adds keys)."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+import paramiko
+from fabric import Connection
+
+from fabdeploy.config import Config
+from fabdeploy.errors import ConfigError, FabdeployError
+
+
+class ConnectError(FabdeployError):
+    pass
+
+
+def host_label(conn: Connection) -> str:
+    return conn.host if conn.port == 22 else f"{conn.host}:{conn.port}"
+
+
+def make_connection(target: str, cfg: Config, fabric_config=None) -> Connection:
+    """A Connection for "[user@]host[:port]"; honours -i/ssh_config from the fab command line."""
+    kwargs = {}
+    if fabric_config is not None:
+        kwargs["config"] = fabric_config
+    conn = Connection(target, connect_timeout=cfg.ssh.connect_timeout, **kwargs)
+    return prepare(conn, cfg)
+
+
+def prepare(conn: Connection, cfg: Config) -> Connection:
+    """Apply fabdeploy's SSH policy to a (not yet opened) Connection and to every gateway hop it goes through
+    (ProxyJump from ssh_config: Fabric gives each hop its own client with auto-add host keys)."""
+    if cfg.ssh.identity_file:
+        key = Path(cfg.ssh.identity_file).expanduser()
+        if not key.is_file():
+            raise ConfigError(f"ssh.identity_file {key} does not exist")
+        files = conn.connect_kwargs.get("key_filename") or []
+        if isinstance(files, str):
+            files = [files]
+        if str(key) not in files:
+            conn.connect_kwargs["key_filename"] = [str(key), *files]
+    if conn.connect_timeout is None:
+        conn.connect_timeout = cfg.ssh.connect_timeout
+    client = conn.client
+    if cfg.ssh.strict_host_keys:
+        try:
+            client.load_system_host_keys()
+        except (OSError, paramiko.SSHException):
+            pass
+        if cfg.ssh.known_hosts:
+            path = Path(cfg.ssh.known_hosts).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"ssh.known_hosts {path} does not exist")
+            client.load_system_host_keys(str(path))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    else:
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    # A ProxyCommand gateway (a string) is a program of its own, e.g. `ssh -W`, checking keys as it is set up.
+    if isinstance(conn.gateway, Connection):
+        prepare(conn.gateway, cfg)
+    return conn
+
+
+def _hops(conn: Connection) -> list[Connection]:
+    """The gateway Connections in front of conn, nearest first."""
+    hops = []
+    gw = conn.gateway
+    while isinstance(gw, Connection):
+        hops.append(gw)
+        gw = gw.gateway
+    return hops
+
+
+def _about(conn: Connection, hostname: str) -> tuple[str, Connection]:
+    """Whom a host-key error is about: the target, or "jump host X (ProxyJump to target)", and its Connection."""
+    for hop in _hops(conn):
+        if hostname in (hop.host, f"[{hop.host}]:{hop.port}"):
+            return f"jump host {host_label(hop)} (ProxyJump to {host_label(conn)})", hop
+    return host_label(conn), conn
+
+
+def open_connection(conn: Connection) -> None:
+    """Open the connection or raise one clear line naming the host."""
+    label = host_label(conn)
+    try:
+        conn.open()
+    except paramiko.BadHostKeyException as exc:
+        raise ConnectError(f"{_about(conn, exc.hostname)[0]}: the SSH host key has CHANGED since it was recorded in "
+                           "known_hosts; refusing to connect (check the server, then fix known_hosts)") from None
+    except paramiko.SSHException as exc:
+        text = str(exc)
+        if "not found in known_hosts" in text:
+            m = re.match(r"Server '(.*)' not found in known_hosts", text)
+            who, hop = _about(conn, m.group(1) if m else conn.host)
+            port = f"-p {hop.port} " if hop.port != 22 else ""
+            raise ConnectError(f"{who}: unknown SSH host key (not in known_hosts); add it with "
+                               f"`ssh-keyscan {port}{hop.host} >> ~/.ssh/known_hosts` or set ssh.known_hosts, "
+                               "or opt out with ssh.strict_host_keys = false") from None
+        if isinstance(exc, paramiko.AuthenticationException) or "Authentication failed" in text:
+            raise ConnectError(f"{label}: SSH authentication failed for user {conn.user}") from None
+        raise ConnectError(f"{label}: SSH failed: {text}") from None
+    except socket.timeout:
+        raise ConnectError(f"{label}: SSH connection timed out") from None
+    except (OSError, EOFError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ConnectError(f"{label}: cannot connect: {reason}") from None
+
+
+def local_user() -> str:
+    try:
+        import getpass
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = os.environ.get("USER", "unknown")
+    return f"{user}@{socket.gethostname()}"
+
+
+def reconnect(conn: Connection, cfg: Config) -> Connection:
+    """A fresh, opened connection to the same host (the old transport died), for cleaning up."""
+    fresh = Connection(conn.host, user=conn.user, port=conn.port, config=conn.config,
+                       connect_kwargs=dict(conn.connect_kwargs), connect_timeout=cfg.ssh.connect_timeout)
+    prepare(fresh, cfg)
+    open_connection(fresh)
+    return fresh

@@ -1,0 +1,45 @@
+"""Render the jinja2 templates (uWSGI ini, nginx site, production settings module)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+
+from fabdeploy.errors import ConfigError
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+# Installed: fabdeploy/templates; in a checkout (or an editable install): <repo>/templates.
+TEMPLATE_DIRS = [p for p in (_PACKAGE / "templates", _PACKAGE.parent / "templates") if p.is_dir()]
+
+
+def _ini_value(value) -> str:
+    """uWSGI expands %(...) and %x in ini values; %% is a literal percent."""
+    return str(value).replace("%", "%%")
+
+
+def environment(extra_dirs=()) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(d) for d in extra_dirs] + [str(d) for d in TEMPLATE_DIRS]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["pyrepr"] = repr
+    env.filters["ini"] = _ini_value
+    return env
+
+
+def render(template: str, **context) -> str:
+    return environment().get_template(template).render(**context)
+
+
+def render_file(path: Path, what: str, **context) -> str:
+    """Render a user's template file; any template problem is one ConfigError line naming `what`."""
+    try:
+        return environment([path.parent]).get_template(path.name).render(**context)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"{what} {path}: line {exc.lineno}: {exc.message}") from None
+    except jinja2.TemplateError as exc:
+        raise ConfigError(f"{what} {path}: {exc}") from None

@@ -1,0 +1,237 @@
+"""One app host of a deploy: the three invocations of pipeline.APP, run in order by deploy_all (setup,
+build, publish), and the cleanups that put the host back when the deploy stops."""
+from __future__ import annotations
+
+import base64
+import threading
+import time
+
+from fabdeploy import model, pipeline
+from fabdeploy.config import Config
+from fabdeploy.errors import FabdeployError
+from fabdeploy.hosts.connect import local_user, open_connection
+from fabdeploy.hosts.fleet import deferred_interrupt
+from fabdeploy.hosts.target import Target
+from fabdeploy.local.source import Source, bundle
+from fabdeploy.local.wheelhouse import build_wheels, venv_hash
+from fabdeploy.ops.outcome import Outcome, Shared, run_cleanup, site_url
+from fabdeploy.output import Printer
+from fabdeploy.remote import detach, markers
+from fabdeploy.remote.markers import parse_facts
+from fabdeploy.remote.runner import Interrupted, run_script
+from fabdeploy.remote.script import Phase, Script, mask
+from fabdeploy.remote.shell import q
+from fabdeploy.steps import cleanup, live_check, lock, secret_key
+from fabdeploy.steps.lock import LockOwner
+
+
+class HostDeploy:
+    """One host of a deploy: prepare() everywhere first, then publish() (or abort()) everywhere."""
+
+    def __init__(self, conn, cfg: Config, source: Source, rel_id: str, printer: Printer, shared: Shared,
+                 cancel: threading.Event, wait: int = 0, force: bool = False):
+        self.conn, self.cfg, self.source, self.rel_id = conn, cfg, source, rel_id
+        self.cancel, self.wait, self.force = cancel, wait, force
+        self.printer, self.shared = printer, shared
+        self.target = Target.of(conn, cfg)
+        self.host, self.server, self.layout = self.target.label, self.target.server, self.target.layout
+        self.owner = LockOwner.new("deploy", local_user())
+        self.fingerprint = live_check.fingerprint(cfg, source.revision, source.requirements, self.server)
+        # what the pipeline's builders need (pipeline.RunState), filled in as the run goes
+        self.state = pipeline.RunState(
+            cfg, self.target, self.owner, rel_id, {"revision": source.revision, "branch": source.branch}, wait,
+            fingerprint="" if force else self.fingerprint, requirement_files=source.requirement_files)
+        self.remote: dict = {}  # the remote process group of the running invocation
+        self.detached = ""  # the file prefix of the detached publish on the host (detach.py)
+        self.stage = "connect"
+        self.held_interrupt = False
+        self.key_fp = ""  # fingerprint of the host's shared/secret_key ("" = none)
+        self.started = time.monotonic()
+
+    @property
+    def rel(self) -> model.Release | None:
+        return self.state.rel
+
+    @property
+    def facts(self) -> model.Facts | None:
+        return self.state.facts
+
+    @property
+    def secret_key(self) -> str:
+        """The fleet's key, when this host must get it (never printed)."""
+        return self.state.secret_key
+
+    @secret_key.setter
+    def secret_key(self, value: str) -> None:
+        self.state.secret_key = value
+
+    def run(self, name: str, stdin: bytes | None = None):
+        """Run the pipeline's invocation `name` (pipeline.APP) on this host."""
+        script = pipeline.script("app", name, self.state)
+        if script.detach:
+            self.detached = script.detach
+        self.printer.debug(self.host, pipeline.listing(name, script))
+        timeout = self.cfg.pip.timeout + 600 + self.wait
+        interruptible = self.stage not in ("publish", "published")
+        # (the pgid of an interruptible run: its cleanup stops it; a detached publish is never stopped)
+        return run_script(self.conn, script, host=self.host, stdin=stdin, timeout=timeout,
+                          remote=self.remote if interruptible else None,
+                          cancel=self.cancel if interruptible else None,
+                          on_phase=lambda ph: self.printer.phase(self.host, ph),
+                          on_output=(lambda s, ln: self.printer.debug(self.host, ln)) if self.printer.verbose
+                          else None)
+
+    def setup(self) -> None:
+        """Invocation 1: layout, lock, facts (with the fingerprint of the host's secret key). On failure or
+        Ctrl-C cleans up after itself and raises."""
+        try:
+            open_connection(self.conn)
+            self.stage = "setup"
+            result = self.run("setup")
+            raw = parse_facts(result.stdout)
+            self.state.facts = facts = model.Facts.parse(raw)
+            self.key_fp = raw.get(secret_key.FACT, "")
+            if facts.unchanged:
+                self.stage = "unchanged"  # the lock is already released
+                return
+            self.stage = "locked"
+        except (FabdeployError, KeyboardInterrupt) as exc:
+            if self.stage != "connect":
+                self.fail_cleanup(exc)
+            raise
+
+    def build(self) -> None:
+        """Invocation 2: upload, venv, migrate, static, config. Changes nothing the running site uses; on
+        failure or Ctrl-C cleans up after itself and raises."""
+        cfg, facts = self.cfg, self.facts
+        if self.stage == "unchanged":
+            return
+        try:
+            key = venv_hash(cfg, self.source.requirements, facts.python_version)
+            need_venv = key not in facts.venvs
+            wheels = self.wheels(key, facts) if (need_venv and cfg.pip.wheelhouse) else []
+            self.check_cancel("wheels")
+            self.state.rel = rel = model.Release(
+                self.rel_id, self.source.revision, self.source.branch, self.source.kind,
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), self.owner.who, key, bool(wheels),
+                self.fingerprint)
+            archive = self.archive(wheels)
+            self.printer.line(self.host, f"upload   release {rel.id} ({len(archive) // 1024} KiB"
+                              + (f", {len(wheels)} wheels" if wheels else "") + ")")
+            self.stage = "prepare"
+            self.run("prepare", stdin=archive)
+            self.stage = "prepared"
+        except (FabdeployError, KeyboardInterrupt) as exc:
+            if self.stage != "connect":
+                self.fail_cleanup(exc)
+            raise
+
+    def publish(self) -> Outcome:
+        """Invocation 3: switch, reload, health gate (reverting by itself on failure), prune, audit, unlock.
+        Never cut in half by Ctrl-C; runs detached on the host, so not by a dead client either."""
+        cfg, facts = self.cfg, self.facts
+        if self.stage == "unchanged":
+            return Outcome(self.host, facts.unchanged, True, "", time.monotonic() - self.started,
+                           site_url(cfg, self.conn.host), unchanged=True)
+        # runs detached on the host: it finishes (health gate, revert, audit, unlock) even if we die
+        self.stage = "publish"
+        try:
+            with deferred_interrupt():
+                try:
+                    self.run("publish")
+                finally:
+                    self.stage = "published"
+        except KeyboardInterrupt:
+            if self.stage != "published":
+                raise
+            self.held_interrupt = True  # (a rolling deploy stops after this batch)
+            self.printer.line(self.host, "interrupt held until the switch finished; the deploy completed")
+        except FabdeployError as exc:
+            if self.fail_cleanup(exc) != "0":
+                raise
+            self.printer.line(self.host, "the SSH channel broke during publish; the host finished it by itself "
+                              "(exit status 0)")
+        return Outcome(self.host, self.rel_id, True, "", time.monotonic() - self.started,
+                       site_url(cfg, self.conn.host))
+
+    def abort(self, reason: str) -> None:
+        """A prepared host whose fleet will not switch: remove its release, audit, unlock."""
+        self.fail_cleanup(FabdeployError(reason))
+
+    def live_release(self) -> str:
+        """The release this host serves after preparing: the new one, or the live one when unchanged."""
+        return self.facts.unchanged if self.stage == "unchanged" else self.rel_id
+
+    def export_static(self) -> bytes:
+        """The static root of this host's release as a tar.gz (for the load balancers), one invocation."""
+        rid = self.live_release()
+        static = self.layout.static
+        script = Script([Phase("static", [
+            f"[ -d {q(static + '/' + rid)} ] || {markers.fail(f'no static files for {rid} on this host')}",
+            f"tar -czf - -C {q(static)} {q(rid)} | base64"])])
+        res = run_script(self.conn, script, host=self.host, timeout=600)
+        return base64.b64decode("".join(res.phases["static"].stdout))
+
+    def revert(self, reason: str) -> None:
+        """Switch a published host back to the release it ran before (its rolling batch failed)."""
+        previous = self.facts.current.rsplit("/", 1)[-1] if self.facts and self.facts.current else ""
+        if self.stage == "unchanged" or not previous:
+            return
+        owner = LockOwner.new("rollback", self.owner.who)
+        try:
+            state = pipeline.RunState(self.cfg, self.target, owner, previous, to=previous)
+            run_script(self.conn, pipeline.script("rollback", "rollback", state), host=self.host,
+                       timeout=self.cfg.uwsgi.reload_timeout + 120,
+                       on_phase=lambda ph: self.printer.phase(self.host, ph))
+            self.printer.line(self.host, f"reverted to {previous}: {reason}")
+        except FabdeployError as exc:
+            self.printer.line(self.host, f"could not revert to {previous}: {exc}")
+
+    def check_cancel(self, where: str) -> None:
+        if self.cancel.is_set():
+            raise Interrupted(f"{self.host}: interrupted during {where}")
+
+    def fail_cleanup(self, exc: BaseException) -> str:
+        """Best effort, one invocation (reconnecting if the connection died): stop the remote half, drop the
+        half-built release (before the switch only), write the audit line, release our lock. After the
+        switch, first let a detached publish our broken channel left behind finish (it audits and unlocks
+        by itself); returns its exit status ("" when none was left behind)."""
+        interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
+        error = "interrupted" if interrupted else str(exc).splitlines()[0]
+        before_switch = self.stage not in ("publish", "published")
+        timeout = self.cfg.pip.timeout + 600
+        built = [cleanup.abandon(self.cfg, self.rel or model.Release(self.rel_id, "", "", "", "", ""),
+                                self.remote.get("pgid"), lock.held(self.cfg, self.owner), self.facts)] \
+            if before_switch else [*([Phase("settle", detach.settle(self.detached, timeout))] if self.detached
+                                     else []), cleanup.drop_staging(self.cfg, self.rel_id)]
+        record = self.state.audit("interrupted" if interrupted else "failed", mask(error, self.cfg.secret_values()))
+        res = run_cleanup(self, Script([*built, lock.failed_finish(self.cfg, self.owner, record)]), timeout + 60)
+        if not res:
+            return ""
+        if interrupted:
+            self.printer.line(self.host, f"interrupted during {self.stage}; "
+                              + ("the half-built release was removed, " if before_switch else "")
+                              + "lock released")
+        return parse_facts(res.stdout).get(detach.STATUS_FACT, "")
+
+    def wheels(self, key: str, facts: model.Facts) -> list:
+        variant = (key, facts.python_platform)
+        with self.shared.lock:
+            if variant not in self.shared.wheels:
+                self.printer.line(self.host, f"wheels   building the wheelhouse for Python {facts.python_version} "
+                                  f"({facts.python_platform}) ...")
+                t = time.monotonic()
+                self.shared.wheels[variant] = build_wheels(self.cfg, self.source.requirement_files,
+                                                           facts.python_version, facts.python_platform, key)
+                self.printer.line(self.host, f"wheels   {len(self.shared.wheels[variant])} wheels ready "
+                                  f"{time.monotonic() - t:6.2f}s")
+            return self.shared.wheels[variant]
+
+    def archive(self, wheels: list) -> bytes:
+        variant = tuple(str(w) for w in wheels)
+        with self.shared.lock:
+            if variant not in self.shared.bundles:
+                self.shared.bundles[variant] = bundle(self.source.tar, wheels)
+            return self.shared.bundles[variant]
+
+

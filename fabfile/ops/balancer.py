@@ -1,0 +1,153 @@
+"""One load balancer host of a deploy: the invocations of pipeline.BALANCER (setup, prepare, drain, finish),
+run by deploy_all, and the cleanup that puts its site and static files back when the deploy stops."""
+from __future__ import annotations
+
+import threading
+import time
+
+from fabdeploy import model, pipeline
+from fabdeploy.config import Config
+from fabdeploy.errors import FabdeployError
+from fabdeploy.front import nginx
+from fabdeploy.hosts.connect import local_user, open_connection
+from fabdeploy.hosts.fleet import deferred_interrupt
+from fabdeploy.hosts.target import Target
+from fabdeploy.ops.outcome import Outcome, run_cleanup, site_url
+from fabdeploy.output import Printer
+from fabdeploy.remote import detach, shell
+from fabdeploy.remote.markers import parse_facts
+from fabdeploy.remote.runner import Interrupted, run_script
+from fabdeploy.remote.script import Phase, Script, mask
+from fabdeploy.remote.shell import q
+from fabdeploy.steps import balancer, lock, static
+from fabdeploy.steps.lock import LockOwner
+
+
+class LbDeploy:
+    """One load balancer host: setup (lock, facts), prepare (this release's static files, the upstream
+    site, checked with `nginx -t`), drain (batches of a rolling deploy marked down), finish (final site,
+    reload, health check through the balancer, prune static roots, audit, unlock)."""
+
+    def __init__(self, conn, cfg: Config, rel_id: str, printer: Printer, cancel: threading.Event,
+                 wait: int = 0, record: dict | None = None):
+        self.conn, self.cfg, self.printer, self.cancel, self.wait = conn, cfg, printer, cancel, wait
+        self.target = Target.of(conn, cfg)
+        self.host, self.server, self.layout = self.target.label, self.target.server, self.target.layout
+        self.owner = LockOwner.new("deploy", local_user())
+        self.state = pipeline.RunState(cfg, self.target, self.owner, rel_id, dict(record or {}), wait)
+        self.stage = "connect"
+        self.remote: dict = {}  # the pgid of the running remote script: stopped when it fails or is interrupted
+        self.detached = ""  # the file prefix of the detached finish on the host (detach.py)
+        self.static_before = ""
+        self.started = time.monotonic()
+
+    @property
+    def rel_id(self) -> str:
+        """The release whose static files this balancer gets (the app hosts' live one once they prepared)."""
+        return self.state.release_id
+
+    @property
+    def facts(self) -> model.Facts | None:
+        return self.state.facts
+
+    @property
+    def staging(self) -> str:
+        return self.state.staging
+
+    def run(self, name: str, stdin: bytes | None = None, interruptible: bool = True):
+        """Run the pipeline's invocation `name` (pipeline.BALANCER) on this host."""
+        script = pipeline.script("lb", name, self.state)
+        if script.detach:
+            self.detached = script.detach
+        self.printer.debug(self.host, pipeline.listing(name, script))
+        return run_script(self.conn, script, host=self.host, stdin=stdin,
+                          timeout=self.cfg.pip.timeout + 600 + self.wait,
+                          remote=self.remote if interruptible else None,
+                          cancel=self.cancel if interruptible else None,
+                          on_phase=lambda ph: self.printer.phase(self.host, ph))
+
+    def prepare(self) -> None:
+        """Invocation 1: layout, lock, facts (runs while the app hosts prepare)."""
+        try:
+            open_connection(self.conn)
+            self.stage = "setup"
+            res = self.run("setup")
+            raw = parse_facts(res.stdout)
+            self.state.facts = model.Facts.parse(raw)
+            self.static_before = raw.get(balancer.STATIC_FACT, "")
+            self.stage = "locked"
+        except (FabdeployError, KeyboardInterrupt) as exc:
+            if self.stage != "connect":
+                self.fail_cleanup(exc)
+            raise
+
+    def stage_release(self, static_id: str, tar: bytes) -> None:
+        """Invocation 2: unpack the release's static files (hard-linked onto the live ones, so pages of the
+        old and the new release both find theirs), point static/current at them, install the site."""
+        self.state.release_id = static_id
+        self.state.static_upload = upload = static_id != self.static_before
+        try:
+            self.stage = "prepare"
+            self.run("prepare", stdin=tar if upload else None)
+            self.stage = "prepared"
+        except (FabdeployError, KeyboardInterrupt) as exc:
+            self.fail_cleanup(exc)
+            raise
+
+    def drain(self, targets: list[str]) -> None:
+        """Mark these app hosts down in the upstream (every other one up), `nginx -t`, reload and wait."""
+        self.state.drained = tuple(targets)
+        self.run("drain", interruptible=False)
+
+    def finish(self, record: dict) -> Outcome:
+        """The final site (every app host up), start or reload nginx, check through the balancer, prune
+        static roots of releases no longer kept, audit, unlock."""
+        cfg = self.cfg
+        self.state.outcome = dict(record)
+        # detached on the host like an app host's publish: it finishes (reload, audit, unlock) if we die
+        try:
+            with deferred_interrupt():
+                res = self.run("finish", interruptible=False)
+        except FabdeployError as exc:
+            if self.fail_cleanup(exc) != "0":
+                return Outcome(self.host, self.rel_id, False, str(exc), time.monotonic() - self.started)
+            self.printer.line(self.host, "the SSH channel broke during finish; the host finished it by itself "
+                              "(exit status 0; see fab status for the check through the balancer)")
+            return Outcome(self.host, self.rel_id, True, "", time.monotonic() - self.started,
+                           site_url(cfg, self.conn.host))
+        health_ph = res.phases.get("health")
+        if health_ph is not None and health_ph.rc:
+            error = f"{self.host}: health: " + (health_ph.errors or ["failed"])[-1]
+            return Outcome(self.host, self.rel_id, False, error, time.monotonic() - self.started)
+        # the balancer did its part (its audit line says how the deploy as a whole ended)
+        return Outcome(self.host, self.rel_id, True, "", time.monotonic() - self.started,
+                       site_url(cfg, self.conn.host))
+
+    def abort(self, reason: str, keep_static: bool = False) -> None:
+        """The deploy stops: see fail_cleanup. keep_static: app hosts already serve the new release, whose
+        pages need its static files (the new root holds the old files as well)."""
+        self.fail_cleanup(FabdeployError(reason), keep_static)
+
+    def fail_cleanup(self, exc: BaseException, keep_static: bool = False) -> str:
+        """Put static/current and the site back as they were, audit, unlock (best effort). After a broken
+        channel in finish, first let the detached finish end (it unlocks when it succeeds, and then nothing
+        is put back); returns its exit status ("" when none was left behind)."""
+        interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
+        error = "interrupted" if interrupted else str(exc).splitlines()[0]
+        st = self.layout.static
+        lines = []
+        if self.facts is not None and self.stage not in ("setup", "locked"):
+            lines = nginx.lb_restore_site(self.cfg, self.facts, self.staging)
+            if self.static_before and self.rel_id != self.static_before and not keep_static:
+                lines += [*static.static_switch(self.cfg, q(self.static_before)), f"rm -rf {q(st + '/' + self.rel_id)}"]
+            lines.append(f"rm -rf {q(self.staging)}")
+        record = self.state.audit("interrupted" if interrupted else "failed", mask(error, self.cfg.secret_values()))
+        held = lock.held(self.cfg, self.owner)
+        stop = shell.stop_group(self.remote.pop("pgid", None))  # e.g. a loop waiting for the lock
+        timeout = self.cfg.pip.timeout + 600
+        settle = [Phase("settle", detach.settle(self.detached, timeout))] if self.detached else []
+        res = run_cleanup(self, Script([*settle, Phase("abandon", [*stop, f"if ! {held}; then exit 0; fi", *lines]),
+                                        lock.failed_finish(self.cfg, self.owner, record)]), timeout + 60)
+        return parse_facts(res.stdout).get(detach.STATUS_FACT, "") if res else ""
+
+

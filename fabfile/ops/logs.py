@@ -1,0 +1,122 @@
+"""`fab logs`: the app server log and this site's nginx access/error logs, from every host at once.
+
+Read-only and lock-free. -n shows the last lines; -f follows, merging the hosts' streams live with each
+line prefixed by host and log. The remote `tail` is tied to the SSH channel's stdin: when the channel
+closes (Ctrl-C here, or this process dying), `cat` sees EOF and kills tail, so nothing is left running.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import paramiko
+
+from fabdeploy.config import Config
+from fabdeploy.errors import FabdeployError
+from fabdeploy.hosts.connect import host_label, open_connection
+from fabdeploy.hosts.fleet import for_each_host
+from fabdeploy.hosts.layout import Layout
+from fabdeploy.hosts.roles import Server, balanced, runs_nginx, server_of
+from fabdeploy.output import Printer
+from fabdeploy.remote.shell import q
+
+WHICH = ("app", "access", "error")
+
+
+def log_files(cfg: Config, server: Server | None = None) -> dict[str, str]:
+    """The logs a host has: the app server's (not on a load balancer) and this site's nginx logs (not on an
+    app host behind a load balancer, unless balancer.app_nginx)."""
+    name = cfg.project.name
+    files = {"app": Layout(cfg.paths.deploy_to).uwsgi_log,
+             "access": f"/var/log/nginx/{name}.access.log",
+             "error": f"/var/log/nginx/{name}.error.log"}
+    if server is not None and server.role == "lb" and balanced(cfg):
+        del files["app"]
+    if not runs_nginx(cfg, server):
+        del files["access"], files["error"]
+    return files
+
+
+def tail_command(files: list[str], lines: int, follow: bool) -> str:
+    """One remote command; sudo -n only when a log is not readable by the SSH user."""
+    words = " ".join(q(f) for f in files)
+    sudo = f'S=; for f in {words}; do [ ! -e "$f" ] || [ -r "$f" ] || S="sudo -n"; done; '
+    if not follow:
+        return f"{sudo}$S tail -v -n {int(lines)} {words}"
+    body = f'tail -v -n {int(lines)} -F "$@" & t=$!; cat >/dev/null; kill $t 2>/dev/null'
+    return f"{sudo}exec $S sh -c {q(body)} sh {words}"
+
+
+def stream(conn, cfg: Config, files: dict[str, str], lines: int, follow: bool, printer: Printer,
+           cancel: threading.Event) -> None:
+    host = host_label(conn)
+    label_of = {path: which for which, path in files.items()}
+    open_connection(conn)
+    chan = conn.client.get_transport().open_session()
+    chan.exec_command(tail_command(list(files.values()), lines, follow))
+    if not follow:
+        chan.shutdown_write()
+    current = {"label": ""}
+    buf = b""
+
+    def emit(raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace")
+        if line.startswith("==> ") and line.endswith(" <=="):
+            current["label"] = label_of.get(line[4:-4], line[4:-4])
+            return
+        if line.strip():
+            printer.line(host, f"{current['label']:<6} | {line}")
+
+    try:
+        while not cancel.is_set():
+            if chan.recv_ready():
+                buf += chan.recv(65536)
+                *done, buf = buf.split(b"\n")
+                for raw in done:
+                    emit(raw)
+                continue
+            if chan.recv_stderr_ready():
+                for raw in chan.recv_stderr(65536).splitlines():
+                    text = raw.decode("utf-8", "replace")
+                    if "sudo" in text or "cannot open" in text:
+                        printer.line(host, f"!      | {text}")
+                continue
+            if chan.exit_status_ready() and chan.eof_received:  # (the status can come before the last output)
+                break
+            time.sleep(0.02)
+        if buf:
+            emit(buf)
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        raise FabdeployError(f"{host}: logs: SSH connection lost ({exc})") from None
+    finally:
+        chan.close()  # the remote `cat` sees EOF and ends the tail
+
+
+def show_logs(conns, cfg: Config, printer: Printer, lines: int, follow: bool, which: str | None,
+              parallel: int | None = None) -> list[str]:
+    chosen = WHICH
+    if which:
+        chosen = [w.strip() for w in which.split(",") if w.strip()]
+        bad = [w for w in chosen if w not in WHICH]
+        if bad:
+            raise FabdeployError(f"--which {','.join(bad)}: choose from {', '.join(WHICH)}")
+    printer.width = max(len(host_label(c)) for c in conns)
+    errors: list[str] = []
+
+    def one(conn, cancel) -> None:
+        try:
+            files = {w: f for w, f in log_files(cfg, server_of(conn)).items() if w in chosen}
+            if files:  # (--which access on an app host without nginx: nothing to show there)
+                stream(conn, cfg, files, lines, follow, printer, cancel)
+        except FabdeployError as exc:
+            errors.append(str(exc))
+        finally:
+            conn.close()
+
+    try:
+        # every host at once when following (a bounded pool would never reach the hosts beyond it)
+        for_each_host(conns, one, len(conns) if follow else (parallel or cfg.fleet.parallel))
+    except KeyboardInterrupt:
+        if not follow:
+            raise
+    return errors

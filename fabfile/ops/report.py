@@ -1,0 +1,285 @@
+"""`fab releases` and `fab status`: one read-only remote invocation per host (a small Python program run
+by the host's python3), printed as tables or JSON. Neither takes the lock nor writes anything."""
+from __future__ import annotations
+
+import json
+
+from fabdeploy.config import Config
+from fabdeploy.errors import FabdeployError
+from fabdeploy.hosts.connect import host_label, open_connection
+from fabdeploy.hosts.fleet import for_each_host
+from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, Layout
+from fabdeploy.hosts.roles import runs_nginx, server_of
+from fabdeploy.remote.markers import MARK
+from fabdeploy.remote.runner import run_script
+from fabdeploy.remote.script import Phase, Script
+from fabdeploy.remote.shell import q
+from fabdeploy.steps.health import PROBE_PY, check_spec
+
+_COMMON = r"""
+import json, os, re, sys, time
+P = json.loads(sys.argv[1])
+D = P["deploy_to"]
+def read(path, default=""):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return default
+def current():
+    try:
+        return os.path.basename(os.readlink(D + "/current"))
+    except OSError:
+        return ""
+def audit(n):
+    lines = read(D + "/shared/log/audit.jsonl").splitlines()[-n:]
+    out = []
+    for ln in lines:
+        try:
+            out.append(json.loads(ln))
+        except ValueError:
+            pass
+    return out
+def emit(obj):
+    print("@@fabdeploy json " + json.dumps(obj))
+"""
+
+RELEASES_PY = _COMMON + r"""
+cur = current()
+rels = []
+rdir = D + "/releases"
+names = sorted(os.listdir(rdir), reverse=True) if os.path.isdir(rdir) else []
+for r in names:
+    if not re.match(P["pattern"], r):
+        continue
+    try:
+        meta = json.loads(read(f"{rdir}/{r}/.fabdeploy/release.json", "{}"))
+    except ValueError:
+        meta = {}
+    venv = meta.get("venv") or read(f"{rdir}/{r}/.fabdeploy/venv")
+    status = "current" if r == cur else ("bad" if os.path.exists(f"{rdir}/{r}/.fabdeploy/bad") else
+                                         "never live" if os.path.exists(f"{rdir}/{r}/.fabdeploy/pending") else "ok")
+    rels.append({"id": r, "revision": meta.get("revision", ""), "branch": meta.get("branch", ""),
+                 "deployed_at": meta.get("deployed_at", ""), "deployed_by": meta.get("deployed_by", ""),
+                 "status": status, "venv": venv,
+                 "venv_present": bool(venv) and os.path.isfile(f"{D}/venvs/{venv}/.fabdeploy-complete")})
+emit({"current": cur, "releases": rels, "audit": audit(10)})
+"""
+
+STATUS_PY = _COMMON + PROBE_PY + r"""
+def alive(pidfile, name):
+    pid = re.sub(r"\D", "", read(pidfile))
+    if pid and name in read(f"/proc/{pid}/comm"):
+        return int(pid)
+    return None
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and re.search(rf"^PPid:\s*{pid}$", read(f"/proc/{d}/status"), re.M):
+            out.append(int(d))
+    return out
+cur = current()
+res = {"current": cur, "revision": "", "branch": ""}
+if cur:
+    try:
+        meta = json.loads(read(f"{D}/releases/{cur}/.fabdeploy/release.json", "{}"))
+        res["revision"], res["branch"] = meta.get("revision", ""), meta.get("branch", "")
+    except ValueError:
+        pass
+pid = alive(D + "/shared/run/uwsgi.pid", "uwsgi")
+workers = children(pid) if pid else []
+res["app"] = {"pid": pid, "workers": len(workers),
+              "on_current": bool(workers) and all(
+                  os.path.realpath(f"/proc/{w}/cwd") == os.path.realpath(f"{D}/current") for w in workers
+                  if os.path.exists(f"/proc/{w}/cwd"))}
+conf = read("/etc/nginx/nginx.conf")
+m = re.search(r"^\s*pid\s+([^;\s]+)", conf, re.M)
+npid = alive(m.group(1) if m else "/run/nginx.pid", "nginx")
+name = P["name"]
+enabled = os.path.exists(f"/etc/nginx/sites-enabled/{name}") or os.path.exists(f"/etc/nginx/conf.d/{name}.conf")
+res["nginx"] = {"pid": npid, "site_enabled": enabled}
+res["role"], res["nginx_expected"] = P["role"], P["nginx"]
+if P["role"] == "lb":
+    res["static"] = os.path.basename(os.path.realpath(D + "/shared/static/current"))
+else:  # the fingerprint of the deploy's key agreement (secret_key.fingerprint_lines), never the key
+    import hashlib
+    key = read(D + "/shared/secret_key")
+    res["secret_key_fp"] = hashlib.sha256(("fabdeploy-secret-key:" + key).encode()).hexdigest()[:16] if key else ""
+start = time.monotonic()
+spec, said, bad, statuses, error = P["check"], [], [], [], ""
+for host in spec["hosts"]:
+    try:
+        ok, line, status = probe(spec, host)
+    except Exception as exc:
+        ok, line, status, error = False, f"GET {spec['path']} (Host: {host}): {str(exc)[:200]}", None, str(exc)[:200]
+    said.append(line)
+    if not ok:
+        bad.append(line)
+    statuses.append((ok, status))
+# status: the final answer of the first failing name (None: no answer), else of the first name
+res["http"] = {"ok": not bad, "status": min(statuses, key=lambda s: s[0])[1], "answer": "; ".join(bad or said),
+               "via": spec["proto"], "ms": round((time.monotonic() - start) * 1000), "error": error}
+try:
+    st = os.statvfs(D)
+    res["disk_free_bytes"] = st.f_bavail * st.f_frsize
+except OSError:
+    res["disk_free_bytes"] = None
+lock = D + "/.fabdeploy-lock"
+res["lock"] = ({"holder": read(lock + "/info", "unknown"), "age_s": int(time.time() - os.stat(lock).st_mtime)}
+               if os.path.isdir(lock) else None)
+last = audit(1)
+res["last"] = last[0] if last else None
+emit(res)
+"""
+
+
+def _program(cfg: Config, code: str, params: dict) -> Script:
+    return Script([Phase("read", [f"{q(cfg.project.python)} -c {q(code)} {q(json.dumps(params))}"])])
+
+
+def _json(res) -> dict:
+    prefix = f"{MARK} json "
+    for line in res.stdout.splitlines():
+        if line.startswith(prefix):
+            return json.loads(line[len(prefix):])
+    raise FabdeployError("the host returned no report")
+
+
+def _collect(conns, cfg: Config, code: str, params_for, parallel: int | None = None) -> list[dict]:
+    def one(conn, cancel) -> dict:
+        host = host_label(conn)
+        try:
+            open_connection(conn)
+            res = run_script(conn, _program(cfg, code, params_for(conn)), host=host, timeout=60, cancel=cancel)
+            return {"host": host, **_json(res)}
+        except FabdeployError as exc:
+            return {"host": host, "error": str(exc)}
+        finally:
+            conn.close()
+    return for_each_host(conns, one, parallel or cfg.fleet.parallel)
+
+
+def releases(conns, cfg: Config, parallel: int | None = None) -> list[dict]:
+    return _collect(conns, cfg, RELEASES_PY,
+                    lambda conn: {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "pattern": RELEASE_GLOB_ERE},
+                    parallel)
+
+
+def status(conns, cfg: Config, parallel: int | None = None) -> list[dict]:
+    def params(conn):
+        server = server_of(conn)
+        return {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "name": cfg.project.name,
+                "role": server.role, "check": check_spec(cfg, conn.host, server), "nginx": runs_nginx(cfg, server)}
+    return _collect(conns, cfg, STATUS_PY, params, parallel)
+
+
+def drift(reports: list[dict]) -> str:
+    """A warning when the hosts do not all serve the same release."""
+    apps = [r for r in reports if "error" not in r and r.get("role", "app") == "app"]
+    seen = {r.get("current") or "(none)" for r in apps}
+    if len(seen) <= 1:
+        return ""
+    by = ", ".join(f"{r['host']}={r.get('current') or '(none)'}" for r in apps)
+    return f"DRIFT: hosts are not on the same release: {by}"
+
+
+def key_drift(reports: list[dict]) -> str:
+    """A warning when the app hosts do not all have the same SECRET_KEY (fingerprints, grouped)."""
+    apps = [r for r in reports if "secret_key_fp" in r]
+    fps = {r["host"]: r["secret_key_fp"] for r in apps}
+    if len(set(fps.values())) <= 1:
+        return ""
+    groups = "; ".join(f"{', '.join(h for h, f in fps.items() if f == fp)} ({fp[:8] or 'no key'})"
+                       for fp in sorted(set(fps.values())))
+    return f"SECRET_KEY DIFFERS between app hosts: {groups} (fab deploy --adopt-secret-key HOST)"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _per_host(reports: list[dict], body) -> list[str]:
+    """The host's name, then body(report) lines, or its error."""
+    out = []
+    for rep in reports:
+        out.append(rep["host"])
+        out += [f"  error: {rep['error']}"] if "error" in rep else body(rep)
+    return out
+
+
+def format_releases(reports: list[dict]) -> str:
+    def body(rep) -> list[str]:
+        if not rep["releases"]:
+            return ["  no releases"]
+        rows = [["RELEASE", "REVISION", "BRANCH", "DEPLOYED AT", "DEPLOYED BY", "STATUS", "VENV"]]
+        for r in rep["releases"]:
+            rows.append([r["id"], r["revision"][:10], r["branch"] or "-", r["deployed_at"] or "-",
+                         r["deployed_by"] or "-", r["status"], "yes" if r["venv_present"] else "removed"])
+        return _table(rows)
+    return "\n".join(_per_host(reports, body))
+
+
+def _size(n) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "?"
+
+
+def format_status(reports: list[dict]) -> str:
+    def body(rep) -> list[str]:
+        app, ngx, http = rep["app"], rep["nginx"], rep["http"]
+        rev = (rep["revision"] or "")[:10]
+        where = f"  ({rev}, {rep['branch']})" if rev and rep["branch"] else (f"  ({rev})" if rev else "")
+        lb = rep.get("role") == "lb"
+        via = " (uwsgi protocol, straight to uWSGI)" if http.get("via") == "uwsgi" else (
+            " (through the load balancer)" if lb else "")
+        out = [f"  role      load balancer; static files of {rep.get('static') or '(none)'}" if lb else
+               f"  release   {rep['current'] or '(none)'}{where}",
+               "  app       " + ("none (load balancer)" if lb else
+                                 f"uWSGI master {app['pid']} up, {app['workers']} workers"
+                                 + ("" if app["on_current"] else " (NOT all on current)")
+                                 if app["pid"] else "uWSGI DOWN"),
+               "  nginx     " + ("not used (behind the load balancer)" if not rep.get("nginx_expected", True) else
+                                 (f"up (master {ngx['pid']})" if ngx["pid"] else "DOWN")
+                                 + (", site enabled" if ngx["site_enabled"] else ", site NOT enabled")),
+               "  http      " + (f"{http['answer']} in {http['ms']} ms{via}" if http.get("ok") else
+                                 f"FAILED: {http.get('answer') or http['error']}" if http["status"] is None else
+                                 f"UNHEALTHY: {http['answer']}{via}"),
+               f"  disk free {_size(rep['disk_free_bytes'])}"]
+        if rep["lock"]:
+            out.append(f"  lock      held by {rep['lock']['holder']} for {rep['lock']['age_s']}s")
+        last = rep.get("last")
+        if last:
+            out.append(f"  last      {last.get('action')} {last.get('release', '')} {last.get('result')} "
+                       f"by {last.get('who')} at {last.get('time')}")
+        return out
+
+    out = _per_host(reports, body)
+    for warning in (drift(reports), key_drift(reports)):
+        if warning:
+            out.append(warning)
+    return "\n".join(out)
+
+
+def unhealthy(rep: dict) -> str:
+    """Why a host is unhealthy ("" when it is not): unreachable, uWSGI or nginx down, or the HTTP check
+    failing the health rule (health.PROBE_PY, the same as the deploy's health gate)."""
+    if "error" in rep:
+        return rep["error"]
+    if rep.get("role") != "lb" and not rep["app"]["pid"]:
+        return "uWSGI is down"
+    if rep.get("nginx_expected", True) and not rep["nginx"]["pid"]:
+        return "nginx is down"
+    http = rep["http"]
+    if not http.get("ok"):
+        return f"http: {http.get('answer') or http['error']}"
+    return ""
+
+
+def healthy(rep: dict) -> bool:
+    return not unhealthy(rep)

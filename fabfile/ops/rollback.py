@@ -1,0 +1,87 @@
+"""`fab rollback`: back to the previous good release (or --to ID) in one remote invocation per host.
+
+    lock      take the deploy lock
+    rollback  pick the target on the host (newest release older than current, not marked bad, with its
+              virtualenv and app-server config still on disk), compare migrations, activate it (its own
+              app-server config, `current`, static root: steps/activate.py), mark the abandoned release bad
+    restart   graceful reload, wait until every worker runs the target
+    finish    audit line, release the lock
+
+The phases are declared in pipeline.ROLLBACK and built in steps/rollback.py; hooks of the switch and
+restart phases run around them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fabdeploy import pipeline
+from fabdeploy.config import Config
+from fabdeploy.errors import FabdeployError
+from fabdeploy.hosts.connect import host_label, local_user, open_connection
+from fabdeploy.hosts.fleet import deferred_interrupt, for_each_host
+from fabdeploy.hosts.layout import RELEASE_ID
+from fabdeploy.hosts.target import Target
+from fabdeploy.output import Printer
+from fabdeploy.remote import shell
+from fabdeploy.remote.markers import parse_facts
+from fabdeploy.remote.runner import run_script
+from fabdeploy.remote.script import Phase, Script
+from fabdeploy.steps import lock
+from fabdeploy.steps.lock import LockOwner
+
+
+def rollback_script(cfg: Config, owner: LockOwner, to: str | None, strict: bool, wait: int,
+                    target: Target | None = None) -> Script:
+    """The rollback invocation (pipeline.ROLLBACK) for a host (hooks see its name)."""
+    target = target or Target.named(cfg, "localhost")
+    return pipeline.script("rollback", "rollback", pipeline.RunState(cfg, target, owner, "", wait=wait, to=to,
+                                                                     strict=strict))
+
+
+@dataclass
+class RollbackOutcome:
+    host: str
+    ok: bool
+    release: str = ""
+    error: str = ""
+    duration: float = 0.0
+
+
+def rollback_all(conns: list, cfg: Config, printer: Printer, to: str | None, strict: bool,
+                 wait: int | None = None, parallel: int | None = None) -> list[RollbackOutcome]:
+    if to and not RELEASE_ID.match(to):
+        raise FabdeployError(f"--to {to!r} is not a release id (like 20261122T033903Z-cadb91d)")
+    wait = lock.capped_wait(cfg, cfg.lock.wait if wait is None else wait, printer.warn)
+    printer.width = max(len(host_label(c)) for c in conns)
+
+    def one(conn, cancel) -> RollbackOutcome:
+        host = host_label(conn)
+        start = time.monotonic()
+        owner = LockOwner.new("rollback", local_user())
+        remote: dict = {}
+        try:
+            open_connection(conn)
+            script = rollback_script(cfg, owner, to, strict, wait, Target.of(conn, cfg))
+            printer.debug(host, pipeline.listing("rollback", script))
+            try:
+                with deferred_interrupt():
+                    # the lock wait counts in the timeout: we never give up on a loop that still waits
+                    res = run_script(conn, script, host=host, timeout=cfg.uwsgi.reload_timeout + 120 + wait,
+                                     on_phase=lambda ph: printer.phase(host, ph), remote=remote)
+            except FabdeployError as exc:
+                failed = lock.failed_finish(cfg, owner, {"result": "failed", "error": str(exc).splitlines()[0]})
+                stop = Phase("stop", shell.stop_group(remote.get("pgid")))  # a timed-out script, if still there
+                try:
+                    run_script(conn, Script([stop, failed]), host=host, timeout=60)
+                except FabdeployError:
+                    pass
+                raise
+            target = parse_facts(res.stdout).get("rolled_back_to", "")
+            return RollbackOutcome(host, True, target, "", time.monotonic() - start)
+        except FabdeployError as exc:
+            return RollbackOutcome(host, False, "", str(exc), time.monotonic() - start)
+        finally:
+            conn.close()
+
+    return for_each_host(conns, one, parallel or cfg.fleet.parallel)

@@ -1,0 +1,206 @@
+"""The one runner: executes a Script on a host over a single SSH channel, streaming phase progress.
+
+stdin (the release archive) is sent from a thread while stdout/stderr are read, so neither side blocks.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import paramiko
+
+from fabdeploy.errors import FabdeployError, RemoteError
+from fabdeploy.remote.markers import MARK
+from fabdeploy.remote.script import Script, mask
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    rc: int | None = None
+    started: float = 0.0
+    duration: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    rc: int
+    phases: dict[str, PhaseResult]
+    stdout: str
+    stderr: str
+
+
+def _trace(host: str) -> None:
+    """With $FABDEPLOY_TRACE set to a file, append one line per SSH channel opened (the benchmark counts)."""
+    path = os.environ.get("FABDEPLOY_TRACE")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"channel {host}\n")
+
+
+class Interrupted(FabdeployError):
+    """The run was cancelled (Ctrl-C) while a remote script was running."""
+
+
+class _Lines:
+    """Split a byte stream into lines, calling `emit(line)` for each complete one."""
+
+    def __init__(self, emit: Callable[[str], None]):
+        self.buf = b""
+        self.emit = emit
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        while b"\n" in self.buf:
+            line, self.buf = self.buf.split(b"\n", 1)
+            self.emit(line.decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        if self.buf:
+            self.emit(self.buf.decode("utf-8", "replace"))
+            self.buf = b""
+
+
+def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, timeout: float = 3600,
+               on_phase: Callable[[PhaseResult], None] | None = None,
+               on_output: Callable[[str, str], None] | None = None,
+               cancel: threading.Event | None = None, remote: dict | None = None) -> RunResult:
+    """Run `script` on `conn` (an open fabric Connection); raise RemoteError naming host + phase on failure.
+
+    `cancel` set: close the channel and raise Interrupted. `remote` receives the remote "pgid" at start.
+    """
+    remote = remote if remote is not None else {}
+    phases: dict[str, PhaseResult] = {}
+    current = {"out": None, "err": None}
+    out_all: list[str] = []
+    err_all: list[str] = []
+
+    def handle(stream: str, line: str) -> None:
+        (out_all if stream == "out" else err_all).append(line)
+        if line.startswith(MARK + " "):
+            words = line[len(MARK) + 1:].split(" ", 2)
+            kind = words[0]
+            if kind == "pgid" and len(words) >= 2 and words[1].strip().isdigit():
+                remote["pgid"] = int(words[1])
+                return
+            if kind == "begin" and len(words) >= 2:
+                if stream == "out":
+                    phases[words[1]] = PhaseResult(words[1], started=time.monotonic())
+                current[stream] = words[1]
+                return
+            if kind == "end" and len(words) >= 3:
+                current[stream] = None
+                if stream == "out" and words[1] in phases:
+                    ph = phases[words[1]]
+                    ph.rc = int(words[2]) if words[2].strip().isdigit() else 1
+                    ph.duration = time.monotonic() - ph.started
+                    if on_phase:
+                        on_phase(ph)
+                return
+            name = current[stream]
+            if name and name in phases:
+                rest = line[len(MARK) + 1 + len(kind) + 1:]
+                if kind == "note":
+                    phases[name].notes.append(rest)
+                elif kind == "warn":
+                    phases[name].warnings.append(rest)
+                elif kind == "error":
+                    phases[name].errors.append(rest)
+            return
+        name = current[stream]
+        if name and name in phases:
+            (phases[name].stdout if stream == "out" else phases[name].stderr).append(line)
+        if on_output:
+            on_output(stream, line)
+
+    try:
+        transport = conn.client.get_transport()
+        chan = transport.open_session()
+        chan.settimeout(None)
+        chan.exec_command(script.command())
+        _trace(host)
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise RemoteError(host, script.names[0], f"SSH connection lost ({exc or type(exc).__name__})") from None
+
+    send_error: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            if stdin:
+                view = memoryview(stdin)
+                for i in range(0, len(view), 32768):
+                    chan.sendall(view[i:i + 32768])
+            chan.shutdown_write()
+        except (OSError, paramiko.SSHException, EOFError) as exc:  # remote stopped reading: its stderr says why
+            send_error.append(exc)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    outs = _Lines(lambda line: handle("out", line))
+    errs = _Lines(lambda line: handle("err", line))
+    deadline = time.monotonic() + timeout
+    status_seen = 0.0
+    try:
+        while True:
+            busy = False
+            if chan.recv_ready():
+                outs.feed(chan.recv(65536))
+                busy = True
+            if chan.recv_stderr_ready():
+                errs.feed(chan.recv_stderr(65536))
+                busy = True
+            if not busy:
+                # sshd may send the exit status before the last output: done after EOF as well (or, when a
+                # background process of a hook keeps the output open, 2 s after the status)
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    status_seen = status_seen or time.monotonic()
+                    if chan.eof_received or time.monotonic() - status_seen > 2:
+                        break
+                if chan.closed and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if cancel is not None and cancel.is_set():
+                    chan.close()
+                    raise Interrupted(f"{host}: interrupted during {_running(phases, script)}")
+                if time.monotonic() > deadline:
+                    chan.close()
+                    raise RemoteError(host, _running(phases, script), f"timed out after {timeout:.0f}s")
+                time.sleep(0.002)
+    except (socket.error, paramiko.SSHException, EOFError) as exc:
+        raise RemoteError(host, _running(phases, script), f"SSH connection lost ({exc})") from None
+    outs.close()
+    errs.close()
+    rc = chan.recv_exit_status() if chan.exit_status_ready() else -1
+    sender.join(timeout=5)
+    chan.close()
+    result = RunResult(rc, phases, "\n".join(out_all), "\n".join(err_all))
+    if rc != 0:
+        failed = _running(phases, script, failed=True)
+        ph = phases.get(failed)
+        if ph and ph.errors:  # the script said what is wrong; its other stderr lines are the detail
+            raise RemoteError(host, failed, mask(ph.errors[-1], script.secrets),
+                              mask("\n".join(ph.stderr[-15:]), script.secrets))
+        tail_lines = (ph.stderr if ph and ph.stderr else err_all)[-15:]
+        message = "SSH connection lost" if rc == -1 else f"exit status {rc}"
+        raise RemoteError(host, failed, message, mask("\n".join(tail_lines), script.secrets))
+    return result
+
+
+def _running(phases: dict[str, PhaseResult], script: Script, failed: bool = False) -> str:
+    """The phase that was running (or failed): the last begun without a zero exit."""
+    for name in reversed(script.names):
+        ph = phases.get(name)
+        if ph is not None and (ph.rc is None or ph.rc != 0):
+            return name
+    for name in script.names:
+        if name not in phases:
+            return name
+    return script.names[-1]

@@ -1,0 +1,60 @@
+"""Making a release live, one way for every path that does it: the deploy's switch and restart, the health
+gate's revert, a rollback. `activate` installs the release's app-server config and points `current` (and the
+static root) at it; `reload` starts or gracefully reloads the app server and waits until every worker runs
+the release."""
+from __future__ import annotations
+
+from fabdeploy.appserver.uwsgi import install_ini, uwsgi_restart_lines
+from fabdeploy.config import Config
+from fabdeploy.front.firewall import firewall_apply
+from fabdeploy.front.nginx import nginx_restart_lines
+from fabdeploy.hosts.layout import Layout
+from fabdeploy.hosts.roles import Server, runs_nginx
+from fabdeploy.model import PENDING, Facts, Release
+from fabdeploy.remote.markers import note
+from fabdeploy.remote.script import Phase
+from fabdeploy.remote.shell import q
+from fabdeploy.steps.static import static_switch
+
+
+def activate(cfg: Config, release_word: str, id_word: str) -> list[str]:
+    """Lines that make a release live (release_word: a shell word naming its directory, id_word its id): its
+    own app-server config installed first, then `current` pointed at it atomically (a temp link renamed
+    over; if anything before fails, `current` has not moved), then the static root. The app server is not
+    touched (see reload)."""
+    lay = Layout(cfg.paths.deploy_to)
+    tmp = q(f"{lay.current}.fabdeploy-tmp")
+    return [*install_ini(cfg, release_word),
+            f"ln -sfn {release_word} {tmp}",
+            f"mv -Tf {tmp} {q(lay.current)}",
+            *static_switch(cfg, id_word)]
+
+
+def reload(cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
+    """Start the app server, or reload it gracefully, and wait until every worker runs the release."""
+    return uwsgi_restart_lines(cfg, release_word, venv_word, label)
+
+
+def switch(cfg: Config, rel: Release, server: Server | None = None) -> Phase:
+    """Apply the staged firewall rules, install the release's uWSGI ini, then point `current` at the release
+    atomically (symlink to a temp name, rename over): if either fails, `current` has not moved."""
+    lay = Layout(cfg.paths.deploy_to)
+    return Phase("switch", [
+        *firewall_apply(cfg, server, lay.staging(rel.id)),
+        *activate(cfg, q(lay.release(rel.id)), q(rel.id)),
+        f"rm -f {q(lay.release(rel.id) + '/.fabdeploy/' + PENDING)}",
+        # the fleet's key, when it replaces this host's own (fab deploy --adopt-secret-key): the restart loads it
+        f"if [ -f {q(lay.staging(rel.id) + '/secret_key')} ]; then mv -f {q(lay.staging(rel.id) + '/secret_key')} "
+        f"{q(lay.secret_key)}; {note('secret key replaced by the fleet key')}; fi",
+        note(f"current -> {rel.id}"),
+    ])
+
+
+
+def restart(cfg: Config, rel: Release, facts: Facts, server: Server | None = None) -> Phase:
+    """Start uWSGI or reload it gracefully and wait until every worker runs the new release; then nginx."""
+    lay = Layout(cfg.paths.deploy_to)
+    lines = reload(cfg, q(lay.release(rel.id)), q(lay.venv(rel.venv_hash)), rel.id)
+    if runs_nginx(cfg, server):
+        lines += nginx_restart_lines(facts, lay.staging(rel.id) + "/nginx-changed")
+    return Phase("restart", lines, sudo=True, keep_going=True)

@@ -1,0 +1,96 @@
+"""Pruning old releases and what they used; removing what an abandoned deploy built."""
+from __future__ import annotations
+
+from fabdeploy.config import Config
+from fabdeploy.front.nginx import site_restore
+from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, Layout
+from fabdeploy.model import UNUSABLE_FN, Facts, Release
+from fabdeploy.remote.markers import note
+from fabdeploy.remote.script import Phase
+from fabdeploy.remote.shell import ALIVE_FN, q, stop_group
+
+
+def prune_lines(keep: int) -> list[str]:
+    """In a directory of release-named entries (the cwd; $cur the one in use): keep `keep` of them and
+    remove the rest, counting them in $removed. Always kept: $cur and (with keep >= 2) the way back, the
+    newest entry older than $cur that is usable (not marked bad, not pending), which is what a rollback
+    picks. The other places go to the newest entries, usable ones first."""
+    back = [
+        "back=; seen=",
+        "for r in $all; do",
+        '  if [ -n "$seen" ] && [ -z "$back" ] && ! unusable "$r"; then back=$r; fi',
+        '  [ "$r" != "$cur" ] || seen=1',
+        "done",
+    ] if keep >= 2 else ["back="]
+    return [
+        "removed=0",
+        UNUSABLE_FN,
+        f"all=$(ls -1 | grep -E {q(RELEASE_GLOB_ERE)} | sort -r || true)",  # newest first
+        *back,
+        "kept=0",
+        'for r in $all; do if [ "$r" = "$cur" ] || [ "$r" = "$back" ]; then kept=$((kept + 1)); fi; done',
+        'good=$(for r in $all; do unusable "$r" || echo "$r"; done)',
+        'bad=$(for r in $all; do ! unusable "$r" || echo "$r"; done)',
+        "for r in $good $bad; do",
+        '  if [ "$r" = "$cur" ] || [ "$r" = "$back" ]; then continue; fi',
+        f'  if [ "$kept" -lt {int(keep)} ]; then kept=$((kept + 1)); else rm -rf -- "$r"; removed=$((removed + 1)); fi',
+        "done",
+    ]
+
+
+
+def cleanup(cfg: Config, rel: Release) -> Phase:
+    """Keep keep_releases releases (always current and the release a rollback would go back to; releases
+    marked bad go first) and the virtualenvs they or the running master use."""
+    lay = Layout(cfg.paths.deploy_to)
+    keep = cfg.paths.keep_releases
+    return Phase("cleanup", [
+        ALIVE_FN,
+        f"cd {q(lay.releases)}",
+        f"cur=$(basename \"$(readlink {q(lay.current)})\")",
+        *prune_lines(keep),
+        "used=$(cat */.fabdeploy/venv 2>/dev/null | tr '\\n' ' ')",
+        f"pid=$(alive {q(lay.pidfile)} uwsgi || true)",
+        'exe=$( [ -n "$pid" ] && readlink "/proc/$pid/exe" || true)',
+        f"cd {q(lay.venvs)}",
+        "for v in *; do",
+        '  [ -d "$v" ] || continue',
+        '  case " $used " in *" $v "*) continue;; esac',
+        f'  case "$exe" in {q(lay.venvs)}/"$v"/*) continue;; esac',
+        '  rm -rf -- "$v"',
+        "done",
+        # static roots of releases that are gone
+        f"if cd {q(lay.static)} 2>/dev/null; then",
+        "  for s in *; do",
+        f'    if echo "$s" | grep -qE {q(RELEASE_GLOB_ERE)} && [ ! -d {q(lay.releases)}/"$s" ]; then rm -rf -- "$s"; fi',
+        "  done",
+        "fi",
+        f"rm -rf {q(lay.staging(rel.id))}",
+        f"left=$(ls -1 {q(lay.releases)} | grep -cE {q(RELEASE_GLOB_ERE)} || true)",
+        note(f"$left releases on disk (keep_releases = {keep}), removed $removed"),
+    ])
+
+
+
+def abandon(cfg: Config, rel: Release, pgid: int | None = None, held: str = "true",
+            facts: Facts | None = None) -> Phase:
+    """After a failure or interrupt before the switch: stop what the interrupted script still runs (its
+    process group), then remove the half-built release and staged files (never the current release), but
+    only while `held` (a shell condition: this run holds the deploy lock); a run refused by another one's
+    lock changes nothing (the release id and files may be that run's)."""
+    lay = Layout(cfg.paths.deploy_to)
+    R = lay.release(rel.id)
+    return Phase("abandon", [
+        *stop_group(pgid),
+        f"if ! {held}; then " + note("another run holds the deploy lock: nothing of this run to remove") + "; exit 0; fi",
+        f'if [ "$(readlink {q(lay.current)})" != {q(R)} ]; then rm -rf {q(R)} {q(lay.static + "/" + rel.id)} || true; fi',
+        *(site_restore(cfg, facts, lay.staging(rel.id)) if facts else []),
+        f"rm -rf {q(lay.staging(rel.id))} || true",
+    ])
+
+
+
+def drop_staging(cfg: Config, release_id: str) -> Phase:
+    """After a failure past the switch (the health gate reverted, or a later phase failed): remove the
+    release's staged files under tmp/ (site copies, anything uploaded)."""
+    return Phase("abandon", [f"rm -rf {q(Layout(cfg.paths.deploy_to).staging(release_id))} || true"])

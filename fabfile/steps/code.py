@@ -1,0 +1,63 @@
+"""The code phase: unpack the release, write its settings module, environment file and secret key."""
+from __future__ import annotations
+
+from fabdeploy.ops.manage import wrapper as manage_wrapper
+from fabdeploy.config import Config
+from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
+from fabdeploy.local.render import render
+from fabdeploy.model import Release
+from fabdeploy.remote.markers import fail, note
+from fabdeploy.remote.script import Phase
+from fabdeploy.remote.shell import q, write_file
+from fabdeploy.steps.static import seed_static
+
+
+def env_file_text(cfg: Config) -> str:
+    """shared/config/app.env: the [django] env for manage.py and the hooks (sh syntax, values quoted)."""
+    return "".join(f"{k}={q(v)}\n" for k, v in sorted(cfg.django.env.items()))
+
+
+
+def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
+    """Unpack the uploaded archive (stdin) into releases/<id>, add the settings module, link shared dirs.
+    shared/secret_key: `secret_key` when given (the fleet's one key; mask it in displays), else the host's
+    own, generated on its first deploy."""
+    lay = Layout(cfg.paths.deploy_to)
+    R, T = lay.release(rel.id), lay.staging(rel.id)
+    settings = render(
+        "settings.py.j2", release_id=rel.id, django_settings=cfg.project.django_settings, shared=lay.shared,
+        allowed_hosts=cfg.allowed_hosts, static_url=cfg.django.static_url, media_url=cfg.django.media_url)
+    lines = [
+        f"[ ! -e {q(R)} ] || {fail(f'release {rel.id} already exists on the host')}",
+        f"rm -rf {q(T)}",
+        f"mkdir -p {q(T)}",
+        f"tar -xzf - -C {q(T)}",
+        f"[ -d {q(T + '/release')} ] || {fail('the uploaded archive is incomplete')}",
+        f"mv {q(T + '/release')} {q(R)}",
+        f"[ -f {q(R + '/' + cfg.project.manage)} ] || {fail(f'{cfg.project.manage} not found in the release (project.manage)')}",
+        f"mkdir -p {q(R + '/.fabdeploy')}",
+        *write_file(f"{R}/.fabdeploy/release.json", rel.metadata()),
+        *write_file(f"{R}/.fabdeploy/venv", rel.venv_hash),
+        *write_file(f"{R}/{SETTINGS_MODULE}.py", settings),
+    ]
+    lines += seed_static(cfg, rel.id)
+    for d in cfg.paths.shared_dirs:
+        target, link = f"{lay.shared}/{d}", f"{R}/{d}"
+        lines += [f"mkdir -p {q(target)}", f"rm -rf {q(link)}", f'mkdir -p "$(dirname {q(link)})"',
+                  f"ln -s {q(target)} {q(link)}"]
+    if secret_key:  # a host without a key gets it now; one whose key differs (adopt) at the switch
+        staged = f"{T}/secret_key"
+        lines += [*write_file(staged, secret_key, mode="0600"),
+                  f"if [ -s {q(lay.secret_key)} ]; then {note('secret key staged (installed at the switch)')}; "
+                  f"else mv -f {q(staged)} {q(lay.secret_key)}; {note('secret key installed (the fleet key)')}; fi"]
+    lines += [
+        f"if [ ! -s {q(lay.secret_key)} ]; then "
+        f"(umask 077; {q(cfg.project.python)} -c 'import secrets; print(secrets.token_urlsafe(50))' "
+        f"> {q(lay.secret_key + '.tmp')}) && mv {q(lay.secret_key + '.tmp')} {q(lay.secret_key)}; "
+        + note("secret key generated") + "; fi",
+        f"chmod 600 {q(lay.secret_key)}",
+        *write_file(lay.env_file, env_file_text(cfg), mode="0600"),
+        f"mkdir -p {q(lay.bin)}",
+        *write_file(lay.manage, manage_wrapper(cfg), mode="0755"),
+    ]
+    return Phase("code", lines)

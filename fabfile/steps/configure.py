@@ -1,0 +1,32 @@
+"""The config phase: stage the app server's config in the release, install the web server's site
+(checked), stage the firewall."""
+from __future__ import annotations
+
+from fabdeploy.appserver.uwsgi import uwsgi_ini
+from fabdeploy.config import Config
+from fabdeploy.front.firewall import firewall
+from fabdeploy.front.nginx import nginx_site, site_install
+from fabdeploy.hosts.layout import Layout
+from fabdeploy.hosts.roles import Server, runs_nginx
+from fabdeploy.model import PENDING, Facts, Release
+from fabdeploy.remote.markers import note
+from fabdeploy.remote.script import Phase
+from fabdeploy.remote.shell import q, write_file
+
+
+def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None) -> Phase:
+    """Stage the uWSGI ini; install the nginx site only if it changed and only if `nginx -t` accepts it."""
+    lay = Layout(cfg.paths.deploy_to)
+    lines = [
+        # Staged in the release itself (never a shared name another run could touch): the switch installs
+        # it, and a rollback restores exactly the config the release ran with.
+        *write_file(f"{lay.release(rel.id)}/.fabdeploy/uwsgi.ini", uwsgi_ini(cfg, rel, server), mode="0600"),
+        # complete but not live yet: an automatic rollback never picks it (the switch removes the mark)
+        f"touch {q(lay.release(rel.id) + '/.fabdeploy/' + PENDING)}",
+    ]
+    if runs_nginx(cfg, server):
+        lines += site_install(cfg, nginx_site(cfg, server), facts, lay.staging(rel.id))
+    else:
+        lines.append(note("no nginx on this app host (the lb hosts balance it)"))
+    lines += firewall(cfg, server, lay.staging(rel.id))
+    return Phase("config", lines, sudo=True)

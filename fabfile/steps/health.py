@@ -1,0 +1,216 @@
+"""The health gate: after the switch and reload, an HTTP check through nginx on the host itself; when it
+fails (or uWSGI did not come up), the same remote invocation switches back to the previous release,
+reloads, checks again and marks the new release bad.
+
+The rule (one place, PROBE_PY, used by the deploy's health gate, the balancer's check and `fab status`): GET
+`health.path` once per name of `nginx.server_name` (as the Host header); follow redirects that stay on that
+host; the final answer must be 2xx, or one of `health.status` when that lists codes (a listed code is
+accepted as it is, without following it).
+"""
+from __future__ import annotations
+
+import json
+
+from fabdeploy.config import Config
+from fabdeploy.front.nginx import nginx_reload_lines
+from fabdeploy.hosts.layout import Layout
+from fabdeploy.hosts.roles import Server, bind_address, runs_nginx
+from fabdeploy.remote.markers import MARK, fail_expanded
+from fabdeploy.remote.script import Phase
+from fabdeploy.remote.shell import q
+from fabdeploy.steps.activate import activate, reload
+
+# Python for the host's python3. probe(spec, host) checks one Host name by the rule and returns
+# (ok, one line saying what happened, final status). spec: proto ("http": through nginx; "uwsgi": straight to
+# uWSGI's TCP socket in the uwsgi protocol, for an app host behind a load balancer without nginx), addr, port,
+# path, accept (codes; [] = a final 2xx after same-host redirects), tls (the site serves https).
+PROBE_PY = r"""
+import http.client, socket, struct
+from urllib.parse import urljoin, urlsplit
+def uwsgi_get(addr, port, host, path):
+    p, _, qs = path.partition("?")
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": p, "QUERY_STRING": qs, "REQUEST_URI": path,
+           "SERVER_NAME": host, "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": host,
+           "HTTP_USER_AGENT": "fabdeploy-health", "REMOTE_ADDR": "127.0.0.1"}
+    body = b"".join(struct.pack("<H", len(k)) + k + struct.pack("<H", len(v)) + v
+                    for k, v in ((k.encode(), v.encode()) for k, v in env.items()))
+    with socket.create_connection((addr, port), timeout=5) as s:
+        s.sendall(struct.pack("<BHB", 0, len(body), 0) + body)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    headers = {}
+    for ln in lines[1:]:
+        k, _, v = ln.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(lines[0].split(" ", 2)[1]), headers
+def http_get(addr, port, host, path):
+    conn = http.client.HTTPConnection(addr, port, timeout=5)
+    try:
+        conn.request("GET", path, headers={"Host": host, "User-Agent": "fabdeploy-health"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+def _printable(text):
+    return "".join(c if c.isprintable() else "?" for c in text)[:200]
+def probe(spec, host):
+    get = uwsgi_get if spec["proto"] == "uwsgi" else http_get
+    accept, path = spec["accept"], spec["path"]
+    said = f"GET {path} (Host: {host}) ->"
+    name = (urlsplit("http://" + host).hostname or host).lower()
+    seen = []
+    while True:
+        status, headers = get(spec["addr"], spec["port"], host, path)
+        said += f" {status}"
+        if status in accept:
+            return True, said, status
+        where = headers.get("location", "")
+        if 300 <= status < 400 and status != 304 and where:
+            url = urljoin(f"http://{host}{path}", where)
+            u = urlsplit(url)
+            said += " " + _printable(url if (u.hostname or "").lower() != name or u.scheme != "http" else
+                                     where)
+            if u.scheme == "https" and (u.hostname or "").lower() == name and not spec["tls"]:
+                return False, said + (": a redirect to https but the site has no TLS"
+                                      " (SECURE_SSL_REDIRECT = True in the Django settings?)"), status
+            if u.scheme == "https" and (u.hostname or "").lower() == name:
+                return True, said, status
+            if u.scheme != "http" or (u.hostname or "").lower() != name:
+                return False, said + ": a redirect to another host (list the code in health.status to accept it)", status
+            path = (u.path or "/") + ("?" + u.query if u.query else "")
+            if path in seen or len(seen) >= 5:
+                return False, said + ": too many redirects", status
+            seen.append(path)
+            said += " ->"
+            continue
+        if accept:
+            return False, said + f" (health.status accepts {', '.join(map(str, accept))})", status
+        if 200 <= status < 300:
+            return True, said, status
+        if status == 400:
+            return False, said + (f": Bad Request; does ALLOWED_HOSTS ([django] allowed_hosts) include {host}?"), status
+        return False, said, status
+"""
+
+# Retry until every name passes or the deadline; print one line (the failing names' answers); exit 0 when healthy.
+CHECK_PY = PROBE_PY + r"""
+import json, sys, time
+spec = json.loads(sys.argv[1])
+deadline = time.monotonic() + spec["timeout"]
+pending, last = list(spec["hosts"]), {}
+while True:
+    for host in list(pending):
+        try:
+            ok, last[host], _ = probe(spec, host)
+        except Exception as exc:
+            ok, last[host] = False, f"GET {spec['path']} (Host: {host}): {exc}"
+        if ok:
+            pending.remove(host)
+    if not pending:
+        print("; ".join(last[h] for h in spec["hosts"]))
+        sys.exit(0)
+    if time.monotonic() > deadline:
+        print("; ".join(last[h] for h in pending))
+        sys.exit(1)
+    time.sleep(0.3)
+"""
+
+
+def http_target(cfg: Config, host: str) -> tuple[str, int, str]:
+    """Address, port and Host header that reach this site's nginx server block from the host itself."""
+    listen = str(cfg.nginx.listen)
+    addr, _, port = listen.rpartition(":") if ":" in listen else ("", "", listen)
+    addr = addr.strip("[]") or "127.0.0.1"
+    if addr in ("0.0.0.0", "*", "::"):
+        addr = "127.0.0.1" if addr != "::" else "::1"
+    return addr, int(port), host_headers(cfg, host)[0]
+
+
+def check_target(cfg: Config, host: str, server: Server | None = None) -> tuple[str, str, int, str]:
+    """(protocol, address, port, Host header) of a host's own check: "http" through its nginx, or "uwsgi"
+    straight to uWSGI's TCP socket (an app host behind a load balancer, without nginx)."""
+    addr, port, host_header = http_target(cfg, host)
+    if runs_nginx(cfg, server):
+        return "http", addr, port, host_header
+    addr = bind_address(cfg, server)
+    return "uwsgi", {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr, addr), cfg.balancer.port, host_header
+
+
+def site_has_tls(cfg: Config) -> bool:
+    """Whether the site serves https (then a same-host redirect to https is healthy). Not yet: no TLS support."""
+    return False
+
+
+def accepted_statuses(cfg: Config) -> list[int]:
+    """health.status as a list: [] (the default rule: a final 2xx) for the old 0, [N] for the old N."""
+    status = cfg.health.status
+    if isinstance(status, int):
+        return [status] if status else []
+    return list(status)
+
+
+def host_headers(cfg: Config, host: str) -> list[str]:
+    """The Host headers the check sends: each plain name of nginx.server_name, else the host's own name."""
+    names = [n for n in cfg.server_names if n != "_" and not n.startswith("~") and "*" not in n]
+    return names or [host]
+
+
+def check_spec(cfg: Config, host: str, server: Server | None = None) -> dict:
+    """What PROBE_PY needs to check one host by the rule (JSON for the host's python3)."""
+    proto, addr, port, _ = check_target(cfg, host, server)
+    return {"proto": proto, "addr": addr, "port": port, "hosts": host_headers(cfg, host), "path": cfg.health.path,
+            "accept": accepted_statuses(cfg), "tls": site_has_tls(cfg), "timeout": cfg.health.timeout}
+
+
+def check_command(cfg: Config, host: str, server: Server | None = None) -> str:
+    """The health check of one host: through its nginx, or (an app host behind a load balancer without
+    nginx) straight to uWSGI's TCP socket; prints one line, exits 0 when healthy."""
+    return f"{q(cfg.project.python)} -c {q(CHECK_PY)} {q(json.dumps(check_spec(cfg, host, server)))}"
+
+
+def health(cfg: Config, host: str, release_id: str, previous: str, staging: str, site_path: str,
+           nginx_pid: str, server: Server | None = None) -> Phase:
+    """Check the new release; on failure revert to `previous` (a release path, "" on a first deploy)."""
+    lay = Layout(cfg.paths.deploy_to)
+    R = lay.release(release_id)
+    check = check_command(cfg, host, server)
+    prev_id = previous.rsplit("/", 1)[-1] if previous else ""
+    lines = [
+        'why=""',
+        'case " $fabdeploy_failed " in *" restart "*) why="the app server or nginx did not come up";; esac',
+        f'if [ -z "$why" ]; then if answer=$({check}); then echo "{MARK} note $answer"; exit 0; '
+        'else why=$answer; fi; fi',
+        f"touch {q(R + '/.fabdeploy/bad')}",
+    ]
+    if not cfg.health.revert:
+        return Phase("health", lines + [fail_expanded("health check failed: $why (health.revert = false: left as is)")])
+    if not previous:
+        return Phase("health", lines + [fail_expanded("health check failed: $why; no previous release to revert to")])
+    P = q(previous)
+    lines += [
+        f"[ -f {P}/.fabdeploy/uwsgi.ini ] || "
+        + fail_expanded(f"health check failed: $why; cannot revert: {prev_id} has no saved uWSGI config"),
+        *activate(cfg, P, q(prev_id)),
+        f'V={q(lay.venvs)}/"$(cat {P}/.fabdeploy/venv)"',
+        "(",
+        *reload(cfg, P, '"$V"', prev_id),
+        ") >/dev/null || " + fail_expanded(f"health check failed: $why; reverting to {prev_id} failed too: uWSGI did not come up"),
+        # the nginx site as it was before this deploy, when this deploy changed it
+        f"if [ -f {q(staging + '/site.prev')} ]; then",
+        f"  sudo -n install -m 0644 {q(staging + '/site.prev')} {q(site_path)}",
+        "  if sudo -n nginx -t >/dev/null 2>&1; then",
+        *["    " + ln for ln in nginx_reload_lines(nginx_pid)],
+        "  fi",
+        "fi",
+        f'if again=$({check}); then '
+        + fail_expanded(f"health check failed: $why; reverted to {prev_id} ($again); the new release is marked bad")
+        + "; fi",
+        fail_expanded(f"health check failed: $why; reverted to {prev_id}, which is unhealthy too: $again"),
+    ]
+    return Phase("health", lines)

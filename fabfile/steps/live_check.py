@@ -1,0 +1,57 @@
+""""Already live": the fingerprint of everything a deploy would produce, and the setup lines that
+end a deploy early when the live release has it."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from fabdeploy.ops.manage import wrapper as manage_wrapper
+from fabdeploy.appserver.uwsgi import uwsgi_ini
+from fabdeploy.config import Config
+from fabdeploy.front.firewall import firewall
+from fabdeploy.front.nginx import nginx_site
+from fabdeploy.hosts.layout import Layout
+from fabdeploy.hosts.roles import Server, runs_nginx
+from fabdeploy.local.render import render
+from fabdeploy.model import Release
+from fabdeploy.remote.markers import fact, note
+from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
+
+
+def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server | None = None) -> str:
+    """A hash of the code revision and everything fabdeploy renders or installs for it (with placeholder
+    release ids): when the live release has the same one, a deploy has nothing to do."""
+    probe = Release("RELEASE", revision, "", "", "", "", "VENV")
+    parts = [revision, requirements.decode(errors="replace"), cfg.pip.packages, cfg.uwsgi.package,
+             nginx_site(cfg, server) if runs_nginx(cfg, server) else "", uwsgi_ini(cfg, probe, server),
+             firewall(cfg, server, "STAGING"),
+             render("settings.py.j2", release_id="RELEASE", django_settings=cfg.project.django_settings,
+                    shared=Layout(cfg.paths.deploy_to).shared, allowed_hosts=cfg.allowed_hosts,
+                    static_url=cfg.django.static_url, media_url=cfg.django.media_url),
+             sorted(cfg.django.env.items()), cfg.hooks.__dict__, cfg.health.__dict__, cfg.project.python,
+             manage_wrapper(cfg)]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+
+def unchanged_exit(cfg: Config, fp: str, after: list[str]) -> list[str]:
+    """Setup lines: when the live release has fingerprint `fp` and its uWSGI is up, run `after` (audit,
+    unlock), report `unchanged=<release>` and end the phase successfully."""
+    lay = Layout(cfg.paths.deploy_to)
+    return [
+        ALIVE_FN,
+        CHILDREN_FN,
+        # every worker of the live master runs `current` (not only the link: a switch whose reload never
+        # happened leaves the old code serving)
+        'on_current() { n=0; for c in $(children "$1"); do n=$((n + 1)); '
+        '[ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = "$cur" ] || return 1; done; [ "$n" -gt 0 ]; }',
+        f"cur=$(readlink {q(lay.current)} || true)",
+        f'if [ -n "$cur" ] && grep -qs {q(chr(34) + "fingerprint" + chr(34) + ": " + chr(34) + fp + chr(34))} '
+        f'"$cur/.fabdeploy/release.json" && mpid=$(alive {q(lay.pidfile)} uwsgi) && on_current "$mpid"; then',
+        *["  " + ln for ln in after],
+        "  " + fact("unchanged", '$(basename "$cur")'),
+        "  " + note('already live: $(basename "$cur") has this revision and these configs '
+                    "(nothing to do; --force deploys anyway)"),
+        "  exit 0",
+        "fi",
+    ]

@@ -1,0 +1,106 @@
+"""The phases of a rollback (see pipeline.ROLLBACK): lock, pick and activate the target, reload, finish.
+
+Migrations are never unapplied: those the database has but the target does not know are listed (warning),
+or refused with --strict before anything changes.
+"""
+from __future__ import annotations
+
+from fabdeploy import model
+from fabdeploy.config import Config
+from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, Layout
+from fabdeploy.remote.markers import MARK, fact, fail_expanded, note
+from fabdeploy.remote.script import Phase
+from fabdeploy.remote.shell import q
+from fabdeploy.steps import lock
+from fabdeploy.steps.activate import activate, reload
+from fabdeploy.steps.lock import LockOwner
+
+# Run by the target release's own Python and code: applied migrations the target's code does not have.
+UNKNOWN_MIGRATIONS_PY = """
+import django
+django.setup()
+from django.db import connections
+from django.db.migrations.loader import MigrationLoader
+for alias in connections:
+    loader = MigrationLoader(connections[alias], ignore_no_migrations=True)
+    for app, name in sorted(set(loader.applied_migrations) - set(loader.disk_migrations)):
+        print(app, name)
+"""
+
+
+def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
+    """Pick the target (--to, else the newest usable release older than current), refuse what cannot work,
+    list (or with strict refuse) migrations it does not know, make it live, mark the abandoned release bad."""
+    lay = Layout(cfg.paths.deploy_to)
+    if to:
+        pick = [
+            f"T={q(to)}",
+            f'[ -d "$T" ] || {fail_expanded(f"release {to} is not on the host (see fab releases)")}',
+            f'[ "$T" != "$cur" ] || {fail_expanded(f"release {to} is already current")}',
+            f'[ ! -f "$T/.fabdeploy/{model.PENDING}" ] || echo "{MARK} warn release {to} never went live '
+            '(it was prepared by a deploy that did not switch)"',
+        ]
+    else:
+        pick = [
+            "T=; past=0",
+            f"for r in $(ls -1 | grep -E {q(RELEASE_GLOB_ERE)} | sort -r); do",
+            '  if [ "$r" = "$cur" ]; then past=1; continue; fi',
+            '  [ "$past" = 1 ] || continue',
+            '  [ -f "$r/.fabdeploy/bad" ] && continue',
+            f'  [ -f "$r/.fabdeploy/{model.PENDING}" ] && continue  # never went live',
+            f'  [ -f {q(lay.venvs)}/"$(cat "$r/.fabdeploy/venv" 2>/dev/null)"/.fabdeploy-complete ] || continue',
+            '  [ -f "$r/.fabdeploy/uwsgi.ini" ] || continue',
+            '  T=$r; break',
+            "done",
+            f'[ -n "$T" ] || {fail_expanded("nothing to roll back to: no older good release on disk (see fab releases)")}',
+        ]
+    refuse = (f'[ -z "$unknown" ] || {fail_expanded("refusing (--strict): the database has migrations release $T does not know:$unknown_list")}'
+              if strict else "true")
+    return Phase("rollback", [
+        f"cd {q(lay.releases)} 2>/dev/null || {fail_expanded('nothing is deployed here')}",
+        f'cur=$(basename "$(readlink {q(lay.current)})" 2>/dev/null || true)',
+        f'[ -n "$cur" ] || {fail_expanded("nothing is deployed here (no current release)")}',
+        *pick,
+        f'V={q(lay.venvs)}/"$(cat "$T/.fabdeploy/venv" 2>/dev/null)"',
+        f'[ -f "$V/.fabdeploy-complete" ] || {fail_expanded("the virtualenv of release $T was removed; deploy it again instead")}',
+        f'[ -f "$T/.fabdeploy/uwsgi.ini" ] || {fail_expanded("release $T has no saved uWSGI config; deploy it again instead")}',
+        f'R={q(lay.releases)}/"$T"',
+        # Migrations: ask the target's own code which applied ones it does not know.
+        f'unknown=$(cd "$R" && export DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} && set -a && . {q(lay.env_file)} '
+        f'&& set +a && "$V/bin/python" -c {q(UNKNOWN_MIGRATIONS_PY)}) || '
+        + fail_expanded("could not compare the migrations of release $T with the database"),
+        "unknown_list=$(printf '%s\\n' \"$unknown\" | awk 'NF == 2 {printf \" %s.%s\", $1, $2}')",
+        "printf '%s\\n' \"$unknown\" | while read -r app name; do "
+        f'[ -n "$name" ] && echo "{MARK} warn the database has migration $app.$name that $T does not know '
+        '(left applied; fabdeploy never unapplies migrations)"; done || true',
+        refuse,
+        *activate(cfg, '"$R"', '"$T"'),
+        'touch "$cur/.fabdeploy/bad"',
+        f'rm -f "$R/.fabdeploy/bad" "$R/.fabdeploy/{model.PENDING}"',
+        fact("rolled_back_to", "$T"),
+        note("$cur -> $T ($cur marked bad)"),
+    ])
+
+
+def restart(cfg: Config) -> Phase:
+    """Reload the app server onto the release `current` now points at."""
+    lay = Layout(cfg.paths.deploy_to)
+    return Phase("restart", [
+        f'R=$(readlink {q(lay.current)}); T=$(basename "$R")',
+        f'V={q(lay.venvs)}/"$(cat "$R/.fabdeploy/venv")"',
+        *reload(cfg, '"$R"', '"$V"', "$T"),
+    ])
+
+
+def finish(cfg: Config, owner: LockOwner) -> Phase:
+    """The audit line (naming the release rolled back to), then the lock released."""
+    lay = Layout(cfg.paths.deploy_to)
+    return lock.finish(cfg, owner, {"result": "ok"}, dynamic={
+        "release": f'"$(basename "$(readlink {q(lay.current)})")"'})
+
+
+def lock_phase(cfg: Config, owner: LockOwner, wait: int) -> Phase:
+    """Take the deploy lock (nothing deployed: say so)."""
+    return Phase("lock", [
+        f"[ -d {q(cfg.paths.deploy_to)} ] || {fail_expanded('nothing is deployed here')}",
+        *lock.acquire(cfg, owner, wait)])

@@ -1,0 +1,88 @@
+"""The setup phase: create the layout, take the lock, report the host's facts."""
+from __future__ import annotations
+
+from fabdeploy.steps import secret_key as _secret_key
+from fabdeploy.config import Config
+from fabdeploy.hosts.layout import Layout
+from fabdeploy.local.wheelhouse import PYTHON_FACTS_PY
+from fabdeploy.remote.markers import fact, fail
+from fabdeploy.remote.script import Phase
+from fabdeploy.remote.shell import q
+
+
+def _sudo_mkdir_owned(path: str) -> list[str]:
+    return [
+        f"if [ ! -d {q(path)} ]; then",
+        f"  sudo -n true 2>/dev/null || {fail(f'{path} does not exist and sudo -n is not allowed (passwordless sudo is needed to create it)')}",
+        f"  sudo -n mkdir -p {q(path)}",
+        f'  sudo -n chown "$(id -un):$(id -gn)" {q(path)}',
+        "fi",
+        f'[ -w {q(path)} ] || {{ echo "{path} is not writable by $(id -un)" >&2; exit 1; }}',
+    ]
+
+
+
+def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = (), app: bool = True) -> Phase:
+    """Create the layout (sudo only where needed), take the deploy lock, report host facts. `app` False:
+    a load balancer host (no virtualenvs)."""
+    lay = Layout(cfg.paths.deploy_to)
+    py = cfg.project.python
+    shared_dirs = [f"{lay.shared}/{d}" for d in cfg.paths.shared_dirs]
+    dirs = [lay.releases, lay.venvs, lay.tmp, lay.shared, lay.log, lay.run, lay.config,
+            f"{lay.shared}/static", f"{lay.shared}/media", f"{lay.shared}/db", *shared_dirs]
+    user_sed = r"s/^[[:space:]]*user[[:space:]][[:space:]]*\([^[:space:];]*\).*/\1/p"
+    pid_sed = r"s/^[[:space:]]*pid[[:space:]][[:space:]]*\([^[:space:];]*\).*/\1/p"
+    layout_detect = {
+        "auto": "if [ -d /etc/nginx/sites-enabled ] && grep -qs sites-enabled /etc/nginx/nginx.conf; "
+                "then nginx_layout=sites; else nginx_layout=conf.d; fi",
+        "sites": "nginx_layout=sites",
+        "conf.d": "nginx_layout=conf.d",
+    }[cfg.nginx.layout]
+    nginx_user = (f"nginx_user={q(cfg.nginx.user)}" if cfg.nginx.user else
+                  f"nginx_user=$(sed -n {q(user_sed)} /etc/nginx/nginx.conf | head -n 1); "
+                  '[ -n "$nginx_user" ] || nginx_user=www-data')
+    lines = [
+        *_sudo_mkdir_owned(cfg.paths.deploy_to),
+        *lock_lines,
+        # (before the unchanged exit: an unchanged host's key takes part in the fleet's agreement too)
+        *(_secret_key.fingerprint_lines(cfg.paths.deploy_to) if app else []),
+        *unchanged_lines,
+        "mkdir -p " + " ".join(q(d) for d in dirs),
+        f"command -v {q(py)} >/dev/null 2>&1 || {fail(f'{py} not found on the host (project.python)')}",
+        f"python_facts=$({q(py)} -c {q(PYTHON_FACTS_PY)})",
+        "python_version=$(printf '%s\\n' \"$python_facts\" | sed -n 1p)",
+        "python_platform=$(printf '%s\\n' \"$python_facts\" | sed -n 2p)",
+        (f"{q(py)} -c 'import venv, ensurepip' 2>/dev/null || "
+         + fail(f"{py} has no venv/ensurepip module (on Debian: apt-get install python3-venv)")) if app else "true",
+        "[ -f /etc/nginx/nginx.conf ] || " + fail("nginx is not installed (/etc/nginx/nginx.conf missing)"),
+        nginx_user,
+        f"nginx_pid=$(sed -n {q(pid_sed)} /etc/nginx/nginx.conf | head -n 1); "
+        '[ -n "$nginx_pid" ] || nginx_pid=/run/nginx.pid',
+        'nginx_group=$(id -gn "$nginx_user" 2>/dev/null) || '
+        '{ echo "nginx user $nginx_user does not exist (nginx.user)" >&2; exit 1; }',
+        layout_detect,
+        # Directories the web server reads (the socket, static files, media): its group, setgid so what is
+        # created inside inherits it, nothing for others (setting the setgid bit on a group one is not a
+        # member of needs root). Everything else is private to the deploy user: deploy_to and shared can
+        # only be traversed, shared/db and shared/config are 0700 (the scripts run with umask 027).
+        *[f'if [ "$(stat -L -c %G:%a {q(d)})" != "$nginx_group:2750" ]; then '
+          f'{{ sudo -n chgrp "$nginx_group" {q(d)} && sudo -n chmod 2750 {q(d)}; }} || '
+          f'{fail(f"cannot give {d} to the nginx group (sudo)")}; fi'
+          for d in (lay.run, lay.static, f"{lay.shared}/media")],
+        f"chmod 0711 {q(lay.deploy_to)} {q(lay.shared)}",
+        f"chmod 0700 {q(lay.shared + '/db')} {q(lay.config)}",
+        f"chmod 0750 {q(lay.log)} {q(lay.releases)} {q(lay.tmp)}",
+        f'if [ -S {q(lay.socket)} ] && [ "$(stat -c %G {q(lay.socket)})" != "$nginx_group" ]; then '
+        f'sudo -n chgrp "$nginx_group" {q(lay.socket)}; fi',
+        f"venvs=$(cd {q(lay.venvs)} && for v in *; do [ -f \"$v/.fabdeploy-complete\" ] && printf '%s ' \"$v\"; done; true)",
+        f"current=$(readlink {q(lay.current)} || true)",
+        fact("python_version", "$python_version"),
+        fact("python_platform", "$python_platform"),
+        fact("nginx_layout", "$nginx_layout"),
+        fact("nginx_user", "$nginx_user"),
+        fact("nginx_pid", "$nginx_pid"),
+        fact("current", "$current"),
+        fact("venvs", "$venvs"),
+        fact("user", "$(id -un)"),
+    ]
+    return Phase("setup", lines, sudo=True)
