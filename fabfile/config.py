@@ -131,6 +131,15 @@ def _hook_commands(value):
                                        "must be a list of shell commands, or a table of them per role (app, lb)")
 
 
+def _app_server(value):
+    """[app] server: one of the app servers registered in fabdeploy.appserver (imported when checked: the
+    app servers' modules import this one)."""
+    from fabdeploy.appserver import SERVERS
+    if value in SERVERS:
+        return None
+    return "must be " + " or ".join(f'"{name}"' for name in SERVERS)
+
+
 def _listen(value):
     if isinstance(value, bool):
         return "must be a port number or \"address:port\""
@@ -246,6 +255,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "deploy_to": Key(None, _str(_SAFE_PATH, "an absolute path of plain characters", False), required=True),
         "keep_releases": Key(5, _int(1, 1000)),
         "shared_dirs": Key(["media"], _list(_str(_REL_PATH, "a relative path", False))),
+    },
+    "app": {
+        "server": Key("uwsgi", lambda v: _app_server(v)),
     },
     "uwsgi": {
         "processes": Key(4, _int(1, 1024)),

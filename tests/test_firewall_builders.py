@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from fabdeploy.appserver.uwsgi import UWSGI as UwsgiServer
 from fabdeploy.front import firewall
 
 from fabdeploy.hosts import roles
@@ -103,7 +104,7 @@ def test_a_free_port_and_our_own_uwsgi_on_it_pass(tmp_path):
     # "our uWSGI": a process named uwsgi, the pid in shared/run/uwsgi.pid, holding the listening socket
     fake = tmp_path / "uwsgi"
     shutil.copy(sys.executable, fake)
-    pidfile = Layout(cfg.paths.deploy_to).pidfile
+    pidfile = UwsgiServer().paths(Layout(cfg.paths.deploy_to)).pidfile
     os.makedirs(os.path.dirname(pidfile))
     code = textwrap.dedent(f"""\
         import os, socket, time

@@ -17,6 +17,7 @@ from fabdeploy.steps import health
 from fabdeploy.config import parse_config
 from fabdeploy.errors import ConfigError
 from test_config import raw
+from test_phases import make_cfg
 
 # path -> (status, Location) ; anything else 200
 ROUTES = {
@@ -66,7 +67,7 @@ def web():
 def check(port, path, accept=(), hosts=("shop.test",), proto="http", tls=False, timeout=0.5):
     spec = {"proto": proto, "addr": "127.0.0.1", "port": port, "hosts": list(hosts), "path": path,
             "accept": list(accept), "tls": tls, "timeout": timeout}
-    proc = subprocess.run([sys.executable, "-c", health.CHECK_PY, json.dumps(spec)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", health.check_program(make_cfg()), json.dumps(spec)], capture_output=True,
                           text=True, timeout=60)
     assert proc.stderr == ""
     return proc.returncode, proc.stdout

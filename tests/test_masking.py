@@ -17,6 +17,7 @@ from fabdeploy.steps import lock
 
 from fabdeploy import output
 
+from fabdeploy.appserver.uwsgi import UWSGI
 from fabdeploy.ops import plan
 
 from fabdeploy import tasks
@@ -126,14 +127,14 @@ def test_plan_diff_says_changed_without_old_or_new_values():
     old = _ini("env = DATABASE_URL=postgres://app:OLD-secret-1@db/shop\nenv = GONE=old-removed-secret\n"
                "env = COLOR=same-value-here\n")
     new = _ini(f"env = DATABASE_URL={DB_URL}\nenv = COLOR=same-value-here\n")
-    shown = plan._diff("uwsgi.ini", old, new, plan.UWSGI_ENV_LINE)
+    shown = plan._diff("uwsgi.ini", old, new, UWSGI.env_line)
     for value in ("OLD-secret-1", "old-removed-secret", "same-value-here", "Db-pa55word"):
         assert value not in shown
     assert f"-env = DATABASE_URL={MASK}\n" in shown and f"+env = DATABASE_URL={MASK} (changed)\n" in shown
     assert f"-env = GONE={MASK}\n" in shown
     assert f" env = COLOR={MASK}\n" in shown  # unchanged: a context line, no label
     unchanged_old = _ini("env = COLOR=same-value-here\n").replace("=r1", "=r0")
-    shown = plan._diff("uwsgi.ini", unchanged_old, _ini("env = COLOR=same-value-here\n"), plan.UWSGI_ENV_LINE)
+    shown = plan._diff("uwsgi.ini", unchanged_old, _ini("env = COLOR=same-value-here\n"), UWSGI.env_line)
     assert "-env = FABDEPLOY_RELEASE=r0\n+env = FABDEPLOY_RELEASE=r1\n" in shown  # fabdeploy's own: shown
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from fabdeploy.appserver.uwsgi import UWSGI as UwsgiServer
 from fabdeploy.steps import health
 
 from fabdeploy import hooks
@@ -448,7 +449,7 @@ def check(addr, port, path, want=(), timeout=1, host="example.com"):
     start = time.monotonic()
     spec = {"proto": "http", "addr": addr, "port": port, "hosts": [host], "path": path, "accept": list(want),
             "tls": False, "timeout": timeout}
-    proc = subprocess.run([sys.executable, "-c", health.CHECK_PY, json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-c", health.check_program(make_cfg()), json.dumps(spec)],
                           capture_output=True, text=True, timeout=60)
     return proc, time.monotonic() - start
 
@@ -558,7 +559,7 @@ class RollbackLab:
                 Path(lay.venv(v), ".fabdeploy-complete").touch()
         Path(lay.config).mkdir(parents=True)
         Path(lay.env_file).write_text("FROM_ENV_FILE='from app.env'\n")
-        Path(lay.uwsgi_ini).write_text(f"ini of {current}\n")
+        Path(UwsgiServer().paths(lay).config).write_text(f"ini of {current}\n")
         os.symlink(lay.release(current), lay.current)
         os.symlink(current, Path(lay.static, "current"))
         self.before = self.state()
@@ -568,7 +569,7 @@ class RollbackLab:
 
     def state(self) -> dict:
         lay = self.lay
-        return {"current": os.readlink(lay.current), "ini": Path(lay.uwsgi_ini).read_text(),
+        return {"current": os.readlink(lay.current), "ini": Path(UwsgiServer().paths(lay).config).read_text(),
                 "static": os.readlink(Path(lay.static, "current")),
                 "bad": sorted(r for r in os.listdir(lay.releases) if Path(lay.release(r), ".fabdeploy", "bad").exists())}
 
@@ -775,4 +776,4 @@ def test_rollback_sees_the_real_migration_the_target_does_not_know(tmp_path):
     assert proc.returncode == 0, err(proc)
     assert f"{MARK} warn the database has migration pages.0002_tag that {a.id} does not know" in out(proc)
     assert os.readlink(lay.current) == lay.release(a.id)
-    assert Path(lay.uwsgi_ini).read_text() == f"ini of {a.id}\n"
+    assert Path(UwsgiServer().paths(lay).config).read_text() == f"ini of {a.id}\n"

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from fabdeploy.appserver.uwsgi import UWSGI as UwsgiServer
 from fabdeploy import hooks
 
-from fabdeploy.appserver import uwsgi
 
 from fabdeploy.front import nginx
 
@@ -324,7 +324,7 @@ def live_release_with_fingerprint(tmp_path, fp: str):
 
 def test_unchanged_exit_matches_only_the_live_fingerprint(tmp_path):
     cfg, lay = live_release_with_fingerprint(tmp_path, "f" * 20)
-    Path(lay.pidfile).write_text(str(os.getpid()))  # "uwsgi" must be the live process' name: it is not
+    Path(UwsgiServer().paths(lay).pidfile).write_text(str(os.getpid()))  # "uwsgi" must be the live process' name: it is not
     script = Script([Phase("setup", [*live_check.unchanged_exit(cfg, "f" * 20, ["echo AFTER"]), "echo BUILT"])])
     assert "BUILT" in out(sh(script, tmp_path))  # app server not alive: deploy anyway
 
@@ -945,7 +945,7 @@ def ini_pairs(text: str) -> list[tuple[str, str]]:
 def test_uwsgi_ini_has_the_production_settings():
     cfg = make_cfg(uwsgi={"processes": 3, "threads": 5, "max_requests": 1000, "harakiri": 45,
                           "buffer_size": 8192})
-    text = uwsgi.uwsgi_ini(cfg, make_rel())
+    text = UwsgiServer().render_config(cfg, make_rel())
     assert text.splitlines()[1] == "[uwsgi]"
     pairs = ini_pairs(text)
     d = dict(pairs)
@@ -966,13 +966,13 @@ def test_uwsgi_ini_has_the_production_settings():
 
 def test_uwsgi_ini_env_values_double_percent():
     cfg = make_cfg(django={"env": {"RATE": "50%", "FMT": "%d-%n %%"}})
-    envs = [v for k, v in ini_pairs(uwsgi.uwsgi_ini(cfg, make_rel())) if k == "env"]
+    envs = [v for k, v in ini_pairs(UwsgiServer().render_config(cfg, make_rel())) if k == "env"]
     assert "RATE=50%%" in envs and "FMT=%%d-%%n %%%%" in envs
 
 
 def test_uwsgi_ini_extra_options_are_appended_and_escaped():
     cfg = make_cfg(uwsgi={"options": {"lazy-apps": "true", "cheaper": 2, "logformat": "%(method) %(uri)"}})
-    pairs = ini_pairs(uwsgi.uwsgi_ini(cfg, make_rel()))
+    pairs = ini_pairs(UwsgiServer().render_config(cfg, make_rel()))
     assert pairs[-3:] == [("lazy-apps", "true"), ("cheaper", "2"), ("logformat", "%%(method) %%(uri)")]
 
 
@@ -1002,7 +1002,7 @@ def test_uwsgi_sees_exactly_the_configured_env_value(tmp_path, value):
     except ConfigError:
         return
     Path(Layout(cfg.paths.deploy_to).release(REL_ID)).mkdir(parents=True)
-    rendered = uwsgi.uwsgi_ini(cfg, make_rel())
+    rendered = UwsgiServer().render_config(cfg, make_rel())
     keep = [ln for ln in rendered.splitlines() if ln.startswith(("[uwsgi]", "chdir ", "env = "))]
     dump = tmp_path / "env.out"
     ini = tmp_path / "probe.ini"
@@ -1066,7 +1066,7 @@ def test_config_phase_lines_sites_layout():
     cfg = make_cfg()
     lines = configure.config(cfg, make_rel(), Facts(nginx_layout="sites")).lines
     T = f"/srv/shop/tmp/{REL_ID}"
-    assert written(lines, f"/srv/shop/releases/{REL_ID}/.fabdeploy/uwsgi.ini") == uwsgi.uwsgi_ini(cfg, make_rel())
+    assert written(lines, f"/srv/shop/releases/{REL_ID}/.fabdeploy/uwsgi.ini") == UwsgiServer().render_config(cfg, make_rel())
     assert not [ln for ln in lines if "shared/config" in ln]  # nothing shared is staged: another run can't touch it
     assert written(lines, f"{T}/site.conf") == nginx.nginx_site(cfg)
     assert f"  sudo -n install -m 0644 {T}/site.conf /etc/nginx/sites-available/shop" in lines
@@ -1125,9 +1125,9 @@ def test_config_phase_installs_a_new_site(tmp_path, fakebin):
     assert (lab.staging / "nginx-changed").exists()
     # the release keeps the exact uWSGI config it runs with (rollback restores it)
     saved = Path(lab.lay.release(REL_ID), ".fabdeploy", "uwsgi.ini")
-    assert saved.read_text() == uwsgi.uwsgi_ini(lab.cfg, make_rel())
+    assert saved.read_text() == UwsgiServer().render_config(lab.cfg, make_rel())
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
-    assert not Path(lab.lay.uwsgi_ini).exists()  # the live ini changes only in switch
+    assert not Path(UwsgiServer().paths(lab.lay).config).exists()  # the live ini changes only in switch
     assert "nginx -t" in fakebin.log()
     assert notes(out(proc)) == [f"nginx site installed at {lab.site}"]
 
@@ -1262,7 +1262,7 @@ def test_switch_runs_atomically(tmp_path, previous):
     if previous:
         Path(lay.release(previous)).mkdir()
         os.symlink(lay.release(previous), lay.current)
-        Path(lay.uwsgi_ini).write_text("old ini\n")
+        Path(UwsgiServer().paths(lay).config).write_text("old ini\n")
         Path(lay.static, previous).mkdir()
         os.symlink(previous, Path(lay.static, "current"))
     proc = sh(Script([activate.switch(make_cfg(deploy_to), make_rel())]), tmp_path)
@@ -1273,8 +1273,8 @@ def test_switch_runs_atomically(tmp_path, previous):
     assert os.readlink(Path(lay.static, "current")) == REL_ID
     assert Path(lay.static, "current").resolve() == Path(lay.static, REL_ID).resolve()
     assert sorted(os.listdir(lay.static)) == sorted(["current", REL_ID] + ([previous] if previous else []))
-    assert Path(lay.uwsgi_ini).read_text() == "new ini\n"
-    assert not os.path.exists(lay.uwsgi_ini + ".fabdeploy-tmp")
+    assert Path(UwsgiServer().paths(lay).config).read_text() == "new ini\n"
+    assert not os.path.exists(UwsgiServer().paths(lay).config + ".fabdeploy-tmp")
     assert notes(out(proc)) == [f"current -> {REL_ID}"]
     if previous:
         assert Path(lay.release(previous)).is_dir()  # the old release itself is untouched
@@ -1338,28 +1338,28 @@ class UwsgiLab:
         (self.R / "app.py").write_text(app_source)
         for d in (lay.run, lay.log, lay.config):
             Path(d).mkdir(parents=True, exist_ok=True)
-        Path(lay.uwsgi_ini).write_text(textwrap.dedent(f"""\
+        Path(UwsgiServer().paths(lay).config).write_text(textwrap.dedent(f"""\
             [uwsgi]
             master = true
             processes = 2
             need-app = true
             vacuum = true
-            socket = {lay.socket}
-            pidfile = {lay.pidfile}
-            daemonize = {lay.uwsgi_log}
+            socket = {UwsgiServer().paths(lay).socket}
+            pidfile = {UwsgiServer().paths(lay).pidfile}
+            daemonize = {UwsgiServer().paths(lay).log}
             chdir = {self.R}
             module = {module}
             """))
         self.venv = str(Path(UWSGI).parent.parent)
 
     def restart(self, release_word=None):
-        lines = uwsgi.uwsgi_restart_lines(self.cfg, release_word or q(str(self.R)), q(self.venv), REL_ID)
+        lines = UwsgiServer().reload_lines(self.cfg, release_word or q(str(self.R)), q(self.venv), REL_ID)
         return sh(Script([Phase("restart", lines)]), self.tmp, timeout=180)
 
     def stop(self):
         """Stop the master this lab started (by its pid) and wait until it and its workers are gone."""
         try:
-            pid = int(Path(self.lay.pidfile).read_text().strip())
+            pid = int(Path(UwsgiServer().paths(self.lay).pidfile).read_text().strip())
         except (OSError, ValueError):
             return
         try:
@@ -1380,9 +1380,9 @@ def test_restart_starts_uwsgi_and_waits_for_workers_in_the_release(tmp_path):
     try:
         proc = lab.restart()
         assert proc.returncode == 0, err(proc) + out(proc)
-        pid = int(Path(lab.lay.pidfile).read_text())
+        pid = int(Path(UwsgiServer().paths(lab.lay).pidfile).read_text())
         assert notes(out(proc)) == [f"uwsgi started (master {pid}, 2 workers on {REL_ID})"]
-        assert Path(lab.lay.socket).is_socket()
+        assert Path(UwsgiServer().paths(lab.lay).socket).is_socket()
         again = lab.restart()  # a live master: graceful reload, same master
         assert again.returncode == 0, err(again)
         assert notes(out(again)) == [f"uwsgi reloaded (master {pid}, 2 workers on {REL_ID})"]
@@ -1412,21 +1412,21 @@ def test_restart_reports_ready_only_when_every_worker_is_up(tmp_path, ini_lines,
     release.mkdir(parents=True)
     for d in (lay.run, lay.config):
         Path(d).mkdir(parents=True, exist_ok=True)
-    Path(lay.uwsgi_ini).write_text(f"[uwsgi]\nmaster = true\n{ini_lines}\n")  # (no unix socket to wait for)
+    Path(UwsgiServer().paths(lay).config).write_text(f"[uwsgi]\nmaster = true\n{ini_lines}\n")  # (no unix socket to wait for)
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     fake = venv / "bin" / "uwsgi"
-    fake.write_text(FAKE_UWSGI.format(pidfile=q(lay.pidfile), release=q(str(release)), workers=want))
+    fake.write_text(FAKE_UWSGI.format(pidfile=q(UwsgiServer().paths(lay).pidfile), release=q(str(release)), workers=want))
     fake.chmod(0o755)
-    lines = uwsgi.uwsgi_restart_lines(cfg, q(str(release)), q(str(venv)), REL_ID)
+    lines = UwsgiServer().reload_lines(cfg, q(str(release)), q(str(venv)), REL_ID)
     try:
         proc = sh(Script([Phase("restart", lines)]), tmp_path, timeout=60)
         assert proc.returncode == 0, err(proc)
-        pid = int(Path(lay.pidfile).read_text())
+        pid = int(Path(UwsgiServer().paths(lay).pidfile).read_text())
         assert notes(out(proc)) == [f"uwsgi started (master {pid}, {want} workers on {REL_ID})"]
     finally:
         try:
-            os.killpg(int(Path(lay.pidfile).read_text()), 9)  # the stand-in's own group (setsid)
+            os.killpg(int(Path(UwsgiServer().paths(lay).pidfile).read_text()), 9)  # the stand-in's own group (setsid)
         except (OSError, ValueError):
             pass
 
@@ -1441,7 +1441,7 @@ def test_restart_gives_up_early_when_the_master_stays_gone(tmp_path):
         elapsed = time.monotonic() - start
         assert proc.returncode == 1
         assert 2.5 < elapsed < 20, elapsed
-        assert f"uWSGI did not come up serving {REL_ID} within 60s; last lines of {lab.lay.uwsgi_log}:" in err(proc)
+        assert f"uWSGI did not come up serving {REL_ID} within 60s; last lines of {UwsgiServer().paths(lab.lay).log}:" in err(proc)
         assert "nosuchmodule_for_fabdeploy" in err(proc) or "no app loaded" in err(proc)  # the log tail
     finally:
         lab.stop()
@@ -1571,7 +1571,7 @@ def test_cleanup_keeps_the_venv_of_the_running_uwsgi_master(tmp_path):
     shutil.copy(shutil.which("sleep"), fake_uwsgi)
     master = subprocess.Popen([str(fake_uwsgi), "30"])
     try:
-        Path(lay.pidfile).write_text(f"{master.pid}\n")
+        Path(UwsgiServer().paths(lay).pidfile).write_text(f"{master.pid}\n")
         cfg = make_cfg(lay.deploy_to, paths={"keep_releases": 1})
         proc = sh(Script([cleanup.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
         assert proc.returncode == 0, err(proc)
@@ -1602,7 +1602,7 @@ def test_abandon_removes_the_half_built_release_unless_it_is_current(tmp_path, i
     Path(lay.release(old)).mkdir()
     Path(lay.staging(REL_ID)).mkdir(parents=True)
     Path(lay.config).mkdir(parents=True)
-    Path(lay.uwsgi_ini).write_text("live")
+    Path(UwsgiServer().paths(lay).config).write_text("live")
     os.symlink(lay.release(REL_ID if is_current else old), lay.current)
     for rid in (REL_ID, old):
         Path(lay.static, rid).mkdir(parents=True)
@@ -1615,7 +1615,7 @@ def test_abandon_removes_the_half_built_release_unless_it_is_current(tmp_path, i
     assert Path(lay.static, REL_ID).exists() is is_current
     assert Path(lay.static, old).is_dir() and Path(lay.static, "current").is_dir()
     assert not Path(lay.staging(REL_ID)).exists()
-    assert Path(lay.uwsgi_ini).read_text() == "live"
+    assert Path(UwsgiServer().paths(lay).config).read_text() == "live"
 
 
 def test_a_switch_whose_ini_cannot_be_installed_leaves_current_alone(tmp_path):
@@ -1798,7 +1798,7 @@ def test_unchanged_exit_skips_the_deploy_when_live_and_identical(tmp_path):
     fake.chmod(0o755)
     proc = subprocess.Popen([str(fake), lay.release(REL_ID)])
     try:
-        Path(lay.pidfile).write_text(str(proc.pid))
+        Path(UwsgiServer().paths(lay).pidfile).write_text(str(proc.pid))
         same = Script([Phase("setup", [*live_check.unchanged_exit(cfg, "f" * 20, ["echo AFTER"]), "echo BUILT"])])
         for _ in range(50):  # until the worker runs
             text = out(sh(same, tmp_path))
@@ -1824,7 +1824,7 @@ def test_unchanged_exit_deploys_when_the_workers_serve_another_release(tmp_path)
     fake.chmod(0o755)
     proc = subprocess.Popen([str(fake), str(tmp_path)])
     try:
-        Path(lay.pidfile).write_text(str(proc.pid))
+        Path(UwsgiServer().paths(lay).pidfile).write_text(str(proc.pid))
         same = Script([Phase("setup", [*live_check.unchanged_exit(cfg, "f" * 20, ["echo AFTER"]), "echo BUILT"])])
         text = out(sh(same, tmp_path))
         assert "AFTER" not in text and "BUILT" in text

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from fabdeploy.appserver.uwsgi import UWSGI as UwsgiServer
 from fabdeploy.steps import health
 
 from fabdeploy.hosts import roles
 
 from fabdeploy import model
 
-from fabdeploy.appserver import uwsgi
 
 from fabdeploy.front import firewall
 
@@ -480,7 +480,7 @@ def ini_values(text: str, key: str) -> list[str]:
 def test_uwsgi_ini_of_a_balanced_app_host_binds_tcp_and_serves_media(app, balancer, socket_):
     cfg = lb_cfg(app=[app], balancer=balancer)
     server = next(s for s in roles.servers(cfg) if s.role == "app")
-    text = uwsgi.uwsgi_ini(cfg, make_rel(), server)
+    text = UwsgiServer().render_config(cfg, make_rel(), server)
     assert ini_values(text, "socket") == [socket_]
     assert ini_values(text, "static-map") == ["/media=/srv/shop/shared/media"]
     assert ini_values(text, "offload-threads") == ["1"]
@@ -488,13 +488,13 @@ def test_uwsgi_ini_of_a_balanced_app_host_binds_tcp_and_serves_media(app, balanc
 
 def test_uwsgi_ini_static_map_follows_media_url():
     cfg = lb_cfg(django={"media_url": "/files/up/"})
-    text = uwsgi.uwsgi_ini(cfg, make_rel(), app_server(cfg, "deploy@10.0.0.1"))
+    text = UwsgiServer().render_config(cfg, make_rel(), app_server(cfg, "deploy@10.0.0.1"))
     assert ini_values(text, "static-map") == ["/files/up=/srv/shop/shared/media"]
 
 
 def test_uwsgi_ini_without_static_map_when_the_lb_serves_media():
     cfg = lb_cfg(balancer={"media": "lb"})
-    text = uwsgi.uwsgi_ini(cfg, make_rel(), app_server(cfg, "deploy@10.0.0.1"))
+    text = UwsgiServer().render_config(cfg, make_rel(), app_server(cfg, "deploy@10.0.0.1"))
     assert ini_values(text, "socket") == ["10.0.0.1:8001"]
     assert ini_values(text, "static-map") == [] and ini_values(text, "offload-threads") == []
 
@@ -502,12 +502,12 @@ def test_uwsgi_ini_without_static_map_when_the_lb_serves_media():
 def test_uwsgi_ini_of_an_unbalanced_host_keeps_the_unix_socket():
     cfg = make_cfg(project={"hosts": ["deploy@10.0.0.1"]})
     for server in (None, roles.servers(cfg)[0]):
-        text = uwsgi.uwsgi_ini(cfg, make_rel(), server)
+        text = UwsgiServer().render_config(cfg, make_rel(), server)
         assert ini_values(text, "socket") == ["/srv/shop/shared/run/uwsgi.sock"]
         assert ini_values(text, "static-map") == [] and ini_values(text, "offload-threads") == []
     # roles.app without an lb: every app host still serves itself
     cfg = make_cfg(roles={"app": ["deploy@10.0.0.1"]})
-    text = uwsgi.uwsgi_ini(cfg, make_rel(), roles.servers(cfg)[0])
+    text = UwsgiServer().render_config(cfg, make_rel(), roles.servers(cfg)[0])
     assert ini_values(text, "socket") == ["/srv/shop/shared/run/uwsgi.sock"]
     assert ini_values(text, "static-map") == []
 
@@ -646,7 +646,7 @@ def real_uwsgi(tmp_path):
 def run_check(proto, addr, port, host, path, accept, timeout) -> subprocess.CompletedProcess:
     spec = {"proto": proto, "addr": addr, "port": port, "hosts": [host], "path": path, "accept": accept,
             "tls": False, "timeout": timeout}
-    return subprocess.run([sys.executable, "-c", health.CHECK_PY, json.dumps(spec)], capture_output=True,
+    return subprocess.run([sys.executable, "-c", health.check_program(make_cfg()), json.dumps(spec)], capture_output=True,
                           text=True, timeout=60)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from fabdeploy import appserver
 from fabdeploy.config import Config, ident
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, balanced, servers
@@ -73,7 +74,8 @@ def port_free(cfg: Config) -> list[str]:
     master of shared/run/uwsgi.pid holds open (our own process: readable without root). The other program is
     named when `ss -p` can see it (with sudo -n when allowed), else the user owning the socket."""
     port = cfg.balancer.port
-    pidfile = Layout(cfg.paths.deploy_to).pidfile
+    app = appserver.of(cfg)
+    pidfile = app.paths(Layout(cfg.paths.deploy_to)).pidfile
     sel = q(f"sport = :{port}")
     users_sed = q(r's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/\1 (pid \2)/p')
     return [
@@ -81,7 +83,7 @@ def port_free(cfg: Config) -> list[str]:
         "{ print $10 \":\" $8 }' /proc/net/tcp /proc/net/tcp6 2>/dev/null || true)",
         'if [ -n "$fw_listen" ]; then',
         f"  mpid=$(cat {q(pidfile)} 2>/dev/null | tr -dc 0-9)",
-        '  if [ -z "$mpid" ] || ! grep -qs uwsgi "/proc/$mpid/comm"; then mpid=; fi',
+        f'  if [ -z "$mpid" ] || ! grep -qs {app.process} "/proc/$mpid/comm"; then mpid=; fi',
         "  for l in $fw_listen; do",
         '    ino=${l%%:*}; uid=${l#*:}',
         '    if [ -n "$mpid" ] && ls -l "/proc/$mpid/fd" 2>/dev/null | grep -q "socket:\\[$ino\\]"; then continue; fi',

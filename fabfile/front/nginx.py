@@ -2,7 +2,7 @@
 them, reloads that wait for new workers."""
 from __future__ import annotations
 
-from fabdeploy.appserver.uwsgi import uwsgi_pass
+from fabdeploy import appserver
 from fabdeploy.config import Config, ident
 from fabdeploy.hosts.layout import Layout, nginx_site_paths
 from fabdeploy.hosts.roles import Server, balanced, servers
@@ -127,10 +127,13 @@ def nginx_site(cfg: Config, server: Server | None = None) -> str:
     if server is not None and server.role == "lb" and balanced(cfg):
         return lb_site(cfg)
     lay = Layout(cfg.paths.deploy_to)
+    app = appserver.of(cfg)
     context = dict(
         name=cfg.project.name, listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
-        client_max_body_size=cfg.nginx.client_max_body_size, shared=lay.shared, socket=lay.socket,
-        uwsgi_pass=uwsgi_pass(cfg, server),
+        client_max_body_size=cfg.nginx.client_max_body_size, shared=lay.shared,
+        # (socket and uwsgi_pass: the names custom templates of earlier versions use)
+        socket=app.paths(lay).socket, uwsgi_pass=app.upstream(cfg, server), app_pass=app.upstream(cfg, server),
+        protocol=app.protocol,
         static_url=cfg.django.static_url, media_url=cfg.django.media_url, static_expires=cfg.nginx.static_expires)
     if cfg.nginx_template:
         return render_file(cfg.nginx_template, "nginx.template", **context)
@@ -153,7 +156,8 @@ def lb_site(cfg: Config, drained=()) -> str:
         method=b.method, hash_key=b.hash_key, hash_consistent=b.hash_consistent, servers=apps, port=b.port,
         keepalive=b.keepalive, listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
         client_max_body_size=cfg.nginx.client_max_body_size, shared=lay.shared, static_url=cfg.django.static_url,
-        media_url=cfg.django.media_url, static_expires=cfg.nginx.static_expires, media=b.media)
+        media_url=cfg.django.media_url, static_expires=cfg.nginx.static_expires, media=b.media,
+        protocol=appserver.of(cfg).protocol)
 
 
 

@@ -60,22 +60,6 @@ class Layout:
         return f"{self.shared}/static"
 
     @property
-    def socket(self) -> str:
-        return f"{self.run}/uwsgi.sock"
-
-    @property
-    def pidfile(self) -> str:
-        return f"{self.run}/uwsgi.pid"
-
-    @property
-    def uwsgi_log(self) -> str:
-        return f"{self.log}/uwsgi.log"
-
-    @property
-    def uwsgi_ini(self) -> str:
-        return f"{self.config}/uwsgi.ini"
-
-    @property
     def env_file(self) -> str:
         return f"{self.config}/app.env"
 

@@ -1,7 +1,8 @@
-"""Roles: which hosts run the app (uWSGI) and which balance them (nginx in front), with per-host settings.
+"""Roles: which hosts run the app (the app server) and which balance them (nginx in front), with per-host
+settings.
 
 Without [roles], every host of project.hosts (or -H) is an app host that serves itself through its own nginx.
-With roles.lb, app hosts serve uWSGI on a TCP socket and the lb hosts' nginx balances them (an `upstream`).
+With roles.lb, app hosts serve the app on a TCP socket and the lb hosts' nginx balances them (an `upstream`).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class Server:
 
 
 def balanced(cfg: Config) -> bool:
-    """True when the fleet has load balancer hosts (app hosts then serve uWSGI over TCP)."""
+    """True when the fleet has load balancer hosts (app hosts then serve the app over TCP)."""
     return bool(cfg.roles.lb)
 
 
@@ -109,7 +110,7 @@ def server_of(conn) -> Server:
 
 
 def bind_address(cfg: Config, server: Server) -> str:
-    """Where uWSGI listens on an app host of a balanced fleet: balancer.bind, else the address the lb uses
+    """Where the app server listens on an app host of a balanced fleet: balancer.bind, else the address the lb uses
     when it is an IP (so uWSGI is not reachable on other interfaces), else all interfaces."""
     if cfg.balancer.bind:
         return cfg.balancer.bind.strip("[]")
@@ -117,14 +118,6 @@ def bind_address(cfg: Config, server: Server) -> str:
         return str(ipaddress.ip_address(server.upstream_address.strip("[]")))
     except ValueError:
         return "0.0.0.0"
-
-
-def uwsgi_socket(cfg: Config, server: Server | None, unix_socket: str) -> str:
-    """The socket uWSGI serves: the unix socket for nginx on the same host, or address:port for the lb."""
-    if server is None or not balanced(cfg) or server.role != "app":
-        return unix_socket
-    addr = bind_address(cfg, server)
-    return f"[{addr}]:{cfg.balancer.port}" if ":" in addr else f"{addr}:{cfg.balancer.port}"
 
 
 def batches(items: list, rolling) -> list[list]:

@@ -6,7 +6,7 @@ import base64
 import threading
 import time
 
-from fabdeploy import model, pipeline
+from fabdeploy import appserver, model, pipeline
 from fabdeploy.config import Config
 from fabdeploy.errors import FabdeployError
 from fabdeploy.hosts.connect import local_user, open_connection
@@ -181,7 +181,7 @@ class HostDeploy:
         try:
             state = pipeline.RunState(self.cfg, self.target, owner, previous, to=previous)
             run_script(self.conn, pipeline.script("rollback", "rollback", state), host=self.host,
-                       timeout=self.cfg.uwsgi.reload_timeout + 120,
+                       timeout=appserver.of(self.cfg).reload_timeout(self.cfg) + 120,
                        on_phase=lambda ph: self.printer.phase(self.host, ph))
             self.printer.line(self.host, f"reverted to {previous}: {reason}")
         except FabdeployError as exc:

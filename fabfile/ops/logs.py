@@ -11,6 +11,7 @@ import time
 
 import paramiko
 
+from fabdeploy import appserver
 from fabdeploy.config import Config
 from fabdeploy.errors import FabdeployError
 from fabdeploy.hosts.connect import host_label, open_connection
@@ -27,7 +28,7 @@ def log_files(cfg: Config, server: Server | None = None) -> dict[str, str]:
     """The logs a host has: the app server's (not on a load balancer) and this site's nginx logs (not on an
     app host behind a load balancer, unless balancer.app_nginx)."""
     name = cfg.project.name
-    files = {"app": Layout(cfg.paths.deploy_to).uwsgi_log,
+    files = {"app": appserver.of(cfg).paths(Layout(cfg.paths.deploy_to)).log,
              "access": f"/var/log/nginx/{name}.access.log",
              "error": f"/var/log/nginx/{name}.error.log"}
     if server is not None and server.role == "lb" and balanced(cfg):

@@ -1,7 +1,7 @@
 """`fab deploy --plan` (or Invoke's `fab --dry deploy`): a truly read-only plan.
 
 One read-only remote invocation per host learns what setup would (Python version, nginx layout, current
-release, virtualenvs) and reads the live uWSGI ini and nginx site. Nothing is uploaded, created, locked or
+release, virtualenvs) and reads the live app-server config and nginx site. Nothing is uploaded, created, locked or
 reloaded. Printed per host: the remote scripts a deploy would run (secrets masked) and a unified diff of
 every rendered config against the host's copy; environment values (old ones read from the host as well as
 new ones) are never shown, a changed one reads "******** (changed)".
@@ -13,7 +13,7 @@ import json
 import re
 
 from fabdeploy import model, pipeline
-from fabdeploy.appserver import uwsgi
+from fabdeploy import appserver
 from fabdeploy.config import Config
 from fabdeploy.errors import FabdeployError
 from fabdeploy.front import nginx
@@ -77,9 +77,10 @@ def read_host(conn, cfg: Config) -> dict:
     """What a deploy's setup would learn, and the host's copies of the files a deploy writes, read in one
     read-only invocation (paths from Layout and the modules that own them)."""
     lay = Layout(cfg.paths.deploy_to)
+    app = appserver.of(cfg)
     params = {"deploy_to": lay.deploy_to, "current": lay.current, "venvs": lay.venvs,
               "static_current": lay.static + "/current", "lock_info": lock.lock_dir(cfg) + "/info",
-              "files": {"uwsgi.ini": lay.uwsgi_ini, "app.env": lay.env_file},
+              "files": {"app server": app.paths(lay).config, "app.env": lay.env_file},
               "sites": {kind: nginx_site_paths(kind, cfg.project.name)[0] for kind in ("sites", "conf.d")},
               "layout": cfg.nginx.layout, "nginx_user": cfg.nginx.user, "settings": SETTINGS_MODULE}
     script = Script([Phase("read", [f"{q(cfg.project.python)} -c {q(FACTS_PY)} {q(json.dumps(params))}"])])
@@ -114,8 +115,7 @@ def _diff(name: str, old: str | None, new: str, env_line=None) -> str:
     return "".join(lines)
 
 
-# environment lines whose values are masked in the diffs: the user's [django] env (not the two fabdeploy sets)
-UWSGI_ENV_LINE = re.compile(r"^(env\s*=\s*)(?!DJANGO_SETTINGS_MODULE=|FABDEPLOY_)([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+# environment lines whose values are masked in the diffs (the app server's config has its own: env_line)
 APP_ENV_LINE = re.compile(r"^()([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
 
@@ -189,7 +189,8 @@ def plan_host(conn, cfg: Config, source, rel_id: str, wait: int = 0, force: bool
                       media_url=cfg.django.media_url)
     out.append("----- config diffs")
     files = raw["files"]
-    out.append(_diff("uwsgi.ini", files["uwsgi.ini"], uwsgi.uwsgi_ini(cfg, rel, server), UWSGI_ENV_LINE))
+    app = appserver.of(cfg)
+    out.append(_diff(app.config_name, files["app server"], app.render_config(cfg, rel, server), app.env_line))
     out.append(_diff("app.env", files["app.env"], code.env_file_text(cfg), APP_ENV_LINE))
     if runs_nginx(cfg, server):
         out.append(_diff(f"nginx site {site}", files["nginx site"], nginx.nginx_site(cfg, server)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from fabdeploy import appserver
 from fabdeploy.config import Config
 from fabdeploy.errors import FabdeployError
 from fabdeploy.hosts.connect import host_label, open_connection
@@ -170,7 +171,8 @@ def status(conns, cfg: Config, parallel: int | None = None) -> list[dict]:
         server = server_of(conn)
         return {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "name": cfg.project.name,
                 "role": server.role, "check": check_spec(cfg, conn.host, server), "nginx": runs_nginx(cfg, server)}
-    return _collect(conns, cfg, STATUS_PY, params, parallel)
+    # (the app server's own client first: the check may go straight to it, in its protocol)
+    return _collect(conns, cfg, appserver.of(cfg).probe_client_py + STATUS_PY, params, parallel)
 
 
 def drift(reports: list[dict]) -> str:

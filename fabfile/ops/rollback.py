@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from fabdeploy import pipeline
+from fabdeploy import appserver, pipeline
 from fabdeploy.config import Config
 from fabdeploy.errors import FabdeployError
 from fabdeploy.hosts.connect import host_label, local_user, open_connection
@@ -67,7 +67,7 @@ def rollback_all(conns: list, cfg: Config, printer: Printer, to: str | None, str
             try:
                 with deferred_interrupt():
                     # the lock wait counts in the timeout: we never give up on a loop that still waits
-                    res = run_script(conn, script, host=host, timeout=cfg.uwsgi.reload_timeout + 120 + wait,
+                    res = run_script(conn, script, host=host, timeout=appserver.of(cfg).reload_timeout(cfg) + 120 + wait,
                                      on_phase=lambda ph: printer.phase(host, ph), remote=remote)
             except FabdeployError as exc:
                 failed = lock.failed_finish(cfg, owner, {"result": "failed", "error": str(exc).splitlines()[0]})

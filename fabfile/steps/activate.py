@@ -4,7 +4,7 @@ static root) at it; `reload` starts or gracefully reloads the app server and wai
 the release."""
 from __future__ import annotations
 
-from fabdeploy.appserver.uwsgi import install_ini, uwsgi_restart_lines
+from fabdeploy import appserver
 from fabdeploy.config import Config
 from fabdeploy.front.firewall import firewall_apply
 from fabdeploy.front.nginx import nginx_restart_lines
@@ -24,7 +24,7 @@ def activate(cfg: Config, release_word: str, id_word: str) -> list[str]:
     touched (see reload)."""
     lay = Layout(cfg.paths.deploy_to)
     tmp = q(f"{lay.current}.fabdeploy-tmp")
-    return [*install_ini(cfg, release_word),
+    return [*appserver.of(cfg).install_lines(cfg, release_word),
             f"ln -sfn {release_word} {tmp}",
             f"mv -Tf {tmp} {q(lay.current)}",
             *static_switch(cfg, id_word)]
@@ -32,12 +32,12 @@ def activate(cfg: Config, release_word: str, id_word: str) -> list[str]:
 
 def reload(cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
     """Start the app server, or reload it gracefully, and wait until every worker runs the release."""
-    return uwsgi_restart_lines(cfg, release_word, venv_word, label)
+    return appserver.of(cfg).reload_lines(cfg, release_word, venv_word, label)
 
 
 def switch(cfg: Config, rel: Release, server: Server | None = None) -> Phase:
-    """Apply the staged firewall rules, install the release's uWSGI ini, then point `current` at the release
-    atomically (symlink to a temp name, rename over): if either fails, `current` has not moved."""
+    """Apply the staged firewall rules, then activate the release (its app-server config, `current`, the
+    static root: see activate); if anything fails before `current` moves, it has not moved."""
     lay = Layout(cfg.paths.deploy_to)
     return Phase("switch", [
         *firewall_apply(cfg, server, lay.staging(rel.id)),
@@ -52,7 +52,8 @@ def switch(cfg: Config, rel: Release, server: Server | None = None) -> Phase:
 
 
 def restart(cfg: Config, rel: Release, facts: Facts, server: Server | None = None) -> Phase:
-    """Start uWSGI or reload it gracefully and wait until every worker runs the new release; then nginx."""
+    """Start the app server or reload it gracefully and wait until every worker runs the new release; then
+    nginx."""
     lay = Layout(cfg.paths.deploy_to)
     lines = reload(cfg, q(lay.release(rel.id)), q(lay.venv(rel.venv_hash)), rel.id)
     if runs_nginx(cfg, server):

@@ -1,6 +1,7 @@
 """Pruning old releases and what they used; removing what an abandoned deploy built."""
 from __future__ import annotations
 
+from fabdeploy import appserver
 from fabdeploy.config import Config
 from fabdeploy.front.nginx import site_restore
 from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, Layout
@@ -43,6 +44,7 @@ def cleanup(cfg: Config, rel: Release) -> Phase:
     """Keep keep_releases releases (always current and the release a rollback would go back to; releases
     marked bad go first) and the virtualenvs they or the running master use."""
     lay = Layout(cfg.paths.deploy_to)
+    app = appserver.of(cfg)
     keep = cfg.paths.keep_releases
     return Phase("cleanup", [
         ALIVE_FN,
@@ -50,7 +52,7 @@ def cleanup(cfg: Config, rel: Release) -> Phase:
         f"cur=$(basename \"$(readlink {q(lay.current)})\")",
         *prune_lines(keep),
         "used=$(cat */.fabdeploy/venv 2>/dev/null | tr '\\n' ' ')",
-        f"pid=$(alive {q(lay.pidfile)} uwsgi || true)",
+        f"pid=$(alive {q(app.paths(lay).pidfile)} {app.process} || true)",
         'exe=$( [ -n "$pid" ] && readlink "/proc/$pid/exe" || true)',
         f"cd {q(lay.venvs)}",
         "for v in *; do",

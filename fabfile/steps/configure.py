@@ -2,7 +2,7 @@
 (checked), stage the firewall."""
 from __future__ import annotations
 
-from fabdeploy.appserver.uwsgi import uwsgi_ini
+from fabdeploy import appserver
 from fabdeploy.config import Config
 from fabdeploy.front.firewall import firewall
 from fabdeploy.front.nginx import nginx_site, site_install
@@ -15,12 +15,13 @@ from fabdeploy.remote.shell import q, write_file
 
 
 def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None) -> Phase:
-    """Stage the uWSGI ini; install the nginx site only if it changed and only if `nginx -t` accepts it."""
+    """Stage the app server's config in the release; install the nginx site only if it changed and only if `nginx -t` accepts it."""
     lay = Layout(cfg.paths.deploy_to)
+    app = appserver.of(cfg)
     lines = [
         # Staged in the release itself (never a shared name another run could touch): the switch installs
         # it, and a rollback restores exactly the config the release ran with.
-        *write_file(f"{lay.release(rel.id)}/.fabdeploy/uwsgi.ini", uwsgi_ini(cfg, rel, server), mode="0600"),
+        *write_file(app.staged_config(lay.release(rel.id)), app.render_config(cfg, rel, server), mode="0600"),
         # complete but not live yet: an automatic rollback never picks it (the switch removes the mark)
         f"touch {q(lay.release(rel.id) + '/.fabdeploy/' + PENDING)}",
     ]

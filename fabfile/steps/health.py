@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 
+from fabdeploy import appserver
 from fabdeploy.config import Config
 from fabdeploy.front.nginx import nginx_reload_lines
 from fabdeploy.hosts.layout import Layout
@@ -20,34 +21,15 @@ from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import q
 from fabdeploy.steps.activate import activate, reload
 
-# Python for the host's python3. probe(spec, host) checks one Host name by the rule and returns
-# (ok, one line saying what happened, final status). spec: proto ("http": through nginx; "uwsgi": straight to
-# uWSGI's TCP socket in the uwsgi protocol, for an app host behind a load balancer without nginx), addr, port,
-# path, accept (codes; [] = a final 2xx after same-host redirects), tls (the site serves https).
+# Python for the host's python3, after the app server's probe_client_py (its `app_get`, for a protocol other
+# than HTTP). probe(spec, host) checks one Host name by the rule and returns (ok, one line saying what
+# happened, final status). spec: proto ("http": HTTP, through nginx or straight to an app server that speaks
+# it; else the app server's own protocol, e.g. "uwsgi", straight to its TCP socket: an app host behind a load
+# balancer without nginx), addr, port, path, accept (codes; [] = a final 2xx after same-host redirects), tls
+# (the site serves https).
 PROBE_PY = r"""
-import http.client, socket, struct
+import http.client
 from urllib.parse import urljoin, urlsplit
-def uwsgi_get(addr, port, host, path):
-    p, _, qs = path.partition("?")
-    env = {"REQUEST_METHOD": "GET", "PATH_INFO": p, "QUERY_STRING": qs, "REQUEST_URI": path,
-           "SERVER_NAME": host, "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": host,
-           "HTTP_USER_AGENT": "fabdeploy-health", "REMOTE_ADDR": "127.0.0.1"}
-    body = b"".join(struct.pack("<H", len(k)) + k + struct.pack("<H", len(v)) + v
-                    for k, v in ((k.encode(), v.encode()) for k, v in env.items()))
-    with socket.create_connection((addr, port), timeout=5) as s:
-        s.sendall(struct.pack("<BHB", 0, len(body), 0) + body)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            head += chunk
-    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    headers = {}
-    for ln in lines[1:]:
-        k, _, v = ln.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return int(lines[0].split(" ", 2)[1]), headers
 def http_get(addr, port, host, path):
     conn = http.client.HTTPConnection(addr, port, timeout=5)
     try:
@@ -60,7 +42,7 @@ def http_get(addr, port, host, path):
 def _printable(text):
     return "".join(c if c.isprintable() else "?" for c in text)[:200]
 def probe(spec, host):
-    get = uwsgi_get if spec["proto"] == "uwsgi" else http_get
+    get = http_get if spec["proto"] == "http" else app_get
     accept, path = spec["accept"], spec["path"]
     said = f"GET {path} (Host: {host}) ->"
     name = (urlsplit("http://" + host).hostname or host).lower()
@@ -99,7 +81,7 @@ def probe(spec, host):
 """
 
 # Retry until every name passes or the deadline; print one line (the failing names' answers); exit 0 when healthy.
-CHECK_PY = PROBE_PY + r"""
+CHECK_TAIL_PY = r"""
 import json, sys, time
 spec = json.loads(sys.argv[1])
 deadline = time.monotonic() + spec["timeout"]
@@ -122,6 +104,16 @@ while True:
 """
 
 
+def probe_program(cfg: Config) -> str:
+    """PROBE_PY with the config's app server's client for its own protocol."""
+    return appserver.of(cfg).probe_client_py + PROBE_PY
+
+
+def check_program(cfg: Config) -> str:
+    """The health check program: probe every Host name by the rule, retrying until healthy or the timeout."""
+    return probe_program(cfg) + CHECK_TAIL_PY
+
+
 def http_target(cfg: Config, host: str) -> tuple[str, int, str]:
     """Address, port and Host header that reach this site's nginx server block from the host itself."""
     listen = str(cfg.nginx.listen)
@@ -133,13 +125,14 @@ def http_target(cfg: Config, host: str) -> tuple[str, int, str]:
 
 
 def check_target(cfg: Config, host: str, server: Server | None = None) -> tuple[str, str, int, str]:
-    """(protocol, address, port, Host header) of a host's own check: "http" through its nginx, or "uwsgi"
-    straight to uWSGI's TCP socket (an app host behind a load balancer, without nginx)."""
+    """(protocol, address, port, Host header) of a host's own check: "http" through its nginx, or straight
+    to the app server's TCP socket in its own protocol (an app host behind a load balancer, without nginx)."""
     addr, port, host_header = http_target(cfg, host)
     if runs_nginx(cfg, server):
         return "http", addr, port, host_header
     addr = bind_address(cfg, server)
-    return "uwsgi", {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr, addr), cfg.balancer.port, host_header
+    proto = appserver.of(cfg).protocol
+    return proto, {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr, addr), cfg.balancer.port, host_header
 
 
 def site_has_tls(cfg: Config) -> bool:
@@ -171,13 +164,14 @@ def check_spec(cfg: Config, host: str, server: Server | None = None) -> dict:
 def check_command(cfg: Config, host: str, server: Server | None = None) -> str:
     """The health check of one host: through its nginx, or (an app host behind a load balancer without
     nginx) straight to uWSGI's TCP socket; prints one line, exits 0 when healthy."""
-    return f"{q(cfg.project.python)} -c {q(CHECK_PY)} {q(json.dumps(check_spec(cfg, host, server)))}"
+    return f"{q(cfg.project.python)} -c {q(check_program(cfg))} {q(json.dumps(check_spec(cfg, host, server)))}"
 
 
 def health(cfg: Config, host: str, release_id: str, previous: str, staging: str, site_path: str,
            nginx_pid: str, server: Server | None = None) -> Phase:
     """Check the new release; on failure revert to `previous` (a release path, "" on a first deploy)."""
     lay = Layout(cfg.paths.deploy_to)
+    app = appserver.of(cfg)
     R = lay.release(release_id)
     check = check_command(cfg, host, server)
     prev_id = previous.rsplit("/", 1)[-1] if previous else ""
@@ -194,13 +188,13 @@ def health(cfg: Config, host: str, release_id: str, previous: str, staging: str,
         return Phase("health", lines + [fail_expanded("health check failed: $why; no previous release to revert to")])
     P = q(previous)
     lines += [
-        f"[ -f {P}/.fabdeploy/uwsgi.ini ] || "
-        + fail_expanded(f"health check failed: $why; cannot revert: {prev_id} has no saved uWSGI config"),
+        f"[ -f {app.staged_config(P)} ] || "
+        + fail_expanded(f"health check failed: $why; cannot revert: {prev_id} has no saved {app.title} config"),
         *activate(cfg, P, q(prev_id)),
         f'V={q(lay.venvs)}/"$(cat {P}/.fabdeploy/venv)"',
         "(",
         *reload(cfg, P, '"$V"', prev_id),
-        ") >/dev/null || " + fail_expanded(f"health check failed: $why; reverting to {prev_id} failed too: uWSGI did not come up"),
+        ") >/dev/null || " + fail_expanded(f"health check failed: $why; reverting to {prev_id} failed too: {app.title} did not come up"),
         # the nginx site as it was before this deploy, when this deploy changed it
         f"if [ -f {q(staging + '/site.prev')} ]; then",
         f"  sudo -n install -m 0644 {q(staging + '/site.prev')} {q(site_path)}",

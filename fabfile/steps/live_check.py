@@ -6,7 +6,7 @@ import hashlib
 import json
 
 from fabdeploy.ops.manage import wrapper as manage_wrapper
-from fabdeploy.appserver.uwsgi import uwsgi_ini
+from fabdeploy import appserver
 from fabdeploy.config import Config
 from fabdeploy.front.firewall import firewall
 from fabdeploy.front.nginx import nginx_site
@@ -22,8 +22,9 @@ def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server 
     """A hash of the code revision and everything fabdeploy renders or installs for it (with placeholder
     release ids): when the live release has the same one, a deploy has nothing to do."""
     probe = Release("RELEASE", revision, "", "", "", "", "VENV")
-    parts = [revision, requirements.decode(errors="replace"), cfg.pip.packages, cfg.uwsgi.package,
-             nginx_site(cfg, server) if runs_nginx(cfg, server) else "", uwsgi_ini(cfg, probe, server),
+    app = appserver.of(cfg)
+    parts = [revision, requirements.decode(errors="replace"), cfg.pip.packages, app.requirement(cfg),
+             nginx_site(cfg, server) if runs_nginx(cfg, server) else "", app.render_config(cfg, probe, server),
              firewall(cfg, server, "STAGING"),
              render("settings.py.j2", release_id="RELEASE", django_settings=cfg.project.django_settings,
                     shared=Layout(cfg.paths.deploy_to).shared, allowed_hosts=cfg.allowed_hosts,
@@ -35,9 +36,10 @@ def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server 
 
 
 def unchanged_exit(cfg: Config, fp: str, after: list[str]) -> list[str]:
-    """Setup lines: when the live release has fingerprint `fp` and its uWSGI is up, run `after` (audit,
+    """Setup lines: when the live release has fingerprint `fp` and its app server is up, run `after` (audit,
     unlock), report `unchanged=<release>` and end the phase successfully."""
     lay = Layout(cfg.paths.deploy_to)
+    app = appserver.of(cfg)
     return [
         ALIVE_FN,
         CHILDREN_FN,
@@ -47,7 +49,8 @@ def unchanged_exit(cfg: Config, fp: str, after: list[str]) -> list[str]:
         '[ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = "$cur" ] || return 1; done; [ "$n" -gt 0 ]; }',
         f"cur=$(readlink {q(lay.current)} || true)",
         f'if [ -n "$cur" ] && grep -qs {q(chr(34) + "fingerprint" + chr(34) + ": " + chr(34) + fp + chr(34))} '
-        f'"$cur/.fabdeploy/release.json" && mpid=$(alive {q(lay.pidfile)} uwsgi) && on_current "$mpid"; then',
+        f'"$cur/.fabdeploy/release.json" && mpid=$(alive {q(app.paths(lay).pidfile)} {app.process}) && '
+        'on_current "$mpid"; then',
         *["  " + ln for ln in after],
         "  " + fact("unchanged", '$(basename "$cur")'),
         "  " + note('already live: $(basename "$cur") has this revision and these configs '

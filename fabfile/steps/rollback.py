@@ -5,7 +5,7 @@ or refused with --strict before anything changes.
 """
 from __future__ import annotations
 
-from fabdeploy import model
+from fabdeploy import appserver, model
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, Layout
 from fabdeploy.remote.markers import MARK, fact, fail_expanded, note
@@ -32,6 +32,8 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
     """Pick the target (--to, else the newest usable release older than current), refuse what cannot work,
     list (or with strict refuse) migrations it does not know, make it live, mark the abandoned release bad."""
     lay = Layout(cfg.paths.deploy_to)
+    app = appserver.of(cfg)
+    target_word = '"$T"'
     if to:
         pick = [
             f"T={q(to)}",
@@ -49,7 +51,7 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
             '  [ -f "$r/.fabdeploy/bad" ] && continue',
             f'  [ -f "$r/.fabdeploy/{model.PENDING}" ] && continue  # never went live',
             f'  [ -f {q(lay.venvs)}/"$(cat "$r/.fabdeploy/venv" 2>/dev/null)"/.fabdeploy-complete ] || continue',
-            '  [ -f "$r/.fabdeploy/uwsgi.ini" ] || continue',
+            f"  [ -f {app.staged_config(chr(34) + '$r' + chr(34))} ] || continue",
             '  T=$r; break',
             "done",
             f'[ -n "$T" ] || {fail_expanded("nothing to roll back to: no older good release on disk (see fab releases)")}',
@@ -63,7 +65,8 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
         *pick,
         f'V={q(lay.venvs)}/"$(cat "$T/.fabdeploy/venv" 2>/dev/null)"',
         f'[ -f "$V/.fabdeploy-complete" ] || {fail_expanded("the virtualenv of release $T was removed; deploy it again instead")}',
-        f'[ -f "$T/.fabdeploy/uwsgi.ini" ] || {fail_expanded("release $T has no saved uWSGI config; deploy it again instead")}',
+        f"[ -f {app.staged_config(target_word)} ] || "
+        + fail_expanded(f"release $T has no saved {app.title} config; deploy it again instead"),
         f'R={q(lay.releases)}/"$T"',
         # Migrations: ask the target's own code which applied ones it does not know.
         f'unknown=$(cd "$R" && export DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} && set -a && . {q(lay.env_file)} '

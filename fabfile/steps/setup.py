@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fabdeploy.steps import secret_key as _secret_key
+from fabdeploy import appserver
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.local.wheelhouse import PYTHON_FACTS_PY
@@ -26,6 +27,7 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
     """Create the layout (sudo only where needed), take the deploy lock, report host facts. `app` False:
     a load balancer host (no virtualenvs)."""
     lay = Layout(cfg.paths.deploy_to)
+    sock = appserver.of(cfg).paths(lay).socket
     py = cfg.project.python
     shared_dirs = [f"{lay.shared}/{d}" for d in cfg.paths.shared_dirs]
     dirs = [lay.releases, lay.venvs, lay.tmp, lay.shared, lay.log, lay.run, lay.config,
@@ -72,8 +74,8 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         f"chmod 0711 {q(lay.deploy_to)} {q(lay.shared)}",
         f"chmod 0700 {q(lay.shared + '/db')} {q(lay.config)}",
         f"chmod 0750 {q(lay.log)} {q(lay.releases)} {q(lay.tmp)}",
-        f'if [ -S {q(lay.socket)} ] && [ "$(stat -c %G {q(lay.socket)})" != "$nginx_group" ]; then '
-        f'sudo -n chgrp "$nginx_group" {q(lay.socket)}; fi',
+        f'if [ -S {q(sock)} ] && [ "$(stat -c %G {q(sock)})" != "$nginx_group" ]; then '
+        f'sudo -n chgrp "$nginx_group" {q(sock)}; fi',
         f"venvs=$(cd {q(lay.venvs)} && for v in *; do [ -f \"$v/.fabdeploy-complete\" ] && printf '%s ' \"$v\"; done; true)",
         f"current=$(readlink {q(lay.current)} || true)",
         fact("python_version", "$python_version"),

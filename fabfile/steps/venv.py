@@ -1,6 +1,7 @@
 """The venv phase: the release's virtualenv, reused while the requirements hash is unchanged."""
 from __future__ import annotations
 
+from fabdeploy import appserver
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.local.requirements import listed, normalize
@@ -18,7 +19,7 @@ def venv_install_args(cfg: Config, rel: Release, staging: str) -> list[str]:
         args += ["--index-url", cfg.pip.index_url]
     if cfg.project.requirements:
         args += ["-r", cfg.project.requirements]
-    args += [*cfg.pip.packages, cfg.uwsgi.package]
+    args += [*cfg.pip.packages, appserver.of(cfg).requirement(cfg)]
     return args
 
 

@@ -1,0 +1,82 @@
+"""The app-server interface: everything the pipeline, the front end, the health check, `fab status` and
+`fab logs` need to know about the program that runs the Django project, and nothing else about it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fabdeploy.config import Config
+from fabdeploy.hosts.layout import Layout
+from fabdeploy.hosts.roles import Server, balanced, bind_address
+from fabdeploy.model import Release
+from fabdeploy.remote.shell import q
+
+
+@dataclass(frozen=True)
+class AppPaths:
+    """Where an app server's files live on a host (under shared/, the same for every release)."""
+
+    socket: str  # its unix socket (nginx on the same host connects to it)
+    pidfile: str  # its master's pid
+    log: str  # what it writes
+    config: str  # the live config (the release's own copy installed at the switch)
+
+
+class AppServer:
+    """One app server. Subclasses set the class attributes and implement the methods that raise."""
+
+    name = ""  # as in `[app] server`
+    title = ""  # as people write it, for messages ("uWSGI")
+    section = ""  # its own deploy.toml section ("uwsgi")
+    process = ""  # its master's process name (/proc/<pid>/comm)
+    protocol = ""  # what it speaks on its socket: "uwsgi" (nginx uwsgi_pass) or "http" (proxy_pass)
+    config_name = ""  # its config file, staged in <release>/.fabdeploy/ and installed under shared/config
+    system_packages: tuple[str, ...] = ()  # Debian packages it needs on the host (beyond python3-venv)
+    probe_client_py = ""  # Python defining app_get(addr, port, host, path) -> (status, headers), if not HTTP
+    env_line = None  # a compiled pattern: (text before the value, name, value) of an env line in its config
+
+    def requirement(self, cfg: Config) -> str:
+        """The pip requirement installed into every release's virtualenv."""
+        raise NotImplementedError
+
+    def reload_timeout(self, cfg: Config) -> int:
+        """Seconds a start or reload may take before the deploy calls it failed."""
+        raise NotImplementedError
+
+    def paths(self, lay: Layout) -> AppPaths:
+        return AppPaths(f"{lay.run}/{self.name}.sock", f"{lay.run}/{self.name}.pid", f"{lay.log}/{self.name}.log",
+                        f"{lay.config}/{self.config_name}")
+
+    def staged_config(self, release_word: str) -> str:
+        """The release's own copy of the config (release_word: a shell word naming the release directory)."""
+        return f"{release_word}/.fabdeploy/{self.config_name}"
+
+    def listen(self, cfg: Config, server: Server | None) -> str:
+        """The socket it serves: its unix socket for nginx on the same host, or address:port for the load
+        balancers (app hosts of a balanced fleet)."""
+        if server is None or not balanced(cfg) or server.role != "app":
+            return self.paths(Layout(cfg.paths.deploy_to)).socket
+        addr = bind_address(cfg, server)
+        return f"[{addr}]:{cfg.balancer.port}" if ":" in addr else f"{addr}:{cfg.balancer.port}"
+
+    def upstream(self, cfg: Config, server: Server | None) -> str:
+        """What nginx on the same host passes requests to ("unix:/path" or "address:port")."""
+        sock = self.listen(cfg, server)
+        if sock.startswith("/"):
+            return "unix:" + sock
+        addr = bind_address(cfg, server)
+        return sock if addr not in ("0.0.0.0", "::") else f"127.0.0.1:{cfg.balancer.port}"
+
+    def render_config(self, cfg: Config, rel: Release, server: Server | None) -> str:
+        """Its config for a release (staged in the release by the config phase)."""
+        raise NotImplementedError
+
+    def install_lines(self, cfg: Config, release_word: str) -> list[str]:
+        """Make a release's own config the live one, atomically (a temp copy renamed over)."""
+        live = self.paths(Layout(cfg.paths.deploy_to)).config
+        return [f"cp -p {self.staged_config(release_word)} {q(live + '.fabdeploy-tmp')}",
+                f"mv -f {q(live + '.fabdeploy-tmp')} {q(live)}"]
+
+    def reload_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
+        """Start it, or reload it gracefully, then wait until every worker runs the release (release_word and
+        venv_word: shell words; label: the release as messages name it). Sets $action and $pid."""
+        raise NotImplementedError
