@@ -59,3 +59,6 @@ def test_the_built_wheel_ships_the_reference(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("fabdeploy-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         assert zf.read("fabdeploy/templates/deploy.example.toml").decode() == EXAMPLE.read_text()
+        shipped = set(zf.namelist())
+    modules = ["fabdeploy/" + p.relative_to(REPO / "fabfile").as_posix() for p in (REPO / "fabfile").rglob("*.py")]
+    assert [m for m in modules if m not in shipped] == []  # every package is listed in pyproject.toml

@@ -1,0 +1,135 @@
+"""The keys of deploy.toml: SCHEMA maps each [section] to its keys, each a Key (default, check, required).
+
+deploy.example.toml documents the same keys (tests/test_example_config.py checks it is complete).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from fabdeploy.config.checks import (_HOST, _app_server, _bool, _env, _hook_commands, _int, _list, _listen,
+                                     _options, _server_names, _servers, _statuses, _str, check_rolling)
+
+PHASES = ("setup", "code", "venv", "django", "config", "switch", "restart", "cleanup")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_WSGI = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$")
+# Paths and names that end up in nginx/uWSGI config files, which have no quoting: keep them plain.
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
+_REL_PATH = re.compile(r"^[A-Za-z0-9._@+-][A-Za-z0-9._/@+-]*$")
+_SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
+_URL_PATH = re.compile(r"^/[A-Za-z0-9._/-]*/$")
+BALANCE_METHODS = ("round_robin", "least_conn", "ip_hash", "hash")
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    check: Callable[[Any], str | None]
+    required: bool = False
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "project": {
+        "name": Key(None, _str(_NAME, "letters, digits, '.', '_' or '-'", empty_ok=False), required=True),
+        "source": Key(".", _str(None)),
+        "revision": Key("HEAD", _str(re.compile(r"^[^\s;`$]+$"), "a git revision")),
+        "django_settings": Key(None, _str(_DOTTED, "a dotted module path", empty_ok=False), required=True),
+        "wsgi": Key(None, _str(_WSGI, "\"module.path:callable\"", empty_ok=False), required=True),
+        "requirements": Key("requirements.txt", _str(_REL_PATH, "a relative path inside source")),
+        "manage": Key("manage.py", _str(_REL_PATH, "a relative path inside source", False)),
+        "hosts": Key([], _list(_str(_HOST, "[user@]host[:port]", empty_ok=False))),
+        "python": Key("python3", _str(re.compile(r"^[A-Za-z0-9._/+-]+$"), "an interpreter name or path", False)),
+        "exclude": Key([], _list(_str(None, empty_ok=False))),
+    },
+    "django": {
+        "allowed_hosts": Key([], _list(_str(re.compile(r"^[^\s'\"\\]+$"), "a host name", False))),
+        "env": Key({}, _env),
+        "static_url": Key("/static/", _str(_URL_PATH, "a URL path like /static/", False)),
+        "media_url": Key("/media/", _str(_URL_PATH, "a URL path like /media/", False)),
+        "migrate": Key(True, _bool),
+        "collectstatic": Key(True, _bool),
+        "check_deploy": Key(True, _bool),
+    },
+    "paths": {
+        "deploy_to": Key(None, _str(_SAFE_PATH, "an absolute path of plain characters", False), required=True),
+        "keep_releases": Key(5, _int(1, 1000)),
+        "shared_dirs": Key(["media"], _list(_str(_REL_PATH, "a relative path", False))),
+    },
+    "app": {
+        "server": Key("uwsgi", _app_server),
+    },
+    "uwsgi": {
+        "processes": Key(4, _int(1, 1024)),
+        "threads": Key(2, _int(1, 1024)),
+        "max_requests": Key(5000, _int(0, 10_000_000)),
+        "harakiri": Key(30, _int(0, 86400)),
+        "buffer_size": Key(32768, _int(4096, 65535)),
+        "package": Key("uwsgi", _str(re.compile(r"^[A-Za-z0-9._\-\[\]<>=!~,]+$"), "a pip requirement", False)),
+        "reload_timeout": Key(60, _int(1, 3600)),
+        "listen": Key(1024, _int(16, 65535)),
+        "options": Key({}, _options),
+    },
+    "nginx": {
+        "server_name": Key("_", _server_names),
+        "listen": Key(80, _listen),
+        "client_max_body_size": Key("75M", _str(_SIZE, "a size like 75M", False)),
+        "user": Key("", _str(re.compile(r"^[a-z_][a-z0-9_-]*$"), "a user name")),
+        "layout": Key("auto", lambda v: None if v in ("auto", "sites", "conf.d") else
+                      "must be \"auto\", \"sites\" or \"conf.d\""),
+        "template": Key("", _str(None)),
+        "static_expires": Key("30d", _str(re.compile(r"^(off|max|[0-9]+[smhdwMy]?)$"), "like 30d, max or off", False)),
+    },
+    "pip": {
+        "index_url": Key("", _str(re.compile(r"^(https?|file)://\S+$"), "an http(s) or file URL")),
+        "wheelhouse": Key(False, _bool),
+        "packages": Key([], _list(_str(re.compile(r"^[A-Za-z0-9._\-\[\]<>=!~,;: ]+$"), "a pip requirement", False))),
+        "wheel_python": Key("", _str(re.compile(r"^\S+$"), "an interpreter name or path")),
+        "timeout": Key(1800, _int(10, 86400)),
+    },
+    "ssh": {
+        "strict_host_keys": Key(True, _bool),
+        "known_hosts": Key("", _str(None)),
+        "identity_file": Key("", _str(None)),
+        "connect_timeout": Key(15, _int(1, 600)),
+    },
+    "health": {
+        "path": Key("/", _str(re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*$"), "a URL path like /health", False)),
+        "status": Key([], _statuses),
+        "timeout": Key(15, _int(1, 600)),
+        "revert": Key(True, _bool),
+    },
+    "lock": {
+        "ttl": Key(3600, _int(10, 7 * 86400)),
+        "wait": Key(0, _int(0, 86400)),
+    },
+    "fleet": {
+        "parallel": Key(10, _int(1, 1000)),
+        "rolling": Key(0, check_rolling),
+    },
+    "roles": {
+        "app": Key([], _servers),
+        "lb": Key([], _servers),
+    },
+    "balancer": {
+        "method": Key("round_robin", lambda v: None if v in BALANCE_METHODS else
+                      "must be one of " + ", ".join(f'"{m}"' for m in BALANCE_METHODS)),
+        "hash_key": Key("$request_uri", _str(re.compile(r"^[$A-Za-z0-9_]+$"), "an nginx variable like $request_uri", False)),
+        "hash_consistent": Key(True, _bool),
+        "keepalive": Key(0, _int(0, 10000)),
+        "port": Key(8001, _int(1, 65535)),
+        "bind": Key("", _str(re.compile(r"^([0-9.]+|\[[0-9A-Fa-f:]+\])$"), "an IP address")),
+        "app_nginx": Key(False, _bool),
+        "media": Key("app", lambda v: None if v in ("app", "lb") else "must be \"app\" or \"lb\""),
+        "max_fails": Key(1, _int(0, 1000)),
+        "fail_timeout": Key(10, _int(1, 3600)),
+        "firewall": Key("auto", lambda v: None if v in ("auto", "nftables", "off") else
+                        "must be \"auto\", \"nftables\" or \"off\""),
+    },
+    "hooks": {
+        f"{when}_{phase}": Key([], _hook_commands)
+        for phase in PHASES for when in ("before", "after")
+    },
+}
