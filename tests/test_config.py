@@ -119,6 +119,26 @@ def test_unknown_hook_key_suggests_the_real_hook_name():
     assert "hooks.before_djang" in message and "'before_django'" in message
 
 
+def test_hook_may_be_a_table_per_role():
+    cfg = parse_config(raw(hooks={"after_restart": {"lb": ["echo lb"], "app": ["echo a", "echo b"]},
+                                  "before_setup": {"lb": []}, "after_cleanup": ["echo all"]}))
+    assert cfg.hooks.after_restart == {"lb": ["echo lb"], "app": ["echo a", "echo b"]}
+    assert cfg.hooks.before_setup == {"lb": []}
+    assert cfg.hooks.after_cleanup == ["echo all"]
+
+
+@pytest.mark.parametrize("value, expected", [
+    ({"web": ["echo x"]}, "hooks.after_restart has an unknown role 'web' (roles are: app, lb)"),
+    ({"lb": "echo x"}, "hooks.after_restart lb must be a list of shell commands"),
+    ({"app": [3]}, "hooks.after_restart app item 1 (3) must be a string"),
+    ("echo x", "hooks.after_restart must be a list of shell commands, or a table of them per role (app, lb)"),
+    (3, "hooks.after_restart must be a list of shell commands, or a table of them per role (app, lb)"),
+])
+def test_bad_hook_table_is_one_line_naming_the_key(value, expected):
+    message = config_error(raw(hooks={"after_restart": value}))  # asserts one line
+    assert expected in message, message
+
+
 def test_unknown_key_far_from_everything_has_no_suggestion():
     message = config_error(raw(nginx={"zzzzzzzz": 1}))
     assert "unknown key nginx.zzzzzzzz" in message

@@ -7,6 +7,8 @@ with an upstream of the three), four network namespaces.
   static files come from the balancer's own disk; media from a shared mount reach every app host;
 - ip_hash keeps one client on one app host; least_conn with weights renders and is live;
 - a rolling deploy (--rolling 1) under bounded load through the balancer drops no request;
+- hooks run wherever their phase runs: on the balancer (setup, config, restart, cleanup; a per-role table
+  only on its role) and in a rollback of the app hosts (switch and restart, with the release rolled to);
 - one app host unreachable: no host switches, and the summary says why.
 """
 from __future__ import annotations
@@ -255,6 +257,69 @@ def test_ctrl_c_during_a_rolling_deploy_stops_the_rollout_and_puts_the_balancer_
     # back to one release everywhere for the next test
     res = run_fab(proj.root, "deploy", cache=cache)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+HOOK_LOG = "/tmp/fabdeploy-hooks.log"  # in each lab host's private /tmp
+
+
+def hook_line(phase: str, extra: str = "") -> str:
+    """A hook command (a TOML literal string) that appends "role action release phase[ extra]" to HOOK_LOG."""
+    return f"'echo \"$FABDEPLOY_ROLE $FABDEPLOY_ACTION $FABDEPLOY_RELEASE {phase}{extra}\" >> {HOOK_LOG}'"
+
+
+# after_switch also records where the release is and whether its virtualenv is there (a rollback reads both
+# from `current` when the hook runs)
+SWITCHED = ' $FABDEPLOY_RELEASE_PATH $(test -x "$FABDEPLOY_VENV/bin/python" && echo venv-ok || echo no-venv)'
+HOOKS = f"""[hooks]
+before_setup = [{hook_line("before_setup")}]
+after_config = [{hook_line("after_config")}]
+before_switch = [{hook_line("before_switch")}]
+after_switch = [{hook_line("after_switch", SWITCHED)}]
+after_restart = [{hook_line("after_restart")}]
+after_cleanup = [{hook_line("after_cleanup")}]
+before_restart = {{ lb = [{hook_line("before_restart lb-only")}] }}
+before_cleanup = {{ app = [{hook_line("before_cleanup app-only")}] }}
+"""
+
+
+def hook_lines(host) -> list[str]:
+    path = host.path(HOOK_LOG)
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_hooks_run_on_the_balancer_and_in_a_rollback_where_their_phase_runs(fleet):
+    apps, lb, proj, cache = fleet
+    for h in (*apps, lb):
+        h.exec(["rm", "-f", HOOK_LOG])
+    proj.commit("hooked", {"pages/message.txt": "hooked release\n"})
+    proj.write_config(fleet_config(apps, lb, HOOKS), name="hooks.toml")
+    res = run_fab(proj.root, "deploy", "--config", "hooks.toml", cache=cache)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rel = table(res.stdout)[lb.address][1]
+    # the balancer: its phases' hooks (config once: the prepare invocation's site install), role lb, the
+    # deployed release id; the lb-only table ran here, the app-only one did not
+    assert hook_lines(lb) == [f"lb deploy {rel} {p}" for p in (
+        "before_setup", "after_config", "before_restart lb-only", "after_restart", "after_cleanup")]
+    # each app host: its own phases' hooks, role app; the lb-only table never ran on it
+    for a in apps:
+        assert hook_lines(a) == [f"app deploy {rel} {p}" for p in (
+            "before_setup", "after_config", "before_switch",
+            f"after_switch /srv/sample/releases/{rel} venv-ok", "after_restart", "before_cleanup app-only",
+            "after_cleanup")], a
+
+    # rollback of the app hosts: the switch hooks around its switch, the restart hooks around its reload, each
+    # reading the release from `current` when it runs (before the switch: the abandoned one)
+    for h in (*apps, lb):
+        h.exec(["rm", "-f", HOOK_LOG])
+    back = run_fab(proj.root, "rollback", "--config", "hooks.toml")
+    assert back.returncode == 0, back.stdout + back.stderr
+    for a in apps:
+        target = os.path.basename(os.readlink(a.path("/srv/sample/current")))
+        assert target != rel and f"{a.address}: rolled back to {target}" in back.stdout, back.stdout
+        assert hook_lines(a) == [f"app rollback {rel} before_switch",
+                                 f"app rollback {target} after_switch /srv/sample/releases/{target} venv-ok",
+                                 f"app rollback {target} after_restart"], a
+    assert hook_lines(lb) == []  # a rollback runs on app hosts only
 
 
 def test_one_app_host_unreachable_switches_no_host(fleet):
