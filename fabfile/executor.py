@@ -23,8 +23,8 @@ from invoke import Executor as InvokeExecutor
 
 from fabdeploy.errors import ConfigError
 
-# The config key carrying the -H hosts to a fabdeploy task called once for all of them (a config key, not a
-# module global: in this repository the tasks load as `fabfile.*` while fab may import `fabdeploy.executor`).
+# The config key carrying the -H hosts to a fabdeploy task called once for all of them (the run's config is
+# what the executor and the task share).
 HOSTS_KEY = "fabdeploy_cli_hosts"
 
 
@@ -43,7 +43,7 @@ def _host_list(core) -> list[str]:
 
 
 class FleetExecutor(Executor):
-    # A marker, not issubclass(): this class can be loaded twice (as fabfile.executor and fabdeploy.executor).
+    # What refuse_per_host_call looks for (this class and its subclasses).
     fabdeploy_fleet = True
 
     def expand_calls(self, calls, apply_hosts=True):
