@@ -10,6 +10,8 @@ import pytest
 from fabdeploy import appserver, pipeline
 from fabdeploy.appserver.base import AppServer
 from fabdeploy.appserver.uwsgi import UWSGI
+from fabdeploy.config.checks import _int
+from fabdeploy.config.schema import Key
 from fabdeploy.errors import ConfigError
 from fabdeploy.front import nginx
 from fabdeploy.hosts.layout import Layout
@@ -27,7 +29,8 @@ from test_phases import make_cfg, make_rel
 class Toy(AppServer):
     name = "toy"
     title = "Toy"
-    section = "uwsgi"  # (a made-up server borrows uWSGI's section for its settings)
+    section = "toy"
+    keys = {"workers": Key(2, _int(1, 64)), "reload_timeout": Key(7, _int(1, 600))}
     process = "toyd"
     protocol = "http"
     config_name = "toy.conf"
@@ -36,10 +39,11 @@ class Toy(AppServer):
         return "toyd==1.0"
 
     def reload_timeout(self, cfg):
-        return 7
+        return cfg.toy.reload_timeout
 
     def render_config(self, cfg, rel, server=None):
-        return f"bind = {self.listen(cfg, server)}\nchdir = {Layout(cfg.paths.deploy_to).release(rel.id)}\n"
+        return (f"bind = {self.listen(cfg, server)}\nchdir = {Layout(cfg.paths.deploy_to).release(rel.id)}\n"
+                f"workers = {cfg.toy.workers}\n")
 
     def reload_lines(self, cfg, release_word, venv_word, label):
         p = self.paths(Layout(cfg.paths.deploy_to))
@@ -83,6 +87,16 @@ def test_the_registered_app_servers_are_the_choices_of_app_server(toy):
     assert isinstance(appserver.of(cfg_for("uwsgi")), UWSGI)
     with pytest.raises(ConfigError, match=r'app.server.*must be "uwsgi" or "toy"'):
         cfg_for("gunicorn")
+
+
+def test_a_second_app_server_brings_its_own_config_section(toy):
+    cfg = make_cfg(app={"server": "toy"}, toy={"workers": 5})
+    assert "workers = 5" in toy.render_config(cfg, make_rel())
+    assert toy.reload_timeout(cfg) == 7
+    with pytest.raises(ConfigError, match=r"toy.workers"):
+        make_cfg(app={"server": "toy"}, toy={"workers": 0})
+    with pytest.raises(ConfigError, match=r"unknown key toy.threads"):
+        make_cfg(app={"server": "toy"}, toy={"threads": 2})
 
 
 def test_uwsgi_is_the_default():

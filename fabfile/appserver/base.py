@@ -27,6 +27,7 @@ class AppServer:
     name = ""  # as in `[app] server`
     title = ""  # as people write it, for messages ("uWSGI")
     section = ""  # its own deploy.toml section ("uwsgi")
+    keys: dict = {}  # that section's keys (config.schema.Key), checked like every other section
     process = ""  # its master's process name (/proc/<pid>/comm)
     protocol = ""  # what it speaks on its socket: "uwsgi" (nginx uwsgi_pass) or "http" (proxy_pass)
     config_name = ""  # its config file, staged in <release>/.fabdeploy/ and installed under shared/config

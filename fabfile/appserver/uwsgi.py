@@ -6,6 +6,8 @@ import re
 
 from fabdeploy.appserver.base import AppServer
 from fabdeploy.config import Config
+from fabdeploy.config.checks import _int, _options, _str
+from fabdeploy.config.schema import Key
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.hosts.roles import Server, balanced
 from fabdeploy.local.render import render
@@ -49,6 +51,18 @@ def app_get(addr, port, host, path):
 """
     # the user's [django] env in the ini (masked in --plan's diff; not the two fabdeploy sets)
     env_line = re.compile(r"^(env\s*=\s*)(?!DJANGO_SETTINGS_MODULE=|FABDEPLOY_)([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+
+    keys = {  # [uwsgi]
+        "processes": Key(4, _int(1, 1024)),
+        "threads": Key(2, _int(1, 1024)),
+        "max_requests": Key(5000, _int(0, 10_000_000)),
+        "harakiri": Key(30, _int(0, 86400)),
+        "buffer_size": Key(32768, _int(4096, 65535)),
+        "package": Key("uwsgi", _str(re.compile(r"^[A-Za-z0-9._\-\[\]<>=!~,]+$"), "a pip requirement", False)),
+        "reload_timeout": Key(60, _int(1, 3600)),
+        "listen": Key(1024, _int(16, 65535)),
+        "options": Key({}, _options),
+    }
 
     def requirement(self, cfg: Config) -> str:
         return cfg.uwsgi.package

@@ -18,11 +18,11 @@ from urllib.parse import unquote
 
 from fabdeploy.config.checks import (RESERVED_ENV, SERVER_KEYS, _check_roles, _suggest, check_rolling,
                                      host_name)
-from fabdeploy.config.schema import _NAME, BALANCE_METHODS, PHASES, SCHEMA, Key
+from fabdeploy.config.schema import _NAME, BALANCE_METHODS, PHASES, SCHEMA, Key, all_sections
 from fabdeploy.errors import ConfigError
 
 __all__ = ["BALANCE_METHODS", "CONFIG_ENV", "DEFAULT_CONFIG", "MIN_SECRET_LEN", "NEVER_SECRET", "PHASES",
-           "RESERVED_ENV", "SCHEMA", "SERVER_KEYS", "Config", "Key", "_NAME", "check_rolling", "find_config_path",
+           "RESERVED_ENV", "SCHEMA", "all_sections", "SERVER_KEYS", "Config", "Key", "_NAME", "check_rolling", "find_config_path",
            "host_name", "ident", "load_config", "parse_config", "url_userinfo"]
 
 CONFIG_ENV = "FABDEPLOY_CONFIG"
@@ -130,13 +130,14 @@ def ident(name: str) -> str:
 
 def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     where = f"{path}: " if path else ""
+    schema = all_sections()
     data: dict[str, dict[str, Any]] = {}
     for section, value in raw.items():
-        if section not in SCHEMA:
-            raise ConfigError(f"{where}unknown section [{section}]{_suggest(section, SCHEMA)}")
+        if section not in schema:
+            raise ConfigError(f"{where}unknown section [{section}]{_suggest(section, schema)}")
         if not isinstance(value, dict):
             raise ConfigError(f"{where}{section} must be a table [{section}]")
-    for section, keys in SCHEMA.items():
+    for section, keys in schema.items():
         given = raw.get(section, {})
         for key in given:
             if key not in keys:

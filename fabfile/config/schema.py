@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from fabdeploy.config.checks import (_HOST, _app_server, _bool, _env, _hook_commands, _int, _list, _listen,
-                                     _options, _server_names, _servers, _statuses, _str, check_rolling)
+                                     _server_names, _servers, _statuses, _str, check_rolling)
 
 PHASES = ("setup", "code", "venv", "django", "config", "switch", "restart", "cleanup")
 
@@ -60,17 +60,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "app": {
         "server": Key("uwsgi", _app_server),
-    },
-    "uwsgi": {
-        "processes": Key(4, _int(1, 1024)),
-        "threads": Key(2, _int(1, 1024)),
-        "max_requests": Key(5000, _int(0, 10_000_000)),
-        "harakiri": Key(30, _int(0, 86400)),
-        "buffer_size": Key(32768, _int(4096, 65535)),
-        "package": Key("uwsgi", _str(re.compile(r"^[A-Za-z0-9._\-\[\]<>=!~,]+$"), "a pip requirement", False)),
-        "reload_timeout": Key(60, _int(1, 3600)),
-        "listen": Key(1024, _int(16, 65535)),
-        "options": Key({}, _options),
     },
     "nginx": {
         "server_name": Key("_", _server_names),
@@ -133,3 +122,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
         for phase in PHASES for when in ("before", "after")
     },
 }
+
+
+def all_sections() -> dict[str, dict[str, Key]]:
+    """SCHEMA and the section of every registered app server (fabdeploy.appserver.SERVERS: each declares
+    its own keys), in SCHEMA's order with the app servers' sections after [app]. Imported when a config is
+    parsed: the app servers' modules import this package."""
+    from fabdeploy.appserver import SERVERS
+    out: dict[str, dict[str, Key]] = {}
+    for name, keys in SCHEMA.items():
+        out[name] = keys
+        if name == "app":
+            for server in SERVERS.values():
+                if server.section and server.section not in out:
+                    out[server.section] = server.keys
+    return out
