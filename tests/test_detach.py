@@ -15,7 +15,8 @@ from fabdeploy.remote import detach
 
 from fabdeploy.steps import lock
 from fabdeploy.hosts.fleet import deferred_interrupt, signals_as_interrupt
-from fabdeploy.remote.markers import MARK, fail_expanded, parse_facts
+from fabdeploy.remote.markers import MARK, fail_expanded
+from fabdeploy.remote.runner import RunResult
 from fabdeploy.remote.script import Phase, Script
 from test_ops_builders import ALICE, BOB, LockLab
 from test_phases import REL_ID, err, make_cfg, sh
@@ -108,7 +109,7 @@ def test_settle_reports_the_detached_status(tmp_path, present, expected):
         proc = sh(Script([Phase("settle", detach.settle(str(prefix), 1 if expected != "unknown" else 600))]),
                   tmp_path, timeout=30)
         assert proc.returncode == 0, err(proc)
-        assert parse_facts(proc.stdout.decode()).get(detach.STATUS_FACT) == expected
+        assert RunResult(0, {}, proc.stdout.decode(), "").facts.get(detach.STATUS_FACT) == expected
     finally:
         live.kill()
         live.wait()
@@ -121,7 +122,7 @@ def test_settle_waits_for_a_run_left_behind(tmp_path):
     Path(f"{prefix}.pid").write_text(f"{later.pid}\n")
     proc = sh(Script([Phase("settle", detach.settle(str(prefix), 30))]), tmp_path)
     later.wait(timeout=10)
-    assert parse_facts(proc.stdout.decode())[detach.STATUS_FACT] == "0"
+    assert RunResult(0, {}, proc.stdout.decode(), "").facts[detach.STATUS_FACT] == "0"
 
 
 def test_a_lock_wait_longer_than_lock_ttl_is_capped_with_one_line():

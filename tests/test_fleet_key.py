@@ -15,7 +15,8 @@ from fabdeploy.steps import code
 
 from fabdeploy.steps import django_app
 from fabdeploy.errors import FabdeployError
-from fabdeploy.remote.markers import MARK, parse_facts
+from fabdeploy.remote.markers import MARK
+from fabdeploy.remote.runner import RunResult
 from fabdeploy.remote.script import Script
 from test_config import config_error, raw
 from test_phases import _sample_bundle, _sample_cfg, make_rel
@@ -67,7 +68,7 @@ def _fp(tmp_path, content: str | None) -> str:
     text = "\n".join(["set -eu", *secret_key.fingerprint_lines(str(tmp_path))])
     proc = subprocess.run(["sh", "-c", text], capture_output=True, text=True, check=True)
     assert content is None or content.strip() not in proc.stdout  # never the key itself
-    return parse_facts(proc.stdout)[secret_key.FACT]
+    return RunResult(0, {}, proc.stdout, "").facts[secret_key.FACT]
 
 
 def test_fingerprint_is_a_hash_of_the_key_as_django_reads_it(tmp_path):

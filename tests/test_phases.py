@@ -49,7 +49,8 @@ from fabdeploy.config import parse_config
 from fabdeploy.hosts.layout import RELEASE_ID, Layout, nginx_site_paths
 from fabdeploy.hosts.layout import SETTINGS_MODULE
 from fabdeploy.model import Facts, Release
-from fabdeploy.remote.markers import MARK, fact, parse_facts
+from fabdeploy.remote.markers import MARK, fact
+from fabdeploy.remote.runner import RunResult
 from fabdeploy.remote.script import MASK, Phase, Script, mask
 from fabdeploy.remote.shell import q, write_file
 from fabdeploy.local.source import bundle
@@ -277,17 +278,22 @@ def test_mask_replaces_longer_secrets_first_and_ignores_empty_ones():
     assert mask("nothing here", []) == "nothing here"
 
 
-def test_parse_facts_reads_marker_lines_only():
+def facts_of(stdout: str) -> dict:
+    """The facts the runner reads from a script's stdout (scripts here run in a plain sh)."""
+    return RunResult(0, {}, stdout, "").facts
+
+
+def test_run_result_facts_reads_marker_lines_only():
     stdout = (f"noise\n{MARK} fact python_version=3.11.2\n{MARK} fact venvs=aa bb \n"
               f"{MARK} fact url=http://x/?a=b\n{MARK} note not a fact\n  {MARK} fact indented=no\n"
               f"{MARK} fact empty=\n")
-    assert parse_facts(stdout) == {"python_version": "3.11.2", "venvs": "aa bb ", "url": "http://x/?a=b",
+    assert facts_of(stdout) == {"python_version": "3.11.2", "venvs": "aa bb ", "url": "http://x/?a=b",
                                    "empty": ""}
 
 
 def test_fact_lines_round_trip_through_sh(tmp_path):
     proc = sh(Script([Phase("p", ["v='a b'", fact("thing", "$v"), fact("user", "$(echo me)")])]), tmp_path)
-    assert parse_facts(out(proc)) == {"thing": "a b", "user": "me"}
+    assert facts_of(out(proc)) == {"thing": "a b", "user": "me"}
 
 
 # === Release / Facts ==========================================================================================
@@ -414,7 +420,7 @@ def test_setup_runs_and_reports_facts(tmp_path, fakebin):
     os.symlink(lay.release(REL_ID), lay.current)
     proc = sh(Script([setup.setup(cfg)]), tmp_path, env=fakebin.env)
     assert proc.returncode == 0, err(proc)
-    facts = Facts.parse(parse_facts(out(proc)))
+    facts = Facts.parse(facts_of(out(proc)))
     assert facts.python_version == "%d.%d.%d" % sys.version_info[:3]
     assert facts.nginx_layout == "conf.d" and facts.nginx_user == "www-data"
     assert facts.current == lay.release(REL_ID)

@@ -14,7 +14,7 @@ from fabdeploy import appserver
 from fabdeploy.config import Config, ident
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, balanced, servers
-from fabdeploy.remote.markers import MARK, fail, note
+from fabdeploy.remote.markers import fail, note, warn
 from fabdeploy.remote.shell import q, write_file
 
 
@@ -35,11 +35,6 @@ def lb_sources(cfg: Config) -> tuple[list[str], list[str], list[str]]:
     return dedup(v4), dedup(v6), dedup(names)
 
 
-def _stop(message_start: str, expanded: str = "") -> str:
-    """Stop the phase with one error line: a fixed (quoted) start, then a shell expansion."""
-    return f"{{ echo {q(MARK + ' error ' + message_start)}{expanded} >&2; exit 1; }}"
-
-
 def resolved_rules(cfg: Config, table: str, nft_file: str) -> list[str]:
     """Append to nft_file the accept rules of the balancers named by host name, resolved here and now (nft
     would resolve a name itself, once, IPv4 only). Nothing when every balancer is given as an address."""
@@ -51,9 +46,9 @@ def resolved_rules(cfg: Config, table: str, nft_file: str) -> list[str]:
     for name in names:
         lines += [
             f"a=$(getent ahosts {q(name)} | awk '{{print $1}}' | sort -u) || true",
-            '[ -n "$a" ] || ' + _stop(f"load balancer {name} does not resolve on this host (getent ahosts "
-                                      f"{name}): its firewall could not let it in to uWSGI port {port}; give "
-                                      "its address in roles.lb (address = ...) or fix the name"),
+            '[ -n "$a" ] || ' + fail(f"load balancer {name} does not resolve on this host (getent ahosts "
+                                     f"{name}): its firewall could not let it in to uWSGI port {port}; give "
+                                     "its address in roles.lb (address = ...) or fix the name"),
             'fw_addrs="$fw_addrs $a"',
         ]
     rule = f"insert rule inet {table} input tcp dport {port}"
@@ -62,8 +57,7 @@ def resolved_rules(cfg: Config, table: str, nft_file: str) -> list[str]:
         "fw6=$(printf '%s\\n' $fw_addrs | grep : | sort -u | paste -sd, -)",
         f"[ -z \"$fw4\" ] || printf '{rule} ip saddr {{ %s }} accept\\n' \"$fw4\" >> {q(nft_file)}",
         f"[ -z \"$fw6\" ] || printf '{rule} ip6 saddr {{ %s }} accept\\n' \"$fw6\" >> {q(nft_file)}",
-        f"echo \"{MARK} note load balancer names resolved here: $(printf '%s' \"${{fw4:+$fw4${{fw6:+,}}}}$fw6\" "
-        "| sed 's/,/, /g')\"",
+        note("load balancer names resolved here: $(printf '%s' \"${fw4:+$fw4${fw6:+,}}$fw6\" | sed 's/,/, /g')"),
     ]
     return lines
 
@@ -90,8 +84,8 @@ def port_free(cfg: Config) -> list[str]:
         f"    who=$({{ sudo -n ss -ltnpeH {sel} 2>/dev/null || ss -ltnpeH {sel} 2>/dev/null; }} "
         f"| grep \"ino:$ino \" | sed -n {users_sed} | head -n 1)",
         '    u=$(getent passwd "$uid" | cut -d: -f1); [ -n "$who" ] || who="a program of user ${u:-$uid}"',
-        "    " + _stop(f"balancer.port {port} is in use on this host by ", '"$who"'
-                     f"{q(', not by this site' + chr(39) + 's uWSGI: choose another balancer.port')}"),
+        "    " + fail(f"balancer.port {port} is in use on this host by ",
+                    then='"$who"' + q(", not by this site's uWSGI: choose another balancer.port")),
         "  done",
         "fi",
     ]
@@ -139,8 +133,8 @@ def firewall(cfg: Config, server: Server | None, staging: str) -> list[str]:
     lbs = ", ".join(s.upstream_address for s in servers(cfg) if s.role == "lb")
     missing = (fail("balancer.firewall = \"nftables\" but nft is not usable with sudo -n on this host "
                     "(apt-get install nftables)") if mode == "nftables" else
-               f'echo "{MARK} warn uWSGI port {cfg.balancer.port} is open to every host that can reach it: '
-               'nft not found (install nftables, or restrict it yourself: see the README)"')
+               warn(f"uWSGI port {cfg.balancer.port} is open to every host that can reach it: nft not found "
+                    "(install nftables, or restrict it yourself: see the README)"))
     return [
         "if sudo -n nft --version >/dev/null 2>&1; then",
         *["  " + ln for ln in write_file(f"{staging}/firewall.nft", rules)],

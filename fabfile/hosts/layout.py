@@ -77,6 +77,9 @@ class Layout:
         return f"{self.tmp}/{release_id}"
 
 
+NGINX_CONF = "/etc/nginx/nginx.conf"  # the host's main nginx config (its user, pid and includes)
+
+
 def nginx_site_paths(layout_kind: str, name: str) -> tuple[str, str | None]:
     """(site file, enabled link or None) for the host's nginx layout."""
     if layout_kind == "sites":

@@ -17,7 +17,6 @@ from fabdeploy.local.wheelhouse import build_wheels, venv_hash
 from fabdeploy.ops.outcome import Outcome, Shared, run_cleanup, site_url
 from fabdeploy.output import Printer
 from fabdeploy.remote import detach, markers
-from fabdeploy.remote.markers import parse_facts
 from fabdeploy.remote.runner import Interrupted, run_script
 from fabdeploy.remote.script import Phase, Script, mask
 from fabdeploy.remote.shell import q
@@ -88,7 +87,7 @@ class HostDeploy:
             open_connection(self.conn)
             self.stage = "setup"
             result = self.run("setup")
-            raw = parse_facts(result.stdout)
+            raw = result.facts
             self.state.facts = facts = model.Facts.parse(raw)
             self.key_fp = raw.get(secret_key.FACT, "")
             if facts.unchanged:
@@ -212,7 +211,7 @@ class HostDeploy:
             self.printer.line(self.host, f"interrupted during {self.stage}; "
                               + ("the half-built release was removed, " if before_switch else "")
                               + "lock released")
-        return parse_facts(res.stdout).get(detach.STATUS_FACT, "")
+        return res.facts.get(detach.STATUS_FACT, "")
 
     def wheels(self, key: str, facts: model.Facts) -> list:
         variant = (key, facts.python_platform)

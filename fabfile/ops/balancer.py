@@ -15,7 +15,6 @@ from fabdeploy.hosts.target import Target
 from fabdeploy.ops.outcome import Outcome, run_cleanup, site_url
 from fabdeploy.output import Printer
 from fabdeploy.remote import detach, shell
-from fabdeploy.remote.markers import parse_facts
 from fabdeploy.remote.runner import Interrupted, run_script
 from fabdeploy.remote.script import Phase, Script, mask
 from fabdeploy.remote.shell import q
@@ -72,7 +71,7 @@ class LbDeploy:
             open_connection(self.conn)
             self.stage = "setup"
             res = self.run("setup")
-            raw = parse_facts(res.stdout)
+            raw = res.facts
             self.state.facts = model.Facts.parse(raw)
             self.static_before = raw.get(balancer.STATIC_FACT, "")
             self.stage = "locked"
@@ -148,6 +147,6 @@ class LbDeploy:
         settle = [Phase("settle", detach.settle(self.detached, timeout))] if self.detached else []
         res = run_cleanup(self, Script([*settle, Phase("abandon", [*stop, f"if ! {held}; then exit 0; fi", *lines]),
                                         lock.failed_finish(self.cfg, self.owner, record)]), timeout + 60)
-        return parse_facts(res.stdout).get(detach.STATUS_FACT, "") if res else ""
+        return res.facts.get(detach.STATUS_FACT, "") if res else ""
 
 

@@ -26,14 +26,14 @@ from fabdeploy.local.render import render
 from fabdeploy.local.source import read_source, release_id
 from fabdeploy.local.wheelhouse import venv_hash
 from fabdeploy.output import Printer
-from fabdeploy.remote.markers import MARK
+from fabdeploy.remote.markers import PY_MARKERS
 from fabdeploy.remote.runner import run_script
 from fabdeploy.remote.script import MASK, Phase, Script
 from fabdeploy.remote.shell import q
 from fabdeploy.steps import code, live_check, lock
 from fabdeploy.steps.lock import LockOwner
 
-FACTS_PY = r"""
+FACTS_PY = PY_MARKERS + r"""
 import json, os, platform, re, sys, sysconfig
 P = json.loads(sys.argv[1])
 def read(path):
@@ -62,14 +62,14 @@ venvs = sorted(v for v in (os.listdir(P["venvs"]) if os.path.isdir(P["venvs"]) e
 files = {name: read(path) for name, path in P["files"].items()}
 files["nginx site"] = read(site)
 files["settings"] = read(os.path.join(current, P["settings"] + ".py")) if current else None
-print("@@fabdeploy json " + json.dumps({
+mark_json({
     "python_version": "%d.%d.%d" % sys.version_info[:3],
     # (as the setup phase reports it: wheelhouse.PYTHON_FACTS_PY)
     "python_platform": " ".join([sys.implementation.name, sysconfig.get_platform(),
                                  "-".join(platform.libc_ver()) or "-"]),
     "nginx_layout": layout, "nginx_user": user, "nginx_pid": pid, "current": current, "venvs": venvs,
     "site": site, "files": files, "static_current": os.path.basename(link(P["static_current"])),
-    "locked": read(P["lock_info"]), "deploy_to_exists": os.path.isdir(P["deploy_to"])}))
+    "locked": read(P["lock_info"]), "deploy_to_exists": os.path.isdir(P["deploy_to"])})
 """
 
 
@@ -84,11 +84,7 @@ def read_host(conn, cfg: Config) -> dict:
               "sites": {kind: nginx_site_paths(kind, cfg.project.name)[0] for kind in ("sites", "conf.d")},
               "layout": cfg.nginx.layout, "nginx_user": cfg.nginx.user, "settings": SETTINGS_MODULE}
     script = Script([Phase("read", [f"{q(cfg.project.python)} -c {q(FACTS_PY)} {q(json.dumps(params))}"])])
-    res = run_script(conn, script, host=host_label(conn), timeout=60)
-    for line in res.stdout.splitlines():
-        if line.startswith(f"{MARK} json "):
-            return json.loads(line[len(MARK) + 6:])
-    raise FabdeployError(f"{host_label(conn)}: plan: the host returned no facts")
+    return run_script(conn, script, host=host_label(conn), timeout=60).json("plan facts")
 
 
 def facts_from(raw: dict) -> model.Facts:

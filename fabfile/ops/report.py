@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import json
 
-from fabdeploy import appserver
+from fabdeploy import appserver, model
 from fabdeploy.config import Config
 from fabdeploy.errors import FabdeployError
 from fabdeploy.hosts.connect import host_label, open_connection
 from fabdeploy.hosts.fleet import for_each_host
-from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, Layout
-from fabdeploy.hosts.roles import runs_nginx, server_of
-from fabdeploy.remote.markers import MARK
+from fabdeploy.hosts.layout import NGINX_CONF, RELEASE_GLOB_ERE, Layout, nginx_site_paths
+from fabdeploy.hosts.roles import Server, runs_nginx, server_of
+from fabdeploy.remote.markers import PY_MARKERS
 from fabdeploy.remote.runner import run_script
 from fabdeploy.remote.script import Phase, Script
 from fabdeploy.remote.shell import q
+from fabdeploy.steps import lock
 from fabdeploy.steps.health import PROBE_PY, check_spec
 
-_COMMON = r"""
+# Every host path comes in P (common_params, releases_params, status_params: Layout, steps/lock, nginx_site_paths).
+_COMMON = PY_MARKERS + r"""
 import json, os, re, sys, time
 P = json.loads(sys.argv[1])
-D = P["deploy_to"]
 def read(path, default=""):
     try:
         with open(path) as f:
@@ -29,11 +30,11 @@ def read(path, default=""):
         return default
 def current():
     try:
-        return os.path.basename(os.readlink(D + "/current"))
+        return os.path.basename(os.readlink(P["current"]))
     except OSError:
         return ""
 def audit(n):
-    lines = read(D + "/shared/log/audit.jsonl").splitlines()[-n:]
+    lines = read(P["audit"]).splitlines()[-n:]
     out = []
     for ln in lines:
         try:
@@ -41,30 +42,30 @@ def audit(n):
         except ValueError:
             pass
     return out
-def emit(obj):
-    print("@@fabdeploy json " + json.dumps(obj))
+def meta(rdir, name):
+    return os.path.join(rdir, P["meta_dir"], name)
 """
 
 RELEASES_PY = _COMMON + r"""
 cur = current()
 rels = []
-rdir = D + "/releases"
-names = sorted(os.listdir(rdir), reverse=True) if os.path.isdir(rdir) else []
+names = sorted(os.listdir(P["releases"]), reverse=True) if os.path.isdir(P["releases"]) else []
 for r in names:
     if not re.match(P["pattern"], r):
         continue
+    rdir = os.path.join(P["releases"], r)
     try:
-        meta = json.loads(read(f"{rdir}/{r}/.fabdeploy/release.json", "{}"))
+        m = json.loads(read(meta(rdir, P["metadata"]), "{}"))
     except ValueError:
-        meta = {}
-    venv = meta.get("venv") or read(f"{rdir}/{r}/.fabdeploy/venv")
-    status = "current" if r == cur else ("bad" if os.path.exists(f"{rdir}/{r}/.fabdeploy/bad") else
-                                         "never live" if os.path.exists(f"{rdir}/{r}/.fabdeploy/pending") else "ok")
-    rels.append({"id": r, "revision": meta.get("revision", ""), "branch": meta.get("branch", ""),
-                 "deployed_at": meta.get("deployed_at", ""), "deployed_by": meta.get("deployed_by", ""),
+        m = {}
+    venv = m.get("venv") or read(meta(rdir, P["venv_name"]))
+    status = "current" if r == cur else ("bad" if os.path.exists(meta(rdir, P["bad"])) else
+                                         "never live" if os.path.exists(meta(rdir, P["pending"])) else "ok")
+    rels.append({"id": r, "revision": m.get("revision", ""), "branch": m.get("branch", ""),
+                 "deployed_at": m.get("deployed_at", ""), "deployed_by": m.get("deployed_by", ""),
                  "status": status, "venv": venv,
-                 "venv_present": bool(venv) and os.path.isfile(f"{D}/venvs/{venv}/.fabdeploy-complete")})
-emit({"current": cur, "releases": rels, "audit": audit(10)})
+                 "venv_present": bool(venv) and os.path.isfile(os.path.join(P["venvs"], venv, P["venv_complete"]))})
+mark_json({"current": cur, "releases": rels, "audit": audit(10)})
 """
 
 STATUS_PY = _COMMON + PROBE_PY + r"""
@@ -83,28 +84,27 @@ cur = current()
 res = {"current": cur, "revision": "", "branch": ""}
 if cur:
     try:
-        meta = json.loads(read(f"{D}/releases/{cur}/.fabdeploy/release.json", "{}"))
-        res["revision"], res["branch"] = meta.get("revision", ""), meta.get("branch", "")
+        m = json.loads(read(meta(os.path.join(P["releases"], cur), P["metadata"]), "{}"))
+        res["revision"], res["branch"] = m.get("revision", ""), m.get("branch", "")
     except ValueError:
         pass
-pid = alive(D + "/shared/run/uwsgi.pid", "uwsgi")
+pid = alive(P["pidfile"], P["app_process"])
 workers = children(pid) if pid else []
 res["app"] = {"pid": pid, "workers": len(workers),
               "on_current": bool(workers) and all(
-                  os.path.realpath(f"/proc/{w}/cwd") == os.path.realpath(f"{D}/current") for w in workers
+                  os.path.realpath(f"/proc/{w}/cwd") == os.path.realpath(P["current"]) for w in workers
                   if os.path.exists(f"/proc/{w}/cwd"))}
-conf = read("/etc/nginx/nginx.conf")
+conf = read(P["nginx_conf"])
 m = re.search(r"^\s*pid\s+([^;\s]+)", conf, re.M)
-npid = alive(m.group(1) if m else "/run/nginx.pid", "nginx")
-name = P["name"]
-enabled = os.path.exists(f"/etc/nginx/sites-enabled/{name}") or os.path.exists(f"/etc/nginx/conf.d/{name}.conf")
+npid = alive(m.group(1) if m else P["nginx_pid"], "nginx")
+enabled = any(os.path.exists(site) for site in P["site_enabled"])
 res["nginx"] = {"pid": npid, "site_enabled": enabled}
 res["role"], res["nginx_expected"] = P["role"], P["nginx"]
 if P["role"] == "lb":
-    res["static"] = os.path.basename(os.path.realpath(D + "/shared/static/current"))
+    res["static"] = os.path.basename(os.path.realpath(P["static_current"]))
 else:  # the fingerprint of the deploy's key agreement (secret_key.fingerprint_lines), never the key
     import hashlib
-    key = read(D + "/shared/secret_key")
+    key = read(P["secret_key"])
     res["secret_key_fp"] = hashlib.sha256(("fabdeploy-secret-key:" + key).encode()).hexdigest()[:16] if key else ""
 start = time.monotonic()
 spec, said, bad, statuses, error = P["check"], [], [], [], ""
@@ -121,16 +121,16 @@ for host in spec["hosts"]:
 res["http"] = {"ok": not bad, "status": min(statuses, key=lambda s: s[0])[1], "answer": "; ".join(bad or said),
                "via": spec["proto"], "ms": round((time.monotonic() - start) * 1000), "error": error}
 try:
-    st = os.statvfs(D)
+    st = os.statvfs(P["deploy_to"])
     res["disk_free_bytes"] = st.f_bavail * st.f_frsize
 except OSError:
     res["disk_free_bytes"] = None
-lock = D + "/.fabdeploy-lock"
-res["lock"] = ({"holder": read(lock + "/info", "unknown"), "age_s": int(time.time() - os.stat(lock).st_mtime)}
+lock = P["lock"]
+res["lock"] = ({"holder": read(P["lock_info"], "unknown"), "age_s": int(time.time() - os.stat(lock).st_mtime)}
                if os.path.isdir(lock) else None)
 last = audit(1)
 res["last"] = last[0] if last else None
-emit(res)
+mark_json(res)
 """
 
 
@@ -138,12 +138,34 @@ def _program(cfg: Config, code: str, params: dict) -> Script:
     return Script([Phase("read", [f"{q(cfg.project.python)} -c {q(code)} {q(json.dumps(params))}"])])
 
 
-def _json(res) -> dict:
-    prefix = f"{MARK} json "
-    for line in res.stdout.splitlines():
-        if line.startswith(prefix):
-            return json.loads(line[len(prefix):])
-    raise FabdeployError("the host returned no report")
+
+
+def common_params(cfg: Config) -> dict:
+    """The host paths both programs read: Layout's, the audit log's (steps/lock) and a release's own files
+    (under <release>/.fabdeploy: the metadata code.py writes, venv, the bad and never-live marks)."""
+    lay = Layout(cfg.paths.deploy_to)
+    return {"deploy_to": lay.deploy_to, "current": lay.current, "releases": lay.releases, "venvs": lay.venvs,
+            "audit": lock.audit_file(cfg), "meta_dir": ".fabdeploy", "metadata": "release.json",
+            "venv_name": "venv", "bad": "bad", "pending": model.PENDING, "venv_complete": ".fabdeploy-complete"}
+
+
+def releases_params(cfg: Config) -> dict:
+    return {**common_params(cfg), "pattern": RELEASE_GLOB_ERE}
+
+
+def status_params(cfg: Config, server: Server, check: dict) -> dict:
+    """STATUS_PY's parameters for one host: the app server's pidfile and process name, nginx's config and
+    both candidate site paths (the enabled link of a sites layout, the conf.d file), the balancer's static
+    link, the secret key, the deploy lock; `check` is health.check_spec of the host."""
+    lay = Layout(cfg.paths.deploy_to)
+    name = cfg.project.name
+    app = appserver.of(cfg)
+    return {**common_params(cfg), "pidfile": app.paths(lay).pidfile, "app_process": app.process,
+            "nginx_conf": NGINX_CONF, "nginx_pid": model.Facts().nginx_pid,
+            "site_enabled": [nginx_site_paths("sites", name)[1], nginx_site_paths("conf.d", name)[0]],
+            "static_current": lay.static + "/current", "secret_key": lay.secret_key,
+            "lock": lock.lock_dir(cfg), "lock_info": lock.lock_dir(cfg) + "/info",
+            "role": server.role, "check": check, "nginx": runs_nginx(cfg, server)}
 
 
 def _collect(conns, cfg: Config, code: str, params_for, parallel: int | None = None) -> list[dict]:
@@ -152,7 +174,7 @@ def _collect(conns, cfg: Config, code: str, params_for, parallel: int | None = N
         try:
             open_connection(conn)
             res = run_script(conn, _program(cfg, code, params_for(conn)), host=host, timeout=60, cancel=cancel)
-            return {"host": host, **_json(res)}
+            return {"host": host, **res.json("report")}
         except FabdeployError as exc:
             return {"host": host, "error": str(exc)}
         finally:
@@ -161,16 +183,13 @@ def _collect(conns, cfg: Config, code: str, params_for, parallel: int | None = N
 
 
 def releases(conns, cfg: Config, parallel: int | None = None) -> list[dict]:
-    return _collect(conns, cfg, RELEASES_PY,
-                    lambda conn: {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "pattern": RELEASE_GLOB_ERE},
-                    parallel)
+    return _collect(conns, cfg, RELEASES_PY, lambda conn: releases_params(cfg), parallel)
 
 
 def status(conns, cfg: Config, parallel: int | None = None) -> list[dict]:
     def params(conn):
         server = server_of(conn)
-        return {"deploy_to": Layout(cfg.paths.deploy_to).deploy_to, "name": cfg.project.name,
-                "role": server.role, "check": check_spec(cfg, conn.host, server), "nginx": runs_nginx(cfg, server)}
+        return status_params(cfg, server, check_spec(cfg, conn.host, server))
     # (the app server's own client first: the check may go straight to it, in its protocol)
     return _collect(conns, cfg, appserver.of(cfg).probe_client_py + STATUS_PY, params, parallel)
 

@@ -24,7 +24,6 @@ from fabdeploy.hosts.layout import RELEASE_ID
 from fabdeploy.hosts.target import Target
 from fabdeploy.output import Printer
 from fabdeploy.remote import shell
-from fabdeploy.remote.markers import parse_facts
 from fabdeploy.remote.runner import run_script
 from fabdeploy.remote.script import Phase, Script
 from fabdeploy.steps import lock
@@ -77,7 +76,7 @@ def rollback_all(conns: list, cfg: Config, printer: Printer, to: str | None, str
                 except FabdeployError:
                     pass
                 raise
-            target = parse_facts(res.stdout).get("rolled_back_to", "")
+            target = res.facts.get("rolled_back_to", "")
             return RollbackOutcome(host, True, target, "", time.monotonic() - start)
         except FabdeployError as exc:
             return RollbackOutcome(host, False, "", str(exc), time.monotonic() - start)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import shlex
 
+from fabdeploy.remote.markers import fact, fail_expanded, line
+
 ERR_VAR = "FABDEPLOY_DETACHED_ERR"  # the detached script's stderr file (its last `error` marker says why)
 SUFFIXES = (".out", ".err", ".status", ".pid")
 
@@ -21,14 +23,13 @@ def wrapper(prefix: str) -> str:
     """The shell run over the channel with the script text as $1 (`sh -c <wrapper> fabdeploy <script>`)."""
     P = shlex.quote(prefix)
     folder = shlex.quote(prefix.rsplit("/", 1)[0] or "/")
-    mark = "@@fabdeploy"
     return "\n".join([
         f"P={P}",
         # the leftovers of an earlier detached run (its client was gone): only one run holds the lock
         f"rm -f {folder}/*.publish.out {folder}/*.publish.err {folder}/*.publish.status {folder}/*.publish.pid "
         '"$P.status.tmp"',
         "umask 077",
-        f': > "$P.out" && : > "$P.err" || {{ echo "{mark} error cannot write $P.out" >&2; exit 1; }}',
+        ': > "$P.out" && : > "$P.err" || ' + fail_expanded("cannot write $P.out"),
         # a background job of a non-interactive sh is no process group leader: setsid does not fork, $! is
         # the detached sh itself
         f'{ERR_VAR}="$P.err" setsid nohup sh -c \'sh -c "$1"; echo $? > "$2.tmp"; mv -f "$2.tmp" "$2"\' '
@@ -40,7 +41,7 @@ def wrapper(prefix: str) -> str:
         "wait",
         # (the status file stays until the next detached run: a cleanup whose channel broke reads it)
         'if [ -s "$P.status" ]; then rc=$(cat "$P.status"); rm -f "$P.out" "$P.err"; exit "$rc"; fi',
-        f'echo "{mark} error the detached script ended without an exit status (see $P.err on the host)" >&2',
+        line("error", "the detached script ended without an exit status (see $P.err on the host)") + " >&2",
         "exit 1",
     ]) + "\n"
 
@@ -69,6 +70,6 @@ def settle(prefix: str, seconds: int) -> list[str]:
         "  done",
         '  if [ -s "$P.status" ]; then s=$(cat "$P.status"); '
         'elif [ -e "$P.out" ] && kill -0 "$(cat "$P.pid" 2>/dev/null)" 2>/dev/null; then s=running; else s=unknown; fi',
-        f'  echo "@@fabdeploy fact {STATUS_FACT}=$s"',
+        "  " + fact(STATUS_FACT, "$s"),
         "fi",
     ]

@@ -4,6 +4,7 @@ stdin (the release archive) is sent from a thread while stdout/stderr are read, 
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -33,10 +34,36 @@ class PhaseResult:
 
 @dataclass
 class RunResult:
+    """What a script printed; its marker lines read here (the one parser of the marker protocol)."""
+
     rc: int
     phases: dict[str, PhaseResult]
     stdout: str
     stderr: str
+    host: str = ""
+
+    @property
+    def facts(self) -> dict[str, str]:
+        """The `@@fabdeploy fact key=value` lines of stdout (markers.fact), as a dict."""
+        facts = {}
+        start = f"{MARK} fact "
+        for line in self.stdout.splitlines():
+            if line.startswith(start):
+                key, _, value = line[len(start):].partition("=")
+                facts[key] = value
+        return facts
+
+    def json(self, what: str = "report"):
+        """The document of the `@@fabdeploy json ...` line of stdout (markers.PY_MARKERS' mark_json); a
+        FabdeployError naming the host and `what` was expected when there is none."""
+        start = f"{MARK} json "
+        for line in self.stdout.splitlines():
+            if line.startswith(start):
+                try:
+                    return json.loads(line[len(start):])
+                except ValueError as exc:
+                    raise FabdeployError(f"{self.host or 'the host'}: its {what} is not JSON ({exc})") from None
+        raise FabdeployError(f"{self.host or 'the host'}: the host returned no {what}")
 
 
 def _trace(host: str) -> None:
@@ -181,7 +208,7 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
     rc = chan.recv_exit_status() if chan.exit_status_ready() else -1
     sender.join(timeout=5)
     chan.close()
-    result = RunResult(rc, phases, "\n".join(out_all), "\n".join(err_all))
+    result = RunResult(rc, phases, "\n".join(out_all), "\n".join(err_all), host)
     if rc != 0:
         failed = _running(phases, script, failed=True)
         ph = phases.get(failed)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from fabdeploy.remote.markers import MARK
+from fabdeploy.remote import markers
 from fabdeploy.remote.shell import q
 
 MASK = "********"
@@ -40,18 +40,18 @@ class Script:
     def text(self) -> str:
         # The process group, so that an interrupted run can stop its remote half (tar, pip, manage.py).
         out = ["set -u", "umask 022", "fabdeploy_failed=",
-               f"echo \"{MARK} pgid $(cut -d' ' -f5 /proc/$$/stat)\""]
+               markers.pgid()]
         if self.on_failure:
             out += ["fabdeploy_on_failure() {", "(", *self.on_failure, ") || true", "}"]
         for phase in self.phases:
             name = phase.name
-            out.append(f"echo '{MARK} begin {name}'; echo '{MARK} begin {name}' >&2")
+            out.append(markers.begin(name))
             out.append("(")
             out.append("set -e")
             out.extend(phase.lines)
             out.append(")")
             out.append("rc=$?")
-            out.append(f"echo \"{MARK} end {name} $rc\"; echo \"{MARK} end {name} $rc\" >&2")
+            out.append(markers.end(name))
             if phase.keep_going:
                 out.append(f'[ "$rc" -eq 0 ] || fabdeploy_failed="$fabdeploy_failed {name}"')
             elif self.on_failure:

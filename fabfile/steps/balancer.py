@@ -7,7 +7,7 @@ from fabdeploy.front import nginx
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.target import Target
 from fabdeploy.model import Facts
-from fabdeploy.remote.markers import MARK, fact, fail_expanded, note
+from fabdeploy.remote.markers import fact, fail_expanded, note
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import q
 from fabdeploy.steps.cleanup import prune_lines
@@ -61,7 +61,7 @@ def health(cfg: Config, target: Target) -> Phase:
     hosts already serve the release)."""
     check = check_command(cfg, target.address, target.server)
     return Phase("health", [
-        f'if answer=$({check}); then echo "{MARK} note through the balancer: $answer"; else '
+        f'if answer=$({check}); then {note("through the balancer: $answer")}; else '
         + fail_expanded("health check through the load balancer failed: $answer") + "; fi"], keep_going=True)
 
 

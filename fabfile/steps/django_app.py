@@ -6,7 +6,7 @@ from fabdeploy.config import Config
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.model import Release
 from fabdeploy.ops.starter import GENERIC_NAMES, PRODUCTION_NAMES
-from fabdeploy.remote.markers import MARK, note
+from fabdeploy.remote.markers import PY_MARKERS, as_markers, fail, note, prefix, relay
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import q
 
@@ -24,7 +24,7 @@ def django_env(cfg: Config, rel: Release) -> list[str]:
 # A project settings module that is a package (mysite/settings/ with base.py, production.py) whose __init__
 # defines no ROOT_URLCONF: say so in one line with its modules, instead of Django's "'Settings' object has no
 # attribute 'ROOT_URLCONF'". (An __init__ that imports one of them, `from .production import *`, is fine.)
-SETTINGS_PACKAGE_PY = f"""\
+SETTINGS_PACKAGE_PY = PY_MARKERS + f"""\
 import importlib, os, pkgutil, sys
 overlay = importlib.import_module(os.environ['DJANGO_SETTINGS_MODULE'])
 name = getattr(overlay, 'FABDEPLOY_PROJECT_SETTINGS', '')
@@ -35,7 +35,7 @@ if package is not None and hasattr(package, '__path__') and not hasattr(overlay,
     pick = next((m for m in {PRODUCTION_NAMES!r} if m in mods), None) \\
         or next((m for m in mods if m not in generic), None) or (mods[0] if mods else None)
     hint = f'point it at one module, e.g. {{name}}.{{pick}}' if pick else 'its __init__ defines no ROOT_URLCONF'
-    print(f'{MARK} error project.django_settings {{name}} is a package ({{", ".join(mods) or "no modules"}}): {{hint}}')
+    mark('error', f'project.django_settings {{name}} is a package ({{", ".join(mods) or "no modules"}}): {{hint}}')
     sys.exit(3)
 """
 
@@ -54,7 +54,7 @@ WSGI_IMPORT_PY = (SETTINGS_PACKAGE_PY + "mod, _, attr = sys.argv[1].partition(':
 MIGRATE_LOCK_WAIT = 600
 
 
-MIGRATE_LOCK_PY = f"""\
+MIGRATE_LOCK_PY = PY_MARKERS + """\
 import fcntl, hashlib, os, subprocess, sys, time
 import django
 django.setup()
@@ -62,8 +62,8 @@ from django.db import connection
 name, wait, cmd = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 vendor, db = connection.vendor, connection.settings_dict
 def waited():
-    print(f'{MARK} error waited {{wait}}s for the migration lock {{name}} ({{vendor}}): another host is still '
-          'migrating this database', file=sys.stderr)
+    mark('error', f'waited {wait}s for the migration lock {name} ({vendor}): another host is still '
+         'migrating this database', err=True)
     sys.exit(1)
 t0, unlock = time.monotonic(), lambda: None
 if vendor == 'postgresql':
@@ -99,8 +99,7 @@ elif vendor == 'sqlite' and str(db.get('NAME', ':memory:')) != ':memory:' and 'm
                 waited()
             time.sleep(0.2)
 elif vendor != 'sqlite':
-    print(f'{MARK} warn no migration lock for a {{vendor}} database: app hosts sharing it migrate at once',
-          flush=True)
+    mark('warn', f'no migration lock for a {vendor} database: app hosts sharing it migrate at once')
 sys.stdout.flush()
 rc = subprocess.call(cmd)
 unlock()
@@ -117,11 +116,10 @@ def django(cfg: Config, rel: Release) -> Phase:
     # The app must import under the production settings before anything (migrations) touches shared state.
     lines += [
         f"out=$({q(lay.venv(rel.venv_hash) + '/bin/python')} -c {q(WSGI_IMPORT_PY)} {q(cfg.project.wsgi)} 2>&1) || {{",
-        f"  case \"$out\" in *{q(MARK + ' error ')}*) printf '%s\\n' \"$out\" | grep {q('^' + MARK + ' error ')} >&2; exit 1;; esac",
+        f"  case \"$out\" in *{q(prefix('error'))}*) printf '%s\\n' \"$out\" | {relay('error')} >&2; exit 1;; esac",
         "  printf '%s\\n' \"$out\" | tail -n 12 >&2",
-        f"  echo \"{MARK} error the WSGI application {cfg.project.wsgi} does not import with the production "
-        "settings: $(printf '%s\\n' \"$out\" | tail -n 1)\" >&2",
-        "  exit 1",
+        "  " + fail(f"the WSGI application {cfg.project.wsgi} does not import with the production settings: ",
+                    then="\"$(printf '%s\\n' \"$out\" | tail -n 1)\""),
         "}",
     ]
     if cfg.django.migrate:
@@ -129,7 +127,7 @@ def django(cfg: Config, rel: Release) -> Phase:
             f"out=$({q(lay.venv(rel.venv_hash) + '/bin/python')} -c {q(MIGRATE_LOCK_PY)} "
             f"{q('fabdeploy-migrate-' + cfg.project.name)} {MIGRATE_LOCK_WAIT} {manage} migrate --noinput 2>&1) || "
             f"{{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
-            f"printf '%s\\n' \"$out\" | grep '^{MARK} warn ' || true",
+            f"printf '%s\\n' \"$out\" | {relay('warn')} || true",
             "applied=$(printf '%s\\n' \"$out\" | grep -c '^  Applying .* OK' || true)",
             note("$applied migrations applied"),
         ]
@@ -141,6 +139,6 @@ def django(cfg: Config, rel: Release) -> Phase:
     if cfg.django.check_deploy:
         lines += [
             f"out=$({manage} check --deploy 2>&1) || {{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
-            f"printf '%s\\n' \"$out\" | grep -E '\\([a-z_]+\\.[WE][0-9]+\\)|issues' | sed 's/^/{MARK} warn /' || true",
+            f"printf '%s\\n' \"$out\" | grep -E '\\([a-z_]+\\.[WE][0-9]+\\)|issues' | {as_markers('warn')} || true",
         ]
     return Phase("django", lines)

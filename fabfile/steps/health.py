@@ -16,7 +16,7 @@ from fabdeploy.config import Config
 from fabdeploy.front.nginx import nginx_reload_lines
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, bind_address, runs_nginx
-from fabdeploy.remote.markers import MARK, fail_expanded
+from fabdeploy.remote.markers import fail_expanded, note
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import q
 from fabdeploy.steps.activate import activate, reload
@@ -178,7 +178,7 @@ def health(cfg: Config, host: str, release_id: str, previous: str, staging: str,
     lines = [
         'why=""',
         'case " $fabdeploy_failed " in *" restart "*) why="the app server or nginx did not come up";; esac',
-        f'if [ -z "$why" ]; then if answer=$({check}); then echo "{MARK} note $answer"; exit 0; '
+        f'if [ -z "$why" ]; then if answer=$({check}); then {note("$answer")}; exit 0; '
         'else why=$answer; fi; fi',
         f"touch {q(R + '/.fabdeploy/bad')}",
     ]

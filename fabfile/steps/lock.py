@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.remote.detach import ERR_VAR
-from fabdeploy.remote.markers import MARK, fail_expanded
+from fabdeploy.remote import markers
+from fabdeploy.remote.markers import fail_expanded
 from fabdeploy.remote.script import Phase, mask
 from fabdeploy.remote.shell import q
 
@@ -48,6 +49,8 @@ def lock_dir(cfg: Config) -> str:
 def audit_file(cfg: Config) -> str:
     return f"{Layout(cfg.paths.deploy_to).log}/audit.jsonl"
 
+
+_LAST_ERR_LINE = "\"$(printf '%s' \"$err\" | tail -n 1)\""  # the last line of $err, as one shell word
 
 LOCKED = 75  # exit status of a run refused by the lock (EX_TEMPFAIL)
 
@@ -83,14 +86,13 @@ def acquire(cfg: Config, owner: LockOwner, wait: int = 0) -> list[str]:
         "  fi",
         # a line per second: once the deploying side is gone the write kills this loop (SIGPIPE) before the
         # next mkdir, so a waiter never takes the lock for a run that no longer exists
-        f'  sleep 1; waited=$((waited + 1)); echo "{MARK} waiting $waited"',
+        "  sleep 1; waited=$((waited + 1)); " + markers.line("waiting", "$waited"),
         "done",
         # a lock without its owner files (a full disk) would block every later run: remove it and say why
         f"if ! err=$({{ printf '%s\\n' {q(owner.describe())} > {q(L + '/info')} && "
         f"printf '%s\\n' {q(owner.token)} > {q(L + '/token')} && date +%s > {q(L + '/started')}; }} 2>&1); then",
         f"  rm -rf {q(L)}",
-        f"  {{ echo {q(MARK + ' error cannot write the deploy lock files in ' + L + ' (disk full?): ')}"
-        "\"$(printf '%s' \"$err\" | tail -n 1)\" >&2; exit 1; }",
+        "  " + markers.fail(f"cannot write the deploy lock files in {L} (disk full?): ", then=_LAST_ERR_LINE),
         "fi",
         *keep_alive(cfg, owner),
     ]
@@ -140,8 +142,7 @@ def audit(cfg: Config, owner: LockOwner, record: dict, dynamic: dict[str, str] |
         f"start=$(cat {q(L + '/started')} 2>/dev/null || date +%s) && "
         f"(umask 027; printf {q(fmt)} {args}\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" \"$(( $(date +%s) - start ))\" "
         f">> {q(A)}); }} 2>&1); then",
-        f"  echo {q(MARK + ' warn could not append the audit line to ' + A + ': ')}"
-        "\"$(printf '%s' \"$err\" | tail -n 1)\"",
+        "  " + markers.literal("warn", f"could not append the audit line to {A}: ", _LAST_ERR_LINE),
         "fi",
     ]
 
@@ -163,7 +164,7 @@ def failed_here(cfg: Config, owner: LockOwner, record: dict) -> list[str]:
     is the failed phase and its last error marker (read from the run's stderr file, JSON-escaped), then
     release the lock. The deploying side may be gone; when it is not, its own cleanup finds the lock
     released and writes nothing more."""
-    last_error = (f"sed -n 's/^{MARK} error //p' \"${{{ERR_VAR}:-/dev/null}}\" 2>/dev/null | tail -n 1 "
+    last_error = (f"sed -n 's/^{markers.prefix('error')}//p' \"${{{ERR_VAR}:-/dev/null}}\" 2>/dev/null | tail -n 1 "
                   r"""| tr -d '\000-\037' | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g'""")
     return [f"if {held(cfg, owner)}; then",
             f'fabdeploy_error="$fabdeploy_phase failed: $({last_error})"',
@@ -176,7 +177,7 @@ def unlock(cfg: Config, force: bool) -> Phase:
     L = lock_dir(cfg)
     ttl = cfg.lock.ttl
     return Phase("unlock", [
-        f"if [ ! -d {q(L)} ]; then echo '{MARK} note not locked'; exit 0; fi",
+        f"if [ ! -d {q(L)} ]; then {markers.literal('note', 'not locked')}; exit 0; fi",
         f"holder=$(cat {q(L + '/info')} 2>/dev/null || echo 'an unknown holder')",
         f"age=$(( $(date +%s) - $(stat -c %Y {q(L)} 2>/dev/null || date +%s) ))",
         f"if [ \"$age\" -le {ttl} ] && [ {1 if force else 0} = 0 ]; then",
@@ -184,5 +185,5 @@ def unlock(cfg: Config, force: bool) -> Phase:
                          "if that run is really gone: fab unlock --force"),
         "fi",
         f"rm -rf {q(L)}",
-        f'echo "{MARK} note removed the lock held by $holder for ${{age}}s"',
+        markers.note("removed the lock held by $holder for ${age}s"),
     ])

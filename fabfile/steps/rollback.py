@@ -8,7 +8,7 @@ from __future__ import annotations
 from fabdeploy import appserver, model
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, Layout
-from fabdeploy.remote.markers import MARK, fact, fail_expanded, note
+from fabdeploy.remote.markers import fact, fail_expanded, note, warn
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import q
 from fabdeploy.steps import lock
@@ -39,8 +39,8 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
             f"T={q(to)}",
             f'[ -d "$T" ] || {fail_expanded(f"release {to} is not on the host (see fab releases)")}',
             f'[ "$T" != "$cur" ] || {fail_expanded(f"release {to} is already current")}',
-            f'[ ! -f "$T/.fabdeploy/{model.PENDING}" ] || echo "{MARK} warn release {to} never went live '
-            '(it was prepared by a deploy that did not switch)"',
+            f'[ ! -f "$T/.fabdeploy/{model.PENDING}" ] || '
+            + warn(f"release {to} never went live (it was prepared by a deploy that did not switch)"),
         ]
     else:
         pick = [
@@ -73,9 +73,9 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
         f'&& set +a && "$V/bin/python" -c {q(UNKNOWN_MIGRATIONS_PY)}) || '
         + fail_expanded("could not compare the migrations of release $T with the database"),
         "unknown_list=$(printf '%s\\n' \"$unknown\" | awk 'NF == 2 {printf \" %s.%s\", $1, $2}')",
-        "printf '%s\\n' \"$unknown\" | while read -r app name; do "
-        f'[ -n "$name" ] && echo "{MARK} warn the database has migration $app.$name that $T does not know '
-        '(left applied; fabdeploy never unapplies migrations)"; done || true',
+        "printf '%s\\n' \"$unknown\" | while read -r app name; do [ -n \"$name\" ] && "
+        + warn("the database has migration $app.$name that $T does not know (left applied; fabdeploy never "
+               "unapplies migrations)") + "; done || true",
         refuse,
         *activate(cfg, '"$R"', '"$T"'),
         'touch "$cur/.fabdeploy/bad"',

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from fabdeploy.errors import FabdeployError
 from fabdeploy.hosts.layout import Layout
-from fabdeploy.remote.markers import MARK, fact
+from fabdeploy.remote.markers import fact, fail
 from fabdeploy.remote.script import Phase, Script
 from fabdeploy.remote.shell import q
 
@@ -72,8 +72,7 @@ def new_key() -> str:
 def read_script(deploy_to: str) -> Script:
     """One invocation printing a host's key (the caller never displays it)."""
     key = Layout(deploy_to).secret_key
-    return Script([Phase("secret_key", [f"[ -s {q(key)} ] || {{ echo '{MARK} error no shared/secret_key' >&2; "
-                                        "exit 1; }", f"cat {q(key)}"])])
+    return Script([Phase("secret_key", [f"[ -s {q(key)} ] || {fail('no shared/secret_key')}", f"cat {q(key)}"])])
 
 
 def parse_key(text: str, host: str) -> str:
