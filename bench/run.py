@@ -33,39 +33,22 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench")]
 import hostlab  # noqa: E402
 from latency_proxy import LatencyProxy  # noqa: E402
 
-from fabdeploy.steps import lock
-
-from fabdeploy import model
-
-from fabdeploy.steps import activate
-
-from fabdeploy.steps import cleanup
-
-from fabdeploy.steps import code
-
-from fabdeploy.steps import configure
-
-from fabdeploy.steps import django_app
-
-from fabdeploy.steps import live_check
-
-from fabdeploy.steps import setup
-
-from fabdeploy.steps import venv  # noqa: E402
+from fabdeploy import model, pipeline  # noqa: E402
 from fabdeploy.config import load_config  # noqa: E402
-from fabdeploy.steps.health import health  # noqa: E402
-from fabdeploy.hosts.layout import Layout, nginx_site_paths  # noqa: E402
-from fabdeploy.steps.lock import LockOwner  # noqa: E402
-from fabdeploy.ops.rollback import rollback_script  # noqa: E402
-from fabdeploy.remote.script import Script  # noqa: E402
+from fabdeploy.hosts.target import Target  # noqa: E402
 from fabdeploy.local.source import bundle, read_source, release_id  # noqa: E402
 from fabdeploy.local.wheelhouse import build_wheels, venv_hash  # noqa: E402
+from fabdeploy.ops.rollback import rollback_script  # noqa: E402
+from fabdeploy.remote.script import Script  # noqa: E402
+from fabdeploy.steps import live_check, lock, setup  # noqa: E402
+from fabdeploy.steps.lock import LockOwner  # noqa: E402
 
 FAB = str(Path(sys.executable).parent / "fab")
 WHEELS = REPO / ".cache" / "wheels"
 OFFLINE = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELS)}
 BASE_PORT = 41000
 FIRST_INDEX = 150
+BENCH_SECRET_KEY = "bench-" + "k" * 50  # the limit's hosts share one key, as a fleet deployed by fab does
 
 
 def git(cwd, *args):
@@ -174,18 +157,19 @@ class Bench:
             need = key not in facts.venvs
             wheels = build_wheels(cfg, source.requirement_files, facts.python_version, facts.python_platform,
                                   key) if need else []
+            fp = live_check.fingerprint(cfg, source.revision, source.requirements)
             rel = model.Release(release_id(source), source.revision, source.branch, source.kind, "now",
-                                 owner.who, key, bool(wheels),
-                                 live_check.fingerprint(cfg, source.revision, source.requirements))
-            lay = Layout(cfg.paths.deploy_to)
-            site, _ = nginx_site_paths(facts.nginx_layout, cfg.project.name)
-            built = [setup.setup(cfg, lock.acquire(cfg, owner)), code.code(cfg, rel),
-                     venv.venv(cfg, rel, source.requirement_files),
-                     django_app.django(cfg, rel), configure.config(cfg, rel, facts), activate.switch(cfg, rel),
-                     activate.restart(cfg, rel, facts),
-                     health(cfg, "127.0.0.1", rel.id, facts.current, lay.staging(rel.id), site, facts.nginx_pid),
-                     cleanup.cleanup(cfg, rel), lock.finish(cfg, owner, {"result": "ok"})]
-            script, stdin = Script(built), bundle(source.tar, wheels)
+                                owner.who, key, bool(wheels), fp)
+            # fab's own three invocations (pipeline.APP), as one script; every host gets the same SECRET_KEY, as
+            # fab gives a fleet one key
+            state = pipeline.RunState(cfg, Target.named(cfg, "127.0.0.1"), owner, rel.id, facts=facts,
+                                      fingerprint=fp, requirement_files=source.requirement_files,
+                                      secret_key=BENCH_SECRET_KEY)
+            built = []
+            for name in pipeline.APP:
+                state.rel = None if name == "setup" else rel
+                built += pipeline.script("app", name, state).phases
+            script, stdin = Script(built, (BENCH_SECRET_KEY,)), bundle(source.tar, wheels)
 
         def one(i: int) -> None:
             cmd = ["ssh", "-F", "/dev/null", "-i", str(hostlab.client_key()), "-o", "IdentitiesOnly=yes",
