@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from fabdeploy.hosts.layout import NGINX_PID
+
 
 
 
@@ -36,7 +38,7 @@ class Facts:
     python_platform: str = ""  # implementation, platform and C library: "cpython linux-x86_64 glibc-2.36"
     nginx_layout: str = "sites"
     nginx_user: str = "www-data"
-    nginx_pid: str = "/run/nginx.pid"
+    nginx_pid: str = NGINX_PID
     current: str = ""
     venvs: list[str] = field(default_factory=list)
     user: str = ""
@@ -50,7 +52,7 @@ class Facts:
             python_platform=raw.get("python_platform", ""),
             nginx_layout=raw.get("nginx_layout", "sites"),
             nginx_user=raw.get("nginx_user") or "www-data",
-            nginx_pid=raw.get("nginx_pid") or "/run/nginx.pid",
+            nginx_pid=raw.get("nginx_pid") or NGINX_PID,
             current=raw.get("current", ""),
             venvs=raw.get("venvs", "").split(),
             user=raw.get("user", ""),

@@ -13,7 +13,7 @@ from fabdeploy import executor
 from fabdeploy.config import Config, check_rolling, load_config
 from fabdeploy.errors import ConfigError, FabdeployError
 from fabdeploy.hosts.connect import host_label, make_connection, open_connection, prepare
-from fabdeploy.hosts.fleet import for_each_host, signals_as_interrupt
+from fabdeploy.hosts.fleet import on_each_host, signals_as_interrupt
 from fabdeploy.hosts.roles import attach, balanced, parse_roles, select
 from fabdeploy.ops import manage as _manage
 from fabdeploy.ops import report, starter
@@ -188,16 +188,10 @@ def unlock(c, force=False, config=None, roles=None, parallel=None):
 
     def one(conn, cancel) -> str | None:
         host = host_label(conn)
-        try:
-            open_connection(conn)
-            res = run_script(conn, Script([lock.unlock(cfg, force)]), host=host, timeout=60, cancel=cancel)
-            printer.info(f"{host}: " + "; ".join(res.phases["unlock"].notes))
-            return None
-        except FabdeployError as exc:
-            return str(exc)
-        finally:
-            conn.close()
-    errors = for_each_host(target_connections(c, cfg, roles), one, _parallel(parallel, cfg))
+        res = run_script(conn, Script([lock.unlock(cfg, force)]), host=host, timeout=60, cancel=cancel)
+        printer.info(f"{host}: " + "; ".join(res.phases["unlock"].notes))
+        return None
+    errors = on_each_host(target_connections(c, cfg, roles), one, _parallel(parallel, cfg))
     _exit_if_failed([e for e in errors if e])
 
 

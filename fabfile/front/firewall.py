@@ -1,10 +1,10 @@
-"""The uWSGI port of an app host behind load balancers: who may reach it, and whether it is free.
+"""The app server's port of an app host behind load balancers: who may reach it, and whether it is free.
 
 Shell-line builders for the setup and config phases (nothing live changes there):
 - the balancers' addresses as the app host sees them: IP literals as they are, host names resolved on the
   app host (`getent ahosts`, IPv4 and IPv6) into `ip saddr` / `ip6 saddr` rules; a name that does not
   resolve stops the deploy naming it;
-- the port must not be in use by another program (only this site's uWSGI master may hold it).
+- the port must not be in use by another program (only this site's app server may hold it).
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def lb_sources(cfg: Config) -> tuple[list[str], list[str], list[str]]:
 def resolved_rules(cfg: Config, table: str, nft_file: str) -> list[str]:
     """Append to nft_file the accept rules of the balancers named by host name, resolved here and now (nft
     would resolve a name itself, once, IPv4 only). Nothing when every balancer is given as an address."""
+    title = appserver.of(cfg).title
     names = lb_sources(cfg)[2]
     if not names:
         return []
@@ -47,7 +48,7 @@ def resolved_rules(cfg: Config, table: str, nft_file: str) -> list[str]:
         lines += [
             f"a=$(getent ahosts {q(name)} | awk '{{print $1}}' | sort -u) || true",
             '[ -n "$a" ] || ' + fail(f"load balancer {name} does not resolve on this host (getent ahosts "
-                                     f"{name}): its firewall could not let it in to uWSGI port {port}; give "
+                                     f"{name}): its firewall could not let it in to {title} port {port}; give "
                                      "its address in roles.lb (address = ...) or fix the name"),
             'fw_addrs="$fw_addrs $a"',
         ]
@@ -63,8 +64,8 @@ def resolved_rules(cfg: Config, table: str, nft_file: str) -> list[str]:
 
 
 def port_free(cfg: Config) -> list[str]:
-    """Refuse balancer.port when a program other than this site's uWSGI listens on it (any address, IPv4 or
-    IPv6). The listening sockets come from /proc/net/tcp{,6} (visible to any user); ours are those the uWSGI
+    """Refuse balancer.port when a program other than this site's app server listens on it (any address, IPv4 or
+    IPv6). The listening sockets come from /proc/net/tcp{,6} (visible to any user); ours are those the app
     master of shared/run/uwsgi.pid holds open (our own process: readable without root). The other program is
     named when `ss -p` can see it (with sudo -n when allowed), else the user owning the socket."""
     port = cfg.balancer.port
@@ -85,7 +86,7 @@ def port_free(cfg: Config) -> list[str]:
         f"| grep \"ino:$ino \" | sed -n {users_sed} | head -n 1)",
         '    u=$(getent passwd "$uid" | cut -d: -f1); [ -n "$who" ] || who="a program of user ${u:-$uid}"',
         "    " + fail(f"balancer.port {port} is in use on this host by ",
-                    then='"$who"' + q(", not by this site's uWSGI: choose another balancer.port")),
+                    then='"$who"' + q(f", not by this site's {app.title}: choose another balancer.port")),
         "  done",
         "fi",
     ]
@@ -100,7 +101,7 @@ def port_check(cfg: Config, server: Server | None) -> list[str]:
 
 
 def firewall_rules(cfg: Config) -> tuple[str, str]:
-    """(table name, nft script): the uWSGI port of an app host open to the load balancers and the host
+    """(table name, nft script): the app server's port of an app host open to the load balancers and the host
     itself only (others get a TCP reset). The script replaces the table atomically (`nft -f`); balancers
     given by host name get their rules on the host (firewall.resolved_rules)."""
     table = "fabdeploy_" + ident(cfg.project.name)
@@ -124,8 +125,9 @@ def _firewalled(cfg: Config, server: Server | None) -> bool:
 
 
 def firewall(cfg: Config, server: Server | None, staging: str) -> list[str]:
-    """Config phase of an app host behind load balancers: stage the nftables rules that restrict uWSGI's
+    """Config phase of an app host behind load balancers: stage the nftables rules that restrict the app server's
     port (balancer.firewall) and have nft check them; firewall_apply makes them live at the switch."""
+    title = appserver.of(cfg).title
     mode = cfg.balancer.firewall
     if not _firewalled(cfg, server):
         return []
@@ -133,15 +135,15 @@ def firewall(cfg: Config, server: Server | None, staging: str) -> list[str]:
     lbs = ", ".join(s.upstream_address for s in servers(cfg) if s.role == "lb")
     missing = (fail("balancer.firewall = \"nftables\" but nft is not usable with sudo -n on this host "
                     "(apt-get install nftables)") if mode == "nftables" else
-               warn(f"uWSGI port {cfg.balancer.port} is open to every host that can reach it: nft not found "
+               warn(f"{title} port {cfg.balancer.port} is open to every host that can reach it: nft not found "
                     "(install nftables, or restrict it yourself: see the README)"))
     return [
         "if sudo -n nft --version >/dev/null 2>&1; then",
         *["  " + ln for ln in write_file(f"{staging}/firewall.nft", rules)],
         *["  " + ln for ln in resolved_rules(cfg, table, f"{staging}/firewall.nft")],
         f"  out=$(sudo -n nft -c -f {q(staging + '/firewall.nft')} 2>&1) || {{ printf '%s\\n' \"$out\" >&2; "
-        + fail("nftables refused the firewall rules for the uWSGI port") + "; }",
-        "  " + note(f"uWSGI port {cfg.balancer.port} will be open to {lbs} only (nftables table inet {table}, "
+        + fail(f"nftables refused the firewall rules for the {title} port") + "; }",
+        "  " + note(f"{title} port {cfg.balancer.port} will be open to {lbs} only (nftables table inet {table}, "
                     "applied at the switch)"),
         "else",
         "  " + missing,
@@ -153,6 +155,7 @@ def firewall(cfg: Config, server: Server | None, staging: str) -> list[str]:
 def firewall_apply(cfg: Config, server: Server | None, staging: str) -> list[str]:
     """Switch phase: make the staged firewall rules live (atomically: `nft -f` replaces the table), and drop
     the table an older fabdeploy named less exactly (when it guards this port)."""
+    title = appserver.of(cfg).title
     if not _firewalled(cfg, server):
         return []
     table = firewall_rules(cfg)[0]
@@ -160,8 +163,8 @@ def firewall_apply(cfg: Config, server: Server | None, staging: str) -> list[str
     F = q(staging + "/firewall.nft")
     lines = [f"if [ -f {F} ]; then",
              f"  out=$(sudo -n nft -f {F} 2>&1) || {{ printf '%s\\n' \"$out\" >&2; "
-             + fail("nftables refused the firewall rules for the uWSGI port") + "; }"]
+             + fail(f"nftables refused the firewall rules for the {title} port") + "; }"]
     if legacy != table:
         lines.append(f"  if sudo -n nft list table inet {legacy} 2>/dev/null | grep -q 'dport {cfg.balancer.port} '; "
                      f"then sudo -n nft delete table inet {legacy}; fi")
-    return lines + ["  " + note(f"uWSGI port {cfg.balancer.port}: nftables table inet {table} applied"), "fi"]
+    return lines + ["  " + note(f"{title} port {cfg.balancer.port}: nftables table inet {table} applied"), "fi"]

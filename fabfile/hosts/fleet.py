@@ -7,6 +7,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, TypeVar
 
+from fabdeploy.errors import FabdeployError
+from fabdeploy.hosts.connect import open_connection
+
 T = TypeVar("T")
 MAX_PARALLEL = 10
 
@@ -34,6 +37,22 @@ def for_each_host(conns: list, fn: Callable[[object, threading.Event], T], paral
         raise
     pool.shutdown()
     return [f.result() for f in futures]
+
+
+def on_each_host(conns: list, fn: Callable[[object, threading.Event], T], parallel: int = MAX_PARALLEL,
+                 failed: Callable[[object, FabdeployError], T] | None = None) -> list:
+    """fn(conn, cancel) for every connection, in parallel (for_each_host), each connection opened first (a
+    host that cannot be reached is one line naming it) and closed after. A FabdeployError on a host becomes
+    failed(conn, exc) for that host (default: the error's text); fn's value otherwise."""
+    def one(conn, cancel):
+        try:
+            open_connection(conn)
+            return fn(conn, cancel)
+        except FabdeployError as exc:
+            return failed(conn, exc) if failed else str(exc)
+        finally:
+            conn.close()
+    return for_each_host(conns, one, parallel)
 
 
 @contextlib.contextmanager

@@ -78,6 +78,8 @@ class Layout:
 
 
 NGINX_CONF = "/etc/nginx/nginx.conf"  # the host's main nginx config (its user, pid and includes)
+NGINX_PID = "/run/nginx.pid"  # where nginx keeps its pid when its config does not say
+VENV_COMPLETE = ".fabdeploy-complete"  # in a virtualenv: built completely (a half-built one is never used)
 
 
 def nginx_site_paths(layout_kind: str, name: str) -> tuple[str, str | None]:

@@ -9,11 +9,12 @@ import time
 from fabdeploy import appserver, model, pipeline
 from fabdeploy.config import Config
 from fabdeploy.errors import FabdeployError
-from fabdeploy.hosts.connect import local_user, open_connection
+from fabdeploy.hosts.connect import open_connection
 from fabdeploy.hosts.fleet import deferred_interrupt
-from fabdeploy.hosts.target import Target
+from fabdeploy.hosts.roles import server_of
 from fabdeploy.local.source import Source, bundle
 from fabdeploy.local.wheelhouse import build_wheels, venv_hash
+from fabdeploy.ops.host_run import HostRun
 from fabdeploy.ops.outcome import Outcome, Shared, run_cleanup, site_url
 from fabdeploy.output import Printer
 from fabdeploy.remote import detach, markers
@@ -24,36 +25,24 @@ from fabdeploy.steps import cleanup, live_check, lock, secret_key
 from fabdeploy.steps.lock import LockOwner
 
 
-class HostDeploy:
+class HostDeploy(HostRun):
     """One host of a deploy: prepare() everywhere first, then publish() (or abort()) everywhere."""
+
+    kind = "app"
 
     def __init__(self, conn, cfg: Config, source: Source, rel_id: str, printer: Printer, shared: Shared,
                  cancel: threading.Event, wait: int = 0, force: bool = False):
-        self.conn, self.cfg, self.source, self.rel_id = conn, cfg, source, rel_id
-        self.cancel, self.wait, self.force = cancel, wait, force
-        self.printer, self.shared = printer, shared
-        self.target = Target.of(conn, cfg)
-        self.host, self.server, self.layout = self.target.label, self.target.server, self.target.layout
-        self.owner = LockOwner.new("deploy", local_user())
-        self.fingerprint = live_check.fingerprint(cfg, source.revision, source.requirements, self.server)
-        # what the pipeline's builders need (pipeline.RunState), filled in as the run goes
-        self.state = pipeline.RunState(
-            cfg, self.target, self.owner, rel_id, {"revision": source.revision, "branch": source.branch}, wait,
-            fingerprint="" if force else self.fingerprint, requirement_files=source.requirement_files)
-        self.remote: dict = {}  # the remote process group of the running invocation
-        self.detached = ""  # the file prefix of the detached publish on the host (detach.py)
-        self.stage = "connect"
+        self.source, self.rel_id, self.force, self.shared = source, rel_id, force, shared
+        self.fingerprint = live_check.fingerprint(cfg, source.revision, source.requirements, server_of(conn))
+        super().__init__(conn, cfg, rel_id, printer, cancel, wait,
+                         {"revision": source.revision, "branch": source.branch},
+                         fingerprint="" if force else self.fingerprint, requirement_files=source.requirement_files)
         self.held_interrupt = False
         self.key_fp = ""  # fingerprint of the host's shared/secret_key ("" = none)
-        self.started = time.monotonic()
 
     @property
     def rel(self) -> model.Release | None:
         return self.state.rel
-
-    @property
-    def facts(self) -> model.Facts | None:
-        return self.state.facts
 
     @property
     def secret_key(self) -> str:
@@ -64,40 +53,17 @@ class HostDeploy:
     def secret_key(self, value: str) -> None:
         self.state.secret_key = value
 
-    def run(self, name: str, stdin: bytes | None = None):
-        """Run the pipeline's invocation `name` (pipeline.APP) on this host."""
-        script = pipeline.script("app", name, self.state)
-        if script.detach:
-            self.detached = script.detach
-        self.printer.debug(self.host, pipeline.listing(name, script))
-        timeout = self.cfg.pip.timeout + 600 + self.wait
-        interruptible = self.stage not in ("publish", "published")
-        # (the pgid of an interruptible run: its cleanup stops it; a detached publish is never stopped)
-        return run_script(self.conn, script, host=self.host, stdin=stdin, timeout=timeout,
-                          remote=self.remote if interruptible else None,
-                          cancel=self.cancel if interruptible else None,
-                          on_phase=lambda ph: self.printer.phase(self.host, ph),
-                          on_output=(lambda s, ln: self.printer.debug(self.host, ln)) if self.printer.verbose
-                          else None)
-
     def setup(self) -> None:
         """Invocation 1: layout, lock, facts (with the fingerprint of the host's secret key). On failure or
         Ctrl-C cleans up after itself and raises."""
-        try:
+        with self.cleaned_up_on_failure():
             open_connection(self.conn)
             self.stage = "setup"
-            result = self.run("setup")
-            raw = result.facts
+            raw = self.run("setup").facts
             self.state.facts = facts = model.Facts.parse(raw)
             self.key_fp = raw.get(secret_key.FACT, "")
-            if facts.unchanged:
-                self.stage = "unchanged"  # the lock is already released
-                return
-            self.stage = "locked"
-        except (FabdeployError, KeyboardInterrupt) as exc:
-            if self.stage != "connect":
-                self.fail_cleanup(exc)
-            raise
+            # an unchanged host's lock is already released
+            self.stage = "unchanged" if facts.unchanged else "locked"
 
     def build(self) -> None:
         """Invocation 2: upload, venv, migrate, static, config. Changes nothing the running site uses; on
@@ -105,7 +71,7 @@ class HostDeploy:
         cfg, facts = self.cfg, self.facts
         if self.stage == "unchanged":
             return
-        try:
+        with self.cleaned_up_on_failure():
             key = venv_hash(cfg, self.source.requirements, facts.python_version)
             need_venv = key not in facts.venvs
             wheels = self.wheels(key, facts) if (need_venv and cfg.pip.wheelhouse) else []
@@ -120,10 +86,6 @@ class HostDeploy:
             self.stage = "prepare"
             self.run("prepare", stdin=archive)
             self.stage = "prepared"
-        except (FabdeployError, KeyboardInterrupt) as exc:
-            if self.stage != "connect":
-                self.fail_cleanup(exc)
-            raise
 
     def publish(self) -> Outcome:
         """Invocation 3: switch, reload, health gate (reverting by itself on failure), prune, audit, unlock.
@@ -137,7 +99,8 @@ class HostDeploy:
         try:
             with deferred_interrupt():
                 try:
-                    self.run("publish")
+                    # (a detached publish is never stopped: no pgid kept, no cancel)
+                    self.run("publish", interruptible=False)
                 finally:
                     self.stage = "published"
         except KeyboardInterrupt:

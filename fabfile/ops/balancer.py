@@ -5,40 +5,33 @@ from __future__ import annotations
 import threading
 import time
 
-from fabdeploy import model, pipeline
+from fabdeploy import model
 from fabdeploy.config import Config
 from fabdeploy.errors import FabdeployError
 from fabdeploy.front import nginx
-from fabdeploy.hosts.connect import local_user, open_connection
+from fabdeploy.hosts.connect import open_connection
 from fabdeploy.hosts.fleet import deferred_interrupt
-from fabdeploy.hosts.target import Target
+from fabdeploy.ops.host_run import HostRun
 from fabdeploy.ops.outcome import Outcome, run_cleanup, site_url
 from fabdeploy.output import Printer
 from fabdeploy.remote import detach, shell
-from fabdeploy.remote.runner import Interrupted, run_script
+from fabdeploy.remote.runner import Interrupted
 from fabdeploy.remote.script import Phase, Script, mask
 from fabdeploy.remote.shell import q
 from fabdeploy.steps import balancer, lock, static
-from fabdeploy.steps.lock import LockOwner
 
 
-class LbDeploy:
+class LbDeploy(HostRun):
     """One load balancer host: setup (lock, facts), prepare (this release's static files, the upstream
     site, checked with `nginx -t`), drain (batches of a rolling deploy marked down), finish (final site,
     reload, health check through the balancer, prune static roots, audit, unlock)."""
 
+    kind = "lb"
+
     def __init__(self, conn, cfg: Config, rel_id: str, printer: Printer, cancel: threading.Event,
                  wait: int = 0, record: dict | None = None):
-        self.conn, self.cfg, self.printer, self.cancel, self.wait = conn, cfg, printer, cancel, wait
-        self.target = Target.of(conn, cfg)
-        self.host, self.server, self.layout = self.target.label, self.target.server, self.target.layout
-        self.owner = LockOwner.new("deploy", local_user())
-        self.state = pipeline.RunState(cfg, self.target, self.owner, rel_id, dict(record or {}), wait)
-        self.stage = "connect"
-        self.remote: dict = {}  # the pgid of the running remote script: stopped when it fails or is interrupted
-        self.detached = ""  # the file prefix of the detached finish on the host (detach.py)
+        super().__init__(conn, cfg, rel_id, printer, cancel, wait, record)
         self.static_before = ""
-        self.started = time.monotonic()
 
     @property
     def rel_id(self) -> str:
@@ -46,28 +39,12 @@ class LbDeploy:
         return self.state.release_id
 
     @property
-    def facts(self) -> model.Facts | None:
-        return self.state.facts
-
-    @property
     def staging(self) -> str:
         return self.state.staging
 
-    def run(self, name: str, stdin: bytes | None = None, interruptible: bool = True):
-        """Run the pipeline's invocation `name` (pipeline.BALANCER) on this host."""
-        script = pipeline.script("lb", name, self.state)
-        if script.detach:
-            self.detached = script.detach
-        self.printer.debug(self.host, pipeline.listing(name, script))
-        return run_script(self.conn, script, host=self.host, stdin=stdin,
-                          timeout=self.cfg.pip.timeout + 600 + self.wait,
-                          remote=self.remote if interruptible else None,
-                          cancel=self.cancel if interruptible else None,
-                          on_phase=lambda ph: self.printer.phase(self.host, ph))
-
     def prepare(self) -> None:
         """Invocation 1: layout, lock, facts (runs while the app hosts prepare)."""
-        try:
+        with self.cleaned_up_on_failure():
             open_connection(self.conn)
             self.stage = "setup"
             res = self.run("setup")
@@ -75,23 +52,16 @@ class LbDeploy:
             self.state.facts = model.Facts.parse(raw)
             self.static_before = raw.get(balancer.STATIC_FACT, "")
             self.stage = "locked"
-        except (FabdeployError, KeyboardInterrupt) as exc:
-            if self.stage != "connect":
-                self.fail_cleanup(exc)
-            raise
 
     def stage_release(self, static_id: str, tar: bytes) -> None:
         """Invocation 2: unpack the release's static files (hard-linked onto the live ones, so pages of the
         old and the new release both find theirs), point static/current at them, install the site."""
         self.state.release_id = static_id
         self.state.static_upload = upload = static_id != self.static_before
-        try:
-            self.stage = "prepare"
+        self.stage = "prepare"
+        with self.cleaned_up_on_failure():
             self.run("prepare", stdin=tar if upload else None)
             self.stage = "prepared"
-        except (FabdeployError, KeyboardInterrupt) as exc:
-            self.fail_cleanup(exc)
-            raise
 
     def drain(self, targets: list[str]) -> None:
         """Mark these app hosts down in the upstream (every other one up), `nginx -t`, reload and wait."""

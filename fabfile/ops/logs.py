@@ -14,8 +14,8 @@ import paramiko
 from fabdeploy import appserver
 from fabdeploy.config import Config
 from fabdeploy.errors import FabdeployError
-from fabdeploy.hosts.connect import host_label, open_connection
-from fabdeploy.hosts.fleet import for_each_host
+from fabdeploy.hosts.connect import host_label
+from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, balanced, runs_nginx, server_of
 from fabdeploy.output import Printer
@@ -52,7 +52,6 @@ def stream(conn, cfg: Config, files: dict[str, str], lines: int, follow: bool, p
            cancel: threading.Event) -> None:
     host = host_label(conn)
     label_of = {path: which for which, path in files.items()}
-    open_connection(conn)
     chan = conn.client.get_transport().open_session()
     chan.exec_command(tail_command(list(files.values()), lines, follow))
     if not follow:
@@ -105,18 +104,14 @@ def show_logs(conns, cfg: Config, printer: Printer, lines: int, follow: bool, wh
     errors: list[str] = []
 
     def one(conn, cancel) -> None:
-        try:
-            files = {w: f for w, f in log_files(cfg, server_of(conn)).items() if w in chosen}
-            if files:  # (--which access on an app host without nginx: nothing to show there)
-                stream(conn, cfg, files, lines, follow, printer, cancel)
-        except FabdeployError as exc:
-            errors.append(str(exc))
-        finally:
-            conn.close()
+        files = {w: f for w, f in log_files(cfg, server_of(conn)).items() if w in chosen}
+        if files:  # (--which access on an app host without nginx: nothing to show there)
+            stream(conn, cfg, files, lines, follow, printer, cancel)
 
     try:
         # every host at once when following (a bounded pool would never reach the hosts beyond it)
-        for_each_host(conns, one, len(conns) if follow else (parallel or cfg.fleet.parallel))
+        on_each_host(conns, one, len(conns) if follow else (parallel or cfg.fleet.parallel),
+                     failed=lambda conn, exc: errors.append(str(exc)))
     except KeyboardInterrupt:
         if not follow:
             raise

@@ -15,11 +15,10 @@ import re
 from fabdeploy import model, pipeline
 from fabdeploy import appserver
 from fabdeploy.config import Config
-from fabdeploy.errors import FabdeployError
 from fabdeploy.front import nginx
-from fabdeploy.hosts.connect import host_label, local_user, open_connection
-from fabdeploy.hosts.fleet import for_each_host
-from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout, nginx_site_paths
+from fabdeploy.hosts.connect import host_label, local_user
+from fabdeploy.hosts.fleet import on_each_host
+from fabdeploy.hosts.layout import NGINX_CONF, NGINX_PID, SETTINGS_MODULE, VENV_COMPLETE, Layout, nginx_site_paths
 from fabdeploy.hosts.roles import runs_nginx
 from fabdeploy.hosts.target import Target
 from fabdeploy.local.render import render
@@ -47,18 +46,18 @@ def link(path):
         return os.readlink(path)
     except OSError:
         return ""
-conf = read("/etc/nginx/nginx.conf") or ""
+conf = read(P["nginx_conf"]) or ""
 m = re.search(r"^\s*user\s+([^;\s]+)", conf, re.M)
 user = P["nginx_user"] or (m.group(1) if m else "www-data")
 m = re.search(r"^\s*pid\s+([^;\s]+)", conf, re.M)
-pid = m.group(1) if m else "/run/nginx.pid"
+pid = m.group(1) if m else P["nginx_pid"]
 layout = P["layout"]
 if layout == "auto":
     layout = "sites" if os.path.isdir("/etc/nginx/sites-enabled") and "sites-enabled" in conf else "conf.d"
 site = P["sites"][layout]
 current = link(P["current"])
 venvs = sorted(v for v in (os.listdir(P["venvs"]) if os.path.isdir(P["venvs"]) else [])
-               if os.path.isfile(os.path.join(P["venvs"], v, ".fabdeploy-complete")))
+               if os.path.isfile(os.path.join(P["venvs"], v, P["venv_complete"])))
 files = {name: read(path) for name, path in P["files"].items()}
 files["nginx site"] = read(site)
 files["settings"] = read(os.path.join(current, P["settings"] + ".py")) if current else None
@@ -78,7 +77,8 @@ def read_host(conn, cfg: Config) -> dict:
     read-only invocation (paths from Layout and the modules that own them)."""
     lay = Layout(cfg.paths.deploy_to)
     app = appserver.of(cfg)
-    params = {"deploy_to": lay.deploy_to, "current": lay.current, "venvs": lay.venvs,
+    params = {"deploy_to": lay.deploy_to, "current": lay.current, "venvs": lay.venvs, "venv_complete": VENV_COMPLETE,
+              "nginx_conf": NGINX_CONF, "nginx_pid": NGINX_PID,
               "static_current": lay.static + "/current", "lock_info": lock.lock_dir(cfg) + "/info",
               "files": {"app server": app.paths(lay).config, "app.env": lay.env_file},
               "sites": {kind: nginx_site_paths(kind, cfg.project.name)[0] for kind in ("sites", "conf.d")},
@@ -151,7 +151,6 @@ def _invocations(kind: str, state: pipeline.RunState, names: list[str], rel=None
 def plan_host(conn, cfg: Config, source, rel_id: str, wait: int = 0, force: bool = False) -> str:
     target = Target.of(conn, cfg)
     host, server = target.label, target.server
-    open_connection(conn)
     raw = read_host(conn, cfg)
     facts = facts_from(raw)
     site, _ = nginx_site_paths(facts.nginx_layout, cfg.project.name)
@@ -202,16 +201,12 @@ def plan_all(conns: list, cfg: Config, printer: Printer, wait: int | None = None
     wait = lock.capped_wait(cfg, cfg.lock.wait if wait is None else wait, lambda _: None)
     errors: list[str] = []
 
-    def one(conn, cancel) -> str:
-        try:
-            return plan_host(conn, cfg, source, rel_id, wait, force)
-        except FabdeployError as exc:
-            errors.append(str(exc))
-            return ""
-        finally:
-            conn.close()
+    def failed(conn, exc) -> str:
+        errors.append(str(exc))
+        return ""
 
-    for text in for_each_host(conns, one):
+    for text in on_each_host(conns, lambda conn, cancel: plan_host(conn, cfg, source, rel_id, wait, force),
+                             failed=failed):
         if text:
             printer.info(text)
     return errors

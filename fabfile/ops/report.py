@@ -6,10 +6,9 @@ import json
 
 from fabdeploy import appserver, model
 from fabdeploy.config import Config
-from fabdeploy.errors import FabdeployError
-from fabdeploy.hosts.connect import host_label, open_connection
-from fabdeploy.hosts.fleet import for_each_host
-from fabdeploy.hosts.layout import NGINX_CONF, RELEASE_GLOB_ERE, Layout, nginx_site_paths
+from fabdeploy.hosts.connect import host_label
+from fabdeploy.hosts.fleet import on_each_host
+from fabdeploy.hosts.layout import NGINX_CONF, RELEASE_GLOB_ERE, VENV_COMPLETE, Layout, nginx_site_paths
 from fabdeploy.hosts.roles import Server, runs_nginx, server_of
 from fabdeploy.remote.markers import PY_MARKERS
 from fabdeploy.remote.runner import run_script
@@ -146,7 +145,7 @@ def common_params(cfg: Config) -> dict:
     lay = Layout(cfg.paths.deploy_to)
     return {"deploy_to": lay.deploy_to, "current": lay.current, "releases": lay.releases, "venvs": lay.venvs,
             "audit": lock.audit_file(cfg), "meta_dir": ".fabdeploy", "metadata": "release.json",
-            "venv_name": "venv", "bad": "bad", "pending": model.PENDING, "venv_complete": ".fabdeploy-complete"}
+            "venv_name": "venv", "bad": "bad", "pending": model.PENDING, "venv_complete": VENV_COMPLETE}
 
 
 def releases_params(cfg: Config) -> dict:
@@ -171,15 +170,10 @@ def status_params(cfg: Config, server: Server, check: dict) -> dict:
 def _collect(conns, cfg: Config, code: str, params_for, parallel: int | None = None) -> list[dict]:
     def one(conn, cancel) -> dict:
         host = host_label(conn)
-        try:
-            open_connection(conn)
-            res = run_script(conn, _program(cfg, code, params_for(conn)), host=host, timeout=60, cancel=cancel)
-            return {"host": host, **res.json("report")}
-        except FabdeployError as exc:
-            return {"host": host, "error": str(exc)}
-        finally:
-            conn.close()
-    return for_each_host(conns, one, parallel or cfg.fleet.parallel)
+        res = run_script(conn, _program(cfg, code, params_for(conn)), host=host, timeout=60, cancel=cancel)
+        return {"host": host, **res.json("report")}
+    return on_each_host(conns, one, parallel or cfg.fleet.parallel,
+                        failed=lambda conn, exc: {"host": host_label(conn), "error": str(exc)})
 
 
 def releases(conns, cfg: Config, parallel: int | None = None) -> list[dict]:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from fabdeploy import appserver, pipeline
 from fabdeploy.config import Config
 from fabdeploy.errors import FabdeployError
-from fabdeploy.hosts.connect import host_label, local_user, open_connection
-from fabdeploy.hosts.fleet import deferred_interrupt, for_each_host
+from fabdeploy.hosts.connect import host_label, local_user
+from fabdeploy.hosts.fleet import deferred_interrupt, on_each_host
 from fabdeploy.hosts.layout import RELEASE_ID
 from fabdeploy.hosts.target import Target
 from fabdeploy.output import Printer
@@ -54,33 +54,31 @@ def rollback_all(conns: list, cfg: Config, printer: Printer, to: str | None, str
     wait = lock.capped_wait(cfg, cfg.lock.wait if wait is None else wait, printer.warn)
     printer.width = max(len(host_label(c)) for c in conns)
 
+    started = time.monotonic()
+
     def one(conn, cancel) -> RollbackOutcome:
         host = host_label(conn)
         start = time.monotonic()
         owner = LockOwner.new("rollback", local_user())
         remote: dict = {}
+        script = rollback_script(cfg, owner, to, strict, wait, Target.of(conn, cfg))
+        printer.debug(host, pipeline.listing("rollback", script))
         try:
-            open_connection(conn)
-            script = rollback_script(cfg, owner, to, strict, wait, Target.of(conn, cfg))
-            printer.debug(host, pipeline.listing("rollback", script))
-            try:
-                with deferred_interrupt():
-                    # the lock wait counts in the timeout: we never give up on a loop that still waits
-                    res = run_script(conn, script, host=host, timeout=appserver.of(cfg).reload_timeout(cfg) + 120 + wait,
-                                     on_phase=lambda ph: printer.phase(host, ph), remote=remote)
-            except FabdeployError as exc:
-                failed = lock.failed_finish(cfg, owner, {"result": "failed", "error": str(exc).splitlines()[0]})
-                stop = Phase("stop", shell.stop_group(remote.get("pgid")))  # a timed-out script, if still there
-                try:
-                    run_script(conn, Script([stop, failed]), host=host, timeout=60)
-                except FabdeployError:
-                    pass
-                raise
-            target = res.facts.get("rolled_back_to", "")
-            return RollbackOutcome(host, True, target, "", time.monotonic() - start)
+            with deferred_interrupt():
+                # the lock wait counts in the timeout: we never give up on a loop that still waits
+                res = run_script(conn, script, host=host, timeout=appserver.of(cfg).reload_timeout(cfg) + 120 + wait,
+                                 on_phase=lambda ph: printer.phase(host, ph), remote=remote)
         except FabdeployError as exc:
-            return RollbackOutcome(host, False, "", str(exc), time.monotonic() - start)
-        finally:
-            conn.close()
+            failed = lock.failed_finish(cfg, owner, {"result": "failed", "error": str(exc).splitlines()[0]})
+            stop = Phase("stop", shell.stop_group(remote.get("pgid")))  # a timed-out script, if still there
+            try:
+                run_script(conn, Script([stop, failed]), host=host, timeout=60)
+            except FabdeployError:
+                pass
+            raise
+        target = res.facts.get("rolled_back_to", "")
+        return RollbackOutcome(host, True, target, "", time.monotonic() - start)
 
-    return for_each_host(conns, one, parallel or cfg.fleet.parallel)
+    return on_each_host(conns, one, parallel or cfg.fleet.parallel,
+                        failed=lambda conn, exc: RollbackOutcome(host_label(conn), False, "", str(exc),
+                                                                 time.monotonic() - started))

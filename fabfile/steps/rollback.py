@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from fabdeploy import appserver, model
 from fabdeploy.config import Config
-from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, Layout
+from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, VENV_COMPLETE, Layout
 from fabdeploy.remote.markers import fact, fail_expanded, note, warn
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import q
@@ -50,7 +50,7 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
             '  [ "$past" = 1 ] || continue',
             '  [ -f "$r/.fabdeploy/bad" ] && continue',
             f'  [ -f "$r/.fabdeploy/{model.PENDING}" ] && continue  # never went live',
-            f'  [ -f {q(lay.venvs)}/"$(cat "$r/.fabdeploy/venv" 2>/dev/null)"/.fabdeploy-complete ] || continue',
+            f'  [ -f {q(lay.venvs)}/"$(cat "$r/.fabdeploy/venv" 2>/dev/null)"/{VENV_COMPLETE} ] || continue',
             f"  [ -f {app.staged_config(chr(34) + '$r' + chr(34))} ] || continue",
             '  T=$r; break',
             "done",
@@ -64,7 +64,7 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
         f'[ -n "$cur" ] || {fail_expanded("nothing is deployed here (no current release)")}',
         *pick,
         f'V={q(lay.venvs)}/"$(cat "$T/.fabdeploy/venv" 2>/dev/null)"',
-        f'[ -f "$V/.fabdeploy-complete" ] || {fail_expanded("the virtualenv of release $T was removed; deploy it again instead")}',
+        f'[ -f "$V/{VENV_COMPLETE}" ] || {fail_expanded("the virtualenv of release $T was removed; deploy it again instead")}',
         f"[ -f {app.staged_config(target_word)} ] || "
         + fail_expanded(f"release $T has no saved {app.title} config; deploy it again instead"),
         f'R={q(lay.releases)}/"$T"',

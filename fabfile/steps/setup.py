@@ -4,7 +4,7 @@ from __future__ import annotations
 from fabdeploy.steps import secret_key as _secret_key
 from fabdeploy import appserver
 from fabdeploy.config import Config
-from fabdeploy.hosts.layout import Layout
+from fabdeploy.hosts.layout import NGINX_CONF, NGINX_PID, VENV_COMPLETE, Layout
 from fabdeploy.local.wheelhouse import PYTHON_FACTS_PY
 from fabdeploy.remote.markers import fact, fail
 from fabdeploy.remote.script import Phase
@@ -35,13 +35,13 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
     user_sed = r"s/^[[:space:]]*user[[:space:]][[:space:]]*\([^[:space:];]*\).*/\1/p"
     pid_sed = r"s/^[[:space:]]*pid[[:space:]][[:space:]]*\([^[:space:];]*\).*/\1/p"
     layout_detect = {
-        "auto": "if [ -d /etc/nginx/sites-enabled ] && grep -qs sites-enabled /etc/nginx/nginx.conf; "
+        "auto": f"if [ -d /etc/nginx/sites-enabled ] && grep -qs sites-enabled {NGINX_CONF}; "
                 "then nginx_layout=sites; else nginx_layout=conf.d; fi",
         "sites": "nginx_layout=sites",
         "conf.d": "nginx_layout=conf.d",
     }[cfg.nginx.layout]
     nginx_user = (f"nginx_user={q(cfg.nginx.user)}" if cfg.nginx.user else
-                  f"nginx_user=$(sed -n {q(user_sed)} /etc/nginx/nginx.conf | head -n 1); "
+                  f"nginx_user=$(sed -n {q(user_sed)} {NGINX_CONF} | head -n 1); "
                   '[ -n "$nginx_user" ] || nginx_user=www-data')
     lines = [
         *_sudo_mkdir_owned(cfg.paths.deploy_to),
@@ -56,10 +56,10 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         "python_platform=$(printf '%s\\n' \"$python_facts\" | sed -n 2p)",
         (f"{q(py)} -c 'import venv, ensurepip' 2>/dev/null || "
          + fail(f"{py} has no venv/ensurepip module (on Debian: apt-get install python3-venv)")) if app else "true",
-        "[ -f /etc/nginx/nginx.conf ] || " + fail("nginx is not installed (/etc/nginx/nginx.conf missing)"),
+        f"[ -f {NGINX_CONF} ] || " + fail(f"nginx is not installed ({NGINX_CONF} missing)"),
         nginx_user,
-        f"nginx_pid=$(sed -n {q(pid_sed)} /etc/nginx/nginx.conf | head -n 1); "
-        '[ -n "$nginx_pid" ] || nginx_pid=/run/nginx.pid',
+        f"nginx_pid=$(sed -n {q(pid_sed)} {NGINX_CONF} | head -n 1); "
+        f'[ -n "$nginx_pid" ] || nginx_pid={NGINX_PID}',
         'nginx_group=$(id -gn "$nginx_user" 2>/dev/null) || '
         '{ echo "nginx user $nginx_user does not exist (nginx.user)" >&2; exit 1; }',
         layout_detect,
@@ -76,7 +76,7 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         f"chmod 0750 {q(lay.log)} {q(lay.releases)} {q(lay.tmp)}",
         f'if [ -S {q(sock)} ] && [ "$(stat -c %G {q(sock)})" != "$nginx_group" ]; then '
         f'sudo -n chgrp "$nginx_group" {q(sock)}; fi',
-        f"venvs=$(cd {q(lay.venvs)} && for v in *; do [ -f \"$v/.fabdeploy-complete\" ] && printf '%s ' \"$v\"; done; true)",
+        f"venvs=$(cd {q(lay.venvs)} && for v in *; do [ -f \"$v/{VENV_COMPLETE}\" ] && printf '%s ' \"$v\"; done; true)",
         f"current=$(readlink {q(lay.current)} || true)",
         fact("python_version", "$python_version"),
         fact("python_platform", "$python_platform"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from fabdeploy import appserver
 from fabdeploy.config import Config
-from fabdeploy.hosts.layout import Layout
+from fabdeploy.hosts.layout import VENV_COMPLETE, Layout
 from fabdeploy.local.requirements import listed, normalize
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import fail, fail_expanded, note
@@ -55,7 +55,7 @@ def venv(cfg: Config, rel: Release, requirement_files: dict[str, bytes] | None =
     V, R = lay.venv(rel.venv_hash), lay.release(rel.id)
     pip = " ".join(q(a) for a in venv_install_args(cfg, rel, lay.staging(rel.id)))
     lines = [
-        f"if [ -f {q(V + '/.fabdeploy-complete')} ]; then",
+        f"if [ -f {q(V + '/' + VENV_COMPLETE)} ]; then",
         "  " + note(f"reused {rel.venv_hash}"),
         "else",
         f"  cd {q(R)}",
@@ -67,7 +67,7 @@ def venv(cfg: Config, rel: Release, requirement_files: dict[str, bytes] | None =
         *["    " + ln for ln in pip_missing_lines(rel, requirement_files or {})],
         "    exit 1",
         "  fi",
-        f"  touch {q(V + '/.fabdeploy-complete')}",
+        f"  touch {q(V + '/' + VENV_COMPLETE)}",
         "  " + note(f"built {rel.venv_hash}" + (" from the wheelhouse" if rel.has_wheels else "")),
         "fi",
         f"rm -rf {q(lay.staging(rel.id) + '/wheels')}",

@@ -1,0 +1,64 @@
+"""What an app host's and a load balancer's part of a deploy share: the host worked out once (Target), the
+lock owner, the pipeline's state for this host, running one of the pipeline's invocations (listed first
+with --verbose), and the guard that cleans the host up when a step fails or is interrupted."""
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+from fabdeploy import model, pipeline
+from fabdeploy.config import Config
+from fabdeploy.errors import FabdeployError
+from fabdeploy.hosts.connect import local_user
+from fabdeploy.hosts.target import Target
+from fabdeploy.output import Printer
+from fabdeploy.remote.runner import run_script
+from fabdeploy.steps.lock import LockOwner
+
+
+class HostRun:
+    kind = ""  # the pipeline: "app" or "lb"
+
+    def __init__(self, conn, cfg: Config, rel_id: str, printer: Printer, cancel: threading.Event, wait: int = 0,
+                 record: dict | None = None, **state):
+        self.conn, self.cfg, self.printer, self.cancel, self.wait = conn, cfg, printer, cancel, wait
+        self.target = Target.of(conn, cfg)
+        self.host, self.server, self.layout = self.target.label, self.target.server, self.target.layout
+        self.owner = LockOwner.new("deploy", local_user())
+        # what the pipeline's builders need, filled in as the run goes
+        self.state = pipeline.RunState(cfg, self.target, self.owner, rel_id, dict(record or {}), wait, **state)
+        self.stage = "connect"
+        self.remote: dict = {}  # the process group of the running invocation: its cleanup stops it
+        self.detached = ""  # the file prefix of a detached invocation on the host (remote/detach.py)
+        self.started = time.monotonic()
+
+    @property
+    def facts(self) -> model.Facts | None:
+        return self.state.facts
+
+    def run(self, name: str, stdin: bytes | None = None, interruptible: bool = True):
+        """Run the pipeline's invocation `name` on this host (an interruptible one stops at Ctrl-C)."""
+        script = pipeline.script(self.kind, name, self.state)
+        if script.detach:
+            self.detached = script.detach
+        self.printer.debug(self.host, pipeline.listing(name, script))
+        return run_script(self.conn, script, host=self.host, stdin=stdin,
+                          timeout=self.cfg.pip.timeout + 600 + self.wait,
+                          remote=self.remote if interruptible else None, cancel=self.cancel if interruptible else None,
+                          on_phase=lambda ph: self.printer.phase(self.host, ph),
+                          on_output=(lambda s, ln: self.printer.debug(self.host, ln)) if self.printer.verbose
+                          else None)
+
+    @contextlib.contextmanager
+    def cleaned_up_on_failure(self):
+        """A failure or Ctrl-C inside, once connected: the host is cleaned up (fail_cleanup), then it goes on."""
+        try:
+            yield
+        except (FabdeployError, KeyboardInterrupt) as exc:
+            if self.stage != "connect":
+                self.fail_cleanup(exc)
+            raise
+
+    def fail_cleanup(self, exc: BaseException) -> str:
+        raise NotImplementedError
