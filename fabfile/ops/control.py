@@ -1,0 +1,94 @@
+"""`fab stop|start|restart|reload`: the app server of every app host, in parallel, one remote invocation per
+host (phases in steps/control.py), under the deploy lock, with an audit line (`action`: the task's name).
+
+A host that fails (or cannot be reached) does not stop the others; the task exits 1 naming each.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fabdeploy import appserver
+from fabdeploy.config import Config
+from fabdeploy.errors import FabdeployError
+from fabdeploy.hosts.connect import host_label, local_user, open_connection
+from fabdeploy.hosts.fleet import deferred_interrupt, for_each_host
+from fabdeploy.hosts.target import Target
+from fabdeploy.output import Printer
+from fabdeploy.remote import shell
+from fabdeploy.remote.runner import run_script
+from fabdeploy.remote.script import Phase, Script
+from fabdeploy.steps import control, lock
+from fabdeploy.steps.lock import LockOwner
+
+
+@dataclass
+class ControlOutcome:
+    host: str
+    action: str
+    ok: bool
+    said: str = ""  # what its phases said ("uwsgi already stopped", "uwsgi started (...)"; GET / -> 200...)
+    error: str = ""
+    duration: float = 0.0
+
+
+def control_script(cfg: Config, action: str, owner: LockOwner, wait: int, target: Target,
+                   with_nginx: bool = False) -> Script:
+    """The one remote invocation of `fab <action>` on an app host."""
+    phases = control.phases(cfg, action, owner, wait, target.address, target.server, with_nginx)
+    return Script(phases, tuple(cfg.secret_values()), on_failure=control.on_failure(cfg, owner))
+
+
+def timeout(cfg: Config, action: str, wait: int) -> int:
+    """Seconds the invocation may take: the lock wait, each app-server wait (a stop's includes its SIGKILL),
+    the health check, and slack."""
+    app = appserver.of(cfg).reload_timeout(cfg)
+    return wait + app * (2 if action == "restart" else 1) + 10 + cfg.health.timeout + 120
+
+
+def control_all(conns: list, cfg: Config, printer: Printer, action: str, with_nginx: bool = False,
+                wait: int | None = None, parallel: int | None = None) -> list[ControlOutcome]:
+    wait = lock.capped_wait(cfg, cfg.lock.wait if wait is None else wait, printer.warn)
+    printer.width = max(len(host_label(c)) for c in conns)
+
+    def one(conn, cancel) -> ControlOutcome:
+        host = host_label(conn)
+        start = time.monotonic()
+        owner = LockOwner.new(action, local_user())
+        remote: dict = {}
+        try:
+            open_connection(conn)
+            script = control_script(cfg, action, owner, wait, Target.of(conn, cfg), with_nginx)
+            printer.debug(host, f"----- remote invocation {action}\n{script.display().rstrip()}")
+            try:
+                with deferred_interrupt():
+                    res = run_script(conn, script, host=host, timeout=timeout(cfg, action, wait),
+                                     on_phase=lambda ph: printer.phase(host, ph), remote=remote)
+            except FabdeployError as exc:
+                # the script's own on_failure wrote the audit line and unlocked; a lost channel or a timeout
+                # did not: do it here (nothing when the lock is not ours any more)
+                failed = lock.failed_finish(cfg, owner, {"result": "failed", "error": str(exc).splitlines()[0]})
+                stop = Phase("stop", shell.stop_group(remote.get("pgid")))
+                try:
+                    run_script(conn, Script([stop, failed]), host=host, timeout=60)
+                except FabdeployError:
+                    pass
+                raise
+            said = "; ".join(n for ph in res.phases.values() if ph.name not in ("lock", "finish") for n in ph.notes)
+            return ControlOutcome(host, action, True, said, "", time.monotonic() - start)
+        except FabdeployError as exc:
+            return ControlOutcome(host, action, False, "", str(exc), time.monotonic() - start)
+        finally:
+            conn.close()
+
+    return for_each_host(conns, one, parallel or cfg.fleet.parallel)
+
+
+def summary_table(outcomes: list[ControlOutcome]) -> str:
+    """HOST, ACTION, DURATION, RESULT, DETAIL: one row per host."""
+    rows = [("HOST", "ACTION", "DURATION", "RESULT", "DETAIL")]
+    for o in outcomes:
+        detail = o.said if o.ok else (o.error.splitlines()[0][:90] if o.error else "")
+        rows.append((o.host, o.action, f"{o.duration:.1f}s", "ok" if o.ok else "FAILED", detail))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
