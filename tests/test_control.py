@@ -316,3 +316,24 @@ def test_health_is_skipped_while_the_site_is_out(tmp_path, fakebin):
     proc = ng.run(control.health(ng.cfg, "web1", None).lines)
     assert proc.returncode == 0, err(proc)
     assert notes(out(proc)) == ["health check skipped: the nginx site is out (fab start --nginx puts it back)"]
+
+
+def test_a_failing_health_check_fails_the_host(tmp_path, fakebin):
+    ng = NginxSite(tmp_path, fakebin, "sites")
+    ng.cfg = make_cfg(tmp_path / "app", nginx={"layout": "sites", "listen": "127.0.0.1:9"},
+                      health={"timeout": 1})  # the discard port: nothing answers HTTP there
+    proc = ng.run(control.health(ng.cfg, "web1", None).lines)
+    assert proc.returncode == 1
+    assert "health check failed: GET / (Host: web1): " in err(proc)
+
+
+def test_the_summary_table_has_a_row_per_host_and_names_failures():
+    from fabdeploy.ops.control import ControlOutcome, summary_table
+    table = summary_table([ControlOutcome("web1", "stop", True, "uwsgi already stopped", "", 0.25),
+                           ControlOutcome("web2", "stop", False, "", "web2: lock failed: deploy lock held by x\nmore",
+                                          1.0)])
+    assert table.splitlines() == [
+        "HOST  ACTION  DURATION  RESULT  DETAIL",
+        "web1  stop    0.2s      ok      uwsgi already stopped",
+        "web2  stop    1.0s      FAILED  web2: lock failed: deploy lock held by x",
+    ]

@@ -15,6 +15,7 @@ from fabdeploy.hosts.connect import host_label, local_user, open_connection
 from fabdeploy.hosts.fleet import deferred_interrupt, for_each_host
 from fabdeploy.hosts.target import Target
 from fabdeploy.output import Printer
+from fabdeploy.pipeline import listing
 from fabdeploy.remote import shell
 from fabdeploy.remote.runner import run_script
 from fabdeploy.remote.script import Phase, Script
@@ -59,7 +60,7 @@ def control_all(conns: list, cfg: Config, printer: Printer, action: str, with_ng
         try:
             open_connection(conn)
             script = control_script(cfg, action, owner, wait, Target.of(conn, cfg), with_nginx)
-            printer.debug(host, f"----- remote invocation {action}\n{script.display().rstrip()}")
+            printer.debug(host, listing(action, script))
             try:
                 with deferred_interrupt():
                     res = run_script(conn, script, host=host, timeout=timeout(cfg, action, wait),
