@@ -94,7 +94,11 @@ def app_get(addr, port, host, path):
             ALIVE_FN,
             CHILDREN_FN,
             f"pid=$(alive {q(p.pidfile)} uwsgi || true)",
+            'old=" "',
             'if [ -n "$pid" ]; then',
+            # a graceful reload replaces every worker: the ones running now never count as ready (a reload onto
+            # the release they already run would otherwise be "done" before it began)
+            '  old=" $(children "$pid" | tr "\\n" " ") "',
             f"  {uwsgi} --reload {q(p.pidfile)} >/dev/null",
             "  action=reloaded",
             "else",
@@ -113,6 +117,7 @@ def app_get(addr, port, host, path):
             "    n=0; stale=0",
             '    for c in $(children "$pid"); do',
             "      n=$((n + 1))",
+            '      case "$old" in *" $c "*) stale=$((stale + 1));; esac',
             f'      [ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
             "    done",
             # a unix socket must exist (uWSGI creates it after the workers); a TCP socket is bound by the master
