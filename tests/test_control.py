@@ -337,3 +337,40 @@ def test_the_summary_table_has_a_row_per_host_and_names_failures():
         "web1  stop    0.2s      ok      uwsgi already stopped",
         "web2  stop    1.0s      FAILED  web2: lock failed: deploy lock held by x",
     ]
+
+
+SLOW_RELOAD_UWSGI = """#!/bin/sh
+# A uWSGI stand-in whose graceful reload (HUP) lets its old workers finish for 1 s before it replaces them.
+if [ "$1" = --ini ]; then setsid "$0" --master </dev/null >/dev/null 2>&1 & exit 0; fi
+if [ "$1" = --reload ]; then kill -HUP "$(cat "$2")"; exit 0; fi
+echo $$ > {pidfile}
+cd {release}
+spawn() {{ w=; for i in 1 2; do sleep 300 & w="$w $!"; done; }}
+trap 'sleep 1; kill $w; spawn' HUP
+spawn
+while :; do wait; done
+"""
+
+
+def test_a_reload_onto_the_same_release_waits_for_the_new_workers(tmp_path):
+    """The workers running before the reload already run the release: they must not count as ready."""
+    s = Site(tmp_path)
+    Path(s.p.config).write_text("[uwsgi]\nmaster = true\nprocesses = 2\n")  # (no unix socket to wait for)
+    fake = Path(s.lay.venv(VENV), "bin", "uwsgi")
+    fake.unlink()
+    fake.write_text(SLOW_RELOAD_UWSGI.format(pidfile=q(s.p.pidfile), release=q(str(s.R))))
+    fake.chmod(0o755)
+    try:
+        assert s.run(control.start(s.cfg)).returncode == 0
+        pid = s.master()
+        before = s.workers(pid)
+        assert len(before) == 2
+        proc = s.run(control.reload(s.cfg))
+        assert proc.returncode == 0, err(proc)
+        after = s.workers(pid)
+        assert len(after) == 2 and not set(after) & set(before), (before, after)
+    finally:
+        try:
+            os.killpg(int(Path(s.p.pidfile).read_text()), 9)
+        except (OSError, ValueError):
+            pass
