@@ -154,12 +154,7 @@ def _run_control(c, action: str, config, wait, verbose, parallel, nginx=False) -
     printer = Printer(verbose=verbose)
     outcomes = _control.control_all(target_connections(c, cfg, "app"), cfg, printer, action, bool(nginx),
                                     wait=_seconds(wait, "--wait"), parallel=_parallel(parallel, cfg))
-    for o in outcomes:
-        if o.ok:
-            printer.info(f"{o.host}: {action} ok in {o.duration:.1f}s")
-    if len(outcomes) > 1:
-        printer.info(_control.summary_table(outcomes))
-    _exit_if_failed([o.error for o in outcomes if not o.ok])
+    _exit_if_failed(_control.report(outcomes, printer))
 
 
 @task(help={**CONTROL_HELP, "nginx": "also take the site out of nginx (nginx -t, reload); fab start --nginx "

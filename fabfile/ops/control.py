@@ -93,3 +93,13 @@ def summary_table(outcomes: list[ControlOutcome]) -> str:
         rows.append((o.host, o.action, f"{o.duration:.1f}s", "ok" if o.ok else "FAILED", detail))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def report(outcomes: list[ControlOutcome], printer: Printer) -> list[str]:
+    """A line per host that succeeded, the table when there are several hosts; the errors of the others."""
+    for o in outcomes:
+        if o.ok:
+            printer.info(f"{o.host}: {o.action} ok in {o.duration:.1f}s")
+    if len(outcomes) > 1:
+        printer.info(summary_table(outcomes))
+    return [o.error for o in outcomes if not o.ok]
