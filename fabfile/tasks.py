@@ -15,6 +15,7 @@ from fabdeploy.errors import ConfigError, FabdeployError
 from fabdeploy.hosts.connect import host_label, make_connection, open_connection, prepare
 from fabdeploy.hosts.fleet import on_each_host, signals_as_interrupt
 from fabdeploy.hosts.roles import attach, balanced, parse_roles, select
+from fabdeploy.ops import control as _control
 from fabdeploy.ops import manage as _manage
 from fabdeploy.ops import report, starter
 from fabdeploy.ops.deploy import deploy_all
@@ -140,6 +141,51 @@ def rollback(c, to=None, strict=False, config=None, wait=None, verbose=False, pa
             printer.info(f"{o.host}: rolled back to {o.release} in {o.duration:.1f}s")
     failed = [o for o in outcomes if not o.ok]
     _exit_if_failed([o.error for o in failed])
+
+
+CONTROL_HELP = {"config": CONFIG_HELP, "wait": "seconds to wait for another run's deploy lock (default: lock.wait)",
+                "verbose": "show the remote script", "parallel": PARALLEL_HELP}
+
+
+def _run_control(c, action: str, config, wait, verbose, parallel, nginx=False) -> None:
+    """One of stop/start/restart/reload on every app host: phase lines, a table for several hosts, exit 1
+    naming each failed host."""
+    cfg = _load(config)
+    printer = Printer(verbose=verbose)
+    outcomes = _control.control_all(target_connections(c, cfg, "app"), cfg, printer, action, bool(nginx),
+                                    wait=_seconds(wait, "--wait"), parallel=_parallel(parallel, cfg))
+    _exit_if_failed(_control.report(outcomes, printer))
+
+
+@task(help={**CONTROL_HELP, "nginx": "also take the site out of nginx (nginx -t, reload); fab start --nginx "
+                                     "puts it back"})
+@one_line_errors
+def stop(c, nginx=False, config=None, wait=None, verbose=False, parallel=None):
+    """Stop the app server, wait until its master and workers are gone (--nginx: the site out of nginx too).
+
+    Stopping a stopped site is ok ("already stopped"); the nginx site stays unless --nginx."""
+    _run_control(c, "stop", config, wait, verbose, parallel, nginx)
+
+
+@task(help={**CONTROL_HELP, "nginx": "also put the site back into nginx (after fab stop --nginx)"})
+@one_line_errors
+def start(c, nginx=False, config=None, wait=None, verbose=False, parallel=None):
+    """Start the live release's app server, wait until every worker is up, run the health check."""
+    _run_control(c, "start", config, wait, verbose, parallel, nginx)
+
+
+@task(help=CONTROL_HELP)
+@one_line_errors
+def restart(c, config=None, wait=None, verbose=False, parallel=None):
+    """Hard restart (stop, then start: a new master) for when a graceful reload is not enough."""
+    _run_control(c, "restart", config, wait, verbose, parallel)
+
+
+@task(help=CONTROL_HELP)
+@one_line_errors
+def reload(c, config=None, wait=None, verbose=False, parallel=None):
+    """Gracefully reload the live release (no request dropped), wait until every worker runs it, health check."""
+    _run_control(c, "reload", config, wait, verbose, parallel)
 
 
 @task(help={"config": CONFIG_HELP, "json": "print JSON (one object per host) for scripts",
@@ -279,4 +325,5 @@ def _seconds(value, flag: str):
     return number
 
 
-__all__ = ["deploy", "rollback", "releases", "status", "logs", "unlock", "manage"]
+__all__ = ["deploy", "rollback", "releases", "status", "logs", "unlock", "manage", "stop", "start", "restart",
+           "reload"]

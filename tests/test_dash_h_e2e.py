@@ -197,14 +197,15 @@ def test_the_invoke_command_lists_the_tasks(tmp_path):
     res = subprocess.run([str(BIN / "invoke"), "--list"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stderr
-    assert {"deploy", "rollback", "releases", "status", "logs", "unlock"} <= set(re.findall(r"^  (\w+)", res.stdout,
-                                                                                             re.M))
+    assert {"deploy", "rollback", "releases", "status", "logs", "unlock", "stop", "start", "restart",
+            "reload"} <= set(re.findall(r"^  (\w+)", res.stdout, re.M))
 
 
 def test_every_fabdeploy_task_is_a_fleet_task():
     """Each task in `from fabdeploy.tasks import *` is called once for all -H hosts by FleetExecutor."""
     from fabdeploy import executor
     from fabdeploy import tasks
-    assert sorted(tasks.__all__) == ["deploy", "logs", "manage", "releases", "rollback", "status", "unlock"]
+    assert sorted(tasks.__all__) == ["deploy", "logs", "manage", "releases", "reload", "restart", "rollback", "start",
+                                     "status", "stop", "unlock"]
     for name in tasks.__all__:
         assert executor.is_fleet_task(getattr(tasks, name)), name

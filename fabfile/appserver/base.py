@@ -8,7 +8,7 @@ from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, balanced, bind_address
 from fabdeploy.model import Release
-from fabdeploy.remote.shell import q
+from fabdeploy.remote.shell import ALIVE_FN, q
 
 
 @dataclass(frozen=True)
@@ -80,4 +80,15 @@ class AppServer:
     def reload_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
         """Start it, or reload it gracefully, then wait until every worker runs the release (release_word and
         venv_word: shell words; label: the release as messages name it). Sets $action and $pid."""
+        raise NotImplementedError
+
+    def pid_lines(self, cfg: Config) -> list[str]:
+        """Set $pid to its running master's pid, "" when it is not running (a daemonized, manager-less server:
+        a live process of its name whose pid is in its pidfile; never the file merely existing)."""
+        pidfile = self.paths(Layout(cfg.paths.deploy_to)).pidfile
+        return [ALIVE_FN, f"pid=$(alive {q(pidfile)} {q(self.process)} || true)"]
+
+    def stop_lines(self, cfg: Config) -> list[str]:
+        """Stop it and wait until its master and every worker are gone; one that is not running is "already
+        stopped" (a note either way). Sets $action ("stopped" or "already stopped")."""
         raise NotImplementedError

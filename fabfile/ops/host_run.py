@@ -11,10 +11,34 @@ from fabdeploy import model, pipeline
 from fabdeploy.config import Config
 from fabdeploy.errors import FabdeployError
 from fabdeploy.hosts.connect import local_user
+from fabdeploy.hosts.fleet import deferred_interrupt
 from fabdeploy.hosts.target import Target
 from fabdeploy.output import Printer
+from fabdeploy.remote import shell
 from fabdeploy.remote.runner import run_script
+from fabdeploy.remote.script import Phase, Script
+from fabdeploy.steps import lock
 from fabdeploy.steps.lock import LockOwner
+
+
+def run_locked(conn, cfg: Config, script, owner: LockOwner, host: str, timeout: float, printer: Printer):
+    """Run a one-invocation script that takes and releases the deploy lock itself (rollback, stop, start...),
+    Ctrl-C held until it ends. When it fails without cleaning up after itself (a lost channel, a timeout):
+    stop what is left of it and, while the lock is still ours, write the failed audit line and unlock."""
+    remote: dict = {}
+    try:
+        with deferred_interrupt():
+            # the lock wait counts in the timeout: we never give up on a loop that still waits
+            return run_script(conn, script, host=host, timeout=timeout, on_phase=lambda ph: printer.phase(host, ph),
+                              remote=remote)
+    except FabdeployError as exc:
+        failed = lock.failed_finish(cfg, owner, {"result": "failed", "error": str(exc).splitlines()[0]})
+        stop = Phase("stop", shell.stop_group(remote.get("pgid")))  # a timed-out script, if still there
+        try:
+            run_script(conn, Script([stop, failed]), host=host, timeout=60)
+        except FabdeployError:
+            pass
+        raise
 
 
 class HostRun:

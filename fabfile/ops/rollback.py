@@ -19,13 +19,12 @@ from fabdeploy import appserver, pipeline
 from fabdeploy.config import Config
 from fabdeploy.errors import FabdeployError
 from fabdeploy.hosts.connect import host_label, local_user
-from fabdeploy.hosts.fleet import deferred_interrupt, on_each_host
+from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.layout import RELEASE_ID
 from fabdeploy.hosts.target import Target
+from fabdeploy.ops.host_run import run_locked
 from fabdeploy.output import Printer
-from fabdeploy.remote import shell
-from fabdeploy.remote.runner import run_script
-from fabdeploy.remote.script import Phase, Script
+from fabdeploy.remote.script import Script
 from fabdeploy.steps import lock
 from fabdeploy.steps.lock import LockOwner
 
@@ -60,22 +59,9 @@ def rollback_all(conns: list, cfg: Config, printer: Printer, to: str | None, str
         host = host_label(conn)
         start = time.monotonic()
         owner = LockOwner.new("rollback", local_user())
-        remote: dict = {}
         script = rollback_script(cfg, owner, to, strict, wait, Target.of(conn, cfg))
         printer.debug(host, pipeline.listing("rollback", script))
-        try:
-            with deferred_interrupt():
-                # the lock wait counts in the timeout: we never give up on a loop that still waits
-                res = run_script(conn, script, host=host, timeout=appserver.of(cfg).reload_timeout(cfg) + 120 + wait,
-                                 on_phase=lambda ph: printer.phase(host, ph), remote=remote)
-        except FabdeployError as exc:
-            failed = lock.failed_finish(cfg, owner, {"result": "failed", "error": str(exc).splitlines()[0]})
-            stop = Phase("stop", shell.stop_group(remote.get("pgid")))  # a timed-out script, if still there
-            try:
-                run_script(conn, Script([stop, failed]), host=host, timeout=60)
-            except FabdeployError:
-                pass
-            raise
+        res = run_locked(conn, cfg, script, owner, host, appserver.of(cfg).reload_timeout(cfg) + 120 + wait, printer)
         target = res.facts.get("rolled_back_to", "")
         return RollbackOutcome(host, True, target, "", time.monotonic() - start)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from fabdeploy.steps import secret_key as _secret_key
 from fabdeploy import appserver
 from fabdeploy.config import Config
-from fabdeploy.hosts.layout import NGINX_CONF, NGINX_PID, VENV_COMPLETE, Layout
+from fabdeploy.front import nginx_toggle
+from fabdeploy.hosts.layout import NGINX_CONF, VENV_COMPLETE, Layout
 from fabdeploy.local.wheelhouse import PYTHON_FACTS_PY
 from fabdeploy.remote.markers import fact, fail
 from fabdeploy.remote.script import Phase
@@ -33,13 +34,6 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
     dirs = [lay.releases, lay.venvs, lay.tmp, lay.shared, lay.log, lay.run, lay.config,
             f"{lay.shared}/static", f"{lay.shared}/media", f"{lay.shared}/db", *shared_dirs]
     user_sed = r"s/^[[:space:]]*user[[:space:]][[:space:]]*\([^[:space:];]*\).*/\1/p"
-    pid_sed = r"s/^[[:space:]]*pid[[:space:]][[:space:]]*\([^[:space:];]*\).*/\1/p"
-    layout_detect = {
-        "auto": f"if [ -d /etc/nginx/sites-enabled ] && grep -qs sites-enabled {NGINX_CONF}; "
-                "then nginx_layout=sites; else nginx_layout=conf.d; fi",
-        "sites": "nginx_layout=sites",
-        "conf.d": "nginx_layout=conf.d",
-    }[cfg.nginx.layout]
     nginx_user = (f"nginx_user={q(cfg.nginx.user)}" if cfg.nginx.user else
                   f"nginx_user=$(sed -n {q(user_sed)} {NGINX_CONF} | head -n 1); "
                   '[ -n "$nginx_user" ] || nginx_user=www-data')
@@ -58,11 +52,10 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
          + fail(f"{py} has no venv/ensurepip module (on Debian: apt-get install python3-venv)")) if app else "true",
         f"[ -f {NGINX_CONF} ] || " + fail(f"nginx is not installed ({NGINX_CONF} missing)"),
         nginx_user,
-        f"nginx_pid=$(sed -n {q(pid_sed)} {NGINX_CONF} | head -n 1); "
-        f'[ -n "$nginx_pid" ] || nginx_pid={NGINX_PID}',
+        nginx_toggle.pid_line(),
         'nginx_group=$(id -gn "$nginx_user" 2>/dev/null) || '
         '{ echo "nginx user $nginx_user does not exist (nginx.user)" >&2; exit 1; }',
-        layout_detect,
+        nginx_toggle.layout_line(cfg),
         # Directories the web server reads (the socket, static files, media): its group, setgid so what is
         # created inside inherits it, nothing for others (setting the setgid bit on a group one is not a
         # member of needs root). Everything else is private to the deploy user: deploy_to and shared can

@@ -1,0 +1,117 @@
+"""Taking this project's site out of nginx and putting it back (`fab stop --nginx`, `fab start --nginx`).
+
+The site file stays: in the sites layout only its sites-enabled link goes; in the conf.d layout it is renamed
+`<name>.conf.disabled` (nginx reads only `*.conf`). Every change is checked by `nginx -t` and undone when
+nginx rejects it; a running nginx is then reloaded and waited for. Also here: how a host's nginx layout and
+pidfile are found (the setup phase uses the same lines).
+"""
+from __future__ import annotations
+
+from fabdeploy.config import Config
+from fabdeploy.front.nginx import MANAGED, NGINX_RELOAD
+from fabdeploy.hosts.layout import NGINX_CONF, NGINX_PID, nginx_site_paths
+from fabdeploy.remote.markers import fail, fail_expanded, note
+from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
+
+PID_SED = r"s/^[[:space:]]*pid[[:space:]][[:space:]]*\([^[:space:];]*\).*/\1/p"
+
+
+def layout_line(cfg: Config) -> str:
+    """Set $nginx_layout ("sites" or "conf.d"): nginx.layout, or on "auto" what the host's nginx.conf includes."""
+    return {
+        "auto": f"if [ -d /etc/nginx/sites-enabled ] && grep -qs sites-enabled {NGINX_CONF}; "
+                "then nginx_layout=sites; else nginx_layout=conf.d; fi",
+        "sites": "nginx_layout=sites",
+        "conf.d": "nginx_layout=conf.d",
+    }[cfg.nginx.layout]
+
+
+def pid_line() -> str:
+    """Set $nginx_pid: the pidfile nginx.conf names, else /run/nginx.pid."""
+    return (f"nginx_pid=$(sed -n {q(PID_SED)} {NGINX_CONF} | head -n 1); "
+            f'[ -n "$nginx_pid" ] || nginx_pid={NGINX_PID}')
+
+
+def site_vars(cfg: Config) -> list[str]:
+    """Set $site (the file fabdeploy writes), $live (the path nginx reads it by) and $parked (conf.d: where
+    a site taken out waits; sites: empty) for the host's layout."""
+    site, enabled = nginx_site_paths("sites", cfg.project.name)
+    conf, _ = nginx_site_paths("conf.d", cfg.project.name)
+    return [
+        layout_line(cfg),
+        pid_line(),
+        f'if [ "$nginx_layout" = sites ]; then site={q(site)}; live={q(enabled)}; parked=',
+        f"else site={q(conf)}; live={q(conf)}; parked={q(conf + '.disabled')}; fi",
+    ]
+
+
+# (after site_vars) the site is out: kept on disk, not read by nginx
+SITE_OUT = ('{ if [ -n "$parked" ]; then [ -f "$parked" ] && [ ! -e "$live" ]; '
+            'else [ -f "$site" ] && [ ! -e "$live" ] && [ ! -L "$live" ]; fi; }')
+
+
+def _checked(undo: str, what: str) -> list[str]:
+    """`nginx -t`; when it fails: undo, its output on stderr, fail."""
+    return [
+        "if ! out=$(sudo -n nginx -t 2>&1); then",
+        f"  {undo}",
+        "  printf '%s\\n' \"$out\" >&2",
+        "  " + fail(f"nginx -t rejected the config {what}; left as it was"),
+        "fi",
+    ]
+
+
+def take_out_lines(cfg: Config) -> list[str]:
+    """Take the site out of nginx (see the module docstring); a site already out, or none, is a note."""
+    return [
+        *site_vars(cfg),
+        f"if {SITE_OUT}; then",
+        "  " + note("nginx site already out"),
+        'elif [ ! -e "$live" ]; then',
+        "  " + note("no nginx site for this project: nothing to take out"),
+        "else",
+        f'  head -n 1 "$site" 2>/dev/null | grep -q {q(MANAGED)} || '
+        + fail_expanded("$site was not written by fabdeploy: left alone"),
+        '  [ -n "$parked" ] || [ -L "$live" ] || ' + fail_expanded("$live is not a link: left alone"),
+        '  if [ -n "$parked" ]; then sudo -n mv -f "$live" "$parked"; else sudo -n rm -f "$live"; fi',
+        *["  " + ln for ln in _checked(
+            'if [ -n "$parked" ]; then sudo -n mv -f "$parked" "$live"; else sudo -n ln -sfn "$site" "$live"; fi',
+            "without the site")],
+        ALIVE_FN,
+        CHILDREN_FN,
+        '  npid=$(alive "$nginx_pid" nginx || true)',
+        '  if [ -n "$npid" ]; then',
+        *["    " + ln for ln in NGINX_RELOAD],
+        "  fi",
+        '  if [ -n "$parked" ]; then how="$live -> $parked"; else how="$live removed"; fi',
+        "  " + note("nginx site taken out ($how)"),
+        "fi",
+    ]
+
+
+def put_back_lines(cfg: Config) -> list[str]:
+    """Put a site taken out back into nginx and reload it (start nginx when it is not running); a site that
+    is in already is a note."""
+    return [
+        *site_vars(cfg),
+        f"if {SITE_OUT}; then",
+        '  if [ -n "$parked" ]; then sudo -n mv -f "$parked" "$live"; else sudo -n ln -sfn "$site" "$live"; fi',
+        *["  " + ln for ln in _checked(
+            'if [ -n "$parked" ]; then sudo -n mv -f "$live" "$parked"; else sudo -n rm -f "$live"; fi',
+            "with the site back")],
+        "  back=1; " + note("nginx site put back ($live)"),
+        'elif [ -e "$live" ]; then',
+        "  back=; " + note("nginx site already in"),
+        "else",
+        "  " + fail("no nginx site for this project to put back (fab deploy writes it)"),
+        "fi",
+        ALIVE_FN,
+        CHILDREN_FN,
+        'npid=$(alive "$nginx_pid" nginx || true)',
+        'if [ -z "$npid" ]; then',
+        "  sudo -n nginx",
+        "  " + note("nginx started"),
+        'elif [ -n "$back" ]; then',
+        *["  " + ln for ln in NGINX_RELOAD],
+        "fi",
+    ]

@@ -1,0 +1,130 @@
+"""The phases of `fab stop|start|restart|reload` (one remote invocation per host, see ops/control.py):
+
+    stop      lock [nginx] stop finish                    --nginx: the site out of nginx first
+    start     lock start [nginx] health finish            --nginx: the site back in
+    restart   lock stop start health finish               a hard restart: a new master
+    reload    lock reload health finish                   graceful, as a deploy's reload
+
+The app server's own lines come from the app-server seam (appserver.of(cfg): pid_lines, stop_lines,
+reload_lines), the nginx site's from front/nginx_toggle.py, the health check from steps/health.py.
+"""
+from __future__ import annotations
+
+from fabdeploy import appserver
+from fabdeploy.config import Config
+from fabdeploy.front import nginx_toggle
+from fabdeploy.hosts.layout import Layout
+from fabdeploy.hosts.roles import Server, runs_nginx
+from fabdeploy.remote.markers import fail_expanded, note
+from fabdeploy.remote.script import Phase
+from fabdeploy.remote.shell import q
+from fabdeploy.steps import lock
+from fabdeploy.steps.health import check_command
+from fabdeploy.steps.lock import LockOwner
+
+ACTIONS = ("stop", "start", "restart", "reload")
+
+
+def lock_phase(cfg: Config, owner: LockOwner, wait: int) -> Phase:
+    """Take the deploy lock (a stop must not race a deploy); nothing deployed here: say so."""
+    return Phase("lock", [
+        f"[ -d {q(cfg.paths.deploy_to)} ] || {fail_expanded('nothing is deployed here')}",
+        *lock.acquire(cfg, owner, wait)])
+
+
+def current_release(cfg: Config) -> list[str]:
+    """Set $R (the live release's directory), $T (its id) and $V (its virtualenv), or fail saying why."""
+    lay = Layout(cfg.paths.deploy_to)
+    return [
+        f"R=$(readlink {q(lay.current)}) || {fail_expanded('nothing is deployed here (no current release)')}",
+        'T=$(basename "$R")',
+        f'V={q(lay.venvs)}/"$(cat "$R/.fabdeploy/venv" 2>/dev/null)"',
+        f'[ -f "$V/.fabdeploy-complete" ] || {fail_expanded("the virtualenv of the live release $T is gone: deploy again")}',
+    ]
+
+
+def stop(cfg: Config) -> Phase:
+    """Stop the app server; wait until its master and workers are gone ("already stopped" when it was)."""
+    return Phase("stop", appserver.of(cfg).stop_lines(cfg))
+
+
+def start(cfg: Config) -> Phase:
+    """Start the live release's app server and wait until every worker runs it; one already running is left
+    alone ("already running")."""
+    app = appserver.of(cfg)
+    return Phase("start", [
+        *current_release(cfg),
+        *app.pid_lines(cfg),
+        'if [ -n "$pid" ]; then',
+        "  " + note(f"{app.name} already running (master $pid)"),
+        "else",
+        *["  " + ln for ln in app.reload_lines(cfg, '"$R"', '"$V"', "$T")],
+        "fi",
+    ])
+
+
+def reload(cfg: Config) -> Phase:
+    """Gracefully reload a running app server onto the live release and wait until every worker runs it; a
+    stopped one is a failure (a reload never starts what someone stopped: fab start does)."""
+    app = appserver.of(cfg)
+    return Phase("reload", [
+        *current_release(cfg),
+        *app.pid_lines(cfg),
+        f'[ -n "$pid" ] || {fail_expanded(f"{app.title} is not running: fab start starts it")}',
+        *app.reload_lines(cfg, '"$R"', '"$V"', "$T"),
+    ])
+
+
+def nginx(cfg: Config, server: Server | None, back: bool) -> Phase:
+    """The site out of nginx (back: in again); a host without fabdeploy's nginx site (an app host behind
+    load balancers) has nothing to do."""
+    if not runs_nginx(cfg, server):
+        return Phase("nginx", [note("no nginx site on this host (the load balancers serve it)")])
+    lines = nginx_toggle.put_back_lines(cfg) if back else nginx_toggle.take_out_lines(cfg)
+    return Phase("nginx", lines, sudo=True)
+
+
+def health(cfg: Config, host: str, server: Server | None) -> Phase:
+    """The deploy's health check (steps/health.py) on the live release; skipped, saying so, while the nginx
+    site is out (nothing would answer for it)."""
+    check = [f"if answer=$({check_command(cfg, host, server)}); then {note('$answer')}; "
+             f"else {fail_expanded('health check failed: $answer')}; fi"]
+    if not runs_nginx(cfg, server):
+        return Phase("health", check)
+    return Phase("health", [
+        *nginx_toggle.site_vars(cfg),
+        f"if {nginx_toggle.SITE_OUT}; then",
+        "  " + note("health check skipped: the nginx site is out (fab start --nginx puts it back)"),
+        "else",
+        *["  " + ln for ln in check],
+        "fi",
+    ])
+
+
+def finish(cfg: Config, owner: LockOwner) -> Phase:
+    """The audit line (action, the live release), then the lock released."""
+    lay = Layout(cfg.paths.deploy_to)
+    return lock.finish(cfg, owner, {"result": "ok"}, dynamic={
+        "release": f'"$(basename "$(readlink {q(lay.current)})")"'})
+
+
+def on_failure(cfg: Config, owner: LockOwner) -> list[str]:
+    """Script.on_failure: while this run holds the lock, a `failed` audit line naming the phase, then the
+    lock released (a run refused by another's lock writes nothing)."""
+    return [f"if {lock.held(cfg, owner)}; then",
+            "(", *lock.audit(cfg, owner, {"result": "failed"}, {"error": '"$fabdeploy_phase failed"'}),
+            ") 2>/dev/null || true", *lock.release(cfg, owner), "fi"]
+
+
+def phases(cfg: Config, action: str, owner: LockOwner, wait: int, host: str, server: Server | None,
+           with_nginx: bool) -> list[Phase]:
+    """The phases of one action (see the module docstring)."""
+    if action not in ACTIONS:
+        raise ValueError(action)
+    body = {
+        "stop": [nginx(cfg, server, back=False)] * with_nginx + [stop(cfg)],
+        "start": [start(cfg)] + [nginx(cfg, server, back=True)] * with_nginx + [health(cfg, host, server)],
+        "restart": [stop(cfg), start(cfg), health(cfg, host, server)],
+        "reload": [reload(cfg), health(cfg, host, server)],
+    }[action]
+    return [lock_phase(cfg, owner, wait), *body, finish(cfg, owner)]
