@@ -26,6 +26,7 @@ GUNICORN = """\
     workers = 2
     threads = 2
     graceful_timeout = 10
+    reload_timeout = 20
     """
 
 
@@ -154,3 +155,26 @@ def test_status_and_logs_are_sane(site):
     app_lines = [ln for ln in res.stdout.splitlines() if re.match(r"^\S+\s+app\s+\| ", ln)]
     assert any("Booting worker" in ln for ln in app_lines), res.stdout
     assert "Traceback" not in res.stdout
+
+
+def test_a_release_that_cannot_load_never_serves_and_is_reverted_under_load(site):
+    served = site.releases[0]
+    wsgi = (site.proj.src / "sampleproject" / "wsgi.py").read_text()
+    # (it imports in the deploy's own check; it fails only in the server, as a missing resource would)
+    broken = wsgi + ('\nif os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):\n'
+                     '    raise RuntimeError("this release cannot load")\n')
+    site.proj.commit("broken", {"sampleproject/wsgi.py": broken})
+    with Load(site.host.address) as load:
+        time.sleep(1)
+        res = fab(site, "deploy")
+        time.sleep(1)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    # the upgraded master failed to load the app (preload_app): the old one never stopped serving
+    assert re.search(r"restart\s+FAILED", out) and f"reverted to {served}" in out and "Traceback" not in out, out
+    log = site.host.path(f"{D}/shared/log/gunicorn.log").read_text()
+    assert "this release cannot load" in log and "Handling signal: usr2" in log
+    failed = [s for s in load.samples if s.status is None or not 200 <= s.status < 300]
+    assert len(load.samples) > 20 and failed == [], failed[:5]
+    assert {s.release for s in load.samples} == {served}
+    assert workers(site, master(site)) == [f"{D}/releases/{served}"] * 2

@@ -21,7 +21,7 @@ from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.hosts.roles import Server
 from fabdeploy.local.render import render
 from fabdeploy.model import Release
-from fabdeploy.remote.markers import note
+from fabdeploy.remote.markers import fail_expanded, note
 from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
 
 
@@ -122,11 +122,10 @@ class Gunicorn(AppServer):
             "  i=$((i + 1)); sleep 0.1",
             "done",
             'if [ -z "$ready" ]; then',
-            f'  echo "gunicorn did not come up serving {label} within {timeout}s'
-            '${old:+ (the old master $old still serves)}; '
-            f'last lines of {p.log}:" >&2',
+            f'  echo "last lines of {p.log}:" >&2',
             f"  tail -n 20 {q(p.log)} >&2 || true",
-            "  exit 1",
+            "  " + fail_expanded(f"gunicorn did not come up serving {label} within {timeout}s"
+                                 "${old:+ (the old master $old still serves)}"),
             "fi",
             # the old master: stop it gracefully (its workers finish their requests), and wait until it is
             # gone and the new one has taken over the pidfile
@@ -135,8 +134,9 @@ class Gunicorn(AppServer):
             "  i=0",
             f'  while {{ [ -d "/proc/$old" ] || [ "$(alive {q(p.pidfile)} gunicorn)" != "$pid" ]; }} '
             f"&& [ $i -lt {stop_steps} ]; do i=$((i + 1)); sleep 0.1; done",
-            f'  if [ -d "/proc/$old" ]; then echo "the old gunicorn master $old did not stop within '
-            f'{cfg.gunicorn.graceful_timeout + 10}s" >&2; exit 1; fi',
+            '  if [ -d "/proc/$old" ]; then '
+            + fail_expanded(f"the old gunicorn master $old did not stop within {cfg.gunicorn.graceful_timeout + 10}s")
+            + "; fi",
             "fi",
             note(f"gunicorn $action (master $pid, $n workers on {label})"),
         ]
