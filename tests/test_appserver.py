@@ -9,6 +9,7 @@ import pytest
 
 from fabdeploy import appserver, pipeline
 from fabdeploy.appserver.base import AppServer
+from fabdeploy.appserver.gunicorn import Gunicorn
 from fabdeploy.appserver.uwsgi import UWSGI
 from fabdeploy.config.checks import _int
 from fabdeploy.config.schema import Key
@@ -85,8 +86,8 @@ def all_scripts(cfg, role: str = "app") -> str:
 def test_the_registered_app_servers_are_the_choices_of_app_server(toy):
     assert appserver.of(cfg_for("toy")) is toy
     assert isinstance(appserver.of(cfg_for("uwsgi")), UWSGI)
-    with pytest.raises(ConfigError, match=r'app.server.*must be "uwsgi" or "toy"'):
-        cfg_for("gunicorn")
+    with pytest.raises(ConfigError, match=r'app.server must be "uwsgi" or "gunicorn" or "toy"'):
+        cfg_for("nosuch")
 
 
 def test_a_second_app_server_brings_its_own_config_section(toy):
@@ -136,3 +137,81 @@ def test_uwsgi_keeps_its_socket_pidfile_and_ini_where_they_were():
     assert (p.socket, p.pidfile, p.log, p.config) == (
         "/srv/shop/shared/run/uwsgi.sock", "/srv/shop/shared/run/uwsgi.pid", "/srv/shop/shared/log/uwsgi.log",
         "/srv/shop/shared/config/uwsgi.ini")
+
+
+# gunicorn: the second real app server (its e2e proof: tests/test_gunicorn_e2e.py)
+
+def gunicorn_cfg(roles: bool = False, **sections):
+    if roles:
+        return make_cfg(app={"server": "gunicorn"}, roles={"app": [{"host": "deploy@10.0.0.1"}], "lb": ["deploy@10.0.0.9"]},
+                        **sections)
+    return make_cfg(app={"server": "gunicorn"}, **sections)
+
+
+def test_gunicorn_is_registered_with_its_own_section():
+    cfg = gunicorn_cfg(gunicorn={"workers": 3, "package": "gunicorn==27.0.1"})
+    app = appserver.of(cfg)
+    assert isinstance(app, Gunicorn) and app.protocol == "http" and app.requirement(cfg) == "gunicorn==27.0.1"
+    assert app.reload_timeout(cfg) == 60
+    with pytest.raises(ConfigError, match=r"gunicorn.workers"):
+        gunicorn_cfg(gunicorn={"workers": 0})
+    with pytest.raises(ConfigError, match=r"unknown key gunicorn.processes"):
+        gunicorn_cfg(gunicorn={"processes": 2})
+
+
+def test_gunicorn_config_runs_the_release_itself_with_the_production_settings():
+    cfg = gunicorn_cfg(gunicorn={"workers": 3, "threads": 1, "options": {"limit-request-line": 8190}},
+                       django={"env": {"API_TOKEN": "it's 50%"}})
+    rel = make_rel()
+    text = Gunicorn().render_config(cfg, rel)
+    ns: dict = {}
+    exec(compile(text.split("# fabdeploy finds the master")[0], "gunicorn.conf.py", "exec"), ns)  # plain Python
+    assert ns["chdir"] == f"/srv/shop/releases/{rel.id}" and ns["wsgi_app"] == "shop.wsgi:application"
+    assert ns["raw_env"] == ["DJANGO_SETTINGS_MODULE=fabdeploy_settings", f"FABDEPLOY_RELEASE={rel.id}",
+                             "API_TOKEN=it's 50%"]
+    assert ns["bind"] == ["unix:/srv/shop/shared/run/gunicorn.sock"] and ns["umask"] == 0o117
+    assert (ns["workers"], ns["worker_class"], ns["daemon"], ns["preload_app"]) == (3, "sync", True, True)
+    assert ns["pidfile"] == "/srv/shop/shared/run/gunicorn.pid" and ns["errorlog"] == "/srv/shop/shared/log/gunicorn.log"
+    assert ns["limit_request_line"] == 8190
+    assert "current" not in ns["chdir"]
+    threaded = Gunicorn().render_config(gunicorn_cfg(gunicorn={"threads": 4}), rel)
+    assert "threads = 4" in threaded and "worker_class = 'gthread'" in threaded
+    # --plan masks the user's env values, not the two fabdeploy sets
+    masked = [m.group(2) for m in map(Gunicorn.env_line.match, text.splitlines()) if m]
+    assert masked == ["API_TOKEN"]
+
+
+def test_gunicorn_behind_a_balancer_binds_address_and_port_and_is_checked_in_http():
+    cfg = gunicorn_cfg(roles=True)
+    app = [s for s in servers(cfg) if s.role == "app"][0]
+    assert "bind = ['10.0.0.1:" in Gunicorn().render_config(cfg, make_rel(), app)
+    assert check_spec(cfg, "10.0.0.1", app)["proto"] == "http"
+    assert "proxy_pass http://shop_app;" in nginx.lb_site(cfg)
+
+
+def test_gunicorn_reload_is_the_usr2_upgrade_then_the_old_master_stops():
+    cfg = gunicorn_cfg()
+    lines = "\n".join(Gunicorn().reload_lines(cfg, "'/srv/shop/releases/X'", "'/srv/shop/venvs/h'", "X"))
+    # python and bin/gunicorn through the link to this release's virtualenv: the USR2 re-exec runs them again
+    assert ("ln -sfn '/srv/shop/venvs/h' /srv/shop/shared/config/gunicorn-venv.tmp && "
+            "mv -Tf /srv/shop/shared/config/gunicorn-venv.tmp /srv/shop/shared/config/gunicorn-venv") in lines
+    assert ("/srv/shop/shared/config/gunicorn-venv/bin/python /srv/shop/shared/config/gunicorn-venv/bin/gunicorn "
+            "-c /srv/shop/shared/config/gunicorn.conf.py") in lines
+    usr2, term = lines.index('kill -USR2 "$old"'), lines.index('kill -TERM "$old"')
+    wait = lines.index("""[ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = '/srv/shop/releases/X' ]""")
+    assert usr2 < wait < term  # the old master stops only once every new worker runs the release
+    assert "kill -HUP" not in lines and "uwsgi" not in lines.lower()
+    assert "-S /srv/shop/shared/run/gunicorn.sock" in lines
+
+
+def test_gunicorn_whole_pipeline_and_site_without_uwsgi():
+    cfg = gunicorn_cfg()
+    text = all_scripts(cfg)
+    assert "/srv/shop/shared/run/gunicorn.pid gunicorn" in text  # "already live" and cleanup find its master
+    assert f"/srv/shop/releases/{make_rel().id}/.fabdeploy/gunicorn.conf.py" in text
+    assert not re.search("uwsgi", text, re.I), [ln for ln in text.splitlines() if re.search("uwsgi", ln, re.I)]
+    site = nginx.nginx_site(cfg)
+    assert "proxy_pass http://unix:/srv/shop/shared/run/gunicorn.sock:;" in site and "uwsgi" not in site
+    for header in ("Host $http_host", "X-Forwarded-For $proxy_add_x_forwarded_for", "X-Forwarded-Proto $scheme"):
+        assert f"proxy_set_header {header};" in site
+    assert log_files(cfg)["app"] == "/srv/shop/shared/log/gunicorn.log"

@@ -8,10 +8,12 @@ pipeline's steps only talk to `of(cfg)`; adding one is a new module here and a l
 from __future__ import annotations
 
 from fabdeploy.appserver.base import AppServer
+from fabdeploy.appserver.gunicorn import Gunicorn
 from fabdeploy.appserver.uwsgi import UWSGI
 
 SERVERS: dict[str, AppServer] = {
     "uwsgi": UWSGI(),
+    "gunicorn": Gunicorn(),
 }
 
 

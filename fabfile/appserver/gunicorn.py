@@ -1,0 +1,142 @@
+"""gunicorn, the second app server: its config (a Python file), a unix socket in shared/run (660, nginx
+group) or address:port behind balancers, nginx in front with proxy_pass, and the graceful reload that really
+loads the new release.
+
+The reload is gunicorn's USR2 upgrade: the master re-execs itself (python + bin/gunicorn, read again from
+disk, with the live config) and hands the new master its listening socket, so no connection is refused;
+once every new worker runs the release, the old master gets TERM (its workers finish their requests). HUP
+would keep the old interpreter, its virtualenv and whatever the master imported (gunicorn#394). The master
+runs `python bin/gunicorn` through a link to the release's virtualenv (shared/config/gunicorn-venv), so the
+re-exec starts the new release's virtualenv, not the one the first start resolved.
+"""
+from __future__ import annotations
+
+import re
+
+from fabdeploy.appserver.base import AppServer
+from fabdeploy.config import Config
+from fabdeploy.config.checks import _int, _options, _str
+from fabdeploy.config.schema import Key
+from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
+from fabdeploy.hosts.roles import Server
+from fabdeploy.local.render import render
+from fabdeploy.model import Release
+from fabdeploy.remote.markers import fail_expanded, note
+from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
+
+
+class Gunicorn(AppServer):
+    name = "gunicorn"
+    title = "gunicorn"
+    section = "gunicorn"
+    process = "gunicorn"  # the config names the master so (/proc/<pid>/comm); workers inherit it
+    protocol = "http"
+    config_name = "gunicorn.conf.py"
+    # the user's [django] env in the config's raw_env (masked in --plan's diff; not the two fabdeploy sets)
+    env_line = re.compile(r"""^(\s+['"])(?!DJANGO_SETTINGS_MODULE=|FABDEPLOY_)([A-Za-z_][A-Za-z0-9_]*)=(.*)$""")
+
+    keys = {  # [gunicorn]
+        "workers": Key(4, _int(1, 1024)),
+        "threads": Key(1, _int(1, 1024)),  # > 1: the gthread worker, else sync
+        "timeout": Key(30, _int(0, 86400)),
+        "graceful_timeout": Key(30, _int(1, 3600)),
+        "max_requests": Key(5000, _int(0, 10_000_000)),
+        "max_requests_jitter": Key(500, _int(0, 10_000_000)),
+        "backlog": Key(1024, _int(16, 65535)),
+        "package": Key("gunicorn", _str(re.compile(r"^[A-Za-z0-9._\-\[\]<>=!~,]+$"), "a pip requirement", False)),
+        "reload_timeout": Key(60, _int(1, 3600)),
+        "options": Key({}, _options),
+    }
+
+    def requirement(self, cfg: Config) -> str:
+        return cfg.gunicorn.package
+
+    def reload_timeout(self, cfg: Config) -> int:
+        return cfg.gunicorn.reload_timeout
+
+    def venv_link(self, lay: Layout) -> str:
+        """The link to the virtualenv of the release being started; the master runs python through it."""
+        return f"{lay.config}/gunicorn-venv"
+
+    def render_config(self, cfg: Config, rel: Release, server: Server | None = None) -> str:
+        lay = Layout(cfg.paths.deploy_to)
+        p = self.paths(lay)
+        g = cfg.gunicorn
+        return render(
+            "gunicorn.conf.py.j2", name=cfg.project.name, release_path=lay.release(rel.id), wsgi=cfg.project.wsgi,
+            settings_module=SETTINGS_MODULE, release_id=rel.id, env=cfg.django.env, socket=self.bind(cfg, server),
+            backlog=g.backlog, workers=g.workers, threads=g.threads, timeout=g.timeout,
+            graceful_timeout=g.graceful_timeout, max_requests=g.max_requests,
+            max_requests_jitter=g.max_requests_jitter if g.max_requests else 0, pidfile=p.pidfile, logfile=p.log,
+            options=g.options)
+
+    def bind(self, cfg: Config, server: Server | None) -> str:
+        """gunicorn's bind: "unix:/path" for nginx on the same host, else address:port."""
+        sock = self.listen(cfg, server)
+        return "unix:" + sock if sock.startswith("/") else sock
+
+    def reload_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
+        """Start gunicorn, or upgrade it in place (USR2, then TERM to the old master), and wait until the
+        master serving the socket has all its workers on the release.
+
+        release_word/venv_word are shell words (quoted paths, or "$R"/"$V" in a rollback that picks on the
+        host).
+        """
+        lay = Layout(cfg.paths.deploy_to)
+        p = self.paths(lay)
+        link = q(self.venv_link(lay))
+        new_pid = q(p.pidfile + ".2")  # the upgraded master's pidfile until the old one is gone
+        timeout = cfg.gunicorn.reload_timeout
+        steps = timeout * 10
+        stop_steps = (cfg.gunicorn.graceful_timeout + 10) * 10
+        unix = self.listen(cfg, None).startswith("/")
+        return [
+            ALIVE_FN,
+            CHILDREN_FN,
+            f"ln -sfn {venv_word} {link}.tmp && mv -Tf {link}.tmp {link}",
+            f"old=$(alive {q(p.pidfile)} gunicorn || true)",
+            f"want=$(sed -n 's/^workers = \\([0-9][0-9]*\\)$/\\1/p' {q(p.config)} | tail -n 1); want=${{want:-1}}",
+            'if [ -n "$old" ]; then',
+            '  kill -USR2 "$old"',
+            "  action=reloaded",
+            "else",
+            f"  rm -f {q(p.socket)} {new_pid}",
+            # (from a directory that outlives releases: the re-exec goes back to it first)
+            f"  (cd {q(lay.deploy_to)} && {link}/bin/python {link}/bin/gunicorn -c {q(p.config)})",
+            "  action=started",
+            "fi",
+            "i=0; ready=",
+            f"while [ $i -lt {steps} ]; do",
+            # the new master: the upgraded one (pidfile.2, or pidfile once promoted), or the one just started
+            f'  pid=$(alive {new_pid} gunicorn || alive {q(p.pidfile)} gunicorn || true)',
+            '  [ "$pid" != "$old" ] || pid=',
+            '  if [ -n "$pid" ]; then',
+            "    n=0; stale=0",
+            '    for c in $(children "$pid"); do',
+            "      n=$((n + 1))",
+            f'      [ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
+            "    done",
+            f'    if [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ]{f" && [ -S {q(p.socket)} ]" if unix else ""}; then '
+            "ready=1; break; fi",
+            "  fi",
+            "  i=$((i + 1)); sleep 0.1",
+            "done",
+            'if [ -z "$ready" ]; then',
+            f'  echo "last lines of {p.log}:" >&2',
+            f"  tail -n 20 {q(p.log)} >&2 || true",
+            "  " + fail_expanded(f"gunicorn did not come up serving {label} within {timeout}s"
+                                 "${old:+ (the old master $old still serves)}"),
+            "fi",
+            # the old master: stop it gracefully (its workers finish their requests), and wait until it is
+            # gone and the new one has taken over the pidfile
+            'if [ -n "$old" ]; then',
+            '  kill -TERM "$old" 2>/dev/null || true',
+            "  i=0",
+            f'  while {{ [ -d "/proc/$old" ] || [ "$(alive {q(p.pidfile)} gunicorn)" != "$pid" ]; }} '
+            f"&& [ $i -lt {stop_steps} ]; do i=$((i + 1)); sleep 0.1; done",
+            '  if [ -d "/proc/$old" ]; then '
+            + fail_expanded(f"the old gunicorn master $old did not stop within {cfg.gunicorn.graceful_timeout + 10}s")
+            + "; fi",
+            "fi",
+            note(f"gunicorn $action (master $pid, $n workers on {label})"),
+        ]
