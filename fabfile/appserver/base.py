@@ -8,7 +8,8 @@ from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, balanced, bind_address
 from fabdeploy.model import Release
-from fabdeploy.remote.shell import ALIVE_FN, q
+from fabdeploy.remote.markers import fail_expanded, note
+from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,40 @@ class AppServer:
         pidfile = self.paths(Layout(cfg.paths.deploy_to)).pidfile
         return [ALIVE_FN, f"pid=$(alive {q(pidfile)} {q(self.process)} || true)"]
 
+    stop_signal = "TERM"  # what asks its master to stop gracefully (see stop_command)
+
+    def stop_command(self, cfg: Config) -> list[str]:
+        """Lines that ask the running master ($pid) to stop gracefully."""
+        return [f'kill -{self.stop_signal} "$pid" 2>/dev/null || true']
+
     def stop_lines(self, cfg: Config) -> list[str]:
-        """Stop it and wait until its master and every worker are gone; one that is not running is "already
-        stopped" (a note either way). Sets $action ("stopped" or "already stopped")."""
-        raise NotImplementedError
+        """Stop it and wait until its master and every worker it had are gone (killed with SIGKILL after
+        reload_timeout seconds); one that is not running is "already stopped" (a note either way). Sets
+        $action ("stopped" or "already stopped")."""
+        p = self.paths(Layout(cfg.paths.deploy_to))
+        name, timeout = q(self.process), self.reload_timeout(cfg)
+        return [
+            *self.pid_lines(cfg),
+            CHILDREN_FN,
+            'if [ -z "$pid" ]; then',
+            '  action="already stopped"; ' + note(f"{self.name} already stopped"),
+            "else",
+            f'  kids=$(for c in $(children "$pid"); do grep -qs {name} "/proc/$c/comm" && printf "%s " "$c"; '
+            'done; true)',
+            '  n=$(echo $kids | wc -w)',
+            # a process counts while it lives under its name and is no zombie (a pid reused meanwhile does not)
+            f'  up() {{ for p in "$@"; do grep -qs {name} "/proc/$p/comm" && '
+            '! grep -qs "^State:[[:space:]]*Z" "/proc/$p/status" && return 0; done; return 1; }',
+            *["  " + ln for ln in self.stop_command(cfg)],
+            "  i=0; how=",
+            f'  while up $pid $kids && [ $i -lt {timeout * 10} ]; do sleep 0.1; i=$((i + 1)); done',
+            "  if up $pid $kids; then",
+            "    kill -KILL $pid $kids 2>/dev/null || true",
+            "    i=0; while up $pid $kids && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done",
+            "    up $pid $kids && " + fail_expanded(f"{self.title} (master $pid) is still running, even after SIGKILL"),
+            f'    how=", killed after {timeout}s"',
+            "  fi",
+            f"  rm -f {q(p.pidfile)} {q(p.socket)}",
+            '  action=stopped; ' + note(f"{self.name} stopped (master $pid and $n workers gone$how)"),
+            "fi",
+        ]

@@ -12,7 +12,7 @@ from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.hosts.roles import Server, balanced
 from fabdeploy.local.render import render
 from fabdeploy.model import Release
-from fabdeploy.remote.markers import fail_expanded, note
+from fabdeploy.remote.markers import note
 from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
 
 
@@ -136,39 +136,14 @@ def app_get(addr, port, host, path):
         ]
 
 
-    def stop_lines(self, cfg: Config) -> list[str]:
-        """`uwsgi --stop <pidfile>` (by the master's own binary; SIGINT when that is gone), then wait until the
-        master and every worker it had are gone; after reload_timeout seconds they are killed (SIGKILL)."""
+    def stop_command(self, cfg: Config) -> list[str]:
+        """`uwsgi --stop <pidfile>` by the master's own binary (SIGINT when that is gone)."""
         p = self.paths(Layout(cfg.paths.deploy_to))
-        steps = cfg.uwsgi.reload_timeout * 10
-        return [
-            *self.pid_lines(cfg),
-            CHILDREN_FN,
-            'if [ -z "$pid" ]; then',
-            '  action="already stopped"; ' + note("uwsgi already stopped"),
-            "else",
-            '  kids=$(for c in $(children "$pid"); do grep -qs uwsgi "/proc/$c/comm" && printf "%s " "$c"; done; true)',
-            '  n=$(echo $kids | wc -w)',
-            # a process counts while it lives under its name and is no zombie (a pid reused meanwhile does not)
-            '  up() { for p in "$@"; do grep -qs uwsgi "/proc/$p/comm" && '
-            '! grep -qs "^State:[[:space:]]*Z" "/proc/$p/status" && return 0; done; return 1; }',
-            '  exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)',
-            '  case "$exe" in',
-            f'    */uwsgi) "$exe" --stop {q(p.pidfile)} >/dev/null 2>&1 || kill -INT "$pid" 2>/dev/null || true;;',
-            '    *) kill -INT "$pid" 2>/dev/null || true;;',
-            "  esac",
-            "  i=0; how=",
-            f'  while up $pid $kids && [ $i -lt {steps} ]; do sleep 0.1; i=$((i + 1)); done',
-            "  if up $pid $kids; then",
-            "    kill -KILL $pid $kids 2>/dev/null || true",
-            "    i=0; while up $pid $kids && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done",
-            "    up $pid $kids && " + fail_expanded("uWSGI (master $pid) is still running, even after SIGKILL"),
-            f'    how=", killed after {cfg.uwsgi.reload_timeout}s"',
-            "  fi",
-            f"  rm -f {q(p.pidfile)} {q(p.socket)}",
-            '  action=stopped; ' + note("uwsgi stopped (master $pid and $n workers gone$how)"),
-            "fi",
-        ]
+        return ['exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)',
+                'case "$exe" in',
+                f'  */uwsgi) "$exe" --stop {q(p.pidfile)} >/dev/null 2>&1 || kill -INT "$pid" 2>/dev/null || true;;',
+                '  *) kill -INT "$pid" 2>/dev/null || true;;',
+                "esac"]
 
 
 def expected_workers_lines(ini: str) -> list[str]:

@@ -89,7 +89,7 @@ if cur:
         pass
 pid = alive(P["pidfile"], P["app_process"])
 workers = children(pid) if pid else []
-res["app"] = {"pid": pid, "workers": len(workers),
+res["app"] = {"server": P["app_title"], "pid": pid, "workers": len(workers),
               "on_current": bool(workers) and all(
                   os.path.realpath(f"/proc/{w}/cwd") == os.path.realpath(P["current"]) for w in workers
                   if os.path.exists(f"/proc/{w}/cwd"))}
@@ -159,7 +159,7 @@ def status_params(cfg: Config, server: Server, check: dict) -> dict:
     lay = Layout(cfg.paths.deploy_to)
     name = cfg.project.name
     app = appserver.of(cfg)
-    return {**common_params(cfg), "pidfile": app.paths(lay).pidfile, "app_process": app.process,
+    return {**common_params(cfg), "pidfile": app.paths(lay).pidfile, "app_process": app.process, "app_title": app.title,
             "nginx_conf": NGINX_CONF, "nginx_pid": model.Facts().nginx_pid,
             "site_enabled": [nginx_site_paths("sites", name)[1], nginx_site_paths("conf.d", name)[0]],
             "static_current": lay.static + "/current", "secret_key": lay.secret_key,
@@ -251,14 +251,15 @@ def format_status(reports: list[dict]) -> str:
         rev = (rep["revision"] or "")[:10]
         where = f"  ({rev}, {rep['branch']})" if rev and rep["branch"] else (f"  ({rev})" if rev else "")
         lb = rep.get("role") == "lb"
-        via = " (uwsgi protocol, straight to uWSGI)" if http.get("via") == "uwsgi" else (
+        server = app.get("server", "uWSGI")
+        via = f" ({http['via']} protocol, straight to {server})" if http.get("via") not in (None, "http") else (
             " (through the load balancer)" if lb else "")
         out = [f"  role      load balancer; static files of {rep.get('static') or '(none)'}" if lb else
                f"  release   {rep['current'] or '(none)'}{where}",
                "  app       " + ("none (load balancer)" if lb else
-                                 f"uWSGI master {app['pid']} up, {app['workers']} workers"
+                                 f"{server} master {app['pid']} up, {app['workers']} workers"
                                  + ("" if app["on_current"] else " (NOT all on current)")
-                                 if app["pid"] else "uWSGI DOWN"),
+                                 if app["pid"] else f"{server} DOWN"),
                "  nginx     " + ("not used (behind the load balancer)" if not rep.get("nginx_expected", True) else
                                  (f"up (master {ngx['pid']})" if ngx["pid"] else "DOWN")
                                  + (", site enabled" if ngx["site_enabled"] else ", site NOT enabled")),
@@ -282,12 +283,12 @@ def format_status(reports: list[dict]) -> str:
 
 
 def unhealthy(rep: dict) -> str:
-    """Why a host is unhealthy ("" when it is not): unreachable, uWSGI or nginx down, or the HTTP check
+    """Why a host is unhealthy ("" when it is not): unreachable, the app server or nginx down, or the HTTP check
     failing the health rule (health.PROBE_PY, the same as the deploy's health gate)."""
     if "error" in rep:
         return rep["error"]
     if rep.get("role") != "lb" and not rep["app"]["pid"]:
-        return "uWSGI is down"
+        return f"{rep['app'].get('server', 'uWSGI')} is down"
     if rep.get("nginx_expected", True) and not rep["nginx"]["pid"]:
         return "nginx is down"
     http = rep["http"]
