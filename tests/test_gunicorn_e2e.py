@@ -141,20 +141,36 @@ def test_deploy_and_rollback_under_load_drop_nothing_and_load_the_new_release(si
 
 
 def test_status_and_logs_are_sane(site):
-    # (fab status's app section is fabfile/ops/report.py's: on this branch it looks for uwsgi.pid and says
-    # "uWSGI is down" for gunicorn; main's report.py takes the pidfile and process name from the app-server
-    # seam. Asserted here: what does not depend on that.)
     res = fab(site, "status", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
     [st] = json.loads(res.stdout)
+    assert st["app"]["server"] == "gunicorn" and st["app"]["pid"] and st["app"]["workers"] == 2
+    assert st["app"]["on_current"], st["app"]
     assert st["current"] == site.releases[0] and st["http"]["status"] == 200 and st["nginx"]["site_enabled"]
     assert (st["last"]["action"], st["last"]["result"], st["last"]["release"]) == ("rollback", "ok", site.releases[0])
     text = fab(site, "status").stdout
     assert f"http      GET / (Host: {site.host.address}) -> 200 in" in text, text
+    assert re.search(r"app       gunicorn master \d+ up, 2 workers$", text, re.M), text
     res = fab(site, "logs", "-n", "20", "--which", "app")
     assert res.returncode == 0, res.stderr
     app_lines = [ln for ln in res.stdout.splitlines() if re.match(r"^\S+\s+app\s+\| ", ln)]
     assert any("Booting worker" in ln for ln in app_lines), res.stdout
     assert "Traceback" not in res.stdout
+
+
+def test_stop_and_start_work_for_gunicorn_too(site):
+    """fab stop / fab start come from the seam (AppServer.stop_lines: the server's stop signal, then wait)."""
+    old = master(site)
+    res = fab(site, "stop")
+    assert res.returncode == 0 and "gunicorn stopped" in res.stdout, res.stdout + res.stderr
+    # (gone, or a zombie its parent has not reaped yet)
+    assert sh(site, f"grep -qs '^State:[[:space:]]*[A-Y]' /proc/{old}/status && echo alive || echo gone") == "gone"
+    assert not site.host.path(f"{D}/shared/run/gunicorn.pid").exists()
+    res = fab(site, "stop")
+    assert res.returncode == 0 and "gunicorn already stopped" in res.stdout, res.stdout + res.stderr
+    res = fab(site, "start")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert master(site) != old and f"Release: {site.releases[0]}" in page(site)
 
 
 def test_a_release_that_cannot_load_never_serves_and_is_reverted_under_load(site):
