@@ -2,14 +2,25 @@
 `fab logs` need to know about the program that runs the Django project, and nothing else about it."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from fabdeploy.config import Config
+from fabdeploy.config.checks import _int, _options, _str
+from fabdeploy.config.schema import Key
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, balanced, bind_address
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import fail_expanded, note
 from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
+
+
+def common_keys(package: str) -> dict[str, Key]:
+    """The keys every app server's section has: its pip requirement, how long a start or reload may take,
+    and extra options for its config."""
+    return {"package": Key(package, _str(re.compile(r"^[A-Za-z0-9._\-\[\]<>=!~,]+$"), "a pip requirement", False)),
+            "reload_timeout": Key(60, _int(1, 3600)),
+            "options": Key({}, _options)}
 
 
 @dataclass(frozen=True)
@@ -37,12 +48,12 @@ class AppServer:
     env_line = None  # a compiled pattern: (text before the value, name, value) of an env line in its config
 
     def requirement(self, cfg: Config) -> str:
-        """The pip requirement installed into every release's virtualenv."""
-        raise NotImplementedError
+        """The pip requirement installed into every release's virtualenv (its section's package)."""
+        return getattr(cfg, self.section).package
 
     def reload_timeout(self, cfg: Config) -> int:
         """Seconds a start or reload may take before the deploy calls it failed."""
-        raise NotImplementedError
+        return getattr(cfg, self.section).reload_timeout
 
     def paths(self, lay: Layout) -> AppPaths:
         return AppPaths(f"{lay.run}/{self.name}.sock", f"{lay.run}/{self.name}.pid", f"{lay.log}/{self.name}.log",

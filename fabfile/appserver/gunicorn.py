@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 
-from fabdeploy.appserver.base import AppServer
+from fabdeploy.appserver.base import AppServer, common_keys
 from fabdeploy.config import Config
-from fabdeploy.config.checks import _int, _options, _str
+from fabdeploy.config.checks import _int
 from fabdeploy.config.schema import Key
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.hosts.roles import Server
@@ -43,16 +43,8 @@ class Gunicorn(AppServer):
         "max_requests": Key(5000, _int(0, 10_000_000)),
         "max_requests_jitter": Key(500, _int(0, 10_000_000)),
         "backlog": Key(1024, _int(16, 65535)),
-        "package": Key("gunicorn", _str(re.compile(r"^[A-Za-z0-9._\-\[\]<>=!~,]+$"), "a pip requirement", False)),
-        "reload_timeout": Key(60, _int(1, 3600)),
-        "options": Key({}, _options),
+        **common_keys("gunicorn"),
     }
-
-    def requirement(self, cfg: Config) -> str:
-        return cfg.gunicorn.package
-
-    def reload_timeout(self, cfg: Config) -> int:
-        return cfg.gunicorn.reload_timeout
 
     def venv_link(self, lay: Layout) -> str:
         """The link to the virtualenv of the release being started; the master runs python through it."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from fabdeploy.appserver.base import AppServer
+from fabdeploy.appserver.base import AppServer, common_keys
 from fabdeploy.config import Config
-from fabdeploy.config.checks import _int, _options, _str
+from fabdeploy.config.checks import _int
 from fabdeploy.config.schema import Key
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.hosts.roles import Server, balanced
@@ -58,17 +58,9 @@ def app_get(addr, port, host, path):
         "max_requests": Key(5000, _int(0, 10_000_000)),
         "harakiri": Key(30, _int(0, 86400)),
         "buffer_size": Key(32768, _int(4096, 65535)),
-        "package": Key("uwsgi", _str(re.compile(r"^[A-Za-z0-9._\-\[\]<>=!~,]+$"), "a pip requirement", False)),
-        "reload_timeout": Key(60, _int(1, 3600)),
         "listen": Key(1024, _int(16, 65535)),
-        "options": Key({}, _options),
+        **common_keys("uwsgi"),
     }
-
-    def requirement(self, cfg: Config) -> str:
-        return cfg.uwsgi.package
-
-    def reload_timeout(self, cfg: Config) -> int:
-        return cfg.uwsgi.reload_timeout
 
     def render_config(self, cfg: Config, rel: Release, server: Server | None = None) -> str:
         lay = Layout(cfg.paths.deploy_to)

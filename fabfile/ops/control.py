@@ -13,11 +13,11 @@ from fabdeploy.config import Config
 from fabdeploy.hosts.connect import host_label, local_user
 from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.target import Target
-from fabdeploy.ops.host_run import run_locked
+from fabdeploy.ops.host_run import lock_wait, run_locked
 from fabdeploy.output import Printer
 from fabdeploy.pipeline import listing
 from fabdeploy.remote.script import Script
-from fabdeploy.steps import control, lock
+from fabdeploy.steps import control
 from fabdeploy.steps.lock import LockOwner
 
 
@@ -47,10 +47,7 @@ def timeout(cfg: Config, action: str, wait: int) -> int:
 
 def control_all(conns: list, cfg: Config, printer: Printer, action: str, with_nginx: bool = False,
                 wait: int | None = None, parallel: int | None = None) -> list[ControlOutcome]:
-    wait = lock.capped_wait(cfg, cfg.lock.wait if wait is None else wait, printer.warn)
-    printer.width = max(len(host_label(c)) for c in conns)
-
-    started = time.monotonic()
+    wait, started = lock_wait(cfg, printer, conns, wait), time.monotonic()
 
     def one(conn, cancel) -> ControlOutcome:
         host = host_label(conn)

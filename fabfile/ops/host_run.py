@@ -10,7 +10,7 @@ import time
 from fabdeploy import model, pipeline
 from fabdeploy.config import Config
 from fabdeploy.errors import FabdeployError
-from fabdeploy.hosts.connect import local_user
+from fabdeploy.hosts.connect import host_label, local_user
 from fabdeploy.hosts.fleet import deferred_interrupt
 from fabdeploy.hosts.target import Target
 from fabdeploy.output import Printer
@@ -19,6 +19,13 @@ from fabdeploy.remote.runner import run_script
 from fabdeploy.remote.script import Phase, Script
 from fabdeploy.steps import lock
 from fabdeploy.steps.lock import LockOwner
+
+
+def lock_wait(cfg: Config, printer: Printer, conns: list, wait: int | None) -> int:
+    """The lock wait of a task over `conns` (its option, else lock.wait; at most lock.ttl, said once), with the
+    printer's host column set for them."""
+    printer.width = max(len(host_label(c)) for c in conns)
+    return lock.capped_wait(cfg, cfg.lock.wait if wait is None else wait, printer.warn)
 
 
 def run_locked(conn, cfg: Config, script, owner: LockOwner, host: str, timeout: float, printer: Printer):

@@ -22,10 +22,9 @@ from fabdeploy.hosts.connect import host_label, local_user
 from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.layout import RELEASE_ID
 from fabdeploy.hosts.target import Target
-from fabdeploy.ops.host_run import run_locked
+from fabdeploy.ops.host_run import lock_wait, run_locked
 from fabdeploy.output import Printer
 from fabdeploy.remote.script import Script
-from fabdeploy.steps import lock
 from fabdeploy.steps.lock import LockOwner
 
 
@@ -50,10 +49,7 @@ def rollback_all(conns: list, cfg: Config, printer: Printer, to: str | None, str
                  wait: int | None = None, parallel: int | None = None) -> list[RollbackOutcome]:
     if to and not RELEASE_ID.match(to):
         raise FabdeployError(f"--to {to!r} is not a release id (like 20261122T033903Z-cadb91d)")
-    wait = lock.capped_wait(cfg, cfg.lock.wait if wait is None else wait, printer.warn)
-    printer.width = max(len(host_label(c)) for c in conns)
-
-    started = time.monotonic()
+    wait, started = lock_wait(cfg, printer, conns, wait), time.monotonic()
 
     def one(conn, cancel) -> RollbackOutcome:
         host = host_label(conn)
