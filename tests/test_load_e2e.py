@@ -16,6 +16,10 @@ from conftest import make_project, release_of, run_fab, sample_config
 WORKERS = 4                 # concurrent clients
 MAX_REQUESTS = 40_000       # hard bound on the whole load
 MAX_SECONDS = 420           # hard bound on the whole load
+# Each client pauses between requests: 4 clients without a pause open ~500 connections a second, and with
+# TIME_WAIT (60 s) this machine's 28k ephemeral ports run out within a minute of load tests in a row
+# ("Cannot assign requested address" on the client, not a failure of the site).
+PAUSE = 0.02
 
 
 @dataclass
@@ -54,6 +58,7 @@ class Load:
                 sample = Sample(start, time.monotonic(), None, "", f"{type(exc).__name__}: {exc}")
             with self.lock:
                 self.samples.append(sample)
+            self.stop.wait(PAUSE)
 
     def __enter__(self):
         for t in self.threads:
