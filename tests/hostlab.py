@@ -8,8 +8,9 @@ private mount namespace in which these directories are bind-mounted from
 ``<root>/<name>/fs/``::
 
     /srv            -> fs/srv
-    /etc/nginx      -> fs/etc-nginx     (a copy of the machine's /etc/nginx)
-    /var/log/nginx  -> fs/var-log-nginx
+    /etc            -> fs/etc           (a copy of the machine's /etc: users, sudoers,
+                                         nginx, supervisor, systemd units are the host's own)
+    /var/log        -> fs/var-log       (the machine's /var/log directories, empty)
     /var/lib/nginx  -> fs/var-lib-nginx
     /run            -> fs/run           (so /var/run too)
     /home/deploy    -> fs/home-deploy
@@ -18,7 +19,7 @@ private mount namespace in which these directories are bind-mounted from
 Everything sshd spawns (login shells, sudo, nginx, uwsgi, ...) inherits that
 network + mount namespace, so a deploy over SSH to ``deploy@10.213.N.2``
 touches only the host's private directories for those paths.  Every other
-path (/usr, /etc outside /etc/nginx, /var/www, /opt, ...) is the machine's
+path (/usr, /var/www, /opt, ...) is the machine's
 real filesystem, shared by all hosts.
 
 Networking: hosts reach each other at their 10.213.N.2 addresses (an nginx
@@ -103,8 +104,8 @@ HOST_SSH_DIR = "/run/fdl-ssh"
 # bind mounts: /tmp is mounted last so that LAB_ROOT may live under /tmp.
 PRIVATE_DIRS: list[tuple[str, str]] = [
     ("/srv", "srv"),
-    ("/etc/nginx", "etc-nginx"),
-    ("/var/log/nginx", "var-log-nginx"),
+    ("/etc", "etc"),
+    ("/var/log", "var-log"),
     ("/var/lib/nginx", "var-lib-nginx"),
     ("/home/deploy", "home-deploy"),
     ("/run", "run"),
@@ -573,6 +574,16 @@ def get_host(name: str, index: int | None = None, root: Path = LAB_ROOT) -> Test
     return TestHost(name, info["index"], root, sshd_pid=info.get("sshd_pid"))
 
 
+def _copy_dirs(src: str, dst: Path) -> None:
+    """The directory tree of src (owners and modes, no files) at dst."""
+    for dirpath, _dirs, _files in os.walk(src):
+        target = dst / os.path.relpath(dirpath, src)
+        target.mkdir(exist_ok=True)
+        st = os.stat(dirpath)
+        os.chown(target, st.st_uid, st.st_gid)
+        os.chmod(target, stat.S_IMODE(st.st_mode))
+
+
 def _make_private_fs(host: TestHost) -> None:
     fs = host.base / "fs"
     fs.mkdir(parents=True)
@@ -581,20 +592,17 @@ def _make_private_fs(host: TestHost) -> None:
     dep = pwd.getpwnam(USER)
     for host_path, sub in PRIVATE_DIRS:
         d = fs / sub
-        if sub == "etc-nginx":
-            if Path("/etc/nginx").is_dir():
-                _run(["cp", "-a", "/etc/nginx", str(d)])
-            else:
-                d.mkdir()
+        if sub == "etc":
+            _run(["cp", "-a", "/etc", str(d)])
+        elif sub == "var-log":
+            _copy_dirs("/var/log", d)
         else:
             d.mkdir()
         # mountpoint on the machine (e.g. /var/lib/nginx may not exist)
         Path(host_path).mkdir(parents=True, exist_ok=True)
-    for sub in ("var-log-nginx", "var-lib-nginx"):
-        real = Path("/" + sub.replace("-", "/", 2))
-        st = real.stat()
-        os.chown(fs / sub, st.st_uid, st.st_gid)
-        os.chmod(fs / sub, stat.S_IMODE(st.st_mode))
+    st = Path("/var/lib/nginx").stat()
+    os.chown(fs / "var-lib-nginx", st.st_uid, st.st_gid)
+    os.chmod(fs / "var-lib-nginx", stat.S_IMODE(st.st_mode))
     os.chmod(fs / "srv", 0o755)
     run = fs / "run"
     os.chmod(run, 0o755)

@@ -96,8 +96,13 @@ def test_srv_is_private_to_host(host):
     assert not Path("/tmp", name).exists()
     # exec() sees the same private filesystem
     assert host.exec(["cat", f"/srv/{name}"]).stdout.strip() == token
+    # /etc is the host's own copy: a user added there is not the machine's
+    user = "fdl" + token[:8]
+    assert host.exec(["useradd", "--system", "--no-create-home", user]).returncode == 0
+    assert f"\n{user}:" in "\n" + host.path("/etc/passwd").read_text()
+    assert f"\n{user}:" not in "\n" + Path("/etc/passwd").read_text()
     with pytest.raises(hostlab.LabError):
-        host.path("/etc/passwd")  # shared with the machine: refused
+        host.path("/usr/bin/env")  # shared with the machine: refused
 
 
 def test_nginx_started_over_ssh_serves_http(host):
