@@ -1305,7 +1305,8 @@ def test_restart_lines():
     lines = activate.restart(cfg, make_rel(), Facts(nginx_pid="/run/nginx.pid"))
     text = "\n".join(lines.lines)
     uwsgi = f"/srv/shop/venvs/{VENV}/bin/uwsgi"
-    assert f"  {uwsgi} --reload /srv/shop/shared/run/uwsgi.pid >/dev/null" in lines.lines
+    assert "  /srv/shop/shared/config/uwsgi-venv/bin/uwsgi --reload /srv/shop/shared/run/uwsgi.pid >/dev/null" \
+        in lines.lines
     assert f"  {uwsgi} --ini /srv/shop/shared/config/uwsgi.ini" in lines.lines
     assert "while [ $i -lt 70 ]; do" in lines.lines
     assert f'[ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = /srv/shop/releases/{REL_ID} ]' in text

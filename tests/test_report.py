@@ -227,7 +227,8 @@ def test_status_program_reports_an_app_host(site, app_server, http_port):
     assert list(got) == ["current", "revision", "branch", "app", "nginx", "role", "nginx_expected", "secret_key_fp",
                          "http", "disk_free_bytes", "lock", "last"]
     assert (got["current"], got["revision"], got["branch"]) == (R3, "3" * 40, "main")
-    assert got["app"] == {"server": "uWSGI", "pid": app_server, "workers": 2, "on_current": True}
+    assert got["app"] == {"server": "uWSGI", "manager": "pidfile", "running_under": "pidfile", "manager_state": "",
+                          "pid": app_server, "workers": 2, "on_current": True}
     assert got["nginx"] == {"pid": None, "site_enabled": True}
     assert (got["role"], got["nginx_expected"]) == ("app", True)
     assert got["secret_key_fp"] == hashlib.sha256(b"fabdeploy-secret-key:k3y").hexdigest()[:16]
@@ -245,4 +246,5 @@ def test_status_program_reports_a_balancer(site, http_port):
     cfg, lay, tmp = site
     got = run_program(cfg, report.STATUS_PY, status_params(cfg, tmp, "lb", http_port))
     assert "secret_key_fp" not in got and got["static"] == R3 and got["role"] == "lb"
-    assert got["app"] == {"server": "uWSGI", "pid": None, "workers": 0, "on_current": False}
+    assert got["app"] == {"server": "uWSGI", "manager": "pidfile", "running_under": "", "manager_state": "",
+                          "pid": None, "workers": 0, "on_current": False}

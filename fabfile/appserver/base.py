@@ -59,6 +59,31 @@ class AppServer:
         return AppPaths(f"{lay.run}/{self.name}.sock", f"{lay.run}/{self.name}.pid", f"{lay.log}/{self.name}.log",
                         f"{lay.config}/{self.config_name}")
 
+    def venv_link(self, lay: Layout) -> str:
+        """The link to the virtualenv of the release being started: process managers run the app server
+        through it, so their definitions stay the same from one release to the next."""
+        return f"{lay.config}/{self.name}-venv"
+
+    def link_lines(self, cfg: Config, venv_word: str) -> list[str]:
+        """Point venv_link at a release's virtualenv (atomically)."""
+        link = q(self.venv_link(Layout(cfg.paths.deploy_to)))
+        return [f"ln -sfn {venv_word} {link}.tmp && mv -Tf {link}.tmp {link}"]
+
+    def foreground_argv(self, cfg: Config) -> list[str]:
+        """The shell words that run it in the foreground on its live config, through venv_link (what a
+        process manager runs)."""
+        raise NotImplementedError
+
+    def daemon_start_lines(self, cfg: Config, venv_word: str) -> list[str]:
+        """Start it as a daemon that writes its pidfile (no process manager)."""
+        raise NotImplementedError
+
+    reload_signal = "HUP"  # what asks its running master for a graceful reload
+
+    def reload_command(self, cfg: Config) -> list[str]:
+        """Lines that ask the running master ($pid) to reload gracefully (no process manager)."""
+        return [f'kill -{self.reload_signal} "$pid"']
+
     def staged_config(self, release_word: str) -> str:
         """The release's own copy of the config (release_word: a shell word naming the release directory)."""
         return f"{release_word}/.fabdeploy/{self.config_name}"
@@ -106,10 +131,13 @@ class AppServer:
         """Lines that ask the running master ($pid) to stop gracefully."""
         return [f'kill -{self.stop_signal} "$pid" 2>/dev/null || true']
 
-    def stop_lines(self, cfg: Config) -> list[str]:
+    def stop_lines(self, cfg: Config, mgr=None) -> list[str]:
         """Stop it and wait until its master and every worker it had are gone (killed with SIGKILL after
         reload_timeout seconds); one that is not running is "already stopped" (a note either way). Sets
-        $action ("stopped" or "already stopped")."""
+        $action ("stopped" or "already stopped"). mgr: the process manager that runs it (default: the
+        configured one)."""
+        from fabdeploy import manager
+        mgr = mgr or manager.of(cfg)
         p = self.paths(Layout(cfg.paths.deploy_to))
         name, timeout = q(self.process), self.reload_timeout(cfg)
         return [
@@ -124,7 +152,7 @@ class AppServer:
             # a process counts while it lives under its name and is no zombie (a pid reused meanwhile does not)
             f'  up() {{ for p in "$@"; do grep -qs {name} "/proc/$p/comm" && '
             '! grep -qs "^State:[[:space:]]*Z" "/proc/$p/status" && return 0; done; return 1; }',
-            *["  " + ln for ln in self.stop_command(cfg)],
+            *["  " + ln for ln in mgr.stop_lines(cfg, self)],
             "  i=0; how=",
             f'  while up $pid $kids && [ $i -lt {timeout * 10} ]; do sleep 0.1; i=$((i + 1)); done',
             "  if up $pid $kids; then",

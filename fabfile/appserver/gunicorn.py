@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from fabdeploy import manager
 from fabdeploy.appserver.base import AppServer, common_keys
 from fabdeploy.config import Config
 from fabdeploy.config.checks import _int
@@ -46,16 +47,13 @@ class Gunicorn(AppServer):
         **common_keys("gunicorn"),
     }
 
-    def venv_link(self, lay: Layout) -> str:
-        """The link to the virtualenv of the release being started; the master runs python through it."""
-        return f"{lay.config}/gunicorn-venv"
-
     def render_config(self, cfg: Config, rel: Release, server: Server | None = None) -> str:
         lay = Layout(cfg.paths.deploy_to)
         p = self.paths(lay)
         g = cfg.gunicorn
+        mgr = manager.of(cfg)
         return render(
-            "gunicorn.conf.py.j2", name=cfg.project.name, release_path=lay.release(rel.id), wsgi=cfg.project.wsgi,
+            "gunicorn.conf.py.j2", daemon=mgr.daemon, journal=mgr.journal, name=cfg.project.name, release_path=lay.release(rel.id), wsgi=cfg.project.wsgi,
             settings_module=SETTINGS_MODULE, release_id=rel.id, env=cfg.django.env, socket=self.bind(cfg, server),
             backlog=g.backlog, workers=g.workers, threads=g.threads, timeout=g.timeout,
             graceful_timeout=g.graceful_timeout, max_requests=g.max_requests,
@@ -67,7 +65,77 @@ class Gunicorn(AppServer):
         sock = self.listen(cfg, server)
         return "unix:" + sock if sock.startswith("/") else sock
 
+    def foreground_argv(self, cfg: Config) -> list[str]:
+        lay = Layout(cfg.paths.deploy_to)
+        link = self.venv_link(lay)
+        return [q(link + "/bin/python"), q(link + "/bin/gunicorn"), "-c", q(self.paths(lay).config)]
+
+    def daemon_start_lines(self, cfg: Config, venv_word: str) -> list[str]:
+        lay = Layout(cfg.paths.deploy_to)
+        p = self.paths(lay)
+        return [f"rm -f {q(p.socket)} {q(p.pidfile + '.2')}",
+                # (from a directory that outlives releases: the re-exec goes back to it first)
+                f"(cd {q(lay.deploy_to)} && {' '.join(self.foreground_argv(cfg))})"]
+
     def reload_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
+        """Start gunicorn or reload it gracefully, and wait until the master serving the socket has all its
+        workers on the release: without a process manager the USR2 upgrade (upgrade_lines), under one a HUP
+        (managed_lines)."""
+        if manager.of(cfg).daemon:
+            return self.upgrade_lines(cfg, release_word, venv_word, label)
+        return self.managed_lines(cfg, release_word, venv_word, label)
+
+    def managed_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
+        """Under a process manager: start it, or HUP the master, which reads its config again (chdir: the new
+        release) and replaces every worker; the workers load the app (no preload under a manager) from the
+        new release, and its virtualenv through venv_link (the master's sys.prefix is the link)."""
+        lay = Layout(cfg.paths.deploy_to)
+        p = self.paths(lay)
+        mgr = manager.of(cfg)
+        timeout = cfg.gunicorn.reload_timeout
+        unix = self.listen(cfg, None).startswith("/")
+        return [
+            ALIVE_FN,
+            CHILDREN_FN,
+            *self.link_lines(cfg, venv_word),
+            *manager.switch_lines(cfg, self),
+            *mgr.install_lines(cfg, self),
+            f"want=$(sed -n 's/^workers = \\([0-9][0-9]*\\)$/\\1/p' {q(p.config)} | tail -n 1); want=${{want:-1}}",
+            f"pid=$(alive {q(p.pidfile)} gunicorn || true)",
+            'old=" "',
+            'if [ -n "$pid" ] && [ -z "$defined" ]; then',
+            '  old=" $(children "$pid" | tr "\\n" " ") "',
+            *["  " + ln for ln in mgr.reload_lines(cfg, self)],
+            "  action=reloaded",
+            "else",
+            *["  " + ln for ln in mgr.start_lines(cfg, self, venv_word)],
+            "  action=started",
+            "fi",
+            "i=0; ready=; gone=0",
+            f"while [ $i -lt {timeout * 10} ]; do",
+            f"  pid=$(alive {q(p.pidfile)} gunicorn || true)",
+            '  if [ -z "$pid" ]; then gone=$((gone + 1)); [ "$gone" -lt 50 ] || break; fi',
+            '  if [ -n "$pid" ]; then',
+            "    n=0; stale=0",
+            '    for c in $(children "$pid"); do',
+            "      n=$((n + 1))",
+            '      case "$old" in *" $c "*) stale=$((stale + 1));; esac',
+            f'      [ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
+            "    done",
+            f'    if [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ]{f" && [ -S {q(p.socket)} ]" if unix else ""}; then '
+            "ready=1; break; fi",
+            "  fi",
+            "  i=$((i + 1)); sleep 0.1",
+            "done",
+            'if [ -z "$ready" ]; then',
+            f'  echo "last lines of {p.log}:" >&2',
+            f"  tail -n 20 {q(p.log)} >&2 || true",
+            "  " + fail_expanded(f"gunicorn did not come up serving {label} within {timeout}s"),
+            "fi",
+            note(f"gunicorn $action (master $pid, $n workers on {label})"),
+        ]
+
+    def upgrade_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
         """Start gunicorn, or upgrade it in place (USR2, then TERM to the old master), and wait until the
         master serving the socket has all its workers on the release.
 
@@ -85,16 +153,15 @@ class Gunicorn(AppServer):
         return [
             ALIVE_FN,
             CHILDREN_FN,
-            f"ln -sfn {venv_word} {link}.tmp && mv -Tf {link}.tmp {link}",
+            *self.link_lines(cfg, venv_word),
+            *manager.switch_lines(cfg, self),
             f"old=$(alive {q(p.pidfile)} gunicorn || true)",
             f"want=$(sed -n 's/^workers = \\([0-9][0-9]*\\)$/\\1/p' {q(p.config)} | tail -n 1); want=${{want:-1}}",
             'if [ -n "$old" ]; then',
             '  kill -USR2 "$old"',
             "  action=reloaded",
             "else",
-            f"  rm -f {q(p.socket)} {new_pid}",
-            # (from a directory that outlives releases: the re-exec goes back to it first)
-            f"  (cd {q(lay.deploy_to)} && {link}/bin/python {link}/bin/gunicorn -c {q(p.config)})",
+            *["  " + ln for ln in self.daemon_start_lines(cfg, venv_word)],
             "  action=started",
             "fi",
             "i=0; ready=",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from fabdeploy import manager
 from fabdeploy.appserver.base import AppServer, common_keys
 from fabdeploy.config import Config
 from fabdeploy.config.checks import _int
@@ -23,6 +24,7 @@ class UWSGI(AppServer):
     process = "uwsgi"
     protocol = "uwsgi"
     config_name = "uwsgi.ini"
+    stop_signal = "INT"  # (`uwsgi --stop` sends it; die-on-term makes TERM stop it too)
     system_packages = ("build-essential", "python3-dev")  # (pip builds uWSGI unless pip.wheelhouse)
     # a GET straight to its TCP socket in the uwsgi protocol, for the health check (steps/health.py)
     probe_client_py = r"""
@@ -65,37 +67,55 @@ def app_get(addr, port, host, path):
     def render_config(self, cfg: Config, rel: Release, server: Server | None = None) -> str:
         lay = Layout(cfg.paths.deploy_to)
         p = self.paths(lay)
+        mgr = manager.of(cfg)
         return render(
-            "uwsgi.ini.j2", name=cfg.project.name, release_path=lay.release(rel.id), venv=lay.venv(rel.venv_hash),
+            "uwsgi.ini.j2", daemonize=mgr.daemon, journal=mgr.journal, name=cfg.project.name, release_path=lay.release(rel.id), venv=lay.venv(rel.venv_hash),
             wsgi=cfg.project.wsgi, settings_module=SETTINGS_MODULE, release_id=rel.id, env=cfg.django.env,
             processes=cfg.uwsgi.processes, threads=cfg.uwsgi.threads, socket=self.listen(cfg, server),
             static_maps=static_maps(cfg, server), pidfile=p.pidfile,
             logfile=p.log, max_requests=cfg.uwsgi.max_requests, harakiri=cfg.uwsgi.harakiri,
             buffer_size=cfg.uwsgi.buffer_size, listen=cfg.uwsgi.listen, options=cfg.uwsgi.options)
 
+    def foreground_argv(self, cfg: Config) -> list[str]:
+        lay = Layout(cfg.paths.deploy_to)
+        return [q(self.venv_link(lay) + "/bin/uwsgi"), "--ini", q(self.paths(lay).config)]
+
+    def daemon_start_lines(self, cfg: Config, venv_word: str) -> list[str]:
+        p = self.paths(Layout(cfg.paths.deploy_to))
+        return [f"rm -f {q(p.socket)}", f"{venv_word}/bin/uwsgi --ini {q(p.config)}"]
+
+    def reload_command(self, cfg: Config) -> list[str]:
+        """`uwsgi --reload <pidfile>` (SIGHUP to the master: a graceful reload)."""
+        lay = Layout(cfg.paths.deploy_to)
+        return [f"{q(self.venv_link(lay) + '/bin/uwsgi')} --reload {q(self.paths(lay).pidfile)} >/dev/null"]
+
     def reload_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
-        """Start or gracefully reload uWSGI, then wait until every worker's cwd is the release.
+        """Start or gracefully reload uWSGI (through the process manager), then wait until every worker's cwd
+        is the release.
 
         release_word/venv_word are shell words (quoted paths, or "$R" in a rollback that picks on the host).
         """
         lay = Layout(cfg.paths.deploy_to)
         p = self.paths(lay)
-        uwsgi = f"{venv_word}/bin/uwsgi"
+        mgr = manager.of(cfg)
         steps = cfg.uwsgi.reload_timeout * 10
         return [
             ALIVE_FN,
             CHILDREN_FN,
+            *self.link_lines(cfg, venv_word),
+            *manager.switch_lines(cfg, self),
+            *mgr.install_lines(cfg, self),
             f"pid=$(alive {q(p.pidfile)} uwsgi || true)",
             'old=" "',
-            'if [ -n "$pid" ]; then',
+            # ($defined: the manager has just (re)started it with a new definition: nothing to reload)
+            'if [ -n "$pid" ] && [ -z "$defined" ]; then',
             # a graceful reload replaces every worker: the ones running now never count as ready (a reload onto
             # the release they already run would otherwise be "done" before it began)
             '  old=" $(children "$pid" | tr "\\n" " ") "',
-            f"  {uwsgi} --reload {q(p.pidfile)} >/dev/null",
+            *["  " + ln for ln in mgr.reload_lines(cfg, self)],
             "  action=reloaded",
             "else",
-            f"  rm -f {q(p.socket)}",
-            f"  {uwsgi} --ini {q(p.config)}",
+            *["  " + ln for ln in mgr.start_lines(cfg, self, venv_word)],
             "  action=started",
             "fi",
             # ready means every worker the ini asks for is up (processes, or the cheaper subsystem's start count)

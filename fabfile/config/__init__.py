@@ -168,6 +168,11 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
         if ".." in rel.split("/"):
             raise ConfigError(f"{where}path {rel!r} must stay inside its directory (no '..')")
     _check_roles(data, where)
+    from fabdeploy.appserver import SERVERS
+    from fabdeploy.manager import MANAGERS
+    refused = MANAGERS[data["app"]["manager"]].refuse(SERVERS[data["app"]["server"]])
+    if refused:
+        raise ConfigError(f"{where}app.manager {refused}")
     cfg = Config(data, path)
     if cfg.nginx_template and not cfg.nginx_template.is_file():
         raise ConfigError(f"{where}nginx.template {cfg.nginx_template} does not exist")

@@ -113,6 +113,14 @@ def _app_server(value):
     return "must be " + " or ".join(f'"{name}"' for name in SERVERS)
 
 
+def _app_manager(value):
+    """[app] manager: one of the process managers registered in fabdeploy.manager."""
+    from fabdeploy.manager import MANAGERS
+    if value in MANAGERS:
+        return None
+    return "must be " + " or ".join(f'"{name}"' for name in MANAGERS)
+
+
 def _listen(value):
     if isinstance(value, bool):
         return "must be a port number or \"address:port\""

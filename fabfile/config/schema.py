@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fabdeploy.config.checks import (_HOST, _app_server, _bool, _env, _hook_commands, _int, _list, _listen,
+from fabdeploy.config.checks import (_HOST, _app_manager, _app_server, _bool, _env, _hook_commands, _int, _list, _listen,
                                      _server_names, _servers, _statuses, _str, check_rolling)
 
 PHASES = ("setup", "code", "venv", "django", "config", "switch", "restart", "cleanup")
@@ -60,6 +60,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "app": {
         "server": Key("uwsgi", _app_server),
+        "manager": Key("pidfile", _app_manager),
     },
     "nginx": {
         "server_name": Key("_", _server_names),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from fabdeploy import appserver, model
+from fabdeploy import appserver, manager, model
 from fabdeploy.config import Config
 from fabdeploy.hosts.connect import host_label
 from fabdeploy.hosts.fleet import on_each_host
@@ -19,7 +19,7 @@ from fabdeploy.steps.health import PROBE_PY, check_spec
 
 # Every host path comes in P (common_params, releases_params, status_params: Layout, steps/lock, nginx_site_paths).
 _COMMON = PY_MARKERS + r"""
-import json, os, re, sys, time
+import json, os, re, subprocess, sys, time
 P = json.loads(sys.argv[1])
 def read(path, default=""):
     try:
@@ -89,7 +89,16 @@ if cur:
         pass
 pid = alive(P["pidfile"], P["app_process"])
 workers = children(pid) if pid else []
-res["app"] = {"server": P["app_title"], "pid": pid, "workers": len(workers),
+running_under = read(P["manager_record"]).strip() or ("pidfile" if pid else "")
+state = ""
+if P["manager_state"]:
+    try:
+        out = subprocess.run(P["manager_state"], capture_output=True, text=True, timeout=10).stdout.split()
+        state = out[1] if len(out) > 1 else ""
+    except (OSError, subprocess.SubprocessError):
+        state = "unknown"
+res["app"] = {"server": P["app_title"], "manager": P["manager"], "running_under": running_under,
+              "manager_state": state, "pid": pid, "workers": len(workers),
               "on_current": bool(workers) and all(
                   os.path.realpath(f"/proc/{w}/cwd") == os.path.realpath(P["current"]) for w in workers
                   if os.path.exists(f"/proc/{w}/cwd"))}
@@ -159,7 +168,9 @@ def status_params(cfg: Config, server: Server, check: dict) -> dict:
     lay = Layout(cfg.paths.deploy_to)
     name = cfg.project.name
     app = appserver.of(cfg)
-    return {**common_params(cfg), "pidfile": app.paths(lay).pidfile, "app_process": app.process, "app_title": app.title,
+    mgr = manager.of(cfg)
+    return {**common_params(cfg), "manager": mgr.name, "manager_state": mgr.state_argv(cfg),
+            "manager_record": lay.config + "/manager", "pidfile": app.paths(lay).pidfile, "app_process": app.process, "app_title": app.title,
             "nginx_conf": NGINX_CONF, "nginx_pid": model.Facts().nginx_pid,
             "site_enabled": [nginx_site_paths("sites", name)[1], nginx_site_paths("conf.d", name)[0]],
             "static_current": lay.static + "/current", "secret_key": lay.secret_key,
@@ -245,6 +256,16 @@ def _size(n) -> str:
     return "?"
 
 
+def _manager_line(app: dict) -> str:
+    """The process manager configured, its state of the program, and the one that really runs it when that
+    differs (a host that the next deploy switches)."""
+    line = app["manager"] + (f" ({app['manager_state']})" if app.get("manager_state") else "")
+    under = app.get("running_under")
+    if under and under != app["manager"]:
+        line += f"; the running {app['server']} was started by {under} (the next deploy switches it)"
+    return line
+
+
 def format_status(reports: list[dict]) -> str:
     def body(rep) -> list[str]:
         app, ngx, http = rep["app"], rep["nginx"], rep["http"]
@@ -260,6 +281,7 @@ def format_status(reports: list[dict]) -> str:
                                  f"{server} master {app['pid']} up, {app['workers']} workers"
                                  + ("" if app["on_current"] else " (NOT all on current)")
                                  if app["pid"] else f"{server} DOWN"),
+               *([] if lb or "manager" not in app else ["  manager   " + _manager_line(app)]),
                "  nginx     " + ("not used (behind the load balancer)" if not rep.get("nginx_expected", True) else
                                  (f"up (master {ngx['pid']})" if ngx["pid"] else "DOWN")
                                  + (", site enabled" if ngx["site_enabled"] else ", site NOT enabled")),

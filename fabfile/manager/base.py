@@ -1,0 +1,79 @@
+"""The process-manager interface: what starts the app server, asks it to reload or stop, and brings it back
+after a reboot. The app server (appserver/) knows its config, its signals and when its workers are ready;
+the manager only knows how to run a program. `[app] manager` chooses one (manager/__init__.py).
+
+Every manager runs the app server through the stable link `<shared/config>/<server>-venv` (set to the
+release's virtualenv before each start or reload), so its definition (a supervisor program, a systemd unit,
+an emperor vassal) does not change from one release to the next and installing it again is a no-op.
+"""
+from __future__ import annotations
+
+from fabdeploy.config import Config
+from fabdeploy.hosts.layout import Layout
+from fabdeploy.remote.markers import note
+from fabdeploy.remote.shell import q, write_file
+
+
+class Manager:
+    """One process manager. Subclasses set the attributes and implement what raises."""
+
+    name = ""  # as in `[app] manager`
+    title = ""  # for messages
+    daemon = False  # the app server daemonizes itself (its config says so); else it runs in the foreground
+    journal = False  # its output goes to the manager's log (journald), not the app server's own log file
+    system_packages: tuple[str, ...] = ()  # Debian packages it needs on the host
+
+    def refuse(self, server) -> str | None:
+        """Why this manager cannot run that app server (a config error), or None."""
+        return None
+
+    def definition_path(self, cfg: Config) -> str:
+        """Where its definition of this project lives on the host ("" when it has none)."""
+        return ""
+
+    def definition(self, cfg: Config, app) -> str:
+        """Its definition of this project (the file at definition_path)."""
+        return ""
+
+    def install_lines(self, cfg: Config, app) -> list[str]:
+        """Before a start or reload: the manager itself is up and its definition of the project is the one
+        this config gives (written as root only when it differs; $defined is "changed" or "")."""
+        path = self.definition_path(cfg)
+        if not path:
+            return ["defined="]
+        staged = f"{Layout(cfg.paths.deploy_to).config}/{self.name}.definition"
+        return [
+            *write_file(staged, self.definition(cfg, app), mode="0644"),
+            *self.definition_file_lines(staged),
+            f"if cmp -s {q(staged)} {q(path)}; then defined=; else",
+            f"  sudo -n install -D -m 0644 {q(staged)} {q(path)} && defined=changed && "
+            + note(f"{self.title}: {path} written"),
+            "fi",
+        ]
+
+    def definition_file_lines(self, staged: str) -> list[str]:
+        """Lines that fill in what only the host knows in the staged definition (e.g. the deploy user)."""
+        return []
+
+    def start_lines(self, cfg: Config, app, venv_word: str) -> list[str]:
+        """Start the app server (not running now)."""
+        raise NotImplementedError
+
+    def reload_lines(self, cfg: Config, app) -> list[str]:
+        """Ask the running master ($pid) to reload gracefully (the app server's reload signal)."""
+        raise NotImplementedError
+
+    def stop_lines(self, cfg: Config, app) -> list[str]:
+        """Ask the running master ($pid) to stop, for good (the manager must not start it again)."""
+        raise NotImplementedError
+
+    def remove_lines(self, cfg: Config, app) -> list[str]:
+        """When a host switches to another manager: its definition of the project removed (the caller has
+        stopped the app server already)."""
+        path = self.definition_path(cfg)
+        return [f"sudo -n rm -f {q(path)}"] if path else []
+
+    def state_argv(self, cfg: Config) -> list[str] | None:
+        """A command (argv, run on the host by `fab status`) whose output's second word is the manager's state
+        of the program (RUNNING, STOPPED, active...), or None."""
+        return None

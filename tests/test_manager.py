@@ -1,0 +1,94 @@
+"""The process-manager seam (fabdeploy.manager): `[app] manager` chooses what runs the app server; the app
+server's config, start, reload and stop lines follow it. Builders only; tests/test_supervisor_e2e.py runs them."""
+from __future__ import annotations
+
+import pytest
+
+from fabdeploy import appserver, manager
+from fabdeploy.errors import ConfigError
+from fabdeploy.model import Facts
+from fabdeploy.steps import activate, control
+from test_phases import make_cfg, make_rel
+
+
+def text(lines) -> str:
+    return "\n".join(lines)
+
+
+def test_the_default_is_the_daemonized_pidfile_master_of_before():
+    cfg = make_cfg()
+    assert cfg.app.manager == "pidfile" and manager.of(cfg).daemon
+    ini = appserver.of(cfg).render_config(cfg, make_rel())
+    assert "daemonize = /srv/shop/shared/log/uwsgi.log" in ini and "logto" not in ini
+    restart = text(activate.restart(cfg, make_rel(), Facts(nginx_pid="/run/nginx.pid")).lines)
+    assert "/bin/uwsgi --ini /srv/shop/shared/config/uwsgi.ini" in restart
+    # supervisorctl only where a host that ran under supervisor switches back (manager.switch_lines)
+    assert "supervisorctl signal" not in restart and "supervisorctl start" not in restart
+
+
+def test_an_unknown_manager_is_one_line_naming_the_key():
+    with pytest.raises(ConfigError) as e:
+        make_cfg(app={"manager": "runit"})
+    assert str(e.value).startswith('app.manager must be "pidfile" or "supervisor"'), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_supervisor_program_runs_the_app_server_in_the_foreground_through_the_venv_link():
+    cfg = make_cfg(app={"manager": "supervisor"})
+    sup = manager.of(cfg)
+    uw = appserver.of(cfg)
+    assert sup.definition_path(cfg) == "/etc/supervisor/conf.d/shop.conf"
+    prog = sup.definition(cfg, uw)
+    assert "[program:shop]" in prog
+    assert "command=/srv/shop/shared/config/uwsgi-venv/bin/uwsgi --ini /srv/shop/shared/config/uwsgi.ini" in prog
+    assert "stopsignal=INT" in prog and "stopwaitsecs=60" in prog and "autorestart=true" in prog
+    assert "user=@fabdeploy-user@" in prog  # filled in on the host with the deploy user
+    ini = uw.render_config(cfg, make_rel())
+    assert "daemonize" not in ini and "logto = /srv/shop/shared/log/uwsgi.log" in ini
+    g = make_cfg(app={"manager": "supervisor", "server": "gunicorn"})
+    gprog = sup.definition(g, appserver.of(g))
+    assert ("command=/srv/shop/shared/config/gunicorn-venv/bin/python /srv/shop/shared/config/gunicorn-venv/bin/"
+            "gunicorn -c /srv/shop/shared/config/gunicorn.conf.py") in gprog and "stopsignal=TERM" in gprog
+    conf = appserver.of(g).render_config(g, make_rel())
+    assert "daemon = False" in conf and "preload_app = False" in conf
+
+
+def test_under_supervisor_reload_is_a_signal_through_supervisorctl_and_start_is_supervisorctl_start():
+    cfg = make_cfg(app={"manager": "supervisor"})
+    lines = activate.restart(cfg, make_rel(), Facts(nginx_pid="/run/nginx.pid")).lines
+    assert "  sudo -n supervisorctl signal HUP shop >/dev/null" in lines
+    assert any(ln.strip().startswith("out=$(sudo -n supervisorctl start shop 2>&1)") for ln in lines)
+    assert not any(ln.strip().startswith("/srv/shop/venvs/") for ln in lines)  # never behind supervisor's back
+    # the definition is written only when it differs, then reread + update
+    t = text(lines)
+    assert "cmp -s /srv/shop/shared/config/supervisor.definition /etc/supervisor/conf.d/shop.conf" in t
+    assert "sudo -n supervisorctl reread" in t and "sudo -n supervisorctl update shop" in t
+    g = make_cfg(app={"manager": "supervisor", "server": "gunicorn"})
+    glines = activate.restart(g, make_rel(), Facts(nginx_pid="/run/nginx.pid")).lines
+    assert "  sudo -n supervisorctl signal HUP shop >/dev/null" in glines
+    assert not any("USR2" in ln for ln in glines)  # the re-exec would leave supervisor a dead master
+
+
+def test_stop_goes_through_the_manager():
+    cfg = make_cfg(app={"manager": "supervisor"})
+    stop = control.stop(cfg).lines
+    assert "  sudo -n supervisorctl stop shop >/dev/null 2>&1 || true" in stop
+    assert not any("--stop" in ln for ln in stop)
+    plain = text(control.stop(make_cfg()).lines)
+    assert "--stop /srv/shop/shared/run/uwsgi.pid" in plain and "supervisorctl" not in plain
+
+
+def test_switching_managers_stops_the_app_server_under_the_old_one_and_records_the_new():
+    cfg = make_cfg(app={"manager": "supervisor"})
+    lines = manager.switch_lines(cfg, appserver.of(cfg))
+    t = text(lines)
+    assert "was=$(cat /srv/shop/shared/config/manager 2>/dev/null || true)" in lines
+    i = lines.index("  pidfile)")
+    branch = text(lines[i:lines.index("    ;;", i)])
+    assert "--stop /srv/shop/shared/run/uwsgi.pid" in branch  # the daemon stopped by uWSGI itself
+    assert "echo supervisor > /srv/shop/shared/config/manager" in t
+    back = make_cfg()
+    b = manager.switch_lines(back, appserver.of(back))
+    i = b.index("  supervisor)")
+    branch = text(b[i:b.index("    ;;", i)])
+    assert "sudo -n supervisorctl stop shop" in branch and "sudo -n rm -f /etc/supervisor/conf.d/shop.conf" in branch
