@@ -144,7 +144,6 @@ class Gunicorn(AppServer):
         """
         lay = Layout(cfg.paths.deploy_to)
         p = self.paths(lay)
-        link = q(self.venv_link(lay))
         new_pid = q(p.pidfile + ".2")  # the upgraded master's pidfile until the old one is gone
         timeout = cfg.gunicorn.reload_timeout
         steps = timeout * 10
