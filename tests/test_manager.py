@@ -92,3 +92,34 @@ def test_switching_managers_stops_the_app_server_under_the_old_one_and_records_t
     i = b.index("  supervisor)")
     branch = text(b[i:b.index("    ;;", i)])
     assert "sudo -n supervisorctl stop shop" in branch and "sudo -n rm -f /etc/supervisor/conf.d/shop.conf" in branch
+
+
+def test_a_systemd_unit_per_project_notify_type_reload_signal_and_the_journal():
+    cfg = make_cfg(app={"manager": "systemd"})
+    sd = manager.of(cfg)
+    uw = appserver.of(cfg)
+    assert sd.definition_path(cfg) == "/etc/systemd/system/shop.service" and sd.journal and not sd.daemon
+    unit = sd.definition(cfg, uw)
+    for line in ("Type=notify", "NotifyAccess=all", "User=@fabdeploy-user@", "WorkingDirectory=/srv/shop",
+                 "ExecStart=/srv/shop/shared/config/uwsgi-venv/bin/uwsgi --ini /srv/shop/shared/config/uwsgi.ini",
+                 "ExecReload=/bin/kill -HUP $MAINPID", "KillSignal=SIGINT", "Restart=always",
+                 "WantedBy=multi-user.target"):
+        assert line in unit.splitlines(), line
+    ini = uw.render_config(cfg, make_rel())
+    assert "daemonize" not in ini and "logto" not in ini  # uWSGI's output goes to the journal
+    g = make_cfg(app={"manager": "systemd", "server": "gunicorn"})
+    conf = appserver.of(g).render_config(g, make_rel())
+    assert "errorlog = '-'" in conf and "daemon = False" in conf
+    assert "KillSignal=SIGTERM" in sd.definition(g, appserver.of(g))
+    lines = activate.restart(cfg, make_rel(), Facts(nginx_pid="/run/nginx.pid")).lines
+    assert "  sudo -n systemctl reload shop.service" in lines
+    t = text(lines)
+    assert "sudo -n systemctl enable --quiet shop.service" in t and "sudo -n systemctl daemon-reload" in t
+    assert "[ -d /run/systemd/system ] ||" in t  # a host without systemd: one line, not a hang
+
+
+def test_a_definition_never_replaces_a_file_fabdeploy_did_not_write():
+    cfg = make_cfg(app={"manager": "systemd"})
+    t = text(manager.of(cfg).install_lines(cfg, appserver.of(cfg)))
+    assert ("if [ -e /etc/systemd/system/shop.service ] && ! grep -qs 'Managed by fabdeploy' "
+            "/etc/systemd/system/shop.service; then") in t

@@ -6,10 +6,12 @@ from __future__ import annotations
 from fabdeploy.manager.base import Manager
 from fabdeploy.manager.pidfile import Pidfile
 from fabdeploy.manager.supervisor import Supervisor
+from fabdeploy.manager.systemd import Systemd
 
 MANAGERS: dict[str, Manager] = {
     "pidfile": Pidfile(),
     "supervisor": Supervisor(),
+    "systemd": Systemd(),
 }
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
-from fabdeploy.remote.markers import note
+from fabdeploy.remote.markers import fail, note
 from fabdeploy.remote.shell import q, write_file
+
+USER_PLACEHOLDER = "@fabdeploy-user@"  # in a definition: the deploy user, filled in on the host
+MANAGED = "Managed by fabdeploy"  # the first line of every definition fabdeploy writes
 
 
 class Manager:
@@ -43,17 +46,17 @@ class Manager:
             return ["defined="]
         staged = f"{Layout(cfg.paths.deploy_to).config}/{self.name}.definition"
         return [
+            # never over a file someone else wrote (another program, a system unit of the same name)
+            f"if [ -e {q(path)} ] && ! grep -qs {q(MANAGED)} {q(path)}; then "
+            + fail(f"{path} exists and was not written by fabdeploy: rename the project (project.name) or "
+                   "remove that file") + "; fi",
             *write_file(staged, self.definition(cfg, app), mode="0644"),
-            *self.definition_file_lines(staged),
+            f'sed -i "s/{USER_PLACEHOLDER}/$(id -un)/" {q(staged)}',
             f"if cmp -s {q(staged)} {q(path)}; then defined=; else",
             f"  sudo -n install -D -m 0644 {q(staged)} {q(path)} && defined=changed && "
             + note(f"{self.title}: {path} written"),
             "fi",
         ]
-
-    def definition_file_lines(self, staged: str) -> list[str]:
-        """Lines that fill in what only the host knows in the staged definition (e.g. the deploy user)."""
-        return []
 
     def start_lines(self, cfg: Config, app, venv_word: str) -> list[str]:
         """Start the app server (not running now)."""
@@ -72,6 +75,10 @@ class Manager:
         stopped the app server already)."""
         path = self.definition_path(cfg)
         return [f"sudo -n rm -f {q(path)}"] if path else []
+
+    def journal_argv(self, cfg: Config) -> list[str]:
+        """(journal managers) the command whose output is the app server's log, for `fab logs`."""
+        raise NotImplementedError
 
     def state_argv(self, cfg: Config) -> list[str] | None:
         """A command (argv, run on the host by `fab status`) whose output's second word is the manager's state

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
-from fabdeploy.manager.base import Manager
+from fabdeploy.manager.base import USER_PLACEHOLDER, Manager
 from fabdeploy.remote.markers import fail, fail_expanded, note
 from fabdeploy.remote.shell import q
 
 CONF_DIR = "/etc/supervisor/conf.d"
 CTL = "sudo -n supervisorctl"
-USER_PLACEHOLDER = "@fabdeploy-user@"
 
 
 class Supervisor(Manager):
@@ -79,9 +78,6 @@ class Supervisor(Manager):
             "  defined=changed",
             "fi",
         ]
-
-    def definition_file_lines(self, staged: str) -> list[str]:
-        return [f'sed -i "s/{USER_PLACEHOLDER}/$(id -un)/" {q(staged)}']
 
     def start_lines(self, cfg: Config, app, venv_word: str) -> list[str]:
         name = q(self.program(cfg))

@@ -11,7 +11,7 @@ import time
 
 import paramiko
 
-from fabdeploy import appserver
+from fabdeploy import appserver, manager
 from fabdeploy.config import Config
 from fabdeploy.errors import FabdeployError
 from fabdeploy.hosts.connect import host_label
@@ -48,15 +48,27 @@ def tail_command(files: list[str], lines: int, follow: bool) -> str:
     return f"{sudo}exec $S sh -c {q(body)} sh {words}"
 
 
+def journal_command(argv: list[str], lines: int, follow: bool) -> str:
+    """The app server's output from the manager's journal (a manager with `journal`: systemd), with the same
+    channel-tied lifetime as tail_command."""
+    words = " ".join(q(w) for w in argv) + f" -n {int(lines)}"
+    if not follow:
+        return words
+    body = f'{words} -f & t=$!; cat >/dev/null; kill $t 2>/dev/null'
+    return f"exec sh -c {q(body)}"
+
+
 def stream(conn, cfg: Config, files: dict[str, str], lines: int, follow: bool, printer: Printer,
-           cancel: threading.Event) -> None:
+           cancel: threading.Event, command: str | None = None, label: str = "") -> None:
+    """Print a host's logs as they come: `files` through tail (labelled by tail's headers), or the output of
+    `command` labelled `label`."""
     host = host_label(conn)
     label_of = {path: which for which, path in files.items()}
     chan = conn.client.get_transport().open_session()
-    chan.exec_command(tail_command(list(files.values()), lines, follow))
+    chan.exec_command(command or tail_command(list(files.values()), lines, follow))
     if not follow:
         chan.shutdown_write()
-    current = {"label": ""}
+    current = {"label": label}
     buf = b""
 
     def emit(raw: bytes) -> None:
@@ -103,10 +115,21 @@ def show_logs(conns, cfg: Config, printer: Printer, lines: int, follow: bool, wh
     printer.width = max(len(host_label(c)) for c in conns)
     errors: list[str] = []
 
+    mgr = manager.of(cfg)
+
     def one(conn, cancel) -> None:
         files = {w: f for w, f in log_files(cfg, server_of(conn)).items() if w in chosen}
+        journal = None
+        if mgr.journal and "app" in files:  # the app server writes to the journal, not to its file
+            del files["app"]
+            journal = threading.Thread(target=stream, args=(conn, cfg, {}, lines, follow, printer, cancel,
+                                                            journal_command(mgr.journal_argv(cfg), lines, follow),
+                                                            "app"), daemon=True)
+            journal.start()
         if files:  # (--which access on an app host without nginx: nothing to show there)
             stream(conn, cfg, files, lines, follow, printer, cancel)
+        if journal is not None:
+            journal.join()
 
     try:
         # every host at once when following (a bounded pool would never reach the hosts beyond it)

@@ -94,7 +94,7 @@ state = ""
 if P["manager_state"]:
     try:
         out = subprocess.run(P["manager_state"], capture_output=True, text=True, timeout=10).stdout.split()
-        state = out[1] if len(out) > 1 else ""
+        state = out[1] if len(out) > 1 else (out[0] if out else "")  # (supervisorctl status; systemctl)
     except (OSError, subprocess.SubprocessError):
         state = "unknown"
 res["app"] = {"server": P["app_title"], "manager": P["manager"], "running_under": running_under,
