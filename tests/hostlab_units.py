@@ -1,0 +1,437 @@
+"""systemd unit files read from a lab host's own /etc, for the boot emulator (hostlab_boot).
+
+Pure parsing and planning: load a unit (its file from /etc/systemd/system then
+/lib/systemd/system, template instances, drop-ins, masks), find the targets
+the boot reaches and the units enabled in them, evaluate Condition*=, and turn
+a service into a Plan (the commands to run, as whom, with what environment) --
+or refuse it with one line naming the unit and the directive it cannot emulate.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+UNIT_DIRS = ("/etc/systemd/system", "/lib/systemd/system")
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+LOG_DIR = "/var/log/lab-boot"
+
+# [Service] keys the emulator carries out.
+SUPPORTED = {"Type", "ExecStartPre", "ExecStart", "ExecStartPost", "User", "Group", "Environment",
+             "EnvironmentFile", "WorkingDirectory", "PIDFile", "UMask", "RuntimeDirectory",
+             "RuntimeDirectoryMode", "RuntimeDirectoryPreserve", "LogsDirectory", "TimeoutStartSec",
+             "TimeoutSec", "StandardInput", "StandardOutput", "StandardError", "RemainAfterExit",
+             "SyslogIdentifier", "GuessMainPID", "NotifyAccess", "LimitNOFILE"}
+# Keys that change nothing about starting a unit at boot (stop, reload, restart policy).
+BOOT_IRRELEVANT = {"ExecStop", "ExecStopPost", "ExecReload", "KillMode", "KillSignal", "SendSIGKILL",
+                   "SendSIGHUP", "FinalKillSignal", "RestartKillSignal", "TimeoutStopSec",
+                   "TimeoutAbortSec", "Restart", "RestartSec", "RestartPreventExitStatus",
+                   "RestartForceExitStatus", "SuccessExitStatus", "WatchdogSec", "OOMPolicy",
+                   "StartLimitBurst", "StartLimitIntervalSec", "StartLimitInterval"}
+# Confinement and resource keys: the emulated process runs without them (listed in the report).
+NOT_APPLIED_PREFIXES = ("Protect", "Private", "Restrict", "SystemCall", "Limit", "Memory", "CPU", "IO",
+                        "Tasks", "IPAddress", "ReadWrite", "ReadOnly", "Inaccessible", "Device")
+NOT_APPLIED = {"NoNewPrivileges", "CapabilityBoundingSet", "AmbientCapabilities", "LockPersonality",
+               "KeyringMode", "RemoveIPC", "Nice", "OOMScoreAdjust", "Slice", "Delegate",
+               "UMaskDirectories", "SecureBits", "SupplementaryGroups"}
+EMULATED_TYPES = {"simple", "exec", "notify", "forking", "oneshot", "idle"}
+CONDITIONS = {"PathExists", "PathExistsGlob", "PathIsDirectory", "PathIsSymbolicLink",
+              "DirectoryNotEmpty", "FileNotEmpty", "FileIsExecutable", "Virtualization", "Capability"}
+
+
+class Refused(Exception):
+    """The emulator cannot do what this unit asks; the message is one line."""
+
+
+@dataclass
+class Unit:
+    name: str              # e.g. "getty@tty1.service"
+    path: str              # host path of the unit file
+    sections: dict         # section -> key -> [values] (empty assignments reset)
+
+    def get(self, section: str, key: str) -> list[str]:
+        return self.sections.get(section, {}).get(key, [])
+
+    def last(self, section: str, key: str, default: str = "") -> str:
+        vals = self.get(section, key)
+        return vals[-1] if vals else default
+
+    def words(self, section: str, key: str) -> list[str]:
+        return [w for v in self.get(section, key) for w in v.split()]
+
+
+@dataclass
+class ExecLine:
+    argv: list[str]
+    ignore_failure: bool = False   # "-" prefix
+    as_root: bool = False          # "+" prefix
+    text: str = ""
+
+
+@dataclass
+class Plan:
+    unit: str
+    type: str
+    pre: list[ExecLine]
+    start: list[ExecLine]
+    post: list[ExecLine]
+    uid: int | None = None
+    gid: int | None = None
+    user: str = "root"
+    env: dict = field(default_factory=dict)
+    cwd: str = "/"
+    cwd_optional: bool = False
+    umask: str = "0022"
+    nofile: str | None = None
+    pidfile: str | None = None
+    runtime_dirs: list[str] = field(default_factory=list)
+    runtime_mode: str = "0755"
+    logs_dirs: list[str] = field(default_factory=list)
+    timeout: float = 90.0
+    notes: list[str] = field(default_factory=list)
+
+
+# -- files -------------------------------------------------------------------
+
+
+def parse(text: str) -> dict:
+    """Sections of a unit file: {section: {key: [values]}}; `Key=` (empty) resets the list."""
+    sections: dict = {}
+    current = None
+    pending = ""
+    for raw in text.splitlines():
+        line = pending + raw.strip() if pending else raw.strip()
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        pending = ""
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        if current is None or "=" not in line:
+            continue
+        key, value = (x.strip() for x in line.split("=", 1))
+        if value == "":
+            current[key] = []
+        else:
+            current.setdefault(key, []).append(value)
+    return sections
+
+
+def local(host, path: str) -> Path:
+    """The file on this machine that the host sees at path (its private dirs, else the machine's)."""
+    p = posixpath.normpath(path)
+    try:
+        return host.path(p)
+    except Exception:  # not private: the machine's own file (/lib, /usr, ...)
+        return Path(p)
+
+
+def _follow(host, path: str) -> str | None:
+    """Host path after following symlinks (targets read in the host's view); None if dangling."""
+    for _ in range(16):
+        lp = local(host, path)
+        if lp.is_symlink():
+            target = os.readlink(lp)
+            path = target if target.startswith("/") else posixpath.join(posixpath.dirname(path), target)
+            continue
+        return path if lp.exists() else None
+    return None
+
+
+def load(host, name: str) -> Unit | str | None:
+    """The unit `name` as the host's systemd would load it; "masked", or None if not found."""
+    base, inst = name, None
+    m = re.match(r"^([^@]+)@([^.]*)(\.\w+)$", name)
+    candidates = [name]
+    if m and m.group(2):
+        inst = m.group(2)
+        candidates.append(f"{m.group(1)}@{m.group(3)}")
+    found = None
+    for cand in candidates:
+        for d in UNIT_DIRS:
+            p = f"{d}/{cand}"
+            if local(host, p).is_symlink() or local(host, p).exists():
+                real = _follow(host, p)
+                if real == "/dev/null" or (real and local(host, real).stat().st_size == 0):
+                    return "masked"
+                if real:
+                    found, base = real, cand
+                    break
+        if found:
+            break
+    if not found:
+        return None
+    text = local(host, found).read_text(errors="replace")
+    dropins: dict[str, str] = {}
+    for d in reversed(UNIT_DIRS):  # /etc last: it overrides a drop-in of the same name
+        for n in {name, base}:
+            dd = local(host, f"{d}/{n}.d")
+            if dd.is_dir():
+                for f in dd.iterdir():
+                    if f.name.endswith(".conf"):
+                        dropins[f.name] = f.read_text(errors="replace")
+    for fname in sorted(dropins):
+        text += "\n" + dropins[fname]
+    unit = Unit(name, found, parse(text))
+    unit.instance = inst  # type: ignore[attr-defined]
+    return unit
+
+
+def wants_of(host, target: str, etc_only: bool) -> list[str]:
+    """Units linked in <dir>/<target>.wants and .requires (the host's /etc only, or /lib too)."""
+    out = []
+    for d in UNIT_DIRS[:1] if etc_only else UNIT_DIRS:
+        for suffix in (".wants", ".requires"):
+            dd = local(host, f"{d}/{target}{suffix}")
+            if dd.is_dir():
+                out += sorted(x.name for x in dd.iterdir())
+    return out
+
+
+def boot_targets(host) -> list[str]:
+    """Targets a boot reaches from default.target (their Wants/Requires and .wants links)."""
+    default = _follow(host, "/etc/systemd/system/default.target") \
+        or _follow(host, "/lib/systemd/system/default.target")
+    start = posixpath.basename(default) if default else "multi-user.target"
+    seen: list[str] = []
+    queue = ["sysinit.target", "basic.target", start]  # sysinit first, as its units are
+    while queue:
+        t = queue.pop(0)
+        if t in seen:
+            continue
+        seen.append(t)
+        unit = load(host, t)
+        deps = []
+        if isinstance(unit, Unit):
+            deps += unit.words("Unit", "Requires") + unit.words("Unit", "Wants")
+        deps += wants_of(host, t, etc_only=False)
+        queue += [d for d in deps if d.endswith(".target")]
+    return seen
+
+
+# -- conditions ----------------------------------------------------------------
+
+
+def check_conditions(host, unit: Unit) -> str | None:
+    """None if the unit's Condition*= hold; else why not (one line).  Raises Refused on an unknown one."""
+    triggers, failed_trigger = 0, None
+    for key, values in unit.sections.get("Unit", {}).items():
+        kind = key[len("Condition"):] if key.startswith("Condition") else \
+            key[len("Assert"):] if key.startswith("Assert") else None
+        if kind is None:
+            continue
+        if kind not in CONDITIONS:
+            raise Refused(f"{unit.name}: cannot evaluate {key}= (emulated: "
+                          f"{', '.join('Condition' + c for c in sorted(CONDITIONS))})")
+        for value in values:
+            trigger = value.startswith("|")
+            v = value.lstrip("|")
+            negate = v.startswith("!")
+            ok = _condition(host, kind, v.lstrip("!")) != negate
+            if trigger:
+                triggers += 1
+                if ok:
+                    triggers = -10**6
+                else:
+                    failed_trigger = f"{key}={value} is false"
+            elif not ok:
+                if key.startswith("Assert"):
+                    raise Refused(f"{unit.name}: {key}={value} failed")
+                return f"{key}={value} is false"
+    if triggers > 0:
+        return failed_trigger
+    return None
+
+
+def _condition(host, kind: str, value: str) -> bool:
+    if kind == "Virtualization":  # a lab host is a container (namespaces), never a VM
+        return value in ("yes", "true", "1", "container")
+    if kind == "Capability":  # the emulator runs units as root with every capability
+        return True
+    p = local(host, value)
+    if kind == "PathExists":
+        return p.exists() or p.is_symlink()
+    if kind == "PathExistsGlob":
+        return any(p.parent.glob(p.name))
+    if kind == "PathIsDirectory":
+        return p.is_dir()
+    if kind == "PathIsSymbolicLink":
+        return p.is_symlink()
+    if kind == "DirectoryNotEmpty":
+        return p.is_dir() and any(p.iterdir())
+    if kind == "FileNotEmpty":
+        return p.is_file() and p.stat().st_size > 0
+    return p.is_file() and os.access(p, os.X_OK)  # FileIsExecutable
+
+
+# -- plans ---------------------------------------------------------------------
+
+
+def passwd(host, user: str) -> tuple[int, int, str, str]:
+    """(uid, gid, home, shell) of user in the host's own /etc/passwd."""
+    for line in local(host, "/etc/passwd").read_text().splitlines():
+        f = line.split(":")
+        if len(f) >= 7 and (f[0] == user or (user.isdigit() and f[2] == user)):
+            return int(f[2]), int(f[3]), f[5], f[6]
+    raise KeyError(user)
+
+
+def group_id(host, group: str) -> int:
+    for line in local(host, "/etc/group").read_text().splitlines():
+        f = line.split(":")
+        if len(f) >= 3 and (f[0] == group or (group.isdigit() and f[2] == group)):
+            return int(f[2])
+    raise KeyError(group)
+
+
+def specifiers(unit: Unit, text: str, home: str = "/root", user: str = "root") -> str:
+    """Expand %n, %i, %t, ... as systemd does in a system unit."""
+    inst = getattr(unit, "instance", None) or ""
+    prefix = unit.name.split("@")[0].rsplit(".", 1)[0]
+    table = {"n": unit.name, "N": unit.name.rsplit(".", 1)[0], "p": prefix, "P": prefix, "i": inst,
+             "I": inst, "j": prefix.rsplit("-", 1)[-1], "t": "/run", "T": "/tmp", "V": "/var/tmp",
+             "S": "/var/lib", "C": "/var/cache", "L": "/var/log", "E": "/etc", "h": home, "u": user,
+             "%": "%"}
+
+    def sub(m):
+        if m.group(1) not in table:
+            raise Refused(f"{unit.name}: cannot expand specifier %{m.group(1)} in {text!r}")
+        return table[m.group(1)]
+    return re.sub(r"%(.)", sub, text)
+
+
+def env_file(host, unit: Unit, spec: str) -> dict:
+    optional = spec.startswith("-")
+    path = spec.lstrip("-")
+    lp = local(host, path)
+    if not lp.is_file():
+        if optional:
+            return {}
+        raise Refused(f"{unit.name}: EnvironmentFile={path} does not exist in the host")
+    out = {}
+    for line in lp.read_text(errors="replace").splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;" or "=" not in line:
+            continue
+        k, v = line.split("=", 1)
+        v = v.strip()
+        if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
+            v = v[1:-1]
+        out[k.strip()] = v
+    return out
+
+
+def exec_line(unit: Unit, value: str, env: dict, home: str, user: str) -> ExecLine:
+    """One Exec*= value: prefixes, specifiers, $VAR / ${VAR}, quoting."""
+    line = ExecLine([], text=value)
+    rest = value
+    expand = True
+    while rest and rest[0] in "-+!:@|":
+        c = rest[0]
+        if c == "-":
+            line.ignore_failure = True
+        elif c == "+":
+            line.as_root = True
+        elif c == ":":
+            expand = False
+        elif c in "@|":
+            raise Refused(f"{unit.name}: cannot emulate the {c!r} prefix in {value!r}")
+        rest = rest[1:]  # "!" / "!!": no sandboxing is applied anyway
+    try:
+        words = shlex.split(specifiers(unit, rest, home, user))
+    except ValueError as e:
+        raise Refused(f"{unit.name}: cannot parse {value!r}: {e}") from None
+    for w in words:
+        if expand and re.fullmatch(r"\$\w+", w):
+            line.argv += env.get(w[1:], "").split()
+        elif expand:
+            line.argv.append(re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), w))
+        else:
+            line.argv.append(w)
+    if not line.argv:
+        raise Refused(f"{unit.name}: empty command in {value!r}")
+    if not line.argv[0].startswith("/"):
+        for d in SYSTEM_PATH.split(":"):
+            if os.access(f"{d}/{line.argv[0]}", os.X_OK):
+                line.argv[0] = f"{d}/{line.argv[0]}"
+                break
+        else:
+            raise Refused(f"{unit.name}: {line.argv[0]} not found in {SYSTEM_PATH}")
+    return line
+
+
+def plan(host, unit: Unit) -> Plan:
+    """What starting this service means; Refused if any of it cannot be emulated."""
+    svc = unit.sections.get("Service", {})
+    notes = []
+    for key in svc:
+        if key in SUPPORTED or key in BOOT_IRRELEVANT:
+            continue
+        if key in NOT_APPLIED or key.startswith(NOT_APPLIED_PREFIXES):
+            notes.append(key)
+            continue
+        raise Refused(f"{unit.name}: cannot emulate {key}={svc[key][-1]}")
+    for section in unit.sections:
+        if section not in ("Unit", "Service", "Install"):
+            raise Refused(f"{unit.name}: cannot emulate a [{section}] section")
+    typ = unit.last("Service", "Type", "simple" if unit.get("Service", "ExecStart") else "oneshot")
+    if typ not in EMULATED_TYPES:
+        raise Refused(f"{unit.name}: cannot emulate Type={typ} (emulated: {', '.join(sorted(EMULATED_TYPES))})")
+    user = specifiers(unit, unit.last("Service", "User", "root"))
+    try:
+        uid, gid, home, shell = passwd(host, user)
+    except KeyError:
+        raise Refused(f"{unit.name}: User={user} does not exist in the host's /etc/passwd") from None
+    group = unit.last("Service", "Group")
+    if group:
+        try:
+            gid = group_id(host, specifiers(unit, group))
+        except KeyError:
+            raise Refused(f"{unit.name}: Group={group} does not exist in the host's /etc/group") from None
+    env = {"PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
+    if unit.get("Service", "User"):
+        env.update(HOME=home, USER=user, LOGNAME=user, SHELL=shell)
+    for value in unit.get("Service", "Environment"):
+        for word in shlex.split(specifiers(unit, value, home, user)):
+            if "=" in word:
+                k, v = word.split("=", 1)
+                env[k] = v
+    for spec in unit.get("Service", "EnvironmentFile"):
+        env.update(env_file(host, unit, specifiers(unit, spec, home, user)))
+    lines = {k: [exec_line(unit, v, env, home, user) for v in unit.get("Service", k)]
+             for k in ("ExecStartPre", "ExecStart", "ExecStartPost")}
+    if typ != "oneshot" and len(lines["ExecStart"]) != 1:
+        raise Refused(f"{unit.name}: Type={typ} needs exactly one ExecStart= (has {len(lines['ExecStart'])})")
+    for key in ("StandardOutput", "StandardError"):
+        value = unit.last("Service", key, "journal")
+        if value.split("+")[0] not in ("journal", "inherit", "syslog", "kmsg", "null", "tty"):
+            raise Refused(f"{unit.name}: cannot emulate {key}={value} (output goes to {LOG_DIR}/)")
+    if unit.last("Service", "StandardInput", "null") != "null":
+        raise Refused(f"{unit.name}: cannot emulate StandardInput={unit.last('Service', 'StandardInput')}")
+    cwd = specifiers(unit, unit.last("Service", "WorkingDirectory", "/"), home, user)
+    p = Plan(unit.name, typ, lines["ExecStartPre"], lines["ExecStart"], lines["ExecStartPost"],
+             uid=uid, gid=gid, user=user, env=env, cwd=home if cwd.lstrip("-") == "~" else cwd.lstrip("-"),
+             cwd_optional=cwd.startswith("-"), umask=unit.last("Service", "UMask", "0022"),
+             nofile=unit.last("Service", "LimitNOFILE") or None,
+             pidfile=specifiers(unit, unit.last("Service", "PIDFile")) or None,
+             runtime_dirs=[specifiers(unit, w) for w in unit.words("Service", "RuntimeDirectory")],
+             runtime_mode=unit.last("Service", "RuntimeDirectoryMode", "0755"),
+             logs_dirs=[specifiers(unit, w) for w in unit.words("Service", "LogsDirectory")],
+             timeout=_seconds(unit.last("Service", "TimeoutStartSec", unit.last("Service", "TimeoutSec", "90"))),
+             notes=[f"not applied: {', '.join(notes)}"] if notes else [])
+    return p
+
+
+def _seconds(value: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|min|m)?\s*", value)
+    if value.strip() == "infinity" or not m:
+        return 90.0
+    n = float(m.group(1))
+    return {"ms": n / 1000, "min": n * 60, "m": n * 60}.get(m.group(2) or "s", n)
