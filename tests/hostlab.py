@@ -541,8 +541,9 @@ class TestHost:
     # -- lifecycle ----------------------------------------------------------
 
     def reboot(self, check: bool = True):
-        """Simulate a reboot: kill -9 every process of the host, clear its /run and
-        /tmp, start sshd again, then start what the host's boot would start.
+        """Simulate a reboot: kill -9 every process of the host, flush its nft
+        ruleset, clear its /run and /tmp, start sshd again, then start what the
+        host's boot would start.
 
         init "lab": hostlab_boot emulates Debian's boot from the host's own /etc;
         init "systemd": systemd boots again as the host's PID 1.  Returns a
@@ -552,6 +553,9 @@ class TestHost:
         hostlab_systemd.kill_cgroup(self.name)
         _kill_netns(self.netns, self.root, self.name, term_wait=0)
         hostlab_systemd.remove_cgroup(self.name)
+        # kernel state does not survive a reboot: the host's firewall tables go
+        if shutil.which("nft", path=_SBIN_PATH):
+            _run(["ip", "netns", "exec", self.netns, "nft", "flush", "ruleset"])
         for sub in ("run", "tmp"):
             _clear_dir(self.base / "fs" / sub)
         _make_run(self.base / "fs" / "run")

@@ -352,7 +352,8 @@ def exec_line(unit: Unit, value: str, env: dict, home: str, user: str) -> ExecLi
         if expand and re.fullmatch(r"\$\w+", w):
             line.argv += env.get(w[1:], "").split()
         elif expand:
-            line.argv.append(re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), w))
+            line.argv.append(re.sub(r"\$\$|\$\{(\w+)\}",
+                                    lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), ""), w))
         else:
             line.argv.append(w)
     if not line.argv:
