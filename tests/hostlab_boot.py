@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import hostlab_plan as hp
 import hostlab_units as hu
 
 # Units a lab host does not start (name or prefix -> why).
@@ -66,7 +67,7 @@ class BootReport:
 def boot(host) -> BootReport:
     report = BootReport()
     names = enabled_units(host)
-    host.exec(["install", "-d", "-m", "0755", hu.LOG_DIR, "/run/lab-boot/notify"])
+    host.exec(["install", "-d", "-m", "0755", hp.LOG_DIR, "/run/lab-boot/notify"])
     units, cron_enabled = [], False
     i = 0
     while i < len(names):
@@ -87,7 +88,7 @@ def boot(host) -> BootReport:
                           if d.endswith(".service") and d not in names]
     for unit in _ordered(units, names):
         try:
-            p = hu.plan(host, unit)
+            p = hp.plan(host, unit)
         except hu.Refused as e:
             report.failed.append(str(e))
             continue
@@ -155,7 +156,7 @@ def _ordered(units: list, names: list[str]) -> list:
     return out
 
 
-def command(p: hu.Plan, line: hu.ExecLine, env: dict | None = None) -> str:
+def command(p: hp.Plan, line: hp.ExecLine, env: dict | None = None) -> str:
     """The shell line that runs one Exec line of plan p inside the host (pure)."""
     q = shlex.quote
     parts = [f"cd {q(p.cwd)} 2>/dev/null || cd /" if p.cwd_optional else f"cd {q(p.cwd)} || exit 200",
@@ -165,17 +166,18 @@ def command(p: hu.Plan, line: hu.ExecLine, env: dict | None = None) -> str:
         parts.append(f"ulimit -Hn {q(hard or soft)} && ulimit -Sn {q(soft)} || exit 205")
     argv = []
     if p.uid and not line.as_root:
-        argv += ["setpriv", f"--reuid={p.uid}", f"--regid={p.gid}", "--init-groups"]
+        argv += ["setpriv", f"--reuid={p.uid}", f"--regid={p.gid}",
+                 f"--groups={','.join(map(str, p.groups))}" if p.groups else "--clear-groups"]
     argv += ["env", "-i"] + [f"{k}={v}" for k, v in sorted((env or p.env).items())] + line.argv
     parts.append("exec " + shlex.join(argv))
     return "; ".join(parts)
 
 
-def _log(p: hu.Plan) -> str:
-    return f"{hu.LOG_DIR}/{p.unit}.log"
+def _log(p: hp.Plan) -> str:
+    return f"{hp.LOG_DIR}/{p.unit}.log"
 
 
-def _sync(host, p: hu.Plan, line: hu.ExecLine) -> str | None:
+def _sync(host, p: hp.Plan, line: hp.ExecLine) -> str | None:
     """Run one Exec line to completion; None, or why it failed."""
     q = shlex.quote
     res = host.exec(f"( {command(p, line)} ) >>{q(_log(p))} 2>&1 </dev/null", check=False,
@@ -185,14 +187,14 @@ def _sync(host, p: hu.Plan, line: hu.ExecLine) -> str | None:
     return None
 
 
-def _prepare_dirs(host, p: hu.Plan) -> None:
+def _prepare_dirs(host, p: hp.Plan) -> None:
     dirs = [(f"/run/{d}", p.runtime_mode) for d in p.runtime_dirs] + \
         [(f"/var/log/{d}", "0755") for d in p.logs_dirs]
     for d, mode in dirs:
         host.exec(["install", "-d", "-m", mode, "-o", str(p.uid), "-g", str(p.gid), d])
 
 
-def _start(host, p: hu.Plan, report: BootReport) -> None:
+def _start(host, p: hp.Plan, report: BootReport) -> None:
     _prepare_dirs(host, p)
     for line in p.pre:
         why = _sync(host, p, line)
@@ -232,7 +234,7 @@ def _start(host, p: hu.Plan, report: BootReport) -> None:
         report.pids[p.unit] = pid
 
 
-def _detached(host, p: hu.Plan) -> tuple[int | None, str | None]:
+def _detached(host, p: hp.Plan) -> tuple[int | None, str | None]:
     env, sock = dict(p.env), None
     if p.type == "notify":
         path = f"/run/lab-boot/notify/{p.unit}"
@@ -258,7 +260,7 @@ def _detached(host, p: hu.Plan) -> tuple[int | None, str | None]:
                 host.path(f"/run/lab-boot/notify/{p.unit}").unlink()
 
 
-def _wait_ready(host, p: hu.Plan, sock: socket.socket, pid: int) -> str | None:
+def _wait_ready(host, p: hp.Plan, sock: socket.socket, pid: int) -> str | None:
     deadline = time.monotonic() + min(p.timeout, 120)
     sock.settimeout(0.2)
     while time.monotonic() < deadline:
@@ -291,7 +293,7 @@ def _alive(pid: int) -> bool:
 
 def _tail(host, unit: str) -> str:
     with contextlib.suppress(OSError):
-        lines = hu.local(host, f"{hu.LOG_DIR}/{unit}.log").read_text(errors="replace").strip().splitlines()
+        lines = hu.local(host, f"{hp.LOG_DIR}/{unit}.log").read_text(errors="replace").strip().splitlines()
         return " | ".join(lines[-3:]) or "(empty)"
     return "(no log)"
 
@@ -334,14 +336,15 @@ def _cron(host, enabled: bool, report: BootReport) -> None:
             report.failed.append(f"{shown}: cannot emulate % (stdin) in the @reboot command {cmd!r}")
             continue
         try:
-            uid, gid, home, _shell = hu.passwd(host, user)
+            uid, gid, home, _shell = hp.passwd(host, user)
         except KeyError:
             report.failed.append(f"{shown}: @reboot user {user} does not exist in the host")
             continue
         full = {"SHELL": "/bin/sh", "PATH": "/usr/bin:/bin", "HOME": home, "LOGNAME": user, **env}
-        p = hu.Plan("cron", "simple", [], [], [], uid=uid, gid=gid, user=user, env=full,
+        p = hp.Plan("cron", "simple", [], [], [], uid=uid, gid=gid,
+                    groups=sorted({gid, *hp.member_of(host, user)}), user=user, env=full,
                     cwd=full["HOME"], cwd_optional=True)
-        line = hu.ExecLine([full["SHELL"], "-c", cmd.replace("\\%", "%")])
-        res = host.exec(f"setsid /bin/sh -c {shlex.quote(command(p, line))} >>{hu.LOG_DIR}/cron.log "
+        line = hp.ExecLine([full["SHELL"], "-c", cmd.replace("\\%", "%")])
+        res = host.exec(f"setsid /bin/sh -c {shlex.quote(command(p, line))} >>{hp.LOG_DIR}/cron.log "
                         f"2>&1 </dev/null & echo $!")
         report.started.append(f"@reboot {shown} as {user} (pid {res.stdout.split()[-1]}): {cmd}")

@@ -11,6 +11,9 @@ import urllib.request
 import pytest
 
 import hostlab
+import hostlab_boot
+import hostlab_plan
+import hostlab_units
 
 FIRST = int(os.environ.get("FABDEPLOY_LAB_INDEX", "20"))
 SYSTEMD_INDEX = FIRST + 8  # make_host counts up from FIRST; this test file uses 3 of those
@@ -86,12 +89,51 @@ def nft_tables(host) -> str:
     return hostlab._run(["ip", "netns", "exec", host.netns, "nft", "list", "tables"]).stdout
 
 
+SLEEPER = """\
+[program:lab-sleeper]
+command=/bin/sleep 100000
+user=bootapp
+autostart=true
+startsecs=1
+"""
+
+
 @pytest.fixture(scope="module")
 def web(make_host):
     host = make_host("boot")
     host.exec("nginx")
     setup_own_unit(host)
+    host.path("/etc/supervisor/conf.d/lab-sleeper.conf").write_text(SLEEPER)
     return host
+
+
+# -- pure builders ------------------------------------------------------------------------------------
+
+
+def test_unit_files_parse_like_systemd():
+    sections = hostlab_units.parse(
+        "[Service]\nExecStart=/bin/a \\\n  --flag\nEnvironment=A=1\nEnvironment=\nEnvironment=B=2\n# c\n")
+    assert sections == {"Service": {"ExecStart": ["/bin/a  --flag"], "Environment": ["B=2"]}}
+
+
+def test_exec_lines_expand_prefixes_specifiers_and_variables():
+    unit = hostlab_units.Unit("app@blue.service", "/etc/systemd/system/app@.service", {})
+    unit.instance = "blue"
+    env = {"OPTS": "-a -b", "NAME": "x y"}
+    line = hostlab_plan.exec_line(unit, "-+/bin/run %i $OPTS ${NAME}z 'q $$HOME' %%", env, "/root", "root")
+    assert (line.argv, line.ignore_failure, line.as_root) == \
+        (["/bin/run", "blue", "-a", "-b", "x yz", "q $HOME", "%"], True, True)
+    with pytest.raises(hostlab_units.Refused, match=r"app@blue.service: cannot expand specifier %Z"):
+        hostlab_plan.exec_line(unit, "/bin/run %Z", env, "/root", "root")
+
+
+def test_commands_run_as_the_unit_user_with_only_its_environment():
+    p = hostlab_plan.Plan("a.service", "simple", [], [hostlab_plan.ExecLine(["/bin/x", "a b"])], [],
+                          uid=998, gid=997, groups=[33, 997], user="app", env={"K": "v w"}, cwd="/srv/a",
+                          nofile="1024:4096")
+    assert hostlab_boot.command(p, p.start[0]) == (
+        "cd /srv/a || exit 200; umask 0022; ulimit -Hn 4096 && ulimit -Sn 1024 || exit 205; "
+        "exec setpriv --reuid=998 --regid=997 --groups=33,997 env -i 'K=v w' /bin/x 'a b'")
 
 
 def test_reboot_kills_everything_clears_run_and_boots_the_enabled_units(web):
@@ -112,7 +154,14 @@ def test_reboot_kills_everything_clears_run_and_boots_the_enabled_units(web):
     assert any("lab-echo.service" in s and "not applied: ProtectSystem" in s for s in report.started)
     # supervisor comes up through its enabled unit, and answers over SSH
     assert "supervisor.service" in report.pids
-    assert web.ssh("sudo supervisorctl status").returncode == 0
+    for _ in range(100):  # its program: RUNNING once up for startsecs
+        status = web.ssh("sudo supervisorctl status lab-sleeper", check=False).stdout
+        if "RUNNING" in status or "FATAL" in status or "BACKOFF" in status:
+            break
+        time.sleep(0.1)
+    assert status.split()[:2] == ["lab-sleeper", "RUNNING"], status
+    pid = int(status.split("pid ")[1].split(",")[0])
+    assert uid_of(pid) == host_uid(web, "bootapp")
     assert web.ssh("pgrep -x -f '/usr/bin/python3 /usr/bin/supervisord -n -c "
                    "/etc/supervisor/supervisord.conf'").returncode == 0
     # the stock units a lab host does not run are listed with the reason
