@@ -134,6 +134,8 @@ def prepare(host) -> None:
     etc = fs / "etc"
     (etc / "machine-id").write_text(secrets.token_hex(16) + "\n")
     (etc / "hostname").write_text(host.name + "\n")  # systemd sets the host's UTS name from it
+    with open(etc / "hosts", "a") as f:  # sudo resolves it
+        f.write(f"127.0.1.1\t{host.name}\n")
     units = etc / "systemd" / "system"
     (units / "fdl-sshd.service").write_text(SSHD_UNIT)
     wants = units / "multi-user.target.wants"
