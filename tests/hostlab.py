@@ -49,6 +49,15 @@ removed by destroy().  rp_filter does not get in the way: the reverse path of
 conf/all/forwarding machine-wide resets every interface's flag, which would
 cut hosts off from each other until they are re-created.)
 
+Reboots: ``host.reboot()`` kills -9 every process of the host (``ip netns
+pids``), flushes its nft ruleset, clears its /run and /tmp, starts sshd again
+and then what the host's boot would start, read from its own /etc
+(hostlab_boot: enabled systemd services, cron @reboot lines; it refuses what it
+cannot emulate).  ``create_host(name, index, init="systemd")`` makes a host
+whose PID 1 is systemd instead (hostlab_systemd: own PID, mount, UTS and cgroup
+namespaces, sshd as a unit, ``host.systemctl(...)``); its reboot boots systemd
+again.
+
 Library use (pytest fixtures)::
 
     host = create_host("web1", 10)
@@ -58,7 +67,8 @@ Library use (pytest fixtures)::
 
 CLI::
 
-    python tests/hostlab.py up NAME INDEX
+    python tests/hostlab.py up NAME INDEX [--init systemd]
+    python tests/hostlab.py reboot NAME
     python tests/hostlab.py down NAME
     python tests/hostlab.py ls
 
