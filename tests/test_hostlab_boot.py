@@ -76,6 +76,18 @@ def page(host) -> str:
     raise AssertionError(f"nothing listens on {host.address}:8080")
 
 
+def sleeper_pid(host) -> int:
+    """pid of supervisor's lab-sleeper program over SSH, once `supervisorctl` reports it RUNNING
+    (supervisord and its program take a moment to come up: polled, bounded)."""
+    for _ in range(100):
+        status = host.ssh("sudo supervisorctl status lab-sleeper", check=False).stdout
+        if any(word in status for word in ("RUNNING", "FATAL", "BACKOFF")):
+            break
+        time.sleep(0.1)
+    assert status.split()[:2] == ["lab-sleeper", "RUNNING"], status
+    return int(status.split("pid ")[1].split(",")[0])
+
+
 def uid_of(pid: int) -> int:
     line = next(ln for ln in open(f"/proc/{pid}/status") if ln.startswith("Uid:"))
     return int(line.split()[1])
@@ -108,6 +120,11 @@ def web(make_host):
 
 
 # -- pure builders ------------------------------------------------------------------------------------
+
+
+def test_a_bad_init_is_one_clear_line():
+    with pytest.raises(hostlab.LabError, match=r"^bad init 'upstart' for host 'x' \(want one of: lab, systemd\)$"):
+        hostlab.TestHost("x", 1, init="upstart")
 
 
 def test_unit_files_parse_like_systemd():
@@ -154,14 +171,7 @@ def test_reboot_kills_everything_clears_run_and_boots_the_enabled_units(web):
     assert any("lab-echo.service" in s and "not applied: ProtectSystem" in s for s in report.started)
     # supervisor comes up through its enabled unit, and answers over SSH
     assert "supervisor.service" in report.pids
-    for _ in range(100):  # its program: RUNNING once up for startsecs
-        status = web.ssh("sudo supervisorctl status lab-sleeper", check=False).stdout
-        if "RUNNING" in status or "FATAL" in status or "BACKOFF" in status:
-            break
-        time.sleep(0.1)
-    assert status.split()[:2] == ["lab-sleeper", "RUNNING"], status
-    pid = int(status.split("pid ")[1].split(",")[0])
-    assert uid_of(pid) == host_uid(web, "bootapp")
+    assert uid_of(sleeper_pid(web)) == host_uid(web, "bootapp")
     assert web.ssh("pgrep -x -f '/usr/bin/python3 /usr/bin/supervisord -n -c "
                    "/etc/supervisor/supervisord.conf'").returncode == 0
     # the stock units a lab host does not run are listed with the reason
@@ -268,6 +278,7 @@ def test_systemd_is_pid_1_of_a_systemd_host_and_boots_it_again(sd_host):
     assert host.exec(["cat", "/proc/1/comm"]).stdout.strip() == "systemd"
     assert host.systemctl("is-system-running", "--wait", check=False).stdout.strip() == "running"
     setup_own_unit(host)
+    host.path("/etc/supervisor/conf.d/lab-sleeper.conf").write_text(SLEEPER)
     host.path("/etc/nftables.conf").write_text(NFT_CONF)
     enable(host, "nftables.service", "sysinit.target", "/lib/systemd/system/nftables.service")
     host.systemctl("daemon-reload")
@@ -288,7 +299,7 @@ def test_systemd_is_pid_1_of_a_systemd_host_and_boots_it_again(sd_host):
     assert page(host).strip() == "hello fromfile bootapp"
     main = int(host.systemctl("show", "-P", "MainPID", "lab-echo.service").stdout)
     assert host.exec(["stat", "-c", "%U", f"/proc/{main}"]).stdout.strip() == "bootapp"
-    assert host.ssh("sudo supervisorctl status").returncode == 0
+    assert host.exec(["stat", "-c", "%U", f"/proc/{sleeper_pid(host)}"]).stdout.strip() == "bootapp"
     assert "table inet labboot" in nft_tables(host)
     assert host.systemctl("is-active", "nftables.service").stdout.strip() == "active"
     # the machine's own /var is never written: the host's /var is an overlay
