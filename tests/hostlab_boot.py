@@ -65,6 +65,7 @@ class BootReport:
 
 
 def boot(host) -> BootReport:
+    """Start what the host's boot would start (its sshd already runs); what happened, one line each."""
     report = BootReport()
     names = enabled_units(host)
     host.exec(["install", "-d", "-m", "0755", hp.LOG_DIR, "/run/lab-boot/notify"])

@@ -239,13 +239,13 @@ def _sshd_pid(host, init_pid: int) -> int:
 
 
 def boot_report(host) -> BootReport:
-    """Wait until the host's systemd has finished booting; what runs, what failed."""
+    """Wait until the host's systemd has finished booting; the active services, the failed units."""
     state = host.exec(["systemctl", "is-system-running", "--wait"], check=False, timeout=120)
-    running = host.exec(["systemctl", "list-units", "--type=service", "--state=running",
+    active = host.exec(["systemctl", "list-units", "--type=service", "--state=active",
                          "--plain", "--no-legend", "--no-pager"], timeout=30).stdout
     failed = host.exec(["systemctl", "list-units", "--state=failed", "--plain", "--no-legend",
                         "--no-pager"], timeout=30).stdout
-    report = BootReport([ln.split()[0] for ln in running.splitlines() if ln.strip()], [],
+    report = BootReport([ln.split()[0] for ln in active.splitlines() if ln.strip()], [],
                         [f"{ln.split()[0]}: failed (systemctl status {ln.split()[0]})"
                          for ln in failed.splitlines() if ln.strip()])
     if state.stdout.strip() not in ("running", "degraded"):
