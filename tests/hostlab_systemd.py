@@ -44,6 +44,7 @@ MASKED = {
     "postgresql.service": "would start the machine's PostgreSQL cluster in every host",
     "postgresql@.service": "would start the machine's PostgreSQL cluster in every host",
     "e2scrub_reap.service": "acts on the machine's disks",
+    "systemd-remount-fs.service": "remounts the root filesystem, whose superblock is the machine's",
     "apt-daily.timer": "periodic apt jobs: load for nothing",
     "apt-daily-upgrade.timer": "periodic apt jobs: load for nothing",
     "dpkg-db-backup.timer": "periodic job: load for nothing",
