@@ -49,6 +49,15 @@ removed by destroy().  rp_filter does not get in the way: the reverse path of
 conf/all/forwarding machine-wide resets every interface's flag, which would
 cut hosts off from each other until they are re-created.)
 
+Reboots: ``host.reboot()`` kills -9 every process of the host (``ip netns
+pids``), flushes its nft ruleset, clears its /run and /tmp, starts sshd again
+and then what the host's boot would start, read from its own /etc
+(hostlab_boot: enabled systemd services, cron @reboot lines; it refuses what it
+cannot emulate).  ``create_host(name, index, init="systemd")`` makes a host
+whose PID 1 is systemd instead (hostlab_systemd: own PID, mount, UTS and cgroup
+namespaces, sshd as a unit, ``host.systemctl(...)``); its reboot boots systemd
+again.
+
 Library use (pytest fixtures)::
 
     host = create_host("web1", 10)
@@ -58,7 +67,8 @@ Library use (pytest fixtures)::
 
 CLI::
 
-    python tests/hostlab.py up NAME INDEX
+    python tests/hostlab.py up NAME INDEX [--init systemd]
+    python tests/hostlab.py reboot NAME
     python tests/hostlab.py down NAME
     python tests/hostlab.py ls
 
@@ -87,6 +97,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+if __name__ == "__main__":  # one module object for the CLI and the helper modules
+    sys.modules["hostlab"] = sys.modules[__name__]
 
 LAB_ROOT = Path(os.environ.get("FABDEPLOY_LAB_ROOT", "/tmp/fabdeploy-lab"))
 
@@ -123,6 +136,7 @@ RULE_PREF_LAB = 10213
 RULE_PREF_BLOCK = 10214
 
 _LAB_ADDR_RE = re.compile(r"^10\.213\.\d{1,3}\.2$")
+INITS = ("lab", "systemd")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 _SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -246,7 +260,7 @@ def _reap(root: Path, name: str) -> None:
 
 
 def _kill_netns(netns: str, root: Path, name: str, term_wait: float = 5.0) -> None:
-    """SIGTERM every process in netns, wait (bounded), then SIGKILL."""
+    """SIGTERM every process in netns, wait (bounded), then SIGKILL (at once if term_wait is 0)."""
     def signal_all(sig: int) -> None:
         for pid in _netns_pids(netns):
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -255,7 +269,8 @@ def _kill_netns(netns: str, root: Path, name: str, term_wait: float = 5.0) -> No
     if not _netns_pids(netns):
         _reap(root, name)
         return
-    signal_all(signal.SIGTERM)
+    if term_wait > 0:
+        signal_all(signal.SIGTERM)
     deadline = time.monotonic() + term_wait
     while time.monotonic() < deadline:
         _reap(root, name)
@@ -384,7 +399,7 @@ class TestHost:
     user = USER
 
     def __init__(self, name: str, index: int, root: Path = LAB_ROOT,
-                 sshd_pid: int | None = None):
+                 sshd_pid: int | None = None, init: str = "lab", init_pid: int | None = None):
         if not _NAME_RE.match(name):
             raise LabError(f"bad host name {name!r} (want [a-z0-9][a-z0-9_-]*, ≤40 chars)")
         if not isinstance(index, int) or not 1 <= index <= 250:
@@ -399,6 +414,12 @@ class TestHost:
         self.veth_host = f"fdl{index}b"
         self.base = self.root / name
         self.sshd_pid = sshd_pid
+        if init not in INITS:
+            raise LabError(f"bad init {init!r} for host {name!r} (want one of: {', '.join(INITS)})")
+        # "lab": sshd is started directly and reboot() emulates the boot
+        # (hostlab_boot); "systemd": systemd is PID 1 of the host (hostlab_systemd).
+        self.init = init
+        self.init_pid = init_pid
 
     def __repr__(self) -> str:
         return f"<TestHost {self.name} {self.address} sshd={self.sshd_pid}>"
@@ -457,9 +478,9 @@ class TestHost:
         return _netns_pids(self.netns)
 
     def _ns_pid(self) -> int:
-        pid = self.sshd_pid
+        pid, what = (self.init_pid, "systemd") if self.init == "systemd" else (self.sshd_pid, "sshd")
         if pid is None or not _pid_alive(pid):
-            raise LabError(f"host {self.name}: sshd (pid {pid}) is not running")
+            raise LabError(f"host {self.name}: {what} (pid {pid}) is not running")
         return pid
 
     def exec(self, cmd: list[str] | str, check: bool = True, timeout: float = 60,
@@ -471,7 +492,11 @@ class TestHost:
         timeout: redirect a daemon's output.
         """
         pid = self._ns_pid()
-        argv = [_tool("nsenter"), f"--net=/proc/{pid}/ns/net", f"--mount=/proc/{pid}/ns/mnt", "--"]
+        argv = [_tool("nsenter"), f"--net=/proc/{pid}/ns/net", f"--mount=/proc/{pid}/ns/mnt"]
+        if self.init == "systemd":
+            argv += [f"--pid=/proc/{pid}/ns/pid", f"--uts=/proc/{pid}/ns/uts",
+                     f"--cgroup=/proc/{pid}/ns/cgroup"]
+        argv.append("--")
         if user and user != "root":
             argv += [_tool("runuser"), "-u", user, "--"]
         if isinstance(cmd, str):
@@ -517,7 +542,41 @@ class TestHost:
         finally:
             conn.close()
 
+    def systemctl(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        """`sudo systemctl ARGS` over SSH (hosts created with init="systemd")."""
+        if self.init != "systemd":
+            raise LabError(f"host {self.name} has no systemd (create it with init='systemd')")
+        return self.ssh("sudo systemctl " + shlex.join(args), check=check, timeout=timeout)
+
     # -- lifecycle ----------------------------------------------------------
+
+    def reboot(self, check: bool = True):
+        """Simulate a reboot: kill -9 every process of the host, flush its nft
+        ruleset, clear its /run and /tmp, start sshd again, then start what the
+        host's boot would start.
+
+        init "lab": hostlab_boot emulates Debian's boot from the host's own /etc;
+        init "systemd": systemd boots again as the host's PID 1.  Returns a
+        hostlab_boot.BootReport; with check, a boot with failures raises LabError.
+        """
+        import hostlab_boot
+        hostlab_systemd.kill_cgroup(self.name)
+        _kill_netns(self.netns, self.root, self.name, term_wait=0)
+        hostlab_systemd.remove_cgroup(self.name)
+        # kernel state does not survive a reboot: the host's firewall tables go
+        if shutil.which("nft", path=_SBIN_PATH):
+            _run(["ip", "netns", "exec", self.netns, "nft", "flush", "ruleset"])
+        for sub in ("run", "tmp"):
+            _clear_dir(self.base / "fs" / sub)
+        _make_run(self.base / "fs" / "run")
+        _boot(self)
+        if self.init == "systemd":
+            report = hostlab_systemd.boot_report(self)
+        else:
+            report = hostlab_boot.boot(self)
+        if check and report.failed:
+            raise LabError(f"reboot of {self.name}: " + "; ".join(report.failed))
+        return report
 
     def destroy(self) -> None:
         """Kill everything in the host, delete netns + veth, key line and files.
@@ -530,7 +589,9 @@ class TestHost:
 
 def _destroy(root: Path, name: str, netns: str, veth_root: str | None,
              address: str | None, base: Path) -> None:
+    hostlab_systemd.kill_cgroup(name)  # a systemd host: its PID 1 first, at once
     _kill_netns(netns, root, name)
+    hostlab_systemd.remove_cgroup(name)
     if _netns_exists(netns):
         _run(["ip", "netns", "del", netns], check=False)
     if veth_root and _link_exists(veth_root):
@@ -571,7 +632,8 @@ def get_host(name: str, index: int | None = None, root: Path = LAB_ROOT) -> Test
         return TestHost(name, index, root)
     if index is not None and info["index"] != index:
         raise LabError(f"lab host {name!r} has index {info['index']}, not {index}")
-    return TestHost(name, info["index"], root, sshd_pid=info.get("sshd_pid"))
+    return TestHost(name, info["index"], root, sshd_pid=info.get("sshd_pid"),
+                    init=info.get("init", "lab"), init_pid=info.get("init_pid"))
 
 
 def _copy_dirs(src: str, dst: Path) -> None:
@@ -604,12 +666,7 @@ def _make_private_fs(host: TestHost) -> None:
     os.chown(fs / "var-lib-nginx", st.st_uid, st.st_gid)
     os.chmod(fs / "var-lib-nginx", stat.S_IMODE(st.st_mode))
     os.chmod(fs / "srv", 0o755)
-    run = fs / "run"
-    os.chmod(run, 0o755)
-    (run / "sshd").mkdir(mode=0o755)  # sshd privilege separation dir
-    (run / "lock").mkdir()
-    os.chmod(run / "lock", 0o1777)
-    (run / HOST_SSH_DIR.rsplit("/", 1)[1]).mkdir(mode=0o755)
+    _make_run(fs / "run")
     home = fs / "home-deploy"
     if Path("/etc/skel").is_dir():
         for item in Path("/etc/skel").iterdir():
@@ -619,6 +676,24 @@ def _make_private_fs(host: TestHost) -> None:
             os.lchown(n, dep.pw_uid, dep.pw_gid)
     os.chmod(home, 0o755)
     os.chmod(fs / "tmp", 0o1777)
+
+
+def _make_run(run: Path) -> None:
+    """The host's /run as at creation (and after a reboot): what sshd needs."""
+    os.chmod(run, 0o755)
+    (run / "sshd").mkdir(mode=0o755)  # sshd privilege separation dir
+    (run / "lock").mkdir()
+    os.chmod(run / "lock", 0o1777)
+    (run / HOST_SSH_DIR.rsplit("/", 1)[1]).mkdir(mode=0o755)
+
+
+def _clear_dir(d: Path) -> None:
+    """Remove everything inside d (not d itself)."""
+    for item in d.iterdir():
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
 
 
 def _write_ssh_config(host: TestHost) -> Path:
@@ -690,10 +765,13 @@ def _ssh_banner(address: str, port: int = 22, timeout: float = 0.5) -> bool:
         return False
 
 
-def create_host(name: str, index: int, root: Path = LAB_ROOT) -> TestHost:
-    """Create (or re-create) lab host `name` with address 10.213.<index>.2."""
+def create_host(name: str, index: int, root: Path = LAB_ROOT, init: str = "lab") -> TestHost:
+    """Create (or re-create) lab host `name` with address 10.213.<index>.2.
+
+    init="systemd" boots systemd as the host's PID 1 (see hostlab_systemd).
+    """
     root = Path(root)
-    host = TestHost(name, index, root)
+    host = TestHost(name, index, root, init=init)
     ensure_machine_setup(root)
 
     # another live host with the same index would lose its veth
@@ -726,6 +804,61 @@ def create_host(name: str, index: int, root: Path = LAB_ROOT) -> TestHost:
         raise
 
 
+def _start_sshd(host: TestHost) -> None:
+    """Start the host's sshd in a fresh private mount namespace; wait until it answers."""
+    log = host.base / "sshd.log"
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(
+            [_tool("ip"), "netns", "exec", host.netns, _tool("unshare"), "--mount",
+             "--propagation", "private", "/bin/sh", "-c", _mount_script(host)],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd="/",
+            start_new_session=True, env={"PATH": _SBIN_PATH, "LANG": "C"})
+    _PROCS[(str(host.root), host.name)] = proc
+    _wait_ssh(host, proc, log)
+
+    # sshd is the Popen pid (ip netns exec, unshare and sh all exec); confirm
+    # with its pid file, which lands in the private /run.
+    pid = proc.pid
+    pidfile = host.path("/run/sshd.pid")
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            pid = int(pidfile.read_text().strip())
+            break
+        time.sleep(0.05)
+    host.sshd_pid = pid
+    if os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+        raise LabError(f"sshd for {host.name} (pid {pid}) is not in a private mount namespace")
+
+
+def _wait_ssh(host: TestHost, proc: subprocess.Popen, log: Path, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise LabError(f"{'systemd' if host.init == 'systemd' else 'sshd'} for {host.name} "
+                           f"exited (rc={proc.returncode}): {_tail(log)}")
+        if _ssh_banner(host.address, 22):
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"sshd for {host.name} not reachable on {host.address}:22 "
+                           f"within {timeout:g}s: {_tail(log)}")
+        time.sleep(0.1)
+
+
+def _boot(host: TestHost) -> None:
+    """Start the host's first processes (sshd, or systemd) and record them in host.json."""
+    if host.init == "systemd":
+        host.init_pid, host.sshd_pid = hostlab_systemd.boot(host)
+    else:
+        _start_sshd(host)
+    # host.json first: known_hosts pruning treats lab addresses without a
+    # host.json as stale.
+    _atomic_write(host.base / "host.json", json.dumps({
+        "name": host.name, "index": host.index, "address": host.address,
+        "netns": host.netns, "sshd_pid": host.sshd_pid, "init": host.init,
+        "init_pid": host.init_pid}, indent=2) + "\n", 0o644)
+
+
 def _create(host: TestHost) -> TestHost:
     ns, a, b = host.netns, host.veth_root, host.veth_host
     _run(["ip", "netns", "add", ns])
@@ -743,45 +876,9 @@ def _create(host: TestHost) -> TestHost:
     _make_private_fs(host)
     _write_ssh_config(host)
 
-    log = host.base / "sshd.log"
-    with open(log, "wb") as logf:
-        proc = subprocess.Popen(
-            [_tool("ip"), "netns", "exec", ns, _tool("unshare"), "--mount",
-             "--propagation", "private", "/bin/sh", "-c", _mount_script(host)],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, cwd="/",
-            start_new_session=True, env={"PATH": _SBIN_PATH, "LANG": "C"})
-    _PROCS[(str(host.root), host.name)] = proc
-
-    deadline = time.monotonic() + 15
-    while True:
-        if proc.poll() is not None:
-            raise LabError(f"sshd for {host.name} exited (rc={proc.returncode}): {_tail(log)}")
-        if _ssh_banner(host.address, 22):
-            break
-        if time.monotonic() > deadline:
-            raise LabError(f"sshd for {host.name} not reachable on {host.address}:22 "
-                           f"within 15s: {_tail(log)}")
-        time.sleep(0.1)
-
-    # sshd is the Popen pid (ip netns exec, unshare and sh all exec); confirm
-    # with its pid file, which lands in the private /run.
-    pid = proc.pid
-    pidfile = host.path("/run/sshd.pid")
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            pid = int(pidfile.read_text().strip())
-            break
-        time.sleep(0.05)
-    host.sshd_pid = pid
-    if os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
-        raise LabError(f"sshd for {host.name} (pid {pid}) is not in a private mount namespace")
-
-    # host.json first: known_hosts pruning treats lab addresses without a
-    # host.json as stale.
-    _atomic_write(host.base / "host.json", json.dumps({
-        "name": host.name, "index": host.index, "address": host.address,
-        "netns": host.netns, "sshd_pid": pid}, indent=2) + "\n", 0o644)
+    if host.init == "systemd":
+        hostlab_systemd.prepare(host)
+    _boot(host)
 
     keytype, key = (host.base / "ssh" / "ssh_host_ed25519_key.pub").read_text().split()[:2]
     kh = known_hosts(host.root)
@@ -799,12 +896,14 @@ def _create(host: TestHost) -> TestHost:
     return host
 
 
+import hostlab_systemd  # noqa: E402  (uses the helpers above)
+
 # --------------------------------------------------------------------------
 # CLI
 
 
 def _cmd_up(args) -> int:
-    host = create_host(args.name, args.index, args.root)
+    host = create_host(args.name, args.index, args.root, init=args.init)
     print(f"address:     {host.address}")
     print(f"ssh target:  {host.ssh_target()}")
     print(f"client key:  {client_key(host.root)}")
@@ -828,6 +927,12 @@ def _cmd_down(args) -> int:
         _destroy(root, args.name, f"fdl-{args.name}", None, None, root / args.name)
     print(f"destroyed {args.name}")
     return 0
+
+
+def _cmd_reboot(args) -> int:
+    report = get_host(args.name, None, Path(args.root)).reboot(check=False)
+    print(report.text())
+    return 1 if report.failed else 0
 
 
 def _cmd_ls(args) -> int:
@@ -859,10 +964,15 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="create (or re-create) a host")
     up.add_argument("name")
     up.add_argument("index", type=int, help="1..250; address is 10.213.INDEX.2")
+    up.add_argument("--init", choices=INITS, default="lab",
+                    help="lab: sshd only, reboot emulated; systemd: systemd as the host's PID 1")
     up.set_defaults(func=_cmd_up)
     down = sub.add_parser("down", help="destroy a host")
     down.add_argument("name")
     down.set_defaults(func=_cmd_down)
+    rb = sub.add_parser("reboot", help="simulate a reboot of a host")
+    rb.add_argument("name")
+    rb.set_defaults(func=_cmd_reboot)
     ls = sub.add_parser("ls", help="list hosts")
     ls.set_defaults(func=_cmd_ls)
     args = p.parse_args(argv)
