@@ -51,8 +51,9 @@ def wheel_cache(tmp_path_factory):
 def make_host(lab):
     created = []
 
-    def make(name: str):
-        host = lab.create_host(f"{name}-{os.getpid() % 10000}", next(_index))
+    def make(name: str, init: str = "lab"):
+        """A lab host; init="systemd": systemd is its PID 1 (tests/hostlab_systemd.py)."""
+        host = lab.create_host(f"{name}-{os.getpid() % 10000}", next(_index), init=init)
         created.append(host)
         return host
 
