@@ -2,6 +2,7 @@
 
     sudo .venv/bin/python bench/run.py                 # 1, 3, 10 hosts x 0 and 25 ms one-way delay, 3 runs
     sudo .venv/bin/python bench/run.py --quick         # 1 host, 0 and 25 ms, 1 run (what CI runs)
+    sudo .venv/bin/python bench/run.py --servers uwsgi # uWSGI only (default: uwsgi and gunicorn)
 
 For every host a LatencyProxy (bench/latency_proxy.py) sits between the deploying side and the host's sshd
 and delays each chunk by D ms each way. Measures, as medians of wall time:
@@ -11,7 +12,9 @@ and delays each chunk by D ms each way. Measures, as medians of wall time:
   rollback  fab rollback
 and the same remote work as ONE shell script per host over ONE ssh session, hosts in parallel ("limit";
 its archive and wheels are prepared before the clock starts, so the limit is a strict one).
-Prints fab / limit ratios and the SSH connections and channels fab opened per host. Asserts nothing.
+Each app server ([app] server: uwsgi, gunicorn) is measured on the same hosts in the same run, one after
+the other. Prints fab / limit ratios, the SSH connections and channels fab opened per host, and gunicorn's
+times beside uWSGI's. Asserts nothing.
 """
 from __future__ import annotations
 
@@ -74,6 +77,7 @@ class Bench:
                 key = next(ln.split(" ", 1)[1] for ln in lines if ln.startswith(h.address + " "))
                 f.write(f"[127.0.0.1]:{BASE_PORT + i} {key}\n")
         self.counter = 0
+        self.server = "uwsgi"
 
     def commit(self, message: str) -> None:
         (self.src / "pages" / "message.txt").write_text(f"{message}\n")
@@ -96,11 +100,16 @@ class Bench:
             django_settings = "sampleproject.settings"
             wsgi = "sampleproject.wsgi:application"
             hosts = [{targets}]
+            [app]
+            server = "{self.server}"
             [paths]
             deploy_to = "/srv/bench"
             keep_releases = 5
             [uwsgi]
             processes = 2
+            threads = 2
+            [gunicorn]
+            workers = 2
             threads = 2
             [nginx]
             server_name = "bench.test"
@@ -115,8 +124,8 @@ class Bench:
     def reset(self, n: int) -> None:
         """Fresh hosts for a first deploy: stop the app server, remove the site and deploy_to."""
         for h in self.hosts[:n]:
-            h.exec("p=$(cat /srv/bench/shared/run/uwsgi.pid 2>/dev/null) && kill -INT $p; "
-                   "for i in $(seq 50); do [ -e /proc/$p ] || break; sleep 0.1; done; "
+            h.exec("for s in uwsgi gunicorn; do p=$(cat /srv/bench/shared/run/$s.pid 2>/dev/null) || continue; "
+                   "kill -INT $p; for i in $(seq 50); do [ -e /proc/$p ] || break; sleep 0.1; done; done; "
                    "rm -rf /srv/bench /etc/nginx/sites-enabled/bench /etc/nginx/sites-available/bench", check=False)
 
     def fab(self, n: int, *args: str) -> tuple[float, int, int]:
@@ -234,7 +243,9 @@ def main() -> int:
     ap.add_argument("--hosts", default="1,3,10")
     ap.add_argument("--delays", default="0,25", help="one-way delays in ms")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--servers", default="uwsgi,gunicorn", help="app servers to measure, side by side")
     args = ap.parse_args()
+    servers = [x.strip() for x in args.servers.split(",") if x.strip()]
     hosts = [1] if args.quick else [int(x) for x in args.hosts.split(",")]
     runs = 1 if args.quick else args.runs
     delays = [float(x) for x in args.delays.split(",")]
@@ -249,25 +260,38 @@ def main() -> int:
         for delay in delays:
             b.set_delay(delay)
             for n in hosts:
-                for m, r in measure(b, n, runs).items():
-                    fab, limit = statistics.median(r["fab"]), statistics.median(r["limit"])
-                    rows.append((m, n, delay, fab, limit, r["conns"], r["channels"]))
-                    print(f"  measured {m:<8} hosts={n:<2} delay={delay:g}ms fab={fab:.2f}s limit={limit:.2f}s",
-                          flush=True)
+                for server in servers:
+                    b.server = server
+                    for m, r in measure(b, n, runs).items():
+                        fab, limit = statistics.median(r["fab"]), statistics.median(r["limit"])
+                        rows.append((server, m, n, delay, fab, limit, r["conns"], r["channels"]))
+                        print(f"  measured {server:<8} {m:<8} hosts={n:<2} delay={delay:g}ms fab={fab:.2f}s "
+                              f"limit={limit:.2f}s", flush=True)
+                b.reset(n)
     finally:
         b.close()
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nfabdeploy benchmark: medians of {runs} run(s); machine: {os.cpu_count()} cores")
-    print(f"{'measure':<9} {'hosts':>5} {'delay':>6} {'fab s':>7} {'limit s':>8} {'fab/limit':>9} "
+    print(f"{'server':<9} {'measure':<9} {'hosts':>5} {'delay':>6} {'fab s':>7} {'limit s':>8} {'fab/limit':>9} "
           f"{'ssh conns/host':>14} {'channels/host':>13}")
-    one_host = {(m, d): f for m, n, d, f, _, _, _ in rows if n == 1}
-    for m, n, d, fab, limit, conns, channels in rows:
-        print(f"{m:<9} {n:>5} {d:>4g}ms {fab:>7.2f} {limit:>8.2f} {fab / limit:>9.2f} {conns:>14} {channels:>13}")
-    scaled = [(m, n, d, fab / one_host[(m, d)]) for m, n, d, fab, *_ in rows if n > 1]
+    one_host = {(sv, m, d): f for sv, m, n, d, f, *_ in rows if n == 1}
+    for sv, m, n, d, fab, limit, conns, channels in rows:
+        print(f"{sv:<9} {m:<9} {n:>5} {d:>4g}ms {fab:>7.2f} {limit:>8.2f} {fab / limit:>9.2f} {conns:>14} "
+              f"{channels:>13}")
+    scaled = [(sv, m, n, d, fab / one_host[(sv, m, d)]) for sv, m, n, d, fab, *_ in rows if n > 1]
     if scaled:
         print("\nscaling (fab time with N hosts / with 1 host):")
-        for m, n, d, ratio in scaled:
-            print(f"  {m:<9} {n:>2} hosts {d:>4g}ms  {ratio:.2f}")
+        for sv, m, n, d, ratio in scaled:
+            print(f"  {sv:<9} {m:<9} {n:>2} hosts {d:>4g}ms  {ratio:.2f}")
+    by = {(sv, m, n, d): fab for sv, m, n, d, fab, *_ in rows}
+    others = [sv for sv in servers if sv != "uwsgi"]
+    if "uwsgi" in servers and others:
+        print("\napp servers side by side (fab time / uWSGI's, same hosts, same run):")
+        for sv in others:
+            for (s0, m, n, d), fab in by.items():
+                if s0 == sv and ("uwsgi", m, n, d) in by:
+                    print(f"  {sv:<9} {m:<9} {n:>2} hosts {d:>4g}ms  {fab:.2f}s vs {by[('uwsgi', m, n, d)]:.2f}s"
+                          f"  = {fab / by[('uwsgi', m, n, d)]:.2f}")
     return 0
 
 
