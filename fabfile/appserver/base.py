@@ -145,6 +145,7 @@ class AppServer:
             CHILDREN_FN,
             'if [ -z "$pid" ]; then',
             '  action="already stopped"; ' + note(f"{self.name} already stopped"),
+            *["  " + ln for ln in mgr.stopped_lines(cfg, self)],
             "else",
             f'  kids=$(for c in $(children "$pid"); do grep -qs {name} "/proc/$c/comm" && printf "%s " "$c"; '
             'done; true)',

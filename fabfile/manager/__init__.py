@@ -4,6 +4,7 @@ else (readiness, pids, logs) stays the app server's."""
 from __future__ import annotations
 
 from fabdeploy.manager.base import Manager
+from fabdeploy.manager.emperor import Emperor
 from fabdeploy.manager.pidfile import Pidfile
 from fabdeploy.manager.supervisor import Supervisor
 from fabdeploy.manager.systemd import Systemd
@@ -12,6 +13,7 @@ MANAGERS: dict[str, Manager] = {
     "pidfile": Pidfile(),
     "supervisor": Supervisor(),
     "systemd": Systemd(),
+    "emperor": Emperor(),
 }
 
 
@@ -39,7 +41,7 @@ def switch_lines(cfg, app) -> list[str]:
              f'if [ "$was" != {q(new.name)} ]; then',
              '  case "$was" in']
     for name, old in MANAGERS.items():
-        if name == new.name:
+        if name == new.name or old.refuse(app):  # (one that refuses this app server never ran it)
             continue
         lines += [f"  {q(name)})",
                   *["    " + ln for ln in app.stop_lines(cfg, old)],

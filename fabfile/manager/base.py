@@ -70,6 +70,11 @@ class Manager:
         """Ask the running master ($pid) to stop, for good (the manager must not start it again)."""
         raise NotImplementedError
 
+    def stopped_lines(self, cfg: Config, app) -> list[str]:
+        """A stop that finds the app server not running: keep the manager from starting it again (e.g. a
+        crashed master it is about to restart)."""
+        return []
+
     def remove_lines(self, cfg: Config, app) -> list[str]:
         """When a host switches to another manager: its definition of the project removed (the caller has
         stopped the app server already)."""

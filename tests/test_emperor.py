@@ -1,0 +1,142 @@
+"""The uWSGI emperor manager's builders (fabdeploy.manager.emperor): its vassal, its unit, its binary, what a
+deploy, a stop and a switch run. Builders only; tests/test_emperor_e2e.py runs them on a lab host."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from fabdeploy import appserver, manager
+from fabdeploy.errors import ConfigError
+from fabdeploy.manager import emperor
+from fabdeploy.model import Facts
+from fabdeploy.steps import activate, control
+from test_phases import make_cfg, make_rel
+
+
+def text(lines) -> str:
+    return "\n".join(lines)
+
+
+def restart_lines(cfg) -> list[str]:
+    return activate.restart(cfg, make_rel(), Facts(nginx_pid="/run/nginx.pid")).lines
+
+
+def test_the_emperor_runs_uwsgi_only_and_says_so_in_one_line():
+    with pytest.raises(ConfigError) as e:
+        make_cfg(app={"manager": "emperor", "server": "gunicorn"})
+    msg = str(e.value)
+    assert msg.startswith('app.manager "emperor" runs uWSGI vassals only, not gunicorn (app.server): choose "pidfile"'), msg
+    assert '"emperor" or' not in msg.split("choose", 1)[1] and "\n" not in msg
+    assert manager.of(make_cfg(app={"manager": "emperor"})).name == "emperor"
+
+
+def test_the_vassal_includes_the_live_config_and_the_ini_logs_to_its_file():
+    cfg = make_cfg(app={"manager": "emperor"})
+    emp, uw = manager.of(cfg), appserver.of(cfg)
+    assert emp.definition_path(cfg) == "/etc/uwsgi/vassals/shop.ini"
+    vassal = emp.definition(cfg, uw).splitlines()
+    assert vassal[0].startswith("; Managed by fabdeploy for shop")
+    assert vassal[-2:] == ["[uwsgi]", "ini = /srv/shop/shared/config/uwsgi.ini"]
+    ini = uw.render_config(cfg, make_rel())
+    assert "daemonize" not in ini and "logto = /srv/shop/shared/log/uwsgi.log" in ini  # the emperor keeps it
+
+
+def test_the_unit_is_simple_restarts_and_is_wanted_by_multi_user():
+    unit = emperor.unit_text().splitlines()
+    assert unit[0].startswith("# Managed by fabdeploy")
+    for line in ("Type=simple", "Restart=always", "WantedBy=multi-user.target",
+                 "ExecStart=/usr/local/lib/fabdeploy/uwsgi --emperor /etc/uwsgi/vassals --emperor-tyrant "
+                 "--emperor-freq 1 --die-on-term --pidfile /run/fabdeploy-uwsgi-emperor.pid"):
+        assert line in unit, line
+
+
+def test_a_deploy_installs_the_emperor_only_where_it_differs_then_touches_the_vassal():
+    cfg = make_cfg(app={"manager": "emperor"})
+    lines = restart_lines(cfg)
+    t = text(lines)
+    # the binary: copied from the release's uWSGI (through the venv link) when missing, broken or older
+    assert "ver=$(/srv/shop/shared/config/uwsgi-venv/bin/uwsgi --version 2>/dev/null) ||" in t
+    assert "sort -V" in t and 'sudo -n mv -Tf /usr/local/lib/fabdeploy/uwsgi.tmp$$ /usr/local/lib/fabdeploy/uwsgi' in t
+    assert "one emperor runs one Python" in t
+    # the unit and its enabling link, written with sudo -n install only when they differ
+    assert ("if ! cmp -s /srv/shop/shared/config/emperor.service /etc/systemd/system/fabdeploy-uwsgi-emperor.service; "
+            "then") in lines
+    assert ("sudo -n ln -sfn /etc/systemd/system/fabdeploy-uwsgi-emperor.service "
+            "/etc/systemd/system/multi-user.target.wants/fabdeploy-uwsgi-emperor.service") in t
+    # started when not running: systemctl where systemd runs, else the unit's command daemonized
+    assert ("sudo -n /usr/local/lib/fabdeploy/uwsgi --emperor /etc/uwsgi/vassals --emperor-tyrant --emperor-freq 1 "
+            "--die-on-term --pidfile /run/fabdeploy-uwsgi-emperor.pid --daemonize "
+            "/var/log/fabdeploy-uwsgi-emperor.log") in t
+    assert "sudo -n systemctl start fabdeploy-uwsgi-emperor.service" in t
+    # the vassal: the deploy user's file (tyrant mode), renamed into place, never over a file not ours
+    assert ('sudo -n install -o "$(id -un)" -g "$(id -gn)" -m 0644 /srv/shop/shared/config/emperor.definition '
+            "/etc/uwsgi/vassals/.shop.ini.tmp && sudo -n mv -f /etc/uwsgi/vassals/.shop.ini.tmp "
+            "/etc/uwsgi/vassals/shop.ini") in t
+    assert "grep -qs 'Managed by fabdeploy' /etc/uwsgi/vassals/shop.ini" in t
+    # a reload touches the vassal with a newer mtime; nothing else signals the master
+    assert '  touch -c -d "@$t" /etc/uwsgi/vassals/shop.ini 2>/dev/null || sudo -n touch -c -d "@$t" ' \
+           "/etc/uwsgi/vassals/shop.ini" in lines
+    assert "--reload" not in t and "kill -HUP" not in t
+    assert not any(ln.strip().startswith("/srv/shop/venvs/") for ln in lines)  # never behind the emperor's back
+
+
+def test_the_emperor_is_written_before_the_vassal_and_the_vassal_before_the_reload():
+    t = text(restart_lines(make_cfg(app={"manager": "emperor"})))
+    order = ["ver=$(/srv/shop/shared/config/uwsgi-venv/bin/uwsgi --version", "fabdeploy-uwsgi-emperor.service",
+             "--daemonize",
+             "/etc/uwsgi/vassals/.shop.ini.tmp", 'touch -c -d "@$t"']
+    at = [t.index(s) for s in order]
+    assert at == sorted(at), at
+
+
+def test_stop_takes_the_vassal_out_even_when_the_master_is_down():
+    cfg = make_cfg(app={"manager": "emperor"})
+    stop = control.stop(cfg).lines
+    out = "sudo -n rm -f /etc/uwsgi/vassals/shop.ini"
+    i = stop.index('if [ -z "$pid" ]; then')
+    j = stop.index("else", i)
+    assert "  " + out in stop[i:j]  # a crashed vassal the emperor would start again
+    assert "  " + out in stop[j:]
+    plain = control.stop(make_cfg()).lines
+    assert not any("rm -f /etc/uwsgi" in ln for ln in plain)
+
+
+def test_switching_to_and_from_the_emperor():
+    cfg = make_cfg(app={"manager": "emperor"})
+    lines = manager.switch_lines(cfg, appserver.of(cfg))
+    i = lines.index("  pidfile)")
+    assert "--stop /srv/shop/shared/run/uwsgi.pid" in text(lines[i:lines.index("    ;;", i)])
+    assert "echo emperor > /srv/shop/shared/config/manager" in text(lines)
+    back = make_cfg()
+    b = manager.switch_lines(back, appserver.of(back))
+    i = b.index("  emperor)")
+    branch = b[i:b.index("    ;;", i)]
+    # stopped (the vassal out, running or not), then removed
+    assert text(branch).count("sudo -n rm -f /etc/uwsgi/vassals/shop.ini") == 3
+    g = make_cfg(app={"server": "gunicorn", "manager": "supervisor"})
+    assert "  emperor)" not in manager.switch_lines(g, appserver.of(g))  # it never runs gunicorn
+
+
+def test_status_reports_the_vassal_and_the_emperor(tmp_path):
+    """The state command run for real: a process named uwsgi stands for the emperor."""
+    cfg = make_cfg(app={"manager": "emperor"})
+    argv = manager.of(cfg).state_argv(cfg)
+    assert argv[-2:] == ["/etc/uwsgi/vassals/shop.ini", "/run/fabdeploy-uwsgi-emperor.pid"]
+    vassal, pidfile = tmp_path / "shop.ini", tmp_path / "emperor.pid"
+    fake = tmp_path / "uwsgi"
+    shutil.copy("/bin/sleep", fake)
+
+    def state() -> str:
+        return subprocess.run([*argv[:-2], str(vassal), str(pidfile)], capture_output=True, text=True).stdout
+
+    assert state() == "vassal EMPEROR-DOWN\n"
+    with subprocess.Popen([str(fake), "30"]) as proc:
+        try:
+            pidfile.write_text(f"{proc.pid}\n")
+            assert state() == "vassal STOPPED\n"
+            vassal.write_text("[uwsgi]\n")
+            assert state() == "vassal RUNNING\n"
+        finally:
+            proc.kill()

@@ -1,0 +1,266 @@
+"""uWSGI emperor end to end (`[app] manager = "emperor"`): real fab, sshd, nginx, the emperor and its vassals in
+one lab host (its private /etc, /run and /var/log; the emperor binary goes to /usr/local/lib/fabdeploy, which
+lab hosts share with the machine: a versioned copy, never overwritten).
+
+Two projects on one host share one emperor: "one" (port 80) starts under the pidfile manager and switches to
+the emperor by config, "two" (port 8080) starts under it. Then a deploy and a rollback of "one" under load,
+a vassal crash, stop/start, the switch back to pidfile, and a simulated boot (every process of the emperor
+killed, /run's pidfiles gone, the enabled unit's ExecStart run) that brings "two" back. The tests run in
+order and build on each other.
+"""
+from __future__ import annotations
+
+import http.client
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import make_project, release_of, run_fab, sample_config
+from test_load_e2e import Load
+
+EMPEROR = '[app]\nmanager = "emperor"\n'
+PIDFILE = "/run/fabdeploy-uwsgi-emperor.pid"
+UNIT = "/etc/systemd/system/fabdeploy-uwsgi-emperor.service"
+WANTS = "/etc/systemd/system/multi-user.target.wants/fabdeploy-uwsgi-emperor.service"
+LIB = "/usr/local/lib/fabdeploy"
+D_ONE = "/srv/one"
+
+
+@pytest.fixture(scope="module")
+def host(make_host):
+    return make_host("emperor")
+
+
+def project(host, tmp_path_factory, wheel_cache, name, port, extra=""):
+    proj = make_project(tmp_path_factory.mktemp(name))
+    cfg = lambda extra: sample_config(host, name=name, deploy_to=f"/srv/{name}", listen=port, keep=4, extra=extra)  # noqa: E731
+    proj.write_config(cfg(extra))
+    return SimpleNamespace(host=host, proj=proj, cache=wheel_cache, name=name, port=port, d=f"/srv/{name}",
+                           config=cfg, releases=[])
+
+
+@pytest.fixture(scope="module")
+def one(host, tmp_path_factory, wheel_cache):
+    return project(host, tmp_path_factory, wheel_cache, "one", 80)
+
+
+@pytest.fixture(scope="module")
+def two(host, tmp_path_factory, wheel_cache):
+    return project(host, tmp_path_factory, wheel_cache, "two", 8080, EMPEROR)
+
+
+def fab(site, *args):
+    return run_fab(site.proj.root, *args, cache=site.cache)
+
+
+def deploy(site):
+    res = fab(site, "deploy")
+    assert res.returncode == 0, res.stdout + res.stderr
+    site.releases.append(release_of(res.stdout))
+    return site.releases[-1], res.stdout + res.stderr
+
+
+def sh(host, command: str) -> str:
+    return host.exec(command).stdout.strip()
+
+
+def emperor(host) -> int:
+    pid = int(host.path(PIDFILE).read_text())
+    assert "--emperor /etc/uwsgi/vassals --emperor-tyrant" in sh(host, f"tr '\\0' ' ' < /proc/{pid}/cmdline")
+    return pid
+
+
+def master(site) -> int:
+    return int(site.host.path(f"{site.d}/shared/run/uwsgi.pid").read_text())
+
+
+def ppid(host, pid: int) -> int:
+    return int(sh(host, f"awk '/^PPid:/ {{print $2}}' /proc/{pid}/status"))
+
+
+def children(host, pid: int) -> list[int]:
+    return [int(p) for p in sh(host, f"grep -l '^PPid:[[:space:]]*{pid}$' /proc/[0-9]*/status | cut -d/ -f3").split()]
+
+
+def workers(site, pid: int) -> list[str]:
+    return [sh(site.host, f"readlink /proc/{k}/cwd") for k in children(site.host, pid)]
+
+
+def vassals(host) -> list[str]:
+    """The ini names of the emperor's running vassal masters."""
+    return sorted(sh(host, f"tr '\\0' ' ' < /proc/{k}/cmdline").split()[-1] for k in children(host, emperor(host)))
+
+
+def page(site) -> str:
+    conn = http.client.HTTPConnection(site.host.address, site.port, timeout=10)
+    conn.request("GET", "/", headers={"Host": site.host.address})
+    resp = conn.getresponse()
+    body = resp.read().decode()
+    assert resp.status == 200, body[:500]
+    return body
+
+
+def serves(site, release: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if f"Release: {release}" in page(site):
+                return
+        except (AssertionError, OSError):
+            pass
+        assert time.monotonic() < deadline, f"{site.name} does not serve {release}"
+        time.sleep(0.3)
+
+
+def older_emperor_binary(host) -> Path:
+    """The host's emperor binary link pointed at an older uWSGI (a stand-in that only says its version and names
+    the same libpython): the next emperor deploy must copy the release's and link it. /usr is the machine's."""
+    fake = Path(LIB, "uwsgi-0.9.0-e2e/uwsgi")
+    fake.parent.mkdir(parents=True, exist_ok=True)
+    libpy = sh(host, f"grep -ao 'libpython3\\.[0-9]*' {D_ONE}/shared/config/uwsgi-venv/bin/uwsgi | head -n 1")
+    fake.write_text(f"#!/bin/sh\n# {libpy}\necho 0.9.0\n")
+    fake.chmod(0o755)
+    tmp = Path(LIB, "uwsgi.e2e-tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to("uwsgi-0.9.0-e2e/uwsgi")
+    tmp.replace(Path(LIB, "uwsgi"))
+    return fake.parent
+
+
+def test_a_pidfile_site_switches_to_the_emperor_by_config(one):
+    host = one.host
+    deploy(one)
+    daemon = master(one)
+    one.proj.write_config(one.config(EMPEROR))
+    one.proj.commit("emperor", {"pages/message.txt": "Under the emperor\n"})
+    fake = older_emperor_binary(host)
+    try:
+        rel, out = deploy(one)
+    finally:
+        shutil.rmtree(fake)
+    for said in ("process manager: pidfile -> emperor", "uwsgi stopped", "uWSGI emperor binary: ",
+                 f"{UNIT} written", "uWSGI emperor enabled (started at boot)", "uWSGI emperor started",
+                 "vassal /etc/uwsgi/vassals/one.ini written"):
+        assert said in out, (said, out)
+    emp, pid = emperor(host), master(one)
+    assert pid != daemon and ppid(host, pid) == emp and vassals(host) == ["one.ini"]
+    # tyrant mode: the vassal runs as its file's owner, the deploy user; the emperor as root
+    assert sh(host, "stat -c %U:%a /etc/uwsgi/vassals/one.ini") == "deploy:644"
+    assert sh(host, f"stat -c %U /proc/{pid}") == "deploy" and sh(host, f"stat -c %U /proc/{emp}") == "root"
+    assert "ini = /srv/one/shared/config/uwsgi.ini" in host.path("/etc/uwsgi/vassals/one.ini").read_text()
+    # the emperor runs the host-wide copy, never a release's virtualenv
+    exe = sh(host, f"readlink /proc/{emp}/exe")
+    assert re.fullmatch(r"/usr/local/lib/fabdeploy/uwsgi-2\.[0-9.]+-[0-9a-f]{12}/uwsgi", exe), exe
+    assert sh(host, f"readlink /proc/{pid}/exe") == exe and exe == str(Path(LIB, "uwsgi").resolve())
+    assert sh(host, f"readlink {WANTS}") == UNIT
+    assert f"Release: {rel}" in page(one) and "Under the emperor" in page(one)
+    assert workers(one, pid) == [f"/srv/one/releases/{rel}"] * 2
+
+
+def test_a_second_project_shares_the_emperor_and_changes_nothing_of_it(one, two):
+    host = one.host
+    emp, pid_one = emperor(host), master(one)
+    unit_mtime = host.path(UNIT).stat().st_mtime_ns
+    rel, out = deploy(two)
+    assert "vassal /etc/uwsgi/vassals/two.ini written" in out, out
+    assert "process manager" not in out and "uWSGI emperor started" not in out and "emperor binary" not in out
+    assert f"{UNIT} written" not in out and "enabled" not in out
+    assert emperor(host) == emp and master(one) == pid_one and vassals(host) == ["one.ini", "two.ini"]
+    assert host.path(UNIT).stat().st_mtime_ns == unit_mtime
+    assert ppid(host, master(two)) == emp and f"Release: {rel}" in page(two)
+    assert f"Release: {one.releases[-1]}" in page(one)
+
+
+def test_a_deploy_and_a_rollback_under_load_reload_the_vassal_gracefully(one, two):
+    host = one.host
+    emp, pid, pid_two = emperor(host), master(one), master(two)
+    before = one.releases[-1]
+    with Load(host.address) as load:
+        time.sleep(1)
+        one.proj.commit("third", {"pages/message.txt": "Third under the emperor\n"})
+        rel, out = deploy(one)
+        assert re.search(rf"uwsgi reloaded \(master {pid}, 2 workers on {rel}\)", out), out
+        assert workers(one, pid) == [f"/srv/one/releases/{rel}"] * 2
+        assert "written" not in out and "emperor started" not in out  # nothing of the emperor changed
+        time.sleep(1)
+        res = fab(one, "rollback")
+        assert res.returncode == 0 and f"rolled back to {before}" in res.stdout, res.stdout + res.stderr
+        assert workers(one, pid) == [f"/srv/one/releases/{before}"] * 2
+        time.sleep(1)
+    failed = [s for s in load.samples if s.status is None or not 200 <= s.status < 300]
+    assert len(load.samples) > 30 and failed == [], failed[:5]
+    assert {s.release for s in load.samples} == {before, rel}
+    assert master(one) == pid and emperor(host) == emp and master(two) == pid_two
+    one.releases.append(before)
+
+
+def test_the_emperor_brings_a_crashed_vassal_back(one, two):
+    host = one.host
+    pid, pid_two = master(one), master(two)
+    host.exec(f"kill -9 {pid}")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            now = master(one)
+        except (FileNotFoundError, ValueError):
+            now = pid
+        if now != pid and sh(host, f"cat /proc/{now}/comm 2>/dev/null") == "uwsgi":
+            break
+        assert time.monotonic() < deadline, "the emperor did not start the vassal again"
+        time.sleep(0.3)
+    serves(one, one.releases[-1])
+    assert ppid(host, now) == emperor(host) and master(two) == pid_two
+
+
+def test_stop_takes_the_vassal_out_for_good_and_start_puts_it_back(one, two):
+    host = one.host
+    pid_two = master(two)
+    res = fab(one, "stop")
+    assert res.returncode == 0 and "uwsgi stopped" in res.stdout, res.stdout + res.stderr
+    assert not host.path("/etc/uwsgi/vassals/one.ini").exists()
+    time.sleep(2.5)  # the emperor scans every second: it must not start it again
+    assert vassals(host) == ["two.ini"] and master(two) == pid_two
+    res = fab(one, "stop")
+    assert res.returncode == 0 and "already stopped" in res.stdout, res.stdout + res.stderr
+    res = fab(one, "status")
+    assert re.search(r"^  manager   emperor \(STOPPED\)$", res.stdout, re.M), res.stdout
+    res = fab(one, "start")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert vassals(host) == ["one.ini", "two.ini"]
+    assert f"Release: {one.releases[-1]}" in page(one)
+    res = fab(one, "reload")
+    assert res.returncode == 0 and "uwsgi reloaded" in res.stdout, res.stdout + res.stderr
+    res = fab(one, "status")
+    assert res.returncode == 0 and re.search(r"^  manager   emperor \(RUNNING\)$", res.stdout, re.M), res.stdout
+
+
+def test_back_to_pidfile_takes_the_vassal_out_and_leaves_the_emperor_to_the_other_project(one, two):
+    host = one.host
+    emp, pid_two = emperor(host), master(two)
+    one.proj.write_config(one.config(""))
+    rel, out = deploy(one)
+    assert "process manager: emperor -> pidfile" in out, out
+    assert not host.path("/etc/uwsgi/vassals/one.ini").exists()
+    pid = master(one)
+    assert ppid(host, pid) != emp and f"Release: {rel}" in page(one)
+    assert emperor(host) == emp and vassals(host) == ["two.ini"] and master(two) == pid_two
+
+
+def test_the_enabled_unit_brings_the_emperor_and_its_vassals_back_after_a_boot(two):
+    host = two.host
+    # the unit is valid for systemd (its ExecStart binary is in /usr, which lab hosts share with the machine)
+    res = subprocess.run(["systemd-analyze", "verify", str(host.path(UNIT))], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    emp = emperor(host)
+    # a boot: every process of the emperor killed, /run's pidfiles gone, then what the boot starts (ExecStart)
+    host.exec(f"kill -9 {emp} {' '.join(map(str, children(host, emp)))}; sleep 0.5; rm -f {PIDFILE} "
+              f"{two.d}/shared/run/uwsgi.pid")
+    start = next(ln for ln in sh(host, f"cat {WANTS}").splitlines() if ln.startswith("ExecStart="))  # (the link)
+    host.exec(f"setsid -f {start.split('=', 1)[1]} > /var/log/boot-emperor.log 2>&1 < /dev/null")
+    serves(two, two.releases[-1])
+    assert emperor(host) != emp and vassals(host) == ["two.ini"]
