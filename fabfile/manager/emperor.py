@@ -79,7 +79,7 @@ def binary_lines(src: str) -> list[str]:
         "  " + fail_expanded(f"the host's uWSGI emperor ({BINARY}) is built for $(libpy {q(BINARY)}), this "
                              f"project's uWSGI for $(libpy {q(src)}): one emperor runs one Python"),
         "fi",
-        f'if [ -z "$have" ] || {{ [ "$have" != "$ver" ] && '
+        'if [ -z "$have" ] || { [ "$have" != "$ver" ] && '
         '[ "$(printf "%s\\n%s\\n" "$have" "$ver" | sort -V | head -n 1)" = "$have" ]; }; then',
         f'  d="uwsgi-$ver-$(sha256sum {q(src)} | cut -c 1-12)"',
         f'  [ -x {q(LIB)}/"$d/uwsgi" ] || {{ sudo -n install -D -m 0755 {q(src)} {q(LIB)}/"$d/uwsgi.tmp$$" && '
