@@ -199,6 +199,26 @@ def test_a_deploy_and_a_rollback_under_load_reload_the_vassal_gracefully(one, tw
     one.releases.append(before)
 
 
+def test_a_release_failing_its_health_check_is_reverted_by_a_second_reload(one):
+    """The revert reloads the vassal again seconds after the deploy's reload (a newer mtime each time)."""
+    pid, good = master(one), one.releases[-1]
+    views = (one.proj.src / "pages" / "views.py").read_text()
+    broken = views.replace("def index(request):\n", "def index(request):\n    raise RuntimeError('500 on purpose')\n")
+    assert broken != views
+    one.proj.commit("broken", {"pages/views.py": broken})
+    one.proj.write_config(one.config(EMPEROR + "[health]\ntimeout = 3\n"))
+    try:
+        res = fab(one, "deploy")
+    finally:
+        one.proj.commit("fixed", {"pages/views.py": views})
+        one.proj.write_config(one.config(EMPEROR))
+    out = res.stdout + res.stderr
+    assert res.returncode == 1 and re.search(rf"health check failed: GET / \(Host: [^)]+\) -> 500; reverted to {good}",
+                                             out), out
+    assert master(one) == pid and workers(one, pid) == [f"/srv/one/releases/{good}"] * 2
+    assert f"Release: {good}" in page(one)
+
+
 def test_the_emperor_brings_a_crashed_vassal_back(one, two):
     host = one.host
     pid, pid_two = master(one), master(two)
