@@ -10,7 +10,8 @@ What it writes on the host, each only when it differs, so a second deploy change
   on the host. A copy is never overwritten: uWSGI re-executes /proc/self/exe at a reload, which must still
   exist (a replaced file would be "uwsgi (deleted)"); a newer copy is used from the emperor's next start
   (restarting it would stop every project's vassals). One emperor runs one Python: a project whose uWSGI is
-  built for another libpython fails with one line.
+  built for another libpython fails with one line. The copy is root's: the emperor (root, as tyrant mode
+  needs) runs what the deploy user's release built, which that user's sudo allows anyway.
 - its unit, `/etc/systemd/system/fabdeploy-uwsgi-emperor.service` (Type=simple, Restart=always), enabled by
   a link in multi-user.target.wants: the boot starts it. When it is not running, fabdeploy starts it: with
   systemctl where systemd runs, else the unit's own command, daemonized (log: /var/log/fabdeploy-uwsgi-
