@@ -66,10 +66,12 @@ def test_a_deploy_installs_the_emperor_only_where_it_differs_then_touches_the_va
     assert ("sudo -n ln -sfn /etc/systemd/system/fabdeploy-uwsgi-emperor.service "
             "/etc/systemd/system/multi-user.target.wants/fabdeploy-uwsgi-emperor.service") in t
     # started when not running: systemctl where systemd runs, else the unit's command daemonized
-    assert ("sudo -n /usr/local/lib/fabdeploy/uwsgi --emperor /etc/uwsgi/vassals --emperor-tyrant --emperor-freq 1 "
+    # (under a host-wide lock: two projects deploying at once start one emperor)
+    assert "  if ! how=$(sudo -n flock -o -w 60 /run/fabdeploy-uwsgi-emperor.lock sh -c '" in t
+    assert ("/usr/local/lib/fabdeploy/uwsgi --emperor /etc/uwsgi/vassals --emperor-tyrant --emperor-freq 1 "
             "--die-on-term --pidfile /run/fabdeploy-uwsgi-emperor.pid --daemonize "
             "/var/log/fabdeploy-uwsgi-emperor.log") in t
-    assert "sudo -n systemctl start fabdeploy-uwsgi-emperor.service" in t
+    assert "then systemctl start fabdeploy-uwsgi-emperor.service; else" in t
     # the vassal: the deploy user's file (tyrant mode), renamed into place, never over a file not ours
     assert ('sudo -n install -o "$(id -un)" -g "$(id -gn)" -m 0644 /srv/shop/shared/config/emperor.definition '
             "/etc/uwsgi/vassals/.shop.ini.tmp && sudo -n mv -f /etc/uwsgi/vassals/.shop.ini.tmp "

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import make_project, release_of, run_fab, sample_config
+from fabdeploy.manager import emperor as emperor_manager
 from test_load_e2e import Load
 
 EMPEROR = '[app]\nmanager = "emperor"\n'
@@ -296,3 +297,24 @@ def test_back_to_pidfile_takes_the_vassal_out_and_leaves_the_emperor_to_the_othe
     pid = master(one)
     assert ppid(host, pid) != emp and f"Release: {rel}" in page(one)
     assert emperor(host) == emp and vassals(host) == ["two.ini"] and master(two) == pid_two
+
+
+def emperors(host) -> list[str]:
+    """The emperor processes of this host (lab hosts share the machine's pids: its own are in its netns)."""
+    return sh(host, "ns=$(readlink /proc/self/ns/net); for p in $(pgrep -f -- '--emperor /etc/uwsgi/vassal[s]'); do "
+                    '[ "$(readlink /proc/$p/ns/net)" = "$ns" ] && echo $p; done; true').split()
+
+
+def test_two_deploys_finding_the_emperor_down_start_one(two):
+    host = two.host
+    emp = emperor(host)
+    host.exec(f"kill -9 {emp} {' '.join(map(str, children(host, emp)))}; sleep 0.5; "
+              f"rm -f {PIDFILE} {two.d}/shared/run/uwsgi.pid")
+    # what a deploy runs to get the emperor up, run twice at once (two projects deploying)
+    host.path("/tmp/emperor-up.sh").write_text("\n".join(["set -eu", "unit=", *emperor_manager.running_lines(), ""]))
+    res = host.exec("sh /tmp/emperor-up.sh & sh /tmp/emperor-up.sh & wait", user="deploy")
+    assert res.stdout.count("uWSGI emperor started") == 1, res.stdout + res.stderr
+    assert len(emperors(host)) == 1
+    serves(two, two.releases[-1])
+    assert vassals(host) == ["two.ini"]
+

@@ -39,6 +39,7 @@ UNIT_NAME = "fabdeploy-uwsgi-emperor.service"
 UNIT = f"/etc/systemd/system/{UNIT_NAME}"
 WANTS = f"/etc/systemd/system/multi-user.target.wants/{UNIT_NAME}"
 PIDFILE = "/run/fabdeploy-uwsgi-emperor.pid"
+LOCK = "/run/fabdeploy-uwsgi-emperor.lock"  # held while one deploy checks and starts the emperor
 LOG = "/var/log/fabdeploy-uwsgi-emperor.log"
 FREQ = 1  # seconds between two scans of the vassal directory (uWSGI's default: 3)
 
@@ -119,20 +120,31 @@ def unit_lines(staged: str) -> list[str]:
 
 
 def running_lines() -> list[str]:
-    """The emperor running (started when it is not: systemctl where systemd runs, else daemonized); $emperor
-    is its pid."""
-    daemon = " ".join(q(w) for w in emperor_argv()) + f" --daemonize {q(LOG)}"
+    """The emperor running; $emperor is its pid. Started when it is not (systemctl where systemd runs, else its
+    command daemonized) under a host-wide lock, by whoever gets the lock first and finds it still not running:
+    two projects deploying at once must not start two emperors."""
     systemd = "[ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1"
+    daemon = " ".join(q(w) for w in emperor_argv()) + f" --daemonize {q(LOG)}"
+    start = "; ".join([
+        ALIVE_FN,
+        f"alive {q(PIDFILE)} uwsgi >/dev/null && exit 0",
+        f"if {systemd}; then systemctl start {UNIT_NAME}; else {daemon}; fi",
+        f"i=0; while ! alive {q(PIDFILE)} uwsgi >/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done",
+        f"alive {q(PIDFILE)} uwsgi >/dev/null || exit 1",
+        "echo started",
+    ])
     return [
         ALIVE_FN,
         f'if {systemd} && [ -n "$unit" ]; then sudo -n systemctl daemon-reload; fi',
         f"emperor=$(alive {q(PIDFILE)} uwsgi || true)",
         'if [ -z "$emperor" ]; then',
-        f"  if {systemd}; then sudo -n systemctl start {UNIT_NAME}; else sudo -n {daemon}; fi",
-        f'  i=0; while ! emperor=$(alive {q(PIDFILE)} uwsgi) && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done',
-        f'  [ -n "$emperor" ] || {{ sudo -n tail -n 5 {q(LOG)} >&2; '
-        + fail_expanded("the uWSGI emperor did not start (see above)") + "; }",
-        "  " + note("uWSGI emperor started (pid $emperor)"),
+        # (-o: the emperor started must not hold the lock; -w: never wait forever)
+        f"  if ! how=$(sudo -n flock -o -w 60 {q(LOCK)} sh -c {q(start)}); then",
+        f"    sudo -n tail -n 5 {q(LOG)} >&2 || true",
+        "    " + fail_expanded("the uWSGI emperor did not start (see above)"),
+        "  fi",
+        f"  emperor=$(alive {q(PIDFILE)} uwsgi || true)",
+        '  [ "$how" != started ] || ' + note("uWSGI emperor started (pid $emperor)"),
         "fi",
     ]
 
