@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fabdeploy import appserver
 from fabdeploy.config import Config
-from fabdeploy.front.firewall import firewall_apply
+from fabdeploy.front.firewall import firewall_apply, firewall_unused
 from fabdeploy.front.nginx import nginx_restart_lines
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, runs_nginx
@@ -47,6 +47,7 @@ def switch(cfg: Config, rel: Release, server: Server | None = None) -> Phase:
         f"if [ -f {q(lay.staging(rel.id) + '/secret_key')} ]; then mv -f {q(lay.staging(rel.id) + '/secret_key')} "
         f"{q(lay.secret_key)}; {note('secret key replaced by the fleet key')}; fi",
         note(f"current -> {rel.id}"),
+        *firewall_unused(cfg, server),
     ])
 
 
