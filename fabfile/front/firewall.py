@@ -174,6 +174,9 @@ def firewall_apply(cfg: Config, server: Server | None, staging: str) -> list[str
 
 
 def firewall_unused(cfg: Config, server: Server | None) -> list[str]:
-    """Switch phase of a host that does not use the firewall (balancer.firewall = "off", or not a balanced app
-    host): a table fabdeploy saved for the boot earlier is removed, and the live one with it."""
-    return [] if _firewalled(cfg, server) else firewall_persist.remove_lines(firewall_rules(cfg)[0])
+    """Switch phase of an app host that does not use the firewall (balancer.firewall = "off", or no balancers
+    any more): a table fabdeploy saved for the boot earlier is removed, and the live one with it. (A balancer
+    has no switch phase.)"""
+    if _firewalled(cfg, server) or (server is not None and server.role == "lb"):
+        return []
+    return firewall_persist.remove_lines(firewall_rules(cfg)[0])
