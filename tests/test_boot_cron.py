@@ -155,3 +155,20 @@ def test_the_boot_script_starts_the_live_release_unless_another_manager_runs_the
     assert all(os.readlink(f"/proc/{w}/cwd") == str(site.R) for w in site.workers(pid))
     again = subprocess.run(["sh", script], capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
     assert f"{MARK} note uwsgi already running (master {pid})" in again.stdout
+
+
+def test_a_killed_master_nobody_reaped_is_not_running(tmp_path):
+    """After a power cut the pidfile names a dead master; where its zombie lingers (a parent that does not reap
+    it: the lab's hosts share this machine's PID 1), it is not running: the boot script must start one."""
+    from fabdeploy.remote.shell import ALIVE_FN
+    zombie = subprocess.Popen(["sleep", "30"])
+    try:
+        zombie.kill()
+        while "State:\tZ" not in Path(f"/proc/{zombie.pid}/status").read_text():
+            pass
+        (tmp_path / "z.pid").write_text(f"{zombie.pid}\n")
+        proc = subprocess.run(["sh", "-c", ALIVE_FN + f"\nalive {q(str(tmp_path / 'z.pid'))} sleep || echo none"],
+                              capture_output=True, text=True)
+        assert proc.stdout == "none\n"
+    finally:
+        zombie.wait()
