@@ -170,7 +170,8 @@ def firewall_apply(cfg: Config, server: Server | None, staging: str) -> list[str
         lines.append(f"  if sudo -n nft list table inet {legacy} 2>/dev/null | grep -q 'dport {cfg.balancer.port} '; "
                      f"then sudo -n nft delete table inet {legacy}; fi")
     lines.append("  " + note(f"{title} port {cfg.balancer.port}: nftables table inet {table} applied"))
-    return lines + ["  " + ln for ln in firewall_persist.persist_lines(table, staging + "/firewall.nft", staging)] + ["fi"]
+    persist = firewall_persist.persist_lines(table, staging + "/firewall.nft", staging)
+    return lines + ["  " + ln for ln in persist] + ["fi"]
 
 
 def firewall_unused(cfg: Config, server: Server | None) -> list[str]:
