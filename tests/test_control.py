@@ -108,9 +108,9 @@ OWNER = LockOwner("stop", "tester@here", "t0ken", 1, "2026-01-01T00:00:00Z")
 @pytest.mark.parametrize("action, with_nginx, names", [
     ("stop", False, ["lock", "stop", "finish"]),
     ("stop", True, ["lock", "nginx", "stop", "finish"]),
-    ("start", False, ["lock", "start", "health", "finish"]),
-    ("start", True, ["lock", "start", "nginx", "health", "finish"]),
-    ("restart", False, ["lock", "stop", "start", "health", "finish"]),
+    ("start", False, ["lock", "start", "boot", "health", "finish"]),  # boot: the pidfile manager's @reboot line
+    ("start", True, ["lock", "start", "boot", "nginx", "health", "finish"]),
+    ("restart", False, ["lock", "stop", "start", "boot", "health", "finish"]),
     ("reload", False, ["lock", "reload", "health", "finish"]),
 ])
 def test_each_action_is_one_invocation_under_the_lock(action, with_nginx, names):

@@ -12,6 +12,7 @@ import ipaddress
 
 from fabdeploy import appserver
 from fabdeploy.config import Config, ident
+from fabdeploy.front import firewall_persist
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, balanced, servers
 from fabdeploy.remote.markers import fail, note, warn
@@ -153,8 +154,9 @@ def firewall(cfg: Config, server: Server | None, staging: str) -> list[str]:
 
 
 def firewall_apply(cfg: Config, server: Server | None, staging: str) -> list[str]:
-    """Switch phase: make the staged firewall rules live (atomically: `nft -f` replaces the table), and drop
-    the table an older fabdeploy named less exactly (when it guards this port)."""
+    """Switch phase: make the staged firewall rules live (atomically: `nft -f` replaces the table), drop the
+    table an older fabdeploy named less exactly (when it guards this port), and save the table for the boot
+    (firewall_persist)."""
     title = appserver.of(cfg).title
     if not _firewalled(cfg, server):
         return []
@@ -167,4 +169,15 @@ def firewall_apply(cfg: Config, server: Server | None, staging: str) -> list[str
     if legacy != table:
         lines.append(f"  if sudo -n nft list table inet {legacy} 2>/dev/null | grep -q 'dport {cfg.balancer.port} '; "
                      f"then sudo -n nft delete table inet {legacy}; fi")
-    return lines + ["  " + note(f"{title} port {cfg.balancer.port}: nftables table inet {table} applied"), "fi"]
+    lines.append("  " + note(f"{title} port {cfg.balancer.port}: nftables table inet {table} applied"))
+    persist = firewall_persist.persist_lines(table, staging + "/firewall.nft", staging)
+    return lines + ["  " + ln for ln in persist] + ["fi"]
+
+
+def firewall_unused(cfg: Config, server: Server | None) -> list[str]:
+    """Switch phase of an app host that does not use the firewall (balancer.firewall = "off", or no balancers
+    any more): a table fabdeploy saved for the boot earlier is removed, and the live one with it. (A balancer
+    has no switch phase.)"""
+    if _firewalled(cfg, server) or (server is not None and server.role == "lb"):
+        return []
+    return firewall_persist.remove_lines(firewall_rules(cfg)[0])

@@ -81,6 +81,12 @@ class Manager:
         path = self.definition_path(cfg)
         return [f"sudo -n rm -f {q(path)}"] if path else []
 
+    def boot_lines(self, cfg: Config, app) -> list[str]:
+        """What brings the app server back after a reboot, where the manager itself does not (supervisord's
+        autostart and an enabled systemd unit do: nothing to add). Run after a deploy's restart and after
+        `fab start|restart` (steps/activate.restart, steps/control.phases)."""
+        return []
+
     def journal_argv(self, cfg: Config) -> list[str]:
         """(journal managers) the command whose output is the app server's log, for `fab logs`."""
         raise NotImplementedError

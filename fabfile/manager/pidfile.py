@@ -1,8 +1,10 @@
 """No process manager: the app server daemonizes itself and writes its pidfile (the classic setup); fabdeploy
-starts, reloads and stops it with the app server's own commands."""
+starts, reloads and stops it with the app server's own commands, and an @reboot line of cron starts it at
+boot (boot_cron.py)."""
 from __future__ import annotations
 
 from fabdeploy.config import Config
+from fabdeploy.manager import boot_cron
 from fabdeploy.manager.base import Manager
 
 
@@ -19,3 +21,9 @@ class Pidfile(Manager):
 
     def stop_lines(self, cfg: Config, app) -> list[str]:
         return app.stop_command(cfg)
+
+    def boot_lines(self, cfg: Config, app) -> list[str]:
+        return boot_cron.install_lines(cfg, app)
+
+    def remove_lines(self, cfg: Config, app) -> list[str]:
+        return boot_cron.remove_lines(cfg)

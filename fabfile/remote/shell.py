@@ -30,9 +30,10 @@ def write_file(path: str, content: str, mode: str = "0644") -> list[str]:
 
 
 # Shell helpers: a pid from a pidfile that is alive and is the named program ("running" is never the
-# file merely existing: `nginx -t` leaves an empty pidfile behind).
+# file merely existing: `nginx -t` leaves an empty pidfile behind; nor a zombie: a master killed with
+# SIGKILL whose parent has not reaped it yet).
 ALIVE_FN = ('alive() { p=$(cat "$1" 2>/dev/null | tr -dc 0-9); [ -n "$p" ] && [ -d "/proc/$p" ] && '
-            'grep -qs "$2" "/proc/$p/comm" && echo "$p"; }')
+            'grep -qs "$2" "/proc/$p/comm" && ! grep -qs "^State:[[:space:]]*Z" "/proc/$p/status" && echo "$p"; }')
 
 
 CHILDREN_FN = ("children() { grep -ls \"^PPid:[[:space:]]*$1\\$\" /proc/[0-9]*/status 2>/dev/null "

@@ -4,9 +4,9 @@ static root) at it; `reload` starts or gracefully reloads the app server and wai
 the release."""
 from __future__ import annotations
 
-from fabdeploy import appserver
+from fabdeploy import appserver, manager
 from fabdeploy.config import Config
-from fabdeploy.front.firewall import firewall_apply
+from fabdeploy.front.firewall import firewall_apply, firewall_unused
 from fabdeploy.front.nginx import nginx_restart_lines
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, runs_nginx
@@ -47,15 +47,17 @@ def switch(cfg: Config, rel: Release, server: Server | None = None) -> Phase:
         f"if [ -f {q(lay.staging(rel.id) + '/secret_key')} ]; then mv -f {q(lay.staging(rel.id) + '/secret_key')} "
         f"{q(lay.secret_key)}; {note('secret key replaced by the fleet key')}; fi",
         note(f"current -> {rel.id}"),
+        *firewall_unused(cfg, server),
     ])
 
 
 
 def restart(cfg: Config, rel: Release, facts: Facts, server: Server | None = None) -> Phase:
-    """Start the app server or reload it gracefully and wait until every worker runs the new release; then
-    nginx."""
+    """Start the app server or reload it gracefully and wait until every worker runs the new release (and
+    have it started at boot, where the process manager does not do that itself); then nginx."""
     lay = Layout(cfg.paths.deploy_to)
     lines = reload(cfg, q(lay.release(rel.id)), q(lay.venv(rel.venv_hash)), rel.id)
+    lines += manager.of(cfg).boot_lines(cfg, appserver.of(cfg))  # back after a reboot
     if runs_nginx(cfg, server):
         lines += nginx_restart_lines(facts, lay.staging(rel.id) + "/nginx-changed")
     return Phase("restart", lines, sudo=True, keep_going=True)

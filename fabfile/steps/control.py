@@ -1,8 +1,11 @@
 """The phases of `fab stop|start|restart|reload` (one remote invocation per host, see ops/control.py):
 
     stop      lock [nginx] stop finish                    --nginx: the site out of nginx first
-    start     lock start [nginx] health finish            --nginx: the site back in
-    restart   lock stop start health finish               a hard restart: a new master
+    start     lock start [boot] [nginx] health finish     --nginx: the site back in
+    restart   lock stop start [boot] health finish        a hard restart: a new master
+
+boot: what starts the app server at boot where its process manager does not (the pidfile manager's @reboot
+line: manager/boot_cron.py); it is written by every deploy's restart too.
     reload    lock reload health finish                   graceful, as a deploy's reload
 
 The app server's own lines come from the app-server seam (appserver.of(cfg): pid_lines, stop_lines,
@@ -63,6 +66,14 @@ def start(cfg: Config) -> Phase:
     ])
 
 
+def boot_phase(cfg: Config) -> Phase | None:
+    """What starts the app server at boot, where its process manager does not (the pidfile manager: an
+    @reboot line, manager/boot_cron.py); None where there is nothing to do."""
+    from fabdeploy import manager
+    lines = manager.of(cfg).boot_lines(cfg, appserver.of(cfg))
+    return Phase("boot", lines) if lines else None
+
+
 def reload(cfg: Config) -> Phase:
     """Gracefully reload a running app server onto the live release and wait until every worker runs it; a
     stopped one is a failure (a reload never starts what someone stopped: fab start does)."""
@@ -121,10 +132,11 @@ def phases(cfg: Config, action: str, owner: LockOwner, wait: int, host: str, ser
     """The phases of one action (see the module docstring)."""
     if action not in ACTIONS:
         raise ValueError(action)
+    boot = [b] if (b := boot_phase(cfg)) else []
     body = {
         "stop": [nginx(cfg, server, back=False)] * with_nginx + [stop(cfg)],
-        "start": [start(cfg)] + [nginx(cfg, server, back=True)] * with_nginx + [health(cfg, host, server)],
-        "restart": [stop(cfg), start(cfg), health(cfg, host, server)],
+        "start": [start(cfg), *boot] + [nginx(cfg, server, back=True)] * with_nginx + [health(cfg, host, server)],
+        "restart": [stop(cfg), start(cfg), *boot, health(cfg, host, server)],
         "reload": [reload(cfg), health(cfg, host, server)],
     }[action]
     return [lock_phase(cfg, owner, wait), *body, finish(cfg, owner)]
