@@ -141,8 +141,12 @@ def test_2_with_cron_enabled_the_at_reboot_line_starts_the_current_release(fleet
                  lambda: report.text() + "\n" + app.exec(f"cat {D}/shared/log/boot.log", check=False).stdout)
     new = master(app)
     assert new != old and not alive(app, old)
-    assert f"@@fabdeploy note uwsgi started (master {new}, 2 workers on {fleet.release})" in \
-        app.path(f"{D}/shared/log/boot.log").read_text()
+    # (the page can answer a moment before the boot script's readiness wait has seen every worker)
+    note = f"@@fabdeploy note uwsgi started (master {new}, 2 workers on {fleet.release})"
+    deadline = time.monotonic() + 30
+    while note not in app.path(f"{D}/shared/log/boot.log").read_text():
+        assert time.monotonic() < deadline, app.path(f"{D}/shared/log/boot.log").read_text()
+        time.sleep(0.2)
     assert app.exec(f"stat -c %U /proc/{new}").stdout.strip() == "deploy"
     table = nft_table(app)  # the balancer got in through the table loaded at boot; this machine does not
     assert f"ip saddr {lb.address} accept" in table and not port_open_to_me(app)
