@@ -46,10 +46,15 @@ class AppServer:
     system_packages: tuple[str, ...] = ()  # Debian packages it needs on the host (beyond python3-venv)
     probe_client_py = ""  # Python defining app_get(addr, port, host, path) -> (status, headers), if not HTTP
     env_line = None  # a compiled pattern: (text before the value, name, value) of an env line in its config
+    interface = "wsgi"  # what it runs: "wsgi" (project.wsgi), "asgi" (app.asgi, required), "both" (asgi when set)
 
     def requirement(self, cfg: Config) -> str:
         """The pip requirement installed into every release's virtualenv (its section's package)."""
         return getattr(cfg, self.section).package
+
+    def requirements(self, cfg: Config) -> list[str]:
+        """Every pip requirement it adds to the virtualenv (its own, and what its configured worker needs)."""
+        return [self.requirement(cfg)]
 
     def reload_timeout(self, cfg: Config) -> int:
         """Seconds a start or reload may take before the deploy calls it failed."""
@@ -99,6 +104,11 @@ class AppServer:
         a live process of its name whose pid is in its pidfile; never the file merely existing)."""
         pidfile = self.paths(Layout(cfg.paths.deploy_to)).pidfile
         return [ALIVE_FN, f"pid=$(alive {q(pidfile)} {q(self.process)} || true)"]
+
+    def workers_fn(self) -> str:
+        """A shell function `workers <master pid>` printing the pids of its workers (by default every child of
+        the master; needs CHILDREN_FN)."""
+        return 'workers() { children "$1"; }'
 
     stop_signal = "TERM"  # what asks its master to stop gracefully (see stop_command)
 
