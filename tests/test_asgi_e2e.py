@@ -211,4 +211,52 @@ def test_each_asgi_server_takes_over_the_host_serves_reloads_stops_starts_and_pa
     assert st["app"]["server"] == server and st["app"]["on_current"], st["app"]
     assert st["app"]["workers"] == (1 if server == "daphne" else 2) and st["http"]["status"] == 200
     logs = ok(fab(site, "logs", "-n", "50", "--which", "app"))
-    assert "Traceback" not in logs
+    assert [ln for ln in logs.splitlines() if re.match(r"^\S+\s+app\s+\| ", ln)] and "Traceback" not in logs, logs
+    FOLLOW_UP.get(server, lambda site: None)(site)
+
+
+def new_code_reloads_gracefully_and_rolls_back(site):
+    """uvicorn: a deploy of new code is SIGHUP (the same master and socket, new workers in the new release),
+    and so is the rollback."""
+    first, pid = site.releases[-1], master(site)
+    inode = sh(site, f"stat -c %i {D}/shared/run/uvicorn.sock")
+    site.proj.commit("second", {"pages/message.txt": "Second revision under uvicorn\n"})
+    rel, out = deploy(site)
+    assert re.search(rf"restart\s+uvicorn reloaded \(master {pid}, 2 workers on {rel}\)", out), out
+    assert async_view(site)["release"] == rel and master(site) == pid
+    assert list(workers(site, pid).values()) == [f"{D}/releases/{rel}"] * 2
+    out = ok(fab(site, "rollback"))
+    assert re.search(rf"uvicorn reloaded \(master {pid}, 2 workers on {first}\)", out), out
+    assert async_view(site)["release"] == first and list(workers(site, pid).values()) == [f"{D}/releases/{first}"] * 2
+    assert sh(site, f"stat -c %i {D}/shared/run/uvicorn.sock") == inode
+
+
+def a_changed_command_line_restarts(site):
+    """hypercorn: a deploy that changes the server's own options cannot be a SIGHUP (the master keeps its
+    command line): a stop and a start, on the new options."""
+    pid = master(site)
+    site.proj.write_config(sample_config(site.host, extra=CONFIGS["hypercorn"].replace("workers = 2", "workers = 3")))
+    rel, out = deploy(site)
+    assert re.search(rf"hypercorn stopped \(master {pid} and 2 workers gone\); hypercorn restarted \(master \d+, "
+                     rf"3 workers on {rel}\)", out), out
+    assert gone(site, pid) and list(workers(site, master(site)).values()) == [f"{D}/releases/{rel}"] * 3
+    assert async_view(site)["release"] == rel
+
+
+FOLLOW_UP = {"uvicorn": new_code_reloads_gracefully_and_rolls_back, "hypercorn": a_changed_command_line_restarts}
+
+
+def test_two_fabdeploy_sites_with_websocket_maps_pass_nginx_t_on_one_host(site):
+    from fabdeploy.config import parse_config
+    from fabdeploy.front.nginx import nginx_site
+    other = parse_config({"project": {"name": "other", "django_settings": "x.settings", "wsgi": "x.wsgi:application"},
+                          "paths": {"deploy_to": "/srv/other"}, "app": {"server": "uvicorn", "asgi": "x.asgi:app"},
+                          "nginx": {"server_name": "other.example", "listen": 80}})
+    path = "/etc/nginx/sites-enabled/other"
+    site.host.path(path).write_text(nginx_site(other))
+    try:
+        assert "$fabdeploy_sample_upgrade" in site.host.path("/etc/nginx/sites-available/sample").read_text()
+        res = site.host.exec("nginx -t", check=False)
+        assert res.returncode == 0, res.stderr
+    finally:
+        site.host.path(path).unlink()
