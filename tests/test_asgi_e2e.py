@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import make_project, release_of, run_fab, sample_config
+from test_load_e2e import Load
 
 D = "/srv/sample"
 ASGI = 'asgi = "sampleproject.asgi:application"\n'
@@ -159,7 +160,11 @@ def check_server(site, reload: str) -> None:
     view = async_view(site)
     assert view["release"] == rel and view["cwd"] == f"{D}/releases/{rel}" and view["pid"] in before
 
-    out = ok(fab(site, "reload"))
+    with Load(site.host.address) as load:  # (a graceful reload fails no request; daphne's restart may)
+        out = ok(fab(site, "reload"))
+    if reload != "restart":
+        failed = [s for s in load.samples if s.status is None or not 200 <= s.status < 300]
+        assert load.samples and failed == [], failed[:5]
     after_pid = master(site)
     after = workers(site, after_pid)
     assert list(after.values()) == [f"{D}/releases/{rel}"] * want, after
@@ -221,11 +226,15 @@ def new_code_reloads_gracefully_and_rolls_back(site):
     first, pid = site.releases[-1], master(site)
     inode = sh(site, f"stat -c %i {D}/shared/run/uvicorn.sock")
     site.proj.commit("second", {"pages/message.txt": "Second revision under uvicorn\n"})
-    rel, out = deploy(site)
-    assert re.search(rf"restart\s+uvicorn reloaded \(master {pid}, 2 workers on {rel}\)", out), out
-    assert async_view(site)["release"] == rel and master(site) == pid
-    assert list(workers(site, pid).values()) == [f"{D}/releases/{rel}"] * 2
-    out = ok(fab(site, "rollback"))
+    with Load(site.host.address) as load:
+        rel, out = deploy(site)
+        assert re.search(rf"restart\s+uvicorn reloaded \(master {pid}, 2 workers on {rel}\)", out), out
+        assert async_view(site)["release"] == rel and master(site) == pid
+        assert list(workers(site, pid).values()) == [f"{D}/releases/{rel}"] * 2
+        out = ok(fab(site, "rollback"))
+    failed = [s for s in load.samples if s.status is None or not 200 <= s.status < 300]
+    assert len(load.samples) > 20 and failed == [], failed[:5]
+    assert {s.release for s in load.samples} == {first, rel}
     assert re.search(rf"uvicorn reloaded \(master {pid}, 2 workers on {first}\)", out), out
     assert async_view(site)["release"] == first and list(workers(site, pid).values()) == [f"{D}/releases/{first}"] * 2
     assert sh(site, f"stat -c %i {D}/shared/run/uvicorn.sock") == inode
