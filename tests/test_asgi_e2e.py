@@ -186,8 +186,13 @@ def check_server(site, reload: str) -> None:
     assert not site.host.path(f"{D}/shared/run/{name}.pid").exists()
     assert "already stopped" in ok(fab(site, "stop"))
     ok(fab(site, "start"))
-    assert master(site) != after_pid and async_view(site)["release"] == rel
+    started = master(site)
+    assert started != after_pid and async_view(site)["release"] == rel
     assert sh(site, f"stat -c '%a' {sock}") == "660"
+    ok(fab(site, "restart"))
+    assert master(site) != started and gone(site, started) and async_view(site)["release"] == rel
+    # nothing changed: the next deploy finds every worker of the live master on the release
+    assert "already live" in ok(fab(site, "deploy"))
 
 
 def test_gunicorn_with_uvicorns_worker_reloads_stops_and_starts(site):
