@@ -167,9 +167,13 @@ def test_nginx_passes_websocket_upgrades_to_http_app_servers_with_a_map_of_the_s
                      site, re.M), site
     assert site.index("map $http_upgrade") < site.index("server {")  # the http context, not the server's
     for line in ("proxy_http_version 1.1;", "proxy_set_header Upgrade $http_upgrade;",
-                 "proxy_set_header Connection $fabdeploy_shop_upgrade;",
-                 "proxy_pass http://unix:/srv/shop/shared/run/hypercorn.sock:;"):
+                 "proxy_set_header Connection $fabdeploy_shop_upgrade;", "proxy_pass http://fabdeploy_shop_app;"):
         assert line in site
+    # ASGI: the socket twice in an upstream, so nginx retries an idempotent request a worker closed unanswered
+    assert re.search(r"^upstream fabdeploy_shop_app \{\n(    server unix:/srv/shop/shared/run/hypercorn.sock "
+                     r"max_fails=0;\n){2}\}", site, re.M), site
     other = make_cfg(project={"name": "my-shop"}, app={"server": "gunicorn"})
     assert "$fabdeploy_my_hshop_upgrade" in nginx.nginx_site(other)  # two sites on a host: two names
+    assert "upstream" not in nginx.nginx_site(other)  # WSGI gunicorn: proxy_pass to its socket, as before
+    assert "proxy_pass http://unix:/srv/shop/shared/run/gunicorn.sock:;" in nginx.nginx_site(other)
     assert "map " not in nginx.nginx_site(make_cfg()) and "Upgrade" not in nginx.nginx_site(make_cfg())

@@ -195,8 +195,9 @@ def check_server(site, reload: str) -> None:
     assert "already live" in ok(fab(site, "deploy"))
 
 
-def test_gunicorn_with_uvicorns_worker_reloads_stops_and_starts(site):
+def test_gunicorn_with_uvicorns_worker_reloads_stops_starts_and_passes_websockets(site):
     check_server(site, "upgrade")
+    assert websocket_echo(site, "hello gunicorn") == f"{site.releases[-1]}: hello gunicorn"
 
 
 @pytest.mark.parametrize("server,reload", [("uvicorn", "signal"), ("hypercorn", "signal"), ("daphne", "restart")])
