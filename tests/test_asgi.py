@@ -145,6 +145,9 @@ def test_reload_is_the_servers_signal_when_the_command_line_is_the_same_else_a_s
     daphne = "\n".join(Daphne().reload_lines(asgi_cfg("daphne"), "'/r'", "'/v'", "X"))
     assert "kill -HUP" not in daphne and "kill -TERM" in daphne and "start_detached '/v'" in daphne
     assert 'workers() { echo "$1"; }' in daphne
+    # SIGKILL after application_close_timeout + 5 s (under traffic it never exits on SIGTERM)
+    stop = "\n".join(Daphne().stop_lines(asgi_cfg("daphne", daphne={"application_close_timeout": 7})))
+    assert "[ $i -lt 120 ]" in stop and "killed after 12s" in stop
 
 
 def test_a_host_switching_servers_stops_every_other_one_first():

@@ -52,6 +52,10 @@ class AppServer:
         """The pip requirement installed into every release's virtualenv (its section's package)."""
         return getattr(cfg, self.section).package
 
+    def stop_timeout(self, cfg: Config) -> int:
+        """Seconds a stop waits for the master and its workers before SIGKILL (reload_timeout by default)."""
+        return self.reload_timeout(cfg)
+
     def requirements(self, cfg: Config) -> list[str]:
         """Every pip requirement it adds to the virtualenv (its own, and what its configured worker needs)."""
         return [self.requirement(cfg)]
@@ -121,7 +125,7 @@ class AppServer:
         reload_timeout seconds); one that is not running is "already stopped" (a note either way). Sets
         $action ("stopped" or "already stopped")."""
         p = self.paths(Layout(cfg.paths.deploy_to))
-        name, timeout = q(self.process), self.reload_timeout(cfg)
+        name, timeout = q(self.process), self.stop_timeout(cfg)
         return [
             *self.pid_lines(cfg),
             CHILDREN_FN,

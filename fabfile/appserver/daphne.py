@@ -3,7 +3,8 @@ process (Twisted) runs `[app] asgi` through the config module (appserver/asgi.py
 shared/run (a Twisted endpoint with mode 660; its group the nginx group) or address:port behind load balancers.
 
 daphne has no workers and no graceful reload: a reload is a stop and a start (connections are refused or
-fail in between; the README says so). Run several hosts behind load balancers, or another server, when that
+fail in between; the README says so). Under traffic it does not exit on SIGTERM (it keeps accepting while it
+waits for its applications): a stop kills it after application_close_timeout + 5 seconds (stop_timeout). Run several hosts behind load balancers, or another server, when that
 matters.
 """
 from __future__ import annotations
@@ -31,6 +32,12 @@ class Daphne(AsgiServer):
         "websocket_timeout": Key(86400, _int(-1, 7 * 86400)),
         **common_keys("daphne"),
     }
+
+    def stop_timeout(self, cfg: Config) -> int:
+        """SIGTERM, then SIGKILL after application_close_timeout + 5 s: under steady traffic daphne keeps
+        accepting while it waits for its applications and never exits on its own (seen in the lab: killed
+        after 30 s, every time)."""
+        return cfg.daphne.application_close_timeout + 5
 
     def foreground_argv(self, cfg: Config, venv_word: str, server: Server | None = None) -> list[str]:
         d = cfg.daphne
