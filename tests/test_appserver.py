@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from fabdeploy import appserver, pipeline
+from fabdeploy import appserver, manager, pipeline
 from fabdeploy.appserver.base import AppServer
 from fabdeploy.appserver.gunicorn import Gunicorn
 from fabdeploy.appserver.uwsgi import UWSGI
@@ -68,7 +68,9 @@ def cfg_for(server: str, roles: bool = False):
 
 
 def all_scripts(cfg, role: str = "app") -> str:
-    """Every remote script a deploy and a rollback of this config would run on a host, as one text."""
+    """Every remote script a deploy and a rollback of this config would run on a host, as one text, without
+    the lines that stop the other registered app servers when a host switches (appserver.retire_lines: they
+    name every server on purpose)."""
     target = Target.named(cfg, "web1") if role == "app" else Target.named(cfg, "lb1", "lb")
     owner = LockOwner("deploy", "alice", "a1a1a1a1a1a1a1a1", 1, "now")
     rel = make_rel()
@@ -80,13 +82,16 @@ def all_scripts(cfg, role: str = "app") -> str:
         state.rel = None if name == "setup" else rel
         texts.append(pipeline.script(kind, name, state).text())
     texts.append(pipeline.script("rollback", "rollback", state).text())
-    return "\n".join(texts)
+    # (the lines that stop whatever other app server or process manager ran here before name them all, by design)
+    retire = {ln.strip() for ln in appserver.retire_lines(cfg) + manager.switch_lines(cfg, appserver.of(cfg))
+              for ln in ln.splitlines()}
+    return "\n".join(ln for ln in "\n".join(texts).splitlines() if ln.strip() not in retire)
 
 
 def test_the_registered_app_servers_are_the_choices_of_app_server(toy):
     assert appserver.of(cfg_for("toy")) is toy
     assert isinstance(appserver.of(cfg_for("uwsgi")), UWSGI)
-    with pytest.raises(ConfigError, match=r'app.server must be "uwsgi" or "gunicorn" or "toy"'):
+    with pytest.raises(ConfigError, match=r'app.server must be "uwsgi" or "gunicorn" or "uvicorn" or "daphne" or "hypercorn" or "toy"'):
         cfg_for("nosuch")
 
 
@@ -191,7 +196,9 @@ def test_gunicorn_behind_a_balancer_binds_address_and_port_and_is_checked_in_htt
 
 def test_gunicorn_reload_is_the_usr2_upgrade_then_the_old_master_stops():
     cfg = gunicorn_cfg()
-    lines = "\n".join(Gunicorn().reload_lines(cfg, "'/srv/shop/releases/X'", "'/srv/shop/venvs/h'", "X"))
+    switch = set(manager.switch_lines(cfg, Gunicorn()))  # (names every server and manager, by design)
+    lines = "\n".join(ln for ln in Gunicorn().reload_lines(cfg, "'/srv/shop/releases/X'", "'/srv/shop/venvs/h'", "X")
+                      if ln not in switch)
     # python and bin/gunicorn through the link to this release's virtualenv: the USR2 re-exec runs them again
     assert ("ln -sfn '/srv/shop/venvs/h' /srv/shop/shared/config/gunicorn-venv.tmp && "
             "mv -Tf /srv/shop/shared/config/gunicorn-venv.tmp /srv/shop/shared/config/gunicorn-venv") in lines

@@ -117,8 +117,13 @@ def test_switching_to_and_from_the_emperor():
     branch = b[i:b.index("    ;;", i)]
     # stopped (the vassal out, running or not), then removed
     assert text(branch).count("sudo -n rm -f /etc/uwsgi/vassals/shop.ini") == 3
+    # a host that leaves the emperor for gunicorn under supervisor: the emperor's branch stops uWSGI (the only
+    # server it runs), not gunicorn
     g = make_cfg(app={"server": "gunicorn", "manager": "supervisor"})
-    assert "  emperor)" not in manager.switch_lines(g, appserver.of(g))  # it never runs gunicorn
+    gl = manager.switch_lines(g, appserver.of(g))
+    i = gl.index("  emperor)")
+    branch = text(gl[i:gl.index("    ;;", i)])
+    assert "/srv/shop/shared/run/uwsgi.pid" in branch and "gunicorn" not in branch
 
 
 def test_status_reports_the_vassal_and_the_emperor(tmp_path):

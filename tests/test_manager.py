@@ -123,3 +123,14 @@ def test_a_definition_never_replaces_a_file_fabdeploy_did_not_write():
     t = text(manager.of(cfg).install_lines(cfg, appserver.of(cfg)))
     assert ("if [ -e /etc/systemd/system/shop.service ] && ! grep -qs 'Managed by fabdeploy' "
             "/etc/systemd/system/shop.service; then") in t
+
+
+@pytest.mark.parametrize("mgr", ["supervisor", "systemd"])
+def test_the_detached_asgi_servers_run_without_a_manager_only_for_now(mgr):
+    with pytest.raises(ConfigError) as e:
+        make_cfg(app={"manager": mgr, "server": "uvicorn", "asgi": "shop.asgi:application"})
+    assert str(e.value) == (f'app.manager "{mgr}" cannot run uvicorn yet (app.server = "uvicorn" runs detached '
+                            'with its own pidfile): choose app.manager = "pidfile"')
+    # gunicorn with uvicorn's worker is gunicorn: every manager runs it
+    cfg = make_cfg(app={"manager": mgr, "server": "gunicorn", "asgi": "shop.asgi:application"})
+    assert "uvicorn_worker.UvicornWorker" in appserver.of(cfg).render_config(cfg, make_rel())

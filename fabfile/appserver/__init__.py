@@ -8,15 +8,41 @@ pipeline's steps only talk to `of(cfg)`; adding one is a new module here and a l
 from __future__ import annotations
 
 from fabdeploy.appserver.base import AppServer
+from fabdeploy.appserver.daphne import Daphne
 from fabdeploy.appserver.gunicorn import Gunicorn
+from fabdeploy.appserver.hypercorn import Hypercorn
+from fabdeploy.appserver.uvicorn import Uvicorn
 from fabdeploy.appserver.uwsgi import UWSGI
+from fabdeploy.hosts.layout import Layout
+from fabdeploy.remote.shell import q
 
 SERVERS: dict[str, AppServer] = {
     "uwsgi": UWSGI(),
     "gunicorn": Gunicorn(),
+    "uvicorn": Uvicorn(),  # the three ASGI servers: appserver/asgi.py
+    "daphne": Daphne(),
+    "hypercorn": Hypercorn(),
 }
 
 
 def of(cfg) -> AppServer:
     """The app server a config chose ([app] server)."""
     return SERVERS[cfg.app.server]
+
+
+def retire_lines(cfg) -> list[str]:
+    """Lines that stop every other registered app server this deploy_to still runs (a host whose
+    `[app] server` changed): its master and workers gone, its pidfile and socket removed, before the chosen
+    one starts (behind load balancers they would share address:port)."""
+    lay = Layout(cfg.paths.deploy_to)
+    mine = of(cfg).paths(lay)
+    lines = []
+    for server in SERVERS.values():
+        p = server.paths(lay)
+        if p.pidfile == mine.pidfile:
+            continue
+        lines += [f"if [ -e {q(p.pidfile)} ] || [ -e {q(p.socket)} ]; then",
+                  *["  " + ln for ln in server.stop_lines(cfg)],
+                  f"  rm -f {q(p.pidfile)} {q(p.pidfile + '.2')} {q(p.socket)}",
+                  "fi"]
+    return lines

@@ -45,11 +45,21 @@ class AppServer:
     config_name = ""  # its config file, staged in <release>/.fabdeploy/ and installed under shared/config
     system_packages: tuple[str, ...] = ()  # Debian packages it needs on the host (beyond python3-venv)
     probe_client_py = ""  # Python defining app_get(addr, port, host, path) -> (status, headers), if not HTTP
+    managed = True  # a process manager (supervisor, systemd) can run it in the foreground (foreground_argv)
     env_line = None  # a compiled pattern: (text before the value, name, value) of an env line in its config
+    interface = "wsgi"  # what it runs: "wsgi" (project.wsgi), "asgi" (app.asgi, required), "both" (asgi when set)
 
     def requirement(self, cfg: Config) -> str:
         """The pip requirement installed into every release's virtualenv (its section's package)."""
         return getattr(cfg, self.section).package
+
+    def stop_timeout(self, cfg: Config) -> int:
+        """Seconds a stop waits for the master and its workers before SIGKILL (reload_timeout by default)."""
+        return self.reload_timeout(cfg)
+
+    def requirements(self, cfg: Config) -> list[str]:
+        """Every pip requirement it adds to the virtualenv (its own, and what its configured worker needs)."""
+        return [self.requirement(cfg)]
 
     def reload_timeout(self, cfg: Config) -> int:
         """Seconds a start or reload may take before the deploy calls it failed."""
@@ -125,6 +135,11 @@ class AppServer:
         pidfile = self.paths(Layout(cfg.paths.deploy_to)).pidfile
         return [ALIVE_FN, f"pid=$(alive {q(pidfile)} {q(self.process)} || true)"]
 
+    def workers_fn(self) -> str:
+        """A shell function `workers <master pid>` printing the pids of its workers (by default every child of
+        the master; needs CHILDREN_FN)."""
+        return 'workers() { children "$1"; }'
+
     stop_signal = "TERM"  # what asks its master to stop gracefully (see stop_command)
 
     def stop_command(self, cfg: Config) -> list[str]:
@@ -139,7 +154,7 @@ class AppServer:
         from fabdeploy import manager
         mgr = mgr or manager.of(cfg)
         p = self.paths(Layout(cfg.paths.deploy_to))
-        name, timeout = q(self.process), self.reload_timeout(cfg)
+        name, timeout = q(self.process), self.stop_timeout(cfg)
         return [
             *self.pid_lines(cfg),
             CHILDREN_FN,

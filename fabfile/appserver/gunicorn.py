@@ -8,6 +8,10 @@ once every new worker runs the release, the old master gets TERM (its workers fi
 would keep the old interpreter, its virtualenv and whatever the master imported (gunicorn#394). The master
 runs `python bin/gunicorn` through a link to the release's virtualenv (shared/config/gunicorn-venv), so the
 re-exec starts the new release's virtualenv, not the one the first start resolved.
+
+With `[app] asgi` it runs that ASGI application with uvicorn's gunicorn worker (`uvicorn_worker.UvicornWorker`,
+from the uvicorn-worker package: uvicorn's own `uvicorn.workers` is deprecated), installed with it; the same
+reload, socket and readiness wait apply.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import re
 from fabdeploy import manager
 from fabdeploy.appserver.base import AppServer, common_keys
 from fabdeploy.config import Config
-from fabdeploy.config.checks import _int
+from fabdeploy.config.checks import _int, _str
 from fabdeploy.config.schema import Key
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.hosts.roles import Server
@@ -26,12 +30,18 @@ from fabdeploy.remote.markers import fail_expanded, note
 from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
 
 
+UVICORN_WORKER = "uvicorn_worker.UvicornWorker"
+# the pip requirements a worker class's top package needs beside gunicorn
+WORKER_PACKAGES = {"uvicorn_worker": ("uvicorn-worker",), "uvicorn": ("uvicorn",)}
+
+
 class Gunicorn(AppServer):
     name = "gunicorn"
     title = "gunicorn"
     section = "gunicorn"
     process = "gunicorn"  # the config names the master so (/proc/<pid>/comm); workers inherit it
     protocol = "http"
+    interface = "both"  # project.wsgi, or app.asgi when set (with UVICORN_WORKER)
     config_name = "gunicorn.conf.py"
     # the user's [django] env in the config's raw_env (masked in --plan's diff; not the two fabdeploy sets)
     env_line = re.compile(r"""^(\s+['"])(?!DJANGO_SETTINGS_MODULE=|FABDEPLOY_)([A-Za-z_][A-Za-z0-9_]*)=(.*)$""")
@@ -44,8 +54,25 @@ class Gunicorn(AppServer):
         "max_requests": Key(5000, _int(0, 10_000_000)),
         "max_requests_jitter": Key(500, _int(0, 10_000_000)),
         "backlog": Key(1024, _int(16, 65535)),
+        # "" = sync (gthread with threads > 1), or UVICORN_WORKER with app.asgi; any dotted worker class
+        "worker_class": Key("", _str(re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"),
+                                     "a worker class like \"gthread\" or \"uvicorn_worker.UvicornWorker\"")),
         **common_keys("gunicorn"),
     }
+
+    def worker_class(self, cfg: Config) -> str:
+        """The worker class it runs: [gunicorn] worker_class, else uvicorn's worker for app.asgi, else gthread
+        (threads > 1) or sync."""
+        if cfg.gunicorn.worker_class:
+            return cfg.gunicorn.worker_class
+        if cfg.app.asgi:
+            return UVICORN_WORKER
+        return "gthread" if cfg.gunicorn.threads > 1 else "sync"
+
+    def requirements(self, cfg: Config) -> list[str]:
+        """gunicorn, and the package of uvicorn's worker when that is the worker class."""
+        top = self.worker_class(cfg).split(".")[0]
+        return [self.requirement(cfg), *WORKER_PACKAGES.get(top, ())]
 
     def render_config(self, cfg: Config, rel: Release, server: Server | None = None) -> str:
         lay = Layout(cfg.paths.deploy_to)
@@ -53,7 +80,8 @@ class Gunicorn(AppServer):
         g = cfg.gunicorn
         mgr = manager.of(cfg)
         return render(
-            "gunicorn.conf.py.j2", daemon=mgr.daemon, journal=mgr.journal, name=cfg.project.name, release_path=lay.release(rel.id), wsgi=cfg.project.wsgi,
+            "gunicorn.conf.py.j2", daemon=mgr.daemon, journal=mgr.journal, name=cfg.project.name,
+            release_path=lay.release(rel.id), wsgi=cfg.app.asgi or cfg.project.wsgi, worker_class=self.worker_class(cfg),
             settings_module=SETTINGS_MODULE, release_id=rel.id, env=cfg.django.env, socket=self.bind(cfg, server),
             backlog=g.backlog, workers=g.workers, threads=g.threads, timeout=g.timeout,
             graceful_timeout=g.graceful_timeout, max_requests=g.max_requests,

@@ -121,6 +121,20 @@ def _app_manager(value):
     return "must be " + " or ".join(f'"{name}"' for name in MANAGERS)
 
 
+def check_app(data: dict, where: str) -> None:
+    """[app]: the chosen server's interface agrees with app.asgi (required by the ASGI-only servers, refused
+    by the WSGI-only ones)."""
+    from fabdeploy.appserver import SERVERS
+    server = SERVERS[data["app"]["server"]]
+    if server.interface == "asgi" and not data["app"]["asgi"]:
+        raise ConfigError(f'{where}app.asgi is required with app.server = "{server.name}" ({server.title} runs '
+                          'ASGI applications: app.asgi = "mysite.asgi:application")')
+    if server.interface == "wsgi" and data["app"]["asgi"]:
+        asgi = " or ".join(f'"{s.name}"' for s in SERVERS.values() if s.interface != "wsgi")
+        raise ConfigError(f'{where}app.asgi is set but app.server = "{server.name}" runs WSGI only (project.wsgi); '
+                          f"choose app.server = {asgi}")
+
+
 def _listen(value):
     if isinstance(value, bool):
         return "must be a port number or \"address:port\""

@@ -61,6 +61,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "app": {
         "server": Key("uwsgi", _app_server),
         "manager": Key("pidfile", _app_manager),
+        # the ASGI application ("mysite.asgi:application") for gunicorn (with uvicorn's worker), uvicorn,
+        # daphne and hypercorn; project.wsgi stays what uWSGI and plain gunicorn run
+        "asgi": Key("", _str(_WSGI, "\"module.path:callable\"")),
     },
     "nginx": {
         "server_name": Key("_", _server_names),

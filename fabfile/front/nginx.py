@@ -133,7 +133,9 @@ def nginx_site(cfg: Config, server: Server | None = None) -> str:
         client_max_body_size=cfg.nginx.client_max_body_size, shared=lay.shared,
         # (socket and uwsgi_pass: the names custom templates of earlier versions use)
         socket=app.paths(lay).socket, uwsgi_pass=app.upstream(cfg, server), app_pass=app.upstream(cfg, server),
-        protocol=app.protocol,
+        protocol=app.protocol, upgrade_var=f"fabdeploy_{ident(cfg.project.name)}_upgrade",
+        # (ASGI: a second try on the same socket, see the template)
+        retry_upstream=f"fabdeploy_{ident(cfg.project.name)}_app" if cfg.app.asgi and app.protocol == "http" else "",
         static_url=cfg.django.static_url, media_url=cfg.django.media_url, static_expires=cfg.nginx.static_expires)
     if cfg.nginx_template:
         return render_file(cfg.nginx_template, "nginx.template", **context)

@@ -23,30 +23,40 @@ def of(cfg) -> Manager:
 
 
 def switch_lines(cfg, app) -> list[str]:
-    """Lines run before a start or reload: when the manager that last ran the app server on this host (shared/
-    config/manager; none recorded: pidfile, the only one before managers existed) is not the configured one,
-    stop the app server through the old manager (waiting until it is gone), remove the old manager's
-    definition, and record the new one. A brief outage: two managers never fight over the socket."""
+    """Lines run before a start or reload: when the manager that last ran an app server of this deploy_to
+    (shared/config/manager; none recorded: pidfile, the only one before managers existed) is not the
+    configured one, stop every app server it runs here through it (waiting until each is gone; a host may
+    switch [app] server at the same time), remove its definition, and record the new one. A brief outage:
+    two managers never fight over the socket."""
+    from fabdeploy.appserver import SERVERS
     from fabdeploy.hosts.layout import Layout
     from fabdeploy.remote.markers import note
-    from fabdeploy.remote.shell import q
-    record = q(Layout(cfg.paths.deploy_to).config + "/manager")
+    from fabdeploy.remote.shell import ALIVE_FN, q
+    lay = Layout(cfg.paths.deploy_to)
+    record = q(lay.config + "/manager")
     new = of(cfg)
-    lines = [f"was=$(cat {record} 2>/dev/null || true)",
+    running = " || ".join(f"alive {q(s.paths(lay).pidfile)} {q(s.process)} >/dev/null"
+                          for s in dict.fromkeys(SERVERS.values()))
+    lines = [ALIVE_FN,
+             f"was=$(cat {record} 2>/dev/null || true)",
              # nothing recorded: a master running now was started without a manager; none running: a first start
              'if [ -z "$was" ]; then',
-             *["  " + ln for ln in app.pid_lines(cfg)],
-             f'  if [ -n "$pid" ]; then was=pidfile; else was={q(new.name)}; echo {q(new.name)} > {record}; fi',
+             f"  if {running}; then was=pidfile; else was={q(new.name)}; echo {q(new.name)} > {record}; fi",
              "fi",
              f'if [ "$was" != {q(new.name)} ]; then',
              '  case "$was" in']
     for name, old in MANAGERS.items():
-        if name == new.name or old.refuse(app):  # (one that refuses this app server never ran it)
+        if name == new.name:
             continue
-        lines += [f"  {q(name)})",
-                  *["    " + ln for ln in app.stop_lines(cfg, old)],
-                  *["    " + ln for ln in old.remove_lines(cfg, app)],
-                  "    ;;"]
+        lines.append(f"  {q(name)})")
+        for server in SERVERS.values():
+            if old.refuse(server):  # (one that refuses this app server never ran it)
+                continue
+            p = server.paths(lay)
+            lines += [f"    if [ -e {q(p.pidfile)} ] || [ -e {q(p.socket)} ]; then",
+                      *["      " + ln for ln in server.stop_lines(cfg, old)],
+                      "    fi"]
+        lines += [*["    " + ln for ln in old.remove_lines(cfg, app)], "    ;;"]
     lines += ["  esac",
               f"  echo {q(new.name)} > {record}",
               "  " + note(f"process manager: $was -> {new.name}"),

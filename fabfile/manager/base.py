@@ -28,6 +28,9 @@ class Manager:
 
     def refuse(self, server) -> str | None:
         """Why this manager cannot run that app server (a config error), or None."""
+        if not self.daemon and not server.managed:
+            return (f'"{self.name}" cannot run {server.title} yet (app.server = "{server.name}" runs detached '
+                    'with its own pidfile): choose app.manager = "pidfile"')
         return None
 
     def definition_path(self, cfg: Config) -> str:

@@ -79,6 +79,12 @@ def children(pid):
         if d.isdigit() and re.search(rf"^PPid:\s*{pid}$", read(f"/proc/{d}/status"), re.M):
             out.append(int(d))
     return out
+def app_workers(pid):
+    # (ASGI servers: the children named like the master, or the master itself when it is the only worker)
+    if P.get("app_single"):
+        return [pid]
+    kids = children(pid)
+    return [k for k in kids if read(f"/proc/{k}/comm").strip() == P["app_process"]] if P.get("app_named") else kids
 cur = current()
 res = {"current": cur, "revision": "", "branch": ""}
 if cur:
@@ -88,7 +94,7 @@ if cur:
     except ValueError:
         pass
 pid = alive(P["pidfile"], P["app_process"])
-workers = children(pid) if pid else []
+workers = app_workers(pid) if pid else []
 running_under = read(P["manager_record"]).strip() or ("pidfile" if pid else "")
 state = ""
 if P["manager_state"]:
@@ -171,6 +177,7 @@ def status_params(cfg: Config, server: Server, check: dict) -> dict:
     mgr = manager.of(cfg)
     return {**common_params(cfg), "manager": mgr.name, "manager_state": mgr.state_argv(cfg),
             "manager_record": lay.config + "/manager", "pidfile": app.paths(lay).pidfile, "app_process": app.process, "app_title": app.title,
+            "app_single": getattr(app, "single_process", False), "app_named": getattr(app, "interface", "") == "asgi",
             "nginx_conf": NGINX_CONF, "nginx_pid": model.Facts().nginx_pid,
             "site_enabled": [nginx_site_paths("sites", name)[1], nginx_site_paths("conf.d", name)[0]],
             "static_current": lay.static + "/current", "secret_key": lay.secret_key,

@@ -31,8 +31,12 @@ def activate(cfg: Config, release_word: str, id_word: str) -> list[str]:
 
 
 def reload(cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
-    """Start the app server, or reload it gracefully, and wait until every worker runs the release."""
-    return appserver.of(cfg).reload_lines(cfg, release_word, venv_word, label)
+    """Stop any other app server still running here (`[app] server` changed), then start the app server, or
+    reload it gracefully, and wait until every worker runs the release."""
+    app = appserver.of(cfg)
+    # (the old manager stops what it runs first: retiring another app server then finds nothing to stop)
+    return [*manager.switch_lines(cfg, app), *appserver.retire_lines(cfg),
+            *app.reload_lines(cfg, release_word, venv_word, label)]
 
 
 def switch(cfg: Config, rel: Release, server: Server | None = None) -> Phase:

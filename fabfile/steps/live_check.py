@@ -23,7 +23,7 @@ def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server 
     release ids): when the live release has the same one, a deploy has nothing to do."""
     probe = Release("RELEASE", revision, "", "", "", "", "VENV")
     app = appserver.of(cfg)
-    parts = [revision, requirements.decode(errors="replace"), cfg.pip.packages, app.requirement(cfg),
+    parts = [revision, requirements.decode(errors="replace"), cfg.pip.packages, " ".join(app.requirements(cfg)),
              nginx_site(cfg, server) if runs_nginx(cfg, server) else "", app.render_config(cfg, probe, server),
              firewall(cfg, server, "STAGING"),
              render("settings.py.j2", release_id="RELEASE", django_settings=cfg.project.django_settings,
@@ -43,9 +43,10 @@ def unchanged_exit(cfg: Config, fp: str, after: list[str]) -> list[str]:
     return [
         ALIVE_FN,
         CHILDREN_FN,
+        app.workers_fn(),
         # every worker of the live master runs `current` (not only the link: a switch whose reload never
         # happened leaves the old code serving)
-        'on_current() { n=0; for c in $(children "$1"); do n=$((n + 1)); '
+        'on_current() { n=0; for c in $(workers "$1"); do n=$((n + 1)); '
         '[ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = "$cur" ] || return 1; done; [ "$n" -gt 0 ]; }',
         f"cur=$(readlink {q(lay.current)} || true)",
         f'if [ -n "$cur" ] && grep -qs {q(chr(34) + "fingerprint" + chr(34) + ": " + chr(34) + fp + chr(34))} '

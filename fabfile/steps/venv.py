@@ -19,7 +19,7 @@ def venv_install_args(cfg: Config, rel: Release, staging: str) -> list[str]:
         args += ["--index-url", cfg.pip.index_url]
     if cfg.project.requirements:
         args += ["-r", cfg.project.requirements]
-    args += [*cfg.pip.packages, appserver.of(cfg).requirement(cfg)]
+    args += [*cfg.pip.packages, *appserver.of(cfg).requirements(cfg)]
     return args
 
 

@@ -1,3 +1,4 @@
+import asyncio
 import os
 import socket
 from pathlib import Path
@@ -62,6 +63,13 @@ class BoomError(RuntimeError):
 def boom(request):
     """A view that raises: its traceback must reach the app log (fab logs)."""
     raise BoomError("fabdeploy-sample-boom: this view always fails")
+
+
+async def async_view(request):
+    """An async view: under an ASGI server it runs on the event loop (no thread of its own)."""
+    await asyncio.sleep(0)
+    return JsonResponse({"release": current_release(), "async": True, "cwd": os.getcwd(), "pid": os.getpid(),
+                         "server": request.META.get("SERVER_SOFTWARE", "") or "asgi"})
 
 
 def health(request):

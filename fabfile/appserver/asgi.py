@@ -1,0 +1,167 @@
+"""What the ASGI app servers uvicorn, daphne and hypercorn share (one module each beside this one).
+
+None of them has a daemon mode, and they have no config file fabdeploy could hand over per release. So each
+release stages one small Python module, its config (`fabdeploy_<server>.py`, installed in shared/config at
+the switch like every app server's config): the server imports it in each worker as its application. It
+moves the worker into its release (its cwd: what the readiness wait checks), sets the production
+environment, names the worker after the server (/proc/<pid>/comm) and loads `[app] asgi`. Its `# run:` line
+is the server's command line in the foreground (`foreground_argv`, "$V" its virtualenv): a start runs exactly
+that line of the live config, detached, with a pidfile it writes itself (`daemon_lines`); a process manager
+can run the same words in the foreground.
+
+A reload is the server's own graceful mechanism when it has one (`graceful_signal`: the master replaces its
+workers on the socket it keeps, and each new worker imports the live module, so the new release), else, and
+whenever the command line itself changed (another virtualenv, other options), a stop and a start.
+"""
+from __future__ import annotations
+
+import re
+
+from fabdeploy import manager
+from fabdeploy.appserver.base import AppServer
+from fabdeploy.config import Config
+from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
+from fabdeploy.hosts.roles import Server
+from fabdeploy.local.render import render
+from fabdeploy.model import Release
+from fabdeploy.remote.markers import fail_expanded, note
+from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
+
+RUN_PREFIX = "# run: "
+
+
+class AsgiServer(AppServer):
+    protocol = "http"
+    interface = "asgi"
+    graceful_signal = ""  # the master's signal that replaces every worker on the kept socket ("": none)
+    single_process = False  # the master is its only worker (daphne)
+    managed = False  # (pidfile only, for now: under supervisor or systemd it would need the manager's pid)
+    # the user's [django] env in the module's ENV list (masked in --plan's diff; not the two fabdeploy sets)
+    env_line = re.compile(r"""^(\s+['"])(?!DJANGO_SETTINGS_MODULE=|FABDEPLOY_)([A-Za-z_][A-Za-z0-9_]*)=(.*)$""")
+
+    @property
+    def module(self) -> str:
+        """The config module's import name (its file: config_name in shared/config)."""
+        return self.config_name[:-3]
+
+    def foreground_argv(self, cfg: Config, venv_word: str, server: Server | None = None) -> list[str]:
+        """The shell words that run the server in the foreground on the live config (venv_word: a shell word
+        naming the virtualenv; server: the host, for its listen address behind load balancers)."""
+        raise NotImplementedError
+
+    def expected_workers(self, cfg: Config) -> int:
+        """How many workers a ready server has."""
+        return 1 if self.single_process else getattr(cfg, self.section).workers
+
+    def workers_fn(self) -> str:
+        """`workers <master pid>`: its children named like it (not multiprocessing's helpers), or the master
+        itself for a single-process server."""
+        if self.single_process:
+            return 'workers() { echo "$1"; }'
+        return ('workers() { for c in $(children "$1"); do grep -qsx ' + q(self.process)
+                + ' "/proc/$c/comm" && echo "$c"; done; true; }')
+
+    def render_config(self, cfg: Config, rel: Release, server: Server | None = None) -> str:
+        lay = Layout(cfg.paths.deploy_to)
+        module, _, attr = cfg.app.asgi.partition(":")
+        return render(
+            "asgi_app.py.j2", name=cfg.project.name, title=self.title,
+            argv=" ".join(self.foreground_argv(cfg, '"$V"', server)), release_path=lay.release(rel.id),
+            settings_module=SETTINGS_MODULE, release_id=rel.id, env=cfg.django.env, process=self.process,
+            module=module, attr=attr or "application", workers=self.expected_workers(cfg),
+            run_prefix=RUN_PREFIX)
+
+    def app_dir(self, cfg: Config) -> str:
+        """Where the config module is imported from (shared/config, the masters' working directory)."""
+        return Layout(cfg.paths.deploy_to).config
+
+    def run_fns(self, cfg: Config) -> list[str]:
+        """Shell functions: `argv_of V` prints the live config's command line word by word (V: the
+        virtualenv), `start_detached V` runs it in its own session with the pidfile and the log."""
+        p = self.paths(Layout(cfg.paths.deploy_to))
+        read = f"sed -n {q('s/^' + RUN_PREFIX + '//p')} {q(p.config)} | tail -n 1"
+        return [f'argv_of() {{ V=$1; eval "set -- $({read})"; printf "%s\\n" "$@"; }}',
+                f'start_detached() {{ V=$1; eval "set -- $({read})"; {" ".join(self.daemon_lines(cfg))}; }}']
+
+    def daemon_lines(self, cfg: Config) -> list[str]:
+        """The daemon-only part (a process manager does not need it): run "$@" detached from the script's
+        session, from shared/config, writing its own pid (exec keeps it) to the pidfile, output to the log.
+        umask 117: a unix socket the server creates is 660 (its group the nginx group of the setgid
+        shared/run); the config module sets the workers' own umask."""
+        p = self.paths(Layout(cfg.paths.deploy_to))
+        inner = q('echo $$ > "$0" && exec "$@"')
+        return [f"(cd {q(self.app_dir(cfg))} && umask 117 && exec setsid nohup sh -c {inner} {q(p.pidfile)} "
+                f'"$@" < /dev/null >> {q(p.log)} 2>&1 &)']
+
+    def reload_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
+        """Start the server, or reload it (graceful_signal when the running master has the live command line,
+        else stop and start), then wait until every worker runs the release."""
+        lay = Layout(cfg.paths.deploy_to)
+        p = self.paths(lay)
+        timeout = self.reload_timeout(cfg)
+        unix = self.listen(cfg, None).startswith("/")
+        same = (f'[ -n "$pid" ] && [ "$(tr "\\000" "\\n" < "/proc/$pid/cmdline" | tail -n +2)" = '
+                f'"$(argv_of {venv_word})" ]')
+        graceful = [
+            f"if {same}; then",
+            '  old=" $(workers "$pid" | tr "\\n" " ") "',
+            f'  kill -{self.graceful_signal} "$pid"',
+            "  action=reloaded",
+            "else",
+        ] if self.graceful_signal else ["if true; then"]
+        return [
+            ALIVE_FN,
+            CHILDREN_FN,
+            *manager.switch_lines(cfg, self),
+            self.workers_fn(),
+            *self.run_fns(cfg),
+            f"grep -q {q('^' + RUN_PREFIX)} {q(p.config)} || "
+            + fail_expanded(f"{p.config} has no command line (deploy again)"),
+            f"want=$(sed -n 's/^# workers: \\([0-9][0-9]*\\)$/\\1/p' {q(p.config)} | tail -n 1); want=${{want:-1}}",
+            *self.pid_lines(cfg),
+            'old=" "; how=',
+            *graceful,
+            '  if [ -n "$pid" ]; then',
+            *["    " + ln for ln in self.stop_lines(cfg)],
+            "    how=restarted",
+            "  fi",
+            f"  rm -f {q(p.socket)} {q(p.pidfile)}",
+            f"  start_detached {venv_word}",
+            "  action=${how:-started}",
+            "fi",
+            "i=0; ready=; gone=0; n=0",
+            f"while [ $i -lt {timeout * 10} ]; do",
+            f"  pid=$(alive {q(p.pidfile)} {q(self.process)} || true)",
+            # a master that stays gone (the app failed to load) is a failure, not something to wait for
+            '  if [ -z "$pid" ]; then gone=$((gone + 1)); [ "$gone" -lt 50 ] || break; else',
+            "    n=0; stale=0",
+            '    for c in $(workers "$pid"); do',
+            "      n=$((n + 1))",
+            '      case "$old" in *" $c "*) stale=$((stale + 1));; esac',
+            f'      [ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
+            "    done",
+            f'    if [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ]{f" && [ -S {q(p.socket)} ]" if unix else ""}; then '
+            "ready=1; break; fi",
+            "  fi",
+            "  i=$((i + 1)); sleep 0.1",
+            "done",
+            'if [ -z "$ready" ]; then',
+            f'  echo "last lines of {p.log}:" >&2',
+            f"  tail -n 20 {q(p.log)} >&2 || true",
+            "  " + fail_expanded(f"{self.title} did not come up serving {label} within {timeout}s"),
+            "fi",
+            # (uvicorn makes its socket 666: the nginx group's 660, as for every app server)
+            f"[ ! -S {q(p.socket)} ] || chmod 660 {q(p.socket)}" if unix else "true",
+            note(f"{self.name} $action (master $pid, $n workers on {label})"),
+        ]
+
+
+def tcp_parts(listen: str) -> tuple[str, str]:
+    """("address", "port") of "address:port" or "[v6]:port" (the address without brackets)."""
+    addr, _, port = listen.rpartition(":")
+    return addr.strip("[]"), port
+
+
+def option_words(options: dict) -> list[str]:
+    """[<server>] options as command-line words: --name value."""
+    return [w for key, value in options.items() for w in (q("--" + key), q(value))]
