@@ -118,6 +118,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "media": Key("app", lambda v: None if v in ("app", "lb") else "must be \"app\" or \"lb\""),
         "max_fails": Key(1, _int(0, 1000)),
         "fail_timeout": Key(10, _int(1, 3600)),
+        "websocket_timeout": Key(3600, _int(1, 604800)),
         "firewall": Key("auto", lambda v: None if v in ("auto", "nftables", "off") else
                         "must be \"auto\", \"nftables\" or \"off\""),
     },
