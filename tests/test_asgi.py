@@ -180,3 +180,14 @@ def test_nginx_passes_websocket_upgrades_to_http_app_servers_with_a_map_of_the_s
     assert "upstream" not in nginx.nginx_site(other)  # WSGI gunicorn: proxy_pass to its socket, as before
     assert "proxy_pass http://unix:/srv/shop/shared/run/gunicorn.sock:;" in nginx.nginx_site(other)
     assert "map " not in nginx.nginx_site(make_cfg()) and "Upgrade" not in nginx.nginx_site(make_cfg())
+
+
+def test_behind_balancers_the_readiness_wait_asks_for_no_socket_file():
+    """An app host of a balanced fleet listens on address:port: a start that waited for the unix socket
+    file would time out with the server up (tests/test_lb_websocket_e2e.py deploys one)."""
+    for cls in (Uvicorn, Daphne, Hypercorn):
+        sock = f"[ -S /srv/shop/shared/run/{cls.name}.sock ]"
+        alone = "\n".join(cls().reload_lines(asgi_cfg(cls.name), "R", "V", "r"))
+        assert sock in alone
+        behind = "\n".join(cls().reload_lines(asgi_cfg(cls.name, roles=True), "R", "V", "r"))
+        assert sock not in behind and "ready=1; break" in behind

@@ -21,7 +21,7 @@ from fabdeploy import manager
 from fabdeploy.appserver.base import AppServer
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
-from fabdeploy.hosts.roles import Server
+from fabdeploy.hosts.roles import Server, balanced
 from fabdeploy.local.render import render
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import fail_expanded, note
@@ -99,7 +99,8 @@ class AsgiServer(AppServer):
         lay = Layout(cfg.paths.deploy_to)
         p = self.paths(lay)
         timeout = self.reload_timeout(cfg)
-        unix = self.listen(cfg, None).startswith("/")
+        # (the app hosts of a balanced fleet listen on address:port: no socket file to wait for)
+        unix = self.listen(cfg, None).startswith("/") and not balanced(cfg)
         same = (f'[ -n "$pid" ] && [ "$(tr "\\000" "\\n" < "/proc/$pid/cmdline" | tail -n +2)" = '
                 f'"$(argv_of {venv_word})" ]')
         graceful = [
