@@ -213,11 +213,13 @@ def status(c, json=False, config=None, roles=None, parallel=None):
 
 
 @task(help={"config": CONFIG_HELP, "n": "lines to show from each log (default 20)",
-            "follow": "keep streaming new lines until Ctrl-C", "which": "app, access, error (comma separated)",
+            "follow": "keep streaming new lines until Ctrl-C", "which": "app, manager, access, error (comma separated)",
             "roles": ROLES_HELP, "parallel": PARALLEL_HELP})
 @one_line_errors
 def logs(c, n=20, follow=False, which=None, config=None, roles=None, parallel=None):
-    """Show the app server log and this site's nginx access and error logs (-f follows, all hosts merged)."""
+    """Show the app server log, what the process manager writes about the project (supervisor: the program's
+    output; the uWSGI emperor: its lines about the vassal) and this site's nginx access and error logs (-f follows,
+    all hosts merged)."""
     cfg = _load(config)
     errors = show_logs(target_connections(c, cfg, roles), cfg, Printer(), _seconds(n, "-n"), follow, which,
                        _parallel(parallel, cfg))

@@ -147,3 +147,33 @@ def test_status_reports_the_vassal_and_the_emperor(tmp_path):
             assert state() == "vassal RUNNING\n"
         finally:
             proc.kill()
+
+
+def test_fab_logs_shows_the_emperors_lines_about_this_vassal_only(tmp_path):
+    """The filter command run for real on a log file (this machine runs no systemd: the file branch): the
+    last lines naming shop.ini, never myshop.ini or shop.ini of another word; the journal branch asks
+    journalctl for the emperor's unit with the same pattern."""
+    from dataclasses import replace
+
+    from fabdeploy.ops.logs import filter_command
+    cfg = make_cfg(app={"manager": "emperor"})
+    f = manager.of(cfg).log_filter(cfg)
+    assert (f.label, f.path, f.unit) == ("emperor", emperor.LOG, emperor.UNIT_NAME)
+    log = tmp_path / "emperor.log"
+    log.write_text("*** starting uWSGI Emperor ***\n"
+                   "[uWSGI] getting INI configuration from shop.ini\n"
+                   "Wed Nov 25 22:00:01 2026 - [emperor] vassal shop.ini is ready to accept requests\n"
+                   "Wed Nov 25 22:00:02 2026 - [emperor] vassal myshop.ini is ready to accept requests\n"
+                   "Wed Nov 25 22:00:03 2026 - [emperor] vassal shop-two.ini has been spawned\n"
+                   "Wed Nov 25 22:00:04 2026 - [emperor] curse the uwsgi instance shop.ini (pid: 42)\n"
+                   "Wed Nov 25 22:00:05 2026 - [emperor] removed uwsgi instance shop.ini\n")
+    command = filter_command(replace(f, path=str(log)), 2, False)
+    assert "journalctl --no-pager -o short-iso -u fabdeploy-uwsgi-emperor.service --grep" in command
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30).stdout
+    assert out.splitlines() == ["Wed Nov 25 22:00:04 2026 - [emperor] curse the uwsgi instance shop.ini (pid: 42)",
+                                "Wed Nov 25 22:00:05 2026 - [emperor] removed uwsgi instance shop.ini"]
+    out = subprocess.run(["sh", "-c", filter_command(replace(f, path=str(log)), 10, False)],
+                         capture_output=True, text=True, timeout=30).stdout
+    assert len(out.splitlines()) == 4 and "myshop" not in out and "shop-two" not in out
+    dotted = make_cfg(app={"manager": "emperor"}, project={"name": "my.shop"})
+    assert manager.of(dotted).log_filter(dotted).pattern == r"(^|[^[:alnum:]_.-])my\.shop\.ini([^[:alnum:]_-]|$)"

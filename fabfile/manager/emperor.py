@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
-from fabdeploy.manager.base import MANAGED, Manager
+from fabdeploy.manager.base import MANAGED, LogFilter, Manager
 from fabdeploy.remote.markers import fail, fail_expanded, note
 from fabdeploy.remote.shell import ALIVE_FN, q, write_file
 
@@ -213,6 +213,12 @@ class Emperor(Manager):
 
     def stopped_lines(self, cfg: Config, app) -> list[str]:
         return self.stop_lines(cfg, app)  # (a crashed vassal the emperor is about to start again)
+
+    def log_filter(self, cfg: Config) -> LogFilter | None:
+        """The emperor's lines about this project's vassal (`<name>.ini`, never a longer name ending so):
+        spawned, reloaded, cursed, removed, and what the vassal printed before its own log was open."""
+        name = "".join("\\" + c if c == "." else c for c in cfg.project.name)
+        return LogFilter("emperor", LOG, UNIT_NAME, f"(^|[^[:alnum:]_.-]){name}\\.ini([^[:alnum:]_-]|$)")
 
     def state_argv(self, cfg: Config) -> list[str] | None:
         """`vassal RUNNING` (in the directory, the emperor up), `vassal STOPPED` (out: fab stop) or
