@@ -112,6 +112,18 @@ def test_a_daemonized_site_switches_to_supervisor_by_config(uw):
     assert workers(uw, pid) == [f"{D}/releases/{rel}"] * 2
 
 
+def test_fab_logs_shows_the_programs_output_file_beside_the_app_log(uw):
+    out_file = uw.host.path(f"{D}/shared/log/uwsgi.log.out").read_text()
+    last = [ln for ln in out_file.splitlines() if ln.strip()][-1]
+    res = fab(uw, "logs", "-n", "5")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"^\S+\s+supervisor\s+\| " + re.escape(last) + "$", res.stdout, re.M), (last, res.stdout)
+    labels = set(re.findall(r"^\S+\s+(\w+)\s+\|", res.stdout, re.M))
+    assert {"app", "supervisor", "access"} <= labels, res.stdout
+    res = fab(uw, "logs", "-n", "5", "--which", "manager")
+    assert set(re.findall(r"^\S+\s+(\w+)\s+\|", res.stdout, re.M)) == {"supervisor"}, res.stdout
+
+
 def test_a_deploy_under_supervisor_reloads_the_same_master_under_load(uw):
     pid = master(uw)
     with Load(uw.host.address) as load:
