@@ -80,6 +80,15 @@ def test_a_redeploy_changes_nothing_of_the_emperor(site):
     serves(site, rel)
 
 
+def test_fab_logs_reads_the_emperors_lines_about_the_vassal_from_its_journal(site):
+    res = run_fab(site.proj.root, "logs", "-n", "5", "--which", "manager")
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = [ln for ln in res.stdout.splitlines() if re.match(r"^\S+\s+emperor\s+\| ", ln)]
+    assert lines and all("sample.ini" in ln for ln in lines), res.stdout + res.stderr
+    assert any("vassal sample.ini" in ln for ln in lines), res.stdout
+    assert not site.host.path("/var/log/fabdeploy-uwsgi-emperor.log").exists()  # (systemd's: the journal)
+
+
 def test_a_reboot_brings_the_emperor_and_the_site_back(site):
     emp = main_pid(site)
     site.host.reboot()
