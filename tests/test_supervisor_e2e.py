@@ -278,7 +278,7 @@ def test_gunicorn_asgi_under_supervisor_a_deploy_reloads_the_async_view_onto_the
     rel, out = deploy(gu)
     pid = master(gu, "gunicorn")
     assert "supervisord" in parent_comm(gu, pid)
-    assert "uvicorn" in gu.host.path(f"{D}/shared/config/gunicorn.conf.py").read_text()
+    assert "worker_class = 'uvicorn_worker.UvicornWorker'" in gu.host.path(f"{D}/shared/config/gunicorn.conf.py").read_text()
     view = async_view(gu)
     assert view["release"] == rel and view["async"] is True
     gu.proj.commit("third", {"pages/message.txt": "Third, ASGI under supervisor\n"})
