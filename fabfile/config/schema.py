@@ -14,6 +14,7 @@ from fabdeploy.config.checks import (_HOST, _app_manager, _app_server, _bool, _e
 PHASES = ("setup", "code", "venv", "django", "config", "switch", "restart", "cleanup")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # [app] user (useradd's NAME_REGEX)
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _WSGI = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$")
 # Paths and names that end up in nginx/uWSGI config files, which have no quoting: keep them plain.
@@ -61,6 +62,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "app": {
         "server": Key("uwsgi", _app_server),
         "manager": Key("pidfile", _app_manager),
+        "user": Key("", _str(_USER, "a user name (lower-case letters, digits, '_' or '-', at most 32)")),
     },
     "nginx": {
         "server_name": Key("_", _server_names),
