@@ -1141,7 +1141,7 @@ def test_config_phase_installs_a_new_site(tmp_path, fakebin):
     # the release keeps the exact uWSGI config it runs with (rollback restores it)
     saved = Path(lab.lay.release(REL_ID), ".fabdeploy", "uwsgi.ini")
     assert saved.read_text() == UwsgiServer().render_config(lab.cfg, make_rel())
-    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o640  # (its group: the app user's, under the setgid releases/)
     assert not Path(UwsgiServer().paths(lab.lay).config).exists()  # the live ini changes only in switch
     assert "nginx -t" in fakebin.log()
     assert notes(out(proc)) == [f"nginx site installed at {lab.site}"]
