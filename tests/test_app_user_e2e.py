@@ -6,6 +6,7 @@ database; the socket is 660 app:www-data; fab status/logs/stop/start/reload/roll
 supervisor the program names the app user."""
 from __future__ import annotations
 
+import json
 import re
 from types import SimpleNamespace
 
@@ -136,7 +137,11 @@ def test_fab_manage_runs_as_the_app_user(au):
 def test_status_and_logs_read_what_only_the_app_user_can(au):
     res = fab(au, "status")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert au.releases[-1] in res.stdout and re.search(r"2/2", res.stdout), res.stdout
+    assert au.releases[-1] in res.stdout and "uWSGI master" in res.stdout and "up, 2 workers" in res.stdout
+    res = fab(au, "status", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    app = json.loads(res.stdout)[0]["app"]
+    assert app["pid"] == int(au.host.path(PIDFILE).read_text()) and app["workers"] == 2 and app["on_current"]
     res = fab(au, "logs", "-n", "5")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Permission denied" not in res.stdout + res.stderr and res.stdout.strip()
