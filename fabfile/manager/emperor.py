@@ -188,6 +188,15 @@ class Emperor(Manager):
             guard(path),
             *write_file(staged, self.definition(cfg, app), mode="0644"),
             f'me="{app_user(cfg)}:$(id -gn {q(app_user(cfg))})"',
+            # a vassal of another user (deployed before the app user, or since it changed): taken out until its
+            # master is gone, so that the emperor starts it again as the new owner (a reload would keep the uid)
+            f'if [ -e {q(path)} ] && [ "$(stat -c %U:%G {q(path)})" != "$me" ]; then',
+            f"  sudo -n rm -f {q(path)}; i=0",
+            f"  while alive {q(app.paths(lay).pidfile)} {q(app.process)} >/dev/null && "
+            f"[ $i -lt {app.reload_timeout(cfg) * 10} ]; do sleep 0.1; i=$((i + 1)); done",
+            "  " + note("uWSGI emperor: the vassal of another user "
+                        "taken out (it starts again as the app user)"),
+            "fi",
             f'if cmp -s {q(staged)} {q(path)} && [ "$(stat -c %U:%G {q(path)})" = "$me" ]; then defined=; else',
             f'  {{ sudo -n install -o "${{me%:*}}" -g "${{me#*:}}" -m 0644 {q(staged)} {q(tmp)} && '
             f"sudo -n mv -f {q(tmp)} {q(path)}; }} || {fail(f'cannot write {path} (sudo)')}",
