@@ -180,3 +180,57 @@ def test_under_supervisor_the_program_names_the_app_user(au):
     assert len(uids) == 3 and set(uids.values()) == {uid_of(au.host, "sample")}
     status, _, _ = au.host.http("/", host_header=au.host.address)
     assert status == 200
+
+
+@pytest.fixture(scope="module")
+def sd(make_host, tmp_path_factory, wheel_cache):
+    """A systemd lab host (systemd its PID 1) running gunicorn under systemd, deployed once."""
+    host = make_host("appuser-sd", init="systemd")
+    proj = make_project(tmp_path_factory.mktemp("appuser-sd"))
+    proj.write_config(sample_config(host, extra='[app]\nserver = "gunicorn"\nmanager = "systemd"\n'
+                                                '[gunicorn]\nworkers = 2\n'))
+    res = run_fab(proj.root, "deploy", cache=wheel_cache)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return SimpleNamespace(host=host, proj=proj, cache=wheel_cache, releases=[release_of(res.stdout)])
+
+
+def gunicorn_uids(host) -> dict[int, int]:
+    out = {}
+    for pid in host.pids():
+        try:
+            status = open(f"/proc/{pid}/status").read()
+        except OSError:
+            continue
+        if re.search(r"^Name:\s+gunicorn$", status, re.M) and not re.search(r"^State:\s+Z", status, re.M):
+            out[pid] = int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))
+    return out
+
+
+def test_under_systemd_the_unit_names_the_app_user_and_gunicorn_runs_as_it(sd):
+    unit = sd.host.path("/etc/systemd/system/sample.service").read_text()
+    assert "\nUser=sample\n" in unit
+    sample = uid_of(sd.host, "sample")
+    main = int(sd.host.systemctl("show", "-p", "MainPID", "--value", "sample.service").stdout.strip())
+    uids = gunicorn_uids(sd.host)
+    assert len(uids) == 3 and set(uids.values()) == {sample}  # the master and its two workers
+    # (MainPID is a pid of the host's own pid namespace: seen from inside it)
+    assert sd.host.exec(["stat", "-c", "%U", f"/proc/{main}"]).stdout.strip() == "sample"
+    assert owner(sd.host, f"{D}/shared/run/gunicorn.sock") == "sample:www-data:660"
+    status, _, body = sd.host.http("/", host_header=sd.host.address)
+    assert status == 200 and b"Release" in body
+
+
+def test_under_systemd_reload_status_and_logs_work_as_the_app_user(sd):
+    sd.proj.commit("B", {"pages/message.txt": "Second revision\n"})
+    res = run_fab(sd.proj.root, "deploy", cache=sd.cache)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rel = release_of(res.stdout)
+    status, _, body = sd.host.http("/", host_header=sd.host.address)
+    assert status == 200 and f"Release: {rel}".encode() in body
+    assert set(gunicorn_uids(sd.host).values()) == {uid_of(sd.host, "sample")}
+    res = run_fab(sd.proj.root, "status", "--json", cache=sd.cache)
+    assert res.returncode == 0, res.stdout + res.stderr
+    app = json.loads(res.stdout)[0]["app"]
+    assert app["workers"] == 2 and app["on_current"]
+    res = run_fab(sd.proj.root, "logs", "-n", "5", cache=sd.cache)
+    assert res.returncode == 0 and res.stdout.strip(), res.stdout + res.stderr

@@ -44,7 +44,15 @@ class AppPaths:
 
 
 class AppServer:
-    """One app server. Subclasses set the class attributes and implement the methods that raise."""
+    """One app server. Subclasses set the class attributes and implement the methods that raise.
+
+    The app user ([app] user, app_user()): the server runs as it, so a subclass's reload_lines starts with
+    `*self.as_app_lines(cfg)` (pid_lines and stop_lines here do already) and puts AS_APP ("${ASAPP-}", from
+    remote/shell.py) before every command that reads its socket (`test -S`), its log (`tail`), its workers'
+    `/proc/<pid>/cwd` or `exe` (`readlink`), or signals its master (`kill`); daemon_start_lines run the server
+    itself as `{AS_APP} <argv>`; a daemonized one also runs `*self.foreign_lines(cfg)` right after it finds its
+    master (a master of another user is restarted as the app user). ALIVE_FN reads a pidfile as the app user by
+    itself. Process managers start it as the app user (user=, User=, the vassal's owner)."""
 
     name = ""  # as in `[app] server`
     title = ""  # as people write it, for messages ("uWSGI")
