@@ -59,10 +59,11 @@ def ownership_lines(cfg: Config) -> list[str]:
     lines = [
         'if [ -z "$appme" ]; then',
         # own DIR OWNER GROUP MODE: everything below DIR given to OWNER:GROUP (directories setgid, readable by the
-        # group) when DIR itself is not OWNER:GROUP MODE
-        '  own() { [ "$(stat -c %U:%G:%a "$1")" = "$2:$3:$4" ] && return 0; '
-        'sudo -n chown -R "$2:$3" "$1" && sudo -n chmod -R g+rX "$1" && '
-        "sudo -n find \"$1\" -mindepth 1 -type d -exec chmod g+s {} + && sudo -n chmod \"$4\" \"$1\" && "
+        # group) when DIR itself is not OWNER:GROUP MODE. A DIR that is a link (a shared mount: media, the
+        # SQLite directory of several app hosts) is its target (the app user needs the same uid on each host).
+        '  own() { d=$(readlink -f "$1"); [ "$(stat -c %U:%G:%a "$d")" = "$2:$3:$4" ] && return 0; '
+        'sudo -n chown -R "$2:$3" "$d" && sudo -n chmod -R g+rX "$d" && '
+        "sudo -n find \"$d\" -mindepth 1 -type d -exec chmod g+s {} + && sudo -n chmod \"$4\" \"$d\" && "
         'converted="$converted ${1##*/}"; }',
         "  converted=",
     ]
