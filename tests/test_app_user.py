@@ -146,3 +146,13 @@ def test_cleanup_and_live_check_read_the_master_as_the_app_user():
 def test_logs_tail_the_app_log_as_the_app_user_and_other_logs_as_root():
     cmd = tail_command(["/a/app.log", "/var/log/nginx/x.log"], 5, False, "/a/app.log", "shop")
     assert "S='sudo -n -u shop'" in cmd and 'S="sudo -n"' in cmd
+
+
+def test_stop_signals_a_master_of_another_user_with_sudo():
+    """(a host not converted yet: its daemonized master runs as the deploy user)"""
+    cfg = make_cfg(app={"user": "shop"})
+    text = "\n".join(appserver.of(cfg).stop_lines(cfg))
+    assert '[ "$(stat -c %U "/proc/$pid" 2>/dev/null)" = shop ] || sudo -n kill -INT "$pid"' in text
+    assert "|| sudo -n kill -KILL $pid $kids" in text
+    sup = make_cfg(app={"user": "shop", "manager": "supervisor"})
+    assert "sudo -n kill -INT" not in "\n".join(appserver.of(sup).stop_lines(sup))

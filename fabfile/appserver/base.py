@@ -199,10 +199,13 @@ class AppServer:
             f'  up() {{ for p in "$@"; do grep -qs {name} "/proc/$p/comm" && '
             '! grep -qs "^State:[[:space:]]*Z" "/proc/$p/status" && return 0; done; return 1; }',
             *["  " + ln for ln in mgr.stop_lines(cfg, self)],
+            # (a daemonized master of another user, from before the app user: not the app user's to signal)
+            *([f'  [ "$(stat -c %U "/proc/$pid" 2>/dev/null)" = {q(app_user(cfg))} ] || '
+               f'sudo -n kill -{self.stop_signal} "$pid" 2>/dev/null || true'] if mgr.daemon else []),
             "  i=0; how=",
             f'  while up $pid $kids && [ $i -lt {timeout * 10} ]; do sleep 0.1; i=$((i + 1)); done',
             "  if up $pid $kids; then",
-            f"    {AS_APP} kill -KILL $pid $kids 2>/dev/null || true",
+            f"    {AS_APP} kill -KILL $pid $kids 2>/dev/null || sudo -n kill -KILL $pid $kids 2>/dev/null || true",
             "    i=0; while up $pid $kids && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done",
             "    up $pid $kids && " + fail_expanded(f"{self.title} (master $pid) is still running, even after SIGKILL"),
             f'    how=", killed after {timeout}s"',
