@@ -14,6 +14,7 @@ from fabdeploy.model import PENDING, Facts, Release
 from fabdeploy.remote.markers import note
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import q
+from fabdeploy.steps import app_user
 from fabdeploy.steps.static import static_switch
 
 
@@ -50,6 +51,7 @@ def switch(cfg: Config, rel: Release, server: Server | None = None) -> Phase:
         # the fleet's key, when it replaces this host's own (fab deploy --adopt-secret-key): the restart loads it
         f"if [ -f {q(lay.staging(rel.id) + '/secret_key')} ]; then mv -f {q(lay.staging(rel.id) + '/secret_key')} "
         f"{q(lay.secret_key)}; {note('secret key replaced by the fleet key')}; fi",
+        *app_user.key_lines(cfg),  # (readable by the app user's group)
         note(f"current -> {rel.id}"),
         *firewall_unused(cfg, server),
     ])
