@@ -13,6 +13,7 @@ private mount namespace in which these directories are bind-mounted from
     /var/log        -> fs/var-log       (the machine's /var/log directories, empty)
     /var/lib/nginx  -> fs/var-lib-nginx
     /run            -> fs/run           (so /var/run too)
+    /usr/local/lib/fabdeploy -> fs/usr-local-lib-fabdeploy
     /home/deploy    -> fs/home-deploy
     /tmp            -> fs/tmp
 
@@ -121,6 +122,8 @@ PRIVATE_DIRS: list[tuple[str, str]] = [
     ("/var/log", "var-log"),
     ("/var/lib/nginx", "var-lib-nginx"),
     ("/home/deploy", "home-deploy"),
+    # where fabdeploy keeps host-wide binaries (the uWSGI emperor's copy): /usr is the machine's
+    ("/usr/local/lib/fabdeploy", "usr-local-lib-fabdeploy"),
     ("/run", "run"),
     ("/tmp", "tmp"),
 ]
