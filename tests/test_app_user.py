@@ -156,3 +156,18 @@ def test_stop_signals_a_master_of_another_user_with_sudo():
     assert "|| sudo -n kill -KILL $pid $kids" in text
     sup = make_cfg(app={"user": "shop", "manager": "supervisor"})
     assert "sudo -n kill -INT" not in "\n".join(appserver.of(sup).stop_lines(sup))
+
+
+def test_a_server_or_manager_switch_looks_at_shared_run_as_the_app_user():
+    """shared/run is app:www-data 2750: the SSH user cannot see its pidfiles and sockets, so the lines that
+    find another app server (or one the old manager ran) to stop test and remove them as the app user."""
+    cfg = make_cfg(app={"server": "uvicorn", "asgi": "shop.asgi:application", "user": "shop"})
+    app = appserver.of(cfg)
+    for lines in (appserver.retire_lines(cfg), manager.switch_lines(cfg, app)):
+        assert lines[0] == as_app_lines("shop")[0]
+        text = "\n".join(lines)
+        assert "[ -e /srv/shop/shared/run" not in text
+        assert ("${ASAPP-} test -e /srv/shop/shared/run/uwsgi.pid || ${ASAPP-} test -e "
+                "/srv/shop/shared/run/uwsgi.sock; then") in text
+    assert "  ${ASAPP-} rm -f /srv/shop/shared/run/gunicorn.pid /srv/shop/shared/run/gunicorn.pid.2 " \
+           "/srv/shop/shared/run/gunicorn.sock" in appserver.retire_lines(cfg)

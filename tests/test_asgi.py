@@ -3,6 +3,7 @@ app servers (their config module, command lines, start and reload lines), the li
 app server of a host, and the nginx site's WebSocket upgrade. The end-to-end proof is tests/test_asgi_e2e.py."""
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import subprocess
@@ -225,9 +226,11 @@ def test_a_host_switching_servers_stops_every_other_one_first():
     cfg = asgi_cfg("uvicorn")
     text = "\n".join(appserver.retire_lines(cfg))
     for other in ("uwsgi", "gunicorn", "daphne", "hypercorn"):
-        assert f"if [ -e /srv/shop/shared/run/{other}.pid ] || [ -e /srv/shop/shared/run/{other}.sock ]; then" in text
-        assert f"rm -f /srv/shop/shared/run/{other}.pid" in text
-    assert "run/uvicorn.pid" not in text
+        # (shared/run is the app user's: looked at and emptied as it)
+        assert (f"if ${{ASAPP-}} test -e /srv/shop/shared/run/{other}.pid || "
+                f"${{ASAPP-}} test -e /srv/shop/shared/run/{other}.sock; then") in text
+        assert f"${{ASAPP-}} rm -f /srv/shop/shared/run/{other}.pid" in text
+    assert "run/uvicorn.pid" not in text and appserver.retire_lines(cfg)[0] == as_app_lines(getpass.getuser())[0]
     assert "--stop /srv/shop/shared/run/uwsgi.pid" in text  # each stopped its own way
     from fabdeploy.steps.activate import reload
     lines = reload(cfg, "'/r'", "'/v'", "X")  # (every deploy, revert and rollback reloads through it)

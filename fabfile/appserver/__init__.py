@@ -14,7 +14,7 @@ from fabdeploy.appserver.hypercorn import Hypercorn
 from fabdeploy.appserver.uvicorn import Uvicorn
 from fabdeploy.appserver.uwsgi import UWSGI
 from fabdeploy.hosts.layout import Layout
-from fabdeploy.remote.shell import q
+from fabdeploy.remote.shell import AS_APP, q
 
 SERVERS: dict[str, AppServer] = {
     "uwsgi": UWSGI(),
@@ -33,16 +33,17 @@ def of(cfg) -> AppServer:
 def retire_lines(cfg) -> list[str]:
     """Lines that stop every other registered app server this deploy_to still runs (a host whose
     `[app] server` changed): its master and workers gone, its pidfile and socket removed, before the chosen
-    one starts (behind load balancers they would share address:port)."""
+    one starts (behind load balancers they would share address:port). shared/run is the app user's: its
+    files are looked at and removed as it ($ASAPP)."""
     lay = Layout(cfg.paths.deploy_to)
     mine = of(cfg).paths(lay)
-    lines = []
+    lines = [*of(cfg).as_app_lines(cfg)]
     for server in SERVERS.values():
         p = server.paths(lay)
         if p.pidfile == mine.pidfile:
             continue
-        lines += [f"if [ -e {q(p.pidfile)} ] || [ -e {q(p.socket)} ]; then",
+        lines += [f"if {AS_APP} test -e {q(p.pidfile)} || {AS_APP} test -e {q(p.socket)}; then",
                   *["  " + ln for ln in server.stop_lines(cfg)],
-                  f"  rm -f {q(p.pidfile)} {q(p.pidfile + '.2')} {q(p.socket)}",
+                  f"  {AS_APP} rm -f {q(p.pidfile)} {q(p.pidfile + '.2')} {q(p.socket)}",
                   "fi"]
     return lines
