@@ -116,7 +116,7 @@ def test_foreground_argv_is_the_server_alone_and_the_daemon_bits_are_separate():
         assert "setsid" not in fg and ".pid" not in fg and "nohup" not in fg
         daemon = " ".join(cls().daemon_lines(cfg))
         assert "setsid nohup ${ASAPP-} sh -c" in daemon and f"/srv/shop/shared/run/{cls.name}.pid" in daemon
-        assert "umask 117" in daemon and f">> /srv/shop/shared/log/{cls.name}.log 2>&1" in daemon
+        assert "umask 117" in daemon and f"' /srv/shop/shared/run/{cls.name}.pid /srv/shop/shared/log/{cls.name}.log" in daemon
 
 
 def test_the_run_line_comes_back_word_for_word_through_the_shell(tmp_path):
@@ -169,7 +169,8 @@ def test_every_asgi_server_runs_reads_and_signals_as_the_app_user():
         for want in ("""[ "$(${ASAPP-} readlink "/proc/$c/cwd" 2>/dev/null)" = '/r' ]""",
                      f"${{ASAPP-}} test -S {sock}", f"${{ASAPP-}} tail -n 20 /srv/shop/shared/log/{cls.name}.log",
                      f"${{ASAPP-}} rm -f {sock} {pidfile}", f"${{ASAPP-}} chmod 660 {sock}",
-                     f"setsid nohup ${{ASAPP-}} sh -c 'umask 117 && echo $$ > \"$0\" && exec \"$@\"' {pidfile}"):
+                     f"setsid nohup ${{ASAPP-}} sh -c 'umask 117 && exec >> \"$1\" 2>&1 && echo $$ > \"$0\" && "
+                     f"shift && exec \"$@\"' {pidfile} /srv/shop/shared/log/{cls.name}.log"):
             assert want in text, (cls.name, want)
         # no bare reads or signals of the server's own files and processes
         for ln in lines:
@@ -187,7 +188,8 @@ def test_every_asgi_server_runs_reads_and_signals_as_the_app_user():
 
 def test_the_detached_start_runs_through_asapp_and_the_pidfile_names_the_server(tmp_path):
     """start_detached, run by the shell: $ASAPP (here a stand-in that records its use, then execs the command)
-    runs the server's command line; the pid written is the server's own (exec all the way), umask 117 inside."""
+    runs the server's command line; the pid written is the server's own (exec all the way), umask 117 inside;
+    its output goes to the log, opened by the app user (here: $ASAPP's stand-in)."""
     site = tmp_path / "site"
     cfg = asgi_cfg("uvicorn", deploy_to=str(site))
     app = Uvicorn()
@@ -198,7 +200,7 @@ def test_the_detached_start_runs_through_asapp_and_the_pidfile_names_the_server(
     with open(p.config, "w") as f:
         f.write(app.render_config(cfg, make_rel()))
     fake_server = site / "v/bin/uvicorn"  # writes its umask next to the pidfile, then waits
-    fake_server.write_text(f"#!/bin/sh\numask > {site}/shared/run/umask\nexec sleep 30\n")
+    fake_server.write_text(f"#!/bin/sh\numask > {site}/shared/run/umask\necho serving\nexec sleep 30\n")
     fake_server.chmod(0o755)
     asapp = tmp_path / "as-app"
     asapp.write_text(f"#!/bin/sh\necho used > {tmp_path}/asapp-used\nexec \"$@\"\n")
@@ -217,6 +219,7 @@ def test_the_detached_start_runs_through_asapp_and_the_pidfile_names_the_server(
         assert (tmp_path / "asapp-used").read_text() == "used\n"
         assert (site / "shared/run/umask").read_text().strip() == "0117"
         assert os.stat(p.pidfile).st_mode & 0o777 == 0o660
+        assert open(p.log).read() == "serving\n" and os.stat(p.log).st_mode & 0o777 == 0o660
     finally:
         if pid:
             os.kill(pid, 9)

@@ -86,14 +86,14 @@ class AsgiServer(AppServer):
     def daemon_lines(self, cfg: Config) -> list[str]:
         """The daemon-only part (a process manager does not need it): run "$@" as the app user ($ASAPP),
         detached from the script's session, from shared/config, writing its own pid (exec keeps it) to the
-        pidfile in the app user's shared/run, output to the log (opened by the SSH user: shared/log is its,
-        the app's group writes there). umask 117, set again after sudo (which applies its own): a unix socket
-        the server creates is 660 (its group the nginx group of the setgid shared/run), and so are the
+        pidfile in the app user's shared/run, output to the log, which the app user opens (it is the app
+        user's: the setup phase gives it to it). umask 117, set after sudo (which applies its own): a unix
+        socket the server creates is 660 (its group the nginx group of the setgid shared/run), and so are the
         pidfile and the log; the config module sets the workers' own umask."""
         p = self.paths(Layout(cfg.paths.deploy_to))
-        inner = q('umask 117 && echo $$ > "$0" && exec "$@"')
-        return [f"(cd {q(self.app_dir(cfg))} && umask 117 && exec setsid nohup {AS_APP} sh -c {inner} "
-                f'{q(p.pidfile)} "$@" < /dev/null >> {q(p.log)} 2>&1 &)']
+        inner = q('umask 117 && exec >> "$1" 2>&1 && echo $$ > "$0" && shift && exec "$@"')
+        return [f"(cd {q(self.app_dir(cfg))} && exec setsid nohup {AS_APP} sh -c {inner} "
+                f'{q(p.pidfile)} {q(p.log)} "$@" < /dev/null > /dev/null 2>&1 &)']
 
     def reload_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
         """Start the server, or reload it (graceful_signal when the running master has the live command line,
