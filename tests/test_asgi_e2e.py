@@ -165,7 +165,7 @@ def check_server(site, reload: str) -> None:
     # the master and every worker run as the app user (the default: the project name), never the SSH user
     sample = sh(site, "id -u sample")
     assert {p: uid(site, p) for p in {pid, *before}} == {p: sample for p in {pid, *before}}
-    assert sh(site, f"stat -c %U:%G:%a {D}/shared/log/{name}.log") == "sample:sample:660"  # (the app's own)
+    assert sh(site, f"stat -c %U:%G {D}/shared/log/{name}.log") == "sample:sample"  # (the app's own)
     view = async_view(site)
     assert view["release"] == rel and view["cwd"] == f"{D}/releases/{rel}" and view["pid"] in before
 
