@@ -165,9 +165,26 @@ def test_a_server_or_manager_switch_looks_at_shared_run_as_the_app_user():
     app = appserver.of(cfg)
     for lines in (appserver.retire_lines(cfg), manager.switch_lines(cfg, app)):
         assert lines[0] == as_app_lines("shop")[0]
-        text = "\n".join(lines)
-        assert "[ -e /srv/shop/shared/run" not in text
-        assert ("${ASAPP-} test -e /srv/shop/shared/run/uwsgi.pid || ${ASAPP-} test -e "
-                "/srv/shop/shared/run/uwsgi.sock; then") in text
+        assert "[ -e /srv/shop/shared/run" not in "\n".join(lines)
+    assert ("${ASAPP-} test -e /srv/shop/shared/run/uwsgi.pid || ${ASAPP-} test -e "
+            "/srv/shop/shared/run/uwsgi.sock; then") in "\n".join(manager.switch_lines(cfg, app))
+    retire = appserver.retire_lines(cfg)
+    assert retire[1].startswith('present=" $(${ASAPP-} sh -c ') and "/srv/shop/shared/run/uwsgi.sock" in retire[1]
     assert "  ${ASAPP-} rm -f /srv/shop/shared/run/gunicorn.pid /srv/shop/shared/run/gunicorn.pid.2 " \
-           "/srv/shop/shared/run/gunicorn.sock" in appserver.retire_lines(cfg)
+           "/srv/shop/shared/run/gunicorn.sock;;" in retire
+
+
+def test_retiring_stops_and_clears_only_the_servers_whose_files_are_there(tmp_path):
+    """The retire lines, run by the shell (here the app user is the current user: $ASAPP empty): one listing
+    of shared/run finds the files; each server that has one is stopped (none runs: "already stopped") and its
+    files removed; the others are left alone; the chosen server's own files are never touched."""
+    cfg = make_cfg(deploy_to=str(tmp_path), app={"server": "uvicorn", "asgi": "shop.asgi:application"})
+    run = tmp_path / "shared/run"
+    run.mkdir(parents=True)
+    for name in ("uwsgi.sock", "gunicorn.pid", "gunicorn.pid.2", "uvicorn.pid", "uvicorn.sock"):
+        (run / name).write_text("")
+    res = sh("\n".join(appserver.retire_lines(cfg)))
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["uvicorn.pid", "uvicorn.sock"]
+    assert "uwsgi already stopped" in res.stdout and "gunicorn already stopped" in res.stdout
+    assert "daphne" not in res.stdout and "hypercorn" not in res.stdout

@@ -230,8 +230,8 @@ def test_a_host_switching_servers_stops_every_other_one_first():
     text = "\n".join(appserver.retire_lines(cfg))
     for other in ("uwsgi", "gunicorn", "daphne", "hypercorn"):
         # (shared/run is the app user's: looked at and emptied as it)
-        assert (f"if ${{ASAPP-}} test -e /srv/shop/shared/run/{other}.pid || "
-                f"${{ASAPP-}} test -e /srv/shop/shared/run/{other}.sock; then") in text
+        assert (f'case "$present" in *" "/srv/shop/shared/run/{other}.pid" "* | '
+                f'*" "/srv/shop/shared/run/{other}.sock" "*)') in text
         assert f"${{ASAPP-}} rm -f /srv/shop/shared/run/{other}.pid" in text
     assert "run/uvicorn.pid" not in text and appserver.retire_lines(cfg)[0] == as_app_lines(getpass.getuser())[0]
     assert "--stop /srv/shop/shared/run/uwsgi.pid" in text  # each stopped its own way
