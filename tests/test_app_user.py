@@ -188,3 +188,25 @@ def test_retiring_stops_and_clears_only_the_servers_whose_files_are_there(tmp_pa
     assert sorted(p.name for p in run.iterdir()) == ["uvicorn.pid", "uvicorn.sock"]
     assert "uwsgi already stopped" in res.stdout and "gunicorn already stopped" in res.stdout
     assert "daphne" not in res.stdout and "hypercorn" not in res.stdout
+
+
+def test_reload_lines_define_each_helper_once_and_stay_valid_shell():
+    """The helpers every stop block repeats ($ASAPP, alive, children) are kept once after their first top-level
+    definition: the reload lines shrink (a deploy's publish script reloads twice and must stay under 128 KiB)
+    and stay valid shell for every manager and server."""
+    from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN
+    from fabdeploy.steps.activate import reload
+    for mgr in ("pidfile", "emperor", "supervisor", "systemd"):
+        for server in ("uwsgi", "gunicorn", "uvicorn"):
+            if mgr in ("supervisor", "systemd", "emperor") and server == "uvicorn":
+                continue
+            if mgr == "emperor" and server != "uwsgi":
+                continue
+            cfg = make_cfg(app={"server": server, "manager": mgr, "user": "shop", "asgi": "a.asgi:app"}
+                           if server != "uwsgi" else {"manager": mgr, "user": "shop"})
+            lines = reload(cfg, "'/r'", "'/v'", "X")
+            top = [ln for ln in lines if ln in (ALIVE_FN, CHILDREN_FN, as_app_lines("shop")[0])]
+            assert len(top) == len(set(top)) and lines[0] == as_app_lines("shop")[0], (mgr, server)
+            assert sum(ln.strip() == ALIVE_FN for ln in lines) == 1, (mgr, server)
+            res = sh("set -n\n" + "\n".join(lines))
+            assert res.returncode == 0, (mgr, server, res.stderr)
