@@ -204,8 +204,8 @@ def test_gunicorn_reload_is_the_usr2_upgrade_then_the_old_master_stops():
             "mv -Tf /srv/shop/shared/config/gunicorn-venv.tmp /srv/shop/shared/config/gunicorn-venv") in lines
     assert ("/srv/shop/shared/config/gunicorn-venv/bin/python /srv/shop/shared/config/gunicorn-venv/bin/gunicorn "
             "-c /srv/shop/shared/config/gunicorn.conf.py") in lines
-    usr2, term = lines.index('kill -USR2 "$old"'), lines.index('kill -TERM "$old"')
-    wait = lines.index("""[ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = '/srv/shop/releases/X' ]""")
+    usr2, term = lines.index('${ASAPP-} kill -USR2 "$old"'), lines.index('${ASAPP-} kill -TERM "$old"')
+    wait = lines.index("""[ "$(${ASAPP-} readlink "/proc/$c/cwd" 2>/dev/null)" = '/srv/shop/releases/X' ]""")
     assert usr2 < wait < term  # the old master stops only once every new worker runs the release
     assert "kill -HUP" not in lines and "uwsgi" not in lines.lower()
     assert "-S /srv/shop/shared/run/gunicorn.sock" in lines

@@ -83,6 +83,11 @@ def workers(site, pid: int) -> dict[int, str]:
     return {int(k): sh(site, f"readlink /proc/{k}/cwd") for k in kids}
 
 
+def uid(site, pid: int) -> str:
+    """A process's real uid (/proc/<pid>/status Uid)."""
+    return sh(site, f"sed -n 's/^Uid:[[:space:]]*\\([0-9]*\\).*/\\1/p' /proc/{pid}/status")
+
+
 def gone(site, pid: int) -> bool:
     return sh(site, f"grep -qs '^State:[[:space:]]*[A-Y]' /proc/{pid}/status && echo alive || echo gone") == "gone"
 
@@ -152,12 +157,16 @@ def check_server(site, reload: str) -> None:
     start), fab stop (twice), fab start."""
     rel, name = site.releases[-1], site.server
     sock = f"{D}/shared/run/{name}.sock"
-    assert sh(site, f"stat -c '%F %a %G' {sock}") == "socket 660 www-data"
+    assert sh(site, f"stat -c '%F %a %U:%G' {sock}") == "socket 660 sample:www-data"
     pid = master(site)
     assert sh(site, f"cat /proc/{pid}/comm") == name
     before = workers(site, pid)
     want = 1 if name == "daphne" else 2
     assert list(before.values()) == [f"{D}/releases/{rel}"] * want, before
+    # the master and every worker run as the app user (the default: the project name), never the SSH user
+    sample = sh(site, "id -u sample")
+    assert {p: uid(site, p) for p in {pid, *before}} == {p: sample for p in {pid, *before}}
+    assert sh(site, f"stat -c %U:%G {D}/shared/log/{name}.log") == "sample:sample"  # (the app's own)
     view = async_view(site)
     assert view["release"] == rel and view["cwd"] == f"{D}/releases/{rel}" and view["pid"] in before
 

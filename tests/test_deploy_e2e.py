@@ -86,7 +86,7 @@ def test_debug_is_off(site):
 def test_secrets_and_socket_are_locked_down(site):
     key = site.host.path("/srv/sample/shared/secret_key")
     st = key.stat()
-    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert stat.S_IMODE(st.st_mode) == 0o640  # (its group: the app user's)
     value = key.read_text().strip()
     assert len(value) >= 50
     for out in site.outputs:
@@ -95,13 +95,13 @@ def test_secrets_and_socket_are_locked_down(site):
     st = sock.stat()
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
     assert site.host.exec(["stat", "-c", "%U:%G", "/srv/sample/shared/run/uwsgi.sock"]).stdout.strip() == \
-        "deploy:www-data"
+        "sample:www-data"  # (the app user: tests/test_app_user_e2e.py)
     ini = site.host.path("/srv/sample/shared/config/uwsgi.ini")
-    assert stat.S_IMODE(ini.stat().st_mode) == 0o600
+    assert stat.S_IMODE(ini.stat().st_mode) == 0o640
     text = ini.read_text()
     assert f"env = API_TOKEN={SECRET}" in text and "GREETING=50%% off" in text
     env = site.host.path("/srv/sample/shared/config/app.env")
-    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert stat.S_IMODE(env.stat().st_mode) == 0o640
 
 
 def test_sqlite_database_lives_in_shared(site):
@@ -151,8 +151,8 @@ def test_data_is_not_readable_by_other_local_users(site):
               f"{d}/shared/static", f"{d}/shared/media", f"{d}/shared/db/default.sqlite3",
               f"{d}/shared/log/audit.jsonl", f"{d}/shared/media/{site.media_path}")}
     assert modes[d][0] == modes[f"{d}/shared"][0] == "711"
-    assert modes[f"{d}/shared/db"][0] == modes[f"{d}/shared/config"][0] == "700"
-    assert modes[f"{d}/shared/log"][0] == modes[f"{d}/releases"][0] == "750"
+    assert modes[f"{d}/shared/db"][0] == "700" and modes[f"{d}/shared/config"][0] == "2750"
+    assert modes[f"{d}/shared/log"][0] == "2770" and modes[f"{d}/releases"][0] == "2750"
     assert modes[f"{d}/shared/static"] == modes[f"{d}/shared/media"] == ["2750", "www-data"]
     assert modes[f"{d}/shared/db/default.sqlite3"][0] == modes[f"{d}/shared/log/audit.jsonl"][0] == "640"
     assert modes[f"{d}/shared/media/{site.media_path}"] == ["640", "www-data"]

@@ -1,6 +1,7 @@
 """The manage builders (fab manage and <deploy_to>/bin/manage) run for real in /bin/sh against a fake deploy_to."""
 from __future__ import annotations
 
+import getpass
 import json
 import subprocess
 import sys
@@ -19,7 +20,7 @@ def fake_deploy_to(tmp_path):
     """deploy_to with a live release whose virtualenv python reports its args and environment as JSON."""
     deploy_to = tmp_path / "app"
     cfg = parse_config({"project": {"name": "shop", "django_settings": "shop.settings", "wsgi": "shop.wsgi"},
-                        "paths": {"deploy_to": str(deploy_to)}})
+                        "paths": {"deploy_to": str(deploy_to)}, "app": {"user": getpass.getuser()}})
     lay = Layout(str(deploy_to))
     rel = deploy_to / "releases" / "20260101T000000Z-abcdef0"
     (rel / ".fabdeploy").mkdir(parents=True)

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from fabdeploy import appserver, manager
+from fabdeploy.appserver.base import app_user
 from fabdeploy.errors import ConfigError
 from fabdeploy.manager import emperor
 from fabdeploy.model import Facts
@@ -72,8 +73,10 @@ def test_a_deploy_installs_the_emperor_only_where_it_differs_then_touches_the_va
             "--die-on-term --pidfile /run/fabdeploy-uwsgi-emperor.pid --daemonize "
             "/var/log/fabdeploy-uwsgi-emperor.log") in t
     assert "then systemctl start fabdeploy-uwsgi-emperor.service; else" in t
-    # the vassal: the deploy user's file (tyrant mode), renamed into place, never over a file not ours
-    assert ('sudo -n install -o "$(id -un)" -g "$(id -gn)" -m 0644 /srv/shop/shared/config/emperor.definition '
+    # the vassal: the app user's file (tyrant mode runs it as that user), renamed into place, never over a file
+    # not ours
+    assert f'me="{app_user(cfg)}:$(id -gn {app_user(cfg)})"' in t
+    assert ('sudo -n install -o "${me%:*}" -g "${me#*:}" -m 0644 /srv/shop/shared/config/emperor.definition '
             "/etc/uwsgi/vassals/.shop.ini.tmp && sudo -n mv -f /etc/uwsgi/vassals/.shop.ini.tmp "
             "/etc/uwsgi/vassals/shop.ini") in t
     assert "grep -qs 'Managed by fabdeploy' /etc/uwsgi/vassals/shop.ini" in t

@@ -150,9 +150,9 @@ def test_a_pidfile_site_switches_to_the_emperor_by_config(one):
         assert said in out, (said, out)
     emp, pid = emperor(host), master(one)
     assert pid != daemon and ppid(host, pid) == emp and vassals(host) == ["one.ini"]
-    # tyrant mode: the vassal runs as its file's owner, the deploy user; the emperor as root
-    assert sh(host, "stat -c %U:%a /etc/uwsgi/vassals/one.ini") == "deploy:644"
-    assert sh(host, f"stat -c %U /proc/{pid}") == "deploy" and sh(host, f"stat -c %U /proc/{emp}") == "root"
+    # tyrant mode: the vassal runs as its file's owner, the app user (the project name); the emperor as root
+    assert sh(host, "stat -c %U:%a /etc/uwsgi/vassals/one.ini") == "one:644"
+    assert sh(host, f"stat -c %U /proc/{pid}") == "one" and sh(host, f"stat -c %U /proc/{emp}") == "root"
     assert "ini = /srv/one/shared/config/uwsgi.ini" in host.path("/etc/uwsgi/vassals/one.ini").read_text()
     # the emperor runs the host-wide copy, never a release's virtualenv
     exe = sh(host, f"readlink /proc/{emp}/exe")

@@ -127,8 +127,8 @@ def test_first_fleet_deploy_one_key_on_both_hosts(pair):
     ka, kb = key(pair.a), key(pair.b)
     assert ka == kb and len(ka.strip()) >= 50
     for h in (pair.a, pair.b):
-        assert pair.a.path(KEY).stat().st_mode & 0o777 == 0o600
-        assert h.path(KEY).stat().st_mode & 0o777 == 0o600
+        assert pair.a.path(KEY).stat().st_mode & 0o777 == 0o640
+        assert h.path(KEY).stat().st_mode & 0o777 == 0o640
         serves(h, rel)
     assert f"secret key: a new key goes to {pair.a.address}, {pair.b.address}" in res.stdout
     no_secret(res, ka)
@@ -190,7 +190,7 @@ def test_adopt_secret_key_makes_the_fleet_one_again(pair):
     assert res.returncode == 0, res.stdout + res.stderr
     rel = release_of(res.stdout)
     assert key(pair.a) == ka and key(pair.b) == ka
-    assert pair.b.path(KEY).stat().st_mode & 0o777 == 0o600
+    assert pair.b.path(KEY).stat().st_mode & 0o777 == 0o640
     assert f"secret key: the key of {pair.a.address} goes to {pair.b.address}" in res.stdout
     assert "secret key replaced by the fleet key" in res.stdout
     no_secret(res, ka, kb)  # not even in the --verbose script display

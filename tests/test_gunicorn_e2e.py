@@ -82,7 +82,7 @@ def test_first_deploy_serves_the_page_through_nginx_proxy_pass(site):
 
 
 def test_the_socket_is_660_with_the_nginx_group_and_every_worker_runs_the_release(site):
-    assert sh(site, f"stat -c '%F %a %U %G' {D}/shared/run/gunicorn.sock") == "socket 660 deploy www-data"
+    assert sh(site, f"stat -c '%F %a %U %G' {D}/shared/run/gunicorn.sock") == "socket 660 sample www-data"  # (the app user)
     pid = master(site)
     assert sh(site, f"cat /proc/{pid}/comm") == "gunicorn"
     assert workers(site, pid) == [f"{D}/releases/{site.releases[-1]}"] * 2

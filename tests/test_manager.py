@@ -34,7 +34,7 @@ def test_an_unknown_manager_is_one_line_naming_the_key():
 
 
 def test_a_supervisor_program_runs_the_app_server_in_the_foreground_through_the_venv_link():
-    cfg = make_cfg(app={"manager": "supervisor"})
+    cfg = make_cfg(app={"manager": "supervisor", "user": ""})  # (the default app user)
     sup = manager.of(cfg)
     uw = appserver.of(cfg)
     assert sup.definition_path(cfg) == "/etc/supervisor/conf.d/shop.conf"
@@ -42,7 +42,7 @@ def test_a_supervisor_program_runs_the_app_server_in_the_foreground_through_the_
     assert "[program:shop]" in prog
     assert "command=/srv/shop/shared/config/uwsgi-venv/bin/uwsgi --ini /srv/shop/shared/config/uwsgi.ini" in prog
     assert "stopsignal=INT" in prog and "stopwaitsecs=60" in prog and "autorestart=true" in prog
-    assert "user=@fabdeploy-user@" in prog  # filled in on the host with the deploy user
+    assert "user=shop" in prog  # the app user ([app] user, default the project name), not the deploy user
     ini = uw.render_config(cfg, make_rel())
     assert "daemonize" not in ini and "logto = /srv/shop/shared/log/uwsgi.log" in ini
     g = make_cfg(app={"manager": "supervisor", "server": "gunicorn"})
@@ -95,12 +95,12 @@ def test_switching_managers_stops_the_app_server_under_the_old_one_and_records_t
 
 
 def test_a_systemd_unit_per_project_notify_type_reload_signal_and_the_journal():
-    cfg = make_cfg(app={"manager": "systemd"})
+    cfg = make_cfg(app={"manager": "systemd", "user": ""})
     sd = manager.of(cfg)
     uw = appserver.of(cfg)
     assert sd.definition_path(cfg) == "/etc/systemd/system/shop.service" and sd.journal and not sd.daemon
     unit = sd.definition(cfg, uw)
-    for line in ("Type=notify", "NotifyAccess=all", "User=@fabdeploy-user@", "WorkingDirectory=/srv/shop",
+    for line in ("Type=notify", "NotifyAccess=all", "User=shop", "WorkingDirectory=/srv/shop",
                  "ExecStart=/srv/shop/shared/config/uwsgi-venv/bin/uwsgi --ini /srv/shop/shared/config/uwsgi.ini",
                  "ExecReload=/bin/kill -HUP $MAINPID", "KillSignal=SIGINT", "Restart=always",
                  "WantedBy=multi-user.target"):

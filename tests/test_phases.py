@@ -6,6 +6,7 @@ absolute /etc/nginx paths are moved under a temp dir, so every run is harmless.
 from __future__ import annotations
 
 import copy
+import getpass
 import io
 import json
 import os
@@ -67,6 +68,8 @@ def make_cfg(deploy_to="/srv/shop", **sections):
     data = {
         "project": {"name": "shop", "django_settings": "shop.settings", "wsgi": "shop.wsgi:application"},
         "paths": {"deploy_to": str(deploy_to)},
+        # these scripts run here as the current user: the app user of their own (tests/test_app_user.py: others)
+        "app": {"user": getpass.getuser()},
     }
     for section, values in sections.items():
         data.setdefault(section, {}).update(copy.deepcopy(values))
@@ -494,7 +497,9 @@ def test_secret_key_is_generated_on_the_host_and_never_in_a_script():
     text = Script([code.code(cfg, make_rel())]).text()
     line = next(ln for ln in text.splitlines() if "secret_key" in ln and "token_urlsafe" in ln)
     assert line.startswith("if [ ! -s /srv/shop/shared/secret_key ]; then (umask 077; python3 -c ")
-    assert "chmod 600 /srv/shop/shared/secret_key" in text
+    # 0600, or 0640 with the app user's group when the app runs as a user of its own
+    assert ('for f in /srv/shop/shared/secret_key /srv/shop/shared/config/app.env; do [ -f "$f" ] || continue; '
+            'if [ "$(id -un)" = ') in text and 'then chmod 600 "$f"; else' in text and 'chmod 640 "$f"' in text
     assert "SECRET_KEY = '" not in text and 'SECRET_KEY = "' not in text
 
 
@@ -751,8 +756,12 @@ def test_django_phase_lines():
     assert f"{manage} collectstatic --noinput" in text
     assert f"{manage} check --deploy" in text
     # migrate runs under the project's migration lock (app hosts sharing a database take turns)
+    # as the app user (it owns the database), with the env file and the production settings
+    assert lines[3 + len(block)].startswith('if [ "$(id -un)" = ')
     assert lines[4 + len(block)].startswith(
-        f"out=$(/srv/shop/venvs/{VENV}/bin/python -c {q(django_app.MIGRATE_LOCK_PY)} fabdeploy-migrate-shop "
+        f"out=$(${{ASAPP-}} sh -c {q(django_app.APP_ENV_SH)} migrate /srv/shop/shared/config/app.env env "
+        f"DJANGO_SETTINGS_MODULE=fabdeploy_settings FABDEPLOY_RELEASE={REL_ID} "
+        f"/srv/shop/venvs/{VENV}/bin/python -c {q(django_app.MIGRATE_LOCK_PY)} fabdeploy-migrate-shop "
         f"{django_app.MIGRATE_LOCK_WAIT} {manage} migrate --noinput 2>&1)")
 
 
@@ -1132,7 +1141,7 @@ def test_config_phase_installs_a_new_site(tmp_path, fakebin):
     # the release keeps the exact uWSGI config it runs with (rollback restores it)
     saved = Path(lab.lay.release(REL_ID), ".fabdeploy", "uwsgi.ini")
     assert saved.read_text() == UwsgiServer().render_config(lab.cfg, make_rel())
-    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o640  # (its group: the app user's, under the setgid releases/)
     assert not Path(UwsgiServer().paths(lab.lay).config).exists()  # the live ini changes only in switch
     assert "nginx -t" in fakebin.log()
     assert notes(out(proc)) == [f"nginx site installed at {lab.site}"]
@@ -1305,11 +1314,11 @@ def test_restart_lines():
     lines = activate.restart(cfg, make_rel(), Facts(nginx_pid="/run/nginx.pid"))
     text = "\n".join(lines.lines)
     uwsgi = f"/srv/shop/venvs/{VENV}/bin/uwsgi"
-    assert "  /srv/shop/shared/config/uwsgi-venv/bin/uwsgi --reload /srv/shop/shared/run/uwsgi.pid >/dev/null" \
-        in lines.lines
-    assert f"  {uwsgi} --ini /srv/shop/shared/config/uwsgi.ini" in lines.lines
+    assert "  ${ASAPP-} /srv/shop/shared/config/uwsgi-venv/bin/uwsgi --reload /srv/shop/shared/run/uwsgi.pid " \
+        ">/dev/null" in lines.lines
+    assert f"  ${{ASAPP-}} {uwsgi} --ini /srv/shop/shared/config/uwsgi.ini" in lines.lines
     assert "while [ $i -lt 70 ]; do" in lines.lines
-    assert f'[ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = /srv/shop/releases/{REL_ID} ]' in text
+    assert f'[ "$(${{ASAPP-}} readlink "/proc/$c/cwd" 2>/dev/null)" = /srv/shop/releases/{REL_ID} ]' in text
     assert "npid=$(alive /run/nginx.pid nginx || true)" in lines.lines
     i = lines.lines.index(f"elif [ -f /srv/shop/tmp/{REL_ID}/nginx-changed ]; then")
     branch = lines.lines[i + 1:lines.lines.index("else", i)]

@@ -108,7 +108,7 @@ def test_a_daemonized_site_switches_to_supervisor_by_config(uw):
     assert pid != daemon and "supervisord" in parent_comm(uw, pid)
     assert masters(uw, "uwsgi") == [str(pid)]  # one master: nobody fights over the socket
     conf = uw.host.path("/etc/supervisor/conf.d/sample.conf").read_text()
-    assert "[program:sample]" in conf and "user=deploy" in conf
+    assert "[program:sample]" in conf and "user=sample" in conf  # (the app user)
     assert f"command='{D}/shared/config/uwsgi-venv/bin/uwsgi' --ini '{D}/shared/config/uwsgi.ini'" in conf \
         or f"command={D}/shared/config/uwsgi-venv/bin/uwsgi --ini {D}/shared/config/uwsgi.ini" in conf, conf
     ini = uw.host.path(f"{D}/shared/config/uwsgi.ini").read_text()

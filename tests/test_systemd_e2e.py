@@ -68,13 +68,13 @@ def test_first_deploy_writes_verifies_enables_and_starts_the_unit(site):
     assert "sample.service enabled (started at boot)" in out, out
     assert re.search(rf"uwsgi started \(master \d+, 2 workers on {rel}\)", out), out
     unit = site.host.path("/etc/systemd/system/sample.service").read_text()
-    assert "Type=notify" in unit and "User=deploy" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
+    assert "Type=notify" in unit and "User=sample" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
     assert site.host.path("/etc/systemd/system/multi-user.target.wants/sample.service").is_symlink()
     res = site.host.exec("systemd-analyze verify /etc/systemd/system/sample.service", check=False)
     assert res.returncode == 0 and "sample.service" not in res.stderr, res.stderr
     assert site.host.systemctl("is-active", "sample.service").stdout.strip() == "active"
     assert main_pid(site) == master(site)
-    assert sh(site, f"stat -c %U /proc/{master(site)}") == "deploy"
+    assert sh(site, f"stat -c %U /proc/{master(site)}") == "sample"  # (the app user)
     ini = site.host.path(f"{D}/shared/config/uwsgi.ini").read_text()
     assert "daemonize" not in ini and "logto" not in ini  # to the journal
     assert f"Release: {rel}" in page(site)

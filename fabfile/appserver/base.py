@@ -12,7 +12,7 @@ from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, balanced, bind_address
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import fail_expanded, note
-from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
+from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, as_app_lines, q
 
 
 def common_keys(package: str) -> dict[str, Key]:
@@ -21,6 +21,16 @@ def common_keys(package: str) -> dict[str, Key]:
     return {"package": Key(package, _str(re.compile(r"^[A-Za-z0-9._\-\[\]<>=!~,]+$"), "a pip requirement", False)),
             "reload_timeout": Key(60, _int(1, 3600)),
             "options": Key({}, _options)}
+
+
+def app_user(cfg: Config) -> str:
+    """The user the app server runs as ([app] user; default: the project name made a user name: lower case,
+    characters other than letters, digits, "_" and "-" as "-", at most 32). The SSH user itself keeps the old
+    behaviour (no sudo -u at all)."""
+    if cfg.app.user:
+        return cfg.app.user
+    name = re.sub(r"[^a-z0-9_-]", "-", cfg.project.name.lower())
+    return (name if re.match(r"[a-z_]", name) else "app-" + name)[:32]
 
 
 @dataclass(frozen=True)
@@ -34,7 +44,15 @@ class AppPaths:
 
 
 class AppServer:
-    """One app server. Subclasses set the class attributes and implement the methods that raise."""
+    """One app server. Subclasses set the class attributes and implement the methods that raise.
+
+    The app user ([app] user, app_user()): the server runs as it, so a subclass's reload_lines starts with
+    `*self.as_app_lines(cfg)` (pid_lines and stop_lines here do already) and puts AS_APP ("${ASAPP-}", from
+    remote/shell.py) before every command that reads its socket (`test -S`), its log (`tail`), its workers'
+    `/proc/<pid>/cwd` or `exe` (`readlink`), or signals its master (`kill`); daemon_start_lines run the server
+    itself as `{AS_APP} <argv>`; a daemonized one also runs `*self.foreign_lines(cfg)` right after it finds its
+    master (a master of another user is restarted as the app user). ALIVE_FN reads a pidfile as the app user by
+    itself. Process managers start it as the app user (user=, User=, the vassal's owner)."""
 
     name = ""  # as in `[app] server`
     title = ""  # as people write it, for messages ("uWSGI")
@@ -60,6 +78,33 @@ class AppServer:
     def requirements(self, cfg: Config) -> list[str]:
         """Every pip requirement it adds to the virtualenv (its own, and what its configured worker needs)."""
         return [self.requirement(cfg)]
+
+    def as_app_lines(self, cfg: Config) -> list[str]:
+        """Set $ASAPP (remote/shell.py): the prefix every line that reads the app server's pidfile, socket,
+        log or processes, or signals it, puts before its command. Every reload_lines, pid_lines and
+        stop_lines starts with these lines, so the readiness waits of every app server can use $ASAPP."""
+        return as_app_lines(app_user(cfg))
+
+    def foreign_lines(self, cfg: Config, var: str = "pid") -> list[str]:
+        """(a daemonized master, no process manager) A master in $var that runs as another user than the app
+        user (a host deployed before [app] user existed, or since it changed) is stopped (sudo: it is not the
+        app user's to signal) and $var emptied, so that it is started again as the app user: a brief outage,
+        once. Managers of their own restart it themselves: their definition names the new user."""
+        user = q(app_user(cfg))
+        p = self.paths(Layout(cfg.paths.deploy_to))
+        gone = f'{{ [ ! -d "/proc/${var}" ] || grep -qs "^State:[[:space:]]*Z" "/proc/${var}/status"; }}'
+        return [
+            f'if [ -n "${var}" ] && [ "$(stat -c %U "/proc/${var}" 2>/dev/null)" != {user} ]; then',
+            f'  was=$(stat -c %U "/proc/${var}" 2>/dev/null); sudo -n kill -{self.stop_signal} "${var}" 2>/dev/null || true',
+            f"  i=0; while ! {gone} && [ $i -lt {self.reload_timeout(cfg) * 10} ]; do sleep 0.1; i=$((i + 1)); done",
+            f'  {gone} || sudo -n kill -KILL "${var}" 2>/dev/null || true',
+            f"  i=0; while ! {gone} && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done",
+            f"  sudo -n rm -f {q(p.pidfile)} {q(p.socket)}",
+            "  " + note(f"{self.name} (master ${var}) ran as $was: stopped, to start again as the app user "
+                        f"{app_user(cfg)}"),
+            f"  {var}=",
+            "fi",
+        ]
 
     def reload_timeout(self, cfg: Config) -> int:
         """Seconds a start or reload may take before the deploy calls it failed."""
@@ -92,7 +137,7 @@ class AppServer:
 
     def reload_command(self, cfg: Config) -> list[str]:
         """Lines that ask the running master ($pid) to reload gracefully (no process manager)."""
-        return [f'kill -{self.reload_signal} "$pid"']
+        return [f'{AS_APP} kill -{self.reload_signal} "$pid"']
 
     def staged_config(self, release_word: str) -> str:
         """The release's own copy of the config (release_word: a shell word naming the release directory)."""
@@ -133,7 +178,7 @@ class AppServer:
         """Set $pid to its running master's pid, "" when it is not running (a daemonized, manager-less server:
         a live process of its name whose pid is in its pidfile; never the file merely existing)."""
         pidfile = self.paths(Layout(cfg.paths.deploy_to)).pidfile
-        return [ALIVE_FN, f"pid=$(alive {q(pidfile)} {q(self.process)} || true)"]
+        return [*self.as_app_lines(cfg), ALIVE_FN, f"pid=$(alive {q(pidfile)} {q(self.process)} || true)"]
 
     def workers_fn(self) -> str:
         """A shell function `workers <master pid>` printing the pids of its workers (by default every child of
@@ -144,7 +189,7 @@ class AppServer:
 
     def stop_command(self, cfg: Config) -> list[str]:
         """Lines that ask the running master ($pid) to stop gracefully."""
-        return [f'kill -{self.stop_signal} "$pid" 2>/dev/null || true']
+        return [f'{AS_APP} kill -{self.stop_signal} "$pid" 2>/dev/null || true']
 
     def stop_lines(self, cfg: Config, mgr=None) -> list[str]:
         """Stop it and wait until its master and every worker it had are gone (killed with SIGKILL after
@@ -169,15 +214,18 @@ class AppServer:
             f'  up() {{ for p in "$@"; do grep -qs {name} "/proc/$p/comm" && '
             '! grep -qs "^State:[[:space:]]*Z" "/proc/$p/status" && return 0; done; return 1; }',
             *["  " + ln for ln in mgr.stop_lines(cfg, self)],
+            # (a daemonized master of another user, from before the app user: not the app user's to signal)
+            *([f'  [ "$(stat -c %U "/proc/$pid" 2>/dev/null)" = {q(app_user(cfg))} ] || '
+               f'sudo -n kill -{self.stop_signal} "$pid" 2>/dev/null || true'] if mgr.daemon else []),
             "  i=0; how=",
             f'  while up $pid $kids && [ $i -lt {timeout * 10} ]; do sleep 0.1; i=$((i + 1)); done',
             "  if up $pid $kids; then",
-            "    kill -KILL $pid $kids 2>/dev/null || true",
+            f"    {AS_APP} kill -KILL $pid $kids 2>/dev/null || sudo -n kill -KILL $pid $kids 2>/dev/null || true",
             "    i=0; while up $pid $kids && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done",
             "    up $pid $kids && " + fail_expanded(f"{self.title} (master $pid) is still running, even after SIGKILL"),
             f'    how=", killed after {timeout}s"',
             "  fi",
-            f"  rm -f {q(p.pidfile)} {q(p.socket)}",
+            f"  {AS_APP} rm -f {q(p.pidfile)} {q(p.socket)}",
             '  action=stopped; ' + note(f"{self.name} stopped (master $pid and $n workers gone$how)"),
             "fi",
         ]

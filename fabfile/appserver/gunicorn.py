@@ -27,7 +27,7 @@ from fabdeploy.hosts.roles import Server
 from fabdeploy.local.render import render
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import fail_expanded, note
-from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
+from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q
 
 
 UVICORN_WORKER = "uvicorn_worker.UvicornWorker"
@@ -101,9 +101,9 @@ class Gunicorn(AppServer):
     def daemon_start_lines(self, cfg: Config, venv_word: str) -> list[str]:
         lay = Layout(cfg.paths.deploy_to)
         p = self.paths(lay)
-        return [f"rm -f {q(p.socket)} {q(p.pidfile + '.2')}",
+        return [f"{AS_APP} rm -f {q(p.socket)} {q(p.pidfile + '.2')}",
                 # (from a directory that outlives releases: the re-exec goes back to it first)
-                f"(cd {q(lay.deploy_to)} && {' '.join(self.foreground_argv(cfg))})"]
+                f"(cd {q(lay.deploy_to)} && {AS_APP} {' '.join(self.foreground_argv(cfg))})"]
 
     def reload_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
         """Start gunicorn or reload it gracefully, and wait until the master serving the socket has all its
@@ -123,6 +123,7 @@ class Gunicorn(AppServer):
         timeout = cfg.gunicorn.reload_timeout
         unix = self.listen(cfg, None).startswith("/")
         return [
+            *self.as_app_lines(cfg),
             ALIVE_FN,
             CHILDREN_FN,
             *self.link_lines(cfg, venv_word),
@@ -148,16 +149,16 @@ class Gunicorn(AppServer):
             '    for c in $(children "$pid"); do',
             "      n=$((n + 1))",
             '      case "$old" in *" $c "*) stale=$((stale + 1));; esac',
-            f'      [ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
+            f'      [ "$({AS_APP} readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
             "    done",
-            f'    if [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ]{f" && [ -S {q(p.socket)} ]" if unix else ""}; then '
+            f'    if [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ]{f" && {AS_APP} test -S {q(p.socket)}" if unix else ""}; then '
             "ready=1; break; fi",
             "  fi",
             "  i=$((i + 1)); sleep 0.1",
             "done",
             'if [ -z "$ready" ]; then',
             f'  echo "last lines of {p.log}:" >&2',
-            f"  tail -n 20 {q(p.log)} >&2 || true",
+            f"  {AS_APP} tail -n 20 {q(p.log)} >&2 || true",
             "  " + fail_expanded(f"gunicorn did not come up serving {label} within {timeout}s"),
             "fi",
             note(f"gunicorn $action (master $pid, $n workers on {label})"),
@@ -178,14 +179,16 @@ class Gunicorn(AppServer):
         stop_steps = (cfg.gunicorn.graceful_timeout + 10) * 10
         unix = self.listen(cfg, None).startswith("/")
         return [
+            *self.as_app_lines(cfg),
             ALIVE_FN,
             CHILDREN_FN,
             *self.link_lines(cfg, venv_word),
             *manager.switch_lines(cfg, self),
             f"old=$(alive {q(p.pidfile)} gunicorn || true)",
+            *self.foreign_lines(cfg, "old"),
             f"want=$(sed -n 's/^workers = \\([0-9][0-9]*\\)$/\\1/p' {q(p.config)} | tail -n 1); want=${{want:-1}}",
             'if [ -n "$old" ]; then',
-            '  kill -USR2 "$old"',
+            f'  {AS_APP} kill -USR2 "$old"',
             "  action=reloaded",
             "else",
             *["  " + ln for ln in self.daemon_start_lines(cfg, venv_word)],
@@ -200,23 +203,23 @@ class Gunicorn(AppServer):
             "    n=0; stale=0",
             '    for c in $(children "$pid"); do',
             "      n=$((n + 1))",
-            f'      [ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
+            f'      [ "$({AS_APP} readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
             "    done",
-            f'    if [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ]{f" && [ -S {q(p.socket)} ]" if unix else ""}; then '
+            f'    if [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ]{f" && {AS_APP} test -S {q(p.socket)}" if unix else ""}; then '
             "ready=1; break; fi",
             "  fi",
             "  i=$((i + 1)); sleep 0.1",
             "done",
             'if [ -z "$ready" ]; then',
             f'  echo "last lines of {p.log}:" >&2',
-            f"  tail -n 20 {q(p.log)} >&2 || true",
+            f"  {AS_APP} tail -n 20 {q(p.log)} >&2 || true",
             "  " + fail_expanded(f"gunicorn did not come up serving {label} within {timeout}s"
                                  "${old:+ (the old master $old still serves)}"),
             "fi",
             # the old master: stop it gracefully (its workers finish their requests), and wait until it is
             # gone and the new one has taken over the pidfile
             'if [ -n "$old" ]; then',
-            '  kill -TERM "$old" 2>/dev/null || true',
+            f'  {AS_APP} kill -TERM "$old" 2>/dev/null || true',
             "  i=0",
             f'  while {{ [ -d "/proc/$old" ] || [ "$(alive {q(p.pidfile)} gunicorn)" != "$pid" ]; }} '
             f"&& [ $i -lt {stop_steps} ]; do i=$((i + 1)); sleep 0.1; done",

@@ -14,7 +14,7 @@ from fabdeploy.hosts.roles import Server, balanced
 from fabdeploy.local.render import render
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import note
-from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
+from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q
 
 
 class UWSGI(AppServer):
@@ -82,12 +82,12 @@ def app_get(addr, port, host, path):
 
     def daemon_start_lines(self, cfg: Config, venv_word: str) -> list[str]:
         p = self.paths(Layout(cfg.paths.deploy_to))
-        return [f"rm -f {q(p.socket)}", f"{venv_word}/bin/uwsgi --ini {q(p.config)}"]
+        return [f"{AS_APP} rm -f {q(p.socket)}", f"{AS_APP} {venv_word}/bin/uwsgi --ini {q(p.config)}"]
 
     def reload_command(self, cfg: Config) -> list[str]:
         """`uwsgi --reload <pidfile>` (SIGHUP to the master: a graceful reload)."""
         lay = Layout(cfg.paths.deploy_to)
-        return [f"{q(self.venv_link(lay) + '/bin/uwsgi')} --reload {q(self.paths(lay).pidfile)} >/dev/null"]
+        return [f"{AS_APP} {q(self.venv_link(lay) + '/bin/uwsgi')} --reload {q(self.paths(lay).pidfile)} >/dev/null"]
 
     def reload_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
         """Start or gracefully reload uWSGI (through the process manager), then wait until every worker's cwd
@@ -100,12 +100,14 @@ def app_get(addr, port, host, path):
         mgr = manager.of(cfg)
         steps = cfg.uwsgi.reload_timeout * 10
         return [
+            *self.as_app_lines(cfg),
             ALIVE_FN,
             CHILDREN_FN,
             *self.link_lines(cfg, venv_word),
             *manager.switch_lines(cfg, self),
             *mgr.install_lines(cfg, self),
             f"pid=$(alive {q(p.pidfile)} uwsgi || true)",
+            *(self.foreign_lines(cfg) if mgr.daemon else []),
             'old=" "',
             # ($defined: the manager has just (re)started it with a new definition: nothing to reload)
             'if [ -n "$pid" ] && [ -z "$defined" ]; then',
@@ -130,10 +132,10 @@ def app_get(addr, port, host, path):
             '    for c in $(children "$pid"); do',
             "      n=$((n + 1))",
             '      case "$old" in *" $c "*) stale=$((stale + 1));; esac',
-            f'      [ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
+            f'      [ "$({AS_APP} readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
             "    done",
             # a unix socket must exist (uWSGI creates it after the workers); a TCP socket is bound by the master
-            f'    if [ "$n" -gt 0 ] && [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ] && {{ [ -S {q(p.socket)} ] || '
+            f'    if [ "$n" -gt 0 ] && [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ] && {{ {AS_APP} test -S {q(p.socket)} || '
             f'! grep -q "^socket = /" {q(p.config)}; }}; then ready=1; break; fi',
             "  fi",
             "  i=$((i + 1)); sleep 0.1",
@@ -141,7 +143,7 @@ def app_get(addr, port, host, path):
             'if [ -z "$ready" ]; then',
             f'  echo "uWSGI did not come up serving {label} within {cfg.uwsgi.reload_timeout}s; '
             f'last lines of {p.log}:" >&2',
-            f"  tail -n 20 {q(p.log)} >&2 || true",
+            f"  {AS_APP} tail -n 20 {q(p.log)} >&2 || true",
             "  exit 1",
             "fi",
             note(f"uwsgi $action (master $pid, $n workers on {label})"),
@@ -151,10 +153,10 @@ def app_get(addr, port, host, path):
     def stop_command(self, cfg: Config) -> list[str]:
         """`uwsgi --stop <pidfile>` by the master's own binary (SIGINT when that is gone)."""
         p = self.paths(Layout(cfg.paths.deploy_to))
-        return ['exe=$(readlink "/proc/$pid/exe" 2>/dev/null || true)',
+        return [f'exe=$({AS_APP} readlink "/proc/$pid/exe" 2>/dev/null || true)',
                 'case "$exe" in',
-                f'  */uwsgi) "$exe" --stop {q(p.pidfile)} >/dev/null 2>&1 || kill -INT "$pid" 2>/dev/null || true;;',
-                '  *) kill -INT "$pid" 2>/dev/null || true;;',
+                f'  */uwsgi) {AS_APP} "$exe" --stop {q(p.pidfile)} >/dev/null 2>&1 || {AS_APP} kill -INT "$pid" 2>/dev/null || true;;',
+                f'  *) {AS_APP} kill -INT "$pid" 2>/dev/null || true;;',
                 "esac"]
 
 

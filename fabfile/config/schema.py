@@ -14,6 +14,7 @@ from fabdeploy.config.checks import (_HOST, _app_manager, _app_server, _bool, _e
 PHASES = ("setup", "code", "venv", "django", "config", "switch", "restart", "cleanup")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # [app] user (useradd's NAME_REGEX)
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _WSGI = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z_][A-Za-z0-9_]*)?$")
 # Paths and names that end up in nginx/uWSGI config files, which have no quoting: keep them plain.
@@ -64,6 +65,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         # the ASGI application ("mysite.asgi:application") for gunicorn (with uvicorn's worker), uvicorn,
         # daphne and hypercorn; project.wsgi stays what uWSGI and plain gunicorn run
         "asgi": Key("", _str(_WSGI, "\"module.path:callable\"")),
+        "user": Key("", _str(_USER, "a user name (lower-case letters, digits, '_' or '-', at most 32)")),
     },
     "nginx": {
         "server_name": Key("_", _server_names),

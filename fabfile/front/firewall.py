@@ -16,7 +16,7 @@ from fabdeploy.front import firewall_persist
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, balanced, servers
 from fabdeploy.remote.markers import fail, note, warn
-from fabdeploy.remote.shell import q, write_file
+from fabdeploy.remote.shell import AS_APP, q, write_file
 
 
 def lb_sources(cfg: Config) -> tuple[list[str], list[str], list[str]]:
@@ -78,11 +78,12 @@ def port_free(cfg: Config) -> list[str]:
         f"fw_listen=$(awk -v p=':{port:04X}' '$4 == \"0A\" && substr($2, length($2) - 4) == p "
         "{ print $10 \":\" $8 }' /proc/net/tcp /proc/net/tcp6 2>/dev/null || true)",
         'if [ -n "$fw_listen" ]; then',
-        f"  mpid=$(cat {q(pidfile)} 2>/dev/null | tr -dc 0-9)",
+        *["  " + ln for ln in app.as_app_lines(cfg)],  # (the master's pidfile and fds are the app user's)
+        f"  mpid=$({AS_APP} cat {q(pidfile)} 2>/dev/null | tr -dc 0-9)",
         f'  if [ -z "$mpid" ] || ! grep -qs {app.process} "/proc/$mpid/comm"; then mpid=; fi',
         "  for l in $fw_listen; do",
         '    ino=${l%%:*}; uid=${l#*:}',
-        '    if [ -n "$mpid" ] && ls -l "/proc/$mpid/fd" 2>/dev/null | grep -q "socket:\\[$ino\\]"; then continue; fi',
+        f'    if [ -n "$mpid" ] && {AS_APP} ls -l "/proc/$mpid/fd" 2>/dev/null | grep -q "socket:\\[$ino\\]"; then continue; fi',
         f"    who=$({{ sudo -n ss -ltnpeH {sel} 2>/dev/null || ss -ltnpeH {sel} 2>/dev/null; }} "
         f"| grep \"ino:$ino \" | sed -n {users_sed} | head -n 1)",
         '    u=$(getent passwd "$uid" | cut -d: -f1); [ -n "$who" ] || who="a program of user ${u:-$uid}"',

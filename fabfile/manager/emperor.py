@@ -17,8 +17,8 @@ What it writes on the host, each only when it differs, so a second deploy change
   a link in multi-user.target.wants: the boot starts it. When it is not running, fabdeploy starts it: with
   systemctl where systemd runs, else the unit's own command, daemonized (log: /var/log/fabdeploy-uwsgi-
   emperor.log).
-- the vassal, owned by the deploy user: the emperor runs in tyrant mode (`--emperor-tyrant`), so each vassal
-  runs as its file's owner (never root: the emperor refuses root-owned vassals), without sudo rights of its
+- the vassal, owned by the app user ([app] user) and its group: the emperor runs in tyrant mode
+  (`--emperor-tyrant`), so each vassal runs as its file's owner (never root: the emperor refuses root-owned vassals), without sudo rights of its
   own. uid/gid lines in the vassal would bind the socket and write the pidfile as root first.
 
 A reload touches the vassal (a newer mtime: the emperor asks the vassal for a graceful reload; the vassal
@@ -27,6 +27,7 @@ directory (the emperor stops it and starts it again only when it is back: `fab s
 """
 from __future__ import annotations
 
+from fabdeploy.appserver.base import app_user
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.manager.base import MANAGED, LogFilter, Manager
@@ -198,7 +199,7 @@ class Emperor(Manager):
         ])
 
     def install_lines(self, cfg: Config, app) -> list[str]:
-        """The emperor (binary, unit, running), then the vassal, written as the deploy user's file when it
+        """The emperor (binary, unit, running), then the vassal, written as the app user's file when it
         differs ($defined: "changed" or ""), through a temp file renamed over (the emperor scans the directory
         while it is written; it ignores names not ending in .ini)."""
         lay = Layout(cfg.paths.deploy_to)
@@ -212,9 +213,18 @@ class Emperor(Manager):
             *prune_lines(),
             guard(path),
             *write_file(staged, self.definition(cfg, app), mode="0644"),
-            'me="$(id -un):$(id -gn)"',
+            f'me="{app_user(cfg)}:$(id -gn {q(app_user(cfg))})"',
+            # a vassal of another user (deployed before the app user, or since it changed): taken out until its
+            # master is gone, so that the emperor starts it again as the new owner (a reload would keep the uid)
+            f'if [ -e {q(path)} ] && [ "$(stat -c %U:%G {q(path)})" != "$me" ]; then',
+            f"  sudo -n rm -f {q(path)}; i=0",
+            f"  while alive {q(app.paths(lay).pidfile)} {q(app.process)} >/dev/null && "
+            f"[ $i -lt {app.reload_timeout(cfg) * 10} ]; do sleep 0.1; i=$((i + 1)); done",
+            "  " + note("uWSGI emperor: the vassal of another user "
+                        "taken out (it starts again as the app user)"),
+            "fi",
             f'if cmp -s {q(staged)} {q(path)} && [ "$(stat -c %U:%G {q(path)})" = "$me" ]; then defined=; else',
-            f'  {{ sudo -n install -o "$(id -un)" -g "$(id -gn)" -m 0644 {q(staged)} {q(tmp)} && '
+            f'  {{ sudo -n install -o "${{me%:*}}" -g "${{me#*:}}" -m 0644 {q(staged)} {q(tmp)} && '
             f"sudo -n mv -f {q(tmp)} {q(path)}; }} || {fail(f'cannot write {path} (sudo)')}",
             "  defined=changed; " + note(f"uWSGI emperor: vassal {path} written"),
             "fi",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
-from fabdeploy.manager.base import USER_PLACEHOLDER, Manager
+from fabdeploy.appserver.base import app_user
+from fabdeploy.manager.base import Manager
 from fabdeploy.remote.markers import fail, fail_expanded, note
 from fabdeploy.remote.shell import q
 
@@ -36,7 +37,7 @@ class Supervisor(Manager):
             f"[program:{self.program(cfg)}]",
             "command=" + " ".join(app.foreground_argv(cfg)),
             f"directory={lay.deploy_to}",
-            f"user={USER_PLACEHOLDER}",  # the deploy user, filled in on the host (see install_lines)
+            f"user={app_user(cfg)}",  # the app user ([app] user), never the deploy user's sudo
             "umask=027",
             "autostart=true",
             "autorestart=true",

@@ -1,6 +1,6 @@
 """systemd: a unit per project (/etc/systemd/system/<project>.service), enabled so it starts at boot, driven
 with systemctl (daemon-reload when the unit changed, enable, start, reload, stop). The app server runs in
-the foreground as the deploy user and tells systemd when it is ready (Type=notify: uWSGI and gunicorn both
+the foreground as the app user ([app] user) and tells systemd when it is ready (Type=notify: uWSGI and gunicorn both
 speak sd_notify); its output goes to the journal (`fab logs` reads it with journalctl).
 
 A reload is `systemctl reload` (ExecReload: the app server's reload signal to $MAINPID): the master keeps
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
-from fabdeploy.manager.base import USER_PLACEHOLDER, Manager
+from fabdeploy.appserver.base import app_user
+from fabdeploy.manager.base import Manager
 from fabdeploy.remote.markers import fail_expanded, note
 from fabdeploy.remote.shell import q
 
@@ -40,7 +41,7 @@ class Systemd(Manager):
             "[Service]",
             "Type=notify",
             "NotifyAccess=all",
-            f"User={USER_PLACEHOLDER}",
+            f"User={app_user(cfg)}",
             f"WorkingDirectory={lay.deploy_to}",
             "ExecStart=" + " ".join(app.foreground_argv(cfg)),
             f"ExecReload=/bin/kill -{app.reload_signal} $MAINPID",

@@ -13,6 +13,7 @@ import time
 import paramiko
 
 from fabdeploy import appserver, manager
+from fabdeploy.appserver.base import app_user
 from fabdeploy.config import Config
 from fabdeploy.errors import FabdeployError
 from fabdeploy.hosts.connect import host_label
@@ -40,10 +41,13 @@ def log_files(cfg: Config, server: Server | None = None) -> dict[str, str]:
     return files
 
 
-def tail_command(files: list[str], lines: int, follow: bool) -> str:
-    """One remote command; sudo -n only when a log is not readable by the SSH user."""
+def tail_command(files: list[str], lines: int, follow: bool, app_log: str = "", app_user: str = "") -> str:
+    """One remote command; sudo only when a log is not readable by the SSH user: `sudo -n -u <app user>` when
+    only the app server's log (app_log, the app user's file) is not, else `sudo -n`."""
     words = " ".join(q(f) for f in files)
-    sudo = f'S=; for f in {words}; do [ ! -e "$f" ] || [ -r "$f" ] || S="sudo -n"; done; '
+    as_app = (f'if [ "$f" = {q(app_log)} ] && [ -z "$S" ]; then S={q("sudo -n -u " + app_user)}; else S="sudo -n"; fi'
+              if app_log and app_user else 'S="sudo -n"')
+    sudo = f'S=; for f in {words}; do [ ! -e "$f" ] || [ -r "$f" ] || {{ {as_app}; }}; done; '
     if not follow:
         return f"{sudo}$S tail -v -n {int(lines)} {words}"
     body = f'tail -v -n {int(lines)} -F "$@" & t=$!; cat >/dev/null; kill $t 2>/dev/null'
@@ -80,7 +84,8 @@ def stream(conn, cfg: Config, files: dict[str, str], lines: int, follow: bool, p
     host = host_label(conn)
     label_of = {path: which for which, path in files.items()}
     chan = conn.client.get_transport().open_session()
-    chan.exec_command(command or tail_command(list(files.values()), lines, follow))
+    chan.exec_command(command or tail_command(list(files.values()), lines, follow, files.get("app", ""),
+                                              app_user(cfg)))
     if not follow:
         chan.shutdown_write()
     current = {"label": label}

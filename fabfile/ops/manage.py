@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from fabdeploy.appserver.base import app_user
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.remote.shell import q
@@ -29,18 +30,23 @@ def manage_lines(cfg: Config) -> list[str]:
 
 
 def wrapper(cfg: Config) -> str:
-    """The text of <deploy_to>/bin/manage."""
+    """The text of <deploy_to>/bin/manage (run by another user, it runs itself again as the app user)."""
+    user = q(app_user(cfg))
     return "\n".join([
         "#!/bin/sh",
         "# Written by fabdeploy on every deploy. Runs manage.py in the live release (current/) with the production",
         f"# settings ({SETTINGS_MODULE}) and the [django] env: {cfg.paths.deploy_to}/bin/manage createsuperuser",
+        f"# As the app user ({app_user(cfg)}), which owns the database and the media.",
+        f'[ "$(id -un)" = {user} ] || exec sudo -n -u {user} "$0" "$@"',
         *manage_lines(cfg),
     ]) + "\n"
 
 
 def remote_command(cfg: Config, args: list[str]) -> str:
-    """The one remote command of `fab manage -- ARGS` (the same lines as bin/manage, args quoted)."""
-    return " ".join(["sh", "-c", q("\n".join(manage_lines(cfg))), "manage", *(q(a) for a in args)])
+    """The one remote command of `fab manage -- ARGS` (the same lines as bin/manage, args quoted), run as the
+    app user (it writes the database and the media; sudo -n -u unless the SSH user is the app user)."""
+    user = q(app_user(cfg))
+    return " ".join([f'if [ "$(id -un)" = {user} ]; then set --; else set -- sudo -n -u {user}; fi;', '"$@"', "sh", "-c", q("\n".join(manage_lines(cfg))), "manage", *(q(a) for a in args)])
 
 
 def remainder(argv: list[str] | None = None) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from fabdeploy import appserver, manager, model
+from fabdeploy.appserver.base import app_user
 from fabdeploy.config import Config
 from fabdeploy.hosts.connect import host_label
 from fabdeploy.hosts.fleet import on_each_host
@@ -68,8 +69,17 @@ mark_json({"current": cur, "releases": rels, "audit": audit(10)})
 """
 
 STATUS_PY = _COMMON + PROBE_PY + r"""
+def as_app(argv):
+    # the app user's pidfile and processes (its cwd needs its uid): read as it (sudo -n -u) unless we are it
+    import pwd
+    if pwd.getpwuid(os.getuid()).pw_name != P["app_user"]:
+        argv = ["sudo", "-n", "-u", P["app_user"], *argv]
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
 def alive(pidfile, name):
-    pid = re.sub(r"\D", "", read(pidfile))
+    pid = re.sub(r"\D", "", read(pidfile) or (as_app(["cat", pidfile]) if name == P["app_process"] else ""))
     if pid and name in read(f"/proc/{pid}/comm"):
         return int(pid)
     return None
@@ -106,8 +116,8 @@ if P["manager_state"]:
 res["app"] = {"server": P["app_title"], "manager": P["manager"], "running_under": running_under,
               "manager_state": state, "pid": pid, "workers": len(workers),
               "on_current": bool(workers) and all(
-                  os.path.realpath(f"/proc/{w}/cwd") == os.path.realpath(P["current"]) for w in workers
-                  if os.path.exists(f"/proc/{w}/cwd"))}
+                  cwd == os.path.realpath(P["current"])
+                  for cwd in as_app(["readlink", "-e", *[f"/proc/{w}/cwd" for w in workers]]).split())}
 conf = read(P["nginx_conf"])
 m = re.search(r"^\s*pid\s+([^;\s]+)", conf, re.M)
 npid = alive(m.group(1) if m else P["nginx_pid"], "nginx")
@@ -175,7 +185,7 @@ def status_params(cfg: Config, server: Server, check: dict) -> dict:
     name = cfg.project.name
     app = appserver.of(cfg)
     mgr = manager.of(cfg)
-    return {**common_params(cfg), "manager": mgr.name, "manager_state": mgr.state_argv(cfg),
+    return {**common_params(cfg), "manager": mgr.name, "manager_state": mgr.state_argv(cfg), "app_user": app_user(cfg),
             "manager_record": lay.config + "/manager", "pidfile": app.paths(lay).pidfile, "app_process": app.process, "app_title": app.title,
             "app_single": getattr(app, "single_process", False), "app_named": getattr(app, "interface", "") == "asgi",
             "nginx_conf": NGINX_CONF, "nginx_pid": model.Facts().nginx_pid,

@@ -8,7 +8,7 @@ from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, Layout
 from fabdeploy.model import UNUSABLE_FN, Facts, Release
 from fabdeploy.remote.markers import note
 from fabdeploy.remote.script import Phase
-from fabdeploy.remote.shell import ALIVE_FN, q, stop_group
+from fabdeploy.remote.shell import ALIVE_FN, AS_APP, q, stop_group
 
 
 def prune_lines(keep: int) -> list[str]:
@@ -47,13 +47,14 @@ def cleanup(cfg: Config, rel: Release) -> Phase:
     app = appserver.of(cfg)
     keep = cfg.paths.keep_releases
     return Phase("cleanup", [
+        *app.as_app_lines(cfg),
         ALIVE_FN,
         f"cd {q(lay.releases)}",
         f"cur=$(basename \"$(readlink {q(lay.current)})\")",
         *prune_lines(keep),
         "used=$(cat */.fabdeploy/venv 2>/dev/null | tr '\\n' ' ')",
         f"pid=$(alive {q(app.paths(lay).pidfile)} {app.process} || true)",
-        'exe=$( [ -n "$pid" ] && readlink "/proc/$pid/exe" || true)',
+        f'exe=$( [ -n "$pid" ] && {AS_APP} readlink "/proc/$pid/exe" || true)',
         f"cd {q(lay.venvs)}",
         "for v in *; do",
         '  [ -d "$v" ] || continue',

@@ -9,6 +9,7 @@ from fabdeploy.model import Release
 from fabdeploy.remote.markers import fail, note
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import q, write_file
+from fabdeploy.steps import app_user
 from fabdeploy.steps.static import seed_static
 
 
@@ -55,8 +56,8 @@ def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
         f"(umask 077; {q(cfg.project.python)} -c 'import secrets; print(secrets.token_urlsafe(50))' "
         f"> {q(lay.secret_key + '.tmp')}) && mv {q(lay.secret_key + '.tmp')} {q(lay.secret_key)}; "
         + note("secret key generated") + "; fi",
-        f"chmod 600 {q(lay.secret_key)}",
         *write_file(lay.env_file, env_file_text(cfg), mode="0600"),
+        *app_user.key_lines(cfg),
         f"mkdir -p {q(lay.bin)}",
         *write_file(lay.manage, manage_wrapper(cfg), mode="0755"),
     ]

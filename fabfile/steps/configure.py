@@ -21,7 +21,8 @@ def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None
     lines = [
         # Staged in the release itself (never a shared name another run could touch): the switch installs
         # it, and a rollback restores exactly the config the release ran with.
-        *write_file(app.staged_config(lay.release(rel.id)), app.render_config(cfg, rel, server), mode="0600"),
+        # (0640: the app user reads it through the release's group; it holds the [django] env)
+        *write_file(app.staged_config(lay.release(rel.id)), app.render_config(cfg, rel, server), mode="0640"),
         # complete but not live yet: an automatic rollback never picks it (the switch removes the mark)
         f"touch {q(lay.release(rel.id) + '/.fabdeploy/' + PENDING)}",
     ]

@@ -2,13 +2,14 @@
 collectstatic, check --deploy."""
 from __future__ import annotations
 
+from fabdeploy.appserver.base import app_user
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.model import Release
 from fabdeploy.ops.starter import GENERIC_NAMES, PRODUCTION_NAMES
 from fabdeploy.remote.markers import PY_MARKERS, as_markers, fail, note, prefix, relay
 from fabdeploy.remote.script import Phase
-from fabdeploy.remote.shell import q
+from fabdeploy.remote.shell import AS_APP, as_app_lines, q
 
 
 def django_env(cfg: Config, rel: Release) -> list[str]:
@@ -107,6 +108,17 @@ sys.exit(rc)
 """
 
 
+# Run "$@" with the env file's variables (sudo -u resets the environment): argv: the env file, the command.
+APP_ENV_SH = 'umask 027; set -a; . "$1"; set +a; shift; exec "$@"'
+
+
+def app_env_words(cfg: Config, rel: Release, name: str) -> str:
+    """The words that run a command as the app user in the release with the production settings and the
+    [django] env (migrate: it writes the database), the command's words to follow."""
+    lay = Layout(cfg.paths.deploy_to)
+    return (f"{AS_APP} sh -c {q(APP_ENV_SH)} {name} {q(lay.env_file)} env DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} "
+            f"FABDEPLOY_RELEASE={q(rel.id)}")
+
 
 def django(cfg: Config, rel: Release) -> Phase:
     """migrate, collectstatic and check --deploy with the production settings module."""
@@ -122,9 +134,10 @@ def django(cfg: Config, rel: Release) -> Phase:
                     then="\"$(printf '%s\\n' \"$out\" | tail -n 1)\""),
         "}",
     ]
-    if cfg.django.migrate:
+    if cfg.django.migrate:  # (as the app user: it owns the database, shared/db)
         lines += [
-            f"out=$({q(lay.venv(rel.venv_hash) + '/bin/python')} -c {q(MIGRATE_LOCK_PY)} "
+            *as_app_lines(app_user(cfg)),
+            f"out=$({app_env_words(cfg, rel, 'migrate')} {q(lay.venv(rel.venv_hash) + '/bin/python')} -c {q(MIGRATE_LOCK_PY)} "
             f"{q('fabdeploy-migrate-' + cfg.project.name)} {MIGRATE_LOCK_WAIT} {manage} migrate --noinput 2>&1) || "
             f"{{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
             f"printf '%s\\n' \"$out\" | {relay('warn')} || true",

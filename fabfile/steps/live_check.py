@@ -15,7 +15,7 @@ from fabdeploy.hosts.roles import Server, runs_nginx
 from fabdeploy.local.render import render
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import fact, note
-from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
+from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q
 
 
 def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server | None = None) -> str:
@@ -41,13 +41,14 @@ def unchanged_exit(cfg: Config, fp: str, after: list[str]) -> list[str]:
     lay = Layout(cfg.paths.deploy_to)
     app = appserver.of(cfg)
     return [
+        *app.as_app_lines(cfg),
         ALIVE_FN,
         CHILDREN_FN,
         app.workers_fn(),
         # every worker of the live master runs `current` (not only the link: a switch whose reload never
         # happened leaves the old code serving)
         'on_current() { n=0; for c in $(workers "$1"); do n=$((n + 1)); '
-        '[ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = "$cur" ] || return 1; done; [ "$n" -gt 0 ]; }',
+        f'[ "$({AS_APP} readlink "/proc/$c/cwd" 2>/dev/null)" = "$cur" ] || return 1; done; [ "$n" -gt 0 ]; }}',
         f"cur=$(readlink {q(lay.current)} || true)",
         f'if [ -n "$cur" ] && grep -qs {q(chr(34) + "fingerprint" + chr(34) + ": " + chr(34) + fp + chr(34))} '
         f'"$cur/.fabdeploy/release.json" && mpid=$(alive {q(app.paths(lay).pidfile)} {app.process}) && '

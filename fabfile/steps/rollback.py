@@ -10,7 +10,8 @@ from fabdeploy.config import Config
 from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, VENV_COMPLETE, Layout
 from fabdeploy.remote.markers import fact, fail_expanded, note, warn
 from fabdeploy.remote.script import Phase
-from fabdeploy.remote.shell import q
+from fabdeploy.remote.shell import AS_APP, q
+from fabdeploy.steps.django_app import APP_ENV_SH
 from fabdeploy.steps import lock
 from fabdeploy.steps.activate import activate, reload
 from fabdeploy.steps.lock import LockOwner
@@ -69,8 +70,10 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
         + fail_expanded(f"release $T has no saved {app.title} config; deploy it again instead"),
         f'R={q(lay.releases)}/"$T"',
         # Migrations: ask the target's own code which applied ones it does not know.
-        f'unknown=$(cd "$R" && export DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} && set -a && . {q(lay.env_file)} '
-        f'&& set +a && "$V/bin/python" -c {q(UNKNOWN_MIGRATIONS_PY)}) || '
+        # (as the app user: it owns the database)
+        *app.as_app_lines(cfg),
+        f'unknown=$(cd "$R" && {AS_APP} sh -c {q(APP_ENV_SH)} rollback {q(lay.env_file)} '
+        f'env DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} "$V/bin/python" -c {q(UNKNOWN_MIGRATIONS_PY)}) || '
         + fail_expanded("could not compare the migrations of release $T with the database"),
         "unknown_list=$(printf '%s\\n' \"$unknown\" | awk 'NF == 2 {printf \" %s.%s\", $1, $2}')",
         "printf '%s\\n' \"$unknown\" | while read -r app name; do [ -n \"$name\" ] && "

@@ -1,6 +1,7 @@
 """The setup phase: create the layout, take the lock, report the host's facts."""
 from __future__ import annotations
 
+from fabdeploy.steps import app_user as _app_user
 from fabdeploy.steps import secret_key as _secret_key
 from fabdeploy import appserver
 from fabdeploy.config import Config
@@ -65,8 +66,13 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
           f'{fail(f"cannot give {d} to the nginx group (sudo)")}; fi'
           for d in (lay.run, lay.static, f"{lay.shared}/media")],
         f"chmod 0711 {q(lay.deploy_to)} {q(lay.shared)}",
-        f"chmod 0700 {q(lay.shared + '/db')} {q(lay.config)}",
-        f"chmod 0750 {q(lay.log)} {q(lay.releases)} {q(lay.tmp)}",
+        # (an app user of its own: app_user.ownership_lines; the SSH user as the app user: private to it)
+        *(_app_user.create_lines(cfg) if app else ["appme=1"]),
+        'if [ -n "$appme" ]; then',
+        f"  chmod 0700 {q(lay.shared + '/db')} {q(lay.config)}",
+        f"  chmod 0750 {q(lay.log)} {q(lay.releases)} {q(lay.tmp)}",
+        "fi",
+        *(_app_user.ownership_lines(cfg) if app else []),
         f'if [ -S {q(sock)} ] && [ "$(stat -c %G {q(sock)})" != "$nginx_group" ]; then '
         f'sudo -n chgrp "$nginx_group" {q(sock)}; fi',
         f"venvs=$(cd {q(lay.venvs)} && for v in *; do [ -f \"$v/{VENV_COMPLETE}\" ] && printf '%s ' \"$v\"; done; true)",

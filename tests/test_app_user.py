@@ -1,0 +1,212 @@
+"""The app user's builders ([app] user): its default, the run-as lines ($ASAPP, as_user), the setup phase's
+user creation and ownership lines, and where every app server and manager uses them. The end-to-end proof
+is tests/test_app_user_e2e.py."""
+from __future__ import annotations
+
+import getpass
+import subprocess
+
+import pytest
+
+from fabdeploy import appserver, manager
+from fabdeploy.appserver.base import app_user
+from fabdeploy.errors import ConfigError
+from fabdeploy.ops.logs import tail_command
+from fabdeploy.ops.manage import remote_command, wrapper
+from fabdeploy.remote.shell import as_app_lines, as_user
+from fabdeploy.steps import app_user as app_user_step
+from fabdeploy.steps import cleanup, live_check, setup
+from test_phases import make_cfg, make_rel
+
+ME = getpass.getuser()
+
+
+def sh(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("name, user", [("shop", "shop"), ("My.App", "my-app"), ("1st", "app-1st"),
+                                        ("a" * 40, "a" * 32)])
+def test_the_default_app_user_is_the_project_name_as_a_user_name(name, user):
+    cfg = make_cfg(project={"name": name}, app={"user": ""})
+    assert app_user(cfg) == user
+
+
+def test_an_app_user_that_is_no_user_name_is_one_line_naming_the_key():
+    with pytest.raises(ConfigError) as e:
+        make_cfg(app={"user": "Root Beer"})
+    assert "app.user" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_as_app_lines_are_empty_for_the_ssh_user_and_sudo_u_for_another():
+    same = sh("\n".join(as_app_lines(ME)) + '\nprintf "[%s]" "$ASAPP"')
+    assert same.stdout == "[]"
+    other = sh("\n".join(as_app_lines("shop")) + '\nprintf "[%s]" "$ASAPP"')
+    assert other.stdout == "[sudo -n -u shop]"
+
+
+def test_as_user_runs_the_lines_and_gives_back_their_output():
+    res = sh(as_user(ME, ["echo one", "id -un"]))
+    assert res.returncode == 0 and res.stdout.split() == ["one", ME]
+    assert "sudo -n -u shop sh -c 'echo one" in as_user("shop", ["echo one"])
+
+
+def test_the_alive_helper_reads_a_pidfile_it_cannot_read_as_the_app_user(tmp_path):
+    """ALIVE_FN falls back to `$ASAPP cat` when the SSH user cannot read the pidfile (here: a fake sudo -u that
+    answers for the app user), and never without $ASAPP."""
+    from fabdeploy.remote.shell import ALIVE_FN
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        fake = tmp_path / "fake-sudo-u"
+        fake.write_text(f"#!/bin/sh\necho {sleeper.pid}\n")
+        fake.chmod(0o755)
+        pidfile = tmp_path / "run" / "x.pid"  # (missing for us, "there" for the fake app user)
+        assert sh(f"{ALIVE_FN}\nASAPP={fake}\nalive {pidfile} sleep").stdout.strip() == str(sleeper.pid)
+        assert sh(f"{ALIVE_FN}\nASAPP=\nalive {pidfile} sleep").stdout.strip() == ""
+        assert sh(f"set -u\n{ALIVE_FN}\nalive {pidfile} sleep").returncode == 1  # ($ASAPP unset: no error)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_every_reload_stop_and_pid_line_of_every_server_sets_asapp_first():
+    for server in ("uwsgi", "gunicorn"):
+        for mgr in ("pidfile", "supervisor", "systemd"):
+            cfg = make_cfg(app={"server": server, "manager": mgr, "user": "shop"})
+            app = appserver.of(cfg)
+            for lines in (app.reload_lines(cfg, "/r", "/v", "R"), app.stop_lines(cfg), app.pid_lines(cfg)):
+                assert lines[0] == as_app_lines("shop")[0], (server, mgr)
+            text = "\n".join(app.reload_lines(cfg, "/r", "/v", "R"))
+            assert '${ASAPP-} readlink "/proc/$c/cwd"' in text and "${ASAPP-} tail -n 20" in text
+            assert not any(ln.strip().startswith(("kill ", "rm -f")) for ln in app.stop_lines(cfg))
+
+
+def test_the_pidfile_manager_starts_and_signals_as_the_app_user():
+    cfg = make_cfg(app={"user": "shop"})
+    text = "\n".join(appserver.of(cfg).reload_lines(cfg, "/r", "/v", "R"))
+    assert "${ASAPP-} /v/bin/uwsgi --ini /srv/shop/shared/config/uwsgi.ini" in text
+    assert "${ASAPP-} /srv/shop/shared/config/uwsgi-venv/bin/uwsgi --reload" in text
+    # a master of another user (deployed before): stopped with sudo, started again as the app user
+    assert 'if [ -n "$pid" ] && [ "$(stat -c %U "/proc/$pid" 2>/dev/null)" != shop ]; then' in text
+    g = make_cfg(app={"server": "gunicorn", "user": "shop"})
+    text = "\n".join(appserver.of(g).reload_lines(g, "/r", "/v", "R"))
+    assert "${ASAPP-} kill -USR2" in text and '"$(stat -c %U "/proc/$old" 2>/dev/null)" != shop' in text
+    assert "&& ${ASAPP-} /srv/shop/shared/config/gunicorn-venv/bin/python" in text
+
+
+def test_managers_name_the_app_user():
+    for mgr, line in (("supervisor", "user=shop"), ("systemd", "User=shop")):
+        cfg = make_cfg(app={"manager": mgr, "user": "shop"})
+        assert line in manager.of(cfg).definition(cfg, appserver.of(cfg)).splitlines()
+    cfg = make_cfg(app={"manager": "emperor", "user": "shop"})
+    assert 'me="shop:$(id -gn shop)"' in "\n".join(manager.of(cfg).install_lines(cfg, appserver.of(cfg)))
+
+
+def test_setup_creates_the_user_and_converts_the_layout_only_for_a_user_of_its_own():
+    cfg = make_cfg(app={"user": "shop"})
+    text = "\n".join(setup.setup(cfg).lines)
+    assert ("sudo -n useradd --system --user-group --no-create-home --home-dir /srv/shop --shell "
+            "/usr/sbin/nologin shop") in text
+    assert "cannot create the app user shop (app.user; useradd with sudo -n)" in text
+    for want in ('own /srv/shop/releases "$(id -un)" "$appg" 2750', 'own /srv/shop/shared/media "$appu" '
+                 '"$nginx_group" 2750', 'own /srv/shop/shared/db "$appu" "$appg" 700',
+                 'own /srv/shop/shared/run "$appu" "$nginx_group" 2750', 'own /srv/shop/shared/log "$(id -un)" "$appg" 2770'):
+        assert want in text
+    assert "shared/static" not in "\n".join(app_user_step.ownership_lines(cfg))
+
+
+def test_ownership_lines_do_nothing_where_a_directory_is_right(tmp_path):
+    """(run here as the app user itself: the conversion is skipped entirely, and the own() check is a stat)"""
+    d = tmp_path / "d"
+    d.mkdir()
+    d.chmod(0o750)
+    grp = sh("id -gn").stdout.strip()
+    own = app_user_step.ownership_lines(make_cfg(app={"user": "shop"}))[1].strip()
+    res = sh(f'{own}\nconverted=\nown {d} {ME} {grp} 750 && echo "[$converted]"')
+    assert res.stdout == "[]\n", res.stderr
+
+
+def test_migrate_and_fab_manage_run_as_the_app_user():
+    from fabdeploy.steps import django_app
+    cfg = make_cfg(app={"user": "shop"})
+    text = "\n".join(django_app.django(cfg, make_rel()).lines)
+    assert "${ASAPP-} sh -c" in text and "migrate --noinput" in text
+    assert " collectstatic" in text and "${ASAPP-} sh -c" not in [ln for ln in text.splitlines()
+                                                                  if "collectstatic" in ln][0]
+    assert "sudo -n -u shop" in remote_command(cfg, ["shell"])
+    assert '[ "$(id -un)" = shop ] || exec sudo -n -u shop "$0" "$@"' in wrapper(cfg)
+
+
+def test_cleanup_and_live_check_read_the_master_as_the_app_user():
+    cfg = make_cfg(app={"user": "shop"})
+    assert '${ASAPP-} readlink "/proc/$pid/exe"' in "\n".join(cleanup.cleanup(cfg, make_rel()).lines)
+    assert '${ASAPP-} readlink "/proc/$c/cwd"' in "\n".join(live_check.unchanged_exit(cfg, "fp", []))
+
+
+def test_logs_tail_the_app_log_as_the_app_user_and_other_logs_as_root():
+    cmd = tail_command(["/a/app.log", "/var/log/nginx/x.log"], 5, False, "/a/app.log", "shop")
+    assert "S='sudo -n -u shop'" in cmd and 'S="sudo -n"' in cmd
+
+
+def test_stop_signals_a_master_of_another_user_with_sudo():
+    """(a host not converted yet: its daemonized master runs as the deploy user)"""
+    cfg = make_cfg(app={"user": "shop"})
+    text = "\n".join(appserver.of(cfg).stop_lines(cfg))
+    assert '[ "$(stat -c %U "/proc/$pid" 2>/dev/null)" = shop ] || sudo -n kill -INT "$pid"' in text
+    assert "|| sudo -n kill -KILL $pid $kids" in text
+    sup = make_cfg(app={"user": "shop", "manager": "supervisor"})
+    assert "sudo -n kill -INT" not in "\n".join(appserver.of(sup).stop_lines(sup))
+
+
+def test_a_server_or_manager_switch_looks_at_shared_run_as_the_app_user():
+    """shared/run is app:www-data 2750: the SSH user cannot see its pidfiles and sockets, so the lines that
+    find another app server (or one the old manager ran) to stop test and remove them as the app user."""
+    cfg = make_cfg(app={"server": "uvicorn", "asgi": "shop.asgi:application", "user": "shop"})
+    app = appserver.of(cfg)
+    for lines in (appserver.retire_lines(cfg), manager.switch_lines(cfg, app)):
+        assert lines[0] == as_app_lines("shop")[0]
+        assert "[ -e /srv/shop/shared/run" not in "\n".join(lines)
+    assert ("${ASAPP-} test -e /srv/shop/shared/run/uwsgi.pid || ${ASAPP-} test -e "
+            "/srv/shop/shared/run/uwsgi.sock; then") in "\n".join(manager.switch_lines(cfg, app))
+    retire = appserver.retire_lines(cfg)
+    assert retire[1].startswith('present=" $(${ASAPP-} sh -c ') and "/srv/shop/shared/run/uwsgi.sock" in retire[1]
+    assert "  ${ASAPP-} rm -f /srv/shop/shared/run/gunicorn.pid /srv/shop/shared/run/gunicorn.pid.2 " \
+           "/srv/shop/shared/run/gunicorn.sock;;" in retire
+
+
+def test_retiring_stops_and_clears_only_the_servers_whose_files_are_there(tmp_path):
+    """The retire lines, run by the shell (here the app user is the current user: $ASAPP empty): one listing
+    of shared/run finds the files; each server that has one is stopped (none runs: "already stopped") and its
+    files removed; the others are left alone; the chosen server's own files are never touched."""
+    cfg = make_cfg(deploy_to=str(tmp_path), app={"server": "uvicorn", "asgi": "shop.asgi:application"})
+    run = tmp_path / "shared/run"
+    run.mkdir(parents=True)
+    for name in ("uwsgi.sock", "gunicorn.pid", "gunicorn.pid.2", "uvicorn.pid", "uvicorn.sock"):
+        (run / name).write_text("")
+    res = sh("\n".join(appserver.retire_lines(cfg)))
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["uvicorn.pid", "uvicorn.sock"]
+    assert "uwsgi already stopped" in res.stdout and "gunicorn already stopped" in res.stdout
+    assert "daphne" not in res.stdout and "hypercorn" not in res.stdout
+
+
+def test_reload_lines_define_each_helper_once_and_stay_valid_shell():
+    """The helpers every stop block repeats ($ASAPP, alive, children) are kept once after their first top-level
+    definition: the reload lines shrink (a deploy's publish script reloads twice and must stay under 128 KiB)
+    and stay valid shell for every manager and server."""
+    from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN
+    from fabdeploy.steps.activate import reload
+    for mgr in ("pidfile", "emperor", "supervisor", "systemd"):
+        for server in ("uwsgi", "gunicorn", "uvicorn"):
+            if mgr in ("supervisor", "systemd", "emperor") and server == "uvicorn":
+                continue
+            if mgr == "emperor" and server != "uwsgi":
+                continue
+            cfg = make_cfg(app={"server": server, "manager": mgr, "user": "shop", "asgi": "a.asgi:app"}
+                           if server != "uwsgi" else {"manager": mgr, "user": "shop"})
+            lines = reload(cfg, "'/r'", "'/v'", "X")
+            top = [ln for ln in lines if ln in (ALIVE_FN, CHILDREN_FN, as_app_lines("shop")[0])]
+            assert len(top) == len(set(top)) and lines[0] == as_app_lines("shop")[0], (mgr, server)
+            assert sum(ln.strip() == ALIVE_FN for ln in lines) == 1, (mgr, server)
+            res = sh("set -n\n" + "\n".join(lines))
+            assert res.returncode == 0, (mgr, server, res.stderr)
