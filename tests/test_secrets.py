@@ -4,7 +4,6 @@ file, masking, the "already live" fingerprint, the generated settings, the fleet
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import subprocess
@@ -15,7 +14,6 @@ import pytest
 
 from fabdeploy.config import parse_config
 from fabdeploy.errors import ConfigError
-from fabdeploy.local import secrets as local_secrets
 from fabdeploy.local.render import render
 from fabdeploy.local.secrets import SecretError, apply, resolve
 from fabdeploy.ops import secrets as ops_secrets
