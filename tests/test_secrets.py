@@ -289,3 +289,31 @@ def test_fab_secrets_compares_by_a_keyed_hash_computed_on_the_host(tmp_path):
     assert ops_secrets.compare(cfg, RunResult(0, {}, res.stdout, res.stderr).json(), nonce)[-1] == ("STALE", "pruned")
     assert env_file.read_text() == f"DB='{VALUE}x'\nLEVEL=1\n"
     assert env_file.stat().st_mode & 0o777 == 0o640
+
+
+def test_the_prune_invocation_is_a_locked_reload_with_the_pruning_after_the_lock(tmp_path):
+    from fabdeploy.hosts.target import Target
+    from fabdeploy.steps.lock import LockOwner
+    cfg = cfg_with(tmp_path, {"DB": {"env": "DB"}})
+    apply(cfg, {"DB": VALUE})
+    script = ops_secrets.prune_script(cfg, "ab" * 16, LockOwner.new("secrets-prune", "me"), 0,
+                                      Target.named(cfg, "web1"))
+    assert script.names == ["lock", "secrets", "reload", "health", "finish"]
+    assert VALUE in script.secrets and '"keep": ["DB"]' in script.text()
+
+
+def test_the_report_prefixes_hosts_sums_up_a_fleet_and_fails_out_of_step_hosts(capsys):
+    from fabdeploy.output import Printer
+    outcomes = [ops_secrets.SecretsOutcome("web1", True, [("DB", "matches"), ("OLD", "pruned")], reloaded="ok"),
+                ops_secrets.SecretsOutcome("web2", True, [("DB", "differs"), ("OLD", "not configured")]),
+                ops_secrets.SecretsOutcome("web3", False, error="web3: cannot connect")]
+    errors = ops_secrets.report(outcomes, Printer(width=4))
+    out = capsys.readouterr().out
+    assert "web1  DB                       matches\n" in out and "web2  OLD                      not configured\n" in out
+    assert errors == ["web2: secrets out of step: DB differs, OLD not configured (fab deploy writes the configured "
+                      "values; fab secrets --prune removes names no longer configured)", "web3: cannot connect"]
+    table = out[out.index("HOST"):].splitlines()
+    assert table[0].split() == ["HOST", "MATCH", "DIFFER", "MISSING", "STALE", "RESULT"]
+    assert table[1].split() == ["web1", "1", "0", "0", "0", "in", "step"]
+    assert table[2].split() == ["web2", "0", "1", "0", "1", "out", "of", "step"]
+    assert table[3].split()[:2] == ["web3", "FAILED:"]

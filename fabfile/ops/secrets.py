@@ -118,6 +118,14 @@ def compare(cfg: Config, answer: dict, key: str) -> list[tuple[str, str]]:
     return sorted(rows.items())
 
 
+def prune_script(cfg: Config, key: str, owner: LockOwner, wait: int, target: Target) -> Script:
+    """`fab reload`'s invocation (lock, reload, health, finish) with the pruning read right after the lock."""
+    phases = control.phases(cfg, "reload", owner, wait, target.address, target.server, False)
+    at = next(i for i, ph in enumerate(phases) if ph.name == "lock") + 1
+    return Script([*phases[:at], *read_script(cfg, key, prune=True).phases, *phases[at:]],
+                  tuple(cfg.secret_values()), on_failure=control.on_failure(cfg, owner))
+
+
 @dataclass
 class SecretsOutcome:
     host: str
@@ -144,9 +152,7 @@ def secrets_all(conns: list, cfg: Config, printer: Printer, prune: bool = False,
         if prune and any(state == "not configured" for _, state in rows):
             owner = LockOwner.new("secrets-prune", local_user())
             target = Target.of(conn, cfg)
-            phases = control.phases(cfg, "reload", owner, wait, target.address, target.server, False)
-            script = Script([phases[0], *read_script(cfg, key, prune=True).phases, *phases[1:]],
-                            tuple(cfg.secret_values()), on_failure=control.on_failure(cfg, owner))
+            script = prune_script(cfg, key, owner, wait, target)
             res = run_locked(conn, cfg, script, owner, host, _control.timeout(cfg, "reload", wait), printer)
             rows = compare(cfg, res.json("secrets"), key)
             reloaded = "; ".join(n for ph in res.phases.values() if ph.name not in ("lock", "finish", "secrets")
