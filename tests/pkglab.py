@@ -116,3 +116,54 @@ def allow_root(host) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"{host.name}: sshd did not come back after its config changed")
+
+
+# -- rpm / dnf: Debian's dnf and rpm, every path of theirs inside the host's own /etc and /tmp ---------------
+
+RPM_INSIDE = "/tmp/lab-rpm"
+
+
+def private_dnf(host, releasever: str = "9") -> Path:
+    """Real dnf in the host with its rpm database, cache and state under the host's /tmp (/etc/rpm/macros and
+    /etc/dnf/dnf.conf of the host's own /etc say so: Debian's rpm would use ~/.rpmdb, the machine's /root) and
+    one repository, file-less RPMs in a local directory. Returns the repository directory."""
+    root = host.path(RPM_INSIDE)
+    for sub in ("db", "cache", "persist", "repo"):
+        (root / sub).mkdir(parents=True, mode=0o755)
+    etc = host.path("/etc")
+    (etc / "rpm").mkdir(exist_ok=True)
+    (etc / "rpm" / "macros").write_text(f"%_dbpath {RPM_INSIDE}/db\n")
+    (etc / "dnf" / "dnf.conf").write_text(
+        f"[main]\ngpgcheck=0\ninstallonly_limit=3\nclean_requirements_on_remove=True\nbest=False\n"
+        f"cachedir={RPM_INSIDE}/cache\npersistdir={RPM_INSIDE}/persist\nreposdir=/etc/yum.repos.d\n")
+    (etc / "dnf" / "vars").mkdir(exist_ok=True)
+    (etc / "dnf" / "vars" / "releasever").write_text(releasever + "\n")
+    (etc / "yum.repos.d").mkdir(exist_ok=True)
+    (etc / "yum.repos.d" / "lab.repo").write_text(
+        f"[lab]\nname=lab\nbaseurl=file://{RPM_INSIDE}/repo\nenabled=1\ngpgcheck=0\nmetadata_expire=0\n")
+    host.exec(["rpm", "--initdb"])
+    assert host.exec(["rpm", "--eval", "%_dbpath"]).stdout.strip() == f"{RPM_INSIDE}/db"
+    return root / "repo"
+
+
+def fake_rpms(repo: Path, packages: dict[str, str]) -> None:
+    """File-less noarch RPMs (name: version) in repo, and its metadata (createrepo_c)."""
+    top = repo.parent / "build"
+    for name, version in packages.items():
+        spec = top / f"{name}.spec"
+        top.mkdir(exist_ok=True)
+        spec.write_text(f"Name: {name}\nVersion: {version}\nRelease: 1.lab\nSummary: file-less stand-in\n"
+                        "License: MIT\nBuildArch: noarch\n%description\nfile-less stand-in\n%files\n")
+        subprocess.run(["rpmbuild", "--nodeps", "--define", f"_dbpath {top}/db", "--define", f"_topdir {top}",
+                        "--define", f"_rpmdir {repo}", "-bb", str(spec)],
+                       check=True, capture_output=True)
+    subprocess.run(["createrepo_c", "-q", str(repo)], check=True, capture_output=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(repo)], check=True)
+
+
+def write_os_release(host, text: str) -> None:
+    """The host's /etc/os-release (a link to the machine's /usr/lib/os-release: replaced, never written
+    through)."""
+    f = host.path("/etc/os-release")
+    f.unlink()
+    f.write_text(text)

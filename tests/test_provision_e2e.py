@@ -141,3 +141,42 @@ def test_an_unsupported_system_is_one_line_and_nothing_changes(make_host, tmp_pa
     assert res.stderr.strip().splitlines()[-1].startswith("fabdeploy: ")
     assert "unsupported system Gentoo Linux" in res.stderr and "Traceback" not in res.stderr
     assert host.exec(["test", "-e", D], check=False).returncode != 0
+
+
+ROCKY = ('NAME="Rocky Linux"\nVERSION="9.3 (Blue Onyx)"\nID="rocky"\nID_LIKE="rhel centos fedora"\n'
+         'VERSION_ID="9.3"\nPRETTY_NAME="Rocky Linux 9.3 (Blue Onyx)"\n')
+
+
+def test_a_rocky_host_goes_through_real_dnf(make_host, tmp_path):
+    """os-release says Rocky 9: provision (as the deploy user, through sudo) plans python3.11 and cronie and
+    installs them with a real `dnf install` from a local repository; what the suite installed first (sudo,
+    nginx) is ok; a second run changes nothing."""
+    host = make_host("provr")
+    pkglab.write_os_release(host, ROCKY)
+    repo = pkglab.private_dnf(host)
+    pkglab.fake_rpms(repo, {"sudo": "1.9.5p2", "nginx": "1.20.1", "python3.11": "3.11.5", "cronie": "1.5.7"})
+    host.exec("dnf install -y sudo nginx")
+    proj = make_project(tmp_path)
+    proj.write_config(sample_config(host))
+    res = run_fab(proj.root, "provision")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "packages: changed: installed python3.11 cronie" in res.stdout, res.stdout
+    assert re.search(r"Rocky Linux 9\.3 \(Blue Onyx\)\s+\d+\s+ok$", res.stdout, re.M), res.stdout
+    for name in ("python3.11", "cronie", "nginx"):
+        assert host.exec(["rpm", "-q", name], check=False).returncode == 0, name
+    res = run_fab(proj.root, "provision")
+    assert res.returncode == 0 and changed(res.stdout) == [], res.stdout + res.stderr
+    assert "packages: ok" in res.stdout
+
+
+def test_a_user_without_sudo_is_one_line_and_nothing_changes(make_host, tmp_path):
+    host = make_host("provs")
+    for f in host.path("/etc/sudoers.d").iterdir():  # the host's own /etc: deploy loses its sudo there only
+        f.unlink()
+    proj = make_project(tmp_path)
+    proj.write_config(sample_config(host))
+    res = run_fab(proj.root, "provision")
+    assert res.returncode == 1
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and "provision needs root or passwordless sudo (connected as deploy" in err[0], res.stderr
+    assert host.exec(["test", "-e", D], check=False).returncode != 0
