@@ -77,9 +77,10 @@ def changed(stdout: str) -> list[str]:
 
 def test_plan_prints_what_would_change_and_changes_nothing(pv):
     before = state(pv)
-    res = as_root(pv, "provision", "--plan")
+    res = as_root(pv, "provision", "--plan", "--verbose")
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout
+    assert "| # step packages" in out  # --verbose: the script
     assert f"packages: would change: installed {MISSING}" in out
     assert "deploy-user: would change: user deploy created" in out
     assert "layout: would change" in out and "pip-index: would change" in out

@@ -83,10 +83,10 @@ def provision_host(conn, cfg: Config, keys: list[str], plan: bool, printer: Prin
         raise FabdeployError(f"{host}: provision needs root or passwordless sudo (connected as "
                              f"{facts.get('user', '?')}, `sudo -n true` failed); nothing was changed")
     out = Outcome(host, sysinfo.pretty)
+    script = provision_script(cfg, sysinfo, keys, server_of(conn).role, plan, facts.get("uid") == "0")
+    printer.debug(host, script.display())
     try:
-        res = run_script(conn, provision_script(cfg, sysinfo, keys, server_of(conn).role, plan,
-                                                facts.get("uid") == "0"),
-                         host=host, timeout=cfg.pip.timeout + 600)
+        res = run_script(conn, script, host=host, timeout=cfg.pip.timeout + 600)
     finally:
         out.duration = time.monotonic() - started
     out.results = steps.parse(res.stdout)
