@@ -181,3 +181,19 @@ def test_a_user_without_sudo_is_one_line_and_nothing_changes(make_host, tmp_path
     err = res.stderr.strip().splitlines()
     assert len(err) == 1 and "provision needs root or passwordless sudo (connected as deploy" in err[0], res.stderr
     assert host.exec(["test", "-e", D], check=False).returncode != 0
+
+
+def test_under_systemd_nginx_is_enabled_and_started_with_systemctl(make_host, tmp_path):
+    """A host whose PID 1 is systemd (its /var an overlay of its own): nginx disabled and stopped there first;
+    provision (as the deploy user, sudo) enables and starts it with systemctl; the next run changes nothing."""
+    host = make_host("provd", init="systemd")
+    host.systemctl("disable", "--now", "nginx")
+    proj = make_project(tmp_path)
+    proj.write_config(sample_config(host))
+    res = run_fab(proj.root, "provision")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "nginx: changed: nginx enabled and started" in res.stdout, res.stdout
+    assert host.systemctl("is-enabled", "nginx").stdout.strip() == "enabled"
+    assert host.systemctl("is-active", "nginx").stdout.strip() == "active"
+    res = run_fab(proj.root, "provision")
+    assert res.returncode == 0 and changed(res.stdout) == [], res.stdout + res.stderr
