@@ -13,7 +13,7 @@ from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.roles import server_of
 from fabdeploy.output import Printer
 from fabdeploy.provision import layout, packages, services, steps, system, users
-from fabdeploy.remote.markers import MARK, fact, fail
+from fabdeploy.remote.markers import as_markers, fact, fail, prefix
 from fabdeploy.remote.runner import run_script
 from fabdeploy.remote.script import Phase, Script
 from fabdeploy.remote.shell import q
@@ -33,7 +33,7 @@ def detect_script() -> Script:
     """/etc/os-release (each line marked), the user and whether it is root or may sudo without a password."""
     return Script([Phase("detect", [
         "[ -r /etc/os-release ] || " + fail("cannot read /etc/os-release: unsupported system, nothing was changed"),
-        f"sed 's/^/{MARK} {OSR} /' /etc/os-release",
+        f"{as_markers(OSR)} /etc/os-release",
         fact("user", "$(id -un)"), fact("uid", "$(id -u)"),
         'if [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then root=yes; else root=no; fi',
         fact("root", "$root"),
@@ -76,7 +76,8 @@ class Outcome:
 def provision_host(conn, cfg: Config, keys: list[str], plan: bool, printer: Printer) -> Outcome:
     host, started = host_label(conn), time.monotonic()
     res = run_script(conn, detect_script(), host=host, timeout=60)
-    osr = "\n".join(ln[len(f"{MARK} {OSR} "):] for ln in res.stdout.splitlines() if ln.startswith(f"{MARK} {OSR} "))
+    start = prefix(OSR)
+    osr = "\n".join(ln[len(start):] for ln in res.stdout.splitlines() if ln.startswith(start))
     sysinfo = system.detect(system.parse_os_release(osr), host)
     facts = res.facts
     if facts.get("root") != "yes":

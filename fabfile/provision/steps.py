@@ -1,12 +1,12 @@
 """A provisioning step as data: a check (shell lines; status 0 = already right; they may set $what, the
 change to make) and the apply lines. step_lines() frames one step: it reports `ok`, `would change: <what>`
-(plan) or `changed: <what>` as `@@fabdeploy prov <step> <result>` lines; a failing apply stops the script
+(plan) or `changed: <what>` as marker lines of kind `prov` (`<step> <result>`); a failing apply stops the script
 with one line naming the step and the last line of its output."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fabdeploy.remote.markers import MARK, fail_expanded, line
+from fabdeploy.remote.markers import fail_expanded, line, prefix
 
 KIND = "prov"
 
@@ -42,7 +42,7 @@ def step_lines(step: Step, plan: bool) -> list[str]:
 
 def parse(stdout: str) -> list[tuple[str, str]]:
     """(step, result) of every step line a provisioning script printed, in order."""
-    start = f"{MARK} {KIND} "
+    start = prefix(KIND)
     out = []
     for ln in stdout.splitlines():
         if ln.startswith(start):
