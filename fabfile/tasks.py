@@ -309,6 +309,22 @@ def example_config(c):
     print(starter.example_config(), end="")
 
 
+@task(help={"config": CONFIG_HELP, "plan": "print what would change on each host; change nothing",
+            "verbose": "show the remote scripts", "parallel": PARALLEL_HELP})
+@one_line_errors
+def provision(c, config=None, plan=False, verbose=False, parallel=None):
+    """Make fresh servers ready for deploy (as root or a sudo user): packages, nginx, users, deploy_to."""
+    from fabdeploy.provision import run as _prov
+    from fabdeploy.provision.users import public_keys
+    cfg = _load(config)
+    printer = Printer(verbose=verbose)
+    key = (c.config.get("connect_kwargs") or {}).get("key_filename")
+    keys = public_keys(cfg, key[0] if isinstance(key, (list, tuple)) and key else key or None)
+    outcomes = _prov.provision_all(target_connections(c, cfg), cfg, keys, plan, printer, _parallel(parallel, cfg))
+    printer.info(_prov.summary(outcomes, plan))
+    _exit_if_failed([o.error for o in outcomes if o.error])
+
+
 def _exit_if_failed(errors: list[str]) -> None:
     """One line per failed host on stderr, exit status 1."""
     if errors:
@@ -350,5 +366,5 @@ def _seconds(value, flag: str):
     return number
 
 
-__all__ = ["deploy", "rollback", "secrets", "releases", "status", "logs", "unlock", "manage", "stop", "start", "restart",
+__all__ = ["deploy", "provision", "rollback", "secrets", "releases", "status", "logs", "unlock", "manage", "stop", "start", "restart",
            "reload"]

@@ -50,5 +50,5 @@ def test_fab_list_in_the_checkout_shows_the_tasks():
                          cwd=REPO, timeout=60)
     assert res.returncode == 0, res.stderr
     for task in ("deploy", "rollback", "releases", "status", "logs", "unlock", "manage", "stop", "start", "restart",
-                 "reload"):
+                 "reload", "provision"):
         assert f"  {task} " in res.stdout
