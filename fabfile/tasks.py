@@ -240,9 +240,10 @@ def status(c, json=False, config=None, roles=None, parallel=None):
             "roles": ROLES_HELP, "parallel": PARALLEL_HELP})
 @one_line_errors
 def logs(c, n=20, follow=False, which=None, config=None, roles=None, parallel=None):
-    """Show the app server log, what the process manager writes about the project (supervisor: the program's
-    output; the uWSGI emperor: its lines about the vassal) and this site's nginx access and error logs (-f follows,
-    all hosts merged)."""
+    """Show the app server log, the process manager's lines about it, and this site's nginx logs (-f follows).
+
+    The manager's lines: supervisor's program output file, the uWSGI emperor's lines about this vassal, or the
+    unit's journal under systemd. -f follows every host's logs, merged."""
     cfg = _load(config, "mask")
     errors = show_logs(target_connections(c, cfg, roles), cfg, Printer(), _seconds(n, "-n"), follow, which,
                        _parallel(parallel, cfg))
