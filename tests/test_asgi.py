@@ -263,7 +263,7 @@ def test_behind_balancers_the_readiness_wait_asks_for_no_socket_file():
     """An app host of a balanced fleet listens on address:port: a start that waited for the unix socket
     file would time out with the server up (tests/test_lb_websocket_e2e.py deploys one)."""
     for cls in (Uvicorn, Daphne, Hypercorn):
-        sock = f"[ -S /srv/shop/shared/run/{cls.name}.sock ]"
+        sock = f"test -S /srv/shop/shared/run/{cls.name}.sock"
         alone = "\n".join(cls().reload_lines(asgi_cfg(cls.name), "R", "V", "r"))
         assert sock in alone
         behind = "\n".join(cls().reload_lines(asgi_cfg(cls.name, roles=True), "R", "V", "r"))
