@@ -99,7 +99,7 @@ def test_the_emperor_is_written_before_the_vassal_and_the_vassal_before_the_relo
 def test_stop_takes_the_vassal_out_even_when_the_master_is_down():
     cfg = make_cfg(app={"manager": "emperor"})
     stop = control.stop(cfg).lines
-    out = "sudo -n rm -f /etc/uwsgi/vassals/shop.ini"
+    out = "sudo -n /usr/bin/rm -f /etc/uwsgi/vassals/shop.ini"
     i = stop.index('if [ -z "$pid" ]; then')
     j = stop.index("else", i)
     assert "  " + out in stop[i:j]  # a crashed vassal the emperor would start again
@@ -119,7 +119,7 @@ def test_switching_to_and_from_the_emperor():
     i = b.index("  emperor)")
     branch = b[i:b.index("    ;;", i)]
     # stopped (the vassal out, running or not), then removed
-    assert text(branch).count("sudo -n rm -f /etc/uwsgi/vassals/shop.ini") == 3
+    assert text(branch).count("sudo -n /usr/bin/rm -f /etc/uwsgi/vassals/shop.ini") == 3
     # a host that leaves the emperor for gunicorn under supervisor: the emperor's branch stops uWSGI (the only
     # server it runs), not gunicorn
     g = make_cfg(app={"server": "gunicorn", "manager": "supervisor"})

@@ -15,6 +15,7 @@ the live table removed (remove_lines).
 """
 from __future__ import annotations
 
+from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail, fail_expanded, note, warn
 from fabdeploy.remote.shell import q
 
@@ -101,12 +102,19 @@ def enable_lines() -> list[str]:
     ]
 
 
+def remove_commands(table: str) -> dict[str, str]:
+    """The root commands of remove_lines (every config may run them: the drop-in lists them)."""
+    return {"rm": root.rm(table_file(table)), "list": root.root("nft", "list", "table", "inet", table),
+            "delete": root.root("nft", "delete", "table", "inet", table)}
+
+
 def remove_lines(table: str) -> list[str]:
     """Where the firewall is no longer used: the saved table's file removed, and the live table with it
     (nothing done, and nothing asked of sudo, when there is no such file)."""
     d = q(table_file(table))
+    c = remove_commands(table)
     return [f"if [ -e {d} ]; then",
-            f"  sudo -n rm -f {d}",
-            f"  if sudo -n nft list table inet {table} >/dev/null 2>&1; then sudo -n nft delete table inet {table}; fi",
+            f"  {c['rm']}",
+            f"  if {c['list']} >/dev/null 2>&1; then {c['delete']}; fi",
             "  " + note(f"firewall no longer used here: {table_file(table)} removed, table inet {table} deleted"),
             "fi"]

@@ -30,6 +30,7 @@ from fabdeploy.appserver.base import app_user
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.manager.base import MANAGED, Manager
+from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail, fail_expanded, note
 from fabdeploy.remote.shell import ALIVE_FN, q, write_file
 
@@ -191,7 +192,7 @@ class Emperor(Manager):
             # a vassal of another user (deployed before the app user, or since it changed): taken out until its
             # master is gone, so that the emperor starts it again as the new owner (a reload would keep the uid)
             f'if [ -e {q(path)} ] && [ "$(stat -c %U:%G {q(path)})" != "$me" ]; then',
-            f"  sudo -n rm -f {q(path)}; i=0",
+            f"  {root.rm(path)}; i=0",
             f"  while alive {q(app.paths(lay).pidfile)} {q(app.process)} >/dev/null && "
             f"[ $i -lt {app.reload_timeout(cfg) * 10} ]; do sleep 0.1; i=$((i + 1)); done",
             "  " + note("uWSGI emperor: the vassal of another user "
@@ -219,7 +220,7 @@ class Emperor(Manager):
                 f'touch -c -d "@$t" {v} 2>/dev/null || sudo -n touch -c -d "@$t" {v}']
 
     def stop_lines(self, cfg: Config, app) -> list[str]:
-        return [f"sudo -n rm -f {q(self.definition_path(cfg))}"]
+        return [root.rm(self.definition_path(cfg))]
 
     def stopped_lines(self, cfg: Config, app) -> list[str]:
         return self.stop_lines(cfg, app)  # (a crashed vassal the emperor is about to start again)
