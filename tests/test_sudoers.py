@@ -132,3 +132,16 @@ def test_fab_sudoers_prints_the_drop_in_for_the_ssh_user_of_the_config(tmp_path)
     assert "ops ALL=(root) NOPASSWD: FABDEPLOY_SHOP\nops ALL=(shop) NOPASSWD: ALL\n" in res.stdout
     res = subprocess.run([fab, "sudoers", "--user", "Bad!"], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 1 and res.stderr == "fabdeploy: sudoers: --user 'Bad!' is not a user or group name\n"
+
+
+def test_the_readme_shows_the_drop_in_fab_sudoers_prints_and_it_is_visudo_clean(tmp_path):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Limiting the deploy user's sudo", 1)[1]
+    block = re.search(r"```\n(# fabdeploy: .*?)```", section, re.S).group(1)
+    cfg = make_cfg("/srv/shop", project={"name": "shop", "hosts": ["deploy@shop.example.com"]},
+                   app={"user": "shop"}, nginx={"layout": "sites"})
+    assert block == sudoers.drop_in(cfg, sudoers.default_user(cfg))
+    (tmp_path / "x").write_text(block)
+    res = subprocess.run([shutil.which("visudo") or "/usr/sbin/visudo", "-c", "-f", str(tmp_path / "x")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -100,13 +100,15 @@ class AppServer:
         gone = f'{{ [ ! -d "/proc/${var}" ] || grep -qs "^State:[[:space:]]*Z" "/proc/${var}/status"; }}'
         return [
             f'if [ -n "${var}" ] && [ "$(stat -c %U "/proc/${var}" 2>/dev/null)" != {user} ]; then',
-            f'  was=$(stat -c %U "/proc/${var}" 2>/dev/null); {KILL} -{self.stop_signal} "${var}" 2>/dev/null || true',
+            # (the deploy user's own master: a plain kill; another user's: root's, where sudo allows it)
+            f'  was=$(stat -c %U "/proc/${var}" 2>/dev/null); kill -{self.stop_signal} "${var}" 2>/dev/null || '
+            f'{KILL} -{self.stop_signal} "${var}" 2>/dev/null || true',
             f"  i=0; while ! {gone} && [ $i -lt {self.reload_timeout(cfg) * 10} ]; do sleep 0.1; i=$((i + 1)); done",
-            f'  {gone} || {KILL} -KILL "${var}" 2>/dev/null || true',
-            f"  {gone} || " + fail_expanded(f"{self.title} (master ${var}) runs as $was, not as the app user "
-                                            f"{app_user(cfg)}, and sudo may not stop it (the drop-in of fab "
-                                            "sudoers does not allow kill): stop it once by hand"),
+            f'  {gone} || kill -KILL "${var}" 2>/dev/null || {KILL} -KILL "${var}" 2>/dev/null || true',
             f"  i=0; while ! {gone} && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done",
+            f"  {gone} || " + fail_expanded(f"{self.title} (master ${var}) runs as $was, not as the app user "
+                                            f"{app_user(cfg)}, and sudo may not stop it (fab sudoers does not "
+                                            "list kill): stop it once by hand"),
             f"  {AS_APP} rm -f {q(p.pidfile)} {q(p.socket)} 2>/dev/null || rm -f {q(p.pidfile)} {q(p.socket)} || true",
             "  " + note(f"{self.name} (master ${var}) ran as $was: stopped, to start again as the app user "
                         f"{app_user(cfg)}"),
@@ -224,11 +226,13 @@ class AppServer:
             *["  " + ln for ln in mgr.stop_lines(cfg, self)],
             # (a daemonized master of another user, from before the app user: not the app user's to signal)
             *([f'  [ "$(stat -c %U "/proc/$pid" 2>/dev/null)" = {q(app_user(cfg))} ] || '
-               f'{KILL} -{self.stop_signal} "$pid" 2>/dev/null || true'] if mgr.daemon else []),
+               f'kill -{self.stop_signal} "$pid" 2>/dev/null || {KILL} -{self.stop_signal} "$pid" 2>/dev/null || true']
+              if mgr.daemon else []),
             "  i=0; how=",
             f'  while up $pid $kids && [ $i -lt {timeout * 10} ]; do sleep 0.1; i=$((i + 1)); done',
             "  if up $pid $kids; then",
-            f"    {AS_APP} kill -KILL $pid $kids 2>/dev/null || {KILL} -KILL $pid $kids 2>/dev/null || true",
+            f"    {AS_APP} kill -KILL $pid $kids 2>/dev/null || kill -KILL $pid $kids 2>/dev/null || "
+            f"{KILL} -KILL $pid $kids 2>/dev/null || true",
             "    i=0; while up $pid $kids && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done",
             "    up $pid $kids && " + fail_expanded(f"{self.title} (master $pid) is still running, even after SIGKILL"),
             f'    how=", killed after {timeout}s"',
