@@ -706,11 +706,15 @@ def test_firewall_rules_load_into_real_nftables(tmp_path):
 def test_firewall_modes():
     cfg = lb_cfg()
     app = roles.servers(cfg)[0]
-    # checked (nft -c) in the config phase, applied at the switch
-    assert "sudo -n nft -c -f /srv/shop/tmp/R/firewall.nft" in "\n".join(firewall.firewall(cfg, app, "/srv/shop/tmp/R"))
-    assert "sudo -n nft -f /srv/shop/tmp/R/firewall.nft" in "\n".join(firewall.firewall_apply(cfg, app, "/srv/shop/tmp/R"))
+    # checked (nft -c) in the config phase, applied at the switch (the release's rules copied to the one fixed
+    # path root's nft reads: a sudoers drop-in lists it)
+    staged = "/srv/shop/shared/config/firewall.nft"
+    config = "\n".join(firewall.firewall(cfg, app, "/srv/shop/tmp/R"))
+    assert f"cp /srv/shop/tmp/R/firewall.nft {staged}" in config and f"sudo -n /usr/sbin/nft -c -f {staged}" in config
+    switch = "\n".join(firewall.firewall_apply(cfg, app, "/srv/shop/tmp/R"))
+    assert f"cp /srv/shop/tmp/R/firewall.nft {staged}" in switch and f"sudo -n /usr/sbin/nft -f {staged}" in switch
     rel = model.Release("R", "a" * 40, "main", "git", "", "")
-    assert "nft -f /srv/shop/tmp/R/firewall.nft" in "\n".join(activate.switch(cfg, rel, app).lines)
+    assert f"nft -f {staged}" in "\n".join(activate.switch(cfg, rel, app).lines)
     assert "nft" not in "\n".join(activate.switch(cfg, rel, roles.servers(cfg)[-1]).lines)
     assert "warn uWSGI port 8001 is open" in "\n".join(firewall.firewall(cfg, app, "/T"))
     strict = lb_cfg(balancer={"firewall": "nftables"})

@@ -38,6 +38,10 @@ CONFIGS = {
     "supervisor": lambda: make_cfg(app={"user": "shop", "manager": "supervisor", "server": "gunicorn"}),
     "systemd": lambda: make_cfg(app={"user": "shop", "manager": "systemd"}),
     "balanced": lambda: lb_cfg(app=("deploy@10.0.0.1",), balancer={"firewall": "off"}),
+    "firewalled": lambda: make_cfg(roles={"app": ["deploy@10.0.0.1"], "lb": ["deploy@10.0.0.9"]},
+                                   app={"user": "shop"}),
+    "firewalled-by-name": lambda: make_cfg(roles={"app": ["deploy@10.0.0.1"], "lb": ["deploy@lb.example.com"]},
+                                           app={"user": "shop"}, balancer={"firewall": "nftables"}),
 }
 
 _WORD = r'(?:"[^"]*"|[^\s;&|<>()"])+'  # (a double-quoted part is one piece: "$(id -un):")
@@ -88,6 +92,8 @@ def test_every_root_command_of_every_script_is_in_the_drop_in(name):
             assert argv in allowed, f"{call!r} is not in the drop-in of {name}"
             seen.add(argv)
     assert (root.BINARIES["nginx"], "-s", "reload") in seen  # (the scripts were really searched)
+    if name.startswith("firewalled"):
+        assert (root.BINARIES["nft"], "-f", "/srv/shop/shared/config/firewall.nft") in seen
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -16,7 +16,7 @@ from fabdeploy.config import Config
 from fabdeploy.errors import ConfigError
 from fabdeploy.remote import root
 
-# (managers and firewalls whose root commands are not built by remote/root.py yet: the drop-in cannot list them)
+# (managers whose root commands are not built by remote/root.py yet: the drop-in cannot list them)
 UNCOVERED_MANAGERS = ("emperor",)
 
 
@@ -25,7 +25,9 @@ def root_commands(cfg: Config, user: str, nginx_group: str = "www-data") -> list
     run-time words (root.RUNTIME) replaced by the deploy user, nginx's group and the app user's group (named
     after it: useradd --user-group)."""
     from fabdeploy.front import firewall_persist, nginx
+    from fabdeploy.front import firewall
     from fabdeploy.front.firewall import firewall_rules
+    from fabdeploy.hosts.roles import balanced
     from fabdeploy.manager import boot_cron
     from fabdeploy.steps import app_user as app_user_step, setup
     lines = [*setup.root_lines(cfg), *app_user_step.root_lines(cfg), *nginx.root_lines(cfg),
@@ -36,6 +38,8 @@ def root_commands(cfg: Config, user: str, nginx_group: str = "www-data") -> list
         if other is not current:
             lines += other.switch_root_lines(cfg)
     lines += boot_cron.root_lines(cfg)  # (the pidfile manager's boot file, or its removal)
+    if cfg.balancer.firewall != "off" and balanced(cfg):  # (an app host behind balancers)
+        lines += firewall.root_lines(cfg)
     subst = {"$(id -un)": user, "$nginx_group": nginx_group, "$appg": app_user(cfg)}
     return list(dict.fromkeys(root.argv(ln, subst) for ln in lines))
 
@@ -45,9 +49,6 @@ def uncovered(cfg: Config) -> list[str]:
     out = []
     if cfg.app.manager in UNCOVERED_MANAGERS:
         out.append(f"app.manager = {cfg.app.manager!r}")
-    from fabdeploy.hosts.roles import balanced
-    if cfg.balancer.firewall != "off" and balanced(cfg):
-        out.append(f"balancer.firewall = {cfg.balancer.firewall!r} (when this host is a balanced app host)")
     return out
 
 

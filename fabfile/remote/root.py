@@ -36,6 +36,7 @@ BINARIES = {
     "rm": "/usr/bin/rm",
     "ln": "/usr/bin/ln",
     "mv": "/usr/bin/mv",
+    "cp": "/usr/bin/cp",
     "tail": "/usr/bin/tail",
     "service": "/usr/sbin/service",
     "supervisord": "/usr/bin/supervisord",
