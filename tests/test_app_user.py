@@ -99,7 +99,7 @@ def test_managers_name_the_app_user():
         cfg = make_cfg(app={"manager": mgr, "user": "shop"})
         assert line in manager.of(cfg).definition(cfg, appserver.of(cfg)).splitlines()
     cfg = make_cfg(app={"manager": "emperor", "user": "shop"})
-    assert 'me="shop:$(id -gn shop)"' in "\n".join(manager.of(cfg).install_lines(cfg, appserver.of(cfg)))
+    assert 'appg=$(id -gn shop); me="shop:$appg"' in "\n".join(manager.of(cfg).install_lines(cfg, appserver.of(cfg)))
 
 
 def test_setup_creates_the_user_and_converts_the_layout_only_for_a_user_of_its_own():

@@ -48,7 +48,8 @@ def uncovered(cfg: Config) -> list[str]:
     """What this config uses whose root commands a drop-in cannot list yet (one phrase each)."""
     out = []
     if cfg.app.manager in UNCOVERED_MANAGERS:
-        out.append(f"app.manager = {cfg.app.manager!r}")
+        out.append(f"app.manager = {cfg.app.manager!r}: the host-wide emperor (its uWSGI copy, unit, vassal "
+                   "directory, start); provision it once (a deploy with full sudo), the vassal is listed")
     return out
 
 
