@@ -180,7 +180,6 @@ class Emperor(Manager):
         while it is written; it ignores names not ending in .ini)."""
         lay = Layout(cfg.paths.deploy_to)
         path = self.definition_path(cfg)
-        tmp = f"{VASSALS}/.{cfg.project.name}.ini.tmp"
         staged = f"{lay.config}/emperor.definition"
         return [
             *binary_lines(app.venv_link(lay) + "/bin/uwsgi"),
