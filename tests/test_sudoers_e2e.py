@@ -2,7 +2,8 @@
 (tests/hostlab.py SUDOERS_FILE, `deploy ALL=(ALL) NOPASSWD: ALL`, in the host's private /etc) is replaced by
 that drop-in, with sudo logging to the host's private /var/log; then a first deploy, a redeploy, rollback,
 stop (and --nginx), start (and --nginx), restart, reload, status and logs all succeed, the site answers, and
-sudo's log has no refusal ("command not allowed", or with -n "a password is required"). The same for a second project under supervisor on the same host.
+sudo's log has no refusal ("command not allowed", or with -n "a password is required"). The same for a second project under supervisor on the same host, and for a balanced app host (its
+nftables firewall applied and saved) and its balancer, both limited to the drop-in.
 The tests run in order and build on each other."""
 from __future__ import annotations
 
@@ -113,3 +114,29 @@ def test_a_second_project_under_supervisor_with_its_own_drop_in(lim, tmp_path_fa
     assert lim.host.http("/", host_header="other.test")[0] == 200
     assert lim.host.http("/", host_header=lim.host.address)[0] == 200  # (the first project still serves)
     assert denials(lim.host) == []
+
+
+def test_a_balanced_app_host_and_its_balancer_with_the_drop_in_firewall_included(make_host, tmp_path_factory,
+                                                                                  wheel_cache):
+    app, lb = make_host("sudo-app"), make_host("sudo-lb")
+    proj = make_project(tmp_path_factory.mktemp("sudoers-fleet"))
+    base = sample_config(lb).replace(f'hosts = ["{lb.ssh_target()}"]\n', "")
+    proj.write_config(base + f'[roles]\napp = ["{app.ssh_target()}"]\n'
+                      f'lb = [{{host = "{lb.ssh_target()}", address = "{lb.address}"}}]\n')
+    fleet = SimpleNamespace(host=app, cache=wheel_cache)
+    out = fab(fleet, "sudoers", proj=proj).stdout
+    assert "/usr/sbin/nft -f /srv/sample/shared/config/firewall.nft" in out, out
+    for host in (app, lb):
+        install_drop_in(host, "sample", out)
+        install_drop_in(host, "zz-log", LOGGING)
+        host.path(str(hostlab.SUDOERS_FILE)).unlink()
+    fab(fleet, "deploy", proj=proj)
+    assert lb.http("/", host_header=lb.address)[0] == 200
+    assert "dport 8001" in app.exec("nft list table inet fabdeploy_sample").stdout  # the firewall is live
+    assert app.path("/etc/nftables.d/fabdeploy_sample.nft").exists()  # and saved for the boot
+    proj.commit("B", {"README.md": "second\n"})
+    fab(fleet, "deploy", proj=proj)
+    fab(fleet, "rollback", proj=proj)
+    fab(fleet, "status", proj=proj)
+    assert lb.http("/", host_header=lb.address)[0] == 200
+    assert denials(app) == [] and denials(lb) == []
