@@ -1,10 +1,10 @@
-"""The deploy user limited to the drop-in `fab sudoers` prints (real fab, one real lab host): the lab's grant
+"""The deploy user limited to the drop-in `fab sudoers` prints (real fab, real lab hosts): the lab's grant
 (tests/hostlab.py SUDOERS_FILE, `deploy ALL=(ALL) NOPASSWD: ALL`, in the host's private /etc) is replaced by
 that drop-in, with sudo logging to the host's private /var/log; then a first deploy, a redeploy, rollback,
 stop (and --nginx), start (and --nginx), restart, reload, status and logs all succeed, the site answers, and
-sudo's log has no refusal ("command not allowed", or with -n "a password is required"). The same for a second project under supervisor on the same host, and for a balanced app host (its
-nftables firewall applied and saved) and its balancer, both limited to the drop-in.
-The tests run in order and build on each other."""
+sudo's log has no refusal ("command not allowed", or with -n "a password is required"). The same for a
+second project under supervisor on the same host, and for a balanced app host (its nftables firewall
+applied and saved) and its balancer. The tests of the first host run in order and build on each other."""
 from __future__ import annotations
 
 import re
