@@ -31,13 +31,15 @@ def switch_lines(cfg, app) -> list[str]:
     from fabdeploy.appserver import SERVERS
     from fabdeploy.hosts.layout import Layout
     from fabdeploy.remote.markers import note
-    from fabdeploy.remote.shell import ALIVE_FN, q
+    from fabdeploy.appserver.base import app_user
+    from fabdeploy.remote.shell import ALIVE_FN, as_app_lines, q
     lay = Layout(cfg.paths.deploy_to)
     record = q(lay.config + "/manager")
     new = of(cfg)
     running = " || ".join(f"alive {q(s.paths(lay).pidfile)} {q(s.process)} >/dev/null"
                           for s in dict.fromkeys(SERVERS.values()))
-    lines = [ALIVE_FN,
+    # (shared/run is the app user's: only it sees the old pidfile and socket there)
+    lines = [*as_app_lines(app_user(cfg)), ALIVE_FN,
              f"was=$(cat {record} 2>/dev/null || true)",
              # nothing recorded: a master running now was started without a manager; none running: a first start
              'if [ -z "$was" ]; then',
@@ -53,7 +55,7 @@ def switch_lines(cfg, app) -> list[str]:
             if old.refuse(server):  # (one that refuses this app server never ran it)
                 continue
             p = server.paths(lay)
-            lines += [f"    if [ -e {q(p.pidfile)} ] || [ -e {q(p.socket)} ]; then",
+            lines += [f"    if $ASAPP test -e {q(p.pidfile)} || $ASAPP test -e {q(p.socket)}; then",
                       *["      " + ln for ln in server.stop_lines(cfg, old)],
                       "    fi"]
         lines += [*["    " + ln for ln in old.remove_lines(cfg, app)], "    ;;"]
