@@ -15,9 +15,11 @@ from fabdeploy.errors import ConfigError, FabdeployError
 from fabdeploy.hosts.connect import host_label, make_connection, open_connection, prepare
 from fabdeploy.hosts.fleet import on_each_host, signals_as_interrupt
 from fabdeploy.hosts.roles import attach, balanced, parse_roles, select
+from fabdeploy.local import secrets as _secrets
 from fabdeploy.ops import control as _control
 from fabdeploy.ops import manage as _manage
 from fabdeploy.ops import report, starter
+from fabdeploy.ops import secrets as _secrets_task
 from fabdeploy.ops.deploy import deploy_all
 from fabdeploy.ops.logs import show_logs
 from fabdeploy.ops.plan import plan_all
@@ -53,10 +55,17 @@ def one_line_errors(fn):
     return wrapper
 
 
-def _load(config: str | None) -> Config:
-    """load_config, and its secrets masked in everything this run prints (see output.masked)."""
+def _load(config: str | None, secrets: str = "") -> Config:
+    """load_config, and its secrets masked in everything this run prints (see output.masked). secrets=
+    "strict" resolves [secrets] before any SSH (one that cannot be had ends the task: deploy, fab secrets);
+    "mask" resolves what it can, only to mask the values (a failure is a warning); "" not at all."""
     cfg = load_config(config)
+    warnings = list(cfg.warnings) if secrets == "strict" else []
+    if secrets:
+        warnings += _secrets.apply(cfg, strict=secrets == "strict").warnings
     add_secrets(cfg.secret_values())
+    for w in warnings:
+        Printer().warn(w)
     return cfg
 
 
@@ -91,7 +100,7 @@ def _target(conn: Connection) -> str:
 def deploy(c, config=None, verbose=False, wait=None, plan=False, force=False, roles=None, parallel=None,
            rolling=None, adopt_secret_key=None):
     """Deploy the project: upload, virtualenv, migrate, collectstatic, switch, reload uWSGI and nginx."""
-    cfg = _load(config)
+    cfg = _load(config, "strict")
     printer = Printer(verbose=verbose)
     conns = target_connections(c, cfg, roles)
     if plan or c.config.run.dry:
@@ -132,7 +141,7 @@ def summary_table(outcomes) -> str:
 @one_line_errors
 def rollback(c, to=None, strict=False, config=None, wait=None, verbose=False, parallel=None):
     """Switch back to the previous good release (or --to ID), reload gracefully, mark the abandoned one bad."""
-    cfg = _load(config)
+    cfg = _load(config, "mask")
     printer = Printer(verbose=verbose)
     outcomes = rollback_all(target_connections(c, cfg, "app"), cfg, printer, to, strict,
                             wait=_seconds(wait, "--wait"), parallel=_parallel(parallel, cfg))
@@ -150,7 +159,7 @@ CONTROL_HELP = {"config": CONFIG_HELP, "wait": "seconds to wait for another run'
 def _run_control(c, action: str, config, wait, verbose, parallel, nginx=False) -> None:
     """One of stop/start/restart/reload on every app host: phase lines, a table for several hosts, exit 1
     naming each failed host."""
-    cfg = _load(config)
+    cfg = _load(config, "mask")
     printer = Printer(verbose=verbose)
     outcomes = _control.control_all(target_connections(c, cfg, "app"), cfg, printer, action, bool(nginx),
                                     wait=_seconds(wait, "--wait"), parallel=_parallel(parallel, cfg))
@@ -188,6 +197,20 @@ def reload(c, config=None, wait=None, verbose=False, parallel=None):
     _run_control(c, "reload", config, wait, verbose, parallel)
 
 
+@task(help={"config": CONFIG_HELP, "prune": "remove the names no longer configured from the hosts' env file, "
+                                           "then reload the app gracefully",
+            "wait": "seconds to wait for another run's deploy lock (--prune)", "parallel": PARALLEL_HELP})
+@one_line_errors
+def secrets(c, prune=False, config=None, wait=None, parallel=None):
+    """Per app host: the names of the app's environment and whether each matches [secrets] / [django] env
+    (compared by keyed hashes: no value is sent or shown). Exits 1 naming each host out of step."""
+    cfg = _load(config, "strict")
+    printer = Printer()
+    outcomes = _secrets_task.secrets_all(target_connections(c, cfg, "app"), cfg, printer, bool(prune),
+                                         _seconds(wait, "--wait"), _parallel(parallel, cfg))
+    _exit_if_failed(_secrets_task.report(outcomes, printer))
+
+
 @task(help={"config": CONFIG_HELP, "json": "print JSON (one object per host) for scripts",
             "parallel": PARALLEL_HELP})
 @one_line_errors
@@ -206,19 +229,22 @@ def releases(c, json=False, config=None, parallel=None):
 def status(c, json=False, config=None, roles=None, parallel=None):
     """Per host: current release, uWSGI master and workers, nginx, the health check, disk free; flags drift.
     Exits 1 naming each unhealthy host and why."""
-    cfg = _load(config)
+    cfg = _load(config, "mask")
     reports = report.status(target_connections(c, cfg, roles), cfg, _parallel(parallel, cfg))
     print(masked(_json.dumps(reports, indent=2) if json else report.format_status(reports)))
     _exit_if_failed([f"{r['host']}: unhealthy: {report.unhealthy(r)}" for r in reports if report.unhealthy(r)])
 
 
 @task(help={"config": CONFIG_HELP, "n": "lines to show from each log (default 20)",
-            "follow": "keep streaming new lines until Ctrl-C", "which": "app, access, error (comma separated)",
+            "follow": "keep streaming new lines until Ctrl-C", "which": "app, manager, access, error (comma separated)",
             "roles": ROLES_HELP, "parallel": PARALLEL_HELP})
 @one_line_errors
 def logs(c, n=20, follow=False, which=None, config=None, roles=None, parallel=None):
-    """Show the app server log and this site's nginx access and error logs (-f follows, all hosts merged)."""
-    cfg = _load(config)
+    """Show the app server log, the process manager's lines about it, and this site's nginx logs (-f follows).
+
+    The manager's lines: supervisor's program output file, the uWSGI emperor's lines about this vassal, or the
+    unit's journal under systemd. -f follows every host's logs, merged."""
+    cfg = _load(config, "mask")
     errors = show_logs(target_connections(c, cfg, roles), cfg, Printer(), _seconds(n, "-n"), follow, which,
                        _parallel(parallel, cfg))
     _exit_if_failed(errors)
@@ -294,6 +320,22 @@ def example_config(c):
     print(starter.example_config(), end="")
 
 
+@task(help={"config": CONFIG_HELP, "plan": "print what would change on each host; change nothing",
+            "verbose": "show the remote scripts", "parallel": PARALLEL_HELP})
+@one_line_errors
+def provision(c, config=None, plan=False, verbose=False, parallel=None):
+    """Make fresh servers ready for deploy (as root or a sudo user): packages, nginx, users, deploy_to."""
+    from fabdeploy.provision import run as _prov
+    from fabdeploy.provision.users import public_keys
+    cfg = _load(config)
+    printer = Printer(verbose=verbose)
+    key = (c.config.get("connect_kwargs") or {}).get("key_filename")
+    keys = public_keys(cfg, key[0] if isinstance(key, (list, tuple)) and key else key or None)
+    outcomes = _prov.provision_all(target_connections(c, cfg), cfg, keys, plan, printer, _parallel(parallel, cfg))
+    printer.info(_prov.summary(outcomes, plan))
+    _exit_if_failed([o.error for o in outcomes if o.error])
+
+
 def _exit_if_failed(errors: list[str]) -> None:
     """One line per failed host on stderr, exit status 1."""
     if errors:
@@ -335,5 +377,5 @@ def _seconds(value, flag: str):
     return number
 
 
-__all__ = ["deploy", "rollback", "releases", "status", "logs", "unlock", "manage", "stop", "start", "restart",
-           "reload", "sudoers"]
+__all__ = ["deploy", "provision", "rollback", "secrets", "releases", "status", "logs", "unlock", "manage", "stop", "start",
+           "restart", "reload", "sudoers"]

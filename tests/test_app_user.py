@@ -175,3 +175,57 @@ def test_stop_signals_a_master_of_another_user_with_sudo():
     assert "|| kill -KILL $pid $kids 2>/dev/null || sudo -n kill -KILL $pid $kids" in text
     sup = make_cfg(app={"user": "shop", "manager": "supervisor"})
     assert "sudo -n kill -INT" not in "\n".join(appserver.of(sup).stop_lines(sup))
+
+
+def test_a_server_or_manager_switch_looks_at_shared_run_as_the_app_user():
+    """shared/run is app:www-data 2750: the SSH user cannot see its pidfiles and sockets, so the lines that
+    find another app server (or one the old manager ran) to stop test and remove them as the app user."""
+    cfg = make_cfg(app={"server": "uvicorn", "asgi": "shop.asgi:application", "user": "shop"})
+    app = appserver.of(cfg)
+    for lines in (appserver.retire_lines(cfg), manager.switch_lines(cfg, app)):
+        assert lines[0] == as_app_lines("shop")[0]
+        assert "[ -e /srv/shop/shared/run" not in "\n".join(lines)
+    assert ("${ASAPP-} test -e /srv/shop/shared/run/uwsgi.pid || ${ASAPP-} test -e "
+            "/srv/shop/shared/run/uwsgi.sock; then") in "\n".join(manager.switch_lines(cfg, app))
+    retire = appserver.retire_lines(cfg)
+    assert retire[1].startswith('present=" $(${ASAPP-} sh -c ') and "/srv/shop/shared/run/uwsgi.sock" in retire[1]
+    assert "  ${ASAPP-} rm -f /srv/shop/shared/run/gunicorn.pid /srv/shop/shared/run/gunicorn.pid.2 " \
+           "/srv/shop/shared/run/gunicorn.sock;;" in retire
+
+
+def test_retiring_stops_and_clears_only_the_servers_whose_files_are_there(tmp_path):
+    """The retire lines, run by the shell (here the app user is the current user: $ASAPP empty): one listing
+    of shared/run finds the files; each server that has one is stopped (none runs: "already stopped") and its
+    files removed; the others are left alone; the chosen server's own files are never touched."""
+    cfg = make_cfg(deploy_to=str(tmp_path), app={"server": "uvicorn", "asgi": "shop.asgi:application"})
+    run = tmp_path / "shared/run"
+    run.mkdir(parents=True)
+    for name in ("uwsgi.sock", "gunicorn.pid", "gunicorn.pid.2", "uvicorn.pid", "uvicorn.sock"):
+        (run / name).write_text("")
+    res = sh("\n".join(appserver.retire_lines(cfg)))
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["uvicorn.pid", "uvicorn.sock"]
+    assert "uwsgi already stopped" in res.stdout and "gunicorn already stopped" in res.stdout
+    assert "daphne" not in res.stdout and "hypercorn" not in res.stdout
+
+
+def test_reload_lines_define_each_helper_once_and_stay_valid_shell():
+    """The helpers every stop block repeats ($ASAPP, alive, children) are kept once after their first top-level
+    definition: the reload lines shrink (a deploy's publish script reloads twice and must stay under 128 KiB)
+    and stay valid shell for every manager and server."""
+    from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN
+    from fabdeploy.steps.activate import reload
+    for mgr in ("pidfile", "emperor", "supervisor", "systemd"):
+        for server in ("uwsgi", "gunicorn", "uvicorn"):
+            if mgr in ("supervisor", "systemd", "emperor") and server == "uvicorn":
+                continue
+            if mgr == "emperor" and server != "uwsgi":
+                continue
+            cfg = make_cfg(app={"server": server, "manager": mgr, "user": "shop", "asgi": "a.asgi:app"}
+                           if server != "uwsgi" else {"manager": mgr, "user": "shop"})
+            lines = reload(cfg, "'/r'", "'/v'", "X")
+            top = [ln for ln in lines if ln in (ALIVE_FN, CHILDREN_FN, as_app_lines("shop")[0])]
+            assert len(top) == len(set(top)) and lines[0] == as_app_lines("shop")[0], (mgr, server)
+            assert sum(ln.strip() == ALIVE_FN for ln in lines) == 1, (mgr, server)
+            res = sh("set -n\n" + "\n".join(lines))
+            assert res.returncode == 0, (mgr, server, res.stderr)

@@ -3,8 +3,11 @@ app servers (their config module, command lines, start and reload lines), the li
 app server of a host, and the nginx site's WebSocket upgrade. The end-to-end proof is tests/test_asgi_e2e.py."""
 from __future__ import annotations
 
+import getpass
+import os
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -18,6 +21,7 @@ from fabdeploy.errors import ConfigError
 from fabdeploy.front import nginx
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import servers
+from fabdeploy.remote.shell import as_app_lines
 from fabdeploy.steps.venv import venv_install_args
 from test_phases import make_cfg, make_rel
 
@@ -25,7 +29,7 @@ ASGI = "shop.asgi:application"
 
 
 def asgi_cfg(server: str, deploy_to="/srv/shop", roles: bool = False, **sections):
-    app = {"server": server, "asgi": ASGI}
+    app = {"server": server, "asgi": ASGI, **sections.pop("app", {})}
     if roles:
         sections["roles"] = {"app": [{"host": "deploy@10.0.0.1"}], "lb": ["deploy@10.0.0.9"]}
     return make_cfg(deploy_to, app=app, **sections)
@@ -111,8 +115,8 @@ def test_foreground_argv_is_the_server_alone_and_the_daemon_bits_are_separate():
         fg = " ".join(cls().foreground_argv(cfg, '"$V"'))
         assert "setsid" not in fg and ".pid" not in fg and "nohup" not in fg
         daemon = " ".join(cls().daemon_lines(cfg))
-        assert "setsid nohup sh -c" in daemon and f"/srv/shop/shared/run/{cls.name}.pid" in daemon
-        assert "umask 117" in daemon and f">> /srv/shop/shared/log/{cls.name}.log 2>&1" in daemon
+        assert "setsid nohup ${ASAPP-} sh -c" in daemon and f"/srv/shop/shared/run/{cls.name}.pid" in daemon
+        assert "umask 117" in daemon and f"' /srv/shop/shared/run/{cls.name}.pid /srv/shop/shared/log/{cls.name}.log" in daemon
 
 
 def test_the_run_line_comes_back_word_for_word_through_the_shell(tmp_path):
@@ -139,7 +143,7 @@ def test_reload_is_the_servers_signal_when_the_command_line_is_the_same_else_a_s
         assert same < hup < start and "how=restarted" in text
         # ready: every worker named like the server runs the release, none of the old ones, the socket there
         assert f"grep -qsx {cls.name} " in text
-        assert """[ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = '/srv/shop/releases/X' ]""" in text
+        assert """[ "$(${ASAPP-} readlink "/proc/$c/cwd" 2>/dev/null)" = '/srv/shop/releases/X' ]""" in text
         assert f"-S /srv/shop/shared/run/{cls.name}.sock" in text
         assert f"chmod 660 /srv/shop/shared/run/{cls.name}.sock" in text
     daphne = "\n".join(Daphne().reload_lines(asgi_cfg("daphne"), "'/r'", "'/v'", "X"))
@@ -150,13 +154,86 @@ def test_reload_is_the_servers_signal_when_the_command_line_is_the_same_else_a_s
     assert "[ $i -lt 120 ]" in stop and "killed after 12s" in stop
 
 
+def test_every_asgi_server_runs_reads_and_signals_as_the_app_user():
+    """reload_lines set $ASAPP first; every read of the running server (pidfile through alive, socket, log,
+    workers' cwd) and every signal runs as the app user; a master of another user found by pid_lines is
+    stopped (sudo) before the graceful reload is considered; the detached start runs as the app user."""
+    for cls in (Uvicorn, Daphne, Hypercorn):
+        cfg = asgi_cfg(cls.name, app={"user": "shop"})
+        app = cls()
+        lines = app.reload_lines(cfg, "'/r'", "'/v'", "X")
+        for each in (lines, app.stop_lines(cfg), app.pid_lines(cfg)):
+            assert each[0] == as_app_lines("shop")[0], cls.name
+        text = "\n".join(lines)
+        sock, pidfile = f"/srv/shop/shared/run/{cls.name}.sock", f"/srv/shop/shared/run/{cls.name}.pid"
+        for want in ("""[ "$(${ASAPP-} readlink "/proc/$c/cwd" 2>/dev/null)" = '/r' ]""",
+                     f"${{ASAPP-}} test -S {sock}", f"${{ASAPP-}} tail -n 20 /srv/shop/shared/log/{cls.name}.log",
+                     f"${{ASAPP-}} rm -f {sock} {pidfile}", f"${{ASAPP-}} chmod 660 {sock}",
+                     f"setsid nohup ${{ASAPP-}} sh -c 'umask 117 && exec >> \"$1\" 2>&1 && echo $$ > \"$0\" && "
+                     f"shift && exec \"$@\"' {pidfile} /srv/shop/shared/log/{cls.name}.log"):
+            assert want in text, (cls.name, want)
+        # no bare reads or signals of the server's own files and processes
+        for ln in lines:
+            assert not ln.strip().startswith(("kill ", "rm -f ", "tail ", "[ -S", "chmod ")), (cls.name, ln)
+            for word in ("readlink ", "kill -HUP", "kill -TERM"):
+                if word in ln:
+                    assert "${ASAPP-} " + word in ln or "sudo -n " + word in ln, (cls.name, ln)
+        foreign = lines.index('if [ -n "$pid" ] && [ "$(stat -c %U "/proc/$pid" 2>/dev/null)" != shop ]; then')
+        found = next(i for i, ln in enumerate(lines) if ln.startswith("pid=$(alive "))
+        assert found < foreign < lines.index("  start_detached '/v'")
+        assert "sudo -n kill -TERM" in lines[foreign + 1] and lines[lines.index("  pid=", foreign) + 1] == "fi"
+        if cls.graceful_signal:
+            assert lines.index('  ${ASAPP-} kill -HUP "$pid"') > foreign
+
+
+def test_the_detached_start_runs_through_asapp_and_the_pidfile_names_the_server(tmp_path):
+    """start_detached, run by the shell: $ASAPP (here a stand-in that records its use, then execs the command)
+    runs the server's command line; the pid written is the server's own (exec all the way), umask 117 inside;
+    its output goes to the log, opened by the app user (here: $ASAPP's stand-in)."""
+    site = tmp_path / "site"
+    cfg = asgi_cfg("uvicorn", deploy_to=str(site))
+    app = Uvicorn()
+    lay = Layout(cfg.paths.deploy_to)
+    p = app.paths(lay)
+    for d in ("shared/config", "shared/run", "shared/log", "v/bin"):
+        (site / d).mkdir(parents=True)
+    with open(p.config, "w") as f:
+        f.write(app.render_config(cfg, make_rel()))
+    fake_server = site / "v/bin/uvicorn"  # writes its umask next to the pidfile, then waits
+    fake_server.write_text(f"#!/bin/sh\numask > {site}/shared/run/umask\necho serving\nexec sleep 30\n")
+    fake_server.chmod(0o755)
+    asapp = tmp_path / "as-app"
+    asapp.write_text(f"#!/bin/sh\necho used > {tmp_path}/asapp-used\nexec \"$@\"\n")
+    asapp.chmod(0o755)
+    fns = "\n".join(app.run_fns(cfg))
+    subprocess.run(["sh", "-c", f"ASAPP={asapp}\n{fns}\nstart_detached {site}/v"], check=True, timeout=10)
+    pid = None
+    try:
+        for _ in range(100):
+            text = open(p.pidfile).read().strip() if os.path.exists(p.pidfile) else ""
+            if text and open(f"/proc/{text}/comm").read().strip() == "sleep":
+                pid = int(text)
+                break
+            time.sleep(0.05)
+        assert pid, "no pidfile naming the server"
+        assert (tmp_path / "asapp-used").read_text() == "used\n"
+        assert (site / "shared/run/umask").read_text().strip() == "0117"
+        assert os.stat(p.pidfile).st_mode & 0o777 == 0o660
+        assert open(p.log).read() == "serving\n" and os.stat(p.log).st_mode & 0o777 == 0o660
+    finally:
+        if pid:
+            os.kill(pid, 9)
+
+
 def test_a_host_switching_servers_stops_every_other_one_first():
     cfg = asgi_cfg("uvicorn")
     text = "\n".join(appserver.retire_lines(cfg))
     for other in ("uwsgi", "gunicorn", "daphne", "hypercorn"):
-        assert f"if [ -e /srv/shop/shared/run/{other}.pid ] || [ -e /srv/shop/shared/run/{other}.sock ]; then" in text
-        assert f"rm -f /srv/shop/shared/run/{other}.pid" in text
-    assert "run/uvicorn.pid" not in text
+        # (shared/run is the app user's: looked at and emptied as it)
+        assert (f'case "$present" in *" "/srv/shop/shared/run/{other}.pid" "* | '
+                f'*" "/srv/shop/shared/run/{other}.sock" "*)') in text
+        assert f"${{ASAPP-}} rm -f /srv/shop/shared/run/{other}.pid" in text
+    assert "run/uvicorn.pid" not in text and appserver.retire_lines(cfg)[0] == as_app_lines(getpass.getuser())[0]
     assert "--stop /srv/shop/shared/run/uwsgi.pid" in text  # each stopped its own way
     from fabdeploy.steps.activate import reload
     lines = reload(cfg, "'/r'", "'/v'", "X")  # (every deploy, revert and rollback reloads through it)
@@ -180,3 +257,14 @@ def test_nginx_passes_websocket_upgrades_to_http_app_servers_with_a_map_of_the_s
     assert "upstream" not in nginx.nginx_site(other)  # WSGI gunicorn: proxy_pass to its socket, as before
     assert "proxy_pass http://unix:/srv/shop/shared/run/gunicorn.sock:;" in nginx.nginx_site(other)
     assert "map " not in nginx.nginx_site(make_cfg()) and "Upgrade" not in nginx.nginx_site(make_cfg())
+
+
+def test_behind_balancers_the_readiness_wait_asks_for_no_socket_file():
+    """An app host of a balanced fleet listens on address:port: a start that waited for the unix socket
+    file would time out with the server up (tests/test_lb_websocket_e2e.py deploys one)."""
+    for cls in (Uvicorn, Daphne, Hypercorn):
+        sock = f"test -S /srv/shop/shared/run/{cls.name}.sock"
+        alone = "\n".join(cls().reload_lines(asgi_cfg(cls.name), "R", "V", "r"))
+        assert sock in alone
+        behind = "\n".join(cls().reload_lines(asgi_cfg(cls.name, roles=True), "R", "V", "r"))
+        assert sock not in behind and "ready=1; break" in behind

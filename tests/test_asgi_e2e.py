@@ -3,7 +3,8 @@ project first runs under uWSGI, then the same host is switched, one deploy each,
 worker (`[app] asgi`), uvicorn, hypercorn and daphne. Each switch stops the previous server (master and
 workers gone, its pidfile and socket removed); each server serves the async view through nginx from its
 660 socket with every worker in the release, reloads (`fab reload`: every worker on the release; a new set of
-workers where the server reloads gracefully), stops and starts; WebSockets pass through nginx (a stdlib
+workers where the server reloads gracefully), stops and starts (uvicorn: a release whose ASGI app fails to
+import is refused under load, the previous one serving throughout); WebSockets pass through nginx (a stdlib
 client: handshake, one masked text frame, the echo).
 
 The tests run in order against one host and build on each other.
@@ -82,6 +83,11 @@ def workers(site, pid: int) -> dict[int, str]:
     return {int(k): sh(site, f"readlink /proc/{k}/cwd") for k in kids}
 
 
+def uid(site, pid: int) -> str:
+    """A process's real uid (/proc/<pid>/status Uid)."""
+    return sh(site, f"sed -n 's/^Uid:[[:space:]]*\\([0-9]*\\).*/\\1/p' /proc/{pid}/status")
+
+
 def gone(site, pid: int) -> bool:
     return sh(site, f"grep -qs '^State:[[:space:]]*[A-Y]' /proc/{pid}/status && echo alive || echo gone") == "gone"
 
@@ -151,12 +157,16 @@ def check_server(site, reload: str) -> None:
     start), fab stop (twice), fab start."""
     rel, name = site.releases[-1], site.server
     sock = f"{D}/shared/run/{name}.sock"
-    assert sh(site, f"stat -c '%F %a %G' {sock}") == "socket 660 www-data"
+    assert sh(site, f"stat -c '%F %a %U:%G' {sock}") == "socket 660 sample:www-data"
     pid = master(site)
     assert sh(site, f"cat /proc/{pid}/comm") == name
     before = workers(site, pid)
     want = 1 if name == "daphne" else 2
     assert list(before.values()) == [f"{D}/releases/{rel}"] * want, before
+    # the master and every worker run as the app user (the default: the project name), never the SSH user
+    sample = sh(site, "id -u sample")
+    assert {p: uid(site, p) for p in {pid, *before}} == {p: sample for p in {pid, *before}}
+    assert sh(site, f"stat -c %U:%G {D}/shared/log/{name}.log") == "sample:sample"  # (the app's own)
     view = async_view(site)
     assert view["release"] == rel and view["cwd"] == f"{D}/releases/{rel}" and view["pid"] in before
 
@@ -259,7 +269,39 @@ def a_changed_command_line_restarts(site):
     assert async_view(site)["release"] == rel
 
 
-FOLLOW_UP = {"uvicorn": new_code_reloads_gracefully_and_rolls_back, "hypercorn": a_changed_command_line_restarts}
+def a_release_whose_app_fails_to_import_is_refused(site):
+    """uvicorn: a release whose ASGI application raises on import (Django's checks pass: they never import
+    asgi.py) gets no worker up: uvicorn brings each new worker into service before it retires an old one and
+    aborts its reload when one is not ready, so the previous release serves throughout; the deploy fails in
+    one line and the health gate reverts `current`."""
+    good = async_view(site)["release"]
+    asgi = (site.proj.src / "sampleproject" / "asgi.py").read_text()
+    site.proj.commit("broken", {"sampleproject/asgi.py": "raise RuntimeError('broken on purpose')\n" + asgi})
+    site.proj.write_config(sample_config(site.host, extra=CONFIGS["uvicorn"].replace("reload_timeout = 30",
+                                                                                   "reload_timeout = 10")))
+    try:
+        with Load(site.host.address) as load:
+            res = fab(site, "deploy")
+    finally:
+        site.proj.commit("fixed", {"sampleproject/asgi.py": asgi})
+        use(site, "uvicorn")
+    out = res.stdout + res.stderr
+    assert res.returncode == 1 and "Traceback" not in out, out
+    assert re.search(r"restart\s+FAILED", res.stdout), out
+    [err] = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert re.search(rf"health check failed: .*; reverted to {good} \(GET / \(Host: [^)]+\) -> 200\); the new "
+                     "release is marked bad", err), err
+    assert site.host.path(f"{D}/current").resolve().name == good
+    assert async_view(site)["release"] == good
+    assert list(workers(site, master(site)).values()) == [f"{D}/releases/{good}"] * 2
+    # the previous release kept serving: no request failed, none reached the broken one
+    assert load.samples and {(s.status, s.release) for s in load.samples} == {(200, good)}, \
+        sorted({(s.status, s.release, s.error) for s in load.samples}, key=str)[:5]
+
+
+FOLLOW_UP = {"uvicorn": lambda site: (new_code_reloads_gracefully_and_rolls_back(site),
+                                      a_release_whose_app_fails_to_import_is_refused(site)),
+             "hypercorn": a_changed_command_line_restarts}
 
 
 def test_two_fabdeploy_sites_with_websocket_maps_pass_nginx_t_on_one_host(site):

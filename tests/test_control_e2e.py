@@ -1,5 +1,6 @@
 """fab stop/start/restart/reload end to end (real fab, one real lab host): deploy once, then each task and
-what the host shows afterwards. Tests run in order and build on each other."""
+what the host shows afterwards. Last, a second host: `fab -H a,b stop|start` acts on both in one call (a row
+each in the summary table). Tests run in order and build on each other."""
 from __future__ import annotations
 
 import json
@@ -168,3 +169,59 @@ def test_a_deploy_holding_the_lock_refuses_stop(ctl):
         assert uwsgi_pids(ctl.host)  # still running
     finally:
         ctl.host.path("/srv/sample/.fabdeploy-lock").rmdir()
+
+
+@pytest.fixture(scope="module")
+def second(ctl, make_host):
+    """A second app host; the project deployed to both in one call (nginx answers to both addresses)."""
+    b = make_host("control-b")
+    cfg = sample_config(ctl.host).replace(f'server_name = "{ctl.host.address}"',
+                                          f'server_name = "{ctl.host.address} {b.address}"')
+    ctl.proj.write_config(cfg)
+    res = fab(ctl, "-H", f"{ctl.host.ssh_target()},{b.ssh_target()}", "deploy")
+    assert res.returncode == 0, res.stdout + res.stderr
+    ctl.release = release_of(res.stdout)
+    return b
+
+
+def rows(out: str, action: str) -> dict[str, str]:
+    """The summary table's rows: the host's address -> DETAIL (RESULT ok)."""
+    lines = out.splitlines()
+    head = [i for i, ln in enumerate(lines) if re.fullmatch(r"HOST\s+ACTION\s+DURATION\s+RESULT\s+DETAIL", ln)]
+    assert len(head) == 1, out
+    found = {}
+    for ln in lines[head[0] + 1:]:
+        m = re.fullmatch(rf"\S*?(\d+\.\d+\.\d+\.\d+)\S*\s+{action}\s+\d+\.\ds\s+ok\s+(.*)", ln)
+        if not m:
+            break
+        found[m.group(1)] = m.group(2)
+    return found
+
+
+def test_stop_and_start_two_hosts_in_one_call(ctl, second):
+    a, b = ctl.host, second
+    both = f"{a.ssh_target()},{b.ssh_target()}"
+    assert uwsgi_pids(a) and uwsgi_pids(b)
+    res = fab(ctl, "-H", both, "stop")
+    assert res.returncode == 0, res.stdout + res.stderr
+    table = rows(res.stdout, "stop")
+    assert sorted(table) == sorted([a.address, b.address]), res.stdout
+    assert all(re.fullmatch(r"uwsgi stopped \(master \d+ and 2 workers gone\)", d) for d in table.values()), table
+    assert uwsgi_pids(a) == [] and uwsgi_pids(b) == []
+    assert page(a)[0] == 502 and b.http("/", host_header=b.address)[0] == 502
+
+    res = fab(ctl, "-H", both, "stop")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert rows(res.stdout, "stop") == {a.address: "uwsgi already stopped", b.address: "uwsgi already stopped"}, \
+        res.stdout
+
+    res = fab(ctl, "-H", both, "start")
+    assert res.returncode == 0, res.stdout + res.stderr
+    table = rows(res.stdout, "start")
+    assert sorted(table) == sorted([a.address, b.address]), res.stdout
+    for host in (a, b):
+        m = re.match(rf"uwsgi started \(master (\d+), 2 workers on {ctl.release}\)", table[host.address])
+        assert m and int(m.group(1)) == master(host), table
+        status, _, body = host.http("/", host_header=host.address)
+        assert status == 200 and f"Release: {ctl.release}" in body.decode(), body[:300]
+        assert {cwd(w) for w in workers(host)} == {f"/srv/sample/releases/{ctl.release}"}

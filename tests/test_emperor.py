@@ -150,3 +150,104 @@ def test_status_reports_the_vassal_and_the_emperor(tmp_path):
             assert state() == "vassal RUNNING\n"
         finally:
             proc.kill()
+
+
+def test_fab_logs_shows_the_emperors_lines_about_this_vassal_only(tmp_path):
+    """The filter command run for real on a log file (this machine runs no systemd: the file branch): the
+    last lines naming shop.ini, never myshop.ini or shop.ini of another word; the journal branch asks
+    journalctl for the emperor's unit with the same pattern."""
+    from dataclasses import replace
+
+    from fabdeploy.ops.logs import filter_command
+    cfg = make_cfg(app={"manager": "emperor"})
+    f = manager.of(cfg).log_filter(cfg)
+    assert (f.label, f.path, f.unit) == ("emperor", emperor.LOG, emperor.UNIT_NAME)
+    log = tmp_path / "emperor.log"
+    log.write_text("*** starting uWSGI Emperor ***\n"
+                   "[uWSGI] getting INI configuration from shop.ini\n"
+                   "Wed Nov 25 22:00:01 2026 - [emperor] vassal shop.ini is ready to accept requests\n"
+                   "Wed Nov 25 22:00:02 2026 - [emperor] vassal myshop.ini is ready to accept requests\n"
+                   "Wed Nov 25 22:00:03 2026 - [emperor] vassal shop-two.ini has been spawned\n"
+                   "Wed Nov 25 22:00:04 2026 - [emperor] curse the uwsgi instance shop.ini (pid: 42)\n"
+                   "Wed Nov 25 22:00:05 2026 - [emperor] removed uwsgi instance shop.ini\n")
+    command = filter_command(replace(f, path=str(log)), 2, False)
+    assert "journalctl --no-pager -o short-iso -u fabdeploy-uwsgi-emperor.service --grep" in command
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30).stdout
+    assert out.splitlines() == ["Wed Nov 25 22:00:04 2026 - [emperor] curse the uwsgi instance shop.ini (pid: 42)",
+                                "Wed Nov 25 22:00:05 2026 - [emperor] removed uwsgi instance shop.ini"]
+    out = subprocess.run(["sh", "-c", filter_command(replace(f, path=str(log)), 10, False)],
+                         capture_output=True, text=True, timeout=30).stdout
+    assert len(out.splitlines()) == 4 and "myshop" not in out and "shop-two" not in out
+    dotted = make_cfg(app={"manager": "emperor"}, project={"name": "my.shop"})
+    assert manager.of(dotted).log_filter(dotted).pattern == r"(^|[^[:alnum:]_.-])my\.shop\.ini([^[:alnum:]_-]|$)"
+
+
+def test_old_emperor_copies_nothing_uses_are_pruned(tmp_path):
+    """prune_lines run for real on a directory standing in for /usr/local/lib/fabdeploy: kept are the copy
+    the link names, copies running processes execute (one deleted under it), one a unit names by path and
+    one younger than PRUNE_AFTER minutes; the old unused copy goes, and the note names it."""
+    import os
+    import time
+    lib, units = tmp_path / "lib", tmp_path / "units"
+    units.mkdir()
+    names = ["uwsgi-2.0.1-aaa", "uwsgi-2.0.2-run", "uwsgi-2.0.3-del", "uwsgi-2.0.4-unit", "uwsgi-2.0.5-cur",
+             "uwsgi-2.0.6-young", "uwsgi-1.9.0-old"]
+    for n in names:
+        (lib / n).mkdir(parents=True)
+        shutil.copy("/bin/sleep", lib / n / "uwsgi")
+    (lib / "uwsgi").symlink_to("uwsgi-2.0.5-cur/uwsgi")
+    (units / "other.service").write_text(f"ExecStart={lib}/uwsgi-2.0.4-unit/uwsgi --emperor /x\n")
+    procs = [subprocess.Popen([str(lib / n / "uwsgi"), "60"]) for n in ("uwsgi-2.0.2-run", "uwsgi-2.0.3-del")]
+    try:
+        (lib / "uwsgi-2.0.3-del" / "uwsgi").unlink()
+        old = time.time() - 3600
+        for n in names:
+            if n != "uwsgi-2.0.6-young":
+                os.utime(lib / n, (old, old))
+        script = "\n".join([*emperor.prune_lines(str(lib), (str(units),)), 'echo "pruned=$pruned"'])
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in lib.iterdir() if p.is_dir() and not p.is_symlink()) == sorted(
+        n for n in names if n not in ("uwsgi-2.0.1-aaa", "uwsgi-1.9.0-old"))
+    assert "@@fabdeploy note uWSGI emperor: old copies removed: " in out.stdout
+    assert "uwsgi-1.9.0-old" in out.stdout and "uwsgi-2.0.1-aaa" in out.stdout and "cur" not in out.stdout
+    # the deploy runs it after the emperor is up, before the vassal
+    lines = text(manager.of(make_cfg(app={"manager": "emperor"})).install_lines(
+        make_cfg(app={"manager": "emperor"}), appserver.of(make_cfg(app={"manager": "emperor"}))))
+    assert lines.index("pruned=$(sudo -n sh -c") > lines.index("emperor=$(alive")
+    assert lines.index("pruned=$(sudo -n sh -c") < lines.index("vassals/shop.ini")
+
+
+def test_fab_logs_follows_the_emperors_lines_and_ends_with_the_channel(tmp_path):
+    """-f, run for real: a new line about the vassal arrives, one about another does not; closing stdin (the
+    SSH channel) ends the command and its tail."""
+    import time
+    from dataclasses import replace
+
+    from fabdeploy.ops.logs import filter_command
+    cfg = make_cfg(app={"manager": "emperor"})
+    log = tmp_path / "emperor.log"
+    log.write_text("[emperor] vassal shop.ini has been spawned\n")
+    command = filter_command(replace(manager.of(cfg).log_filter(cfg), path=str(log)), 5, True)
+    proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "[emperor] vassal shop.ini has been spawned\n"
+        time.sleep(1.5)  # (tail -F starts at the end of the file)
+        with log.open("a") as f:
+            f.write("[emperor] vassal other.ini is ready to accept requests\n")
+            f.write("[emperor] vassal shop.ini is ready to accept requests\n")
+        assert proc.stdout.readline() == "[emperor] vassal shop.ini is ready to accept requests\n"
+        proc.stdin.close()
+        proc.wait(timeout=10)  # (raises when the command outlives its channel)
+        assert proc.stdout.read() == ""  # (the other vassal's line never came)
+    finally:
+        proc.kill()
+    tails = ["pgrep", "-f", f"tail -n 0 -F --pid=[0-9]* {log}"]
+    deadline = time.monotonic() + 10  # tail sees its shell gone within a second (--pid)
+    while subprocess.run(tails, capture_output=True).returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert subprocess.run(tails, capture_output=True).returncode == 1, "the tail outlived the channel"

@@ -11,6 +11,7 @@ back to pidfile, and two starts of the emperor at once. The tests run in order a
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import shutil
 import time
@@ -162,11 +163,28 @@ def test_a_pidfile_site_switches_to_the_emperor_by_config(one):
     assert workers(one, pid) == [f"/srv/one/releases/{rel}"] * 2
 
 
+def stale_emperor_copy(host) -> Path:
+    """A copy of uWSGI left by an older version: nothing runs it, no unit names it, an hour old."""
+    stale = host.path(f"{LIB}/uwsgi-2.0.0-e2estale")
+    stale.mkdir(parents=True, exist_ok=True)
+    (stale / "uwsgi").write_text("#!/bin/sh\necho 2.0.0\n")
+    (stale / "uwsgi").chmod(0o755)
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    return stale
+
+
 def test_a_second_project_shares_the_emperor_and_changes_nothing_of_it(one, two):
     host = one.host
     emp, pid_one = emperor(host), master(one)
     unit_mtime = host.path(UNIT).stat().st_mtime_ns
+    live = sh(host, f"readlink -f {LIB}/uwsgi")
+    stale = stale_emperor_copy(host)
     rel, out = deploy(two)
+    # the deploy removed the old copy nothing uses; the emperor's own stays
+    assert not stale.exists() and "uWSGI emperor: old copies removed: uwsgi-2.0.0-e2estale" in out, out
+    assert host.path(live).is_file() and sh(host, f"readlink /proc/{emp}/exe") == live
+    assert sh(host, f"readlink -f {LIB}/uwsgi") == live
     assert "vassal /etc/uwsgi/vassals/two.ini written" in out, out
     assert "process manager" not in out and "uWSGI emperor started" not in out and "emperor binary" not in out
     assert f"{UNIT} written" not in out and "enabled" not in out
@@ -174,6 +192,19 @@ def test_a_second_project_shares_the_emperor_and_changes_nothing_of_it(one, two)
     assert host.path(UNIT).stat().st_mtime_ns == unit_mtime
     assert ppid(host, master(two)) == emp and f"Release: {rel}" in page(two)
     assert f"Release: {one.releases[-1]}" in page(one)
+
+
+def test_fab_logs_shows_the_emperors_lines_about_each_projects_vassal(one, two):
+    for site, other in ((one, two), (two, one)):
+        res = fab(site, "logs", "-n", "20")
+        assert res.returncode == 0, res.stdout + res.stderr
+        mine = [ln for ln in res.stdout.splitlines() if re.match(r"^\S+\s+emperor\s+\| ", ln)]
+        assert any(f"vassal {site.name}.ini" in ln for ln in mine), res.stdout
+        assert all(f"{site.name}.ini" in ln and f"{other.name}.ini" not in ln for ln in mine), mine
+        assert re.search(r"^\S+\s+app\s+\| ", res.stdout, re.M), res.stdout  # (beside the app's own log)
+    res = fab(one, "logs", "-n", "3", "--which", "manager")
+    labels = set(re.findall(r"^\S+\s+(\w+)\s+\|", res.stdout, re.M))
+    assert res.returncode == 0 and labels == {"emperor"}, res.stdout + res.stderr
 
 
 def test_a_deploy_and_a_rollback_under_load_reload_the_vassal_gracefully(one, two):

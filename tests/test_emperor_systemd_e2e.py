@@ -1,7 +1,9 @@
 """The uWSGI emperor on a lab host whose PID 1 is systemd (tests/hostlab_systemd): there the emperor is
 systemd's service (started with systemctl, never behind its back), a redeploy changes nothing of it, and a
-reboot brings it and the site back. tests/test_emperor_e2e.py covers the rest on a plain lab host. The tests
-run in order and build on each other.
+reboot brings it and the site back. Then the project switches to systemd's own unit and back to the emperor,
+each under load (a brief outage by design: the old manager's master is stopped before the new one starts;
+tests/test_supervisor_e2e.assert_switch_guarantee says what the load sees). tests/test_emperor_e2e.py covers
+the rest on a plain lab host. The tests run in order and build on each other.
 """
 from __future__ import annotations
 
@@ -12,9 +14,14 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import make_project, release_of, run_fab, sample_config
+from test_load_e2e import Load
+from test_supervisor_e2e import assert_switch_guarantee
 
 D = "/srv/sample"
 EMPEROR = '[app]\nmanager = "emperor"\n'
+SYSTEMD = '[app]\nmanager = "systemd"\n'
+VASSAL = "/etc/uwsgi/vassals/sample.ini"
+APP_UNIT = "/etc/systemd/system/sample.service"
 UNIT = "fabdeploy-uwsgi-emperor.service"
 
 
@@ -80,8 +87,63 @@ def test_a_redeploy_changes_nothing_of_the_emperor(site):
     serves(site, rel)
 
 
+def test_fab_logs_reads_the_emperors_lines_about_the_vassal_from_its_journal(site):
+    res = run_fab(site.proj.root, "logs", "-n", "5", "--which", "manager")
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = [ln for ln in res.stdout.splitlines() if re.match(r"^\S+\s+emperor\s+\| ", ln)]
+    assert lines and all("sample.ini" in ln for ln in lines), res.stdout + res.stderr
+    assert any("vassal sample.ini" in ln for ln in lines), res.stdout
+    assert not site.host.path("/var/log/fabdeploy-uwsgi-emperor.log").exists()  # (systemd's: the journal)
+
+
 def test_a_reboot_brings_the_emperor_and_the_site_back(site):
     emp = main_pid(site)
     site.host.reboot()
     serves(site, site.releases[-1])
     assert main_pid(site) != emp and ppid(site, master(site)) == main_pid(site)
+
+
+def uwsgi_children(site, pid: int) -> list[int]:
+    return [int(p) for p in site.host.exec(
+        f"for c in $(grep -l '^PPid:[[:space:]]*{pid}$' /proc/[0-9]*/status | cut -d/ -f3); do "
+        "grep -qsx uwsgi /proc/$c/comm && echo $c; done; true").stdout.split()]
+
+
+def switch_under_load(site, extra: str, message: str) -> tuple[str, str]:
+    site.proj.write_config(sample_config(site.host, keep=4, extra=extra))
+    site.proj.commit(message, {"pages/message.txt": message + "\n"})
+    before = site.releases[-1]
+    with Load(site.host.address) as load:
+        time.sleep(1)
+        rel, out = deploy(site)
+        done = time.monotonic()
+        time.sleep(1)
+    assert_switch_guarantee(load.samples, before, rel, done)
+    return rel, out
+
+
+def test_emperor_to_systemd_under_load_one_master_run_by_its_unit(site):
+    emp, old = main_pid(site), master(site)
+    rel, out = switch_under_load(site, SYSTEMD, "Under systemd")
+    assert "process manager: emperor -> systemd" in out and "uwsgi stopped" in out, out
+    assert "sample.service enabled (started at boot)" in out, out
+    assert not site.host.path(VASSAL).exists()
+    pid = master(site)
+    app_main = int(site.host.systemctl("show", "-p", "MainPID", "--value", "sample.service").stdout.strip())
+    assert pid != old and app_main == pid and ppid(site, pid) == 1
+    # the emperor stays for other projects (its unit active) and runs no master any more
+    assert main_pid(site) == emp and uwsgi_children(site, emp) == []
+    serves(site, rel)
+
+
+def test_systemd_back_to_the_emperor_under_load_removes_the_unit(site):
+    emp, old = main_pid(site), master(site)
+    rel, out = switch_under_load(site, EMPEROR, "Back under the emperor")
+    assert "process manager: systemd -> emperor" in out and "uwsgi stopped" in out, out
+    assert f"vassal {VASSAL} written" in out, out
+    assert not site.host.path(APP_UNIT).exists()
+    assert not site.host.path("/etc/systemd/system/multi-user.target.wants/sample.service").exists()
+    assert site.host.systemctl("is-active", "sample.service", check=False).stdout.strip() == "inactive"
+    pid = master(site)
+    assert pid != old and main_pid(site) == emp and uwsgi_children(site, emp) == [pid]
+    serves(site, rel)

@@ -48,7 +48,8 @@ def start(locked, config: str, until: str):
 
 
 def worker_releases(host) -> set[str]:
-    res = host.ssh("for c in $(pgrep -P \"$(cat /srv/sample/shared/run/uwsgi.pid)\"); do "
+    # (as root: the pidfile and the workers' cwd are the app user's, not the SSH user's)
+    res = host.exec("for c in $(pgrep -P \"$(cat /srv/sample/shared/run/uwsgi.pid)\"); do "
                    "basename \"$(readlink /proc/$c/cwd)\"; done")
     return set(res.stdout.split())
 

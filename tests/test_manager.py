@@ -134,3 +134,14 @@ def test_the_detached_asgi_servers_run_without_a_manager_only_for_now(mgr):
     # gunicorn with uvicorn's worker is gunicorn: every manager runs it
     cfg = make_cfg(app={"manager": mgr, "server": "gunicorn", "asgi": "shop.asgi:application"})
     assert "uvicorn_worker.UvicornWorker" in appserver.of(cfg).render_config(cfg, make_rel())
+
+
+def test_fab_logs_reads_the_supervisor_programs_output_file_on_app_hosts_only():
+    from fabdeploy.ops.logs import WHICH, log_files
+    cfg = make_cfg(app={"manager": "supervisor"})
+    assert manager.of(cfg).log_files(cfg, appserver.of(cfg)) == {"supervisor": "/srv/shop/shared/log/uwsgi.log.out"}
+    assert manager.of(cfg).definition(cfg, appserver.of(cfg)).count("stdout_logfile=/srv/shop/shared/log/uwsgi.log.out") == 1
+    assert manager.of(cfg).log_filter(cfg) is None and "manager" in WHICH
+    plain = make_cfg()
+    assert manager.of(plain).log_files(plain, appserver.of(plain)) == {} and manager.of(plain).log_filter(plain) is None
+    assert "app" in log_files(cfg)  # (show_logs adds the manager's logs where the app server runs)

@@ -10,11 +10,14 @@ A balanced fleet (one app host, one balancer), its app host rebooted three times
    current release, and the balancer serves it through the firewall (still closed to anyone else);
 3. switched to supervisor by the config (the @reboot line goes): supervisord, started by its enabled unit,
    starts uWSGI (autostart).
+A second project on the same app host, gunicorn under the pidfile manager (the default; its own nginx site on
+port 8080), deployed before the second reboot: its own @reboot line starts gunicorn on its current release.
 A systemd host (systemd is its PID 1) with gunicorn under systemd: the enabled unit brings it back.
 The tests of each fixture run in order and build on each other.
 """
 from __future__ import annotations
 
+import http.client
 import re
 import socket
 import time
@@ -27,6 +30,9 @@ from conftest import make_project, release_of, run_fab, sample_config
 D = "/srv/sample"
 CRON = "/etc/cron.d/fabdeploy_sample"
 CRON_LINK = "/etc/systemd/system/multi-user.target.wants/cron.service"
+D_GU = "/srv/gsample"
+CRON_GU = "/etc/cron.d/fabdeploy_gsample"
+GUNICORN_PIDFILE = '[app]\nserver = "gunicorn"\n[gunicorn]\nworkers = 2\n'
 GUNICORN_SYSTEMD = '[app]\nserver = "gunicorn"\nmanager = "systemd"\n[gunicorn]\nworkers = 2\n'
 
 
@@ -45,6 +51,14 @@ def fleet(make_host, tmp_path_factory, wheel_cache):
 
 
 @pytest.fixture(scope="module")
+def gu(fleet, tmp_path_factory):
+    """A second project on the fleet's app host: gunicorn, pidfile manager, nginx on port 8080 of that host."""
+    proj = make_project(tmp_path_factory.mktemp("reboot-gunicorn"))
+    proj.write_config(sample_config(fleet.app, name="gsample", deploy_to=D_GU, listen=8080, extra=GUNICORN_PIDFILE))
+    return SimpleNamespace(host=fleet.app, proj=proj, cache=fleet.cache, release="")
+
+
+@pytest.fixture(scope="module")
 def sd(make_host, tmp_path_factory, wheel_cache):
     host = make_host("rbsystemd", init="systemd")
     proj = make_project(tmp_path_factory.mktemp("reboot-systemd"))
@@ -58,26 +72,40 @@ def fab(site, *args):
     return res.stdout + res.stderr
 
 
-def release(host, header: str) -> str | None:
-    """The release the page at http://host/ names, None when it does not answer 200."""
+def release(host, header: str, port: int = 80) -> str | None:
+    """The release the page at http://host:port/ names, None when it does not answer 200."""
     try:
-        status, _, body = host.http("/", host_header=header, timeout=5)
+        if port == 80:
+            status, _, body = host.http("/", host_header=header, timeout=5)
+        else:
+            conn = http.client.HTTPConnection(host.address, port, timeout=5)
+            try:
+                conn.request("GET", "/", headers={"Host": header})
+                resp = conn.getresponse()
+                status, body = resp.status, resp.read()
+            finally:
+                conn.close()
     except OSError:
         return None
     m = re.search(rb"Release: ([0-9]{8}T[0-9]{6}Z-[0-9a-f]+)", body) if status == 200 else None
     return m.group(1).decode() if m else None
 
 
-def served_again(host, header: str, rel: str, why) -> None:
+def served_again(host, header: str, rel: str, why, port: int = 80) -> None:
     """Wait (up to a minute) until the page names rel; else fail showing why(): what the boot did."""
     deadline = time.monotonic() + 60
-    while release(host, header) != rel:
+    while release(host, header, port) != rel:
         assert time.monotonic() < deadline, why()
         time.sleep(0.3)
 
 
-def master(host, name="uwsgi") -> int:
-    return int(host.path(f"{D}/shared/run/{name}.pid").read_text())
+def master(host, name="uwsgi", d=D) -> int:
+    return int(host.path(f"{d}/shared/run/{name}.pid").read_text())
+
+
+def workers_cwd(host, pid: int) -> list[str]:
+    kids = host.exec(f"grep -l '^PPid:[[:space:]]*{pid}$' /proc/[0-9]*/status | cut -d/ -f3").stdout.split()
+    return [host.exec(f"readlink /proc/{k}/cwd").stdout.strip() for k in kids]
 
 
 def alive(host, pid: int) -> bool:
@@ -127,6 +155,21 @@ def test_1_without_cron_the_table_comes_back_and_uwsgi_does_not(fleet):
     assert status == 502  # nothing started uWSGI: the kill left the site down
 
 
+def test_1b_a_gunicorn_project_on_the_same_host_writes_its_own_at_reboot_line(fleet, gu):
+    out = fab(gu, "deploy")
+    gu.release = release_of(out)
+    assert f"pidfile: {CRON_GU} written" in out, out
+    lines = gu.host.path(CRON_GU).read_text().splitlines()
+    assert re.fullmatch(rf"@reboot \S+ {D_GU}/bin/start-at-boot >> {D_GU}/shared/log/boot.log 2>&1", lines[-1]), lines
+    assert "gunicorn" in gu.host.path(f"{D_GU}/bin/start-at-boot").read_text()
+    assert release(gu.host, gu.host.address, 8080) == gu.release
+    assert fleet.lb.http("/", host_header=fleet.lb.address)[0] == 502  # the first one stays as test 1 left it
+    # what a real reboot leaves: the pidfile (not on a tmpfs) names a pid that another process has by now
+    # (here pid 1, root's: gunicorn, checking it with kill -0, would say "Already running on PID 1")
+    pid = master(gu.host, "gunicorn", D_GU)
+    gu.host.exec(f"kill -9 {pid}; echo 1 > {D_GU}/shared/run/gunicorn.pid")
+
+
 def test_2_with_cron_enabled_the_at_reboot_line_starts_the_current_release(fleet):
     app, lb = fleet.app, fleet.lb
     app.exec(f"ln -s /lib/systemd/system/cron.service {CRON_LINK}")  # systemctl enable cron
@@ -152,6 +195,19 @@ def test_2_with_cron_enabled_the_at_reboot_line_starts_the_current_release(fleet
     assert f"ip saddr {lb.address} accept" in table and not port_open_to_me(app)
 
 
+def test_2b_the_same_boot_started_gunicorn_on_its_current_release(gu):
+    """(the reboot of test 2) gunicorn, daemonized by the pidfile manager, came back by its own @reboot line."""
+    host = gu.host
+    log = lambda: host.exec(f"tail -n 20 {D_GU}/shared/log/boot.log {D_GU}/shared/log/gunicorn.log",  # noqa: E731
+                            check=False).stdout
+    served_again(host, host.address, gu.release, log, port=8080)
+    pid = master(host, "gunicorn", D_GU)
+    assert host.exec(f"cat /proc/{pid}/comm").stdout.strip() == "gunicorn"
+    assert workers_cwd(host, pid) == [f"{D_GU}/releases/{gu.release}"] * 2
+    res = run_fab(gu.proj.root, "status", cache=gu.cache)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 def test_3_switched_to_supervisor_supervisord_brings_it_back(fleet):
     app, lb = fleet.app, fleet.lb
     fleet.proj.commit("supervisor", {"pages/message.txt": "under supervisor\n"})
@@ -163,7 +219,9 @@ def test_3_switched_to_supervisor_supervisord_brings_it_back(fleet):
 
     report = app.reboot()
     assert any(s.startswith("supervisor.service") for s in report.started), report.text()
-    assert "cron.service (emulated: its @reboot jobs only, 0 found)" in report.started, report.text()
+    # (the one @reboot line left is the gunicorn project's, still under the pidfile manager)
+    assert "cron.service (emulated: its @reboot jobs only, 1 found)" in report.started, report.text()
+    assert any(s.startswith(f"@reboot {CRON_GU} ") for s in report.started), report.text()
     served_again(lb, lb.address, fleet.release, report.text)
     new = master(app)
     assert new != old and "supervisord" in parent_cmdline(app, new)

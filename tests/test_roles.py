@@ -762,3 +762,37 @@ def test_an_abandoned_balancer_gets_its_site_back(tmp_path, fakebin, case):
     else:
         assert site.read_text() == nginx.lb_site(cfg) and " down;" not in site.read_text()
     assert "nginx -t" in fakebin.log()
+
+
+def asgi_lb_cfg(**sections):
+    return make_cfg(roles={"app": ["deploy@10.0.0.1", "deploy@10.0.0.2"], "lb": [LB]},
+                    app={"server": "uvicorn", "asgi": "shop.asgi:application"}, **sections)
+
+
+def test_lb_site_passes_websocket_upgrades_of_an_asgi_app_and_nginx_accepts_it(tmp_path):
+    """An ASGI app: HTTP/1.1 to the app hosts, Upgrade and Connection from a map of the site's own, the
+    socket's read/send timeout from balancer.websocket_timeout; a WSGI app behind the balancer gets none."""
+    site = nginx.lb_site(asgi_lb_cfg(project={"name": "my.shop"}, balancer={"websocket_timeout": 900}))
+    lines = [ln.strip() for ln in site.splitlines()]
+    m = lines.index("map $http_upgrade $fabdeploy_my_dshop_upgrade {")
+    assert lines[m + 1:m + 4] == ["default upgrade;", "''      close;", "}"]
+    k = lines.index("location / {")
+    assert lines[k + 1:k + 5] == ["proxy_pass http://my_dshop_app;", "proxy_http_version 1.1;",
+                                  "proxy_set_header Upgrade $http_upgrade;",
+                                  "proxy_set_header Connection $fabdeploy_my_dshop_upgrade;"]
+    block = lines[k + 1:lines.index("}", k)]
+    assert "proxy_read_timeout 900s;" in block and "proxy_send_timeout 900s;" in block
+    proc = nginx_t(tmp_path, site)
+    assert proc.returncode == 0, proc.stderr
+    assert "proxy_read_timeout 3600s;" in nginx.lb_site(asgi_lb_cfg())  # the default: an hour
+    # upstream keepalive: a request without Upgrade keeps the connection ("" instead of close)
+    kept = nginx.lb_site(asgi_lb_cfg(balancer={"keepalive": 8}))
+    assert "    ''      \"\";" in kept.splitlines() and "    keepalive 8;" in kept.splitlines()
+    assert nginx_t(tmp_path, kept).returncode == 0
+    for wsgi in (lb_cfg(), make_cfg(roles={"app": ["deploy@10.0.0.1"], "lb": [LB]}, app={"server": "gunicorn"})):
+        plain = nginx.lb_site(wsgi)
+        assert "Upgrade" not in plain and "map " not in plain and "proxy_read_timeout" not in plain
+
+
+def test_balancer_websocket_timeout_is_checked():
+    assert "balancer.websocket_timeout" in config_error(balancer={"websocket_timeout": 0})

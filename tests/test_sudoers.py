@@ -28,7 +28,7 @@ DEPLOY, NGINX_GROUP = "deploy", "www-data"
 # root commands whose arguments exist only at run time: never in a drop-in, each caller copes without them
 BEST_EFFORT = {"kill", "tail", "ss", "journalctl"}
 # the host-wide uWSGI emperor (manager/emperor.py): provisioned once, never in a drop-in
-EMPEROR_HOST_WIDE = {"install", "mv", "ln", "systemctl", "flock", "tail"}
+EMPEROR_HOST_WIDE = {"install", "mv", "ln", "systemctl", "flock", "tail", "sh"}  # sh: pruning old copies
 
 CONFIGS = {
     "default": lambda: make_cfg(app={"user": "shop"}),

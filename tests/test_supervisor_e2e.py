@@ -3,12 +3,17 @@ inside the lab host (its private /etc/supervisor, /run and /var/log), uWSGI and 
 
 uWSGI host: first deployed without a manager (a daemonized master), then switched to supervisor by the
 config (the daemon is stopped first, one master only, run by supervisord), reloaded under load by a deploy,
-restarted by supervisor after a crash, stopped and started, and switched back (the program removed).
+restarted by supervisor after a crash, stopped and started, switched to the uWSGI emperor and back to
+supervisor under load (each switch a brief outage by design: the old manager's master is stopped before the
+new one starts; nginx answers 502 meanwhile, never a refused or broken connection, and every request after
+the deploy is served by the new release), and switched back to pidfile (the program removed).
 gunicorn host: deployed under supervisor and redeployed under load with new code and a new virtualenv (the
-HUP reload loads both). The tests of each host run in order and build on each other.
+HUP reload loads both), then switched to `[app] asgi` (uvicorn's worker) and redeployed: the reload puts the
+async view on the new release. The tests of each host run in order and build on each other.
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from types import SimpleNamespace
@@ -20,6 +25,9 @@ from test_load_e2e import Load
 
 D = "/srv/sample"
 SUPERVISOR = '[app]\nmanager = "supervisor"\n'
+EMPEROR = '[app]\nmanager = "emperor"\n'
+VASSAL = "/etc/uwsgi/vassals/sample.ini"
+PROGRAM = "/etc/supervisor/conf.d/sample.conf"
 GUNICORN = '[app]\nserver = "gunicorn"\nmanager = "supervisor"\n[gunicorn]\nworkers = 2\nthreads = 2\n' \
            'graceful_timeout = 10\nreload_timeout = 20\n'
 
@@ -112,6 +120,18 @@ def test_a_daemonized_site_switches_to_supervisor_by_config(uw):
     assert workers(uw, pid) == [f"{D}/releases/{rel}"] * 2
 
 
+def test_fab_logs_shows_the_programs_output_file_beside_the_app_log(uw):
+    out_file = uw.host.path(f"{D}/shared/log/uwsgi.log.out").read_text()
+    last = [ln for ln in out_file.splitlines() if ln.strip()][-1]
+    res = fab(uw, "logs", "-n", "5")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"^\S+\s+supervisor\s+\| " + re.escape(last) + "$", res.stdout, re.M), (last, res.stdout)
+    labels = set(re.findall(r"^\S+\s+(\w+)\s+\|", res.stdout, re.M))
+    assert {"app", "supervisor", "access"} <= labels, res.stdout
+    res = fab(uw, "logs", "-n", "5", "--which", "manager")
+    assert set(re.findall(r"^\S+\s+(\w+)\s+\|", res.stdout, re.M)) == {"supervisor"}, res.stdout
+
+
 def test_a_deploy_under_supervisor_reloads_the_same_master_under_load(uw):
     pid = master(uw)
     with Load(uw.host.address) as load:
@@ -165,6 +185,65 @@ def test_stop_and_start_go_through_supervisorctl(uw):
     assert res.returncode == 0 and re.search(r"^  manager   supervisor \(RUNNING\)$", res.stdout, re.M), res.stdout
 
 
+def uwsgi_children(site, pid: int) -> list[str]:
+    return sh(site, f"for c in $(grep -l '^PPid:[[:space:]]*{pid}$' /proc/[0-9]*/status | cut -d/ -f3); do "
+                    "grep -qsx uwsgi /proc/$c/comm && echo $c; done; true").split()
+
+
+def switch_under_load(site, extra: str, message: str) -> tuple[str, str, list]:
+    """Deploy a manager switch by config under load; (release, output, samples after the deploy returned)."""
+    site.proj.write_config(sample_config(site.host, keep=4, extra=extra))
+    site.proj.commit(message, {"pages/message.txt": message + "\n"})
+    before = site.releases[-1]
+    with Load(site.host.address) as load:
+        time.sleep(1)
+        rel, out = deploy(site)
+        done = time.monotonic()
+        time.sleep(1)
+    assert_switch_guarantee(load.samples, before, rel, done)
+    return rel, out, load.samples
+
+
+def assert_switch_guarantee(samples: list, before: str, rel: str, done: float) -> None:
+    """What a process-manager switch guarantees under load (README, process managers): nginx answers
+    throughout (a 502 while no master runs: the old manager's is stopped before the new one starts), never a
+    refused or broken connection; every 200 names the old or the new release; once the deploy has returned,
+    every request is served by the new release."""
+    broken = [s for s in samples if s.status is None]
+    assert len(samples) > 30 and broken == [], broken[:5]
+    assert {s.status for s in samples} <= {200, 502}, {s.status for s in samples}
+    assert {s.release for s in samples if s.status == 200} <= {before, rel}
+    after = [s for s in samples if s.start > done]
+    assert after and all(s.status == 200 and s.release == rel for s in after), after[:5]
+
+
+def test_supervisor_to_emperor_under_load_one_master_run_by_the_emperor(uw):
+    old = master(uw)
+    rel, out, _ = switch_under_load(uw, EMPEROR, "Under the emperor")
+    assert "process manager: supervisor -> emperor" in out and "uwsgi stopped" in out, out
+    assert f"vassal {VASSAL} written" in out and "uWSGI emperor started" in out, out
+    assert not uw.host.path(PROGRAM).exists() and "no such process" in ctl(uw, "status", "sample")
+    pid = master(uw)
+    assert pid != old and "--emperor /etc/uwsgi/vassals" in parent_comm(uw, pid)
+    [emp] = masters(uw, "uwsgi")  # the emperor is the only uwsgi without a uwsgi parent
+    assert uwsgi_children(uw, int(emp)) == [str(pid)]  # and it runs one master: this project's
+    assert f"Release: {rel}" in page(uw) and workers(uw, pid) == [f"{D}/releases/{rel}"] * 2
+
+
+def test_emperor_back_to_supervisor_under_load_takes_the_vassal_out(uw):
+    old = master(uw)
+    [emp] = masters(uw, "uwsgi")
+    rel, out, _ = switch_under_load(uw, SUPERVISOR, "Back under supervisor")
+    assert "process manager: emperor -> supervisor" in out and "uwsgi stopped" in out, out
+    assert not uw.host.path(VASSAL).exists() and uw.host.path(PROGRAM).exists()
+    pid = master(uw)
+    assert pid != old and "supervisord" in parent_comm(uw, pid)
+    assert re.match(r"sample\s+(STARTING|RUNNING)", ctl(uw, "status", "sample")), ctl(uw, "status")
+    # the emperor stays (other projects may use it) and runs nothing; one master, supervisord's
+    assert uwsgi_children(uw, int(emp)) == [] and sorted(masters(uw, "uwsgi")) == sorted([emp, str(pid)])
+    assert f"Release: {rel}" in page(uw) and workers(uw, pid) == [f"{D}/releases/{rel}"] * 2
+
+
 def test_back_to_pidfile_removes_the_program(uw):
     uw.proj.write_config(sample_config(uw.host, keep=4))
     rel, out = deploy(uw)
@@ -172,7 +251,8 @@ def test_back_to_pidfile_removes_the_program(uw):
     assert not uw.host.path("/etc/supervisor/conf.d/sample.conf").exists()
     assert "no such process" in ctl(uw, "status", "sample")
     pid = master(uw)
-    assert "supervisord" not in parent_comm(uw, pid) and masters(uw, "uwsgi") == [str(pid)]
+    others = [p for p in masters(uw, "uwsgi") if "--emperor" not in sh(uw, f"tr '\\0' ' ' < /proc/{p}/cmdline")]
+    assert "supervisord" not in parent_comm(uw, pid) and others == [str(pid)]
     assert f"Release: {rel}" in page(uw)
 
 
@@ -200,3 +280,27 @@ def test_gunicorn_under_supervisor_reloads_new_code_and_virtualenv_under_load(gu
     new_venv = sh(gu, f"readlink {D}/shared/config/gunicorn-venv")
     assert new_venv != old_venv and not list(gu.host.path(f"{old_venv}/lib").glob("python3*/site-packages/h11"))
     assert "Second under supervisor" in page(gu)
+
+
+def test_gunicorn_asgi_under_supervisor_a_deploy_reloads_the_async_view_onto_the_new_release(gu):
+    """`[app] asgi`: gunicorn runs uvicorn's worker (a new worker class: a restart by supervisor); the next
+    deploy is a reload of the same master and the async view answers from the new release."""
+    asgi = GUNICORN.replace('manager = "supervisor"\n', 'manager = "supervisor"\nasgi = "sampleproject.asgi:application"\n')
+    gu.proj.write_config(sample_config(gu.host, keep=4, extra=asgi))
+    rel, out = deploy(gu)
+    pid = master(gu, "gunicorn")
+    assert "supervisord" in parent_comm(gu, pid)
+    assert "worker_class = 'uvicorn_worker.UvicornWorker'" in gu.host.path(f"{D}/shared/config/gunicorn.conf.py").read_text()
+    view = async_view(gu)
+    assert view["release"] == rel and view["async"] is True
+    gu.proj.commit("third", {"pages/message.txt": "Third, ASGI under supervisor\n"})
+    rel, out = deploy(gu)
+    assert re.search(rf"gunicorn reloaded \(master {pid}, 2 workers on {rel}\)", out), out
+    assert master(gu, "gunicorn") == pid and workers(gu, pid) == [f"{D}/releases/{rel}"] * 2
+    assert async_view(gu)["release"] == rel and "Third, ASGI under supervisor" in page(gu)
+
+
+def async_view(site) -> dict:
+    status, _, body = site.host.http("/async/", host_header=site.host.address)
+    assert status == 200, body[:500]
+    return json.loads(body)

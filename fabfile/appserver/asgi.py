@@ -21,11 +21,11 @@ from fabdeploy import manager
 from fabdeploy.appserver.base import AppServer
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
-from fabdeploy.hosts.roles import Server
+from fabdeploy.hosts.roles import Server, balanced
 from fabdeploy.local.render import render
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import fail_expanded, note
-from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
+from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q
 
 RUN_PREFIX = "# run: "
 
@@ -84,32 +84,38 @@ class AsgiServer(AppServer):
                 f'start_detached() {{ V=$1; eval "set -- $({read})"; {" ".join(self.daemon_lines(cfg))}; }}']
 
     def daemon_lines(self, cfg: Config) -> list[str]:
-        """The daemon-only part (a process manager does not need it): run "$@" detached from the script's
-        session, from shared/config, writing its own pid (exec keeps it) to the pidfile, output to the log.
-        umask 117: a unix socket the server creates is 660 (its group the nginx group of the setgid
-        shared/run); the config module sets the workers' own umask."""
+        """The daemon-only part (a process manager does not need it): run "$@" as the app user ($ASAPP),
+        detached from the script's session, from shared/config, writing its own pid (exec keeps it) to the
+        pidfile in the app user's shared/run, output to the log, which the app user opens (it is the app
+        user's: the setup phase gives it to it). umask 117, set after sudo (which applies its own): a unix
+        socket the server creates is 660 (its group the nginx group of the setgid shared/run), and so are the
+        pidfile and the log; the config module sets the workers' own umask."""
         p = self.paths(Layout(cfg.paths.deploy_to))
-        inner = q('echo $$ > "$0" && exec "$@"')
-        return [f"(cd {q(self.app_dir(cfg))} && umask 117 && exec setsid nohup sh -c {inner} {q(p.pidfile)} "
-                f'"$@" < /dev/null >> {q(p.log)} 2>&1 &)']
+        inner = q('umask 117 && exec >> "$1" 2>&1 && echo $$ > "$0" && shift && exec "$@"')
+        return [f"(cd {q(self.app_dir(cfg))} && exec setsid nohup {AS_APP} sh -c {inner} "
+                f'{q(p.pidfile)} {q(p.log)} "$@" < /dev/null > /dev/null 2>&1 &)']
 
     def reload_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
         """Start the server, or reload it (graceful_signal when the running master has the live command line,
-        else stop and start), then wait until every worker runs the release."""
+        else stop and start), then wait until every worker runs the release. Everything that touches the
+        running server (its pidfile, socket, log, workers' cwd, signals, the start) runs as the app user
+        ($ASAPP); a master of another user (from before [app] user) is stopped and started again as it."""
         lay = Layout(cfg.paths.deploy_to)
         p = self.paths(lay)
         timeout = self.reload_timeout(cfg)
-        unix = self.listen(cfg, None).startswith("/")
+        # (the app hosts of a balanced fleet listen on address:port: no socket file to wait for)
+        unix = self.listen(cfg, None).startswith("/") and not balanced(cfg)
         same = (f'[ -n "$pid" ] && [ "$(tr "\\000" "\\n" < "/proc/$pid/cmdline" | tail -n +2)" = '
                 f'"$(argv_of {venv_word})" ]')
         graceful = [
             f"if {same}; then",
             '  old=" $(workers "$pid" | tr "\\n" " ") "',
-            f'  kill -{self.graceful_signal} "$pid"',
+            f'  {AS_APP} kill -{self.graceful_signal} "$pid"',
             "  action=reloaded",
             "else",
         ] if self.graceful_signal else ["if true; then"]
         return [
+            *self.as_app_lines(cfg),
             ALIVE_FN,
             CHILDREN_FN,
             *manager.switch_lines(cfg, self),
@@ -119,13 +125,14 @@ class AsgiServer(AppServer):
             + fail_expanded(f"{p.config} has no command line (deploy again)"),
             f"want=$(sed -n 's/^# workers: \\([0-9][0-9]*\\)$/\\1/p' {q(p.config)} | tail -n 1); want=${{want:-1}}",
             *self.pid_lines(cfg),
+            *self.foreign_lines(cfg),
             'old=" "; how=',
             *graceful,
             '  if [ -n "$pid" ]; then',
             *["    " + ln for ln in self.stop_lines(cfg)],
             "    how=restarted",
             "  fi",
-            f"  rm -f {q(p.socket)} {q(p.pidfile)}",
+            f"  {AS_APP} rm -f {q(p.socket)} {q(p.pidfile)}",
             f"  start_detached {venv_word}",
             "  action=${how:-started}",
             "fi",
@@ -138,20 +145,20 @@ class AsgiServer(AppServer):
             '    for c in $(workers "$pid"); do',
             "      n=$((n + 1))",
             '      case "$old" in *" $c "*) stale=$((stale + 1));; esac',
-            f'      [ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
+            f'      [ "$({AS_APP} readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
             "    done",
-            f'    if [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ]{f" && [ -S {q(p.socket)} ]" if unix else ""}; then '
+            f'    if [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ]{f" && {AS_APP} test -S {q(p.socket)}" if unix else ""}; then '
             "ready=1; break; fi",
             "  fi",
             "  i=$((i + 1)); sleep 0.1",
             "done",
             'if [ -z "$ready" ]; then',
             f'  echo "last lines of {p.log}:" >&2',
-            f"  tail -n 20 {q(p.log)} >&2 || true",
+            f"  {AS_APP} tail -n 20 {q(p.log)} >&2 || true",
             "  " + fail_expanded(f"{self.title} did not come up serving {label} within {timeout}s"),
             "fi",
             # (uvicorn makes its socket 666: the nginx group's 660, as for every app server)
-            f"[ ! -S {q(p.socket)} ] || chmod 660 {q(p.socket)}" if unix else "true",
+            f"! {AS_APP} test -S {q(p.socket)} || {AS_APP} chmod 660 {q(p.socket)}" if unix else "true",
             note(f"{self.name} $action (master $pid, $n workers on {label})"),
         ]
 

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 from fabdeploy.config.checks import (RESERVED_ENV, SERVER_KEYS, _check_roles, _suggest, check_app,
                                      check_rolling, host_name)
 from fabdeploy.config.schema import _NAME, BALANCE_METHODS, PHASES, SCHEMA, Key, all_sections
+from fabdeploy.config.secrets import check_secrets, secret_looking_env
 from fabdeploy.errors import ConfigError
 
 __all__ = ["BALANCE_METHODS", "CONFIG_ENV", "DEFAULT_CONFIG", "MIN_SECRET_LEN", "NEVER_SECRET", "PHASES",
@@ -44,6 +45,9 @@ class Config:
         self.data = data
         base = path.parent if path else Path.cwd()
         self.source_dir = (base / data["project"]["source"]).resolve()
+        # [secrets] resolved on the deploying machine (fabdeploy.local.secrets.resolve): NAME -> value
+        self.secret_env: dict[str, str] = {}
+        self.warnings: list[str] = secret_looking_env(data["django"]["env"])  # printed once by the task
 
     def __getattr__(self, section: str) -> "_Section":
         try:
@@ -83,8 +87,10 @@ class Config:
     def secret_values(self) -> list[str]:
         """Values to mask in anything printed: every [django] env value of MIN_SECRET_LEN characters or more
         (whatever its name; shorter ones such as "1" or "on", and true/false/none/null, would mask unrelated
-        text), and the userinfo (user:password, and the password alone) of pip.index_url."""
-        values = [v for v in self.django.env.values() if len(v) >= MIN_SECRET_LEN and v.lower() not in NEVER_SECRET]
+        text), the resolved [secrets] (same rule), and the userinfo (user:password, and the password alone)
+        of pip.index_url."""
+        values = [v for v in [*self.django.env.values(), *self.secret_env.values()]
+                  if len(v) >= MIN_SECRET_LEN and v.lower() not in NEVER_SECRET]
         userinfo = url_userinfo(self.pip.index_url)
         if userinfo:
             values.append(userinfo)
@@ -133,7 +139,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     schema = all_sections()
     data: dict[str, dict[str, Any]] = {}
     for section, value in raw.items():
-        if section not in schema:
+        if section not in schema and section != "secrets":
             raise ConfigError(f"{where}unknown section [{section}]{_suggest(section, schema)}")
         if not isinstance(value, dict):
             raise ConfigError(f"{where}{section} must be a table [{section}]")
@@ -157,6 +163,10 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
                 raise ConfigError(f"{where}{section}.{key} {problem}{got}")
             values[key] = given[key]
         data[section] = values
+    problem = check_secrets(raw.get("secrets", {}), data["django"]["env"])
+    if problem:
+        raise ConfigError(f"{where}{problem}")
+    data["secrets"] = dict(raw.get("secrets", {}))  # NAME -> its source (checked); values: local.secrets
     deploy_to = data["paths"]["deploy_to"]
     if deploy_to.rstrip("/") in ("", "/") or "//" in deploy_to.rstrip("/") or "/../" in deploy_to + "/" \
             or "/./" in deploy_to + "/":

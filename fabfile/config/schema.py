@@ -120,8 +120,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "media": Key("app", lambda v: None if v in ("app", "lb") else "must be \"app\" or \"lb\""),
         "max_fails": Key(1, _int(0, 1000)),
         "fail_timeout": Key(10, _int(1, 3600)),
+        "websocket_timeout": Key(3600, _int(1, 604800)),
         "firewall": Key("auto", lambda v: None if v in ("auto", "nftables", "off") else
                         "must be \"auto\", \"nftables\" or \"off\""),
+    },
+    "provision": {  # fab provision (fabdeploy/provision/)
+        "deploy_user": Key("deploy", _str(_USER, "a user name (lower-case letters, digits, '_' or '-')", False)),
+        "authorized_keys": Key([], _list(_str(re.compile(r"^(ssh|ecdsa|sk)-[A-Za-z0-9@.-]+ [A-Za-z0-9+/=]+( [^\n]*)?$"),
+                                              "a public key line like \"ssh-ed25519 AAAA... me@laptop\"", False))),
     },
     "hooks": {
         f"{when}_{phase}": Key([], _hook_commands)

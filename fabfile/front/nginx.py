@@ -195,7 +195,14 @@ def lb_site(cfg: Config, drained=()) -> str:
         keepalive=b.keepalive, listen=cfg.nginx.listen, server_name=cfg.nginx.server_name,
         client_max_body_size=cfg.nginx.client_max_body_size, shared=lay.shared, static_url=cfg.django.static_url,
         media_url=cfg.django.media_url, static_expires=cfg.nginx.static_expires, media=b.media,
-        protocol=appserver.of(cfg).protocol)
+        protocol=appserver.of(cfg).protocol, websocket=passes_websockets(cfg),
+        upgrade_var=f"fabdeploy_{ident(cfg.project.name)}_upgrade", websocket_timeout=b.websocket_timeout)
+
+
+def passes_websockets(cfg: Config) -> bool:
+    """Does the balancer pass WebSocket upgrades on to the app hosts? When the app is ASGI (`[app] asgi`,
+    which every ASGI app server requires) over HTTP."""
+    return bool(cfg.app.asgi) and appserver.of(cfg).protocol == "http"
 
 
 

@@ -27,19 +27,18 @@ def switch_lines(cfg, app) -> list[str]:
     (shared/config/manager; none recorded: pidfile, the only one before managers existed) is not the
     configured one, stop every app server it runs here through it (waiting until each is gone; a host may
     switch [app] server at the same time), remove its definition, and record the new one. A brief outage:
-    two managers never fight over the socket."""
+    two managers never fight over the socket. (shared/run is the app user's: its pidfiles and sockets are
+    looked at as it, $ASAPP.)"""
     from fabdeploy.appserver import SERVERS
     from fabdeploy.hosts.layout import Layout
     from fabdeploy.remote.markers import note
-    from fabdeploy.appserver.base import app_user
-    from fabdeploy.remote.shell import ALIVE_FN, as_app_lines, q
+    from fabdeploy.remote.shell import ALIVE_FN, AS_APP, q
     lay = Layout(cfg.paths.deploy_to)
     record = q(lay.config + "/manager")
     new = of(cfg)
     running = " || ".join(f"alive {q(s.paths(lay).pidfile)} {q(s.process)} >/dev/null"
                           for s in dict.fromkeys(SERVERS.values()))
-    # (shared/run is the app user's: only it sees the old pidfile and socket there)
-    lines = [*as_app_lines(app_user(cfg)), ALIVE_FN,
+    lines = [*app.as_app_lines(cfg), ALIVE_FN,
              f"was=$(cat {record} 2>/dev/null || true)",
              # nothing recorded: a master running now was started without a manager; none running: a first start
              'if [ -z "$was" ]; then',
@@ -55,7 +54,7 @@ def switch_lines(cfg, app) -> list[str]:
             if old.refuse(server):  # (one that refuses this app server never ran it)
                 continue
             p = server.paths(lay)
-            lines += [f"    if $ASAPP test -e {q(p.pidfile)} || $ASAPP test -e {q(p.socket)}; then",
+            lines += [f"    if {AS_APP} test -e {q(p.pidfile)} || {AS_APP} test -e {q(p.socket)}; then",
                       *["      " + ln for ln in server.stop_lines(cfg, old)],
                       "    fi"]
         lines += [*["    " + ln for ln in old.remove_lines(cfg, app)], "    ;;"]

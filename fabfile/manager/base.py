@@ -8,6 +8,8 @@ an emperor vassal) does not change from one release to the next and installing i
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.remote.markers import fail, note
@@ -16,6 +18,18 @@ from fabdeploy.remote.shell import q, write_file
 
 USER_PLACEHOLDER = "@fabdeploy-user@"  # in a definition: the deploy user, filled in on the host
 MANAGED = "Managed by fabdeploy"  # the first line of every definition fabdeploy writes
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """The lines of a shared log that are about one project (`fab logs`): from the journal of `unit` where
+    systemd runs (the manager started it with systemctl there), else from `path`; `pattern`, an extended
+    regular expression (grep -E), picks the lines."""
+
+    label: str
+    path: str
+    unit: str
+    pattern: str
 
 
 class Manager:
@@ -103,6 +117,15 @@ class Manager:
         autostart and an enabled systemd unit do: nothing to add). Run after a deploy's restart and after
         `fab start|restart` (steps/activate.restart, steps/control.phases)."""
         return []
+
+    def log_files(self, cfg: Config, app) -> dict[str, str]:
+        """What it writes about this project in files of its own beyond the app server's log ({label: path},
+        shown by `fab logs`)."""
+        return {}
+
+    def log_filter(self, cfg: Config) -> LogFilter | None:
+        """A log it shares with other projects, of which `fab logs` shows the lines about this one."""
+        return None
 
     def journal_argv(self, cfg: Config) -> list[str]:
         """(journal managers) the command whose output is the app server's log, for `fab logs`."""

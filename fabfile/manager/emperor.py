@@ -9,7 +9,8 @@ What it writes on the host, each only when it differs, so a second deploy change
   Not the release's virtualenv: releases and virtualenvs are pruned, and the emperor runs for every project
   on the host. A copy is never overwritten: uWSGI re-executes /proc/self/exe at a reload, which must still
   exist (a replaced file would be "uwsgi (deleted)"); a newer copy is used from the emperor's next start
-  (restarting it would stop every project's vassals). One emperor runs one Python: a project whose uWSGI is
+  (restarting it would stop every project's vassals). Older copies are removed once nothing runs or names
+  them (prune_lines). One emperor runs one Python: a project whose uWSGI is
   built for another libpython fails with one line. The copy is root's: the emperor (root, as tyrant mode
   needs) runs what the deploy user's release built, which that user's sudo allows anyway.
 - its unit, `/etc/systemd/system/fabdeploy-uwsgi-emperor.service` (Type=simple, Restart=always), enabled by
@@ -29,7 +30,7 @@ from __future__ import annotations
 from fabdeploy.appserver.base import app_user
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
-from fabdeploy.manager.base import MANAGED, Manager
+from fabdeploy.manager.base import MANAGED, LogFilter, Manager
 from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail, fail_expanded, note
 from fabdeploy.remote.shell import ALIVE_FN, q, write_file
@@ -93,6 +94,31 @@ def binary_lines(src: str) -> list[str]:
         "  " + note(f"uWSGI emperor binary: $ver ({BINARY} -> $d/uwsgi)"),
         "fi",
     ]
+
+
+UNIT_DIRS = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system", "/etc/init.d",
+             "/etc/supervisor/conf.d")  # where a unit or service that runs a copy by its own path would be
+PRUNE_AFTER = 10  # minutes: a younger copy may be one another deploy is installing right now (not yet linked)
+
+
+def prune_lines(lib: str = LIB, unit_dirs: tuple[str, ...] = UNIT_DIRS) -> list[str]:
+    """Remove the copies of uWSGI under LIB that nothing uses: not the one BINARY links to, not one a running
+    process executes (an emperor started before the link moved on, its vassals; "(deleted)" or not), not
+    one a unit or service names by path, and none younger than PRUNE_AFTER minutes. Prints the removed
+    names (as root: /proc/<pid>/exe of root's emperor). (lib, unit_dirs: other places, for a test.)"""
+    dirs = " ".join(q(d) for d in unit_dirs)
+    script = "; ".join([
+        f"cd {q(lib)} 2>/dev/null || exit 0",
+        f'keep=" $(readlink -f {q(lib + "/uwsgi")} 2>/dev/null) "',
+        'for e in /proc/[0-9]*/exe; do t=$(readlink "$e" 2>/dev/null) || continue; '
+        f'case "$t" in {q(lib)}/uwsgi-*) keep="$keep ${{t% (deleted)}} ";; esac; done',
+        "for t in $(grep -rhoIs " + q(lib + '/uwsgi-[^/[:space:]"]*/uwsgi') + f' {dirs}); do keep="$keep $t "; done',
+        f"for d in $(find {q(lib)} -mindepth 1 -maxdepth 1 -type d -name 'uwsgi-*' -mmin +{PRUNE_AFTER}); do "
+        'case "$keep" in *" $d/uwsgi "*) continue;; esac; rm -rf "$d" && echo "${d##*/}"; done',
+    ])
+    # (best effort: a deploy user limited to the sudoers drop-in cannot prune; old copies then stay)
+    return [f"pruned=$(sudo -n sh -c {q(script)} 2>/dev/null | tr '\\n' ' ')",
+            '[ -z "$pruned" ] || ' + note("uWSGI emperor: old copies removed: $pruned")]
 
 
 def guard(path: str) -> str:
@@ -185,6 +211,7 @@ class Emperor(Manager):
             *binary_lines(app.venv_link(lay) + "/bin/uwsgi"),
             *unit_lines(f"{lay.config}/emperor.service"),
             *running_lines(),
+            *prune_lines(),
             guard(path),
             *write_file(staged, self.definition(cfg, app), mode="0644"),
             f'appg=$(id -gn {q(app_user(cfg))}); me="{app_user(cfg)}:$appg"',
@@ -235,6 +262,12 @@ class Emperor(Manager):
 
     def stopped_lines(self, cfg: Config, app) -> list[str]:
         return self.stop_lines(cfg, app)  # (a crashed vassal the emperor is about to start again)
+
+    def log_filter(self, cfg: Config) -> LogFilter | None:
+        """The emperor's lines about this project's vassal (`<name>.ini`, never a longer name ending so):
+        spawned, reloaded, cursed, removed, and what the vassal printed before its own log was open."""
+        name = "".join("\\" + c if c == "." else c for c in cfg.project.name)
+        return LogFilter("emperor", LOG, UNIT_NAME, f"(^|[^[:alnum:]_.-]){name}\\.ini([^[:alnum:]_-]|$)")
 
     def state_argv(self, cfg: Config) -> list[str] | None:
         """`vassal RUNNING` (in the directory, the emperor up), `vassal STOPPED` (out: fab stop) or

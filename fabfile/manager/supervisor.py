@@ -99,6 +99,11 @@ class Supervisor(Manager):
         return [root.rm(self.definition_path(cfg)),
                 f"if {CTL} pid >/dev/null 2>&1; then {CTL} reread >/dev/null; {CTL} update {name} >/dev/null; fi"]
 
+    def log_files(self, cfg: Config, app) -> dict[str, str]:
+        """The program's stdout and stderr (stdout_logfile): what the app server prints before (or instead
+        of) writing its own log."""
+        return {"supervisor": app.paths(Layout(cfg.paths.deploy_to)).log + ".out"}
+
     def state_argv(self, cfg: Config) -> list[str] | None:
         return ["sudo", "-n", root.BINARIES["supervisorctl"], "status", self.program(cfg)]
 

@@ -175,10 +175,14 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
 def share_secret_key(apps: list[HostDeploy], adopt: str | None) -> None:
     """Give every app host of the run the same shared/secret_key (secret_key.decide): a new one when none has
     one (a single host makes its own, as always), else the holder's (read once, never shown) for the hosts
-    without one, or the adopted host's for every host whose key differs."""
+    without one, or the adopted host's for every host whose key differs; a SECRET_KEY of [secrets] to every
+    host whose key is another."""
+    configured = apps[0].cfg.secret_env.get("SECRET_KEY", "") if apps else ""
+    if configured and adopt:
+        raise FabdeployError("--adopt-secret-key: SECRET_KEY comes from [secrets]; every app host gets that one")
     if adopt:  # the host as in the summary, or its SSH target from deploy.toml / -H
         adopt = next((hd.host for hd in apps if adopt in (hd.host, hd.server.target)), adopt)
-    plan = secret_key.decide({hd.host: hd.key_fp for hd in apps}, adopt)
+    plan = secret_key.decide({hd.host: hd.key_fp for hd in apps}, adopt, configured)
     if not plan.targets:
         return
     by_host = {hd.host: hd for hd in apps}
@@ -186,7 +190,9 @@ def share_secret_key(apps: list[HostDeploy], adopt: str | None) -> None:
     if stuck:
         raise FabdeployError(f"{', '.join(stuck)}: the live release is unchanged but the host needs the fleet's "
                              "SECRET_KEY: deploy with --force")
-    if plan.generate:
+    if configured:
+        key = configured
+    elif plan.generate:
         key = secret_key.new_key()
     else:
         src = by_host[plan.source]
@@ -194,7 +200,8 @@ def share_secret_key(apps: list[HostDeploy], adopt: str | None) -> None:
         key = secret_key.parse_key("\n".join(res.phases["secret_key"].stdout), src.host)
     for h in plan.targets:
         by_host[h].secret_key = key
-    src_text = "a new key" if plan.generate else f"the key of {plan.source}"
+    src_text = "the [secrets] SECRET_KEY" if configured else "a new key" if plan.generate else \
+        f"the key of {plan.source}"
     apps[0].printer.info(f"secret key: {src_text} goes to {', '.join(plan.targets)}")
 
 

@@ -1,4 +1,5 @@
-"""`fab logs`: the app server log and this site's nginx access/error logs, from every host at once.
+"""`fab logs`: the app server log, what the process manager writes about the project, and this site's nginx
+access/error logs, from every host at once.
 
 Read-only and lock-free. -n shows the last lines; -f follows, merging the hosts' streams live with each
 line prefixed by host and log. The remote `tail` is tied to the SSH channel's stdin: when the channel
@@ -19,10 +20,11 @@ from fabdeploy.hosts.connect import host_label
 from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, balanced, runs_nginx, server_of
+from fabdeploy.manager.base import LogFilter
 from fabdeploy.output import Printer
 from fabdeploy.remote.shell import q
 
-WHICH = ("app", "access", "error")
+WHICH = ("app", "manager", "access", "error")  # (manager: supervisor's output file, the emperor's lines)
 
 
 def log_files(cfg: Config, server: Server | None = None) -> dict[str, str]:
@@ -60,6 +62,19 @@ def journal_command(argv: list[str], lines: int, follow: bool) -> str:
         return words
     body = f'{words} -f & t=$!; cat >/dev/null; kill $t 2>/dev/null'
     return f"exec sh -c {q(body)}"
+
+
+def filter_command(f: LogFilter, lines: int, follow: bool) -> str:
+    """The last `lines` lines of a shared log that match f.pattern (followed with -f, the same channel-tied
+    lifetime as tail_command): the journal of f.unit where systemd runs, else the file f.path."""
+    journal = journal_command(["sudo", "-n", "journalctl", "--no-pager", "-o", "short-iso", "-u", f.unit,
+                               "--grep", f.pattern], lines, follow)
+    body = f'S=; [ ! -e "$2" ] || [ -r "$2" ] || S="sudo -n"; $S grep -E -- "$1" "$2" 2>/dev/null | tail -n {int(lines)}'
+    if follow:  # (tail ends by itself within a second of this shell: --pid)
+        body += ('; $S tail -n 0 -F --pid=$$ "$2" 2>/dev/null | grep --line-buffered -E -- "$1" & t=$!; '
+                 "cat >/dev/null; kill $t 2>/dev/null")
+    return (f"if [ -d /run/systemd/system ] && command -v journalctl >/dev/null 2>&1; then {journal}; "
+            f"else sh -c {q(body)} sh {q(f.pattern)} {q(f.path)}; fi")
 
 
 def stream(conn, cfg: Config, files: dict[str, str], lines: int, follow: bool, printer: Printer,
@@ -123,18 +138,25 @@ def show_logs(conns, cfg: Config, printer: Printer, lines: int, follow: bool, wh
     mgr = manager.of(cfg)
 
     def one(conn, cancel) -> None:
-        files = {w: f for w, f in log_files(cfg, server_of(conn)).items() if w in chosen}
-        journal = None
+        has = log_files(cfg, server_of(conn))
+        files = {w: f for w, f in has.items() if w in chosen}
+        commands = []  # (command, label): streams of their own, beside the tail of the files
         if mgr.journal and "app" in files:  # the app server writes to the journal, not to its file
             del files["app"]
-            journal = threading.Thread(target=stream, args=(conn, cfg, {}, lines, follow, printer, cancel,
-                                                            journal_command(mgr.journal_argv(cfg), lines, follow),
-                                                            "app"), daemon=True)
-            journal.start()
+            commands.append((journal_command(mgr.journal_argv(cfg), lines, follow), "app"))
+        if "manager" in chosen and "app" in has:  # (an app host: the manager runs the app server there)
+            files.update(mgr.log_files(cfg, appserver.of(cfg)))
+            f = mgr.log_filter(cfg)
+            if f is not None:
+                commands.append((filter_command(f, lines, follow), f.label))
+        threads = [threading.Thread(target=stream, args=(conn, cfg, {}, lines, follow, printer, cancel, cmd, label),
+                                    daemon=True) for cmd, label in commands]
+        for t in threads:
+            t.start()
         if files:  # (--which access on an app host without nginx: nothing to show there)
             stream(conn, cfg, files, lines, follow, printer, cancel)
-        if journal is not None:
-            journal.join()
+        for t in threads:
+            t.join()
 
     try:
         # every host at once when following (a bounded pool would never reach the hosts beyond it)

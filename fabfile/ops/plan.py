@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import shlex
 
 from fabdeploy import model, pipeline
 from fabdeploy import appserver
@@ -111,6 +112,30 @@ def _diff(name: str, old: str | None, new: str, env_line=None) -> str:
     return "".join(lines)
 
 
+def secrets_line(cfg: Config, old_env: str | None) -> str:
+    """`secrets: NAME changed, NAME unchanged, ...`: each [secrets] name against the host's app.env (read
+    there, compared here, never shown). SECRET_KEY is shared/secret_key: installed by the deploy when another."""
+    old = {}
+    for line in (old_env or "").splitlines():
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            continue
+        if len(words) == 1 and "=" in words[0]:
+            name, _, value = words[0].partition("=")
+            old[name] = value
+    states = []
+    for name in sorted(cfg.data["secrets"]):
+        if name == "SECRET_KEY":
+            state = "shared/secret_key (replaced by the deploy when another)" if name in cfg.secret_env else "unset"
+        elif name not in cfg.secret_env:
+            state = "removed (unset here)" if name in old else "unset (optional)"
+        else:
+            state = "new" if name not in old else "unchanged" if old[name] == cfg.secret_env[name] else "changed"
+        states.append(f"{name} {state}")
+    return "--- secrets: " + ", ".join(states) + "\n"
+
+
 # environment lines whose values are masked in the diffs (the app server's config has its own: env_line)
 APP_ENV_LINE = re.compile(r"^()([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
@@ -187,6 +212,8 @@ def plan_host(conn, cfg: Config, source, rel_id: str, wait: int = 0, force: bool
     app = appserver.of(cfg)
     out.append(_diff(app.config_name, files["app server"], app.render_config(cfg, rel, server), app.env_line))
     out.append(_diff("app.env", files["app.env"], code.env_file_text(cfg), APP_ENV_LINE))
+    if cfg.data.get("secrets"):
+        out.append(secrets_line(cfg, files["app.env"]))
     if runs_nginx(cfg, server):
         out.append(_diff(f"nginx site {site}", files["nginx site"], nginx.nginx_site(cfg, server)))
     out.append(_diff(f"{SETTINGS_MODULE}.py", files["settings"], settings))

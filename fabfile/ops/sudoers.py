@@ -49,7 +49,7 @@ def uncovered(cfg: Config) -> list[str]:
     out = []
     if cfg.app.manager in UNCOVERED_MANAGERS:
         out.append(f"app.manager = {cfg.app.manager!r}: the host-wide emperor (its uWSGI copy, unit, vassal "
-                   "directory, start); provision it once (a deploy with full sudo), the vassal is listed")
+                   "directory, start, pruning old copies); provision it once (a deploy with full sudo), the vassal is listed")
     return out
 
 

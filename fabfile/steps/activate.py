@@ -13,7 +13,7 @@ from fabdeploy.hosts.roles import Server, runs_nginx
 from fabdeploy.model import PENDING, Facts, Release
 from fabdeploy.remote.markers import note
 from fabdeploy.remote.script import Phase
-from fabdeploy.remote.shell import q
+from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
 from fabdeploy.steps import app_user
 from fabdeploy.steps.static import static_switch
 
@@ -36,8 +36,23 @@ def reload(cfg: Config, release_word: str, venv_word: str, label: str) -> list[s
     reload it gracefully, and wait until every worker runs the release."""
     app = appserver.of(cfg)
     # (the old manager stops what it runs first: retiring another app server then finds nothing to stop)
-    return [*manager.switch_lines(cfg, app), *appserver.retire_lines(cfg),
-            *app.reload_lines(cfg, release_word, venv_word, label)]
+    return defined_once([*manager.switch_lines(cfg, app), *appserver.retire_lines(cfg),
+                         *app.reload_lines(cfg, release_word, venv_word, label)],
+                        {ALIVE_FN, CHILDREN_FN, *app.as_app_lines(cfg)})
+
+
+def defined_once(lines: list[str], defs: set[str]) -> list[str]:
+    """lines without the copies of a definition in defs (a shell function, $ASAPP: always the same text) that
+    come after it ran at the top level (unindented): every stop and pid block brings its own, and a deploy's
+    publish script, which reloads more than once, must stay under the 128 KiB of one argument."""
+    seen, out = set(), []
+    for ln in lines:
+        if ln.strip() in seen:
+            continue
+        if ln in defs:
+            seen.add(ln)
+        out.append(ln)
+    return out
 
 
 def switch(cfg: Config, rel: Release, server: Server | None = None) -> Phase:

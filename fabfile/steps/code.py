@@ -14,9 +14,11 @@ from fabdeploy.steps.static import seed_static
 
 
 def env_file_text(cfg: Config) -> str:
-    """shared/config/app.env: the [django] env for manage.py and the hooks (sh syntax, values quoted)."""
-    return "".join(f"{k}={q(v)}\n" for k, v in sorted(cfg.django.env.items()))
-
+    """shared/config/app.env: the [django] env and the resolved [secrets] (but SECRET_KEY, which is
+    shared/secret_key) for manage.py, the hooks and the app (the generated settings read it); sh syntax,
+    values quoted."""
+    env = {**cfg.django.env, **{k: v for k, v in cfg.secret_env.items() if k != "SECRET_KEY"}}
+    return "".join(f"{k}={q(v)}\n" for k, v in sorted(env.items()))
 
 
 def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:

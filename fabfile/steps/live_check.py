@@ -13,6 +13,7 @@ from fabdeploy.front.nginx import nginx_site
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, runs_nginx
 from fabdeploy.local.render import render
+from fabdeploy.local.secrets import digest as secrets_digest
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import fact, note
 from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q
@@ -31,6 +32,8 @@ def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server 
                     static_url=cfg.django.static_url, media_url=cfg.django.media_url),
              sorted(cfg.django.env.items()), cfg.hooks.__dict__, cfg.health.__dict__, cfg.project.python,
              manage_wrapper(cfg)]
+    if cfg.secret_env:  # (a hash of the [secrets] values: one changed, a real deploy)
+        parts.append(secrets_digest(cfg))
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

@@ -7,6 +7,7 @@ itself only travels inside the prepare script (masked in every display) or in on
 """
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass, field
 
@@ -38,9 +39,17 @@ class KeyPlan:
     generate: bool = False
 
 
-def decide(fps: dict[str, str], adopt: str | None = None) -> KeyPlan:
+def key_fingerprint(key: str) -> str:
+    """What fingerprint_lines reports for a host whose shared/secret_key holds `key`."""
+    return hashlib.sha256(f"fabdeploy-secret-key:{key.rstrip(chr(10))}".encode()).hexdigest()[:16]
+
+
+def decide(fps: dict[str, str], adopt: str | None = None, configured: str = "") -> KeyPlan:
     """fps: app host -> fingerprint ("" = no key yet), in deploy order. One line naming the hosts when the
-    keys differ (and no --adopt-secret-key says which one to keep)."""
+    keys differ (and no --adopt-secret-key says which one to keep). `configured`: the SECRET_KEY of
+    [secrets], which every host gets (KeyPlan.source stays "": the caller has the key)."""
+    if configured:
+        return KeyPlan([h for h, fp in fps.items() if fp != key_fingerprint(configured)])
     if adopt:
         if adopt not in fps:
             raise FabdeployError(f"--adopt-secret-key {adopt}: not an app host of this deploy "
