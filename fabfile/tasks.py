@@ -304,6 +304,16 @@ def init(c, source=".", output="deploy.toml"):
     print("next: fill in the TODO lines (hosts, deploy_to, server_name), then `fabdeploy deploy`")
 
 
+@task(help={"config": CONFIG_HELP, "user": "the deploy user the rules are for (default: the SSH user of the "
+            "config's hosts)", "nginx_group": "nginx's group on the hosts (default: www-data)"})
+@one_line_errors
+def sudoers(c, user=None, nginx_group="www-data", config=None):
+    """Print a sudoers drop-in limiting the deploy user to this project's root commands (visudo -c clean)."""
+    from fabdeploy.ops import sudoers as _sudoers
+    cfg = _load(config)
+    print(_sudoers.drop_in(cfg, user or _sudoers.default_user(cfg), nginx_group), end="")
+
+
 @task
 def example_config(c):
     """Print the configuration reference, every key commented: fabdeploy example-config > deploy.toml"""
@@ -367,5 +377,5 @@ def _seconds(value, flag: str):
     return number
 
 
-__all__ = ["deploy", "provision", "rollback", "secrets", "releases", "status", "logs", "unlock", "manage", "stop", "start", "restart",
-           "reload"]
+__all__ = ["deploy", "provision", "rollback", "secrets", "releases", "status", "logs", "unlock", "manage", "stop", "start",
+           "restart", "reload", "sudoers"]

@@ -99,31 +99,48 @@ def test_managers_name_the_app_user():
         cfg = make_cfg(app={"manager": mgr, "user": "shop"})
         assert line in manager.of(cfg).definition(cfg, appserver.of(cfg)).splitlines()
     cfg = make_cfg(app={"manager": "emperor", "user": "shop"})
-    assert 'me="shop:$(id -gn shop)"' in "\n".join(manager.of(cfg).install_lines(cfg, appserver.of(cfg)))
+    assert 'appg=$(id -gn shop); me="shop:$appg"' in "\n".join(manager.of(cfg).install_lines(cfg, appserver.of(cfg)))
 
 
 def test_setup_creates_the_user_and_converts_the_layout_only_for_a_user_of_its_own():
     cfg = make_cfg(app={"user": "shop"})
     text = "\n".join(setup.setup(cfg).lines)
-    assert ("sudo -n useradd --system --user-group --no-create-home --home-dir /srv/shop --shell "
+    assert ("sudo -n /usr/sbin/useradd --system --user-group --no-create-home --home-dir /srv/shop --shell "
             "/usr/sbin/nologin shop") in text
     assert "cannot create the app user shop (app.user; useradd with sudo -n)" in text
-    for want in ('own /srv/shop/releases "$(id -un)" "$appg" 2750', 'own /srv/shop/shared/media "$appu" '
-                 '"$nginx_group" 2750', 'own /srv/shop/shared/db "$appu" "$appg" 700',
-                 'own /srv/shop/shared/run "$appu" "$nginx_group" 2750', 'own /srv/shop/shared/log "$(id -un)" "$appg" 2770'):
-        assert want in text
+    for path, owner, mode in (("releases", '"$(id -un):$appg"', "2750"), ("shared/media", '"shop:$nginx_group"', "2750"),
+                              ("shared/db", '"shop:$appg"', "700"), ("shared/run", '"shop:$nginx_group"', "2750"),
+                              ("shared/log", '"$(id -un):$appg"', "2770")):
+        assert f"sudo -n /usr/bin/chown -R -H {owner} /srv/shop/{path} && " in text
+        assert f"sudo -n /usr/bin/chmod {mode} /srv/shop/{path};" in text
     assert "shared/static" not in "\n".join(app_user_step.ownership_lines(cfg))
 
 
 def test_ownership_lines_do_nothing_where_a_directory_is_right(tmp_path):
-    """(run here as the app user itself: the conversion is skipped entirely, and the own() check is a stat)"""
-    d = tmp_path / "d"
-    d.mkdir()
-    d.chmod(0o750)
+    """(the app user is this user here: every directory right means no sudo at all; one wrong, only its fixed
+    commands run)"""
     grp = sh("id -gn").stdout.strip()
-    own = app_user_step.ownership_lines(make_cfg(app={"user": "shop"}))[1].strip()
-    res = sh(f'{own}\nconverted=\nown {d} {ME} {grp} 750 && echo "[$converted]"')
-    assert res.stdout == "[]\n", res.stderr
+    modes = {"releases": 0o2750, "venvs": 0o2750, "tmp": 0o2750, "shared/config": 0o2750, "shared/media": 0o2750,
+             "shared/db": 0o700, "shared/run": 0o2750, "shared/log": 0o2770}
+    for rel, mode in modes.items():
+        (tmp_path / rel).mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).chmod(mode)
+    (tmp_path / "shared").chmod(0o711)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "sudo").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/sudo.log\n[ "$1" = -n ] && shift\nexec "$@"\n')
+    (bindir / "sudo").chmod(0o755)
+    lines = app_user_step.ownership_lines(make_cfg(str(tmp_path), app={"user": ME}))
+    script = "\n".join([f"export PATH={bindir}:$PATH; appme=; appu={ME}; appg={grp}; nginx_group={grp}", *lines,
+                        'echo "[$converted]"'])
+    res = sh(script)
+    assert res.returncode == 0 and res.stdout == "[]\n", res.stderr
+    assert not (tmp_path / "sudo.log").exists()
+    (tmp_path / "shared/db").chmod(0o750)
+    res = sh(script)
+    assert res.returncode == 0 and "[ db]" in res.stdout, res.stderr
+    assert (tmp_path / "sudo.log").read_text().splitlines()[-1] == f"-n /usr/bin/chmod 700 {tmp_path}/shared/db"
+    assert oct((tmp_path / "shared/db").stat().st_mode & 0o7777) == "0o700"
 
 
 def test_migrate_and_fab_manage_run_as_the_app_user():
@@ -152,8 +169,10 @@ def test_stop_signals_a_master_of_another_user_with_sudo():
     """(a host not converted yet: its daemonized master runs as the deploy user)"""
     cfg = make_cfg(app={"user": "shop"})
     text = "\n".join(appserver.of(cfg).stop_lines(cfg))
-    assert '[ "$(stat -c %U "/proc/$pid" 2>/dev/null)" = shop ] || sudo -n kill -INT "$pid"' in text
-    assert "|| sudo -n kill -KILL $pid $kids" in text
+    # (the deploy user's own master: a plain kill; another user's: sudo, where the rules allow it)
+    assert ('[ "$(stat -c %U "/proc/$pid" 2>/dev/null)" = shop ] || kill -INT "$pid" 2>/dev/null || '
+            'sudo -n kill -INT "$pid"') in text
+    assert "|| kill -KILL $pid $kids 2>/dev/null || sudo -n kill -KILL $pid $kids" in text
     sup = make_cfg(app={"user": "shop", "manager": "supervisor"})
     assert "sudo -n kill -INT" not in "\n".join(appserver.of(sup).stop_lines(sup))
 

@@ -56,7 +56,7 @@ def test_the_boot_script_is_the_start_phase_of_fab_start_and_only_the_pidfile_ma
         assert "@reboot" not in restart and "start-at-boot" in restart  # (only its removal, from a pidfile host)
     # a host switching to a manager of its own loses both files
     assert manager.of(cfg).remove_lines(cfg, appserver.of(cfg)) == [
-        f"if [ -e {CRON} ]; then sudo -n rm -f {CRON}; fi", "rm -f /srv/shop/bin/start-at-boot"]
+        f"if [ -e {CRON} ]; then sudo -n /usr/bin/rm -f {CRON}; fi", "rm -f /srv/shop/bin/start-at-boot"]
 
 
 class Etc:

@@ -278,7 +278,7 @@ def test_the_site_goes_out_of_nginx_and_comes_back(tmp_path, fakebin, layout):
     else:
         assert not ng.conf.exists() and ng.parked.exists()
         assert notes(out(proc)) == [f"nginx site taken out ({ng.conf} -> {ng.parked})"]
-    assert "-n nginx -t" in fakebin.log()
+    assert "-n /usr/sbin/nginx -t" in fakebin.log()
     again = ng.run(nginx_toggle.take_out_lines(ng.cfg))
     assert again.returncode == 0 and notes(out(again)) == ["nginx site already out"]
     back = ng.run(nginx_toggle.put_back_lines(ng.cfg))

@@ -206,6 +206,6 @@ def test_every_fabdeploy_task_is_a_fleet_task():
     from fabdeploy import executor
     from fabdeploy import tasks
     assert sorted(tasks.__all__) == ["deploy", "logs", "manage", "provision", "releases", "reload", "restart", "rollback",
-                                     "secrets", "start", "status", "stop", "unlock"]
+                                     "secrets", "start", "status", "stop", "sudoers", "unlock"]
     for name in tasks.__all__:
         assert executor.is_fleet_task(getattr(tasks, name)), name

@@ -44,6 +44,20 @@ def test_a_detached_script_streams_its_markers_and_exit_status_through_the_chann
     assert files(tmp_path / "r") == {"r2.publish.status", "r2.publish.pid"}
 
 
+def test_a_detached_script_over_the_128_kib_argument_limit_runs(tmp_path):
+    """SSH hands the command to the remote shell as one argument (Linux: at most 128 KiB): the script goes
+    packed, is unpacked into <prefix>.sh and run from there (a publish with every manager's switch lines is
+    that big)."""
+    prefix = tmp_path / "big.publish"
+    filler = [f": line {i} of a big publish script, padding it beyond MAX_ARG_STRLEN" for i in range(3000)]
+    script = Script([Phase("big", [*filler, "echo done"])], detach=str(prefix))
+    assert len(script.text()) > 131072 > len(script.command())
+    proc = subprocess.run(["bash", "-c", script.command()], cwd=tmp_path, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "done" in proc.stdout.decode().splitlines()
+    assert files(prefix) == {"big.publish.status", "big.publish.pid"}  # (the unpacked script removed)
+
+
 def test_a_detached_script_finishes_when_the_channel_side_is_killed(tmp_path):
     prefix = tmp_path / "r1.publish"
     done = tmp_path / "done"

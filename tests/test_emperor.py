@@ -75,14 +75,14 @@ def test_a_deploy_installs_the_emperor_only_where_it_differs_then_touches_the_va
     assert "then systemctl start fabdeploy-uwsgi-emperor.service; else" in t
     # the vassal: the app user's file (tyrant mode runs it as that user), renamed into place, never over a file
     # not ours
-    assert f'me="{app_user(cfg)}:$(id -gn {app_user(cfg)})"' in t
-    assert ('sudo -n install -o "${me%:*}" -g "${me#*:}" -m 0644 /srv/shop/shared/config/emperor.definition '
-            "/etc/uwsgi/vassals/.shop.ini.tmp && sudo -n mv -f /etc/uwsgi/vassals/.shop.ini.tmp "
+    assert f'appg=$(id -gn {app_user(cfg)}); me="{app_user(cfg)}:$appg"' in t
+    assert (f'sudo -n /usr/bin/install -o {app_user(cfg)} -g "$appg" -m 0644 /srv/shop/shared/config/emperor.definition '
+            "/etc/uwsgi/vassals/.shop.ini.tmp && sudo -n /usr/bin/mv -f /etc/uwsgi/vassals/.shop.ini.tmp "
             "/etc/uwsgi/vassals/shop.ini") in t
     assert "grep -qs 'Managed by fabdeploy' /etc/uwsgi/vassals/shop.ini" in t
     # a reload touches the vassal with a newer mtime; nothing else signals the master
-    assert '  touch -c -d "@$t" /etc/uwsgi/vassals/shop.ini 2>/dev/null || sudo -n touch -c -d "@$t" ' \
-           "/etc/uwsgi/vassals/shop.ini" in lines
+    assert ('  touch -c -d "@$t" /etc/uwsgi/vassals/shop.ini 2>/dev/null || '
+            f'sudo -n -u {app_user(cfg)} touch -c -d "@$t" /etc/uwsgi/vassals/shop.ini') in lines
     assert "--reload" not in t and "kill -HUP" not in t
     assert not any(ln.strip().startswith("/srv/shop/venvs/") for ln in lines)  # never behind the emperor's back
 
@@ -99,7 +99,7 @@ def test_the_emperor_is_written_before_the_vassal_and_the_vassal_before_the_relo
 def test_stop_takes_the_vassal_out_even_when_the_master_is_down():
     cfg = make_cfg(app={"manager": "emperor"})
     stop = control.stop(cfg).lines
-    out = "sudo -n rm -f /etc/uwsgi/vassals/shop.ini"
+    out = "sudo -n /usr/bin/rm -f /etc/uwsgi/vassals/shop.ini"
     i = stop.index('if [ -z "$pid" ]; then')
     j = stop.index("else", i)
     assert "  " + out in stop[i:j]  # a crashed vassal the emperor would start again
@@ -119,7 +119,7 @@ def test_switching_to_and_from_the_emperor():
     i = b.index("  emperor)")
     branch = b[i:b.index("    ;;", i)]
     # stopped (the vassal out, running or not), then removed
-    assert text(branch).count("sudo -n rm -f /etc/uwsgi/vassals/shop.ini") == 3
+    assert text(branch).count("sudo -n /usr/bin/rm -f /etc/uwsgi/vassals/shop.ini") == 3
     # a host that leaves the emperor for gunicorn under supervisor: the emperor's branch stops uWSGI (the only
     # server it runs), not gunicorn
     g = make_cfg(app={"server": "gunicorn", "manager": "supervisor"})

@@ -44,7 +44,9 @@ def errors(proc) -> list[str]:
 
 def test_literal_and_named_balancers_become_v4_and_v6_rules_nft_accepts(tmp_path, fakebin):
     cfg = lb_cfg(lb=("deploy@10.0.0.10", {"host": "deploy@lb2", "address": "lb.example.test"},
-                     {"host": "deploy@lb3", "address": "lb6.example.test"}, {"host": "deploy@lb4", "address": "[fd00::7]"}))
+                     {"host": "deploy@lb3", "address": "lb6.example.test"}, {"host": "deploy@lb4", "address": "[fd00::7]"}),
+                 paths={"deploy_to": str(tmp_path / "srv")})
+    (tmp_path / "srv/shared/config").mkdir(parents=True)  # (where root's nft reads the staged rules)
     assert firewall.lb_sources(cfg) == (["10.0.0.10"], ["fd00::7"], ["lb.example.test", "lb6.example.test"])
     app = roles.servers(cfg)[0]
     proc = run_with_hosts(tmp_path, firewall.firewall(cfg, app, str(tmp_path)), fakebin.env)
@@ -55,7 +57,7 @@ def test_literal_and_named_balancers_become_v4_and_v6_rules_nft_accepts(tmp_path
     assert "insert rule inet fabdeploy_shop input tcp dport 8001 ip saddr { 10.9.9.9 } accept" in rules
     assert "insert rule inet fabdeploy_shop input tcp dport 8001 ip6 saddr { fd00::8,fd00::9 } accept" in rules
     assert "lb.example.test" not in rules  # nft never resolves a name itself
-    assert "-n nft -c -f" in fakebin.log()  # (checked by the real nft: a failure would have stopped it)
+    assert f"-n /usr/sbin/nft -c -f {tmp_path}/srv/shared/config/firewall.nft" in fakebin.log()  # (checked by the real nft: a failure would have stopped it)
     assert f"{MARK} note load balancer names resolved here: 10.9.9.9, fd00::8, fd00::9" in out(proc)
 
 

@@ -31,7 +31,8 @@ class Box:
         self.etc = tmp_path / "etc"
         subprocess.run(["cp", "-a", "/etc", str(self.etc)], check=True)
         (tmp_path / "staging").mkdir()
-        self.cfg = lb_cfg()
+        (tmp_path / "srv/shared/config").mkdir(parents=True)  # (where root's nft reads the staged files)
+        self.cfg = lb_cfg(paths={"deploy_to": str(tmp_path / "srv")})
         self.app = roles.servers(self.cfg)[0]
 
     def file(self, path: str):

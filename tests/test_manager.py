@@ -56,23 +56,23 @@ def test_a_supervisor_program_runs_the_app_server_in_the_foreground_through_the_
 def test_under_supervisor_reload_is_a_signal_through_supervisorctl_and_start_is_supervisorctl_start():
     cfg = make_cfg(app={"manager": "supervisor"})
     lines = activate.restart(cfg, make_rel(), Facts(nginx_pid="/run/nginx.pid")).lines
-    assert "  sudo -n supervisorctl signal HUP shop >/dev/null" in lines
-    assert any(ln.strip().startswith("out=$(sudo -n supervisorctl start shop 2>&1)") for ln in lines)
+    assert "  sudo -n /usr/bin/supervisorctl signal HUP shop >/dev/null" in lines
+    assert any(ln.strip().startswith("out=$(sudo -n /usr/bin/supervisorctl start shop 2>&1)") for ln in lines)
     assert not any(ln.strip().startswith("/srv/shop/venvs/") for ln in lines)  # never behind supervisor's back
     # the definition is written only when it differs, then reread + update
     t = text(lines)
     assert "cmp -s /srv/shop/shared/config/supervisor.definition /etc/supervisor/conf.d/shop.conf" in t
-    assert "sudo -n supervisorctl reread" in t and "sudo -n supervisorctl update shop" in t
+    assert "sudo -n /usr/bin/supervisorctl reread" in t and "sudo -n /usr/bin/supervisorctl update shop" in t
     g = make_cfg(app={"manager": "supervisor", "server": "gunicorn"})
     glines = activate.restart(g, make_rel(), Facts(nginx_pid="/run/nginx.pid")).lines
-    assert "  sudo -n supervisorctl signal HUP shop >/dev/null" in glines
+    assert "  sudo -n /usr/bin/supervisorctl signal HUP shop >/dev/null" in glines
     assert not any("USR2" in ln for ln in glines)  # the re-exec would leave supervisor a dead master
 
 
 def test_stop_goes_through_the_manager():
     cfg = make_cfg(app={"manager": "supervisor"})
     stop = control.stop(cfg).lines
-    assert "  sudo -n supervisorctl stop shop >/dev/null 2>&1 || true" in stop
+    assert "  sudo -n /usr/bin/supervisorctl stop shop >/dev/null 2>&1 || true" in stop
     assert not any("--stop" in ln for ln in stop)
     plain = text(control.stop(make_cfg()).lines)
     assert "--stop /srv/shop/shared/run/uwsgi.pid" in plain and "supervisorctl" not in plain
@@ -91,7 +91,7 @@ def test_switching_managers_stops_the_app_server_under_the_old_one_and_records_t
     b = manager.switch_lines(back, appserver.of(back))
     i = b.index("  supervisor)")
     branch = text(b[i:b.index("    ;;", i)])
-    assert "sudo -n supervisorctl stop shop" in branch and "sudo -n rm -f /etc/supervisor/conf.d/shop.conf" in branch
+    assert "sudo -n /usr/bin/supervisorctl stop shop" in branch and "sudo -n /usr/bin/rm -f /etc/supervisor/conf.d/shop.conf" in branch
 
 
 def test_a_systemd_unit_per_project_notify_type_reload_signal_and_the_journal():
@@ -112,9 +112,9 @@ def test_a_systemd_unit_per_project_notify_type_reload_signal_and_the_journal():
     assert "errorlog = '-'" in conf and "daemon = False" in conf
     assert "KillSignal=SIGTERM" in sd.definition(g, appserver.of(g))
     lines = activate.restart(cfg, make_rel(), Facts(nginx_pid="/run/nginx.pid")).lines
-    assert "  sudo -n systemctl reload shop.service" in lines
+    assert "  sudo -n /usr/bin/systemctl reload shop.service" in lines
     t = text(lines)
-    assert "sudo -n systemctl enable --quiet shop.service" in t and "sudo -n systemctl daemon-reload" in t
+    assert "sudo -n /usr/bin/systemctl enable --quiet shop.service" in t and "sudo -n /usr/bin/systemctl daemon-reload" in t
     assert "[ -d /run/systemd/system ] ||" in t  # a host without systemd: one line, not a hang
 
 

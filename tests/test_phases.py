@@ -126,6 +126,8 @@ def fakebin(tmp_path):
         #!/bin/sh
         echo "$*" >> {q(str(log))}
         [ "$1" = "-n" ] && shift
+        # (root commands name full paths, remote/root.py: /usr/sbin/nginx is this fake one)
+        b={q(str(bindir))}/"${{1##*/}}"; if [ -x "$b" ]; then shift; exec "$b" "$@"; fi
         exec "$@"
         """))
     (bindir / "nginx").write_text(textwrap.dedent(f"""\
@@ -351,8 +353,8 @@ def test_setup_uses_sudo_for_deploy_to_only_when_it_is_missing():
     lines = setup.setup(make_cfg("/srv/shop")).lines
     i = lines.index("if [ ! -d /srv/shop ]; then")
     block = lines[i:lines.index("fi", i) + 1]
-    assert "  sudo -n mkdir -p /srv/shop" in block
-    assert '  sudo -n chown "$(id -un):$(id -gn)" /srv/shop' in block
+    assert ('  { sudo -n /usr/bin/mkdir -p /srv/shop && sudo -n /usr/bin/chown "$(id -un):" /srv/shop; } 2>/dev/null'
+            in block[1])
     mkdirs = [ln for ln in lines if "mkdir" in ln and ln not in block]
     assert mkdirs and not any("sudo" in ln for ln in mkdirs)
 
@@ -392,8 +394,8 @@ def test_setup_deploy_to_block_runs_sudo_only_when_missing(tmp_path, fakebin):
     proc = sh(Script([Phase("setup", block)]), tmp_path, env=fakebin.env)
     assert proc.returncode == 0, err(proc)
     assert deploy_to.is_dir()
-    assert fakebin.log().splitlines() == ["-n true", f"-n mkdir -p {deploy_to}",
-                                          f"-n chown {_id('-un')}:{_id('-gn')} {deploy_to}"]
+    assert fakebin.log().splitlines() == [f"-n /usr/bin/mkdir -p {deploy_to}",
+                                          f"-n /usr/bin/chown {_id('-un')}: {deploy_to}"]
     (tmp_path / "sudo.log").unlink()
     proc = sh(Script([Phase("setup", block)]), tmp_path, env=fakebin.env)
     assert proc.returncode == 0 and fakebin.log() == ""
@@ -408,7 +410,7 @@ def test_setup_deploy_to_block_fails_clearly_without_sudo(tmp_path):
     proc = sh(Script([Phase("setup", _deploy_to_block(make_cfg(deploy_to)))]), tmp_path,
               env={"PATH": f"{bindir}:{os.environ['PATH']}"})
     assert proc.returncode == 1
-    assert f"{deploy_to} does not exist and sudo -n is not allowed" in err(proc)
+    assert f"{deploy_to} does not exist and cannot be created with sudo (mkdir, chown)" in err(proc)
     assert not deploy_to.exists()
 
 
@@ -498,8 +500,9 @@ def test_secret_key_is_generated_on_the_host_and_never_in_a_script():
     line = next(ln for ln in text.splitlines() if "secret_key" in ln and "token_urlsafe" in ln)
     assert line.startswith("if [ ! -s /srv/shop/shared/secret_key ]; then (umask 077; python3 -c ")
     # 0600, or 0640 with the app user's group when the app runs as a user of its own
-    assert ('for f in /srv/shop/shared/secret_key /srv/shop/shared/config/app.env; do [ -f "$f" ] || continue; '
-            'if [ "$(id -un)" = ') in text and 'then chmod 600 "$f"; else' in text and 'chmod 640 "$f"' in text
+    for f in ("/srv/shop/shared/secret_key", "/srv/shop/shared/config/app.env"):
+        assert (f'if [ -f {f} ]; then if [ "$(id -un)" = ') in text and f"then chmod 600 {f}; else" in text
+        assert f"|| sudo -n /usr/bin/chgrp \"$appg\" {f}; chmod 640 {f}; fi; fi" in text
     assert "SECRET_KEY = '" not in text and 'SECRET_KEY = "' not in text
 
 
@@ -1082,21 +1085,25 @@ def test_config_phase_lines_sites_layout():
     lines = configure.config(cfg, make_rel(), Facts(nginx_layout="sites")).lines
     T = f"/srv/shop/tmp/{REL_ID}"
     assert written(lines, f"/srv/shop/releases/{REL_ID}/.fabdeploy/uwsgi.ini") == UwsgiServer().render_config(cfg, make_rel())
-    assert not [ln for ln in lines if "shared/config" in ln]  # nothing shared is staged: another run can't touch it
-    assert written(lines, f"{T}/site.conf") == nginx.nginx_site(cfg)
-    assert f"  sudo -n install -m 0644 {T}/site.conf /etc/nginx/sites-available/shop" in lines
-    assert "  sudo -n ln -sfn /etc/nginx/sites-available/shop /etc/nginx/sites-enabled/shop" in lines
-    assert "  if ! out=$(sudo -n nginx -t 2>&1); then" in lines
-    restore = lines[lines.index("  if ! out=$(sudo -n nginx -t 2>&1); then") + 1]
-    assert restore.startswith(f"    if [ -f {T}/site.prev ]; then sudo -n install -m 0644 {T}/site.prev "
-                              "/etc/nginx/sites-available/shop; ")
-    assert restore.endswith("else sudo -n rm -f /etc/nginx/sites-available/shop /etc/nginx/sites-enabled/shop; fi")
+    # the site is staged at one fixed path root installs it from (a sudoers drop-in lists that line), under
+    # the deploy lock; the previous site is kept per release
+    staged = "/srv/shop/shared/config/nginx-site.conf"
+    assert [ln for ln in lines if "shared/config" in ln and "nginx-site.conf" not in ln] == []
+    assert written(lines, staged) == nginx.nginx_site(cfg)
+    assert f"  sudo -n /usr/bin/install -m 0644 {staged} /etc/nginx/sites-available/shop" in lines
+    assert "  sudo -n /usr/bin/ln -sfn /etc/nginx/sites-available/shop /etc/nginx/sites-enabled/shop" in lines
+    assert "  if ! out=$(sudo -n /usr/sbin/nginx -t 2>&1); then" in lines
+    restore = lines[lines.index("  if ! out=$(sudo -n /usr/sbin/nginx -t 2>&1); then") + 1]
+    assert restore.startswith(f"    if [ -f {T}/site.prev ]; then cp {T}/site.prev {staged} && "
+                              f"sudo -n /usr/bin/install -m 0644 {staged} /etc/nginx/sites-available/shop; ")
+    assert restore.endswith("else sudo -n /usr/bin/rm -f /etc/nginx/sites-available/shop; "
+                            "sudo -n /usr/bin/rm -f /etc/nginx/sites-enabled/shop; fi")
 
 
 def test_config_phase_lines_conf_d_layout():
     lines = configure.config(make_cfg(), make_rel(), Facts(nginx_layout="conf.d")).lines
     assert not any("sites-enabled" in ln for ln in lines)
-    assert any(ln.endswith("install -m 0644 /srv/shop/tmp/%s/site.conf /etc/nginx/conf.d/shop.conf" % REL_ID)
+    assert any(ln.endswith("install -m 0644 /srv/shop/shared/config/nginx-site.conf /etc/nginx/conf.d/shop.conf")
                for ln in lines)
     assert nginx_site_paths("conf.d", "shop") == ("/etc/nginx/conf.d/shop.conf", None)
 
@@ -1322,7 +1329,7 @@ def test_restart_lines():
     assert "npid=$(alive /run/nginx.pid nginx || true)" in lines.lines
     i = lines.lines.index(f"elif [ -f /srv/shop/tmp/{REL_ID}/nginx-changed ]; then")
     branch = lines.lines[i + 1:lines.lines.index("else", i)]
-    assert "  sudo -n nginx -s reload" in branch  # nginx reloads only when the config phase changed the site
+    assert "  sudo -n /usr/sbin/nginx -s reload" in branch  # nginx reloads only when the config phase changed the site
     assert branch[-1] == f'  echo "{MARK} note nginx reloaded"'
     assert sum("nginx -s reload" in ln for ln in lines.lines) == 1
     assert lines.sudo is True

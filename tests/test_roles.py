@@ -545,7 +545,7 @@ def test_config_phase_of_a_balanced_app_host_installs_no_nginx_site():
     server = app_server(cfg, "deploy@10.0.0.1")
     lines = configure.config(cfg, make_rel(), Facts(), server).lines
     text = "\n".join(lines)
-    assert "nginx -t" not in text and "sudo -n install" not in text
+    assert "nginx -t" not in text and "/usr/bin/install" not in text
     assert markers.note("no nginx on this app host (the lb hosts balance it)") in lines
     assert "socket = 10.0.0.1:8001" in text
 
@@ -553,7 +553,7 @@ def test_config_phase_of_a_balanced_app_host_installs_no_nginx_site():
 def test_config_phase_of_a_balanced_app_host_with_app_nginx_installs_the_site():
     cfg = lb_cfg(balancer={"app_nginx": True})
     lines = configure.config(cfg, make_rel(), Facts(), app_server(cfg, "deploy@10.0.0.1")).lines
-    assert "  if ! out=$(sudo -n nginx -t 2>&1); then" in lines
+    assert "  if ! out=$(sudo -n /usr/sbin/nginx -t 2>&1); then" in lines
     assert "uwsgi_pass 10.0.0.1:8001;" in "\n".join(lines)
 
 
@@ -564,8 +564,8 @@ def test_restart_phase_of_a_balanced_app_host_leaves_nginx_alone():
     assert any("/bin/uwsgi --ini" in ln for ln in lines)
     with_nginx = activate.restart(lb_cfg(balancer={"app_nginx": True}), make_rel(), Facts(),
                                 app_server(cfg, "deploy@10.0.0.1")).lines
-    assert "  sudo -n nginx" in with_nginx
-    assert "  sudo -n nginx" in activate.restart(make_cfg(), make_rel(), Facts()).lines
+    assert "  sudo -n /usr/sbin/nginx" in with_nginx
+    assert "  sudo -n /usr/sbin/nginx" in activate.restart(make_cfg(), make_rel(), Facts()).lines
 
 
 def test_fingerprint_of_a_balanced_app_host_depends_on_its_socket():
@@ -706,11 +706,15 @@ def test_firewall_rules_load_into_real_nftables(tmp_path):
 def test_firewall_modes():
     cfg = lb_cfg()
     app = roles.servers(cfg)[0]
-    # checked (nft -c) in the config phase, applied at the switch
-    assert "sudo -n nft -c -f /srv/shop/tmp/R/firewall.nft" in "\n".join(firewall.firewall(cfg, app, "/srv/shop/tmp/R"))
-    assert "sudo -n nft -f /srv/shop/tmp/R/firewall.nft" in "\n".join(firewall.firewall_apply(cfg, app, "/srv/shop/tmp/R"))
+    # checked (nft -c) in the config phase, applied at the switch (the release's rules copied to the one fixed
+    # path root's nft reads: a sudoers drop-in lists it)
+    staged = "/srv/shop/shared/config/firewall.nft"
+    config = "\n".join(firewall.firewall(cfg, app, "/srv/shop/tmp/R"))
+    assert f"cp /srv/shop/tmp/R/firewall.nft {staged}" in config and f"sudo -n /usr/sbin/nft -c -f {staged}" in config
+    switch = "\n".join(firewall.firewall_apply(cfg, app, "/srv/shop/tmp/R"))
+    assert f"cp /srv/shop/tmp/R/firewall.nft {staged}" in switch and f"sudo -n /usr/sbin/nft -f {staged}" in switch
     rel = model.Release("R", "a" * 40, "main", "git", "", "")
-    assert "nft -f /srv/shop/tmp/R/firewall.nft" in "\n".join(activate.switch(cfg, rel, app).lines)
+    assert f"nft -f {staged}" in "\n".join(activate.switch(cfg, rel, app).lines)
     assert "nft" not in "\n".join(activate.switch(cfg, rel, roles.servers(cfg)[-1]).lines)
     assert "warn uWSGI port 8001 is open" in "\n".join(firewall.firewall(cfg, app, "/T"))
     strict = lb_cfg(balancer={"firewall": "nftables"})
@@ -747,7 +751,8 @@ def test_an_abandoned_balancer_gets_its_site_back(tmp_path, fakebin, case):
         site.write_text(nginx.lb_site(cfg, drained={"10.0.0.2"}))
     lines = nginx.lb_restore_site(cfg, Facts(nginx_layout="sites", nginx_pid=str(tmp_path / "no.pid")),
                                    str(staging))
-    proc = sh(Script([Phase("abandon", [ln.replace("/etc/nginx/", f"{etc}/") for ln in lines])]), tmp_path,
+    proc = sh(Script([Phase("abandon", [ln.replace("/etc/nginx/", f"{etc}/")
+                                         .replace("/srv/shop/shared/config/", f"{tmp_path}/") for ln in lines])]), tmp_path,
               env=fakebin.env)
     assert proc.returncode == 0, err(proc)
     if case == "changed":

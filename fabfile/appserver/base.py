@@ -12,7 +12,12 @@ from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, balanced, bind_address
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import fail_expanded, note
+from fabdeploy.remote.root import best_effort
 from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, as_app_lines, q
+
+# (a master of another user, from before the app user: signalled as root when sudo allows it; a pid is no
+# fixed argument, so a drop-in never lists it: README, "Limiting the deploy user's sudo")
+KILL = best_effort("kill")
 
 
 def common_keys(package: str) -> dict[str, Key]:
@@ -95,11 +100,16 @@ class AppServer:
         gone = f'{{ [ ! -d "/proc/${var}" ] || grep -qs "^State:[[:space:]]*Z" "/proc/${var}/status"; }}'
         return [
             f'if [ -n "${var}" ] && [ "$(stat -c %U "/proc/${var}" 2>/dev/null)" != {user} ]; then',
-            f'  was=$(stat -c %U "/proc/${var}" 2>/dev/null); sudo -n kill -{self.stop_signal} "${var}" 2>/dev/null || true',
+            # (the deploy user's own master: a plain kill; another user's: root's, where sudo allows it)
+            f'  was=$(stat -c %U "/proc/${var}" 2>/dev/null); kill -{self.stop_signal} "${var}" 2>/dev/null || '
+            f'{KILL} -{self.stop_signal} "${var}" 2>/dev/null || true',
             f"  i=0; while ! {gone} && [ $i -lt {self.reload_timeout(cfg) * 10} ]; do sleep 0.1; i=$((i + 1)); done",
-            f'  {gone} || sudo -n kill -KILL "${var}" 2>/dev/null || true',
+            f'  {gone} || kill -KILL "${var}" 2>/dev/null || {KILL} -KILL "${var}" 2>/dev/null || true',
             f"  i=0; while ! {gone} && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done",
-            f"  sudo -n rm -f {q(p.pidfile)} {q(p.socket)}",
+            f"  {gone} || " + fail_expanded(f"{self.title} (master ${var}) runs as $was, not as the app user "
+                                            f"{app_user(cfg)}, and sudo may not stop it (fab sudoers does not "
+                                            "list kill): stop it once by hand"),
+            f"  {AS_APP} rm -f {q(p.pidfile)} {q(p.socket)} 2>/dev/null || rm -f {q(p.pidfile)} {q(p.socket)} || true",
             "  " + note(f"{self.name} (master ${var}) ran as $was: stopped, to start again as the app user "
                         f"{app_user(cfg)}"),
             f"  {var}=",
@@ -216,11 +226,13 @@ class AppServer:
             *["  " + ln for ln in mgr.stop_lines(cfg, self)],
             # (a daemonized master of another user, from before the app user: not the app user's to signal)
             *([f'  [ "$(stat -c %U "/proc/$pid" 2>/dev/null)" = {q(app_user(cfg))} ] || '
-               f'sudo -n kill -{self.stop_signal} "$pid" 2>/dev/null || true'] if mgr.daemon else []),
+               f'kill -{self.stop_signal} "$pid" 2>/dev/null || {KILL} -{self.stop_signal} "$pid" 2>/dev/null || true']
+              if mgr.daemon else []),
             "  i=0; how=",
             f'  while up $pid $kids && [ $i -lt {timeout * 10} ]; do sleep 0.1; i=$((i + 1)); done',
             "  if up $pid $kids; then",
-            f"    {AS_APP} kill -KILL $pid $kids 2>/dev/null || sudo -n kill -KILL $pid $kids 2>/dev/null || true",
+            f"    {AS_APP} kill -KILL $pid $kids 2>/dev/null || kill -KILL $pid $kids 2>/dev/null || "
+            f"{KILL} -KILL $pid $kids 2>/dev/null || true",
             # (a killed process can take seconds to exit on a loaded host: its threads leave the kernel first)
             "    i=0; while up $pid $kids && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done",
             "    if up $pid $kids; then st=$(sed -n 's/^State:[[:space:]]*//p' \"/proc/$pid/status\" 2>/dev/null); "

@@ -15,6 +15,7 @@ from fabdeploy.config import Config, ident
 from fabdeploy.front import firewall_persist
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, balanced, servers
+from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail, note, warn
 from fabdeploy.remote.shell import AS_APP, q, write_file
 
@@ -126,6 +127,27 @@ def _firewalled(cfg: Config, server: Server | None) -> bool:
 
 
 
+def staged_paths(cfg: Config) -> tuple[str, str]:
+    """(the table's script, the candidate nftables.conf): the fixed paths under shared/config where the deploy
+    user stages what root's nft checks and loads (a drop-in can list fixed paths only)."""
+    config = Layout(cfg.paths.deploy_to).config
+    return f"{config}/firewall.nft", f"{config}/nftables.conf"
+
+
+def _legacy(cfg: Config) -> str:
+    return "fabdeploy_" + "".join(c if c.isalnum() or c == "_" else "_" for c in cfg.project.name)
+
+
+def root_lines(cfg: Config) -> list[str]:
+    """Every root command of the firewall's check, apply and persist (the drop-in of fab sudoers lists them)."""
+    table = firewall_rules(cfg)[0]
+    staged, cand = staged_paths(cfg)
+    return [root.root("nft", "--version"), root.root("nft", "-c", "-f", staged), root.root("nft", "-f", staged),
+            root.root("nft", "list", "table", "inet", _legacy(cfg)),
+            root.root("nft", "delete", "table", "inet", _legacy(cfg)),
+            *firewall_persist.persist_commands(table, staged, cand).values()]
+
+
 def firewall(cfg: Config, server: Server | None, staging: str) -> list[str]:
     """Config phase of an app host behind load balancers: stage the nftables rules that restrict the app server's
     port (balancer.firewall) and have nft check them; firewall_apply makes them live at the switch."""
@@ -135,15 +157,17 @@ def firewall(cfg: Config, server: Server | None, staging: str) -> list[str]:
         return []
     table, rules = firewall_rules(cfg)
     lbs = ", ".join(s.upstream_address for s in servers(cfg) if s.role == "lb")
-    missing = (fail("balancer.firewall = \"nftables\" but nft is not usable with sudo -n on this host "
+    missing = (fail("balancer.firewall = \"nftables\" but nft is not usable with sudo on this host "
                     "(apt-get install nftables)") if mode == "nftables" else
                warn(f"{title} port {cfg.balancer.port} is open to every host that can reach it: nft not found "
                     "(install nftables, or restrict it yourself: see the README)"))
+    staged = staged_paths(cfg)[0]
     return [
-        "if sudo -n nft --version >/dev/null 2>&1; then",
+        f"if {root.root('nft', '--version')} >/dev/null 2>&1; then",
         *["  " + ln for ln in write_file(f"{staging}/firewall.nft", rules)],
         *["  " + ln for ln in resolved_rules(cfg, table, f"{staging}/firewall.nft")],
-        f"  out=$(sudo -n nft -c -f {q(staging + '/firewall.nft')} 2>&1) || {{ printf '%s\\n' \"$out\" >&2; "
+        f"  cp {q(staging + '/firewall.nft')} {q(staged)}",
+        f"  out=$({root.root('nft', '-c', '-f', staged)} 2>&1) || {{ printf '%s\\n' \"$out\" >&2; "
         + fail(f"nftables refused the firewall rules for the {title} port") + "; }",
         "  " + note(f"{title} port {cfg.balancer.port} will be open to {lbs} only (nftables table inet {table}, "
                     "applied at the switch)"),
@@ -162,16 +186,18 @@ def firewall_apply(cfg: Config, server: Server | None, staging: str) -> list[str
     if not _firewalled(cfg, server):
         return []
     table = firewall_rules(cfg)[0]
-    legacy = "fabdeploy_" + "".join(c if c.isalnum() or c == "_" else "_" for c in cfg.project.name)
+    legacy = _legacy(cfg)
     F = q(staging + "/firewall.nft")
+    staged, cand = staged_paths(cfg)
     lines = [f"if [ -f {F} ]; then",
-             f"  out=$(sudo -n nft -f {F} 2>&1) || {{ printf '%s\\n' \"$out\" >&2; "
+             f"  cp {F} {q(staged)}",
+             f"  out=$({root.root('nft', '-f', staged)} 2>&1) || {{ printf '%s\\n' \"$out\" >&2; "
              + fail(f"nftables refused the firewall rules for the {title} port") + "; }"]
     if legacy != table:
-        lines.append(f"  if sudo -n nft list table inet {legacy} 2>/dev/null | grep -q 'dport {cfg.balancer.port} '; "
-                     f"then sudo -n nft delete table inet {legacy}; fi")
+        lines.append(f"  if {root.root('nft', 'list', 'table', 'inet', legacy)} 2>/dev/null | "
+                     f"grep -q 'dport {cfg.balancer.port} '; then {root.root('nft', 'delete', 'table', 'inet', legacy)}; fi")
     lines.append("  " + note(f"{title} port {cfg.balancer.port}: nftables table inet {table} applied"))
-    persist = firewall_persist.persist_lines(table, staging + "/firewall.nft", staging)
+    persist = firewall_persist.persist_lines(table, staged, cand)
     return lines + ["  " + ln for ln in persist] + ["fi"]
 
 

@@ -15,6 +15,7 @@ the live table removed (remove_lines).
 """
 from __future__ import annotations
 
+from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail, fail_expanded, note, warn
 from fabdeploy.remote.shell import q
 
@@ -30,58 +31,87 @@ def table_file(table: str) -> str:
     return f"{NFT_DIR}/{table}.nft"
 
 
-def persist_lines(table: str, staged: str, staging: str) -> list[str]:
-    """Install the staged table script (staged: its path) for the boot, with nftables.conf including it and
-    nftables.service enabled. staging: a directory of the deploy user's for the candidate nftables.conf."""
-    d, conf, cand = q(table_file(table)), q(NFT_CONF), q(f"{staging}/nftables.conf")
-    included = f"sudo -n grep -qsE {q(INCLUDE_RE)} {conf}"
+TARGETS = ("sysinit.target", "multi-user.target")  # where nftables.service's [Install] WantedBy points
+
+
+def persist_commands(table: str, staged: str, cand: str) -> dict[str, str]:
+    """The root commands of persist_lines and enable_lines (fixed: the drop-in of fab sudoers lists them)."""
+    d = table_file(table)
+    c = {"mkdir": root.root("install", "-d", "-m", "0755", NFT_DIR), "rm_old": root.rm(d + ".fabdeploy-old"),
+         "keep_old": root.root("cp", "-p", d, d + ".fabdeploy-old"),
+         "install": root.install(staged, d + ".fabdeploy-tmp"), "rename": root.root("mv", "-f", d + ".fabdeploy-tmp", d),
+         "check_conf": root.root("nft", "-c", "-f", NFT_CONF), "check_cand": root.root("nft", "-c", "-f", cand),
+         "restore": root.root("mv", "-f", d + ".fabdeploy-old", d), "rm": root.rm(d),
+         "install_conf": root.install(cand, NFT_CONF + ".fabdeploy-tmp", mode="0755"),
+         "rename_conf": root.root("mv", "-f", NFT_CONF + ".fabdeploy-tmp", NFT_CONF),
+         "is_enabled": root.root("systemctl", "is-enabled", "--quiet", "nftables.service"),
+         "enable": root.root("systemctl", "enable", "--quiet", "nftables.service")}
+    for t in TARGETS:
+        c[f"wants {t}"] = root.root("install", "-d", "-m", "0755", f"/etc/systemd/system/{t}.wants")
+        for u in UNIT_DIRS:
+            c[f"link {u} {t}"] = root.root("ln", "-sf", f"{u}/nftables.service",
+                                           f"/etc/systemd/system/{t}.wants/nftables.service")
+    return c
+
+
+def persist_lines(table: str, staged: str, cand: str) -> list[str]:
+    """Install the staged table script (staged: its fixed path) for the boot, with nftables.conf including it
+    and nftables.service enabled. cand: the deploy user's fixed path for the candidate nftables.conf.
+    nftables.conf is read without sudo (world-readable on Debian) and installed 0755 (Debian's mode)."""
+    d, conf, qcand = q(table_file(table)), q(NFT_CONF), q(cand)
+    c = persist_commands(table, staged, cand)
+    included = f"grep -qsE {q(INCLUDE_RE)} {conf}"
     header = "# Added by fabdeploy: the tables of /etc/nftables.d (fabdeploy_<project>.nft: an app port's firewall)"
     return [
         "fw_file=; fw_conf=",
         f"if ! cmp -s {q(staged)} {d}; then",
-        f"  sudo -n install -d -m 0755 {q(NFT_DIR)}",
-        f"  sudo -n rm -f {d}.fabdeploy-old; if [ -e {d} ]; then sudo -n cp -p {d} {d}.fabdeploy-old; fi",
-        f"  sudo -n install -m 0644 {q(staged)} {d}.fabdeploy-tmp && sudo -n mv -f {d}.fabdeploy-tmp {d}",
+        f"  {c['mkdir']}",
+        f"  {c['rm_old']}; if [ -e {d} ]; then {c['keep_old']}; fi",
+        f"  {c['install']} && {c['rename']}",
         "  fw_file=changed",
         "fi",
         f"if ! {included}; then",
-        f"  if sudo -n test -e {conf}; then sudo -n cat {conf} > {cand} || "
-        + fail(f"cannot read {NFT_CONF} (sudo -n cat)") + f"; else printf '#!/usr/sbin/nft -f\\n' > {cand}; fi",
-        f"  printf '\\n%s\\n%s\\n' {q(header)} {q(INCLUDE)} >> {cand}",
+        f"  if [ -e {conf} ]; then cat {conf} > {qcand} || "
+        + fail(f"cannot read {NFT_CONF} (it must be readable by the deploy user)")
+        + f"; else printf '#!/usr/sbin/nft -f\\n' > {qcand}; fi",
+        f"  printf '\\n%s\\n%s\\n' {q(header)} {q(INCLUDE)} >> {qcand}",
         "  fw_conf=changed",
         "fi",
         'if [ -n "$fw_file$fw_conf" ]; then',
-        f"  fw_check={conf}; [ -z \"$fw_conf\" ] || fw_check={cand}",
-        '  if ! out=$(sudo -n nft -c -f "$fw_check" 2>&1); then',
-        f"    if [ -e {d}.fabdeploy-old ]; then sudo -n mv -f {d}.fabdeploy-old {d}; "
-        f'elif [ -n "$fw_file" ]; then sudo -n rm -f {d}; fi',
+        f'  fw_ok=1; if [ -z "$fw_conf" ]; then out=$({c["check_conf"]} 2>&1) || fw_ok=; '
+        f'else out=$({c["check_cand"]} 2>&1) || fw_ok=; fi',
+        '  if [ -z "$fw_ok" ]; then',
+        f"    if [ -e {d}.fabdeploy-old ]; then {c['restore']}; "
+        f'elif [ -n "$fw_file" ]; then {c["rm"]}; fi',
         "    printf '%s\\n' \"$out\" >&2",
         "    " + fail(f"{NFT_CONF} with {table_file(table)} does not load (nft -c -f): the firewall table is live "
                       f"but would not come back after a reboot; {table_file(table)} was put back as it was: fix "
                       f"{NFT_CONF}"),
         "  fi",
-        f"  sudo -n rm -f {d}.fabdeploy-old",
+        f"  {c['rm_old']}",
         '  if [ -n "$fw_conf" ]; then',
-        f"    mode=$(stat -c %a {conf} 2>/dev/null || echo 755)",
-        f'    sudo -n install -m "$mode" {cand} {conf}.fabdeploy-tmp && sudo -n mv -f {conf}.fabdeploy-tmp {conf} && '
+        f"    {c['install_conf']} && {c['rename_conf']} && "
         + note(f"{NFT_CONF} now includes {NFT_DIR}/*.nft"),
         "  fi",
         '  [ -z "$fw_file" ] || ' + note(f"nftables table inet {table} saved in {table_file(table)} (loaded at boot)"),
         "fi",
-        *enable_lines(),
+        *enable_lines(c),
     ]
 
 
-def enable_lines() -> list[str]:
+def enable_lines(c: dict[str, str]) -> list[str]:
     """nftables.service enabled, so the boot loads /etc/nftables.conf (nothing done when it is); a host
-    without the unit gets a warning line."""
+    without the unit gets a warning line. (c: persist_commands)"""
     units = " ".join(f"{u}/nftables.service" for u in UNIT_DIRS)
     gone = warn("nftables.service is not installed on this host: the firewall table will not be loaded at boot "
                 "(apt-get install nftables)")
+    links = [f'    if [ "$fw_unit" = {q(u + "/nftables.service")} ] && [ "$fw_want" = {t} ]; then '
+             f'{c["wants " + t]} && {c[f"link {u} {t}"]} && fw_linked=1; fi'
+             for t in TARGETS for u in UNIT_DIRS]
     return [
         "if [ -d /run/systemd/system ]; then",
-        "  if ! sudo -n systemctl is-enabled --quiet nftables.service 2>/dev/null; then",
-        "    sudo -n systemctl enable --quiet nftables.service || "
+        f"  if ! {c['is_enabled']} 2>/dev/null; then",
+        f"    {c['enable']} || "
         + fail_expanded("systemctl enable nftables.service failed"),
         "    " + note("nftables.service enabled (loads /etc/nftables.conf at boot)"),
         "  fi",
@@ -91,22 +121,32 @@ def enable_lines() -> list[str]:
         "    " + gone,
         "  else",
         '    fw_want=$(sed -n "s/^WantedBy=[[:space:]]*\\([^[:space:]]*\\).*/\\1/p" "$fw_unit" | head -n 1)',
-        '    fw_link=/etc/systemd/system/${fw_want:-sysinit.target}.wants/nftables.service',
+        '    fw_want=${fw_want:-sysinit.target}; fw_link=/etc/systemd/system/$fw_want.wants/nftables.service',
         '    if [ ! -e "$fw_link" ]; then',
-        '      sudo -n install -d -m 0755 "${fw_link%/*}" && sudo -n ln -sf "$fw_unit" "$fw_link" && '
-        + note("nftables.service enabled (loads /etc/nftables.conf at boot)"),
+        "    fw_linked=",
+        *links,
+        '    if [ -n "$fw_linked" ]; then ' + note("nftables.service enabled (loads /etc/nftables.conf at boot)") + "; else "
+        + warn("nftables.service is wanted by a target fabdeploy does not link (only " + ", ".join(TARGETS)
+             + "): enable it yourself") + "; fi",
         "    fi",
         "  fi",
         "fi",
     ]
 
 
+def remove_commands(table: str) -> dict[str, str]:
+    """The root commands of remove_lines (every config may run them: the drop-in lists them)."""
+    return {"rm": root.rm(table_file(table)), "list": root.root("nft", "list", "table", "inet", table),
+            "delete": root.root("nft", "delete", "table", "inet", table)}
+
+
 def remove_lines(table: str) -> list[str]:
     """Where the firewall is no longer used: the saved table's file removed, and the live table with it
     (nothing done, and nothing asked of sudo, when there is no such file)."""
     d = q(table_file(table))
+    c = remove_commands(table)
     return [f"if [ -e {d} ]; then",
-            f"  sudo -n rm -f {d}",
-            f"  if sudo -n nft list table inet {table} >/dev/null 2>&1; then sudo -n nft delete table inet {table}; fi",
+            f"  {c['rm']}",
+            f"  if {c['list']} >/dev/null 2>&1; then {c['delete']}; fi",
             "  " + note(f"firewall no longer used here: {table_file(table)} removed, table inet {table} deleted"),
             "fi"]

@@ -8,6 +8,7 @@ from fabdeploy.hosts.layout import Layout, nginx_site_paths
 from fabdeploy.hosts.roles import Server, balanced, servers
 from fabdeploy.local.render import render, render_file
 from fabdeploy.model import Facts
+from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail, note
 from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q, write_file
 
@@ -15,16 +16,50 @@ from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q, write_file
 MANAGED = "# Managed by fabdeploy"  # the first line of every nginx site fabdeploy writes
 
 
+def staged_site(cfg: Config) -> str:
+    """Where the deploy user stages the site root installs (one fixed path per project: sudoers lists it)."""
+    return f"{Layout(cfg.paths.deploy_to).config}/nginx-site.conf"
+
+
+def site_commands(cfg: Config, layout_kind: str) -> dict[str, str]:
+    """The root commands that change this project's site in one nginx layout ("sites" or "conf.d"):
+    install (the staged file), remove, link and unlink (sites layout), park and unpark (conf.d: the site
+    renamed .disabled takes it out of nginx)."""
+    site, enabled = nginx_site_paths(layout_kind, cfg.project.name)
+    cmds = {"install": root.install(staged_site(cfg), site), "remove": root.rm(site)}
+    if enabled:
+        cmds.update(link=root.root("ln", "-sfn", site, enabled), unlink=root.rm(enabled))
+    else:
+        cmds.update(park=root.root("mv", "-f", site, site + ".disabled"),
+                    unpark=root.root("mv", "-f", site + ".disabled", site))
+    return cmds
+
+
+def root_lines(cfg: Config) -> list[str]:
+    """Every root command this module (and nginx_toggle) can run for the project."""
+    kinds = ["sites", "conf.d"] if cfg.nginx.layout == "auto" else [cfg.nginx.layout]
+    return [root.NGINX_TEST, root.NGINX_RELOAD, root.NGINX_START, root.NGINX_ERROR_TAIL,
+            *[c for k in kinds for c in site_commands(cfg, k).values()]]
+
+
+def install_copy(cfg: Config, source: str, site: str) -> str:
+    """(one line) root installs `source` (a file the deploy user wrote) as the site, through the staged path."""
+    staged = staged_site(cfg)
+    kind = "sites" if site.startswith("/etc/nginx/sites-") else "conf.d"
+    return f"cp {q(source)} {q(staged)} && {site_commands(cfg, kind)['install']}"
+
+
 
 def site_restore(cfg: Config, facts: Facts, T: str) -> list[str]:
     """An abandoned deploy that installed a changed site (T/nginx-changed; nginx was not reloaded with it):
     put the site back as it was (its saved copy, disabled again if it was; or no site at all)."""
     site, enabled = nginx_site_paths(facts.nginx_layout, cfg.project.name)
+    c = site_commands(cfg, facts.nginx_layout)
     prev = f"{T}/site.prev"
-    unlink = (f"; if [ -f {q(T + '/site.unlinked')} ]; then sudo -n rm -f {q(enabled)}; fi" if enabled else "")
+    unlink = (f"; if [ -f {q(T + '/site.unlinked')} ]; then {c['unlink']}; fi" if enabled else "")
     return [f"if [ -f {q(T + '/nginx-changed')} ]; then",
-            f"  if [ -f {q(prev)} ]; then sudo -n install -m 0644 {q(prev)} {q(site)}{unlink}; "
-            f"else sudo -n rm -f {q(site)}" + (f" {q(enabled)}" if enabled else "") + "; fi",
+            f"  if [ -f {q(prev)} ]; then {install_copy(cfg, prev, site)}{unlink}; "
+            f"else {c['remove']}" + (f"; {c['unlink']}" if enabled else "") + "; fi",
             "fi"]
 
 
@@ -33,13 +68,14 @@ def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:
     """Install the nginx site only if it changed and only if `nginx -t` accepts it (else put the previous
     one back and fail). Leaves T/site.prev (for a revert) and T/nginx-changed (for the reload)."""
     site, enabled = nginx_site_paths(facts.nginx_layout, cfg.project.name)
-    new, prev, changed = f"{T}/site.conf", f"{T}/site.prev", f"{T}/nginx-changed"
+    c = site_commands(cfg, facts.nginx_layout)
+    new, prev, changed = staged_site(cfg), f"{T}/site.prev", f"{T}/nginx-changed"
     if not content.startswith(MANAGED):
         content = f"{MANAGED} for {cfg.project.name}; rewritten on every deploy.\n" + content
     link_ok = f"[ \"$(readlink {q(enabled)})\" = {q(site)} ]" if enabled else "true"
-    unlink = f'[ "$had_link" = 1 ] || sudo -n rm -f {q(enabled)}; ' if enabled else ""
-    restore = [f"if [ -f {q(prev)} ]; then sudo -n install -m 0644 {q(prev)} {q(site)}; {unlink}"
-               f"else sudo -n rm -f {q(site)}" + (f" {q(enabled)}" if enabled else "") + "; fi"]
+    unlink = f'[ "$had_link" = 1 ] || {c["unlink"]}; ' if enabled else ""
+    restore = [f"if [ -f {q(prev)} ]; then {install_copy(cfg, prev, site)}; {unlink}"
+               f"else {c['remove']}" + (f"; {c['unlink']}" if enabled else "") + "; fi"]
     lines = [
         f"mkdir -p {q(T)}",
         *write_file(new, content),
@@ -54,12 +90,12 @@ def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:
         f"  if [ -f {q(site)} ]; then cp {q(site)} {q(prev)}; fi",
         f"  had_link=0; if [ -L {q(enabled)} ]; then had_link=1; fi" if enabled else "  had_link=0",
         f'  [ "$had_link" = 1 ] || touch {q(T + "/site.unlinked")}',
-        f"  sudo -n install -m 0644 {q(new)} {q(site)}",
+        f"  {c['install']}",
     ]
     if enabled:
-        lines.append(f"  sudo -n ln -sfn {q(site)} {q(enabled)}")
+        lines.append(f"  {c['link']}")
     lines += [
-        "  if ! out=$(sudo -n nginx -t 2>&1); then",
+        f"  if ! out=$({root.NGINX_TEST} 2>&1); then",
         *["    " + r for r in restore],
         "    printf '%s\\n' \"$out\" >&2",
         "    echo 'nginx -t rejected the new site; the previous nginx config was restored' >&2",
@@ -77,7 +113,7 @@ def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:
 # refused (it keeps the old workers) is reported with its error log.
 NGINX_RELOAD = [
     'old=" $(children "$npid" | tr \'\\n\' \' \') "',
-    "sudo -n nginx -s reload",
+    root.NGINX_RELOAD,
     "i=0; done_=",
     "while [ $i -lt 100 ]; do",
     "  fresh=0; stale=0",
@@ -91,7 +127,7 @@ NGINX_RELOAD = [
     "  i=$((i + 1)); sleep 0.1",
     "done",
     '[ -n "$done_" ] || { echo "nginx did not reload within 10s; its error log says:" >&2; '
-    "sudo -n tail -n 5 /var/log/nginx/error.log >&2; exit 1; }",
+    f"{root.NGINX_ERROR_TAIL} >&2; exit 1; }}",
     note("nginx reloaded"),
 ]
 
@@ -111,7 +147,7 @@ def nginx_restart_lines(facts: Facts, changed_flag: str) -> list[str]:
         CHILDREN_FN,
         f"npid=$(alive {q(facts.nginx_pid)} nginx || true)",
         'if [ -z "$npid" ]; then',
-        "  sudo -n nginx",
+        f"  {root.NGINX_START}",
         "  " + note("nginx started"),
         f"elif [ -f {q(changed_flag)} ]; then",
         *["  " + ln for ln in NGINX_RELOAD],
@@ -175,14 +211,15 @@ def lb_restore_site(cfg: Config, facts: Facts, staging: str) -> list[str]:
     when the deploy changed it, no site when the deploy created it, else the full upstream: a rolling drain
     may have marked hosts down) and reload a running nginx."""
     site, enabled = nginx_site_paths(facts.nginx_layout, cfg.project.name)
+    c = site_commands(cfg, facts.nginx_layout)
     prev, full = f"{staging}/site.prev", f"{staging}/site.full"
     return [
         *write_file(full, lb_site(cfg)),
-        f"if [ -f {q(prev)} ]; then sudo -n install -m 0644 {q(prev)} {q(site)}",
-        f"elif [ -f {q(staging + '/nginx-changed')} ]; then sudo -n rm -f {q(site)}"
-        + (f" {q(enabled)}" if enabled else ""),
-        f"else sudo -n install -m 0644 {q(full)} {q(site)}; fi",
-        "if sudo -n nginx -t >/dev/null 2>&1; then",
+        f"if [ -f {q(prev)} ]; then {install_copy(cfg, prev, site)}",
+        f"elif [ -f {q(staging + '/nginx-changed')} ]; then {c['remove']}"
+        + (f"; {c['unlink']}" if enabled else ""),
+        f"else {install_copy(cfg, full, site)}; fi",
+        f"if {root.NGINX_TEST} >/dev/null 2>&1; then",
         *["  " + ln for ln in nginx_reload_lines(facts.nginx_pid)],
         "fi",
     ]

@@ -8,8 +8,9 @@ pidfile are found (the setup phase uses the same lines).
 from __future__ import annotations
 
 from fabdeploy.config import Config
-from fabdeploy.front.nginx import MANAGED, NGINX_RELOAD
+from fabdeploy.front.nginx import MANAGED, NGINX_RELOAD, site_commands
 from fabdeploy.hosts.layout import NGINX_CONF, NGINX_PID, nginx_site_paths
+from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail, fail_expanded, note
 from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
 
@@ -50,10 +51,28 @@ SITE_OUT = ('{ if [ -n "$parked" ]; then [ -f "$parked" ] && [ ! -e "$live" ]; '
             'else [ -f "$site" ] && [ ! -e "$live" ] && [ ! -L "$live" ]; fi; }')
 
 
+def _by_layout(cfg: Config, sites: str, conf_d: str) -> str:
+    """(one line) the root command of the host's layout (only nginx.layout's when it is not "auto")."""
+    if cfg.nginx.layout != "auto":
+        return site_commands(cfg, cfg.nginx.layout)[sites if cfg.nginx.layout == "sites" else conf_d]
+    return (f'if [ -z "$parked" ]; then {site_commands(cfg, "sites")[sites]}; '
+            f'else {site_commands(cfg, "conf.d")[conf_d]}; fi')
+
+
+def _out(cfg: Config) -> str:
+    """(one line) take the site out: the sites-enabled link removed, or the conf.d file renamed .disabled."""
+    return _by_layout(cfg, "unlink", "park")
+
+
+def _in(cfg: Config) -> str:
+    """(one line) put the site back in (the reverse of _out)."""
+    return _by_layout(cfg, "link", "unpark")
+
+
 def _checked(undo: str, what: str) -> list[str]:
     """`nginx -t`; when it fails: undo, its output on stderr, fail."""
     return [
-        "if ! out=$(sudo -n nginx -t 2>&1); then",
+        f"if ! out=$({root.NGINX_TEST} 2>&1); then",
         f"  {undo}",
         "  printf '%s\\n' \"$out\" >&2",
         "  " + fail(f"nginx -t rejected the config {what}; left as it was"),
@@ -73,10 +92,8 @@ def take_out_lines(cfg: Config) -> list[str]:
         f'  head -n 1 "$site" 2>/dev/null | grep -q {q(MANAGED)} || '
         + fail_expanded("$site was not written by fabdeploy: left alone"),
         '  [ -n "$parked" ] || [ -L "$live" ] || ' + fail_expanded("$live is not a link: left alone"),
-        '  if [ -n "$parked" ]; then sudo -n mv -f "$live" "$parked"; else sudo -n rm -f "$live"; fi',
-        *["  " + ln for ln in _checked(
-            'if [ -n "$parked" ]; then sudo -n mv -f "$parked" "$live"; else sudo -n ln -sfn "$site" "$live"; fi',
-            "without the site")],
+        f"  {_out(cfg)}",
+        *["  " + ln for ln in _checked(_in(cfg), "without the site")],
         ALIVE_FN,
         CHILDREN_FN,
         '  npid=$(alive "$nginx_pid" nginx || true)',
@@ -95,10 +112,8 @@ def put_back_lines(cfg: Config) -> list[str]:
     return [
         *site_vars(cfg),
         f"if {SITE_OUT}; then",
-        '  if [ -n "$parked" ]; then sudo -n mv -f "$parked" "$live"; else sudo -n ln -sfn "$site" "$live"; fi',
-        *["  " + ln for ln in _checked(
-            'if [ -n "$parked" ]; then sudo -n mv -f "$live" "$parked"; else sudo -n rm -f "$live"; fi',
-            "with the site back")],
+        f"  {_in(cfg)}",
+        *["  " + ln for ln in _checked(_out(cfg), "with the site back")],
         "  back=1; " + note("nginx site put back ($live)"),
         'elif [ -e "$live" ]; then',
         "  back=; " + note("nginx site already in"),
@@ -109,7 +124,7 @@ def put_back_lines(cfg: Config) -> list[str]:
         CHILDREN_FN,
         'npid=$(alive "$nginx_pid" nginx || true)',
         'if [ -z "$npid" ]; then',
-        "  sudo -n nginx",
+        f"  {root.NGINX_START}",
         "  " + note("nginx started"),
         'elif [ -n "$back" ]; then',
         *["  " + ln for ln in NGINX_RELOAD],

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.remote.markers import fail, note
+from fabdeploy.remote import root
 from fabdeploy.remote.shell import q, write_file
 
 USER_PLACEHOLDER = "@fabdeploy-user@"  # in a definition: the deploy user, filled in on the host
@@ -70,7 +71,7 @@ class Manager:
             *write_file(staged, self.definition(cfg, app), mode="0644"),
             f'sed -i "s/{USER_PLACEHOLDER}/$(id -un)/" {q(staged)}',
             f"if cmp -s {q(staged)} {q(path)}; then defined=; else",
-            f"  sudo -n install -D -m 0644 {q(staged)} {q(path)} && defined=changed && "
+            f"  {self.install_command(cfg)} && defined=changed && "
             + note(f"{self.title}: {path} written"),
             "fi",
         ]
@@ -96,7 +97,20 @@ class Manager:
         """When a host switches to another manager: its definition of the project removed (the caller has
         stopped the app server already)."""
         path = self.definition_path(cfg)
-        return [f"sudo -n rm -f {q(path)}"] if path else []
+        return [root.rm(path)] if path else []
+
+    def install_command(self, cfg: Config) -> str:
+        """root installs the definition the deploy user staged (a fixed path per project)."""
+        staged = f"{Layout(cfg.paths.deploy_to).config}/{self.name}.definition"
+        return root.install(staged, self.definition_path(cfg), parents=True)
+
+    def root_lines(self, cfg: Config) -> list[str]:
+        """Every root command this manager runs for the project (the drop-in of fab sudoers lists them)."""
+        return [self.install_command(cfg), *self.switch_root_lines(cfg)] if self.definition_path(cfg) else []
+
+    def switch_root_lines(self, cfg: Config) -> list[str]:
+        """The root commands a host switching away from this manager runs (its stop and remove lines)."""
+        return [root.rm(self.definition_path(cfg))] if self.definition_path(cfg) else []
 
     def boot_lines(self, cfg: Config, app) -> list[str]:
         """What brings the app server back after a reboot, where the manager itself does not (supervisord's

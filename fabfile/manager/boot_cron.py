@@ -13,6 +13,7 @@ from __future__ import annotations
 from fabdeploy.config import Config, ident
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.manager.base import MANAGED, USER_PLACEHOLDER
+from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail, note, warn
 from fabdeploy.remote.shell import q, write_file
 
@@ -79,12 +80,24 @@ def cron_enabled_lines() -> list[str]:
     ]
 
 
+def _commands(cfg: Config) -> dict[str, str]:
+    """The root commands of the boot cron file: install the staged file under a fixed temp name, rename it
+    into place (cron never reads half a file), remove it."""
+    staged = f"{Layout(cfg.paths.deploy_to).config}/pidfile.cron"
+    tmp, cron = f"{CRON_DIR}/.fabdeploy_{ident(cfg.project.name)}.tmp", cron_path(cfg)
+    return {"install": root.install(staged, tmp), "rename": root.root("mv", "-f", tmp, cron), "remove": root.rm(cron)}
+
+
+def root_lines(cfg: Config) -> list[str]:
+    return list(_commands(cfg).values())
+
+
 def install_lines(cfg: Config, app) -> list[str]:
     """Write the boot script and the cron.d file where they differ; warn when no cron daemon is enabled."""
     script = boot_script(cfg, app)
     cron, sp = cron_path(cfg), script_path(cfg)
     staged = f"{Layout(cfg.paths.deploy_to).config}/pidfile.cron"
-    tmp = f"{CRON_DIR}/.fabdeploy_{ident(cfg.project.name)}.tmp"
+    c = _commands(cfg)
     return [
         f"mkdir -p {q(Layout(cfg.paths.deploy_to).bin)}",
         *write_file(sp + ".new", script, mode="0755"),
@@ -95,8 +108,8 @@ def install_lines(cfg: Config, app) -> list[str]:
         *write_file(staged, cron_entry(cfg, app)),
         f'sed -i "s/{USER_PLACEHOLDER}/$(id -un)/" {q(staged)}',
         f"if ! cmp -s {q(staged)} {q(cron)}; then",
-        f"  sudo -n install -m 0644 {q(staged)} {q(tmp)} && sudo -n mv -f {q(tmp)} {q(cron)} || "
-        + fail(f"could not write {cron} (sudo -n install): the app server would not start after a reboot"),
+        f"  {c['install']} && {c['rename']} || "
+        + fail(f"could not write {cron} (sudo: install, mv): the app server would not start after a reboot"),
         "  " + note(f"pidfile: {cron} written (starts {app.name} at boot: {sp})"),
         "fi",
         *cron_enabled_lines(),
@@ -109,4 +122,4 @@ def install_lines(cfg: Config, app) -> list[str]:
 def remove_lines(cfg: Config) -> list[str]:
     """The cron.d file and the boot script gone (a host switching to a manager of its own)."""
     cron = q(cron_path(cfg))
-    return [f"if [ -e {cron} ]; then sudo -n rm -f {cron}; fi", f"rm -f {q(script_path(cfg))}"]
+    return [f"if [ -e {cron} ]; then {_commands(cfg)['remove']}; fi", f"rm -f {q(script_path(cfg))}"]

@@ -31,6 +31,7 @@ from fabdeploy.appserver.base import app_user
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.manager.base import MANAGED, LogFilter, Manager
+from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail, fail_expanded, note
 from fabdeploy.remote.shell import ALIVE_FN, q, write_file
 
@@ -115,7 +116,8 @@ def prune_lines(lib: str = LIB, unit_dirs: tuple[str, ...] = UNIT_DIRS) -> list[
         f"for d in $(find {q(lib)} -mindepth 1 -maxdepth 1 -type d -name 'uwsgi-*' -mmin +{PRUNE_AFTER}); do "
         'case "$keep" in *" $d/uwsgi "*) continue;; esac; rm -rf "$d" && echo "${d##*/}"; done',
     ])
-    return [f"pruned=$(sudo -n sh -c {q(script)} | tr '\\n' ' ')",
+    # (best effort: a deploy user limited to the sudoers drop-in cannot prune; old copies then stay)
+    return [f"pruned=$(sudo -n sh -c {q(script)} 2>/dev/null | tr '\\n' ' ')",
             '[ -z "$pruned" ] || ' + note("uWSGI emperor: old copies removed: $pruned")]
 
 
@@ -204,7 +206,6 @@ class Emperor(Manager):
         while it is written; it ignores names not ending in .ini)."""
         lay = Layout(cfg.paths.deploy_to)
         path = self.definition_path(cfg)
-        tmp = f"{VASSALS}/.{cfg.project.name}.ini.tmp"
         staged = f"{lay.config}/emperor.definition"
         return [
             *binary_lines(app.venv_link(lay) + "/bin/uwsgi"),
@@ -213,22 +214,33 @@ class Emperor(Manager):
             *prune_lines(),
             guard(path),
             *write_file(staged, self.definition(cfg, app), mode="0644"),
-            f'me="{app_user(cfg)}:$(id -gn {q(app_user(cfg))})"',
+            f'appg=$(id -gn {q(app_user(cfg))}); me="{app_user(cfg)}:$appg"',
             # a vassal of another user (deployed before the app user, or since it changed): taken out until its
             # master is gone, so that the emperor starts it again as the new owner (a reload would keep the uid)
             f'if [ -e {q(path)} ] && [ "$(stat -c %U:%G {q(path)})" != "$me" ]; then',
-            f"  sudo -n rm -f {q(path)}; i=0",
+            f"  {root.rm(path)}; i=0",
             f"  while alive {q(app.paths(lay).pidfile)} {q(app.process)} >/dev/null && "
             f"[ $i -lt {app.reload_timeout(cfg) * 10} ]; do sleep 0.1; i=$((i + 1)); done",
             "  " + note("uWSGI emperor: the vassal of another user "
                         "taken out (it starts again as the app user)"),
             "fi",
             f'if cmp -s {q(staged)} {q(path)} && [ "$(stat -c %U:%G {q(path)})" = "$me" ]; then defined=; else',
-            f'  {{ sudo -n install -o "${{me%:*}}" -g "${{me#*:}}" -m 0644 {q(staged)} {q(tmp)} && '
-            f"sudo -n mv -f {q(tmp)} {q(path)}; }} || {fail(f'cannot write {path} (sudo)')}",
+            f"  {{ {' && '.join(self._vassal_commands(cfg))}; }} || {fail(f'cannot write {path} (sudo)')}",
             "  defined=changed; " + note(f"uWSGI emperor: vassal {path} written"),
             "fi",
         ]
+
+    def _vassal_commands(self, cfg: Config) -> list[str]:
+        """root writes the staged vassal as the app user's file (tyrant mode), under a temp name renamed over."""
+        staged = f"{Layout(cfg.paths.deploy_to).config}/emperor.definition"
+        tmp = f"{VASSALS}/.{cfg.project.name}.ini.tmp"
+        return [root.root("install", "-o", app_user(cfg), "-g", root.Raw(root.APP_GROUP), "-m", "0644", staged, tmp),
+                root.root("mv", "-f", tmp, self.definition_path(cfg))]
+
+    def root_lines(self, cfg: Config) -> list[str]:
+        """The project's own root commands (the host-wide emperor, its binary copy, unit, vassal directory
+        and start, are not fixed: provisioning, or full sudo; README)."""
+        return [*self._vassal_commands(cfg), root.rm(self.definition_path(cfg))]
 
     def start_lines(self, cfg: Config, app, venv_word: str) -> list[str]:
         """The emperor starts a vassal it finds (within its scan interval); wait until its master is up (the
@@ -242,10 +254,11 @@ class Emperor(Manager):
         """Touch the vassal with an mtime newer than its last one (the emperor compares whole seconds)."""
         v = q(self.definition_path(cfg))
         return [f'm=$(stat -c %Y {v}); t=$(date +%s); [ "$t" -gt "$m" ] || t=$((m + 1))',
-                f'touch -c -d "@$t" {v} 2>/dev/null || sudo -n touch -c -d "@$t" {v}']
+                # (the vassal is the app user's file: touched as it, no root needed)
+                f'touch -c -d "@$t" {v} 2>/dev/null || sudo -n -u {q(app_user(cfg))} touch -c -d "@$t" {v}']
 
     def stop_lines(self, cfg: Config, app) -> list[str]:
-        return [f"sudo -n rm -f {q(self.definition_path(cfg))}"]
+        return [root.rm(self.definition_path(cfg))]
 
     def stopped_lines(self, cfg: Config, app) -> list[str]:
         return self.stop_lines(cfg, app)  # (a crashed vassal the emperor is about to start again)

@@ -11,11 +11,14 @@ from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.appserver.base import app_user
 from fabdeploy.manager.base import Manager
+from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail, fail_expanded, note
 from fabdeploy.remote.shell import q
 
 CONF_DIR = "/etc/supervisor/conf.d"
-CTL = "sudo -n supervisorctl"
+CTL = root.root("supervisorctl")
+SUPERVISORD_CONF = "/etc/supervisor/supervisord.conf"
+START = (root.root("service", "supervisor", "start"), root.root("supervisord", "-c", SUPERVISORD_CONF))
 
 
 class Supervisor(Manager):
@@ -60,7 +63,7 @@ class Supervisor(Manager):
             "command -v supervisorctl >/dev/null 2>&1 || "
             + fail('supervisor is not installed on the host (app.manager = "supervisor"; apt-get install supervisor)'),
             f"if ! {CTL} pid >/dev/null 2>&1; then",
-            "  sudo -n service supervisor start >/dev/null 2>&1 || sudo -n supervisord -c /etc/supervisor/supervisord.conf",
+            f"  {START[0]} >/dev/null 2>&1 || {START[1]}",
             f"  i=0; while ! {CTL} pid >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done",
             f"  {CTL} pid >/dev/null 2>&1 || {fail('supervisord does not answer (supervisorctl pid)')}",
             "  " + note("supervisord started"),
@@ -93,7 +96,7 @@ class Supervisor(Manager):
 
     def remove_lines(self, cfg: Config, app) -> list[str]:
         name = q(self.program(cfg))
-        return [f"sudo -n rm -f {q(self.definition_path(cfg))}",
+        return [root.rm(self.definition_path(cfg)),
                 f"if {CTL} pid >/dev/null 2>&1; then {CTL} reread >/dev/null; {CTL} update {name} >/dev/null; fi"]
 
     def log_files(self, cfg: Config, app) -> dict[str, str]:
@@ -102,4 +105,15 @@ class Supervisor(Manager):
         return {"supervisor": app.paths(Layout(cfg.paths.deploy_to)).log + ".out"}
 
     def state_argv(self, cfg: Config) -> list[str] | None:
-        return ["sudo", "-n", "supervisorctl", "status", self.program(cfg)]
+        return ["sudo", "-n", root.BINARIES["supervisorctl"], "status", self.program(cfg)]
+
+    def root_lines(self, cfg: Config) -> list[str]:
+        from fabdeploy import appserver
+        name = self.program(cfg)
+        return [*super().root_lines(cfg), *START, *[root.root("supervisorctl", *a) for a in (
+            ("status", name), ("start", name), ("signal", appserver.of(cfg).reload_signal, name))]]
+
+    def switch_root_lines(self, cfg: Config) -> list[str]:
+        name = self.program(cfg)
+        return [*super().switch_root_lines(cfg), *[root.root("supervisorctl", *a) for a in (
+            ("pid",), ("reread",), ("update", name), ("stop", name))]]

@@ -12,11 +12,12 @@ from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.appserver.base import app_user
 from fabdeploy.manager.base import Manager
+from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail_expanded, note
 from fabdeploy.remote.shell import q
 
 UNIT_DIR = "/etc/systemd/system"
-CTL = "sudo -n systemctl"
+CTL = root.root("systemctl")
 
 
 class Systemd(Manager):
@@ -89,8 +90,19 @@ class Systemd(Manager):
     def remove_lines(self, cfg: Config, app) -> list[str]:
         unit = q(self.unit(cfg))
         return [f"{CTL} disable --quiet {unit} 2>/dev/null || true",
-                f"sudo -n rm -f {q(self.definition_path(cfg))}",
+                root.rm(self.definition_path(cfg)),
                 f"{CTL} daemon-reload 2>/dev/null || true"]
+
+    def root_lines(self, cfg: Config) -> list[str]:
+        unit = self.unit(cfg)
+        return [*super().root_lines(cfg), *[root.root("systemctl", *a) for a in (
+            ("is-enabled", "--quiet", unit), ("enable", "--quiet", unit), ("is-active", "--quiet", unit),
+            ("restart", unit), ("start", unit), ("reload", unit))]]
+
+    def switch_root_lines(self, cfg: Config) -> list[str]:
+        unit = self.unit(cfg)
+        return [*super().switch_root_lines(cfg), *[root.root("systemctl", *a) for a in (
+            ("disable", "--quiet", unit), ("daemon-reload",), ("stop", unit))]]
 
     def state_argv(self, cfg: Config) -> list[str] | None:
         return ["systemctl", "is-active", self.unit(cfg)]

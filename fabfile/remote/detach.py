@@ -11,29 +11,33 @@ side whose channel broke reads it with `settle`).
 """
 from __future__ import annotations
 
+import base64
+import gzip
 import shlex
 
 from fabdeploy.remote.markers import fact, fail_expanded, line
 
 ERR_VAR = "FABDEPLOY_DETACHED_ERR"  # the detached script's stderr file (its last `error` marker says why)
-SUFFIXES = (".out", ".err", ".status", ".pid")
+SUFFIXES = (".out", ".err", ".status", ".pid", ".sh")
 
 
 def wrapper(prefix: str) -> str:
-    """The shell run over the channel with the script text as $1 (`sh -c <wrapper> fabdeploy <script>`)."""
+    """The shell run over the channel with the script as $1, gzipped and base64-encoded (`sh -c <wrapper>
+    fabdeploy <packed>`): unpacked into <prefix>.sh, run from there (and removed when it ends)."""
     P = shlex.quote(prefix)
     folder = shlex.quote(prefix.rsplit("/", 1)[0] or "/")
     return "\n".join([
         f"P={P}",
         # the leftovers of an earlier detached run (its client was gone): only one run holds the lock
         f"rm -f {folder}/*.publish.out {folder}/*.publish.err {folder}/*.publish.status {folder}/*.publish.pid "
-        '"$P.status.tmp"',
+        f'{folder}/*.publish.sh "$P.status.tmp"',
         "umask 077",
         ': > "$P.out" && : > "$P.err" || ' + fail_expanded("cannot write $P.out"),
+        'printf %s "$1" | base64 -d | gzip -dc > "$P.sh" || ' + fail_expanded("cannot unpack the script into $P.sh"),
         # a background job of a non-interactive sh is no process group leader: setsid does not fork, $! is
         # the detached sh itself
-        f'{ERR_VAR}="$P.err" setsid nohup sh -c \'sh -c "$1"; echo $? > "$2.tmp"; mv -f "$2.tmp" "$2"\' '
-        'fabdeploy-publish "$1" "$P.status" < /dev/null > "$P.out" 2> "$P.err" &',
+        f'{ERR_VAR}="$P.err" setsid nohup sh -c \'sh "$1"; rc=$?; rm -f "$1"; echo $rc > "$2.tmp"; mv -f "$2.tmp" "$2"\' '
+        'fabdeploy-publish "$P.sh" "$P.status" < /dev/null > "$P.out" 2> "$P.err" &',
         "pid=$!",
         'echo "$pid" > "$P.pid"',  # (settle: a run that died without a status is not waited for)
         'tail -s 0.2 -n +1 -f --pid="$pid" "$P.err" >&2 &',
@@ -47,8 +51,11 @@ def wrapper(prefix: str) -> str:
 
 
 def command(prefix: str, script_text: str) -> str:
-    """The channel's command: the wrapper, the script as its argument."""
-    return "sh -c " + shlex.quote(wrapper(prefix)) + " fabdeploy " + shlex.quote(script_text)
+    """The channel's command: the wrapper, the script as its argument, packed. (SSH hands the whole command
+    to the remote shell as one argument, which Linux limits to 128 KiB, MAX_ARG_STRLEN: a publish script
+    with every manager's and app server's switch lines comes close; packed it is about a seventh.)"""
+    packed = base64.b64encode(gzip.compress(script_text.encode(), 9)).decode()
+    return "sh -c " + shlex.quote(wrapper(prefix)) + " fabdeploy " + packed
 
 
 STATUS_FACT = "detached_status"

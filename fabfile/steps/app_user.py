@@ -21,16 +21,58 @@ from fabdeploy.appserver import of as app_of
 from fabdeploy.appserver.base import app_user
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
+from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail_expanded, note
 from fabdeploy.remote.shell import q
+from fabdeploy.remote.root import APP_GROUP, ME, NGINX_GROUP, Raw, owner
+
+
+def _useradd(cfg: Config) -> str:
+    return root.root("useradd", "--system", "--user-group", "--no-create-home", "--home-dir", cfg.paths.deploy_to,
+                     "--shell", "/usr/sbin/nologin", app_user(cfg))
+
+
+def _table(cfg: Config) -> list[tuple[str, str, str, str]]:
+    """path, owner, group, mode of what the app reads or writes (owner ME: the deploy user)."""
+    lay = Layout(cfg.paths.deploy_to)
+    user = app_user(cfg)
+    return [
+        *[(d, ME, APP_GROUP, "2750") for d in (lay.releases, lay.venvs, lay.tmp, lay.config)],
+        (f"{lay.shared}/media", user, NGINX_GROUP, "2750"),
+        (f"{lay.shared}/db", user, APP_GROUP, "700"),
+        (lay.run, user, NGINX_GROUP, "2750"),
+        (lay.log, ME, APP_GROUP, "2770"),
+    ]
+
+
+def _own(path: str, user: str, group: str, mode: str) -> list[str]:
+    """Everything below `path` given to user:group, directories setgid and readable by the group, `path`
+    itself `mode` (-H: a `path` that is a link, a shared mount, is its target)."""
+    return [root.root("chown", "-R", "-H", owner(user, group), path), root.root("chmod", "-R", "g+rX", path),
+            root.root("find", "-H", path, "-mindepth", "1", "-type", "d", "-exec", "chmod", "g+s", "{}", "+"),
+            root.root("chmod", mode, path)]
+
+
+def _log_chown(cfg: Config) -> str:
+    return root.root("chown", owner(app_user(cfg), APP_GROUP), app_of(cfg).paths(Layout(cfg.paths.deploy_to)).log)
+
+
+def _chgrp_app(path: str) -> str:
+    return root.root("chgrp", Raw(APP_GROUP), path)
+
+
+def root_lines(cfg: Config) -> list[str]:
+    """The root commands of this module (the drop-in lists them)."""
+    lay = Layout(cfg.paths.deploy_to)
+    return [_useradd(cfg), *[c for row in _table(cfg) for c in _own(*row)], _log_chown(cfg),
+            _chgrp_app(lay.secret_key), _chgrp_app(lay.env_file)]
 
 
 def create_lines(cfg: Config) -> list[str]:
     """The app user exists (a system user with its own group, home deploy_to, no shell), created with sudo
     when missing; sets $appu and $appg (its group) and $appme (non-empty: the SSH user is the app user)."""
     user = app_user(cfg)
-    add = (f"sudo -n useradd --system --user-group --no-create-home --home-dir {q(cfg.paths.deploy_to)} "
-           f"--shell /usr/sbin/nologin {q(user)}")
+    add = _useradd(cfg)
     return [
         f"appu={q(user)}",
         f'if ! id -u "$appu" >/dev/null 2>&1; then',
@@ -48,34 +90,21 @@ def ownership_lines(cfg: Config) -> list[str]:
     app reads or writes, set where they differ (recursively: a host deployed before the app user existed)."""
     lay = Layout(cfg.paths.deploy_to)
     log = app_of(cfg).paths(lay).log
-    me = '"$(id -un)"'
-    table = [  # path, owner, group, mode
-        *[(d, me, '"$appg"', "2750") for d in (lay.releases, lay.venvs, lay.tmp, lay.config)],
-        (f"{lay.shared}/media", '"$appu"', '"$nginx_group"', "2750"),
-        (f"{lay.shared}/db", '"$appu"', '"$appg"', "700"),
-        (lay.run, '"$appu"', '"$nginx_group"', "2750"),
-        (lay.log, me, '"$appg"', "2770"),
-    ]
-    lines = [
-        'if [ -z "$appme" ]; then',
-        # own DIR OWNER GROUP MODE: everything below DIR given to OWNER:GROUP (directories setgid, readable by the
-        # group) when DIR itself is not OWNER:GROUP MODE. A DIR that is a link (a shared mount: media, the
-        # SQLite directory of several app hosts) is its target (the app user needs the same uid on each host).
-        '  own() { d=$(readlink -f "$1"); [ "$(stat -c %U:%G:%a "$d")" = "$2:$3:$4" ] && return 0; '
-        'sudo -n chown -R "$2:$3" "$d" && sudo -n chmod -R g+rX "$d" && '
-        "sudo -n find \"$d\" -mindepth 1 -type d -exec chmod g+s {} + && sudo -n chmod \"$4\" \"$d\" && "
-        'converted="$converted ${1##*/}"; }',
-        "  converted=",
-    ]
-    for path, owner, group, mode in table:
-        lines.append(f"  own {q(path)} {owner} {group} {mode} || "
-                     + fail_expanded(f"cannot give {path} to the app user $appu (sudo)"))
+    lines = ['if [ -z "$appme" ]; then', "  converted="]
+    for path, user, group, mode in _table(cfg):
+        # (a link, a shared mount of several app hosts, is its target: the app user needs the same uid on each)
+        want = f'"{user.strip(chr(34))}:{group.strip(chr(34))}:{mode}"'
+        lines += [f'  if [ "$(stat -L -c %U:%G:%a {q(path)})" != {want} ]; then',
+                  f"    {{ {' && '.join(_own(path, user, group, mode))}; }} || "
+                  + fail_expanded(f"cannot give {path} to the app user $appu (sudo)"),
+                  f'    converted="$converted {path.rsplit("/", 1)[1]}"',
+                  "  fi"]
     lines += [
         # the app server's log, written by the deploy user before
         f'  if [ -f {q(log)} ] && [ "$(stat -c %U {q(log)})" != "$appu" ]; then '
-        f'sudo -n chown "$appu:$appg" {q(log)}; fi',
+        f'{_log_chown(cfg)}; fi',
         f'  if [ "$(stat -c %G:%a {q(lay.secret_key)} 2>/dev/null)" = "$(id -gn):600" ]; then '
-        f'sudo -n chgrp "$appg" {q(lay.secret_key)} && chmod 0640 {q(lay.secret_key)}; fi',
+        f'{_chgrp_app(lay.secret_key)} && chmod 0640 {q(lay.secret_key)}; fi',
         '  [ -z "$converted" ] || ' + note("app user $appu: owner and modes set on$converted"),
         "fi",
     ]
@@ -87,10 +116,8 @@ def key_lines(cfg: Config) -> list[str]:
     0600 when the SSH user is the app user."""
     lay = Layout(cfg.paths.deploy_to)
     user = q(app_user(cfg))
-    return [  # (one line)
-        f"for f in {q(lay.secret_key)} {q(lay.env_file)}; do "
-        '[ -f "$f" ] || continue; '
-        f'if [ "$(id -un)" = {user} ]; then chmod 600 "$f"; else '
-        f'g=$(id -gn {user}); [ "$(stat -c %G "$f")" = "$g" ] || sudo -n chgrp "$g" "$f"; chmod 640 "$f"; '
-        "fi; done",
+    return [  # (one line per file)
+        f'if [ -f {q(f)} ]; then if [ "$(id -un)" = {user} ]; then chmod 600 {q(f)}; else '
+        f'appg=$(id -gn {user}); [ "$(stat -c %G {q(f)})" = "$appg" ] || {_chgrp_app(f)}; chmod 640 {q(f)}; fi; fi'
+        for f in (lay.secret_key, lay.env_file)
     ]

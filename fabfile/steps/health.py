@@ -13,9 +13,11 @@ import json
 
 from fabdeploy import appserver
 from fabdeploy.config import Config
+from fabdeploy.front import nginx
 from fabdeploy.front.nginx import nginx_reload_lines
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, bind_address, runs_nginx
+from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail_expanded, note
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import q
@@ -197,8 +199,8 @@ def health(cfg: Config, host: str, release_id: str, previous: str, staging: str,
         ") >/dev/null || " + fail_expanded(f"health check failed: $why; reverting to {prev_id} failed too: {app.title} did not come up"),
         # the nginx site as it was before this deploy, when this deploy changed it
         f"if [ -f {q(staging + '/site.prev')} ]; then",
-        f"  sudo -n install -m 0644 {q(staging + '/site.prev')} {q(site_path)}",
-        "  if sudo -n nginx -t >/dev/null 2>&1; then",
+        f"  {nginx.install_copy(cfg, staging + '/site.prev', site_path)}",
+        f"  if {root.NGINX_TEST} >/dev/null 2>&1; then",
         *["    " + ln for ln in nginx_reload_lines(nginx_pid)],
         "  fi",
         "fi",

@@ -8,17 +8,43 @@ from fabdeploy.config import Config
 from fabdeploy.front import nginx_toggle
 from fabdeploy.hosts.layout import NGINX_CONF, VENV_COMPLETE, Layout
 from fabdeploy.local.wheelhouse import PYTHON_FACTS_PY
+from fabdeploy.remote import root
 from fabdeploy.remote.markers import fact, fail
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import q
 
 
+def root_lines(cfg: Config) -> list[str]:
+    """The root commands of the setup phase: deploy_to created and given to the deploy user, the directories
+    and the socket nginx reads given to its group."""
+    lay = Layout(cfg.paths.deploy_to)
+    return [*_mkdir_commands(cfg.paths.deploy_to), *[c for d in _nginx_dirs(lay) for c in _nginx_group(d)],
+            _sock_group(cfg)]
+
+
+def _mkdir_commands(path: str) -> list[str]:
+    return [root.root("mkdir", "-p", path), root.root("chown", root.owner(root.ME, ""), path)]
+
+
+def _nginx_dirs(lay: Layout) -> tuple[str, ...]:
+    return (lay.run, lay.static, f"{lay.shared}/media")
+
+
+def _nginx_group(d: str) -> list[str]:
+    return [root.root("chgrp", root.Raw(root.NGINX_GROUP), d), root.root("chmod", "2750", d)]
+
+
+def _sock_group(cfg: Config) -> str:
+    return root.root("chgrp", root.Raw(root.NGINX_GROUP), appserver.of(cfg).paths(Layout(cfg.paths.deploy_to)).socket)
+
+
 def _sudo_mkdir_owned(path: str) -> list[str]:
+    mkdir, chown = _mkdir_commands(path)
     return [
         f"if [ ! -d {q(path)} ]; then",
-        f"  sudo -n true 2>/dev/null || {fail(f'{path} does not exist and sudo -n is not allowed (passwordless sudo is needed to create it)')}",
-        f"  sudo -n mkdir -p {q(path)}",
-        f'  sudo -n chown "$(id -un):$(id -gn)" {q(path)}',
+        f"  {{ {mkdir} && {chown}; }} 2>/dev/null || "
+        + fail(f"{path} does not exist and cannot be created with sudo (mkdir, chown): create it, owned by the "
+               "deploy user, or allow those commands (fab sudoers)"),
         "fi",
         f'[ -w {q(path)} ] || {{ echo "{path} is not writable by $(id -un)" >&2; exit 1; }}',
     ]
@@ -62,9 +88,9 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         # member of needs root). Everything else is private to the deploy user: deploy_to and shared can
         # only be traversed, shared/db and shared/config are 0700 (the scripts run with umask 027).
         *[f'if [ "$(stat -L -c %G:%a {q(d)})" != "$nginx_group:2750" ]; then '
-          f'{{ sudo -n chgrp "$nginx_group" {q(d)} && sudo -n chmod 2750 {q(d)}; }} || '
+          f'{{ {" && ".join(_nginx_group(d))}; }} || '
           f'{fail(f"cannot give {d} to the nginx group (sudo)")}; fi'
-          for d in (lay.run, lay.static, f"{lay.shared}/media")],
+          for d in _nginx_dirs(lay)],
         f"chmod 0711 {q(lay.deploy_to)} {q(lay.shared)}",
         # (an app user of its own: app_user.ownership_lines; the SSH user as the app user: private to it)
         *(_app_user.create_lines(cfg) if app else ["appme=1"]),
@@ -74,7 +100,7 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         "fi",
         *(_app_user.ownership_lines(cfg) if app else []),
         f'if [ -S {q(sock)} ] && [ "$(stat -c %G {q(sock)})" != "$nginx_group" ]; then '
-        f'sudo -n chgrp "$nginx_group" {q(sock)}; fi',
+        f'{_sock_group(cfg)}; fi',
         f"venvs=$(cd {q(lay.venvs)} && for v in *; do [ -f \"$v/{VENV_COMPLETE}\" ] && printf '%s ' \"$v\"; done; true)",
         f"current=$(readlink {q(lay.current)} || true)",
         fact("python_version", "$python_version"),
