@@ -14,8 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import make_project, release_of, run_fab, sample_config
-from test_load_e2e import Load
-from test_supervisor_e2e import assert_switch_guarantee
+import test_supervisor_e2e as supervisor_e2e
 
 D = "/srv/sample"
 EMPEROR = '[app]\nmanager = "emperor"\n'
@@ -110,15 +109,7 @@ def uwsgi_children(site, pid: int) -> list[int]:
 
 
 def switch_under_load(site, extra: str, message: str) -> tuple[str, str]:
-    site.proj.write_config(sample_config(site.host, keep=4, extra=extra))
-    site.proj.commit(message, {"pages/message.txt": message + "\n"})
-    before = site.releases[-1]
-    with Load(site.host.address) as load:
-        time.sleep(1)
-        rel, out = deploy(site)
-        done = time.monotonic()
-        time.sleep(1)
-    assert_switch_guarantee(load.samples, before, rel, done)
+    rel, out, _ = supervisor_e2e.switch_under_load(site, extra, message, deploy)
     return rel, out
 
 

@@ -190,14 +190,15 @@ def uwsgi_children(site, pid: int) -> list[str]:
                     "grep -qsx uwsgi /proc/$c/comm && echo $c; done; true").split()
 
 
-def switch_under_load(site, extra: str, message: str) -> tuple[str, str, list]:
-    """Deploy a manager switch by config under load; (release, output, samples after the deploy returned)."""
+def switch_under_load(site, extra: str, message: str, deploy_site=None) -> tuple[str, str, list]:
+    """Deploy a manager switch by config under load (with this module's deploy, or the caller's
+    deploy_site); (release, output, samples after the deploy returned)."""
     site.proj.write_config(sample_config(site.host, keep=4, extra=extra))
     site.proj.commit(message, {"pages/message.txt": message + "\n"})
     before = site.releases[-1]
     with Load(site.host.address) as load:
         time.sleep(1)
-        rel, out = deploy(site)
+        rel, out = (deploy_site or deploy)(site)
         done = time.monotonic()
         time.sleep(1)
     assert_switch_guarantee(load.samples, before, rel, done)
