@@ -54,7 +54,7 @@ def site_listen_ports(site: str, default: int) -> list[int]:
 def site_upstream(site: str) -> str:
     """Where the site's `location /` passes requests: uwsgi_pass/proxy_pass, an `upstream` block resolved to
     its first server ("unix:/path" or "address:port"); "" when there is none."""
-    m = re.search(r"^\s*(?:uwsgi_pass|proxy_pass)\s+([^;]+);", site, re.M)
+    m = re.search(r"(?:^|[\s{;])(?:uwsgi_pass|proxy_pass)\s+([^;]+);", site)
     if not m:
         return ""
     target = re.sub(r"^https?://", "", m.group(1).strip())
