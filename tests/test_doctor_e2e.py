@@ -277,3 +277,44 @@ def test_a_secret_key_readable_by_everyone(site):
     finally:
         site.host.exec(f"chmod 0640 {D}/shared/secret_key")
     doctor(site, ok=True)
+
+
+# ---- a second host: gunicorn under systemd (the app server's output in the journal, its own socket and timeout)
+
+GUNICORN_SYSTEMD = """\
+    [app]
+    server = "gunicorn"
+    manager = "systemd"
+    [gunicorn]
+    workers = 2
+    timeout = 3
+    """
+
+
+@pytest.fixture(scope="module")
+def gsite(make_host, tmp_path_factory, wheel_cache):
+    host = make_host("doctor-g", init="systemd")
+    proj = make_project(tmp_path_factory.mktemp("doctor-g"))
+    proj.commit("a slow view", {"pages/urls.py": URLS})
+    proj.write_config(sample_config(host, extra=GUNICORN_SYSTEMD))
+    env = SimpleNamespace(host=host, proj=proj, cache=wheel_cache)
+    res = fab(env, "deploy")
+    assert res.returncode == 0, res.stdout + res.stderr
+    return env
+
+
+def test_gunicorn_under_systemd_healthy_then_its_socket_directory(gsite):
+    doctor(gsite, ok=True)
+    gsite.host.exec(f"chmod 0700 {D}/shared/run")
+    try:
+        doctor(gsite, "cannot connect to the app socket /srv/sample/shared/run/gunicorn.sock",
+               f"{D}/shared/run is 2700 sample:www-data", "may not enter it")
+    finally:
+        gsite.host.exec(f"chmod 2750 {D}/shared/run")
+    doctor(gsite, ok=True)
+
+
+def test_gunicorn_worker_timeout_read_from_the_journal(gsite):
+    status = gsite.host.http("/slow?s=8", host_header=gsite.host.address, timeout=30)[0]
+    assert status in (500, 502)  # (the worker aborted mid-request answers 500, a killed one 502)
+    doctor(gsite, "killed by gunicorn's timeout ([gunicorn] timeout)", "WORKER TIMEOUT")
