@@ -245,3 +245,45 @@ def test_report_format_and_exit():
                                  "1 problem(s) on 1 host(s); 1 host(s) not checked"]
     assert doctor.failed(reps) and not doctor.failed(reps[:1])
     assert doctor.format_report(reps[:1]).endswith("no problems found")
+
+
+RULESET = """table inet filter {
+	chain input {
+		type filter hook input priority filter; policy drop;
+		ct state established,related accept
+		iif "lo" accept
+		tcp dport 8000 ip saddr { 10.0.0.3 } accept
+		tcp dport { 22, 443 } accept
+		tcp dport 9000-9100 accept
+		counter packets 3 bytes 180 drop
+	}
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+	}
+}
+table inet fabdeploy_shop {
+	chain input {
+		type filter hook input priority 0; policy accept;
+		tcp dport 8000 fib saddr type local accept
+		tcp dport 8000 reject with tcp reset
+	}
+}
+"""
+
+
+def test_the_host_firewall_verdict_for_a_new_connection():
+    from fabdeploy.ops.doctor_firewall import input_chains, verdict
+    chains = input_chains(RULESET)
+    assert [(c["table"], c["chain"], c["policy"]) for c in chains] == [("inet filter", "input", "drop"),
+                                                                       ("inet fabdeploy_shop", "input", "accept")]
+    assert [verdict(chains[0], p) for p in (80, 443, 22, 9050, 8000)] == ["drop", "accept", "accept", "accept", "drop"]
+    assert [verdict(chains[1], p) for p in (80, 8000)] == ["accept", "reject"]
+
+
+def test_a_firewall_dropping_the_sites_port_is_a_finding():
+    found = R.findings(healthy(nft=RULESET), P)
+    assert [f.cause for f in found] == ["the host firewall drops new connections to port 80 (nft table inet filter, "
+                                       "chain input, policy drop)"]
+    assert "tcp dport 80 accept" in found[0].fix
+    assert R.findings(healthy(nft=RULESET.replace("{ 22, 443 }", "{ 22, 80, 443 }")), P) == []
+    assert R.findings(healthy(nft=None), P) == []  # (sudo refused: unknown)

@@ -279,6 +279,19 @@ def test_a_secret_key_readable_by_everyone(site):
     doctor(site, ok=True)
 
 
+def test_a_host_firewall_dropping_port_80(site):
+    site.host.exec("nft add table inet dtest && nft add chain inet dtest input "
+                   "'{ type filter hook input priority 0; policy drop; }' && "
+                   "nft add rule inet dtest input ct state established,related accept && "
+                   "nft add rule inet dtest input iif lo accept && nft add rule inet dtest input tcp dport 22 accept")
+    try:
+        doctor(site, "the host firewall drops new connections to port 80 (nft table inet dtest, chain input, "
+                     "policy drop)")
+    finally:
+        site.host.exec("nft delete table inet dtest")
+    doctor(site, ok=True)
+
+
 # ---- a second host: gunicorn under systemd (the app server's output in the journal, its own socket and timeout)
 
 GUNICORN_SYSTEMD = """\

@@ -164,6 +164,11 @@ if P["nginx"] and F.get("site") and F.get("nginx_pid"):
             break
     F["probes"] = probes
 
+# the host firewall (nftables; iptables-nft rules show there too): None when sudo refuses
+if P["nginx"]:
+    rc, out, _ = run(["sudo", "-n", "nft", "list", "ruleset"])
+    F["nft"] = out if rc == 0 else None
+
 # room on the disks
 for key, path in (("disk_deploy_to", P["deploy_to"]), ("disk_var_log", "/var/log")):
     try:

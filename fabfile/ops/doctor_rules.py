@@ -378,6 +378,7 @@ RULES = (nginx_state, address_in_use, app_down, socket_permission, upstream_mism
 
 def findings(F: dict, P: dict) -> list[Finding]:
     """Every finding of one host (a bare "http" answer only when no other finding explains it)."""
-    found = [f for rule in RULES for f in rule(F, P)]
+    from fabdeploy.ops.doctor_firewall import firewall
+    found = [f for rule in (*RULES, firewall) for f in rule(F, P)]
     causes = [f for f in found if f.what != "http"]
     return causes if causes else found
