@@ -11,12 +11,26 @@ from fabdeploy.hosts.connect import host_label
 from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import server_of
+from fabdeploy.ops import doctor_rules as rules
+from fabdeploy.ops import doctor_site as site
 from fabdeploy.ops.doctor_facts import facts_params, facts_script
-from fabdeploy.ops.doctor_rules import Finding, findings
+from fabdeploy.ops.doctor_firewall import firewall
+from fabdeploy.ops.doctor_rules import Finding
 from fabdeploy.remote.runner import run_script
 
 # the setting that kills a slow request, per app server (for the timeout finding's fix)
 TIMEOUT_KEYS = {"uwsgi": "[uwsgi] harakiri", "gunicorn": "[gunicorn] timeout"}
+
+
+RULES = (site.nginx_state, rules.address_in_use, rules.app_down, rules.socket_permission, rules.upstream_mismatch,
+         site.http_answers, rules.timeouts, site.static_files, site.secret_files, firewall, site.disks, site.clock)
+
+
+def findings(F: dict, P: dict) -> list[Finding]:
+    """Every finding of one host (a bare "http" answer only when no other finding explains it)."""
+    found = [f for rule in RULES for f in rule(F, P)]
+    causes = [f for f in found if f.what != "http"]
+    return causes if causes else found
 
 
 def rule_params(cfg: Config, server, host: str) -> dict:
@@ -67,4 +81,4 @@ def failed(reports: list[dict]) -> bool:
     return any("error" in r or r["findings"] for r in reports)
 
 
-__all__ = ["Finding", "diagnose", "format_report", "failed"]
+__all__ = ["Finding", "diagnose", "findings", "format_report", "failed"]
