@@ -287,3 +287,24 @@ def test_a_firewall_dropping_the_sites_port_is_a_finding():
     assert "tcp dport 80 accept" in found[0].fix
     assert doctor.findings(healthy(nft=RULESET.replace("{ 22, 443 }", "{ 22, 80, 443 }")), P) == []
     assert doctor.findings(healthy(nft=None), P) == []  # (sudo refused: unknown)
+
+
+def test_the_facts_program_on_an_empty_host_layout(tmp_path):
+    """FACTS_PY run for real by this interpreter (every host path a parameter; the app user is this user, so no
+    sudo -u): a deploy_to with nothing deployed, no nginx config; its facts give one finding, nothing deployed."""
+    import getpass
+    import json
+    import subprocess
+    from fabdeploy.ops.doctor_facts import FACTS_PY
+    c = cfg(paths={"deploy_to": str(tmp_path / "srv")}, app={"user": getpass.getuser()})
+    params = {**doctor.rule_params(c, None, "a.test"), "nginx_conf": str(tmp_path / "no-nginx.conf")}
+    (tmp_path / "srv").mkdir()
+    res = subprocess.run([sys.executable, "-c", FACTS_PY, json.dumps(params)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    facts = json.loads(res.stdout.split("@@fabdeploy json ", 1)[1])
+    assert facts["app_pid"] is None and facts["release"] == "" and not facts["nginx_installed"]
+    assert facts["disk_deploy_to"]["total"] > 0
+    assert [(f.what, f.cause) for f in doctor.findings(facts, params)] == [
+        ("nginx", f"nginx is not installed (no {tmp_path}/no-nginx.conf)"),
+        ("app down", "nothing is deployed here yet (no current release)")]

@@ -165,7 +165,7 @@ if P["nginx"] and F.get("site") and F.get("nginx_pid"):
     F["probes"] = probes
 
 # the host firewall (nftables; iptables-nft rules show there too): None when sudo refuses
-if P["nginx"]:
+if P["nginx"] and conf:
     rc, out, _ = run(["sudo", "-n", "nft", "list", "ruleset"])
     F["nft"] = out if rc == 0 else None
 

@@ -96,7 +96,7 @@ def nginx_state(F: dict, P: dict) -> list[Finding]:
     if not P.get("nginx"):
         return []
     if not F.get("nginx_installed"):
-        return [Finding("nginx", "nginx is not installed (no /etc/nginx/nginx.conf)", "`fab provision`")]
+        return [Finding("nginx", f"nginx is not installed (no {P.get('nginx_conf', 'nginx.conf')})", "`fab provision`")]
     out = []
     test = F.get("nginx_test") or {}
     text = test.get("output", "")
