@@ -181,6 +181,8 @@ def test_allowed_hosts_debug_and_other_answers():
     gw = [{"name": "shop.example", "path": PROBE_PATH, "status": 502, "debug_page": False}]
     found = doctor.findings(healthy(probes=gw, nginx_error_log="x [error] 5#5: connect() failed"), P)
     assert [f.what for f in found] == ["http"] and "[error] 5#5: connect() failed" in found[0].cause
+    hang = [{"name": "shop.example", "path": PROBE_PATH, "status": None, "error": "timed out"}]
+    assert doctor_site.http_answers(healthy(probes=hang), P)[0].cause == "Host: shop.example gets no answer (timed out)"
     # a 502 that another finding explains is not said twice
     assert whats(healthy(probes=gw, app_pid=None)) == ["app down"]
 

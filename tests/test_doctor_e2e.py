@@ -82,9 +82,9 @@ def clear_logs(env):
     env.host.exec(f": > {D}/shared/log/uwsgi.log; : > /var/log/nginx/sample.error.log")
 
 
-def background(env, cmd: str) -> int:
+def background(host, cmd: str) -> int:
     """Start cmd as a daemon on the host; its pid."""
-    res = env.host.exec(f"setsid {cmd} >/dev/null 2>&1 < /dev/null & echo $!")
+    res = host.exec(f"setsid {cmd} >/dev/null 2>&1 < /dev/null & echo $!")
     pid = int(res.stdout.strip())
     time.sleep(1)
     return pid
@@ -119,7 +119,7 @@ def edit_site(env, old: str, new: str):
 
 def test_another_process_holding_the_socket_path_is_named(site):
     assert fab(site, "stop").returncode == 0
-    pid = background(site, f"python3 -c \"import socket, time; s = socket.socket(socket.AF_UNIX); "
+    pid = background(site.host, f"python3 -c \"import socket, time; s = socket.socket(socket.AF_UNIX); "
                            f"s.bind('{SOCK}'); s.listen(); time.sleep(600)\"")
     try:
         doctor(site, "address in use", f"{SOCK} is held by python3 (pid {pid})", f"kill {pid}",
@@ -133,7 +133,7 @@ def test_another_process_holding_the_socket_path_is_named(site):
 def test_another_process_on_nginx_port_80_is_named(site):
     site.host.exec("nginx -s stop")
     time.sleep(1)
-    pid = background(site, "python3 -c \"import socket, time; s = socket.socket(); "
+    pid = background(site.host, "python3 -c \"import socket, time; s = socket.socket(); "
                            "s.bind(('0.0.0.0', 80)); s.listen(); time.sleep(600)\"")
     try:
         doctor(site, "port 80 (the nginx site's) is held by python3", f"kill {pid}", "nginx is not running")
@@ -331,3 +331,31 @@ def test_gunicorn_worker_timeout_read_from_the_journal(gsite):
     status = gsite.host.http("/slow?s=8", host_header=gsite.host.address, timeout=30)[0]
     assert status in (500, 502)  # (the worker aborted mid-request answers 500, a killed one 502)
     doctor(gsite, "killed by gunicorn's timeout ([gunicorn] timeout)", "WORKER TIMEOUT")
+
+
+# ---- a fleet: one app host (uWSGI over TCP, no nginx) behind one balancer
+
+@pytest.fixture(scope="module")
+def fleet(make_host, tmp_path_factory, wheel_cache):
+    app, lb = make_host("doctor-app"), make_host("doctor-lb")
+    proj = make_project(tmp_path_factory.mktemp("doctor-fleet"))
+    text = sample_config(lb).replace(f'hosts = ["{lb.ssh_target()}"]\n', "")
+    proj.write_config(text + f'[roles]\napp = ["{app.ssh_target()}"]\nlb = ["{lb.ssh_target()}"]\n')
+    env = SimpleNamespace(host=lb, app=app, proj=proj, cache=wheel_cache)
+    res = fab(env, "deploy")
+    assert res.returncode == 0, res.stdout + res.stderr
+    return env
+
+
+def test_a_fleet_healthy_then_another_process_on_the_app_port(fleet):
+    doctor(fleet, ok=True)
+    assert fab(fleet, "stop").returncode == 0
+    pid = background(fleet.app, "python3 -c \"import socket, time; s = socket.socket(); "
+                                "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 8001)); s.listen(); time.sleep(600)\"")
+    try:
+        out = doctor(fleet, f"is held by python3 (pid {pid}), not uWSGI", "uWSGI is not running")
+        assert out.index(fleet.app.address) < out.index("address in use")  # (named under the app host)
+    finally:
+        fleet.app.exec(f"kill {pid}", check=False)
+    assert fab(fleet, "start").returncode == 0
+    doctor(fleet, ok=True)

@@ -145,8 +145,8 @@ def app_down(F: dict, P: dict) -> list[Finding]:
                         + "\n".join("      | " + e for e in errs),
                         "fix that error in the code or settings and `fab deploy` (or `fab rollback`); "
                         "`fab logs --which app` shows more")]
-    return [Finding("app down", f"{P['app_title']} is not running (no live master in {P['pidfile']}): nginx "
-                    "answers 502 Bad Gateway", "`fab start` (`fab logs` says why it stopped)")]
+    return [Finding("app down", f"{P['app_title']} is not running (no live master in {P['pidfile']}): requests "
+                    "to it get 502 Bad Gateway", "`fab start` (`fab logs` says why it stopped)")]
 
 
 def _can(user: str, groups: list[str], st: dict, bit: int) -> bool:

@@ -63,9 +63,10 @@ def http_answers(F: dict, P: dict) -> list[Finding]:
                            "[django] env) and remove it; the fabdeploy settings say DEBUG = False"))
     if F.get("app_pid") or not P.get("app"):
         for p in probes:
-            if p["status"] in (502, 503, 504) and not any(f.what == "allowed hosts" for f in out):
+            if (p["status"] in (502, 503, 504, None)) and not any(f.what == "allowed hosts" for f in out):
                 last = [ln for ln in F.get("nginx_error_log", "").splitlines() if "[error]" in ln or "[crit]" in ln]
-                out.append(Finding("http", f"Host: {p['name']} gets {p['status']}"
+                got = p["status"] or f"no answer ({p.get('error') or 'nothing'})"
+                out.append(Finding("http", f"Host: {p['name']} gets {got}"
                                    + (f"; nginx's error log: {last[-1][-240:]}" if last else ""),
                                    "`fab logs --which error,app`"))
                 break
