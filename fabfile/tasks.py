@@ -235,6 +235,19 @@ def status(c, json=False, config=None, roles=None, parallel=None):
     _exit_if_failed([f"{r['host']}: unhealthy: {report.unhealthy(r)}" for r in reports if report.unhealthy(r)])
 
 
+@task(help={"config": CONFIG_HELP, "roles": ROLES_HELP, "parallel": PARALLEL_HELP})
+@one_line_errors
+def doctor(c, config=None, roles=None, parallel=None):
+    """Diagnose each host (read-only): address in use, socket permissions, 502/504 causes, static files,
+    ALLOWED_HOSTS, DEBUG, secret key modes, nginx -t, disk, clock. Exits 1 when anything is found."""
+    from fabdeploy.ops import doctor as _doctor
+    cfg = _load(config, "mask")
+    reports = _doctor.diagnose(target_connections(c, cfg, roles), cfg, _parallel(parallel, cfg))
+    print(masked(_doctor.format_report(reports)))
+    if _doctor.failed(reports):
+        raise Exit(code=1)
+
+
 @task(help={"config": CONFIG_HELP, "n": "lines to show from each log (default 20)",
             "follow": "keep streaming new lines until Ctrl-C", "which": "app, manager, access, error (comma separated)",
             "roles": ROLES_HELP, "parallel": PARALLEL_HELP})
@@ -378,4 +391,4 @@ def _seconds(value, flag: str):
 
 
 __all__ = ["deploy", "provision", "rollback", "secrets", "releases", "status", "logs", "unlock", "manage", "stop", "start",
-           "restart", "reload", "sudoers"]
+           "restart", "reload", "sudoers", "doctor"]
