@@ -6,6 +6,8 @@ leaf certificate for the site's name made here with openssl:
   https, and `check --deploy` warns about nothing but HSTS (hsts = 0, opt-in);
 - plain http redirects 301 to https, except /.well-known/acme-challenge/<file>, served from the webroot;
 - a local key of another certificate: one line, nothing connected, the live site untouched;
+- a certificate for another name: the health check (https, the chain's CA) fails and the revert puts the
+  previous certificate files back with the previous site;
 - files already on the host ("host:/path"): a mismatched pair refused on the host with one line before any
   change (the live site keeps its certificate), a matching one served after the deploy.
 
@@ -36,8 +38,8 @@ def site(make_host, tmp_path_factory, wheel_cache):
     return site
 
 
-def write(site, name: str, certificate: str, key: str) -> str:
-    text = sample_config(site.host).replace(f'server_name = "{site.host.address}"', f'server_name = "{NAME}"')
+def write(site, name: str, certificate: str, key: str, extra: str = "") -> str:
+    text = sample_config(site.host, extra=extra).replace(f'server_name = "{site.host.address}"', f'server_name = "{NAME}"')
     site.proj.write_config(text + f'[tls]\nmode = "files"\ncertificate = "{certificate}"\nkey = "{key}"\n',
                            name=name)
     return name
@@ -117,7 +119,21 @@ def test_3_a_local_key_of_another_certificate_is_refused_in_one_line(site):
     assert curl(site, "/", site.certs.ca)[0] == "2 200 0"
 
 
-def test_4_files_already_on_the_host_are_checked_there_then_served(site):
+def test_4_a_certificate_for_another_name_fails_the_health_check_and_the_revert_puts_the_old_one_back(site):
+    before = served_certificate(site)
+    wrong = make_certs(site.proj.root / "certs-other", ["other.lab.test"])
+    name = write(site, "other-name.toml", "certs-other/leaf-chain.pem", "certs-other/leaf.key",
+                 extra="[health]\ntimeout = 3\n")
+    res, out = fab(site, "deploy", config=name)
+    assert res.returncode == 1, out
+    assert "health check failed" in out and "certificate verify failed" in out, out
+    assert f"reverted to {site.good}" in out
+    assert current(site) == site.good and served_certificate(site) == before
+    assert curl(site, "/", site.certs.ca)[0] == "2 200 0"
+    assert wrong.ca.exists()
+
+
+def test_5_files_already_on_the_host_are_checked_there_then_served(site):
     before = served_certificate(site)
     second = make_certs(site.proj.root / "certs2", [NAME])
     host_dir = site.host.path("/etc/ssl/lab-tls")

@@ -58,7 +58,8 @@ def site_restore(cfg: Config, facts: Facts, T: str) -> list[str]:
     c = site_commands(cfg, facts.nginx_layout)
     prev = f"{T}/site.prev"
     unlink = (f"; if [ -f {q(T + '/site.unlinked')} ]; then {c['unlink']}; fi" if enabled else "")
-    return [f"if [ -f {q(T + '/nginx-changed')} ]; then",
+    return [*tls.restore_lines(cfg, T),
+            f"if [ -f {q(T + '/nginx-changed')} ]; then",
             f"  if [ -f {q(prev)} ]; then {install_copy(cfg, prev, site)}{unlink}; "
             f"else {c['remove']}" + (f"; {c['unlink']}" if enabled else "") + "; fi",
             "fi"]
@@ -217,6 +218,7 @@ def lb_restore_site(cfg: Config, facts: Facts, staging: str) -> list[str]:
     c = site_commands(cfg, facts.nginx_layout)
     prev, full = f"{staging}/site.prev", f"{staging}/site.full"
     return [
+        *tls.restore_lines(cfg, staging),
         *write_file(full, lb_site(cfg)),
         f"if [ -f {q(prev)} ]; then {install_copy(cfg, prev, site)}",
         f"elif [ -f {q(staging + '/nginx-changed')} ]; then {c['remove']}"

@@ -138,8 +138,9 @@ def root_lines(cfg: Config) -> list[str]:
     if cfg.tls.certificate.startswith(HOST_PATH):
         return [*_host_checks(cfg), _copy_chain(cfg)]
     s, i = staged(cfg), installed(cfg)
+    backup, restore = _backup_restore(cfg)
     return [root.install(s.certificate, i.certificate, "0644", parents=True),
-            root.install(s.key, i.key, "0600", parents=True)]
+            root.install(s.key, i.key, "0600", parents=True), *backup, *restore]
 
 
 def _host_checks(cfg: Config) -> tuple[str, str]:
@@ -152,10 +153,11 @@ def _copy_chain(cfg: Config) -> str:
     return root.install(host_paths(cfg).certificate, check_chain(cfg), "0644", parents=True)
 
 
-def install_lines(cfg: Config, server: Server | None, lb: bool = False) -> list[str]:
+def install_lines(cfg: Config, server: Server | None, staging: str, lb: bool = False) -> list[str]:
     """Before the site is installed (whose `nginx -t` then reads these files): the ACME webroot; in files
     mode, the certificate and key checked (host files: by root's openssl) and installed (uploaded ones: staged
-    0600 by the deploy user, installed by root, the staged key removed). A failed check changes nothing."""
+    0600 by the deploy user, installed by root, the staged key removed; the files they replace kept for
+    restore_lines: `staging`/tls-changed says it happened). A failed check changes nothing."""
     wr = webroot(cfg)
     lines = [f"mkdir -p {q(wr + ACME_PATH)} && chmod 0755 {q(wr)} {q(wr + '/.well-known')} {q(wr + ACME_PATH)}"]
     if cfg.tls.mode != "files" or not (lb or terminates(cfg, server)):
@@ -173,14 +175,48 @@ def install_lines(cfg: Config, server: Server | None, lb: bool = False) -> list[
             f"{_copy_chain(cfg)} || " + fail(f"could not copy {p.certificate} to {check_chain(cfg)} (the health check's CA)"),
             note(f"TLS certificate {p.certificate} and its key checked"),
         ]
-    s, i = staged(cfg), installed(cfg)
+    s, i, fp = staged(cfg), installed(cfg), fingerprint(cfg)
+    mark = _marker(cfg)
+    flag = f"[ -f {q(i.certificate)} ] && [ -f {q(i.key)} ]"
+    backup, _ = _backup_restore(cfg)
     return lines + [
+        f'if [ "$(cat {q(mark)} 2>/dev/null)" = {q(fp)} ] && {flag}; then',
+        "  " + note(f"TLS certificate unchanged at {i.certificate}"),
+        "else",
         *write_file(s.certificate, cfg.tls_pair.chain, mode="0600"),
         *write_file(s.key, cfg.tls_pair.key, mode="0600"),
-        f"{{ {root.install(s.certificate, i.certificate, '0644', parents=True)} && "
+        # (the files a revert puts back: the site of the release before uses them)
+        f"  if {flag}; then {{ {' && '.join(backup)}; }} || "
+        + fail("could not keep a copy of the TLS certificate and key in use") + f"; touch {q(staging + '/tls-prev')}; fi",
+        f"  {{ {root.install(s.certificate, i.certificate, '0644', parents=True)} && "
         f"{root.install(s.key, i.key, '0600', parents=True)}; }} || "
         + fail(f"could not install the TLS certificate and key at {INSTALL_DIR}/{cfg.project.name}"),
-        f"rm -f {q(s.key)} {q(s.certificate)}",
-        note(f"TLS certificate installed at {i.certificate}"),
+        f"  rm -f {q(s.key)} {q(s.certificate)}",
+        f"  printf '%s\\n' {q(fp)} > {q(mark)}",
+        f"  touch {q(staging + '/tls-changed')}",
+        "  " + note(f"TLS certificate installed at {i.certificate}"),
+        "fi",
     ]
 
+
+def _marker(cfg: Config) -> str:
+    """The deploy user's note of the uploaded files now installed (their fingerprint)."""
+    return f"{Layout(cfg.paths.deploy_to).config}/tls-installed"
+
+
+def _backup_restore(cfg: Config) -> tuple[list[str], list[str]]:
+    i = installed(cfg)
+    pairs = [(i.certificate, i.certificate + ".prev"), (i.key, i.key + ".prev")]
+    return ([root.root("cp", "-p", a, b) for a, b in pairs], [root.root("cp", "-p", b, a) for a, b in pairs])
+
+
+def restore_lines(cfg: Config, staging: str) -> list[str]:
+    """A deploy that installed new uploaded files and is reverted or abandoned: the files before it back (the
+    site put back uses them); nothing otherwise."""
+    if cfg.tls.mode != "files" or cfg.tls_pair is None:
+        return []
+    _, restore = _backup_restore(cfg)
+    return [f"if [ -f {q(staging + '/tls-changed')} ]; then",
+            f"  if [ -f {q(staging + '/tls-prev')} ]; then {' && '.join(restore)} || true; fi",
+            f"  rm -f {q(_marker(cfg))}",
+            "fi"]

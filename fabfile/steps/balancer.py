@@ -40,7 +40,7 @@ def static(cfg: Config, static_id: str, upload: bool) -> Phase:
 
 def site(cfg: Config, host_facts: Facts, staging: str) -> Phase:
     """Install the upstream site of every app host, checked with `nginx -t` (not reloaded here)."""
-    return Phase("config", [*tls.install_lines(cfg, None, lb=True),
+    return Phase("config", [*tls.install_lines(cfg, None, staging, lb=True),
                             *nginx.site_install(cfg, nginx.lb_site(cfg), host_facts, staging)], sudo=True)
 
 

@@ -28,7 +28,7 @@ def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None
         f"touch {q(lay.release(rel.id) + '/.fabdeploy/' + PENDING)}",
     ]
     if runs_nginx(cfg, server):
-        lines += tls.install_lines(cfg, server)  # (the files `nginx -t` of the new site reads)
+        lines += tls.install_lines(cfg, server, lay.staging(rel.id))  # (the files `nginx -t` of the new site reads)
         lines += site_install(cfg, nginx_site(cfg, server), facts, lay.staging(rel.id))
     else:
         lines.append(note("no nginx on this app host (the lb hosts balance it)"))

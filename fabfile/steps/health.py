@@ -242,6 +242,7 @@ def health(cfg: Config, host: str, release_id: str, previous: str, staging: str,
         "(",
         *reload(cfg, P, '"$V"', prev_id),
         ") >/dev/null || " + fail_expanded(f"health check failed: $why; reverting to {prev_id} failed too: {app.title} did not come up"),
+        *tls.restore_lines(cfg, staging),  # (the certificate files the site before used)
         # the nginx site as it was before this deploy, when this deploy changed it
         f"if [ -f {q(staging + '/site.prev')} ]; then",
         f"  {nginx.install_copy(cfg, staging + '/site.prev', site_path)}",
