@@ -186,6 +186,7 @@ def install_lines(cfg: Config, server: Server | None, staging: str, lb: bool = F
         *write_file(s.certificate, cfg.tls_pair.chain, mode="0600"),
         *write_file(s.key, cfg.tls_pair.key, mode="0600"),
         # (the files a revert puts back: the site of the release before uses them)
+        f"  mkdir -p {q(staging)}",
         f"  if {flag}; then {{ {' && '.join(backup)}; }} || "
         + fail("could not keep a copy of the TLS certificate and key in use") + f"; touch {q(staging + '/tls-prev')}; fi",
         f"  {{ {root.install(s.certificate, i.certificate, '0644', parents=True)} && "
