@@ -82,6 +82,8 @@ def test_1_files_mode_serves_https_with_a_valid_chain_and_http2(site):
     assert info == "2 200 0", info  # HTTP/2, 200, the chain verified against the test CA
     seen = json.loads(body)
     assert seen["release"] == site.good and seen["secure"] is True
+    # the scheme Django sees is nginx's: a client's own X-Forwarded-Proto is never passed on
+    assert json.loads(curl(site, "/whoami", site.certs.ca, "-H", "X-Forwarded-Proto: http")[1])["secure"] is True
     # check --deploy: only HSTS left (hsts = 0 is opt-in); the TLS warnings of a plain-HTTP site are gone
     assert set(re.findall(r"\(security\.(W0\d\d)\)", out)) == {"W004"}, out
     # root's files, the key 0600 and never printed; no staged copy left with the deploy user
