@@ -9,7 +9,8 @@ leaf certificate for the site's name made here with openssl:
 - a certificate for another name: the health check (https, the chain's CA) fails and the revert puts the
   previous certificate files back with the previous site;
 - files already on the host ("host:/path"): a mismatched pair refused on the host with one line before any
-  change (the live site keeps its certificate), a matching one served after the deploy.
+  change (the live site keeps its certificate), a matching one served after the deploy;
+- the deploy user limited to `fab sudoers`' drop-in installs new files (sudo refuses nothing).
 
 The tests run in order and build on each other.
 """
@@ -22,7 +23,9 @@ from types import SimpleNamespace
 
 import pytest
 
+import hostlab
 from conftest import make_project, release_of, run_fab, sample_config
+from test_sudoers_e2e import LOGGING, SUDO_LOG, denials, install_drop_in
 from tlscerts import make_certs
 
 NAME = "shop.lab.test"
@@ -164,3 +167,24 @@ def test_5_files_already_on_the_host_are_checked_there_then_served(site):
     res = subprocess.run(["curl", "-sS", "--cacert", str(site.certs.ca), "--resolve", f"{NAME}:443:{site.host.address}",
                           f"https://{NAME}/"], capture_output=True, text=True, timeout=30)
     assert res.returncode == 60, res.stderr  # (curl: peer certificate cannot be authenticated)
+
+
+def test_6_the_deploy_user_limited_to_the_drop_in_installs_new_files(site):
+    """`fab sudoers` of a files-mode config lists every root command of the TLS install (and of the backup
+    of the files it replaces): the lab's full grant replaced by it, a deploy with a new certificate works
+    and sudo refused nothing."""
+    res, out = fab(site, "sudoers")
+    assert res.returncode == 0, out
+    install_drop_in(site.host, "sample", res.stdout)
+    install_drop_in(site.host, "zz-log", LOGGING)
+    site.host.path(str(hostlab.SUDOERS_FILE)).unlink()
+    assert site.host.exec(["sudo", "-n", "/usr/bin/id"], user="deploy", check=False).returncode != 0
+    site.host.path(SUDO_LOG).write_text("")
+    third = make_certs(site.proj.root / "certs3", [NAME])
+    name = write(site, "third.toml", "certs3/leaf-chain.pem", "certs3/leaf.key")
+    res, out = fab(site, "deploy", config=name)
+    assert res.returncode == 0, out + "\n".join(denials(site.host))
+    assert "TLS certificate installed at /etc/fabdeploy/tls/sample/fullchain.pem" in out
+    assert curl(site, "/", third.ca)[0] == "2 200 0"
+    assert denials(site.host) == []
+    assert "tls-privkey.pem /etc/fabdeploy/tls/sample/privkey.pem" in site.host.path(SUDO_LOG).read_text()
