@@ -57,3 +57,18 @@ def test_the_balancer_terminates_tls_and_the_app_sees_https(fleet):
     # the certificate lives on the balancer only; the app host has no https and no key
     assert lb.path("/etc/fabdeploy/tls/sample/privkey.pem").stat().st_mode & 0o777 == 0o600
     assert not app.path("/etc/fabdeploy/tls/sample").exists()
+
+
+def test_an_app_host_with_its_own_nginx_trusts_x_forwarded_proto_from_the_balancers_only(fleet):
+    app, lb, proj, certs, cache = fleet
+    config = proj.root / "deploy.toml"
+    config.write_text(config.read_text() + "[balancer]\napp_nginx = true\n")
+    res = run_fab(proj.root, "deploy", cache=cache)
+    assert res.returncode == 0, res.stdout + res.stderr
+    ask = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H", f"Host: {NAME}",
+           "-H", "X-Forwarded-Proto: https", f"http://{app.address}/whoami"]
+    # from the balancer: its header passes, Django sees https and answers
+    assert lb.exec(ask).stdout == "200 ", lb.exec(ask).stdout
+    # from anyone else (this machine): the app host's nginx says http, so Django redirects to https
+    got = subprocess.run(ask, capture_output=True, text=True, timeout=30)
+    assert got.stdout == f"301 https://{NAME}/whoami", got.stdout + got.stderr
