@@ -51,8 +51,9 @@ def test_files_needs_both_paths_of_one_kind(certs):
         'tls.certificate and tls.key must both be local files or both "host:/path" files already on the host')
     assert refused(tls={"mode": "files", "certificate": "host:etc/x.pem", "key": "host:/k"}).startswith(
         'tls.certificate must be "host:/absolute/path" of plain characters')
-    assert refused(tls={"mode": "files", "certificate": "host:/a b", "key": "host:/k"}).startswith(
-        'tls.certificate must be "host:/absolute/path"')
+    for bad in ("host:/a b", "host:/etc/x.pem;", "host:/etc/ssl/", "host:/etc/../x"):
+        assert refused(tls={"mode": "files", "certificate": bad, "key": "host:/k"}).startswith(
+            'tls.certificate must be "host:/absolute/path"'), bad
     assert refused(tls=files(certs, port=80)).startswith("tls.port = 80 is also nginx.listen")
     assert refused(tls={"mode": "sometimes"}).startswith('tls.mode must be "off", "files" or "acme"')
 

@@ -17,9 +17,10 @@ from typing import Any
 from urllib.parse import unquote
 
 from fabdeploy.config.checks import (RESERVED_ENV, SERVER_KEYS, _check_roles, _suggest, check_app,
-                                     check_rolling, check_tls, host_name)
+                                     check_rolling, host_name)
 from fabdeploy.config.schema import _NAME, BALANCE_METHODS, PHASES, SCHEMA, Key, all_sections
 from fabdeploy.config.secrets import check_secrets, secret_looking_env
+from fabdeploy.config.tls import check_tls
 from fabdeploy.errors import ConfigError
 
 __all__ = ["BALANCE_METHODS", "CONFIG_ENV", "DEFAULT_CONFIG", "MIN_SECRET_LEN", "NEVER_SECRET", "PHASES",

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from fabdeploy.config.checks import (_HOST, _app_manager, _app_server, _bool, _env, _hook_commands, _int, _list, _listen,
-                                     _server_names, _servers, _statuses, _str, _tls_file, check_rolling)
+                                     _server_names, _servers, _statuses, _str, check_rolling)
+from fabdeploy.config.tls import _tls_file
 
 PHASES = ("setup", "code", "venv", "django", "config", "switch", "restart", "cleanup")
 

@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass
 
 from fabdeploy.config import Config, ident
-from fabdeploy.config.checks import HOST_PATH
+from fabdeploy.config.tls import HOST_PATH
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, balanced
 from fabdeploy.remote import root

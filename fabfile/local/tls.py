@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from fabdeploy.config.checks import HOST_PATH
+from fabdeploy.config.tls import HOST_PATH
 from fabdeploy.errors import ConfigError
 
 

@@ -13,11 +13,10 @@ import json
 import re
 import shlex
 
-from fabdeploy.front import tls
 from fabdeploy import model, pipeline
 from fabdeploy import appserver
 from fabdeploy.config import Config
-from fabdeploy.front import nginx
+from fabdeploy.front import nginx, tls
 from fabdeploy.hosts.connect import host_label, local_user
 from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.layout import NGINX_CONF, NGINX_PID, SETTINGS_MODULE, VENV_COMPLETE, Layout, nginx_site_paths

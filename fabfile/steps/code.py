@@ -1,9 +1,9 @@
 """The code phase: unpack the release, write its settings module, environment file and secret key."""
 from __future__ import annotations
 
-from fabdeploy.front import tls
 from fabdeploy.ops.manage import wrapper as manage_wrapper
 from fabdeploy.config import Config
+from fabdeploy.front import tls
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.local.render import render
 from fabdeploy.model import Release

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-from fabdeploy.front import tls
 from fabdeploy.ops.manage import wrapper as manage_wrapper
 from fabdeploy import appserver
 from fabdeploy.config import Config
+from fabdeploy.front import tls
 from fabdeploy.front.firewall import firewall
 from fabdeploy.front.nginx import nginx_site
 from fabdeploy.hosts.layout import Layout
