@@ -4,10 +4,12 @@ reload and status is one the drop-in lists (sudoers matches arguments exactly). 
 deploy with the deploy user limited to the drop-in, is tests/test_sudoers_e2e.py."""
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from fabdeploy.remote import root
 from test_phases import REL_ID, make_cfg, make_rel
 from test_pipeline import OWNER
 from test_roles import lb_cfg
+from tlscerts import make_certs
 
 DEPLOY, NGINX_GROUP = "deploy", "www-data"
 # root commands whose arguments exist only at run time: never in a drop-in, each caller copes without them
@@ -45,6 +48,20 @@ CONFIGS = {
     "firewalled-by-name": lambda: make_cfg(roles={"app": ["deploy@10.0.0.1"], "lb": ["deploy@lb.example.com"]},
                                            app={"user": "shop"}, balancer={"firewall": "nftables"}),
 }
+
+@functools.lru_cache(maxsize=None)
+def _tls_files() -> dict:
+    """[tls] files mode with a certificate and key made once (in a temporary directory) for these configs."""
+    c = make_certs(Path(tempfile.mkdtemp(prefix="fabdeploy-sudoers-tls-")), ["shop.example.com"])
+    return {"mode": "files", "certificate": str(c.chain), "key": str(c.key)}
+
+
+CONFIGS.update({
+    "tls-files": lambda: make_cfg(app={"user": "shop"}, tls=_tls_files()),
+    "tls-host-files": lambda: make_cfg(app={"user": "shop"}, tls={
+        "mode": "files", "certificate": "host:/etc/ssl/shop/chain.pem", "key": "host:/etc/ssl/shop/key.pem"}),
+    "tls-balanced": lambda: lb_cfg(app=("deploy@10.0.0.1",), balancer={"firewall": "off"}, tls=_tls_files()),
+})
 
 _WORD = r'(?:"[^"]*"|[^\s;&|<>()"])+'  # (a double-quoted part is one piece: "$(id -un):")
 SUDO_RE = re.compile(rf"sudo -n (?!-u )({_WORD}(?: (?!\d*>|&&|\|\||\}}(?:\s|;|$)){_WORD})*)")
@@ -97,6 +114,11 @@ def test_every_root_command_of_every_script_is_in_the_drop_in(name):
     assert (root.BINARIES["nginx"], "-s", "reload") in seen  # (the scripts were really searched)
     if name.startswith("firewalled"):
         assert (root.BINARIES["nft"], "-f", "/srv/shop/shared/config/firewall.nft") in seen
+    if name in ("tls-files", "tls-balanced"):  # (uploaded files: root installs them, the key 0600)
+        assert (root.BINARIES["install"], "-D", "-m", "0600", "/srv/shop/shared/config/tls-privkey.pem",
+                "/etc/fabdeploy/tls/shop/privkey.pem") in seen
+    if name == "tls-host-files":  # (files on the host: root's openssl checks the pair)
+        assert (root.BINARIES["openssl"], "pkey", "-pubout", "-in", "/etc/ssl/shop/key.pem") in seen
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -20,6 +20,7 @@ from fabdeploy.config.checks import (RESERVED_ENV, SERVER_KEYS, _check_roles, _s
                                      check_rolling, host_name)
 from fabdeploy.config.schema import _NAME, BALANCE_METHODS, PHASES, SCHEMA, Key, all_sections
 from fabdeploy.config.secrets import check_secrets, secret_looking_env
+from fabdeploy.config.tls import check_tls
 from fabdeploy.errors import ConfigError
 
 __all__ = ["BALANCE_METHODS", "CONFIG_ENV", "DEFAULT_CONFIG", "MIN_SECRET_LEN", "NEVER_SECRET", "PHASES",
@@ -48,6 +49,7 @@ class Config:
         # [secrets] resolved on the deploying machine (fabdeploy.local.secrets.resolve): NAME -> value
         self.secret_env: dict[str, str] = {}
         self.warnings: list[str] = secret_looking_env(data["django"]["env"])  # printed once by the task
+        self.tls_pair = None  # [tls] files given locally: fabdeploy.local.tls.LocalPair (read and checked)
 
     def __getattr__(self, section: str) -> "_Section":
         try:
@@ -91,6 +93,8 @@ class Config:
         of pip.index_url."""
         values = [v for v in [*self.django.env.values(), *self.secret_env.values()]
                   if len(v) >= MIN_SECRET_LEN and v.lower() not in NEVER_SECRET]
+        if self.tls_pair is not None:  # (the private key, as the script that installs it carries it)
+            values.append(self.tls_pair.key.strip())
         userinfo = url_userinfo(self.pip.index_url)
         if userinfo:
             values.append(userinfo)
@@ -179,6 +183,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
             raise ConfigError(f"{where}path {rel!r} must stay inside its directory (no '..')")
     _check_roles(data, where)
     check_app(data, where)
+    check_tls(data, where)
     from fabdeploy.appserver import SERVERS
     from fabdeploy.manager import MANAGERS
     refused = MANAGERS[data["app"]["manager"]].refuse(SERVERS[data["app"]["server"]])
@@ -187,4 +192,8 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     cfg = Config(data, path)
     if cfg.nginx_template and not cfg.nginx_template.is_file():
         raise ConfigError(f"{where}nginx.template {cfg.nginx_template} does not exist")
+    tls = data["tls"]
+    if tls["mode"] == "files" and not tls["certificate"].startswith("host:"):
+        from fabdeploy.local.tls import load_pair
+        cfg.tls_pair = load_pair(path.parent if path else Path.cwd(), tls["certificate"], tls["key"], where)
     return cfg

@@ -3,6 +3,7 @@ them, reloads that wait for new workers."""
 from __future__ import annotations
 
 from fabdeploy import appserver
+from fabdeploy.front import tls
 from fabdeploy.config import Config, ident
 from fabdeploy.hosts.layout import Layout, nginx_site_paths
 from fabdeploy.hosts.roles import Server, balanced, servers
@@ -39,7 +40,7 @@ def root_lines(cfg: Config) -> list[str]:
     """Every root command this module (and nginx_toggle) can run for the project."""
     kinds = ["sites", "conf.d"] if cfg.nginx.layout == "auto" else [cfg.nginx.layout]
     return [root.NGINX_TEST, root.NGINX_RELOAD, root.NGINX_START, root.NGINX_ERROR_TAIL,
-            *[c for k in kinds for c in site_commands(cfg, k).values()]]
+            *[c for k in kinds for c in site_commands(cfg, k).values()], *tls.root_lines(cfg)]
 
 
 def install_copy(cfg: Config, source: str, site: str) -> str:
@@ -57,7 +58,8 @@ def site_restore(cfg: Config, facts: Facts, T: str) -> list[str]:
     c = site_commands(cfg, facts.nginx_layout)
     prev = f"{T}/site.prev"
     unlink = (f"; if [ -f {q(T + '/site.unlinked')} ]; then {c['unlink']}; fi" if enabled else "")
-    return [f"if [ -f {q(T + '/nginx-changed')} ]; then",
+    return [*tls.restore_lines(cfg, T),
+            f"if [ -f {q(T + '/nginx-changed')} ]; then",
             f"  if [ -f {q(prev)} ]; then {install_copy(cfg, prev, site)}{unlink}; "
             f"else {c['remove']}" + (f"; {c['unlink']}" if enabled else "") + "; fi",
             "fi"]
@@ -172,7 +174,8 @@ def nginx_site(cfg: Config, server: Server | None = None) -> str:
         protocol=app.protocol, upgrade_var=f"fabdeploy_{ident(cfg.project.name)}_upgrade",
         # (ASGI: a second try on the same socket, see the template)
         retry_upstream=f"fabdeploy_{ident(cfg.project.name)}_app" if cfg.app.asgi and app.protocol == "http" else "",
-        static_url=cfg.django.static_url, media_url=cfg.django.media_url, static_expires=cfg.nginx.static_expires)
+        static_url=cfg.django.static_url, media_url=cfg.django.media_url, static_expires=cfg.nginx.static_expires,
+        **tls.site_context(cfg, server))
     if cfg.nginx_template:
         return render_file(cfg.nginx_template, "nginx.template", **context)
     return render("nginx-site.conf.j2", **context)
@@ -196,7 +199,8 @@ def lb_site(cfg: Config, drained=()) -> str:
         client_max_body_size=cfg.nginx.client_max_body_size, shared=lay.shared, static_url=cfg.django.static_url,
         media_url=cfg.django.media_url, static_expires=cfg.nginx.static_expires, media=b.media,
         protocol=appserver.of(cfg).protocol, websocket=passes_websockets(cfg),
-        upgrade_var=f"fabdeploy_{ident(cfg.project.name)}_upgrade", websocket_timeout=b.websocket_timeout)
+        upgrade_var=f"fabdeploy_{ident(cfg.project.name)}_upgrade", websocket_timeout=b.websocket_timeout,
+        **tls.site_context(cfg, None, lb=True))
 
 
 def passes_websockets(cfg: Config) -> bool:
@@ -214,6 +218,7 @@ def lb_restore_site(cfg: Config, facts: Facts, staging: str) -> list[str]:
     c = site_commands(cfg, facts.nginx_layout)
     prev, full = f"{staging}/site.prev", f"{staging}/site.full"
     return [
+        *tls.restore_lines(cfg, staging),
         *write_file(full, lb_site(cfg)),
         f"if [ -f {q(prev)} ]; then {install_copy(cfg, prev, site)}",
         f"elif [ -f {q(staging + '/nginx-changed')} ]; then {c['remove']}"

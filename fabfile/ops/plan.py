@@ -16,7 +16,7 @@ import shlex
 from fabdeploy import model, pipeline
 from fabdeploy import appserver
 from fabdeploy.config import Config
-from fabdeploy.front import nginx
+from fabdeploy.front import nginx, tls
 from fabdeploy.hosts.connect import host_label, local_user
 from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.layout import NGINX_CONF, NGINX_PID, SETTINGS_MODULE, VENV_COMPLETE, Layout, nginx_site_paths
@@ -206,7 +206,7 @@ def plan_host(conn, cfg: Config, source, rel_id: str, wait: int = 0, force: bool
     out += _invocations("app", state, ["setup", "prepare", "publish"], rel)
     settings = render("settings.py.j2", release_id=rel.id, django_settings=cfg.project.django_settings,
                       shared=lay.shared, allowed_hosts=cfg.allowed_hosts, static_url=cfg.django.static_url,
-                      media_url=cfg.django.media_url)
+                      media_url=cfg.django.media_url, tls=tls.django_context(cfg))
     out.append("----- config diffs")
     files = raw["files"]
     app = appserver.of(cfg)

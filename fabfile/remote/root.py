@@ -40,6 +40,7 @@ BINARIES = {
     "tail": "/usr/bin/tail",
     "service": "/usr/sbin/service",
     "supervisord": "/usr/bin/supervisord",
+    "openssl": "/usr/bin/openssl",
 }
 
 ME = '"$(id -un)"'  # the deploy user (the SSH user), as a whole word

@@ -3,7 +3,7 @@ for rolling deploys, the check through the balancer, pruning."""
 from __future__ import annotations
 
 from fabdeploy.config import Config
-from fabdeploy.front import nginx
+from fabdeploy.front import nginx, tls
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.target import Target
 from fabdeploy.model import Facts
@@ -40,7 +40,8 @@ def static(cfg: Config, static_id: str, upload: bool) -> Phase:
 
 def site(cfg: Config, host_facts: Facts, staging: str) -> Phase:
     """Install the upstream site of every app host, checked with `nginx -t` (not reloaded here)."""
-    return Phase("config", nginx.site_install(cfg, nginx.lb_site(cfg), host_facts, staging), sudo=True)
+    return Phase("config", [*tls.install_lines(cfg, None, staging, lb=True),
+                            *nginx.site_install(cfg, nginx.lb_site(cfg), host_facts, staging)], sudo=True)
 
 
 def drain(cfg: Config, host_facts: Facts, staging: str, targets: tuple[str, ...]) -> Phase:

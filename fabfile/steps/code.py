@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fabdeploy.ops.manage import wrapper as manage_wrapper
 from fabdeploy.config import Config
+from fabdeploy.front import tls
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.local.render import render
 from fabdeploy.model import Release
@@ -29,7 +30,7 @@ def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
     R, T = lay.release(rel.id), lay.staging(rel.id)
     settings = render(
         "settings.py.j2", release_id=rel.id, django_settings=cfg.project.django_settings, shared=lay.shared,
-        allowed_hosts=cfg.allowed_hosts, static_url=cfg.django.static_url, media_url=cfg.django.media_url)
+        allowed_hosts=cfg.allowed_hosts, static_url=cfg.django.static_url, media_url=cfg.django.media_url, tls=tls.django_context(cfg))
     lines = [
         f"[ ! -e {q(R)} ] || {fail(f'release {rel.id} already exists on the host')}",
         f"rm -rf {q(T)}",

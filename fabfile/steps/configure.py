@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fabdeploy import appserver
 from fabdeploy.config import Config
+from fabdeploy.front import tls
 from fabdeploy.front.firewall import firewall
 from fabdeploy.front.nginx import nginx_site, site_install
 from fabdeploy.hosts.layout import Layout
@@ -27,6 +28,7 @@ def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None
         f"touch {q(lay.release(rel.id) + '/.fabdeploy/' + PENDING)}",
     ]
     if runs_nginx(cfg, server):
+        lines += tls.install_lines(cfg, server, lay.staging(rel.id))  # (the files `nginx -t` of the new site reads)
         lines += site_install(cfg, nginx_site(cfg, server), facts, lay.staging(rel.id))
     else:
         lines.append(note("no nginx on this app host (the lb hosts balance it)"))

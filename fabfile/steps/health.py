@@ -13,7 +13,7 @@ import json
 
 from fabdeploy import appserver
 from fabdeploy.config import Config
-from fabdeploy.front import nginx
+from fabdeploy.front import nginx, tls
 from fabdeploy.front.nginx import nginx_reload_lines
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, bind_address, runs_nginx
@@ -28,7 +28,8 @@ from fabdeploy.steps.activate import activate, reload
 # happened, final status). spec: proto ("http": HTTP, through nginx or straight to an app server that speaks
 # it; else the app server's own protocol, e.g. "uwsgi", straight to its TCP socket: an app host behind a load
 # balancer without nginx), addr, port, path, accept (codes; [] = a final 2xx after same-host redirects), tls
-# (the site serves https).
+# (the site serves https), cafile (proto "https": the site's certificate chain on the host, whose CA the
+# check trusts besides the system's).
 PROBE_PY = r"""
 import http.client
 from urllib.parse import urljoin, urlsplit
@@ -41,10 +42,50 @@ def http_get(addr, port, host, path):
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}
     finally:
         conn.close()
+class _SNIConnection(http.client.HTTPSConnection):
+    # https to an address with another name for SNI and the certificate check (the site's name)
+    def __init__(self, addr, port, name, context):
+        super().__init__(addr, port, timeout=5, context=context)
+        self._name = name
+    def connect(self):
+        import socket
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self._name)
+def tls_context(cafile):
+    # the system's CAs and the CA of the site's own chain (the certificates after the leaf; a lone
+    # self-signed one itself): the certificate must verify for the name asked
+    import ssl
+    ctx = ssl.create_default_context()
+    try:
+        text = open(cafile).read() if cafile else ""
+    except OSError:
+        text = ""
+    end = "-----END CERTIFICATE-----"
+    certs = [c + end + "\n" for c in text.split(end) if "-----BEGIN CERTIFICATE-----" in c]
+    cas = certs[1:] or certs
+    if cas:
+        ctx.load_verify_locations(cadata="".join(c[c.index("-----BEGIN"):] for c in cas))
+        if len(certs) > 1:  # (an intermediate as the anchor: the chain file need not hold the root)
+            ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return ctx
+def https_get(spec, addr, port, host, path):
+    name = urlsplit("https://" + host).hostname or host
+    conn = _SNIConnection(addr, port, name, tls_context(spec.get("cafile", "")))
+    try:
+        conn.request("GET", path, headers={"Host": host, "User-Agent": "fabdeploy-health"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
 def _printable(text):
     return "".join(c if c.isprintable() else "?" for c in text)[:200]
 def probe(spec, host):
-    get = http_get if spec["proto"] == "http" else app_get
+    if spec["proto"] == "https":
+        get = lambda a, p, h, pa: https_get(spec, a, p, h, pa)
+    else:
+        get = http_get if spec["proto"] == "http" else app_get
+    scheme = "https" if spec["proto"] == "https" else "http"
     accept, path = spec["accept"], spec["path"]
     said = f"GET {path} (Host: {host}) ->"
     name = (urlsplit("http://" + host).hostname or host).lower()
@@ -56,16 +97,16 @@ def probe(spec, host):
             return True, said, status
         where = headers.get("location", "")
         if 300 <= status < 400 and status != 304 and where:
-            url = urljoin(f"http://{host}{path}", where)
+            url = urljoin(f"{scheme}://{host}{path}", where)
             u = urlsplit(url)
-            said += " " + _printable(url if (u.hostname or "").lower() != name or u.scheme != "http" else
+            said += " " + _printable(url if (u.hostname or "").lower() != name or u.scheme != scheme else
                                      where)
-            if u.scheme == "https" and (u.hostname or "").lower() == name and not spec["tls"]:
+            if scheme == "http" and u.scheme == "https" and (u.hostname or "").lower() == name and not spec["tls"]:
                 return False, said + (": a redirect to https but the site has no TLS"
                                       " (SECURE_SSL_REDIRECT = True in the Django settings?)"), status
-            if u.scheme == "https" and (u.hostname or "").lower() == name:
+            if scheme == "http" and u.scheme == "https" and (u.hostname or "").lower() == name:
                 return True, said, status
-            if u.scheme != "http" or (u.hostname or "").lower() != name:
+            if u.scheme != scheme or (u.hostname or "").lower() != name:
                 return False, said + ": a redirect to another host (list the code in health.status to accept it)", status
             path = (u.path or "/") + ("?" + u.query if u.query else "")
             if path in seen or len(seen) >= 5:
@@ -130,6 +171,8 @@ def check_target(cfg: Config, host: str, server: Server | None = None) -> tuple[
     """(protocol, address, port, Host header) of a host's own check: "http" through its nginx, or straight
     to the app server's TCP socket in its own protocol (an app host behind a load balancer, without nginx)."""
     addr, port, host_header = http_target(cfg, host)
+    if tls.terminates(cfg, server):  # (https to this host's nginx, the certificate checked)
+        return "https", addr, cfg.tls.port, host_header
     if runs_nginx(cfg, server):
         return "http", addr, port, host_header
     addr = bind_address(cfg, server)
@@ -138,8 +181,9 @@ def check_target(cfg: Config, host: str, server: Server | None = None) -> tuple[
 
 
 def site_has_tls(cfg: Config) -> bool:
-    """Whether the site serves https (then a same-host redirect to https is healthy). Not yet: no TLS support."""
-    return False
+    """Whether the site serves https (then a same-host redirect to https, seen by a plain-HTTP check of an
+    app host behind TLS balancers, is healthy)."""
+    return tls.enabled(cfg)
 
 
 def accepted_statuses(cfg: Config) -> list[int]:
@@ -160,7 +204,8 @@ def check_spec(cfg: Config, host: str, server: Server | None = None) -> dict:
     """What PROBE_PY needs to check one host by the rule (JSON for the host's python3)."""
     proto, addr, port, _ = check_target(cfg, host, server)
     return {"proto": proto, "addr": addr, "port": port, "hosts": host_headers(cfg, host), "path": cfg.health.path,
-            "accept": accepted_statuses(cfg), "tls": site_has_tls(cfg), "timeout": cfg.health.timeout}
+            "accept": accepted_statuses(cfg), "tls": site_has_tls(cfg), "timeout": cfg.health.timeout,
+            **({"cafile": tls.check_chain(cfg)} if proto == "https" else {})}
 
 
 def check_command(cfg: Config, host: str, server: Server | None = None) -> str:
@@ -197,6 +242,7 @@ def health(cfg: Config, host: str, release_id: str, previous: str, staging: str,
         "(",
         *reload(cfg, P, '"$V"', prev_id),
         ") >/dev/null || " + fail_expanded(f"health check failed: $why; reverting to {prev_id} failed too: {app.title} did not come up"),
+        *tls.restore_lines(cfg, staging),  # (the certificate files the site before used)
         # the nginx site as it was before this deploy, when this deploy changed it
         f"if [ -f {q(staging + '/site.prev')} ]; then",
         f"  {nginx.install_copy(cfg, staging + '/site.prev', site_path)}",

@@ -8,6 +8,7 @@ import json
 from fabdeploy.ops.manage import wrapper as manage_wrapper
 from fabdeploy import appserver
 from fabdeploy.config import Config
+from fabdeploy.front import tls
 from fabdeploy.front.firewall import firewall
 from fabdeploy.front.nginx import nginx_site
 from fabdeploy.hosts.layout import Layout
@@ -29,7 +30,7 @@ def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server 
              firewall(cfg, server, "STAGING"),
              render("settings.py.j2", release_id="RELEASE", django_settings=cfg.project.django_settings,
                     shared=Layout(cfg.paths.deploy_to).shared, allowed_hosts=cfg.allowed_hosts,
-                    static_url=cfg.django.static_url, media_url=cfg.django.media_url),
+                    static_url=cfg.django.static_url, media_url=cfg.django.media_url, tls=tls.django_context(cfg)),
              sorted(cfg.django.env.items()), cfg.hooks.__dict__, cfg.health.__dict__, cfg.project.python,
              manage_wrapper(cfg)]
     if cfg.secret_env:  # (a hash of the [secrets] values: one changed, a real deploy)

@@ -52,6 +52,7 @@ def whoami(request):
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "base_dir": str(settings.BASE_DIR),
+            "secure": request.is_secure(),
         }
     )
 
