@@ -262,3 +262,17 @@ def _check_roles(data: dict, where: str) -> None:
 
 def _role_targets(roles: dict) -> list[str]:
     return [item if isinstance(item, str) else item["host"] for role in ("app", "lb") for item in roles[role]]
+
+
+def check_database(data: dict, where: str) -> None:
+    """[database]: with a server engine, DATABASE_URL is the deploy's (built on the host from its stored
+    password): neither [django] env nor [secrets] may set it too."""
+    engine = data["database"]["engine"]
+    if engine == "sqlite":
+        return
+    for section in ("django", "secrets"):
+        names = data[section]["env"] if section == "django" else data.get("secrets", {})
+        if "DATABASE_URL" in names:
+            what = "django.env" if section == "django" else "secrets"
+            raise ConfigError(f'{where}{what}.DATABASE_URL: database.engine = "{engine}" makes the deploy set '
+                              "DATABASE_URL from the password fab provision stored on the host; remove it here")

@@ -206,7 +206,7 @@ def plan_host(conn, cfg: Config, source, rel_id: str, wait: int = 0, force: bool
     out += _invocations("app", state, ["setup", "prepare", "publish"], rel)
     settings = render("settings.py.j2", release_id=rel.id, django_settings=cfg.project.django_settings,
                       shared=lay.shared, allowed_hosts=cfg.allowed_hosts, static_url=cfg.django.static_url,
-                      media_url=cfg.django.media_url)
+                      media_url=cfg.django.media_url, database_engine=cfg.database.engine)
     out.append("----- config diffs")
     files = raw["files"]
     app = appserver.of(cfg)

@@ -1,6 +1,7 @@
 """The code phase: unpack the release, write its settings module, environment file and secret key."""
 from __future__ import annotations
 
+from fabdeploy import database
 from fabdeploy.ops.manage import wrapper as manage_wrapper
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
@@ -21,6 +22,14 @@ def env_file_text(cfg: Config) -> str:
     return "".join(f"{k}={q(v)}\n" for k, v in sorted(env.items()))
 
 
+def _env_file_lines(cfg: Config) -> list[str]:
+    """app.env written atomically; with a database server, DATABASE_URL (built on the host from its password
+    file) added to the temporary file before it replaces the old one."""
+    lines = write_file(Layout(cfg.paths.deploy_to).env_file, env_file_text(cfg), mode="0600")
+    tmp = Layout(cfg.paths.deploy_to).env_file + ".fabdeploy-tmp"
+    return [*lines[:-1], *database.url_lines(cfg, tmp), lines[-1]]
+
+
 def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
     """Unpack the uploaded archive (stdin) into releases/<id>, add the settings module, link shared dirs.
     shared/secret_key: `secret_key` when given (the fleet's one key; mask it in displays), else the host's
@@ -29,7 +38,8 @@ def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
     R, T = lay.release(rel.id), lay.staging(rel.id)
     settings = render(
         "settings.py.j2", release_id=rel.id, django_settings=cfg.project.django_settings, shared=lay.shared,
-        allowed_hosts=cfg.allowed_hosts, static_url=cfg.django.static_url, media_url=cfg.django.media_url)
+        allowed_hosts=cfg.allowed_hosts, static_url=cfg.django.static_url, media_url=cfg.django.media_url,
+        database_engine=database.engine(cfg))
     lines = [
         f"[ ! -e {q(R)} ] || {fail(f'release {rel.id} already exists on the host')}",
         f"rm -rf {q(T)}",
@@ -58,7 +68,7 @@ def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
         f"(umask 077; {q(cfg.project.python)} -c 'import secrets; print(secrets.token_urlsafe(50))' "
         f"> {q(lay.secret_key + '.tmp')}) && mv {q(lay.secret_key + '.tmp')} {q(lay.secret_key)}; "
         + note("secret key generated") + "; fi",
-        *write_file(lay.env_file, env_file_text(cfg), mode="0600"),
+        *_env_file_lines(cfg),
         *app_user.key_lines(cfg),
         f"mkdir -p {q(lay.bin)}",
         *write_file(lay.manage, manage_wrapper(cfg), mode="0755"),
