@@ -3,7 +3,7 @@ packages, its data directory (cluster) created when missing, the server enabled 
 and its user with a generated password.
 
     step                 PostgreSQL                                  MariaDB / MySQL
-    packages (apt)       postgresql postgresql-client                mariadb-server mariadb-client
+    packages (apt)       postgresql (server and client)              mariadb-server mariadb-client
     packages (dnf/yum)   postgresql-server postgresql                mariadb-server mariadb
     <engine>-data        pg_createcluster (apt) / postgresql-setup   mariadb-install-db --user=mysql
                          --initdb (dnf, yum)
@@ -36,7 +36,8 @@ def packages(cfg: Config, family: str) -> list[str]:
     """The server and client packages of the engine on this family of system (none for sqlite)."""
     engine = database.engine(cfg)
     if engine == "postgresql":
-        return ["postgresql", "postgresql-client"] if family == "apt" else ["postgresql-server", "postgresql"]
+        # (apt: the postgresql metapackage pulls the versioned server and client packages)
+        return ["postgresql"] if family == "apt" else ["postgresql-server", "postgresql"]
     if engine == "mysql":
         return ["mariadb-server", "mariadb-client"] if family == "apt" else ["mariadb-server", "mariadb"]
     return []

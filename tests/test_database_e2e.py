@@ -1,0 +1,183 @@
+"""[database] end to end (real fab, real lab hosts, real servers; tests in order): per engine one lab host
+whose /var/lib/postgresql or /var/lib/mysql is its own (hostlab.PRIVATE_DIRS) and whose package state is
+private (pkglab: an install could never reach the machine's dpkg database; the servers' packages are on the
+machine already, so the packages step finds them installed). The host starts without a cluster.
+
+`fab provision --plan` changes nothing; provision creates the cluster, starts the server (pg_ctlcluster /
+a daemonized mariadbd: the lab runs no systemd), creates the database and its user with a generated password
+in shared/config/database.password (deploy, 0600); a second provision changes nothing. The sample project
+deploys on it and writes through the real server (the row is read back with psql / mariadb); a deploy with a
+new migration takes a gzipped dump that holds the table; a deploy without one takes none; dumps are pruned
+to [database] backups; the password is in no output.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+import pkglab
+from conftest import make_project, run_fab, sample_config
+
+D = "/srv/sample"
+PWFILE = f"{D}/shared/config/database.password"
+BACKUPS = f"{D}/shared/backups"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+MIGRATION = """\
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    dependencies = [("pages", "{dep}")]
+    operations = [migrations.AddField("note", "{field}", models.CharField(max_length=20, default=""))]
+"""
+
+
+def _host(make_host, name: str, engine: str):
+    host = make_host(name)
+    pkglab.private_apt(host)
+    pkglab.assert_private(host)
+    if engine == "postgresql":  # the host's own /etc: a server whose package created no cluster
+        host.exec("rm -rf /etc/postgresql/*/main")
+    assert host.exec("ls -A /var/lib/postgresql /var/lib/mysql").stdout.split() == \
+        ["/var/lib/mysql:", "/var/lib/postgresql:"]  # private and empty
+    return host
+
+
+@pytest.fixture(scope="module", params=["postgresql", "mysql"])
+def db(request, make_host, tmp_path_factory, wheel_cache):
+    engine = request.param
+    host = _host(make_host, f"db{engine[:2]}", engine)
+    tmp = tmp_path_factory.mktemp(engine)
+    proj = make_project(tmp)
+    proj.write_config(sample_config(host, extra=f'[database]\nengine = "{engine}"\nbackups = 2\n'))
+    return SimpleNamespace(engine=engine, host=host, proj=proj, cache=wheel_cache, outputs=[], migrations=1)
+
+
+def fab(db, *args):
+    res = run_fab(db.proj.root, *args, cache=db.cache)
+    db.outputs.append(res.stdout + res.stderr)
+    return res
+
+
+def changed(out: str) -> list[str]:
+    return [ln for ln in out.splitlines() if re.search(r": (changed|would change): ", ln)]
+
+
+def sql(db, query: str) -> str:
+    """The query's rows, as the server's administrator inside the host (never the app's password)."""
+    if db.engine == "postgresql":
+        cmd = ["runuser", "-u", "postgres", "--", "psql", "-X", "-d", "sample", "-tAc", query]
+    else:
+        cmd = ["mariadb", "-N", "-D", "sample", "-e", query]
+    return db.host.exec(cmd).stdout.strip()
+
+
+def backups(db) -> list[str]:
+    return sorted(db.host.exec(["ls", "-1", BACKUPS], check=False).stdout.split())
+
+
+def add_migration(db) -> None:
+    n = db.migrations + 1
+    dep = "0001_initial" if n == 2 else f"{n - 1:04d}_field{n - 1}"
+    db.proj.commit(f"migration {n}", {f"pages/migrations/{n:04d}_field{n}.py":
+                                      MIGRATION.format(dep=dep, field=f"field{n}")})
+    db.migrations = n
+
+
+def test_plan_changes_nothing(db):
+    res = fab(db, "provision", "--plan")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "packages: ok" in res.stdout, res.stdout  # the servers' packages are there: nothing installed
+    steps = {"postgresql": "postgresql", "mysql": "mysql"}[db.engine]
+    for step in ("data", "server", "database"):
+        assert f"{steps}-{step}: would change" in res.stdout, res.stdout
+    assert db.host.exec("ls -A /var/lib/postgresql /var/lib/mysql").stdout.split() == \
+        ["/var/lib/mysql:", "/var/lib/postgresql:"]
+    assert db.host.exec(["test", "-e", PWFILE], check=False).returncode != 0
+
+
+def test_provision_creates_the_server_database_and_password(db):
+    res = fab(db, "provision")
+    assert res.returncode == 0, res.stdout + res.stderr
+    pre = db.engine
+    assert f"{pre}-data: changed" in res.stdout and f"{pre}-server: changed" in res.stdout, res.stdout
+    assert f"{pre}-database: changed: database sample and user sample ready (password in {PWFILE})" in res.stdout
+    assert db.host.exec(["stat", "-c", "%U:%a", PWFILE]).stdout.strip() == "deploy:600"
+    assert re.fullmatch(r"[0-9a-f]{36}", db.host.exec(["cat", PWFILE]).stdout.strip())
+    if db.engine == "postgresql":  # the lab runs no systemd: pg_ctlcluster started the cluster
+        assert " online " in db.host.exec(["pg_lsclusters", "-h"]).stdout
+    else:
+        assert db.host.exec("kill -0 $(cat /run/mysqld/mysqld.pid)", check=False).returncode == 0
+
+
+def test_a_second_provision_changes_nothing_and_keeps_the_password(db):
+    before = db.host.exec(["cat", PWFILE]).stdout
+    res = fab(db, "provision")
+    assert res.returncode == 0 and changed(res.stdout) == [], res.stdout + res.stderr
+    assert f"{db.engine}-database: ok" in res.stdout
+    assert db.host.exec(["cat", PWFILE]).stdout == before
+
+
+def test_the_app_writes_and_reads_through_the_server(db):
+    res = fab(db, "deploy")
+    assert res.returncode == 0, res.stdout + res.stderr
+    env = db.host.exec(["cat", f"{D}/shared/config/app.env"]).stdout
+    assert re.search(rf"^DATABASE_URL={db.engine}://sample:[0-9a-f]{{36}}@127\.0\.0\.1:\d+/sample$", env, re.M), env
+    status, _, body = db.host.http("/notes/add", host_header=db.host.address, method="POST",
+                                   body=b"text=through-the-server", headers=FORM)
+    assert status == 200 and body.strip() == b"1", body
+    assert sql(db, "SELECT text FROM pages_note") == "through-the-server"
+    assert db.host.http("/", host_header=db.host.address)[0] == 200
+    assert not db.host.path(f"{D}/shared/db/default.sqlite3").exists()
+    # the first deploy migrates an empty database: its dump is taken too (and named after the release)
+    assert len(backups(db)) == 1
+
+
+def test_a_new_migration_takes_a_dump_holding_the_table(db):
+    add_migration(db)
+    res = fab(db, "deploy")
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = re.search(rf"backup before migrate \(1 to apply\): ({BACKUPS}/(\S+)\.sql\.gz)", res.stdout)
+    assert m, res.stdout
+    dump = m.group(1)
+    assert m.group(2) in res.stdout.split("deployed ", 1)[1]  # named after the release
+    assert db.host.exec(["stat", "-c", "%U:%a", dump]).stdout.strip() == "deploy:600"
+    assert db.host.exec(["stat", "-c", "%a", BACKUPS]).stdout.strip() == "700"
+    text = db.host.exec(f"zcat {dump}").stdout
+    assert "pages_note" in text and "through-the-server" in text
+    assert "field2" not in text  # taken before the migration
+    assert sql(db, "SELECT COUNT(*) FROM pages_note WHERE field2 = ''") == "1"
+
+
+def test_a_deploy_without_migrations_takes_no_dump(db):
+    before = backups(db)
+    db.proj.commit("text only", {"pages/message.txt": "no migration here\n"})
+    res = fab(db, "deploy")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "backup" not in res.stdout
+    assert backups(db) == before
+
+
+def test_dumps_are_pruned_to_backups(db):
+    add_migration(db)
+    res = fab(db, "deploy")
+    assert res.returncode == 0, res.stdout + res.stderr
+    kept = backups(db)
+    assert len(kept) == 2, kept  # [database] backups = 2: the first deploy's dump is gone
+    newest = re.search(rf"backup before migrate \(1 to apply\): {BACKUPS}/([^\s;]+)", res.stdout).group(1)
+    assert newest == kept[-1]
+
+
+def test_the_password_is_in_no_output(db):
+    password = db.host.exec(["cat", PWFILE]).stdout.strip()
+    res = fab(db, "deploy", "--verbose")  # nothing to do, or a deploy: its script shown either way
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert len(db.outputs) >= 7
+    for out in db.outputs:
+        assert password not in out
+    grep = subprocess.run(["grep", "-rl", password, str(db.proj.root)], capture_output=True, text=True)
+    assert grep.stdout == ""  # nor in deploy.toml or anything beside it
