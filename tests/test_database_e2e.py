@@ -162,13 +162,38 @@ def test_a_deploy_without_migrations_takes_no_dump(db):
     assert backups(db) == before
 
 
-def test_dumps_are_pruned_to_backups(db):
+BREAK = {  # a dump that fails (a table the app's user may not read; a broken view), while migrate works
+    "postgresql": ("CREATE TABLE hidden_x (i int); REVOKE ALL ON hidden_x FROM PUBLIC", "DROP TABLE hidden_x"),
+    "mysql": ("CREATE TABLE hidden_t (i int); CREATE VIEW hidden_x AS SELECT i FROM hidden_t; DROP TABLE hidden_t",
+              "DROP VIEW hidden_x"),  # a view whose table is gone: mariadb-dump stops on it
+}
+
+
+def test_a_failing_dump_stops_the_deploy_before_migrate(db):
+    sql(db, BREAK[db.engine][0])
+    current = db.host.exec(["readlink", f"{D}/current"]).stdout
+    before = backups(db)
     add_migration(db)
+    res = fab(db, "deploy")
+    assert res.returncode == 1, res.stdout + res.stderr
+    err = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and f"the backup before migrate failed ({db.engine}), nothing was migrated: " in err[0], \
+        res.stderr
+    assert "hidden_x" in err[0] and "Traceback" not in res.stderr
+    assert sql(db, f"SELECT COUNT(*) FROM django_migrations WHERE name = '{db.migrations:04d}_field{db.migrations}'") \
+        == "0"
+    assert db.host.exec(["readlink", f"{D}/current"]).stdout == current
+    assert backups(db) == before  # nothing half-written left
+    sql(db, BREAK[db.engine][1])
+
+
+def test_dumps_are_pruned_to_backups(db):
+    add_migration(db)  # (with the one the failed deploy did not apply: 2 to apply)
     res = fab(db, "deploy")
     assert res.returncode == 0, res.stdout + res.stderr
     kept = backups(db)
     assert len(kept) == 2, kept  # [database] backups = 2: the first deploy's dump is gone
-    newest = re.search(rf"backup before migrate \(1 to apply\): {BACKUPS}/([^\s;]+)", res.stdout).group(1)
+    newest = re.search(rf"backup before migrate \(2 to apply\): {BACKUPS}/([^\s;]+)", res.stdout).group(1)
     assert newest == kept[-1]
 
 
