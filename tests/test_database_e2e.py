@@ -13,6 +13,7 @@ to [database] backups; the password is in no output.
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 from types import SimpleNamespace
 
@@ -53,8 +54,8 @@ def db(request, make_host, tmp_path_factory, wheel_cache):
     host = _host(make_host, f"db{engine[:2]}", engine)
     tmp = tmp_path_factory.mktemp(engine)
     proj = make_project(tmp)
-    proj.write_config(sample_config(host, extra=f'[database]\nengine = "{engine}"\nbackups = 2\n'))
-    return SimpleNamespace(engine=engine, host=host, proj=proj, cache=wheel_cache, outputs=[], migrations=1)
+    proj.write_config(sample_config(host, extra=f'[database]\nengine = "{engine}"\nbackups = 1\n'))
+    return SimpleNamespace(engine=engine, host=host, proj=proj, cache=wheel_cache, outputs=[], migrations=1, previous_dump="")
 
 
 def fab(db, *args):
@@ -133,8 +134,7 @@ def test_the_app_writes_and_reads_through_the_server(db):
     assert sql(db, "SELECT text FROM pages_note") == "through-the-server"
     assert db.host.http("/", host_header=db.host.address)[0] == 200
     assert not db.host.path(f"{D}/shared/db/default.sqlite3").exists()
-    # the first deploy migrates an empty database: its dump is taken too (and named after the release)
-    assert len(backups(db)) == 1
+    assert "backup" not in res.stdout and backups(db) == []  # an empty database: nothing to back up
 
 
 def test_a_new_migration_takes_a_dump_holding_the_table(db):
@@ -144,6 +144,8 @@ def test_a_new_migration_takes_a_dump_holding_the_table(db):
     m = re.search(rf"backup before migrate \(1 to apply\): ({BACKUPS}/(\S+)\.sql\.gz)", res.stdout)
     assert m, res.stdout
     dump = m.group(1)
+    db.previous_dump = dump.rsplit("/", 1)[1]
+    assert backups(db) == [db.previous_dump]
     assert m.group(2) in res.stdout.split("deployed ", 1)[1]  # named after the release
     assert db.host.exec(["stat", "-c", "%U:%a", dump]).stdout.strip() == "deploy:600"
     assert db.host.exec(["stat", "-c", "%a", BACKUPS]).stdout.strip() == "700"
@@ -191,10 +193,9 @@ def test_dumps_are_pruned_to_backups(db):
     add_migration(db)  # (with the one the failed deploy did not apply: 2 to apply)
     res = fab(db, "deploy")
     assert res.returncode == 0, res.stdout + res.stderr
-    kept = backups(db)
-    assert len(kept) == 2, kept  # [database] backups = 2: the first deploy's dump is gone
     newest = re.search(rf"backup before migrate \(2 to apply\): {BACKUPS}/([^\s;]+)", res.stdout).group(1)
-    assert newest == kept[-1]
+    assert backups(db) == [newest]  # [database] backups = 1: the dump of the earlier migration is gone
+    assert db.previous_dump != newest
 
 
 def test_the_password_is_in_no_output(db):
@@ -206,3 +207,40 @@ def test_the_password_is_in_no_output(db):
         assert password not in out
     grep = subprocess.run(["grep", "-rl", password, str(db.proj.root)], capture_output=True, text=True)
     assert grep.stdout == ""  # nor in deploy.toml or anything beside it
+
+
+def test_sqlite_dumps_are_consistent_copies_of_the_database_file(make_host, tmp_path, wheel_cache):
+    """The default engine: the same backup before a migration, an online-backup copy of shared/db's file."""
+    host = make_host("dbsq")
+    proj = make_project(tmp_path)
+    proj.write_config(sample_config(host, extra="[database]\nbackups = 1\n"))
+    res = run_fab(proj.root, "deploy", cache=wheel_cache)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "backup" not in res.stdout  # a new database
+    status, _, body = host.http("/notes/add", host_header=host.address, method="POST", body=b"text=in-sqlite",
+                                headers=FORM)
+    assert status == 200 and body.strip() == b"1"
+    proj.commit("migration 2", {"pages/migrations/0002_field2.py": MIGRATION.format(dep="0001_initial",
+                                                                                      field="field2")})
+    res = run_fab(proj.root, "deploy", cache=wheel_cache)
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = re.search(rf"backup before migrate \(1 to apply\): ({BACKUPS}/[^\s;]+\.sqlite3\.gz)", res.stdout)
+    assert m, res.stdout
+    assert host.exec(["ls", BACKUPS]).stdout.split() == [m.group(1).rsplit("/", 1)[1]]  # backups = 1
+    host.exec(f"zcat {m.group(1)} > /tmp/copy.sqlite3")
+    copy = sqlite3.connect(host.path("/tmp/copy.sqlite3"))
+    assert copy.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert copy.execute("SELECT text FROM pages_note").fetchall() == [("in-sqlite",)]
+    assert "field2" not in [row[1] for row in copy.execute("PRAGMA table_info(pages_note)")]
+
+
+def test_an_unknown_engine_is_one_line_before_any_connection(tmp_path):
+    proj = make_project(tmp_path)
+    nowhere = SimpleNamespace(ssh_target=lambda: "deploy@192.0.2.1", address="192.0.2.1")
+    proj.write_config(sample_config(nowhere, extra='[database]\nengine = "oracle"\n'))
+    for task in ("deploy", "provision"):
+        res = run_fab(proj.root, task, timeout=60)
+        assert res.returncode == 1
+        err = res.stderr.strip().splitlines()
+        assert len(err) == 1 and 'database.engine must be "sqlite", "postgresql" or "mysql" (got \'oracle\')' \
+            in err[0], res.stderr

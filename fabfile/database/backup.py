@@ -1,7 +1,7 @@
 """A backup of the app's default database before every migration that has something to apply (issue 14).
 
 The django phase asks `manage.py showmigrations --plan` (as the app user, production settings) how many
-migrations are unapplied; none: no backup. Otherwise DUMP_PY dumps the database Django is configured with
+migrations are unapplied; none (or none applied yet: an empty database, a first deploy): no backup. Otherwise DUMP_PY dumps the database Django is configured with
 (PostgreSQL: pg_dump, plain SQL; MySQL/MariaDB: mysqldump --single-transaction; SQLite: the online backup
 API into memory, then the database file's bytes: a consistent copy while the app writes) to stdout, and the
 deploy user gzips it into shared/backups/<release>.<sql|sqlite3>.gz (directory 0700, file 0600), then keeps
@@ -74,9 +74,12 @@ def backup_lines(cfg: Config, rel: Release, app_env: str, python: str, manage: s
     d = backups_dir(cfg)
     base = f"{d}/{rel.id}"
     return [
+        "dump=",
         f"out=$({app_env} {manage} showmigrations --plan 2>&1) || {{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
         "pending=$(printf '%s\\n' \"$out\" | grep -c '^\\[ \\]' || true)",
-        'if [ "$pending" -gt 0 ]; then',
+        "applied=$(printf '%s\\n' \"$out\" | grep -c '^\\[X\\]' || true)",
+        '# (a database no migration was ever applied to holds nothing to back up: a first deploy takes none)',
+        'if [ "$pending" -gt 0 ] && [ "$applied" -gt 0 ]; then',
         f"  (umask 077; mkdir -p {q(d)}) && chmod 700 {q(d)}",
         f"  rm -f {q(base)}.tmp {q(base)}.err {q(base)}.rc",
         f"  (umask 077; {{ {app_env} {python} -c {q(DUMP_PY)} 2>{q(base)}.err; echo $? > {q(base)}.rc; }} "
@@ -90,7 +93,7 @@ def backup_lines(cfg: Config, rel: Release, app_env: str, python: str, manage: s
         '  elif [ "$rc" = 0 ]; then',
         '    case "$vendor" in sqlite) ext=sqlite3;; *) ext=sql;; esac',
         f"    chmod 600 {q(base)}.tmp && mv -f {q(base)}.tmp {q(base)}.\"$ext\".gz",
-        "    " + note(f"backup before migrate ($pending to apply): {base}.$ext.gz"),
+        f"    dump={q(base)}.\"$ext\".gz",
         *["    " + ln for ln in prune_lines(cfg)],
         "  else",
         f"    rm -f {q(base)}.tmp",
@@ -99,3 +102,13 @@ def backup_lines(cfg: Config, rel: Release, app_env: str, python: str, manage: s
         "  fi",
         "fi",
     ]
+
+
+def after_migrate_lines() -> list[str]:
+    """(after migrate succeeded) where the dump went, as a note of the phase (after `N migrations applied`)."""
+    return ['[ -z "$dump" ] || ' + note("backup before migrate ($pending to apply): $dump")]
+
+
+def migrate_failed_line() -> str:
+    """(when migrate failed) where the dump taken before it is, on stderr after migrate's output."""
+    return '[ -z "${dump-}" ] || echo "the database was dumped before migrate: $dump" >&2'
