@@ -244,3 +244,26 @@ def test_an_unknown_engine_is_one_line_before_any_connection(tmp_path):
         err = res.stderr.strip().splitlines()
         assert len(err) == 1 and 'database.engine must be "sqlite", "postgresql" or "mysql" (got \'oracle\')' \
             in err[0], res.stderr
+
+
+def test_under_systemd_the_servers_are_enabled_and_started_with_systemctl(make_host, tmp_path):
+    """A host whose PID 1 is systemd (the lab masks both servers' units: unmasked here, in the host's own
+    /etc): provision with engine = "postgresql", then "mysql", enables and starts each with systemctl (the
+    PostgreSQL cluster created since boot: its postgresql@ instance); the next runs change nothing."""
+    host = make_host("dbsd", init="systemd")
+    pkglab.private_apt(host)
+    host.exec("rm -rf /etc/postgresql/*/main")
+    for unit in ("postgresql.service", "postgresql@.service", "mariadb.service"):
+        host.path(f"/etc/systemd/system/{unit}").unlink()
+    host.systemctl("daemon-reload")
+    proj = make_project(tmp_path)
+    for engine, units in (("postgresql", ["postgresql", "postgresql@15-main"]), ("mysql", ["mariadb"])):
+        proj.write_config(sample_config(host, extra=f'[database]\nengine = "{engine}"\n'))
+        res = run_fab(proj.root, "provision")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert f"{engine}-server: changed" in res.stdout and f"{engine}-database: changed" in res.stdout, res.stdout
+        assert host.systemctl("is-enabled", units[0]).stdout.strip() == "enabled"
+        for unit in units:
+            assert host.systemctl("is-active", unit).stdout.strip() == "active", unit
+        res = run_fab(proj.root, "provision")
+        assert res.returncode == 0 and changed(res.stdout) == [], res.stdout + res.stderr

@@ -80,11 +80,15 @@ def pg_data_step(family: str) -> Step:
 
 def pg_server_step(family: str) -> Step:
     """Enabled at boot and started under systemd; elsewhere started with the system's own tool."""
-    check = [f"if {SYSTEMD}; then systemctl is-enabled --quiet postgresql && systemctl is-active --quiet postgresql; "
-             f"else {PG_READY}; fi"]
+    check = [f"if {SYSTEMD}; then systemctl is-enabled --quiet postgresql && systemctl is-active --quiet postgresql "
+             f"&& {PG_READY}; else {PG_READY}; fi"]
     start = ('set -- $(pg_lsclusters -h | head -n 1); pg_ctlcluster "$1" "$2" start' if family == "apt" else
              f"runuser -u postgres -- pg_ctl -D {PG_RH_DATA} -l {PG_RH_DATA}/../fabdeploy-start.log -w start")
-    apply = [f"if {SYSTEMD}; then systemctl enable --now postgresql",
+    # Debian: postgresql.service is an umbrella; a cluster created since boot is the instance
+    # postgresql@<version>-<name> (its unit generated at daemon-reload)
+    instance = ('; set -- $(pg_lsclusters -h | head -n 1); systemctl start "postgresql@$1-$2"'
+                if family == "apt" else "")
+    apply = [f"if {SYSTEMD}; then systemctl daemon-reload; systemctl enable --now postgresql{instance}",
              f"else install -d -o postgres -g postgres -m 2775 /run/postgresql; {start} >/dev/null; fi",
              *_wait(PG_READY, "PostgreSQL")]
     return Step("postgresql-server", check, apply, what="PostgreSQL enabled and started")
