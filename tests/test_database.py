@@ -185,3 +185,37 @@ def test_pruning_keeps_the_newest_dumps(tmp_path):
     line = backup.prune_lines(cfg)[0].replace(backup.backups_dir(cfg), str(d))
     subprocess.run(["sh", "-c", line], check=True)
     assert sorted(p.name for p in d.iterdir()) == sorted([*names[-2:], "notes.txt"])
+
+
+URL = '[database]\nengine = "postgresql"\nhost = "url"\n[secrets]\nDATABASE_URL = { env = "SHOP_DB" }\n'
+
+
+@pytest.mark.parametrize("extra, message", [
+    ('[database]\nhost = "url"\n', 'database.host = "url" needs database.engine = "postgresql" or "mysql"'),
+    ('[database]\nengine = "mysql"\nhost = "url"\n', 'database.host = "url" needs [secrets] DATABASE_URL = '),
+    ('[database]\nengine = "mysql"\nhost = "url"\n[django]\nenv = { DATABASE_URL = "mysql://a:b@c/d" }\n',
+     'database.host = "url" needs [secrets] DATABASE_URL'),
+])
+def test_an_existing_server_needs_its_url_in_secrets(extra, message):
+    with pytest.raises(ConfigError) as exc:
+        cfg_of(extra)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_an_existing_server_by_url_is_checked_once_resolved_without_showing_it():
+    from fabdeploy.local import secrets as local_secrets
+    cfg = cfg_of(URL)
+    assert database.external(cfg) and database.url_lines(cfg, "/x") == [] and database.env_names(cfg) == set()
+    assert database.requirements(cfg) == ["psycopg[binary]"]
+    assert pdb.packages(cfg, "apt") == ["postgresql-client"] and pdb.steps(cfg, "apt") == []
+    local_secrets.apply(cfg, environ={"SHOP_DB": "postgresql://shop:pw1234@db.internal:5432/shop"})
+    assert cfg.secret_env["DATABASE_URL"].startswith("postgresql://")
+    for url, problem in [("postgresql://shop@db.internal/shop", "has no password (the user shop needs one)"),
+                         ("mysql://shop:hunter22@db.internal/shop", "must start with postgresql://"),
+                         ("postgresql://shop:hunter22@db.internal/", "needs a user, a host and a database name"),
+                         ("postgresql://shop:hunter22@db.internal:x/shop", "is not a URL like")]:
+        with pytest.raises(Exception) as exc:
+            local_secrets.apply(cfg_of(URL), environ={"SHOP_DB": url})
+        text = str(exc.value)
+        assert text.startswith("secrets.DATABASE_URL (env SHOP_DB) ") and problem in text, text
+        assert "hunter22" not in text and "\n" not in text

@@ -27,13 +27,14 @@ PWFILE = f"{D}/shared/config/database.password"
 BACKUPS = f"{D}/shared/backups"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
+# (nullable: the model does not declare the field, so inserts leave it out)
 MIGRATION = """\
 from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
     dependencies = [("pages", "{dep}")]
-    operations = [migrations.AddField("note", "{field}", models.CharField(max_length=20, default=""))]
+    operations = [migrations.AddField("note", "{field}", models.CharField(max_length=20, default="", null=True))]
 """
 
 
@@ -207,6 +208,47 @@ def test_the_password_is_in_no_output(db):
         assert password not in out
     grep = subprocess.run(["grep", "-rl", password, str(db.proj.root)], capture_output=True, text=True)
     assert grep.stdout == ""  # nor in deploy.toml or anything beside it
+
+
+def test_another_app_host_uses_the_server_by_url(db, make_host):
+    """host = "url": a second app host (no server of its own) deploys the same project against this host's
+    server, whose URL (with the password) comes from [secrets] DATABASE_URL, here an environment variable.
+    The server is opened to the lab network and stopped first: a provision run starts it again."""
+    server = db.host
+    password = server.exec(["cat", PWFILE]).stdout.strip()
+    if db.engine == "postgresql":
+        server.exec("""runuser -u postgres -- psql -X -q -c "ALTER SYSTEM SET listen_addresses = '*'" """)
+        server.exec("echo 'host sample sample 10.213.0.0/16 scram-sha-256' >> $(ls -d /etc/postgresql/*/main)/pg_hba.conf")
+        server.exec('set -- $(pg_lsclusters -h | head -n 1); pg_ctlcluster "$1" "$2" stop')
+        port = 5432
+    else:
+        server.exec(["mariadb", "-e", f"CREATE USER 'sample'@'10.213.%' IDENTIFIED BY '{password}'; "
+                                      "GRANT ALL ON sample.* TO 'sample'@'10.213.%'"])
+        server.path("/etc/mysql/mariadb.conf.d/99-lab.cnf").write_text("[mysqld]\nbind-address = 0.0.0.0\n")
+        server.exec("mariadb-admin shutdown")
+        port = 3306
+    res = fab(db, "provision")
+    assert res.returncode == 0 and f"{db.engine}-server: changed" in res.stdout, res.stdout + res.stderr
+    app = make_host(f"dbu{db.engine[:2]}")
+    db.proj.write_config(sample_config(app, extra=f'[database]\nengine = "{db.engine}"\nhost = "url"\n'
+                                                  '[secrets]\nDATABASE_URL = { env = "LAB_DATABASE_URL" }\n'),
+                         name="deploy-url.toml")
+    url = f"{db.engine}://sample:{password}@{server.address}:{port}/sample"
+    env = {"FABDEPLOY_CONFIG": "deploy-url.toml", "LAB_DATABASE_URL": url}
+    res = run_fab(db.proj.root, "deploy", "--verbose", env=env, cache=db.cache)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert password not in res.stdout + res.stderr
+    status, _, body = app.http("/notes/add", host_header=app.address, method="POST", body=b"text=by-url",
+                               headers=FORM)
+    assert status == 200 and body.strip() == b"2", body  # the row the first host wrote, and this one
+    assert sql(db, "SELECT text FROM pages_note ORDER BY id") == "through-the-server\nby-url"
+    assert app.exec(["ls", "-A", "/var/lib/postgresql", "/var/lib/mysql"]).stdout.split() == \
+        ["/var/lib/mysql:", "/var/lib/postgresql:"]  # no server of its own
+    # a URL without its password: one line naming the secret, nothing deployed
+    res = run_fab(db.proj.root, "deploy", env={**env, "LAB_DATABASE_URL": url.replace(f":{password}", "")})
+    assert res.returncode == 1
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and "secrets.DATABASE_URL (env LAB_DATABASE_URL) has no password" in err[0], res.stderr
 
 
 def test_sqlite_dumps_are_consistent_copies_of_the_database_file(make_host, tmp_path, wheel_cache):

@@ -267,10 +267,16 @@ def _role_targets(roles: dict) -> list[str]:
 def check_database(data: dict, where: str) -> None:
     """[database]: with a server engine, DATABASE_URL is the deploy's (built on the host from its stored
     password): neither [django] env nor [secrets] may set it too."""
-    engine = data["database"]["engine"]
+    engine, host = data["database"]["engine"], data["database"]["host"]
+    if host == "url":
+        if engine == "sqlite":
+            raise ConfigError(f'{where}database.host = "url" needs database.engine = "postgresql" or "mysql"')
+        if "DATABASE_URL" not in data.get("secrets", {}):
+            raise ConfigError(f'{where}database.host = "url" needs [secrets] DATABASE_URL = {{ env = "DATABASE_URL" }} '
+                              "(the server's URL with its password: never in deploy.toml)")
     if engine == "sqlite":
         return
-    for section in ("django", "secrets"):
+    for section in ("django", "secrets") if host == "local" else ("django",):
         names = data[section]["env"] if section == "django" else data.get("secrets", {})
         if "DATABASE_URL" in names:
             what = "django.env" if section == "django" else "secrets"

@@ -133,8 +133,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "database": {  # fabdeploy/database/: the app's database, provisioned by fab provision
         "engine": Key("sqlite", lambda v: None if v in ("sqlite", "postgresql", "mysql") else
                       'must be "sqlite", "postgresql" or "mysql"'),
-        "host": Key("local", lambda v: None if v == "local" else
-                    'must be "local" (the server runs on the app host; a shared database host is not supported yet)'),
+        "host": Key("local", lambda v: None if v in ("local", "url") else
+                    'must be "local" (the server on the app host) or "url" (an existing server: [secrets] '
+                    'DATABASE_URL); a shared db role host is not supported yet'),
         "name": Key("", _str(_DB_IDENT, "letters, digits or '_' (not starting with a digit, at most 63)")),
         "user": Key("", _str(_DB_IDENT, "letters, digits or '_' (not starting with a digit, at most 63)")),
         "backups": Key(5, _int(1, 1000)),

@@ -10,6 +10,9 @@ The password never reaches the deploying machine, deploy.toml or any output.
 The driver goes into the virtualenv (and so into its hash): psycopg[binary] for PostgreSQL, PyMySQL for
 MySQL (pure Python, no compiler or client headers; the overlay calls pymysql.install_as_MySQLdb()).
 
+host = "url": an existing server, its URL with the password from [secrets] DATABASE_URL (checked once
+resolved: scheme, user, host, name, a password); provision installs only the client (pg_dump / mariadb-dump).
+
 Seam for fleets (a later part of issue 14): `server_address()` is where a shared `db` role host would be
 named; today it is the app host itself (127.0.0.1).
 """
@@ -33,6 +36,34 @@ IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")  # database and user names:
 
 def engine(cfg: Config) -> str:
     return cfg.database.engine
+
+
+def external(cfg: Config) -> bool:
+    """host = "url": an existing server; its URL, password included, is [secrets] DATABASE_URL (nothing of
+    it in deploy.toml); provision installs only the client (for the dumps) and creates nothing."""
+    return cfg.database.host == "url"
+
+
+def check_url(cfg: Config, url: str) -> str | None:
+    """The end of a one-line message when [secrets] DATABASE_URL does not fit the engine (never quoting the
+    value: it holds the password), else None."""
+    from urllib.parse import urlsplit
+    schemes = {"postgresql": ("postgresql", "postgres"), "mysql": ("mysql",)}[engine(cfg)]
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        return "is not a URL like " + _EXAMPLE[engine(cfg)]
+    if parts.scheme not in schemes:
+        return f"must start with {schemes[0]}:// (database.engine = \"{engine(cfg)}\")"
+    if not parts.username or not parts.hostname or not parts.path.strip("/"):
+        return "needs a user, a host and a database name: " + _EXAMPLE[engine(cfg)]
+    if not parts.password:
+        return f"has no password (the user {parts.username} needs one): " + _EXAMPLE[engine(cfg)]
+    return None
+
+
+_EXAMPLE = {"postgresql": "postgresql://USER:PASSWORD@HOST:5432/NAME", "mysql": "mysql://USER:PASSWORD@HOST:3306/NAME"}
 
 
 def uses_server(cfg: Config) -> bool:
@@ -71,14 +102,14 @@ def requirements(cfg: Config) -> list[str]:
 
 def env_names(cfg: Config) -> set[str]:
     """Names of app.env the deploy writes from the host's own files (not from [django] env or [secrets])."""
-    return {URL_NAME} if uses_server(cfg) else set()
+    return {URL_NAME} if uses_server(cfg) and not external(cfg) else set()
 
 
 def url_lines(cfg: Config, env: str) -> list[str]:
     """(code phase) DATABASE_URL appended to `env` (app.env's temporary file), the password read on the host
     from shared/config/database.password: the script holds `$dbpw`, never the value. A missing file stops the
     deploy with one line."""
-    if not uses_server(cfg):
+    if not uses_server(cfg) or external(cfg):  # (host = "url": DATABASE_URL comes from [secrets])
         return []
     pw = password_file(cfg)
     url = (f"{engine(cfg)}://{db_user(cfg)}:$dbpw@{server_address(cfg)}:{PORTS[engine(cfg)]}/{db_name(cfg)}")

@@ -35,6 +35,9 @@ WAIT = 60  # seconds a started server may take to accept connections
 def packages(cfg: Config, family: str) -> list[str]:
     """The server and client packages of the engine on this family of system (none for sqlite)."""
     engine = database.engine(cfg)
+    if database.external(cfg) and engine in database.SERVER_ENGINES:  # the client only: the dumps
+        return {("postgresql", True): ["postgresql-client"], ("postgresql", False): ["postgresql"],
+                ("mysql", True): ["mariadb-client"], ("mysql", False): ["mariadb"]}[(engine, family == "apt")]
     if engine == "postgresql":
         # (apt: the postgresql metapackage pulls the versioned server and client packages)
         return ["postgresql"] if family == "apt" else ["postgresql-server", "postgresql"]
@@ -44,8 +47,11 @@ def packages(cfg: Config, family: str) -> list[str]:
 
 
 def steps(cfg: Config, family: str) -> list[Step]:
-    """The steps after the packages (and after the layout: the password file lives in shared/config)."""
+    """The steps after the packages (and after the layout: the password file lives in shared/config); none
+    for an existing server (host = "url")."""
     engine = database.engine(cfg)
+    if database.external(cfg):
+        return []
     if engine == "postgresql":
         return [pg_data_step(family), pg_server_step(family), pg_database_step(cfg)]
     if engine == "mysql":
