@@ -219,3 +219,15 @@ def test_an_existing_server_by_url_is_checked_once_resolved_without_showing_it()
         text = str(exc.value)
         assert text.startswith("secrets.DATABASE_URL (env SHOP_DB) ") and problem in text, text
         assert "hunter22" not in text and "\n" not in text
+
+
+def test_fab_secrets_and_plan_leave_the_host_built_database_url_alone():
+    from fabdeploy.ops import plan, secrets as ops_secrets
+    cfg = cfg_of('[database]\nengine = "postgresql"\n')
+    assert "DATABASE_URL" in ops_secrets.configured(cfg)  # --prune keeps it
+    key = "00" * 32
+    assert ops_secrets.compare(cfg, {"names": {"DATABASE_URL": "h"}}, key) == [
+        ("DATABASE_URL", "set on the host (database password)")]
+    on_host = "A='1'\nDATABASE_URL=postgresql://u:p@127.0.0.1:5432/n\n"
+    assert plan._host_written(on_host, database.env_names(cfg)) == "A='1'\n"
+    assert plan._host_written(on_host, database.env_names(cfg_of())) == on_host
