@@ -265,8 +265,9 @@ def _role_targets(roles: dict) -> list[str]:
 
 
 def check_database(data: dict, where: str) -> None:
-    """[database]: with a server engine, DATABASE_URL is the deploy's (built on the host from its stored
-    password): neither [django] env nor [secrets] may set it too."""
+    """[database]: host = "url" needs a server engine and [secrets] DATABASE_URL; with host = "local",
+    DATABASE_URL is the deploy's (built on the host from its stored password): neither [django] env nor
+    [secrets] may set it too (a literal [django] env one never)."""
     engine, host = data["database"]["engine"], data["database"]["host"]
     if host == "url":
         if engine == "sqlite":

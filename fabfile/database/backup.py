@@ -77,9 +77,9 @@ def backup_lines(cfg: Config, rel: Release, app_env: str, python: str, manage: s
         "dump=",
         f"out=$({app_env} {manage} showmigrations --plan 2>&1) || {{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
         "pending=$(printf '%s\\n' \"$out\" | grep -c '^\\[ \\]' || true)",
-        "applied=$(printf '%s\\n' \"$out\" | grep -c '^\\[X\\]' || true)",
+        "was_applied=$(printf '%s\\n' \"$out\" | grep -c '^\\[X\\]' || true)",
         '# (a database no migration was ever applied to holds nothing to back up: a first deploy takes none)',
-        'if [ "$pending" -gt 0 ] && [ "$applied" -gt 0 ]; then',
+        'if [ "$pending" -gt 0 ] && [ "$was_applied" -gt 0 ]; then',
         f"  (umask 077; mkdir -p {q(d)}) && chmod 700 {q(d)}",
         f"  rm -f {q(base)}.tmp {q(base)}.err {q(base)}.rc",
         f"  (umask 077; {{ {app_env} {python} -c {q(DUMP_PY)} 2>{q(base)}.err; echo $? > {q(base)}.rc; }} "
