@@ -125,7 +125,10 @@ PRIVATE_DIRS: list[tuple[str, str]] = [
     # where fabdeploy keeps host-wide binaries (the uWSGI emperor's copy): /usr is the machine's
     ("/usr/local/lib/fabdeploy", "usr-local-lib-fabdeploy"),
     ("/run", "run"),
-    ("/tmp", "tmp"),
+    # database servers' data (fab provision, [database]): each host its own cluster
+    ("/var/lib/postgresql", "var-lib-postgresql"),
+    ("/var/lib/mysql", "var-lib-mysql"),
+    ("/tmp", "tmp"),  # last: the lab root is under /tmp
 ]
 # Extra aliases accepted by TestHost.path().
 _PATH_ALIASES = {"/var/run": "/run"}

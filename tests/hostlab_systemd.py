@@ -43,6 +43,7 @@ MASKED = {
     "ssh.service": "the lab's fdl-sshd.service is the host's SSH (on its lab address)",
     "postgresql.service": "would start the machine's PostgreSQL cluster in every host",
     "postgresql@.service": "would start the machine's PostgreSQL cluster in every host",
+    "mariadb.service": "would start a MariaDB server in every host (its /var/lib/mysql: private, empty)",
     "e2scrub_reap.service": "acts on the machine's disks",
     "systemd-remount-fs.service": "remounts the root filesystem, whose superblock is the machine's",
     "apt-daily.timer": "periodic apt jobs: load for nothing",

@@ -760,8 +760,9 @@ def test_django_phase_lines():
     assert f"{manage} check --deploy" in text
     # migrate runs under the project's migration lock (app hosts sharing a database take turns)
     # as the app user (it owns the database), with the env file and the production settings
-    assert lines[3 + len(block)].startswith('if [ "$(id -un)" = ')
-    assert lines[4 + len(block)].startswith(
+    m = next(i for i, ln in enumerate(lines) if " migrate --noinput" in ln)  # (after the backup: database/)
+    assert lines[m - 1].startswith('if [ "$(id -un)" = ')
+    assert lines[m].startswith(
         f"out=$(${{ASAPP-}} sh -c {q(django_app.APP_ENV_SH)} migrate /srv/shop/shared/config/app.env env "
         f"DJANGO_SETTINGS_MODULE=fabdeploy_settings FABDEPLOY_RELEASE={REL_ID} "
         f"/srv/shop/venvs/{VENV}/bin/python -c {q(django_app.MIGRATE_LOCK_PY)} fabdeploy-migrate-shop "

@@ -262,3 +262,24 @@ def _check_roles(data: dict, where: str) -> None:
 
 def _role_targets(roles: dict) -> list[str]:
     return [item if isinstance(item, str) else item["host"] for role in ("app", "lb") for item in roles[role]]
+
+
+def check_database(data: dict, where: str) -> None:
+    """[database]: host = "url" needs a server engine and [secrets] DATABASE_URL; with host = "local",
+    DATABASE_URL is the deploy's (built on the host from its stored password): neither [django] env nor
+    [secrets] may set it too (a literal [django] env one never)."""
+    engine, host = data["database"]["engine"], data["database"]["host"]
+    if host == "url":
+        if engine == "sqlite":
+            raise ConfigError(f'{where}database.host = "url" needs database.engine = "postgresql" or "mysql"')
+        if "DATABASE_URL" not in data.get("secrets", {}):
+            raise ConfigError(f'{where}database.host = "url" needs [secrets] DATABASE_URL = {{ env = "DATABASE_URL" }} '
+                              "(the server's URL with its password: never in deploy.toml)")
+    if engine == "sqlite":
+        return
+    for section in ("django", "secrets") if host == "local" else ("django",):
+        names = data[section]["env"] if section == "django" else data.get("secrets", {})
+        if "DATABASE_URL" in names:
+            what = "django.env" if section == "django" else "secrets"
+            raise ConfigError(f'{where}{what}.DATABASE_URL: database.engine = "{engine}" makes the deploy set '
+                              "DATABASE_URL from the password fab provision stored on the host; remove it here")

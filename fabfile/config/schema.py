@@ -21,6 +21,7 @@ _WSGI = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(:[A-Za-z
 # Paths and names that end up in nginx/uWSGI config files, which have no quoting: keep them plain.
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/@+-]*$")
 _REL_PATH = re.compile(r"^[A-Za-z0-9._@+-][A-Za-z0-9._/@+-]*$")
+_DB_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")  # [database] name/user: never needs quoting
 _SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
 _URL_PATH = re.compile(r"^/[A-Za-z0-9._/-]*/$")
 BALANCE_METHODS = ("round_robin", "least_conn", "ip_hash", "hash")
@@ -139,6 +140,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "deploy_user": Key("deploy", _str(_USER, "a user name (lower-case letters, digits, '_' or '-')", False)),
         "authorized_keys": Key([], _list(_str(re.compile(r"^(ssh|ecdsa|sk)-[A-Za-z0-9@.-]+ [A-Za-z0-9+/=]+( [^\n]*)?$"),
                                               "a public key line like \"ssh-ed25519 AAAA... me@laptop\"", False))),
+    },
+    "database": {  # fabdeploy/database/: the app's database, provisioned by fab provision
+        "engine": Key("sqlite", lambda v: None if v in ("sqlite", "postgresql", "mysql") else
+                      'must be "sqlite", "postgresql" or "mysql"'),
+        "host": Key("local", lambda v: None if v in ("local", "url") else
+                    'must be "local" (the server on the app host) or "url" (an existing server: [secrets] '
+                    'DATABASE_URL); a shared db role host is not supported yet'),
+        "name": Key("", _str(_DB_IDENT, "letters, digits or '_' (not starting with a digit, at most 63)")),
+        "user": Key("", _str(_DB_IDENT, "letters, digits or '_' (not starting with a digit, at most 63)")),
+        "backups": Key(5, _int(1, 1000)),
     },
     "hooks": {
         f"{when}_{phase}": Key([], _hook_commands)

@@ -22,6 +22,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fabdeploy import database
 from fabdeploy.config import Config
 from fabdeploy.config.secrets import source_of
 from fabdeploy.errors import ConfigError
@@ -172,6 +173,10 @@ def git_tracked(path: Path) -> bool:
 def apply(cfg: Config, environ=None, strict: bool = True) -> Resolved:
     """resolve() and keep the values on cfg (cfg.secret_env: the env file, masking, the fingerprint)."""
     resolved = resolve(cfg, environ, strict)
+    if strict and database.external(cfg) and database.uses_server(cfg) and "DATABASE_URL" in resolved.values:
+        problem = database.check_url(cfg, resolved.values["DATABASE_URL"])
+        if problem:
+            raise SecretError(f"secrets.DATABASE_URL ({source_of(cfg.data['secrets']['DATABASE_URL'])}) {problem}")
     cfg.secret_env = dict(resolved.values)
     return resolved
 

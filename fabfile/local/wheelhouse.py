@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fabdeploy import appserver
+from fabdeploy import appserver, database
 from fabdeploy.config import Config
 from fabdeploy.errors import LocalError
 
@@ -24,6 +24,7 @@ from fabdeploy.errors import LocalError
 def venv_hash(cfg: Config, requirements: bytes, python_version: str) -> str:
     h = hashlib.sha256()
     parts = (requirements, "\n".join(cfg.pip.packages).encode(), " ".join(appserver.of(cfg).requirements(cfg)).encode(),
+             *([" ".join(database.requirements(cfg)).encode()] if database.requirements(cfg) else []),
              python_version.encode(), cfg.project.python.encode(), cfg.pip.index_url.encode(),
              b"wheelhouse" if cfg.pip.wheelhouse else b"index")
     for part in parts:
@@ -65,7 +66,7 @@ def wheel_key(cfg: Config, venv_key: str, files: dict[str, bytes], host: tuple[s
     requirement file by path, the host's platform and the building interpreter (path, version, platform)."""
     h = hashlib.sha256()
     parts = [venv_key, *host, *builder, cfg.pip.index_url, " ".join(appserver.of(cfg).requirements(cfg)),
-             *cfg.pip.packages]
+             *cfg.pip.packages, *database.requirements(cfg)]
     for part in parts:
         h.update(part.encode() + b"\0")
     for path, data in sorted(files.items()):
@@ -99,7 +100,8 @@ def build_wheels(cfg: Config, files: dict[str, bytes], host_version: str, host_p
             (work / "req" / path).write_bytes(data)
         reqs = ["-r", str(work / "req" / top)] if top else []
         cmd = [py, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-input", "-q",
-               "-w", str(work / "wheels"), *reqs, *cfg.pip.packages, *appserver.of(cfg).requirements(cfg)]
+               "-w", str(work / "wheels"), *reqs, *cfg.pip.packages, *appserver.of(cfg).requirements(cfg),
+               *database.requirements(cfg)]
         if cfg.pip.index_url:
             cmd[4:4] = ["--index-url", cfg.pip.index_url]
         proc = subprocess.run(cmd, cwd=req_dir, capture_output=True, text=True, timeout=cfg.pip.timeout)

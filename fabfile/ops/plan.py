@@ -15,6 +15,7 @@ import shlex
 
 from fabdeploy import model, pipeline
 from fabdeploy import appserver
+from fabdeploy import database
 from fabdeploy.config import Config
 from fabdeploy.front import nginx, tls
 from fabdeploy.hosts.connect import host_label, local_user
@@ -140,6 +141,13 @@ def secrets_line(cfg: Config, old_env: str | None) -> str:
 APP_ENV_LINE = re.compile(r"^()([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
 
 
+def _host_written(text: str | None, names: set[str]) -> str | None:
+    """app.env without the lines the deploy builds on the host itself (DATABASE_URL: fabdeploy.database)."""
+    if text is None or not names:
+        return text
+    return "".join(ln for ln in text.splitlines(keepends=True) if ln.split("=", 1)[0] not in names)
+
+
 def _mask_env(old: str | None, new: str, pattern: re.Pattern) -> tuple[str | None, str]:
     def values(text):
         return {m.group(2): m.group(3) for m in map(pattern.match, (text or "").splitlines()) if m}
@@ -204,14 +212,13 @@ def plan_host(conn, cfg: Config, source, rel_id: str, wait: int = 0, force: bool
     if raw.get("locked"):
         out.append(f"NOTE: the deploy lock is held by {raw['locked'].strip()}: a deploy now would fail")
     out += _invocations("app", state, ["setup", "prepare", "publish"], rel)
-    settings = render("settings.py.j2", release_id=rel.id, django_settings=cfg.project.django_settings,
-                      shared=lay.shared, allowed_hosts=cfg.allowed_hosts, static_url=cfg.django.static_url,
-                      media_url=cfg.django.media_url, tls=tls.django_context(cfg))
+    settings = code.settings_overlay(cfg, rel.id)
     out.append("----- config diffs")
     files = raw["files"]
     app = appserver.of(cfg)
     out.append(_diff(app.config_name, files["app server"], app.render_config(cfg, rel, server), app.env_line))
-    out.append(_diff("app.env", files["app.env"], code.env_file_text(cfg), APP_ENV_LINE))
+    out.append(_diff("app.env", _host_written(files["app.env"], database.env_names(cfg)), code.env_file_text(cfg),
+                     APP_ENV_LINE))
     if cfg.data.get("secrets"):
         out.append(secrets_line(cfg, files["app.env"]))
     if runs_nginx(cfg, server):

@@ -19,6 +19,7 @@ import json
 import secrets as _random
 from dataclasses import dataclass, field
 
+from fabdeploy import database
 from fabdeploy.config import Config
 from fabdeploy.hosts.connect import host_label, local_user
 from fabdeploy.hosts.fleet import on_each_host
@@ -90,8 +91,9 @@ def read_script(cfg: Config, key: str, prune: bool = False) -> Script:
 
 
 def configured(cfg: Config) -> set[str]:
-    """Names the env file should have: [django] env and [secrets] (but SECRET_KEY: shared/secret_key)."""
-    return (set(cfg.django.env) | set(cfg.data.get("secrets", {}))) - {"SECRET_KEY"}
+    """Names the env file should have: [django] env and [secrets] (but SECRET_KEY: shared/secret_key), and
+    DATABASE_URL with a database server (written by the deploy on the host: fabdeploy.database)."""
+    return (set(cfg.django.env) | set(cfg.data.get("secrets", {})) | database.env_names(cfg)) - {"SECRET_KEY"}
 
 
 def compare(cfg: Config, answer: dict, key: str) -> list[tuple[str, str]]:
@@ -105,6 +107,8 @@ def compare(cfg: Config, answer: dict, key: str) -> list[tuple[str, str]]:
             rows[name] = "missing" if name in want else "absent (optional, unset here)"
         elif name not in configured(cfg):
             rows[name] = "not configured"
+        elif name in database.env_names(cfg):
+            rows[name] = "set on the host (database password)"
         elif name in want and hmac.compare_digest(names[name], h(want[name])):
             rows[name] = "matches"
         else:

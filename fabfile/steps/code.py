@@ -1,6 +1,7 @@
 """The code phase: unpack the release, write its settings module, environment file and secret key."""
 from __future__ import annotations
 
+from fabdeploy import database
 from fabdeploy.ops.manage import wrapper as manage_wrapper
 from fabdeploy.config import Config
 from fabdeploy.front import tls
@@ -22,15 +23,30 @@ def env_file_text(cfg: Config) -> str:
     return "".join(f"{k}={q(v)}\n" for k, v in sorted(env.items()))
 
 
+def _env_file_lines(cfg: Config) -> list[str]:
+    """app.env written atomically; with a database server, DATABASE_URL (built on the host from its password
+    file) added to the temporary file before it replaces the old one."""
+    lines = write_file(Layout(cfg.paths.deploy_to).env_file, env_file_text(cfg), mode="0600")
+    tmp = Layout(cfg.paths.deploy_to).env_file + ".fabdeploy-tmp"
+    return [*lines[:-1], *database.url_lines(cfg, tmp), lines[-1]]
+
+
+def settings_overlay(cfg: Config, release_id: str) -> str:
+    """The generated production settings module of a release (templates/settings.py.j2): the one place that
+    says what the overlay gets (deploy, plan and the "already live" fingerprint all render it here)."""
+    return render("settings.py.j2", release_id=release_id, django_settings=cfg.project.django_settings,
+                  shared=Layout(cfg.paths.deploy_to).shared, allowed_hosts=cfg.allowed_hosts,
+                  static_url=cfg.django.static_url, media_url=cfg.django.media_url,
+                  tls=tls.django_context(cfg), database_engine=database.engine(cfg))
+
+
 def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
     """Unpack the uploaded archive (stdin) into releases/<id>, add the settings module, link shared dirs.
     shared/secret_key: `secret_key` when given (the fleet's one key; mask it in displays), else the host's
     own, generated on its first deploy."""
     lay = Layout(cfg.paths.deploy_to)
     R, T = lay.release(rel.id), lay.staging(rel.id)
-    settings = render(
-        "settings.py.j2", release_id=rel.id, django_settings=cfg.project.django_settings, shared=lay.shared,
-        allowed_hosts=cfg.allowed_hosts, static_url=cfg.django.static_url, media_url=cfg.django.media_url, tls=tls.django_context(cfg))
+    settings = settings_overlay(cfg, rel.id)
     lines = [
         f"[ ! -e {q(R)} ] || {fail(f'release {rel.id} already exists on the host')}",
         f"rm -rf {q(T)}",
@@ -59,7 +75,7 @@ def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
         f"(umask 077; {q(cfg.project.python)} -c 'import secrets; print(secrets.token_urlsafe(50))' "
         f"> {q(lay.secret_key + '.tmp')}) && mv {q(lay.secret_key + '.tmp')} {q(lay.secret_key)}; "
         + note("secret key generated") + "; fi",
-        *write_file(lay.env_file, env_file_text(cfg), mode="0600"),
+        *_env_file_lines(cfg),
         *app_user.key_lines(cfg),
         f"mkdir -p {q(lay.bin)}",
         *write_file(lay.manage, manage_wrapper(cfg), mode="0755"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fabdeploy.appserver.base import app_user
 from fabdeploy.config import Config
+from fabdeploy.database import backup
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.model import Release
 from fabdeploy.ops.starter import GENERIC_NAMES, PRODUCTION_NAMES
@@ -135,14 +136,18 @@ def django(cfg: Config, rel: Release) -> Phase:
         "}",
     ]
     if cfg.django.migrate:  # (as the app user: it owns the database, shared/db)
+        python = q(lay.venv(rel.venv_hash) + '/bin/python')
         lines += [
             *as_app_lines(app_user(cfg)),
+            *backup.backup_lines(cfg, rel, app_env_words(cfg, rel, "backup"), python, manage),
+            *as_app_lines(app_user(cfg)),  # (again: the line before migrate, as it always was)
             f"out=$({app_env_words(cfg, rel, 'migrate')} {q(lay.venv(rel.venv_hash) + '/bin/python')} -c {q(MIGRATE_LOCK_PY)} "
             f"{q('fabdeploy-migrate-' + cfg.project.name)} {MIGRATE_LOCK_WAIT} {manage} migrate --noinput 2>&1) || "
-            f"{{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
+            f"{{ printf '%s\\n' \"$out\" >&2; {backup.migrate_failed_line()}; exit 1; }}",
             f"printf '%s\\n' \"$out\" | {relay('warn')} || true",
             "applied=$(printf '%s\\n' \"$out\" | grep -c '^  Applying .* OK' || true)",
             note("$applied migrations applied"),
+            *backup.after_migrate_lines(),
         ]
     if cfg.django.collectstatic:
         lines += [

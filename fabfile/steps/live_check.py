@@ -8,16 +8,15 @@ import json
 from fabdeploy.ops.manage import wrapper as manage_wrapper
 from fabdeploy import appserver
 from fabdeploy.config import Config
-from fabdeploy.front import tls
 from fabdeploy.front.firewall import firewall
 from fabdeploy.front.nginx import nginx_site
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, runs_nginx
-from fabdeploy.local.render import render
 from fabdeploy.local.secrets import digest as secrets_digest
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import fact, note
 from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q
+from fabdeploy.steps.code import settings_overlay
 
 
 def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server | None = None) -> str:
@@ -28,9 +27,7 @@ def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server 
     parts = [revision, requirements.decode(errors="replace"), cfg.pip.packages, " ".join(app.requirements(cfg)),
              nginx_site(cfg, server) if runs_nginx(cfg, server) else "", app.render_config(cfg, probe, server),
              firewall(cfg, server, "STAGING"),
-             render("settings.py.j2", release_id="RELEASE", django_settings=cfg.project.django_settings,
-                    shared=Layout(cfg.paths.deploy_to).shared, allowed_hosts=cfg.allowed_hosts,
-                    static_url=cfg.django.static_url, media_url=cfg.django.media_url, tls=tls.django_context(cfg)),
+             settings_overlay(cfg, "RELEASE"),
              sorted(cfg.django.env.items()), cfg.hooks.__dict__, cfg.health.__dict__, cfg.project.python,
              manage_wrapper(cfg)]
     if cfg.secret_env:  # (a hash of the [secrets] values: one changed, a real deploy)

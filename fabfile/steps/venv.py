@@ -1,7 +1,7 @@
 """The venv phase: the release's virtualenv, reused while the requirements hash is unchanged."""
 from __future__ import annotations
 
-from fabdeploy import appserver
+from fabdeploy import appserver, database
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import VENV_COMPLETE, Layout
 from fabdeploy.local.requirements import listed, normalize
@@ -19,7 +19,7 @@ def venv_install_args(cfg: Config, rel: Release, staging: str) -> list[str]:
         args += ["--index-url", cfg.pip.index_url]
     if cfg.project.requirements:
         args += ["-r", cfg.project.requirements]
-    args += [*cfg.pip.packages, *appserver.of(cfg).requirements(cfg)]
+    args += [*cfg.pip.packages, *appserver.of(cfg).requirements(cfg), *database.requirements(cfg)]
     return args
 
 

@@ -1,0 +1,114 @@
+"""A backup of the app's default database before every migration that has something to apply (issue 14).
+
+The django phase asks `manage.py showmigrations --plan` (as the app user, production settings) how many
+migrations are unapplied; none (or none applied yet: an empty database, a first deploy): no backup. Otherwise DUMP_PY dumps the database Django is configured with
+(PostgreSQL: pg_dump, plain SQL; MySQL/MariaDB: mysqldump --single-transaction; SQLite: the online backup
+API into memory, then the database file's bytes: a consistent copy while the app writes) to stdout, and the
+deploy user gzips it into shared/backups/<release>.<sql|sqlite3>.gz (directory 0700, file 0600), then keeps
+the newest `[database] backups` of them. A failing dump stops the deploy before migrate with one line.
+Restore: `zcat X.sql.gz | psql ...` / `| mysql ...`; SQLite: `zcat X.sqlite3.gz > shared/db/default.sqlite3`.
+"""
+from __future__ import annotations
+
+from fabdeploy.config import Config
+from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, Layout
+from fabdeploy.model import Release
+from fabdeploy.remote.markers import PY_MARKERS, fail_expanded, note
+from fabdeploy.remote.shell import q
+
+NOTHING = 3  # DUMP_PY's status when there is no database to back up yet (an SQLite file not created)
+VENDOR = "fabdeploy-vendor="  # DUMP_PY's first stderr line names the database vendor
+
+# Runs as the app user with the production settings; the password goes to the tool in its environment
+# (PGPASSWORD / MYSQL_PWD: readable only by that user), never on a command line.
+DUMP_PY = PY_MARKERS + f"""\
+import os, shutil, sqlite3, sys
+import django
+django.setup()
+from django.db import connection
+db, vendor = connection.settings_dict, connection.vendor
+print({VENDOR!r} + vendor, file=sys.stderr, flush=True)
+if vendor == 'sqlite':
+    name = str(db['NAME'])
+    if name == ':memory:' or not os.path.exists(name):
+        sys.exit({NOTHING})
+    src, mem = sqlite3.connect(name), sqlite3.connect(':memory:')
+    src.backup(mem)
+    sys.stdout.buffer.write(mem.serialize())
+    sys.exit(0)
+if vendor == 'postgresql':
+    env = dict(os.environ, PGPASSWORD=str(db['PASSWORD'] or ''))
+    argv = ['pg_dump', '--no-owner', '-h', db['HOST'] or 'localhost', '-p', str(db['PORT'] or 5432),
+            '-U', db['USER'], db['NAME']]
+elif vendor == 'mysql':
+    env = dict(os.environ, MYSQL_PWD=str(db['PASSWORD'] or ''))
+    tool = shutil.which('mariadb-dump') or 'mysqldump'
+    argv = [tool, '--single-transaction', '--no-tablespaces', '--routines', '-h', db['HOST'] or 'localhost',
+            '-P', str(db['PORT'] or 3306), '-u', db['USER'], db['NAME']]
+else:
+    print(f'no backup tool for a {{vendor}} database', file=sys.stderr)
+    sys.exit(2)
+try:
+    os.execvpe(argv[0], argv, env)
+except OSError as exc:
+    print(f'{{argv[0]}}: {{exc.strerror}} (install the database client on the host)', file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def backups_dir(cfg: Config) -> str:
+    return f"{Layout(cfg.paths.deploy_to).shared}/backups"
+
+
+def prune_lines(cfg: Config) -> list[str]:
+    """Keep the newest `[database] backups` dumps (release ids sort by time), remove the others."""
+    d = backups_dir(cfg)
+    return [f"ls -1 {q(d)} | grep -E {q(RELEASE_GLOB_ERE[:-1] + '[.].*gz$')} | sort -r | "
+            f"tail -n +{cfg.database.backups + 1} | while read -r old; do rm -f {q(d)}/\"$old\"; done"]
+
+
+def backup_lines(cfg: Config, rel: Release, app_env: str, python: str, manage: str) -> list[str]:
+    """(django phase, before migrate; $ASAPP set) the pending migrations counted, and when there are any, the
+    dump taken, named after the release, pruned. `app_env` runs a command as the app user with app.env and
+    the production settings; `python` and `manage` are the release's (quoted) words."""
+    d = backups_dir(cfg)
+    base = f"{d}/{rel.id}"
+    return [
+        "dump=",
+        f"out=$({app_env} {manage} showmigrations --plan 2>&1) || {{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
+        "pending=$(printf '%s\\n' \"$out\" | grep -c '^\\[ \\]' || true)",
+        "was_applied=$(printf '%s\\n' \"$out\" | grep -c '^\\[X\\]' || true)",
+        '# (a database no migration was ever applied to holds nothing to back up: a first deploy takes none)',
+        'if [ "$pending" -gt 0 ] && [ "$was_applied" -gt 0 ]; then',
+        f"  (umask 077; mkdir -p {q(d)}) && chmod 700 {q(d)}",
+        f"  rm -f {q(base)}.tmp {q(base)}.err {q(base)}.rc",
+        f"  (umask 077; {{ {app_env} {python} -c {q(DUMP_PY)} 2>{q(base)}.err; echo $? > {q(base)}.rc; }} "
+        f"| gzip -c > {q(base)}.tmp)",
+        f"  rc=$(cat {q(base)}.rc 2>/dev/null || echo 1)",
+        f"  vendor=$(sed -n 's/^{VENDOR}//p' {q(base)}.err | head -n 1)",
+        f"  err=$(grep -v '^{VENDOR}' {q(base)}.err | grep -v '^[[:space:]]*$' | tail -n 1)",
+        f"  rm -f {q(base)}.err {q(base)}.rc",
+        f'  if [ "$rc" = {NOTHING} ]; then rm -f {q(base)}.tmp; '
+        + note("no backup: no database yet ($pending migrations to apply)"),
+        '  elif [ "$rc" = 0 ]; then',
+        '    case "$vendor" in sqlite) ext=sqlite3;; *) ext=sql;; esac',
+        f"    chmod 600 {q(base)}.tmp && mv -f {q(base)}.tmp {q(base)}.\"$ext\".gz",
+        f"    dump={q(base)}.\"$ext\".gz",
+        *["    " + ln for ln in prune_lines(cfg)],
+        "  else",
+        f"    rm -f {q(base)}.tmp",
+        "    " + fail_expanded("the backup before migrate failed (${vendor:-database}), nothing was migrated: "
+                               "${err:-status $rc}"),
+        "  fi",
+        "fi",
+    ]
+
+
+def after_migrate_lines() -> list[str]:
+    """(after migrate succeeded) where the dump went, as a note of the phase (after `N migrations applied`)."""
+    return ['[ -z "$dump" ] || ' + note("backup before migrate ($pending to apply): $dump")]
+
+
+def migrate_failed_line() -> str:
+    """(when migrate failed) where the dump taken before it is, on stderr after migrate's output."""
+    return '[ -z "${dump-}" ] || echo "the database was dumped before migrate: $dump" >&2'
