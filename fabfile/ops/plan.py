@@ -17,13 +17,12 @@ from fabdeploy import model, pipeline
 from fabdeploy import appserver
 from fabdeploy import database
 from fabdeploy.config import Config
-from fabdeploy.front import nginx, tls
+from fabdeploy.front import nginx
 from fabdeploy.hosts.connect import host_label, local_user
 from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.layout import NGINX_CONF, NGINX_PID, SETTINGS_MODULE, VENV_COMPLETE, Layout, nginx_site_paths
 from fabdeploy.hosts.roles import runs_nginx
 from fabdeploy.hosts.target import Target
-from fabdeploy.local.render import render
 from fabdeploy.local.source import read_source, release_id
 from fabdeploy.local.wheelhouse import venv_hash
 from fabdeploy.output import Printer
@@ -204,7 +203,6 @@ def plan_host(conn, cfg: Config, source, rel_id: str, wait: int = 0, force: bool
     state = pipeline.RunState(cfg, target, owner, rel_id, record, wait, facts=facts,
                               fingerprint="" if force else fingerprint,
                               requirement_files=source.requirement_files)
-    lay = target.layout
     out = [f"===== {host}: plan for release {rel_id} (nothing below has been run)"]
     out.append(f"current release: {facts.current or '(none)'}; virtualenv {key}: "
                + ("reused" if key in facts.venvs else "would be built"
