@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from fabdeploy.config.checks import (_HOST, _app_manager, _app_server, _bool, _env, _hook_commands, _int, _list, _listen,
-                                     _server_names, _servers, _statuses, _str, check_rolling)
+                                     _server_names, _servers, _statuses, _str,
+                                     check_rolling)
 
 PHASES = ("setup", "code", "venv", "django", "config", "switch", "restart", "cleanup")
 
@@ -128,6 +129,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "deploy_user": Key("deploy", _str(_USER, "a user name (lower-case letters, digits, '_' or '-')", False)),
         "authorized_keys": Key([], _list(_str(re.compile(r"^(ssh|ecdsa|sk)-[A-Za-z0-9@.-]+ [A-Za-z0-9+/=]+( [^\n]*)?$"),
                                               "a public key line like \"ssh-ed25519 AAAA... me@laptop\"", False))),
+        "sudoers": Key(True, _bool),  # the `fab sudoers` drop-in installed (provision/sudoers.py)
+        "sudoers_file": Key("", _str(None)),  # your own drop-in instead (relative to the config file)
+    },
+    "cache": {  # [cache] redis: provision/redis.py installs it, the deploy wires CACHES (settings.py.j2)
+        "redis": Key(False, _bool),
+        "sessions": Key(False, _bool),
     },
     "hooks": {
         f"{when}_{phase}": Key([], _hook_commands)

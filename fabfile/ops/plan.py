@@ -206,12 +206,15 @@ def plan_host(conn, cfg: Config, source, rel_id: str, wait: int = 0, force: bool
     out += _invocations("app", state, ["setup", "prepare", "publish"], rel)
     settings = render("settings.py.j2", release_id=rel.id, django_settings=cfg.project.django_settings,
                       shared=lay.shared, allowed_hosts=cfg.allowed_hosts, static_url=cfg.django.static_url,
-                      media_url=cfg.django.media_url)
+                      media_url=cfg.django.media_url, cache=cfg.cache, name=cfg.project.name)
     out.append("----- config diffs")
     files = raw["files"]
     app = appserver.of(cfg)
     out.append(_diff(app.config_name, files["app server"], app.render_config(cfg, rel, server), app.env_line))
-    out.append(_diff("app.env", files["app.env"], code.env_file_text(cfg), APP_ENV_LINE))
+    host_env = files["app.env"]
+    if host_env is not None and cfg.cache.redis:  # (REDIS_URL: written from the host's password, not diffed)
+        host_env = "".join(ln for ln in host_env.splitlines(True) if not ln.startswith("REDIS_URL="))
+    out.append(_diff("app.env", host_env, code.env_file_text(cfg), APP_ENV_LINE))
     if cfg.data.get("secrets"):
         out.append(secrets_line(cfg, files["app.env"]))
     if runs_nginx(cfg, server):

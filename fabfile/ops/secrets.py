@@ -91,7 +91,12 @@ def read_script(cfg: Config, key: str, prune: bool = False) -> Script:
 
 def configured(cfg: Config) -> set[str]:
     """Names the env file should have: [django] env and [secrets] (but SECRET_KEY: shared/secret_key)."""
-    return (set(cfg.django.env) | set(cfg.data.get("secrets", {}))) - {"SECRET_KEY"}
+    return (set(cfg.django.env) | set(cfg.data.get("secrets", {})) | set(host_managed(cfg))) - {"SECRET_KEY"}
+
+
+def host_managed(cfg: Config) -> dict[str, str]:
+    """Names the deploy writes from values only the host has (never known here): name -> state shown."""
+    return {"REDIS_URL": "set on the host (cache.redis)"} if cfg.cache.redis else {}
 
 
 def compare(cfg: Config, answer: dict, key: str) -> list[tuple[str, str]]:
@@ -102,7 +107,9 @@ def compare(cfg: Config, answer: dict, key: str) -> list[tuple[str, str]]:
     names, rows = answer.get("names", {}), {}
     for name in configured(cfg) | set(names):
         if name not in names:
-            rows[name] = "missing" if name in want else "absent (optional, unset here)"
+            rows[name] = "missing" if name in want or name in host_managed(cfg) else "absent (optional, unset here)"
+        elif name in host_managed(cfg):
+            rows[name] = host_managed(cfg)[name]
         elif name not in configured(cfg):
             rows[name] = "not configured"
         elif name in want and hmac.compare_digest(names[name], h(want[name])):

@@ -21,6 +21,17 @@ def env_file_text(cfg: Config) -> str:
     return "".join(f"{k}={q(v)}\n" for k, v in sorted(env.items()))
 
 
+def env_file_lines(cfg: Config, path: str) -> list[str]:
+    """Write env_file_text to `path` (atomically); with [cache] redis, REDIS_URL added on the host from the
+    password fab provision stored there (provision/redis.py: never sent, never printed) before the rename."""
+    if not cfg.cache.redis:
+        return write_file(path, env_file_text(cfg), mode="0600")
+    from fabdeploy.provision import redis
+    staged = path + ".new"
+    return [*write_file(staged, env_file_text(cfg), mode="0600"), *redis.env_lines(cfg, staged),
+            f"mv -f {q(staged)} {q(path)}"]
+
+
 def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
     """Unpack the uploaded archive (stdin) into releases/<id>, add the settings module, link shared dirs.
     shared/secret_key: `secret_key` when given (the fleet's one key; mask it in displays), else the host's
@@ -29,7 +40,8 @@ def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
     R, T = lay.release(rel.id), lay.staging(rel.id)
     settings = render(
         "settings.py.j2", release_id=rel.id, django_settings=cfg.project.django_settings, shared=lay.shared,
-        allowed_hosts=cfg.allowed_hosts, static_url=cfg.django.static_url, media_url=cfg.django.media_url)
+        allowed_hosts=cfg.allowed_hosts, static_url=cfg.django.static_url, media_url=cfg.django.media_url,
+        cache=cfg.cache, name=cfg.project.name)
     lines = [
         f"[ ! -e {q(R)} ] || {fail(f'release {rel.id} already exists on the host')}",
         f"rm -rf {q(T)}",
@@ -58,7 +70,7 @@ def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
         f"(umask 077; {q(cfg.project.python)} -c 'import secrets; print(secrets.token_urlsafe(50))' "
         f"> {q(lay.secret_key + '.tmp')}) && mv {q(lay.secret_key + '.tmp')} {q(lay.secret_key)}; "
         + note("secret key generated") + "; fi",
-        *write_file(lay.env_file, env_file_text(cfg), mode="0600"),
+        *env_file_lines(cfg, lay.env_file),
         *app_user.key_lines(cfg),
         f"mkdir -p {q(lay.bin)}",
         *write_file(lay.manage, manage_wrapper(cfg), mode="0755"),

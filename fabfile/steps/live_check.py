@@ -29,7 +29,8 @@ def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server 
              firewall(cfg, server, "STAGING"),
              render("settings.py.j2", release_id="RELEASE", django_settings=cfg.project.django_settings,
                     shared=Layout(cfg.paths.deploy_to).shared, allowed_hosts=cfg.allowed_hosts,
-                    static_url=cfg.django.static_url, media_url=cfg.django.media_url),
+                    static_url=cfg.django.static_url, media_url=cfg.django.media_url, cache=cfg.cache,
+                    name=cfg.project.name),
              sorted(cfg.django.env.items()), cfg.hooks.__dict__, cfg.health.__dict__, cfg.project.python,
              manage_wrapper(cfg)]
     if cfg.secret_env:  # (a hash of the [secrets] values: one changed, a real deploy)
