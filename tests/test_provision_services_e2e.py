@@ -157,6 +157,40 @@ def test_a_drop_in_visudo_refuses_is_never_left_in_place(sv):
     assert sv.host.http("/", host_header=sv.host.address)[0] == 200
 
 
+def test_manager_systemd_on_a_host_without_systemd_is_one_line(sv):
+    sv.proj.write_config(sample_config(sv.host, extra=EXTRA.replace('"supervisor"', '"systemd"')))
+    res = fab(sv, "provision", root=True)
+    assert res.returncode == 1, res.stdout + res.stderr
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and 'step manager failed (systemd is not running): app.manager = "systemd" needs systemd ' \
+        "running as the host's init" in err[0], err
+    assert "manager: changed" not in res.stdout
+
+
 def test_nothing_printed_the_password(sv):
     pw = password(sv)
     assert sv.outputs and not [o for o in sv.outputs if pw in o]
+
+
+def test_under_systemd_supervisor_and_redis_are_enabled_with_systemctl(make_host, tmp_path):
+    """A host whose PID 1 is systemd (the machine's packages: nothing to install): supervisor and redis-server
+    disabled and stopped there first; provision (as the deploy user, sudo) enables and starts both with
+    systemctl, Redis under its unit with the password; the next run changes nothing."""
+    host = make_host("provsvd", init="systemd")
+    host.systemctl("disable", "--now", "supervisor", "redis-server")
+    proj = make_project(tmp_path)
+    proj.write_config(sample_config(host, extra=EXTRA))
+    res = run_fab(proj.root, "provision")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "manager: changed: supervisor enabled and started" in res.stdout, res.stdout
+    assert "redis: changed: Redis enabled and (re)started with its password" in res.stdout, res.stdout
+    for unit in ("supervisor", "redis-server"):
+        assert host.systemctl("is-enabled", unit).stdout.strip() == "enabled", unit
+        assert host.systemctl("is-active", unit).stdout.strip() == "active", unit
+    pw = host.path(PASSWORD).read_text().strip()
+    cli = "redis-cli -h 127.0.0.1 ping 2>&1"
+    assert "NOAUTH" in host.exec(cli, check=False).stdout
+    assert host.exec(f"REDISCLI_AUTH={pw} {cli}", check=False).stdout.strip() == "PONG"
+    res = run_fab(proj.root, "provision")
+    assert res.returncode == 0 and changed(res.stdout) == [], res.stdout + res.stderr
+    assert pw not in res.stdout + res.stderr
