@@ -665,6 +665,7 @@ def _make_private_fs(host: TestHost) -> None:
             (d / "systemd/system/multi-user.target.wants/cron.service").unlink(missing_ok=True)
         elif sub in ("var-log", "var-lib-redis"):
             _copy_dirs(host_path, d)
+            d.mkdir(exist_ok=True)  # (a machine without that directory)
         else:
             d.mkdir()
         # mountpoint on the machine (e.g. /var/lib/nginx may not exist)

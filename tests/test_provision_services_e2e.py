@@ -22,7 +22,7 @@ from conftest import make_project, run_fab, sample_config
 D = "/srv/sample"
 DROP_IN = "/etc/sudoers.d/fabdeploy-sample"
 PASSWORD = f"{D}/shared/config/redis.password"
-EXTRA = '[app]\nmanager = "supervisor"\n[cache]\nredis = true\nsessions = true\n'
+EXTRA = '[app]\nmanager = "supervisor"\n[cache]\nredis = true\nsessions = true\n[django]\nenv = { GREETING = "hi" }\n'
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,7 @@ def test_provision_installs_starts_and_limits(sv):
     assert redis_cli(sv, "ping") == "PONG"
     assert "refused" in sh(sv, f"redis-cli -h {h.address} ping 2>&1", check=False).lower()
     assert pw not in res.stdout + res.stderr  # (--verbose: the script shown, no password in it)
+    sv.password = pw
 
 
 def test_a_second_provision_changes_nothing(sv):
@@ -99,6 +100,7 @@ def test_a_second_provision_changes_nothing(sv):
     assert changed(res.stdout) == [], res.stdout
     assert re.search(r"Debian GNU/Linux 12 \(bookworm\)\s+0\s+ok$", res.stdout, re.M), res.stdout
     assert "sudoers: ok" in res.stdout and "redis: ok" in res.stdout and "manager: ok" in res.stdout
+    assert password(sv) == sv.password  # the same password: nothing to restart
 
 
 def test_the_deploy_user_limited_to_the_drop_in_deploys_under_supervisor(sv):
@@ -110,6 +112,8 @@ def test_the_deploy_user_limited_to_the_drop_in_deploys_under_supervisor(sv):
     assert "RUNNING" in sh(sv, "supervisorctl status sample")
     env = sv.host.path(f"{D}/shared/config/app.env").read_text()
     assert f"REDIS_URL=redis://:{password(sv)}@127.0.0.1:6379/0" in env.splitlines()
+    res = fab(sv, "deploy", "--plan")  # REDIS_URL is the host's own: not a difference
+    assert res.returncode == 0 and "--- app.env: unchanged" in res.stdout, res.stdout + res.stderr
 
 
 CACHE = ("from django.core.cache import cache; from django.conf import settings; "
