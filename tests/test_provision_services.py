@@ -12,6 +12,7 @@ from fabdeploy.errors import ConfigError
 from fabdeploy.local.render import render
 from fabdeploy.local.wheelhouse import venv_hash
 from fabdeploy.ops import secrets
+from fabdeploy.ops.sudoers import drop_in
 from fabdeploy.provision import manager_service, packages, redis, sudoers, system
 from fabdeploy.steps import code
 
@@ -75,21 +76,25 @@ def test_the_drop_in_name_sudo_reads():
 
 
 def test_the_sudoers_step_is_on_by_default_and_can_be_turned_off():
-    (st,) = sudoers.sudoers_steps(cfg(), DEB)
+    (st,) = sudoers.sudoers_steps(cfg())
     assert st.name == "sudoers" and "deploy ALL=(root) NOPASSWD: FABDEPLOY_MYSITE" in "\n".join(st.apply)
     assert "/usr/sbin/visudo -c -f" in "\n".join(st.apply)
-    assert sudoers.sudoers_steps(cfg(provision={"sudoers": False}), DEB) == []
-    (emperor,) = sudoers.sudoers_steps(cfg(app={"manager": "emperor"}), DEB)
+    # the text is put together on the host, with the host's nginx group (this machine's nginx.conf: www-data)
+    res = subprocess.run(["sh", "-c", "\n".join([*st.check[:2], 'printf "%s" "$want"'])], capture_output=True,
+                         text=True, check=True)
+    assert res.stdout == drop_in(cfg(), "deploy", "www-data").rstrip("\n")
+    assert sudoers.sudoers_steps(cfg(provision={"sudoers": False})) == []
+    (emperor,) = sudoers.sudoers_steps(cfg(app={"manager": "emperor"}))
     assert emperor.skip.startswith('app.manager = \'emperor\' needs more than a drop-in lists')
 
 
 def test_a_sudoers_file_is_read_beside_the_config(tmp_path):
     (tmp_path / "mine.sudoers").write_text("deploy ALL=(root) NOPASSWD: /usr/bin/true")
     c = cfg(tmp_path / "deploy.toml", provision={"sudoers_file": "mine.sudoers"})
-    assert sudoers.drop_in_text(c, DEB) == "deploy ALL=(root) NOPASSWD: /usr/bin/true\n"
+    assert sudoers.drop_in_text(c) == "deploy ALL=(root) NOPASSWD: /usr/bin/true\n"
     c = cfg(tmp_path / "deploy.toml", provision={"sudoers_file": "missing.sudoers"})
     with pytest.raises(ConfigError, match=r"^provision.sudoers_file missing.sudoers: cannot read it"):
-        sudoers.sudoers_steps(c, DEB)
+        sudoers.sudoers_steps(c)
 
 
 def overlay(c) -> str:

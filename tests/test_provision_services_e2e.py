@@ -109,7 +109,8 @@ def test_the_deploy_user_limited_to_the_drop_in_deploys_under_supervisor(sv):
     res = fab(sv, "deploy")
     assert res.returncode == 0, res.stdout + res.stderr
     assert sv.host.http("/", host_header=sv.host.address)[0] == 200
-    assert "RUNNING" in sh(sv, "supervisorctl status sample")
+    pid = int(sh(sv, "supervisorctl pid sample"))  # the program's process, run by supervisord
+    assert pid > 0 and "uwsgi" in sh(sv, f"tr '\\0' ' ' < /proc/{pid}/cmdline")
     env = sv.host.path(f"{D}/shared/config/app.env").read_text()
     assert f"REDIS_URL=redis://:{password(sv)}@127.0.0.1:6379/0" in env.splitlines()
     res = fab(sv, "deploy", "--plan")  # REDIS_URL is the host's own: not a difference

@@ -52,7 +52,7 @@ def host_steps(cfg: Config, sysinfo: system.System, keys: list[str], role: str) 
             layout.layout_step(cfg),
             *layout.pip_step(cfg),
             *redis.redis_steps(cfg, sysinfo, role),
-            *sudoers.sudoers_steps(cfg, sysinfo)]
+            *sudoers.sudoers_steps(cfg)]
 
 
 def provision_script(cfg: Config, sysinfo: system.System, keys: list[str], role: str, plan: bool,

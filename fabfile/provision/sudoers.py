@@ -10,16 +10,16 @@ visudo refuses is never left in /etc/sudoers.d.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from fabdeploy.config import Config
+from fabdeploy.provision.layout import NGINX_GROUP
 from fabdeploy.errors import ConfigError
 from fabdeploy.provision.steps import Step
-from fabdeploy.provision.system import System
 from fabdeploy.remote.shell import q
 
 SUDOERS_D = "/etc/sudoers.d"
+PLACEHOLDER = "fabdeploy_nginx_group"  # in the generated text: the host's nginx group, put in on the host
 VISUDO = "/usr/sbin/visudo"
 
 
@@ -28,12 +28,7 @@ def drop_in_path(cfg: Config) -> str:
     return f"{SUDOERS_D}/fabdeploy-{cfg.project.name.replace('.', '_')}"
 
 
-def nginx_group(system: System) -> str:
-    """nginx's group as the distributions package it (www-data on Debian/Ubuntu, nginx on the RHEL family)."""
-    return "www-data" if system.family == "apt" else "nginx"
-
-
-def drop_in_text(cfg: Config, system: System) -> str:
+def drop_in_text(cfg: Config) -> str:
     """[provision] sudoers_file's text (a path relative to the config file), else the generated drop-in."""
     if cfg.provision.sudoers_file:
         f = (cfg.path.parent if cfg.path else Path.cwd()) / cfg.provision.sudoers_file
@@ -44,10 +39,10 @@ def drop_in_text(cfg: Config, system: System) -> str:
                               f"({getattr(exc, 'strerror', None) or exc})") from None
         return text if text.endswith("\n") else text + "\n"
     from fabdeploy.ops.sudoers import drop_in
-    return drop_in(cfg, cfg.provision.deploy_user, nginx_group(system))
+    return drop_in(cfg, cfg.provision.deploy_user, PLACEHOLDER)
 
 
-def sudoers_steps(cfg: Config, system: System) -> list[Step]:
+def sudoers_steps(cfg: Config) -> list[Step]:
     """The drop-in installed and visudo-clean (none when [provision] sudoers = false; a skipped step when the
     config uses what a drop-in cannot list, e.g. the uWSGI emperor, and no sudoers_file is given)."""
     if not cfg.provision.sudoers:
@@ -57,18 +52,19 @@ def sudoers_steps(cfg: Config, system: System) -> list[Step]:
         if uncovered(cfg):
             return [Step("sudoers", [], skip=f"{uncovered(cfg)[0].split(':')[0]} needs more than a drop-in lists: "
                                              "give the deploy user sudo yourself, or set provision.sudoers_file")]
-    text = drop_in_text(cfg, system)
+    text = drop_in_text(cfg)
     path = drop_in_path(cfg)
     name = path.rsplit("/", 1)[1]
     staged, old = f"{SUDOERS_D}/.{name}.new", f"{SUDOERS_D}/.{name}.old"
-    digest = hashlib.sha256(text.encode()).hexdigest()
     delim = "FABDEPLOY_SUDOERS_EOF"
     while delim in text:
         delim += "_"
-    check = [f'[ "$(sha256sum < {q(path)} 2>/dev/null | cut -d" " -f1)" = {digest} ] && '
+    # $want: the text with the host's own nginx group ($ng, as the layout step finds it) for PLACEHOLDER
+    want = [NGINX_GROUP, f'want=$(sed "s/{PLACEHOLDER}/$ng/g" <<\'{delim}\'\n{text}{delim}\n)']
+    check = [*want, f'[ "$(cat {q(path)} 2>/dev/null)" = "$want" ] && '
              f'[ "$(stat -c %U:%G:%a {q(path)})" = root:root:440 ]']
-    apply = [f"rm -f {q(staged)} {q(old)}",
-             f"(umask 077; cat > {q(staged)}) <<'{delim}'\n{text}{delim}",
+    apply = [*want, f"rm -f {q(staged)} {q(old)}",
+             f"(umask 077; printf '%s\\n' \"$want\" > {q(staged)})",
              f"chmod 0440 {q(staged)}",
              f"if ! out=$({VISUDO} -c -f {q(staged)} 2>&1); then rm -f {q(staged)}; "
              f"echo \"visudo -c refused the drop-in, nothing installed: $(printf '%s\\n' \"$out\" | "
