@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fabdeploy.config import Config
-from fabdeploy.provision.layout import NGINX_GROUP
 from fabdeploy.errors import ConfigError
+from fabdeploy.provision.layout import NGINX_GROUP
 from fabdeploy.provision.steps import Step
 from fabdeploy.remote.shell import q
 
