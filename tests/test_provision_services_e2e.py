@@ -199,3 +199,9 @@ def test_under_systemd_supervisor_and_redis_are_enabled_with_systemctl(make_host
     res = run_fab(proj.root, "provision")
     assert res.returncode == 0 and changed(res.stdout) == [], res.stdout + res.stderr
     assert pw not in res.stdout + res.stderr
+    # app.manager = "systemd" here: systemd runs, the step is ok (the drop-in changes: other root commands)
+    proj.write_config(sample_config(host, extra=EXTRA.replace('"supervisor"', '"systemd"')))
+    res = run_fab(proj.root, "provision")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "manager: ok" in res.stdout and [ln.split()[1] for ln in changed(res.stdout)] == ["sudoers:"], \
+        res.stdout
