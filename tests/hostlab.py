@@ -121,6 +121,7 @@ PRIVATE_DIRS: list[tuple[str, str]] = [
     ("/etc", "etc"),
     ("/var/log", "var-log"),
     ("/var/lib/nginx", "var-lib-nginx"),
+    ("/var/lib/redis", "var-lib-redis"),  # a Redis of the host's own (fab provision, [cache] redis)
     ("/home/deploy", "home-deploy"),
     # where fabdeploy keeps host-wide binaries (the uWSGI emperor's copy): /usr is the machine's
     ("/usr/local/lib/fabdeploy", "usr-local-lib-fabdeploy"),
@@ -663,10 +664,13 @@ def _make_private_fs(host: TestHost) -> None:
         if sub == "etc":
             _run(["cp", "-a", "/etc", str(d)])
             # cron (installed for the pidfile manager's @reboot line) starts disabled in a lab host: a test
-            # that wants it enables it in the host (its package enabled it in the machine's /etc)
-            (d / "systemd/system/multi-user.target.wants/cron.service").unlink(missing_ok=True)
-        elif sub == "var-log":
-            _copy_dirs("/var/log", d)
+            # that wants it enables it in the host (its package enabled it in the machine's /etc); so do the
+            # servers scripts/setup installs (never started on the machine; provision enables them)
+            for unit in ("cron", "redis-server", "mariadb", "postgresql"):
+                (d / f"systemd/system/multi-user.target.wants/{unit}.service").unlink(missing_ok=True)
+        elif sub in ("var-log", "var-lib-redis"):
+            _copy_dirs(host_path, d)
+            d.mkdir(exist_ok=True)  # (a machine without that directory)
         else:
             d.mkdir()
         # mountpoint on the machine (e.g. /var/lib/nginx may not exist)

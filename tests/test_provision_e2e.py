@@ -84,6 +84,7 @@ def test_plan_prints_what_would_change_and_changes_nothing(pv):
     assert f"packages: would change: installed {MISSING}" in out
     assert "deploy-user: would change: user deploy created" in out
     assert "layout: would change" in out and "pip-index: would change" in out
+    assert "sudoers: would change: /etc/sudoers.d/fabdeploy-sample installed" in out
     assert "nginx: would change: nginx enabled and started" in out  # a new lab host runs no nginx
     assert state(pv) == before
     assert not pkglab.installed_version(pv.host, MISSING).startswith("installed")
@@ -97,7 +98,9 @@ def test_first_run_installs_and_creates_what_is_missing(pv):
     assert pkglab.installed_version(pv.host, MISSING).startswith("installed ")
     assert "deploy-user: changed: user deploy created" in out
     assert "authorized-keys: changed: 1 key(s) added" in out
-    assert "sudoers: skipped (not yet" in out
+    assert "sudoers: changed: /etc/sudoers.d/fabdeploy-sample installed (visudo -c clean)" in out
+    assert "manager: changed: cron enabled and started (the pidfile manager's @reboot line)" in out
+    assert pv.host.exec("kill -0 $(cat /run/crond.pid)", check=False).returncode == 0
     assert "nginx: changed: nginx enabled and started" in out
     assert pv.host.exec("kill -0 $(cat /run/nginx.pid)", check=False).returncode == 0
     h = pv.host

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from fabdeploy.config.checks import (RESERVED_ENV, SERVER_KEYS, _check_roles, _suggest, check_app, check_database,
+from fabdeploy.config.checks import (RESERVED_ENV, SERVER_KEYS, _check_roles, _suggest, check_app, check_cache,
+                                     check_database,
                                      check_rolling, host_name)
 from fabdeploy.config.schema import _NAME, BALANCE_METHODS, PHASES, SCHEMA, Key, all_sections
 from fabdeploy.config.secrets import check_secrets, secret_looking_env
@@ -185,6 +186,7 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     check_app(data, where)
     check_tls(data, where)
     check_database(data, where)
+    check_cache(data, where)
     from fabdeploy.appserver import SERVERS
     from fabdeploy.manager import MANAGERS
     refused = MANAGERS[data["app"]["manager"]].refuse(SERVERS[data["app"]["server"]])

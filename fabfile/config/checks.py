@@ -135,6 +135,24 @@ def check_app(data: dict, where: str) -> None:
                           f"choose app.server = {asgi}")
 
 
+def check_cache(data: dict, where: str) -> None:
+    """[cache]: sessions need the Redis cache; one app host (each app host runs its own Redis, bound to
+    127.0.0.1: a cache per host, so sessions would be lost between the hosts of a fleet). With redis on, the
+    `redis` package joins pip.packages (the virtualenv and its hash) unless listed already."""
+    cache = data["cache"]
+    if cache["sessions"] and not cache["redis"]:
+        raise ConfigError(f"{where}cache.sessions = true needs cache.redis = true (sessions are kept in the cache)")
+    if not cache["redis"]:
+        return
+    apps = data["roles"]["app"] or data["project"]["hosts"]
+    if len(apps) > 1:
+        raise ConfigError(f"{where}cache.redis = true with {len(apps)} app hosts: each would have its own Redis "
+                          "on 127.0.0.1 (not shared); a fleet's cache server is not supported yet")
+    packages = data["pip"]["packages"]
+    if not any(re.match(r"^redis\b(?![-_.])", p.strip(), re.I) for p in packages):
+        data["pip"]["packages"] = [*packages, "redis"]
+
+
 def _listen(value):
     if isinstance(value, bool):
         return "must be a port number or \"address:port\""

@@ -140,6 +140,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "deploy_user": Key("deploy", _str(_USER, "a user name (lower-case letters, digits, '_' or '-')", False)),
         "authorized_keys": Key([], _list(_str(re.compile(r"^(ssh|ecdsa|sk)-[A-Za-z0-9@.-]+ [A-Za-z0-9+/=]+( [^\n]*)?$"),
                                               "a public key line like \"ssh-ed25519 AAAA... me@laptop\"", False))),
+        "sudoers": Key(True, _bool),  # the `fab sudoers` drop-in installed (provision/sudoers.py)
+        "sudoers_file": Key("", _str(None)),  # your own drop-in instead (relative to the config file)
+    },
+    "cache": {  # [cache] redis: provision/redis.py installs it, the deploy wires CACHES (settings.py.j2)
+        "redis": Key(False, _bool),
+        "sessions": Key(False, _bool),
     },
     "database": {  # fabdeploy/database/: the app's database, provisioned by fab provision
         "engine": Key("sqlite", lambda v: None if v in ("sqlite", "postgresql", "mysql") else

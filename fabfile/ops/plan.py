@@ -15,7 +15,6 @@ import shlex
 
 from fabdeploy import model, pipeline
 from fabdeploy import appserver
-from fabdeploy import database
 from fabdeploy.config import Config
 from fabdeploy.front import nginx
 from fabdeploy.hosts.connect import host_label, local_user
@@ -215,7 +214,7 @@ def plan_host(conn, cfg: Config, source, rel_id: str, wait: int = 0, force: bool
     files = raw["files"]
     app = appserver.of(cfg)
     out.append(_diff(app.config_name, files["app server"], app.render_config(cfg, rel, server), app.env_line))
-    out.append(_diff("app.env", _host_written(files["app.env"], database.env_names(cfg)), code.env_file_text(cfg),
+    out.append(_diff("app.env", _host_written(files["app.env"], set(code.host_managed(cfg))), code.env_file_text(cfg),
                      APP_ENV_LINE))
     if cfg.data.get("secrets"):
         out.append(secrets_line(cfg, files["app.env"]))

@@ -19,7 +19,6 @@ import json
 import secrets as _random
 from dataclasses import dataclass, field
 
-from fabdeploy import database
 from fabdeploy.config import Config
 from fabdeploy.hosts.connect import host_label, local_user
 from fabdeploy.hosts.fleet import on_each_host
@@ -33,6 +32,7 @@ from fabdeploy.remote.runner import run_script
 from fabdeploy.remote.script import Phase, Script
 from fabdeploy.remote.shell import q
 from fabdeploy.steps import control
+from fabdeploy.steps.code import host_managed
 from fabdeploy.steps.lock import LockOwner
 
 # Runs on the host: argv[1] = {"env": path, "secret_key": path, "key": hex, "keep": [names] or null}. With
@@ -92,8 +92,8 @@ def read_script(cfg: Config, key: str, prune: bool = False) -> Script:
 
 def configured(cfg: Config) -> set[str]:
     """Names the env file should have: [django] env and [secrets] (but SECRET_KEY: shared/secret_key), and
-    DATABASE_URL with a database server (written by the deploy on the host: fabdeploy.database)."""
-    return (set(cfg.django.env) | set(cfg.data.get("secrets", {})) | database.env_names(cfg)) - {"SECRET_KEY"}
+    the ones the deploy writes on the host (DATABASE_URL, REDIS_URL: steps.code.host_managed)."""
+    return (set(cfg.django.env) | set(cfg.data.get("secrets", {})) | set(host_managed(cfg))) - {"SECRET_KEY"}
 
 
 def compare(cfg: Config, answer: dict, key: str) -> list[tuple[str, str]]:
@@ -104,11 +104,11 @@ def compare(cfg: Config, answer: dict, key: str) -> list[tuple[str, str]]:
     names, rows = answer.get("names", {}), {}
     for name in configured(cfg) | set(names):
         if name not in names:
-            rows[name] = "missing" if name in want else "absent (optional, unset here)"
+            rows[name] = "missing" if name in want or name in host_managed(cfg) else "absent (optional, unset here)"
+        elif name in host_managed(cfg):
+            rows[name] = host_managed(cfg)[name]
         elif name not in configured(cfg):
             rows[name] = "not configured"
-        elif name in database.env_names(cfg):
-            rows[name] = "set on the host (database password)"
         elif name in want and hmac.compare_digest(names[name], h(want[name])):
             rows[name] = "matches"
         else:

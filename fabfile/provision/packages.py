@@ -9,6 +9,7 @@ the administrator enables; provision never adds a repository).
     web server      nginx                         nginx
     [app] manager   supervisor | cron (pidfile)   supervisor | cronie (pidfile); systemd and emperor: nothing
     firewall        nftables (app hosts behind balancers, balancer.firewall not "off")
+    [cache] redis   redis-server                  redis
 """
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ def plan(cfg: Config, system: System, role: str = "app") -> list[str]:
             out.append("cron" if system.family == "apt" else "cronie")
     if firewall_used(cfg, role):
         out.append("nftables")
+    if cfg.cache.redis and role == "app":  # [cache] redis (provision/redis.py)
+        out.append("redis-server" if system.family == "apt" else "redis")
     return list(dict.fromkeys(out))
 
 

@@ -13,6 +13,7 @@ from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.roles import server_of
 from fabdeploy.output import Printer
 from fabdeploy.provision import database, layout, packages, services, steps, system, users
+from fabdeploy.provision import manager_service, redis, sudoers
 from fabdeploy.remote.markers import as_markers, fact, fail, prefix
 from fabdeploy.remote.runner import run_script
 from fabdeploy.remote.script import Phase, Script
@@ -41,18 +42,20 @@ def detect_script() -> Script:
 
 
 def host_steps(cfg: Config, sysinfo: system.System, keys: list[str], role: str) -> list[steps.Step]:
-    """Every step for one host, in order (the database on app hosts; the cache: a later part of issue 14)."""
+    """Every step for one host, in order (the database and the cache on app hosts)."""
     names = ["sudo", *packages.plan(cfg, sysinfo, role)]  # sudo: the deploy runs `sudo -n`
     if role == "app":
         names += database.packages(cfg, sysinfo.family)
     return [services.packages_step(sysinfo.family, list(dict.fromkeys(names))),
             services.nginx_step(),
+            *manager_service.manager_steps(cfg, sysinfo, role),
             *users.deploy_user_steps(cfg, keys),
             *users.app_user_step(cfg),
             layout.layout_step(cfg),
             *layout.pip_step(cfg),
             *(database.steps(cfg, sysinfo.family) if role == "app" else []),
-            *services.later_steps()]
+            *redis.redis_steps(cfg, sysinfo, role),
+            *sudoers.sudoers_steps(cfg)]
 
 
 def provision_script(cfg: Config, sysinfo: system.System, keys: list[str], role: str, plan: bool,

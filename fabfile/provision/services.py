@@ -1,11 +1,10 @@
 """Packages and services: the planned packages installed with the system's own tool, nginx enabled and
-started (systemctl where systemd runs; elsewhere, e.g. a container or the test lab, started by its pid),
-and the steps provision does not take yet."""
+started (systemctl where systemd runs; elsewhere, e.g. a container or the test lab, started by its pid)."""
 from __future__ import annotations
 
 from fabdeploy.hosts.layout import NGINX_PID
 from fabdeploy.provision import packages
-from fabdeploy.provision.steps import Step, not_yet
+from fabdeploy.provision.steps import Step
 from fabdeploy.remote.shell import ALIVE_FN, q
 
 SYSTEMD = "[ -d /run/systemd/system ]"
@@ -28,7 +27,3 @@ def nginx_step() -> Step:
     apply = [f"if {SYSTEMD}; then systemctl enable --now nginx; else nginx; fi"]
     return Step("nginx", check, apply, what="nginx enabled and started")
 
-
-def later_steps() -> list[Step]:
-    """Named now, taken by a later part of issue 14 / issue 13: reported as skipped."""
-    return [not_yet("sudoers", "the fab sudoers drop-in of issue 13")]

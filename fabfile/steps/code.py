@@ -23,12 +23,25 @@ def env_file_text(cfg: Config) -> str:
     return "".join(f"{k}={q(v)}\n" for k, v in sorted(env.items()))
 
 
-def _env_file_lines(cfg: Config) -> list[str]:
-    """app.env written atomically; with a database server, DATABASE_URL (built on the host from its password
-    file) added to the temporary file before it replaces the old one."""
-    lines = write_file(Layout(cfg.paths.deploy_to).env_file, env_file_text(cfg), mode="0600")
-    tmp = Layout(cfg.paths.deploy_to).env_file + ".fabdeploy-tmp"
-    return [*lines[:-1], *database.url_lines(cfg, tmp), lines[-1]]
+def host_managed(cfg: Config) -> dict[str, str]:
+    """Names of app.env the deploy writes from values only the host has (password files fab provision made
+    there: never sent, never printed, never known here): name -> the state `fab secrets` shows."""
+    out = {name: "set on the host (database password)" for name in database.env_names(cfg)}
+    if cfg.cache.redis:
+        out["REDIS_URL"] = "set on the host (cache.redis)"
+    return out
+
+
+def env_file_lines(cfg: Config, path: str) -> list[str]:
+    """Write env_file_text to `path` atomically; DATABASE_URL (a database server) and REDIS_URL ([cache]
+    redis) are added on the host to the temporary file, from the password files there, before the rename."""
+    lines = write_file(path, env_file_text(cfg), mode="0600")
+    tmp = path + ".fabdeploy-tmp"
+    extra = list(database.url_lines(cfg, tmp))
+    if cfg.cache.redis:
+        from fabdeploy.provision import redis
+        extra += redis.env_lines(cfg, tmp)
+    return [*lines[:-1], *extra, lines[-1]]
 
 
 def settings_overlay(cfg: Config, release_id: str) -> str:
@@ -37,7 +50,8 @@ def settings_overlay(cfg: Config, release_id: str) -> str:
     return render("settings.py.j2", release_id=release_id, django_settings=cfg.project.django_settings,
                   shared=Layout(cfg.paths.deploy_to).shared, allowed_hosts=cfg.allowed_hosts,
                   static_url=cfg.django.static_url, media_url=cfg.django.media_url,
-                  tls=tls.django_context(cfg), database_engine=database.engine(cfg))
+                  tls=tls.django_context(cfg), database_engine=database.engine(cfg),
+                  cache=cfg.cache, name=cfg.project.name)
 
 
 def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
@@ -75,7 +89,7 @@ def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
         f"(umask 077; {q(cfg.project.python)} -c 'import secrets; print(secrets.token_urlsafe(50))' "
         f"> {q(lay.secret_key + '.tmp')}) && mv {q(lay.secret_key + '.tmp')} {q(lay.secret_key)}; "
         + note("secret key generated") + "; fi",
-        *_env_file_lines(cfg),
+        *env_file_lines(cfg, lay.env_file),
         *app_user.key_lines(cfg),
         f"mkdir -p {q(lay.bin)}",
         *write_file(lay.manage, manage_wrapper(cfg), mode="0755"),
