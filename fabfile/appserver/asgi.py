@@ -20,6 +20,8 @@ import re
 from fabdeploy import manager
 from fabdeploy.appserver.base import AppServer
 from fabdeploy.config import Config
+from fabdeploy.config.checks import _int
+from fabdeploy.config.schema import Key
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.hosts.roles import Server, balanced
 from fabdeploy.local.render import render
@@ -38,6 +40,15 @@ class AsgiServer(AppServer):
     managed = False  # (pidfile only, for now: under supervisor or systemd it would need the manager's pid)
     # the user's [django] env in the module's ENV list (masked in --plan's diff; not the two fabdeploy sets)
     env_line = re.compile(r"""^(\s+['"])(?!DJANGO_SETTINGS_MODULE=|FABDEPLOY_)([A-Za-z_][A-Za-z0-9_]*)=(.*)$""")
+
+    def __init_subclass__(cls, **kwargs):
+        """A server named N (its `name`) is titled N, configured in [N], runs as processes named N, and
+        stages its config module as fabdeploy_N.py, unless the class says otherwise."""
+        super().__init_subclass__(**kwargs)
+        for attr in ("title", "section", "process"):
+            if not getattr(cls, attr):
+                setattr(cls, attr, cls.name)
+        cls.config_name = cls.config_name or f"fabdeploy_{cls.name}.py"
 
     @property
     def module(self) -> str:
@@ -102,9 +113,8 @@ class AsgiServer(AppServer):
         ($ASAPP); a master of another user (from before [app] user) is stopped and started again as it."""
         lay = Layout(cfg.paths.deploy_to)
         p = self.paths(lay)
-        timeout = self.reload_timeout(cfg)
         # (the app hosts of a balanced fleet listen on address:port: no socket file to wait for)
-        unix = self.listen(cfg, None).startswith("/") and not balanced(cfg)
+        unix = not balanced(cfg)
         same = (f'[ -n "$pid" ] && [ "$(tr "\\000" "\\n" < "/proc/$pid/cmdline" | tail -n +2)" = '
                 f'"$(argv_of {venv_word})" ]')
         graceful = [
@@ -136,31 +146,22 @@ class AsgiServer(AppServer):
             f"  start_detached {venv_word}",
             "  action=${how:-started}",
             "fi",
-            "i=0; ready=; gone=0; n=0",
-            f"while [ $i -lt {timeout * 10} ]; do",
-            f"  pid=$(alive {q(p.pidfile)} {q(self.process)} || true)",
-            # a master that stays gone (the app failed to load) is a failure, not something to wait for
-            '  if [ -z "$pid" ]; then gone=$((gone + 1)); [ "$gone" -lt 50 ] || break; else',
-            "    n=0; stale=0",
-            '    for c in $(workers "$pid"); do',
-            "      n=$((n + 1))",
-            '      case "$old" in *" $c "*) stale=$((stale + 1));; esac',
-            f'      [ "$({AS_APP} readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
-            "    done",
-            f'    if [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ]{f" && {AS_APP} test -S {q(p.socket)}" if unix else ""}; then '
-            "ready=1; break; fi",
-            "  fi",
-            "  i=$((i + 1)); sleep 0.1",
-            "done",
-            'if [ -z "$ready" ]; then',
-            f'  echo "last lines of {p.log}:" >&2',
-            f"  {AS_APP} tail -n 20 {q(p.log)} >&2 || true",
-            "  " + fail_expanded(f"{self.title} did not come up serving {label} within {timeout}s"),
-            "fi",
+            *self.ready_lines(cfg, release_word, label),
             # (uvicorn makes its socket 666: the nginx group's 660, as for every app server)
             f"! {AS_APP} test -S {q(p.socket)} || {AS_APP} chmod 660 {q(p.socket)}" if unix else "true",
             note(f"{self.name} $action (master $pid, $n workers on {label})"),
         ]
+
+
+def pool_keys(min_workers: int = 1) -> dict[str, Key]:
+    """The keys of a server with a master and a pool of workers (uvicorn, hypercorn): how many workers, how
+    long a stopping worker may finish its requests, keep-alive, recycling after max_requests (0: never) and
+    the socket's backlog."""
+    return {"workers": Key(4, _int(min_workers, 1024)),
+            "graceful_timeout": Key(30, _int(1, 3600)),
+            "keepalive": Key(5, _int(1, 3600)),
+            "max_requests": Key(0, _int(0, 10_000_000)),
+            "backlog": Key(1024, _int(16, 65535))}
 
 
 def tcp_parts(listen: str) -> tuple[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from fabdeploy.appserver.control import Control
 from fabdeploy.config import Config
 from fabdeploy.config.checks import _int, _options, _str
 from fabdeploy.config.schema import Key
@@ -48,7 +49,7 @@ class AppPaths:
     config: str  # the live config (the release's own copy installed at the switch)
 
 
-class AppServer:
+class AppServer(Control):
     """One app server. Subclasses set the class attributes and implement the methods that raise.
 
     The app user ([app] user, app_user()): the server runs as it, so a subclass's reload_lines starts with
@@ -243,3 +244,4 @@ class AppServer:
             '  action=stopped; ' + note(f"{self.name} stopped (master $pid and $n workers gone$how)"),
             "fi",
         ]
+
