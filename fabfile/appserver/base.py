@@ -69,7 +69,8 @@ class AppServer(Control):
     config_name = ""  # its config file, staged in <release>/.fabdeploy/ and installed under shared/config
     system_packages: tuple[str, ...] = ()  # Debian packages it needs on the host (beyond python3-venv)
     probe_client_py = ""  # Python defining app_get(addr, port, host, path) -> (status, headers), if not HTTP
-    managed = True  # a process manager (supervisor, systemd) can run it in the foreground (foreground_argv)
+    managed = True  # a process manager (supervisor, systemd) can run it in the foreground (manager_argv)
+    notify = True  # it tells systemd when it is ready (sd_notify: a Type=notify unit)
     env_line = None  # a compiled pattern: (text before the value, name, value) of an env line in its config
     interface = "wsgi"  # what it runs: "wsgi" (project.wsgi), "asgi" (app.asgi, required), "both" (asgi when set)
 
@@ -139,6 +140,10 @@ class AppServer(Control):
         """The shell words that run it in the foreground on its live config, through venv_link (what a
         process manager runs)."""
         raise NotImplementedError
+
+    def manager_argv(self, cfg: Config) -> list[str]:
+        """What a process manager runs (its definition's command): foreground_argv by default."""
+        return self.foreground_argv(cfg)
 
     def daemon_start_lines(self, cfg: Config, venv_word: str) -> list[str]:
         """Start it as a daemon that writes its pidfile (no process manager)."""

@@ -14,9 +14,10 @@ class Control:
     """Mixed into AppServer (base.py): uses its paths, process, title, reload_timeout, workers_fn,
     as_app_lines, link_lines, foreign_lines and stop_lines."""
 
-    def managed_reload_lines(self, cfg: Config, venv_word: str) -> list[str]:
+    def managed_reload_lines(self, cfg: Config, venv_word: str, graceful: str = "true") -> list[str]:
         """Start it through the process manager, or ask its running master to reload (the manager's reload:
-        the app server's signal), after the manager is switched to and its definition installed. Sets $pid
+        the app server's signal) where the shell condition `graceful` holds, else restart it through the
+        manager, after the manager is switched to and its definition installed. Sets $pid
         (the master before: "" when none), $old (that master's children: the workers being replaced) and
         $action; a daemonized master of another user is restarted as the app user first (foreign_lines)."""
         from fabdeploy import manager
@@ -36,14 +37,25 @@ class Control:
             'if [ -n "$pid" ] && [ -z "$defined" ]; then',
             # a graceful reload replaces every worker: the ones running now never count as ready (a reload onto
             # the release they already run would otherwise be "done" before it began)
-            '  old=" $(children "$pid" | tr "\\n" " ") "',
-            *["  " + ln for ln in mgr.reload_lines(cfg, self)],
-            "  action=reloaded",
+            *["  " + ln for ln in self.reload_or_restart(cfg, graceful)],
             "else",
             *["  " + ln for ln in mgr.start_lines(cfg, self, venv_word)],
             "  action=started",
             "fi",
         ]
+
+    def reload_or_restart(self, cfg: Config, graceful: str) -> list[str]:
+        """The manager's reload (the running master's workers replaced: $old names them) where the shell
+        condition `graceful` holds ("true": always), else its restart ("false": always)."""
+        from fabdeploy import manager
+        mgr = manager.of(cfg)
+        reload = ['old=" $(children "$pid" | tr "\\n" " ") "', *mgr.reload_lines(cfg, self), "action=reloaded"]
+        if graceful == "true":
+            return reload
+        restart = [*mgr.restart_lines(cfg, self), "action=restarted"]
+        if graceful == "false":
+            return restart
+        return [f"if {graceful}; then", *["  " + ln for ln in reload], "else", *["  " + ln for ln in restart], "fi"]
 
     def socket_ready(self, cfg: Config) -> str:
         """A shell condition that holds once its unix socket exists ("" when it listens on address:port:
