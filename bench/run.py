@@ -19,10 +19,7 @@ times beside uWSGI's. Asserts nothing.
 from __future__ import annotations
 
 import argparse
-import base64
-import gzip
 import os
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -46,6 +43,7 @@ from fabdeploy.local.source import bundle, read_source, release_id  # noqa: E402
 from fabdeploy.local.wheelhouse import build_wheels, venv_hash  # noqa: E402
 from fabdeploy.ops.rollback import rollback_script  # noqa: E402
 from fabdeploy.remote.script import Script  # noqa: E402
+from fabdeploy.remote.shell import packed_command  # noqa: E402
 from fabdeploy.steps import live_check, lock, setup  # noqa: E402
 from fabdeploy.steps.lock import LockOwner  # noqa: E402
 
@@ -184,9 +182,8 @@ class Bench:
             script, stdin = Script(built, (BENCH_SECRET_KEY,)), bundle(source.tar, wheels)
 
         # fab's three scripts in one pass Linux's 128 KiB limit of one argument (sshd runs the command with
-        # `sh -c`): the script travels gzipped and base64-encoded and is run by eval (no second exec)
-        packed = ("sh -c " + shlex.quote('eval "$(printf %s "$0" | base64 -d | gzip -dc)"') + " "
-                  + base64.b64encode(gzip.compress(script.text().encode(), 9)).decode())
+        # `sh -c`): the script travels packed (gzip + base64) and is run by eval (remote/shell.py packed_command)
+        packed = packed_command(script.text())
 
         def one(i: int) -> None:
             cmd = ["ssh", "-F", "/dev/null", "-i", str(hostlab.client_key()), "-o", "IdentitiesOnly=yes",

@@ -90,7 +90,7 @@ def test_the_pidfile_manager_starts_and_signals_as_the_app_user():
     assert 'if [ -n "$pid" ] && [ "$(stat -c %U "/proc/$pid" 2>/dev/null)" != shop ]; then' in text
     g = make_cfg(app={"server": "gunicorn", "user": "shop"})
     text = "\n".join(appserver.of(g).reload_lines(g, "/r", "/v", "R"))
-    assert "${ASAPP-} kill -USR2" in text and '"$(stat -c %U "/proc/$old" 2>/dev/null)" != shop' in text
+    assert "${ASAPP-} kill -USR2" in text and '"$(stat -c %U "/proc/$oldm" 2>/dev/null)" != shop' in text
     assert "&& ${ASAPP-} /srv/shop/shared/config/gunicorn-venv/bin/python" in text
 
 
@@ -185,8 +185,11 @@ def test_a_server_or_manager_switch_looks_at_shared_run_as_the_app_user():
     for lines in (appserver.retire_lines(cfg), manager.switch_lines(cfg, app)):
         assert lines[0] == as_app_lines("shop")[0]
         assert "[ -e /srv/shop/shared/run" not in "\n".join(lines)
-    assert ("${ASAPP-} test -e /srv/shop/shared/run/uwsgi.pid || ${ASAPP-} test -e "
-            "/srv/shop/shared/run/uwsgi.sock; then") in "\n".join(manager.switch_lines(cfg, app))
+    switch = manager.switch_lines(cfg, app)
+    assert any(ln.startswith('  present=" $(${ASAPP-} sh -c ') and "/srv/shop/shared/run/uwsgi.sock" in ln
+               for ln in switch)
+    assert ('    case "$present" in *" "/srv/shop/shared/run/uwsgi.pid" "* | '
+            '*" "/srv/shop/shared/run/uwsgi.sock" "*)') in switch
     retire = appserver.retire_lines(cfg)
     assert retire[1].startswith('present=" $(${ASAPP-} sh -c ') and "/srv/shop/shared/run/uwsgi.sock" in retire[1]
     assert "  ${ASAPP-} rm -f /srv/shop/shared/run/gunicorn.pid /srv/shop/shared/run/gunicorn.pid.2 " \

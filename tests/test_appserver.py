@@ -204,7 +204,7 @@ def test_gunicorn_reload_is_the_usr2_upgrade_then_the_old_master_stops():
             "mv -Tf /srv/shop/shared/config/gunicorn-venv.tmp /srv/shop/shared/config/gunicorn-venv") in lines
     assert ("/srv/shop/shared/config/gunicorn-venv/bin/python /srv/shop/shared/config/gunicorn-venv/bin/gunicorn "
             "-c /srv/shop/shared/config/gunicorn.conf.py") in lines
-    usr2, term = lines.index('${ASAPP-} kill -USR2 "$old"'), lines.index('${ASAPP-} kill -TERM "$old"')
+    usr2, term = lines.index('${ASAPP-} kill -USR2 "$oldm"'), lines.index('${ASAPP-} kill -TERM "$oldm"')
     wait = lines.index("""[ "$(${ASAPP-} readlink "/proc/$c/cwd" 2>/dev/null)" = '/srv/shop/releases/X' ]""")
     assert usr2 < wait < term  # the old master stops only once every new worker runs the release
     assert "kill -HUP" not in lines and "uwsgi" not in lines.lower()
@@ -222,3 +222,54 @@ def test_gunicorn_whole_pipeline_and_site_without_uwsgi():
     for header in ("Host $http_host", "X-Forwarded-For $proxy_add_x_forwarded_for", "X-Forwarded-Proto $scheme"):
         assert f"proxy_set_header {header};" in site
     assert log_files(cfg)["app"] == "/srv/shop/shared/log/gunicorn.log"
+
+
+def seam_cfgs():
+    """Every app server under every process manager that can run it (make_cfg configs)."""
+    for name, server in appserver.SERVERS.items():
+        for mgr_name, mgr in manager.MANAGERS.items():
+            if mgr.refuse(server) or (mgr_name == "emperor" and name != "uwsgi"):
+                continue
+            app = {"server": name, "manager": mgr_name}
+            if server.interface == "asgi":
+                app["asgi"] = "shop.asgi:application"
+            yield make_cfg(app=app)
+
+
+def test_every_server_waits_for_readiness_with_the_one_loop_of_the_seam():
+    """AppServer.ready_lines is the readiness wait of every app server under every manager: one loop per
+    start or reload, the seam's own text (each server only says how its pid, workers and socket are found)."""
+    seen = set()
+    for cfg in seam_cfgs():
+        app = appserver.of(cfg)
+        lines = app.reload_lines(cfg, "'/r'", "'/v'", "X")
+        loop = 'for c in $(workers "$pid"); do'
+        assert [ln.strip() for ln in lines].count(loop) == 1, (app.name, cfg.app.manager)
+        start = next(i for i, ln in enumerate(lines) if ln == "i=0; ready=; gone=0; n=0")
+        wait = app.ready_lines(cfg, "'/r'", "X")[1:]
+        if app.name == "gunicorn" and cfg.app.manager == "pidfile":  # (the new master of a USR2 upgrade)
+            assert lines[start + 2].startswith("  pid=$(alive /srv/shop/shared/run/gunicorn.pid.2 gunicorn")
+        else:
+            assert lines[start:start + len(wait)] == wait, (app.name, cfg.app.manager)
+        assert f'  echo "{app.title} did not come up serving X within {app.reload_timeout(cfg)}s; last lines of ' \
+               f'{app.paths(Layout(cfg.paths.deploy_to)).log}:" >&2' in lines
+        seen.add((app.name, cfg.app.manager))
+    assert {("uwsgi", "emperor"), ("gunicorn", "systemd"), ("uvicorn", "pidfile"), ("daphne", "pidfile")} <= seen
+
+
+def test_a_server_switch_and_a_manager_switch_stop_the_old_server_with_the_same_block():
+    """AppServer.stop_if_present_lines: appserver.retire_lines (another server) and manager.switch_lines
+    (another manager) both stop an app server whose pidfile or socket is there with it."""
+    cfg = make_cfg(app={"server": "gunicorn", "manager": "supervisor"})
+    retire = appserver.retire_lines(cfg)
+    switch = manager.switch_lines(cfg, appserver.of(cfg))
+    for name in ("uwsgi", "uvicorn", "daphne", "hypercorn"):
+        block = appserver.SERVERS[name].stop_if_present_lines(cfg)
+        assert block[0] == (f'case "$present" in *" "/srv/shop/shared/run/{name}.pid" "* | '
+                            f'*" "/srv/shop/shared/run/{name}.sock" "*)')
+        i = retire.index(block[0])
+        assert retire[i:i + len(block)] == block
+    pidfile_block = ["    " + ln for ln in UWSGI().stop_if_present_lines(cfg, manager.MANAGERS["pidfile"])]
+    i = switch.index(pidfile_block[0])
+    assert switch[i:i + len(pidfile_block)] == pidfile_block
+    assert sum(ln.strip().startswith('present=" $(') for ln in retire + switch) == 2  # (one listing each)

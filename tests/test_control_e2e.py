@@ -225,3 +225,27 @@ def test_stop_and_start_two_hosts_in_one_call(ctl, second):
         status, _, body = host.http("/", host_header=host.address)
         assert status == 200 and f"Release: {ctl.release}" in body.decode(), body[:300]
         assert {cwd(w) for w in workers(host)} == {f"/srv/sample/releases/{ctl.release}"}
+
+
+def test_a_script_over_128_kib_runs_over_ssh(ctl):
+    """The runner's one channel with a script over Linux's 128 KiB limit of one argument (sshd runs the command
+    with `$SHELL -c`): sent packed, it runs on the host with its stdin, phases and exit status
+    (test_script_pack.py shows it as unit)."""
+    from fabric import Connection
+
+    import hostlab
+    from fabdeploy.remote.runner import run_script
+    from test_script_pack import big_script
+
+    script = big_script()
+    assert len(script.text()) > 131072
+    conn = Connection(ctl.host.ssh_target(), connect_kwargs={"key_filename": [str(hostlab.client_key())],
+                                                             "look_for_keys": False, "allow_agent": False})
+    conn.client.load_host_keys(str(hostlab.known_hosts()))
+    try:
+        conn.open()
+        res = run_script(conn, script, host=ctl.host.address, stdin=b"x" * 100_000, timeout=120)
+    finally:
+        conn.close()
+    assert res.rc == 0 and [p.rc for p in res.phases.values()] == [0, 0]
+    assert res.phases["big"].stdout == ["stdin: 100000", "done"] and res.phases["after"].stdout == ["after"]

@@ -10,17 +10,16 @@ back to pidfile, and two starts of the emperor at once. The tests run in order a
 """
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import shutil
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from conftest import make_project, release_of, run_fab, sample_config
+from conftest import sample_config
+from e2e_site import children, deploy, fab, master, new_site, page, sh, workers
 from fabdeploy.manager import emperor as emperor_manager
 from test_load_e2e import Load
 
@@ -38,11 +37,9 @@ def host(make_host):
 
 
 def project(host, tmp_path_factory, wheel_cache, name, port, extra=""):
-    proj = make_project(tmp_path_factory.mktemp(name))
-    cfg = lambda extra: sample_config(host, name=name, deploy_to=f"/srv/{name}", listen=port, keep=4, extra=extra)  # noqa: E731
-    proj.write_config(cfg(extra))
-    return SimpleNamespace(host=host, proj=proj, cache=wheel_cache, name=name, port=port, d=f"/srv/{name}",
-                           config=cfg, releases=[])
+    site = new_site(host, tmp_path_factory, wheel_cache, name, extra, name=name, port=port)
+    site.config = lambda extra: sample_config(host, name=name, deploy_to=site.d, listen=port, keep=4, extra=extra)
+    return site
 
 
 @pytest.fixture(scope="module")
@@ -55,55 +52,19 @@ def two(host, tmp_path_factory, wheel_cache):
     return project(host, tmp_path_factory, wheel_cache, "two", 8080, EMPEROR)
 
 
-def fab(site, *args):
-    return run_fab(site.proj.root, *args, cache=site.cache)
-
-
-def deploy(site):
-    res = fab(site, "deploy")
-    assert res.returncode == 0, res.stdout + res.stderr
-    site.releases.append(release_of(res.stdout))
-    return site.releases[-1], res.stdout + res.stderr
-
-
-def sh(host, command: str) -> str:
-    return host.exec(command).stdout.strip()
-
-
 def emperor(host) -> int:
     pid = int(host.path(PIDFILE).read_text())
     assert "--emperor /etc/uwsgi/vassals --emperor-tyrant" in sh(host, f"tr '\\0' ' ' < /proc/{pid}/cmdline")
     return pid
 
 
-def master(site) -> int:
-    return int(site.host.path(f"{site.d}/shared/run/uwsgi.pid").read_text())
-
-
 def ppid(host, pid: int) -> int:
     return int(sh(host, f"awk '/^PPid:/ {{print $2}}' /proc/{pid}/status"))
-
-
-def children(host, pid: int) -> list[int]:
-    return [int(p) for p in sh(host, f"grep -l '^PPid:[[:space:]]*{pid}$' /proc/[0-9]*/status | cut -d/ -f3").split()]
-
-
-def workers(site, pid: int) -> list[str]:
-    return [sh(site.host, f"readlink /proc/{k}/cwd") for k in children(site.host, pid)]
 
 
 def vassals(host) -> list[str]:
     """The ini names of the emperor's running vassal masters."""
     return sorted(sh(host, f"tr '\\0' ' ' < /proc/{k}/cmdline").split()[-1] for k in children(host, emperor(host)))
-
-
-def page(site) -> str:
-    conn = http.client.HTTPConnection(site.host.address, site.port, timeout=10)
-    conn.request("GET", "/", headers={"Host": site.host.address})
-    resp = conn.getresponse()
-    body = resp.read().decode()
-    assert resp.status == 200, body[:500]
-    return body
 
 
 def serves(site, release: str, timeout: float = 30) -> None:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import re
 import time
-from types import SimpleNamespace
-
 import pytest
 
-from conftest import make_project, release_of, run_fab, sample_config
+from conftest import run_fab
+from e2e_site import deploy, master, new_site, uwsgi_children
 import test_supervisor_e2e as supervisor_e2e
 
-D = "/srv/sample"
 EMPEROR = '[app]\nmanager = "emperor"\n'
 SYSTEMD = '[app]\nmanager = "systemd"\n'
 VASSAL = "/etc/uwsgi/vassals/sample.ini"
@@ -26,25 +24,11 @@ UNIT = "fabdeploy-uwsgi-emperor.service"
 
 @pytest.fixture(scope="module")
 def site(make_host, tmp_path_factory, wheel_cache):
-    host = make_host("emp-systemd", init="systemd")
-    proj = make_project(tmp_path_factory.mktemp("emp-systemd"))
-    proj.write_config(sample_config(host, keep=4, extra=EMPEROR))
-    return SimpleNamespace(host=host, proj=proj, cache=wheel_cache, releases=[])
-
-
-def deploy(site):
-    res = run_fab(site.proj.root, "deploy", cache=site.cache)
-    assert res.returncode == 0, res.stdout + res.stderr
-    site.releases.append(release_of(res.stdout))
-    return site.releases[-1], res.stdout + res.stderr
+    return new_site(make_host("emp-systemd", init="systemd"), tmp_path_factory, wheel_cache, "emp-systemd", EMPEROR)
 
 
 def main_pid(site) -> int:
     return int(site.host.systemctl("show", "-p", "MainPID", "--value", UNIT).stdout.strip())
-
-
-def master(site) -> int:
-    return int(site.host.path(f"{D}/shared/run/uwsgi.pid").read_text())
 
 
 def ppid(site, pid: int) -> int:
@@ -100,12 +84,6 @@ def test_a_reboot_brings_the_emperor_and_the_site_back(site):
     site.host.reboot()
     serves(site, site.releases[-1])
     assert main_pid(site) != emp and ppid(site, master(site)) == main_pid(site)
-
-
-def uwsgi_children(site, pid: int) -> list[int]:
-    return [int(p) for p in site.host.exec(
-        f"for c in $(grep -l '^PPid:[[:space:]]*{pid}$' /proc/[0-9]*/status | cut -d/ -f3); do "
-        "grep -qsx uwsgi /proc/$c/comm && echo $c; done; true").stdout.split()]
 
 
 def switch_under_load(site, extra: str, message: str) -> tuple[str, str]:

@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from types import SimpleNamespace
 
 import pytest
 
-from conftest import make_project, release_of, run_fab, sample_config
+from e2e_site import D, deploy, fab, master, new_site, page, sh, workers
 from test_load_e2e import Load
 
-D = "/srv/sample"
 GUNICORN = """\
     [app]
     server = "gunicorn"
@@ -32,41 +30,7 @@ GUNICORN = """\
 
 @pytest.fixture(scope="module")
 def site(make_host, tmp_path_factory, wheel_cache):
-    host = make_host("gunicorn")
-    proj = make_project(tmp_path_factory.mktemp("gunicorn"))
-    proj.write_config(sample_config(host, keep=4, extra=GUNICORN))
-    return SimpleNamespace(host=host, proj=proj, cache=wheel_cache, releases=[])
-
-
-def fab(site, *args):
-    return run_fab(site.proj.root, *args, cache=site.cache)
-
-
-def deploy(site):
-    res = fab(site, "deploy")
-    assert res.returncode == 0, res.stdout + res.stderr
-    site.releases.append(release_of(res.stdout))
-    return site.releases[-1], res.stdout + res.stderr
-
-
-def sh(site, command: str) -> str:
-    return site.host.exec(command).stdout.strip()
-
-
-def master(site) -> int:
-    return int(site.host.path(f"{D}/shared/run/gunicorn.pid").read_text())
-
-
-def workers(site, pid: int) -> list[str]:
-    """The cwd of each child of the master."""
-    kids = sh(site, f"grep -l '^PPid:[[:space:]]*{pid}$' /proc/[0-9]*/status | cut -d/ -f3").split()
-    return [sh(site, f"readlink /proc/{k}/cwd") for k in kids]
-
-
-def page(site) -> str:
-    status, _, body = site.host.http("/", host_header=site.host.address)
-    assert status == 200, body[:500]
-    return body.decode()
+    return new_site(make_host("gunicorn"), tmp_path_factory, wheel_cache, "gunicorn", GUNICORN)
 
 
 def test_first_deploy_serves_the_page_through_nginx_proxy_pass(site):
@@ -83,7 +47,7 @@ def test_first_deploy_serves_the_page_through_nginx_proxy_pass(site):
 
 def test_the_socket_is_660_with_the_nginx_group_and_every_worker_runs_the_release(site):
     assert sh(site, f"stat -c '%F %a %U %G' {D}/shared/run/gunicorn.sock") == "socket 660 sample www-data"  # (the app user)
-    pid = master(site)
+    pid = master(site, "gunicorn")
     assert sh(site, f"cat /proc/{pid}/comm") == "gunicorn"
     assert workers(site, pid) == [f"{D}/releases/{site.releases[-1]}"] * 2
     # the gthread worker (threads = 2), the release's own config, the production settings
@@ -94,7 +58,7 @@ def test_the_socket_is_660_with_the_nginx_group_and_every_worker_runs_the_releas
 
 def test_deploy_and_rollback_under_load_drop_nothing_and_load_the_new_release(site):
     first = site.releases[-1]
-    old_master = master(site)
+    old_master = master(site, "gunicorn")
     sock_inode = sh(site, f"stat -c %i {D}/shared/run/gunicorn.sock")
     old_venv = sh(site, f"readlink {D}/shared/config/gunicorn-venv")
     switches: list[tuple[float, float, str]] = []  # (op started, op returned, release now expected)
@@ -108,7 +72,7 @@ def test_deploy_and_rollback_under_load_drop_nothing_and_load_the_new_release(si
         rel, out = deploy(site)
         switches.append((t0, time.monotonic(), rel))
         assert re.search(rf"restart\s+gunicorn reloaded \(master \d+, 2 workers on {rel}\)", out), out
-        new_master = master(site)
+        new_master = master(site, "gunicorn")
         new_venv = sh(site, f"readlink {D}/shared/config/gunicorn-venv")
         new_workers = workers(site, new_master)
         time.sleep(2)
@@ -132,7 +96,7 @@ def test_deploy_and_rollback_under_load_drop_nothing_and_load_the_new_release(si
     assert new_venv != old_venv and new_venv == f"{D}/venvs/" + sh(site, f"cat {D}/releases/{rel}/.fabdeploy/venv")
     assert new_workers == [f"{D}/releases/{rel}"] * 2
     # after the rollback: the first release and its virtualenv again, the old masters gone
-    pid = master(site)
+    pid = master(site, "gunicorn")
     assert workers(site, pid) == [f"{D}/releases/{first}"] * 2
     assert sh(site, f"readlink {D}/shared/config/gunicorn-venv") == old_venv
     assert sh(site, f"for p in {old_master} {new_master}; do [ -d /proc/$p ] && echo $p; done; true") == ""
@@ -160,7 +124,7 @@ def test_status_and_logs_are_sane(site):
 
 def test_stop_and_start_work_for_gunicorn_too(site):
     """fab stop / fab start come from the seam (AppServer.stop_lines: the server's stop signal, then wait)."""
-    old = master(site)
+    old = master(site, "gunicorn")
     res = fab(site, "stop")
     assert res.returncode == 0 and "gunicorn stopped" in res.stdout, res.stdout + res.stderr
     # (gone, or a zombie its parent has not reaped yet)
@@ -170,7 +134,7 @@ def test_stop_and_start_work_for_gunicorn_too(site):
     assert res.returncode == 0 and "gunicorn already stopped" in res.stdout, res.stdout + res.stderr
     res = fab(site, "start")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert master(site) != old and f"Release: {site.releases[0]}" in page(site)
+    assert master(site, "gunicorn") != old and f"Release: {site.releases[0]}" in page(site)
 
 
 def test_a_release_that_cannot_load_never_serves_and_is_reverted_under_load(site):
@@ -193,4 +157,4 @@ def test_a_release_that_cannot_load_never_serves_and_is_reverted_under_load(site
     failed = [s for s in load.samples if s.status is None or not 200 <= s.status < 300]
     assert len(load.samples) > 20 and failed == [], failed[:5]
     assert {s.release for s in load.samples} == {served}
-    assert workers(site, master(site)) == [f"{D}/releases/{served}"] * 2
+    assert workers(site, master(site, "gunicorn")) == [f"{D}/releases/{served}"] * 2

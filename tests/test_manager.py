@@ -2,10 +2,14 @@
 server's config, start, reload and stop lines follow it. Builders only; tests/test_supervisor_e2e.py runs them."""
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
 from fabdeploy import appserver, manager
 from fabdeploy.errors import ConfigError
+from fabdeploy.hosts.layout import Layout
 from fabdeploy.model import Facts
 from fabdeploy.steps import activate, control
 from test_phases import make_cfg, make_rel
@@ -126,14 +130,50 @@ def test_a_definition_never_replaces_a_file_fabdeploy_did_not_write():
 
 
 @pytest.mark.parametrize("mgr", ["supervisor", "systemd"])
-def test_the_detached_asgi_servers_run_without_a_manager_only_for_now(mgr):
-    with pytest.raises(ConfigError) as e:
-        make_cfg(app={"manager": mgr, "server": "uvicorn", "asgi": "shop.asgi:application"})
-    assert str(e.value) == (f'app.manager "{mgr}" cannot run uvicorn yet (app.server = "uvicorn" runs detached '
-                            'with its own pidfile): choose app.manager = "pidfile"')
-    # gunicorn with uvicorn's worker is gunicorn: every manager runs it
+def test_the_asgi_servers_run_under_supervisor_and_systemd_through_the_runner_script(mgr):
+    """Their definition runs fabdeploy's runner script (no sd_notify: a Type=exec unit); a reload is the
+    server's graceful signal through the manager when the master runs the live command line, else (and
+    always for daphne) the manager's restart; gunicorn with uvicorn's worker is gunicorn, as before."""
+    for server in ("uvicorn", "hypercorn", "daphne"):
+        cfg = make_cfg(app={"manager": mgr, "server": server, "asgi": "shop.asgi:application"})
+        app = appserver.of(cfg)
+        definition = manager.of(cfg).definition(cfg, app)
+        run = f"/bin/sh /srv/shop/shared/config/{server}-run.sh"
+        assert (f"command={run}" if mgr == "supervisor" else f"ExecStart={run}") in definition
+        if mgr == "systemd":
+            assert "Type=exec" in definition and "Type=notify" not in definition
+        t = text(app.reload_lines(cfg, "'/r'", "'/v'", "R"))
+        restart = "supervisorctl restart shop" if mgr == "supervisor" else "systemctl restart shop.service"
+        assert restart in t and "start_detached '/v'" not in t  # (never detached: the manager starts it)
+        signal = "supervisorctl signal HUP shop" if mgr == "supervisor" else "systemctl reload shop.service"
+        assert (signal in t) == (server != "daphne"), (server, mgr)
     cfg = make_cfg(app={"manager": mgr, "server": "gunicorn", "asgi": "shop.asgi:application"})
     assert "uvicorn_worker.UvicornWorker" in appserver.of(cfg).render_config(cfg, make_rel())
+    assert "Type=notify" in manager.of(cfg).definition(cfg, appserver.of(cfg)) or mgr == "supervisor"
+
+
+def test_the_runner_script_execs_the_live_command_line_with_its_pid_in_the_pidfile(tmp_path):
+    """Run for real with sh: the live config's `# run:` line with "$V" the resolved virtualenv link, from
+    shared/config, its pid (kept by exec: the manager's main pid) in the pidfile, output to the log."""
+    cfg = make_cfg(deploy_to=str(tmp_path), app={"manager": "supervisor", "server": "uvicorn",
+                                                 "asgi": "shop.asgi:application"})
+    app = appserver.of(cfg)
+    lay = Layout(str(tmp_path))
+    p = app.paths(lay)
+    for d in (lay.config, lay.run, lay.log, f"{tmp_path}/venvs/h/bin"):
+        os.makedirs(d, exist_ok=True)
+    server = tmp_path / "venvs/h/bin/uvicorn"
+    server.write_text('#!/bin/sh\necho "pid $$ cwd $(pwd) args $*"\n')
+    server.chmod(0o755)
+    os.symlink(f"{tmp_path}/venvs/h", app.venv_link(lay))
+    with open(p.config, "w") as f:
+        f.write('# run: "$V"/bin/uvicorn --uds \'/a b.sock\' --workers 2\n')
+    runner = tmp_path / "run.sh"
+    runner.write_text(app.runner_text(cfg))
+    proc = subprocess.run(["sh", str(runner)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    pid = open(p.pidfile).read().strip()
+    assert open(p.log).read() == f"pid {pid} cwd {lay.config} args --uds /a b.sock --workers 2\n"
 
 
 def test_fab_logs_reads_the_supervisor_programs_output_file_on_app_hosts_only():

@@ -16,14 +16,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from types import SimpleNamespace
-
 import pytest
 
-from conftest import make_project, release_of, run_fab, sample_config
+from conftest import sample_config
+from e2e_site import D, deploy, fab, master, new_site, page, sh, uwsgi_children, workers
 from test_load_e2e import Load
 
-D = "/srv/sample"
 SUPERVISOR = '[app]\nmanager = "supervisor"\n'
 EMPEROR = '[app]\nmanager = "emperor"\n'
 VASSAL = "/etc/uwsgi/vassals/sample.ini"
@@ -34,46 +32,16 @@ GUNICORN = '[app]\nserver = "gunicorn"\nmanager = "supervisor"\n[gunicorn]\nwork
 
 @pytest.fixture(scope="module")
 def uw(make_host, tmp_path_factory, wheel_cache):
-    host = make_host("sup-uwsgi")
-    proj = make_project(tmp_path_factory.mktemp("sup-uwsgi"))
-    proj.write_config(sample_config(host, keep=4))
-    return SimpleNamespace(host=host, proj=proj, cache=wheel_cache, releases=[])
+    return new_site(make_host("sup-uwsgi"), tmp_path_factory, wheel_cache, "sup-uwsgi")
 
 
 @pytest.fixture(scope="module")
 def gu(make_host, tmp_path_factory, wheel_cache):
-    host = make_host("sup-gunicorn")
-    proj = make_project(tmp_path_factory.mktemp("sup-gunicorn"))
-    proj.write_config(sample_config(host, keep=4, extra=GUNICORN))
-    return SimpleNamespace(host=host, proj=proj, cache=wheel_cache, releases=[])
-
-
-def fab(site, *args):
-    return run_fab(site.proj.root, *args, cache=site.cache)
-
-
-def deploy(site):
-    res = fab(site, "deploy")
-    assert res.returncode == 0, res.stdout + res.stderr
-    site.releases.append(release_of(res.stdout))
-    return site.releases[-1], res.stdout + res.stderr
-
-
-def sh(site, command: str) -> str:
-    return site.host.exec(command).stdout.strip()
-
-
-def master(site, name="uwsgi") -> int:
-    return int(site.host.path(f"{D}/shared/run/{name}.pid").read_text())
+    return new_site(make_host("sup-gunicorn"), tmp_path_factory, wheel_cache, "sup-gunicorn", GUNICORN)
 
 
 def parent_comm(site, pid: int) -> str:
     return sh(site, f"cat /proc/$(awk '/^PPid:/ {{print $2}}' /proc/{pid}/status)/cmdline | tr '\\0' ' '")
-
-
-def workers(site, pid: int) -> list[str]:
-    kids = sh(site, f"grep -l '^PPid:[[:space:]]*{pid}$' /proc/[0-9]*/status | cut -d/ -f3").split()
-    return [sh(site, f"readlink /proc/{k}/cwd") for k in kids]
 
 
 def masters(site, comm: str) -> list[str]:
@@ -83,12 +51,6 @@ def masters(site, comm: str) -> list[str]:
                     '[ "$(readlink /proc/$p/ns/net)" = "$ns" ] || continue; '
                     f"pp=$(awk '/^PPid:/ {{print $2}}' /proc/$p/status); "
                     f"grep -qx {comm} /proc/$pp/comm 2>/dev/null || echo $p; done").split()
-
-
-def page(site) -> str:
-    status, _, body = site.host.http("/", host_header=site.host.address)
-    assert status == 200, body[:500]
-    return body.decode()
 
 
 def ctl(site, *args: str) -> str:
@@ -185,11 +147,6 @@ def test_stop_and_start_go_through_supervisorctl(uw):
     assert res.returncode == 0 and re.search(r"^  manager   supervisor \(RUNNING\)$", res.stdout, re.M), res.stdout
 
 
-def uwsgi_children(site, pid: int) -> list[str]:
-    return sh(site, f"for c in $(grep -l '^PPid:[[:space:]]*{pid}$' /proc/[0-9]*/status | cut -d/ -f3); do "
-                    "grep -qsx uwsgi /proc/$c/comm && echo $c; done; true").split()
-
-
 def switch_under_load(site, extra: str, message: str, deploy_site=None) -> tuple[str, str, list]:
     """Deploy a manager switch by config under load (with this module's deploy, or the caller's
     deploy_site); (release, output, samples after the deploy returned)."""
@@ -227,7 +184,7 @@ def test_supervisor_to_emperor_under_load_one_master_run_by_the_emperor(uw):
     pid = master(uw)
     assert pid != old and "--emperor /etc/uwsgi/vassals" in parent_comm(uw, pid)
     [emp] = masters(uw, "uwsgi")  # the emperor is the only uwsgi without a uwsgi parent
-    assert uwsgi_children(uw, int(emp)) == [str(pid)]  # and it runs one master: this project's
+    assert uwsgi_children(uw, int(emp)) == [pid]  # and it runs one master: this project's
     assert f"Release: {rel}" in page(uw) and workers(uw, pid) == [f"{D}/releases/{rel}"] * 2
 
 

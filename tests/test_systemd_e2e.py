@@ -10,57 +10,21 @@ from __future__ import annotations
 
 import re
 import time
-from types import SimpleNamespace
-
 import pytest
 
-from conftest import make_project, release_of, run_fab, sample_config
+from e2e_site import D, deploy, fab, master, new_site, page, sh, workers
 from test_load_e2e import Load
 
-D = "/srv/sample"
 SYSTEMD = '[app]\nmanager = "systemd"\n'
 
 
 @pytest.fixture(scope="module")
 def site(make_host, tmp_path_factory, wheel_cache):
-    host = make_host("systemd", init="systemd")
-    proj = make_project(tmp_path_factory.mktemp("systemd"))
-    proj.write_config(sample_config(host, keep=4, extra=SYSTEMD))
-    return SimpleNamespace(host=host, proj=proj, cache=wheel_cache, releases=[])
-
-
-def fab(site, *args):
-    return run_fab(site.proj.root, *args, cache=site.cache)
-
-
-def deploy(site):
-    res = fab(site, "deploy")
-    assert res.returncode == 0, res.stdout + res.stderr
-    site.releases.append(release_of(res.stdout))
-    return site.releases[-1], res.stdout + res.stderr
-
-
-def sh(site, command: str) -> str:
-    return site.host.exec(command).stdout.strip()
-
-
-def master(site) -> int:
-    return int(site.host.path(f"{D}/shared/run/uwsgi.pid").read_text())
+    return new_site(make_host("systemd", init="systemd"), tmp_path_factory, wheel_cache, "systemd", SYSTEMD)
 
 
 def main_pid(site) -> int:
     return int(site.host.systemctl("show", "-p", "MainPID", "--value", "sample.service").stdout.strip())
-
-
-def workers(site, pid: int) -> list[str]:
-    kids = sh(site, f"grep -l '^PPid:[[:space:]]*{pid}$' /proc/[0-9]*/status | cut -d/ -f3").split()
-    return [sh(site, f"readlink /proc/{k}/cwd") for k in kids]
-
-
-def page(site) -> str:
-    status, _, body = site.host.http("/", host_header=site.host.address)
-    assert status == 200, body[:500]
-    return body.decode()
 
 
 def test_first_deploy_writes_verifies_enables_and_starts_the_unit(site):

@@ -8,13 +8,13 @@ pipeline's steps only talk to `of(cfg)`; adding one is a new module here and a l
 from __future__ import annotations
 
 from fabdeploy.appserver.base import AppServer
+from fabdeploy.appserver.control import present_lines
 from fabdeploy.appserver.daphne import Daphne
 from fabdeploy.appserver.gunicorn import Gunicorn
 from fabdeploy.appserver.hypercorn import Hypercorn
 from fabdeploy.appserver.uvicorn import Uvicorn
 from fabdeploy.appserver.uwsgi import UWSGI
 from fabdeploy.hosts.layout import Layout
-from fabdeploy.remote.shell import AS_APP, q
 
 SERVERS: dict[str, AppServer] = {
     "uwsgi": UWSGI(),
@@ -30,27 +30,13 @@ def of(cfg) -> AppServer:
     return SERVERS[cfg.app.server]
 
 
-# (sh -c script) the arguments that exist, each followed by a space
-LIST_PRESENT = 'for f; do [ ! -e "$f" ] || printf "%s " "$f"; done'
-
-
 def retire_lines(cfg) -> list[str]:
     """Lines that stop every other registered app server this deploy_to still runs (a host whose
     `[app] server` changed): its master and workers gone, its pidfile and socket removed, before the chosen
     one starts (behind load balancers they would share address:port). shared/run is the app user's: its
     files are looked at (once, one sudo for all) and removed as it ($ASAPP)."""
     lay = Layout(cfg.paths.deploy_to)
-    mine = of(cfg).paths(lay)
-    others = [s.paths(lay) for s in SERVERS.values() if s.paths(lay).pidfile != mine.pidfile]
-    files = " ".join(q(f) for p in others for f in (p.pidfile, p.socket))
-    lines = [*of(cfg).as_app_lines(cfg),
-             f'present=" $({AS_APP} sh -c {q(LIST_PRESENT)} sh {files}) "']
-    for server in SERVERS.values():
-        p = server.paths(lay)
-        if p.pidfile == mine.pidfile:
-            continue
-        lines += [f'case "$present" in *" "{q(p.pidfile)}" "* | *" "{q(p.socket)}" "*)',
-                  *["  " + ln for ln in server.stop_lines(cfg)],
-                  f"  {AS_APP} rm -f {q(p.pidfile)} {q(p.pidfile + '.2')} {q(p.socket)};;",
-                  "esac"]
-    return lines
+    mine = of(cfg).paths(lay).pidfile
+    others = [s for s in SERVERS.values() if s.paths(lay).pidfile != mine]
+    return [*of(cfg).as_app_lines(cfg), *present_lines(cfg, others),
+            *[ln for server in others for ln in server.stop_if_present_lines(cfg)]]

@@ -20,12 +20,14 @@ import re
 from fabdeploy import manager
 from fabdeploy.appserver.base import AppServer
 from fabdeploy.config import Config
+from fabdeploy.config.checks import _int
+from fabdeploy.config.schema import Key
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.hosts.roles import Server, balanced
 from fabdeploy.local.render import render
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import fail_expanded, note
-from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q
+from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q, write_file
 
 RUN_PREFIX = "# run: "
 
@@ -35,9 +37,18 @@ class AsgiServer(AppServer):
     interface = "asgi"
     graceful_signal = ""  # the master's signal that replaces every worker on the kept socket ("": none)
     single_process = False  # the master is its only worker (daphne)
-    managed = False  # (pidfile only, for now: under supervisor or systemd it would need the manager's pid)
+    notify = False  # (no sd_notify: under systemd a Type=exec unit; readiness is fabdeploy's own wait)
     # the user's [django] env in the module's ENV list (masked in --plan's diff; not the two fabdeploy sets)
     env_line = re.compile(r"""^(\s+['"])(?!DJANGO_SETTINGS_MODULE=|FABDEPLOY_)([A-Za-z_][A-Za-z0-9_]*)=(.*)$""")
+
+    def __init_subclass__(cls, **kwargs):
+        """A server named N (its `name`) is titled N, configured in [N], runs as processes named N, and
+        stages its config module as fabdeploy_N.py, unless the class says otherwise."""
+        super().__init_subclass__(**kwargs)
+        for attr in ("title", "section", "process"):
+            if not getattr(cls, attr):
+                setattr(cls, attr, cls.name)
+        cls.config_name = cls.config_name or f"fabdeploy_{cls.name}.py"
 
     @property
     def module(self) -> str:
@@ -97,18 +108,72 @@ class AsgiServer(AppServer):
 
     def reload_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
         """Start the server, or reload it (graceful_signal when the running master has the live command line,
-        else stop and start), then wait until every worker runs the release. Everything that touches the
+        else stop and start), then wait until every worker runs the release: detached with its own pidfile
+        (the pidfile manager: daemon_reload_lines), or through supervisor or systemd (managed_lines)."""
+        if manager.of(cfg).daemon:
+            return self.daemon_reload_lines(cfg, release_word, venv_word, label)
+        return self.managed_lines(cfg, release_word, venv_word, label)
+
+    def same_argv(self, venv_word: str) -> str:
+        """A shell condition: the running master ($pid) runs the live config's command line (argv_of)."""
+        return (f'[ -n "$pid" ] && [ "$(tr "\\000" "\\n" < "/proc/$pid/cmdline" | tail -n +2)" = '
+                f'"$(argv_of {venv_word})" ]')
+
+    def runner_path(self, cfg: Config) -> str:
+        """The script a process manager runs (shared/config/<server>-run.sh, runner_text)."""
+        return f"{Layout(cfg.paths.deploy_to).config}/{self.name}-run.sh"
+
+    def manager_argv(self, cfg: Config) -> list[str]:
+        return ["/bin/sh", q(self.runner_path(cfg))]
+
+    def runner_text(self, cfg: Config) -> str:
+        """What a process manager runs, as the app user: the live config's command line with "$V" the
+        virtualenv venv_link points at (resolved, so a reload can tell a new one), from shared/config, its
+        own pid (exec keeps it: the manager's main pid) in the pidfile, umask 117 (the socket 660), output
+        appended to the log unless the manager keeps it (systemd's journal)."""
+        lay = Layout(cfg.paths.deploy_to)
+        p = self.paths(lay)
+        return "\n".join([
+            f"# Managed by fabdeploy: runs {self.title} for {cfg.project.name} in the foreground ({manager.of(cfg).title}).",
+            "umask 117",
+            f"V=$(readlink -f {q(self.venv_link(lay))}) || exit 1",
+            f"cd {q(self.app_dir(cfg))} || exit 1",
+            f"echo $$ > {q(p.pidfile)} || exit 1",
+            *([] if manager.of(cfg).journal else [f"exec >> {q(p.log)} 2>&1"]),
+            f'eval "set -- $(sed -n {q("s/^" + RUN_PREFIX + "//p")} {q(p.config)} | tail -n 1)"',
+            'exec "$@"',
+        ])
+
+    def managed_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
+        """Under supervisor or systemd: the runner script written, the link to the release's virtualenv set,
+        then a start through the manager, or its reload (graceful_signal through the manager: the same master,
+        new workers on the release) when the running master has the live command line and the server has
+        one, else its restart (daphne; a new virtualenv or other options: a brief outage)."""
+        p = self.paths(Layout(cfg.paths.deploy_to))
+        graceful = self.same_argv(venv_word) if self.graceful_signal else "false"
+        return [
+            *write_file(self.runner_path(cfg), self.runner_text(cfg)),
+            *self.run_fns(cfg),
+            *self.managed_reload_lines(cfg, venv_word, graceful=graceful),
+            f"want=$(sed -n 's/^# workers: \\([0-9][0-9]*\\)$/\\1/p' {q(p.config)} | tail -n 1); want=${{want:-1}}",
+            *self.ready_lines(cfg, release_word, label),
+            *self.socket_mode_lines(cfg),
+            note(f"{self.name} $action (master $pid, $n workers on {label})"),
+        ]
+
+    def socket_mode_lines(self, cfg: Config) -> list[str]:
+        """(uvicorn makes its socket 666: the nginx group's 660, as for every app server)"""
+        sock = q(self.paths(Layout(cfg.paths.deploy_to)).socket)
+        return [] if balanced(cfg) else [f"! {AS_APP} test -S {sock} || {AS_APP} chmod 660 {sock}"]
+
+    def daemon_reload_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
+        """The pidfile manager: the server detached (start_detached), a reload its own signal. Everything that touches the
         running server (its pidfile, socket, log, workers' cwd, signals, the start) runs as the app user
         ($ASAPP); a master of another user (from before [app] user) is stopped and started again as it."""
         lay = Layout(cfg.paths.deploy_to)
         p = self.paths(lay)
-        timeout = self.reload_timeout(cfg)
-        # (the app hosts of a balanced fleet listen on address:port: no socket file to wait for)
-        unix = self.listen(cfg, None).startswith("/") and not balanced(cfg)
-        same = (f'[ -n "$pid" ] && [ "$(tr "\\000" "\\n" < "/proc/$pid/cmdline" | tail -n +2)" = '
-                f'"$(argv_of {venv_word})" ]')
         graceful = [
-            f"if {same}; then",
+            f"if {self.same_argv(venv_word)}; then",
             '  old=" $(workers "$pid" | tr "\\n" " ") "',
             f'  {AS_APP} kill -{self.graceful_signal} "$pid"',
             "  action=reloaded",
@@ -136,31 +201,21 @@ class AsgiServer(AppServer):
             f"  start_detached {venv_word}",
             "  action=${how:-started}",
             "fi",
-            "i=0; ready=; gone=0; n=0",
-            f"while [ $i -lt {timeout * 10} ]; do",
-            f"  pid=$(alive {q(p.pidfile)} {q(self.process)} || true)",
-            # a master that stays gone (the app failed to load) is a failure, not something to wait for
-            '  if [ -z "$pid" ]; then gone=$((gone + 1)); [ "$gone" -lt 50 ] || break; else',
-            "    n=0; stale=0",
-            '    for c in $(workers "$pid"); do',
-            "      n=$((n + 1))",
-            '      case "$old" in *" $c "*) stale=$((stale + 1));; esac',
-            f'      [ "$({AS_APP} readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
-            "    done",
-            f'    if [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ]{f" && {AS_APP} test -S {q(p.socket)}" if unix else ""}; then '
-            "ready=1; break; fi",
-            "  fi",
-            "  i=$((i + 1)); sleep 0.1",
-            "done",
-            'if [ -z "$ready" ]; then',
-            f'  echo "last lines of {p.log}:" >&2',
-            f"  {AS_APP} tail -n 20 {q(p.log)} >&2 || true",
-            "  " + fail_expanded(f"{self.title} did not come up serving {label} within {timeout}s"),
-            "fi",
-            # (uvicorn makes its socket 666: the nginx group's 660, as for every app server)
-            f"! {AS_APP} test -S {q(p.socket)} || {AS_APP} chmod 660 {q(p.socket)}" if unix else "true",
+            *self.ready_lines(cfg, release_word, label),
+            *self.socket_mode_lines(cfg),
             note(f"{self.name} $action (master $pid, $n workers on {label})"),
         ]
+
+
+def pool_keys(min_workers: int = 1) -> dict[str, Key]:
+    """The keys of a server with a master and a pool of workers (uvicorn, hypercorn): how many workers, how
+    long a stopping worker may finish its requests, keep-alive, recycling after max_requests (0: never) and
+    the socket's backlog."""
+    return {"workers": Key(4, _int(min_workers, 1024)),
+            "graceful_timeout": Key(30, _int(1, 3600)),
+            "keepalive": Key(5, _int(1, 3600)),
+            "max_requests": Key(0, _int(0, 10_000_000)),
+            "backlog": Key(1024, _int(16, 65535))}
 
 
 def tcp_parts(listen: str) -> tuple[str, str]:

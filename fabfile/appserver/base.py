@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from fabdeploy.appserver.control import Control
 from fabdeploy.config import Config
 from fabdeploy.config.checks import _int, _options, _str
 from fabdeploy.config.schema import Key
@@ -48,7 +49,7 @@ class AppPaths:
     config: str  # the live config (the release's own copy installed at the switch)
 
 
-class AppServer:
+class AppServer(Control):
     """One app server. Subclasses set the class attributes and implement the methods that raise.
 
     The app user ([app] user, app_user()): the server runs as it, so a subclass's reload_lines starts with
@@ -68,7 +69,8 @@ class AppServer:
     config_name = ""  # its config file, staged in <release>/.fabdeploy/ and installed under shared/config
     system_packages: tuple[str, ...] = ()  # Debian packages it needs on the host (beyond python3-venv)
     probe_client_py = ""  # Python defining app_get(addr, port, host, path) -> (status, headers), if not HTTP
-    managed = True  # a process manager (supervisor, systemd) can run it in the foreground (foreground_argv)
+    managed = True  # a process manager (supervisor, systemd) can run it in the foreground (manager_argv)
+    notify = True  # it tells systemd when it is ready (sd_notify: a Type=notify unit)
     env_line = None  # a compiled pattern: (text before the value, name, value) of an env line in its config
     interface = "wsgi"  # what it runs: "wsgi" (project.wsgi), "asgi" (app.asgi, required), "both" (asgi when set)
 
@@ -138,6 +140,10 @@ class AppServer:
         """The shell words that run it in the foreground on its live config, through venv_link (what a
         process manager runs)."""
         raise NotImplementedError
+
+    def manager_argv(self, cfg: Config) -> list[str]:
+        """What a process manager runs (its definition's command): foreground_argv by default."""
+        return self.foreground_argv(cfg)
 
     def daemon_start_lines(self, cfg: Config, venv_word: str) -> list[str]:
         """Start it as a daemon that writes its pidfile (no process manager)."""
@@ -243,3 +249,4 @@ class AppServer:
             '  action=stopped; ' + note(f"{self.name} stopped (master $pid and $n workers gone$how)"),
             "fi",
         ]
+

@@ -19,11 +19,7 @@ from fabdeploy.remote.shell import q
 
 
 class Daphne(AsgiServer):
-    name = "daphne"
-    title = "daphne"
-    section = "daphne"
-    process = "daphne"
-    config_name = "fabdeploy_daphne.py"
+    name = "daphne"  # (title, section, process and config module named after it: AsgiServer)
     single_process = True
 
     keys = {  # [daphne]

@@ -117,50 +117,11 @@ class Gunicorn(AppServer):
         """Under a process manager: start it, or HUP the master, which reads its config again (chdir: the new
         release) and replaces every worker; the workers load the app (no preload under a manager) from the
         new release, and its virtualenv through venv_link (the master's sys.prefix is the link)."""
-        lay = Layout(cfg.paths.deploy_to)
-        p = self.paths(lay)
-        mgr = manager.of(cfg)
-        timeout = cfg.gunicorn.reload_timeout
-        unix = self.listen(cfg, None).startswith("/")
+        p = self.paths(Layout(cfg.paths.deploy_to))
         return [
-            *self.as_app_lines(cfg),
-            ALIVE_FN,
-            CHILDREN_FN,
-            *self.link_lines(cfg, venv_word),
-            *manager.switch_lines(cfg, self),
-            *mgr.install_lines(cfg, self),
+            *self.managed_reload_lines(cfg, venv_word),
             f"want=$(sed -n 's/^workers = \\([0-9][0-9]*\\)$/\\1/p' {q(p.config)} | tail -n 1); want=${{want:-1}}",
-            f"pid=$(alive {q(p.pidfile)} gunicorn || true)",
-            'old=" "',
-            'if [ -n "$pid" ] && [ -z "$defined" ]; then',
-            '  old=" $(children "$pid" | tr "\\n" " ") "',
-            *["  " + ln for ln in mgr.reload_lines(cfg, self)],
-            "  action=reloaded",
-            "else",
-            *["  " + ln for ln in mgr.start_lines(cfg, self, venv_word)],
-            "  action=started",
-            "fi",
-            "i=0; ready=; gone=0",
-            f"while [ $i -lt {timeout * 10} ]; do",
-            f"  pid=$(alive {q(p.pidfile)} gunicorn || true)",
-            '  if [ -z "$pid" ]; then gone=$((gone + 1)); [ "$gone" -lt 50 ] || break; fi',
-            '  if [ -n "$pid" ]; then',
-            "    n=0; stale=0",
-            '    for c in $(children "$pid"); do',
-            "      n=$((n + 1))",
-            '      case "$old" in *" $c "*) stale=$((stale + 1));; esac',
-            f'      [ "$({AS_APP} readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
-            "    done",
-            f'    if [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ]{f" && {AS_APP} test -S {q(p.socket)}" if unix else ""}; then '
-            "ready=1; break; fi",
-            "  fi",
-            "  i=$((i + 1)); sleep 0.1",
-            "done",
-            'if [ -z "$ready" ]; then',
-            f'  echo "last lines of {p.log}:" >&2',
-            f"  {AS_APP} tail -n 20 {q(p.log)} >&2 || true",
-            "  " + fail_expanded(f"gunicorn did not come up serving {label} within {timeout}s"),
-            "fi",
+            *self.ready_lines(cfg, release_word, label),
             note(f"gunicorn $action (master $pid, $n workers on {label})"),
         ]
 
@@ -174,57 +135,37 @@ class Gunicorn(AppServer):
         lay = Layout(cfg.paths.deploy_to)
         p = self.paths(lay)
         new_pid = q(p.pidfile + ".2")  # the upgraded master's pidfile until the old one is gone
-        timeout = cfg.gunicorn.reload_timeout
-        steps = timeout * 10
         stop_steps = (cfg.gunicorn.graceful_timeout + 10) * 10
-        unix = self.listen(cfg, None).startswith("/")
         return [
             *self.as_app_lines(cfg),
             ALIVE_FN,
             CHILDREN_FN,
             *self.link_lines(cfg, venv_word),
             *manager.switch_lines(cfg, self),
-            f"old=$(alive {q(p.pidfile)} gunicorn || true)",
-            *self.foreign_lines(cfg, "old"),
+            f"oldm=$(alive {q(p.pidfile)} gunicorn || true)",
+            *self.foreign_lines(cfg, "oldm"),
             f"want=$(sed -n 's/^workers = \\([0-9][0-9]*\\)$/\\1/p' {q(p.config)} | tail -n 1); want=${{want:-1}}",
-            'if [ -n "$old" ]; then',
-            f'  {AS_APP} kill -USR2 "$old"',
+            'old=" "',  # (no worker of the new master is one being replaced)
+            'if [ -n "$oldm" ]; then',
+            f'  {AS_APP} kill -USR2 "$oldm"',
             "  action=reloaded",
             "else",
             *["  " + ln for ln in self.daemon_start_lines(cfg, venv_word)],
             "  action=started",
             "fi",
-            "i=0; ready=",
-            f"while [ $i -lt {steps} ]; do",
             # the new master: the upgraded one (pidfile.2, or pidfile once promoted), or the one just started
-            f'  pid=$(alive {new_pid} gunicorn || alive {q(p.pidfile)} gunicorn || true)',
-            '  [ "$pid" != "$old" ] || pid=',
-            '  if [ -n "$pid" ]; then',
-            "    n=0; stale=0",
-            '    for c in $(children "$pid"); do',
-            "      n=$((n + 1))",
-            f'      [ "$({AS_APP} readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
-            "    done",
-            f'    if [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ]{f" && {AS_APP} test -S {q(p.socket)}" if unix else ""}; then '
-            "ready=1; break; fi",
-            "  fi",
-            "  i=$((i + 1)); sleep 0.1",
-            "done",
-            'if [ -z "$ready" ]; then',
-            f'  echo "last lines of {p.log}:" >&2',
-            f"  {AS_APP} tail -n 20 {q(p.log)} >&2 || true",
-            "  " + fail_expanded(f"gunicorn did not come up serving {label} within {timeout}s"
-                                 "${old:+ (the old master $old still serves)}"),
-            "fi",
+            *self.ready_lines(cfg, release_word, label, gone_limit=None, hint="${oldm:+ (the old master $oldm still serves)}",
+                              pid=[f'pid=$(alive {new_pid} gunicorn || alive {q(p.pidfile)} gunicorn || true)',
+                                   '[ "$pid" != "$oldm" ] || pid=']),
             # the old master: stop it gracefully (its workers finish their requests), and wait until it is
             # gone and the new one has taken over the pidfile
-            'if [ -n "$old" ]; then',
-            f'  {AS_APP} kill -TERM "$old" 2>/dev/null || true',
+            'if [ -n "$oldm" ]; then',
+            f'  {AS_APP} kill -TERM "$oldm" 2>/dev/null || true',
             "  i=0",
-            f'  while {{ [ -d "/proc/$old" ] || [ "$(alive {q(p.pidfile)} gunicorn)" != "$pid" ]; }} '
+            f'  while {{ [ -d "/proc/$oldm" ] || [ "$(alive {q(p.pidfile)} gunicorn)" != "$pid" ]; }} '
             f"&& [ $i -lt {stop_steps} ]; do i=$((i + 1)); sleep 0.1; done",
-            '  if [ -d "/proc/$old" ]; then '
-            + fail_expanded(f"the old gunicorn master $old did not stop within {cfg.gunicorn.graceful_timeout + 10}s")
+            '  if [ -d "/proc/$oldm" ]; then '
+            + fail_expanded(f"the old gunicorn master $oldm did not stop within {cfg.gunicorn.graceful_timeout + 10}s")
             + "; fi",
             "fi",
             note(f"gunicorn $action (master $pid, $n workers on {label})"),

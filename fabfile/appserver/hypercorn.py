@@ -10,7 +10,7 @@ fails and the deploy reverts.
 """
 from __future__ import annotations
 
-from fabdeploy.appserver.asgi import AsgiServer, option_words
+from fabdeploy.appserver.asgi import AsgiServer, option_words, pool_keys
 from fabdeploy.appserver.base import common_keys
 from fabdeploy.config import Config
 from fabdeploy.config.checks import _int
@@ -20,20 +20,12 @@ from fabdeploy.remote.shell import q
 
 
 class Hypercorn(AsgiServer):
-    name = "hypercorn"
-    title = "hypercorn"
-    section = "hypercorn"
-    process = "hypercorn"
-    config_name = "fabdeploy_hypercorn.py"
+    name = "hypercorn"  # (title, section, process and config module named after it: AsgiServer)
     graceful_signal = "HUP"
 
     keys = {  # [hypercorn]
-        "workers": Key(4, _int(1, 1024)),
-        "graceful_timeout": Key(30, _int(1, 3600)),
-        "keepalive": Key(5, _int(1, 3600)),  # --keep-alive
+        **pool_keys(),  # (keepalive: --keep-alive)
         "read_timeout": Key(0, _int(0, 86400)),  # 0: none
-        "max_requests": Key(0, _int(0, 10_000_000)),  # 0: none
-        "backlog": Key(1024, _int(16, 65535)),
         **common_keys("hypercorn"),
     }
 

@@ -10,7 +10,7 @@ without a master and SIGHUP would end it.
 """
 from __future__ import annotations
 
-from fabdeploy.appserver.asgi import AsgiServer, option_words, tcp_parts
+from fabdeploy.appserver.asgi import AsgiServer, option_words, pool_keys, tcp_parts
 from fabdeploy.appserver.base import common_keys
 from fabdeploy.config import Config
 from fabdeploy.config.checks import _int
@@ -20,20 +20,14 @@ from fabdeploy.remote.shell import q
 
 
 class Uvicorn(AsgiServer):
-    name = "uvicorn"
-    title = "uvicorn"
-    section = "uvicorn"
-    process = "uvicorn"
-    config_name = "fabdeploy_uvicorn.py"
+    name = "uvicorn"  # (title, section, process and config module named after it: AsgiServer)
     graceful_signal = "HUP"
 
     keys = {  # [uvicorn]
-        "workers": Key(4, _int(2, 1024)),
-        "graceful_timeout": Key(30, _int(1, 3600)),  # --timeout-graceful-shutdown
-        "keepalive": Key(5, _int(1, 3600)),  # --timeout-keep-alive
+        # (at least two workers; graceful_timeout: --timeout-graceful-shutdown, keepalive: --timeout-keep-alive,
+        # max_requests: --limit-max-requests)
+        **pool_keys(min_workers=2),
         "worker_healthcheck": Key(30, _int(1, 3600)),  # --timeout-worker-healthcheck: a new worker's boot
-        "max_requests": Key(0, _int(0, 10_000_000)),  # --limit-max-requests (0: none)
-        "backlog": Key(1024, _int(16, 65535)),
         **common_keys("uvicorn"),
     }
 

@@ -14,7 +14,7 @@ from fabdeploy.hosts.roles import Server, balanced
 from fabdeploy.local.render import render
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import note
-from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q
+from fabdeploy.remote.shell import AS_APP, q
 
 
 class UWSGI(AppServer):
@@ -95,60 +95,20 @@ def app_get(addr, port, host, path):
 
         release_word/venv_word are shell words (quoted paths, or "$R" in a rollback that picks on the host).
         """
-        lay = Layout(cfg.paths.deploy_to)
-        p = self.paths(lay)
-        mgr = manager.of(cfg)
-        steps = cfg.uwsgi.reload_timeout * 10
+        p = self.paths(Layout(cfg.paths.deploy_to))
         return [
-            *self.as_app_lines(cfg),
-            ALIVE_FN,
-            CHILDREN_FN,
-            *self.link_lines(cfg, venv_word),
-            *manager.switch_lines(cfg, self),
-            *mgr.install_lines(cfg, self),
-            f"pid=$(alive {q(p.pidfile)} uwsgi || true)",
-            *(self.foreign_lines(cfg) if mgr.daemon else []),
-            'old=" "',
-            # ($defined: the manager has just (re)started it with a new definition: nothing to reload)
-            'if [ -n "$pid" ] && [ -z "$defined" ]; then',
-            # a graceful reload replaces every worker: the ones running now never count as ready (a reload onto
-            # the release they already run would otherwise be "done" before it began)
-            '  old=" $(children "$pid" | tr "\\n" " ") "',
-            *["  " + ln for ln in mgr.reload_lines(cfg, self)],
-            "  action=reloaded",
-            "else",
-            *["  " + ln for ln in mgr.start_lines(cfg, self, venv_word)],
-            "  action=started",
-            "fi",
+            *self.managed_reload_lines(cfg, venv_word),
             # ready means every worker the ini asks for is up (processes, or the cheaper subsystem's start count)
             *expected_workers_lines(p.config),
-            "i=0; ready=; gone=0",
-            f"while [ $i -lt {steps} ]; do",
-            f"  pid=$(alive {q(p.pidfile)} uwsgi || true)",
-            # a master that stays gone (need-app: the app failed to load) is a failure, not something to wait for
-            '  if [ -z "$pid" ]; then gone=$((gone + 1)); [ "$gone" -lt 30 ] || break; fi',
-            '  if [ -n "$pid" ]; then',
-            "    n=0; stale=0",
-            '    for c in $(children "$pid"); do',
-            "      n=$((n + 1))",
-            '      case "$old" in *" $c "*) stale=$((stale + 1));; esac',
-            f'      [ "$({AS_APP} readlink "/proc/$c/cwd" 2>/dev/null)" = {release_word} ] || stale=$((stale + 1))',
-            "    done",
-            # a unix socket must exist (uWSGI creates it after the workers); a TCP socket is bound by the master
-            f'    if [ "$n" -gt 0 ] && [ "$n" -ge "$want" ] && [ "$stale" -eq 0 ] && {{ {AS_APP} test -S {q(p.socket)} || '
-            f'! grep -q "^socket = /" {q(p.config)}; }}; then ready=1; break; fi',
-            "  fi",
-            "  i=$((i + 1)); sleep 0.1",
-            "done",
-            'if [ -z "$ready" ]; then',
-            f'  echo "uWSGI did not come up serving {label} within {cfg.uwsgi.reload_timeout}s; '
-            f'last lines of {p.log}:" >&2',
-            f"  {AS_APP} tail -n 20 {q(p.log)} >&2 || true",
-            "  exit 1",
-            "fi",
+            *self.ready_lines(cfg, release_word, label),
             note(f"uwsgi $action (master $pid, $n workers on {label})"),
         ]
 
+    def socket_ready(self, cfg: Config) -> str:
+        """Its unix socket exists (uWSGI creates it after the workers), unless the live ini binds address:port
+        (the master binds a TCP socket itself)."""
+        p = self.paths(Layout(cfg.paths.deploy_to))
+        return f'{{ {AS_APP} test -S {q(p.socket)} || ! grep -q "^socket = /" {q(p.config)}; }}'
 
     def stop_command(self, cfg: Config) -> list[str]:
         """`uwsgi --stop <pidfile>` by the master's own binary (SIGINT when that is gone)."""

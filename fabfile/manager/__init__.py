@@ -30,14 +30,15 @@ def switch_lines(cfg, app) -> list[str]:
     two managers never fight over the socket. (shared/run is the app user's: its pidfiles and sockets are
     looked at as it, $ASAPP.)"""
     from fabdeploy.appserver import SERVERS
+    from fabdeploy.appserver.control import present_lines
     from fabdeploy.hosts.layout import Layout
     from fabdeploy.remote.markers import note
-    from fabdeploy.remote.shell import ALIVE_FN, AS_APP, q
+    from fabdeploy.remote.shell import ALIVE_FN, q
     lay = Layout(cfg.paths.deploy_to)
     record = q(lay.config + "/manager")
     new = of(cfg)
-    running = " || ".join(f"alive {q(s.paths(lay).pidfile)} {q(s.process)} >/dev/null"
-                          for s in dict.fromkeys(SERVERS.values()))
+    servers = list(dict.fromkeys(SERVERS.values()))
+    running = " || ".join(f"alive {q(s.paths(lay).pidfile)} {q(s.process)} >/dev/null" for s in servers)
     lines = [*app.as_app_lines(cfg), ALIVE_FN,
              f"was=$(cat {record} 2>/dev/null || true)",
              # nothing recorded: a master running now was started without a manager; none running: a first start
@@ -45,18 +46,15 @@ def switch_lines(cfg, app) -> list[str]:
              f"  if {running}; then was=pidfile; else was={q(new.name)}; echo {q(new.name)} > {record}; fi",
              "fi",
              f'if [ "$was" != {q(new.name)} ]; then',
+             *["  " + ln for ln in present_lines(cfg, servers)],
              '  case "$was" in']
     for name, old in MANAGERS.items():
         if name == new.name:
             continue
         lines.append(f"  {q(name)})")
-        for server in SERVERS.values():
-            if old.refuse(server):  # (one that refuses this app server never ran it)
-                continue
-            p = server.paths(lay)
-            lines += [f"    if {AS_APP} test -e {q(p.pidfile)} || {AS_APP} test -e {q(p.socket)}; then",
-                      *["      " + ln for ln in server.stop_lines(cfg, old)],
-                      "    fi"]
+        for server in servers:
+            if not old.refuse(server):  # (one that refuses this app server never ran it)
+                lines += ["    " + ln for ln in server.stop_if_present_lines(cfg, old)]
         lines += [*["    " + ln for ln in old.remove_lines(cfg, app)], "    ;;"]
     lines += ["  esac",
               f"  echo {q(new.name)} > {record}",

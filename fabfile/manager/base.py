@@ -84,6 +84,11 @@ class Manager:
         """Ask the running master ($pid) to reload gracefully (the app server's reload signal)."""
         raise NotImplementedError
 
+    def restart_lines(self, cfg: Config, app) -> list[str]:
+        """Stop the running master and start it again (an app server without a graceful reload, or whose
+        command line changed)."""
+        raise NotImplementedError
+
     def stop_lines(self, cfg: Config, app) -> list[str]:
         """Ask the running master ($pid) to stop, for good (the manager must not start it again)."""
         raise NotImplementedError

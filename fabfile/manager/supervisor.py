@@ -38,7 +38,7 @@ class Supervisor(Manager):
         return "\n".join([
             f"; Managed by fabdeploy for {cfg.project.name} ({app.title}); rewritten by every deploy.",
             f"[program:{self.program(cfg)}]",
-            "command=" + " ".join(app.foreground_argv(cfg)),
+            "command=" + " ".join(app.manager_argv(cfg)),
             f"directory={lay.deploy_to}",
             f"user={app_user(cfg)}",  # the app user ([app] user), never the deploy user's sudo
             "umask=027",
@@ -91,6 +91,10 @@ class Supervisor(Manager):
     def reload_lines(self, cfg: Config, app) -> list[str]:
         return [f"{CTL} signal {app.reload_signal} {q(self.program(cfg))} >/dev/null"]
 
+    def restart_lines(self, cfg: Config, app) -> list[str]:
+        name = q(self.program(cfg))
+        return [f'out=$({CTL} restart {name} 2>&1) || {fail_expanded("supervisorctl restart failed: $out")}']
+
     def stop_lines(self, cfg: Config, app) -> list[str]:
         return [f"{CTL} stop {q(self.program(cfg))} >/dev/null 2>&1 || true"]
 
@@ -111,7 +115,8 @@ class Supervisor(Manager):
         from fabdeploy import appserver
         name = self.program(cfg)
         return [*super().root_lines(cfg), *START, *[root.root("supervisorctl", *a) for a in (
-            ("status", name), ("start", name), ("signal", appserver.of(cfg).reload_signal, name))]]
+            ("status", name), ("start", name), ("restart", name),
+            ("signal", appserver.of(cfg).reload_signal, name))]]
 
     def switch_root_lines(self, cfg: Config) -> list[str]:
         name = self.program(cfg)

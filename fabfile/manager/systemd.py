@@ -40,11 +40,10 @@ class Systemd(Manager):
             "After=network.target",
             "",
             "[Service]",
-            "Type=notify",
-            "NotifyAccess=all",
+            *(["Type=notify", "NotifyAccess=all"] if app.notify else ["Type=exec"]),
             f"User={app_user(cfg)}",
             f"WorkingDirectory={lay.deploy_to}",
-            "ExecStart=" + " ".join(app.foreground_argv(cfg)),
+            "ExecStart=" + " ".join(app.manager_argv(cfg)),
             f"ExecReload=/bin/kill -{app.reload_signal} $MAINPID",
             f"KillSignal=SIG{app.stop_signal}",
             "KillMode=mixed",
@@ -83,6 +82,10 @@ class Systemd(Manager):
 
     def reload_lines(self, cfg: Config, app) -> list[str]:
         return [f"{CTL} reload {q(self.unit(cfg))}"]
+
+    def restart_lines(self, cfg: Config, app) -> list[str]:
+        unit = q(self.unit(cfg))
+        return [f"{CTL} restart {unit} || {fail_expanded(f'systemctl restart {self.unit(cfg)} failed')}"]
 
     def stop_lines(self, cfg: Config, app) -> list[str]:
         return [f"{CTL} stop {q(self.unit(cfg))} 2>/dev/null || true"]

@@ -11,11 +11,10 @@ side whose channel broke reads it with `settle`).
 """
 from __future__ import annotations
 
-import base64
-import gzip
 import shlex
 
 from fabdeploy.remote.markers import fact, fail_expanded, line
+from fabdeploy.remote.shell import pack
 
 ERR_VAR = "FABDEPLOY_DETACHED_ERR"  # the detached script's stderr file (its last `error` marker says why)
 SUFFIXES = (".out", ".err", ".status", ".pid", ".sh")
@@ -54,8 +53,7 @@ def command(prefix: str, script_text: str) -> str:
     """The channel's command: the wrapper, the script as its argument, packed. (SSH hands the whole command
     to the remote shell as one argument, which Linux limits to 128 KiB, MAX_ARG_STRLEN: a publish script
     with every manager's and app server's switch lines comes close; packed it is about a seventh.)"""
-    packed = base64.b64encode(gzip.compress(script_text.encode(), 9)).decode()
-    return "sh -c " + shlex.quote(wrapper(prefix)) + " fabdeploy " + packed
+    return "sh -c " + shlex.quote(wrapper(prefix)) + " fabdeploy " + pack(script_text)
 
 
 STATUS_FACT = "detached_status"

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from fabdeploy.errors import FabdeployError
 from fabdeploy.remote import markers
-from fabdeploy.remote.shell import q
+from fabdeploy.remote.shell import ARG_MAX_BYTES, q, sh_command
 
 MASK = "********"
 
@@ -61,10 +62,18 @@ class Script:
         return "\n".join(out) + "\n"
 
     def command(self) -> str:
+        """The one command the SSH channel runs (sshd hands it to the user's shell as one argument): `sh -c`
+        with the text, packed when it is large (remote/shell.py sh_command), or the detached wrapper. One
+        that is still over Linux's 128 KiB limit of an argument is refused with one line, before it is sent."""
         if self.detach:
             from . import detach
-            return detach.command(self.detach, self.text())
-        return "sh -c " + q(self.text())
+            command = detach.command(self.detach, self.text())
+        else:
+            command = sh_command(self.text())
+        if len(command.encode()) > ARG_MAX_BYTES:
+            raise FabdeployError(f"the remote script of {', '.join(self.names)} is {len(command.encode())} bytes "
+                                 f"even packed: over the {ARG_MAX_BYTES + 1} bytes Linux allows one argument")
+        return command
 
     def display(self) -> str:
         return mask(self.text(), self.secrets)

@@ -1,6 +1,8 @@
 """The shell toolkit shared by every step: quoting, atomic file writes, process helpers."""
 from __future__ import annotations
 
+import base64
+import gzip
 import secrets as _secrets
 import shlex
 
@@ -10,6 +12,32 @@ import shlex
 def q(value) -> str:
     """Shell-quote one value."""
     return shlex.quote(str(value))
+
+
+# SSH hands the whole command to the remote user's shell as one argument (`$SHELL -c <command>`), which Linux
+# limits to 128 KiB (MAX_ARG_STRLEN, with its NUL): a script over PACK_OVER travels packed, about a seventh.
+ARG_MAX_BYTES = 128 * 1024 - 1
+PACK_OVER = 64 * 1024
+UNPACK_EVAL = 'eval "$(printf %s "$0" | base64 -d | gzip -dc)"'  # ($0: the packed script, as below)
+
+
+def pack(text: str) -> str:
+    """text gzipped (level 9) and base64-encoded on one line: a shell word that needs no quoting, unpacked on
+    the host with `base64 -d | gzip -dc`."""
+    return base64.b64encode(gzip.compress(text.encode(), 9)).decode()
+
+
+def packed_command(text: str, shell: str = "sh -c") -> str:
+    """A command that runs the script `text` packed: `sh -c 'eval "$(unpack "$0")"' <packed>` (one shell,
+    the script evaluated in it; no temporary file)."""
+    return f"{shell} {q(UNPACK_EVAL)} {pack(text)}"
+
+
+def sh_command(text: str, shell: str = "sh -c") -> str:
+    """`sh -c <text>`, packed (packed_command) when text is over PACK_OVER bytes."""
+    if len(text.encode()) > PACK_OVER:
+        return packed_command(text, shell)
+    return f"{shell} {q(text)}"
 
 
 
