@@ -17,7 +17,7 @@ from fabdeploy.provision import manager_service, redis, sudoers
 from fabdeploy.remote.markers import as_markers, fact, fail, prefix
 from fabdeploy.remote.runner import run_script
 from fabdeploy.remote.script import Phase, Script
-from fabdeploy.remote.shell import q
+from fabdeploy.remote.shell import q, sh_command
 
 OSR = "osr"
 
@@ -27,7 +27,7 @@ class RootScript(Script):
     as_root: bool = False
 
     def command(self) -> str:
-        return super().command() if self.as_root else "sudo -n sh -c " + q(self.text())
+        return super().command() if self.as_root else sh_command(self.text(), "sudo -n sh -c")
 
 
 def detect_script() -> Script:
