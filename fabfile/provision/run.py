@@ -17,7 +17,7 @@ from fabdeploy.provision import manager_service, redis, sudoers
 from fabdeploy.remote.markers import as_markers, fact, fail, prefix
 from fabdeploy.remote.runner import run_script
 from fabdeploy.remote.script import Phase, Script
-from fabdeploy.remote.shell import q, sh_command
+from fabdeploy.remote.shell import sh_command
 
 OSR = "osr"
 
