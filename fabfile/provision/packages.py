@@ -9,6 +9,8 @@ the administrator enables; provision never adds a repository).
     web server      nginx                         nginx
     [app] manager   supervisor | cron (pidfile)   supervisor | cronie (pidfile); systemd and emperor: nothing
     firewall        nftables (app hosts behind balancers, balancer.firewall not "off")
+    [tls] acme      certbot (on the hosts that terminate TLS: lb hosts of a fleet, else the app hosts;
+                    EPEL carries it on RHEL)
 """
 from __future__ import annotations
 
@@ -56,6 +58,8 @@ def plan(cfg: Config, system: System, role: str = "app") -> list[str]:
             out.append("cron" if system.family == "apt" else "cronie")
     if firewall_used(cfg, role):
         out.append("nftables")
+    if cfg.tls.mode == "acme" and (role == "lb" or not balanced(cfg)):
+        out.append("certbot")
     return list(dict.fromkeys(out))
 
 
