@@ -113,6 +113,18 @@ def test_renewal_is_a_systemd_timer_where_systemd_runs_else_a_cron_entry():
     assert "/etc/fabdeploy/tls/shop/check-chain.pem" in hook  # (the health check's and fab status' copy)
 
 
+def test_the_status_program_reads_the_expiry_of_a_real_certificate(tmp_path):
+    from fabdeploy.ops.cert_expiry import CERT_PY
+    from tlscerts import make_certs
+    chain = make_certs(tmp_path, [NAME]).chain  # (30 days)
+    scope = {}
+    exec(CERT_PY, scope)
+    got = scope["cert_expiry"](str(chain))
+    assert got["path"] == str(chain) and got["days_left"] in (29, 30) and len(got["not_after"]) == 10
+    assert scope["cert_expiry"]("") == {}
+    assert scope["cert_expiry"](str(tmp_path / "missing.pem"))["error"] == "no readable certificate"
+
+
 def test_status_shows_the_expiry_and_warns_under_14_days():
     assert status_line({}) == []
     ok = status_line({"tls": {"path": "/x", "not_after": "2027-01-01", "days_left": 30}})
@@ -120,3 +132,17 @@ def test_status_shows_the_expiry_and_warns_under_14_days():
     soon = status_line({"tls": {"path": "/x", "not_after": "2026-12-01", "days_left": 5}})[0]
     assert soon.endswith("(5 days left)  EXPIRES in under 14 days: renew it")
     assert "no readable certificate" in status_line({"tls": {"path": "/x", "error": "no readable certificate"}})[0]
+
+
+def test_status_reads_the_chain_of_every_tls_mode_on_the_hosts_that_serve_https(tmp_path):
+    from fabdeploy.hosts.target import Target
+    from fabdeploy.ops.cert_expiry import cert_param
+    from tlscerts import make_certs
+    c = make_certs(tmp_path, [NAME])
+    files = make_cfg(nginx={"server_name": NAME}, tls={"mode": "files", "certificate": str(c.chain), "key": str(c.key)})
+    assert cert_param(files, Target.named(files, "web1").server) == "/etc/fabdeploy/tls/shop/fullchain.pem"
+    assert cert_param(acme_cfg(), Target.named(acme_cfg(), "web1").server) == "/etc/fabdeploy/tls/shop/check-chain.pem"
+    assert cert_param(make_cfg(), Target.named(make_cfg(), "web1").server) == ""
+    fleet = lb_cfg(app=("deploy@10.0.0.1",), nginx={"server_name": NAME}, tls={"mode": "acme"})
+    assert cert_param(fleet, Target.named(fleet, "10.0.0.1", "app").server) == ""
+    assert cert_param(fleet, Target.named(fleet, LB, "lb").server).endswith("check-chain.pem")

@@ -9,7 +9,7 @@ from fabdeploy.hosts.roles import Server
 
 WARN_DAYS = 14
 
-# (for the host's python3, before STATUS_PY) cert_expiry(path) -> {"path", "not_after", "days_left"} or {}
+# (for the host's python3, part of STATUS_PY) cert_expiry(path) -> {"path", "not_after", "days_left"} or {}
 CERT_PY = r"""
 def cert_expiry(path):
     if not path:

@@ -69,7 +69,7 @@ for r in names:
 mark_json({"current": cur, "releases": rels, "audit": audit(10)})
 """
 
-STATUS_PY = _COMMON + PROBE_PY + r"""
+STATUS_PY = _COMMON + PROBE_PY + CERT_PY + r"""
 def as_app(argv):
     # the app user's pidfile and processes (its cwd needs its uid): read as it (sudo -n -u) unless we are it
     import pwd
@@ -215,7 +215,7 @@ def status(conns, cfg: Config, parallel: int | None = None) -> list[dict]:
         server = server_of(conn)
         return status_params(cfg, server, check_spec(cfg, conn.host, server))
     # (the app server's own client first: the check may go straight to it, in its protocol)
-    return _collect(conns, cfg, appserver.of(cfg).probe_client_py + CERT_PY + STATUS_PY, params, parallel)
+    return _collect(conns, cfg, appserver.of(cfg).probe_client_py + STATUS_PY, params, parallel)
 
 
 def drift(reports: list[dict]) -> str:
