@@ -1,6 +1,7 @@
 """[tls] mode = "acme" on one real lab host with a local ACME server (pebble, tests/pebblelab.py) running in
 that host: certbot on the host issues through the site's webroot on port 80.
 
+- a name the CA cannot validate stops the deploy with certbot's one-line reason;
 - the first deploy issues (the http-only site goes live first, then the https one): curl with pebble's
   issuing root and --resolve sees a valid chain for the name; the renewal is installed (a cron.d entry: the
   lab host runs no systemd); `fab status` shows the expiry;
@@ -22,7 +23,7 @@ import pytest
 import pebblelab
 from conftest import make_project, release_of, run_fab, sample_config
 
-NAME, WWW = "shop.lab.test", "www.shop.lab.test"
+NAME, WWW, BROKEN = "shop.lab.test", "www.shop.lab.test", "broken.lab.test"
 RENEW = "/etc/fabdeploy/acme/sample/renew"
 
 
@@ -36,14 +37,14 @@ def site(make_host, tmp_path_factory, wheel_cache):
     return site
 
 
-def write(site, names: str) -> None:
+def write(site, names: str, name: str = "deploy.toml") -> None:
     text = sample_config(site.host).replace(f'server_name = "{site.host.address}"', f'server_name = "{names}"')
     site.proj.write_config(text + f'[tls]\nmode = "acme"\nemail = "ops@lab.test"\nserver = "{pebblelab.DIRECTORY}"\n'
-                           f'ca_bundle = "{pebblelab.CA_BUNDLE}"\n')
+                           f'ca_bundle = "{pebblelab.CA_BUNDLE}"\n', name=name)
 
 
-def fab(site, *args):
-    res = run_fab(site.proj.root, *args, cache=site.cache)
+def fab(site, *args, config="deploy.toml"):
+    res = run_fab(site.proj.root, *args, "--config", config, cache=site.cache)
     return res, res.stdout + res.stderr
 
 
@@ -64,6 +65,20 @@ def served(site, name=NAME) -> dict:
 def issued(site) -> int:
     """How many certificates certbot has written for the lineage (archive/sample/certN.pem)."""
     return len(list(site.host.path("/etc/letsencrypt/archive/sample").glob("cert*.pem")))
+
+
+def test_0_a_name_the_ca_cannot_validate_stops_the_deploy_in_one_line(site):
+    # (pebble resolves it to an address where no site answers: the challenge fails)
+    with site.host.path("/etc/hosts").open("a") as f:
+        f.write(f"192.0.2.1 {BROKEN}\n")
+    write(site, BROKEN, name="broken.toml")
+    res, out = fab(site, "deploy", config="broken.toml")
+    assert res.returncode == 1, out
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, out  # (one line, with the CA's reason)
+    assert f"certbot could not get a certificate for {BROKEN} from {pebblelab.DIRECTORY}" in lines[0], out
+    assert "192.0.2.1:80" in lines[0] and "Traceback" not in out
+    assert not site.host.path("/etc/letsencrypt/live/sample").exists()
 
 
 def test_1_the_first_deploy_issues_the_certificate_and_nginx_serves_it(site, tmp_path_factory):

@@ -220,9 +220,14 @@ def issue_lines(cfg: Config, site_for, facts: Facts, staging: str) -> list[str]:
         # (the site before this deploy, for a revert or an abandoned deploy: see after_site_lines)
         f"  for f in site.prev site.unlinked nginx-changed; do if [ -f {q(pre)}/$f ]; then cp -p {q(pre)}/$f "
         f"{q(staging)}/$f; fi; done",
-        f"  if ! out=$({issue_command(cfg)} 2>&1); then printf '%s\\n' \"$out\" | tail -n 8 >&2; "
-        + fail(f"certbot could not get a certificate for {names} from {server(cfg)} (its output above; the "
-               f"challenge is http://<name>/.well-known/acme-challenge/ on this host)") + "; fi",
+        f"  if ! out=$({issue_command(cfg)} 2>&1); then",
+        # (one line: the CA's "Detail:" of the failed challenge, else certbot's last line)
+        "    detail=$(printf '%s\\n' \"$out\" | sed -n 's/^ *Detail: *//p' | head -n 1)",
+        "    [ -n \"$detail\" ] || detail=$(printf '%s\\n' \"$out\" | grep -v '^ *$' | tail -n 1)",
+        "    " + fail(f"certbot could not get a certificate for {names} from {server(cfg)} (the CA fetches "
+                     "http://<name>/.well-known/acme-challenge/ from this host; /var/log/letsencrypt/letsencrypt.log): ",
+                     then='"$detail"'),
+        "  fi",
         f"  printf '%s\\n' {q(wanted(cfg))} > {q(_marker(cfg))}",
         f"  touch {q(staging + '/nginx-changed')}",
         "  " + note(f"ACME certificate {cert_name(cfg)} issued for {names} by {server(cfg)}"),
