@@ -8,7 +8,9 @@ that host: certbot on the host issues through the site's webroot on port 80.
 - a forced renewal through the installed renewal command gives a new serial and nginx serves it (the deploy
   hook reloaded it);
 - a second deploy does not re-issue;
-- a second name: the next deploy expands the certificate (the same cert-name) and serves it.
+- a second name: the next deploy expands the certificate (the same cert-name) and serves it;
+- the deploy user limited to `fab sudoers`' drop-in: a deploy that drops a name re-issues, sudo refuses
+  nothing.
 
 The tests run in order and build on each other.
 """
@@ -20,8 +22,10 @@ from types import SimpleNamespace
 
 import pytest
 
+import hostlab
 import pebblelab
-from conftest import make_project, release_of, run_fab, sample_config
+from conftest import make_project, run_fab, sample_config
+from test_sudoers_e2e import LOGGING, SUDO_LOG, denials, install_drop_in
 
 NAME, WWW, BROKEN = "shop.lab.test", "www.shop.lab.test", "broken.lab.test"
 RENEW = "/etc/fabdeploy/acme/sample/renew"
@@ -135,3 +139,23 @@ def test_5_another_name_expands_the_certificate(site):
         seen = served(site, name)
         assert seen["curl"] == "200 0" and seen["names"] == sorted([NAME, WWW]), seen
     assert issued(site) == 3
+
+
+def test_6_the_deploy_user_limited_to_the_drop_in_reissues_for_fewer_names(site):
+    """`fab sudoers` of an acme config lists certbot's line, the renewal's installs and the checks: with the
+    lab's full grant replaced by it, a deploy that drops a name re-issues and sudo refused nothing."""
+    write(site, NAME)
+    res, out = fab(site, "sudoers")
+    assert res.returncode == 0, out
+    install_drop_in(site.host, "sample", res.stdout)
+    install_drop_in(site.host, "zz-log", LOGGING)
+    site.host.path(str(hostlab.SUDOERS_FILE)).unlink()
+    site.host.path(SUDO_LOG).write_text("")
+    res, out = fab(site, "deploy")
+    assert res.returncode == 0, out + "\n".join(denials(site.host))
+    assert f"ACME certificate sample issued for {NAME} by" in out
+    assert denials(site.host) == []
+    assert "/usr/bin/certbot certonly" in site.host.path(SUDO_LOG).read_text()
+    seen = served(site)
+    assert seen["curl"] == "200 0" and seen["names"] == [NAME], seen
+    assert issued(site) == 4
