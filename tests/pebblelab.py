@@ -19,11 +19,12 @@ from tlscerts import make_certs
 
 CA_BUNDLE = "/etc/pebble/ca.pem"  # (on the host) what certbot trusts for pebble's API: tls.ca_bundle
 DIRECTORY = "https://localhost:14000/dir"  # tls.server
+OTHER_DIRECTORY = "https://pebble.lab.test:14000/dir"  # the same server under another URL: "another CA"
 
 
 def start(host, names: list[str], workdir: Path) -> None:
     """Start pebble in `host` and make `names` resolve to the host's address there."""
-    certs = make_certs(workdir, ["localhost"], tag="pebble")
+    certs = make_certs(workdir, ["localhost", "pebble.lab.test"], tag="pebble")
     etc = host.path("/etc/pebble")
     etc.mkdir(parents=True, exist_ok=True)
     shutil.copy(certs.ca, etc / "ca.pem")
@@ -34,7 +35,7 @@ def start(host, names: list[str], workdir: Path) -> None:
         "certificate": "/etc/pebble/cert.pem", "privateKey": "/etc/pebble/key.pem",
         "httpPort": 80, "tlsPort": 5001, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
     with host.path("/etc/hosts").open("a") as f:
-        f.write(f"{host.address} {' '.join(names)}\n")
+        f.write(f"{host.address} {' '.join(names)}\n127.0.0.1 pebble.lab.test\n")
     with host.path("/etc/letsencrypt/cli.ini").open("a") as f:
         f.write("work-dir = /run/letsencrypt-work\n")
     host.exec("(cd /tmp && PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0 exec setsid /usr/bin/pebble "

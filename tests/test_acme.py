@@ -77,6 +77,10 @@ def test_the_config_phase_puts_the_challenge_site_live_before_certbot_and_the_ht
     https = text.rindex("listen 443 ssl")  # (the site installed after: https with certbot's files)
     assert http_only < start < issue < https
     assert "ACME certificate shop kept (certbot renews it)" in text
+    # another CA (tls.server changed): replaced now (--force-renewal), else certbot keeps it until due
+    assert acme.issue_argv(acme_cfg(), force=True)[-1] == "--force-renewal"
+    assert "--force-renewal" not in acme.issue_argv(acme_cfg())
+    assert f'[ "$prev_server" != {acme.LETS_ENCRYPT} ]; then issue() {{ {acme.issue_command(acme_cfg(), True)}; }}' in text
 
 
 def test_a_balancer_issues_for_the_fleet_and_app_hosts_do_nothing():
@@ -146,3 +150,11 @@ def test_status_reads_the_chain_of_every_tls_mode_on_the_hosts_that_serve_https(
     fleet = lb_cfg(app=("deploy@10.0.0.1",), nginx={"server_name": NAME}, tls={"mode": "acme"})
     assert cert_param(fleet, Target.named(fleet, "10.0.0.1", "app").server) == ""
     assert cert_param(fleet, Target.named(fleet, LB, "lb").server).endswith("check-chain.pem")
+
+
+def test_another_acme_server_or_email_is_not_already_live():
+    from fabdeploy.steps.live_check import fingerprint
+    base = fingerprint(acme_cfg(), "abc", b"django\n")
+    assert fingerprint(acme_cfg(), "abc", b"django\n") == base
+    assert fingerprint(acme_cfg(server="https://ca.example.com/dir"), "abc", b"django\n") != base
+    assert fingerprint(acme_cfg(email="ops@example.com"), "abc", b"django\n") != base

@@ -10,7 +10,7 @@ that host: certbot on the host issues through the site's webroot on port 80.
 - a second deploy does not re-issue;
 - a second name: the next deploy expands the certificate (the same cert-name) and serves it;
 - the deploy user limited to `fab sudoers`' drop-in: a deploy that drops a name re-issues, sudo refuses
-  nothing.
+  nothing; another tls.server replaces the certificate at once (certbot alone would keep it until due).
 
 The tests run in order and build on each other.
 """
@@ -41,9 +41,9 @@ def site(make_host, tmp_path_factory, wheel_cache):
     return site
 
 
-def write(site, names: str, name: str = "deploy.toml") -> None:
+def write(site, names: str, name: str = "deploy.toml", server: str = pebblelab.DIRECTORY) -> None:
     text = sample_config(site.host).replace(f'server_name = "{site.host.address}"', f'server_name = "{names}"')
-    site.proj.write_config(text + f'[tls]\nmode = "acme"\nemail = "ops@lab.test"\nserver = "{pebblelab.DIRECTORY}"\n'
+    site.proj.write_config(text + f'[tls]\nmode = "acme"\nemail = "ops@lab.test"\nserver = "{server}"\n'
                            f'ca_bundle = "{pebblelab.CA_BUNDLE}"\n', name=name)
 
 
@@ -159,3 +159,15 @@ def test_6_the_deploy_user_limited_to_the_drop_in_reissues_for_fewer_names(site)
     seen = served(site)
     assert seen["curl"] == "200 0" and seen["names"] == [NAME], seen
     assert issued(site) == 4
+
+
+def test_7_another_server_replaces_the_certificate_now(site):
+    write(site, NAME, server=pebblelab.OTHER_DIRECTORY)
+    res, out = fab(site, "sudoers")  # (the drop-in names the server: the admin installs the new one)
+    install_drop_in(site.host, "sample", res.stdout)
+    res, out = fab(site, "deploy")
+    assert res.returncode == 0, out + "\n".join(denials(site.host))
+    assert f"ACME certificate sample issued for {NAME} by {pebblelab.OTHER_DIRECTORY}" in out
+    assert issued(site) == 5 and denials(site.host) == []
+    assert "--force-renewal" in site.host.path(SUDO_LOG).read_text()
+    assert served(site)["curl"] == "200 0"

@@ -72,25 +72,27 @@ def _marker(cfg: Config) -> str:
 
 
 def wanted(cfg: Config) -> str:
-    """What the certificate was issued for (the marker's text): names, server, email."""
-    return " ".join([*cfg.server_names, server(cfg), cfg.tls.email or "-"])
+    """What the certificate was issued for (the marker's text): names and email, then the server."""
+    return " ".join([*cfg.server_names, cfg.tls.email or "-"]) + "\n" + server(cfg)
 
 
-def issue_argv(cfg: Config) -> list[str]:
-    """certbot certonly for the site's names through its webroot (args fixed by the config: sudoers lists them)."""
+def issue_argv(cfg: Config, force: bool = False) -> list[str]:
+    """certbot certonly for the site's names through its webroot (args fixed by the config: sudoers lists them).
+    `force`: a certificate of another CA (tls.server changed) is replaced now, not when it is due."""
     from fabdeploy.front.tls import webroot
     who = ["-m", cfg.tls.email] if cfg.tls.email else ["--register-unsafely-without-email"]
     names = [w for n in cfg.server_names for w in ("-d", n)]
     return ["certonly", "--webroot", "-w", webroot(cfg), "--cert-name", cert_name(cfg), *names,
             "--non-interactive", "--agree-tos", *who, "--server", server(cfg), "--expand", "--keep-until-expiring",
-            "--deploy-hook", scripts(cfg)["deploy-hook"]]
+            "--deploy-hook", scripts(cfg)["deploy-hook"], *(["--force-renewal"] if force else [])]
 
 
-def issue_command(cfg: Config) -> str:
+def issue_command(cfg: Config, force: bool = False) -> str:
     """The root line that issues (REQUESTS_CA_BUNDLE through env when tls.ca_bundle names one)."""
+    argv = issue_argv(cfg, force)
     if cfg.tls.ca_bundle:
-        return root.root("env", f"REQUESTS_CA_BUNDLE={cfg.tls.ca_bundle}", root.BINARIES["certbot"], *issue_argv(cfg))
-    return root.root("certbot", *issue_argv(cfg))
+        return root.root("env", f"REQUESTS_CA_BUNDLE={cfg.tls.ca_bundle}", root.BINARIES["certbot"], *argv)
+    return root.root("certbot", *argv)
 
 
 def have_command(cfg: Config) -> str:
@@ -166,7 +168,7 @@ def _systemctl(cfg: Config) -> tuple[str, str]:
 def root_lines(cfg: Config) -> list[str]:
     """Every root command of issue_lines (for the sudoers drop-in)."""
     return [*[_install(cfg, n) for n in _files(cfg)], *_systemctl(cfg), root.rm(cron_file(cfg)), have_command(cfg),
-            issue_command(cfg), copy_chain_command(cfg)]
+            issue_command(cfg), issue_command(cfg, force=True), copy_chain_command(cfg)]
 
 
 def _put(cfg: Config, name: str, changed: str = "") -> list[str]:
@@ -220,7 +222,11 @@ def issue_lines(cfg: Config, site_for, facts: Facts, staging: str) -> list[str]:
         # (the site before this deploy, for a revert or an abandoned deploy: see after_site_lines)
         f"  for f in site.prev site.unlinked nginx-changed; do if [ -f {q(pre)}/$f ]; then cp -p {q(pre)}/$f "
         f"{q(staging)}/$f; fi; done",
-        f"  if ! out=$({issue_command(cfg)} 2>&1); then",
+        # (another CA than the one that issued it: replaced now; certbot would keep it until due)
+        f"  prev_server=$(sed -n 2p {q(_marker(cfg))} 2>/dev/null || true)",
+        f'  if [ -n "$have" ] && [ -n "$prev_server" ] && [ "$prev_server" != {q(server(cfg))} ]; then '
+        f"issue() {{ {issue_command(cfg, force=True)}; }}; else issue() {{ {issue_command(cfg)}; }}; fi",
+        "  if ! out=$(issue 2>&1); then",
         # (one line: the CA's "Detail:" of the failed challenge, else certbot's last line)
         "    detail=$(printf '%s\\n' \"$out\" | sed -n 's/^ *Detail: *//p' | head -n 1)",
         "    [ -n \"$detail\" ] || detail=$(printf '%s\\n' \"$out\" | grep -v '^ *$' | tail -n 1)",
