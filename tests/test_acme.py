@@ -105,6 +105,9 @@ def test_renewal_is_a_systemd_timer_where_systemd_runs_else_a_cron_entry():
     assert lines.index("if [ -d /run/systemd/system ]") < timer_at and lines.index("else") < lines.rindex("fabdeploy_shop_certbot")
     assert timer_at and cron_at
     assert "sudo -n /usr/bin/systemctl enable --now fabdeploy-certbot-shop.timer" in lines
+    # (cron never reads half a file: a temp name it ignores, renamed into place)
+    assert ("/etc/cron.d/.fabdeploy_shop_certbot.tmp && sudo -n /usr/bin/mv -f /etc/cron.d/.fabdeploy_shop_certbot.tmp "
+            "/etc/cron.d/fabdeploy_shop_certbot ||") in lines
     units = acme.timer_units(cfg)
     assert "ExecStart=/etc/fabdeploy/acme/shop/renew -q" in units["service"]
     assert "OnCalendar=" in units["timer"] and "Persistent=true" in units["timer"]

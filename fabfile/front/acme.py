@@ -157,8 +157,13 @@ def _files(cfg: Config) -> dict[str, tuple[str, str, str]]:
 
 
 def _install(cfg: Config, name: str) -> str:
+    """(one line) root installs the staged file; the cron.d file through a temp name cron ignores (a dot)
+    renamed into place, so cron never reads half a file."""
     target, mode, _ = _files(cfg)[name]
-    return root.install(_staged(cfg, name), target, mode, parents=True)
+    if name != "cron":
+        return root.install(_staged(cfg, name), target, mode, parents=True)
+    tmp = f"{CRON_DIR}/.fabdeploy_{ident(cfg.project.name)}_certbot.tmp"
+    return f"{root.install(_staged(cfg, name), tmp, mode)} && {root.root('mv', '-f', tmp, target)}"
 
 
 def _systemctl(cfg: Config) -> tuple[str, str]:
@@ -167,7 +172,7 @@ def _systemctl(cfg: Config) -> tuple[str, str]:
 
 def root_lines(cfg: Config) -> list[str]:
     """Every root command of issue_lines (for the sudoers drop-in)."""
-    return [*[_install(cfg, n) for n in _files(cfg)], *_systemctl(cfg), root.rm(cron_file(cfg)), have_command(cfg),
+    return [*[c for n in _files(cfg) for c in _install(cfg, n).split(" && ")], *_systemctl(cfg), root.rm(cron_file(cfg)), have_command(cfg),
             issue_command(cfg), issue_command(cfg, force=True), copy_chain_command(cfg)]
 
 
