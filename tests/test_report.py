@@ -225,7 +225,8 @@ def test_status_program_reports_an_app_host(site, app_server, http_port):
     cfg, lay, tmp = site
     got = run_program(cfg, report.STATUS_PY, status_params(cfg, tmp, "app", http_port))
     assert list(got) == ["current", "revision", "branch", "app", "nginx", "role", "nginx_expected", "secret_key_fp",
-                         "http", "disk_free_bytes", "lock", "last"]
+                         "http", "disk_free_bytes", "tls", "lock", "last"]
+    assert got["tls"] == {}  # (no TLS: no certificate line)
     assert (got["current"], got["revision"], got["branch"]) == (R3, "3" * 40, "main")
     assert got["app"] == {"server": "uWSGI", "manager": "pidfile", "running_under": "pidfile", "manager_state": "",
                           "pid": app_server, "workers": 2, "on_current": True}

@@ -61,6 +61,10 @@ CONFIGS.update({
     "tls-host-files": lambda: make_cfg(app={"user": "shop"}, tls={
         "mode": "files", "certificate": "host:/etc/ssl/shop/chain.pem", "key": "host:/etc/ssl/shop/key.pem"}),
     "tls-balanced": lambda: lb_cfg(app=("deploy@10.0.0.1",), balancer={"firewall": "off"}, tls=_tls_files()),
+    "tls-acme": lambda: make_cfg(app={"user": "shop"}, nginx={"server_name": "shop.example.com"}, tls={
+        "mode": "acme", "email": "ops@example.com", "ca_bundle": "/etc/ssl/acme-ca.pem"}),
+    "tls-acme-balanced": lambda: lb_cfg(app=("deploy@10.0.0.1",), balancer={"firewall": "off"},
+                                        nginx={"server_name": "shop.example.com"}, tls={"mode": "acme"}),
 })
 
 _WORD = r'(?:"[^"]*"|[^\s;&|<>()"])+'  # (a double-quoted part is one piece: "$(id -un):")
@@ -117,6 +121,11 @@ def test_every_root_command_of_every_script_is_in_the_drop_in(name):
     if name in ("tls-files", "tls-balanced"):  # (uploaded files: root installs them, the key 0600)
         assert (root.BINARIES["install"], "-D", "-m", "0600", "/srv/shop/shared/config/tls-privkey.pem",
                 "/etc/fabdeploy/tls/shop/privkey.pem") in seen
+    if name.startswith("tls-acme"):  # (certbot issues through the site's webroot; the renewal installed)
+        assert any(a[:3] in ((root.BINARIES["certbot"], "certonly", "--webroot"),
+                             (root.BINARIES["env"], "REQUESTS_CA_BUNDLE=/etc/ssl/acme-ca.pem", root.BINARIES["certbot"]))
+                   for a in seen)
+        assert (root.BINARIES["systemctl"], "enable", "--now", "fabdeploy-certbot-shop.timer") in seen
     if name == "tls-host-files":  # (files on the host: root's openssl checks the pair)
         assert (root.BINARIES["openssl"], "pkey", "-pubout", "-in", "/etc/ssl/shop/key.pem") in seen
 

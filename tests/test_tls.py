@@ -1,4 +1,4 @@
-"""[tls] without hosts: the config's one-line refusals (acme not yet, a key of another certificate, ...),
+"""[tls] without hosts: the config's one-line refusals (a key of another certificate, ...),
 the nginx sites and the Django overlay it renders, and the key masked in every display of the script that
 carries it. The real thing (https with a chain curl trusts, the redirect, the ACME webroot, a refused key
 with the live site untouched, the fleet) is tests/test_tls_e2e.py and tests/test_tls_fleet_e2e.py."""
@@ -37,11 +37,6 @@ def refused(**sections) -> str:
         make_cfg(**sections)
     assert "\n" not in str(info.value)
     return str(info.value)
-
-
-def test_acme_is_not_yet_one_line():
-    assert refused(tls={"mode": "acme", "email": "me@example.com"}) == (
-        'tls.mode = "acme" is not yet supported: use mode = "files" (certificate and key)')
 
 
 def test_files_needs_both_paths_of_one_kind(certs):

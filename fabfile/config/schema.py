@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from fabdeploy.config.checks import (_HOST, _app_manager, _app_server, _bool, _env, _hook_commands, _int, _list, _listen,
                                      _server_names, _servers, _statuses, _str, check_rolling)
-from fabdeploy.config.tls import _tls_file
+from fabdeploy.config.tls import _ca_bundle, _tls_file
 
 PHASES = ("setup", "code", "venv", "django", "config", "switch", "restart", "cleanup")
 
@@ -126,7 +126,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "firewall": Key("auto", lambda v: None if v in ("auto", "nftables", "off") else
                         "must be \"auto\", \"nftables\" or \"off\""),
     },
-    "tls": {  # HTTPS (fabdeploy/front/tls.py); "acme" is reserved for certbot (not yet)
+    "tls": {  # HTTPS (fabdeploy/front/tls.py; acme: fabdeploy/front/acme.py)
         "mode": Key("off", lambda v: None if v in ("off", "files", "acme") else
                     "must be \"off\", \"files\" or \"acme\""),
         "certificate": Key("", _tls_file),  # the chain: a local path, or "host:/path" already on the host
@@ -135,6 +135,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "hsts": Key(0, _int(0, 63072000)),
         "email": Key("", _str(re.compile(r"^[^@\s]+@[^@\s]+$"), "an email address")),
         "server": Key("", _str(re.compile(r"^https://\S+$"), "an https URL (an ACME directory)")),
+        "ca_bundle": Key("", _ca_bundle),  # acme: the CA bundle (on the host) certbot trusts for `server`
     },
     "provision": {  # fab provision (fabdeploy/provision/)
         "deploy_user": Key("deploy", _str(_USER, "a user name (lower-case letters, digits, '_' or '-')", False)),

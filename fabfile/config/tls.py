@@ -8,6 +8,9 @@ from fabdeploy.errors import ConfigError
 
 HOST_PATH = "host:"  # [tls] certificate/key: a path already on the host, not a local file to upload
 _HOST_FILE = re.compile(r"^host:/[A-Za-z0-9._/@+-]*[A-Za-z0-9._@+-]$")
+_HOST_ABS = re.compile(r"^/[A-Za-z0-9._/@+-]*[A-Za-z0-9._@+-]$")
+# acme: a DNS name an ACME CA validates over HTTP-01 (no wildcard, no regex, no address)
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
 def _tls_file(value):
@@ -23,11 +26,21 @@ def _tls_file(value):
     return None
 
 
+def _ca_bundle(value):
+    """[tls] ca_bundle: "" or an absolute path on the host (plain characters)."""
+    if not isinstance(value, str):
+        return "must be a string"
+    if value and not (_HOST_ABS.match(value) and "/../" not in value + "/"):
+        return "must be an absolute path on the host of plain characters (letters, digits, . _ / @ + -)"
+    return None
+
+
 def check_tls(data: dict, where: str) -> None:
-    """[tls]: "files" needs certificate and key; "acme" is not built yet; a port other than nginx's."""
+    """[tls]: "files" needs certificate and key; "acme" needs plain DNS names and at most one balancer; a
+    port other than nginx's."""
     tls = data["tls"]
     if tls["mode"] == "acme":
-        raise ConfigError(f'{where}tls.mode = "acme" is not yet supported: use mode = "files" (certificate and key)')
+        _check_acme(data, where)
     if tls["mode"] == "files":
         for key in ("certificate", "key"):
             if not tls[key]:
@@ -39,3 +52,23 @@ def check_tls(data: dict, where: str) -> None:
     listen = str(data["nginx"]["listen"])
     if tls["mode"] != "off" and listen.rsplit(":", 1)[-1] == str(tls["port"]):
         raise ConfigError(f"{where}tls.port = {tls['port']} is also nginx.listen: the https port must be another one")
+
+
+def _check_acme(data: dict, where: str) -> None:
+    """acme: every nginx.server_name a plain DNS name (HTTP-01: no "_", wildcard, regex or address), no
+    certificate/key, at most one lb host (the challenge reaches the balancer that asked)."""
+    tls = data["tls"]
+    for key in ("certificate", "key"):
+        if tls[key]:
+            raise ConfigError(f'{where}tls.{key} is for mode = "files": with mode = "acme" certbot makes them')
+    names = str(data["nginx"]["server_name"]).split()
+    for n in names:
+        if not _DNS_NAME.match(n) or n.replace(".", "").isdigit():
+            raise ConfigError(f'{where}nginx.server_name {n!r} cannot have an ACME certificate (tls.mode = "acme" '
+                              "needs plain DNS names: no _, wildcard, regex or address)")
+    if not names:
+        raise ConfigError(f'{where}nginx.server_name is required with tls.mode = "acme" (the certificate\'s names)')
+    lbs = data.get("roles", {}).get("lb") or []
+    if len(lbs) > 1:
+        raise ConfigError(f'{where}tls.mode = "acme" with {len(lbs)} lb hosts is not supported yet (HTTP-01 reaches '
+                          'one balancer): use mode = "files" with the same certificate on each')

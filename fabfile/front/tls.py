@@ -63,7 +63,7 @@ def installed(cfg: Config) -> Paths:
 def check_chain(cfg: Config) -> str:
     """The chain the health check trusts (its CA) on the host, readable by the deploy user: the uploaded
     chain, or a copy of a host file's (made at each deploy: the original may be root's only)."""
-    if cfg.tls.certificate.startswith(HOST_PATH):
+    if cfg.tls.certificate.startswith(HOST_PATH) or cfg.tls.mode == "acme":
         return f"{INSTALL_DIR}/{cfg.project.name}/check-chain.pem"
     return installed(cfg).certificate
 
@@ -75,7 +75,10 @@ def staged(cfg: Config) -> Paths:
 
 
 def host_paths(cfg: Config) -> Paths:
-    """The certificate and key paths nginx reads on the host."""
+    """The certificate and key paths nginx reads on the host (acme: certbot's live files)."""
+    if cfg.tls.mode == "acme":
+        from fabdeploy.front import acme
+        return Paths(*acme.live(cfg))
     if cfg.tls.certificate.startswith(HOST_PATH):
         return Paths(cfg.tls.certificate[len(HOST_PATH):], cfg.tls.key[len(HOST_PATH):])
     return installed(cfg)
@@ -132,7 +135,10 @@ def django_context(cfg: Config) -> dict:
 
 
 def root_lines(cfg: Config) -> list[str]:
-    """Every root command of install_lines (for the sudoers drop-in)."""
+    """Every root command of install_lines and (acme) front/acme.issue_lines (for the sudoers drop-in)."""
+    if cfg.tls.mode == "acme":
+        from fabdeploy.front import acme
+        return acme.root_lines(cfg)
     if cfg.tls.mode != "files":
         return []
     if cfg.tls.certificate.startswith(HOST_PATH):
@@ -198,6 +204,21 @@ def install_lines(cfg: Config, server: Server | None, staging: str, lb: bool = F
         "  " + note(f"TLS certificate installed at {i.certificate}"),
         "fi",
     ]
+
+
+def acme_lines(cfg: Config, server: Server | None, site_for, facts, staging: str, lb: bool = False) -> list[str]:
+    """mode = "acme" on a host that terminates TLS: front/acme.issue_lines (before the site install)."""
+    if cfg.tls.mode != "acme" or not (lb or terminates(cfg, server)):
+        return []
+    from fabdeploy.front import acme
+    return acme.issue_lines(cfg, site_for, facts, staging)
+
+
+def acme_after_lines(cfg: Config, server: Server | None, staging: str, lb: bool = False) -> list[str]:
+    if cfg.tls.mode != "acme" or not (lb or terminates(cfg, server)):
+        return []
+    from fabdeploy.front import acme
+    return acme.after_site_lines(staging)
 
 
 def _marker(cfg: Config) -> str:

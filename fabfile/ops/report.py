@@ -11,6 +11,7 @@ from fabdeploy.hosts.connect import host_label
 from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.layout import NGINX_CONF, RELEASE_GLOB_ERE, VENV_COMPLETE, Layout, nginx_site_paths
 from fabdeploy.hosts.roles import Server, runs_nginx, server_of
+from fabdeploy.ops.cert_expiry import CERT_PY, cert_param, status_line
 from fabdeploy.remote.markers import PY_MARKERS
 from fabdeploy.remote.runner import run_script
 from fabdeploy.remote.script import Phase, Script
@@ -68,7 +69,7 @@ for r in names:
 mark_json({"current": cur, "releases": rels, "audit": audit(10)})
 """
 
-STATUS_PY = _COMMON + PROBE_PY + r"""
+STATUS_PY = _COMMON + PROBE_PY + CERT_PY + r"""
 def as_app(argv):
     # the app user's pidfile and processes (its cwd needs its uid): read as it (sudo -n -u) unless we are it
     import pwd
@@ -149,6 +150,7 @@ try:
     res["disk_free_bytes"] = st.f_bavail * st.f_frsize
 except OSError:
     res["disk_free_bytes"] = None
+res["tls"] = cert_expiry(P.get("tls_cert", ""))
 lock = P["lock"]
 res["lock"] = ({"holder": read(P["lock_info"], "unknown"), "age_s": int(time.time() - os.stat(lock).st_mtime)}
                if os.path.isdir(lock) else None)
@@ -192,7 +194,7 @@ def status_params(cfg: Config, server: Server, check: dict) -> dict:
             "site_enabled": [nginx_site_paths("sites", name)[1], nginx_site_paths("conf.d", name)[0]],
             "static_current": lay.static + "/current", "secret_key": lay.secret_key,
             "lock": lock.lock_dir(cfg), "lock_info": lock.lock_dir(cfg) + "/info",
-            "role": server.role, "check": check, "nginx": runs_nginx(cfg, server)}
+            "role": server.role, "check": check, "nginx": runs_nginx(cfg, server), "tls_cert": cert_param(cfg, server)}
 
 
 def _collect(conns, cfg: Config, code: str, params_for, parallel: int | None = None) -> list[dict]:
@@ -305,7 +307,7 @@ def format_status(reports: list[dict]) -> str:
                "  http      " + (f"{http['answer']} in {http['ms']} ms{via}" if http.get("ok") else
                                  f"FAILED: {http.get('answer') or http['error']}" if http["status"] is None else
                                  f"UNHEALTHY: {http['answer']}{via}"),
-               f"  disk free {_size(rep['disk_free_bytes'])}"]
+               *status_line(rep), f"  disk free {_size(rep['disk_free_bytes'])}"]
         if rep["lock"]:
             out.append(f"  lock      held by {rep['lock']['holder']} for {rep['lock']['age_s']}s")
         last = rep.get("last")

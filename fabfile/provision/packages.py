@@ -10,6 +10,8 @@ the administrator enables; provision never adds a repository).
     [app] manager   supervisor | cron (pidfile)   supervisor | cronie (pidfile); systemd and emperor: nothing
     firewall        nftables (app hosts behind balancers, balancer.firewall not "off")
     [cache] redis   redis-server                  redis
+    [tls] acme      certbot (on the hosts that terminate TLS: lb hosts of a fleet, else the app hosts;
+                    EPEL carries it on RHEL)
 """
 from __future__ import annotations
 
@@ -59,6 +61,8 @@ def plan(cfg: Config, system: System, role: str = "app") -> list[str]:
         out.append("nftables")
     if cfg.cache.redis and role == "app":  # [cache] redis (provision/redis.py)
         out.append("redis-server" if system.family == "apt" else "redis")
+    if cfg.tls.mode == "acme" and (role == "lb" or not balanced(cfg)):
+        out.append("certbot")
     return list(dict.fromkeys(out))
 
 

@@ -41,6 +41,8 @@ BINARIES = {
     "service": "/usr/sbin/service",
     "supervisord": "/usr/bin/supervisord",
     "openssl": "/usr/bin/openssl",
+    "certbot": "/usr/bin/certbot",
+    "env": "/usr/bin/env",
 }
 
 ME = '"$(id -un)"'  # the deploy user (the SSH user), as a whole word

@@ -41,7 +41,9 @@ def static(cfg: Config, static_id: str, upload: bool) -> Phase:
 def site(cfg: Config, host_facts: Facts, staging: str) -> Phase:
     """Install the upstream site of every app host, checked with `nginx -t` (not reloaded here)."""
     return Phase("config", [*tls.install_lines(cfg, None, staging, lb=True),
-                            *nginx.site_install(cfg, nginx.lb_site(cfg), host_facts, staging)], sudo=True)
+                            *tls.acme_lines(cfg, None, lambda c: nginx.lb_site(c), host_facts, staging, lb=True),
+                            *nginx.site_install(cfg, nginx.lb_site(cfg), host_facts, staging),
+                            *tls.acme_after_lines(cfg, None, staging, lb=True)], sudo=True)
 
 
 def drain(cfg: Config, host_facts: Facts, staging: str, targets: tuple[str, ...]) -> Phase:

@@ -29,7 +29,9 @@ def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None
     ]
     if runs_nginx(cfg, server):
         lines += tls.install_lines(cfg, server, lay.staging(rel.id))  # (the files `nginx -t` of the new site reads)
+        lines += tls.acme_lines(cfg, server, lambda c: nginx_site(c, server), facts, lay.staging(rel.id))
         lines += site_install(cfg, nginx_site(cfg, server), facts, lay.staging(rel.id))
+        lines += tls.acme_after_lines(cfg, server, lay.staging(rel.id))
     else:
         lines.append(note("no nginx on this app host (the lb hosts balance it)"))
     lines += firewall(cfg, server, lay.staging(rel.id))

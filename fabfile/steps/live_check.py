@@ -30,6 +30,9 @@ def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server 
              settings_overlay(cfg, "RELEASE"),
              sorted(cfg.django.env.items()), cfg.hooks.__dict__, cfg.health.__dict__, cfg.project.python,
              manage_wrapper(cfg)]
+    if cfg.tls.mode == "acme":  # (another server or email: a real deploy, which issues with them)
+        from fabdeploy.front.acme import wanted
+        parts.append(wanted(cfg))
     if cfg.secret_env:  # (a hash of the [secrets] values: one changed, a real deploy)
         parts.append(secrets_digest(cfg))
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
