@@ -151,7 +151,9 @@ def test_sqlite_backup_and_restore_round_trip(make_host, tmp_path, wheel_cache):
     ok(run_fab(proj.root, "deploy", cache=wheel_cache))
     assert add_note(host, "one") == 1
     res = ok(run_fab(proj.root, "db", "backup"))
-    dump_id = re.search(r"db backup ok in \S+: (\S+)\.sqlite3\.gz", res.stdout).group(1)
+    m = re.search(r"db backup ok in \S+: (\S+)\.sqlite3\.gz", res.stdout)
+    assert m, res.stdout + res.stderr
+    dump_id = m.group(1)
     assert add_note(host, "two") == 2
     res = ok(run_fab(proj.root, "db", "restore", "--id", dump_id, "--yes"))
     assert f"database restored from {dump_id}.sqlite3.gz" in res.stdout
