@@ -7,7 +7,8 @@ db backups --json` lists it; the row changed; `fab db restore` refuses without a
 (one line, nothing changed), then with --yes stops the app, brings the row back and the app serves again.
 A release with a migration takes its pre-migrate dump; `fab rollback` to the release before names that dump;
 after a redeploy (no new dump: nothing to apply), `fab rollback --restore-db` loads it: the migration's
-column is gone, the app serves on the database as it was.
+column is gone, the app serves on the database as it was. Then the load test's clients (test_load_e2e) run
+through a deploy that dumps and migrates and a rollback past it: no request fails.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import sqlite3
 from types import SimpleNamespace
 
@@ -22,6 +24,7 @@ import pytest
 
 from conftest import FAB, OFFLINE, make_project, run_fab, sample_config
 from test_database_e2e import BACKUPS, FORM, MIGRATION, _host
+from test_load_e2e import Load
 
 D = "/srv/sample"
 
@@ -142,6 +145,22 @@ def test_rollback_across_a_migration_names_the_dump_and_restore_db_loads_it(db):
     assert sql(db, "SELECT COUNT(*) FROM django_migrations WHERE name = '0002_field2'") == "0"
     assert add_note(db.host, "back-on-the-old-schema") == 3
     assert db.host.http("/", host_header=db.host.address)[0] == 200
+
+
+def test_a_migrating_deploy_and_a_rollback_under_load_drop_nothing(db):
+    """tests/test_load_e2e.py's load through nginx, on the server database: a deploy that dumps and migrates,
+    then a rollback past that migration (named dump, no restore): not one failed or non-2xx request."""
+    db.proj.commit("under load", {"pages/message.txt": "under load\n"})
+    with Load(db.host.address) as load:
+        time.sleep(1)
+        res = ok(fab(db, "deploy"))
+        assert "backup before migrate (1 to apply)" in res.stdout, res.stdout  # (0002 again, after the restore)
+        time.sleep(0.5)
+        res = ok(fab(db, "rollback"))
+        assert "the dump matching release" in res.stdout + res.stderr
+        time.sleep(1)
+    failed = [s for s in load.samples if s.status is None or not 200 <= s.status < 300]
+    assert len(load.samples) > 50 and failed == [], failed[:5]
 
 
 def test_sqlite_backup_and_restore_round_trip(make_host, tmp_path, wheel_cache):
