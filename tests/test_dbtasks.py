@@ -88,3 +88,10 @@ def test_parse_dumps():
     assert dbtasks.parse_dumps(out) == [
         {"id": A, "release": A, "kind": "pgdump", "size": 10, "time": "1970-01-01T00:00:00Z"},
         {"id": f"{A}.20260102T050000Z", "release": A, "kind": "sql", "size": 20, "time": "1970-01-02T00:00:00Z"}]
+
+
+def test_a_backup_is_named_with_one_timestamp():
+    """The name is used for the dump, its rename and the note: the clock is read once (a second ticking over
+    between two reads named a file that was not there)."""
+    text = "\n".join(dbtasks.backup_phase(cfg_of()).lines)
+    assert text.count("date -u") == 1 and '"$T.$stamp"' in text

@@ -47,9 +47,9 @@ def in_release(cfg: Config) -> tuple[list[str], str, str]:
 
 def backup_phase(cfg: Config) -> Phase:
     lines, app_env, python = in_release(cfg)
-    base = f'{q(_backup.backups_dir(cfg))}/"$T.$(date -u +%Y%m%dT%H%M%SZ)"'
+    base = f'{q(_backup.backups_dir(cfg))}/"$T.$stamp"'
     return Phase("backup", [
-        *lines, "dump=",
+        *lines, "dump=", "stamp=$(date -u +%Y%m%dT%H%M%SZ)  # (once: the name is used several times)",
         *_backup.dump_lines(cfg, base, app_env, python, "the backup failed (${vendor:-database}): ",
                             "no backup: the database does not exist yet"),
         '[ -z "$dump" ] || ' + note("$(basename \"$dump\") $(wc -c < \"$dump\") bytes"),
