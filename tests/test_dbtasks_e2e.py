@@ -8,7 +8,8 @@ db backups --json` lists it; the row changed; `fab db restore` refuses without a
 A release with a migration takes its pre-migrate dump; `fab rollback` to the release before names that dump;
 after a redeploy (no new dump: nothing to apply), `fab rollback --restore-db` loads it: the migration's
 column is gone, the app serves on the database as it was. Then the load test's clients (test_load_e2e) run
-through a deploy that dumps and migrates and a rollback past it: no request fails.
+through a deploy that dumps and migrates and a rollback past it: no request fails. SQLite: the round trip,
+and --restore-db without a matching dump is one line, nothing changed.
 """
 from __future__ import annotations
 
@@ -180,3 +181,17 @@ def test_sqlite_backup_and_restore_round_trip(make_host, tmp_path, wheel_cache):
     assert copy.execute("SELECT text FROM pages_note").fetchall() == [("one",)]
     copy.close()
     assert add_note(host, "three") == 2
+    # --restore-db with no dump for the migration the target lacks: one line, nothing changed, still serving
+    proj.commit("migration 2", {"pages/migrations/0002_field2.py": MIGRATION.format(dep="0001_initial",
+                                                                                      field="field2")})
+    res = ok(run_fab(proj.root, "deploy", cache=wheel_cache))
+    assert "backup before migrate (1 to apply)" in res.stdout
+    current = host.exec(["readlink", f"{D}/current"]).stdout
+    host.exec(f"rm -f {BACKUPS}/*")
+    res = run_fab(proj.root, "rollback", "--restore-db")
+    assert res.returncode == 1
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and f"--restore-db: no dump in {BACKUPS} matches release " in err[0], res.stderr
+    assert "nothing changed" in err[0] and "Traceback" not in res.stderr
+    assert host.exec(["readlink", f"{D}/current"]).stdout == current
+    assert add_note(host, "four") == 3
