@@ -95,3 +95,9 @@ def test_a_backup_is_named_with_one_timestamp():
     between two reads named a file that was not there)."""
     text = "\n".join(dbtasks.backup_phase(cfg_of()).lines)
     assert text.count("date -u") == 1 and '"$T.$stamp"' in text
+
+
+def test_the_old_backups_key_is_one_line_naming_keep_backups():
+    with pytest.raises(ConfigError) as exc:
+        cfg_of("[database]\nbackups = 3\n")
+    assert "unknown key database.backups (did you mean 'keep_backups'?)" in str(exc.value)
