@@ -89,6 +89,7 @@ class RunState:
     outcome: dict = field(default_factory=lambda: {"result": "ok"})  # balancer finish: how the deploy ended
     to: str | None = None  # rollback --to
     strict: bool = False  # rollback --strict
+    restore_db: bool = False  # rollback --restore-db
 
     def audit(self, result: str, error: str = "") -> dict:
         rec = {"release": self.release_id, **self.record, "result": result}
@@ -136,7 +137,7 @@ BUILDERS: dict[tuple[str, str], Callable[[RunState], Phase | None]] = {
     ("lb", "cleanup"): lambda r: balancer.cleanup(r.cfg, r.staging),
     ("lb", "finish"): lambda r: lock.finish(r.cfg, r.owner, {**r.audit("ok"), **r.outcome}),
     ("rollback", "lock"): lambda r: rollback.lock_phase(r.cfg, r.owner, r.wait),
-    ("rollback", "rollback"): lambda r: rollback.select_and_switch(r.cfg, r.to, r.strict),
+    ("rollback", "rollback"): lambda r: rollback.select_and_switch(r.cfg, r.to, r.strict, r.restore_db),
     ("rollback", "restart"): lambda r: rollback.restart(r.cfg),
     ("rollback", "finish"): lambda r: rollback.finish(r.cfg, r.owner),
 }

@@ -137,14 +137,17 @@ def summary_table(outcomes) -> str:
 @task(help={"config": CONFIG_HELP, "to": "release id to go back to (default: the previous good release)",
             "strict": "refuse when the database has migrations the target release does not know",
             "wait": "seconds to wait for another run's deploy lock", "verbose": "show the remote script",
-            "parallel": PARALLEL_HELP})
+            "parallel": PARALLEL_HELP,
+            "restore-db": "when the database has migrations the target does not know: stop the app, load the dump "
+                          "taken before them (shared/backups), then switch and start"})
 @one_line_errors
-def rollback(c, to=None, strict=False, config=None, wait=None, verbose=False, parallel=None):
+def rollback(c, to=None, strict=False, config=None, wait=None, verbose=False, parallel=None, restore_db=False):
     """Switch back to the previous good release (or --to ID), reload gracefully, mark the abandoned one bad."""
     cfg = _load(config, "mask")
     printer = Printer(verbose=verbose)
     outcomes = rollback_all(target_connections(c, cfg, "app"), cfg, printer, to, strict,
-                            wait=_seconds(wait, "--wait"), parallel=_parallel(parallel, cfg))
+                            wait=_seconds(wait, "--wait"), parallel=_parallel(parallel, cfg),
+                            restore_db=bool(restore_db))
     for o in outcomes:
         if o.ok:
             printer.info(f"{o.host}: rolled back to {o.release} in {o.duration:.1f}s")
@@ -195,6 +198,44 @@ def restart(c, config=None, wait=None, verbose=False, parallel=None):
 def reload(c, config=None, wait=None, verbose=False, parallel=None):
     """Gracefully reload the live release (no request dropped), wait until every worker runs it, health check."""
     _run_control(c, "reload", config, wait, verbose, parallel)
+
+
+@task(positional=["action"], help={
+    "action": "backup (a dump now), backups (list them) or restore (load --id ID into the database)",
+    "id": "restore: the dump's id (fab db backups)", "yes": "restore without asking on the terminal",
+    "json": "backups: print JSON (one object per host)", "config": CONFIG_HELP,
+    "wait": "seconds to wait for another run's deploy lock", "verbose": "show the remote script",
+    "parallel": PARALLEL_HELP})
+@one_line_errors
+def db(c, action, id=None, yes=False, json=False, config=None, wait=None, verbose=False, parallel=None):
+    """The app database's dumps in shared/backups: fab db backup | fab db backups [--json] |
+    fab db restore --id ID [--yes] (stops the app, restores, starts it; asks first unless --yes)."""
+    from fabdeploy.ops import dbtasks
+    cfg = _load(config, "mask")
+    printer = Printer(verbose=verbose)
+    dbtasks.check(action, id or "")
+    conns = target_connections(c, cfg, "app")
+    if action == "restore":
+        _confirm(f"restore dump {id} into the database of {', '.join(host_label(x) for x in conns)}", yes)
+    outcomes = dbtasks.db_all(conns, cfg, printer, action, id or "", wait=_seconds(wait, "--wait"),
+                              parallel=_parallel(parallel, cfg))
+    if action == "backups":
+        out = [{"host": o.host, "dumps": o.dumps} if o.ok else {"host": o.host, "error": o.error} for o in outcomes]
+        print(masked(_json.dumps(out, indent=2) if json else dbtasks.format_dumps(outcomes)))
+    for o in outcomes:
+        if o.ok and action != "backups":
+            printer.info(f"{o.host}: db {action} ok in {o.duration:.1f}s: {o.said}")
+    _exit_if_failed([o.error for o in outcomes if not o.ok])
+
+
+def _confirm(what: str, yes: bool) -> None:
+    """Ask on the terminal (y/N) unless --yes; without a terminal and without --yes: refuse, one line."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError(f"{what}: no terminal to confirm on; pass --yes")
+    if input(f"{what}? [y/N] ").strip().lower() not in ("y", "yes"):
+        raise FabdeployError("not confirmed: nothing done")
 
 
 @task(help={"config": CONFIG_HELP, "prune": "remove the names no longer configured from the hosts' env file, "
@@ -390,5 +431,5 @@ def _seconds(value, flag: str):
     return number
 
 
-__all__ = ["deploy", "provision", "rollback", "secrets", "releases", "status", "logs", "unlock", "manage", "stop", "start",
+__all__ = ["deploy", "provision", "rollback", "db", "secrets", "releases", "status", "logs", "unlock", "manage", "stop", "start",
            "restart", "reload", "sudoers", "doctor"]

@@ -45,7 +45,7 @@ def sh_ok(text: str) -> None:
 
 def test_defaults_keep_todays_sqlite_behaviour():
     cfg = cfg_of()
-    assert (cfg.database.engine, cfg.database.host, cfg.database.backups) == ("sqlite", "local", 5)
+    assert (cfg.database.engine, cfg.database.host, cfg.database.keep_backups) == ("sqlite", "local", 5)
     assert database.requirements(cfg) == [] and database.url_lines(cfg, "/x") == []
     assert database.env_names(cfg) == set()
     # the venv key of a sqlite project is what it was before [database] existed (its venvs are reused)
@@ -71,7 +71,7 @@ def test_names_default_to_the_project_name_as_an_identifier():
     ('[database]\nengine = "oracle"\n', 'database.engine must be "sqlite", "postgresql" or "mysql" (got \'oracle\')'),
     ('[database]\nhost = "db1"\n', 'database.host must be "local"'),
     ('[database]\nname = "my-db"\n', "database.name must be letters, digits or '_'"),
-    ('[database]\nbackups = 0\n', "database.backups must be between 1 and 1000"),
+    ('[database]\nkeep_backups = 0\n', "database.keep_backups must be between 1 and 1000"),
     ('[database]\nengine = "postgresql"\n[django]\nenv = { DATABASE_URL = "postgres://x" }\n',
      "django.env.DATABASE_URL: database.engine = \"postgresql\" makes the deploy set DATABASE_URL"),
     ('[database]\nengine = "mysql"\n[secrets]\nDATABASE_URL = { env = "DB" }\n',
@@ -165,7 +165,7 @@ def test_the_password_file_is_generated_once_with_mode_0600(tmp_path):
 
 
 def test_backup_lines_parse_and_run_before_migrate():
-    cfg = cfg_of('[database]\nengine = "postgresql"\nbackups = 3\n')
+    cfg = cfg_of('[database]\nengine = "postgresql"\nkeep_backups = 3\n')
     text = "\n".join(django_app.django(cfg, REL).lines)
     sh_ok(text)
     assert text.index("showmigrations --plan") < text.index("PGPASSWORD") < text.index("migrate --noinput")
@@ -176,7 +176,7 @@ def test_backup_lines_parse_and_run_before_migrate():
 
 def test_pruning_keeps_the_newest_dumps(tmp_path):
     """prune_lines run for real on a directory of dumps (names sort by release time), other files kept."""
-    cfg = cfg_of("[database]\nbackups = 2\n")
+    cfg = cfg_of("[database]\nkeep_backups = 2\n")
     d = tmp_path / "backups"
     d.mkdir()
     names = [f"2026010{i}T000000Z-abcdef{i}.{'sql' if i % 2 else 'sqlite3'}.gz" for i in range(1, 6)]

@@ -688,7 +688,9 @@ def test_rollback_warns_about_an_unknown_migration_and_switches(tmp_path):
     assert proc.returncode == 0, err(proc)
     warns = [ln for ln in out(proc).splitlines() if ln.startswith(f"{MARK} warn ")]
     assert warns == [f"{MARK} warn the database has migration pages.0002_tag that {R1} does not know "
-                     "(left applied; fabdeploy never unapplies migrations)"]
+                     "(left applied; fabdeploy never unapplies migrations)",
+                     f"{MARK} warn no dump in {lab.lay.shared}/backups matches release {R1} (taken before those "
+                     "migrations)"]  # (fab db: the matching dump, when there is one, is named)
     assert lab.state()["current"] == lab.lay.release(R1)
 
 

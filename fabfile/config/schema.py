@@ -156,7 +156,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                     'DATABASE_URL); a shared db role host is not supported yet'),
         "name": Key("", _str(_DB_IDENT, "letters, digits or '_' (not starting with a digit, at most 63)")),
         "user": Key("", _str(_DB_IDENT, "letters, digits or '_' (not starting with a digit, at most 63)")),
-        "backups": Key(5, _int(1, 1000)),
+        "keep_backups": Key(5, _int(1, 1000)),
     },
     "hooks": {
         f"{when}_{phase}": Key([], _hook_commands)

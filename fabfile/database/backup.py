@@ -2,11 +2,12 @@
 
 The django phase asks `manage.py showmigrations --plan` (as the app user, production settings) how many
 migrations are unapplied; none (or none applied yet: an empty database, a first deploy): no backup. Otherwise DUMP_PY dumps the database Django is configured with
-(PostgreSQL: pg_dump, plain SQL; MySQL/MariaDB: mysqldump --single-transaction; SQLite: the online backup
-API into memory, then the database file's bytes: a consistent copy while the app writes) to stdout, and the
-deploy user gzips it into shared/backups/<release>.<sql|sqlite3>.gz (directory 0700, file 0600), then keeps
-the newest `[database] backups` of them. A failing dump stops the deploy before migrate with one line.
-Restore: `zcat X.sql.gz | psql ...` / `| mysql ...`; SQLite: `zcat X.sqlite3.gz > shared/db/default.sqlite3`.
+(PostgreSQL: pg_dump -Fc, the custom format pg_restore reads, uncompressed inside; MySQL/MariaDB: mysqldump
+--single-transaction, plain SQL; SQLite: the online backup API into memory, then the database file's bytes: a
+consistent copy while the app writes) to stdout, and the deploy user gzips it into
+shared/backups/<release>.<pgdump|sql|sqlite3>.gz (directory 0700, file 0600), then keeps the newest
+`[database] keep_backups` of them. A failing dump stops the deploy before migrate with one line.
+`fab db backup` takes one now (<release>.<UTC time>.<ext>.gz); `fab db restore` loads one (database/restore.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from fabdeploy.remote.shell import q
 
 NOTHING = 3  # DUMP_PY's status when there is no database to back up yet (an SQLite file not created)
 VENDOR = "fabdeploy-vendor="  # DUMP_PY's first stderr line names the database vendor
+EXTS = {"sqlite": "sqlite3", "postgresql": "pgdump", "mysql": "sql"}  # a dump's kind, in its file name
+EXT_OF_VENDOR = 'case "$vendor" in sqlite) echo sqlite3;; postgresql) echo pgdump;; *) echo sql;; esac'
 
 # Runs as the app user with the production settings; the password goes to the tool in its environment
 # (PGPASSWORD / MYSQL_PWD: readable only by that user), never on a command line.
@@ -38,7 +41,7 @@ if vendor == 'sqlite':
     sys.exit(0)
 if vendor == 'postgresql':
     env = dict(os.environ, PGPASSWORD=str(db['PASSWORD'] or ''))
-    argv = ['pg_dump', '--no-owner', '-h', db['HOST'] or 'localhost', '-p', str(db['PORT'] or 5432),
+    argv = ['pg_dump', '-Fc', '-Z0', '--no-owner', '-h', db['HOST'] or 'localhost', '-p', str(db['PORT'] or 5432),
             '-U', db['USER'], db['NAME']]
 elif vendor == 'mysql':
     env = dict(os.environ, MYSQL_PWD=str(db['PASSWORD'] or ''))
@@ -61,18 +64,16 @@ def backups_dir(cfg: Config) -> str:
 
 
 def prune_lines(cfg: Config) -> list[str]:
-    """Keep the newest `[database] backups` dumps (release ids sort by time), remove the others."""
+    """Keep the newest `[database] keep_backups` dumps (release ids sort by time), remove the others."""
     d = backups_dir(cfg)
     return [f"ls -1 {q(d)} | grep -E {q(RELEASE_GLOB_ERE[:-1] + '[.].*gz$')} | sort -r | "
-            f"tail -n +{cfg.database.backups + 1} | while read -r old; do rm -f {q(d)}/\"$old\"; done"]
+            f"tail -n +{cfg.database.keep_backups + 1} | while read -r old; do rm -f {q(d)}/\"$old\"; done"]
 
 
 def backup_lines(cfg: Config, rel: Release, app_env: str, python: str, manage: str) -> list[str]:
     """(django phase, before migrate; $ASAPP set) the pending migrations counted, and when there are any, the
     dump taken, named after the release, pruned. `app_env` runs a command as the app user with app.env and
     the production settings; `python` and `manage` are the release's (quoted) words."""
-    d = backups_dir(cfg)
-    base = f"{d}/{rel.id}"
     return [
         "dump=",
         f"out=$({app_env} {manage} showmigrations --plan 2>&1) || {{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
@@ -80,26 +81,36 @@ def backup_lines(cfg: Config, rel: Release, app_env: str, python: str, manage: s
         "was_applied=$(printf '%s\\n' \"$out\" | grep -c '^\\[X\\]' || true)",
         '# (a database no migration was ever applied to holds nothing to back up: a first deploy takes none)',
         'if [ "$pending" -gt 0 ] && [ "$was_applied" -gt 0 ]; then',
-        f"  (umask 077; mkdir -p {q(d)}) && chmod 700 {q(d)}",
-        f"  rm -f {q(base)}.tmp {q(base)}.err {q(base)}.rc",
-        f"  (umask 077; {{ {app_env} {python} -c {q(DUMP_PY)} 2>{q(base)}.err; echo $? > {q(base)}.rc; }} "
-        f"| gzip -c > {q(base)}.tmp)",
-        f"  rc=$(cat {q(base)}.rc 2>/dev/null || echo 1)",
-        f"  vendor=$(sed -n 's/^{VENDOR}//p' {q(base)}.err | head -n 1)",
-        f"  err=$(grep -v '^{VENDOR}' {q(base)}.err | grep -v '^[[:space:]]*$' | tail -n 1)",
-        f"  rm -f {q(base)}.err {q(base)}.rc",
-        f'  if [ "$rc" = {NOTHING} ]; then rm -f {q(base)}.tmp; '
-        + note("no backup: no database yet ($pending migrations to apply)"),
-        '  elif [ "$rc" = 0 ]; then',
-        '    case "$vendor" in sqlite) ext=sqlite3;; *) ext=sql;; esac',
-        f"    chmod 600 {q(base)}.tmp && mv -f {q(base)}.tmp {q(base)}.\"$ext\".gz",
-        f"    dump={q(base)}.\"$ext\".gz",
-        *["    " + ln for ln in prune_lines(cfg)],
-        "  else",
-        f"    rm -f {q(base)}.tmp",
-        "    " + fail_expanded("the backup before migrate failed (${vendor:-database}), nothing was migrated: "
-                               "${err:-status $rc}"),
-        "  fi",
+        *["  " + ln for ln in dump_lines(
+            cfg, q(f"{backups_dir(cfg)}/{rel.id}"), app_env, python,
+            "the backup before migrate failed (${vendor:-database}), nothing was migrated: ",
+            "no backup: no database yet ($pending migrations to apply)")],
+        "fi",
+    ]
+
+
+def dump_lines(cfg: Config, base: str, app_env: str, python: str, failed: str, nothing: str) -> list[str]:
+    """Dump the database Django is configured with into `base`.<ext>.gz (a shell word, may expand; 0600 in
+    the 0700 backups dir) and set $dump to it, then prune to keep_backups. No database yet: a note `nothing`,
+    $dump empty. A failing dump stops with `failed` + its last error line, nothing half-written left."""
+    d, b = backups_dir(cfg), base
+    return [
+        f"(umask 077; mkdir -p {q(d)}) && chmod 700 {q(d)}",
+        f"rm -f {b}.tmp {b}.err {b}.rc",
+        f"(umask 077; {{ {app_env} {python} -c {q(DUMP_PY)} 2>{b}.err; echo $? > {b}.rc; }} | gzip -c > {b}.tmp)",
+        f"rc=$(cat {b}.rc 2>/dev/null || echo 1)",
+        f"vendor=$(sed -n 's/^{VENDOR}//p' {b}.err | head -n 1)",
+        f"err=$(grep -v '^{VENDOR}' {b}.err | grep -v '^[[:space:]]*$' | tail -n 1)",
+        f"rm -f {b}.err {b}.rc",
+        f'if [ "$rc" = {NOTHING} ]; then rm -f {b}.tmp; ' + note(nothing),
+        'elif [ "$rc" = 0 ]; then',
+        f'  ext=$({EXT_OF_VENDOR})',
+        f"  chmod 600 {b}.tmp && mv -f {b}.tmp {b}.\"$ext\".gz",
+        f"  dump={b}.\"$ext\".gz",
+        *["  " + ln for ln in prune_lines(cfg)],
+        "else",
+        f"  rm -f {b}.tmp",
+        "  " + fail_expanded(failed + "${err:-status $rc}"),
         "fi",
     ]
 

@@ -4,6 +4,8 @@
     rollback  pick the target on the host (newest release older than current, not marked bad, with its
               virtualenv and app-server config still on disk), compare migrations, activate it (its own
               app-server config, `current`, static root: steps/activate.py), mark the abandoned release bad
+              The database has migrations the target does not know: the dump taken before the first of
+              them is named (database/restore.matching_lines); --restore-db stops the app and loads it
     restart   graceful reload, wait until every worker runs the target
     finish    audit line, release the lock
 
@@ -29,11 +31,11 @@ from fabdeploy.steps.lock import LockOwner
 
 
 def rollback_script(cfg: Config, owner: LockOwner, to: str | None, strict: bool, wait: int,
-                    target: Target | None = None) -> Script:
+                    target: Target | None = None, restore_db: bool = False) -> Script:
     """The rollback invocation (pipeline.ROLLBACK) for a host (hooks see its name)."""
     target = target or Target.named(cfg, "localhost")
     return pipeline.script("rollback", "rollback", pipeline.RunState(cfg, target, owner, "", wait=wait, to=to,
-                                                                     strict=strict))
+                                                                     strict=strict, restore_db=restore_db))
 
 
 @dataclass
@@ -46,7 +48,8 @@ class RollbackOutcome:
 
 
 def rollback_all(conns: list, cfg: Config, printer: Printer, to: str | None, strict: bool,
-                 wait: int | None = None, parallel: int | None = None) -> list[RollbackOutcome]:
+                 wait: int | None = None, parallel: int | None = None,
+                 restore_db: bool = False) -> list[RollbackOutcome]:
     if to and not RELEASE_ID.match(to):
         raise FabdeployError(f"--to {to!r} is not a release id (like 20261122T033903Z-cadb91d)")
     wait, started = lock_wait(cfg, printer, conns, wait), time.monotonic()
@@ -55,9 +58,10 @@ def rollback_all(conns: list, cfg: Config, printer: Printer, to: str | None, str
         host = host_label(conn)
         start = time.monotonic()
         owner = LockOwner.new("rollback", local_user())
-        script = rollback_script(cfg, owner, to, strict, wait, Target.of(conn, cfg))
+        script = rollback_script(cfg, owner, to, strict, wait, Target.of(conn, cfg), restore_db)
         printer.debug(host, pipeline.listing("rollback", script))
-        res = run_locked(conn, cfg, script, owner, host, appserver.of(cfg).reload_timeout(cfg) + 120 + wait, printer)
+        res = run_locked(conn, cfg, script, owner, host, appserver.of(cfg).reload_timeout(cfg) * 2 + 120 + wait
+                         + 3600 * restore_db, printer)
         target = res.facts.get("rolled_back_to", "")
         return RollbackOutcome(host, True, target, "", time.monotonic() - start)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from fabdeploy import appserver, model
 from fabdeploy.config import Config
+from fabdeploy.database.backup import backups_dir
+from fabdeploy.database.restore import find_lines, matching_lines, restore_lines
 from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, VENV_COMPLETE, Layout
 from fabdeploy.remote.markers import fact, fail_expanded, note, warn
 from fabdeploy.remote.script import Phase
@@ -29,7 +31,7 @@ for alias in connections:
 """
 
 
-def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
+def select_and_switch(cfg: Config, to: str | None, strict: bool, restore_db: bool = False) -> Phase:
     """Pick the target (--to, else the newest usable release older than current), refuse what cannot work,
     list (or with strict refuse) migrations it does not know, make it live, mark the abandoned release bad."""
     lay = Layout(cfg.paths.deploy_to)
@@ -80,12 +82,45 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool) -> Phase:
         + warn("the database has migration $app.$name that $T does not know (left applied; fabdeploy never "
                "unapplies migrations)") + "; done || true",
         refuse,
+        *database_lines(cfg, restore_db),
         *activate(cfg, '"$R"', '"$T"'),
         'touch "$cur/.fabdeploy/bad"',
         f'rm -f "$R/.fabdeploy/bad" "$R/.fabdeploy/{model.PENDING}"',
         fact("rolled_back_to", "$T"),
         note("$cur -> $T ($cur marked bad)"),
     ])
+
+
+def database_lines(cfg: Config, restore_db: bool) -> list[str]:
+    """(after the comparison, $unknown set, before the switch) When the database has migrations $T does not
+    know: name the dump taken before the first of them (database/restore.matching_lines) and how to load it;
+    restore_db (--restore-db): stop the app, load that dump with $T's code (or fail: none), so that the
+    restart phase starts $T on the database as it was."""
+    lay = Layout(cfg.paths.deploy_to)
+    d = backups_dir(cfg)
+    if not restore_db:
+        return [
+            'if [ -n "$unknown" ]; then',
+            *["  " + ln for ln in matching_lines(cfg)],
+            '  if [ -n "$match" ]; then '
+            + warn(f"the dump matching release $T is $match (taken before those migrations, in {d}): restore it "
+                   "with fab db restore --id $match (or roll back with --restore-db)") + "; else "
+            + warn(f"no dump in {d} matches release $T (taken before those migrations)") + "; fi",
+            "fi",
+        ]
+    app = appserver.of(cfg)
+    return [
+        'if [ -n "$unknown" ]; then',
+        *["  " + ln for ln in matching_lines(cfg)],
+        f'  [ -n "$match" ] || {fail_expanded(f"--restore-db: no dump in {d} matches release $T; nothing changed")}',
+        *["  " + ln for ln in find_lines(cfg, '"$match"', "$match")],
+        *["  " + ln for ln in app.stop_lines(cfg)],
+        '  cd "$R"',
+        *["  " + ln for ln in restore_lines(f"{AS_APP} sh -c {q(APP_ENV_SH)} rollback {q(lay.env_file)} env "
+                                            f"DJANGO_SETTINGS_MODULE={SETTINGS_MODULE}", '"$V/bin/python"')],
+        f"  cd {q(lay.releases)}",
+        "fi",
+    ]
 
 
 def restart(cfg: Config) -> Phase:
