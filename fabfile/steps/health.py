@@ -33,8 +33,8 @@ from fabdeploy.steps.activate import activate, reload
 PROBE_PY = r"""
 import http.client
 from urllib.parse import urljoin, urlsplit
-def http_get(addr, port, host, path):
-    conn = http.client.HTTPConnection(addr, port, timeout=5)
+def _fetch(conn, host, path):
+    # one GET on an open connection (http or https): (status, lower-cased headers)
     try:
         conn.request("GET", path, headers={"Host": host, "User-Agent": "fabdeploy-health"})
         resp = conn.getresponse()
@@ -42,6 +42,8 @@ def http_get(addr, port, host, path):
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}
     finally:
         conn.close()
+def http_get(addr, port, host, path):
+    return _fetch(http.client.HTTPConnection(addr, port, timeout=5), host, path)
 class _SNIConnection(http.client.HTTPSConnection):
     # https to an address with another name for SNI and the certificate check (the site's name)
     def __init__(self, addr, port, name, context):
@@ -70,14 +72,7 @@ def tls_context(cafile):
     return ctx
 def https_get(spec, addr, port, host, path):
     name = urlsplit("https://" + host).hostname or host
-    conn = _SNIConnection(addr, port, name, tls_context(spec.get("cafile", "")))
-    try:
-        conn.request("GET", path, headers={"Host": host, "User-Agent": "fabdeploy-health"})
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}
-    finally:
-        conn.close()
+    return _fetch(_SNIConnection(addr, port, name, tls_context(spec.get("cafile", ""))), host, path)
 def _printable(text):
     return "".join(c if c.isprintable() else "?" for c in text)[:200]
 def probe(spec, host):
