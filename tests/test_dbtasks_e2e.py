@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import FAB, OFFLINE, make_project, run_fab, sample_config
-from test_database_e2e import BACKUPS, FORM, MIGRATION, _host
+from test_database_e2e import BACKUPS, FORM, MIGRATION, _host, sql
 from test_load_e2e import Load
 
 D = "/srv/sample"
@@ -41,14 +41,6 @@ def db(request, make_host, tmp_path_factory, wheel_cache):
 
 def fab(db, *args):
     return run_fab(db.proj.root, *args, cache=db.cache)
-
-
-def sql(db, query: str) -> str:
-    if db.engine == "postgresql":
-        cmd = ["runuser", "-u", "postgres", "--", "psql", "-X", "-d", "sample", "-tAc", query]
-    else:
-        cmd = ["mariadb", "-N", "-D", "sample", "-e", query]
-    return db.host.exec(cmd).stdout.strip()
 
 
 def columns(db) -> list[str]:
