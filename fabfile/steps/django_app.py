@@ -141,7 +141,7 @@ def django(cfg: Config, rel: Release) -> Phase:
             *as_app_lines(app_user(cfg)),
             *backup.backup_lines(cfg, rel, app_env_words(cfg, rel, "backup"), python, manage),
             *as_app_lines(app_user(cfg)),  # (again: the line before migrate, as it always was)
-            f"out=$({app_env_words(cfg, rel, 'migrate')} {q(lay.venv(rel.venv_hash) + '/bin/python')} -c {q(MIGRATE_LOCK_PY)} "
+            f"out=$({app_env_words(cfg, rel, 'migrate')} {python} -c {q(MIGRATE_LOCK_PY)} "
             f"{q('fabdeploy-migrate-' + cfg.project.name)} {MIGRATE_LOCK_WAIT} {manage} migrate --noinput 2>&1) || "
             f"{{ printf '%s\\n' \"$out\" >&2; {backup.migrate_failed_line()}; exit 1; }}",
             f"printf '%s\\n' \"$out\" | {relay('warn')} || true",
