@@ -10,14 +10,18 @@ host itself (provision/database.py, provision/redis.py).
                        bind address is not changed here (not done: see README).
     Redis              bound to 127.0.0.1 and the db address (provision/redis.config_step), its password
                        required.
+    db-firewall        ([balancer] firewall not "off") an nftables table fabdeploy_db_<project>: the
+                       database's and Redis' ports open to the app hosts and the host itself only (others
+                       get a TCP reset), in /etc/nftables.d/ included by /etc/nftables.conf (kept at boot).
 """
 from __future__ import annotations
 
 from fabdeploy import database
-from fabdeploy.config import Config
+from fabdeploy.config import Config, ident
 from fabdeploy.database import fleet
 from fabdeploy.provision.services import SYSTEMD
 from fabdeploy.provision.steps import Step
+from fabdeploy.front.firewall_persist import INCLUDE, INCLUDE_RE, NFT_CONF, NFT_DIR
 from fabdeploy.remote.shell import q
 
 PSQL = "runuser -u postgres -- psql -X -q -tA -v ON_ERROR_STOP=1 -d postgres"
@@ -67,3 +71,49 @@ def mysql_accounts(cfg: Config, role: str) -> list[str]:
     host each app host's address."""
     own = ["localhost", "127.0.0.1"]
     return own + (fleet.app_addresses(cfg) if role == fleet.ROLE else [])
+
+
+def firewalled(cfg: Config) -> bool:
+    return cfg.balancer.firewall != "off"
+
+
+def ports(cfg: Config) -> list[int]:
+    """The db host's ports the app hosts use: the database server's and Redis'."""
+    out = [database.PORTS[cfg.database.engine]] if cfg.database.engine in database.PORTS else []
+    return out + ([6379] if cfg.cache.redis else [])
+
+
+def firewall_table(cfg: Config) -> tuple[str, str]:
+    """(table, nft script replacing it atomically): ports() open to the app hosts (IP literals; host names
+    are resolved by nft when it loads the table) and to the host itself, a TCP reset for anyone else."""
+    table = "fabdeploy_db_" + ident(cfg.project.name)
+    dport = "tcp dport { " + ", ".join(map(str, ports(cfg))) + " }"
+    v4 = [a for a in fleet.app_addresses(cfg) if ":" not in a]
+    v6 = [a for a in fleet.app_addresses(cfg) if ":" in a]
+    rules = [f"{dport} fib saddr type local accept"]
+    rules += [f"{dport} ip saddr {{ {', '.join(v4)} }} accept"] if v4 else []
+    rules += [f"{dport} ip6 saddr {{ {', '.join(v6)} }} accept"] if v6 else []
+    rules.append(f"{dport} reject with tcp reset")
+    body = "\n".join(f"    {r}" for r in rules)
+    return table, (f"add table inet {table}\ndelete table inet {table}\ntable inet {table} {{\n"
+                   f"  chain input {{\n    type filter hook input priority 0; policy accept;\n{body}\n  }}\n}}")
+
+
+def firewall_steps(cfg: Config) -> list[Step]:
+    """db-firewall on the db host (none with balancer.firewall = "off")."""
+    if not firewalled(cfg) or not ports(cfg):
+        return []
+    table, script = firewall_table(cfg)
+    f = f"{NFT_DIR}/{table}.nft"
+    common = [f"want={q(script)}"]
+    check = [*common, f'[ "$(cat {q(f)} 2>/dev/null)" = "$want" ]', f"nft list table inet {table} >/dev/null 2>&1",
+             f"grep -Eqs {q(INCLUDE_RE)} {NFT_CONF}"]
+    apply = [*common, f"install -d -m 0755 {NFT_DIR}",
+             f"printf '%s\\n' \"$want\" > {q(f + '.tmp')}", f"nft -c -f {q(f + '.tmp')}", f"nft -f {q(f + '.tmp')}",
+             f"mv -f {q(f + '.tmp')} {q(f)}",
+             f"[ -f {NFT_CONF} ] || printf '#!/usr/sbin/nft -f\\n' > {NFT_CONF}",
+             f"grep -Eqs {q(INCLUDE_RE)} {NFT_CONF} || printf '%s\\n' {q(INCLUDE)} >> {NFT_CONF}",
+             f"if {SYSTEMD}; then systemctl enable nftables >/dev/null 2>&1 || true; fi"]
+    apps = ", ".join(fleet.app_addresses(cfg))
+    return [Step("db-firewall", check, apply,
+                 what=f"nftables: port {', '.join(map(str, ports(cfg)))} open to {apps} only (table {table})")]

@@ -13,7 +13,7 @@ from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.roles import server_of
 from fabdeploy.output import Printer
 from fabdeploy.provision import database, layout, packages, services, steps, system, users
-from fabdeploy.provision import manager_service, redis, sudoers
+from fabdeploy.provision import db_host, manager_service, redis, sudoers
 from fabdeploy.remote.markers import as_markers, fact, fail, prefix
 from fabdeploy.remote.runner import run_script
 from fabdeploy.remote.script import Phase, Script
@@ -67,12 +67,15 @@ def db_host_steps(cfg: Config, sysinfo: system.System, keys: list[str]) -> list[
     names = ["sudo", *database.packages(cfg, sysinfo.family, "db")]
     if cfg.cache.redis:
         names.append(redis.package(sysinfo))
+    if db_host.firewall_steps(cfg):
+        names.append("nftables")
     return [services.packages_step(sysinfo.family, list(dict.fromkeys(names))),
             *users.deploy_user_steps(cfg, keys),
             *users.app_user_step(cfg),
             layout.layout_step(cfg),
             *database.steps(cfg, sysinfo.family, "db"),
-            *redis.redis_steps(cfg, sysinfo, "db")]
+            *redis.redis_steps(cfg, sysinfo, "db"),
+            *db_host.firewall_steps(cfg)]
 
 
 def provision_script(cfg: Config, sysinfo: system.System, keys: list[str], role: str, plan: bool,
