@@ -14,7 +14,7 @@ from fabdeploy.errors import ConfigError, FabdeployError
 from fabdeploy.hosts.roles import ALL_ROLES, parse_roles, select
 from fabdeploy.model import Release
 from fabdeploy.provision import database as pdb
-from fabdeploy.provision import db_host, redis, run, system
+from fabdeploy.provision import db_host, run, system
 from fabdeploy.steps import code as code_step
 from fabdeploy.steps import django_app
 
@@ -87,10 +87,11 @@ def names(steps) -> list[str]:
 def test_provision_puts_the_server_on_the_db_host_and_the_client_on_the_app_hosts():
     cfg = cfg_of(PG + '[cache]\nredis = true\n')
     db = run.host_steps(cfg, DEBIAN, [], "db")
-    assert names(db) == ["packages", "deploy-user", "deploy-key", "app-user", "layout", "postgresql-data",
-                         "postgresql-server", "postgresql-access", "postgresql-database", "redis-password",
-                         "redis-config", "redis"] or "nginx" not in names(db)
-    assert "nginx" not in names(db) and "postgresql-access" in names(db) and "redis-config" in names(db)
+    assert names(db) == ["packages", "deploy-user", "deploy-login", "authorized-keys", "app-user", "layout",
+                         "postgresql-data", "postgresql-server", "postgresql-access", "postgresql-database",
+                         "redis-password", "redis-config", "redis", "db-firewall"]  # no nginx, manager, sudoers
+    packages = "\n".join(db[0].check + db[0].apply)
+    assert all(p in packages for p in ("postgresql", "redis-server", "nftables"))
     app = run.host_steps(cfg, DEBIAN, [], "app")
     assert not any(n.startswith(("postgresql", "redis")) for n in names(app))
     assert pdb.packages(cfg, "apt", "app") == ["postgresql-client"] and pdb.packages(cfg, "apt", "db") == ["postgresql"]
@@ -147,3 +148,14 @@ def test_reading_the_passwords_from_the_db_host():
         {"database.password": "ab12", "redis.password": "cd34"}
     with pytest.raises(FabdeployError, match="db1: shared/config/redis.password on the db host is empty"):
         fleet.parse({"database": "ab12"}, cfg, "db1")
+
+
+def test_the_db_hosts_firewall_opens_its_ports_to_the_app_hosts_only():
+    cfg = cfg_of(PG + '[cache]\nredis = true\n')
+    table, script = db_host.firewall_table(cfg)
+    assert table == "fabdeploy_db_shop"
+    assert "tcp dport { 5432, 6379 } ip saddr { 10.0.0.11, web2 } accept" in script
+    assert script.splitlines()[-3].strip() == "tcp dport { 5432, 6379 } reject with tcp reset"
+    assert "db-firewall" in names(run.host_steps(cfg, DEBIAN, [], "db"))
+    off = cfg_of(PG + '[balancer]\nfirewall = "off"\n')
+    assert db_host.firewall_steps(off) == [] and "db-firewall" not in names(run.host_steps(off, DEBIAN, [], "db"))
