@@ -84,6 +84,8 @@ class RunState:
     fingerprint: str = ""  # app: the "already live" check ("" with --force: none)
     requirement_files: dict = field(default_factory=dict)
     secret_key: str = ""  # app: the fleet's key, when this host must get it (never printed)
+    fleet_passwords: dict = field(default_factory=dict)  # app: the db host's password files (never printed)
+    migrate: bool = True  # app: this host migrates (a shared database: one host per deploy)
     static_upload: bool = True  # balancer: this release's static files come on stdin
     drained: tuple[str, ...] = ()  # balancer: upstream addresses marked down
     outcome: dict = field(default_factory=lambda: {"result": "ok"})  # balancer finish: how the deploy ended
@@ -118,9 +120,9 @@ def _app_health(r: RunState) -> Phase:
 
 BUILDERS: dict[tuple[str, str], Callable[[RunState], Phase | None]] = {
     ("app", "setup"): _app_setup,
-    ("app", "code"): lambda r: code.code(r.cfg, r.rel, r.secret_key or None),
+    ("app", "code"): lambda r: code.code(r.cfg, r.rel, r.secret_key or None, r.fleet_passwords),
     ("app", "venv"): lambda r: venv.venv(r.cfg, r.rel, r.requirement_files),
-    ("app", "django"): lambda r: django_app.django(r.cfg, r.rel),
+    ("app", "django"): lambda r: django_app.django(r.cfg, r.rel, r.migrate),
     ("app", "config"): lambda r: configure.config(r.cfg, r.rel, r.facts, r.target.server),
     ("app", "switch"): lambda r: activate.switch(r.cfg, r.rel, r.target.server),
     ("app", "restart"): lambda r: activate.restart(r.cfg, r.rel, r.facts, r.target.server),
@@ -169,7 +171,8 @@ def script(kind: str, name: str, r: RunState, *, only: tuple[str, ...] = ()) -> 
             phases.append(hooks.wrap(built, r.cfg, ctx, step.hook) if step.hook else built)
     if inv.locked:
         phases[0] = lock.kept_alive(phases[0], r.cfg, r.owner)
-    out = Script(phases, tuple(r.cfg.secret_values()) + ((r.secret_key,) if r.secret_key else ()))
+    out = Script(phases, tuple(r.cfg.secret_values()) + ((r.secret_key,) if r.secret_key else ())
+                 + tuple(r.fleet_passwords.values()))
     if inv.detached:
         lay = r.target.layout
         out.detach = f"{lay.tmp}/{r.release_id}" + ("-lb.publish" if kind == "lb" else ".publish")

@@ -14,7 +14,7 @@ from fabdeploy.config import Config, check_rolling, load_config
 from fabdeploy.errors import ConfigError, FabdeployError
 from fabdeploy.hosts.connect import host_label, make_connection, open_connection, prepare
 from fabdeploy.hosts.fleet import on_each_host, signals_as_interrupt
-from fabdeploy.hosts.roles import attach, balanced, parse_roles, select
+from fabdeploy.hosts.roles import ALL_ROLES, ROLES, attach, balanced, parse_roles, select
 from fabdeploy.local import secrets as _secrets
 from fabdeploy.ops import control as _control
 from fabdeploy.ops import manage as _manage
@@ -69,11 +69,11 @@ def _load(config: str | None, secrets: str = "") -> Config:
     return cfg
 
 
-def target_connections(c, cfg: Config, roles: str | None = None) -> list[Connection]:
+def target_connections(c, cfg: Config, roles: str | None = None, allowed: tuple[str, ...] = ROLES) -> list[Connection]:
     """The hosts to work on, each Connection carrying its Server (role, weight...): `fab -H host` gives one
     Connection (with FleetExecutor, all -H hosts at once); without -H, the hosts in deploy.toml. `roles`
-    ("app", "lb", "app,lb") narrows them."""
-    wanted = parse_roles(roles)
+    ("app", "lb", "app,lb") narrows them; `allowed` the roles the task works on (provision: the db host too)."""
+    wanted = parse_roles(roles, allowed)
     if isinstance(c, Connection):
         attach(c, select(cfg, [c.original_host or _target(c)], wanted)[0])
         return [prepare(c, cfg)]
@@ -215,6 +215,9 @@ def db(c, action, id=None, yes=False, json=False, config=None, wait=None, verbos
     printer = Printer(verbose=verbose)
     dbtasks.check(action, id or "")
     conns = target_connections(c, cfg, "app")
+    from fabdeploy.database import fleet
+    if fleet.shared(cfg):  # one database for the fleet: its dumps are taken, listed, restored once (first app)
+        conns = conns[:1]
     if action == "restore":
         _confirm(f"restore dump {id} into the database of {', '.join(host_label(x) for x in conns)}", yes)
     outcomes = dbtasks.db_all(conns, cfg, printer, action, id or "", wait=_seconds(wait, "--wait"),
@@ -385,7 +388,7 @@ def provision(c, config=None, plan=False, verbose=False, parallel=None):
     printer = Printer(verbose=verbose)
     key = (c.config.get("connect_kwargs") or {}).get("key_filename")
     keys = public_keys(cfg, key[0] if isinstance(key, (list, tuple)) and key else key or None)
-    outcomes = _prov.provision_all(target_connections(c, cfg), cfg, keys, plan, printer, _parallel(parallel, cfg))
+    outcomes = _prov.provision_all(target_connections(c, cfg, allowed=ALL_ROLES), cfg, keys, plan, printer, _parallel(parallel, cfg))
     printer.info(_prov.summary(outcomes, plan))
     _exit_if_failed([o.error for o in outcomes if o.error])
 

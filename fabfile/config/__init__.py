@@ -187,6 +187,8 @@ def parse_config(raw: dict[str, Any], path: Path | None = None) -> Config:
     check_tls(data, where)
     check_database(data, where)
     check_cache(data, where)
+    from fabdeploy.database.fleet import check as check_db_role
+    check_db_role(data, where)
     from fabdeploy.appserver import SERVERS
     from fabdeploy.manager import MANAGERS
     refused = MANAGERS[data["app"]["manager"]].refuse(SERVERS[data["app"]["server"]])

@@ -145,9 +145,9 @@ def check_cache(data: dict, where: str) -> None:
     if not cache["redis"]:
         return
     apps = data["roles"]["app"] or data["project"]["hosts"]
-    if len(apps) > 1:
+    if len(apps) > 1 and not data["roles"]["db"]:  # (roles.db: one Redis on the db host, shared)
         raise ConfigError(f"{where}cache.redis = true with {len(apps)} app hosts: each would have its own Redis "
-                          "on 127.0.0.1 (not shared); a fleet's cache server is not supported yet")
+                          "on 127.0.0.1 (not shared); add the fleet's db host (roles.db), which runs one Redis for all")
     packages = data["pip"]["packages"]
     if not any(re.match(r"^redis\b(?![-_.])", p.strip(), re.I) for p in packages):
         data["pip"]["packages"] = [*packages, "redis"]
@@ -256,7 +256,7 @@ def _check_roles(data: dict, where: str) -> None:
     if roles["lb"] and not roles["app"]:
         raise ConfigError(f"{where}roles.lb needs app hosts to balance: roles.app is empty")
     seen = {}
-    for role in ("app", "lb"):
+    for role in ("app", "lb", "db"):
         for item in roles[role]:
             host = item if isinstance(item, str) else item["host"]
             name = host_name(host)
@@ -264,8 +264,8 @@ def _check_roles(data: dict, where: str) -> None:
                 raise ConfigError(f"{where}host {name} is listed twice (roles.{seen[name]} and roles.{role}); "
                                   "a host has one role")
             seen[name] = role
-            if role == "lb" and isinstance(item, dict) and set(item) - {"host", "address"}:
-                raise ConfigError(f"{where}roles.lb {host}: weight, backup, max_fails, fail_timeout are settings "
+            if role != "app" and isinstance(item, dict) and set(item) - {"host", "address"}:
+                raise ConfigError(f"{where}roles.{role} {host}: weight, backup, max_fails, fail_timeout are settings "
                                   "of app hosts")
     port = data["balancer"]["port"]
     ssh_ports = {22} | {int(t.rsplit(":", 1)[1]) for t in _role_targets(roles) if re.search(r":[0-9]+$", t)}

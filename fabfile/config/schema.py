@@ -109,6 +109,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "roles": {
         "app": Key([], _servers),
         "lb": Key([], _servers),
+        "db": Key([], _servers),  # one host: the fleet's database (and Redis) server (fabdeploy/database/fleet.py)
     },
     "balancer": {
         "method": Key("round_robin", lambda v: None if v in BALANCE_METHODS else
@@ -153,7 +154,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
                       'must be "sqlite", "postgresql" or "mysql"'),
         "host": Key("local", lambda v: None if v in ("local", "url") else
                     'must be "local" (the server on the app host) or "url" (an existing server: [secrets] '
-                    'DATABASE_URL); a shared db role host is not supported yet'),
+                    'DATABASE_URL); a fleet shares a db host: roles.db'),
         "name": Key("", _str(_DB_IDENT, "letters, digits or '_' (not starting with a digit, at most 63)")),
         "user": Key("", _str(_DB_IDENT, "letters, digits or '_' (not starting with a digit, at most 63)")),
         "keep_backups": Key(5, _int(1, 1000)),

@@ -13,8 +13,8 @@ MySQL (pure Python, no compiler or client headers; the overlay calls pymysql.ins
 host = "url": an existing server, its URL with the password from [secrets] DATABASE_URL (checked once
 resolved: scheme, user, host, name, a password); provision installs only the client (pg_dump / mariadb-dump).
 
-Seam for fleets (a later part of issue 14): `server_address()` is where a shared `db` role host would be
-named; today it is the app host itself (127.0.0.1).
+Fleets: a `db` role host (roles.db) runs the one server the app hosts share (database/fleet.py);
+`server_address()` names it (else the app host itself, 127.0.0.1).
 """
 from __future__ import annotations
 
@@ -86,9 +86,10 @@ def db_user(cfg: Config) -> str:
 
 
 def server_address(cfg: Config) -> str:
-    """Where the app reaches the server: host = "local" is the app host itself. (Fleets sharing a `db`
-    role host: a later part of issue 14 returns that host's private address here.)"""
-    return "127.0.0.1"
+    """Where the app reaches the server: host = "local" is the app host itself; a fleet's db host (roles.db)
+    its address (database/fleet.py)."""
+    from fabdeploy.database import fleet
+    return fleet.address(cfg)
 
 
 def password_file(cfg: Config) -> str:

@@ -15,6 +15,7 @@ from fabdeploy.config import Config, host_name
 from fabdeploy.errors import ConfigError
 
 ROLES = ("app", "lb")
+ALL_ROLES = (*ROLES, "db")  # db: the fleet's database host (database/fleet.py), worked on by fab provision only
 
 
 @dataclass(frozen=True)
@@ -50,25 +51,25 @@ def servers(cfg: Config) -> list[Server]:
     """Every host of the config with its role: [roles] entries, else project.hosts as app hosts."""
     out = []
     b = cfg.balancer
-    for role in ROLES:
+    for role in ALL_ROLES:
         for item in getattr(cfg.roles, role):
             item = {"host": item} if isinstance(item, str) else dict(item)
             out.append(Server(item.pop("host"), role, item.get("address", ""), item.get("weight", 1),
                               item.get("backup", False), item.get("max_fails", b.max_fails),
                               item.get("fail_timeout", b.fail_timeout)))
-    if not out:
-        out = [Server(h, "app", max_fails=b.max_fails, fail_timeout=b.fail_timeout) for h in cfg.project.hosts]
+    if not any(s.role != "db" for s in out):
+        out += [Server(h, "app", max_fails=b.max_fails, fail_timeout=b.fail_timeout) for h in cfg.project.hosts]
     return out
 
 
-def parse_roles(value: str | None) -> tuple[str, ...]:
+def parse_roles(value: str | None, allowed: tuple[str, ...] = ROLES) -> tuple[str, ...]:
     """--roles app,lb -> ("app", "lb"); one line naming the bad word otherwise."""
     if not value:
-        return ROLES
+        return allowed
     words = tuple(w.strip() for w in value.split(",") if w.strip())
     for w in words:
-        if w not in ROLES:
-            raise ConfigError(f"--roles: unknown role {w!r} (roles are: {', '.join(ROLES)})")
+        if w not in allowed:
+            raise ConfigError(f"--roles: unknown role {w!r} (roles are: {', '.join(allowed)})")
     return words
 
 

@@ -18,6 +18,7 @@ import threading
 import time
 
 from fabdeploy.config import Config
+from fabdeploy.database import fleet
 from fabdeploy.errors import FabdeployError, RemoteError
 from fabdeploy.hosts.connect import host_label
 from fabdeploy.hosts.fleet import for_each_host
@@ -117,6 +118,13 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
                 if hd.stage != "unchanged":
                     hd.abort("secret keys differ")
             raise
+        try:
+            share_database(apps, cfg, printer)
+        except FabdeployError:
+            for hd in everyone:
+                if hd.stage != "unchanged":
+                    hd.abort("the db host's passwords could not be read")
+            raise
         ok = step(apps, lambda hd: hd.build())
         if not all(ok):
             return give_up(", ".join(hd.host for hd, good in zip(apps, ok) if not good) + " failed to prepare")
@@ -203,6 +211,22 @@ def share_secret_key(apps: list[HostDeploy], adopt: str | None) -> None:
     src_text = "the [secrets] SECRET_KEY" if configured else "a new key" if plan.generate else \
         f"the key of {plan.source}"
     apps[0].printer.info(f"secret key: {src_text} goes to {', '.join(plan.targets)}")
+
+
+def share_database(apps: list[HostDeploy], cfg: Config, printer: Printer) -> None:
+    """A fleet sharing one database (database/fleet.py): every app host gets the db host's passwords (read
+    once here, never printed), and only the first app host that builds migrates (and dumps before it)."""
+    if not apps:
+        return
+    passwords = fleet.read_passwords(cfg, apps[0].conn.config, printer)
+    for hd in apps:
+        hd.state.fleet_passwords = dict(passwords)
+    if fleet.shared(cfg):
+        building = [hd for hd in apps if hd.stage != "unchanged"]
+        for hd in building[1:]:
+            hd.state.migrate = False
+        if len(building) > 1:
+            printer.info(f"migrate: once, on {building[0].host} (the app hosts share one database)")
 
 
 def _close(hosts) -> None:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from fabdeploy import database
 from fabdeploy.config import Config
+from fabdeploy.database import fleet
+from fabdeploy.provision import db_host
 from fabdeploy.provision.services import SYSTEMD
 from fabdeploy.provision.steps import Step
 from fabdeploy.remote.shell import q
@@ -29,13 +31,16 @@ PG_APT_DATA = "/var/lib/postgresql"
 PG_RH_DATA = "/var/lib/pgsql/data"
 MYSQL_DATA = "/var/lib/mysql"
 MYSQL_RUN = "/run/mysqld"
+LOCAL = "127.0.0.1"  # the provision checks log in on the server's host itself
 WAIT = 60  # seconds a started server may take to accept connections
 
 
-def packages(cfg: Config, family: str) -> list[str]:
-    """The server and client packages of the engine on this family of system (none for sqlite)."""
+def packages(cfg: Config, family: str, role: str = "app") -> list[str]:
+    """The server and client packages of the engine on this family of system (none for sqlite); app hosts
+    of a fleet with a db host (and with host = "url") get the client only (the dumps)."""
     engine = database.engine(cfg)
-    if database.external(cfg) and engine in database.SERVER_ENGINES:  # the client only: the dumps
+    client_only = database.external(cfg) or (role == "app" and fleet.has_db_host(cfg))
+    if client_only and engine in database.SERVER_ENGINES:  # the client only: the dumps
         return {("postgresql", True): ["postgresql-client"], ("postgresql", False): ["postgresql"],
                 ("mysql", True): ["mariadb-client"], ("mysql", False): ["mariadb"]}[(engine, family == "apt")]
     if engine == "postgresql":
@@ -46,16 +51,18 @@ def packages(cfg: Config, family: str) -> list[str]:
     return []
 
 
-def steps(cfg: Config, family: str) -> list[Step]:
+def steps(cfg: Config, family: str, role: str = "app") -> list[Step]:
     """The steps after the packages (and after the layout: the password file lives in shared/config); none
-    for an existing server (host = "url")."""
+    for an existing server (host = "url") and on the app hosts of a fleet with a db host; on the db host
+    the server is also opened to the app hosts (provision/db_host.py)."""
     engine = database.engine(cfg)
-    if database.external(cfg):
+    if database.external(cfg) or role != (fleet.ROLE if fleet.has_db_host(cfg) else "app"):
         return []
     if engine == "postgresql":
-        return [pg_data_step(family), pg_server_step(family), pg_database_step(cfg)]
+        access = [db_host.pg_access_step(cfg, family)] if role == fleet.ROLE else []
+        return [pg_data_step(family), pg_server_step(family), *access, pg_database_step(cfg)]
     if engine == "mysql":
-        return [mysql_data_step(), mysql_server_step(), mysql_database_step(cfg)]
+        return [mysql_data_step(), mysql_server_step(), mysql_database_step(cfg, role)]
     return []
 
 
@@ -108,7 +115,7 @@ def pg_database_step(cfg: Config) -> Step:
           f"(SELECT FROM pg_database WHERE datname = '{name}')\\gexec\n"
           f"ALTER DATABASE \"{name}\" OWNER TO \"{user}\";\n")
     psql = "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres"
-    login = (f'PGPASSWORD="$(cat "$f" 2>/dev/null)" psql -X -h {database.server_address(cfg)} -U {q(user)} '
+    login = (f'PGPASSWORD="$(cat "$f" 2>/dev/null)" psql -X -h {LOCAL} -U {q(user)} '
              f"-d {q(name)} -tAc 'SELECT 1' >/dev/null 2>&1")
     apply = [*_password_lines(cfg),
              f"printf '%s' {q(role)} \"$pw\" {q(chr(39) + ';' + chr(10))} | {psql} >/dev/null 2>&1 || "
@@ -146,16 +153,16 @@ def mysql_server_step() -> Step:
     return Step("mysql-server", check, apply, what="MariaDB enabled and started")
 
 
-def mysql_database_step(cfg: Config) -> Step:
+def mysql_database_step(cfg: Config, role: str = "app") -> Step:
     name, user = database.db_name(cfg), database.db_user(cfg)
     segments: list[str | None] = [  # None: the password
         f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;\n"]
-    for acct in (f"'{user}'@'localhost'", f"'{user}'@'127.0.0.1'"):
+    for acct in (f"'{user}'@'{h}'" for h in db_host.mysql_accounts(cfg, role)):
         segments[-1] += f"CREATE USER IF NOT EXISTS {acct} IDENTIFIED BY '"
         segments += [None, f"';\nALTER USER {acct} IDENTIFIED BY '", None,
                      f"';\nGRANT ALL PRIVILEGES ON `{name}`.* TO {acct};\n"]
     words = " ".join('"$pw"' if seg is None else q(seg) for seg in segments)
-    login = (f'MYSQL_PWD="$(cat "$f" 2>/dev/null)" {MYSQL_CLIENT} -h {database.server_address(cfg)} '
+    login = (f'MYSQL_PWD="$(cat "$f" 2>/dev/null)" {MYSQL_CLIENT} -h {LOCAL} '
              f"-u {q(user)} -D {q(name)} -e 'SELECT 1' >/dev/null 2>&1")
     apply = [*_password_lines(cfg),
              f"printf '%s' {words} | {MYSQL_CLIENT} >/dev/null 2>&1 || "

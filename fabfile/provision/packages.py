@@ -59,7 +59,7 @@ def plan(cfg: Config, system: System, role: str = "app") -> list[str]:
             out.append("cron" if system.family == "apt" else "cronie")
     if firewall_used(cfg, role):
         out.append("nftables")
-    if cfg.cache.redis and role == "app":  # [cache] redis (provision/redis.py)
+    if cfg.cache.redis and role == "app" and not cfg.roles.db:  # [cache] redis (provision/redis.py; roles.db: there)
         out.append("redis-server" if system.family == "apt" else "redis")
     if cfg.tls.mode == "acme" and (role == "lb" or not balanced(cfg)):
         out.append("certbot")

@@ -36,9 +36,9 @@ def password_file(cfg: Config) -> str:
     return f"{Layout(cfg.paths.deploy_to).config}/redis.password"
 
 
-def url_expr(pw_var: str = "pw") -> str:
+def url_expr(pw_var: str = "pw", host: str = BIND) -> str:
     """REDIS_URL as a double-quoted shell word using the password in $pw_var (hex: URL-safe)."""
-    return f'"redis://:${pw_var}@{BIND}:{PORT}/0"'
+    return f'"redis://:${pw_var}@{host}:{PORT}/0"'
 
 
 def package(system: System) -> str:
@@ -58,26 +58,27 @@ def password_step(cfg: Config) -> Step:
     return Step("redis-password", check, apply, what=f"{password_file(cfg)} holds the Redis password (0600)")
 
 
-def _want_lines(cfg: Config) -> list[str]:
+def _want_lines(cfg: Config, bind: str = BIND) -> list[str]:
     """$want: the text of our include file (the password read from the password file, never printed)."""
     f = q(password_file(cfg))
     head = (f"# Managed by fabdeploy provision ([cache] redis): included last by redis.conf, overrides it.\\n"
-            f"bind {BIND}\\nprotected-mode yes\\nport {PORT}\\n")
+            f"bind {bind}\\nprotected-mode yes\\nport {PORT}\\n")
     return [f'pw=$(cat {f} 2>/dev/null)', f"want=$(printf '{head}requirepass %s' \"$pw\")"]
 
 
-def config_step(cfg: Config) -> Step:
-    check = [CONF, *_want_lines(cfg), '[ -f "$c" ] && [ "$(cat "$inc" 2>/dev/null)" = "$want" ] && '
+def config_step(cfg: Config, bind: str = BIND) -> Step:
+    """Our include file (bind: 127.0.0.1, and on a fleet's db host its address too) included by redis.conf."""
+    check = [CONF, *_want_lines(cfg, bind), '[ -f "$c" ] && [ "$(cat "$inc" 2>/dev/null)" = "$want" ] && '
              '[ "$(stat -c %U:%G:%a "$inc")" = root:redis:640 ] && '
              '[ "$(grep -v "^[[:space:]]*$" "$c" | tail -n 1)" = "include $inc" ]']
-    apply = [CONF, *_want_lines(cfg),
+    apply = [CONF, *_want_lines(cfg, bind),
              '[ -f "$c" ] || { echo "no redis.conf (/etc/redis/redis.conf, /etc/redis.conf): is Redis installed?"; exit 1; }',
              'rm -f "$inc.new"', '(umask 077; printf "%s\\n" "$want" > "$inc.new")',
              'chown root:redis "$inc.new"', 'chmod 640 "$inc.new"', 'mv -f "$inc.new" "$inc"',
              # (rewritten in place: redis.conf keeps its owner and mode)
              '{ grep -vxF "include $inc" "$c" || true; } > "$c.fabdeploy-tmp"', 'cat "$c.fabdeploy-tmp" > "$c"',
              'rm -f "$c.fabdeploy-tmp"', 'printf "include %s\\n" "$inc" >> "$c"']
-    return Step("redis-config", check, apply, what=f"Redis bound to {BIND}:{PORT} with a password (include in redis.conf)")
+    return Step("redis-config", check, apply, what=f"Redis bound to {bind.replace(' ', ',')}:{PORT} with a password (include in redis.conf)")
 
 
 def _answers(cfg: Config) -> str:
@@ -107,10 +108,13 @@ def service_step(cfg: Config, system: System) -> Step:
 
 
 def redis_steps(cfg: Config, system: System, role: str) -> list[Step]:
-    """The three steps on an app host with [cache] redis = true; none otherwise."""
-    if not cfg.cache.redis or role != "app":
+    """The three steps on the host that runs the Redis of [cache] redis = true: the app host, or a fleet's db
+    host (roles.db: bound to its address too, for the app hosts); none otherwise."""
+    from fabdeploy.database import fleet
+    if not cfg.cache.redis or role != (fleet.ROLE if fleet.has_db_host(cfg) else "app"):
         return []
-    return [password_step(cfg), config_step(cfg), service_step(cfg, system)]
+    bind = f"{BIND} {fleet.address(cfg)}" if role == fleet.ROLE else BIND
+    return [password_step(cfg), config_step(cfg, bind), service_step(cfg, system)]
 
 
 def env_lines(cfg: Config, env_file: str) -> list[str]:
@@ -119,4 +123,10 @@ def env_lines(cfg: Config, env_file: str) -> list[str]:
     f = q(password_file(cfg))
     return [f"[ -s {f} ] || " + fail(f"cache.redis = true but {password_file(cfg)} is missing or unreadable: "
                                      "run `fab provision` (it installs Redis and writes the password)"),
-            f'pw=$(cat {f}); printf "REDIS_URL=%s\\n" {url_expr()} >> {q(env_file)}; pw=']
+            f'pw=$(cat {f}); printf "REDIS_URL=%s\\n" {url_expr(host=_server(cfg))} >> {q(env_file)}; pw=']
+
+
+def _server(cfg: Config) -> str:
+    """Where the app reaches Redis: the app host itself, or the fleet's db host."""
+    from fabdeploy.database import fleet
+    return fleet.address(cfg) if fleet.has_db_host(cfg) else BIND

@@ -13,7 +13,7 @@ from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.roles import server_of
 from fabdeploy.output import Printer
 from fabdeploy.provision import database, layout, packages, services, steps, system, users
-from fabdeploy.provision import manager_service, redis, sudoers
+from fabdeploy.provision import db_host, manager_service, redis, sudoers
 from fabdeploy.remote.markers import as_markers, fact, fail, prefix
 from fabdeploy.remote.runner import run_script
 from fabdeploy.remote.script import Phase, Script
@@ -42,10 +42,13 @@ def detect_script() -> Script:
 
 
 def host_steps(cfg: Config, sysinfo: system.System, keys: list[str], role: str) -> list[steps.Step]:
-    """Every step for one host, in order (the database and the cache on app hosts)."""
+    """Every step for one host, in order (the database and the cache on app hosts, or on the fleet's db
+    host: roles.db)."""
+    if role == "db":
+        return db_host_steps(cfg, sysinfo, keys)
     names = ["sudo", *packages.plan(cfg, sysinfo, role)]  # sudo: the deploy runs `sudo -n`
     if role == "app":
-        names += database.packages(cfg, sysinfo.family)
+        names += database.packages(cfg, sysinfo.family, role)
     return [services.packages_step(sysinfo.family, list(dict.fromkeys(names))),
             services.nginx_step(),
             *manager_service.manager_steps(cfg, sysinfo, role),
@@ -53,9 +56,26 @@ def host_steps(cfg: Config, sysinfo: system.System, keys: list[str], role: str) 
             *users.app_user_step(cfg),
             layout.layout_step(cfg),
             *layout.pip_step(cfg),
-            *(database.steps(cfg, sysinfo.family) if role == "app" else []),
+            *database.steps(cfg, sysinfo.family, role),
             *redis.redis_steps(cfg, sysinfo, role),
             *sudoers.sudoers_steps(cfg)]
+
+
+def db_host_steps(cfg: Config, sysinfo: system.System, keys: list[str]) -> list[steps.Step]:
+    """The fleet's db host: the server (and Redis), the deploy user and deploy_to (the password files live
+    in shared/config); no nginx, app server or sudoers drop-in."""
+    names = ["sudo", *database.packages(cfg, sysinfo.family, "db")]
+    if cfg.cache.redis:
+        names.append(redis.package(sysinfo))
+    if db_host.firewall_steps(cfg):
+        names.append("nftables")
+    return [services.packages_step(sysinfo.family, list(dict.fromkeys(names))),
+            *users.deploy_user_steps(cfg, keys),
+            *users.app_user_step(cfg),
+            layout.layout_step(cfg),
+            *database.steps(cfg, sysinfo.family, "db"),
+            *redis.redis_steps(cfg, sysinfo, "db"),
+            *db_host.firewall_steps(cfg)]
 
 
 def provision_script(cfg: Config, sysinfo: system.System, keys: list[str], role: str, plan: bool,

@@ -54,10 +54,11 @@ def settings_overlay(cfg: Config, release_id: str) -> str:
                   cache=cfg.cache, name=cfg.project.name)
 
 
-def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
+def code(cfg: Config, rel: Release, secret_key: str | None = None, passwords: dict | None = None) -> Phase:
     """Unpack the uploaded archive (stdin) into releases/<id>, add the settings module, link shared dirs.
     shared/secret_key: `secret_key` when given (the fleet's one key; mask it in displays), else the host's
-    own, generated on its first deploy."""
+    own, generated on its first deploy. `passwords`: file name -> value read from the fleet's db host,
+    written into shared/config (0600) before app.env is composed from them (mask them in displays)."""
     lay = Layout(cfg.paths.deploy_to)
     R, T = lay.release(rel.id), lay.staging(rel.id)
     settings = settings_overlay(cfg, rel.id)
@@ -89,6 +90,8 @@ def code(cfg: Config, rel: Release, secret_key: str | None = None) -> Phase:
         f"(umask 077; {q(cfg.project.python)} -c 'import secrets; print(secrets.token_urlsafe(50))' "
         f"> {q(lay.secret_key + '.tmp')}) && mv {q(lay.secret_key + '.tmp')} {q(lay.secret_key)}; "
         + note("secret key generated") + "; fi",
+        *[ln for name, value in sorted((passwords or {}).items())
+          for ln in write_file(f"{lay.config}/{name}", value, mode="0600")],
         *env_file_lines(cfg, lay.env_file),
         *app_user.key_lines(cfg),
         f"mkdir -p {q(lay.bin)}",

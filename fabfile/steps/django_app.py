@@ -121,8 +121,9 @@ def app_env_words(cfg: Config, rel: Release, name: str) -> str:
             f"FABDEPLOY_RELEASE={q(rel.id)}")
 
 
-def django(cfg: Config, rel: Release) -> Phase:
-    """migrate, collectstatic and check --deploy with the production settings module."""
+def django(cfg: Config, rel: Release, migrate: bool = True) -> Phase:
+    """migrate, collectstatic and check --deploy with the production settings module. `migrate` False: an
+    app host of a fleet sharing one database where another host migrates (and dumps) for this deploy."""
     lay = Layout(cfg.paths.deploy_to)
     manage = f"{q(lay.venv(rel.venv_hash) + '/bin/python')} {q(cfg.project.manage)}"
     lines = django_env(cfg, rel)
@@ -135,7 +136,9 @@ def django(cfg: Config, rel: Release) -> Phase:
                     then="\"$(printf '%s\\n' \"$out\" | tail -n 1)\""),
         "}",
     ]
-    if cfg.django.migrate:  # (as the app user: it owns the database, shared/db)
+    if cfg.django.migrate and not migrate:
+        lines.append(note("migrate: done once for the fleet's shared database (on another app host)"))
+    if cfg.django.migrate and migrate:  # (as the app user: it owns the database, shared/db)
         python = q(lay.venv(rel.venv_hash) + '/bin/python')
         lines += [
             *as_app_lines(app_user(cfg)),

@@ -1,0 +1,161 @@
+"""A fleet's shared db host (roles.db, database/fleet.py): the config checks and the pure builders (provision
+steps of the db host and of its app hosts, DATABASE_URL / REDIS_URL pointing at it, migrate once, the
+passwords read from it). The real thing: tests/test_db_fleet_e2e.py."""
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from fabdeploy import database
+from fabdeploy.config import parse_config
+from fabdeploy.database import fleet
+from fabdeploy.errors import ConfigError, FabdeployError
+from fabdeploy.hosts.roles import ALL_ROLES, parse_roles, select
+from fabdeploy.model import Release
+from fabdeploy.provision import database as pdb
+from fabdeploy.provision import db_host, run, system
+from fabdeploy.steps import code as code_step
+from fabdeploy.steps import django_app
+
+BASE = """\
+[project]
+name = "shop"
+django_settings = "shop.settings"
+wsgi = "shop.wsgi"
+[paths]
+deploy_to = "/srv/shop"
+[roles]
+app = [{ host = "deploy@web1", address = "10.0.0.11" }, "deploy@web2"]
+db = [{ host = "deploy@db1", address = "10.0.0.5" }]
+"""
+PG = '[database]\nengine = "postgresql"\n'
+REL = Release("20260101T000000Z-abcdef1", "abc", "main", "git", "now", "me", "0123456789abcdef")
+DEBIAN = system.System("debian", "12", "Debian 12", "apt", 12)
+
+
+def cfg_of(extra: str = PG, base: str = BASE):
+    return parse_config(tomllib.loads(base + extra))
+
+
+def test_the_db_host_and_the_app_addresses():
+    cfg = cfg_of()
+    assert fleet.db_server(cfg).target == "deploy@db1" and fleet.address(cfg) == "10.0.0.5"
+    assert database.server_address(cfg) == "10.0.0.5"
+    assert fleet.app_addresses(cfg) == ["10.0.0.11", "web2"]
+    assert fleet.shared(cfg) and fleet.cidr("10.0.0.11") == "10.0.0.11/32" and fleet.cidr("::1") == "::1/128"
+    assert fleet.cidr("web2") == "web2"
+    no_db = cfg_of(base=BASE.replace('db = [{ host = "deploy@db1", address = "10.0.0.5" }]\n', ""))
+    assert database.server_address(no_db) == "127.0.0.1" and not fleet.shared(no_db)
+
+
+def test_the_db_host_is_only_worked_on_when_asked():
+    cfg = cfg_of()
+    assert [s.target for s in select(cfg, [])] == ["deploy@web1", "deploy@web2"]  # deploy, status...
+    assert [s.role for s in select(cfg, [], ALL_ROLES)] == ["app", "app", "db"]  # provision
+    assert [s.role for s in select(cfg, ["deploy@db1"], ALL_ROLES)] == ["db"]
+    with pytest.raises(ConfigError, match="unknown role 'db'"):
+        parse_roles("db")
+    assert parse_roles("db", ALL_ROLES) == ("db",)
+
+
+@pytest.mark.parametrize("extra,base,message", [
+    (PG, BASE.replace('db = [', 'db = ["deploy@db2", '), "roles.db lists 2 hosts: a fleet has one database host"),
+    ('[database]\nengine = "postgresql"\nhost = "url"\n[secrets]\nDATABASE_URL = { env = "X" }\n', BASE,
+     'roles.db and database.host = "url" both name the database server'),
+    ("", BASE, 'roles.db needs database.engine = "postgresql" or "mysql" (or cache.redis = true)'),
+    (PG, BASE.replace('address = "10.0.0.5" }', 'address = "10.0.0.5", weight = 2 }'),
+     "roles.db deploy@db1: weight, backup"),
+    (PG, BASE.replace('db = [{ host = "deploy@db1"', 'db = [{ host = "deploy@web2"'), "host web2 is listed twice"),
+])
+def test_bad_db_roles_are_one_line(extra, base, message):
+    with pytest.raises(ConfigError) as exc:
+        cfg_of(extra, base)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_redis_with_several_app_hosts_needs_the_db_host():
+    assert cfg_of('[cache]\nredis = true\n').cache.redis  # (one Redis, on the db host)
+    with pytest.raises(ConfigError, match="add the fleet's db host"):
+        cfg_of('[cache]\nredis = true\n', BASE.replace('db = [{ host = "deploy@db1", address = "10.0.0.5" }]\n', ""))
+
+
+def names(steps) -> list[str]:
+    return [s.name for s in steps]
+
+
+def test_provision_puts_the_server_on_the_db_host_and_the_client_on_the_app_hosts():
+    cfg = cfg_of(PG + '[cache]\nredis = true\n')
+    db = run.host_steps(cfg, DEBIAN, [], "db")
+    assert names(db) == ["packages", "deploy-user", "deploy-login", "authorized-keys", "app-user", "layout",
+                         "postgresql-data", "postgresql-server", "postgresql-access", "postgresql-database",
+                         "redis-password", "redis-config", "redis", "db-firewall"]  # no nginx, manager, sudoers
+    packages = "\n".join(db[0].check + db[0].apply)
+    assert all(p in packages for p in ("postgresql", "redis-server", "nftables"))
+    app = run.host_steps(cfg, DEBIAN, [], "app")
+    assert not any(n.startswith(("postgresql", "redis")) for n in names(app))
+    assert pdb.packages(cfg, "apt", "app") == ["postgresql-client"] and pdb.packages(cfg, "apt", "db") == ["postgresql"]
+    script = "\n".join(run.provision_script(cfg, DEBIAN, [], "app", False, True).text().splitlines())
+    assert "redis-server" not in script
+    conf = next(s for s in db if s.name == "redis-config")
+    assert "bind 127.0.0.1 10.0.0.5" in "\n".join(conf.apply)
+
+
+def test_pg_hba_lines_per_app_host_and_listen_on_the_db_address():
+    cfg = cfg_of()
+    assert db_host.hba_block(cfg).splitlines() == [
+        "# BEGIN fabdeploy shop (the app hosts of the fleet; managed by fab provision)",
+        "host shop shop 10.0.0.11/32 scram-sha-256", "host shop shop web2 scram-sha-256", "# END fabdeploy shop"]
+    step = db_host.pg_access_step(cfg, "apt")
+    assert "localhost,10.0.0.5" in "\n".join(step.check) and "pg_ctlcluster" in "\n".join(step.apply)
+    login = "\n".join(pdb.pg_database_step(cfg).check)
+    assert "-h 127.0.0.1" in login  # the db host checks its own login locally (its address is for the apps)
+
+
+def test_mysql_users_at_each_app_address_on_the_db_host():
+    cfg = cfg_of('[database]\nengine = "mysql"\n')
+    text = "\n".join(pdb.mysql_database_step(cfg, "db").apply)
+    assert text.count("CREATE USER IF NOT EXISTS") == 4 and text.count("GRANT ALL PRIVILEGES") == 4
+    assert "10.0.0.11" in text and "web2" in text
+    assert db_host.mysql_accounts(cfg, "db") == ["localhost", "127.0.0.1", "10.0.0.11", "web2"]
+    assert "10.0.0.11" not in "\n".join(pdb.mysql_database_step(cfg, "app").apply)
+
+
+def test_the_app_hosts_urls_point_at_the_db_host():
+    cfg = cfg_of(PG + '[cache]\nredis = true\n')
+    text = "\n".join(code_step.env_file_lines(cfg, "/srv/shop/shared/config/app.env"))
+    assert "postgresql://shop:$dbpw@10.0.0.5:5432/shop" in text
+    assert "redis://:$pw@10.0.0.5:6379/0" in text
+
+
+def test_the_passwords_are_written_masked_and_migrate_runs_on_one_host():
+    cfg = cfg_of()
+    phase = code_step.code(cfg, REL, None, {"database.password": "s3cr3tvalue"})
+    text = "\n".join(phase.lines)
+    assert "/srv/shop/shared/config/database.password.fabdeploy-tmp" in text and "chmod 0600" in text
+    assert text.index("database.password.fabdeploy-tmp") < text.index("dbpw=$(cat")
+    assert "migrate --noinput" in "\n".join(django_app.django(cfg, REL).lines)
+    skipped = "\n".join(django_app.django(cfg, REL, migrate=False).lines)
+    assert "migrate --noinput" not in skipped and "showmigrations" not in skipped
+    assert "done once for the fleet's shared database" in skipped
+
+
+def test_reading_the_passwords_from_the_db_host():
+    cfg = cfg_of(PG + '[cache]\nredis = true\n')
+    text = fleet.read_script(cfg).text()
+    assert "/srv/shop/shared/config/database.password" in text and "/srv/shop/shared/config/redis.password" in text
+    assert fleet.parse({"database": "ab12", "redis": "cd34"}, cfg, "db1") == \
+        {"database.password": "ab12", "redis.password": "cd34"}
+    with pytest.raises(FabdeployError, match="db1: shared/config/redis.password on the db host is empty"):
+        fleet.parse({"database": "ab12"}, cfg, "db1")
+
+
+def test_the_db_hosts_firewall_opens_its_ports_to_the_app_hosts_only():
+    cfg = cfg_of(PG + '[cache]\nredis = true\n')
+    table, script = db_host.firewall_table(cfg)
+    assert table == "fabdeploy_db_shop"
+    assert "tcp dport { 5432, 6379 } ip saddr { 10.0.0.11, web2 } accept" in script
+    assert script.splitlines()[-3].strip() == "tcp dport { 5432, 6379 } reject with tcp reset"
+    assert "db-firewall" in names(run.host_steps(cfg, DEBIAN, [], "db"))
+    off = cfg_of(PG + '[balancer]\nfirewall = "off"\n')
+    assert db_host.firewall_steps(off) == [] and "db-firewall" not in names(run.host_steps(off, DEBIAN, [], "db"))
