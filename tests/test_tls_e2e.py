@@ -112,6 +112,26 @@ def test_2_plain_http_redirects_to_https_but_the_acme_path_is_served_from_the_we
     assert status == 404  # (from the webroot, not redirected)
 
 
+def test_2a_hsts_is_sent_on_https_answers_only_and_check_deploy_drops_w004(site):
+    """hsts = 300: nginx sends the header on https (the app's answers and the redirect's target), never on the
+    port-80 redirect; Django's check --deploy then says only the two opt-ins left (W005 subdomains, W021
+    preload)."""
+    name = write(site, "hsts.toml", "certs/leaf-chain.pem", "certs/leaf.key")
+    config = site.proj.root / name
+    config.write_text(config.read_text() + "hsts = 300\n")
+    res, out = fab(site, "deploy", config=name)
+    assert res.returncode == 0, out
+    site.good = release_of(res.stdout)
+    assert set(re.findall(r"\(security\.(W0\d\d)\)", out)) == {"W005", "W021"}, out
+    res = subprocess.run(["curl", "-sS", "-D", "-", "-o", "/dev/null", "--cacert", str(site.certs.ca), "--resolve",
+                          f"{NAME}:443:{site.host.address}", f"https://{NAME}/"], capture_output=True, text=True,
+                         timeout=30)
+    headers = [ln.strip().lower() for ln in res.stdout.splitlines()]
+    assert headers.count("strict-transport-security: max-age=300") == 1, res.stdout + res.stderr
+    status, headers, _ = site.host.http("/", host_header=NAME)
+    assert status == 301 and "strict-transport-security" not in {k.lower() for k in headers}, headers
+
+
 def test_3_a_local_key_of_another_certificate_is_refused_in_one_line(site):
     before = served_certificate(site)
     name = write(site, "other-key.toml", "certs/leaf-chain.pem", "certs/other.key")

@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass
 
 from fabdeploy.config import Config, ident
-from fabdeploy.config.tls import HOST_PATH
+from fabdeploy.config.tls import HOST_PATH, hsts_header
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, balanced
 from fabdeploy.remote import root
@@ -111,7 +111,7 @@ def site_context(cfg: Config, server: Server | None, lb: bool = False) -> dict:
     if lb and enabled(cfg) or terminates(cfg, server):
         p = host_paths(cfg)
         ctx["tls"] = dict(listen=https_listen(cfg), certificate=p.certificate, key=p.key, protocols=PROTOCOLS,
-                          ciphers=CIPHERS, hsts=cfg.tls.hsts, port_suffix=port_suffix(cfg),
+                          ciphers=CIPHERS, hsts=hsts_header(cfg.data["tls"]), port_suffix=port_suffix(cfg),
                           session_cache=f"fabdeploy_{ident(cfg.project.name)}", fingerprint=fingerprint(cfg))
     elif enabled(cfg) and balanced(cfg):
         from fabdeploy.front.firewall import lb_sources
@@ -131,7 +131,8 @@ def django_context(cfg: Config) -> dict:
         if n in ("_", "") or n.startswith("~") or n.startswith(".") or ("*" in n and not n.startswith("*.")):
             continue
         origins.append(f"https://{n}{port_suffix(cfg)}")
-    return {"origins": origins, "hsts": cfg.tls.hsts}
+    return {"origins": origins, "hsts": cfg.tls.hsts, "hsts_include_subdomains": cfg.tls.hsts_include_subdomains,
+            "hsts_preload": cfg.tls.hsts_preload}
 
 
 def root_lines(cfg: Config) -> list[str]:
