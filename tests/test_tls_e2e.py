@@ -8,6 +8,8 @@ leaf certificate for the site's name made here with openssl:
 - a local key of another certificate: one line, nothing connected, the live site untouched;
 - a certificate for another name: the health check (https, the chain's CA) fails and the revert puts the
   previous certificate files back with the previous site;
+- `fab doctor` names each TLS fault injected into the installed files (expiring, expired, another key, another
+  name, a missing key) and nothing on the healthy host;
 - files already on the host ("host:/path"): a mismatched pair refused on the host with one line before any
   change (the live site keeps its certificate), a matching one served after the deploy;
 - the deploy user limited to `fab sudoers`' drop-in installs new files (sudo refuses nothing).
@@ -26,7 +28,7 @@ import pytest
 import hostlab
 from conftest import make_project, release_of, run_fab, sample_config
 from test_sudoers_e2e import LOGGING, SUDO_LOG, denials, install_drop_in
-from tlscerts import make_certs
+from tlscerts import dated_leaf, make_certs
 
 NAME = "shop.lab.test"
 
@@ -130,6 +132,50 @@ def test_2a_hsts_is_sent_on_https_answers_only_and_check_deploy_drops_w004(site)
     assert headers.count("strict-transport-security: max-age=300") == 1, res.stdout + res.stderr
     status, headers, _ = site.host.http("/", host_header=NAME)
     assert status == 301 and "strict-transport-security" not in {k.lower() for k in headers}, headers
+
+
+def doctor(site) -> tuple[int, str]:
+    res, out = fab(site, "doctor", config="hsts.toml")
+    assert "Traceback" not in out, out
+    return res.returncode, out
+
+
+def test_2b_fab_doctor_names_each_tls_fault_injected_on_the_host(site):
+    """The installed files swapped on the host (nginx keeps what it loaded; doctor reads what the site names):
+    an expiring and an expired certificate (tlscerts.dated_leaf), a key of another certificate, a certificate
+    for another name, a missing key; the healthy host (before and after) names nothing."""
+    rc, out = doctor(site)
+    assert rc == 0 and "no problems found" in out and "PROBLEM" not in out, out
+    tls_dir = site.host.path("/etc/fabdeploy/tls/sample")
+    chain, key = tls_dir / "fullchain.pem", tls_dir / "privkey.pem"
+    good = chain.read_text(), key.read_text()
+
+    def put(new_chain, new_key) -> None:
+        chain.write_text(new_chain.read_text() if hasattr(new_chain, "read_text") else new_chain)
+        key.write_text(new_key.read_text() if hasattr(new_key, "read_text") else new_key)
+
+    faults = [(dated_leaf(site.certs, [NAME], "soon", -1, 5), r"PROBLEM \(tls expiry\): the certificate "
+               r"/etc/fabdeploy/tls/sample/fullchain\.pem expires on \S+ \S+ UTC \([45] days left, under 14\)"),
+              (dated_leaf(site.certs, [NAME], "old", -30, -1), r"PROBLEM \(tls expiry\): the certificate "
+               r"/etc/fabdeploy/tls/sample/fullchain\.pem expired on "),
+              ((site.certs.chain, site.certs.other_key), r"PROBLEM \(tls key\): /etc/fabdeploy/tls/sample/privkey\.pem "
+               r"is not the key of /etc/fabdeploy/tls/sample/fullchain\.pem"),
+              (dated_leaf(site.certs, ["other.lab.test"], "other", -1, 30), r"PROBLEM \(tls name\): the certificate "
+               r"/etc/fabdeploy/tls/sample/fullchain\.pem \(for other\.lab\.test\) does not cover shop\.lab\.test")]
+    for (new_chain, new_key), finding in faults:
+        put(new_chain, new_key)
+        rc, out = doctor(site)
+        assert rc == 1 and re.search(finding, out), out
+        assert len(re.findall(r"PROBLEM \(tls", out)) == 1, out  # (only that one)
+    put(*good)
+    key.unlink()
+    rc, out = doctor(site)
+    assert rc == 1 and ("PROBLEM (tls files): the nginx site's ssl_certificate_key /etc/fabdeploy/tls/sample/privkey.pem "
+                        "is missing") in out, out
+    put(*good)
+    key.chmod(0o600)
+    rc, out = doctor(site)
+    assert rc == 0 and "no problems found" in out, out
 
 
 def test_3_a_local_key_of_another_certificate_is_refused_in_one_line(site):
