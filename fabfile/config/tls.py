@@ -36,8 +36,8 @@ def _ca_bundle(value):
 
 
 def check_tls(data: dict, where: str) -> None:
-    """[tls]: "files" needs certificate and key; "acme" needs plain DNS names and at most one balancer; a
-    port other than nginx's."""
+    """[tls]: "files" needs certificate and key; "acme" needs plain DNS names; a port other than nginx's;
+    the hsts extras need hsts."""
     tls = data["tls"]
     if tls["mode"] == "acme":
         _check_acme(data, where)
@@ -80,7 +80,7 @@ def hsts_header(tls) -> str:
 
 def _check_acme(data: dict, where: str) -> None:
     """acme: every nginx.server_name a plain DNS name (HTTP-01: no "_", wildcard, regex or address), no
-    certificate/key, at most one lb host (the challenge reaches the balancer that asked)."""
+    certificate/key. Several lb hosts: the first issues (front/acme_fleet.py)."""
     tls = data["tls"]
     for key in ("certificate", "key"):
         if tls[key]:
@@ -92,7 +92,3 @@ def _check_acme(data: dict, where: str) -> None:
                               "needs plain DNS names: no _, wildcard, regex or address)")
     if not names:
         raise ConfigError(f'{where}nginx.server_name is required with tls.mode = "acme" (the certificate\'s names)')
-    lbs = data.get("roles", {}).get("lb") or []
-    if len(lbs) > 1:
-        raise ConfigError(f'{where}tls.mode = "acme" with {len(lbs)} lb hosts is not supported yet (HTTP-01 reaches '
-                          'one balancer): use mode = "files" with the same certificate on each')
