@@ -107,3 +107,9 @@ def test_a_renewal_on_the_issuer_reaches_the_other_balancer_at_the_next_deploy(f
     res = run_fab(proj.root, "deploy", "--force", cache=cache)
     assert res.returncode == 0, res.stdout + res.stderr
     assert served(lb2, root_pem, NAME) == renewed == served(lb, root_pem, WWW)
+    # the plan of the other balancer: the relay, then the issuer's pair installed as in files mode (no key text)
+    res = run_fab(proj.root, "deploy", "--plan", cache=cache)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert f"ACME: {lb.ssh_target()} issues; its certificate and key are installed here" in out
+    assert "remote invocation relay" in out and "PRIVATE KEY" not in out
