@@ -317,10 +317,10 @@ def test_the_facts_program_on_an_empty_host_layout(tmp_path):
 def tls_facts(**cert) -> dict:
     now = 1_800_000_000
     c = {"path": "/etc/x/fullchain.pem", "exists": True, "not_after": now + 60 * 86400,
-         "names": ["shop.example", "*.shop.example"], "pubkey": "PUB-A", **cert}
+         "names": ["shop.example", "*.shop.example"], "pubkey": "PUB-A", "read": True, **cert}
     return {"time": now, "tls": {"sudo": True, "names": ["shop.example", "www.shop.example", "_"],
                                  "certificate": c, "key": {"path": "/etc/x/privkey.pem", "exists": True,
-                                                           "pubkey": "PUB-A"}}}
+                                                           "read": True, "pubkey": "PUB-A"}}}
 
 
 def tls_found(F, params=P):
@@ -330,8 +330,12 @@ def tls_found(F, params=P):
 def test_tls_a_healthy_certificate_gives_nothing_and_sudo_refused_is_unknown_not_a_finding():
     assert tls_found(tls_facts()) == []
     F = tls_facts()
-    F["tls"] = {"sudo": False, "names": ["shop.example"], "certificate": {"path": "/x"}, "key": {"path": "/y"}}
+    F["tls"] = {"sudo": False, "names": ["shop.example"], "certificate": {"path": "/x", "exists": None},
+                "key": {"path": "/y", "exists": True, "read": False}}
     assert tls_found(F) == []
+    F = tls_facts(not_after=1_800_000_000 - 1)  # (a readable chain, a key sudo could not read: expiry still judged)
+    F["tls"]["sudo"], F["tls"]["key"] = False, {"path": "/etc/x/privkey.pem", "exists": True, "read": False}
+    assert [w for w, _ in tls_found(F)] == ["tls expiry"]
 
 
 def test_tls_expired_and_expiring_certificates():
@@ -355,7 +359,7 @@ def test_tls_a_key_of_another_certificate_and_missing_or_broken_files():
     (what, cause), = tls_found(F)
     assert what == "tls files" and cause.startswith("the nginx site's ssl_certificate_key /etc/x/privkey.pem is missing")
     F = tls_facts()
-    F["tls"]["certificate"] = {"path": "/etc/x/fullchain.pem", "exists": True}
+    F["tls"]["certificate"] = {"path": "/etc/x/fullchain.pem", "exists": True, "read": True}
     assert tls_found(F) == [("tls files", "the nginx site's ssl_certificate /etc/x/fullchain.pem is not a readable "
                                           "PEM certificate")]
 

@@ -8,11 +8,13 @@ leaf certificate for the site's name made here with openssl:
 - a local key of another certificate: one line, nothing connected, the live site untouched;
 - a certificate for another name: the health check (https, the chain's CA) fails and the revert puts the
   previous certificate files back with the previous site;
+- hsts = 300: the header on https answers only, check --deploy without W004;
 - `fab doctor` names each TLS fault injected into the installed files (expiring, expired, another key, another
   name, a missing key) and nothing on the healthy host;
 - files already on the host ("host:/path"): a mismatched pair refused on the host with one line before any
   change (the live site keeps its certificate), a matching one served after the deploy;
-- the deploy user limited to `fab sudoers`' drop-in installs new files (sudo refuses nothing).
+- the deploy user limited to `fab sudoers`' drop-in installs new files (sudo refuses nothing); doctor then
+  still judges the readable chain (an expiring certificate named without sudo).
 
 The tests run in order and build on each other.
 """
@@ -136,6 +138,7 @@ def test_2a_hsts_is_sent_on_https_answers_only_and_check_deploy_drops_w004(site)
 
 def doctor(site) -> tuple[int, str]:
     res, out = fab(site, "doctor", config="hsts.toml")
+    print(out)
     assert "Traceback" not in out, out
     return res.returncode, out
 
@@ -254,3 +257,15 @@ def test_6_the_deploy_user_limited_to_the_drop_in_installs_new_files(site):
     assert curl(site, "/", third.ca)[0] == "2 200 0"
     assert denials(site.host) == []
     assert "tls-privkey.pem /etc/fabdeploy/tls/sample/privkey.pem" in site.host.path(SUDO_LOG).read_text()
+
+
+def test_7_doctor_judges_the_readable_chain_without_sudo(site):
+    """With only the drop-in (no `sudo openssl`), doctor still reads the chain (0644) as the deploy user: an
+    expiring certificate is named; the root-only key is left out (unknown, not a finding)."""
+    chain, _ = dated_leaf(site.certs, [NAME], "soon-nosudo", -1, 3)
+    site.host.path("/etc/fabdeploy/tls/sample/fullchain.pem").write_text(chain.read_text())
+    res, out = fab(site, "doctor", config="third.toml")
+    assert res.returncode == 1 and "Traceback" not in out, out
+    assert re.search(r"PROBLEM \(tls expiry\): the certificate /etc/fabdeploy/tls/sample/fullchain\.pem expires on "
+                     r"\S+ \S+ UTC \([23] days left, under 14\)", out), out
+    assert "PROBLEM (tls key)" not in out and "PROBLEM (tls files)" not in out, out

@@ -175,34 +175,42 @@ if P["nginx"] and F.get("site") and F.get("nginx_pid"):
             break
     F["probes"] = probes
 
-# TLS: the files the installed site's ssl_certificate / ssl_certificate_key name, read by root's openssl (sudo
-# refused: left out): there, the certificate's end date, names and public key, the key's public key
+# TLS: the files the installed site's ssl_certificate / ssl_certificate_key name, read by openssl as the SSH
+# user (a readable chain) or root's (sudo; refused: left out, "exists"/"read" unknown): the certificate's end
+# date, names and public key, the key's public key
 if P["nginx"] and re.search(r"^\s*ssl_certificate\s", F.get("site", ""), re.M):
     site = F["site"]
     t = {"names": [], "sudo": run(["sudo", "-n", "true"])[0] == 0}
     for m in re.finditer(r"^\s*server_name\s+([^;]+);", site, re.M):
         t["names"] += [n for n in m.group(1).split() if n not in t["names"]]
+    def openssl(argv):
+        rc, out, _ = run(["openssl", *argv])
+        if rc != 0 and t["sudo"]:
+            rc, out, _ = run(["sudo", "-n", "openssl", *argv])
+        return rc, out
+    pem = re.compile(r"-----BEGIN PUBLIC KEY-----[^-]+-----END PUBLIC KEY-----")
     for k, d in (("certificate", "ssl_certificate"), ("key", "ssl_certificate_key")):
         m = re.search(r"^\s*" + d + r"\s+([^;]+);", site, re.M)
-        t[k] = {"path": m.group(1).strip() if m else ""}
-    if t["sudo"]:
-        c, k = t["certificate"], t["key"]
-        for f in (c, k):
-            f["exists"] = bool(f["path"]) and run(["sudo", "-n", "test", "-f", f["path"]])[0] == 0
-        pem = re.compile(r"-----BEGIN PUBLIC KEY-----[^-]+-----END PUBLIC KEY-----")
-        if c["exists"]:
-            rc, out, _ = run(["sudo", "-n", "openssl", "x509", "-noout", "-enddate", "-ext", "subjectAltName",
-                              "-pubkey", "-in", c["path"]])
+        f = t[k] = {"path": m.group(1).strip() if m else ""}
+        if not f["path"]:
+            f["exists"] = False
+            continue
+        f["exists"] = os.path.isfile(f["path"]) or (run(["sudo", "-n", "test", "-f", f["path"]])[0] == 0
+                                                     if t["sudo"] else None)
+        if not f["exists"]:
+            continue
+        if k == "certificate":
+            rc, out = openssl(["x509", "-noout", "-enddate", "-ext", "subjectAltName", "-pubkey", "-in", f["path"]])
             m = re.search(r"notAfter=(.+)", out)
             if rc == 0 and m:
                 import ssl
-                c["not_after"] = ssl.cert_time_to_seconds(m.group(1).strip())
-                c["names"] = re.findall(r"DNS:([^,\s]+)", out)
-                c["pubkey"] = "".join(pem.findall(out))
-        if k["exists"]:
-            rc, out, _ = run(["sudo", "-n", "openssl", "pkey", "-pubout", "-in", k["path"]])
-            if rc == 0:
-                k["pubkey"] = "".join(pem.findall(out))
+                f["not_after"] = ssl.cert_time_to_seconds(m.group(1).strip())
+                f["names"] = re.findall(r"DNS:([^,\s]+)", out)
+        else:
+            rc, out = openssl(["pkey", "-pubout", "-in", f["path"]])
+        f["read"] = rc == 0 or t["sudo"] or os.access(f["path"], os.R_OK)
+        if rc == 0:
+            f["pubkey"] = "".join(pem.findall(out))
     F["tls"] = t
 
 # the host firewall (nftables; iptables-nft rules show there too): None when sudo refuses

@@ -1,5 +1,5 @@
 """`fab doctor`'s TLS rules: what the installed nginx site's ssl_certificate / ssl_certificate_key really are
-on the host (read by root's openssl in ops/doctor_facts.py; nothing when sudo refused): missing or not PEM,
+on the host (read by openssl in ops/doctor_facts.py, as the SSH user or root's; what sudo refused is left out): missing or not PEM,
 a key of another certificate, a certificate expired or expiring (under cert_expiry.WARN_DAYS days), a
 server_name the certificate does not cover. Pure functions of (facts, params), like ops/doctor_rules.py."""
 from __future__ import annotations
@@ -31,12 +31,14 @@ def _renew_fix(P: dict) -> str:
 def files(F: dict, P: dict) -> list[Finding]:
     """The site's certificate and key: present, PEM, one pair."""
     t = F.get("tls")
-    if not t or not t.get("sudo"):
+    if not t:
         return []
     out = []
     c, k = t["certificate"], t["key"]
     for f, what, kind in ((c, "ssl_certificate", "PEM certificate"), (k, "ssl_certificate_key", "PEM private key")):
-        if not f.get("exists"):
+        if f.get("exists") is None or (f["exists"] and not f.get("read")):  # (sudo refused: unknown)
+            continue
+        if not f["exists"]:
             out.append(Finding("tls files", f"the nginx site's {what} {f['path'] or '(none)'} is missing: nginx "
                                "cannot load the site (`nginx -t` fails, a reload keeps the old config)",
                                "`fab deploy` installs it ([tls] mode = \"files\" uploads it, \"acme\" issues it)"))
