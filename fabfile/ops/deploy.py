@@ -19,6 +19,7 @@ import time
 
 from fabdeploy.config import Config
 from fabdeploy.database import fleet
+from fabdeploy.front import acme_fleet
 from fabdeploy.errors import FabdeployError, RemoteError
 from fabdeploy.hosts.connect import host_label
 from fabdeploy.hosts.fleet import for_each_host
@@ -60,6 +61,9 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
         raise FabdeployError("the load balancers get this release's static files from the app hosts: deploy them "
                              "in the same run (fab deploy, or -H with the app hosts too and the FleetExecutor)")
     everyone = apps + lbs
+    if acme_fleet.active(cfg) and lbs and not any(acme_fleet.is_issuer(cfg, lb.server) for lb in lbs):
+        raise FabdeployError(f"tls.mode = \"acme\" with several lb hosts: the first, "
+                             f"{acme_fleet.issuer(cfg).target}, issues the certificate: deploy it in the same run")
     outcomes: dict[str, Outcome] = {}
 
     def failed_outcome(hd, exc) -> Outcome:
@@ -133,9 +137,18 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
                 static_id, tar = apps[0].live_release(), apps[0].export_static()
             except FabdeployError as exc:
                 return give_up(f"could not read the static files from {apps[0].host}: {exc}")
-            ok = step(lbs, lambda lb: lb.stage_release(static_id, tar))
-            if not all(ok):
-                return give_up(", ".join(lb.host for lb, good in zip(lbs, ok) if not good) + " failed to prepare")
+            for group in acme_order(lbs, cfg):
+                if callable(group):  # (the issuer's pair, for the other balancers)
+                    try:
+                        group()
+                    except FabdeployError as exc:
+                        return give_up(str(exc))
+                    continue
+                hosts, fn = group
+                ok = step(hosts, (lambda lb: lb.relay()) if fn == "relay" else
+                          (lambda lb: lb.stage_release(static_id, tar)))
+                if not all(ok):
+                    return give_up(", ".join(lb.host for lb, good in zip(hosts, ok) if not good) + " failed to prepare")
 
         def publish(hd) -> None:
             outcomes[hd.host] = hd.publish()
@@ -178,6 +191,22 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
         raise
     finally:
         _close(everyone)
+
+
+def acme_order(lbs: list[LbDeploy], cfg: Config) -> list:
+    """How the balancers prepare: all at once; with ACME and several balancers (front/acme_fleet.py) the
+    others put the relay live, the issuer prepares (issues or keeps), its pair goes to the others (a
+    callable), then they prepare."""
+    if not acme_fleet.active(cfg):
+        return [(lbs, "stage")]
+    first = next(lb for lb in lbs if acme_fleet.is_issuer(cfg, lb.server))
+    others = [lb for lb in lbs if lb is not first]
+
+    def hand_over() -> None:
+        pair = acme_fleet.pair_of(first.prepared_facts, first.host)
+        for lb in others:
+            lb.use_pair(pair)
+    return [(others, "relay"), ([first], "stage"), hand_over, (others, "stage")]
 
 
 def share_secret_key(apps: list[HostDeploy], adopt: str | None) -> None:

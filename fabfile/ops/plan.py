@@ -16,13 +16,14 @@ import shlex
 from fabdeploy import model, pipeline
 from fabdeploy import appserver
 from fabdeploy.config import Config
-from fabdeploy.front import nginx
+from fabdeploy.front import acme_fleet, nginx
 from fabdeploy.hosts.connect import host_label, local_user
 from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.layout import NGINX_CONF, NGINX_PID, SETTINGS_MODULE, VENV_COMPLETE, Layout, nginx_site_paths
 from fabdeploy.hosts.roles import runs_nginx
 from fabdeploy.hosts.target import Target
 from fabdeploy.local.source import read_source, release_id
+from fabdeploy.local.tls import LocalPair
 from fabdeploy.local.wheelhouse import venv_hash
 from fabdeploy.output import Printer
 from fabdeploy.remote.markers import PY_MARKERS
@@ -188,11 +189,17 @@ def plan_host(conn, cfg: Config, source, rel_id: str, wait: int = 0, force: bool
     owner = LockOwner("deploy", local_user(), *PLAN_OWNER)
     record = {"revision": source.revision, "branch": source.branch}
     if server.role == "lb":
+        names, notes = ["setup", "prepare", "finish"], []
+        if acme_fleet.active(cfg) and not acme_fleet.is_issuer(cfg, server):  # (the issuer's pair, in files mode)
+            cfg = acme_fleet.derived(cfg, "files", LocalPair("(the issuer's certificate chain, read by the deploy)\n",
+                                                             "(the issuer's key, read by the deploy)\n", None, None))
+            names, notes = ["setup", "relay", "prepare", "finish"], [
+                f"ACME: {acme_fleet.issuer(cfg).target} issues; its certificate and key are installed here"]
         state = pipeline.RunState(cfg, target, owner, rel_id, record, wait, facts=facts,
                                   static_upload=raw.get("static_current") != rel_id)
         return "\n".join([f"===== {host}: plan (load balancer) for release {rel_id} (nothing below has been run)",
-                          "static files of the release come from an app host (on stdin of prepare)",
-                          *_invocations("lb", state, ["setup", "prepare", "finish"]),
+                          "static files of the release come from an app host (on stdin of prepare)", *notes,
+                          *_invocations("lb", state, names),
                           "----- config diffs",
                           _diff(f"nginx site {site}", raw["files"]["nginx site"], nginx.lb_site(cfg))])
     key = venv_hash(cfg, source.requirements, facts.python_version)
