@@ -149,7 +149,7 @@ def rollback_script(server: str) -> str:
     ]) + "\n"
 
 
-def stop_lines() -> str:
+def reset_line() -> str:
     """Stop both app servers and remove the deploy and the site (a fresh host for a first deploy)."""
     kills = " ".join(PIDFILE.values())
     return (f"for f in {kills}; do p=$(cat $f 2>/dev/null) || continue; kill -INT $p; "

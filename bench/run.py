@@ -41,6 +41,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench")]
 import bigproject  # noqa: E402
 import hostlab  # noqa: E402
 import naive  # noqa: E402
+import rss  # noqa: E402
 from latency_proxy import LatencyProxy  # noqa: E402
 from limit import limit  # noqa: E402
 from report import print_tables  # noqa: E402
@@ -101,7 +102,7 @@ class Bench:
         """The big project's app runs as the deploy user (as the naive script's does): under fab's default app
         user, shared/static (deploy:www-data 2750, files 0640) hides ManifestStaticFilesStorage's
         staticfiles.json from the app, and every page that uses {% static %} answers 500 (a fabdeploy bug)."""
-        return '\nuser = "deploy"' if self.project == "big" else ""
+        return '\n            user = "deploy"' if self.project == "big" else ""
 
     def set_delay(self, delay_ms: float) -> None:
         for p in self.proxies:
@@ -147,7 +148,7 @@ class Bench:
                    "kill -INT $p; for i in $(seq 50); do [ -e /proc/$p ] || break; sleep 0.1; done; done; "
                    "rm -rf /srv/bench /etc/nginx/sites-enabled/bench /etc/nginx/sites-available/bench", check=False)
             if naive_too:
-                h.exec(naive.stop_lines(), check=False)
+                h.exec(naive.reset_line(), check=False)
 
     def fab(self, n: int, *args: str) -> tuple[float, int, int]:
         """Wall time of one fab command, and SSH connections and channels it opened per host."""
@@ -192,23 +193,10 @@ class Bench:
                          (naive.SERVER_NAME, naive.PIDFILE[self.server]))
         total = 0
         for h in self.hosts[:n]:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    status, _, body = h.http("/", host_header=name)
-                    if status == 200 and self.message.encode() in body:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    print(f"  WARNING: {side} on {h.name} does not serve '{self.message}' 30 s after its deploy",
-                          flush=True)
-                    break
-                time.sleep(0.2)
-            time.sleep(1)  # the workers of the old generation exit
-            out = h.exec(f"p=$(cat {pidfile}) && for x in $p $(ps -o pid= --ppid $p); do "
-                         "awk '/^VmRSS/ {print $2}' /proc/$x/status; done | awk '{s += $1} END {print s + 0}'")
-            total += int(out.stdout.strip() or 0)
+            if not rss.wait_served(h, name, self.message):
+                print(f"  WARNING: {side} on {h.name} does not serve '{self.message}' 30 s after its deploy",
+                      flush=True)
+            total += rss.rss_kb(h, pidfile)
         return total / n / 1024
 
     def close(self) -> None:
@@ -220,7 +208,7 @@ class Bench:
 
 def measure(b: Bench, n: int, runs: int, with_naive: bool) -> tuple[dict[str, dict], dict[str, list]]:
     res: dict[str, dict] = {m: {"fab": [], "limit": [], "naive": [], "conns": 0, "channels": 0} for m in MEASURES}
-    rss: dict[str, list] = {"fab": [], "naive": []}
+    mem: dict[str, list] = {"fab": [], "naive": []}
 
     def record(m, sample):
         wall, conns, channels = sample
@@ -236,12 +224,12 @@ def measure(b: Bench, n: int, runs: int, with_naive: bool) -> tuple[dict[str, di
             res["first"]["naive"].append(b.naive(n, "deploy"))
         b.commit(f"code {b.project} {n} {r} a")
         record("code", b.fab(n, "deploy"))
-        rss["fab"].append(b.rss_mb(n, "fab"))
+        mem["fab"].append(b.rss_mb(n, "fab"))
         b.commit(f"code {b.project} {n} {r} b")
         res["code"]["limit"].append(b.limit(n, "deploy"))
         if with_naive:
             res["code"]["naive"].append(b.naive(n, "deploy"))
-            rss["naive"].append(b.rss_mb(n, "naive"))
+            mem["naive"].append(b.rss_mb(n, "naive"))
         record("noop", b.fab(n, "deploy"))
         res["noop"]["limit"].append(b.limit(n, "noop"))
         if with_naive:
@@ -250,7 +238,7 @@ def measure(b: Bench, n: int, runs: int, with_naive: bool) -> tuple[dict[str, di
         res["rollback"]["limit"].append(b.limit(n, "rollback"))
         if with_naive:
             res["rollback"]["naive"].append(b.naive(n, "rollback"))
-    return res, rss
+    return res, mem
 
 
 def _median(values: list[float]) -> float | None:
@@ -292,7 +280,7 @@ def main() -> int:
                 for n in hosts:
                     for server in servers:
                         b.server = server
-                        res, rss = measure(b, n, runs, delay in naive_delays)
+                        res, mem = measure(b, n, runs, delay in naive_delays)
                         for m, r in res.items():
                             row = {"project": proj, "server": server, "measure": m, "hosts": n, "delay": delay,
                                    "fab": statistics.median(r["fab"]), "limit": statistics.median(r["limit"]),
@@ -302,7 +290,7 @@ def main() -> int:
                             print(f"  measured {proj:<6} {server:<8} {m:<8} hosts={n:<2} delay={delay:g}ms "
                                   f"fab={row['fab']:.2f}s limit={row['limit']:.2f}s naive={naive_s}", flush=True)
                         rss_rows.append({"project": proj, "server": server, "hosts": n, "delay": delay,
-                                         "fab": _median(rss["fab"]), "naive": _median(rss["naive"])})
+                                         "fab": _median(mem["fab"]), "naive": _median(mem["naive"])})
                     b.reset(n)
     finally:
         b.close()
