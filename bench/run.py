@@ -20,7 +20,7 @@ redeploy, for fab and naive. Projects (--project): `sample` (tests/sample_projec
 bench/bigproject.py: 49 migrations, 116 static files under ManifestStaticFilesStorage, 3 MB of code).
 Each app server ([app] server: uwsgi, gunicorn) is measured on the same hosts in the same run, one after the
 other. Prints fab / limit and fab / naive ratios, the SSH connections and channels fab opened per host, and
-gunicorn's times beside uWSGI's. Asserts nothing. Lab indexes: FABDEPLOY_BENCH_INDEX (default 150) and up.
+gunicorn's times beside uWSGI's. Asserts nothing. Lab indexes: FABDEPLOY_BENCH_INDEX (default 150) and up (hosts bench<index>).
 """
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ from report import print_tables  # noqa: E402
 FAB = str(Path(sys.executable).parent / "fab")
 WHEELS = REPO / ".cache" / "wheels"
 OFFLINE = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELS)}
-BASE_PORT = 41000
 FIRST_INDEX = int(os.environ.get("FABDEPLOY_BENCH_INDEX", "150"))
+BASE_PORT = 41000 + FIRST_INDEX  # the relays' ports: two benchmarks at other indexes never share one
 # project: (settings module, WSGI callable, the file a code-only change rewrites)
 PROJECTS = {"sample": ("sampleproject.settings", "sampleproject.wsgi:application", "pages/message.txt"),
             "big": (bigproject.SETTINGS, bigproject.WSGI, bigproject.MESSAGE)}
@@ -65,7 +65,7 @@ def git(cwd, *args):
 class Bench:
     def __init__(self, work: Path, nhosts: int):
         self.work = work
-        self.hosts = [hostlab.create_host(f"bench{i}", FIRST_INDEX + i) for i in range(nhosts)]
+        self.hosts = [hostlab.create_host(f"bench{FIRST_INDEX + i}", FIRST_INDEX + i) for i in range(nhosts)]
         self.proxies: list[LatencyProxy] = []
         (work / "fabfile.py").write_text("from fabdeploy.tasks import *\n")
         self.known = work / "known_hosts"
