@@ -64,9 +64,12 @@ def list_phase(cfg: Config) -> Phase:
     ])
 
 
-def restore_phase(cfg: Config, dump_id: str) -> Phase:
+def restore_phase(cfg: Config, dump_id: str, restart: bool = True) -> Phase:
+    """Load the dump; a failure that changed nothing starts the app again (restart: the app of this host)."""
     lines, app_env, python = in_release(cfg)
-    return Phase("restore", [*_restore.find_lines(cfg, q(dump_id), dump_id), *lines, *_restore.restore_lines(app_env, python)])
+    again = control.start(cfg).lines if restart else []
+    return Phase("restore", [*_restore.find_lines(cfg, q(dump_id), dump_id), *lines,
+                             *_restore.restore_lines(app_env, python, again, f"fab db restore --id {dump_id} --yes")])
 
 
 def script(cfg: Config, action: str, owner: LockOwner, wait: int, target: Target, dump_id: str = "") -> Script:
