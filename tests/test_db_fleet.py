@@ -121,6 +121,20 @@ def test_mysql_users_at_each_app_address_on_the_db_host():
     assert "10.0.0.11" not in "\n".join(pdb.mysql_database_step(cfg, "app").apply)
 
 
+def test_mariadb_on_the_db_host_listens_on_its_address_by_a_drop_in():
+    import subprocess
+    cfg = cfg_of('[database]\nengine = "mysql"\n')
+    names = [s.name for s in pdb.steps(cfg, "apt", "db")]
+    assert names == ["mysql-data", "mysql-server", "mysql-access", "mysql-database"]
+    assert "mysql-access" not in [s.name for s in pdb.steps(cfg, "apt", "app")]
+    assert db_host.mysql_cnf(cfg).endswith("[mysqld]\nbind-address = 127.0.0.1,10.0.0.5")
+    for family, path in (("apt", "/etc/mysql/mariadb.conf.d/70-fabdeploy.cnf"), ("dnf", "/etc/my.cnf.d/fabdeploy.cnf")):
+        step = db_host.mysql_access_step(cfg, family)
+        assert path in "\n".join(step.apply) and "SELECT @@bind_address" in "\n".join(step.check)
+        for text in (step.check, step.apply):
+            assert subprocess.run(["sh", "-n"], input="\n".join(text), text=True).returncode == 0
+
+
 def test_the_app_hosts_urls_point_at_the_db_host():
     cfg = cfg_of(PG + '[cache]\nredis = true\n')
     text = "\n".join(code_step.env_file_lines(cfg, "/srv/shop/shared/config/app.env"))
