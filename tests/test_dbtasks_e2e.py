@@ -219,6 +219,15 @@ def test_sqlite_backup_and_restore_round_trip(make_host, tmp_path, wheel_cache):
     assert copy.execute("SELECT text FROM pages_note").fetchall() == [("one",)]
     copy.close()
     assert add_note(host, "three") == 2
+    # a dump that is no SQLite database: nothing changed, the app started again
+    bad = f"{dump_id.split('.')[0]}.20000102T000000Z"
+    host.exec(f"echo not-a-database | gzip > {BACKUPS}/{bad}.sqlite3.gz && chown deploy: {BACKUPS}/{bad}.sqlite3.gz")
+    res = run_fab(proj.root, "db", "restore", "--id", bad, "--yes")
+    assert res.returncode == 1 and "the database was left unchanged, the app was started again" in res.stderr, \
+        res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    host.exec(f"rm -f {BACKUPS}/{bad}.sqlite3.gz")
+    assert add_note(host, "after-bad") == 3
     # --restore-db with no dump for the migration the target lacks: one line, nothing changed, still serving
     proj.commit("migration 2", {"pages/migrations/0002_field2.py": MIGRATION.format(dep="0001_initial",
                                                                                       field="field2")})
@@ -232,4 +241,4 @@ def test_sqlite_backup_and_restore_round_trip(make_host, tmp_path, wheel_cache):
     assert len(err) == 1 and f"--restore-db: no dump in {BACKUPS} matches release " in err[0], res.stderr
     assert "nothing changed" in err[0] and "Traceback" not in res.stderr
     assert host.exec(["readlink", f"{D}/current"]).stdout == current
-    assert add_note(host, "four") == 3
+    assert add_note(host, "four") == 4
