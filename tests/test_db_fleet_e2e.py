@@ -210,8 +210,12 @@ def test_db_restore_stops_every_app_host_and_restores_once(fl):
     res = fab(fl, "db", "backup")
     assert res.returncode == 0, res.stdout + res.stderr
     dump_id = re.search(r"db backup ok in \S+: (\S+)\.pgdump\.gz", res.stdout).group(1)
-    sql(fl, "UPDATE pages_note SET text = 'changed'")
     before = masters(fl)
+    res = fab(fl, "db", "restore", "--id", dump_id.split(".")[0] + ".20000101T000000Z", "--yes")
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1 and "no dump " in res.stderr, \
+        res.stdout + res.stderr
+    assert masters(fl) == before  # (found missing before any host was stopped)
+    sql(fl, "UPDATE pages_note SET text = 'changed'")
     res = fab(fl, "db", "restore", "--id", dump_id, "--yes")
     assert res.returncode == 0, res.stdout + res.stderr
     restored = re.findall(rf"^(\S+) +restore +database restored from {dump_id}", res.stdout, re.M)

@@ -103,7 +103,7 @@ def coordinated(conns: list, cfg: Config, printer: Printer, action: str, wait: i
         bad = ", ".join(s.host for s in stopped if not s.ok)
         up = [c for c, s in zip(conns, stopped) if s.ok]
         again = {s.host: s for s in on_each_host(up, start, parallel, failed=failed)}
-        return [s if not s.ok else Step(s.host, False, error=f"nothing restored ({bad} could not be stopped); "
+        return [s if not s.ok else Step(s.host, False, error=f"nothing restored ({bad} failed); "
                                         + ("started again" if again[s.host].ok else again[s.host].error))
                 for s in stopped]
     others = conns[1:]
@@ -141,6 +141,14 @@ def restore_all(conns: list, cfg: Config, printer: Printer, dump_id: str, wait: 
                    control_timeout(cfg, "start", 0), printer)
         return said if conn is conns[0] else f"stopped for the restore on {host_label(conns[0])}, started again"
 
+    first = conns[0]
+    try:  # (no such dump: one line, no host stopped)
+        open_connection(first)
+        run_script(first, Script([find], _secrets(cfg)), host=host_label(first), timeout=60)
+    except FabdeployError as exc:
+        return [Step(host_label(first), False, error=str(exc))]
+    finally:
+        first.close()
     return coordinated(conns, cfg, printer, "db-restore", wait, parallel, [find], once, start_all, True)
 
 
