@@ -126,3 +126,16 @@ def test_a_file_that_is_not_gzip_changes_nothing(tmp_path):
     lines = restore.restore_lines("", "false", ["echo STARTED"], "R")
     out = run_sh(lines, str(tmp_path), f"set -e; file={tmp_path}/x.pgdump.gz; kind=pgdump")
     assert "STARTED" in out and "failed: not a complete gzip file; the database was left unchanged" in out, out
+
+
+def test_the_start_after_a_failed_restore_keeps_its_chatter_out_of_the_error(tmp_path):
+    """(the app server's stderr lines would follow the one-line error) A start that fails shows them."""
+    subprocess.run(f"echo data | gzip > {tmp_path}/x.pgdump.gz", shell=True, check=True)
+    stub = tmp_path / "py"
+    stub.write_text(f"cat >/dev/null; echo 'psql: ERROR: boom' >&2; exit {restore.UNCHANGED}\n")
+    pre = f"set -e; file={tmp_path}/x.pgdump.gz; kind=pgdump"
+    out = run_sh(restore.restore_lines("", f"sh {stub}", ["echo chatter >&2", "echo STARTED"], "R"), str(tmp_path), pre)
+    assert "STARTED" in out and "chatter" not in out and "the app was started again" in out, out
+    out = run_sh(restore.restore_lines("", f"sh {stub}", ["echo broke >&2", "false", "echo STARTED"], "R"),
+                 str(tmp_path), pre)
+    assert "broke" in out and "STARTED" not in out and "the app was started again" not in out, out

@@ -153,7 +153,10 @@ def restore_lines(app_env: str, python: str, restart: list[str], retry: str) -> 
         "err=$(printf '%s\\n' \"$err\" | grep -v '^[[:space:]]*$' | tail -n 1)",
         'if [ "$rc" = 0 ]; then ' + note("database restored from $(basename \"$file\")"),
         f'elif [ "$rc" = {UNCHANGED} ]; then',
-        *["  " + ln for ln in restart],
+        *(["  serr=$(mktemp); set +e", "  ( set -e", *["  " + ln for ln in restart],
+           '  ) 2>"$serr"; src=$?; set -e',  # (the start's chatter is no part of the error; its failure is)
+           '  [ "$src" = 0 ] || { cat "$serr" >&2; rm -f "$serr"; exit 1; }', '  rm -f "$serr"']
+          if restart else []),
         "  " + fail_expanded(unchanged + (", the app was started again" if restart else "")),
         "else",
         "  " + fail_expanded("restoring $(basename \"$file\") failed: $err; the database may be partly restored "

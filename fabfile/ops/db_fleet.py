@@ -113,7 +113,8 @@ def coordinated(conns: list, cfg: Config, printer: Printer, action: str, wait: i
     except FabdeployError as exc:
         error = str(exc)
         if _restore.UNCHANGED_SAID in error:  # the first host was started again by the restore phase
-            rest_of = on_each_host(others, start, parallel, failed=failed)
+            rest_of = [Step(s.host, s.ok, f"started again (the restore on {host_label(first)} changed nothing)",
+                            s.error) for s in on_each_host(others, start, parallel, failed=failed)]
         else:  # partly restored: every host stays stopped, its lock released
             why = f"left stopped: the restore on {host_label(first)} failed"
             rest_of = on_each_host(others, release(why), parallel, failed=failed)
