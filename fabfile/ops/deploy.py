@@ -52,8 +52,12 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
     parallel = parallel or cfg.fleet.parallel
     rolling = cfg.fleet.rolling if rolling is None else rolling
     cancel = threading.Event()
-    apps = [HostDeploy(conn, cfg, source, rel_id, printer, shared, cancel, wait, force)
-            for conn in conns if server_of(conn).role == "app"]
+    app_conns = [conn for conn in conns if server_of(conn).role == "app"]
+    # the db host's passwords, read once before the app hosts' setup: they are part of the "already live"
+    # fingerprint (a rotated password reaches every app host on the next deploy)
+    passwords = fleet.read_passwords(cfg, app_conns[0].config, printer) if app_conns else {}
+    apps = [HostDeploy(conn, cfg, source, rel_id, printer, shared, cancel, wait, force, passwords)
+            for conn in app_conns]
     record = {"revision": source.revision, "branch": source.branch}
     lbs = [LbDeploy(conn, cfg, rel_id, printer, cancel, wait, record) for conn in conns
            if server_of(conn).role == "lb"]
@@ -122,13 +126,7 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
                 if hd.stage != "unchanged":
                     hd.abort("secret keys differ")
             raise
-        try:
-            share_database(apps, cfg, printer)
-        except FabdeployError:
-            for hd in everyone:
-                if hd.stage != "unchanged":
-                    hd.abort("the db host's passwords could not be read")
-            raise
+        share_database(apps, cfg, printer, passwords)
         ok = step(apps, lambda hd: hd.build())
         if not all(ok):
             return give_up(", ".join(hd.host for hd, good in zip(apps, ok) if not good) + " failed to prepare")
@@ -242,12 +240,12 @@ def share_secret_key(apps: list[HostDeploy], adopt: str | None) -> None:
     apps[0].printer.info(f"secret key: {src_text} goes to {', '.join(plan.targets)}")
 
 
-def share_database(apps: list[HostDeploy], cfg: Config, printer: Printer) -> None:
+def share_database(apps: list[HostDeploy], cfg: Config, printer: Printer, passwords: dict) -> None:
     """A fleet sharing one database (database/fleet.py): every app host gets the db host's passwords (read
-    once here, never printed), and only the first app host that builds migrates (and dumps before it)."""
+    once before setup, never printed), and only the first app host that builds migrates (and dumps before
+    it)."""
     if not apps:
         return
-    passwords = fleet.read_passwords(cfg, apps[0].conn.config, printer)
     for hd in apps:
         hd.state.fleet_passwords = dict(passwords)
     if fleet.shared(cfg):
