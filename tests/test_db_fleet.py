@@ -127,12 +127,29 @@ def test_mariadb_on_the_db_host_listens_on_its_address_by_a_drop_in():
     names = [s.name for s in pdb.steps(cfg, "apt", "db")]
     assert names == ["mysql-data", "mysql-server", "mysql-access", "mysql-database"]
     assert "mysql-access" not in [s.name for s in pdb.steps(cfg, "apt", "app")]
-    assert db_host.mysql_cnf(cfg).endswith("[mysqld]\nbind-address = 127.0.0.1,10.0.0.5")
+    assert db_host.mysql_cnf(cfg, "127.0.0.1,10.0.0.5").endswith("[mysqld]\nbind-address = 127.0.0.1,10.0.0.5")
     for family, path in (("apt", "/etc/mysql/mariadb.conf.d/70-fabdeploy.cnf"), ("dnf", "/etc/my.cnf.d/fabdeploy.cnf")):
         step = db_host.mysql_access_step(cfg, family)
         assert path in "\n".join(step.apply) and "SELECT @@bind_address" in "\n".join(step.check)
         for text in (step.check, step.apply):
             assert subprocess.run(["sh", "-n"], input="\n".join(text), text=True).returncode == 0
+
+
+def test_the_bind_address_is_a_list_only_where_the_server_takes_one(tmp_path):
+    """MariaDB 10.11+ and MySQL 8 take `127.0.0.1,<address>`; the 10.3-10.6 of RHEL 8/9 and Ubuntu 22.04
+    would not start with a list: the db address alone (local tools use the socket)."""
+    import subprocess
+    cfg = cfg_of('[database]\nengine = "mysql"\n')
+    fake = tmp_path / "mariadbd"
+    for version, want in (("10.11.6-MariaDB-0+deb12u1", "127.0.0.1,10.0.0.5"), ("10.5.22-MariaDB", "10.0.0.5"),
+                          ("10.3.39-MariaDB", "10.0.0.5"), ("8.0.36", "127.0.0.1,10.0.0.5"), ("", "10.0.0.5")):
+        fake.write_text(f"#!/bin/sh\necho '/usr/sbin/mariadbd  Ver {version} for debian-linux-gnu on x86_64'\n"
+                        if version else "#!/bin/sh\necho 'mariadbd: unknown option'\n")
+        fake.chmod(0o755)
+        script = "\n".join([*db_host.mysql_bind_lines(cfg), 'printf %s "$bind"'])
+        out = subprocess.run(["/bin/sh", "-c", script], env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+                             capture_output=True, text=True).stdout
+        assert out == want, version
 
 
 def test_the_app_hosts_urls_point_at_the_db_host():

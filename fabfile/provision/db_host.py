@@ -73,21 +73,33 @@ MYSQL_CNF = {"apt": "/etc/mysql/mariadb.conf.d/70-fabdeploy.cnf"}
 MYSQL_CNF_RH = "/etc/my.cnf.d/fabdeploy.cnf"
 
 
-def mysql_cnf(cfg: Config) -> str:
-    """The drop-in's text: the server listens on localhost and the db address."""
-    return ("# fabdeploy: the fleet's database host (managed by fab provision)\n[mysqld]\n"
-            f"bind-address = 127.0.0.1,{fleet.address(cfg)}")
+def mysql_cnf(cfg: Config, bind: str = "$bind") -> str:
+    """The drop-in's text: the server listens on `bind` (the shell word set by mysql_bind_lines: localhost
+    and the db address where the server takes a list, else the db address alone)."""
+    return f"# fabdeploy: the fleet's database host (managed by fab provision)\n[mysqld]\nbind-address = {bind}"
+
+
+def mysql_bind_lines(cfg: Config) -> list[str]:
+    """Set $bind: `127.0.0.1,<db address>` where the server takes a list of addresses (MariaDB 10.11+,
+    MySQL 8), else `<db address>` alone (MariaDB 10.3-10.6 of RHEL 8/9 and Ubuntu 22.04 would not start with
+    a list; local tools use the unix socket)."""
+    addr = q(fleet.address(cfg))
+    return [
+        "v=$({ mariadbd --version || mysqld --version || /usr/sbin/mariadbd --version || /usr/sbin/mysqld --version; } "
+        "2>/dev/null | grep -o 'Ver [0-9]*\\.[0-9]*' | head -n 1 | cut -d' ' -f2)",
+        f'case "$v" in 10.[0-9]|10.10|5.*|"") bind={addr};; *) bind=127.0.0.1,{addr};; esac',
+    ]
 
 
 def mysql_access_step(cfg: Config, family: str) -> Step:
     """MariaDB listens on the db address too (the app hosts' accounts come with the database step)."""
     from fabdeploy.provision.database import MYSQL_CLIENT, MYSQL_READY, _wait, mysql_start_lines
     f = MYSQL_CNF.get(family, MYSQL_CNF_RH)
-    bind = f"127.0.0.1,{fleet.address(cfg)}"
     admin = "$(command -v mariadb-admin || echo mysqladmin)"
-    check = [f"want={q(mysql_cnf(cfg))}", f'[ "$(cat {q(f)} 2>/dev/null)" = "$want" ]',
-             f"[ \"$({MYSQL_CLIENT} -N -e 'SELECT @@bind_address' 2>/dev/null)\" = {q(bind)} ]"]
-    apply = [f"want={q(mysql_cnf(cfg))}", f"install -d -m 755 {q(f.rsplit('/', 1)[0])}",
+    want = [*mysql_bind_lines(cfg), f'want="{mysql_cnf(cfg)}"']
+    check = [*want, f'[ "$(cat {q(f)} 2>/dev/null)" = "$want" ]',
+             f"[ \"$({MYSQL_CLIENT} -N -e 'SELECT @@bind_address' 2>/dev/null)\" = \"$bind\" ]"]
+    apply = [*want, f"install -d -m 755 {q(f.rsplit('/', 1)[0])}",
              f"printf '%s\\n' \"$want\" > {q(f + '.tmp')}", f"chmod 644 {q(f + '.tmp')}", f"mv -f {q(f + '.tmp')} {q(f)}",
              f"if {SYSTEMD}; then systemctl restart mariadb", "else",
              f"  {admin} shutdown >/dev/null 2>&1 || true",
