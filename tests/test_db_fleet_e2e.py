@@ -17,6 +17,7 @@ stops both app hosts and restores once; a corrupt dump changes nothing and both 
 """
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import textwrap
@@ -193,6 +194,9 @@ def test_a_rotated_database_password_reaches_the_app_hosts_on_the_next_deploy(fl
     after a rotation (a new password file on the db host, fab provision sets it) the next deploy is real."""
     res = fab(fl, "deploy")
     assert res.returncode == 0 and "already live" in res.stdout, res.stdout + res.stderr
+    live = json.loads(fl.a.exec(["cat", f"{D}/current/.fabdeploy/release.json"]).stdout)["fingerprint"]
+    res = fab(fl, "deploy", "--plan")  # (the plan's setup checks the same fingerprint, passwords included)
+    assert res.returncode == 0 and live in res.stdout, res.stdout + res.stderr
     new = secrets.token_hex(18)
     fl.db.exec(f"printf '%s' {new} > {PWFILE}")  # (the file's owner and mode kept)
     res = fab(fl, "provision", "-H", fl.db.ssh_target())
