@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, Layout
-from fabdeploy.model import Release
 from fabdeploy.remote.markers import PY_MARKERS, fail_expanded, note
 from fabdeploy.remote.shell import q
 
