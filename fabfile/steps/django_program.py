@@ -50,7 +50,8 @@ def failed(out, exc):
 
 
 def command(name, **options):
-    """call_command(name) with its output captured: (output, exception or None)."""
+    """call_command(name) with its output captured: (output, exception or None). (skip_checks=False: the
+    system checks run as under manage.py, so an error stops migrate before it touches the database.)"""
     from django.core.management import call_command
     out = io.StringIO()
     try:
@@ -195,7 +196,7 @@ def migrate(m, fd):
             path = dump(m, pending, fd)
     os.close(fd)  # the dump stream ends here
     unlock = locked(m["lock"], m["wait"])
-    out, exc = command("migrate", interactive=False)
+    out, exc = command("migrate", interactive=False, skip_checks=False)
     unlock()
     if exc is not None:
         failed(out, exc)
@@ -248,7 +249,7 @@ def collectstatic():
         return
     if os.path.lexists(stored):
         os.unlink(stored)  # (a hard link to the live root's file: never written in place)
-    out, exc = command("collectstatic", interactive=False)
+    out, exc = command("collectstatic", interactive=False, skip_checks=False)
     if exc is not None:
         sys.exit(failed(out, exc))
     with open(stored + ".tmp", "w") as f:
