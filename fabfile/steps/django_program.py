@@ -93,7 +93,8 @@ def import_app(p):
 
 
 def dump(m, pending, fd):
-    """The database to fd 1 (the shell gzips it into m['backup'].<ext>.gz): the path, or "" (no database)."""
+    """The database to `fd` (the program's own fd 1, which the shell gzips into m['backup'].<ext>.gz): the
+    dump's path, or "" (no database yet)."""
     import subprocess
     from django.db import connection
     db, vendor = connection.settings_dict, connection.vendor
