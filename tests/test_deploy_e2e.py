@@ -124,7 +124,7 @@ def test_verbose_shows_commands_but_masks_secrets(site):
     venv_dir = next(site.host.path("/srv/sample/venvs").iterdir())
     marker = (venv_dir / ".fabdeploy-complete").stat().st_mtime_ns
     rel, out = deploy(site, "--verbose")
-    assert "manage.py" in out and "migrate --noinput" in out  # the commands are shown ...
+    assert "manage.py" in out and 'command("migrate", interactive=False' in out  # the commands are shown ...
     assert SECRET not in out and "********" in out              # ... with secrets masked
     # The virtualenv was reused: no pip run, no wheel build, the venv untouched.
     assert re.search(r"venv\s+reused", out)
