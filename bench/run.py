@@ -99,9 +99,8 @@ class Bench:
         self.message = message
 
     def app_user_line(self) -> str:
-        """The big project's app runs as the deploy user (as the naive script's does): under fab's default app
-        user, shared/static (deploy:www-data 2750, files 0640) hides ManifestStaticFilesStorage's
-        staticfiles.json from the app, and every page that uses {% static %} answers 500 (a fabdeploy bug)."""
+        """The big project's app runs as the deploy user, as the naive script's does (one user: one Django boot
+        per deploy, like the naive script's commands); the sample project keeps fab's default app user."""
         return '\n            user = "deploy"' if self.project == "big" else ""
 
     def set_delay(self, delay_ms: float) -> None:

@@ -1,9 +1,10 @@
 """The django phase's Django boots and collectstatic skipped when nothing static changed, end to end (real fab,
 one real lab host, two sample projects on it; tests in order, building on each other).
 
-"sample" runs as its own app user (not the SSH user "deploy"): a deploy boots Django twice, once as the app
-user (import check, migrate) and once as the deploy user (collectstatic, check --deploy). "mani" runs as the
-SSH user ([app] user = "deploy") with ManifestStaticFilesStorage: one boot. Boots are counted by a logging
+Both use ManifestStaticFilesStorage. "sample" runs as its own app user (not the SSH user "deploy"): a deploy
+boots Django twice, once as the app user (import check, migrate) and once as the deploy user (collectstatic,
+check --deploy), and the app user reads staticfiles.json in the public static root. "mani" runs as the SSH
+user ([app] user = "deploy"): one boot. Boots are counted by a logging
 wrapper put in place of each release virtualenv's python. A code-only redeploy skips collectstatic and the
 site serves its CSS from the reused static root; a changed CSS file is collected and served; a rollback
 serves the previous release's CSS again.
@@ -30,8 +31,9 @@ def lab(make_host, tmp_path_factory, wheel_cache):
     sample = new_site(host, tmp_path_factory, wheel_cache, "boot-sample")
     mani = new_site(host, tmp_path_factory, wheel_cache, "boot-mani", '[app]\nuser = "deploy"\n', name="mani",
                     port=8081)
-    settings = mani.proj.src / "sampleproject" / "settings.py"
-    mani.proj.commit("manifest storage", {"sampleproject/settings.py": settings.read_text() + MANIFEST})
+    for site in (sample, mani):
+        settings = site.proj.src / "sampleproject" / "settings.py"
+        site.proj.commit("manifest storage", {"sampleproject/settings.py": settings.read_text() + MANIFEST})
     return SimpleNamespace(host=host, sample=sample, mani=mani, css={})
 
 
@@ -72,8 +74,12 @@ def test_first_deploys_collect(lab):
         assert re.search(r"django .*static files copied", out) and SKIPPED not in out, out
         lab.css[site.name] = [served_css(site)]
         site.log = log_boots(site)
-    assert lab.css["sample"][0][0] == "/static/pages/site.css"
-    assert re.fullmatch(r"/static/pages/site\.[0-9a-f]{12}\.css", lab.css["mani"][0][0])
+    for site in (lab.sample, lab.mani):  # (the hashed names: the app read staticfiles.json)
+        assert re.fullmatch(r"/static/pages/site\.[0-9a-f]{12}\.css", lab.css[site.name][0][0])
+    # the static root is public (2755, files o+r): the app user of its own reads the manifest there
+    modes = lab.host.exec(f"stat -c %a {lab.sample.d}/shared/static && readlink -f {lab.sample.d}/shared/static/current"
+                          " | xargs -I@ stat -c %a @/staticfiles.json").stdout.split()
+    assert modes == ["2755", "644"], modes
     assert all(b"fabdeploy-sample-css" in css[0][1] for css in lab.css.values())
 
 
@@ -99,7 +105,9 @@ def test_a_changed_css_file_is_collected_and_served(lab):
     css = (site.proj.src / CSS).read_text() + "\n/* changed-css-marker */\n"
     out = redeploy(site, "css", {CSS: css})
     assert re.search(r"django .*1 static file copied", out) and SKIPPED not in out, out
-    assert served_css(site) == ("/static/pages/site.css", css.encode())
+    url, body = served_css(site)
+    assert url != lab.css["sample"][0][0] and re.fullmatch(r"/static/pages/site\.[0-9a-f]{12}\.css", url)
+    assert body == css.encode()
 
 
 def test_rollback_serves_the_previous_releases_css(lab):

@@ -153,7 +153,7 @@ def test_data_is_not_readable_by_other_local_users(site):
     assert modes[d][0] == modes[f"{d}/shared"][0] == "711"
     assert modes[f"{d}/shared/db"][0] == "700" and modes[f"{d}/shared/config"][0] == "2750"
     assert modes[f"{d}/shared/log"][0] == "2770" and modes[f"{d}/releases"][0] == "2750"
-    assert modes[f"{d}/shared/static"] == modes[f"{d}/shared/media"] == ["2750", "www-data"]
+    assert modes[f"{d}/shared/static"] == ["2755", "www-data"] and modes[f"{d}/shared/media"] == ["2750", "www-data"]
     assert modes[f"{d}/shared/db/default.sqlite3"][0] == modes[f"{d}/shared/log/audit.jsonl"][0] == "640"
     assert modes[f"{d}/shared/media/{site.media_path}"] == ["640", "www-data"]
     for path in (f"{d}/shared/db/default.sqlite3", f"{d}/shared/log/audit.jsonl", f"{d}/shared/media/{site.media_path}",

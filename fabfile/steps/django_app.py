@@ -105,7 +105,8 @@ def django(cfg: Config, rel: Release, migrate: bool = True) -> Phase:
         lines.append(note("migrate: done once for the fleet's shared database (on another app host)"))
     if not here:
         return Phase("django", lines + boot_lines(cfg, rel, program_args(cfg, rel, check_import=True, migrate=False,
-                                                                         rest=rest), as_app=False))
+                                                                         rest=rest), as_app=False)
+                     + public_static(cfg, rel))
     both = program_args(cfg, rel, check_import=True, migrate=True, rest=rest)
     split = boot_lines(cfg, rel, program_args(cfg, rel, check_import=True, migrate=True, rest=False), as_app=True)
     if rest:
@@ -114,4 +115,13 @@ def django(cfg: Config, rel: Release, migrate: bool = True) -> Phase:
     return Phase("django", [*lines, f'if [ -z "{AS_APP}" ]; then  # the SSH user is the app user: one boot',
                             *["  " + ln for ln in boot_lines(cfg, rel, both, as_app=False)],
                             "else  # two: the app user migrates, the deploy user collects into its static root",
-                            *["  " + ln for ln in split], "fi"])
+                            *["  " + ln for ln in split], "fi", *public_static(cfg, rel)])
+
+
+def public_static(cfg: Config, rel: Release) -> list[str]:
+    """The release's static root readable by anyone (what it holds is public; the app reads it too:
+    ManifestStaticFilesStorage's staticfiles.json, WhiteNoise), as its parent shared/static (2755)."""
+    if not cfg.django.collectstatic:
+        return []
+    root = f"{Layout(cfg.paths.deploy_to).static}/{rel.id}"
+    return [f"[ ! -d {q(root)} ] || chmod -R o+rX {q(root)}"]
