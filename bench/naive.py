@@ -5,8 +5,8 @@ latency and SSH handshake) runs ONE bash script, hosts in parallel:
   - makes DEPLOY_TO with sudo (owned by the deploy user) the first time;
   - reads `git archive` (plain tar, made once per deploy inside the clock) on stdin into releases/<id>;
   - reuses the virtualenv venvs/<hash of requirements.txt + app server> when it exists, else builds it with
-    `pip install --no-index --find-links WHEELS`. The wheels are ALREADY ON THE HOST: lab hosts share the
-    machine's filesystem outside their private dirs, so WHEELS is this checkout's .cache/wheels, standing in
+    `pip install --no-index --find-links WHEELS`. The wheels are ALREADY ON THE HOST: the bench copies this
+    checkout's .cache/wheels into each host's /srv/naive-wheels before any clock starts, standing in
     for the package index a host downloads from (fab uploads its wheelhouse in its stream: a first deploy of
     the naive script moves less over SSH, a strict baseline);
   - writes a settings overlay `naive_settings.py` at the release root (DEBUG off, SECRET_KEY read from

@@ -49,6 +49,7 @@ from report import print_tables  # noqa: E402
 FAB = str(Path(sys.executable).parent / "fab")
 WHEELS = REPO / ".cache" / "wheels"
 OFFLINE = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELS)}
+NAIVE_WHEELS = "/srv/naive-wheels"  # (in each host's private /srv: a checkout under /tmp is not seen there)
 FIRST_INDEX = int(os.environ.get("FABDEPLOY_BENCH_INDEX", "150"))
 BASE_PORT = 41000 + FIRST_INDEX  # the relays' ports: two benchmarks at other indexes never share one
 # project: (settings module, WSGI callable, the file a code-only change rewrites)
@@ -74,6 +75,9 @@ class Bench:
             for i, h in enumerate(self.hosts):
                 key = next(ln.split(" ", 1)[1] for ln in lines if ln.startswith(h.address + " "))
                 f.write(f"[127.0.0.1]:{BASE_PORT + i} {key}\n")
+        for h in self.hosts:  # (the naive script's package index: the wheels already on the host)
+            shutil.copytree(WHEELS.resolve(), h.path(NAIVE_WHEELS), dirs_exist_ok=True)
+            os.chmod(h.path(NAIVE_WHEELS), 0o755)
         self.server = "uwsgi"
         self.naive_seq = 0
         self.use_project("sample")
@@ -183,7 +187,7 @@ class Bench:
             return naive.rollback(self.ssh_argvs(n), self.server)
         self.naive_seq += 1
         return naive.deploy(self.ssh_argvs(n), self.src, self.naive_seq, self.settings, self.wsgi, self.server,
-                            str(WHEELS.resolve()))
+                            NAIVE_WHEELS)
 
     def rss_mb(self, n: int, side: str) -> float:
         """Mean over the hosts of the app server's RSS (master + its children, VmRSS from /proc in the host),
