@@ -108,8 +108,10 @@ def test_collectstatic_is_skipped_when_the_static_inputs_are_unchanged(tmp_path)
     assert css.stat().st_ino == Path(lay.static, A, "pages", "site.css").stat().st_ino
     assert Path(lay.static, B, HASH_FILE).read_text() == stored
     # a changed CSS file: collected, a new hash; the live root's files and hash are untouched
-    c = next_release(cfg, lay, C, tmp_path,
-                     lambda r: (r / "pages/static/pages/site.css").write_text("/* changed in C */\n"))
+    def older_css(r):  # (a commit older than the live copy: collectstatic's mtime test alone would keep it)
+        (r / "pages/static/pages/site.css").write_text("/* changed in C */\n")
+        os.utime(r / "pages/static/pages/site.css", (946684800, 946684800))
+    c = next_release(cfg, lay, C, tmp_path, older_css)
     assert "1 static file copied" in deploy(cfg, c, tmp_path)[0]
     assert Path(lay.static, C, "pages", "site.css").read_text() == "/* changed in C */\n"
     assert Path(lay.static, C, "pages", "site.css").stat().st_mode & 0o040  # the web server's group reads it

@@ -210,9 +210,17 @@ def migrate(m, fd):
         say("note", f"backup before migrate ({pending} to apply): {path}")
 
 
+def sha256_of(f):
+    h = hashlib.sha256()
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
 def static_hash():
     """sha256 of the static inputs: what collectstatic would collect (the first file found per path, by
-    content) and the settings that decide how (the release's own id and path replaced)."""
+    content) and the settings that decide how (the release's own id and path replaced); and each path's
+    content hash."""
     import django
     from django.apps import apps
     from django.conf import settings
@@ -223,23 +231,35 @@ def static_hash():
         for path, storage in finder.list(ignore):
             prefixed = os.path.join(storage.prefix, path) if getattr(storage, "prefix", None) else path
             if prefixed not in found:
-                h = hashlib.sha256()
                 with storage.open(path) as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
-                found[prefixed] = h.hexdigest()
+                    found[prefixed] = sha256_of(f)
     storage = getattr(settings, "STORAGES", {}).get("staticfiles") or getattr(settings, "STATICFILES_STORAGE", "")
     conf = repr([django.get_version(), settings.STATIC_URL, settings.STATIC_ROOT, settings.STATICFILES_FINDERS,
                  settings.STATICFILES_DIRS, storage, ignore])
     release = os.environ.get("FABDEPLOY_RELEASE", "")
     conf = conf.replace(release, "<release>") if release else conf
-    return hashlib.sha256(json.dumps([conf, sorted(found.items())]).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([conf, sorted(found.items())]).encode()).hexdigest(), found
+
+
+def unlink_changed(root, found):
+    """Unlink the seeded files (hard links of the live root's) whose content differs from their source:
+    collectstatic compares modification times (to the second), and a release's files carry its commit's time,
+    which may be older than the live copy's, so it would keep a changed file as "unmodified"."""
+    for path, digest in found.items():
+        target = os.path.join(root, path)
+        try:
+            with open(target, "rb") as f:
+                same = sha256_of(f) == digest
+        except OSError:
+            continue
+        if not same:
+            os.unlink(target)
 
 
 def collectstatic():
     from django.conf import settings
     stored = os.path.join(settings.STATIC_ROOT, HASH_FILE)
-    new = static_hash()
+    new, found = static_hash()
     try:
         with open(stored) as f:
             old = f.read().strip()
@@ -250,6 +270,7 @@ def collectstatic():
         return
     if os.path.lexists(stored):
         os.unlink(stored)  # (a hard link to the live root's file: never written in place)
+    unlink_changed(settings.STATIC_ROOT, found)
     out, exc = command("collectstatic", interactive=False, skip_checks=False)
     if exc is not None:
         sys.exit(failed(out, exc))
