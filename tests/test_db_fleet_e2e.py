@@ -51,18 +51,21 @@ def fl(make_host, tmp_path_factory, wheel_cache):
     db.exec("rm -rf /etc/postgresql/*/main")  # the host's own /etc: a server whose package created no cluster
     a, b, outsider = make_host("fla"), make_host("flb"), make_host("flx")
     proj = make_project(tmp_path_factory.mktemp("dbfleet"))
+    proj.write_config(fleet_config(a, b, db, "postgresql", "[cache]\nredis = true\n"))
+    return SimpleNamespace(db=db, a=a, b=b, outsider=outsider, proj=proj, cache=wheel_cache, outputs=[])
+
+
+def fleet_config(a, b, db, engine: str, extra: str = "") -> str:
+    """deploy.toml of two app hosts sharing the database of `db` (roles with their addresses)."""
     base = sample_config(a).replace(f'hosts = ["{a.ssh_target()}"]\n', "")
-    proj.write_config(base + textwrap.dedent(f"""\
+    return base + textwrap.dedent(f"""\
         [roles]
         app = [{{ host = "{a.ssh_target()}", address = "{a.address}" }},
                {{ host = "{b.ssh_target()}", address = "{b.address}" }}]
         db = [{{ host = "{db.ssh_target()}", address = "{db.address}" }}]
         [database]
-        engine = "postgresql"
-        [cache]
-        redis = true
-        """))
-    return SimpleNamespace(db=db, a=a, b=b, outsider=outsider, proj=proj, cache=wheel_cache, outputs=[])
+        engine = "{engine}"
+        """) + extra
 
 
 def fab(fl, *args):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import textwrap
 from types import SimpleNamespace
 
 import pytest
 
 import pkglab
-from conftest import make_project, run_fab, sample_config
+from conftest import make_project, run_fab
+from test_db_fleet_e2e import fleet_config
 
 D = "/srv/sample"
 CNF = "/etc/mysql/mariadb.conf.d/70-fabdeploy.cnf"
@@ -30,15 +30,7 @@ def fm(make_host, tmp_path_factory, wheel_cache):
     pkglab.assert_private(db)
     a, b = make_host("fma"), make_host("fmb")
     proj = make_project(tmp_path_factory.mktemp("dbfleetmysql"))
-    base = sample_config(a).replace(f'hosts = ["{a.ssh_target()}"]\n', "")
-    proj.write_config(base + textwrap.dedent(f"""\
-        [roles]
-        app = [{{ host = "{a.ssh_target()}", address = "{a.address}" }},
-               {{ host = "{b.ssh_target()}", address = "{b.address}" }}]
-        db = [{{ host = "{db.ssh_target()}", address = "{db.address}" }}]
-        [database]
-        engine = "mysql"
-        """))
+    proj.write_config(fleet_config(a, b, db, "mysql"))
     return SimpleNamespace(db=db, a=a, b=b, proj=proj, cache=wheel_cache)
 
 
