@@ -18,7 +18,7 @@ from fabdeploy.hosts.roles import ALL_ROLES, ROLES, attach, balanced, parse_role
 from fabdeploy.local import secrets as _secrets
 from fabdeploy.ops import control as _control
 from fabdeploy.ops import manage as _manage
-from fabdeploy.ops import report, starter
+from fabdeploy.ops import report, report_text, starter
 from fabdeploy.ops import secrets as _secrets_task
 from fabdeploy.ops.deploy import deploy_all
 from fabdeploy.ops.logs import show_logs
@@ -264,7 +264,7 @@ def releases(c, json=False, config=None, parallel=None):
     """List the releases on each app host: id, revision, branch, when, by whom, status, virtualenv."""
     cfg = _load(config)
     reports = report.releases(target_connections(c, cfg, "app"), cfg, _parallel(parallel, cfg))
-    print(masked(_json.dumps(reports, indent=2) if json else report.format_releases(reports)))
+    print(masked(_json.dumps(reports, indent=2) if json else report_text.format_releases(reports)))
     if any("error" in r for r in reports):
         raise Exit(code=1)
 
@@ -277,8 +277,8 @@ def status(c, json=False, config=None, roles=None, parallel=None):
     Exits 1 naming each unhealthy host and why."""
     cfg = _load(config, "mask")
     reports = report.status(target_connections(c, cfg, roles), cfg, _parallel(parallel, cfg))
-    print(masked(_json.dumps(reports, indent=2) if json else report.format_status(reports)))
-    _exit_if_failed([f"{r['host']}: unhealthy: {report.unhealthy(r)}" for r in reports if report.unhealthy(r)])
+    print(masked(_json.dumps(reports, indent=2) if json else report_text.format_status(reports)))
+    _exit_if_failed([f"{r['host']}: unhealthy: {report_text.unhealthy(r)}" for r in reports if report_text.unhealthy(r)])
 
 
 @task(help={"config": CONFIG_HELP, "roles": ROLES_HELP, "parallel": PARALLEL_HELP})

@@ -109,7 +109,7 @@ def test_code_phase_installs_the_given_key_and_stages_a_replacement(tmp_path):
 
 
 def test_status_names_app_hosts_whose_keys_differ():
-    from fabdeploy.ops.report import key_drift
+    from fabdeploy.ops.report_text import key_drift
     same = [{"host": "a", "secret_key_fp": "1" * 16}, {"host": "b", "secret_key_fp": "1" * 16},
             {"host": "lb", "role": "lb"}]
     assert key_drift(same) == ""

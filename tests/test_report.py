@@ -17,7 +17,7 @@ from fabdeploy.appserver.uwsgi import UWSGI as UwsgiServer
 from fabdeploy.config import parse_config
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server
-from fabdeploy.ops import report
+from fabdeploy.ops import report, report_text
 from fabdeploy.remote.runner import RunResult
 from fabdeploy.steps import lock
 from fabdeploy.steps.health import check_spec
@@ -29,23 +29,23 @@ UP = {"app": {"pid": 5, "workers": 2, "on_current": True}, "nginx": {"pid": 7, "
 
 def test_drift_only_when_hosts_differ():
     same = [{"host": "a", "current": "R1", **UP}, {"host": "b", "current": "R1", **UP}]
-    assert report.drift(same) == ""
+    assert report_text.drift(same) == ""
     differ = same + [{"host": "c", "current": "R2", **UP}, {"host": "d", "error": "unreachable"}]
-    assert report.drift(differ) == "DRIFT: hosts are not on the same release: a=R1, b=R1, c=R2"
-    assert report.format_status(differ).endswith(report.drift(differ))
+    assert report_text.drift(differ) == "DRIFT: hosts are not on the same release: a=R1, b=R1, c=R2"
+    assert report_text.format_status(differ).endswith(report_text.drift(differ))
 
 
 def test_status_lines_and_health():
     down = {"host": "b", "current": "", **UP, "app": {"pid": None, "workers": 0, "on_current": False},
             "http": {"status": None, "ms": 3, "error": "refused"}}
-    text = report.format_status([{"host": "a", "current": "R1", **UP}, down, {"host": "c", "error": "boom"}])
+    text = report_text.format_status([{"host": "a", "current": "R1", **UP}, down, {"host": "c", "error": "boom"}])
     assert "  release   R1  (abcdef1234, main)" in text and "uWSGI master 5 up, 2 workers" in text
     assert "uWSGI DOWN" in text and "http      FAILED: refused" in text and "c\n  error: boom" in text
-    assert report.healthy({"host": "a", "current": "R1", **UP})
-    assert not report.healthy(down) and not report.healthy({"host": "c", "error": "x"})
+    assert report_text.healthy({"host": "a", "current": "R1", **UP})
+    assert not report_text.healthy(down) and not report_text.healthy({"host": "c", "error": "x"})
     five = {"host": "a", "current": "R1", **UP, "http": {"ok": False, "status": 502, "ms": 1, "error": "",
                                                           "answer": "GET / (Host: a.test) -> 502"}}
-    assert not report.healthy(five)
+    assert not report_text.healthy(five)
     assert "  http      GET / (Host: a.test) -> 200 in 5 ms" in text
 
 
@@ -53,19 +53,19 @@ def test_unhealthy_says_why():
     bad = {"ok": False, "status": 400, "ms": 1, "error": "",
            "answer": "GET / (Host: a.test) -> 400: Bad Request; does ALLOWED_HOSTS ..."}
     rep = {"host": "a", "current": "R1", **UP, "http": bad}
-    assert report.unhealthy(rep) == "http: GET / (Host: a.test) -> 400: Bad Request; does ALLOWED_HOSTS ..."
-    assert "  http      UNHEALTHY: GET / (Host: a.test) -> 400: Bad Request" in report.format_status([rep])
-    assert report.unhealthy({"host": "a", "current": "R1", **UP}) == ""
-    assert report.unhealthy({"host": "c", "error": "unreachable"}) == "unreachable"
+    assert report_text.unhealthy(rep) == "http: GET / (Host: a.test) -> 400: Bad Request; does ALLOWED_HOSTS ..."
+    assert "  http      UNHEALTHY: GET / (Host: a.test) -> 400: Bad Request" in report_text.format_status([rep])
+    assert report_text.unhealthy({"host": "a", "current": "R1", **UP}) == ""
+    assert report_text.unhealthy({"host": "c", "error": "unreachable"}) == "unreachable"
     down = {**UP, "app": {"pid": None, "workers": 0, "on_current": False}}
-    assert report.unhealthy(down) == "uWSGI is down"
-    assert report.unhealthy({**UP, "nginx": {"pid": None, "site_enabled": True}}) == "nginx is down"
+    assert report_text.unhealthy(down) == "uWSGI is down"
+    assert report_text.unhealthy({**UP, "nginx": {"pid": None, "site_enabled": True}}) == "nginx is down"
 
 
 def test_releases_table():
     rel = {"id": "20260101T000000Z-abcdef0", "revision": "a" * 40, "branch": "", "deployed_at": "t",
            "deployed_by": "me@box", "status": "current", "venv_present": False}
-    text = report.format_releases([{"host": "a", "releases": [rel]}, {"host": "b", "releases": []}])
+    text = report_text.format_releases([{"host": "a", "releases": [rel]}, {"host": "b", "releases": []}])
     lines = text.splitlines()
     assert lines[0] == "a" and lines[1].split() == ["RELEASE", "REVISION", "BRANCH", "DEPLOYED", "AT", "DEPLOYED",
                                                     "BY", "STATUS", "VENV"]
@@ -238,7 +238,7 @@ def test_status_program_reports_an_app_host(site, app_server, http_port):
         True, 200, "GET / (Host: 127.0.0.1) -> 200", "http", "")
     assert got["lock"]["holder"] == OWNER and got["lock"]["age_s"] >= 0
     assert got["last"]["release"] == R3 and isinstance(got["disk_free_bytes"], int)
-    text = report.format_status([{"host": "h", **got}])
+    text = report_text.format_status([{"host": "h", **got}])
     assert f"  app       uWSGI master {app_server} up, 2 workers" in text
     assert f"  lock      held by {OWNER} for " in text and "site enabled" in text
 
