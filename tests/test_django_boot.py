@@ -155,3 +155,42 @@ def test_the_import_check_failure_is_unchanged_in_one_boot(tmp_path):
     assert last == [f"{MARK} error the WSGI application sampleproject.nosuchmodule:application does not import "
                     "with the production settings: ModuleNotFoundError: No module named 'sampleproject.nosuchmodule'"]
     assert not Path(lay.shared, "db", "default.sqlite3").exists()
+
+
+def _sudo_dropping_user(tmp_path) -> dict:
+    """A PATH whose `sudo -n -u USER cmd...` runs cmd as this user (logged): the two-user phase, in one user."""
+    bindir = tmp_path / "sudobin"
+    bindir.mkdir()
+    (bindir / "sudo").write_text(f"#!/bin/sh\necho \"$*\" >> {q(str(tmp_path / 'sudo.log'))}\n"
+                                 "[ \"$1\" = -n ] && shift; [ \"$1\" = -u ] && shift 2; exec \"$@\"\n")
+    (bindir / "sudo").chmod(0o755)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}
+
+
+def test_two_users_boot_side_by_side_and_report_in_order(tmp_path):
+    # the app user is not the SSH user: its boot (import check, migrate) and the deploy user's (collectstatic,
+    # check --deploy) run at once; what they said comes in the one-boot order
+    cfg, lay, a = _fresh_release(tmp_path, rel=make_rel(A), app={"user": "daemon"})
+    log = tmp_path / "boots.log"
+    counting_python(lay, a, log)
+    env = _sudo_dropping_user(tmp_path)
+    proc = sh(Script([django_app.django(cfg, a)]), tmp_path, env=env)
+    assert proc.returncode == 0, err(proc) + out(proc)
+    said = notes(out(proc))
+    assert said[0].endswith(" migrations applied") and "static files copied" in said[1], said
+    assert len(log.read_text().split()) == 2
+    assert "-n -u daemon sh -c" in (tmp_path / "sudo.log").read_text()
+    assert Path(lay.static, a.id, "pages", "site.css").exists() or any(Path(lay.static, a.id).rglob("*.css"))
+
+
+def test_two_users_a_failing_import_check_stops_after_the_other_boot_ended(tmp_path):
+    cfg, lay, rel = _fresh_release(tmp_path, app={"user": "daemon"},
+                                   project={"wsgi": "sampleproject.nosuchmodule:application"})
+    proc = sh(Script([django_app.django(cfg, rel)]), tmp_path, env=_sudo_dropping_user(tmp_path))
+    assert proc.returncode == 1 and notes(out(proc)) == []  # nothing of the other boot is reported as done
+    last = [ln for ln in err(proc).splitlines() if ln.startswith(f"{MARK} error ")]
+    assert last == [f"{MARK} error the WSGI application sampleproject.nosuchmodule:application does not import "
+                    "with the production settings: ModuleNotFoundError: No module named 'sampleproject.nosuchmodule'"]
+    assert not Path(lay.shared, "db", "default.sqlite3").exists()
+    # the deploy user's boot ran to its end (its exit status written): the phase waits for it (test_phases)
+    assert Path(lay.staging(rel.id), "django-static.out.rc").exists()

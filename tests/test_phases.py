@@ -752,7 +752,7 @@ def test_django_phase_lines():
                          f"export DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} FABDEPLOY_RELEASE={REL_ID}",
                          "set -a; . /srv/shop/shared/config/app.env; set +a"]
     assert lines[4] == f"DJANGO_PY={q(django_app.PROGRAM_PY)}"  # the program, once
-    one, app, deploy = _boots(lines)
+    one, deploy, app = _boots(lines)
     python = f"/srv/shop/venvs/{VENV}/bin/python"
     # the SSH user is the app user: one boot for everything, in order
     assert one[0] == f'{python} -c "$DJANGO_PY"'
@@ -766,6 +766,16 @@ def test_django_phase_lines():
                       f"DJANGO_SETTINGS_MODULE=fabdeploy_settings FABDEPLOY_RELEASE={REL_ID} {python} -c \"$DJANGO_PY\"")
     assert list(app[1]) == ["import", "production", "generic", "migrate"]
     assert deploy[0] == one[0] and deploy[1] == {"static": True, "check": True}
+    # ... side by side: the deploy user's boot starts in the background first, the app user's boot waits for
+    # it before it stops on a failure, and its output is shown after the app user's
+    two = lines[lines.index(next(ln for ln in lines if ln.startswith("else"))):]
+    bg = next(i for i, ln in enumerate(two) if "django-static.out" in ln and ln.rstrip().endswith("&"))
+    assert two[bg + 1].strip() == "bg=$!"
+    app_fail = next(ln for ln in two if "django.out" in ln and "exit 1" in ln)
+    assert 'wait "$bg"; exit 1' in app_fail
+    waits = [i for i, ln in enumerate(two) if ln.strip() == 'wait "$bg"']
+    shown = next(i for i, ln in enumerate(two) if "grep -E" in ln and "django-static.out" in ln)
+    assert len(waits) == 1 and bg < waits[0] < shown
 
 
 def _boots(lines: list[str]) -> list[tuple[str, dict]]:

@@ -61,17 +61,40 @@ def program_args(cfg: Config, rel: Release, *, check_import: bool, migrate: bool
     return p
 
 
-def boot_lines(cfg: Config, rel: Release, params: dict, as_app: bool) -> list[str]:
+def _out(cfg: Config, rel: Release, name: str) -> str:
+    """The (quoted) file a boot's stderr goes to, in the release's staging dir."""
+    return q(f"{Layout(cfg.paths.deploy_to).staging(rel.id)}/{name}.out")
+
+
+def _command(cfg: Config, rel: Release, params: dict, as_app: bool) -> str:
+    python = q(Layout(cfg.paths.deploy_to).venv(rel.venv_hash) + "/bin/python")
+    run = f"{app_env_words(cfg, rel, 'django')} {python}" if as_app else python
+    return f'{run} -c "$DJANGO_PY" {q(json.dumps(params, separators=(",", ":")))}'
+
+
+def _fresh(cfg: Config, rel: Release, E: str) -> list[str]:
+    # (the output file private: tracebacks may show settings; the program itself keeps the phase's umask 027)
+    return [f"mkdir -p {q(Layout(cfg.paths.deploy_to).staging(rel.id))}", f"rm -f {E} {E}.rc", f"(umask 077; : > {E})"]
+
+
+def _said(E: str, before_exit: str = "") -> list[str]:
+    """Show what a boot said (its output in E, its exit status in $rc): note and warn markers on stdout; when
+    it failed, the rest on stderr and stop (after `before_exit`)."""
+    return [
+        f"grep -E {q(MARKERS_OUT)} {E} || true",
+        f'if [ "$rc" != 0 ]; then grep -Ev {q(MARKERS_OUT[:-1] + "|" + DUMP_OK + ")")} {E} >&2 || true; '
+        f"rm -f {E} {E}.rc; {before_exit}exit 1; fi",
+        f"rm -f {E} {E}.rc",
+    ]
+
+
+def boot_lines(cfg: Config, rel: Release, params: dict, as_app: bool, before_exit: str = "") -> list[str]:
     """Run the program once with `params` (as the app user: `as_app`), then show what it said: its note and
     warn markers on stdout; when it failed, the rest on stderr and stop. With migrate, its fd 1 (a dump, when
     one is taken) is gzipped by the deploy user into shared/backups (0600 in 0700), then pruned."""
-    lay = Layout(cfg.paths.deploy_to)
-    python = q(lay.venv(rel.venv_hash) + "/bin/python")
-    run = f"{app_env_words(cfg, rel, 'django')} {python}" if as_app else python
-    cmd = f'{run} -c "$DJANGO_PY" {q(json.dumps(params, separators=(",", ":")))}'
-    E = q(f"{lay.staging(rel.id)}/django.out")
-    # (its output file private: tracebacks may show settings; the program itself keeps the phase's umask 027)
-    lines = [f"mkdir -p {q(lay.staging(rel.id))}", f"rm -f {E} {E}.rc", f"(umask 077; : > {E})"]
+    cmd = _command(cfg, rel, params, as_app)
+    E = _out(cfg, rel, "django")
+    lines = _fresh(cfg, rel, E)
     if "migrate" in params:
         d, b = backup.backups_dir(cfg), q(params["migrate"]["backup"])
         lines += [
@@ -84,19 +107,26 @@ def boot_lines(cfg: Config, rel: Release, params: dict, as_app: bool) -> list[st
         ]
     else:
         lines += [f"rc=0; {cmd} 2>{E} || rc=$?"]
-    return lines + [
-        f"grep -E {q(MARKERS_OUT)} {E} || true",
-        f'if [ "$rc" != 0 ]; then grep -Ev {q(MARKERS_OUT[:-1] + "|" + DUMP_OK + ")")} {E} >&2 || true; '
-        f"rm -f {E} {E}.rc; exit 1; fi",
-        f"rm -f {E} {E}.rc",
-    ]
+    return lines + _said(E, before_exit)
+
+
+def beside_lines(cfg: Config, rel: Release, params: dict) -> tuple[list[str], list[str]]:
+    """The deploy user's boot (collectstatic, check --deploy) run in the background beside the app user's
+    (import check, backup, migrate): (its start, its end). The end waits for it and shows what it said after
+    the app user's boot; a failing app user's boot waits for it too (`wait "$bg"`) before it stops, so
+    nothing still writes into the release when the failed deploy removes it."""
+    E = _out(cfg, rel, "django-static")
+    start = [*_fresh(cfg, rel, E), f"{{ {_command(cfg, rel, params, as_app=False)} 2>{E}; echo $? > {E}.rc; }} &",
+             "bg=$!"]
+    end = ['wait "$bg"', f"rc=$(cat {E}.rc 2>/dev/null || echo 1)", *_said(E)]
+    return start, end
 
 
 def django(cfg: Config, rel: Release, migrate: bool = True) -> Phase:
     """The import check (always), migrate (with a backup when migrations are pending), collectstatic and
     check --deploy, with the production settings, in one Django boot: the program above. The app user owns
     the database and the deploy user the static root: when they are two users, one boot as the app user
-    (import check, migrate) and one as the deploy user (collectstatic, check --deploy). `migrate` False: an
+    (import check, migrate) and one as the deploy user (collectstatic, check --deploy), side by side. `migrate` False: an
     app host of a fleet sharing one database where another host migrates (and dumps) for this deploy."""
     here = cfg.django.migrate and migrate
     rest = cfg.django.collectstatic or cfg.django.check_deploy
@@ -108,10 +138,12 @@ def django(cfg: Config, rel: Release, migrate: bool = True) -> Phase:
                                                                          rest=rest), as_app=False)
                      + public_static(cfg, rel))
     both = program_args(cfg, rel, check_import=True, migrate=True, rest=rest)
-    split = boot_lines(cfg, rel, program_args(cfg, rel, check_import=True, migrate=True, rest=False), as_app=True)
-    if rest:
-        split += boot_lines(cfg, rel, program_args(cfg, rel, check_import=False, migrate=False, rest=True),
-                            as_app=False)
+    app_params = program_args(cfg, rel, check_import=True, migrate=True, rest=False)
+    if rest:  # (the two boots at once: they share nothing but the release's code; on two cores, one boot's time)
+        start, end = beside_lines(cfg, rel, program_args(cfg, rel, check_import=False, migrate=False, rest=True))
+        split = [*start, *boot_lines(cfg, rel, app_params, as_app=True, before_exit='wait "$bg"; '), *end]
+    else:
+        split = boot_lines(cfg, rel, app_params, as_app=True)
     return Phase("django", [*lines, f'if [ -z "{AS_APP}" ]; then  # the SSH user is the app user: one boot',
                             *["  " + ln for ln in boot_lines(cfg, rel, both, as_app=False)],
                             "else  # two: the app user migrates, the deploy user collects into its static root",
