@@ -3,11 +3,12 @@
 FABDEPLOY_LAB_INDEX (default 20) is the first index of the run and FABDEPLOY_LAB_SPAN (default 60) the size
 of each worker's range: worker gwK (PYTEST_XDIST_WORKER) takes base + K*span .. base + (K+1)*span - 1, and a
 plain `pytest` (no -n) is worker 0. With the defaults `-n 2` uses 20..79 and 80..139: clear of the manual
-benchmark's 150 and up (bench/run.py) and of whatever a developer starts by hand with `hostlab.py up`.
+benchmark's 150 and up (bench/run.py) and of scripts/demo's host (5).
 
 How many a worker needs at once: make_host's hosts live until the end of their module, and the biggest
-module holds 8 (tests/test_database_e2e.py: two engines x three hosts, sqlite, systemd); a whole run takes
-about 90 indexes in all, so the counter wraps inside its range. A wrapped index is safe: an index whose veth
+module holds 8 (tests/test_database_e2e.py: two engines x three hosts, sqlite, systemd). A whole run takes
+about 100 indexes in all (in one process, ci7's 73rd went to test_plan_e2e), so two workers use about 50
+each and a worker's counter wraps only on a longer run. A wrapped index is safe: an index whose veth
 (fdl<N>a) still exists is skipped, whichever run owns it; only `span` live hosts at once fill a range, and
 that is refused with one line rather than stealing an address (hostlab.create_host refuses too).
 """
