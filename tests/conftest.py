@@ -2,7 +2,6 @@
 and a runner for the real `fab` command line."""
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import shutil
@@ -16,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import hostlab  # noqa: E402
+import labindex  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "tests" / "sample_project"
@@ -23,26 +23,31 @@ BIN = Path(sys.executable).parent
 FAB = str(BIN / "fab")
 WHEELS = REPO / ".cache" / "wheels"  # filled by scripts/setup: tests build wheelhouses offline from it
 OFFLINE = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELS)}
-# Host addresses 10.213.N.2 from N = 20 on (FABDEPLOY_LAB_INDEX moves it, for two test runs side by side).
-_index = itertools.count(int(os.environ.get("FABDEPLOY_LAB_INDEX", "20")))
+# Host addresses 10.213.N.2: labindex.next_index() gives each process (each pytest-xdist worker) its own range,
+# from FABDEPLOY_LAB_INDEX (default 20) in steps of FABDEPLOY_LAB_SPAN (default 60); a worker may hold up to
+# that many hosts at once (tests/labindex.py says what a run needs).
 
 TEAM_FABFILE = "from fabdeploy.tasks import *  # noqa: F401,F403\n"
 
 
 @pytest.fixture(scope="session")
-def lab():
+def lab(wheel_cache):
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests create network namespaces and need root (run them as root)")
     if not list(WHEELS.glob("uwsgi-*.whl")):
         pytest.fail(f"no wheels in {WHEELS}: run scripts/setup first")
     os.environ.update(OFFLINE)  # Popen'd fab processes of the tests inherit it too
+    # ... and this process's wheelhouse cache, for the fab runs that name none (not root's ~/.cache, which
+    # two pytest-xdist workers would share: fabdeploy replaces a cache entry by rmtree + rename)
+    os.environ["XDG_CACHE_HOME"] = str(wheel_cache)
     hostlab.ensure_machine_setup()
     return hostlab
 
 
 @pytest.fixture(scope="session")
 def wheel_cache(tmp_path_factory):
-    """One wheelhouse cache for the whole run (the host can't reach an index; wheels are built here once)."""
+    """One wheelhouse cache per test process (the host can't reach an index; wheels are built here once).
+    Under pytest-xdist each worker has its own basetemp, so two workers never build into the same one."""
     path = tmp_path_factory.mktemp("xdg-cache")
     return path
 
@@ -53,7 +58,7 @@ def make_host(lab):
 
     def make(name: str, init: str = "lab"):
         """A lab host; init="systemd": systemd is its PID 1 (tests/hostlab_systemd.py)."""
-        host = lab.create_host(f"{name}-{os.getpid() % 10000}", next(_index), init=init)
+        host = lab.create_host(f"{name}-{os.getpid() % 10000}", labindex.next_index(), init=init)
         created.append(host)
         return host
 

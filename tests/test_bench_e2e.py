@@ -4,18 +4,22 @@ host per command, three channels for a deploy, one for a no-op redeploy and one 
 with gunicorn (measured side by side in the same run); that the naive baseline was measured beside the limit
 (every row has a naive time and a fab/naive ratio); and that the app server's RSS per host was read for fab and
 for naive."""
+import os
 import re
 import subprocess
 import sys
 
+import labindex
 from conftest import REPO
 
 MEASURES = ("first", "code", "noop", "rollback")
 
 
 def test_quick_benchmark_runs_and_counts_round_trips():
+    # its one host takes an index of this worker's range (bench/run.py alone starts at 150)
+    env = {**os.environ, "FABDEPLOY_BENCH_INDEX": str(labindex.next_index())}
     res = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick"],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = re.findall(r"^sample\s+(uwsgi|gunicorn)\s+(first|code|noop|rollback)\s+1\s+(\d+)ms\s+([\d.]+)\s+"
                       r"([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)$", res.stdout, re.M)

@@ -15,6 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hostlab  # noqa: E402
+import labindex  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or os.geteuid() != 0,
@@ -36,7 +37,7 @@ def ssh(host: hostlab.TestHost, command: str, timeout: float = 30) -> subprocess
 
 @pytest.fixture(scope="module")
 def host():
-    h = hostlab.create_host("selftest", 200)
+    h = hostlab.create_host(f"selftest-{os.getpid() % 10000}", labindex.next_index())
     try:
         yield h
     finally:
@@ -47,8 +48,8 @@ def host():
 def peers():
     a = b = None
     try:
-        a = hostlab.create_host("selftest3", 202)
-        b = hostlab.create_host("selftest4", 203)
+        a = hostlab.create_host(f"selftest3-{os.getpid() % 10000}", labindex.next_index())
+        b = hostlab.create_host(f"selftest4-{os.getpid() % 10000}", labindex.next_index())
         yield a, b
     finally:
         for h in (b, a):
@@ -58,7 +59,7 @@ def peers():
 
 @pytest.fixture
 def host2():
-    h = hostlab.create_host("selftest2", 201)
+    h = hostlab.create_host(f"selftest2-{os.getpid() % 10000}", labindex.next_index())
     try:
         yield h
     finally:
@@ -66,8 +67,8 @@ def host2():
 
 
 def test_ssh_login_and_passwordless_sudo(host):
-    assert host.address == "10.213.200.2"
-    assert host.ssh_target() == "deploy@10.213.200.2"
+    assert host.index in labindex.worker_range() and host.address == f"10.213.{host.index}.2"
+    assert host.ssh_target() == f"deploy@10.213.{host.index}.2"
     res = ssh(host, "id -un; sudo -n id -u")
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["deploy", "0"]
@@ -127,9 +128,15 @@ def test_nginx_started_over_ssh_serves_http(host):
     assert host.path("/var/log/nginx/access.log").stat().st_size > 0
 
 
+def test_a_wrapped_lab_index_skips_a_live_host(host):
+    """tests/labindex.py: the next index after a wrap is never one a live host still holds."""
+    with pytest.raises(labindex.LabIndexError, match=f"^every lab index {host.index}..{host.index} is in use"):
+        labindex.Allocator(range(host.index, host.index + 1)).next()
+
+
 def test_no_default_route(host):
     out = host.exec(["ip", "route"]).stdout
-    assert "10.213.200.0/24" in out  # really inside the namespace
+    assert f"10.213.{host.index}.0/24" in out  # really inside the namespace
     assert not [ln for ln in out.splitlines() if ln.startswith("default")], out
     out6 = host.exec(["ip", "-6", "route"]).stdout
     assert not [ln for ln in out6.splitlines() if ln.startswith("default")], out6
@@ -160,6 +167,7 @@ def test_destroy_kills_everything(host2):
     names = {Path(f"/proc/{p}/comm").read_text().strip() for p in pids if _alive(p)}
     assert {"sshd", "sleep", "nginx"} <= names, names
     base, netns, address = host2.base, host2.netns, host2.address
+    assert labindex.in_use(host2.index)  # the allocator skips it while the host lives (tests/labindex.py)
 
     t0 = time.monotonic()
     host2.destroy()
@@ -170,6 +178,7 @@ def test_destroy_kills_everything(host2):
                                        text=True, check=True).stdout.split()
     assert not Path("/run/netns", netns).exists()
     assert not Path("/sys/class/net", host2.veth_root).exists()
+    assert not labindex.in_use(host2.index)
     assert not base.exists()
     assert not any(ln.startswith(address + " ")
                    for ln in hostlab.known_hosts().read_text().splitlines())

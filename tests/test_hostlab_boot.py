@@ -14,9 +14,7 @@ import hostlab
 import hostlab_boot
 import hostlab_plan
 import hostlab_units
-
-FIRST = int(os.environ.get("FABDEPLOY_LAB_INDEX", "20"))
-SYSTEMD_INDEX = FIRST + 8  # make_host counts up from FIRST; this test file uses 3 of those
+import labindex
 UNITS = "/etc/systemd/system"
 
 NFT_CONF = """\
@@ -262,7 +260,7 @@ def test_the_emulator_refuses_what_it_cannot_emulate(make_host):
 
 @pytest.fixture(scope="module")
 def sd_host(lab):
-    host = lab.create_host(f"sd-{os.getpid() % 10000}", SYSTEMD_INDEX, init="systemd")
+    host = lab.create_host(f"sd-{os.getpid() % 10000}", labindex.next_index(), init="systemd")
     yield host
     host.destroy()
     assert not hostlab_systemd_cgroup(host.name).exists()
