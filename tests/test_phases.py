@@ -963,8 +963,9 @@ def test_venv_build_lines_run_pip_from_the_wheel_else_ensurepip():
                           f'  venv_pip() {{ {V}/bin/python "$pipwhl/pip" "$@"; }}']
     assert lines[4] == f"  printf '%s\\n' \"$pipwhl\" > {V}/fabdeploy-pip-wheel"
     assert lines[5] == f"  printf '%s\\n' {' '.join(q(ln) for ln in venv.PIP_WRAPPER)} > {V}/bin/pip"
-    assert lines[6:] == [f"  chmod 0755 {V}/bin/pip", "else", f"  python3 -m venv {V}",
-                         f'  venv_pip() {{ {V}/bin/python -m pip "$@"; }}', "fi"]
+    assert lines[6:8] == [f"  chmod 0755 {V}/bin/pip", "else"]
+    assert lines[8].startswith(f"  out=$(python3 -m venv {V} 2>&1) || {{ echo ")
+    assert lines[9:] == [f'  venv_pip() {{ {V}/bin/python -m pip "$@"; }}', "fi"]
 
 
 def test_pip_wheel_lookup_picks_the_newest_of_the_interpreters_own(tmp_path):
@@ -1006,6 +1007,17 @@ def test_venv_without_a_pip_wheel_is_built_with_ensurepip(tmp_path):
     proc, V = _build(tmp_path, str(fake))
     assert proc.returncode == 0 and proc.stdout == "pip of the venv: -m pip --version\n", proc.stderr
     assert (tmp_path / "calls").read_text() == f"-m venv {V}\n" and not (V / "bin" / "pip").exists()
+
+
+def test_venv_without_a_pip_wheel_whose_ensurepip_fails_says_so_in_one_line(tmp_path):
+    fake = tmp_path / "python3"
+    fake.write_text('#!/bin/sh\n[ "$1" = -c ] && exit 0\necho "Error: ensurepip is not available" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    proc, V = _build(tmp_path, str(fake))
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+    assert proc.stderr == (f"{MARK} error no pip wheel found for {fake} and its ensurepip failed: cannot build the "
+                           "virtualenv (on Debian: apt-get install python3-venv python3-pip-whl) "
+                           "Error: ensurepip is not available\n")
 
 
 # === uWSGI ini ================================================================================================

@@ -56,7 +56,9 @@ def build_lines(py: str, V: str) -> list[str]:
         f"  printf '%s\\n' {' '.join(q(ln) for ln in PIP_WRAPPER)} > {q(pip)}",
         f"  chmod 0755 {q(pip)}",
         "else",
-        f"  {q(py)} -m venv {q(V)}",
+        f"  out=$({q(py)} -m venv {q(V)} 2>&1) || "
+        + fail(f"no pip wheel found for {py} and its ensurepip failed: cannot build the virtualenv (on Debian: "
+               "apt-get install python3-venv python3-pip-whl)", then=' "$(printf \'%s\\n\' "$out" | tail -n 1)"'),
         f"  venv_pip() {{ {q(V + '/bin/python')} -m pip \"$@\"; }}",
         "fi",
     ]
