@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import stat
@@ -500,8 +501,8 @@ def test_code_phase_links_shared_dirs():
 def test_secret_key_is_generated_on_the_host_and_never_in_a_script():
     cfg = make_cfg(django={"env": {"DB_PASSWORD": "hunter2-pw"}})
     text = Script([code.code(cfg, make_rel())]).text()
-    line = next(ln for ln in text.splitlines() if "secret_key" in ln and "token_urlsafe" in ln)
-    assert line.startswith("if [ ! -s /srv/shop/shared/secret_key ]; then (umask 077; python3 -c ")
+    line = next(ln for ln in text.splitlines() if "secret_key" in ln and "/dev/urandom" in ln)
+    assert line.startswith(f"if [ ! -s /srv/shop/shared/secret_key ]; then (umask 077; {code.NEW_KEY_SH} > ")
     # 0600, or 0640 with the app user's group when the app runs as a user of its own
     for f in ("/srv/shop/shared/secret_key", "/srv/shop/shared/config/app.env"):
         assert (f'if [ -f {f} ]; then if [ "$(id -un)" = ') in text and f"then chmod 600 {f}; else" in text
@@ -686,6 +687,15 @@ def test_code_phase_run_unpacks_the_release(deployed):
     assert "DEBUG = False" in (R / f"{SETTINGS_MODULE}.py").read_text()
     assert not (Path(lay.staging(REL_ID)) / "release").exists()
     assert notes(out(proc)) == ["secret key generated"]
+    key = Path(lay.secret_key)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{67}\n", key.read_text()) and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.read_text().strip() not in out(proc) + err(proc)
+
+
+def test_new_key_is_like_token_urlsafe_50():
+    keys = {subprocess.run(["sh", "-c", code.NEW_KEY_SH], capture_output=True, text=True).stdout for _ in range(3)}
+    assert len(keys) == 3 and all(re.fullmatch(r"[A-Za-z0-9_-]{67}\n", k) for k in keys)
+    assert {len(secrets.token_urlsafe(50))} == {67}
 
 
 def test_code_phase_run_links_shared_dirs(deployed):
