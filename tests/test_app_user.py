@@ -141,6 +141,16 @@ def test_ownership_lines_do_nothing_where_a_directory_is_right(tmp_path):
     assert res.returncode == 0 and "[ db]" in res.stdout, res.stderr
     assert (tmp_path / "sudo.log").read_text().splitlines()[-1] == f"-n /usr/bin/chmod 700 {tmp_path}/shared/db"
     assert oct((tmp_path / "shared/db").stat().st_mode & 0o7777) == "0o700"
+    # an empty directory (as a first deploy created it): chown and chmod only; one with files: all four
+    (tmp_path / "sudo.log").unlink()
+    (tmp_path / "shared/db").chmod(0o750)
+    (tmp_path / "shared/run").chmod(0o750)
+    (tmp_path / "shared/run/old.sock").write_text("")
+    res = sh(script)
+    assert res.returncode == 0 and "[ db run]" in res.stdout, res.stderr
+    assert [ln.split()[1].rsplit("/", 1)[-1] for ln in (tmp_path / "sudo.log").read_text().splitlines()] == \
+        ["chown", "chmod", "chown", "chmod", "find", "chmod"]
+    assert oct((tmp_path / "shared/run").stat().st_mode & 0o7777) == "0o2750"
 
 
 def test_migrate_and_fab_manage_run_as_the_app_user():

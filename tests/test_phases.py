@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import stat
@@ -500,8 +501,8 @@ def test_code_phase_links_shared_dirs():
 def test_secret_key_is_generated_on_the_host_and_never_in_a_script():
     cfg = make_cfg(django={"env": {"DB_PASSWORD": "hunter2-pw"}})
     text = Script([code.code(cfg, make_rel())]).text()
-    line = next(ln for ln in text.splitlines() if "secret_key" in ln and "token_urlsafe" in ln)
-    assert line.startswith("if [ ! -s /srv/shop/shared/secret_key ]; then (umask 077; python3 -c ")
+    line = next(ln for ln in text.splitlines() if "secret_key" in ln and "/dev/urandom" in ln)
+    assert line.startswith(f"if [ ! -s /srv/shop/shared/secret_key ]; then (umask 077; {code.NEW_KEY_SH} > ")
     # 0600, or 0640 with the app user's group when the app runs as a user of its own
     for f in ("/srv/shop/shared/secret_key", "/srv/shop/shared/config/app.env"):
         assert (f'if [ -f {f} ]; then if [ "$(id -un)" = ') in text and f"then chmod 600 {f}; else" in text
@@ -686,6 +687,15 @@ def test_code_phase_run_unpacks_the_release(deployed):
     assert "DEBUG = False" in (R / f"{SETTINGS_MODULE}.py").read_text()
     assert not (Path(lay.staging(REL_ID)) / "release").exists()
     assert notes(out(proc)) == ["secret key generated"]
+    key = Path(lay.secret_key)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{67}\n", key.read_text()) and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.read_text().strip() not in out(proc) + err(proc)
+
+
+def test_new_key_is_like_token_urlsafe_50():
+    keys = {subprocess.run(["sh", "-c", code.NEW_KEY_SH], capture_output=True, text=True).stdout for _ in range(3)}
+    assert len(keys) == 3 and all(re.fullmatch(r"[A-Za-z0-9_-]{67}\n", k) for k in keys)
+    assert {len(secrets.token_urlsafe(50))} == {67}
 
 
 def test_code_phase_run_links_shared_dirs(deployed):
@@ -909,14 +919,14 @@ def test_collectstatic_never_modifies_the_live_static_files(tmp_path):
 # === venv =====================================================================================================
 
 def _pip_line(cfg, rel) -> str:
-    line = next(ln for ln in venv.venv(cfg, rel).lines if " -m pip " in ln).strip()
+    line = next(ln for ln in venv.venv(cfg, rel).lines if "out=$(venv_pip " in ln).strip()
     return line.removeprefix("if ! out=$(").removesuffix(" 2>&1); then")  # (output captured for errors)
 
 
 def test_venv_from_the_wheelhouse_uses_no_index_and_find_links():
     cfg = make_cfg(pip={"index_url": "https://mirror.example/simple"})
     line = _pip_line(cfg, make_rel(has_wheels=True))
-    assert line == (f"/srv/shop/venvs/{VENV}/bin/python -m pip install --disable-pip-version-check --no-input -q "
+    assert line == ("venv_pip install --disable-pip-version-check --no-input -q "
                     f"--no-index --find-links /srv/shop/tmp/{REL_ID}/wheels -r requirements.txt uwsgi")
 
 
@@ -946,9 +956,12 @@ def test_venv_is_reused_when_complete_and_built_beside_otherwise():
     assert lines[0] == f"if [ -f {V}/.fabdeploy-complete ]; then"
     assert lines[1] == f'  echo "{MARK} note reused {VENV}"'
     assert lines[2] == "else"
-    assert lines[3:6] == [f"  cd /srv/shop/releases/{REL_ID}", f"  rm -rf {V}", f"  python3 -m venv {V}"]
+    assert lines[3:5] == [f"  cd /srv/shop/releases/{REL_ID}", f"  rm -rf {V}"]
+    built = ["  " + ln for ln in venv.build_lines("python3", V)]
+    assert lines[5:5 + len(built)] == built
     touch = lines.index(f"  touch {V}/.fabdeploy-complete")  # only after pip succeeded:
-    assert lines[6].startswith("  if ! out=$(") and lines[touch - 2:touch] == ["    exit 1", "  fi"]
+    assert lines[5 + len(built)].startswith("  if ! out=$(venv_pip install ")
+    assert lines[touch - 2:touch] == ["    exit 1", "  fi"]
     assert lines[-2:] == ["fi", f"rm -rf /srv/shop/tmp/{REL_ID}/wheels"]  # the uploaded wheels, once used
 
 
@@ -960,6 +973,71 @@ def test_venv_reuse_branch_runs_without_pip(tmp_path):
     proc = sh(Script([venv.venv(make_cfg(deploy_to, project={"python": "/nonexistent/python"}), make_rel())]),
               tmp_path)
     assert proc.returncode == 0 and notes(out(proc)) == [f"reused {VENV}"]
+
+
+def test_venv_build_lines_run_pip_from_the_wheel_else_ensurepip():
+    V = "/srv/shop/venvs/abc"
+    lines = venv.build_lines("python3", V)
+    assert lines[0] == f"pipwhl=$(python3 -c {q(venv.PIP_WHEEL_PY)} 2>/dev/null) || pipwhl="
+    assert lines[1:4] == ['if [ -n "$pipwhl" ]; then', f"  python3 -m venv --without-pip {V}",
+                          f'  venv_pip() {{ {V}/bin/python "$pipwhl/pip" "$@"; }}']
+    assert lines[4] == f"  printf '%s\\n' \"$pipwhl\" > {V}/fabdeploy-pip-wheel"
+    assert lines[5] == f"  printf '%s\\n' {' '.join(q(ln) for ln in venv.PIP_WRAPPER)} > {V}/bin/pip"
+    assert lines[6:8] == [f"  chmod 0755 {V}/bin/pip", "else"]
+    assert lines[8].startswith(f"  out=$(python3 -m venv {V} 2>&1) || {{ echo ")
+    assert lines[9:] == [f'  venv_pip() {{ {V}/bin/python -m pip "$@"; }}', "fi"]
+
+
+def test_pip_wheel_lookup_picks_the_newest_of_the_interpreters_own(tmp_path):
+    bundled = tmp_path / "ensurepip" / "_bundled"
+    bundled.mkdir(parents=True)
+    (tmp_path / "ensurepip" / "__init__.py").write_text("")
+    for name in ("pip-99.9.1-py3-none-any.whl", "pip-100.0.0-py3-none-any.whl", "setuptools-200.0-py3-none-any.whl",
+                 "pip-latest.whl"):
+        (bundled / name).write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-c", venv.PIP_WHEEL_PY], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.stdout == f"{bundled}/pip-100.0.0-py3-none-any.whl\n", proc.stderr
+
+
+def _build(tmp_path, python: str) -> tuple[subprocess.CompletedProcess, Path]:
+    V = tmp_path / "venvs" / "v1"
+    script = "set -e\n" + "\n".join(venv.build_lines(python, str(V))) + '\nvenv_pip --version\n'
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True), V
+
+
+def test_venv_built_without_pip_gets_a_bin_pip_of_the_hosts_wheel(tmp_path):
+    python = sys._base_executable  # this machine's interpreter (Debian: its wheel is python3-pip-whl's)
+    wheel = subprocess.run([python, "-c", venv.PIP_WHEEL_PY], capture_output=True, text=True).stdout.strip()
+    assert wheel.endswith(".whl")
+    proc, V = _build(tmp_path, python)
+    assert proc.returncode == 0 and proc.stdout.startswith("pip ") and f"{wheel}/pip" in proc.stdout, proc.stderr
+    assert not list((V / "lib").glob("python3*/site-packages/pip"))  # no pip (nor setuptools) in the venv
+    assert (V / "fabdeploy-pip-wheel").read_text() == wheel + "\n"
+    proc = subprocess.run([V / "bin" / "pip", "--version"], capture_output=True, text=True)  # users' venv/bin/pip
+    assert proc.returncode == 0 and f"{wheel}/pip" in proc.stdout and str(V) not in proc.stdout, proc.stderr
+
+
+def test_venv_without_a_pip_wheel_is_built_with_ensurepip(tmp_path):
+    fake = tmp_path / "python"  # an interpreter whose lookup finds no wheel: records how the venv was made
+    fake.write_text('#!/bin/sh\n[ "$1" = -c ] && exit 0\necho "$@" >> ' + str(tmp_path / "calls") + "\n"
+                    'mkdir -p "$3/bin"; printf \'#!/bin/sh\\necho "pip of the venv: $*"\\n\' > "$3/bin/python"\n'
+                    'chmod +x "$3/bin/python"\n')
+    fake.chmod(0o755)
+    proc, V = _build(tmp_path, str(fake))
+    assert proc.returncode == 0 and proc.stdout == "pip of the venv: -m pip --version\n", proc.stderr
+    assert (tmp_path / "calls").read_text() == f"-m venv {V}\n" and not (V / "bin" / "pip").exists()
+
+
+def test_venv_without_a_pip_wheel_whose_ensurepip_fails_says_so_in_one_line(tmp_path):
+    fake = tmp_path / "python3"
+    fake.write_text('#!/bin/sh\n[ "$1" = -c ] && exit 0\necho "Error: ensurepip is not available" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    proc, V = _build(tmp_path, str(fake))
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+    assert proc.stderr == (f"{MARK} error no pip wheel found for {fake} and its ensurepip failed: cannot build the "
+                           "virtualenv (on Debian: apt-get install python3-venv python3-pip-whl) "
+                           "Error: ensurepip is not available\n")
 
 
 # === uWSGI ini ================================================================================================

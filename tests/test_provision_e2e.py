@@ -128,6 +128,10 @@ def test_the_created_deploy_user_deploys_the_sample_project(pv):
     res = fab(pv, "deploy")
     assert res.returncode == 0, res.stdout + res.stderr
     assert pv.host.http("/")[0] == 200
+    # python3-venv brought Debian's pip wheel (python3-pip-whl): the venv was built without ensurepip, from it
+    assert pv.host.exec(["dpkg-query", "-W", "-f", "${Status}", "python3-pip-whl"]).stdout == "install ok installed"
+    wheel = next(pv.host.path(f"{D}/venvs").glob("*/fabdeploy-pip-wheel")).read_text()
+    assert wheel.startswith("/usr/share/python-wheels/pip-") and wheel.strip().endswith(".whl")
     # and provision after a deploy still finds everything right
     res = as_root(pv, "provision")
     assert res.returncode == 0 and changed(res.stdout) == [], res.stdout + res.stderr

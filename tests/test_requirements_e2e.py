@@ -74,6 +74,18 @@ def wrapper(site, name: str, body: str):
     return path
 
 
+def _built_without_ensurepip(site, venv: str):
+    """The venv got no pip nor setuptools of its own (`-m venv --without-pip`, pip run from the host's wheel);
+    its bin/pip runs that wheel, for the users who inspect the venv."""
+    packages = site_packages(site, venv)
+    assert not (packages / "pip").exists() and not (packages / "setuptools").exists()
+    res = site.host.exec([f"/srv/sample/venvs/{venv}/bin/pip", "list", "--disable-pip-version-check"],
+                         user="deploy", check=False)
+    assert res.returncode == 0 and re.search(r"(?im)^django\s+5\.2", res.stdout), res.stdout + res.stderr
+    assert site.host.path(f"/srv/sample/venvs/{venv}/fabdeploy-pip-wheel").read_text().startswith(
+        "/usr/share/python-wheels/pip-")
+
+
 def test_1_nested_requirements_and_constraints_deploy_from_the_wheelhouse(site):
     res, out = fab(site)
     assert res.returncode == 0, out
@@ -89,6 +101,7 @@ def test_1_nested_requirements_and_constraints_deploy_from_the_wheelhouse(site):
     # python_full_version < "3.11.3" holds on the host (3.11.2): its wheel was built and installed
     assert site.host_py == "3.11.2"
     assert (packages / "gunicorn").is_dir()
+    _built_without_ensurepip(site, venv)
     assert tmp_entries(site) == []
     status, _, body = site.host.http("/", host_header=site.host.address)
     assert status == 200 and f"Release: {rel}".encode() in body
@@ -101,6 +114,7 @@ def test_2_changing_only_base_txt_rebuilds_the_venv(site):
     assert re.search(r"venv\s+built \w+ from the wheelhouse", out) and "reused" not in out, out
     venv = venv_of(site, release_of(res.stdout))
     assert venv not in site.venvs
+    _built_without_ensurepip(site, venv)  # the second venv too
     site.venvs.append(venv)
 
 
@@ -212,3 +226,25 @@ def test_9_a_wheel_the_builder_left_out_is_named_with_its_marker(site):
             "wheelhouse was built") in out, out
     assert os.readlink(site.host.path("/srv/sample/current")) == live
     assert tmp_entries(site) == []
+
+
+def test_10_without_a_pip_wheel_the_venv_falls_back_to_ensurepip(site):
+    """A host where no pip wheel is found (hidden here by an empty directory mounted over Debian's wheel dir,
+    inside the host only): the venv is built with `-m venv` as before; Debian's ensurepip reads that same
+    directory, so it fails, in one line that names the packages. The wheels back: the same commit deploys."""
+    site.proj.commit("a new venv", {"requirements/base.txt": BASE + "asgiref\nidna\n",
+                                    "requirements/production.txt": NESTED["requirements/production.txt"]})
+    site.host.path("/srv/no-wheels").mkdir(exist_ok=True)
+    site.host.exec("mount -n --bind /srv/no-wheels /usr/share/python-wheels")
+    try:
+        live = os.readlink(site.host.path("/srv/sample/current"))
+        res, out = fab(site)
+    finally:
+        site.host.exec("umount -n /usr/share/python-wheels")
+    assert res.returncode != 0 and "Traceback" not in out, out
+    assert re.search(r"no pip wheel found for python3 and its ensurepip failed: cannot build the virtualenv "
+                     r"\(on Debian: apt-get install python3-venv python3-pip-whl\) \S", out), out
+    assert os.readlink(site.host.path("/srv/sample/current")) == live and tmp_entries(site) == []
+    res, out = fab(site)
+    assert res.returncode == 0 and re.search(r"venv\s+built \w+ from the wheelhouse", out), out
+    _built_without_ensurepip(site, venv_of(site, release_of(res.stdout)))

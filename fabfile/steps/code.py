@@ -54,6 +54,11 @@ def settings_overlay(cfg: Config, release_id: str) -> str:
                   cache=cfg.cache, name=cfg.project.name)
 
 
+# A new SECRET_KEY as Python's secrets.token_urlsafe(50) makes it (50 random bytes, URL-safe base64 without
+# padding: 67 characters), without starting a Python on the host.
+NEW_KEY_SH = "printf '%s\\n' \"$(head -c 50 /dev/urandom | base64 | tr -d '\\n=' | tr '+/' '-_')\""
+
+
 def code(cfg: Config, rel: Release, secret_key: str | None = None, passwords: dict | None = None) -> Phase:
     """Unpack the uploaded archive (stdin) into releases/<id>, add the settings module, link shared dirs.
     shared/secret_key: `secret_key` when given (the fleet's one key; mask it in displays), else the host's
@@ -87,8 +92,7 @@ def code(cfg: Config, rel: Release, secret_key: str | None = None, passwords: di
                   f"else mv -f {q(staged)} {q(lay.secret_key)}; {note('secret key installed (the fleet key)')}; fi"]
     lines += [
         f"if [ ! -s {q(lay.secret_key)} ]; then "
-        f"(umask 077; {q(cfg.project.python)} -c 'import secrets; print(secrets.token_urlsafe(50))' "
-        f"> {q(lay.secret_key + '.tmp')}) && mv {q(lay.secret_key + '.tmp')} {q(lay.secret_key)}; "
+        f"(umask 077; {NEW_KEY_SH} > {q(lay.secret_key + '.tmp')}) && mv {q(lay.secret_key + '.tmp')} {q(lay.secret_key)}; "
         + note("secret key generated") + "; fi",
         *[ln for name, value in sorted((passwords or {}).items())
           for ln in write_file(f"{lay.config}/{name}", value, mode="0600")],
