@@ -157,7 +157,9 @@ def test_migrate_and_fab_manage_run_as_the_app_user():
 def test_cleanup_and_live_check_read_the_master_as_the_app_user():
     cfg = make_cfg(app={"user": "shop"})
     assert '${ASAPP-} readlink "/proc/$pid/exe"' in "\n".join(cleanup.cleanup(cfg, make_rel()).lines)
-    assert '${ASAPP-} readlink "/proc/$c/cwd"' in "\n".join(live_check.unchanged_exit(cfg, "fp", []))
+    # the pidfile and every worker's cwd are read in one shell run as the app user (one sudo, not one per file)
+    text = "\n".join(live_check.unchanged_exit(cfg, "fp", []))
+    assert "${ASAPP-} sh -c " in text and 'readlink "/proc/$c/cwd"' in text and "${ASAPP-} readlink" not in text
 
 
 def test_logs_tail_the_app_log_as_the_app_user_and_other_logs_as_root():

@@ -39,6 +39,24 @@ def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server 
 
 
 
+def serving_check(cfg: Config) -> str:
+    """A shell command, true when the live app server serves `$1` (the release `current` points to): its master
+    (the pidfile) is alive and every one of its workers runs in that release (not only the link: a switch whose
+    reload never happened leaves the old code serving). One shell run as the app user ($ASAPP: reading the
+    pidfile and the workers' cwd needs its uid), so one sudo, not one per file and per worker."""
+    app = appserver.of(cfg)
+    pidfile = app.paths(Layout(cfg.paths.deploy_to)).pidfile
+    body = "\n".join([
+        ALIVE_FN,
+        CHILDREN_FN,
+        app.workers_fn(),
+        'mpid=$(alive "$2" "$3") || exit 1',
+        'n=0; for c in $(workers "$mpid"); do n=$((n + 1)); [ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = "$1" ] || exit 1; '
+        'done; [ "$n" -gt 0 ]',
+    ])
+    return f'{AS_APP} sh -c {q(body)} serving "$cur" {q(pidfile)} {q(app.process)}'
+
+
 def unchanged_exit(cfg: Config, fp: str, after: list[str]) -> list[str]:
     """Setup lines: when the live release has fingerprint `fp` and its app server is up, run `after` (audit,
     unlock), report `unchanged=<release>` and end the phase successfully."""
@@ -46,17 +64,9 @@ def unchanged_exit(cfg: Config, fp: str, after: list[str]) -> list[str]:
     app = appserver.of(cfg)
     return [
         *app.as_app_lines(cfg),
-        ALIVE_FN,
-        CHILDREN_FN,
-        app.workers_fn(),
-        # every worker of the live master runs `current` (not only the link: a switch whose reload never
-        # happened leaves the old code serving)
-        'on_current() { n=0; for c in $(workers "$1"); do n=$((n + 1)); '
-        f'[ "$({AS_APP} readlink "/proc/$c/cwd" 2>/dev/null)" = "$cur" ] || return 1; done; [ "$n" -gt 0 ]; }}',
         f"cur=$(readlink {q(lay.current)} || true)",
         f'if [ -n "$cur" ] && grep -qs {q(chr(34) + "fingerprint" + chr(34) + ": " + chr(34) + fp + chr(34))} '
-        f'"$cur/.fabdeploy/release.json" && mpid=$(alive {q(app.paths(lay).pidfile)} {app.process}) && '
-        'on_current "$mpid"; then',
+        f'"$cur/.fabdeploy/release.json" && {serving_check(cfg)}; then',
         *["  " + ln for ln in after],
         "  " + fact("unchanged", '$(basename "$cur")'),
         "  " + note('already live: $(basename "$cur") has this revision and these configs '
