@@ -3,9 +3,8 @@ and in a rollback, which hooks wrap each phase, and which builder makes it. `fab
 and `fab rollback` all build their remote scripts with `script()` below, so the plan prints exactly what a
 deploy runs, and a hook runs wherever its phase runs.
 
-    app host   setup     setup                                   lock, facts; "already live" ends here; the
-                                                                 release archive on stdin while checks run
-               prepare   code venv django config                 the wheelhouse on stdin (when one is built)
+    app host   setup     setup                                   lock, facts; "already live" ends here
+               prepare   code venv django config                 the release archive on stdin
                publish   switch restart health cleanup finish    detached on the host
     balancer   setup     setup facts                             lock, facts
                prepare   static config                           this release's static files on stdin
@@ -110,8 +109,7 @@ def _app_setup(r: RunState) -> Phase:
     unchanged = live_check.unchanged_exit(cfg, r.fingerprint, [
         *lock.audit(cfg, owner, r.audit("unchanged"), dynamic={"live": '"$(basename "$cur")"'}),
         *lock.release(cfg, owner)]) if r.fingerprint else []
-    return setup.setup(cfg, [*lock.acquire(cfg, owner, r.wait), *port_check(cfg, r.target.server)], unchanged,
-                       staging=r.target.layout.staging(r.release_id))
+    return setup.setup(cfg, [*lock.acquire(cfg, owner, r.wait), *port_check(cfg, r.target.server)], unchanged)
 
 
 def _app_health(r: RunState) -> Phase:

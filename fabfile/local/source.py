@@ -138,13 +138,22 @@ def release_id(source: Source, now: float | None = None) -> str:
 COMPRESS_LEVEL = 1
 
 
-def bundle(project_tar: bytes | None, wheels: list[Path]) -> bytes:
-    """The upload: project under release/ (none when project_tar is None: the wheelhouse alone), wheels under
-    wheels/, gzip'd at level 1 (COMPRESS_LEVEL)."""
+def bundle(project_tar: bytes, wheels: list[Path]) -> bytes:
+    """The upload: project under release/, wheels under wheels/, gzip'd at level 1 (COMPRESS_LEVEL)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w:gz", compresslevel=COMPRESS_LEVEL, format=tarfile.PAX_FORMAT) as dst:
-        if project_tar is not None:
-            _add_project(dst, project_tar)
+        root = tarfile.TarInfo("release")
+        root.type, root.mode, root.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+        dst.addfile(root)
+        with tarfile.open(fileobj=io.BytesIO(project_tar)) as src:
+            for member in src.getmembers():
+                if member.name in ("pax_global_header",) or member.type == tarfile.XGLTYPE:
+                    continue
+                data = src.extractfile(member) if member.isfile() else None
+                member.name = "release/" + member.name.removeprefix("./")
+                if member.islnk():
+                    member.linkname = "release/" + member.linkname
+                dst.addfile(member, data)
         if wheels:
             wdir = tarfile.TarInfo("wheels")
             wdir.type, wdir.mode, wdir.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
@@ -152,19 +161,3 @@ def bundle(project_tar: bytes | None, wheels: list[Path]) -> bytes:
             for wheel in wheels:
                 dst.add(wheel, arcname=f"wheels/{wheel.name}", recursive=False)
     return out.getvalue()
-
-
-def _add_project(dst: tarfile.TarFile, project_tar: bytes) -> None:
-    """The members of project_tar, under release/."""
-    root = tarfile.TarInfo("release")
-    root.type, root.mode, root.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
-    dst.addfile(root)
-    with tarfile.open(fileobj=io.BytesIO(project_tar)) as src:
-        for member in src.getmembers():
-            if member.name in ("pax_global_header",) or member.type == tarfile.XGLTYPE:
-                continue
-            data = src.extractfile(member) if member.isfile() else None
-            member.name = "release/" + member.name.removeprefix("./")
-            if member.islnk():
-                member.linkname = "release/" + member.linkname
-            dst.addfile(member, data)

@@ -54,13 +54,12 @@ class HostDeploy(HostRun):
         self.state.secret_key = value
 
     def setup(self) -> None:
-        """Invocation 1: layout, lock, facts (with the fingerprint of the host's secret key); a host that will
-        deploy asks for the release archive while its checks run (setup.receive_lines). On failure or Ctrl-C
-        cleans up after itself (the staged archive too) and raises."""
+        """Invocation 1: layout, lock, facts (with the fingerprint of the host's secret key). On failure or
+        Ctrl-C cleans up after itself and raises."""
         with self.cleaned_up_on_failure():
             open_connection(self.conn)
             self.stage = "setup"
-            raw = self.run("setup", stdin=self.release_archive, stdin_when="send").facts
+            raw = self.run("setup").facts
             self.state.facts = facts = model.Facts.parse(raw)
             self.key_fp = raw.get(secret_key.FACT, "")
             # an unchanged host's lock is already released
@@ -81,9 +80,8 @@ class HostDeploy(HostRun):
                 self.rel_id, self.source.revision, self.source.branch, self.source.kind,
                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), self.owner.who, key, bool(wheels),
                 self.fingerprint)
-            archive = self.archive(wheels) if wheels else None  # (the release came during setup)
-            size = len(self.release_archive()) + len(archive or b"")
-            self.printer.line(self.host, f"upload   release {rel.id} ({size // 1024} KiB"
+            archive = self.archive(wheels)
+            self.printer.line(self.host, f"upload   release {rel.id} ({len(archive) // 1024} KiB"
                               + (f", {len(wheels)} wheels" if wheels else "") + ")")
             self.stage = "prepare"
             self.run("prepare", stdin=archive)
@@ -191,19 +189,11 @@ class HostDeploy(HostRun):
                                   f"{time.monotonic() - t:6.2f}s")
             return self.shared.wheels[variant]
 
-    def release_archive(self) -> bytes:
-        """The project under release/ (sent during setup), made once per deploy."""
-        with self.shared.lock:
-            if "release" not in self.shared.bundles:
-                self.shared.bundles["release"] = bundle(self.source.tar, [])
-            return self.shared.bundles["release"]
-
     def archive(self, wheels: list) -> bytes:
-        """The wheelhouse under wheels/ (sent with prepare), one per variant."""
         variant = tuple(str(w) for w in wheels)
         with self.shared.lock:
             if variant not in self.shared.bundles:
-                self.shared.bundles[variant] = bundle(None, wheels)
+                self.shared.bundles[variant] = bundle(self.source.tar, wheels)
             return self.shared.bundles[variant]
 
 

@@ -1,10 +1,9 @@
 """The deploy engine: named phases with hooks, three remote invocations per host, hosts in parallel.
 
-    invocation 1  setup                          create the layout, take the deploy lock, learn host facts;
-                                                 the release archive arrives while the checks run
+    invocation 1  setup                          create the layout, take the deploy lock, learn host facts
     (local)                                      every app host's SECRET_KEY fingerprint compared (one key)
     (local)                                      build wheels when the host's venv must be built
-    invocation 2  code, venv, django, config     wheelhouse on stdin; nothing the live site uses changes
+    invocation 2  code, venv, django, config     archive on stdin; nothing the live site uses changes
     invocation 3  switch, restart, health,       make it live, reload, check, prune, audit line, release the
                   cleanup, finish                lock: detached on the host (detach.py), so it finishes even
                                                  when fab dies or its connection drops

@@ -68,14 +68,13 @@ class HostRun:
     def facts(self) -> model.Facts | None:
         return self.state.facts
 
-    def run(self, name: str, stdin=None, interruptible: bool = True, stdin_when: str = ""):
-        """Run the pipeline's invocation `name` on this host (an interruptible one stops at Ctrl-C); `stdin`
-        and `stdin_when` as run_script's."""
+    def run(self, name: str, stdin: bytes | None = None, interruptible: bool = True):
+        """Run the pipeline's invocation `name` on this host (an interruptible one stops at Ctrl-C)."""
         script = pipeline.script(self.kind, name, self.state)
         if script.detach:
             self.detached = script.detach
         self.printer.debug(self.host, pipeline.listing(name, script))
-        return run_script(self.conn, script, host=self.host, stdin=stdin, stdin_when=stdin_when,
+        return run_script(self.conn, script, host=self.host, stdin=stdin,
                           timeout=self.cfg.pip.timeout + 600 + self.wait,
                           remote=self.remote if interruptible else None, cancel=self.cancel if interruptible else None,
                           on_phase=lambda ph: self.printer.phase(self.host, ph),

@@ -2,8 +2,7 @@
 `@@fabdeploy <kind> <text>` lines of a remote script. Reading them is the runner's job (remote/runner.py).
 
 Kinds: begin/end (a phase's frame), pgid, note (shown on the phase's summary line), warn, error (the phase's
-whole error message, on stderr), fact (key=value for the deploying side), json (one JSON document), waiting,
-send (the script reads its stdin from here on: the runner sends it then, and never when the script ends first).
+whole error message, on stderr), fact (key=value for the deploying side), json (one JSON document), waiting.
 
 Two quoting forms: `note`, `warn`, `line`, `fact` and `fail_expanded` double-quote their text, so it may use
 shell expansions ($n, $(...)) and must never hold untrusted text; `literal` and `fail` single-quote it (any
@@ -56,12 +55,6 @@ def fail_expanded(message: str, code: int = 1) -> str:
 def fact(key: str, shell_expr: str) -> str:
     """A line that reports `key=<value of shell_expr>` for the deploying side (RunResult.facts)."""
     return line("fact", f"{key}={shell_expr}")
-
-
-def send() -> str:
-    """Ask the deploying side for the script's stdin now (run_script's stdin_when="send"): what it sends arrives
-    while the lines after this one run, and nothing is sent when the script ends without asking."""
-    return line("send", "")
 
 
 def pgid() -> str:

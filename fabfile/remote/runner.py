@@ -115,17 +115,13 @@ class _Lines:
             self.buf = b""
 
 
-def run_script(conn, script: Script, *, host: str, stdin: bytes | Callable[[], bytes] | None = None,
-               timeout: float = 3600, on_phase: Callable[[PhaseResult], None] | None = None,
+def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, timeout: float = 3600,
+               on_phase: Callable[[PhaseResult], None] | None = None,
                on_output: Callable[[str, str], None] | None = None,
-               cancel: threading.Event | None = None, remote: dict | None = None,
-               stdin_when: str = "") -> RunResult:
+               cancel: threading.Event | None = None, remote: dict | None = None) -> RunResult:
     """Run `script` on `conn` (an open fabric Connection); raise RemoteError naming host + phase on failure.
 
     `cancel` set: close the channel and raise Interrupted. `remote` receives the remote "pgid" at start.
-    `stdin` (bytes, or a function making them, called in the sending thread) is sent from the start, or with
-    `stdin_when` (a marker kind, markers.send) only once the script prints that marker: never when it ends
-    without it.
     """
     remote = remote if remote is not None else {}
     phases: dict[str, PhaseResult] = {}
@@ -133,18 +129,11 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | Callable[[], b
     out_all: list[str] = []
     err_all: list[str] = []
 
-    go, done = threading.Event(), threading.Event()  # (send stdin now; the script is over: never send it)
-    if not stdin_when:
-        go.set()
-
     def handle(stream: str, line: str) -> None:
         (out_all if stream == "out" else err_all).append(line)
         if line.startswith(MARK + " "):
             words = line[len(MARK) + 1:].split(" ", 2)
             kind = words[0]
-            if stdin_when and kind == stdin_when:
-                go.set()
-                return
             if kind == "pgid" and len(words) >= 2 and words[1].strip().isdigit():
                 remote["pgid"] = int(words[1])
                 return
@@ -190,17 +179,9 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | Callable[[], b
     send_error: list[BaseException] = []
 
     def send() -> None:
-        go.wait()
-        if done.is_set():
-            return
         try:
-            try:
-                data = stdin() if callable(stdin) else stdin
-            except Exception as exc:  # noqa: BLE001 - no stdin after all: the script reads its end, fails, says so
-                send_error.append(exc)
-                data = b""
-            if data:
-                view = memoryview(data)
+            if stdin:
+                view = memoryview(stdin)
                 for i in range(0, len(view), 32768):
                     chan.sendall(view[i:i + 32768])
             chan.shutdown_write()
@@ -240,10 +221,6 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | Callable[[], b
                 time.sleep(0.002)
     except (socket.error, paramiko.SSHException, EOFError) as exc:
         raise RemoteError(host, _running(phases, script), f"SSH connection lost ({exc})") from None
-    finally:
-        if not go.is_set():  # the script never asked for its stdin: the sender ends without sending
-            done.set()
-            go.set()
     outs.close()
     errs.close()
     rc = chan.recv_exit_status() if chan.exit_status_ready() else -1

@@ -55,9 +55,7 @@ def settings_overlay(cfg: Config, release_id: str) -> str:
 
 
 def code(cfg: Config, rel: Release, secret_key: str | None = None, passwords: dict | None = None) -> Phase:
-    """Unpack the uploaded archive into releases/<id>, add the settings module, link shared dirs. The archive
-    came during setup (setup.receive_lines) into tmp/<id>, and the wheelhouse, when built, comes on stdin here;
-    without the setup's upload (the phase on its own) the whole archive is read from stdin.
+    """Unpack the uploaded archive (stdin) into releases/<id>, add the settings module, link shared dirs.
     shared/secret_key: `secret_key` when given (the fleet's one key; mask it in displays), else the host's
     own, generated on its first deploy. `passwords`: file name -> value read from the fleet's db host,
     written into shared/config (0600) before app.env is composed from them (mask them in displays)."""
@@ -66,12 +64,9 @@ def code(cfg: Config, rel: Release, secret_key: str | None = None, passwords: di
     settings = settings_overlay(cfg, rel.id)
     lines = [
         f"[ ! -e {q(R)} ] || {fail(f'release {rel.id} already exists on the host')}",
-        f"if [ ! -d {q(T + '/release')} ]; then",
-        f"  rm -rf {q(T)}",
-        f"  mkdir -p {q(T)}",
-        f"  tar -xzf - -C {q(T)}",
-        *([f"elif [ ! -d {q(T + '/wheels')} ]; then", f"  tar -xzf - -C {q(T)}"] if rel.has_wheels else []),
-        "fi",
+        f"rm -rf {q(T)}",
+        f"mkdir -p {q(T)}",
+        f"tar -xzf - -C {q(T)}",
         f"[ -d {q(T + '/release')} ] || {fail('the uploaded archive is incomplete')}",
         f"mv {q(T + '/release')} {q(R)}",
         f"[ -f {q(R + '/' + cfg.project.manage)} ] || {fail(f'{cfg.project.manage} not found in the release (project.manage)')}",

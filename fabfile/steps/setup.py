@@ -9,7 +9,6 @@ from fabdeploy.front import nginx_toggle
 from fabdeploy.hosts.layout import NGINX_CONF, VENV_COMPLETE, Layout
 from fabdeploy.local.wheelhouse import PYTHON_FACTS_PY
 from fabdeploy.remote import root
-from fabdeploy.remote import markers
 from fabdeploy.remote.markers import fact, fail
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import q
@@ -52,19 +51,9 @@ def _sudo_mkdir_owned(path: str) -> list[str]:
 
 
 
-def receive_lines(staging: str) -> tuple[list[str], list[str]]:
-    """The setup lines that receive the release archive while the setup checks run: (first) an empty staging
-    directory and the marker asking for stdin (markers.send: only a host that will deploy asks), and (last)
-    its extraction, which finds the archive mostly arrived (sshd holds up to a channel window of it)."""
-    return ([f"rm -rf {q(staging)}", f"mkdir -p {q(staging)}", markers.send()],
-            [f"tar -xzf - -C {q(staging)} || {fail('the upload of the release archive failed (tar -xzf)')}"])
-
-
-def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = (), app: bool = True,
-          staging: str = "") -> Phase:
+def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = (), app: bool = True) -> Phase:
     """Create the layout (sudo only where needed), take the deploy lock, report host facts. `app` False:
-    a load balancer host (no virtualenvs). `staging`: receive the release archive (stdin) there while the
-    checks run (receive_lines), once the lock is ours and the release is not already live."""
+    a load balancer host (no virtualenvs)."""
     lay = Layout(cfg.paths.deploy_to)
     sock = appserver.of(cfg).paths(lay).socket
     py = cfg.project.python
@@ -75,7 +64,6 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
     nginx_user = (f"nginx_user={q(cfg.nginx.user)}" if cfg.nginx.user else
                   f"nginx_user=$(sed -n {q(user_sed)} {NGINX_CONF} | head -n 1); "
                   '[ -n "$nginx_user" ] || nginx_user=www-data')
-    first, last = receive_lines(staging) if staging else ([], [])
     lines = [
         *_sudo_mkdir_owned(cfg.paths.deploy_to),
         *lock_lines,
@@ -83,7 +71,6 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         *(_secret_key.fingerprint_lines(cfg.paths.deploy_to) if app else []),
         *unchanged_lines,
         "mkdir -p " + " ".join(q(d) for d in dirs),
-        *first,
         f"command -v {q(py)} >/dev/null 2>&1 || {fail(f'{py} not found on the host (project.python)')}",
         f"python_facts=$({q(py)} -c {q(PYTHON_FACTS_PY)})",
         "python_version=$(printf '%s\\n' \"$python_facts\" | sed -n 1p)",
@@ -116,7 +103,6 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         f'{_sock_group(cfg)}; fi',
         f"venvs=$(cd {q(lay.venvs)} && for v in *; do [ -f \"$v/{VENV_COMPLETE}\" ] && printf '%s ' \"$v\"; done; true)",
         f"current=$(readlink {q(lay.current)} || true)",
-        *last,
         fact("python_version", "$python_version"),
         fact("python_platform", "$python_platform"),
         fact("nginx_layout", "$nginx_layout"),
