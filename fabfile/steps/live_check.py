@@ -19,9 +19,11 @@ from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q
 from fabdeploy.steps.code import settings_overlay
 
 
-def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server | None = None) -> str:
+def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server | None = None,
+                passwords: str = "") -> str:
     """A hash of the code revision and everything fabdeploy renders or installs for it (with placeholder
-    release ids): when the live release has the same one, a deploy has nothing to do."""
+    release ids): when the live release has the same one, a deploy has nothing to do. `passwords`: the
+    digest of the fleet's db host passwords (database/fleet.digest: a rotated one, a real deploy)."""
     probe = Release("RELEASE", revision, "", "", "", "", "VENV")
     app = appserver.of(cfg)
     parts = [revision, requirements.decode(errors="replace"), cfg.pip.packages, " ".join(app.requirements(cfg)),
@@ -35,6 +37,8 @@ def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server 
         parts.append(wanted(cfg))
     if cfg.secret_env:  # (a hash of the [secrets] values: one changed, a real deploy)
         parts.append(secrets_digest(cfg))
+    if passwords:
+        parts.append(passwords)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
