@@ -148,6 +148,19 @@ def test_a_lock_wait_longer_than_lock_ttl_is_capped_with_one_line():
     assert len(warnings) == 1
 
 
+def test_a_sigint_inherited_as_ignored_is_ctrl_c_inside_and_ignored_again_after():
+    # (`fab deploy &` in a script: sh ignores SIGINT for it and Python installs no handler)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with signals_as_interrupt():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # interrupted long before
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_act_like_ctrl_c(sig):
     before = signal.getsignal(sig)

@@ -137,15 +137,17 @@ def test_4_nginx_template_that_fails_nginx_t(site):
     restore_source(site)
 
 
-def slow_deploy(env, hook: str, seconds: int):
-    """Start a deploy whose `hook` signals it started (a file in the host's /tmp) and then sleeps."""
+def slow_deploy(env, hook: str, seconds: int, sigint_ignored: bool = False):
+    """Start a deploy whose `hook` signals it started (a file in the host's /tmp) and then sleeps;
+    `sigint_ignored`: fab inherits SIGINT ignored, as `fab deploy &` started by a script does."""
     flag = env.host.path("/tmp/fabdeploy-test-in-hook")
     flag.unlink(missing_ok=True)
     name = with_change(env, {"pages/message.txt": f"slow {hook}\n"},
                        f'[hooks]\n{hook} = ["touch /tmp/fabdeploy-test-in-hook", "sleep {seconds}"]\n',
                        name="slow.toml")
     proc = subprocess.Popen([FAB, "deploy", "--config", name], cwd=env.proj.root, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "XDG_CACHE_HOME": str(env.cache)})
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "XDG_CACHE_HOME": str(env.cache)},
+                            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None)
     deadline = time.monotonic() + 90
     while not flag.exists():
         assert proc.poll() is None, proc.stdout.read()
@@ -191,6 +193,18 @@ def test_6_sigint_during_preparation(site, hook):
     out, _ = proc.communicate(timeout=90)
     res = subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
     assert_intact(site, res, "interrupted")
+    wait_until_no_sleep(site)
+    restore_source(site)
+
+
+def test_6_sigint_reaches_a_deploy_that_inherited_it_ignored(site):
+    # a script's `fab deploy &` (no job control) starts fab with SIGINT ignored: a SIGINT still interrupts it
+    proc = slow_deploy(site, "before_setup", 30, sigint_ignored=True)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=90)
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+    assert_intact(site, res, "interrupted")
+    assert res.returncode == 130
     wait_until_no_sleep(site)
     restore_source(site)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import threading
 from pathlib import Path
 
 import paramiko
@@ -82,8 +83,39 @@ def _about(conn: Connection, hostname: str) -> tuple[str, Connection]:
     return host_label(conn), conn
 
 
+def open_early(conns: list[Connection]) -> None:
+    """Start opening each connection now, in a thread of its own: the SSH handshake is about five round trips
+    of waiting, which then overlap the local work done before the first command (reading the source, the
+    fingerprints, the archive). open_connection(conn) later waits for it and raises its one-line error there,
+    so a host that cannot be reached fails where and as it did before."""
+    for conn in conns:
+        if conn.is_connected or "fabdeploy_opening" in conn.__dict__:
+            continue
+        box: dict = {}
+
+        def run(conn=conn, box=box) -> None:
+            try:
+                _open(conn)
+            except BaseException as exc:  # noqa: BLE001 - handed to open_connection, raised there
+                box["error"] = exc
+
+        thread = threading.Thread(target=run, name=f"connect {host_label(conn)}", daemon=True)
+        object.__setattr__(conn, "fabdeploy_opening", (thread, box))  # (not a config update: see roles.attach)
+        thread.start()
+
+
 def open_connection(conn: Connection) -> None:
-    """Open the connection or raise one clear line naming the host."""
+    """Open the connection or raise one clear line naming the host (one open_early started: wait for it)."""
+    opening = conn.__dict__.pop("fabdeploy_opening", None)
+    if opening is None:
+        return _open(conn)
+    thread, box = opening
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+
+
+def _open(conn: Connection) -> None:
     label = host_label(conn)
     try:
         conn.open()

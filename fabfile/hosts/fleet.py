@@ -74,7 +74,9 @@ def deferred_interrupt():
 @contextlib.contextmanager
 def signals_as_interrupt():
     """SIGTERM and SIGHUP (a cancelled CI job, a closed terminal) act like Ctrl-C while the block runs: they go
-    to the current SIGINT handler (so deferred_interrupt holds them too). The previous handlers come back
+    to the current SIGINT handler (so deferred_interrupt holds them too). A SIGINT inherited as ignored is
+    Ctrl-C again: a command started with `&` by a script (no job control: sh ignores SIGINT for it, and Python
+    then installs no handler) would otherwise drop an interrupt and go live. The previous handlers come back
     after."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -88,6 +90,8 @@ def signals_as_interrupt():
             raise KeyboardInterrupt
 
     previous = {sig: signal.signal(sig, as_sigint) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:

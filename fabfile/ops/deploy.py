@@ -21,7 +21,7 @@ from fabdeploy.config import Config
 from fabdeploy.database import fleet
 from fabdeploy.front import acme_fleet
 from fabdeploy.errors import FabdeployError, RemoteError
-from fabdeploy.hosts.connect import host_label
+from fabdeploy.hosts.connect import host_label, open_early
 from fabdeploy.hosts.fleet import for_each_host
 from fabdeploy.hosts.roles import batches, server_of
 from fabdeploy.local.source import read_source, release_id
@@ -42,7 +42,12 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
     per host. Ctrl-C during preparation: every host cleans up, then KeyboardInterrupt propagates.
     Between the app hosts' setup and their upload, their secret keys are made one (see share_secret_key);
     keys that differ (without adopt_secret_key) stop the deploy before any host changed anything."""
-    source = read_source(cfg)
+    open_early(conns)  # the SSH handshakes run while the source is read and fingerprinted here
+    try:
+        source = read_source(cfg)
+    except BaseException:
+        _close_all(conns)
+        raise
     for w in source.warnings:
         printer.warn(w)
     rel_id = release_id(source)
@@ -254,6 +259,15 @@ def share_database(apps: list[HostDeploy], cfg: Config, printer: Printer, passwo
             hd.state.migrate = False
         if len(building) > 1:
             printer.info(f"migrate: once, on {building[0].host} (the app hosts share one database)")
+
+
+def _close_all(conns) -> None:
+    """Close connections opened early for a deploy that stops before any host was worked on."""
+    for conn in conns:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - closing must not mask the error that stopped the deploy
+            pass
 
 
 def _close(hosts) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import paramiko
+from paramiko.common import cMSG_CHANNEL_REQUEST
+from paramiko.message import Message
 
 from fabdeploy.errors import FabdeployError, RemoteError
 from fabdeploy.remote.markers import MARK
@@ -72,6 +74,22 @@ def _trace(host: str) -> None:
     if path:
         with open(path, "a") as f:
             f.write(f"channel {host}\n")
+
+
+def exec_pipelined(chan, command: str) -> None:
+    """Start `command` on a freshly opened session channel without waiting for the server's answer to the exec
+    request (paramiko's exec_command waits: one round trip). The request still asks for the answer: a
+    success is recorded as usual (`chan.event_ready`), a refusal closes the channel (paramiko's
+    _request_failed), which run_script reports as refused. The server handles a channel's messages in order,
+    so stdin sent right after arrives after the command started."""
+    m = Message()
+    m.add_byte(cMSG_CHANNEL_REQUEST)
+    m.add_int(chan.remote_chanid)
+    m.add_string("exec")
+    m.add_boolean(True)
+    m.add_string(command)
+    chan._event_pending()
+    chan.transport._send_user_message(m)
 
 
 class Interrupted(FabdeployError):
@@ -153,7 +171,7 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
         transport = conn.client.get_transport()
         chan = transport.open_session()
         chan.settimeout(None)
-        chan.exec_command(script.command())
+        exec_pipelined(chan, script.command())
         _trace(host)
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise RemoteError(host, script.names[0], f"SSH connection lost ({exc or type(exc).__name__})") from None
@@ -217,6 +235,8 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
                               mask("\n".join(ph.stderr[-15:]), script.secrets))
         tail_lines = (ph.stderr if ph and ph.stderr else err_all)[-15:]
         message = "SSH connection lost" if rc == -1 else f"exit status {rc}"
+        if rc == -1 and chan.event.is_set() and not chan.event_ready:
+            message = "the SSH server refused to run the script (exec request failed)"
         raise RemoteError(host, failed, message, mask("\n".join(tail_lines), script.secrets))
     return result
 
