@@ -29,9 +29,9 @@ def test_the_builders_exact_lines():
     assert record.compare_line("exit 1") == ('unknown=$(LC_ALL=C comm -23 "$cur/.fabdeploy/migrations.applied" '
                                              '"$R/.fabdeploy/migrations.disk") || exit 1')
     assert record.carry_line() == (
-        'if [ -n "$rec" ]; then cp "$cur/.fabdeploy/migrations.applied" "$R/.fabdeploy/migrations.applied".tmp '
-        '&& mv -f "$R/.fabdeploy/migrations.applied".tmp "$R/.fabdeploy/migrations.applied"; '
-        'else rm -f "$R/.fabdeploy/migrations.applied"; fi')
+        'if [ -n "$rec" ] && cp "$cur/.fabdeploy/migrations.applied" "$R/.fabdeploy/migrations.applied".tmp '
+        '2>/dev/null; then mv -f "$R/.fabdeploy/migrations.applied".tmp "$R/.fabdeploy/migrations.applied"; '
+        'else rm -f "$R/.fabdeploy/migrations.applied" "$R/.fabdeploy/migrations.applied".tmp; fi')
     assert record.write_lines("/srv/x/releases/r", "/tmp/o") == [
         "rm -f /srv/x/releases/r/.fabdeploy/migrations.applied /srv/x/releases/r/.fabdeploy/migrations.disk",
         f"n=$(sed -n 's/^{P}record //p' /tmp/o | tail -n 1)",

@@ -92,7 +92,8 @@ def compare_line(fail: str) -> str:
 
 def carry_line() -> str:
     """(before the switch) The target's applied record: the live one's when the records answered (the
-    database does not change), else none (the boot path did not write one)."""
+    database does not change), else none (the boot path did not write one; and when the live one went away
+    meanwhile: `fab manage` does not take the lock)."""
     a = f'"$R/.fabdeploy/{APPLIED}"'
-    return (f'if [ -n "$rec" ]; then cp "$cur/.fabdeploy/{APPLIED}" {a}.tmp && mv -f {a}.tmp {a}; '
-            f"else rm -f {a}; fi")
+    return (f'if [ -n "$rec" ] && cp "$cur/.fabdeploy/{APPLIED}" {a}.tmp 2>/dev/null; then mv -f {a}.tmp {a}; '
+            f"else rm -f {a} {a}.tmp; fi")
