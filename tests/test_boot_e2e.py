@@ -112,6 +112,9 @@ def test_a_changed_css_file_is_collected_and_served(lab):
 
 
 def test_rollback_serves_the_previous_releases_css(lab):
+    boots = lab.host.path(lab.sample.log).read_text()
     res = fab(lab.sample, "rollback")
     assert res.returncode == 0, res.stdout + res.stderr
     assert served_css(lab.sample) == lab.css["sample"][0]
+    # the migration check came from the records (steps/migration_record.py): no python started
+    assert lab.host.path(lab.sample.log).read_text() == boots

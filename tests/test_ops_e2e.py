@@ -148,6 +148,58 @@ def test_rollback_over_a_newer_migration_warns_and_strict_refuses(ops):
     assert out.stdout.strip() == "1"
 
 
+def log_pythons(ops) -> tuple[str, str]:
+    """From now on each start of the live virtualenv's python is logged ("<user> <first argument>"): the log's
+    path and the python's (tests/test_boot_e2e.py's trick)."""
+    d = "/srv/sample"
+    bin_dir = f"{d}/venvs/" + ops.host.exec(["cat", f"{d}/current/.fabdeploy/venv"]).stdout.strip() + "/bin"
+    ops.host.exec(f"mv {bin_dir}/python {bin_dir}/python.real && printf '%s\\n' '#!/bin/sh' "
+                  "'echo \"$(id -un) $1\" >> /tmp/pythons/log' 'exec \"$(dirname \"$0\")/python.real\" \"$@\"' "
+                  f"> {bin_dir}/python && chmod 755 {bin_dir}/python && mkdir -m 777 /tmp/pythons "
+                  "&& : > /tmp/pythons/log && chmod 666 /tmp/pythons/log")
+    return "/tmp/pythons/log", f"{bin_dir}/python"
+
+
+def test_rollback_with_the_migration_record_starts_no_python_and_warns_the_same(ops):
+    """Deploy C migrated pages.0002_tag and recorded it (.fabdeploy/migrations.*): --strict still asks C's
+    successor's Django (one python start), a plain rollback answers from the records (none) and warns the
+    same. The fallback: after `fab manage` (which may migrate) the live record is gone, and a rollback asks
+    the target's Django again, with the same warning."""
+    rel = f"/srv/sample/releases/{ops.rel['C']}/.fabdeploy"
+    assert "pages 0002_tag" in ops.host.path(f"{rel}/migrations.applied").read_text().splitlines()
+    assert "pages 0002_tag" not in ops.host.path(
+        f"/srv/sample/releases/{ops.rel['B']}/.fabdeploy/migrations.disk").read_text().splitlines()
+    assert ok_rollback(ops, "--to", ops.rel["C"]) and current(ops) == ops.rel["C"]
+    log, python = log_pythons(ops)
+    try:
+        res = fab(ops, "rollback", "--strict", "--to", ops.rel["B"])
+        assert res.returncode == 1 and "pages.0002_tag" in res.stderr, res.stderr
+        assert ops.host.path(log).read_text().split() == ["sample", "-c"]  # the target's Django asked
+        ops.host.path(log).write_text("")
+        res = ok_rollback(ops, "--to", ops.rel["B"])
+        assert re.search(rf"migration pages\.0002_tag that {ops.rel['B']} does not know", res.stdout), res.stdout
+        assert ops.host.path(log).read_text() == ""  # no python started: the records answered
+        assert current(ops) == ops.rel["B"] and "Version B" in page(ops)
+        print("record path:", next(ln for ln in res.stdout.splitlines() if " rollback " in ln))
+        # fab manage may migrate: the live record is removed, the next rollback asks Django
+        assert fab(ops, "manage", "--", "showmigrations", "pages").returncode == 0
+        assert not ops.host.path(f"/srv/sample/releases/{ops.rel['B']}/.fabdeploy/migrations.applied").exists()
+        ops.host.path(log).write_text("")
+        res = ok_rollback(ops, "--to", ops.rel["A"])
+        assert re.search(rf"migration pages\.0002_tag that {ops.rel['A']} does not know", res.stdout), res.stdout
+        assert ops.host.path(log).read_text().split() == ["sample", "-c"]
+        print("boot path:", next(ln for ln in res.stdout.splitlines() if " rollback " in ln))
+        assert ok_rollback(ops, "--to", ops.rel["B"]) and current(ops) == ops.rel["B"]
+    finally:
+        ops.host.exec(f"mv -f {python}.real {python}")
+
+
+def ok_rollback(ops, *args):
+    res = fab(ops, "rollback", *args)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
 def start_slow_deploy(ops):
     proc = subprocess.Popen([FAB, "deploy", "--config", "slow.toml"], cwd=ops.proj.root, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "XDG_CACHE_HOME": str(ops.cache)})

@@ -32,6 +32,7 @@ from fabdeploy.remote.script import Phase, Script
 from fabdeploy.remote.shell import AS_APP, q
 from fabdeploy.steps import control
 from fabdeploy.steps.django_app import APP_ENV_SH
+from fabdeploy.steps.migration_record import invalidate_line
 from fabdeploy.steps.lock import LockOwner
 from fabdeploy import appserver
 
@@ -68,10 +69,12 @@ def list_phase(cfg: Config) -> Phase:
 
 
 def restore_phase(cfg: Config, dump_id: str, restart: bool = True) -> Phase:
-    """Load the dump; a failure that changed nothing starts the app again (restart: the app of this host)."""
+    """Load the dump; a failure that changed nothing starts the app again (restart: the app of this host).
+    The live release's migration record is removed (steps/migration_record.py: the database changes)."""
     lines, app_env, python = in_release(cfg)
     again = control.start(cfg).lines if restart else []
     return Phase("restore", [*_restore.find_lines(cfg, q(dump_id), dump_id), *lines,
+                             invalidate_line(Layout(cfg.paths.deploy_to).current),
                              *_restore.restore_lines(app_env, python, again, f"fab db restore --id {dump_id} --yes")])
 
 

@@ -12,6 +12,7 @@ from fabdeploy.appserver.base import app_user
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.remote.shell import q
+from fabdeploy.steps.migration_record import invalidate_line
 
 
 def manage_lines(cfg: Config) -> list[str]:
@@ -37,6 +38,8 @@ def wrapper(cfg: Config) -> str:
         "# Written by fabdeploy on every deploy. Runs manage.py in the live release (current/) with the production",
         f"# settings ({SETTINGS_MODULE}) and the [django] env: {cfg.paths.deploy_to}/bin/manage createsuperuser",
         f"# As the app user ({app_user(cfg)}), which owns the database and the media.",
+        "# (Any command may migrate: the live release's migration record is removed first.)",
+        invalidate_line(Layout(cfg.paths.deploy_to).current),
         f'[ "$(id -un)" = {user} ] || exec sudo -n -u {user} "$0" "$@"',
         *manage_lines(cfg),
     ]) + "\n"
@@ -44,9 +47,10 @@ def wrapper(cfg: Config) -> str:
 
 def remote_command(cfg: Config, args: list[str]) -> str:
     """The one remote command of `fab manage -- ARGS` (the same lines as bin/manage, args quoted), run as the
-    app user (it writes the database and the media; sudo -n -u unless the SSH user is the app user)."""
+    app user (it writes the database and the media; sudo -n -u unless the SSH user is the app user), after
+    the live release's migration record is removed (steps/migration_record.py: any command may migrate)."""
     user = q(app_user(cfg))
-    return " ".join([f'if [ "$(id -un)" = {user} ]; then set --; else set -- sudo -n -u {user}; fi;', '"$@"', "sh", "-c", q("\n".join(manage_lines(cfg))), "manage", *(q(a) for a in args)])
+    return " ".join([invalidate_line(Layout(cfg.paths.deploy_to).current) + ";",f'if [ "$(id -un)" = {user} ]; then set --; else set -- sudo -n -u {user}; fi;', '"$@"', "sh", "-c", q("\n".join(manage_lines(cfg))), "manage", *(q(a) for a in args)])
 
 
 def remainder(argv: list[str] | None = None) -> list[str]:

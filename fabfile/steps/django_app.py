@@ -8,11 +8,12 @@ from pathlib import Path
 
 from fabdeploy.appserver.base import app_user
 from fabdeploy.config import Config
-from fabdeploy.database import backup
+from fabdeploy.database import backup, fleet
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.model import Release
 from fabdeploy.ops.starter import GENERIC_NAMES, PRODUCTION_NAMES
 from fabdeploy.remote.markers import PY_MARKERS, note, prefix
+from fabdeploy.steps import migration_record as record
 from fabdeploy.steps.django_program import DUMP_OK
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import AS_APP, as_app_lines, q
@@ -42,9 +43,10 @@ def app_env_words(cfg: Config, rel: Release, name: str) -> str:
 
 # The program (steps/django_program.py) run by the release's python: one Django boot for the import check,
 # the backup, migrate, collectstatic and check --deploy. Its text is set once in the phase ($DJANGO_PY).
-PROGRAM_PY = PY_MARKERS + (Path(__file__).parent / "django_program.py").read_text()
+PROGRAM_PY = PY_MARKERS + record.RECORD_PY + (Path(__file__).parent / "django_program.py").read_text()
 MIGRATE_LOCK_WAIT = 600  # seconds a host waits for another one's migrate (app hosts sharing a database)
 MARKERS_OUT = f"^({prefix('note')}|{prefix('warn')})"  # what of the program's stderr goes to the phase's stdout
+NOT_OUTPUT = MARKERS_OUT[:-1] + f"|{DUMP_OK}|{record.PREFIX})"  # what of it a failure does not show on stderr
 
 
 def program_args(cfg: Config, rel: Release, *, check_import: bool, migrate: bool, rest: bool) -> dict:
@@ -55,7 +57,8 @@ def program_args(cfg: Config, rel: Release, *, check_import: bool, migrate: bool
         p.update({"import": cfg.project.wsgi, "production": PRODUCTION_NAMES, "generic": GENERIC_NAMES})
     if migrate:
         p["migrate"] = {"lock": f"fabdeploy-migrate-{cfg.project.name}", "wait": MIGRATE_LOCK_WAIT,
-                        "backup": f"{backup.backups_dir(cfg)}/{rel.id}", "exts": backup.EXTS}
+                        "backup": f"{backup.backups_dir(cfg)}/{rel.id}", "exts": backup.EXTS,
+                        "record": not fleet.shared(cfg)}  # (the migration record: steps/migration_record.py)
     if rest:
         p.update({"static": cfg.django.collectstatic, "check": cfg.django.check_deploy})
     return p
@@ -77,13 +80,15 @@ def _fresh(cfg: Config, rel: Release, E: str) -> list[str]:
     return [f"mkdir -p {q(Layout(cfg.paths.deploy_to).staging(rel.id))}", f"rm -f {E} {E}.rc", f"(umask 077; : > {E})"]
 
 
-def _said(E: str, before_exit: str = "") -> list[str]:
+def _said(E: str, before_exit: str = "", then: list[str] | None = None) -> list[str]:
     """Show what a boot said (its output in E, its exit status in $rc): note and warn markers on stdout; when
-    it failed, the rest on stderr and stop (after `before_exit`)."""
+    it failed, the rest on stderr and stop (after `before_exit`); else `then` (e.g. the migration record
+    written from it), and E removed."""
     return [
         f"grep -E {q(MARKERS_OUT)} {E} || true",
-        f'if [ "$rc" != 0 ]; then grep -Ev {q(MARKERS_OUT[:-1] + "|" + DUMP_OK + ")")} {E} >&2 || true; '
+        f'if [ "$rc" != 0 ]; then grep -Ev {q(NOT_OUTPUT)} {E} >&2 || true; '
         f"rm -f {E} {E}.rc; {before_exit}exit 1; fi",
+        *(then or []),
         f"rm -f {E} {E}.rc",
     ]
 
@@ -107,7 +112,10 @@ def boot_lines(cfg: Config, rel: Release, params: dict, as_app: bool, before_exi
         ]
     else:
         lines += [f"rc=0; {cmd} 2>{E} || rc=$?"]
-    return lines + _said(E, before_exit)
+    lay = Layout(cfg.paths.deploy_to)
+    records = (record.write_lines(lay.release(rel.id), f"{lay.staging(rel.id)}/django.out")
+               if params.get("migrate", {}).get("record") else [])
+    return lines + _said(E, before_exit, records)
 
 
 def beside_lines(cfg: Config, rel: Release, params: dict) -> tuple[list[str], list[str]]:
@@ -126,11 +134,13 @@ def django(cfg: Config, rel: Release, migrate: bool = True) -> Phase:
     """The import check (always), migrate (with a backup when migrations are pending), collectstatic and
     check --deploy, with the production settings, in one Django boot: the program above. The app user owns
     the database and the deploy user the static root: when they are two users, one boot as the app user
-    (import check, migrate) and one as the deploy user (collectstatic, check --deploy), side by side. `migrate` False: an
-    app host of a fleet sharing one database where another host migrates (and dumps) for this deploy."""
+    (import check, migrate) and one as the deploy user (collectstatic, check --deploy), side by side.
+    `migrate` False: an app host of a fleet sharing one database where another host migrates (and dumps)
+    for this deploy."""
     here = cfg.django.migrate and migrate
     rest = cfg.django.collectstatic or cfg.django.check_deploy
-    lines = [*django_env(cfg, rel), f"DJANGO_PY={q(PROGRAM_PY)}", *as_app_lines(app_user(cfg))]
+    lines = [*django_env(cfg, rel), f"DJANGO_PY={q(PROGRAM_PY)}", *as_app_lines(app_user(cfg)),
+             record.invalidate_line(Layout(cfg.paths.deploy_to).current)]  # (whatever happens next: see there)
     if cfg.django.migrate and not migrate:
         lines.append(note("migrate: done once for the fleet's shared database (on another app host)"))
     if not here:

@@ -7,7 +7,8 @@ Steps, in order, each only when its key is in the parameters:
             __init__ defines no ROOT_URLCONF: one line naming its modules)
   migrate   the pending migrations counted (MigrationExecutor); when some are pending and some were applied
             before, the database dumped to fd 1 (the shell gzips it as the deploy user); then migrate under
-            the project's migration lock (PostgreSQL advisory lock, MySQL GET_LOCK, SQLite fcntl lock)
+            the project's migration lock (PostgreSQL advisory lock, MySQL GET_LOCK, SQLite fcntl lock); then
+            (`record`) the migration record on stderr (steps/migration_record.py: a rollback without a boot)
   static    collectstatic, skipped when the hash of the static inputs (every source file the finders see, by
             content, and the static settings) equals the one stored in the static root (seeded by hard links
             from the live one): STATIC_ROOT/.fabdeploy-static-hash
@@ -301,6 +302,8 @@ def main():
         django.setup()
     if "migrate" in p:
         migrate(p["migrate"], dump_fd)
+        if p["migrate"].get("record"):
+            record_migrations()  # noqa: F821 (steps/migration_record.RECORD_PY, put before this text)
     else:
         os.close(dump_fd)
     if p.get("static"):

@@ -1,12 +1,16 @@
 """The phases of a rollback (see pipeline.ROLLBACK): lock, pick and activate the target, reload, finish.
 
 Migrations are never unapplied: those the database has but the target does not know are listed (warning),
-or refused with --strict before anything changes.
+or refused with --strict before anything changes. They are found without starting Python when the migration
+records answer (steps/migration_record.py: the live release's applied record against the target's disk
+record, `comm`); else (no record, --strict, --restore-db, a shared database) the target's own Django is
+asked (UNKNOWN_MIGRATIONS_PY, one boot).
 """
 from __future__ import annotations
 
 from fabdeploy import appserver, model
 from fabdeploy.config import Config
+from fabdeploy.database import fleet
 from fabdeploy.database.backup import backups_dir
 from fabdeploy.database.restore import find_lines, matching_lines, restore_lines
 from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, VENV_COMPLETE, Layout
@@ -15,6 +19,7 @@ from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import AS_APP, q
 from fabdeploy.steps.django_app import APP_ENV_SH
 from fabdeploy.steps import control, lock
+from fabdeploy.steps import migration_record as record
 from fabdeploy.steps.activate import activate, reload
 from fabdeploy.steps.lock import LockOwner
 
@@ -71,17 +76,23 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool, restore_db: boo
         f"[ -f {app.staged_config(target_word)} ] || "
         + fail_expanded(f"release $T has no saved {app.title} config; deploy it again instead"),
         f'R={q(lay.releases)}/"$T"',
-        # Migrations: ask the target's own code which applied ones it does not know.
-        # (as the app user: it owns the database)
+        # Migrations: the records (no Python), else ask the target's own code which applied ones it does not
+        # know (as the app user: it owns the database).
         *app.as_app_lines(cfg),
-        f'unknown=$(cd "$R" && {AS_APP} sh -c {q(APP_ENV_SH)} rollback {q(lay.env_file)} '
+        record.usable_line(not strict and not restore_db and not fleet.shared(cfg)),
+        'if [ -n "$rec" ]; then',
+        "  " + record.compare_line(fail_expanded("could not compare the migration records of $cur and $T")),
+        "else",
+        f'  unknown=$(cd "$R" && {AS_APP} sh -c {q(APP_ENV_SH)} rollback {q(lay.env_file)} '
         f'env DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} "$V/bin/python" -c {q(UNKNOWN_MIGRATIONS_PY)}) || '
         + fail_expanded("could not compare the migrations of release $T with the database"),
+        "fi",
         "unknown_list=$(printf '%s\\n' \"$unknown\" | awk 'NF == 2 {printf \" %s.%s\", $1, $2}')",
         "printf '%s\\n' \"$unknown\" | while read -r app name; do [ -n \"$name\" ] && "
         + warn("the database has migration $app.$name that $T does not know (left applied; fabdeploy never "
                "unapplies migrations)") + "; done || true",
         refuse,
+        record.carry_line(),
         *database_lines(cfg, restore_db),
         *activate(cfg, '"$R"', '"$T"'),
         'touch "$cur/.fabdeploy/bad"',
