@@ -60,7 +60,8 @@ def test_the_swap_is_one_rename_after_the_new_master_is_ready_and_before_anythin
 def test_keep_warm_keeps_the_replaced_master_unless_switched_off():
     warm = "\n".join(reload(make_cfg(), "'/r/X'", "'/v'", "X"))
     cold = "\n".join(reload(make_cfg(app={"keep_warm": False}), "'/r/X'", "'/v'", "X"))
-    keep = '{ [ -e /srv/shop/shared/run/uwsgi.sock.adopted."$x" ] || { %s && [ "${x%%.b}" != "$rel" ]; }; }'
+    # (shared/run is the app user's: the deploy user looks at its files as it)
+    keep = "{ ${ASAPP-} test -e /srv/shop/shared/run/uwsgi.sock.adopted.\"$x\" || { %s && [ \"${x%%.b}\" != \"$rel\" ]; }; }"
     assert keep % "true" in warm and keep % "false" in cold
     # the replaced master, when stopped, first serves what nginx queued on it (its listen queue empty)
     assert "ss -xlH" in cold

@@ -172,10 +172,10 @@ def retire_lines(cfg: Config, app, sl: Slots, proc: str) -> list[str]:
         f"    {AS_APP} rm -f {sl.pid('$x')} {sl.sock('$x')} {sl.adopted('$x')}; rm -f {sl.conf(app, '$x')}",
         "    continue",
         "  fi",
-        f'  if [ "$x" = "$live" ] && {{ [ -e {sl.adopted("$x")} ] || {{ {keep} && [ "${{x%.b}}" != "$rel" ]; }}; }}; then',
+        f'  if [ "$x" = "$live" ] && {{ {AS_APP} test -e {sl.adopted("$x")} || {{ {keep} && [ "${{x%.b}}" != "$rel" ]; }}; }}; then',
         '    warm=$x; continue',
         "  fi",
-        f'  if [ -e {sl.adopted("$x")} ]; then',
+        f'  if {AS_APP} test -e {sl.adopted("$x")}; then',
         f'    {AS_APP} kill -KILL "$m" $(children "$m") 2>/dev/null || true',
         "  else",
         # (the master just replaced: connections nginx queued on it before the swap are served first)
