@@ -181,3 +181,34 @@ def test_stop_stops_every_master_and_start_starts_one_again(site):
     res = fab(site, "start")
     assert res.returncode == 0, res.stdout + res.stderr
     assert masters(site) == {site.releases[-1]: live_pid(site)} and f"Release: {site.releases[-1]}" in page(site)
+
+
+def test_a_master_started_on_the_socket_path_itself_is_adopted_then_stopped_once_idle(site):
+    """A master an older fabdeploy started (the live ini: its socket is the path nginx uses): the next deploy
+    swaps beside it and keeps it warm under its release's slot; the one after kills it idle (SIGKILL: its exit
+    handler would remove files that are no longer its), and the live pidfile stays right throughout."""
+    res = fab(site, "stop")
+    assert res.returncode == 0, res.stdout + res.stderr
+    site.host.exec(f"cd {D} && {D}/shared/config/uwsgi-venv/bin/uwsgi --ini {D}/shared/config/uwsgi.ini "
+                   ">/dev/null 2>&1", user="sample")
+    deadline = time.monotonic() + 30
+    while not site.host.path(f"{RUN}/uwsgi.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    legacy, was = live_pid(site), site.releases[-1]
+    time.sleep(2)  # (its workers loaded)
+    assert masters(site) == {} and f"Release: {was}" in page(site)
+
+    def deploy_one(i):
+        def op():
+            site.proj.commit(f"adopt {i}", {"pages/message.txt": f"Adopt {i}\n"})
+            rel, out = deploy(site)
+            assert re.search(rf"uwsgi started beside \d+, swapped", out), out
+            return rel
+        return op
+
+    under_load(site, deploy_one(1))
+    assert masters(site) == {was: legacy, site.releases[-1]: live_pid(site)}  # adopted, warm
+    assert site.host.path(f"{RUN}/uwsgi.sock.adopted.{was}").exists()
+    under_load(site, deploy_one(2))
+    assert gone_soon(site, legacy, 10)
+    assert set(masters(site)) == set(site.releases[-2:]) and live_pid(site) == masters(site)[site.releases[-1]]

@@ -129,8 +129,8 @@ def switch_body(cfg: Config, app, sl: Slots, proc: str, release_word: str, label
         *["  " + ln for ln in app.ready_lines(
             cfg, release_word, label, pid=[f"pid=$(alive {sl.pid('$s')} {proc} || true)"],
             sock=f"{AS_APP} test -S {sl.sock('$s')}", hint=untouched,
-            on_fail=[f'[ -z "$pid" ] || {AS_APP} kill -KILL "$pid" $(children "$pid") 2>/dev/null || true',
-                     f'{AS_APP} rm -f {sl.sock("$s")} {sl.pid("$s")}; rm -f {sl.conf(app, "$s")}'])],
+            on_fail=[f'{{ [ -z "$pid" ] || {AS_APP} kill -KILL "$pid" $(children "$pid"); '
+                     f'{AS_APP} rm -f {sl.sock("$s")} {sl.pid("$s")}; rm -f {sl.conf(app, "$s")}; }} 2>/dev/null || true'])],
         '  action="${oldm:+started beside $oldm, swapped}"; action="${action:-started}"',
         "fi",
         # the swap: one rename of a second name of the new socket over the path nginx connects to
