@@ -7,6 +7,7 @@ deploy runs, and a hook runs wherever its phase runs.
                prepare   code venv django config                 the release archive on stdin
                publish   switch restart health cleanup finish    detached on the host
     balancer   setup     setup facts                             lock, facts
+               relay     relay                                   ACME, several balancers: challenges relayed
                prepare   static config                           this release's static files on stdin
                drain     drain                                   a rolling batch out of the upstream
                finish    config restart health cleanup finish    detached on the host
@@ -57,6 +58,7 @@ APP = {inv.name: inv for inv in (
 )}
 BALANCER = {inv.name: inv for inv in (
     Invocation("setup", (Step("setup", "setup"), Step("facts")), locked=False),
+    Invocation("relay", (Step("relay"),)),  # ACME, several balancers: the others, before the issuer prepares
     Invocation("prepare", (Step("static"), Step("config", "config"))),
     Invocation("drain", (Step("drain"),)),
     Invocation("finish", (Step("config"), Step("restart", "restart"), Step("health"), Step("cleanup", "cleanup"),
@@ -133,6 +135,7 @@ BUILDERS: dict[tuple[str, str], Callable[[RunState], Phase | None]] = {
     ("lb", "facts"): lambda r: balancer.facts(r.cfg),
     ("lb", "static"): lambda r: balancer.static(r.cfg, r.release_id, r.static_upload),
     ("lb", "config"): lambda r: balancer.site(r.cfg, r.facts, r.staging),
+    ("lb", "relay"): lambda r: balancer.relay(r.cfg, r.facts, r.staging),
     ("lb", "drain"): lambda r: balancer.drain(r.cfg, r.facts, r.staging, r.drained),
     ("lb", "restart"): lambda r: balancer.restart(r.facts, r.staging),
     ("lb", "health"): lambda r: balancer.health(r.cfg, r.target) if r.outcome.get("result") == "ok" else None,

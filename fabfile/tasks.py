@@ -216,10 +216,12 @@ def db(c, action, id=None, yes=False, json=False, config=None, wait=None, verbos
     dbtasks.check(action, id or "")
     conns = target_connections(c, cfg, "app")
     from fabdeploy.database import fleet
-    if fleet.shared(cfg):  # one database for the fleet: its dumps are taken, listed, restored once (first app)
+    shared = fleet.shared(cfg) and len(conns) > 1
+    if shared and action != "restore":  # one database for the fleet: its dumps taken and listed once (first app)
         conns = conns[:1]
-    if action == "restore":
-        _confirm(f"restore dump {id} into the database of {', '.join(host_label(x) for x in conns)}", yes)
+    if action == "restore":  # (shared: every app host stopped, the dump loaded once: ops/db_fleet.py)
+        _confirm(f"restore dump {id} into the database {'shared by' if shared else 'of'} "
+                 f"{', '.join(host_label(x) for x in conns)}", yes)
     outcomes = dbtasks.db_all(conns, cfg, printer, action, id or "", wait=_seconds(wait, "--wait"),
                               parallel=_parallel(parallel, cfg))
     if action == "backups":

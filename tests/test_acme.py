@@ -4,6 +4,8 @@ schedule, `fab status`'s expiry line and provision's package. The real thing (pe
 issue, a forced renewal served, no re-issue, an expanded certificate) is tests/test_acme_e2e.py."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from fabdeploy.errors import ConfigError
@@ -40,9 +42,6 @@ def test_names_an_acme_ca_cannot_validate_are_refused_in_one_line():
         "tls.ca_bundle must be an absolute path on the host")
     assert refused(nginx={"server_name": NAME}, tls={"mode": "acme", "server": "http://ca/dir"}).startswith(
         "tls.server must be an https URL")
-    two = {"app": ["deploy@10.0.0.1"], "lb": [LB, "deploy@10.0.0.8"]}
-    assert refused(roles=two, nginx={"server_name": NAME}, tls={"mode": "acme"}).startswith(
-        'tls.mode = "acme" with 2 lb hosts is not supported yet')
 
 
 def test_certbot_issues_through_the_webroot_for_each_name_with_the_deploy_hook():
@@ -161,3 +160,28 @@ def test_another_acme_server_or_email_is_not_already_live():
     assert fingerprint(acme_cfg(), "abc", b"django\n") == base
     assert fingerprint(acme_cfg(server="https://ca.example.com/dir"), "abc", b"django\n") != base
     assert fingerprint(acme_cfg(email="ops@example.com"), "abc", b"django\n") != base
+
+
+def test_several_balancers_one_issues_every_one_serves_the_installed_pair_and_relays_tokens_to_it():
+    from fabdeploy.front import acme_fleet
+    from fabdeploy.front.nginx import lb_site
+    cfg = make_cfg(roles={"app": ["deploy@10.0.0.1"], "lb": [LB, "deploy@10.0.0.8"]}, nginx={"server_name": NAME},
+                   tls={"mode": "acme"})
+    assert acme_fleet.issuer(cfg).target == LB and acme_fleet.relay_target(cfg) == "10.0.0.10:80"
+    site = lb_site(cfg)
+    assert "ssl_certificate /etc/fabdeploy/tls/shop/fullchain.pem;" in site  # (not certbot's live path)
+    assert "try_files $uri @fabdeploy_acme_relay;" in site
+    assert re.search(r"location @fabdeploy_acme_relay \{\s+if \(\$http_x_fabdeploy_acme_relay\) \{\s+return 404;"
+                     r"\s+\}\s+proxy_set_header Host \$host;\s+proxy_set_header X-Fabdeploy-Acme-Relay 1;\s+"
+                     r"proxy_pass http://10\.0\.0\.10:80;", site), site
+    # before a certificate exists: the plain-HTTP site relays too; the other balancers install as in files mode
+    plain = lb_site(acme.http_only(cfg))
+    assert "ssl" not in plain and "proxy_pass http://10.0.0.10:80;" in plain
+    assert "base64 -w0 /etc/fabdeploy/tls/shop/privkey.pem" in "\n".join(acme.issue_lines(cfg, lb_site, Facts(nginx_layout="conf.d"), "/T"))
+    lines = tls.root_lines(cfg)
+    assert "sudo -n /usr/bin/base64 -w0 /etc/fabdeploy/tls/shop/privkey.pem" in lines
+    assert ("sudo -n /usr/bin/install -D -m 0600 /srv/shop/shared/config/tls-privkey.pem "
+            "/etc/fabdeploy/tls/shop/privkey.pem") in lines
+    # one balancer: certbot's live files, no relay
+    one = make_cfg(roles={"app": ["deploy@10.0.0.1"], "lb": [LB]}, nginx={"server_name": NAME}, tls={"mode": "acme"})
+    assert "relay" not in lb_site(one) and "/etc/letsencrypt/live/shop/fullchain.pem" in lb_site(one)

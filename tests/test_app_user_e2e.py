@@ -83,7 +83,7 @@ def test_a_deploy_with_the_default_app_user_creates_it_and_converts_the_host(au)
     for path, want in ((f"{D}/releases", "deploy:sample:2750"), (f"{D}/venvs", "deploy:sample:2750"),
                        (f"{D}/shared/config", "deploy:sample:2750"), (f"{D}/shared/media", "sample:www-data:2750"),
                        (f"{D}/shared/db", "sample:sample:700"), (f"{D}/shared/run", "sample:www-data:2750"),
-                       (f"{D}/shared/log", "deploy:sample:2770"), (f"{D}/shared/static", "deploy:www-data:2750"),
+                       (f"{D}/shared/log", "deploy:sample:2770"), (f"{D}/shared/static", "deploy:www-data:2755"),
                        (f"{D}/shared/secret_key", "deploy:sample:640"),
                        (f"{D}/shared/config/app.env", "deploy:sample:640"),
                        (f"{D}/shared/run/uwsgi.sock", "sample:www-data:660")):

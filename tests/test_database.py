@@ -168,10 +168,16 @@ def test_backup_lines_parse_and_run_before_migrate():
     cfg = cfg_of('[database]\nengine = "postgresql"\nkeep_backups = 3\n')
     text = "\n".join(django_app.django(cfg, REL).lines)
     sh_ok(text)
-    assert text.index("showmigrations --plan") < text.index("PGPASSWORD") < text.index("migrate --noinput")
-    assert "/srv/shop/shared/backups/20260101T000000Z-abcdef1" in text
+    import inspect
+    from fabdeploy.steps import django_program
+    steps = inspect.getsource(django_program.migrate)  # the pending migrations counted, the dump, then migrate
+    assert steps.index("migration_plan") < steps.index("dump(") < steps.index('command("migrate"')
+    assert "PGPASSWORD" in inspect.getsource(django_program.dump)
+    assert '"backup":"/srv/shop/shared/backups/20260101T000000Z-abcdef1"' in text
+    assert "/srv/shop/shared/backups/20260101T000000Z-abcdef1.tmp" in text
     cfg = cfg_of("[django]\nmigrate = false\n")
-    assert "showmigrations" not in "\n".join(django_app.django(cfg, REL).lines)
+    from test_phases import _boots
+    assert [params.get("migrate") for _, params in _boots(django_app.django(cfg, REL).lines)] == [None]
 
 
 def test_pruning_keeps_the_newest_dumps(tmp_path):

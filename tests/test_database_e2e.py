@@ -214,9 +214,10 @@ def test_the_password_is_in_no_output(db):
     assert grep.stdout == ""  # nor in deploy.toml or anything beside it
 
 
-def test_another_app_host_uses_the_server_by_url(db, make_host):
-    """host = "url": a second app host (no server of its own) deploys the same project against this host's
-    server, whose URL (with the password) comes from [secrets] DATABASE_URL, here an environment variable.
+def test_two_more_app_hosts_use_the_server_by_url_and_migrate_once(db, make_host):
+    """host = "url": two more app hosts (no server of their own) deploy the same project against this host's
+    server, whose URL (with the password) comes from [secrets] DATABASE_URL, here an environment variable; a
+    new migration is applied once (one host migrates, the other does not), both serve the same rows.
     The server is opened to the lab network and stopped first: a provision run starts it again."""
     server = db.host
     password = server.exec(["cat", PWFILE]).stdout.strip()
@@ -233,21 +234,32 @@ def test_another_app_host_uses_the_server_by_url(db, make_host):
         port = 3306
     res = fab(db, "provision")
     assert res.returncode == 0 and f"{db.engine}-server: changed" in res.stdout, res.stdout + res.stderr
-    app = make_host(f"dbu{db.engine[:2]}")
-    db.proj.write_config(sample_config(app, extra=f'[database]\nengine = "{db.engine}"\nhost = "url"\n'
-                                                  '[secrets]\nDATABASE_URL = { env = "LAB_DATABASE_URL" }\n'),
+    app, app2 = make_host(f"dbu{db.engine[:2]}"), make_host(f"dbv{db.engine[:2]}")
+    config = sample_config(app, extra=f'[database]\nengine = "{db.engine}"\nhost = "url"\n'
+                                      '[secrets]\nDATABASE_URL = { env = "LAB_DATABASE_URL" }\n')
+    db.proj.write_config(config.replace(f'hosts = ["{app.ssh_target()}"]',
+                                        f'hosts = ["{app.ssh_target()}", "{app2.ssh_target()}"]'),
                          name="deploy-url.toml")
+    add_migration(db)
     url = f"{db.engine}://sample:{password}@{server.address}:{port}/sample"
     env = {"FABDEPLOY_CONFIG": "deploy-url.toml", "LAB_DATABASE_URL": url}
     res = run_fab(db.proj.root, "deploy", "--verbose", env=env, cache=db.cache)
     assert res.returncode == 0, res.stdout + res.stderr
     assert password not in res.stdout + res.stderr
+    migrated = re.findall(r"^(\S+) +django +1 migrations applied", res.stdout, re.M)
+    assert migrated == [app.address], res.stdout  # once, for the shared database (--verbose shows the scripts)
+    assert "migrate: once, on " in res.stdout, res.stdout
+    name = f"{db.migrations:04d}_field{db.migrations}"
+    assert sql(db, f"SELECT COUNT(*) FROM django_migrations WHERE name = '{name}'") == "1"
     status, _, body = app.http("/notes/add", host_header=app.address, method="POST", body=b"text=by-url",
                                headers=FORM)
     assert status == 200 and body.strip() == b"2", body  # the row the first host wrote, and this one
+    status, _, page = app2.http("/", host_header=app.address)
+    assert status == 200 and b"Notes: 2" in page, page  # the second url host serves the same rows
     assert sql(db, "SELECT text FROM pages_note ORDER BY id") == "through-the-server\nby-url"
-    assert app.exec(["ls", "-A", "/var/lib/postgresql", "/var/lib/mysql"]).stdout.split() == \
-        ["/var/lib/mysql:", "/var/lib/postgresql:"]  # no server of its own
+    for h in (app, app2):
+        assert h.exec(["ls", "-A", "/var/lib/postgresql", "/var/lib/mysql"]).stdout.split() == \
+            ["/var/lib/mysql:", "/var/lib/postgresql:"]  # no server of its own
     # a URL without its password: one line naming the secret, nothing deployed
     res = run_fab(db.proj.root, "deploy", env={**env, "LAB_DATABASE_URL": url.replace(f":{password}", "")})
     assert res.returncode == 1

@@ -121,6 +121,37 @@ def test_mysql_users_at_each_app_address_on_the_db_host():
     assert "10.0.0.11" not in "\n".join(pdb.mysql_database_step(cfg, "app").apply)
 
 
+def test_mariadb_on_the_db_host_listens_on_its_address_by_a_drop_in():
+    import subprocess
+    cfg = cfg_of('[database]\nengine = "mysql"\n')
+    names = [s.name for s in pdb.steps(cfg, "apt", "db")]
+    assert names == ["mysql-data", "mysql-server", "mysql-access", "mysql-database"]
+    assert "mysql-access" not in [s.name for s in pdb.steps(cfg, "apt", "app")]
+    assert db_host.mysql_cnf(cfg, "127.0.0.1,10.0.0.5").endswith("[mysqld]\nbind-address = 127.0.0.1,10.0.0.5")
+    for family, path in (("apt", "/etc/mysql/mariadb.conf.d/70-fabdeploy.cnf"), ("dnf", "/etc/my.cnf.d/fabdeploy.cnf")):
+        step = db_host.mysql_access_step(cfg, family)
+        assert path in "\n".join(step.apply) and "SELECT @@bind_address" in "\n".join(step.check)
+        for text in (step.check, step.apply):
+            assert subprocess.run(["sh", "-n"], input="\n".join(text), text=True).returncode == 0
+
+
+def test_the_bind_address_is_a_list_only_where_the_server_takes_one(tmp_path):
+    """MariaDB 10.11+ and MySQL 8 take `127.0.0.1,<address>`; the 10.3-10.6 of RHEL 8/9 and Ubuntu 22.04
+    would not start with a list: the db address alone (local tools use the socket)."""
+    import subprocess
+    cfg = cfg_of('[database]\nengine = "mysql"\n')
+    fake = tmp_path / "mariadbd"
+    for version, want in (("10.11.6-MariaDB-0+deb12u1", "127.0.0.1,10.0.0.5"), ("10.5.22-MariaDB", "10.0.0.5"),
+                          ("10.3.39-MariaDB", "10.0.0.5"), ("8.0.36", "127.0.0.1,10.0.0.5"), ("", "10.0.0.5")):
+        fake.write_text(f"#!/bin/sh\necho '/usr/sbin/mariadbd  Ver {version} for debian-linux-gnu on x86_64'\n"
+                        if version else "#!/bin/sh\necho 'mariadbd: unknown option'\n")
+        fake.chmod(0o755)
+        script = "\n".join([*db_host.mysql_bind_lines(cfg), 'printf %s "$bind"'])
+        out = subprocess.run(["/bin/sh", "-c", script], env={"PATH": f"{tmp_path}:/usr/bin:/bin"},
+                             capture_output=True, text=True).stdout
+        assert out == want, version
+
+
 def test_the_app_hosts_urls_point_at_the_db_host():
     cfg = cfg_of(PG + '[cache]\nredis = true\n')
     text = "\n".join(code_step.env_file_lines(cfg, "/srv/shop/shared/config/app.env"))
@@ -134,9 +165,10 @@ def test_the_passwords_are_written_masked_and_migrate_runs_on_one_host():
     text = "\n".join(phase.lines)
     assert "/srv/shop/shared/config/database.password.fabdeploy-tmp" in text and "chmod 0600" in text
     assert text.index("database.password.fabdeploy-tmp") < text.index("dbpw=$(cat")
-    assert "migrate --noinput" in "\n".join(django_app.django(cfg, REL).lines)
+    from test_phases import _boots
+    assert any("migrate" in params for _, params in _boots(django_app.django(cfg, REL).lines))
     skipped = "\n".join(django_app.django(cfg, REL, migrate=False).lines)
-    assert "migrate --noinput" not in skipped and "showmigrations" not in skipped
+    assert not any("migrate" in params for _, params in _boots(skipped.splitlines()))
     assert "done once for the fleet's shared database" in skipped
 
 
@@ -159,3 +191,35 @@ def test_the_db_hosts_firewall_opens_its_ports_to_the_app_hosts_only():
     assert "db-firewall" in names(run.host_steps(cfg, DEBIAN, [], "db"))
     off = cfg_of(PG + '[balancer]\nfirewall = "off"\n')
     assert db_host.firewall_steps(off) == [] and "db-firewall" not in names(run.host_steps(off, DEBIAN, [], "db"))
+
+
+def test_the_coordinated_restore_scripts_parse_and_keep_the_lock_between_stages():
+    """ops/db_fleet.py: stage 1 takes the lock and stops (no finish: the lock is kept), stage 3 keeps the lock
+    fresh first and releases it last; a partial restore only releases it (the app stays stopped)."""
+    import subprocess
+    from fabdeploy.hosts.target import Target
+    from fabdeploy.ops import db_fleet
+    from fabdeploy.steps.lock import LockOwner
+    c = cfg_of()
+    owner = LockOwner.new("db-restore", "me")
+    stop = db_fleet.stop_script(c, owner, 0, [])
+    start = db_fleet.start_script(c, owner, Target.named(c, "web1"))
+    release = db_fleet.release_script(c, owner, "left stopped")
+    assert [p.name for p in stop.phases] == ["lock", "stop"]
+    assert [p.name for p in start.phases][0] == "start" and start.phases[-1].name == "finish"
+    assert "touch -c" in start.phases[0].lines[0]  # (keep_alive: the lock taken in stage 1 kept fresh)
+    assert [p.name for p in release.phases] == ["finish"]
+    for s in (stop, start, release):
+        res = subprocess.run(["sh", "-n"], input=s.text(), capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+
+
+def test_a_rotated_db_password_changes_the_already_live_fingerprint():
+    """The db host's passwords (read before setup) are part of the fingerprint: a new one, a real deploy."""
+    from fabdeploy.steps import live_check
+    c = cfg_of()
+    fp = [live_check.fingerprint(c, "abc", b"django\n", None, fleet.digest(c, pw))
+          for pw in ({"database.password": "old"}, {"database.password": "new"}, {"database.password": "old"})]
+    assert fp[0] != fp[1] and fp[0] == fp[2]
+    assert fleet.digest(c, {}) == "" and "old" not in fleet.digest(c, {"database.password": "old"})
+    assert live_check.fingerprint(c, "abc", b"django\n", None, "") == live_check.fingerprint(c, "abc", b"django\n")

@@ -10,11 +10,16 @@ DATABASE_URL / REDIS_URL point at the db host; only the first app host migrates.
 is read through app B, a cache entry set on A is read on B; a migrating deploy takes one dump (on A), not two;
 `fab db backups` lists it once; the outsider host, with the right passwords, gets a TCP reset from the db
 host's firewall (PostgreSQL and Redis), and the server itself refuses an address not in pg_hba.conf (the db
-host connecting to its own address: local traffic passes the firewall); the passwords are in no output.
+host connecting to its own address: local traffic passes the firewall). A no-op redeploy is "already live";
+after a password rotation on the db host the next deploy is real and both app hosts get it. `fab db restore`
+stops both app hosts and restores once; a corrupt dump changes nothing and both serve again; `fab rollback
+--restore-db` restores once and switches both. The passwords are in no output.
 """
 from __future__ import annotations
 
+import json
 import re
+import secrets
 import textwrap
 from types import SimpleNamespace
 
@@ -46,18 +51,21 @@ def fl(make_host, tmp_path_factory, wheel_cache):
     db.exec("rm -rf /etc/postgresql/*/main")  # the host's own /etc: a server whose package created no cluster
     a, b, outsider = make_host("fla"), make_host("flb"), make_host("flx")
     proj = make_project(tmp_path_factory.mktemp("dbfleet"))
+    proj.write_config(fleet_config(a, b, db, "postgresql", "[cache]\nredis = true\n"))
+    return SimpleNamespace(db=db, a=a, b=b, outsider=outsider, proj=proj, cache=wheel_cache, outputs=[])
+
+
+def fleet_config(a, b, db, engine: str, extra: str = "") -> str:
+    """deploy.toml of two app hosts sharing the database of `db` (roles with their addresses)."""
     base = sample_config(a).replace(f'hosts = ["{a.ssh_target()}"]\n', "")
-    proj.write_config(base + textwrap.dedent(f"""\
+    return base + textwrap.dedent(f"""\
         [roles]
         app = [{{ host = "{a.ssh_target()}", address = "{a.address}" }},
                {{ host = "{b.ssh_target()}", address = "{b.address}" }}]
         db = [{{ host = "{db.ssh_target()}", address = "{db.address}" }}]
         [database]
-        engine = "postgresql"
-        [cache]
-        redis = true
-        """))
-    return SimpleNamespace(db=db, a=a, b=b, outsider=outsider, proj=proj, cache=wheel_cache, outputs=[])
+        engine = "{engine}"
+        """) + extra
 
 
 def fab(fl, *args):
@@ -170,6 +178,93 @@ def test_only_the_app_hosts_are_let_in(fl):
     assert "PONG" not in out.stdout and "Connection refused" in out.stdout, out.stdout
     out = psql(fl.db, fl.db.address, pw)  # past the firewall (local), an address pg_hba.conf does not list
     assert out.returncode != 0 and f'no pg_hba.conf entry for host "{fl.db.address}"' in out.stdout, out.stdout
+
+
+def sql(fl, query: str) -> str:
+    return fl.db.exec(["runuser", "-u", "postgres", "--", "psql", "-X", "-d", "sample", "-tAc", query]).stdout.strip()
+
+
+def masters(fl) -> list[str]:
+    return [h.exec(["cat", f"{D}/shared/run/uwsgi.pid"]).stdout.strip() for h in (fl.a, fl.b)]
+
+
+def serving(fl) -> bool:
+    return all(h.http("/", host_header=fl.a.address)[0] == 200 for h in (fl.a, fl.b))
+
+
+def test_a_rotated_database_password_reaches_the_app_hosts_on_the_next_deploy(fl):
+    """The db host's passwords are part of the "already live" fingerprint: a no-op redeploy is skipped, but
+    after a rotation (a new password file on the db host, fab provision sets it) the next deploy is real."""
+    res = fab(fl, "deploy")
+    assert res.returncode == 0 and "already live" in res.stdout, res.stdout + res.stderr
+    live = json.loads(fl.a.exec(["cat", f"{D}/current/.fabdeploy/release.json"]).stdout)["fingerprint"]
+    res = fab(fl, "deploy", "--plan")  # (the plan's setup checks the same fingerprint, passwords included)
+    assert res.returncode == 0 and live in res.stdout, res.stdout + res.stderr
+    new = secrets.token_hex(18)
+    fl.db.exec(f"printf '%s' {new} > {PWFILE}")  # (the file's owner and mode kept)
+    res = fab(fl, "provision", "-H", fl.db.ssh_target())
+    assert res.returncode == 0 and "postgresql-database: changed" in res.stdout, res.stdout + res.stderr
+    res = fab(fl, "deploy")
+    assert res.returncode == 0 and "already live" not in res.stdout, res.stdout + res.stderr
+    for host in (fl.a, fl.b):
+        env = host.exec(["cat", f"{D}/shared/config/app.env"]).stdout
+        assert f"DATABASE_URL=postgresql://sample:{new}@{fl.db.address}:5432/sample\n" in env
+    assert serving(fl)
+
+
+def test_db_restore_stops_every_app_host_and_restores_once(fl):
+    """fab db restore on a fleet: both app hosts stopped (new masters after), the dump loaded once."""
+    res = fab(fl, "db", "backup")
+    assert res.returncode == 0, res.stdout + res.stderr
+    dump_id = re.search(r"db backup ok in \S+: (\S+)\.pgdump\.gz", res.stdout).group(1)
+    before = masters(fl)
+    res = fab(fl, "db", "restore", "--id", dump_id.split(".")[0] + ".20000101T000000Z", "--yes")
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1 and "no dump " in res.stderr, \
+        res.stdout + res.stderr
+    assert masters(fl) == before  # (found missing before any host was stopped)
+    sql(fl, "UPDATE pages_note SET text = 'changed'")
+    res = fab(fl, "db", "restore", "--id", dump_id, "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    restored = re.findall(rf"^(\S+) +restore +database restored from {dump_id}", res.stdout, re.M)
+    assert restored == [fl.a.address], res.stdout  # once, on the first app host
+    assert all(m != b for m, b in zip(masters(fl), before))  # stopped and started on both hosts
+    assert sql(fl, "SELECT text FROM pages_note ORDER BY id").split() == ["from-a", "from-b"]
+    assert serving(fl)
+
+
+def test_a_corrupt_dump_on_the_fleet_changes_nothing_and_every_host_serves_again(fl):
+    dump = backups(fl.a)[-1]
+    bad = dump.split(".")[0] + ".20000102T000000Z"
+    fl.a.exec(f"zcat {BACKUPS}/{dump} | head -c 1500 | gzip > {BACKUPS}/{bad}.pgdump.gz && "
+              f"chown deploy: {BACKUPS}/{bad}.pgdump.gz")
+    before = masters(fl)
+    res = fab(fl, "db", "restore", "--id", bad, "--yes")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "the database was left unchanged, the app was started again" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert f"{fl.b.address}: db restore ok in " in res.stdout and \
+        f"started again (the restore on {fl.a.address} changed nothing)" in res.stdout, res.stdout
+    assert all(m != b for m, b in zip(masters(fl), before))  # stopped for the restore, started again
+    assert sql(fl, "SELECT text FROM pages_note ORDER BY id").split() == ["from-a", "from-b"]
+    assert serving(fl)
+    fl.a.exec(f"rm -f {BACKUPS}/{bad}.pgdump.gz")
+
+
+def test_rollback_restore_db_on_the_fleet_restores_once_and_switches_both(fl):
+    """Back past migration 0002: the dump taken before it (on A) is loaded once, both hosts on the old
+    release, the column gone, both serving."""
+    old = sorted(fl.a.exec(["ls", "-1", f"{D}/releases"]).stdout.split())[0]
+    res = fab(fl, "rollback", "--restore-db", "--to", old)  # (the release before is 0002's too: the rotation)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert out.count("database restored from") == 1, out
+    for h in (fl.a, fl.b):
+        assert h.exec(["readlink", f"{D}/current"]).stdout.strip().endswith(old)
+        assert f"{h.address}: rolled back to {old}" in out or f"rolled back to {old}" in out
+    assert "field2" not in sql(fl, "SELECT column_name FROM information_schema.columns "
+                                   "WHERE table_name = 'pages_note'").split()
+    assert sql(fl, "SELECT COUNT(*) FROM django_migrations WHERE name = '0002_field2'") == "0"
+    assert serving(fl)
 
 
 def test_the_passwords_are_in_no_output(fl):

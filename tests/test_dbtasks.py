@@ -101,3 +101,41 @@ def test_the_old_backups_key_is_one_line_naming_keep_backups():
     with pytest.raises(ConfigError) as exc:
         cfg_of("[database]\nbackups = 3\n")
     assert "unknown key database.backups (did you mean 'keep_backups'?)" in str(exc.value)
+
+
+@pytest.mark.parametrize("rc, started, said", [
+    (0, False, "database restored from x.pgdump.gz"),
+    (restore.UNCHANGED, True, "restoring x.pgdump.gz failed: psql: ERROR: boom; the database was left unchanged, "
+                              "the app was started again"),
+    (1, False, "restoring x.pgdump.gz failed: psql: ERROR: boom; the database may be partly restored and the app "
+               "is left stopped: retry with fab db restore --id x --yes"),
+])
+def test_a_failed_restore_says_whether_the_database_changed(tmp_path, rc, started, said):
+    """restore_lines run for real (gzip, the branches) with a stand-in for the app's python: a failure that
+    changed nothing starts the app again; any other leaves it stopped and names the retry."""
+    stub = tmp_path / "py"
+    stub.write_text(f"cat >/dev/null; echo 'psql: ERROR: boom' >&2; exit {rc}\n")
+    subprocess.run(f"echo data | gzip > {tmp_path}/x.pgdump.gz", shell=True, check=True)
+    lines = restore.restore_lines("", f"sh {stub}", ["echo STARTED"], "fab db restore --id x --yes")
+    out = run_sh(lines, str(tmp_path), f"set -e; file={tmp_path}/x.pgdump.gz; kind=pgdump")
+    assert said in out and ("STARTED" in out) == started, out
+
+
+def test_a_file_that_is_not_gzip_changes_nothing(tmp_path):
+    (tmp_path / "x.pgdump.gz").write_bytes(b"PGDMP truncated")
+    lines = restore.restore_lines("", "false", ["echo STARTED"], "R")
+    out = run_sh(lines, str(tmp_path), f"set -e; file={tmp_path}/x.pgdump.gz; kind=pgdump")
+    assert "STARTED" in out and "failed: not a complete gzip file; the database was left unchanged" in out, out
+
+
+def test_the_start_after_a_failed_restore_keeps_its_chatter_out_of_the_error(tmp_path):
+    """(the app server's stderr lines would follow the one-line error) A start that fails shows them."""
+    subprocess.run(f"echo data | gzip > {tmp_path}/x.pgdump.gz", shell=True, check=True)
+    stub = tmp_path / "py"
+    stub.write_text(f"cat >/dev/null; echo 'psql: ERROR: boom' >&2; exit {restore.UNCHANGED}\n")
+    pre = f"set -e; file={tmp_path}/x.pgdump.gz; kind=pgdump"
+    out = run_sh(restore.restore_lines("", f"sh {stub}", ["echo chatter >&2", "echo STARTED"], "R"), str(tmp_path), pre)
+    assert "STARTED" in out and "chatter" not in out and "the app was started again" in out, out
+    out = run_sh(restore.restore_lines("", f"sh {stub}", ["echo broke >&2", "false", "echo STARTED"], "R"),
+                 str(tmp_path), pre)
+    assert "broke" in out and "STARTED" not in out and "the app was started again" not in out, out

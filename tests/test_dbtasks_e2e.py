@@ -113,6 +113,52 @@ def test_a_terminal_is_asked_and_no_means_nothing_done(db):
     assert sql(db, "SELECT COUNT(*) FROM pages_note") == "2"
 
 
+def put_dump(db, name: str, shell: str) -> str:
+    """A file in shared/backups made by `shell` (its stdout, gzipped), the deploy user's like fabdeploy's."""
+    path = f"{BACKUPS}/{name}"
+    db.host.exec(f"({shell}) | gzip -c > {path} && chown deploy: {path} && chmod 600 {path}")
+    return path
+
+
+def test_a_corrupt_dump_changes_nothing_and_the_app_is_started_again(db):
+    """PostgreSQL: one transaction; MySQL: a dump without its closing line is refused before anything is
+    dropped. Either way the app, stopped for the restore, is started again and the error says so."""
+    release = db.releases[0]
+    before = sql(db, "SELECT text FROM pages_note ORDER BY id")
+    good = json.loads(ok(fab(db, "db", "backups", "--json")).stdout)[0]["dumps"][0]["id"]
+    ext = {"postgresql": "pgdump", "mysql": "sql"}[db.engine]
+    # the real dump, cut short: pg_restore cannot read it / mysqldump's last line is missing
+    bad_id = f"{release}.20000102T000000Z"
+    put_dump(db, f"{bad_id}.{ext}.gz", f"zcat {BACKUPS}/{good}.{ext}.gz | head -c 1500")
+    master = db.host.exec(["cat", f"{D}/shared/run/uwsgi.pid"]).stdout.strip()
+    res = fab(db, "db", "restore", "--id", bad_id, "--yes")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"restoring {bad_id}.{ext}.gz failed: " in res.stderr, res.stderr
+    assert "the database was left unchanged, the app was started again" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert sql(db, "SELECT text FROM pages_note ORDER BY id") == before
+    assert db.host.exec(["cat", f"{D}/shared/run/uwsgi.pid"]).stdout.strip() != master  # stopped, started again
+    assert db.host.http("/", host_header=db.host.address)[0] == 200
+    db.host.exec(f"rm -f {BACKUPS}/{bad_id}.*")
+
+
+def test_an_old_plain_sql_dump_is_restored(db):
+    """fabdeploy's PostgreSQL dumps before -Fc were plain SQL named <release>.sql.gz: restore reads them
+    (MySQL: a plain dump made by hand with mariadb-dump, as fabdeploy's)."""
+    pw = db.host.exec(["cat", f"{D}/shared/config/database.password"]).stdout.strip()
+    old_id = f"{db.releases[0]}.20000103T000000Z"
+    tool = {"postgresql": f"PGPASSWORD={pw} pg_dump --no-owner -h 127.0.0.1 -U sample sample",
+            "mysql": f"MYSQL_PWD={pw} mariadb-dump --no-tablespaces -h 127.0.0.1 -u sample sample"}[db.engine]
+    put_dump(db, f"{old_id}.sql.gz", tool)
+    before = sql(db, "SELECT text FROM pages_note ORDER BY id")
+    sql(db, "UPDATE pages_note SET text = 'changed'")
+    res = ok(fab(db, "db", "restore", "--id", old_id, "--yes"))
+    assert f"database restored from {old_id}.sql.gz" in res.stdout, res.stdout
+    assert sql(db, "SELECT text FROM pages_note ORDER BY id") == before
+    assert db.host.http("/", host_header=db.host.address)[0] == 200
+    db.host.exec(f"rm -f {BACKUPS}/{old_id}.*")
+
+
 def test_rollback_across_a_migration_names_the_dump_and_restore_db_loads_it(db):
     db.proj.commit("migration 2", {"pages/migrations/0002_field2.py": MIGRATION.format(dep="0001_initial",
                                                                                         field="field2")})
@@ -173,6 +219,15 @@ def test_sqlite_backup_and_restore_round_trip(make_host, tmp_path, wheel_cache):
     assert copy.execute("SELECT text FROM pages_note").fetchall() == [("one",)]
     copy.close()
     assert add_note(host, "three") == 2
+    # a dump that is no SQLite database: nothing changed, the app started again
+    bad = f"{dump_id.split('.')[0]}.20000102T000000Z"
+    host.exec(f"echo not-a-database | gzip > {BACKUPS}/{bad}.sqlite3.gz && chown deploy: {BACKUPS}/{bad}.sqlite3.gz")
+    res = run_fab(proj.root, "db", "restore", "--id", bad, "--yes")
+    assert res.returncode == 1 and "the database was left unchanged, the app was started again" in res.stderr, \
+        res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    host.exec(f"rm -f {BACKUPS}/{bad}.sqlite3.gz")
+    assert add_note(host, "after-bad") == 3
     # --restore-db with no dump for the migration the target lacks: one line, nothing changed, still serving
     proj.commit("migration 2", {"pages/migrations/0002_field2.py": MIGRATION.format(dep="0001_initial",
                                                                                       field="field2")})
@@ -186,4 +241,4 @@ def test_sqlite_backup_and_restore_round_trip(make_host, tmp_path, wheel_cache):
     assert len(err) == 1 and f"--restore-db: no dump in {BACKUPS} matches release " in err[0], res.stderr
     assert "nothing changed" in err[0] and "Traceback" not in res.stderr
     assert host.exec(["readlink", f"{D}/current"]).stdout == current
-    assert add_note(host, "four") == 3
+    assert add_note(host, "four") == 4

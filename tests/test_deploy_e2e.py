@@ -124,7 +124,7 @@ def test_verbose_shows_commands_but_masks_secrets(site):
     venv_dir = next(site.host.path("/srv/sample/venvs").iterdir())
     marker = (venv_dir / ".fabdeploy-complete").stat().st_mtime_ns
     rel, out = deploy(site, "--verbose")
-    assert "manage.py" in out and "migrate --noinput" in out  # the commands are shown ...
+    assert "manage.py" in out and 'command("migrate", interactive=False' in out  # the commands are shown ...
     assert SECRET not in out and "********" in out              # ... with secrets masked
     # The virtualenv was reused: no pip run, no wheel build, the venv untouched.
     assert re.search(r"venv\s+reused", out)
@@ -153,7 +153,7 @@ def test_data_is_not_readable_by_other_local_users(site):
     assert modes[d][0] == modes[f"{d}/shared"][0] == "711"
     assert modes[f"{d}/shared/db"][0] == "700" and modes[f"{d}/shared/config"][0] == "2750"
     assert modes[f"{d}/shared/log"][0] == "2770" and modes[f"{d}/releases"][0] == "2750"
-    assert modes[f"{d}/shared/static"] == modes[f"{d}/shared/media"] == ["2750", "www-data"]
+    assert modes[f"{d}/shared/static"] == ["2755", "www-data"] and modes[f"{d}/shared/media"] == ["2750", "www-data"]
     assert modes[f"{d}/shared/db/default.sqlite3"][0] == modes[f"{d}/shared/log/audit.jsonl"][0] == "640"
     assert modes[f"{d}/shared/media/{site.media_path}"] == ["640", "www-data"]
     for path in (f"{d}/shared/db/default.sqlite3", f"{d}/shared/log/audit.jsonl", f"{d}/shared/media/{site.media_path}",

@@ -310,3 +310,63 @@ def test_the_facts_program_on_an_empty_host_layout(tmp_path):
     assert [(f.what, f.cause) for f in doctor.findings(facts, params)] == [
         ("nginx", f"nginx is not installed (no {tmp_path}/no-nginx.conf)"),
         ("app down", "nothing is deployed here yet (no current release)")]
+
+
+# ---- TLS: the site's certificate files as root's openssl read them
+
+def tls_facts(**cert) -> dict:
+    now = 1_800_000_000
+    c = {"path": "/etc/x/fullchain.pem", "exists": True, "not_after": now + 60 * 86400,
+         "names": ["shop.example", "*.shop.example"], "pubkey": "PUB-A", "read": True, **cert}
+    return {"time": now, "tls": {"sudo": True, "names": ["shop.example", "www.shop.example", "_"],
+                                 "certificate": c, "key": {"path": "/etc/x/privkey.pem", "exists": True,
+                                                           "read": True, "pubkey": "PUB-A"}}}
+
+
+def tls_found(F, params=P):
+    return [(f.what, f.cause) for f in doctor.findings(F, params) if f.what.startswith("tls")]
+
+
+def test_tls_a_healthy_certificate_gives_nothing_and_sudo_refused_is_unknown_not_a_finding():
+    assert tls_found(tls_facts()) == []
+    F = tls_facts()
+    F["tls"] = {"sudo": False, "names": ["shop.example"], "certificate": {"path": "/x", "exists": None},
+                "key": {"path": "/y", "exists": True, "read": False}}
+    assert tls_found(F) == []
+    F = tls_facts(not_after=1_800_000_000 - 1)  # (a readable chain, a key sudo could not read: expiry still judged)
+    F["tls"]["sudo"], F["tls"]["key"] = False, {"path": "/etc/x/privkey.pem", "exists": True, "read": False}
+    assert [w for w, _ in tls_found(F)] == ["tls expiry"]
+
+
+def test_tls_expired_and_expiring_certificates():
+    now = 1_800_000_000
+    (what, cause), = tls_found(tls_facts(not_after=now - 3600))
+    assert what == "tls expiry" and cause.startswith("the certificate /etc/x/fullchain.pem expired on 2027-01-15")
+    (what, cause), = tls_found(tls_facts(not_after=now + 5 * 86400))
+    assert what == "tls expiry" and "(5 days left, under 14)" in cause
+    acme = doctor.rule_params(cfg(tls={"mode": "acme"}), None, "a.test")
+    fix = next(f.fix for f in doctor.findings(tls_facts(not_after=now - 1), acme) if f.what == "tls expiry")
+    assert "sudo /etc/fabdeploy/acme/shop/renew --force-renewal" in fix
+
+
+def test_tls_a_key_of_another_certificate_and_missing_or_broken_files():
+    F = tls_facts()
+    F["tls"]["key"]["pubkey"] = "PUB-B"
+    assert tls_found(F) == [("tls key", "/etc/x/privkey.pem is not the key of /etc/x/fullchain.pem (nginx: \"key "
+                                        "values mismatch\"; https does not start)")]
+    F = tls_facts()
+    F["tls"]["key"] = {"path": "/etc/x/privkey.pem", "exists": False}
+    (what, cause), = tls_found(F)
+    assert what == "tls files" and cause.startswith("the nginx site's ssl_certificate_key /etc/x/privkey.pem is missing")
+    F = tls_facts()
+    F["tls"]["certificate"] = {"path": "/etc/x/fullchain.pem", "exists": True, "read": True}
+    assert tls_found(F) == [("tls files", "the nginx site's ssl_certificate /etc/x/fullchain.pem is not a readable "
+                                          "PEM certificate")]
+
+
+def test_tls_a_server_name_the_certificate_does_not_cover():
+    (what, cause), = tls_found(tls_facts(names=["shop.example"]))
+    assert what == "tls name" and "does not cover www.shop.example:" in cause
+    from fabdeploy.ops.doctor_tls import covers
+    assert covers(["*.shop.example"], "www.shop.example") and not covers(["*.shop.example"], "a.b.shop.example")
+    assert not covers(["*.shop.example"], "shop.example") and covers(["Shop.Example"], "shop.example.")

@@ -214,7 +214,7 @@ def test_static_files_missing_or_unreadable(site):
     try:
         doctor(site, "nginx's user www-data cannot read")
     finally:
-        site.host.exec(f"chmod 2750 {real}")
+        site.host.exec(f"chmod 2755 {real}")
     doctor(site, ok=True)
 
 

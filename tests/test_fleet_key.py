@@ -119,7 +119,22 @@ def test_status_names_app_hosts_whose_keys_differ():
                                  "(fab deploy --adopt-secret-key HOST)")
 
 
-# --- the migration lock (django_app.MIGRATE_LOCK_PY), run for real with this interpreter's Django and SQLite ---
+# --- the migration lock (django_program.locked), run for real with this interpreter's Django and SQLite ---
+
+# (the program's lock around a command instead of call_command("migrate"): its text run as shipped, not main())
+LOCKED_COMMAND_PY = """
+import subprocess, sys
+import django
+django.setup()
+program = {"__name__": "django_program"}
+exec(PROGRAM, program)
+unlock = program["locked"](sys.argv[1], int(sys.argv[2]))
+sys.stdout.flush()
+rc = subprocess.call(sys.argv[3:])
+unlock()
+sys.exit(rc)
+"""
+
 
 def _lock_env(tmp_path):
     import os
@@ -129,7 +144,7 @@ def _lock_env(tmp_path):
     src = tmp_path / "src"
     shutil.copytree(SAMPLE, src, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3"))
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "sampleproject.settings"}
-    return src, env, [sys.executable, "-c", django_app.MIGRATE_LOCK_PY]
+    return src, env, [sys.executable, "-c", f"PROGRAM = {django_app.PROGRAM_PY!r}\n" + LOCKED_COMMAND_PY]
 
 
 def test_migration_lock_lets_one_command_run_at_a_time(tmp_path):

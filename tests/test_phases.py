@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -46,6 +47,8 @@ from fabdeploy.steps import setup
 from fabdeploy.steps import static
 
 from fabdeploy.steps import venv
+from fabdeploy.database import backup
+from fabdeploy.ops.starter import GENERIC_NAMES, PRODUCTION_NAMES
 from fabdeploy.config import parse_config
 from fabdeploy.hosts.layout import RELEASE_ID, Layout, nginx_site_paths
 from fabdeploy.hosts.layout import SETTINGS_MODULE
@@ -743,46 +746,46 @@ def test_code_phase_requires_manage_py(tmp_path):
 # --- the django phase, run for real against the code phase's release -----------------------------------------
 
 def test_django_phase_lines():
-    cfg = make_cfg()
+    cfg = make_cfg(app={"user": "shopapp"})
     lines = django_app.django(cfg, make_rel()).lines
     assert lines[:4] == [f"cd /srv/shop/releases/{REL_ID}", "umask 027",
                          f"export DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} FABDEPLOY_RELEASE={REL_ID}",
                          "set -a; . /srv/shop/shared/config/app.env; set +a"]
-    # first of all: the WSGI app imports under the production settings (before migrate touches the db)
-    block = _wsgi_import_block(lines)
-    assert block[0].startswith(f"out=$(/srv/shop/venvs/{VENV}/bin/python -c {q(django_app.WSGI_IMPORT_PY)} "
-                               "shop.wsgi:application 2>&1) ||")
-    assert "the WSGI application shop.wsgi:application does not import with the production settings" in "\n".join(block)
-    text = "\n".join(lines)
-    manage = f"/srv/shop/venvs/{VENV}/bin/python manage.py"
-    assert f"{manage} migrate --noinput" in text
-    assert f"{manage} collectstatic --noinput" in text
-    assert f"{manage} check --deploy" in text
-    # migrate runs under the project's migration lock (app hosts sharing a database take turns)
-    # as the app user (it owns the database), with the env file and the production settings
-    m = next(i for i, ln in enumerate(lines) if " migrate --noinput" in ln)  # (after the backup: database/)
-    assert lines[m - 1].startswith('if [ "$(id -un)" = ')
-    assert lines[m].startswith(
-        f"out=$(${{ASAPP-}} sh -c {q(django_app.APP_ENV_SH)} migrate /srv/shop/shared/config/app.env env "
-        f"DJANGO_SETTINGS_MODULE=fabdeploy_settings FABDEPLOY_RELEASE={REL_ID} "
-        f"/srv/shop/venvs/{VENV}/bin/python -c {q(django_app.MIGRATE_LOCK_PY)} fabdeploy-migrate-shop "
-        f"{django_app.MIGRATE_LOCK_WAIT} {manage} migrate --noinput 2>&1)")
+    assert lines[4] == f"DJANGO_PY={q(django_app.PROGRAM_PY)}"  # the program, once
+    one, app, deploy = _boots(lines)
+    python = f"/srv/shop/venvs/{VENV}/bin/python"
+    # the SSH user is the app user: one boot for everything, in order
+    assert one[0] == f'{python} -c "$DJANGO_PY"'
+    assert list(one[1]) == ["import", "production", "generic", "migrate", "static", "check"]
+    assert one[1]["import"] == "shop.wsgi:application"
+    assert one[1]["migrate"] == {"lock": "fabdeploy-migrate-shop", "wait": django_app.MIGRATE_LOCK_WAIT,
+                                 "backup": f"/srv/shop/shared/backups/{REL_ID}", "exts": backup.EXTS}
+    # two users: the app user (it owns the database) imports and migrates, with the env file and the
+    # production settings; the deploy user (it owns the static root) collects and checks
+    assert app[0] == (f"${{ASAPP-}} sh -c {q(django_app.APP_ENV_SH)} django /srv/shop/shared/config/app.env env "
+                      f"DJANGO_SETTINGS_MODULE=fabdeploy_settings FABDEPLOY_RELEASE={REL_ID} {python} -c \"$DJANGO_PY\"")
+    assert list(app[1]) == ["import", "production", "generic", "migrate"]
+    assert deploy[0] == one[0] and deploy[1] == {"static": True, "check": True}
 
 
-def _wsgi_import_block(lines: list[str]) -> list[str]:
-    """The lines of the django phase between its environment (4 lines) and its first manage.py command."""
-    rest = lines[4:]
-    end = next((i for i, ln in enumerate(rest) if " manage.py " in ln), len(rest))
-    assert rest[0].startswith("out=$(") and f"-c {q(django_app.WSGI_IMPORT_PY)} " in rest[0]
-    return rest[:end]
+def _boots(lines: list[str]) -> list[tuple[str, dict]]:
+    """Each run of the django program in the phase: (the words before its JSON argument, the parameters)."""
+    out = []
+    for ln in lines:
+        m = re.match(r'\s*(?:\{ |rc=0; )(.*?-c "\$DJANGO_PY") (\'\{.*?\}\') 2>', ln)
+        if m:
+            out.append((m.group(1), json.loads(shlex.split(m.group(2))[0])))
+    return out
 
 
 def test_django_phase_flags():
     cfg = make_cfg(django={"migrate": False, "collectstatic": False, "check_deploy": False})
     lines = django_app.django(cfg, make_rel()).lines
-    # cd, umask, export, env file, and the WSGI import check (never optional); no manage.py command at all
-    assert lines[4:] == _wsgi_import_block(lines)
-    assert not any("manage.py" in ln for ln in lines)
+    # the WSGI import check alone (never optional), as the deploy user
+    [(words, params)] = _boots(lines)
+    assert words == f'/srv/shop/venvs/{VENV}/bin/python -c "$DJANGO_PY"'
+    assert params == {"import": "shop.wsgi:application", "production": list(PRODUCTION_NAMES),
+                      "generic": list(GENERIC_NAMES)}
 
 
 def test_django_phase_runs_migrate_collectstatic_and_check(deployed):

@@ -66,7 +66,7 @@ def test_plan_and_dry_after_a_deploy_change_nothing(env):
         assert "virtualenv" in out and "reused" in out
         assert f"-chdir = /srv/sample/releases/{live}" in out  # a real diff against the host's uwsgi.ini
         assert "nginx site /etc/nginx/sites-available/sample: unchanged" in out
-        assert "manage.py" in out and "migrate --noinput" in out
+        assert "manage.py" in out and 'command("migrate", interactive=False' in out  # (the django program, shown)
         assert SECRET not in out + res.stderr and "DB_PASSWORD=********" in out
     assert snapshot(host) == before  # byte for byte, modes and mtimes included
     assert host.path("/srv/sample/shared/run/uwsgi.pid").read_text() == pid

@@ -137,3 +137,21 @@ def test_the_key_travels_in_the_config_phase_and_is_masked_in_every_display(cert
     assert key not in shown and key.splitlines()[1] not in shown  # ... nobody reading the output does
     assert "-m 0600 /srv/shop/shared/config/tls-privkey.pem /etc/fabdeploy/tls/shop/privkey.pem" in shown
     assert text.index("tls-privkey.pem /etc/fabdeploy") < text.index("nginx -t")  # installed, then checked
+
+
+def test_hsts_subdomains_and_preload_extend_the_header_and_the_settings(certs):
+    assert refused(tls=files(certs, hsts_preload=True)) == (
+        "tls.hsts_preload = true needs tls.hsts > 0 (no Strict-Transport-Security header is sent with hsts = 0)")
+    assert refused(tls=files(certs, hsts=300, hsts_include_subdomains=True, hsts_preload=True)).startswith(
+        "tls.hsts_preload = true needs tls.hsts_include_subdomains = true and tls.hsts >= 31536000")
+    cfg = make_cfg(nginx={"server_name": NAME},
+                   tls=files(certs, hsts=31536000, hsts_include_subdomains=True, hsts_preload=True))
+    assert ('add_header Strict-Transport-Security "max-age=31536000; includeSubDomains; preload" always;'
+            in nginx.nginx_site(cfg))
+    text = render("settings.py.j2", release_id="R", django_settings="shop.settings", shared="/srv/shop/shared",
+                  allowed_hosts=cfg.allowed_hosts, static_url="/static/", media_url="/media/",
+                  tls=tls.django_context(cfg))
+    for line in ("SECURE_HSTS_SECONDS = 31536000", "SECURE_HSTS_INCLUDE_SUBDOMAINS = True", "SECURE_HSTS_PRELOAD = True"):
+        assert line in text
+    sub = make_cfg(nginx={"server_name": NAME}, tls=files(certs, hsts=300, hsts_include_subdomains=True))
+    assert 'add_header Strict-Transport-Security "max-age=300; includeSubDomains" always;' in nginx.nginx_site(sub)

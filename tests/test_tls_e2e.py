@@ -8,9 +8,13 @@ leaf certificate for the site's name made here with openssl:
 - a local key of another certificate: one line, nothing connected, the live site untouched;
 - a certificate for another name: the health check (https, the chain's CA) fails and the revert puts the
   previous certificate files back with the previous site;
+- hsts = 300: the header on https answers only, check --deploy without W004;
+- `fab doctor` names each TLS fault injected into the installed files (expiring, expired, another key, another
+  name, a missing key) and nothing on the healthy host;
 - files already on the host ("host:/path"): a mismatched pair refused on the host with one line before any
   change (the live site keeps its certificate), a matching one served after the deploy;
-- the deploy user limited to `fab sudoers`' drop-in installs new files (sudo refuses nothing).
+- the deploy user limited to `fab sudoers`' drop-in installs new files (sudo refuses nothing); doctor then
+  still judges the readable chain (an expiring certificate named without sudo).
 
 The tests run in order and build on each other.
 """
@@ -26,7 +30,7 @@ import pytest
 import hostlab
 from conftest import make_project, release_of, run_fab, sample_config
 from test_sudoers_e2e import LOGGING, SUDO_LOG, denials, install_drop_in
-from tlscerts import make_certs
+from tlscerts import dated_leaf, make_certs
 
 NAME = "shop.lab.test"
 
@@ -112,6 +116,71 @@ def test_2_plain_http_redirects_to_https_but_the_acme_path_is_served_from_the_we
     assert status == 404  # (from the webroot, not redirected)
 
 
+def test_2a_hsts_is_sent_on_https_answers_only_and_check_deploy_drops_w004(site):
+    """hsts = 300: nginx sends the header on https (the app's answers and the redirect's target), never on the
+    port-80 redirect; Django's check --deploy then says only the two opt-ins left (W005 subdomains, W021
+    preload)."""
+    name = write(site, "hsts.toml", "certs/leaf-chain.pem", "certs/leaf.key")
+    config = site.proj.root / name
+    config.write_text(config.read_text() + "hsts = 300\n")
+    res, out = fab(site, "deploy", config=name)
+    assert res.returncode == 0, out
+    site.good = release_of(res.stdout)
+    assert set(re.findall(r"\(security\.(W0\d\d)\)", out)) == {"W005", "W021"}, out
+    res = subprocess.run(["curl", "-sS", "-D", "-", "-o", "/dev/null", "--cacert", str(site.certs.ca), "--resolve",
+                          f"{NAME}:443:{site.host.address}", f"https://{NAME}/"], capture_output=True, text=True,
+                         timeout=30)
+    headers = [ln.strip().lower() for ln in res.stdout.splitlines()]
+    assert headers.count("strict-transport-security: max-age=300") == 1, res.stdout + res.stderr
+    status, headers, _ = site.host.http("/", host_header=NAME)
+    assert status == 301 and "strict-transport-security" not in {k.lower() for k in headers}, headers
+
+
+def doctor(site) -> tuple[int, str]:
+    res, out = fab(site, "doctor", config="hsts.toml")
+    print(out)
+    assert "Traceback" not in out, out
+    return res.returncode, out
+
+
+def test_2b_fab_doctor_names_each_tls_fault_injected_on_the_host(site):
+    """The installed files swapped on the host (nginx keeps what it loaded; doctor reads what the site names):
+    an expiring and an expired certificate (tlscerts.dated_leaf), a key of another certificate, a certificate
+    for another name, a missing key; the healthy host (before and after) names nothing."""
+    rc, out = doctor(site)
+    assert rc == 0 and "no problems found" in out and "PROBLEM" not in out, out
+    tls_dir = site.host.path("/etc/fabdeploy/tls/sample")
+    chain, key = tls_dir / "fullchain.pem", tls_dir / "privkey.pem"
+    good = chain.read_text(), key.read_text()
+
+    def put(new_chain, new_key) -> None:
+        chain.write_text(new_chain.read_text() if hasattr(new_chain, "read_text") else new_chain)
+        key.write_text(new_key.read_text() if hasattr(new_key, "read_text") else new_key)
+
+    faults = [(dated_leaf(site.certs, [NAME], "soon", -1, 5), r"PROBLEM \(tls expiry\): the certificate "
+               r"/etc/fabdeploy/tls/sample/fullchain\.pem expires on \S+ \S+ UTC \([45] days left, under 14\)"),
+              (dated_leaf(site.certs, [NAME], "old", -30, -1), r"PROBLEM \(tls expiry\): the certificate "
+               r"/etc/fabdeploy/tls/sample/fullchain\.pem expired on "),
+              ((site.certs.chain, site.certs.other_key), r"PROBLEM \(tls key\): /etc/fabdeploy/tls/sample/privkey\.pem "
+               r"is not the key of /etc/fabdeploy/tls/sample/fullchain\.pem"),
+              (dated_leaf(site.certs, ["other.lab.test"], "other", -1, 30), r"PROBLEM \(tls name\): the certificate "
+               r"/etc/fabdeploy/tls/sample/fullchain\.pem \(for other\.lab\.test\) does not cover shop\.lab\.test")]
+    for (new_chain, new_key), finding in faults:
+        put(new_chain, new_key)
+        rc, out = doctor(site)
+        assert rc == 1 and re.search(finding, out), out
+        assert len(re.findall(r"PROBLEM \(tls", out)) == 1, out  # (only that one)
+    put(*good)
+    key.unlink()
+    rc, out = doctor(site)
+    assert rc == 1 and ("PROBLEM (tls files): the nginx site's ssl_certificate_key /etc/fabdeploy/tls/sample/privkey.pem "
+                        "is missing") in out, out
+    put(*good)
+    key.chmod(0o600)
+    rc, out = doctor(site)
+    assert rc == 0 and "no problems found" in out, out
+
+
 def test_3_a_local_key_of_another_certificate_is_refused_in_one_line(site):
     before = served_certificate(site)
     name = write(site, "other-key.toml", "certs/leaf-chain.pem", "certs/other.key")
@@ -188,3 +257,15 @@ def test_6_the_deploy_user_limited_to_the_drop_in_installs_new_files(site):
     assert curl(site, "/", third.ca)[0] == "2 200 0"
     assert denials(site.host) == []
     assert "tls-privkey.pem /etc/fabdeploy/tls/sample/privkey.pem" in site.host.path(SUDO_LOG).read_text()
+
+
+def test_7_doctor_judges_the_readable_chain_without_sudo(site):
+    """With only the drop-in (no `sudo openssl`), doctor still reads the chain (0644) as the deploy user: an
+    expiring certificate is named; the root-only key is left out (unknown, not a finding)."""
+    chain, _ = dated_leaf(site.certs, [NAME], "soon-nosudo", -1, 3)
+    site.host.path("/etc/fabdeploy/tls/sample/fullchain.pem").write_text(chain.read_text())
+    res, out = fab(site, "doctor", config="third.toml")
+    assert res.returncode == 1 and "Traceback" not in out, out
+    assert re.search(r"PROBLEM \(tls expiry\): the certificate /etc/fabdeploy/tls/sample/fullchain\.pem expires on "
+                     r"\S+ \S+ UTC \([23] days left, under 14\)", out), out
+    assert "PROBLEM (tls key)" not in out and "PROBLEM (tls files)" not in out, out

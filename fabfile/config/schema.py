@@ -137,6 +137,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "key": Key("", _tls_file),
         "port": Key(443, _int(1, 65535)),
         "hsts": Key(0, _int(0, 63072000)),
+        "hsts_include_subdomains": Key(False, _bool),  # "; includeSubDomains" (SECURE_HSTS_INCLUDE_SUBDOMAINS)
+        "hsts_preload": Key(False, _bool),  # "; preload" (SECURE_HSTS_PRELOAD)
         "email": Key("", _str(re.compile(r"^[^@\s]+@[^@\s]+$"), "an email address")),
         "server": Key("", _str(re.compile(r"^https://\S+$"), "an https URL (an ACME directory)")),
         "ca_bundle": Key("", _ca_bundle),  # acme: the CA bundle (on the host) certbot trusts for `server`

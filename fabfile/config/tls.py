@@ -36,8 +36,8 @@ def _ca_bundle(value):
 
 
 def check_tls(data: dict, where: str) -> None:
-    """[tls]: "files" needs certificate and key; "acme" needs plain DNS names and at most one balancer; a
-    port other than nginx's."""
+    """[tls]: "files" needs certificate and key; "acme" needs plain DNS names; a port other than nginx's;
+    the hsts extras need hsts."""
     tls = data["tls"]
     if tls["mode"] == "acme":
         _check_acme(data, where)
@@ -49,14 +49,38 @@ def check_tls(data: dict, where: str) -> None:
         if tls["certificate"].startswith(HOST_PATH) != tls["key"].startswith(HOST_PATH):
             raise ConfigError(f"{where}tls.certificate and tls.key must both be local files or both "
                               '"host:/path" files already on the host')
+    _check_hsts(tls, where)
     listen = str(data["nginx"]["listen"])
     if tls["mode"] != "off" and listen.rsplit(":", 1)[-1] == str(tls["port"]):
         raise ConfigError(f"{where}tls.port = {tls['port']} is also nginx.listen: the https port must be another one")
 
 
+PRELOAD_MIN = 31536000  # hstspreload.org: max-age of at least a year, includeSubDomains, preload
+
+
+def _check_hsts(tls: dict, where: str) -> None:
+    """hsts_include_subdomains / hsts_preload extend a header that is sent (hsts > 0); preload also needs
+    includeSubDomains and a year (what the preload list accepts)."""
+    for key in ("hsts_include_subdomains", "hsts_preload"):
+        if tls[key] and not tls["hsts"]:
+            raise ConfigError(f"{where}tls.{key} = true needs tls.hsts > 0 (no Strict-Transport-Security header "
+                              "is sent with hsts = 0)")
+    if tls["hsts_preload"] and not (tls["hsts_include_subdomains"] and tls["hsts"] >= PRELOAD_MIN):
+        raise ConfigError(f"{where}tls.hsts_preload = true needs tls.hsts_include_subdomains = true and tls.hsts >= "
+                          f"{PRELOAD_MIN} (what the browsers' preload list accepts)")
+
+
+def hsts_header(tls) -> str:
+    """The Strict-Transport-Security value for a [tls] section (its `hsts*` keys), "" when hsts = 0."""
+    if not tls["hsts"]:
+        return ""
+    return (f"max-age={tls['hsts']}" + ("; includeSubDomains" if tls["hsts_include_subdomains"] else "")
+            + ("; preload" if tls["hsts_preload"] else ""))
+
+
 def _check_acme(data: dict, where: str) -> None:
     """acme: every nginx.server_name a plain DNS name (HTTP-01: no "_", wildcard, regex or address), no
-    certificate/key, at most one lb host (the challenge reaches the balancer that asked)."""
+    certificate/key. Several lb hosts: the first issues (front/acme_fleet.py)."""
     tls = data["tls"]
     for key in ("certificate", "key"):
         if tls[key]:
@@ -68,7 +92,3 @@ def _check_acme(data: dict, where: str) -> None:
                               "needs plain DNS names: no _, wildcard, regex or address)")
     if not names:
         raise ConfigError(f'{where}nginx.server_name is required with tls.mode = "acme" (the certificate\'s names)')
-    lbs = data.get("roles", {}).get("lb") or []
-    if len(lbs) > 1:
-        raise ConfigError(f'{where}tls.mode = "acme" with {len(lbs)} lb hosts is not supported yet (HTTP-01 reaches '
-                          'one balancer): use mode = "files" with the same certificate on each')

@@ -1,19 +1,19 @@
 """A backup of the app's default database before every migration that has something to apply (issue 14).
 
-The django phase asks `manage.py showmigrations --plan` (as the app user, production settings) how many
-migrations are unapplied; none (or none applied yet: an empty database, a first deploy): no backup. Otherwise DUMP_PY dumps the database Django is configured with
+The django phase's program (steps/django_program.py, as the app user, production settings) counts the
+unapplied migrations; none (or none applied yet: an empty database, a first deploy): no backup. Otherwise it
+dumps the database Django is configured with, the same way DUMP_PY does for `fab db backup`
 (PostgreSQL: pg_dump -Fc, the custom format pg_restore reads, uncompressed inside; MySQL/MariaDB: mysqldump
 --single-transaction, plain SQL; SQLite: the online backup API into memory, then the database file's bytes: a
 consistent copy while the app writes) to stdout, and the deploy user gzips it into
 shared/backups/<release>.<pgdump|sql|sqlite3>.gz (directory 0700, file 0600), then keeps the newest
-`[database] keep_backups` of them. A failing dump stops the deploy before migrate with one line.
+`[database] keep_backups` of them (prune_lines). A failing dump stops the deploy before migrate with one line.
 `fab db backup` takes one now (<release>.<UTC time>.<ext>.gz); `fab db restore` loads one (database/restore.py).
 """
 from __future__ import annotations
 
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, Layout
-from fabdeploy.model import Release
 from fabdeploy.remote.markers import PY_MARKERS, fail_expanded, note
 from fabdeploy.remote.shell import q
 
@@ -70,25 +70,6 @@ def prune_lines(cfg: Config) -> list[str]:
             f"tail -n +{cfg.database.keep_backups + 1} | while read -r old; do rm -f {q(d)}/\"$old\"; done"]
 
 
-def backup_lines(cfg: Config, rel: Release, app_env: str, python: str, manage: str) -> list[str]:
-    """(django phase, before migrate; $ASAPP set) the pending migrations counted, and when there are any, the
-    dump taken, named after the release, pruned. `app_env` runs a command as the app user with app.env and
-    the production settings; `python` and `manage` are the release's (quoted) words."""
-    return [
-        "dump=",
-        f"out=$({app_env} {manage} showmigrations --plan 2>&1) || {{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
-        "pending=$(printf '%s\\n' \"$out\" | grep -c '^\\[ \\]' || true)",
-        "was_applied=$(printf '%s\\n' \"$out\" | grep -c '^\\[X\\]' || true)",
-        '# (a database no migration was ever applied to holds nothing to back up: a first deploy takes none)',
-        'if [ "$pending" -gt 0 ] && [ "$was_applied" -gt 0 ]; then',
-        *["  " + ln for ln in dump_lines(
-            cfg, q(f"{backups_dir(cfg)}/{rel.id}"), app_env, python,
-            "the backup before migrate failed (${vendor:-database}), nothing was migrated: ",
-            "no backup: no database yet ($pending migrations to apply)")],
-        "fi",
-    ]
-
-
 def dump_lines(cfg: Config, base: str, app_env: str, python: str, failed: str, nothing: str) -> list[str]:
     """Dump the database Django is configured with into `base`.<ext>.gz (a shell word, may expand; 0600 in
     the 0700 backups dir) and set $dump to it, then prune to keep_backups. No database yet: a note `nothing`,
@@ -113,13 +94,3 @@ def dump_lines(cfg: Config, base: str, app_env: str, python: str, failed: str, n
         "  " + fail_expanded(failed + "${err:-status $rc}"),
         "fi",
     ]
-
-
-def after_migrate_lines() -> list[str]:
-    """(after migrate succeeded) where the dump went, as a note of the phase (after `N migrations applied`)."""
-    return ['[ -z "$dump" ] || ' + note("backup before migrate ($pending to apply): $dump")]
-
-
-def migrate_failed_line() -> str:
-    """(when migrate failed) where the dump taken before it is, on stderr after migrate's output."""
-    return '[ -z "${dump-}" ] || echo "the database was dumped before migrate: $dump" >&2'

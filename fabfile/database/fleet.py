@@ -9,7 +9,10 @@ password. The passwords are generated on the db host (shared/config/*.password, 
 Each deploy reads them once from the db host over SSH (read_script; held in memory only, masked in every
 output like [secrets]) and writes them into every app host's shared/config (0600), from which the code
 phase composes DATABASE_URL / REDIS_URL pointing at the db host (database.url_lines, redis.env_lines).
-Migrations (and the dump before them) run on one app host per deploy; `fab db` acts on the first app host.
+Migrations (and the dump before them) run on one app host per deploy; `fab db backup|backups` act on the
+first app host; `fab db restore` and `fab rollback --restore-db` stop every app host and restore once
+(ops/db_fleet.py). The passwords are read before the app hosts' setup: their digest() is part of the
+"already live" fingerprint.
 """
 from __future__ import annotations
 
@@ -113,8 +116,19 @@ def parse(facts: dict, cfg: Config, host: str) -> dict[str, str]:
     return out
 
 
+def digest(cfg: Config, passwords: dict[str, str]) -> str:
+    """A salted hash of the db host's passwords for the "already live" fingerprint (steps/live_check.py): a
+    password rotated on the db host makes the next deploy a real one; "" without any."""
+    import hashlib
+    import json
+    if not passwords:
+        return ""
+    text = json.dumps(sorted(passwords.items()))
+    return hashlib.sha256(f"fabdeploy-db-passwords:{cfg.project.name}:{text}".encode()).hexdigest()
+
+
 def read_passwords(cfg: Config, fabric_config, printer) -> dict[str, str]:
-    """(deploy, after the app hosts' setup) The db host's password files, read over SSH in one invocation,
+    """(deploy, before the app hosts' setup) The db host's password files, read over SSH in one invocation,
     registered for masking in everything printed; {} without a db host."""
     from fabdeploy.hosts.connect import host_label, make_connection, open_connection
     from fabdeploy.output import add_secrets

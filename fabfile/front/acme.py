@@ -18,8 +18,6 @@ The config phase (issue_lines, before the site is installed):
 """
 from __future__ import annotations
 
-import copy
-
 from fabdeploy.config import Config, ident
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.model import Facts
@@ -108,11 +106,14 @@ def copy_chain_command(cfg: Config) -> str:
 def deploy_hook(cfg: Config) -> str:
     """certbot's --deploy-hook (root, after an issue or a renewal): the health check's copy of the chain, and
     nginx reloaded when its config is valid and it runs."""
-    from fabdeploy.front.tls import check_chain
+    from fabdeploy.front.acme_fleet import active
+    from fabdeploy.front.tls import check_chain, installed
+    fleet = active(cfg)  # (several balancers: the pair every balancer serves; the others get it at a deploy)
     return "\n".join([
         "#!/bin/sh", f"{MANAGED} for {cfg.project.name}: certbot runs it after issuing or renewing the certificate "
         f"{cert_name(cfg)}.", "set -e",
         f"{root.BINARIES['install']} -D -m 0644 {q(live(cfg)[0])} {q(check_chain(cfg))}",
+        *([f"{root.BINARIES['install']} -D -m 0600 {q(live(cfg)[1])} {q(installed(cfg).key)}"] if fleet else []),
         f"{root.BINARIES['nginx']} -t -q",
         f"if [ -d /run/systemd/system ] && {root.BINARIES['systemctl']} is-active --quiet nginx; then "
         f"{root.BINARIES['systemctl']} reload nginx; else {root.BINARIES['nginx']} -s reload 2>/dev/null || true; fi",
@@ -199,21 +200,24 @@ def renewal_lines(cfg: Config) -> list[str]:
 
 
 def http_only(cfg: Config) -> Config:
-    """The config as if TLS were off: the site that answers the challenge before a certificate exists."""
-    plain = copy.copy(cfg)
-    plain.data = {**cfg.data, "tls": {**cfg.data["tls"], "mode": "off"}}
-    return plain
+    """The config as if TLS were off: the site that answers the challenge before a certificate exists (with
+    several balancers, still relaying tokens to the issuer: front/acme_fleet.py)."""
+    from fabdeploy.front.acme_fleet import derived
+    return derived(cfg, "off")
 
 
 def issue_lines(cfg: Config, site_for, facts: Facts, staging: str) -> list[str]:
     """Before the site install: renewal installed; the certificate issued when missing or for other names
     (see the module's docstring). `site_for(cfg)` renders this host's site for a config."""
+    from fabdeploy.front import acme_fleet
     from fabdeploy.front.nginx import nginx_restart_lines, site_install
     pre = f"{staging}/acme"
     names = ", ".join(cfg.server_names)
     return [
         *renewal_lines(cfg),
         f"have=; if {have_command(cfg)} 2>/dev/null; then have=1; fi",
+        # (several balancers: the pair every balancer serves, before a site that names it is checked)
+        *([f'if [ -n "$have" ]; then {acme_fleet.copy_lines(cfg)}; fi'] if acme_fleet.active(cfg) else []),
         f'if [ -n "$have" ] && [ "$(cat {q(_marker(cfg))} 2>/dev/null)" = {q(wanted(cfg))} ]; then',
         "  " + note(f"ACME certificate {cert_name(cfg)} kept (certbot renews it)"),
         'elif [ -z "$have" ]; then',  # (first issue: the challenge needs the site on port 80 first)
@@ -244,6 +248,7 @@ def issue_lines(cfg: Config, site_for, facts: Facts, staging: str) -> list[str]:
         "  " + note(f"ACME certificate {cert_name(cfg)} issued for {names} by {server(cfg)}"),
         "fi",
         f"{copy_chain_command(cfg)} || " + fail("could not copy the certificate chain for the health check"),
+        *(acme_fleet.issuer_lines(cfg) if acme_fleet.active(cfg) else []),
     ]
 
 

@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass
 
 from fabdeploy.config import Config, ident
-from fabdeploy.config.tls import HOST_PATH
+from fabdeploy.config.tls import HOST_PATH, hsts_header
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, balanced
 from fabdeploy.remote import root
@@ -63,6 +63,9 @@ def installed(cfg: Config) -> Paths:
 def check_chain(cfg: Config) -> str:
     """The chain the health check trusts (its CA) on the host, readable by the deploy user: the uploaded
     chain, or a copy of a host file's (made at each deploy: the original may be root's only)."""
+    from fabdeploy.front import acme_fleet
+    if acme_fleet.active(cfg):  # (every balancer serves the pair at the installed paths: the chain readable)
+        return installed(cfg).certificate
     if cfg.tls.certificate.startswith(HOST_PATH) or cfg.tls.mode == "acme":
         return f"{INSTALL_DIR}/{cfg.project.name}/check-chain.pem"
     return installed(cfg).certificate
@@ -76,8 +79,10 @@ def staged(cfg: Config) -> Paths:
 
 def host_paths(cfg: Config) -> Paths:
     """The certificate and key paths nginx reads on the host (acme: certbot's live files)."""
+    from fabdeploy.front import acme, acme_fleet
+    if acme_fleet.active(cfg):  # (several balancers: the issuer's pair, at the same paths on each)
+        return installed(cfg)
     if cfg.tls.mode == "acme":
-        from fabdeploy.front import acme
         return Paths(*acme.live(cfg))
     if cfg.tls.certificate.startswith(HOST_PATH):
         return Paths(cfg.tls.certificate[len(HOST_PATH):], cfg.tls.key[len(HOST_PATH):])
@@ -106,12 +111,14 @@ def site_context(cfg: Config, server: Server | None, lb: bool = False) -> dict:
     """The nginx templates' TLS words: `acme_webroot` always; `tls` (None when this host serves plain HTTP);
     `forwarded_proto`, the X-Forwarded-Proto the app gets; `trusted_proxies` (an app host behind balancers
     with its own nginx: the balancers whose X-Forwarded-Proto it passes on) and `proto_map`."""
+    from fabdeploy.front.acme_fleet import RELAY_HEADER, relay_target
     ctx = dict(acme_webroot=webroot(cfg), acme_path=ACME_PATH, tls=None, forwarded_proto="$scheme",
+               acme_relay=relay_target(cfg) if lb else "", relay_header=RELAY_HEADER,
                trusted_proxies=[], proto_map=f"fabdeploy_{ident(cfg.project.name)}_proto", tls_on=enabled(cfg))
     if lb and enabled(cfg) or terminates(cfg, server):
         p = host_paths(cfg)
         ctx["tls"] = dict(listen=https_listen(cfg), certificate=p.certificate, key=p.key, protocols=PROTOCOLS,
-                          ciphers=CIPHERS, hsts=cfg.tls.hsts, port_suffix=port_suffix(cfg),
+                          ciphers=CIPHERS, hsts=hsts_header(cfg.data["tls"]), port_suffix=port_suffix(cfg),
                           session_cache=f"fabdeploy_{ident(cfg.project.name)}", fingerprint=fingerprint(cfg))
     elif enabled(cfg) and balanced(cfg):
         from fabdeploy.front.firewall import lb_sources
@@ -131,14 +138,15 @@ def django_context(cfg: Config) -> dict:
         if n in ("_", "") or n.startswith("~") or n.startswith(".") or ("*" in n and not n.startswith("*.")):
             continue
         origins.append(f"https://{n}{port_suffix(cfg)}")
-    return {"origins": origins, "hsts": cfg.tls.hsts}
+    return {"origins": origins, "hsts": cfg.tls.hsts, "hsts_include_subdomains": cfg.tls.hsts_include_subdomains,
+            "hsts_preload": cfg.tls.hsts_preload}
 
 
 def root_lines(cfg: Config) -> list[str]:
     """Every root command of install_lines and (acme) front/acme.issue_lines (for the sudoers drop-in)."""
     if cfg.tls.mode == "acme":
-        from fabdeploy.front import acme
-        return acme.root_lines(cfg)
+        from fabdeploy.front import acme, acme_fleet
+        return acme.root_lines(cfg) + (acme_fleet.root_lines(cfg) if acme_fleet.active(cfg) else [])
     if cfg.tls.mode != "files":
         return []
     if cfg.tls.certificate.startswith(HOST_PATH):
@@ -215,7 +223,8 @@ def acme_lines(cfg: Config, server: Server | None, site_for, facts, staging: str
 
 
 def acme_after_lines(cfg: Config, server: Server | None, staging: str, lb: bool = False) -> list[str]:
-    if cfg.tls.mode != "acme" or not (lb or terminates(cfg, server)):
+    from fabdeploy.front.acme_fleet import acme_configured
+    if not acme_configured(cfg) or not (lb or terminates(cfg, server)):
         return []
     from fabdeploy.front import acme
     return acme.after_site_lines(staging)

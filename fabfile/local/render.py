@@ -1,6 +1,7 @@
 """Render the jinja2 templates (uWSGI ini, nginx site, production settings module)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jinja2
@@ -31,8 +32,15 @@ def environment(extra_dirs=()) -> jinja2.Environment:
     return env
 
 
+@functools.lru_cache(maxsize=1)
+def _shared() -> jinja2.Environment:
+    """fabdeploy's own templates: one environment per process, so each template is compiled once (a deploy
+    renders the same ones for every host's fingerprint and again for its configs)."""
+    return environment()
+
+
 def render(template: str, **context) -> str:
-    return environment().get_template(template).render(**context)
+    return _shared().get_template(template).render(**context)
 
 
 def render_file(path: Path, what: str, **context) -> str:

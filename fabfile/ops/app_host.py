@@ -17,6 +17,7 @@ from fabdeploy.local.wheelhouse import build_wheels, venv_hash
 from fabdeploy.ops.host_run import HostRun
 from fabdeploy.ops.outcome import Outcome, Shared, run_cleanup, site_url
 from fabdeploy.output import Printer
+from fabdeploy.database import fleet
 from fabdeploy.remote import detach, markers
 from fabdeploy.remote.runner import Interrupted, run_script
 from fabdeploy.remote.script import Phase, Script, mask
@@ -31,9 +32,10 @@ class HostDeploy(HostRun):
     kind = "app"
 
     def __init__(self, conn, cfg: Config, source: Source, rel_id: str, printer: Printer, shared: Shared,
-                 cancel: threading.Event, wait: int = 0, force: bool = False):
+                 cancel: threading.Event, wait: int = 0, force: bool = False, passwords: dict | None = None):
         self.source, self.rel_id, self.force, self.shared = source, rel_id, force, shared
-        self.fingerprint = live_check.fingerprint(cfg, source.revision, source.requirements, server_of(conn))
+        self.fingerprint = live_check.fingerprint(cfg, source.revision, source.requirements, server_of(conn),
+                                                  fleet.digest(cfg, passwords or {}))
         super().__init__(conn, cfg, rel_id, printer, cancel, wait,
                          {"revision": source.revision, "branch": source.branch},
                          fingerprint="" if force else self.fingerprint, requirement_files=source.requirement_files)

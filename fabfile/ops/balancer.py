@@ -32,6 +32,7 @@ class LbDeploy(HostRun):
                  wait: int = 0, record: dict | None = None):
         super().__init__(conn, cfg, rel_id, printer, cancel, wait, record)
         self.static_before = ""
+        self.prepared_facts: dict = {}  # the prepare invocation's facts (the ACME issuer: its pair)
 
     @property
     def rel_id(self) -> str:
@@ -53,6 +54,20 @@ class LbDeploy(HostRun):
             self.static_before = raw.get(balancer.STATIC_FACT, "")
             self.stage = "locked"
 
+    def relay(self) -> None:
+        """ACME with several balancers (not the issuer): the plain-HTTP site relaying challenges to the issuer,
+        live before the issuer asks the CA (front/acme_fleet.py)."""
+        self.stage = "prepare"
+        with self.cleaned_up_on_failure():
+            self.run("relay")
+            self.stage = "prepared"
+
+    def use_pair(self, pair) -> None:
+        """ACME with several balancers (not the issuer): install the issuer's certificate and key (in memory,
+        masked) as in files mode."""
+        from fabdeploy.front.acme_fleet import derived
+        self.cfg = self.state.cfg = derived(self.cfg, "files", pair)
+
     def stage_release(self, static_id: str, tar: bytes) -> None:
         """Invocation 2: unpack the release's static files (hard-linked onto the live ones, so pages of the
         old and the new release both find theirs), point static/current at them, install the site."""
@@ -60,7 +75,7 @@ class LbDeploy(HostRun):
         self.state.static_upload = upload = static_id != self.static_before
         self.stage = "prepare"
         with self.cleaned_up_on_failure():
-            self.run("prepare", stdin=tar if upload else None)
+            self.prepared_facts = self.run("prepare", stdin=tar if upload else None).facts
             self.stage = "prepared"
 
     def drain(self, targets: list[str]) -> None:

@@ -4,6 +4,7 @@ invocation per app host, in parallel.
     backup    lock, dump (database/backup.dump_lines) named <current release>.<UTC time>, finish
     backups   list the dumps: id, release, size, time (no lock: read-only)
     restore   lock, find the dump (none: nothing stopped), stop the app, load the dump (database/restore.py), start, health check, finish
+              (app hosts sharing one database: every one stopped, the dump loaded once: ops/db_fleet.py)
 
 The lock, stop, start, health and finish phases are fab stop/start's own (steps/control.py).
 """
@@ -14,12 +15,14 @@ from dataclasses import dataclass, field
 
 from fabdeploy.config import Config
 from fabdeploy.database import backup as _backup
+from fabdeploy.database import fleet
 from fabdeploy.database import restore as _restore
 from fabdeploy.errors import ConfigError
 from fabdeploy.hosts.connect import host_label, local_user
 from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.hosts.target import Target
+from fabdeploy.ops import db_fleet
 from fabdeploy.ops.control import timeout as control_timeout
 from fabdeploy.ops.host_run import lock_wait, run_locked
 from fabdeploy.output import Printer
@@ -64,9 +67,12 @@ def list_phase(cfg: Config) -> Phase:
     ])
 
 
-def restore_phase(cfg: Config, dump_id: str) -> Phase:
+def restore_phase(cfg: Config, dump_id: str, restart: bool = True) -> Phase:
+    """Load the dump; a failure that changed nothing starts the app again (restart: the app of this host)."""
     lines, app_env, python = in_release(cfg)
-    return Phase("restore", [*_restore.find_lines(cfg, q(dump_id), dump_id), *lines, *_restore.restore_lines(app_env, python)])
+    again = control.start(cfg).lines if restart else []
+    return Phase("restore", [*_restore.find_lines(cfg, q(dump_id), dump_id), *lines,
+                             *_restore.restore_lines(app_env, python, again, f"fab db restore --id {dump_id} --yes")])
 
 
 def script(cfg: Config, action: str, owner: LockOwner, wait: int, target: Target, dump_id: str = "") -> Script:
@@ -119,6 +125,9 @@ def db_all(conns: list, cfg: Config, printer: Printer, action: str, dump_id: str
     check(action, dump_id)
     wait = lock_wait(cfg, printer, conns, wait) if action != "backups" else 0
     started = time.monotonic()
+    if action == "restore" and len(conns) > 1 and fleet.shared(cfg):  # stop all, restore once, start all
+        steps = db_fleet.restore_all(conns, cfg, printer, dump_id, wait, parallel or cfg.fleet.parallel)
+        return [DbOutcome(s.host, s.ok, s.said, s.error, duration=time.monotonic() - started) for s in steps]
 
     def one(conn, cancel) -> DbOutcome:
         host, start = host_label(conn), time.monotonic()

@@ -19,6 +19,7 @@ import time
 
 from fabdeploy.config import Config
 from fabdeploy.database import fleet
+from fabdeploy.front import acme_fleet
 from fabdeploy.errors import FabdeployError, RemoteError
 from fabdeploy.hosts.connect import host_label
 from fabdeploy.hosts.fleet import for_each_host
@@ -51,8 +52,12 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
     parallel = parallel or cfg.fleet.parallel
     rolling = cfg.fleet.rolling if rolling is None else rolling
     cancel = threading.Event()
-    apps = [HostDeploy(conn, cfg, source, rel_id, printer, shared, cancel, wait, force)
-            for conn in conns if server_of(conn).role == "app"]
+    app_conns = [conn for conn in conns if server_of(conn).role == "app"]
+    # the db host's passwords, read once before the app hosts' setup: they are part of the "already live"
+    # fingerprint (a rotated password reaches every app host on the next deploy)
+    passwords = fleet.read_passwords(cfg, app_conns[0].config, printer) if app_conns else {}
+    apps = [HostDeploy(conn, cfg, source, rel_id, printer, shared, cancel, wait, force, passwords)
+            for conn in app_conns]
     record = {"revision": source.revision, "branch": source.branch}
     lbs = [LbDeploy(conn, cfg, rel_id, printer, cancel, wait, record) for conn in conns
            if server_of(conn).role == "lb"]
@@ -60,6 +65,9 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
         raise FabdeployError("the load balancers get this release's static files from the app hosts: deploy them "
                              "in the same run (fab deploy, or -H with the app hosts too and the FleetExecutor)")
     everyone = apps + lbs
+    if acme_fleet.active(cfg) and lbs and not any(acme_fleet.is_issuer(cfg, lb.server) for lb in lbs):
+        raise FabdeployError(f"tls.mode = \"acme\" with several lb hosts: the first, "
+                             f"{acme_fleet.issuer(cfg).target}, issues the certificate: deploy it in the same run")
     outcomes: dict[str, Outcome] = {}
 
     def failed_outcome(hd, exc) -> Outcome:
@@ -118,13 +126,7 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
                 if hd.stage != "unchanged":
                     hd.abort("secret keys differ")
             raise
-        try:
-            share_database(apps, cfg, printer)
-        except FabdeployError:
-            for hd in everyone:
-                if hd.stage != "unchanged":
-                    hd.abort("the db host's passwords could not be read")
-            raise
+        share_database(apps, cfg, printer, passwords)
         ok = step(apps, lambda hd: hd.build())
         if not all(ok):
             return give_up(", ".join(hd.host for hd, good in zip(apps, ok) if not good) + " failed to prepare")
@@ -133,9 +135,18 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
                 static_id, tar = apps[0].live_release(), apps[0].export_static()
             except FabdeployError as exc:
                 return give_up(f"could not read the static files from {apps[0].host}: {exc}")
-            ok = step(lbs, lambda lb: lb.stage_release(static_id, tar))
-            if not all(ok):
-                return give_up(", ".join(lb.host for lb, good in zip(lbs, ok) if not good) + " failed to prepare")
+            for group in acme_order(lbs, cfg):
+                if callable(group):  # (the issuer's pair, for the other balancers)
+                    try:
+                        group()
+                    except FabdeployError as exc:
+                        return give_up(str(exc))
+                    continue
+                hosts, fn = group
+                ok = step(hosts, (lambda lb: lb.relay()) if fn == "relay" else
+                          (lambda lb: lb.stage_release(static_id, tar)))
+                if not all(ok):
+                    return give_up(", ".join(lb.host for lb, good in zip(hosts, ok) if not good) + " failed to prepare")
 
         def publish(hd) -> None:
             outcomes[hd.host] = hd.publish()
@@ -180,6 +191,22 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
         _close(everyone)
 
 
+def acme_order(lbs: list[LbDeploy], cfg: Config) -> list:
+    """How the balancers prepare: all at once; with ACME and several balancers (front/acme_fleet.py) the
+    others put the relay live, the issuer prepares (issues or keeps), its pair goes to the others (a
+    callable), then they prepare."""
+    if not acme_fleet.active(cfg):
+        return [(lbs, "stage")]
+    first = next(lb for lb in lbs if acme_fleet.is_issuer(cfg, lb.server))
+    others = [lb for lb in lbs if lb is not first]
+
+    def hand_over() -> None:
+        pair = acme_fleet.pair_of(first.prepared_facts, first.host)
+        for lb in others:
+            lb.use_pair(pair)
+    return [(others, "relay"), ([first], "stage"), hand_over, (others, "stage")]
+
+
 def share_secret_key(apps: list[HostDeploy], adopt: str | None) -> None:
     """Give every app host of the run the same shared/secret_key (secret_key.decide): a new one when none has
     one (a single host makes its own, as always), else the holder's (read once, never shown) for the hosts
@@ -213,12 +240,12 @@ def share_secret_key(apps: list[HostDeploy], adopt: str | None) -> None:
     apps[0].printer.info(f"secret key: {src_text} goes to {', '.join(plan.targets)}")
 
 
-def share_database(apps: list[HostDeploy], cfg: Config, printer: Printer) -> None:
+def share_database(apps: list[HostDeploy], cfg: Config, printer: Printer, passwords: dict) -> None:
     """A fleet sharing one database (database/fleet.py): every app host gets the db host's passwords (read
-    once here, never printed), and only the first app host that builds migrates (and dumps before it)."""
+    once before setup, never printed), and only the first app host that builds migrates (and dumps before
+    it)."""
     if not apps:
         return
-    passwords = fleet.read_passwords(cfg, apps[0].conn.config, printer)
     for hd in apps:
         hd.state.fleet_passwords = dict(passwords)
     if fleet.shared(cfg):

@@ -13,6 +13,7 @@ from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import server_of
 from fabdeploy.ops import doctor_rules as rules
 from fabdeploy.ops import doctor_site as site
+from fabdeploy.ops import doctor_tls
 from fabdeploy.ops.doctor_facts import facts_params, facts_script
 from fabdeploy.ops.doctor_firewall import firewall
 from fabdeploy.ops.doctor_rules import Finding
@@ -23,7 +24,8 @@ TIMEOUT_KEYS = {"uwsgi": "[uwsgi] harakiri", "gunicorn": "[gunicorn] timeout"}
 
 
 RULES = (site.nginx_state, rules.address_in_use, rules.app_down, rules.socket_permission, rules.upstream_mismatch,
-         site.http_answers, rules.timeouts, site.static_files, site.secret_files, firewall, site.disks, site.clock)
+         site.http_answers, rules.timeouts, site.static_files, site.secret_files, firewall, site.disks, site.clock,
+         *doctor_tls.RULES)
 
 
 def findings(F: dict, P: dict) -> list[Finding]:
@@ -39,7 +41,19 @@ def rule_params(cfg: Config, server, host: str) -> dict:
     lay = Layout(cfg.paths.deploy_to)
     return {**facts_params(cfg, server, host), "upstream": app.upstream(cfg, server), "app_title": app.title,
             "timeout_key": TIMEOUT_KEYS.get(app.name, f"[{app.section}] options"),
-            "static_root": lay.static + "/current", "static_dir": lay.static}
+            "static_root": lay.static + "/current", "static_dir": lay.static, **tls_fixes(cfg)}
+
+
+def tls_fixes(cfg: Config) -> dict:
+    """What to do about an expiring certificate or one for other names, by [tls] mode."""
+    if cfg.tls.mode == "acme":
+        from fabdeploy.front import acme
+        return {"tls_renew_fix": f"renew now: `sudo {acme.scripts(cfg)['renew']} --force-renewal "
+                                 "--no-random-sleep-on-renew` on the host that issues (then `fab deploy` on a fleet); "
+                                 "why the timer did not: /var/log/letsencrypt/letsencrypt.log",
+                "tls_names_fix": "`fab deploy` (it re-issues for every nginx.server_name)"}
+    return {"tls_renew_fix": "a new certificate in [tls] certificate/key, then `fab deploy`",
+            "tls_names_fix": "a certificate for every nginx.server_name in [tls] certificate/key, then `fab deploy`"}
 
 
 def diagnose(conns, cfg: Config, parallel: int) -> list[dict]:

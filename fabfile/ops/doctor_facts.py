@@ -15,6 +15,7 @@ from fabdeploy import appserver, manager, model
 from fabdeploy.appserver.base import app_user
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import NGINX_CONF, Layout, nginx_site_paths
+from fabdeploy.front import tls
 from fabdeploy.hosts.roles import Server, runs_nginx
 from fabdeploy.remote import root
 from fabdeploy.remote.markers import PY_MARKERS
@@ -142,7 +143,14 @@ if P["app"]:
 # HTTP through nginx, once per name the installed site serves: the status and whether Django answers with
 # its debug page (a path no project has: DEBUG on shows the technical 404)
 if P["nginx"] and F.get("site") and F.get("nginx_pid"):
-    import http.client
+    import http.client, ssl
+    class SNI(http.client.HTTPSConnection):
+        def __init__(self, addr, port, name):
+            super().__init__(addr, port, timeout=10, context=ssl._create_unverified_context())
+            self.sni = name
+        def connect(self):
+            http.client.HTTPConnection.connect(self)
+            self.sock = self._context.wrap_socket(self.sock, server_hostname=self.sni)
     names = []
     for m in re.finditer(r"^\s*server_name\s+([^;]+);", F["site"], re.M):
         names += [n for n in m.group(1).split() if n != "_" and "*" not in n and not n.startswith("~")]
@@ -151,7 +159,10 @@ if P["nginx"] and F.get("site") and F.get("nginx_pid"):
         for path in [P["probe_path"]] + ([P["static_url"] + F["static"]["sample"]]
                                          if F.get("static", {}).get("sample") else []):
             try:
-                c = http.client.HTTPConnection(P["addr"], P["port"], timeout=10)
+                if P["https_port"]:  # (the site's https server block, SNI the name; doctor checks the certificate)
+                    c = SNI(P["addr"], P["https_port"], name)
+                else:
+                    c = http.client.HTTPConnection(P["addr"], P["port"], timeout=10)
                 c.request("GET", path, headers={"Host": name, "User-Agent": "fabdeploy-doctor"})
                 r = c.getresponse()
                 body = r.read(200000)
@@ -163,6 +174,44 @@ if P["nginx"] and F.get("site") and F.get("nginx_pid"):
         if len(probes) >= 8:
             break
     F["probes"] = probes
+
+# TLS: the files the installed site's ssl_certificate / ssl_certificate_key name, read by openssl as the SSH
+# user (a readable chain) or root's (sudo; refused: left out, "exists"/"read" unknown): the certificate's end
+# date, names and public key, the key's public key
+if P["nginx"] and re.search(r"^\s*ssl_certificate\s", F.get("site", ""), re.M):
+    site = F["site"]
+    t = {"names": [], "sudo": run(["sudo", "-n", "true"])[0] == 0}
+    for m in re.finditer(r"^\s*server_name\s+([^;]+);", site, re.M):
+        t["names"] += [n for n in m.group(1).split() if n not in t["names"]]
+    def openssl(argv):
+        rc, out, _ = run(["openssl", *argv])
+        if rc != 0 and t["sudo"]:
+            rc, out, _ = run(["sudo", "-n", "openssl", *argv])
+        return rc, out
+    pem = re.compile(r"-----BEGIN PUBLIC KEY-----[^-]+-----END PUBLIC KEY-----")
+    for k, d in (("certificate", "ssl_certificate"), ("key", "ssl_certificate_key")):
+        m = re.search(r"^\s*" + d + r"\s+([^;]+);", site, re.M)
+        f = t[k] = {"path": m.group(1).strip() if m else ""}
+        if not f["path"]:
+            f["exists"] = False
+            continue
+        f["exists"] = os.path.isfile(f["path"]) or (run(["sudo", "-n", "test", "-f", f["path"]])[0] == 0
+                                                     if t["sudo"] else None)
+        if not f["exists"]:
+            continue
+        if k == "certificate":
+            rc, out = openssl(["x509", "-noout", "-enddate", "-ext", "subjectAltName", "-pubkey", "-in", f["path"]])
+            m = re.search(r"notAfter=(.+)", out)
+            if rc == 0 and m:
+                import ssl
+                f["not_after"] = ssl.cert_time_to_seconds(m.group(1).strip())
+                f["names"] = re.findall(r"DNS:([^,\s]+)", out)
+        else:
+            rc, out = openssl(["pkey", "-pubout", "-in", f["path"]])
+        f["read"] = rc == 0 or t["sudo"] or os.access(f["path"], os.R_OK)
+        if rc == 0:
+            f["pubkey"] = "".join(pem.findall(out))
+    F["tls"] = t
 
 # the host firewall (nftables; iptables-nft rules show there too): None when sudo refuses
 if P["nginx"] and conf:
@@ -199,7 +248,9 @@ def facts_params(cfg: Config, server: Server | None, host: str) -> dict:
             "sites": [s for s, _ in sites], "enabled": [sites[0][1], sites[1][0]],
             "error_log": f"/var/log/nginx/{name}.error.log", "static_url": cfg.django.static_url,
             "secret_files": [lay.secret_key, lay.env_file], "lines": LOG_LINES,
-            "addr": addr, "port": port, "host_header": host_header, "probe_path": PROBE_PATH}
+            "addr": addr, "port": port, "host_header": host_header, "probe_path": PROBE_PATH,
+            "https_port": cfg.tls.port if tls.terminates(cfg, server) or (server is not None and server.role == "lb"
+                                                                         and tls.enabled(cfg)) else 0}
 
 
 def facts_script(cfg: Config, params: dict) -> Script:

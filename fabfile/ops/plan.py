@@ -16,13 +16,15 @@ import shlex
 from fabdeploy import model, pipeline
 from fabdeploy import appserver
 from fabdeploy.config import Config
-from fabdeploy.front import nginx
+from fabdeploy.database import fleet
+from fabdeploy.front import acme_fleet, nginx
 from fabdeploy.hosts.connect import host_label, local_user
 from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.layout import NGINX_CONF, NGINX_PID, SETTINGS_MODULE, VENV_COMPLETE, Layout, nginx_site_paths
 from fabdeploy.hosts.roles import runs_nginx
 from fabdeploy.hosts.target import Target
 from fabdeploy.local.source import read_source, release_id
+from fabdeploy.local.tls import LocalPair
 from fabdeploy.local.wheelhouse import venv_hash
 from fabdeploy.output import Printer
 from fabdeploy.remote.markers import PY_MARKERS
@@ -179,7 +181,8 @@ def _invocations(kind: str, state: pipeline.RunState, names: list[str], rel=None
     return out
 
 
-def plan_host(conn, cfg: Config, source, rel_id: str, wait: int = 0, force: bool = False) -> str:
+def plan_host(conn, cfg: Config, source, rel_id: str, wait: int = 0, force: bool = False,
+              db_digest: str = "") -> str:
     target = Target.of(conn, cfg)
     host, server = target.label, target.server
     raw = read_host(conn, cfg)
@@ -188,15 +191,21 @@ def plan_host(conn, cfg: Config, source, rel_id: str, wait: int = 0, force: bool
     owner = LockOwner("deploy", local_user(), *PLAN_OWNER)
     record = {"revision": source.revision, "branch": source.branch}
     if server.role == "lb":
+        names, notes = ["setup", "prepare", "finish"], []
+        if acme_fleet.active(cfg) and not acme_fleet.is_issuer(cfg, server):  # (the issuer's pair, in files mode)
+            cfg = acme_fleet.derived(cfg, "files", LocalPair("(the issuer's certificate chain, read by the deploy)\n",
+                                                             "(the issuer's key, read by the deploy)\n", None, None))
+            names, notes = ["setup", "relay", "prepare", "finish"], [
+                f"ACME: {acme_fleet.issuer(cfg).target} issues; its certificate and key are installed here"]
         state = pipeline.RunState(cfg, target, owner, rel_id, record, wait, facts=facts,
                                   static_upload=raw.get("static_current") != rel_id)
         return "\n".join([f"===== {host}: plan (load balancer) for release {rel_id} (nothing below has been run)",
-                          "static files of the release come from an app host (on stdin of prepare)",
-                          *_invocations("lb", state, ["setup", "prepare", "finish"]),
+                          "static files of the release come from an app host (on stdin of prepare)", *notes,
+                          *_invocations("lb", state, names),
                           "----- config diffs",
                           _diff(f"nginx site {site}", raw["files"]["nginx site"], nginx.lb_site(cfg))])
     key = venv_hash(cfg, source.requirements, facts.python_version)
-    fingerprint = live_check.fingerprint(cfg, source.revision, source.requirements, server)
+    fingerprint = live_check.fingerprint(cfg, source.revision, source.requirements, server, db_digest)
     rel = model.Release(rel_id, source.revision, source.branch, source.kind, "<deploy time>", local_user(), key,
                         cfg.pip.wheelhouse and key not in facts.venvs, fingerprint)
     state = pipeline.RunState(cfg, target, owner, rel_id, record, wait, facts=facts,
@@ -231,12 +240,14 @@ def plan_all(conns: list, cfg: Config, printer: Printer, wait: int | None = None
     rel_id = release_id(source)
     wait = lock.capped_wait(cfg, cfg.lock.wait if wait is None else wait, lambda _: None)
     errors: list[str] = []
+    # (the db host's passwords are part of the "already live" fingerprint, as in the deploy: read, never shown)
+    db_digest = fleet.digest(cfg, fleet.read_passwords(cfg, conns[0].config, printer)) if conns else ""
 
     def failed(conn, exc) -> str:
         errors.append(str(exc))
         return ""
 
-    for text in on_each_host(conns, lambda conn, cancel: plan_host(conn, cfg, source, rel_id, wait, force),
+    for text in on_each_host(conns, lambda conn, cancel: plan_host(conn, cfg, source, rel_id, wait, force, db_digest),
                              failed=failed):
         if text:
             printer.info(text)

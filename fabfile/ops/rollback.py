@@ -6,6 +6,7 @@
               app-server config, `current`, static root: steps/activate.py), mark the abandoned release bad
               The database has migrations the target does not know: the dump taken before the first of
               them is named (database/restore.matching_lines); --restore-db stops the app and loads it
+              (app hosts sharing one database: all stopped first, the dump loaded once: ops/db_fleet.py)
     restart   graceful reload, wait until every worker runs the target
     finish    audit line, release the lock
 
@@ -19,11 +20,13 @@ from dataclasses import dataclass
 
 from fabdeploy import appserver, pipeline
 from fabdeploy.config import Config
+from fabdeploy.database import fleet
 from fabdeploy.errors import FabdeployError
 from fabdeploy.hosts.connect import host_label, local_user
 from fabdeploy.hosts.fleet import on_each_host
 from fabdeploy.hosts.layout import RELEASE_ID
 from fabdeploy.hosts.target import Target
+from fabdeploy.ops import db_fleet
 from fabdeploy.ops.host_run import lock_wait, run_locked
 from fabdeploy.output import Printer
 from fabdeploy.remote.script import Script
@@ -53,6 +56,9 @@ def rollback_all(conns: list, cfg: Config, printer: Printer, to: str | None, str
     if to and not RELEASE_ID.match(to):
         raise FabdeployError(f"--to {to!r} is not a release id (like 20261122T033903Z-cadb91d)")
     wait, started = lock_wait(cfg, printer, conns, wait), time.monotonic()
+    if restore_db and len(conns) > 1 and fleet.shared(cfg):  # stop all, restore once, switch all
+        steps = db_fleet.rollback_all(conns, cfg, printer, to, strict, wait, parallel or cfg.fleet.parallel)
+        return [RollbackOutcome(s.host, s.ok, s.said, s.error, time.monotonic() - started) for s in steps]
 
     def one(conn, cancel) -> RollbackOutcome:
         host = host_label(conn)

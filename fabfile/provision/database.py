@@ -62,7 +62,8 @@ def steps(cfg: Config, family: str, role: str = "app") -> list[Step]:
         access = [db_host.pg_access_step(cfg, family)] if role == fleet.ROLE else []
         return [pg_data_step(family), pg_server_step(family), *access, pg_database_step(cfg)]
     if engine == "mysql":
-        return [mysql_data_step(), mysql_server_step(), mysql_database_step(cfg, role)]
+        access = [db_host.mysql_access_step(cfg, family)] if role == fleet.ROLE else []
+        return [mysql_data_step(), mysql_server_step(), *access, mysql_database_step(cfg, role)]
     return []
 
 
@@ -143,14 +144,17 @@ def mysql_server_step() -> Step:
     pidfile the config's (/run/mysqld/mysqld.pid)."""
     check = [f"if {SYSTEMD}; then systemctl is-enabled --quiet mariadb && systemctl is-active --quiet mariadb; "
              f"else {MYSQL_READY}; fi"]
-    apply = [f"if {SYSTEMD}; then systemctl enable --now mariadb",
-             f"else install -d -o mysql -g mysql -m 755 {MYSQL_RUN}; install -d -m 2750 -o mysql -g adm /var/log/mysql "
-             "2>/dev/null || install -d -o mysql /var/log/mysql",
-             "  d=$(command -v mariadbd || command -v mysqld || echo /usr/sbin/mariadbd)",
-             '  setsid "$d" --user=mysql </dev/null >>/var/log/mysql/error.log 2>&1 &',
-             "fi",
+    apply = [f"if {SYSTEMD}; then systemctl enable --now mariadb", "else", *mysql_start_lines(), "fi",
              *_wait(MYSQL_READY, "MariaDB")]
     return Step("mysql-server", check, apply, what="MariaDB enabled and started")
+
+
+def mysql_start_lines() -> list[str]:
+    """(no systemd) mariadbd daemonized: setsid, every descriptor redirected."""
+    return [f"  install -d -o mysql -g mysql -m 755 {MYSQL_RUN}; install -d -m 2750 -o mysql -g adm /var/log/mysql "
+            "2>/dev/null || install -d -o mysql /var/log/mysql",
+            "  d=$(command -v mariadbd || command -v mysqld || echo /usr/sbin/mariadbd)",
+            '  setsid "$d" --user=mysql </dev/null >>/var/log/mysql/error.log 2>&1 &']
 
 
 def mysql_database_step(cfg: Config, role: str = "app") -> Step:

@@ -6,8 +6,11 @@ host itself (provision/database.py, provision/redis.py).
                        `host <db> <user> <app address> scram-sha-256` line per app host, between
                        `# BEGIN fabdeploy <db>` / `# END fabdeploy <db>`; then the server restarted. Any
                        other address finds no pg_hba.conf entry: refused.
-    MariaDB            the user @ each app address (provision/database.mysql_database_step's accounts); the
-                       bind address is not changed here (not done: see README).
+    mysql-access       bind-address = 127.0.0.1,<db address> in a drop-in of the server's configuration
+                       (Debian: /etc/mysql/mariadb.conf.d/70-fabdeploy.cnf, read after 50-server.cnf's
+                       127.0.0.1; RHEL family: /etc/my.cnf.d/fabdeploy.cnf; MariaDB 10.11+ takes a list),
+                       then the server restarted; the user @ each app address
+                       (provision/database.mysql_database_step's accounts).
     Redis              bound to 127.0.0.1 and the db address (provision/redis.config_step), its password
                        required.
     db-firewall        ([balancer] firewall not "off") an nftables table fabdeploy_db_<project>: the
@@ -64,6 +67,46 @@ def pg_access_step(cfg: Config, family: str) -> Step:
     apps = ", ".join(fleet.app_addresses(cfg))
     return Step("postgresql-access", check, apply,
                 what=f"PostgreSQL listens on {fleet.address(cfg)}, database {name} open to {apps} only")
+
+
+MYSQL_CNF = {"apt": "/etc/mysql/mariadb.conf.d/70-fabdeploy.cnf"}
+MYSQL_CNF_RH = "/etc/my.cnf.d/fabdeploy.cnf"
+
+
+def mysql_cnf(cfg: Config, bind: str = "$bind") -> str:
+    """The drop-in's text: the server listens on `bind` (the shell word set by mysql_bind_lines: localhost
+    and the db address where the server takes a list, else the db address alone)."""
+    return f"# fabdeploy: the fleet's database host (managed by fab provision)\n[mysqld]\nbind-address = {bind}"
+
+
+def mysql_bind_lines(cfg: Config) -> list[str]:
+    """Set $bind: `127.0.0.1,<db address>` where the server takes a list of addresses (MariaDB 10.11+,
+    MySQL 8), else `<db address>` alone (MariaDB 10.3-10.6 of RHEL 8/9 and Ubuntu 22.04 would not start with
+    a list; local tools use the unix socket)."""
+    addr = q(fleet.address(cfg))
+    return [
+        "v=$({ mariadbd --version || mysqld --version || /usr/sbin/mariadbd --version || /usr/sbin/mysqld --version; } "
+        "2>/dev/null | grep -o 'Ver [0-9]*\\.[0-9]*' | head -n 1 | cut -d' ' -f2)",
+        f'case "$v" in 10.[0-9]|10.10|5.*|"") bind={addr};; *) bind=127.0.0.1,{addr};; esac',
+    ]
+
+
+def mysql_access_step(cfg: Config, family: str) -> Step:
+    """MariaDB listens on the db address too (the app hosts' accounts come with the database step)."""
+    from fabdeploy.provision.database import MYSQL_CLIENT, MYSQL_READY, _wait, mysql_start_lines
+    f = MYSQL_CNF.get(family, MYSQL_CNF_RH)
+    admin = "$(command -v mariadb-admin || echo mysqladmin)"
+    want = [*mysql_bind_lines(cfg), f'want="{mysql_cnf(cfg)}"']
+    check = [*want, f'[ "$(cat {q(f)} 2>/dev/null)" = "$want" ]',
+             f"[ \"$({MYSQL_CLIENT} -N -e 'SELECT @@bind_address' 2>/dev/null)\" = \"$bind\" ]"]
+    apply = [*want, f"install -d -m 755 {q(f.rsplit('/', 1)[0])}",
+             f"printf '%s\\n' \"$want\" > {q(f + '.tmp')}", f"chmod 644 {q(f + '.tmp')}", f"mv -f {q(f + '.tmp')} {q(f)}",
+             f"if {SYSTEMD}; then systemctl restart mariadb", "else",
+             f"  {admin} shutdown >/dev/null 2>&1 || true",
+             f"  i=0; while {MYSQL_READY} || [ -e /run/mysqld/mysqld.sock ]; do i=$((i+1)); [ $i -le 120 ] || "
+             "{ echo 'MariaDB did not stop within 60s'; exit 1; }; sleep 0.5; done",
+             *mysql_start_lines(), "fi", *_wait(MYSQL_READY, "MariaDB")]
+    return Step("mysql-access", check, apply, what=f"MariaDB listens on {fleet.address(cfg)} ({f})")
 
 
 def mysql_accounts(cfg: Config, role: str) -> list[str]:

@@ -25,7 +25,7 @@ def table(cfg: Config) -> list[tuple[str, str, str, str]]:
     out += [(p, '"$d"', appg, private[0]) for p in (lay.releases, lay.venvs, lay.tmp, lay.config)]
     out += [(f"{lay.shared}/media", app, '"$ng"', "2750"), (f"{lay.shared}/db", app, appg, "700"),
             (lay.run, app, '"$ng"', "2750"), (lay.log, '"$d"', appg, private[1]),
-            (lay.static, '"$d"', '"$ng"', "2750")]
+            (lay.static, '"$d"', '"$ng"', "2755")]  # (public: steps/setup._nginx_mode)
     return out
 
 

@@ -43,6 +43,7 @@ BINARIES = {
     "openssl": "/usr/bin/openssl",
     "certbot": "/usr/bin/certbot",
     "env": "/usr/bin/env",
+    "base64": "/usr/bin/base64",
 }
 
 ME = '"$(id -un)"'  # the deploy user (the SSH user), as a whole word

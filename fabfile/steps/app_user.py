@@ -8,7 +8,7 @@ What owns what under deploy_to (the SSH user is "deploy", the app user "app", ng
     shared/db                             app:app          0700  SQLite databases
     shared/run                            app:www-data     2750  the socket (660, group www-data) and the pidfile
     shared/log                            deploy:app       2770  the app server's log (the app's), audit/boot logs
-    shared/static                         deploy:www-data  2750  collectstatic runs as deploy (unchanged)
+    shared/static                         deploy:www-data  2755  collectstatic runs as deploy; public (o+rX)
     shared/secret_key, shared/config/app.env  deploy:app   0640
 
 setgid directories: what is created inside gets their group. A host deployed before the app user existed is

@@ -46,6 +46,13 @@ def site(cfg: Config, host_facts: Facts, staging: str) -> Phase:
                             *tls.acme_after_lines(cfg, None, staging, lb=True)], sudo=True)
 
 
+def relay(cfg: Config, host_facts: Facts, staging: str) -> Phase:
+    """ACME with several balancers, on each but the issuer: without a certificate yet, the plain-HTTP site that
+    relays challenges to the issuer goes live (front/acme_fleet.relay_lines)."""
+    from fabdeploy.front import acme_fleet
+    return Phase("relay", acme_fleet.relay_lines(cfg, lambda c: nginx.lb_site(c), host_facts, staging), sudo=True)
+
+
 def drain(cfg: Config, host_facts: Facts, staging: str, targets: tuple[str, ...]) -> Phase:
     """Mark these app hosts down in the upstream (every other one up), `nginx -t`, reload and wait."""
     lines = nginx.site_install(cfg, nginx.lb_site(cfg, drained=set(targets)), host_facts, staging + "/drain")

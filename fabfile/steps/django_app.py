@@ -1,6 +1,10 @@
-"""The django phase: import the app with the production settings, migrate (under a lock),
-collectstatic, check --deploy."""
+"""The django phase: import the app with the production settings, migrate (under a lock, after a backup),
+collectstatic (skipped when the static inputs are unchanged), check --deploy: one Django boot (two when the
+app user is not the SSH user), the program steps/django_program.py."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from fabdeploy.appserver.base import app_user
 from fabdeploy.config import Config
@@ -8,7 +12,8 @@ from fabdeploy.database import backup
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
 from fabdeploy.model import Release
 from fabdeploy.ops.starter import GENERIC_NAMES, PRODUCTION_NAMES
-from fabdeploy.remote.markers import PY_MARKERS, as_markers, fail, note, prefix, relay
+from fabdeploy.remote.markers import PY_MARKERS, note, prefix
+from fabdeploy.steps.django_program import DUMP_OK
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import AS_APP, as_app_lines, q
 
@@ -23,92 +28,6 @@ def django_env(cfg: Config, rel: Release) -> list[str]:
     ]
 
 
-# A project settings module that is a package (mysite/settings/ with base.py, production.py) whose __init__
-# defines no ROOT_URLCONF: say so in one line with its modules, instead of Django's "'Settings' object has no
-# attribute 'ROOT_URLCONF'". (An __init__ that imports one of them, `from .production import *`, is fine.)
-SETTINGS_PACKAGE_PY = PY_MARKERS + f"""\
-import importlib, os, pkgutil, sys
-overlay = importlib.import_module(os.environ['DJANGO_SETTINGS_MODULE'])
-name = getattr(overlay, 'FABDEPLOY_PROJECT_SETTINGS', '')
-package = sys.modules.get(name)
-if package is not None and hasattr(package, '__path__') and not hasattr(overlay, 'ROOT_URLCONF'):
-    mods = sorted(m.name for m in pkgutil.iter_modules(package.__path__))
-    generic = {GENERIC_NAMES!r}
-    pick = next((m for m in {PRODUCTION_NAMES!r} if m in mods), None) \\
-        or next((m for m in mods if m not in generic), None) or (mods[0] if mods else None)
-    hint = f'point it at one module, e.g. {{name}}.{{pick}}' if pick else 'its __init__ defines no ROOT_URLCONF'
-    mark('error', f'project.django_settings {{name}} is a package ({{", ".join(mods) or "no modules"}}): {{hint}}')
-    sys.exit(3)
-"""
-
-
-# Import the WSGI callable and resolve the URLconf (which imports the views), as the first request would.
-WSGI_IMPORT_PY = (SETTINGS_PACKAGE_PY + "mod, _, attr = sys.argv[1].partition(':'); "
-                  "getattr(importlib.import_module(mod), attr or 'application'); "
-                  "import django.urls; django.urls.get_resolver().url_patterns")
-
-
-# Run a command (manage.py migrate) while holding the project's migration lock in its default database, so
-# that app hosts sharing one database migrate one after another (the later ones find nothing to do):
-# PostgreSQL a session advisory lock, MySQL/MariaDB GET_LOCK, SQLite a POSIX (fcntl) lock on a file beside
-# the database file (shared/db/.migrate.lock: one machine, or a shared mount with locking). Other
-# databases: no lock (a warning). argv: lock name, seconds to wait, the command.
-MIGRATE_LOCK_WAIT = 600
-
-
-MIGRATE_LOCK_PY = PY_MARKERS + """\
-import fcntl, hashlib, os, subprocess, sys, time
-import django
-django.setup()
-from django.db import connection
-name, wait, cmd = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-vendor, db = connection.vendor, connection.settings_dict
-def waited():
-    mark('error', f'waited {wait}s for the migration lock {name} ({vendor}): another host is still '
-         'migrating this database', err=True)
-    sys.exit(1)
-t0, unlock = time.monotonic(), lambda: None
-if vendor == 'postgresql':
-    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], 'big', signed=True)
-    with connection.cursor() as c:
-        while True:
-            c.execute('SELECT pg_try_advisory_lock(%s)', [key])
-            if c.fetchone()[0]:
-                break
-            if time.monotonic() - t0 > wait:
-                waited()
-            time.sleep(0.5)
-    def unlock():
-        with connection.cursor() as c:
-            c.execute('SELECT pg_advisory_unlock(%s)', [key])
-elif vendor == 'mysql':
-    with connection.cursor() as c:
-        c.execute('SELECT GET_LOCK(%s, %s)', [name[:64], wait])
-        if c.fetchone()[0] != 1:
-            waited()
-    def unlock():
-        with connection.cursor() as c:
-            c.execute('SELECT RELEASE_LOCK(%s)', [name[:64]])
-elif vendor == 'sqlite' and str(db.get('NAME', ':memory:')) != ':memory:' and 'mode=memory' not in str(db['NAME']):
-    fd = os.open(os.path.join(os.path.dirname(os.path.abspath(str(db['NAME']))), '.migrate.lock'),
-                 os.O_RDWR | os.O_CREAT, 0o600)
-    while True:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError:
-            if time.monotonic() - t0 > wait:
-                waited()
-            time.sleep(0.2)
-elif vendor != 'sqlite':
-    mark('warn', f'no migration lock for a {vendor} database: app hosts sharing it migrate at once')
-sys.stdout.flush()
-rc = subprocess.call(cmd)
-unlock()
-sys.exit(rc)
-"""
-
-
 # Run "$@" with the env file's variables (sudo -u resets the environment): argv: the env file, the command.
 APP_ENV_SH = 'umask 027; set -a; . "$1"; set +a; shift; exec "$@"'
 
@@ -121,45 +40,88 @@ def app_env_words(cfg: Config, rel: Release, name: str) -> str:
             f"FABDEPLOY_RELEASE={q(rel.id)}")
 
 
-def django(cfg: Config, rel: Release, migrate: bool = True) -> Phase:
-    """migrate, collectstatic and check --deploy with the production settings module. `migrate` False: an
-    app host of a fleet sharing one database where another host migrates (and dumps) for this deploy."""
+# The program (steps/django_program.py) run by the release's python: one Django boot for the import check,
+# the backup, migrate, collectstatic and check --deploy. Its text is set once in the phase ($DJANGO_PY).
+PROGRAM_PY = PY_MARKERS + (Path(__file__).parent / "django_program.py").read_text()
+MIGRATE_LOCK_WAIT = 600  # seconds a host waits for another one's migrate (app hosts sharing a database)
+MARKERS_OUT = f"^({prefix('note')}|{prefix('warn')})"  # what of the program's stderr goes to the phase's stdout
+
+
+def program_args(cfg: Config, rel: Release, *, check_import: bool, migrate: bool, rest: bool) -> dict:
+    """The program's parameters: which steps run (import check, migrate with its backup, and `rest`:
+    collectstatic and check --deploy as configured) and what they need."""
+    p: dict = {}
+    if check_import:
+        p.update({"import": cfg.project.wsgi, "production": PRODUCTION_NAMES, "generic": GENERIC_NAMES})
+    if migrate:
+        p["migrate"] = {"lock": f"fabdeploy-migrate-{cfg.project.name}", "wait": MIGRATE_LOCK_WAIT,
+                        "backup": f"{backup.backups_dir(cfg)}/{rel.id}", "exts": backup.EXTS}
+    if rest:
+        p.update({"static": cfg.django.collectstatic, "check": cfg.django.check_deploy})
+    return p
+
+
+def boot_lines(cfg: Config, rel: Release, params: dict, as_app: bool) -> list[str]:
+    """Run the program once with `params` (as the app user: `as_app`), then show what it said: its note and
+    warn markers on stdout; when it failed, the rest on stderr and stop. With migrate, its fd 1 (a dump, when
+    one is taken) is gzipped by the deploy user into shared/backups (0600 in 0700), then pruned."""
     lay = Layout(cfg.paths.deploy_to)
-    manage = f"{q(lay.venv(rel.venv_hash) + '/bin/python')} {q(cfg.project.manage)}"
-    lines = django_env(cfg, rel)
-    # The app must import under the production settings before anything (migrations) touches shared state.
-    lines += [
-        f"out=$({q(lay.venv(rel.venv_hash) + '/bin/python')} -c {q(WSGI_IMPORT_PY)} {q(cfg.project.wsgi)} 2>&1) || {{",
-        f"  case \"$out\" in *{q(prefix('error'))}*) printf '%s\\n' \"$out\" | {relay('error')} >&2; exit 1;; esac",
-        "  printf '%s\\n' \"$out\" | tail -n 12 >&2",
-        "  " + fail(f"the WSGI application {cfg.project.wsgi} does not import with the production settings: ",
-                    then="\"$(printf '%s\\n' \"$out\" | tail -n 1)\""),
-        "}",
+    python = q(lay.venv(rel.venv_hash) + "/bin/python")
+    run = f"{app_env_words(cfg, rel, 'django')} {python}" if as_app else python
+    cmd = f'{run} -c "$DJANGO_PY" {q(json.dumps(params, separators=(",", ":")))}'
+    E = q(f"{lay.staging(rel.id)}/django.out")
+    # (its output file private: tracebacks may show settings; the program itself keeps the phase's umask 027)
+    lines = [f"mkdir -p {q(lay.staging(rel.id))}", f"rm -f {E} {E}.rc", f"(umask 077; : > {E})"]
+    if "migrate" in params:
+        d, b = backup.backups_dir(cfg), q(params["migrate"]["backup"])
+        lines += [
+            f"(umask 077; mkdir -p {q(d)}) && chmod 700 {q(d)} && rm -f {b}.tmp",
+            f"{{ {cmd} 2>{E}; echo $? > {E}.rc; }} | (umask 077; gzip -c > {b}.tmp)",
+            f"rc=$(cat {E}.rc 2>/dev/null || echo 1)",
+            f"ext=$(sed -n 's/^{DUMP_OK}//p' {E} | head -n 1)",
+            f'if [ -n "$ext" ]; then chmod 600 {b}.tmp && mv -f {b}.tmp {b}."$ext".gz; '
+            f'{"; ".join(backup.prune_lines(cfg))}; else rm -f {b}.tmp; fi',
+        ]
+    else:
+        lines += [f"rc=0; {cmd} 2>{E} || rc=$?"]
+    return lines + [
+        f"grep -E {q(MARKERS_OUT)} {E} || true",
+        f'if [ "$rc" != 0 ]; then grep -Ev {q(MARKERS_OUT[:-1] + "|" + DUMP_OK + ")")} {E} >&2 || true; '
+        f"rm -f {E} {E}.rc; exit 1; fi",
+        f"rm -f {E} {E}.rc",
     ]
+
+
+def django(cfg: Config, rel: Release, migrate: bool = True) -> Phase:
+    """The import check (always), migrate (with a backup when migrations are pending), collectstatic and
+    check --deploy, with the production settings, in one Django boot: the program above. The app user owns
+    the database and the deploy user the static root: when they are two users, one boot as the app user
+    (import check, migrate) and one as the deploy user (collectstatic, check --deploy). `migrate` False: an
+    app host of a fleet sharing one database where another host migrates (and dumps) for this deploy."""
+    here = cfg.django.migrate and migrate
+    rest = cfg.django.collectstatic or cfg.django.check_deploy
+    lines = [*django_env(cfg, rel), f"DJANGO_PY={q(PROGRAM_PY)}", *as_app_lines(app_user(cfg))]
     if cfg.django.migrate and not migrate:
         lines.append(note("migrate: done once for the fleet's shared database (on another app host)"))
-    if cfg.django.migrate and migrate:  # (as the app user: it owns the database, shared/db)
-        python = q(lay.venv(rel.venv_hash) + '/bin/python')
-        lines += [
-            *as_app_lines(app_user(cfg)),
-            *backup.backup_lines(cfg, rel, app_env_words(cfg, rel, "backup"), python, manage),
-            *as_app_lines(app_user(cfg)),  # (again: the line before migrate, as it always was)
-            f"out=$({app_env_words(cfg, rel, 'migrate')} {python} -c {q(MIGRATE_LOCK_PY)} "
-            f"{q('fabdeploy-migrate-' + cfg.project.name)} {MIGRATE_LOCK_WAIT} {manage} migrate --noinput 2>&1) || "
-            f"{{ printf '%s\\n' \"$out\" >&2; {backup.migrate_failed_line()}; exit 1; }}",
-            f"printf '%s\\n' \"$out\" | {relay('warn')} || true",
-            "applied=$(printf '%s\\n' \"$out\" | grep -c '^  Applying .* OK' || true)",
-            note("$applied migrations applied"),
-            *backup.after_migrate_lines(),
-        ]
-    if cfg.django.collectstatic:
-        lines += [
-            f"out=$({manage} collectstatic --noinput 2>&1) || {{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
-            note("$(printf '%s\\n' \"$out\" | tail -n 1)"),
-        ]
-    if cfg.django.check_deploy:
-        lines += [
-            f"out=$({manage} check --deploy 2>&1) || {{ printf '%s\\n' \"$out\" >&2; exit 1; }}",
-            f"printf '%s\\n' \"$out\" | grep -E '\\([a-z_]+\\.[WE][0-9]+\\)|issues' | {as_markers('warn')} || true",
-        ]
-    return Phase("django", lines)
+    if not here:
+        return Phase("django", lines + boot_lines(cfg, rel, program_args(cfg, rel, check_import=True, migrate=False,
+                                                                         rest=rest), as_app=False)
+                     + public_static(cfg, rel))
+    both = program_args(cfg, rel, check_import=True, migrate=True, rest=rest)
+    split = boot_lines(cfg, rel, program_args(cfg, rel, check_import=True, migrate=True, rest=False), as_app=True)
+    if rest:
+        split += boot_lines(cfg, rel, program_args(cfg, rel, check_import=False, migrate=False, rest=True),
+                            as_app=False)
+    return Phase("django", [*lines, f'if [ -z "{AS_APP}" ]; then  # the SSH user is the app user: one boot',
+                            *["  " + ln for ln in boot_lines(cfg, rel, both, as_app=False)],
+                            "else  # two: the app user migrates, the deploy user collects into its static root",
+                            *["  " + ln for ln in split], "fi", *public_static(cfg, rel)])
+
+
+def public_static(cfg: Config, rel: Release) -> list[str]:
+    """The release's static root readable by anyone (what it holds is public; the app reads it too:
+    ManifestStaticFilesStorage's staticfiles.json, WhiteNoise), as its parent shared/static (2755)."""
+    if not cfg.django.collectstatic:
+        return []
+    root = f"{Layout(cfg.paths.deploy_to).static}/{rel.id}"
+    return [f"[ ! -d {q(root)} ] || chmod -R o+rX {q(root)}"]

@@ -19,9 +19,11 @@ from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q
 from fabdeploy.steps.code import settings_overlay
 
 
-def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server | None = None) -> str:
+def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server | None = None,
+                passwords: str = "") -> str:
     """A hash of the code revision and everything fabdeploy renders or installs for it (with placeholder
-    release ids): when the live release has the same one, a deploy has nothing to do."""
+    release ids): when the live release has the same one, a deploy has nothing to do. `passwords`: the
+    digest of the fleet's db host passwords (database/fleet.digest: a rotated one, a real deploy)."""
     probe = Release("RELEASE", revision, "", "", "", "", "VENV")
     app = appserver.of(cfg)
     parts = [revision, requirements.decode(errors="replace"), cfg.pip.packages, " ".join(app.requirements(cfg)),
@@ -35,8 +37,28 @@ def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server 
         parts.append(wanted(cfg))
     if cfg.secret_env:  # (a hash of the [secrets] values: one changed, a real deploy)
         parts.append(secrets_digest(cfg))
+    if passwords:
+        parts.append(passwords)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
+
+
+def serving_check(cfg: Config) -> str:
+    """A shell command, true when the live app server serves `$1` (the release `current` points to): its master
+    (the pidfile) is alive and every one of its workers runs in that release (not only the link: a switch whose
+    reload never happened leaves the old code serving). One shell run as the app user ($ASAPP: reading the
+    pidfile and the workers' cwd needs its uid), so one sudo, not one per file and per worker."""
+    app = appserver.of(cfg)
+    pidfile = app.paths(Layout(cfg.paths.deploy_to)).pidfile
+    body = "\n".join([
+        ALIVE_FN,
+        CHILDREN_FN,
+        app.workers_fn(),
+        'mpid=$(alive "$2" "$3") || exit 1',
+        'n=0; for c in $(workers "$mpid"); do n=$((n + 1)); [ "$(readlink "/proc/$c/cwd" 2>/dev/null)" = "$1" ] || exit 1; '
+        'done; [ "$n" -gt 0 ]',
+    ])
+    return f'{AS_APP} sh -c {q(body)} serving "$cur" {q(pidfile)} {q(app.process)}'
 
 
 def unchanged_exit(cfg: Config, fp: str, after: list[str]) -> list[str]:
@@ -46,17 +68,9 @@ def unchanged_exit(cfg: Config, fp: str, after: list[str]) -> list[str]:
     app = appserver.of(cfg)
     return [
         *app.as_app_lines(cfg),
-        ALIVE_FN,
-        CHILDREN_FN,
-        app.workers_fn(),
-        # every worker of the live master runs `current` (not only the link: a switch whose reload never
-        # happened leaves the old code serving)
-        'on_current() { n=0; for c in $(workers "$1"); do n=$((n + 1)); '
-        f'[ "$({AS_APP} readlink "/proc/$c/cwd" 2>/dev/null)" = "$cur" ] || return 1; done; [ "$n" -gt 0 ]; }}',
         f"cur=$(readlink {q(lay.current)} || true)",
         f'if [ -n "$cur" ] && grep -qs {q(chr(34) + "fingerprint" + chr(34) + ": " + chr(34) + fp + chr(34))} '
-        f'"$cur/.fabdeploy/release.json" && mpid=$(alive {q(app.paths(lay).pidfile)} {app.process}) && '
-        'on_current "$mpid"; then',
+        f'"$cur/.fabdeploy/release.json" && {serving_check(cfg)}; then',
         *["  " + ln for ln in after],
         "  " + fact("unchanged", '$(basename "$cur")'),
         "  " + note('already live: $(basename "$cur") has this revision and these configs '

@@ -14,7 +14,7 @@ from fabdeploy.remote.markers import fact, fail_expanded, note, warn
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import AS_APP, q
 from fabdeploy.steps.django_app import APP_ENV_SH
-from fabdeploy.steps import lock
+from fabdeploy.steps import control, lock
 from fabdeploy.steps.activate import activate, reload
 from fabdeploy.steps.lock import LockOwner
 
@@ -95,7 +95,8 @@ def database_lines(cfg: Config, restore_db: bool) -> list[str]:
     """(after the comparison, $unknown set, before the switch) When the database has migrations $T does not
     know: name the dump taken before the first of them (database/restore.matching_lines) and how to load it;
     restore_db (--restore-db): stop the app, load that dump with $T's code (or fail: none), so that the
-    restart phase starts $T on the database as it was."""
+    restart phase starts $T on the database as it was. A restore that changed nothing starts the live
+    release again and fails (nothing rolled back)."""
     lay = Layout(cfg.paths.deploy_to)
     d = backups_dir(cfg)
     if not restore_db:
@@ -117,7 +118,9 @@ def database_lines(cfg: Config, restore_db: bool) -> list[str]:
         *["  " + ln for ln in app.stop_lines(cfg)],
         '  cd "$R"',
         *["  " + ln for ln in restore_lines(f"{AS_APP} sh -c {q(APP_ENV_SH)} rollback {q(lay.env_file)} env "
-                                            f"DJANGO_SETTINGS_MODULE={SETTINGS_MODULE}", '"$V/bin/python"')],
+                                            f"DJANGO_SETTINGS_MODULE={SETTINGS_MODULE}", '"$V/bin/python"',
+                                            control.start(cfg).lines,
+                                            "fab db restore --id $match --yes (then fab rollback)")],
         f"  cd {q(lay.releases)}",
         "fi",
     ]

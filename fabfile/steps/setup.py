@@ -18,7 +18,7 @@ def root_lines(cfg: Config) -> list[str]:
     """The root commands of the setup phase: deploy_to created and given to the deploy user, the directories
     and the socket nginx reads given to its group."""
     lay = Layout(cfg.paths.deploy_to)
-    return [*_mkdir_commands(cfg.paths.deploy_to), *[c for d in _nginx_dirs(lay) for c in _nginx_group(d)],
+    return [*_mkdir_commands(cfg.paths.deploy_to), *[c for d in _nginx_dirs(lay) for c in _nginx_group(d, lay)],
             _sock_group(cfg)]
 
 
@@ -30,8 +30,15 @@ def _nginx_dirs(lay: Layout) -> tuple[str, ...]:
     return (lay.run, lay.static, f"{lay.shared}/media")
 
 
-def _nginx_group(d: str) -> list[str]:
-    return [root.root("chgrp", root.Raw(root.NGINX_GROUP), d), root.root("chmod", "2750", d)]
+def _nginx_mode(d: str, lay: Layout) -> str:
+    """The static root is public (what it holds is served to anyone; the app itself reads it too:
+    ManifestStaticFilesStorage's staticfiles.json, WhiteNoise): 2755. The socket's and the media
+    directories: the nginx group only, 2750."""
+    return "2755" if d == lay.static else "2750"
+
+
+def _nginx_group(d: str, lay: Layout) -> list[str]:
+    return [root.root("chgrp", root.Raw(root.NGINX_GROUP), d), root.root("chmod", _nginx_mode(d, lay), d)]
 
 
 def _sock_group(cfg: Config) -> str:
@@ -84,11 +91,11 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         '{ echo "nginx user $nginx_user does not exist (nginx.user)" >&2; exit 1; }',
         nginx_toggle.layout_line(cfg),
         # Directories the web server reads (the socket, static files, media): its group, setgid so what is
-        # created inside inherits it, nothing for others (setting the setgid bit on a group one is not a
-        # member of needs root). Everything else is private to the deploy user: deploy_to and shared can
+        # created inside inherits it, nothing for others but in the static root, which is public (setting the
+        # setgid bit on a group one is not a member of needs root). Everything else is private to the deploy user: deploy_to and shared can
         # only be traversed, shared/db and shared/config are 0700 (the scripts run with umask 027).
-        *[f'if [ "$(stat -L -c %G:%a {q(d)})" != "$nginx_group:2750" ]; then '
-          f'{{ {" && ".join(_nginx_group(d))}; }} || '
+        *[f'if [ "$(stat -L -c %G:%a {q(d)})" != "$nginx_group:{_nginx_mode(d, lay)}" ]; then '
+          f'{{ {" && ".join(_nginx_group(d, lay))}; }} || '
           f'{fail(f"cannot give {d} to the nginx group (sudo)")}; fi'
           for d in _nginx_dirs(lay)],
         f"chmod 0711 {q(lay.deploy_to)} {q(lay.shared)}",
