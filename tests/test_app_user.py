@@ -86,7 +86,8 @@ def test_the_pidfile_manager_starts_and_signals_as_the_app_user():
     text = "\n".join(appserver.of(cfg).reload_lines(cfg, "/r", "/v", "R"))
     # (a master started beside the live one: appserver/beside.py)
     assert "${ASAPP-} /v/bin/uwsgi --ini /srv/shop/shared/config/uwsgi.ini.\"$s\"" in text
-    assert '${ASAPP-} kill -TERM "$m"' in text and "${ASAPP-} mv -Tf /srv/shop/shared/run/uwsgi.sock.swap" in text
+    # (the swap, the records and the retired masters' signals: one sh -c as the app user)
+    assert "gone=$(${ASAPP-} sh -c 'set -e" in text and "sh \"$s\" \"$pid\" \"$live\" \"$rel\" true uwsgi " in text
     # a master of another user (deployed before): stopped with sudo, started again as the app user
     assert 'if [ -n "$oldm" ] && [ "$(stat -c %U "/proc/$oldm" 2>/dev/null)" != shop ]; then' in text
     g = make_cfg(app={"server": "gunicorn", "user": "shop"})

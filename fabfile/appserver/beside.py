@@ -33,8 +33,49 @@ from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q
 SERVERS = ("uwsgi", "gunicorn")  # the app servers that start beside the live one
 # a slot's name: a release id, or that and ".b"
 SLOT_ERE = RELEASE_GLOB_ERE.strip("^$") + r"(\.b)?"
-# (sh -c, as the app user) write $1 into the file $2 atomically
-WRITE_SH = 'umask 027; printf "%s\\n" "$1" > "$2.tmp" && mv -f "$2.tmp" "$2"'
+# The app user's side of a switch: shared/run is its own, so what is read and done there runs as it, in one
+# `sh -c` each (one sudo, not one per file: issue 16).
+# STATE_SH record pidfile release process ere: four words, "-" for none: the live slot (the record), its
+# master, and the masters of the release's two slots.
+STATE_SH = "\n".join([
+    ALIVE_FN,
+    'live=$(cat "$1" 2>/dev/null || true); printf "%s\\n" "$live" | grep -Eqx "$5|adopted" || live=-',
+    'echo "$live $(alive "$2.$live" "$4" || echo -) $(alive "$2.$3" "$4" || echo -) $(alive "$2.$3.b" "$4" || echo -)"',
+])
+# ADOPT_SH socket slot pid pidfile: the live master's socket gets the slot's name, its pid the slot's pidfile,
+# and the slot the adopted mark.
+ADOPT_SH = ('set -e; ln -f "$1" "$1.$2"; umask 027; printf "%s\\n" "$3" > "$4.$2.tmp"; mv -f "$4.$2.tmp" "$4.$2"; '
+            'touch "$1.adopted.$2"')
+# SWAP_SH slot pid live release keep process socket pidfile record ere: the swap (one rename over the socket
+# nginx connects to), the records, then every other slot retired (see swap_retire_lines); prints the slots whose
+# files are gone (the deploy user removes their config copies). Any failure stops it, with its message.
+SWAP_SH = "\n".join([
+    "set -e",
+    's=$1 pid=$2 live=$3 rel=$4 keep=$5 proc=$6 sock=$7 pidf=$8 rec=$9 ere=${10}',
+    ALIVE_FN,
+    CHILDREN_FN,
+    'ln -f "$sock.$s" "$sock.swap"',
+    'mv -Tf "$sock.swap" "$sock"',
+    '(umask 027; printf "%s\\n" "$pid" > "$pidf.tmp"; mv -f "$pidf.tmp" "$pidf")',
+    '(umask 027; printf "%s\\n" "$s" > "$rec.tmp"; mv -f "$rec.tmp" "$rec")',
+    'for f in "$pidf".*; do',
+    '  x=${f#"$pidf".}',
+    '  printf "%s\\n" "$x" | grep -Eqx "$ere|adopted" || continue',
+    '  [ "$x" != "$s" ] || continue',
+    '  m=$(alive "$pidf.$x" "$proc" || true)',
+    '  if [ -z "$m" ]; then rm -f "$pidf.$x" "$sock.$x" "$sock.adopted.$x"; echo "$x"; continue; fi',
+    '  if [ "$x" = "$live" ] && { [ -e "$sock.adopted.$x" ] || { $keep && [ "${x%.b}" != "$rel" ]; }; }; then continue; fi',
+    '  if [ -e "$sock.adopted.$x" ]; then',
+    '    kill -KILL "$m" $(children "$m") 2>/dev/null || true',
+    "  else",
+    # (the master just replaced: connections nginx queued on it before the swap are served first)
+    '    [ "$x" != "$live" ] || { j=0; while [ $j -lt 50 ] && ss -xlH 2>/dev/null | '
+    """awk -v p="$sock.$x" '$5 == p && $3 > 0 {f = 1} END {exit !f}'; do j=$((j + 1)); sleep 0.02; done; }""",
+    '    kill -TERM "$m" 2>/dev/null || true',
+    "  fi",
+    '  echo "$x"',
+    "done",
+])
 
 
 # a unix socket's path holds at most 107 bytes (sun_path); a slot's adds "." and the longest slot name
@@ -90,8 +131,8 @@ def swap_lines(cfg: Config, app, release_word: str, venv_word: str, label: str) 
         f"rel=$(basename {release_word})",
         f"oldm=$(alive {q(sl.pidfile)} {proc} || true)",
         *app.foreign_lines(cfg, "oldm"),
-        f"live=$({AS_APP} cat {sl.record} 2>/dev/null || true)",
-        *adopt_lines(sl, proc),
+        *state_lines(sl, proc),
+        *adopt_lines(sl),
         # the live master already runs that release (the health gate's revert after a failed start): nothing
         # to do, unless $fresh asks for a new master (fab reload)
         'if [ -z "${fresh-}" ] && [ -n "$oldm" ] && [ "${live%.b}" = "$rel" ]; then',
@@ -114,10 +155,8 @@ def switch_body(cfg: Config, app, sl: Slots, proc: str, release_word: str, label
                   + fail_expanded(f"{app.title} could not start {label}{untouched}") + "; }")
     return [
         # the release's warm master (not the live one), else a new master in a free slot
-        "pid=; s=",
-        'for c in "$rel" "$rel.b"; do',
-        f'  [ "$c" != "$live" ] && [ -z "$pid" ] && pid=$(alive {sl.pid("$c")} {proc}) && s=$c',
-        "done",
+        'pid=; s=; if [ "$rel" != "$live" ] && [ -n "$wa" ]; then pid=$wa; s=$rel; '
+        'elif [ "$rel.b" != "$live" ] && [ -n "$wb" ]; then pid=$wb; s=$rel.b; fi',
         'if [ -n "$pid" ]; then',
         "  n=$(children \"$pid\" | wc -l); action=\"swapped to its warm master\"",
         "else",
@@ -133,58 +172,45 @@ def switch_body(cfg: Config, app, sl: Slots, proc: str, release_word: str, label
                      f'{AS_APP} rm -f {sl.sock("$s")} {sl.pid("$s")}; rm -f {sl.conf(app, "$s")}; }} 2>/dev/null || true'])],
         '  action="${oldm:+started beside $oldm, swapped}"; action="${action:-started}"',
         "fi",
-        # the swap: one rename of a second name of the new socket over the path nginx connects to
-        f"{AS_APP} ln -f {sl.sock('$s')} {q(sl.live + '.swap')}",
-        f"{AS_APP} mv -Tf {q(sl.live + '.swap')} {q(sl.live)}",
-        f'{AS_APP} sh -c {q(WRITE_SH)} sh "$pid" {q(sl.pidfile)}',
-        f'{AS_APP} sh -c {q(WRITE_SH)} sh "$s" {sl.record}',
-        *retire_lines(cfg, app, sl, proc),
+        *swap_retire_lines(cfg, app, sl, proc),
     ]
 
 
-def adopt_lines(sl: Slots, proc: str) -> list[str]:
-    """A live master without a slot (started on the socket path itself): give it one, named after the
-    release its cwd is (or "adopted"), and mark it adopted (retire_lines then only kills it once idle)."""
+def state_lines(sl: Slots, proc: str) -> list[str]:
+    """Read, as the app user in one call (STATE_SH), the live slot ($live, "" for none), its master ($livem)
+    and the masters of the release's two slots ($wa, $wb): every pid checked to be digits."""
     return [
-        f'if [ -n "$oldm" ] && [ "$(alive {sl.pid("$live")} {proc})" != "$oldm" ]; then',
+        f"st=$({AS_APP} sh -c {q(STATE_SH)} sh {sl.record} {q(sl.pidfile)} \"$rel\" {proc} {q(SLOT_ERE)} || true)",
+        'words() { live=${1:--} livem=${2:--} wa=${3:--} wb=${4:--}; }; words $st',
+        '[ "$live" != - ] || live=',
+        *[f'case "${v}" in "" | *[!0-9]*) {v}=;; esac' for v in ("livem", "wa", "wb")],
+    ]
+
+
+def adopt_lines(sl: Slots) -> list[str]:
+    """A live master without a slot (started on the socket path itself): give it one, named after the
+    release its cwd is (or "adopted"), and mark it adopted (SWAP_SH then only kills it once idle)."""
+    return [
+        'if [ -n "$oldm" ] && [ "$livem" != "$oldm" ]; then',
         f'  live=$(basename "$({AS_APP} readlink "/proc/$oldm/cwd" 2>/dev/null)")',
         f'  printf "%s\\n" "$live" | grep -Eqx {q(SLOT_ERE)} || live=adopted',
-        f'  {AS_APP} ln -f {q(sl.live)} {sl.sock("$live")}',
-        f'  {AS_APP} sh -c {q(WRITE_SH)} sh "$oldm" {sl.pid("$live")}',
-        f'  {AS_APP} touch {sl.adopted("$live")}',
+        f'  {AS_APP} sh -c {q(ADOPT_SH)} sh {q(sl.live)} "$live" "$oldm" {q(sl.pidfile)}',
         "fi",
     ]
 
 
-def retire_lines(cfg: Config, app, sl: Slots, proc: str) -> list[str]:
-    """After the swap ($s live, $live the slot replaced): keep one warm master (the one replaced, when
-    [app] keep_warm and its release differs; an adopted one always, until idle), stop every other slot's
-    master (the replaced one once its listen queue is empty: its queued requests are served first), and
-    remove the files of dead slots. Nothing here waits for a master to exit."""
+def swap_retire_lines(cfg: Config, app, sl: Slots, proc: str) -> list[str]:
+    """After the new master is ready ($s its slot, $pid its pid, $live the slot replaced): the swap, the
+    records and the retirement of every other slot, as the app user in one call (SWAP_SH): keep one warm
+    master (the one replaced, when [app] keep_warm and its release differs; an adopted one always, until
+    idle), stop every other slot's master (the replaced one once its listen queue is empty: its queued
+    requests are served first), remove the files of dead slots; then the deploy user removes the config
+    copies of the slots gone. Nothing here waits for a master to exit."""
     keep = "true" if cfg.app.keep_warm else "false"
-    ls = f"{AS_APP} ls -1 {q(sl.run)}"
-    name = sl.pidfile.rsplit("/", 1)[1]
     return [
-        f'for x in $({ls} | sed -n "s/^{name}\\.//p" | grep -Ex {q(SLOT_ERE + "|adopted")}); do',
-        '  [ "$x" != "$s" ] || continue',
-        f"  m=$(alive {sl.pid('$x')} {proc} || true)",
-        "  if [ -z \"$m\" ]; then",
-        f"    {AS_APP} rm -f {sl.pid('$x')} {sl.sock('$x')} {sl.adopted('$x')}; rm -f {sl.conf(app, '$x')}",
-        "    continue",
-        "  fi",
-        f'  if [ "$x" = "$live" ] && {{ {AS_APP} test -e {sl.adopted("$x")} || {{ {keep} && [ "${{x%.b}}" != "$rel" ]; }}; }}; then',
-        '    warm=$x; continue',
-        "  fi",
-        f'  if {AS_APP} test -e {sl.adopted("$x")}; then',
-        f'    {AS_APP} kill -KILL "$m" $(children "$m") 2>/dev/null || true',
-        "  else",
-        # (the master just replaced: connections nginx queued on it before the swap are served first)
-        '    [ "$x" != "$live" ] || { j=0; while [ $j -lt 50 ] && ss -xlH 2>/dev/null | '
-        f"awk -v p={sl.sock('$x')} '$5 == p && $3 > 0 {{f = 1}} END {{exit !f}}'; do j=$((j + 1)); sleep 0.02; done; }}",
-        f'    {AS_APP} kill -TERM "$m" 2>/dev/null || true',
-        "  fi",
-        f"  rm -f {sl.conf(app, '$x')}",  # (read at its start only; its socket and pidfile go when it exits)
-        "done",
+        f'gone=$({AS_APP} sh -c {q(SWAP_SH)} sh "$s" "$pid" "$live" "$rel" {keep} {proc} {q(sl.live)} '
+        f"{q(sl.pidfile)} {sl.record} {q(SLOT_ERE)})",
+        f'for x in $(printf "%s\\n" $gone | grep -Ex {q(SLOT_ERE + "|adopted")}); do rm -f {sl.conf(app, "$x")}; done',
     ]
 
 
