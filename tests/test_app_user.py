@@ -84,14 +84,20 @@ def test_every_reload_stop_and_pid_line_of_every_server_sets_asapp_first():
 def test_the_pidfile_manager_starts_and_signals_as_the_app_user():
     cfg = make_cfg(app={"user": "shop"})
     text = "\n".join(appserver.of(cfg).reload_lines(cfg, "/r", "/v", "R"))
-    assert "${ASAPP-} /v/bin/uwsgi --ini /srv/shop/shared/config/uwsgi.ini" in text
-    assert "${ASAPP-} /srv/shop/shared/config/uwsgi-venv/bin/uwsgi --reload" in text
+    # (a master started beside the live one: appserver/beside.py)
+    assert "${ASAPP-} /v/bin/uwsgi --ini /srv/shop/shared/config/uwsgi.ini.\"$s\"" in text
+    # (the swap, the records and the retired masters' signals: one sh -c as the app user)
+    assert "gone=$(${ASAPP-} sh -c 'set -e" in text and "sh \"$s\" \"$pid\" \"$live\" \"$rel\" true uwsgi " in text
     # a master of another user (deployed before): stopped with sudo, started again as the app user
-    assert 'if [ -n "$pid" ] && [ "$(stat -c %U "/proc/$pid" 2>/dev/null)" != shop ]; then' in text
+    assert 'if [ -n "$oldm" ] && [ "$(stat -c %U "/proc/$oldm" 2>/dev/null)" != shop ]; then' in text
     g = make_cfg(app={"server": "gunicorn", "user": "shop"})
     text = "\n".join(appserver.of(g).reload_lines(g, "/r", "/v", "R"))
-    assert "${ASAPP-} kill -USR2" in text and '"$(stat -c %U "/proc/$oldm" 2>/dev/null)" != shop' in text
-    assert "&& ${ASAPP-} /srv/shop/shared/config/gunicorn-venv/bin/python" in text
+    assert '"$(stat -c %U "/proc/$oldm" 2>/dev/null)" != shop' in text
+    assert "&& ${ASAPP-} /v/bin/python /v/bin/gunicorn -c" in text
+    # the graceful reload where the slots' sockets do not fit (a long deploy_to): USR2 as the app user
+    g = make_cfg(app={"server": "gunicorn", "user": "shop"}, paths={"deploy_to": "/srv/" + "x" * 60})
+    text = "\n".join(appserver.of(g).reload_lines(g, "/r", "/v", "R"))
+    assert "${ASAPP-} kill -USR2" in text and "gunicorn-venv/bin/python" in text
 
 
 def test_managers_name_the_app_user():

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from fabdeploy.appserver import beside
 from fabdeploy import appserver, manager, pipeline
 from fabdeploy.appserver.base import AppServer
 from fabdeploy.appserver.gunicorn import Gunicorn
@@ -195,7 +196,8 @@ def test_gunicorn_behind_a_balancer_binds_address_and_port_and_is_checked_in_htt
 
 
 def test_gunicorn_reload_is_the_usr2_upgrade_then_the_old_master_stops():
-    cfg = gunicorn_cfg()
+    # (where it listens on address:port, behind balancers; on a unix socket it starts beside: test_beside.py)
+    cfg = gunicorn_cfg(roles=True)
     switch = set(manager.switch_lines(cfg, Gunicorn()))  # (names every server and manager, by design)
     lines = "\n".join(ln for ln in Gunicorn().reload_lines(cfg, "'/srv/shop/releases/X'", "'/srv/shop/venvs/h'", "X")
                       if ln not in switch)
@@ -208,7 +210,6 @@ def test_gunicorn_reload_is_the_usr2_upgrade_then_the_old_master_stops():
     wait = lines.index("""[ "$(${ASAPP-} readlink "/proc/$c/cwd" 2>/dev/null)" = '/srv/shop/releases/X' ]""")
     assert usr2 < wait < term  # the old master stops only once every new worker runs the release
     assert "kill -HUP" not in lines and "uwsgi" not in lines.lower()
-    assert "-S /srv/shop/shared/run/gunicorn.sock" in lines
 
 
 def test_gunicorn_whole_pipeline_and_site_without_uwsgi():
@@ -245,14 +246,16 @@ def test_every_server_waits_for_readiness_with_the_one_loop_of_the_seam():
         lines = app.reload_lines(cfg, "'/r'", "'/v'", "X")
         loop = 'for c in $(workers "$pid"); do'
         assert [ln.strip() for ln in lines].count(loop) == 1, (app.name, cfg.app.manager)
-        start = next(i for i, ln in enumerate(lines) if ln == "i=0; ready=; gone=0; n=0")
+        start = next(i for i, ln in enumerate(lines) if ln.strip() == "i=0; ready=; gone=0; n=0")
         wait = app.ready_lines(cfg, "'/r'", "X")[1:]
-        if app.name == "gunicorn" and cfg.app.manager == "pidfile":  # (the new master of a USR2 upgrade)
+        if beside.applies(cfg, app):  # (the master started beside the live one, in its slot)
+            assert lines[start + 2].strip() == f'pid=$(alive /srv/shop/shared/run/{app.name}.pid."$s" {app.process} || true)'
+        elif app.name == "gunicorn" and cfg.app.manager == "pidfile":  # (the new master of a USR2 upgrade)
             assert lines[start + 2].startswith("  pid=$(alive /srv/shop/shared/run/gunicorn.pid.2 gunicorn")
         else:
             assert lines[start:start + len(wait)] == wait, (app.name, cfg.app.manager)
-        assert f'  echo "{app.title} did not come up serving X within {app.reload_timeout(cfg)}s; last lines of ' \
-               f'{app.paths(Layout(cfg.paths.deploy_to)).log}:" >&2' in lines
+        assert f'echo "{app.title} did not come up serving X within {app.reload_timeout(cfg)}s; last lines of ' \
+               f'{app.paths(Layout(cfg.paths.deploy_to)).log}:" >&2' in [ln.strip() for ln in lines]
         seen.add((app.name, cfg.app.manager))
     assert {("uwsgi", "emperor"), ("gunicorn", "systemd"), ("uvicorn", "pidfile"), ("daphne", "pidfile")} <= seen
 

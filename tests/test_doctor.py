@@ -140,6 +140,11 @@ def test_upstream_elsewhere():
     ss = SS.replace(SOCK, "/tmp/old.sock")
     found = doctor_rules.upstream_mismatch(healthy(listeners=ss), P)
     assert "the running uWSGI (master 11) listens on /tmp/old.sock" in found[0].cause
+    # a master started beside the old one listens on its slot's socket, the one nginx uses is a second name
+    slot = "20260101T000000Z-aaaaaaa"
+    ss = SS.replace(SOCK, f"{SOCK}.{slot}")
+    assert doctor_rules.upstream_mismatch(healthy(listeners=ss, app_slot=slot), P) == []
+    assert "listens on " + f"{SOCK}.{slot}" in doctor_rules.upstream_mismatch(healthy(listeners=ss), P)[0].cause
 
 
 def test_timeouts_from_harakiri_gunicorn_and_nginx():

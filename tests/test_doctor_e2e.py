@@ -235,7 +235,9 @@ def wait_status(env, want: int):
 
 
 def test_debug_forced_on_through_the_environment(site):
-    ini = site.host.path(f"{D}/shared/config/uwsgi.ini")
+    # (the live master was started beside: it reads its slot's copy of the ini, appserver/beside.py)
+    slot = site.host.path(f"{D}/shared/run/uwsgi.sock.live").read_text().strip()
+    ini = site.host.path(f"{D}/shared/config/uwsgi.ini.{slot}")
     good = ini.read_text()
     ini.write_text(good + "env = DJANGO_SETTINGS_MODULE=sampleproject.settings\n")
     site.host.exec(f"kill -HUP $(cat {D}/shared/run/uwsgi.pid)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from fabdeploy.appserver import beside
 from fabdeploy.appserver.control import Control
 from fabdeploy.config import Config
 from fabdeploy.config.checks import _int, _options, _str
@@ -248,5 +249,7 @@ class AppServer(Control):
             f"  {AS_APP} rm -f {q(p.pidfile)} {q(p.socket)}",
             '  action=stopped; ' + note(f"{self.name} stopped (master $pid and $n workers gone$how)"),
             "fi",
+            # (the warm master and the slots' files: appserver/beside.py)
+            *(beside.stop_slots_lines(cfg, self) if mgr.name == "pidfile" and self.name in beside.SERVERS else []),
         ]
 

@@ -65,7 +65,8 @@ class Control:
         return f"{AS_APP} test -S {q(self.paths(Layout(cfg.paths.deploy_to)).socket)}"
 
     def ready_lines(self, cfg: Config, release_word: str, label: str, *, pid: list[str] | None = None,
-                    gone_limit: int | None = 50, hint: str = "") -> list[str]:
+                    gone_limit: int | None = 50, hint: str = "", sock: str | None = None,
+                    on_fail: list[str] = ()) -> list[str]:
         """Wait (reload_timeout) until the master in $pid has every worker it should ($want, at least one)
         on the release (each worker's cwd is release_word) and none of the workers it replaces ($old: their
         pids, space-padded; " " for none), and its socket exists (socket_ready); else the last lines of its
@@ -74,10 +75,12 @@ class Control:
 
         pid: the lines that set $pid on each turn (default: the live master of its pidfile). gone_limit:
         after that many turns (0.1 s each) without a master, give up (the app failed to load and the master
-        exited); None: wait the whole timeout (a master that is still being started)."""
+        exited); None: wait the whole timeout (a master that is still being started). sock: the shell condition
+        that its socket is there (default socket_ready). on_fail: lines run before the error (a master
+        started beside the live one is stopped)."""
         p = self.paths(Layout(cfg.paths.deploy_to))
         timeout = self.reload_timeout(cfg)
-        sock = self.socket_ready(cfg)
+        sock = self.socket_ready(cfg) if sock is None else sock
         pid = pid or [f"pid=$(alive {q(p.pidfile)} {q(self.process)} || true)"]
         gone = ([f'if [ -z "$pid" ]; then gone=$((gone + 1)); [ "$gone" -lt {gone_limit} ] || break; fi']
                 if gone_limit else [])
@@ -102,6 +105,7 @@ class Control:
             'if [ -z "$ready" ]; then',
             f'  echo "{self.title} did not come up serving {label} within {timeout}s; last lines of {p.log}:" >&2',
             f"  {AS_APP} tail -n 20 {q(p.log)} >&2 || true",
+            *["  " + ln for ln in on_fail],
             "  " + fail_expanded(f"{self.title} did not come up serving {label} within {timeout}s{hint}"),
             "fi",
         ]

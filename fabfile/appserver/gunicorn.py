@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 
 from fabdeploy import manager
+from fabdeploy.appserver import beside
 from fabdeploy.appserver.base import AppServer, common_keys
 from fabdeploy.config import Config
 from fabdeploy.config.checks import _int, _str
@@ -109,9 +110,25 @@ class Gunicorn(AppServer):
         """Start gunicorn or reload it gracefully, and wait until the master serving the socket has all its
         workers on the release: without a process manager the USR2 upgrade (upgrade_lines), under one a HUP
         (managed_lines)."""
+        if beside.applies(cfg, self):
+            return beside.swap_lines(cfg, self, release_word, venv_word, label)
         if manager.of(cfg).daemon:
             return self.upgrade_lines(cfg, release_word, venv_word, label)
         return self.managed_lines(cfg, release_word, venv_word, label)
+
+    def want_lines(self, cfg: Config) -> list[str]:
+        """Set $want: the workers the live config starts."""
+        p = self.paths(Layout(cfg.paths.deploy_to))
+        return [f"want=$(sed -n 's/^workers = \\([0-9][0-9]*\\)$/\\1/p' {q(p.config)} | tail -n 1); want=${{want:-1}}"]
+
+    def slot_start_lines(self, cfg: Config, venv_word: str, s: str, sl) -> list[str]:
+        """Start a master in slot s (appserver/beside.py): the live config with the slot's socket and pidfile
+        on the command line (which wins over the file), run by the release's own virtualenv; SIGTERM is its
+        graceful stop."""
+        lay = Layout(cfg.paths.deploy_to)
+        p = self.paths(lay)
+        return [f"(cd {q(lay.deploy_to)} && {AS_APP} {venv_word}/bin/python {venv_word}/bin/gunicorn -c {q(p.config)} "
+                f'--bind unix:{sl.sock(s)} --pid {sl.pid(s)})']
 
     def managed_lines(self, cfg: Config, release_word: str, venv_word: str, label: str) -> list[str]:
         """Under a process manager: start it, or HUP the master, which reads its config again (chdir: the new

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from fabdeploy import manager
+from fabdeploy.appserver import beside
 from fabdeploy.appserver.base import AppServer, common_keys
 from fabdeploy.config import Config
 from fabdeploy.config.checks import _int
@@ -95,6 +96,8 @@ def app_get(addr, port, host, path):
 
         release_word/venv_word are shell words (quoted paths, or "$R" in a rollback that picks on the host).
         """
+        if beside.applies(cfg, self):
+            return beside.swap_lines(cfg, self, release_word, venv_word, label)
         p = self.paths(Layout(cfg.paths.deploy_to))
         return [
             *self.managed_reload_lines(cfg, venv_word),
@@ -103,6 +106,21 @@ def app_get(addr, port, host, path):
             *self.ready_lines(cfg, release_word, label),
             note(f"uwsgi $action (master $pid, $n workers on {label})"),
         ]
+
+    def want_lines(self, cfg: Config) -> list[str]:
+        """Set $want: the workers the live ini starts with."""
+        return expected_workers_lines(self.paths(Layout(cfg.paths.deploy_to)).config)
+
+    def slot_start_lines(self, cfg: Config, venv_word: str, s: str, sl) -> list[str]:
+        """Start a master in slot s (appserver/beside.py): the live ini copied with the slot's socket and
+        pidfile; SIGTERM stops it gracefully (its workers finish their requests)."""
+        p = self.paths(Layout(cfg.paths.deploy_to))
+        ini = sl.conf(self, s)
+        return [f"cp -p {q(p.config)} {ini}",
+                f'sed -i -e "s|^socket = .*|socket = {p.socket}.{s}|" -e "s|^pidfile = .*|pidfile = {p.pidfile}.{s}|" '
+                f"{ini}",
+                f"{AS_APP} {venv_word}/bin/uwsgi --ini {ini} --hook-master-start "
+                f"{q('unix_signal:15 gracefully_kill_them_all')}"]
 
     def socket_ready(self, cfg: Config) -> str:
         """Its unix socket exists (uWSGI creates it after the workers), unless the live ini binds address:port

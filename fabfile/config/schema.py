@@ -68,6 +68,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         # daphne and hypercorn; project.wsgi stays what uWSGI and plain gunicorn run
         "asgi": Key("", _str(_WSGI, "\"module.path:callable\"")),
         "user": Key("", _str(_USER, "a user name (lower-case letters, digits, '_' or '-', at most 32)")),
+        # uWSGI/gunicorn without a process manager: the previous release's master stays up, idle, after a
+        # switch (appserver/beside.py), so a rollback to it is a socket rename
+        "keep_warm": Key(True, _bool),
     },
     "nginx": {
         "server_name": Key("_", _server_names),

@@ -82,6 +82,8 @@ F["listeners"] = out
 # the app server: its master, its log (or the manager's journal)
 if P["app"]:
     F["app_pid"] = alive(P["pidfile"], P["app_process"])
+    # the live slot of a master started beside (appserver/beside.py): it listens on <socket>.<slot>
+    F["app_slot"] = as_app(["cat", P["socket"] + ".live"])[1].strip() if P["socket"].startswith("/") else ""
     if P["journal_argv"]:
         F["app_log"] = tail(run(P["journal_argv"] + ["-n", str(P["lines"])])[1], P["lines"])
     else:

@@ -207,7 +207,10 @@ def upstream_mismatch(F: dict, P: dict) -> list[Finding]:
     listeners = parse_listeners(F.get("listeners", ""))
     if pid and F.get("listeners_named"):
         proto, addr, port = _split_listen(target[5:] if target.startswith("unix:") else target)
-        mine = [x for x in _holders(listeners, proto, addr, port) if any(n == P["app_process"] for n, _ in x["procs"])]
+        # (started beside: the live master listens on <socket>.<slot>, the socket nginx uses a second name of it)
+        names = [addr] + ([f"{addr}.{F['app_slot']}"] if proto == "unix" and F.get("app_slot") else [])
+        mine = [x for a in names for x in _holders(listeners, proto, a, port)
+                if any(n == P["app_process"] for n, _ in x["procs"])]
         if not mine:
             own = [x["addr"] if x["proto"] == "unix" else f"{x['addr']}:{x['port']}" for x in listeners
                    if any(n == P["app_process"] for n, _ in x["procs"])]

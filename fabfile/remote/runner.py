@@ -115,6 +115,78 @@ class _Lines:
             self.buf = b""
 
 
+class _Phases:
+    """The marker lines of one run, read as they arrive: each phase's notes, warnings, errors and other output
+    lines, attributed by the begin/end markers of the stream they came on.
+
+    stdout and stderr are two streams of one channel, read in turns: either may be ahead of the other. So a
+    phase exists from its first begin marker (on either stream), and is reported (on_phase) once both streams
+    have ended it: the stderr that holds its error line has been read by then (a phase reported at its
+    stdout end alone could show an empty "FAILED:"; its stderr still unread). finish() reports the phases an
+    ended stream left unreported (a run cut short)."""
+
+    def __init__(self, remote: dict, on_phase=None, on_output=None):
+        self.remote, self.on_phase, self.on_output = remote, on_phase, on_output
+        self.phases: dict[str, PhaseResult] = {}
+        self.current = {"out": None, "err": None}
+        self.ended: dict[str, set[str]] = {"out": set(), "err": set()}
+        self.reported: set[str] = set()
+        self.out_all: list[str] = []
+        self.err_all: list[str] = []
+
+    def handle(self, stream: str, line: str) -> None:
+        (self.out_all if stream == "out" else self.err_all).append(line)
+        if line.startswith(MARK + " "):
+            self._marker(stream, line)
+            return
+        name = self.current[stream]
+        if name and name in self.phases:
+            (self.phases[name].stdout if stream == "out" else self.phases[name].stderr).append(line)
+        if self.on_output:
+            self.on_output(stream, line)
+
+    def _marker(self, stream: str, line: str) -> None:
+        words = line[len(MARK) + 1:].split(" ", 2)
+        kind = words[0]
+        if kind == "pgid" and len(words) >= 2 and words[1].strip().isdigit():
+            self.remote["pgid"] = int(words[1])
+        elif kind == "begin" and len(words) >= 2:
+            if words[1] not in self.phases:
+                self.phases[words[1]] = PhaseResult(words[1], started=time.monotonic())
+            self.current[stream] = words[1]
+        elif kind == "end" and len(words) >= 3:
+            self.current[stream] = None
+            ph = self.phases.get(words[1])
+            if ph is None:
+                return
+            if stream == "out":
+                ph.rc = int(words[2]) if words[2].strip().isdigit() else 1
+                ph.duration = time.monotonic() - ph.started
+            self.ended[stream].add(ph.name)
+            if ph.name in self.ended["out"] and ph.name in self.ended["err"]:
+                self._report(ph)
+        else:
+            name = self.current[stream]
+            if name and name in self.phases:
+                rest = line[len(MARK) + 1 + len(kind) + 1:]
+                what = {"note": "notes", "warn": "warnings", "error": "errors"}.get(kind)
+                if what:
+                    getattr(self.phases[name], what).append(rest)
+
+    def _report(self, ph: PhaseResult) -> None:
+        if ph.name not in self.reported:
+            self.reported.add(ph.name)
+            if self.on_phase:
+                self.on_phase(ph)
+
+    def finish(self) -> None:
+        """Both streams are read to their end: report every phase that has its exit status (stdout's end
+        marker) but not yet both end markers."""
+        for ph in self.phases.values():
+            if ph.rc is not None:
+                self._report(ph)
+
+
 def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, timeout: float = 3600,
                on_phase: Callable[[PhaseResult], None] | None = None,
                on_output: Callable[[str, str], None] | None = None,
@@ -124,48 +196,8 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
     `cancel` set: close the channel and raise Interrupted. `remote` receives the remote "pgid" at start.
     """
     remote = remote if remote is not None else {}
-    phases: dict[str, PhaseResult] = {}
-    current = {"out": None, "err": None}
-    out_all: list[str] = []
-    err_all: list[str] = []
-
-    def handle(stream: str, line: str) -> None:
-        (out_all if stream == "out" else err_all).append(line)
-        if line.startswith(MARK + " "):
-            words = line[len(MARK) + 1:].split(" ", 2)
-            kind = words[0]
-            if kind == "pgid" and len(words) >= 2 and words[1].strip().isdigit():
-                remote["pgid"] = int(words[1])
-                return
-            if kind == "begin" and len(words) >= 2:
-                if stream == "out":
-                    phases[words[1]] = PhaseResult(words[1], started=time.monotonic())
-                current[stream] = words[1]
-                return
-            if kind == "end" and len(words) >= 3:
-                current[stream] = None
-                if stream == "out" and words[1] in phases:
-                    ph = phases[words[1]]
-                    ph.rc = int(words[2]) if words[2].strip().isdigit() else 1
-                    ph.duration = time.monotonic() - ph.started
-                    if on_phase:
-                        on_phase(ph)
-                return
-            name = current[stream]
-            if name and name in phases:
-                rest = line[len(MARK) + 1 + len(kind) + 1:]
-                if kind == "note":
-                    phases[name].notes.append(rest)
-                elif kind == "warn":
-                    phases[name].warnings.append(rest)
-                elif kind == "error":
-                    phases[name].errors.append(rest)
-            return
-        name = current[stream]
-        if name and name in phases:
-            (phases[name].stdout if stream == "out" else phases[name].stderr).append(line)
-        if on_output:
-            on_output(stream, line)
+    parser = _Phases(remote, on_phase, on_output)
+    phases, out_all, err_all = parser.phases, parser.out_all, parser.err_all
 
     try:
         transport = conn.client.get_transport()
@@ -190,8 +222,8 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
 
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
-    outs = _Lines(lambda line: handle("out", line))
-    errs = _Lines(lambda line: handle("err", line))
+    outs = _Lines(lambda line: parser.handle("out", line))
+    errs = _Lines(lambda line: parser.handle("err", line))
     deadline = time.monotonic() + timeout
     status_seen = 0.0
     try:
@@ -223,6 +255,7 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
         raise RemoteError(host, _running(phases, script), f"SSH connection lost ({exc})") from None
     outs.close()
     errs.close()
+    parser.finish()
     rc = chan.recv_exit_status() if chan.exit_status_ready() else -1
     sender.join(timeout=5)
     chan.close()

@@ -82,6 +82,7 @@ def reload(cfg: Config) -> Phase:
         *current_release(cfg),
         *app.pid_lines(cfg),
         f'[ -n "$pid" ] || {fail_expanded(f"{app.title} is not running: fab start starts it")}',
+        "fresh=1",  # (a master started beside the live one, even of the same release: appserver/beside.py)
         *app.reload_lines(cfg, '"$R"', '"$V"', "$T"),
     ])
 

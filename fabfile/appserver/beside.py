@@ -1,0 +1,229 @@
+"""Start beside, swap, keep warm (issue 16): how uWSGI and gunicorn under `[app] manager = "pidfile"` on a
+unix socket go from one release to another without a reload.
+
+Every master runs in a slot named after its release ("<id>", or "<id>.b" for a second master of the same
+release: `fab reload`, a redeploy): its own socket `<socket>.<slot>` and pidfile `<pidfile>.<slot>` in
+shared/run. The path nginx uses (`<socket>`) is one more hard link to the live master's socket:
+
+    start     the new release's master on its slot's socket, wait until every worker runs the release
+              (the usual readiness wait); it fails: that master is stopped, nothing was switched
+    swap      `ln <socket>.<slot> <socket>.swap && mv -T <socket>.swap <socket>`: one rename(2), so nginx's
+              next connect reaches the new master while requests already queued on the old one finish there
+    record    `<pidfile>` (what fab status, stop, doctor read) names the live master, `<socket>.live` its slot
+    retire    the master just replaced is kept warm (`[app] keep_warm`, at most one: its release differs from
+              the new one) or stopped gracefully once its listen queue is empty; every other slot master is
+              stopped (idle: nothing reaches it). Dead slots' files are removed.
+
+A rollback (or the health gate's revert) to the release of the warm master is only the swap. A master
+started on `<socket>` itself (by an older fabdeploy, or before this host had slots) is adopted: its socket
+gets its release's slot name (a hard link) and its pid a slot pidfile, and, since on exit it would unlink
+`<socket>` (gunicorn; uWSGI checks the inode first), it is kept until it is idle and then killed (SIGKILL:
+no exit handler runs).
+
+Balanced fleets (address:port) and the other managers keep the graceful reload (README, "Speed").
+"""
+from __future__ import annotations
+
+from fabdeploy.config import Config
+from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, Layout
+from fabdeploy.hosts.roles import balanced
+from fabdeploy.remote.markers import fail_expanded, note
+from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q
+
+SERVERS = ("uwsgi", "gunicorn")  # the app servers that start beside the live one
+# a slot's name: a release id, or that and ".b"
+SLOT_ERE = RELEASE_GLOB_ERE.strip("^$") + r"(\.b)?"
+# The app user's side of a switch: shared/run is its own, so what is read and done there runs as it, in one
+# `sh -c` each (one sudo, not one per file: issue 16).
+# STATE_SH record pidfile release process ere: four words, "-" for none: the live slot (the record), its
+# master, and the masters of the release's two slots.
+STATE_SH = "\n".join([
+    ALIVE_FN,
+    'live=$(cat "$1" 2>/dev/null || true); printf "%s\\n" "$live" | grep -Eqx "$5|adopted" || live=-',
+    'echo "$live $(alive "$2.$live" "$4" || echo -) $(alive "$2.$3" "$4" || echo -) $(alive "$2.$3.b" "$4" || echo -)"',
+])
+# ADOPT_SH socket slot pid pidfile: the live master's socket gets the slot's name, its pid the slot's pidfile,
+# and the slot the adopted mark.
+ADOPT_SH = ('set -e; ln -f "$1" "$1.$2"; umask 027; printf "%s\\n" "$3" > "$4.$2.tmp"; mv -f "$4.$2.tmp" "$4.$2"; '
+            'touch "$1.adopted.$2"')
+# SWAP_SH slot pid live release keep process socket pidfile record ere: the swap (one rename over the socket
+# nginx connects to), the records, then every other slot retired (see swap_retire_lines); prints the slots whose
+# files are gone (the deploy user removes their config copies). Any failure stops it, with its message.
+SWAP_SH = "\n".join([
+    "set -e",
+    's=$1 pid=$2 live=$3 rel=$4 keep=$5 proc=$6 sock=$7 pidf=$8 rec=$9 ere=${10}',
+    ALIVE_FN,
+    CHILDREN_FN,
+    'ln -f "$sock.$s" "$sock.swap"',
+    'mv -Tf "$sock.swap" "$sock"',
+    '(umask 027; printf "%s\\n" "$pid" > "$pidf.tmp"; mv -f "$pidf.tmp" "$pidf")',
+    '(umask 027; printf "%s\\n" "$s" > "$rec.tmp"; mv -f "$rec.tmp" "$rec")',
+    'for f in "$pidf".*; do',
+    '  x=${f#"$pidf".}',
+    '  printf "%s\\n" "$x" | grep -Eqx "$ere|adopted" || continue',
+    '  [ "$x" != "$s" ] || continue',
+    '  m=$(alive "$pidf.$x" "$proc" || true)',
+    '  if [ -z "$m" ]; then rm -f "$pidf.$x" "$sock.$x" "$sock.adopted.$x"; echo "$x"; continue; fi',
+    '  if [ "$x" = "$live" ] && { [ -e "$sock.adopted.$x" ] || { $keep && [ "${x%.b}" != "$rel" ]; }; }; then continue; fi',
+    '  if [ -e "$sock.adopted.$x" ]; then',
+    '    kill -KILL "$m" $(children "$m") 2>/dev/null || true',
+    "  else",
+    # (the master just replaced: connections nginx queued on it before the swap are served first)
+    '    [ "$x" != "$live" ] || { j=0; while [ $j -lt 50 ] && ss -xlH 2>/dev/null | '
+    """awk -v p="$sock.$x" '$5 == p && $3 > 0 {f = 1} END {exit !f}'; do j=$((j + 1)); sleep 0.02; done; }""",
+    '    kill -TERM "$m" 2>/dev/null || true',
+    "  fi",
+    '  echo "$x"',
+    "done",
+])
+
+
+# a unix socket's path holds at most 107 bytes (sun_path); a slot's adds "." and the longest slot name
+SUN_PATH_MAX, SLOT_MAX = 107, len(".20261126T053502Z-0123456789ab.b")
+
+
+def applies(cfg: Config, app) -> bool:
+    """Whether this config's app server starts beside the live one (uWSGI or gunicorn, no process manager,
+    a unix socket: no balanced fleet, and a deploy_to short enough for the slots' socket paths; otherwise
+    the graceful reload)."""
+    if cfg.app.manager != "pidfile" or app.name not in SERVERS or balanced(cfg):
+        return False
+    return len(app.paths(Layout(cfg.paths.deploy_to)).socket.encode()) + SLOT_MAX <= SUN_PATH_MAX
+
+
+class Slots:
+    """The shell words of one app server's slot files (s: a shell word naming the slot, like "$s")."""
+
+    def __init__(self, cfg: Config, app):
+        lay = Layout(cfg.paths.deploy_to)
+        p = app.paths(lay)
+        self.run, self.live, self.pidfile, self.config = lay.run, p.socket, p.pidfile, lay.config
+        self.record = q(p.socket + ".live")  # the live slot's name
+
+    def sock(self, s: str) -> str:
+        return f'{q(self.live)}."{s}"'
+
+    def pid(self, s: str) -> str:
+        return f'{q(self.pidfile)}."{s}"'
+
+    def conf(self, app, s: str) -> str:
+        """A slot's own copy of the live config, where the app server needs one (uWSGI: its socket and
+        pidfile are in the ini; the deploy user's, in shared/config)."""
+        return f'{q(self.config + "/" + app.config_name)}."{s}"'
+
+    def adopted(self, s: str) -> str:
+        return f'{q(self.live)}.adopted."{s}"'
+
+
+def swap_lines(cfg: Config, app, release_word: str, venv_word: str, label: str) -> list[str]:
+    """Make the master of release_word the one nginx reaches: its warm master when there is one, else a new
+    master started beside the live one and waited for; then record it and retire the others (see the module
+    docstring). Sets $action and $pid (the new live master) and $n (its workers)."""
+    from fabdeploy import manager
+    sl = Slots(cfg, app)
+    proc = q(app.process)
+    return [
+        *app.as_app_lines(cfg),
+        ALIVE_FN,
+        CHILDREN_FN,
+        *app.link_lines(cfg, venv_word),
+        *manager.switch_lines(cfg, app),
+        f"rel=$(basename {release_word})",
+        f"oldm=$(alive {q(sl.pidfile)} {proc} || true)",
+        *app.foreign_lines(cfg, "oldm"),
+        *state_lines(sl, proc),
+        *adopt_lines(sl),
+        # the live master already runs that release (the health gate's revert after a failed start): nothing
+        # to do, unless $fresh asks for a new master (fab reload)
+        'if [ -z "${fresh-}" ] && [ -n "$oldm" ] && [ "${live%.b}" = "$rel" ]; then',
+        '  pid=$oldm; n=$(children "$pid" | wc -l); action="already serving"',
+        "else",
+        *["  " + ln for ln in switch_body(cfg, app, sl, proc, release_word, label, venv_word)],
+        "fi",
+        note(f"{app.name} $action (master $pid, $n workers on {label})"),
+    ]
+
+
+def switch_body(cfg: Config, app, sl: Slots, proc: str, release_word: str, label: str, venv_word: str) -> list[str]:
+    """The warm master of the release, or a new one started beside and waited for; the swap; the records;
+    the other masters retired."""
+    untouched = "${oldm:+ (the live master $oldm still serves, untouched)}"
+    log = q(app.paths(Layout(cfg.paths.deploy_to)).log)
+    start = app.slot_start_lines(cfg, venv_word, "$s", sl)
+    # (gunicorn loads the app before it daemonizes: a release that cannot load fails right here)
+    start[-1] += (f" || {{ {AS_APP} tail -n 20 {log} >&2 || true; rm -f {sl.conf(app, '$s')}; "
+                  + fail_expanded(f"{app.title} could not start {label}{untouched}") + "; }")
+    return [
+        # the release's warm master (not the live one), else a new master in a free slot
+        'pid=; s=; if [ "$rel" != "$live" ] && [ -n "$wa" ]; then pid=$wa; s=$rel; '
+        'elif [ "$rel.b" != "$live" ] && [ -n "$wb" ]; then pid=$wb; s=$rel.b; fi',
+        'if [ -n "$pid" ]; then',
+        "  n=$(children \"$pid\" | wc -l); action=\"swapped to its warm master\"",
+        "else",
+        '  s=$rel; [ "$s" != "$live" ] || s=$rel.b',
+        f'  {AS_APP} rm -f {sl.sock("$s")} {sl.pid("$s")} {sl.adopted("$s")}',
+        *["  " + ln for ln in start],
+        *["  " + ln for ln in app.want_lines(cfg)],
+        '  old=" "',
+        *["  " + ln for ln in app.ready_lines(
+            cfg, release_word, label, pid=[f"pid=$(alive {sl.pid('$s')} {proc} || true)"],
+            sock=f"{AS_APP} test -S {sl.sock('$s')}", hint=untouched,
+            on_fail=[f'{{ [ -z "$pid" ] || {AS_APP} kill -KILL "$pid" $(children "$pid"); '
+                     f'{AS_APP} rm -f {sl.sock("$s")} {sl.pid("$s")}; rm -f {sl.conf(app, "$s")}; }} 2>/dev/null || true'])],
+        '  action="${oldm:+started beside $oldm, swapped}"; action="${action:-started}"',
+        "fi",
+        *swap_retire_lines(cfg, app, sl, proc),
+    ]
+
+
+def state_lines(sl: Slots, proc: str) -> list[str]:
+    """Read, as the app user in one call (STATE_SH), the live slot ($live, "" for none), its master ($livem)
+    and the masters of the release's two slots ($wa, $wb): every pid checked to be digits."""
+    return [
+        f"st=$({AS_APP} sh -c {q(STATE_SH)} sh {sl.record} {q(sl.pidfile)} \"$rel\" {proc} {q(SLOT_ERE)} || true)",
+        'words() { live=${1:--} livem=${2:--} wa=${3:--} wb=${4:--}; }; words $st',
+        '[ "$live" != - ] || live=',
+        *[f'case "${v}" in "" | *[!0-9]*) {v}=;; esac' for v in ("livem", "wa", "wb")],
+    ]
+
+
+def adopt_lines(sl: Slots) -> list[str]:
+    """A live master without a slot (started on the socket path itself): give it one, named after the
+    release its cwd is (or "adopted"), and mark it adopted (SWAP_SH then only kills it once idle)."""
+    return [
+        'if [ -n "$oldm" ] && [ "$livem" != "$oldm" ]; then',
+        f'  live=$(basename "$({AS_APP} readlink "/proc/$oldm/cwd" 2>/dev/null)")',
+        f'  printf "%s\\n" "$live" | grep -Eqx {q(SLOT_ERE)} || live=adopted',
+        f'  {AS_APP} sh -c {q(ADOPT_SH)} sh {q(sl.live)} "$live" "$oldm" {q(sl.pidfile)}',
+        "fi",
+    ]
+
+
+def swap_retire_lines(cfg: Config, app, sl: Slots, proc: str) -> list[str]:
+    """After the new master is ready ($s its slot, $pid its pid, $live the slot replaced): the swap, the
+    records and the retirement of every other slot, as the app user in one call (SWAP_SH): keep one warm
+    master (the one replaced, when [app] keep_warm and its release differs; an adopted one always, until
+    idle), stop every other slot's master (the replaced one once its listen queue is empty: its queued
+    requests are served first), remove the files of dead slots; then the deploy user removes the config
+    copies of the slots gone. Nothing here waits for a master to exit."""
+    keep = "true" if cfg.app.keep_warm else "false"
+    return [
+        f'gone=$({AS_APP} sh -c {q(SWAP_SH)} sh "$s" "$pid" "$live" "$rel" {keep} {proc} {q(sl.live)} '
+        f"{q(sl.pidfile)} {sl.record} {q(SLOT_ERE)})",
+        f'for x in $(printf "%s\\n" $gone | grep -Ex {q(SLOT_ERE + "|adopted")}); do rm -f {sl.conf(app, "$x")}; done',
+    ]
+
+
+def stop_slots_lines(cfg: Config, app) -> list[str]:
+    """(fab stop, after the live master is gone) Stop the warm master too (idle: SIGKILL) and remove every
+    slot's files, the record and the link nginx connects to."""
+    sl = Slots(cfg, app)
+    name = sl.pidfile.rsplit("/", 1)[1]
+    return [
+        f'for x in $({AS_APP} ls -1 {q(sl.run)} | sed -n "s/^{name}\\.//p" | grep -Ex {q(SLOT_ERE + "|adopted")}); do',
+        f"  m=$(alive {sl.pid('$x')} {q(app.process)} || true)",
+        f'  [ -z "$m" ] || {AS_APP} kill -KILL "$m" $(children "$m") 2>/dev/null || true',
+        f"  {AS_APP} rm -f {sl.pid('$x')} {sl.sock('$x')} {sl.adopted('$x')}; rm -f {sl.conf(app, '$x')}",
+        "done",
+        f"{AS_APP} rm -f {sl.record} {q(sl.live)}",
+    ]

@@ -1,0 +1,169 @@
+"""The builders of start beside, swap, keep warm (appserver/beside.py): where they apply, the order of their
+steps, what keep_warm changes, what fab stop adds. (Run for real: tests/test_beside_e2e.py.)"""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from fabdeploy import appserver
+from fabdeploy.appserver import beside
+from fabdeploy.errors import ConfigError
+from fabdeploy.steps.activate import reload
+from test_phases import make_cfg
+
+FLEET = {"roles": {"app": [{"host": "deploy@10.0.0.1"}], "lb": ["deploy@10.0.0.9"]}}
+
+
+@pytest.mark.parametrize("sections, applies", [
+    ({}, True),
+    ({"app": {"server": "gunicorn"}}, True),
+    ({"app": {"server": "gunicorn", "asgi": "shop.asgi:application"}}, True),  # (uvicorn's worker)
+    ({"app": {"manager": "supervisor"}}, False),
+    ({"app": {"manager": "emperor"}}, False),
+    ({"app": {"server": "uvicorn", "asgi": "shop.asgi:application"}}, False),
+    (FLEET, False),  # app hosts listen on address:port
+    ({"paths": {"deploy_to": "/srv/" + "x" * 60}}, False),  # a slot's socket path would not fit in sun_path
+])
+def test_it_applies_to_uwsgi_and_gunicorn_on_a_unix_socket_without_a_process_manager(sections, applies):
+    cfg = make_cfg(**sections)
+    assert beside.applies(cfg, appserver.of(cfg)) is applies
+    text = "\n".join(reload(cfg, "'/srv/shop/releases/X'", "'/v'", "X"))
+    assert (beside.q(beside.SWAP_SH) in text) is applies
+
+
+@pytest.mark.parametrize("server", ["uwsgi", "gunicorn"])
+def test_the_swap_is_one_rename_after_the_new_master_is_ready_and_before_anything_is_stopped(server):
+    cfg = make_cfg(app={"server": server})
+    lines = [ln.strip() for ln in reload(cfg, "'/srv/shop/releases/X'", "'/v'", "X")]
+    ready = lines.index('if [ -z "$ready" ]; then')
+    swap = next(i for i, ln in enumerate(lines) if ln.startswith("gone=$(${ASAPP-} sh -c "))
+    assert ready < swap
+    # (in SWAP_SH, run as the app user) the rename, then the records, then the other masters stopped
+    body = beside.SWAP_SH.splitlines()
+    link, rename = body.index('ln -f "$sock.$s" "$sock.swap"'), body.index('mv -Tf "$sock.swap" "$sock"')
+    pointer = body.index('(umask 027; printf "%s\\n" "$pid" > "$pidf.tmp"; mv -f "$pidf.tmp" "$pidf")')
+    retire = body.index('    kill -TERM "$m" 2>/dev/null || true')
+    assert link == rename - 1 < pointer < retire
+    # the new master runs in its slot: its own socket and pidfile, the release's virtualenv
+    sock = f"/srv/shop/shared/run/{server}.sock"
+    start = next(ln for ln in lines if "'/v'/bin/" in ln)
+    if server == "uwsgi":
+        assert start.startswith("${ASAPP-} '/v'/bin/uwsgi --ini /srv/shop/shared/config/uwsgi.ini.\"$s\"")
+        assert "--hook-master-start 'unix_signal:15 gracefully_kill_them_all'" in start  # TERM: graceful
+        assert f'sed -i -e "s|^socket = .*|socket = {sock}.$s|"' in "\n".join(lines)
+    else:
+        assert f'--bind unix:{sock}."$s" --pid /srv/shop/shared/run/gunicorn.pid."$s")' in start
+    # a master that never got ready is stopped and its slot removed; the live one was never touched
+    fail = lines[ready:lines.index("fi", ready)]
+    assert any(ln.startswith('{ [ -z "$pid" ] || ${ASAPP-} kill -KILL "$pid" $(children "$pid"); ') for ln in fail)
+    assert any("(the live master $oldm still serves, untouched)" in ln for ln in fail)
+
+
+def test_the_app_users_part_of_a_switch_is_one_sudo_to_read_and_one_to_swap():
+    """The exact lines: one STATE_SH call reads the live slot and the masters, one SWAP_SH call swaps,
+    records and retires (they ran as a dozen `sudo -n -u` calls); the deploy user removes the config copies."""
+    cfg = make_cfg(app={"user": "shop"})
+    sl = beside.Slots(cfg, appserver.of(cfg))
+    run, ere = "/srv/shop/shared/run", beside.q(beside.SLOT_ERE)
+    assert beside.state_lines(sl, "uwsgi") == [
+        f"st=$(${{ASAPP-}} sh -c {beside.q(beside.STATE_SH)} sh {run}/uwsgi.sock.live {run}/uwsgi.pid \"$rel\" "
+        f"uwsgi {ere} || true)",
+        'words() { live=${1:--} livem=${2:--} wa=${3:--} wb=${4:--}; }; words $st',
+        '[ "$live" != - ] || live=',
+        'case "$livem" in "" | *[!0-9]*) livem=;; esac',
+        'case "$wa" in "" | *[!0-9]*) wa=;; esac',
+        'case "$wb" in "" | *[!0-9]*) wb=;; esac',
+    ]
+    assert beside.swap_retire_lines(cfg, appserver.of(cfg), sl, "uwsgi") == [
+        f'gone=$(${{ASAPP-}} sh -c {beside.q(beside.SWAP_SH)} sh "$s" "$pid" "$live" "$rel" true uwsgi '
+        f"{run}/uwsgi.sock {run}/uwsgi.pid {run}/uwsgi.sock.live {ere})",
+        f'for x in $(printf "%s\\n" $gone | grep -Ex {beside.q(beside.SLOT_ERE + "|adopted")}); do '
+        'rm -f /srv/shop/shared/config/uwsgi.ini."$x"; done',
+    ]
+    # a rollback to the warm master: after the state read, the only app-user command is the swap
+    lines = [ln.strip() for ln in reload(cfg, "'/srv/shop/releases/X'", "'/v'", "X")]
+    warm = lines.index('if [ -n "$pid" ]; then', lines.index(beside.state_lines(sl, "uwsgi")[0]))
+    assert lines[warm + 1] == 'n=$(children "$pid" | wc -l); action="swapped to its warm master"'
+    assert lines[warm + 2] == "else"  # (the branch that starts a new master and waits for it)
+    after = lines[lines.index('action="${oldm:+started beside $oldm, swapped}"; action="${action:-started}"') + 1:]
+    assert [ln for ln in after if "${ASAPP-}" in ln] == [beside.swap_retire_lines(cfg, appserver.of(cfg), sl, "uwsgi")[0]]
+
+
+def test_keep_warm_keeps_the_replaced_master_unless_switched_off():
+    warm = "\n".join(reload(make_cfg(), "'/r/X'", "'/v'", "X"))
+    cold = "\n".join(reload(make_cfg(app={"keep_warm": False}), "'/r/X'", "'/v'", "X"))
+    assert 'sh "$s" "$pid" "$live" "$rel" true uwsgi' in warm and 'sh "$s" "$pid" "$live" "$rel" false uwsgi' in cold
+    # (SWAP_SH) the replaced master is kept when keep_warm and its release differs, or adopted; when stopped,
+    # it first serves what nginx queued on it (its listen queue empty)
+    assert '{ [ -e "$sock.adopted.$x" ] || { $keep && [ "${x%.b}" != "$rel" ]; }; }' in beside.SWAP_SH
+    assert "ss -xlH" in beside.SWAP_SH
+
+
+def sh_app(script: str, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-c", script, "sh", *map(str, args)], capture_output=True, text=True, timeout=30)
+
+
+def test_the_swap_keeps_at_most_one_warm_master(tmp_path):
+    """SWAP_SH run by sh over stand-in slots: the socket path becomes the new slot's (one rename), the
+    records name it, the replaced slot is kept warm, every other live slot is signalled, dead slots' files are
+    removed; it prints the slots gone."""
+    run = tmp_path / "run"
+    run.mkdir()
+    slots = {"20260101T000000Z-aaaaaaa": "live-before", "20260102T000000Z-bbbbbbb": "warm-before",
+             "20260103T000000Z-ccccccc": "new", "20260104T000000Z-ddddddd": "dead"}
+    procs = {}
+    for slot, role in slots.items():
+        if role != "dead":
+            procs[slot] = subprocess.Popen(["sleep", "60"])
+        (run / f"uwsgi.pid.{slot}").write_text(f"{procs[slot].pid if slot in procs else 999999}\n")
+        (run / f"uwsgi.sock.{slot}").write_text(slot)
+    (run / "uwsgi.sock").write_text("x")
+    new, live = "20260103T000000Z-ccccccc", "20260101T000000Z-aaaaaaa"
+    try:
+        out = sh_app(beside.SWAP_SH, new, procs[new].pid, live, new, "true", "sleep", run / "uwsgi.sock",
+                     run / "uwsgi.pid", run / "uwsgi.sock.live", beside.SLOT_ERE)
+        assert out.returncode == 0, out.stderr
+        assert sorted(out.stdout.split()) == ["20260102T000000Z-bbbbbbb", "20260104T000000Z-ddddddd"]
+        assert (run / "uwsgi.sock").read_text() == new and (run / "uwsgi.sock").stat().st_nlink == 2
+        assert (run / "uwsgi.pid").read_text() == f"{procs[new].pid}\n" and (run / "uwsgi.sock.live").read_text() == new + "\n"
+        assert procs["20260102T000000Z-bbbbbbb"].wait(timeout=5) == -15  # TERM
+        assert procs[live].poll() is None and procs[new].poll() is None
+        assert not (run / "uwsgi.pid.20260104T000000Z-ddddddd").exists()
+        # a failing step stops it with its own message: nothing after it ran
+        (run / "uwsgi.sock.20260105T000000Z-eeeeeee").mkdir()
+        bad = sh_app(beside.SWAP_SH, "20260105T000000Z-eeeeeee", 1, new, "x", "true", "sleep", run / "uwsgi.sock",
+                     run / "uwsgi.pid", run / "uwsgi.sock.live", beside.SLOT_ERE)
+        assert bad.returncode != 0 and "ln" in bad.stderr and bad.stdout == ""
+        assert (run / "uwsgi.sock.live").read_text() == new + "\n"
+    finally:
+        for p in procs.values():
+            p.kill()
+
+
+def test_the_state_read_names_the_live_slot_and_the_releases_masters(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    me = subprocess.Popen(["sleep", "60"])
+    try:
+        (run / "uwsgi.sock.live").write_text("20260101T000000Z-aaaaaaa\n")
+        (run / "uwsgi.pid.20260101T000000Z-aaaaaaa").write_text(f"{me.pid}\n")
+        (run / "uwsgi.pid.20260102T000000Z-bbbbbbb.b").write_text(f"{me.pid}\n")
+        args = (run / "uwsgi.sock.live", run / "uwsgi.pid", "20260102T000000Z-bbbbbbb", "sleep", beside.SLOT_ERE)
+        assert sh_app(beside.STATE_SH, *args).stdout == f"20260101T000000Z-aaaaaaa {me.pid} - {me.pid}\n"
+        (run / "uwsgi.sock.live").write_text("../etc\n")  # not a slot's name
+        assert sh_app(beside.STATE_SH, *args).stdout == f"- - - {me.pid}\n"
+    finally:
+        me.kill()
+
+
+def test_fab_stop_stops_the_slots_too_only_where_they_exist():
+    stop = "\n".join(appserver.of(make_cfg()).stop_lines(make_cfg()))
+    assert 'rm -f /srv/shop/shared/run/uwsgi.sock.live /srv/shop/shared/run/uwsgi.sock' in stop
+    cfg = make_cfg(app={"manager": "supervisor"})
+    assert "uwsgi.sock.live" not in "\n".join(appserver.of(cfg).stop_lines(cfg))
+
+
+def test_keep_warm_must_be_a_boolean():
+    with pytest.raises(ConfigError, match=r"app\.keep_warm"):
+        make_cfg(app={"keep_warm": "yes"})
