@@ -184,7 +184,7 @@ def install_lines(cfg: Config, server: Server | None, staging: str, lb: bool = F
             + fail(f"tls.certificate {p.certificate} on the host is missing or not a PEM certificate"),
             f"key_pub=$({key_cmd} 2>/dev/null) || "
             + fail(f"tls.key {p.key} on the host is missing or not an unencrypted PEM private key"),
-            f'[ "$cert_pub" = "$key_pub" ] || '
+            '[ "$cert_pub" = "$key_pub" ] || '
             + fail(f"tls.key {p.key} does not match tls.certificate {p.certificate} on the host: nothing was changed"),
             f"{_copy_chain(cfg)} || " + fail(f"could not copy {p.certificate} to {check_chain(cfg)} (the health check's CA)"),
             note(f"TLS certificate {p.certificate} and its key checked"),

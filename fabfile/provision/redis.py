@@ -104,7 +104,7 @@ def service_step(cfg: Config, system: System) -> Step:
              f"i=0; while ! ({answers}) && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done",
              f"({answers}) || {{ echo 'Redis does not answer with its password on {BIND}:{PORT} "
              f"(see /var/log/redis)'; exit 1; }}"]
-    return Step("redis", check, apply, what=f"Redis enabled and (re)started with its password")
+    return Step("redis", check, apply, what="Redis enabled and (re)started with its password")
 
 
 def redis_steps(cfg: Config, system: System, role: str) -> list[Step]:

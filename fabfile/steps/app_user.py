@@ -75,7 +75,7 @@ def create_lines(cfg: Config) -> list[str]:
     add = _useradd(cfg)
     return [
         f"appu={q(user)}",
-        f'if ! id -u "$appu" >/dev/null 2>&1; then',
+        'if ! id -u "$appu" >/dev/null 2>&1; then',
         f"  out=$({add} 2>&1) || "
         + fail_expanded(f"cannot create the app user {user} (app.user; useradd with sudo -n): $out"),
         "  " + note(f"app user {user} created (the app server runs as it)"),
