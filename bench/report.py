@@ -22,11 +22,12 @@ def print_tables(rows: list[dict], rss: list[dict], runs: int, servers: list[str
               f"{r['fab']:>7.2f} {r['limit']:>8.2f} {_num(r['naive'], 8)} {_ratio(r['fab'], r['limit'], 9)} "
               f"{_ratio(r['fab'], r['naive'], 9)} {r['conns']:>14} {r['channels']:>13}")
     if rss:
-        print("\napp server RSS per host after the code-only redeploy (master + workers, summed; MB, median):")
-        print(f"{'project':<8} {'server':<9} {'hosts':>5} {'delay':>6} {'fab MB':>7} {'naive MB':>8}")
+        print("\napp server RSS per host after the code-only redeploy (master + workers, summed; MB, median;"
+              " fab warm: the replaced release's master kept warm beside, [app] keep_warm):")
+        print(f"{'project':<8} {'server':<9} {'hosts':>5} {'delay':>6} {'fab MB':>7} {'fab warm MB':>11} {'naive MB':>8}")
         for r in rss:
             print(f"{r['project']:<8} {r['server']:<9} {r['hosts']:>5} {r['delay']:>4g}ms {_num(r['fab'], 7, 1)} "
-                  f"{_num(r['naive'], 8, 1)}")
+                  f"{_num(r.get('warm'), 11, 1)} {_num(r['naive'], 8, 1)}")
     one_host = {(r["project"], r["server"], r["measure"], r["delay"]): r["fab"] for r in rows if r["hosts"] == 1}
     scaled = [(r, r["fab"] / one_host[k]) for r in rows if r["hosts"] > 1
               and (k := (r["project"], r["server"], r["measure"], r["delay"])) in one_host]

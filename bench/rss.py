@@ -28,3 +28,14 @@ def rss_kb(host, pidfile: str) -> int:
     out = host.exec(f"p=$(cat {pidfile}) && for x in $p $(ps -o pid= --ppid $p); do "
                     "awk '/^VmRSS/ {print $2}' /proc/$x/status; done | awk '{s += $1} END {print s + 0}'")
     return int(out.stdout.strip() or 0)
+
+
+def warm_kb(host, run_dir: str, server: str) -> int:
+    """RSS of the masters kept warm beside the live one (fab's `[app] keep_warm`: the slots' pidfiles
+    <server>.pid.<release> other than the live master's) and their children, summed (kB; 0 when none)."""
+    out = host.exec(f"cd {run_dir} 2>/dev/null || exit 0; live=$(cat {server}.pid 2>/dev/null); "
+                    f"for f in {server}.pid.*; do [ -f \"$f\" ] || continue; p=$(cat \"$f\"); "
+                    "[ -n \"$p\" ] && [ \"$p\" != \"$live\" ] && [ -e /proc/$p ] || continue; "
+                    "for x in $p $(ps -o pid= --ppid $p); do awk '/^VmRSS/ {print $2}' /proc/$x/status; done; "
+                    "done | awk '{s += $1} END {print s + 0}'")
+    return int(out.stdout.strip() or 0)

@@ -202,6 +202,10 @@ class Bench:
             total += rss.rss_kb(h, pidfile)
         return total / n / 1024
 
+    def warm_mb(self, n: int) -> float:
+        """Mean over the hosts of the RSS of fab's warm masters (the replaced release's, `[app] keep_warm`)."""
+        return sum(rss.warm_kb(h, "/srv/bench/shared/run", self.server) for h in self.hosts[:n]) / n / 1024
+
     def close(self) -> None:
         for p in self.proxies:
             p.stop()
@@ -211,7 +215,7 @@ class Bench:
 
 def measure(b: Bench, n: int, runs: int, with_naive: bool) -> tuple[dict[str, dict], dict[str, list]]:
     res: dict[str, dict] = {m: {"fab": [], "limit": [], "naive": [], "conns": 0, "channels": 0} for m in MEASURES}
-    mem: dict[str, list] = {"fab": [], "naive": []}
+    mem: dict[str, list] = {"fab": [], "warm": [], "naive": []}
 
     def record(m, sample):
         wall, conns, channels = sample
@@ -228,6 +232,7 @@ def measure(b: Bench, n: int, runs: int, with_naive: bool) -> tuple[dict[str, di
         b.commit(f"code {b.project} {n} {r} a")
         record("code", b.fab(n, "deploy"))
         mem["fab"].append(b.rss_mb(n, "fab"))
+        mem["warm"].append(b.warm_mb(n))
         b.commit(f"code {b.project} {n} {r} b")
         res["code"]["limit"].append(b.limit(n, "deploy"))
         if with_naive:
@@ -293,7 +298,8 @@ def main() -> int:
                             print(f"  measured {proj:<6} {server:<8} {m:<8} hosts={n:<2} delay={delay:g}ms "
                                   f"fab={row['fab']:.2f}s limit={row['limit']:.2f}s naive={naive_s}", flush=True)
                         rss_rows.append({"project": proj, "server": server, "hosts": n, "delay": delay,
-                                         "fab": _median(mem["fab"]), "naive": _median(mem["naive"])})
+                                         "fab": _median(mem["fab"]), "warm": _median(mem["warm"]),
+                                         "naive": _median(mem["naive"])})
                     b.reset(n)
     finally:
         b.close()
