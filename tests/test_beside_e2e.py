@@ -16,7 +16,7 @@ import time
 import pytest
 
 from e2e_site import D, deploy, fab, new_site, page, sh, workers
-from test_load_e2e import Load
+from test_load_e2e import Load, broken_deploy_under_load
 
 RUN = f"{D}/shared/run"
 
@@ -134,17 +134,11 @@ def test_a_release_whose_master_does_not_come_up_leaves_the_live_one_untouched(s
     # (it imports in the deploy's own check; it fails only under uWSGI)
     broken = wsgi + ('\ntry:\n    import uwsgi  # noqa: F401\nexcept ImportError:\n    pass\nelse:\n'
                      '    raise RuntimeError("this release cannot load")\n')
-    site.proj.commit("broken", {"sampleproject/wsgi.py": broken})
-    with Load(site.host.address) as load:
-        time.sleep(1)
-        res = fab(site, "deploy")
-        time.sleep(1)
-    out = res.stdout + res.stderr
+    res, out, samples, failed = broken_deploy_under_load(site, fab, broken)
     assert res.returncode != 0 and "Traceback" not in out, out
     assert f"the live master {live} still serves, untouched" in out and f"reverted to {served}" in out, out
-    failed = [s for s in load.samples if s.status is None or not 200 <= s.status < 300]
-    assert len(load.samples) > 20 and failed == [], failed[:5]
-    assert {s.release for s in load.samples} == {served}
+    assert len(samples) > 20 and failed == [], failed[:5]
+    assert {s.release for s in samples} == {served}
     assert live_pid(site) == live and masters(site) == before
     site.proj.commit("fixed", {"sampleproject/wsgi.py": wsgi})
 
@@ -202,7 +196,7 @@ def test_a_master_started_on_the_socket_path_itself_is_adopted_then_stopped_once
         def op():
             site.proj.commit(f"adopt {i}", {"pages/message.txt": f"Adopt {i}\n"})
             rel, out = deploy(site)
-            assert re.search(rf"uwsgi started beside \d+, swapped", out), out
+            assert re.search(r"uwsgi started beside \d+, swapped", out), out
             return rel
         return op
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from e2e_site import D, deploy, fab, master, new_site, page, sh, workers
-from test_load_e2e import Load
+from test_load_e2e import Load, broken_deploy_under_load
 
 GUNICORN = """\
     [app]
@@ -147,18 +147,12 @@ def test_a_release_that_cannot_load_never_serves_and_is_reverted_under_load(site
     # (it imports in the deploy's own check; it fails only in the server, as a missing resource would)
     broken = wsgi + ('\nif os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn"):\n'
                      '    raise RuntimeError("this release cannot load")\n')
-    site.proj.commit("broken", {"sampleproject/wsgi.py": broken})
-    with Load(site.host.address) as load:
-        time.sleep(1)
-        res = fab(site, "deploy")
-        time.sleep(1)
-    out = res.stdout + res.stderr
+    res, out, samples, failed = broken_deploy_under_load(site, fab, broken)
     assert res.returncode != 0, out
     # the new master failed to load the app (preload_app): the old one never stopped serving
     assert re.search(r"restart\s+FAILED", out) and f"reverted to {served}" in out and "Traceback" not in out, out
     log = site.host.path(f"{D}/shared/log/gunicorn.log").read_text()
     assert "this release cannot load" in log and "still serves, untouched" in out
-    failed = [s for s in load.samples if s.status is None or not 200 <= s.status < 300]
-    assert len(load.samples) > 20 and failed == [], failed[:5]
-    assert {s.release for s in load.samples} == {served}
+    assert len(samples) > 20 and failed == [], failed[:5]
+    assert {s.release for s in samples} == {served}
     assert workers(site, master(site, "gunicorn")) == [f"{D}/releases/{served}"] * 2

@@ -71,6 +71,18 @@ class Load:
             t.join(timeout=40)
 
 
+def broken_deploy_under_load(site, fab, broken_wsgi: str):
+    """Commit `broken_wsgi` as the sample project's wsgi.py, deploy it with `fab` while Load runs against the
+    host (a second before and after): (fab's result, its stdout + stderr, the samples, the failed ones)."""
+    site.proj.commit("broken", {"sampleproject/wsgi.py": broken_wsgi})
+    with Load(site.host.address) as load:
+        time.sleep(1)
+        res = fab(site, "deploy")
+        time.sleep(1)
+    failed = [s for s in load.samples if s.status is None or not 200 <= s.status < 300]
+    return res, res.stdout + res.stderr, load.samples, failed
+
+
 @pytest.fixture(scope="module")
 def site(make_host, tmp_path_factory, wheel_cache):
     host = make_host("load")

@@ -11,10 +11,10 @@ from fabdeploy.ops import dbtasks
 from fabdeploy.ops.manage import remote_command, wrapper
 from fabdeploy.remote.markers import MARK
 from fabdeploy.remote.script import Script
-from fabdeploy.steps import code, django_app
+from fabdeploy.steps import django_app
 from fabdeploy.steps import migration_record as record
-from test_ops_builders import MIGRATION_0002, R1, R2, R5, RollbackLab, rollback
-from test_phases import _fresh_release, _sample_bundle, err, make_cfg, make_rel, out, sh
+from test_ops_builders import R1, R5, RollbackLab, migrated_then_one_more, rollback
+from test_phases import err, make_cfg, make_rel, out, sh
 
 P = record.PREFIX
 APPLIED_R5 = "auth 0001_initial\npages 0001_initial\npages 0002_tag\n"
@@ -140,12 +140,7 @@ def test_a_shared_database_never_trusts_a_record(tmp_path):
 def test_a_real_django_deploy_writes_the_records_and_a_rollback_needs_no_python(tmp_path):
     """Release A migrates; B adds pages.0002_tag and migrates; with every python of the venv broken, the
     rollback to A still names it (from the records), and A's applied record becomes B's."""
-    flags = {"collectstatic": False, "check_deploy": False}
-    a, b = make_rel(R1), make_rel(R2)
-    cfg, lay, _ = _fresh_release(tmp_path, rel=a, django=flags)
-    assert sh(Script([django_app.django(cfg, a)]), tmp_path).returncode == 0
-    assert sh(Script([code.code(cfg, b)]), tmp_path, stdin=_sample_bundle()).returncode == 0
-    Path(lay.release(b.id), "pages", "migrations", "0002_tag.py").write_text(MIGRATION_0002)
+    cfg, lay, a, b = migrated_then_one_more(tmp_path)
     os.symlink(lay.release(a.id), lay.current)
     proc = sh(Script([django_app.django(cfg, b)]), tmp_path)
     assert proc.returncode == 0, err(proc)

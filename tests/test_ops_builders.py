@@ -753,14 +753,21 @@ class Migration(migrations.Migration):
 """
 
 
-def test_rollback_sees_the_real_migration_the_target_does_not_know(tmp_path):
-    """Release A migrates; release B adds pages.0002_tag and migrates; rolling back to A names it."""
+def migrated_then_one_more(tmp_path):
+    """Release A of the sample project migrated (its django phase run for real), then release B's code with
+    one more migration on disk (pages.0002_tag), its django phase not run: (cfg, lay, a, b)."""
     flags = {"collectstatic": False, "check_deploy": False}
     a, b = make_rel(R1), make_rel(R2)
     cfg, lay, _ = _fresh_release(tmp_path, rel=a, django=flags)
     assert sh(Script([django_app.django(cfg, a)]), tmp_path).returncode == 0
     assert sh(Script([code.code(cfg, b)]), tmp_path, stdin=_sample_bundle()).returncode == 0
     Path(lay.release(b.id), "pages", "migrations", "0002_tag.py").write_text(MIGRATION_0002)
+    return cfg, lay, a, b
+
+
+def test_rollback_sees_the_real_migration_the_target_does_not_know(tmp_path):
+    """Release A migrates; release B adds pages.0002_tag and migrates; rolling back to A names it."""
+    cfg, lay, a, b = migrated_then_one_more(tmp_path)
     proc = sh(Script([django_app.django(cfg, b)]), tmp_path)
     assert proc.returncode == 0 and notes(out(proc))[0] == "1 migrations applied", err(proc)
     for r in (a, b):
