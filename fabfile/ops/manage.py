@@ -50,7 +50,9 @@ def remote_command(cfg: Config, args: list[str]) -> str:
     app user (it writes the database and the media; sudo -n -u unless the SSH user is the app user), after
     the live release's migration record is removed (steps/migration_record.py: any command may migrate)."""
     user = q(app_user(cfg))
-    return " ".join([invalidate_line(Layout(cfg.paths.deploy_to).current) + ";",f'if [ "$(id -un)" = {user} ]; then set --; else set -- sudo -n -u {user}; fi;', '"$@"', "sh", "-c", q("\n".join(manage_lines(cfg))), "manage", *(q(a) for a in args)])
+    return " ".join([invalidate_line(Layout(cfg.paths.deploy_to).current) + ";",
+                     f'if [ "$(id -un)" = {user} ]; then set --; else set -- sudo -n -u {user}; fi;', '"$@"',
+                     "sh", "-c", q("\n".join(manage_lines(cfg))), "manage", *(q(a) for a in args)])
 
 
 def remainder(argv: list[str] | None = None) -> list[str]:
