@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from fabdeploy import hooks
+from fabdeploy.appserver import beside
 from fabdeploy.config import PHASES, Config
 from fabdeploy.front.firewall import port_check
 from fabdeploy.hosts.layout import nginx_site_paths
@@ -124,7 +125,8 @@ BUILDERS: dict[tuple[str, str], Callable[[RunState], Phase | None]] = {
     ("app", "setup"): _app_setup,
     ("app", "code"): lambda r: code.code(r.cfg, r.rel, r.secret_key or None, r.fleet_passwords),
     ("app", "venv"): lambda r: venv.venv(r.cfg, r.rel, r.requirement_files),
-    ("app", "django"): lambda r: django_app.django(r.cfg, r.rel, r.migrate),
+    ("app", "django"): lambda r: django_app.django(r.cfg, r.rel, r.migrate,
+                                                   beside.early_lines(r.cfg, r.rel, r.target.server)),
     ("app", "config"): lambda r: configure.config(r.cfg, r.rel, r.facts, r.target.server),
     ("app", "switch"): lambda r: activate.switch(r.cfg, r.rel, r.target.server),
     ("app", "restart"): lambda r: activate.restart(r.cfg, r.rel, r.facts, r.target.server),

@@ -10,6 +10,7 @@ The tests run in order against one host and build on each other.
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -73,7 +74,7 @@ def gone_soon(site, pid: int, seconds: float = 20) -> bool:
 
 def test_the_first_deploy_starts_a_master_in_its_slot_and_links_the_live_socket(site):
     rel, out = deploy(site)
-    assert re.search(rf"restart\s+uwsgi started \(master \d+, 2 workers on {rel}\)", out), out
+    assert re.search(rf"restart\s+uwsgi started early \(master \d+, 2 workers on {rel}\)", out), out
     assert masters(site) == {rel: live_pid(site)}
     # the path nginx connects to is a second name of the slot's socket
     assert inode(site, f"{RUN}/uwsgi.sock") == inode(site, f"{RUN}/uwsgi.sock.{rel}")
@@ -89,7 +90,8 @@ def test_a_deploy_under_load_swaps_to_a_new_master_and_keeps_the_old_one_warm(si
     def deploy_second():
         site.proj.commit("second", {"pages/message.txt": "Second\n"})
         rel, out = deploy(site)
-        assert re.search(rf"restart\s+uwsgi started beside {old}, swapped \(master \d+, 2 workers on {rel}\)",
+        # (started early: during the django phase, once migrate was done; the restart waited for it and swapped)
+        assert re.search(rf"restart\s+uwsgi started early beside {old}, swapped \(master \d+, 2 workers on {rel}\)",
                          out), out
         return rel
 
@@ -125,6 +127,32 @@ def test_a_rollback_under_load_swaps_back_to_the_warm_master(site):
     # the same process serves again (nothing was started); the release rolled back from is the warm one now
     assert live_pid(site) == warm and masters(site).keys() == {second, third}
     assert f"Release: {second}" in page(site)
+
+
+def test_a_deploy_that_fails_after_its_master_started_early_stops_that_master(site):
+    """The django phase starts the new release's master once migrate is done; a failure after it (here an
+    after_django hook, which sees that master running) stops it and removes its slot's files: nothing of the
+    failed release keeps running."""
+    cfg = site.proj.root / "deploy.toml"
+    saved = cfg.read_text()
+    before = masters(site)
+    hook = (f'p=$(sudo -n -u sample cat {RUN}/uwsgi.pid.$FABDEPLOY_RELEASE) && [ -d /proc/$p ] && '
+            'echo "early master $p" >&2; exit 3')
+    cfg.write_text(saved + f"[hooks]\nafter_django = [{json.dumps(hook)}]\n")
+    try:
+        site.proj.commit("early fails", {"pages/message.txt": "Never live\n"})
+        res = fab(site, "deploy")
+    finally:
+        cfg.write_text(saved)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "Traceback" not in out, out
+    early = int(re.search(r"early master (\d+)", out).group(1))
+    assert early not in before.values() and gone_soon(site, early, 10)
+    assert masters(site) == before
+    failed = re.search(r"upload\s+release (\S+)", out).group(1)
+    left = sh(site, f"sudo -n -u sample ls {RUN}; ls {D}/shared/config {D}/releases")
+    assert failed not in left, left  # (its slot's socket, pidfile and ini copy; the release itself)
+    assert f"Release: {site.releases[-2]}" in page(site)
 
 
 def test_a_release_whose_master_does_not_come_up_leaves_the_live_one_untouched(site):
@@ -196,7 +224,7 @@ def test_a_master_started_on_the_socket_path_itself_is_adopted_then_stopped_once
         def op():
             site.proj.commit(f"adopt {i}", {"pages/message.txt": f"Adopt {i}\n"})
             rel, out = deploy(site)
-            assert re.search(r"uwsgi started beside \d+, swapped", out), out
+            assert re.search(r"uwsgi started early beside \d+, swapped", out), out
             return rel
         return op
 

@@ -46,7 +46,7 @@ def live(day) -> str:
 
 def test_restart_reports_every_configured_worker(day):
     rel, out = deploy(day, "one")
-    assert re.search(rf"restart\s+uwsgi started \(master \d+, 3 workers on {rel}\)", out), out
+    assert re.search(rf"restart\s+uwsgi started early \(master \d+, 3 workers on {rel}\)", out), out
 
 
 def test_prune_keeps_the_release_a_rollback_goes_back_to(day):

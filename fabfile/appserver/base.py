@@ -150,6 +150,11 @@ class AppServer(Control):
         """Start it as a daemon that writes its pidfile (no process manager)."""
         raise NotImplementedError
 
+    def early_start_lines(self, cfg: Config, rel, server, sl, log: str) -> list[str]:
+        """Lines that start the release's master in its slot before the switch (appserver/beside.py
+        early_lines; the last line is the start command, output to `log`); [] where the restart starts it."""
+        return []
+
     reload_signal = "HUP"  # what asks its running master for a graceful reload
 
     def reload_command(self, cfg: Config) -> list[str]:

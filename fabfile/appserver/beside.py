@@ -154,15 +154,20 @@ def switch_body(cfg: Config, app, sl: Slots, proc: str, release_word: str, label
     start[-1] += (f" || {{ {AS_APP} tail -n 20 {log} >&2 || true; rm -f {sl.conf(app, '$s')}; "
                   + fail_expanded(f"{app.title} could not start {label}{untouched}") + "; }")
     return [
-        # the release's warm master (not the live one), else a new master in a free slot
-        'pid=; s=; if [ "$rel" != "$live" ] && [ -n "$wa" ]; then pid=$wa; s=$rel; '
+        # the master the deploy started early in the release's slot (see early_lines: $early names the release;
+        # it is waited for below), else the release's warm master (not the live one), else a new master in a
+        # free slot
+        'pid=; s=; e=; if [ "${early-}" = "$rel" ] && [ "$rel" != "$live" ] && [ -n "$wa" ]; then s=$rel; e=" early"; '
+        'elif [ "$rel" != "$live" ] && [ -n "$wa" ]; then pid=$wa; s=$rel; '
         'elif [ "$rel.b" != "$live" ] && [ -n "$wb" ]; then pid=$wb; s=$rel.b; fi',
         'if [ -n "$pid" ]; then',
         "  n=$(children \"$pid\" | wc -l); action=\"swapped to its warm master\"",
         "else",
-        '  s=$rel; [ "$s" != "$live" ] || s=$rel.b',
-        f'  {AS_APP} rm -f {sl.sock("$s")} {sl.pid("$s")} {sl.adopted("$s")}',
-        *["  " + ln for ln in start],
+        '  if [ -z "$s" ]; then',
+        '    s=$rel; [ "$s" != "$live" ] || s=$rel.b',
+        f'    {AS_APP} rm -f {sl.sock("$s")} {sl.pid("$s")} {sl.adopted("$s")}',
+        *["    " + ln for ln in start],
+        "  fi",
         *["  " + ln for ln in app.want_lines(cfg)],
         '  old=" "',
         *["  " + ln for ln in app.ready_lines(
@@ -170,7 +175,7 @@ def switch_body(cfg: Config, app, sl: Slots, proc: str, release_word: str, label
             sock=f"{AS_APP} test -S {sl.sock('$s')}", hint=untouched,
             on_fail=[f'{{ [ -z "$pid" ] || {AS_APP} kill -KILL "$pid" $(children "$pid"); '
                      f'{AS_APP} rm -f {sl.sock("$s")} {sl.pid("$s")}; rm -f {sl.conf(app, "$s")}; }} 2>/dev/null || true'])],
-        '  action="${oldm:+started beside $oldm, swapped}"; action="${action:-started}"',
+        '  action="${oldm:+started$e beside $oldm, swapped}"; action="${action:-started$e}"',
         "fi",
         *swap_retire_lines(cfg, app, sl, proc),
     ]
@@ -211,6 +216,55 @@ def swap_retire_lines(cfg: Config, app, sl: Slots, proc: str) -> list[str]:
         f'gone=$({AS_APP} sh -c {q(SWAP_SH)} sh "$s" "$pid" "$live" "$rel" {keep} {proc} {q(sl.live)} '
         f"{q(sl.pidfile)} {sl.record} {q(SLOT_ERE)})",
         f'for x in $(printf "%s\\n" $gone | grep -Ex {q(SLOT_ERE + "|adopted")}); do rm -f {sl.conf(app, "$x")}; done',
+    ]
+
+
+def early_lines(cfg: Config, rel, server=None) -> list[str]:
+    """(the django phase of a deploy, once migrate is done) Start the new release's master in its slot now, so
+    that it loads the app while the rest of the django phase, the config phase and the switch run; the restart
+    then waits for it (every worker on the release) and swaps, instead of starting it (issue 16). Only where
+    the master starts beside (applies) and the app server can start before the switch (uWSGI: it daemonizes
+    at once; early_start_lines); not when this deploy replaces the host's secret key at the switch (the app
+    reads it when it loads). A failure to start here changes nothing: the restart starts it as usual. A
+    deploy that stops before the switch stops it again (abandon_lines)."""
+    from fabdeploy import appserver
+    app = appserver.of(cfg)
+    if not applies(cfg, app):
+        return []
+    lay = Layout(cfg.paths.deploy_to)
+    T, sl = lay.staging(rel.id), Slots(cfg, app)
+    start = app.early_start_lines(cfg, rel, server, sl, q(T + "/early.out"))
+    if not start:
+        return []
+    return [
+        f"if [ ! -f {q(T + '/secret_key')} ]; then",
+        f"  {AS_APP} rm -f {sl.sock(rel.id)} {sl.pid(rel.id)} {sl.adopted(rel.id)}",
+        *["  " + ln for ln in start[:-1]],
+        f"  if {start[-1]}; then : > {q(T + '/early')}; else rm -f {sl.conf(app, rel.id)}; fi",
+        "fi",
+    ]
+
+
+def early_var_lines(cfg: Config, rel) -> list[str]:
+    """(a deploy's restart, before the reload) $early: the release whose master early_lines started."""
+    T = Layout(cfg.paths.deploy_to).staging(rel.id)
+    return [f"early=; [ ! -e {q(T + '/early')} ] || early={q(rel.id)}"]
+
+
+def abandon_lines(cfg: Config, rel) -> list[str]:
+    """(a deploy that stops before its switch) The master early_lines started for the release, if any:
+    killed (it never served) and its slot's files removed."""
+    from fabdeploy import appserver
+    app = appserver.of(cfg)
+    if not applies(cfg, app):
+        return []
+    sl = Slots(cfg, app)
+    return [
+        *app.as_app_lines(cfg), ALIVE_FN, CHILDREN_FN,
+        f"m=$(alive {sl.pid(rel.id)} {q(app.process)} || true)",
+        f'[ -z "$m" ] || {AS_APP} kill -KILL "$m" $(children "$m") 2>/dev/null || true',
+        f"{AS_APP} rm -f {sl.pid(rel.id)} {sl.sock(rel.id)} {sl.adopted(rel.id)} 2>/dev/null || true",
+        f"rm -f {sl.conf(app, rel.id)}",
     ]
 
 

@@ -15,7 +15,7 @@ from fabdeploy.hosts.roles import Server, balanced
 from fabdeploy.local.render import render
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import note
-from fabdeploy.remote.shell import AS_APP, q
+from fabdeploy.remote.shell import AS_APP, q, write_file
 
 
 class UWSGI(AppServer):
@@ -121,6 +121,21 @@ def app_get(addr, port, host, path):
                 f"{ini}",
                 f"{AS_APP} {venv_word}/bin/uwsgi --ini {ini} --hook-master-start "
                 f"{q('unix_signal:15 gracefully_kill_them_all')}"]
+
+    def early_start_lines(self, cfg: Config, rel: Release, server: Server | None, sl, log: str) -> list[str]:
+        """(appserver/beside.py early_lines) Start the release's master in its own slot before the switch: its
+        ini as the config phase stages it, with the slot's socket and pidfile, written by the deploy user
+        into shared/config (0640, the app user's group: setgid); uWSGI daemonizes before it loads the app,
+        so this returns at once. Its output (before it daemonizes) goes to `log`."""
+        p = self.paths(Layout(cfg.paths.deploy_to))
+        s = rel.id
+        ini = "\n".join(f"socket = {p.socket}.{s}" if ln.startswith("socket = ")
+                        else f"pidfile = {p.pidfile}.{s}" if ln.startswith("pidfile = ") else ln
+                        for ln in self.render_config(cfg, rel, server).splitlines())
+        path = f"{sl.config}/{self.config_name}.{s}"  # (sl.conf(self, s), unquoted)
+        return [*write_file(path, ini, mode="0640"),
+                f"{AS_APP} {q(Layout(cfg.paths.deploy_to).venv(rel.venv_hash))}/bin/uwsgi --ini {q(path)} "
+                f"--hook-master-start {q('unix_signal:15 gracefully_kill_them_all')} </dev/null >{log} 2>&1"]
 
     def socket_ready(self, cfg: Config) -> str:
         """Its unix socket exists (uWSGI creates it after the workers), unless the live ini binds address:port

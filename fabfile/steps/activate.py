@@ -5,6 +5,7 @@ the release."""
 from __future__ import annotations
 
 from fabdeploy import appserver, manager
+from fabdeploy.appserver import beside
 from fabdeploy.config import Config
 from fabdeploy.front.firewall import firewall_apply, firewall_unused
 from fabdeploy.front.nginx import nginx_restart_lines
@@ -77,7 +78,8 @@ def restart(cfg: Config, rel: Release, facts: Facts, server: Server | None = Non
     """Start the app server or reload it gracefully and wait until every worker runs the new release (and
     have it started at boot, where the process manager does not do that itself); then nginx."""
     lay = Layout(cfg.paths.deploy_to)
-    lines = reload(cfg, q(lay.release(rel.id)), q(lay.venv(rel.venv_hash)), rel.id)
+    early = beside.early_var_lines(cfg, rel) if beside.early_lines(cfg, rel) else []  # (the django phase's)
+    lines = early + reload(cfg, q(lay.release(rel.id)), q(lay.venv(rel.venv_hash)), rel.id)
     lines += manager.of(cfg).boot_lines(cfg, appserver.of(cfg))  # back after a reboot
     if runs_nginx(cfg, server):
         lines += nginx_restart_lines(facts, lay.staging(rel.id) + "/nginx-changed")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fabdeploy import appserver
+from fabdeploy.appserver import beside
 from fabdeploy.config import Config
 from fabdeploy.front.nginx import site_restore
 from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, Layout
@@ -86,7 +87,10 @@ def abandon(cfg: Config, rel: Release, pgid: int | None = None, held: str = "tru
     return Phase("abandon", [
         *stop_group(pgid),
         f"if ! {held}; then " + note("another run holds the deploy lock: nothing of this run to remove") + "; exit 0; fi",
-        f'if [ "$(readlink {q(lay.current)})" != {q(R)} ]; then rm -rf {q(R)} {q(lay.static + "/" + rel.id)} || true; fi',
+        f'if [ "$(readlink {q(lay.current)})" != {q(R)} ]; then',
+        *["  " + ln for ln in beside.abandon_lines(cfg, rel)],  # (its master, started early, never served)
+        f'  rm -rf {q(R)} {q(lay.static + "/" + rel.id)} || true',
+        "fi",
         *(site_restore(cfg, facts, lay.staging(rel.id)) if facts else []),
         f"rm -rf {q(lay.staging(rel.id))} || true",
     ])
