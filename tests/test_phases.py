@@ -770,7 +770,7 @@ def test_django_phase_lines():
     assert one[1]["import"] == "shop.wsgi:application"
     assert one[1]["migrate"] == {"lock": "fabdeploy-migrate-shop", "wait": django_app.MIGRATE_LOCK_WAIT,
                                  "backup": f"/srv/shop/shared/backups/{REL_ID}", "exts": backup.EXTS,
-                                 "record": True}
+                                 "record": True, "skip_empty": True}
     # two users: the app user (it owns the database) imports and migrates, with the env file and the
     # production settings; the deploy user (it owns the static root) collects and checks
     assert app[0] == (f"${{ASAPP-}} sh -c {q(django_app.APP_ENV_SH)} django /srv/shop/shared/config/app.env env "

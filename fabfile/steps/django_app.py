@@ -58,7 +58,9 @@ def program_args(cfg: Config, rel: Release, *, check_import: bool, migrate: bool
     if migrate:
         p["migrate"] = {"lock": f"fabdeploy-migrate-{cfg.project.name}", "wait": MIGRATE_LOCK_WAIT,
                         "backup": f"{backup.backups_dir(cfg)}/{rel.id}", "exts": backup.EXTS,
-                        "record": not fleet.shared(cfg)}  # (the migration record: steps/migration_record.py)
+                        "record": not fleet.shared(cfg),  # (the migration record: steps/migration_record.py)
+                        # (nothing pending: no `migrate` call, its checks being check --deploy's)
+                        "skip_empty": not fleet.shared(cfg) and cfg.django.check_deploy}
     if rest:
         p.update({"static": cfg.django.collectstatic, "check": cfg.django.check_deploy})
     return p

@@ -5,7 +5,9 @@ file's text with `python -c`, its parameters one JSON argument; it imports nothi
 Steps, in order, each only when its key is in the parameters:
   import    the WSGI callable and the URLconf import with the production settings (a settings package whose
             __init__ defines no ROOT_URLCONF: one line naming its modules)
-  migrate   the pending migrations counted (MigrationExecutor); when some are pending and some were applied
+  migrate   the pending migrations counted (MigrationExecutor); none pending (`skip_empty`: a database no
+            other host migrates, and check --deploy runs): no `migrate` (its system checks are check --deploy's,
+            its post_migrate handlers have nothing new to create); when some are pending and some were applied
             before, the database dumped to fd 1 (the shell gzips it as the deploy user); then migrate under
             the project's migration lock (PostgreSQL advisory lock, MySQL GET_LOCK, SQLite fcntl lock); then
             (`record`) the migration record on stderr (steps/migration_record.py: a rollback without a boot)
@@ -197,6 +199,11 @@ def migrate(m, fd):
         if pending and any(n in ex.loader.applied_migrations for n in ex.loader.graph.nodes):
             path = dump(m, pending, fd)
     os.close(fd)  # the dump stream ends here
+    if m.get("backup") and not pending and m.get("skip_empty"):
+        # (a database no other host migrates, nothing to apply: `migrate` would only run the system checks,
+        # which check --deploy runs, and its post_migrate handlers, which have nothing new to create)
+        say("note", "0 migrations applied")
+        return
     unlock = locked(m["lock"], m["wait"])
     out, exc = command("migrate", interactive=False, skip_checks=False)
     unlock()
