@@ -126,7 +126,7 @@ BUILDERS: dict[tuple[str, str], Callable[[RunState], Phase | None]] = {
     ("app", "code"): lambda r: code.code(r.cfg, r.rel, r.secret_key or None, r.fleet_passwords),
     ("app", "venv"): lambda r: venv.venv(r.cfg, r.rel, r.requirement_files),
     ("app", "django"): lambda r: django_app.django(r.cfg, r.rel, r.migrate,
-                                                   beside.early_lines(r.cfg, r.rel, r.target.server)),
+                                                   beside.early(r.cfg, r.rel, r.target.server)),
     ("app", "config"): lambda r: configure.config(r.cfg, r.rel, r.facts, r.target.server),
     ("app", "switch"): lambda r: activate.switch(r.cfg, r.rel, r.target.server),
     ("app", "restart"): lambda r: activate.restart(r.cfg, r.rel, r.facts, r.target.server),

@@ -91,6 +91,8 @@ def test_a_code_only_redeploy_as_two_users_boots_twice_and_skips_collectstatic(l
     # (side by side: in either order)
     assert sorted(site.host.exec(["cat", site.log]).stdout.splitlines()) == ["deploy -c", "sample -c"]
     assert served_css(site) == lab.css["sample"][0]
+    # the new master was started by the shell once the app user's boot (migrate) was done
+    assert re.search(r"restart +uwsgi started early beside \d+, swapped", out), out
 
 
 def test_a_code_only_redeploy_as_one_user_boots_once_and_serves_the_manifest_css(lab):
@@ -99,6 +101,12 @@ def test_a_code_only_redeploy_as_one_user_boots_once_and_serves_the_manifest_css
     assert re.search(rf"django +0 migrations applied; {re.escape(SKIPPED)}", out) and "copied" not in out, out
     assert site.host.exec(["cat", site.log]).stdout.splitlines() == ["deploy -c"]
     assert served_css(site) == lab.css["mani"][0]  # the hashed name, through the reused staticfiles.json
+    # the one boot started the new master itself after migrate (no other python ran: the log above), and
+    # with the environment the restart would give it: not the phase's settings module nor the env file's
+    assert re.search(r"restart +uwsgi started early beside \d+, swapped", out), out
+    pid = site.host.exec(["cat", f"{site.d}/shared/run/uwsgi.pid"]).stdout.strip()
+    environ = site.host.exec(["cat", f"/proc/{pid}/environ"]).stdout.split("\0")
+    assert not [v for v in environ if v.startswith(("DJANGO_SETTINGS_MODULE=", "FABDEPLOY_ENV_NAMES="))], environ
 
 
 def test_a_changed_css_file_is_collected_and_served(lab):

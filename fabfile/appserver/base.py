@@ -150,10 +150,14 @@ class AppServer(Control):
         """Start it as a daemon that writes its pidfile (no process manager)."""
         raise NotImplementedError
 
-    def early_start_lines(self, cfg: Config, rel, server, sl, log: str) -> list[str]:
-        """Lines that start the release's master in its slot before the switch (appserver/beside.py
-        early_lines; the last line is the start command, output to `log`); [] where the restart starts it."""
+    def early_argv(self, cfg: Config, rel, s: str) -> list[str]:
+        """The command that starts the release's master in slot s before the switch, from its slot_config
+        (appserver/beside.py early); [] where the restart starts it (the default)."""
         return []
+
+    def slot_config(self, cfg: Config, rel, server, s: str) -> tuple[str, str]:
+        """(path, text) of the config slot s's master starts from, written before the switch."""
+        raise NotImplementedError
 
     reload_signal = "HUP"  # what asks its running master for a graceful reload
 

@@ -24,11 +24,13 @@ Balanced fleets (address:port) and the other managers keep the graceful reload (
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, Layout
 from fabdeploy.hosts.roles import balanced
 from fabdeploy.remote.markers import fail_expanded, note
-from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q
+from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q, write_file
 
 SERVERS = ("uwsgi", "gunicorn")  # the app servers that start beside the live one
 # a slot's name: a release id, or that and ".b"
@@ -154,7 +156,7 @@ def switch_body(cfg: Config, app, sl: Slots, proc: str, release_word: str, label
     start[-1] += (f" || {{ {AS_APP} tail -n 20 {log} >&2 || true; rm -f {sl.conf(app, '$s')}; "
                   + fail_expanded(f"{app.title} could not start {label}{untouched}") + "; }")
     return [
-        # the master the deploy started early in the release's slot (see early_lines: $early names the release;
+        # the master the deploy started early in the release's slot (see early(): $early names the release;
         # it is waited for below), else the release's warm master (not the live one), else a new master in a
         # free slot
         'pid=; s=; e=; if [ "${early-}" = "$rel" ] && [ "$rel" != "$live" ] && [ -n "$wa" ]; then s=$rel; e=" early"; '
@@ -219,44 +221,60 @@ def swap_retire_lines(cfg: Config, app, sl: Slots, proc: str) -> list[str]:
     ]
 
 
-def early_lines(cfg: Config, rel, server=None) -> list[str]:
+@dataclass(frozen=True)
+class Early:
+    """How a deploy starts the new release's master early (see early): `prep` writes its slot's config (the
+    deploy user, before the django phase's boots); then either `lines` start it from the shell (after the
+    app user's boot) or the one boot starts it itself with `params` (steps/django_program.py start_early:
+    when the SSH user is the app user, after migrate, while collectstatic and check --deploy still run)."""
+
+    prep: list[str]
+    lines: list[str]
+    params: dict
+
+
+def early(cfg: Config, rel, server=None) -> Early | None:
     """(the django phase of a deploy, once migrate is done) Start the new release's master in its slot now, so
     that it loads the app while the rest of the django phase, the config phase and the switch run; the restart
     then waits for it (every worker on the release) and swaps, instead of starting it (issue 16). Only where
     the master starts beside (applies) and the app server can start before the switch (uWSGI: it daemonizes
-    at once; early_start_lines); not when this deploy replaces the host's secret key at the switch (the app
-    reads it when it loads). A failure to start here changes nothing: the restart starts it as usual. A
-    deploy that stops before the switch stops it again (abandon_lines)."""
+    at once; early_argv); not when this deploy replaces the host's secret key at the switch (the app reads it
+    when it loads). A failure to start here changes nothing: the restart starts it as usual. A deploy that
+    stops before the switch stops it again (abandon_lines). None: not here."""
     from fabdeploy import appserver
+    from fabdeploy.steps.code import env_file_names
     app = appserver.of(cfg)
-    if not applies(cfg, app):
-        return []
+    if not applies(cfg, app) or not (argv := app.early_argv(cfg, rel, rel.id)):
+        return None
     lay = Layout(cfg.paths.deploy_to)
     T, sl = lay.staging(rel.id), Slots(cfg, app)
-    start = app.early_start_lines(cfg, rel, server, sl, q(T + "/early.out"))
-    if not start:
-        return []
-    return [
-        f"if [ ! -f {q(T + '/secret_key')} ]; then",
-        f"  {AS_APP} rm -f {sl.sock(rel.id)} {sl.pid(rel.id)} {sl.adopted(rel.id)}",
-        *["  " + ln for ln in start[:-1]],
-        f"  if {start[-1]}; then : > {q(T + '/early')}; else rm -f {sl.conf(app, rel.id)}; fi",
-        "fi",
-    ]
+    path, text = app.slot_config(cfg, rel, server, rel.id)
+    key, log, marker = q(T + "/secret_key"), T + "/early.out", T + "/early"
+    prep = [f"if [ ! -f {key} ]; then",  # (a fleet key that replaces the host's: the restart starts it)
+            f"  {AS_APP} rm -f {sl.sock(rel.id)} {sl.pid(rel.id)} {sl.adopted(rel.id)}",
+            *["  " + ln for ln in write_file(path, text, mode="0640")],  # (0640: the app user's group, setgid)
+            "fi"]
+    lines = [f"if [ -f {q(path)} ] && [ ! -f {key} ]; then",
+             f"  if {AS_APP} {' '.join(q(a) for a in argv)} </dev/null >{q(log)} 2>&1; then : > {q(marker)}; "
+             f"else rm -f {q(path)}; fi",
+             "fi"]
+    params = {"argv": argv, "log": log, "marker": marker, "cwd": lay.deploy_to, "unless": T + "/secret_key",
+              "drop": sorted({*env_file_names(cfg), "DJANGO_SETTINGS_MODULE", "FABDEPLOY_RELEASE"})}
+    return Early(prep, lines, params)
 
 
 def early_var_lines(cfg: Config, rel) -> list[str]:
-    """(a deploy's restart, before the reload) $early: the release whose master early_lines started."""
+    """(a deploy's restart, before the reload) $early: the release whose master `early` started."""
     T = Layout(cfg.paths.deploy_to).staging(rel.id)
     return [f"early=; [ ! -e {q(T + '/early')} ] || early={q(rel.id)}"]
 
 
 def abandon_lines(cfg: Config, rel) -> list[str]:
-    """(a deploy that stops before its switch) The master early_lines started for the release, if any:
+    """(a deploy that stops before its switch) The master `early` started for the release, if any:
     killed (it never served) and its slot's files removed."""
     from fabdeploy import appserver
     app = appserver.of(cfg)
-    if not applies(cfg, app):
+    if not applies(cfg, app) or not app.early_argv(cfg, rel, rel.id):
         return []
     sl = Slots(cfg, app)
     return [

@@ -15,7 +15,7 @@ from fabdeploy.hosts.roles import Server, balanced
 from fabdeploy.local.render import render
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import note
-from fabdeploy.remote.shell import AS_APP, q, write_file
+from fabdeploy.remote.shell import AS_APP, q
 
 
 class UWSGI(AppServer):
@@ -122,20 +122,22 @@ def app_get(addr, port, host, path):
                 f"{AS_APP} {venv_word}/bin/uwsgi --ini {ini} --hook-master-start "
                 f"{q('unix_signal:15 gracefully_kill_them_all')}"]
 
-    def early_start_lines(self, cfg: Config, rel: Release, server: Server | None, sl, log: str) -> list[str]:
-        """(appserver/beside.py early_lines) Start the release's master in its own slot before the switch: its
-        ini as the config phase stages it, with the slot's socket and pidfile, written by the deploy user
-        into shared/config (0640, the app user's group: setgid); uWSGI daemonizes before it loads the app,
-        so this returns at once. Its output (before it daemonizes) goes to `log`."""
+    def slot_config(self, cfg: Config, rel: Release, server: Server | None, s: str) -> tuple[str, str]:
+        """(path, text) of slot s's own ini for the release, written before the switch (appserver/beside.py
+        early): the ini the config phase stages, with the slot's socket and pidfile; in shared/config
+        like every slot's copy (sl.conf)."""
         p = self.paths(Layout(cfg.paths.deploy_to))
-        s = rel.id
-        ini = "\n".join(f"socket = {p.socket}.{s}" if ln.startswith("socket = ")
-                        else f"pidfile = {p.pidfile}.{s}" if ln.startswith("pidfile = ") else ln
-                        for ln in self.render_config(cfg, rel, server).splitlines())
-        path = f"{sl.config}/{self.config_name}.{s}"  # (sl.conf(self, s), unquoted)
-        return [*write_file(path, ini, mode="0640"),
-                f"{AS_APP} {q(Layout(cfg.paths.deploy_to).venv(rel.venv_hash))}/bin/uwsgi --ini {q(path)} "
-                f"--hook-master-start {q('unix_signal:15 gracefully_kill_them_all')} </dev/null >{log} 2>&1"]
+        text = "\n".join(f"socket = {p.socket}.{s}" if ln.startswith("socket = ")
+                         else f"pidfile = {p.pidfile}.{s}" if ln.startswith("pidfile = ") else ln
+                         for ln in self.render_config(cfg, rel, server).splitlines())
+        return f"{Layout(cfg.paths.deploy_to).config}/{self.config_name}.{s}", text
+
+    def early_argv(self, cfg: Config, rel: Release, s: str) -> list[str]:
+        """The command that starts the release's master in slot s from its slot_config: uWSGI daemonizes
+        before it loads the app, so it returns at once; SIGTERM stops it gracefully."""
+        ini = f"{Layout(cfg.paths.deploy_to).config}/{self.config_name}.{s}"  # (slot_config's path)
+        return [Layout(cfg.paths.deploy_to).venv(rel.venv_hash) + "/bin/uwsgi", "--ini", ini,
+                "--hook-master-start", "unix_signal:15 gracefully_kill_them_all"]
 
     def socket_ready(self, cfg: Config) -> str:
         """Its unix socket exists (uWSGI creates it after the workers), unless the live ini binds address:port

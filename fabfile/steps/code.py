@@ -23,6 +23,11 @@ def env_file_text(cfg: Config) -> str:
     return "".join(f"{k}={q(v)}\n" for k, v in sorted(env.items()))
 
 
+def env_file_names(cfg: Config) -> set[str]:
+    """Every name app.env may set (env_file_text's and the host-managed ones)."""
+    return {*cfg.django.env, *(k for k in cfg.secret_env if k != "SECRET_KEY"), *host_managed(cfg)}
+
+
 def host_managed(cfg: Config) -> dict[str, str]:
     """Names of app.env the deploy writes from values only the host has (password files fab provision made
     there: never sent, never printed, never known here): name -> the state `fab secrets` shows."""

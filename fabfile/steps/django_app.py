@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from fabdeploy.appserver.base import app_user
+from fabdeploy.appserver.beside import Early
 from fabdeploy.config import Config
 from fabdeploy.database import backup, fleet
 from fabdeploy.hosts.layout import SETTINGS_MODULE, Layout
@@ -132,35 +133,40 @@ def beside_lines(cfg: Config, rel: Release, params: dict) -> tuple[list[str], li
     return start, end
 
 
-def django(cfg: Config, rel: Release, migrate: bool = True, early: list[str] | None = None) -> Phase:
+def django(cfg: Config, rel: Release, migrate: bool = True, early: Early | None = None) -> Phase:
     """The import check (always), migrate (with a backup when migrations are pending), collectstatic and
     check --deploy, with the production settings, in one Django boot: the program above. The app user owns
     the database and the deploy user the static root: when they are two users, one boot as the app user
     (import check, migrate) and one as the deploy user (collectstatic, check --deploy), side by side.
     `migrate` False: an app host of a fleet sharing one database where another host migrates (and dumps)
-    for this deploy. `early`: lines run once the database is migrated (the new master started beside the live
-    one: appserver/beside.py early_lines), while the deploy user's boot still runs; after the one boot when
-    the app user is the SSH user or nothing migrates; never on a host where another one migrates."""
-    early = early or []
+    for this deploy. `early`: the new master started beside the live one once the database is migrated
+    (appserver/beside.py early): by the shell after the app user's boot, while the deploy user's still runs;
+    by the one boot itself after migrate when the SSH user is the app user; after the boot when nothing
+    migrates; never on a host where another one migrates."""
+    prep, after = (early.prep, early.lines) if early else ([], [])
     here = cfg.django.migrate and migrate
     rest = cfg.django.collectstatic or cfg.django.check_deploy
     lines = [*django_env(cfg, rel), f"DJANGO_PY={q(PROGRAM_PY)}", *as_app_lines(app_user(cfg)),
              record.invalidate_line(Layout(cfg.paths.deploy_to).current)]  # (whatever happens next: see there)
+    if early and (here or not cfg.django.migrate):
+        lines += prep
     if cfg.django.migrate and not migrate:
         lines.append(note("migrate: done once for the fleet's shared database (on another app host)"))
     if not here:
         return Phase("django", lines + boot_lines(cfg, rel, program_args(cfg, rel, check_import=True, migrate=False,
                                                                          rest=rest), as_app=False)
-                     + public_static(cfg, rel) + ([] if cfg.django.migrate else early))
+                     + public_static(cfg, rel) + ([] if cfg.django.migrate else after))
     both = program_args(cfg, rel, check_import=True, migrate=True, rest=rest)
     app_params = program_args(cfg, rel, check_import=True, migrate=True, rest=False)
     if rest:  # (the two boots at once: they share nothing but the release's code; on two cores, one boot's time)
         start, end = beside_lines(cfg, rel, program_args(cfg, rel, check_import=False, migrate=False, rest=True))
-        split = [*start, *boot_lines(cfg, rel, app_params, as_app=True, before_exit='wait "$bg"; '), *early, *end]
+        split = [*start, *boot_lines(cfg, rel, app_params, as_app=True, before_exit='wait "$bg"; '), *after, *end]
     else:
-        split = [*boot_lines(cfg, rel, app_params, as_app=True), *early]
+        split = [*boot_lines(cfg, rel, app_params, as_app=True), *after]
+    if early:
+        both = {**both, "early": early.params}
     return Phase("django", [*lines, f'if [ -z "{AS_APP}" ]; then  # the SSH user is the app user: one boot',
-                            *["  " + ln for ln in boot_lines(cfg, rel, both, as_app=False) + early],
+                            *["  " + ln for ln in boot_lines(cfg, rel, both, as_app=False)],
                             "else  # two: the app user migrates, the deploy user collects into its static root",
                             *["  " + ln for ln in split], "fi", *public_static(cfg, rel)])
 

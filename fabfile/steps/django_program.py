@@ -15,6 +15,8 @@ Steps, in order, each only when its key is in the parameters:
             content, and the static settings) equals the one stored in the static root (seeded by hard links
             from the live one): STATIC_ROOT/.fabdeploy-static-hash
   check     check --deploy, its warnings as warn markers
+  early     (after migrate, before static) the new release's app server master started beside the live one
+            (appserver/beside.py early: the one-boot case)
 
 Output: fd 1 is the dump stream only; everything else (marker lines, and the output of a failing step) goes
 to stderr, which the shell replays: note and warn markers on stdout, the rest on stderr. `mark` (the marker
@@ -297,7 +299,27 @@ def check_deploy():
             say("warn", line)
 
 
+def start_early(e, env0):
+    """Start the new release's app server master now (appserver/beside.py early), as this process's user
+    (the app user: the one-boot case), with the environment this program started with minus what the phase
+    added (the env file, the settings module): what the restart would start it with. It daemonizes at once;
+    when that worked, the marker file tells the restart to wait for it instead of starting one."""
+    import subprocess
+    if os.path.exists(e["unless"]) or not os.path.exists(e["argv"][2]):  # (a key staged for the switch; no ini)
+        return
+    env = {k: v for k, v in env0.items() if k not in set(e["drop"])}
+    try:
+        with open(e["log"], "ab") as log:
+            rc = subprocess.run(e["argv"], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                cwd=e["cwd"], start_new_session=True, timeout=60).returncode
+    except (OSError, subprocess.SubprocessError):
+        return  # (the restart starts it, and reports why it cannot)
+    if rc == 0:
+        open(e["marker"], "w").close()
+
+
 def main():
+    env0 = dict(os.environ)
     p = json.loads(sys.argv[1])
     dump_fd = os.dup(1)  # (not inherited by the project's subprocesses)
     os.dup2(2, 1)  # whatever the project prints goes to stderr, never into the dump
@@ -313,6 +335,8 @@ def main():
             record_migrations()  # noqa: F821 (steps/migration_record.RECORD_PY, put before this text)
     else:
         os.close(dump_fd)
+    if "early" in p:
+        start_early(p["early"], env0)
     if p.get("static"):
         collectstatic()
     if p.get("check"):
