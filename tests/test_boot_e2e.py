@@ -1,9 +1,10 @@
 """The django phase's Django boots and collectstatic skipped when nothing static changed, end to end (real fab,
 one real lab host, two sample projects on it; tests in order, building on each other).
 
-Both use ManifestStaticFilesStorage. "sample" runs as its own app user (not the SSH user "deploy"): a deploy
+Both use ManifestStaticFilesStorage. "sample" runs as its own app user (not the SSH user "deploy"): a first deploy
 boots Django twice, once as the app user (import check, migrate) and once as the deploy user (collectstatic,
-check --deploy), and the app user reads staticfiles.json in the public static root. "mani" runs as the SSH
+check --deploy); a redeploy once as the app user unless the static inputs changed (then the deploy user
+collects after it); the app user reads staticfiles.json in the public static root. "mani" runs as the SSH
 user ([app] user = "deploy"): one boot. Boots are counted by a logging
 wrapper put in place of each release virtualenv's python. A code-only redeploy skips collectstatic and the
 site serves its CSS from the reused static root; a changed CSS file is collected and served; a rollback
@@ -87,9 +88,9 @@ def test_a_code_only_redeploy_as_two_users_boots_twice_and_skips_collectstatic(l
     site = lab.sample
     out = redeploy(site, "python only", {"pages/views.py": (site.proj.src / "pages/views.py").read_text() + "\n#\n"})
     assert re.search(rf"django +0 migrations applied; {re.escape(SKIPPED)}", out) and "copied" not in out, out
-    # two python processes in the whole deploy: the app user's (import, migrate), the deploy user's
-    # (side by side: in either order)
-    assert sorted(site.host.exec(["cat", site.log]).stdout.splitlines()) == ["deploy -c", "sample -c"]
+    # one python process in the whole deploy: the app user's (import, migrate, the static inputs compared,
+    # check --deploy); the deploy user's collectstatic boot is not needed
+    assert site.host.exec(["cat", site.log]).stdout.splitlines() == ["sample -c"]
     assert served_css(site) == lab.css["sample"][0]
     # the new master was started by the shell once the app user's boot (migrate) was done
     assert re.search(r"restart +uwsgi started early beside \d+, swapped", out), out
@@ -112,8 +113,11 @@ def test_a_code_only_redeploy_as_one_user_boots_once_and_serves_the_manifest_css
 def test_a_changed_css_file_is_collected_and_served(lab):
     site = lab.sample
     css = (site.proj.src / CSS).read_text() + "\n/* changed-css-marker */\n"
+    boots = len(lab.host.path(site.log).read_text().splitlines())
     out = redeploy(site, "css", {CSS: css})
     assert re.search(r"django .*1 static file copied", out) and SKIPPED not in out, out
+    # the app user's boot found the static inputs changed, then the deploy user's boot collected
+    assert lab.host.path(site.log).read_text().splitlines()[boots:] == ["sample -c", "deploy -c"]
     url, body = served_css(site)
     assert url != lab.css["sample"][0][0] and re.fullmatch(r"/static/pages/site\.[0-9a-f]{12}\.css", url)
     assert body == css.encode()

@@ -194,3 +194,33 @@ def test_two_users_a_failing_import_check_stops_after_the_other_boot_ended(tmp_p
     assert not Path(lay.shared, "db", "default.sqlite3").exists()
     # the deploy user's boot ran to its end (its exit status written): the phase waits for it (test_phases)
     assert Path(lay.staging(rel.id), "django-static.out.rc").exists()
+
+
+def test_two_users_a_redeploy_boots_once_and_collects_only_what_changed(tmp_path):
+    """Two users, a redeploy (the seeded static root holds the live hash): one boot as the app user (import
+    check, migrate, the static inputs compared, check --deploy); a changed CSS file makes the deploy user's
+    collectstatic boot follow, in that order."""
+    flags = {"check_deploy": False}
+    cfg, lay, a = _fresh_release(tmp_path, rel=make_rel(A), app={"user": "daemon"}, django=flags)
+    env = _sudo_dropping_user(tmp_path)
+    run = lambda rel: sh(Script([django_app.django(cfg, rel), Phase("live", static.static_switch(cfg, q(rel.id)))]),  # noqa: E731
+                         tmp_path, env=env)
+    assert run(a).returncode == 0
+    b = next_release(cfg, lay, B, tmp_path, lambda r: (r / "pages" / "views.py").open("a").write("\n# edited\n"))
+    log = tmp_path / "boots.log"
+    counting_python(lay, b, log)
+    proc = run(b)
+    assert proc.returncode == 0, err(proc) + out(proc)
+    assert notes(out(proc)) == ["0 migrations applied", SKIPPED]
+    assert len(log.read_text().split()) == 1  # one python process: the app user's
+    assert "fabdeploy-static-changed" not in out(proc) + err(proc)
+    c = next_release(cfg, lay, C, tmp_path, lambda r: (r / "pages/static/pages/site.css").write_text("/* C */\n"))
+    log.unlink()
+    counting_python(lay, c, log)
+    proc = run(c)
+    assert proc.returncode == 0, err(proc) + out(proc)
+    said = notes(out(proc))
+    assert said[0] == "0 migrations applied" and "1 static file copied" in said[1], said
+    assert len(log.read_text().split()) == 2  # the app user's boot, then the deploy user's collectstatic
+    assert Path(lay.static, C, "pages", "site.css").read_text() == "/* C */\n"
+    assert "fabdeploy-static-changed" not in out(proc) + err(proc)

@@ -762,7 +762,7 @@ def test_django_phase_lines():
                          f"export DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} FABDEPLOY_RELEASE={REL_ID}",
                          "set -a; . /srv/shop/shared/config/app.env; set +a"]
     assert lines[4] == f"DJANGO_PY={q(django_app.PROGRAM_PY)}"  # the program, once
-    one, deploy, app = _boots(lines)
+    one, redeploy, collect, deploy, app = _boots(lines)
     python = f"/srv/shop/venvs/{VENV}/bin/python"
     # the SSH user is the app user: one boot for everything, in order
     assert one[0] == f'{python} -c "$DJANGO_PY"'
@@ -777,9 +777,19 @@ def test_django_phase_lines():
                       f"DJANGO_SETTINGS_MODULE=fabdeploy_settings FABDEPLOY_RELEASE={REL_ID} {python} -c \"$DJANGO_PY\"")
     assert list(app[1]) == ["import", "production", "generic", "migrate"]
     assert deploy[0] == one[0] and deploy[1] == {"static": True, "check": True}
+    # a redeploy (the seeded static root holds the live one's hash): one boot as the app user, which also
+    # tells whether the static inputs changed and runs check --deploy; the deploy user collects only then
+    assert redeploy[0] == app[0] and list(redeploy[1]) == ["import", "production", "generic", "migrate", "probe",
+                                                           "check"]
+    assert collect[0] == one[0] and collect[1] == {"static": True}
+    seeded = next(i for i, ln in enumerate(lines) if ln.strip().startswith("if [ -f /srv/shop/shared/static/"))
+    assert lines[seeded].strip() == f"if [ -f /srv/shop/shared/static/{REL_ID}/.fabdeploy-static-hash ]; then"
+    changed = next(i for i, ln in enumerate(lines) if "changed=; ! grep -q fabdeploy-static-changed" in ln)
+    assert seeded < changed < next(i for i, ln in enumerate(lines) if ln.strip() == 'if [ -n "$changed" ]; then')
     # ... side by side: the deploy user's boot starts in the background first, the app user's boot waits for
     # it before it stops on a failure, and its output is shown after the app user's
-    two = lines[lines.index(next(ln for ln in lines if ln.startswith("else"))):]
+    # (a first deploy: the inner else)
+    two = lines[lines.index(next(ln for ln in lines if ln.startswith("  else"))):]
     bg = next(i for i, ln in enumerate(two) if "django-static.out" in ln and ln.rstrip().endswith("&"))
     assert two[bg + 1].strip() == "bg=$!"
     app_fail = next(ln for ln in two if "django.out" in ln and "exit 1" in ln)

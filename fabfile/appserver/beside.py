@@ -226,11 +226,12 @@ class Early:
     """How a deploy starts the new release's master early (see early): `prep` writes its slot's config (the
     deploy user, before the django phase's boots); then either `lines` start it from the shell (after the
     app user's boot) or the one boot starts it itself with `params` (steps/django_program.py start_early:
-    when the SSH user is the app user, after migrate, while collectstatic and check --deploy still run)."""
+    after migrate, while the static inputs and check --deploy are looked at)."""
 
     prep: list[str]
     lines: list[str]
     params: dict
+    marker: str  # the file that tells the restart (early_var_lines); the program's EARLY_OK line makes it
 
 
 def early(cfg: Config, rel, server=None) -> Early | None:
@@ -258,9 +259,9 @@ def early(cfg: Config, rel, server=None) -> Early | None:
              f"  if {AS_APP} {' '.join(q(a) for a in argv)} </dev/null >{q(log)} 2>&1; then : > {q(marker)}; "
              f"else rm -f {q(path)}; fi",
              "fi"]
-    params = {"argv": argv, "log": log, "marker": marker, "cwd": lay.deploy_to, "unless": T + "/secret_key",
+    params = {"argv": argv, "cwd": lay.deploy_to, "unless": T + "/secret_key",
               "drop": sorted({*env_file_names(cfg), "DJANGO_SETTINGS_MODULE", "FABDEPLOY_RELEASE"})}
-    return Early(prep, lines, params)
+    return Early(prep, lines, params, marker)
 
 
 def early_var_lines(cfg: Config, rel) -> list[str]:

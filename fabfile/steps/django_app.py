@@ -15,7 +15,7 @@ from fabdeploy.model import Release
 from fabdeploy.ops.starter import GENERIC_NAMES, PRODUCTION_NAMES
 from fabdeploy.remote.markers import PY_MARKERS, note, prefix
 from fabdeploy.steps import migration_record as record
-from fabdeploy.steps.django_program import DUMP_OK
+from fabdeploy.steps.django_program import DUMP_OK, EARLY_OK, HASH_FILE, PROBE_CHANGED
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import AS_APP, as_app_lines, q
 
@@ -47,7 +47,7 @@ def app_env_words(cfg: Config, rel: Release, name: str) -> str:
 PROGRAM_PY = PY_MARKERS + record.RECORD_PY + (Path(__file__).parent / "django_program.py").read_text()
 MIGRATE_LOCK_WAIT = 600  # seconds a host waits for another one's migrate (app hosts sharing a database)
 MARKERS_OUT = f"^({prefix('note')}|{prefix('warn')})"  # what of the program's stderr goes to the phase's stdout
-NOT_OUTPUT = MARKERS_OUT[:-1] + f"|{DUMP_OK}|{record.PREFIX})"  # what of it a failure does not show on stderr
+NOT_OUTPUT = MARKERS_OUT[:-1] + f"|{DUMP_OK}|{EARLY_OK}|{PROBE_CHANGED}|{record.PREFIX})"  # what of it a failure does not show on stderr
 
 
 def program_args(cfg: Config, rel: Release, *, check_import: bool, migrate: bool, rest: bool) -> dict:
@@ -96,7 +96,8 @@ def _said(E: str, before_exit: str = "", then: list[str] | None = None) -> list[
     ]
 
 
-def boot_lines(cfg: Config, rel: Release, params: dict, as_app: bool, before_exit: str = "") -> list[str]:
+def boot_lines(cfg: Config, rel: Release, params: dict, as_app: bool, before_exit: str = "",
+               then: list[str] | None = None) -> list[str]:
     """Run the program once with `params` (as the app user: `as_app`), then show what it said: its note and
     warn markers on stdout; when it failed, the rest on stderr and stop. With migrate, its fd 1 (a dump, when
     one is taken) is gzipped by the deploy user into shared/backups (0600 in 0700), then pruned."""
@@ -118,7 +119,7 @@ def boot_lines(cfg: Config, rel: Release, params: dict, as_app: bool, before_exi
     lay = Layout(cfg.paths.deploy_to)
     records = (record.write_lines(lay.release(rel.id), f"{lay.staging(rel.id)}/django.out")
                if params.get("migrate", {}).get("record") else [])
-    return lines + _said(E, before_exit, records)
+    return lines + _said(E, before_exit, records + (then or []))
 
 
 def beside_lines(cfg: Config, rel: Release, params: dict) -> tuple[list[str], list[str]]:
@@ -136,18 +137,22 @@ def beside_lines(cfg: Config, rel: Release, params: dict) -> tuple[list[str], li
 def django(cfg: Config, rel: Release, migrate: bool = True, early: Early | None = None) -> Phase:
     """The import check (always), migrate (with a backup when migrations are pending), collectstatic and
     check --deploy, with the production settings, in one Django boot: the program above. The app user owns
-    the database and the deploy user the static root: when they are two users, one boot as the app user
-    (import check, migrate) and one as the deploy user (collectstatic, check --deploy), side by side.
-    `migrate` False: an app host of a fleet sharing one database where another host migrates (and dumps)
-    for this deploy. `early`: the new master started beside the live one once the database is migrated
-    (appserver/beside.py early): by the shell after the app user's boot, while the deploy user's still runs;
-    by the one boot itself after migrate when the SSH user is the app user; after the boot when nothing
-    migrates; never on a host where another one migrates."""
+    the database and the deploy user the static root: when they are two users, a redeploy (the release's
+    static root seeded from a live one that holds its hash) boots once as the app user (import check,
+    migrate, whether the static inputs changed, check --deploy) and the deploy user's boot (collectstatic)
+    follows only when they changed; a first deploy runs the two boots side by side (the app user's: import
+    check, migrate; the deploy user's: collectstatic, check --deploy). `migrate` False: an app host of a
+    fleet sharing one database where another host migrates (and dumps) for this deploy. `early`: the new
+    master started beside the live one once the database is migrated (appserver/beside.py early): by the
+    app user's boot itself after migrate (one boot), by the shell after the app user's boot while the deploy
+    user's still runs (two), after the boot when nothing migrates; never on a host where another one
+    migrates."""
     prep, after = (early.prep, early.lines) if early else ([], [])
     here = cfg.django.migrate and migrate
     rest = cfg.django.collectstatic or cfg.django.check_deploy
+    lay = Layout(cfg.paths.deploy_to)
     lines = [*django_env(cfg, rel), f"DJANGO_PY={q(PROGRAM_PY)}", *as_app_lines(app_user(cfg)),
-             record.invalidate_line(Layout(cfg.paths.deploy_to).current)]  # (whatever happens next: see there)
+             record.invalidate_line(lay.current)]  # (whatever happens next: see there)
     if early and (here or not cfg.django.migrate):
         lines += prep
     if cfg.django.migrate and not migrate:
@@ -156,17 +161,31 @@ def django(cfg: Config, rel: Release, migrate: bool = True, early: Early | None 
         return Phase("django", lines + boot_lines(cfg, rel, program_args(cfg, rel, check_import=True, migrate=False,
                                                                          rest=rest), as_app=False)
                      + public_static(cfg, rel) + ([] if cfg.django.migrate else after))
-    both = program_args(cfg, rel, check_import=True, migrate=True, rest=rest)
+    with_early = {"early": early.params} if early else {}
+    E = _out(cfg, rel, "django")
+    started = [f"! grep -q {q(EARLY_OK)} {E} || : > {q(early.marker)}"] if early else []  # (tells the restart)
+    both = {**program_args(cfg, rel, check_import=True, migrate=True, rest=rest), **with_early}
     app_params = program_args(cfg, rel, check_import=True, migrate=True, rest=False)
     if rest:  # (the two boots at once: they share nothing but the release's code; on two cores, one boot's time)
         start, end = beside_lines(cfg, rel, program_args(cfg, rel, check_import=False, migrate=False, rest=True))
         split = [*start, *boot_lines(cfg, rel, app_params, as_app=True, before_exit='wait "$bg"; '), *after, *end]
     else:
         split = [*boot_lines(cfg, rel, app_params, as_app=True), *after]
-    if early:
-        both = {**both, "early": early.params}
+    if cfg.django.collectstatic:
+        # a redeploy: one boot as the app user (it reads the static inputs and the seeded root's hash), the
+        # deploy user's collectstatic only when they changed
+        one = {**app_params, "probe": True, "check": cfg.django.check_deploy, **with_early}
+        split = [f"if [ -f {q(f'{lay.static}/{rel.id}/{HASH_FILE}')} ]; then",
+                 *["  " + ln for ln in boot_lines(cfg, rel, one, as_app=True, then=[
+                     *started, f"changed=; ! grep -q {q(PROBE_CHANGED)} {E} || changed=1"])],
+                 '  if [ -n "$changed" ]; then',
+                 *["    " + ln for ln in boot_lines(cfg, rel, {"static": True}, as_app=False)],
+                 "  fi",
+                 "else",
+                 *["  " + ln for ln in split],
+                 "fi"]
     return Phase("django", [*lines, f'if [ -z "{AS_APP}" ]; then  # the SSH user is the app user: one boot',
-                            *["  " + ln for ln in boot_lines(cfg, rel, both, as_app=False)],
+                            *["  " + ln for ln in boot_lines(cfg, rel, both, as_app=False, then=started)],
                             "else  # two: the app user migrates, the deploy user collects into its static root",
                             *["  " + ln for ln in split], "fi", *public_static(cfg, rel)])
 

@@ -14,6 +14,8 @@ Steps, in order, each only when its key is in the parameters:
   static    collectstatic, skipped when the hash of the static inputs (every source file the finders see, by
             content, and the static settings) equals the one stored in the static root (seeded by hard links
             from the live one): STATIC_ROOT/.fabdeploy-static-hash
+  probe     collectstatic's skip test alone (the app user's one boot of a redeploy), PROBE_CHANGED when it
+            would collect
   check     check --deploy, its warnings as warn markers
   early     (after migrate, before static) the new release's app server master started beside the live one
             (appserver/beside.py early: the one-boot case)
@@ -34,6 +36,8 @@ import time
 import traceback
 
 DUMP_OK = "fabdeploy-dump-ok "  # (stderr) the dump on fd 1 is complete; its extension follows
+EARLY_OK = "fabdeploy-early-started"  # (stderr) start_early: the new master daemonized
+PROBE_CHANGED = "fabdeploy-static-changed"  # (stderr) probe: the static inputs changed (collectstatic to run)
 HASH_FILE = ".fabdeploy-static-hash"
 
 
@@ -290,6 +294,23 @@ def collectstatic():
     say("note", (out.getvalue().rstrip("\n").splitlines() or [""])[-1])
 
 
+def probe_static():
+    """collectstatic's skip test alone (the app user's one boot of a redeploy: the static root is the deploy
+    user's): unchanged, the note collectstatic would give; changed, PROBE_CHANGED (the deploy user's boot then
+    collects)."""
+    from django.conf import settings
+    new, _ = static_hash()
+    try:
+        with open(os.path.join(settings.STATIC_ROOT, HASH_FILE)) as f:
+            old = f.read().strip()
+    except OSError:
+        old = ""
+    if old == new:
+        say("note", "collectstatic: skipped (static files unchanged)")
+    else:
+        print(PROBE_CHANGED, file=sys.stderr, flush=True)
+
+
 def check_deploy():
     out, exc = command("check", deploy=True)
     if exc is not None:
@@ -303,19 +324,20 @@ def start_early(e, env0):
     """Start the new release's app server master now (appserver/beside.py early), as this process's user
     (the app user: the one-boot case), with the environment this program started with minus what the phase
     added (the env file, the settings module): what the restart would start it with. It daemonizes at once;
-    when that worked, the marker file tells the restart to wait for it instead of starting one."""
+    when that worked, EARLY_OK tells the shell, which tells the restart to wait for it instead of starting one."""
     import subprocess
     if os.path.exists(e["unless"]) or not os.path.exists(e["argv"][2]):  # (a key staged for the switch; no ini)
         return
     env = {k: v for k, v in env0.items() if k not in set(e["drop"])}
-    try:
-        with open(e["log"], "ab") as log:
-            rc = subprocess.run(e["argv"], stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                cwd=e["cwd"], start_new_session=True, timeout=60).returncode
+    try:  # (what it says before it daemonizes is lost: a master that does not start here is started by the
+        # restart, which reports why)
+        rc = subprocess.run(e["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, cwd=e["cwd"], start_new_session=True,
+                            timeout=60).returncode
     except (OSError, subprocess.SubprocessError):
-        return  # (the restart starts it, and reports why it cannot)
+        return
     if rc == 0:
-        open(e["marker"], "w").close()
+        print(EARLY_OK, file=sys.stderr, flush=True)
 
 
 def main():
@@ -339,6 +361,8 @@ def main():
         start_early(p["early"], env0)
     if p.get("static"):
         collectstatic()
+    if p.get("probe"):
+        probe_static()
     if p.get("check"):
         check_deploy()
 
