@@ -172,15 +172,34 @@ def switch_body(cfg: Config, app, sl: Slots, proc: str, release_word: str, label
         "  fi",
         *["  " + ln for ln in app.want_lines(cfg)],
         '  old=" "',
+        # (already ready, as a master started early usually is: one call as the app user instead of the loop's
+        # three or more)
+        f'  set -- $({AS_APP} sh -c {q(ready_sh(app))} sh {sl.pid("$s")} {proc} {release_word} "$want" '
+        f'{sl.sock("$s")} 2>/dev/null || true)',
+        '  if [ $# -eq 2 ]; then pid=$1; n=$2; else',
         *["  " + ln for ln in app.ready_lines(
             cfg, release_word, label, pid=[f"pid=$(alive {sl.pid('$s')} {proc} || true)"],
             sock=f"{AS_APP} test -S {sl.sock('$s')}", hint=untouched,
             on_fail=[f'{{ [ -z "$pid" ] || {AS_APP} kill -KILL "$pid" $(children "$pid"); '
                      f'{AS_APP} rm -f {sl.sock("$s")} {sl.pid("$s")}; rm -f {sl.conf(app, "$s")}; }} 2>/dev/null || true'])],
+        "  fi",
         '  action="${oldm:+started$e beside $oldm, swapped}"; action="${action:-started$e}"',
         "fi",
         *swap_retire_lines(cfg, app, sl, proc),
     ]
+
+
+def ready_sh(app) -> str:
+    """(sh -c, as the app user) pidfile process release want socket: prints "<pid> <workers>" when the master
+    of pidfile is alive with at least `want` workers (and one), every one in the release directory, and its
+    socket is there; nothing otherwise (the readiness loop then waits as usual)."""
+    return "\n".join([
+        ALIVE_FN, CHILDREN_FN, app.workers_fn(),
+        'pid=$(alive "$1" "$2") || exit 0',
+        'n=0; for c in $(workers "$pid"); do n=$((n + 1)); [ "$(readlink "/proc/$c/cwd")" = "$3" ] || exit 0; done',
+        '[ "$n" -gt 0 ] && [ "$n" -ge "$4" ] && [ -S "$5" ] || exit 0',
+        'echo "$pid $n"',
+    ])
 
 
 def state_lines(sl: Slots, proc: str) -> list[str]:
