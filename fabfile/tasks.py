@@ -9,7 +9,7 @@ from fabric import Connection
 from invoke import task
 from invoke.exceptions import Exit
 
-from fabdeploy import executor
+from fabdeploy import executor, quick_exit
 from fabdeploy.config import Config, check_rolling, load_config
 from fabdeploy.errors import ConfigError, FabdeployError
 from fabdeploy.hosts.connect import host_label, make_connection, open_connection, prepare
@@ -34,6 +34,7 @@ ROLES_HELP = "only hosts of these roles: app, lb or app,lb (default: all)"
 PARALLEL_HELP = "hosts worked on at once (default: fleet.parallel)"
 
 executor.use_fleet_executor()  # `fab -H a,b task` with these tasks imported: one call for all hosts, no fabric.yaml
+quick_exit.install()  # no last garbage collections when the process ends (quick_exit.py)
 
 
 def one_line_errors(fn):
