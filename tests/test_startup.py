@@ -72,3 +72,55 @@ def test_the_garbage_collector_is_frozen_when_a_fab_process_ends():
     before, at_exit = (int(line.rsplit(" ", 1)[1]) for line in res.stdout.splitlines())
     assert before == 0
     assert at_exit > 1000
+
+
+# The "already live" fingerprint without jinja2 (local/render.py digests, steps/live_check.py)
+
+FINGERPRINT = """
+import json, sys
+from fabdeploy.config import parse_config
+from fabdeploy.steps import live_check
+raw = {"project": {"name": "shop", "django_settings": "shop.settings", "wsgi": "shop.wsgi:application"},
+       "paths": {"deploy_to": "/srv/shop"}, "cache": {"redis": True}, "django": {"env": {"A": "1"}}}
+raw.update(json.loads(sys.argv[1]))
+fp = live_check.fingerprint(parse_config(raw), "a" * 40, b"Django\\n")
+print(json.dumps({"fp": fp, "jinja2": "jinja2" in sys.modules}))
+"""
+
+
+def fingerprint_in_a_process(extra: dict, seed: str = "0") -> dict:
+    res = subprocess.run([sys.executable, "-c", FINGERPRINT, json.dumps(extra)], cwd=REPO, capture_output=True,
+                         text=True, timeout=120, env={**__import__("os").environ, "PYTHONHASHSEED": seed})
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_the_fingerprint_needs_no_jinja2_and_is_the_same_in_every_process():
+    """No template is rendered for the fingerprint (jinja2 not even imported), and two processes with other
+    hash seeds (set and dict orders) agree on it: a no-op redeploy is still recognised as one."""
+    one, two = fingerprint_in_a_process({}, "1"), fingerprint_in_a_process({}, "2")
+    assert one["jinja2"] is False
+    assert one["fp"] == two["fp"]
+    # a value only a template sees (the nginx site's client_max_body_size; the settings' cache section)
+    assert fingerprint_in_a_process({"nginx": {"client_max_body_size": "99m"}})["fp"] != one["fp"]
+    assert fingerprint_in_a_process({"cache": {"redis": True, "sessions": True}})["fp"] != one["fp"]
+
+
+def test_digest_mode_covers_the_template_text_and_renders_what_it_cannot_spell(tmp_path, monkeypatch):
+    from fabdeploy.local import render
+    (tmp_path / "t.j2").write_text("{{ a }}\n")
+    monkeypatch.setattr(render, "TEMPLATE_DIRS", [tmp_path])
+    render._templates_digest.cache_clear()
+    render._shared.cache_clear()
+    try:
+        with render.digests():
+            first = render.render("t.j2", a=[1, 2])
+            assert first != render.render("t.j2", a=(1, 2))  # a tuple renders as (1, 2): another text
+            (tmp_path / "t.j2").write_text("{{ a }}!\n")
+            render._templates_digest.cache_clear()
+            assert render.render("t.j2", a=[1, 2]) != first  # the template changed
+            assert render.render("t.j2", a=object.__new__(type("Opaque", (), {"__repr__": lambda s: "O"}))) == "O!\n"
+        assert render.render("t.j2", a=[1, 2]) == "[1, 2]!\n"  # outside the block: rendered
+    finally:
+        render._templates_digest.cache_clear()
+        render._shared.cache_clear()
