@@ -15,7 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 # Modules a plain start (every fab command: its tasks collected, --list, --help, a deploy before it renders)
 # must not load: each is imported where the one task or step that needs it runs.
 LAZY = ("jinja2", "markupsafe", "asyncio", "unittest", "django", "fabdeploy.provision", "fabdeploy.ops.doctor",
-        "fabdeploy.ops.dbtasks", "fabdeploy.ops.sudoers", "fabdeploy.front.acme")
+        "fabdeploy.ops.dbtasks", "fabdeploy.ops.sudoers", "fabdeploy.front.acme", "fabdeploy.ops.plan",
+        "fabdeploy.ops.rollback", "fabdeploy.ops.logs", "fabdeploy.ops.report", "fabdeploy.ops.report_text",
+        "fabdeploy.ops.secrets")
 
 
 def run_python(code: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
