@@ -118,7 +118,9 @@ def _exact(value) -> str:
 
 
 # A class with nothing but an __init__ (no properties, no methods): what a template sees is the instance's attributes.
-_PLAIN_CLASS = {"__init__", "__module__", "__dict__", "__weakref__", "__doc__", "__qualname__"}
+# (__static_attributes__ and __firstlineno__: what Python 3.13 adds to every class.)
+_PLAIN_CLASS = {"__init__", "__module__", "__dict__", "__weakref__", "__doc__", "__qualname__",
+                "__static_attributes__", "__firstlineno__"}
 
 
 def render_file(path: Path, what: str, **context) -> str:
