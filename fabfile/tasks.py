@@ -9,7 +9,7 @@ from fabric import Connection
 from invoke import task
 from invoke.exceptions import Exit
 
-from fabdeploy import executor
+from fabdeploy import executor, quick_exit
 from fabdeploy.config import Config, check_rolling, load_config
 from fabdeploy.errors import ConfigError, FabdeployError
 from fabdeploy.hosts.connect import host_label, make_connection, open_connection, prepare
@@ -18,12 +18,8 @@ from fabdeploy.hosts.roles import ALL_ROLES, ROLES, attach, balanced, parse_role
 from fabdeploy.local import secrets as _secrets
 from fabdeploy.ops import control as _control
 from fabdeploy.ops import manage as _manage
-from fabdeploy.ops import report, report_text, starter
-from fabdeploy.ops import secrets as _secrets_task
+from fabdeploy.ops import starter
 from fabdeploy.ops.deploy import deploy_all
-from fabdeploy.ops.logs import show_logs
-from fabdeploy.ops.plan import plan_all
-from fabdeploy.ops.rollback import rollback_all
 from fabdeploy.output import Printer, add_secrets, masked
 from fabdeploy.remote.runner import run_script
 from fabdeploy.remote.script import Script
@@ -34,6 +30,7 @@ ROLES_HELP = "only hosts of these roles: app, lb or app,lb (default: all)"
 PARALLEL_HELP = "hosts worked on at once (default: fleet.parallel)"
 
 executor.use_fleet_executor()  # `fab -H a,b task` with these tasks imported: one call for all hosts, no fabric.yaml
+quick_exit.install()  # no last garbage collections when the process ends (quick_exit.py)
 
 
 def one_line_errors(fn):
@@ -104,6 +101,7 @@ def deploy(c, config=None, verbose=False, wait=None, plan=False, force=False, ro
     printer = Printer(verbose=verbose)
     conns = target_connections(c, cfg, roles)
     if plan or c.config.run.dry:
+        from fabdeploy.ops.plan import plan_all  # (the modules of one task are imported in it)
         errors = plan_all(conns, cfg, printer, _seconds(wait, "--wait"), force)
         _exit_if_failed(errors)
         return
@@ -143,6 +141,7 @@ def summary_table(outcomes) -> str:
 @one_line_errors
 def rollback(c, to=None, strict=False, config=None, wait=None, verbose=False, parallel=None, restore_db=False):
     """Switch back to the previous good release (or --to ID), reload gracefully, mark the abandoned one bad."""
+    from fabdeploy.ops.rollback import rollback_all
     cfg = _load(config, "mask")
     printer = Printer(verbose=verbose)
     outcomes = rollback_all(target_connections(c, cfg, "app"), cfg, printer, to, strict,
@@ -250,6 +249,7 @@ def _confirm(what: str, yes: bool) -> None:
 def secrets(c, prune=False, config=None, wait=None, parallel=None):
     """Per app host: the names of the app's environment and whether each matches [secrets] / [django] env
     (compared by keyed hashes: no value is sent or shown). Exits 1 naming each host out of step."""
+    from fabdeploy.ops import secrets as _secrets_task
     cfg = _load(config, "strict")
     printer = Printer()
     outcomes = _secrets_task.secrets_all(target_connections(c, cfg, "app"), cfg, printer, bool(prune),
@@ -262,6 +262,7 @@ def secrets(c, prune=False, config=None, wait=None, parallel=None):
 @one_line_errors
 def releases(c, json=False, config=None, parallel=None):
     """List the releases on each app host: id, revision, branch, when, by whom, status, virtualenv."""
+    from fabdeploy.ops import report, report_text
     cfg = _load(config)
     reports = report.releases(target_connections(c, cfg, "app"), cfg, _parallel(parallel, cfg))
     print(masked(_json.dumps(reports, indent=2) if json else report_text.format_releases(reports)))
@@ -275,6 +276,7 @@ def releases(c, json=False, config=None, parallel=None):
 def status(c, json=False, config=None, roles=None, parallel=None):
     """Per host: current release, uWSGI master and workers, nginx, the health check, disk free; flags drift.
     Exits 1 naming each unhealthy host and why."""
+    from fabdeploy.ops import report, report_text
     cfg = _load(config, "mask")
     reports = report.status(target_connections(c, cfg, roles), cfg, _parallel(parallel, cfg))
     print(masked(_json.dumps(reports, indent=2) if json else report_text.format_status(reports)))
@@ -303,6 +305,7 @@ def logs(c, n=20, follow=False, which=None, config=None, roles=None, parallel=No
 
     The manager's lines: supervisor's program output file, the uWSGI emperor's lines about this vassal, or the
     unit's journal under systemd. -f follows every host's logs, merged."""
+    from fabdeploy.ops.logs import show_logs
     cfg = _load(config, "mask")
     errors = show_logs(target_connections(c, cfg, roles), cfg, Printer(), _seconds(n, "-n"), follow, which,
                        _parallel(parallel, cfg))

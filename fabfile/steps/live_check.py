@@ -12,6 +12,7 @@ from fabdeploy.front.firewall import firewall
 from fabdeploy.front.nginx import nginx_site
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, runs_nginx
+from fabdeploy.local import render
 from fabdeploy.local.secrets import digest as secrets_digest
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import fact, note
@@ -22,16 +23,18 @@ from fabdeploy.steps.code import settings_overlay
 def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server | None = None,
                 passwords: str = "") -> str:
     """A hash of the code revision and everything fabdeploy renders or installs for it (with placeholder
-    release ids): when the live release has the same one, a deploy has nothing to do. `passwords`: the
+    release ids): when the live release has the same one, a deploy has nothing to do. fabdeploy's own templates
+    count by their text and context (local/render.py `digests`: no jinja2 for a no-op redeploy). `passwords`: the
     digest of the fleet's db host passwords (database/fleet.digest: a rotated one, a real deploy)."""
     probe = Release("RELEASE", revision, "", "", "", "", "VENV")
     app = appserver.of(cfg)
-    parts = [revision, requirements.decode(errors="replace"), cfg.pip.packages, " ".join(app.requirements(cfg)),
-             nginx_site(cfg, server) if runs_nginx(cfg, server) else "", app.render_config(cfg, probe, server),
-             firewall(cfg, server, "STAGING"),
-             settings_overlay(cfg, "RELEASE"),
-             sorted(cfg.django.env.items()), cfg.hooks.__dict__, cfg.health.__dict__, cfg.project.python,
-             manage_wrapper(cfg)]
+    with render.digests():  # fabdeploy's templates: a digest of the template and its context, not jinja2
+        parts = [revision, requirements.decode(errors="replace"), cfg.pip.packages, " ".join(app.requirements(cfg)),
+                 nginx_site(cfg, server) if runs_nginx(cfg, server) else "", app.render_config(cfg, probe, server),
+                 firewall(cfg, server, "STAGING"),
+                 settings_overlay(cfg, "RELEASE"),
+                 sorted(cfg.django.env.items()), cfg.hooks.__dict__, cfg.health.__dict__, cfg.project.python,
+                 manage_wrapper(cfg)]
     if cfg.tls.mode == "acme":  # (another server or email: a real deploy, which issues with them)
         from fabdeploy.front.acme import wanted
         parts.append(wanted(cfg))
