@@ -163,7 +163,10 @@ def test_migrate_and_fab_manage_run_as_the_app_user():
     from fabdeploy.steps import django_app
     cfg = make_cfg(app={"user": "shop"})
     from test_phases import _boots
-    one, deploy, app = _boots(django_app.django(cfg, make_rel()).lines)  # (the deploy user's runs beside)
+    # (a redeploy: the app user's one boot, the deploy user's collect after it; a first deploy: side by side)
+    one, redeploy, collect, deploy, app = _boots(django_app.django(cfg, make_rel()).lines)
+    assert redeploy[0].startswith("${ASAPP-} sh -c") and "migrate" in redeploy[1] and "static" not in redeploy[1]
+    assert collect[0].startswith("/srv/") and collect[1] == {"static": True}
     assert app[0].startswith("${ASAPP-} sh -c") and "migrate" in app[1] and "static" not in app[1]
     assert deploy[0].startswith("/srv/") and deploy[1]["static"] and "migrate" not in deploy[1]
     assert "sudo -n -u shop" in remote_command(cfg, ["shell"])
