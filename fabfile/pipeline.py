@@ -183,6 +183,8 @@ def script(kind: str, name: str, r: RunState, *, only: tuple[str, ...] = ()) -> 
         out.detach = f"{lay.tmp}/{r.release_id}" + ("-lb.publish" if kind == "lb" else ".publish")
         if kind == "app":
             out.on_failure = [f"rm -rf {q(lay.staging(r.release_id))} || true",
+                              # (the master started early for a release that is not live after all: stopped)
+                              *(beside.not_live_lines(r.cfg, r.rel) if r.rel else []),
                               *lock.failed_here(r.cfg, r.owner, r.audit("failed"))]
     return out
 

@@ -155,6 +155,23 @@ def test_a_deploy_that_fails_after_its_master_started_early_stops_that_master(si
     assert f"Release: {site.releases[-2]}" in page(site)
 
 
+def test_a_release_that_fails_its_health_check_does_not_keep_its_master(site):
+    """The new master (started early) comes up and is swapped in, the health check fails, the gate reverts
+    to the warm master: the failed release's master is stopped too (nothing reaches it; the release is bad)."""
+    live = live_pid(site)
+    views = (site.proj.src / "pages" / "views.py").read_text()
+    site.proj.commit("500", {"pages/views.py": views.replace("def index(request):\n",
+                                                             "def index(request):\n    raise RuntimeError('500')\n", 1)})
+    res = fab(site, "deploy")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "-> 500" in out and f"reverted to {site.releases[-2]}" in out, out
+    new = int(re.search(r"uwsgi started early beside \d+, swapped \(master (\d+)", out).group(1))
+    assert gone_soon(site, new, 10)
+    assert live_pid(site) == live and masters(site) == {site.releases[-2]: live}
+    assert f"Release: {site.releases[-2]}" in page(site)
+    site.proj.commit("no 500", {"pages/views.py": views})
+
+
 def test_a_release_whose_master_does_not_come_up_leaves_the_live_one_untouched(site):
     served = site.releases[-2]
     live, before = live_pid(site), masters(site)

@@ -306,6 +306,18 @@ def abandon_lines(cfg: Config, rel) -> list[str]:
     ]
 
 
+def not_live_lines(cfg: Config, rel) -> list[str]:
+    """(a publish that failed) When `current` is not the release (the switch failed, or the health gate
+    reverted), its master is stopped like an abandoned one's (abandon_lines): it was started for this deploy
+    and nothing may reach it."""
+    lines = abandon_lines(cfg, rel)
+    if not lines:
+        return []
+    lay = Layout(cfg.paths.deploy_to)
+    return [f'if [ "$(readlink {q(lay.current)})" != {q(lay.release(rel.id))} ]; then',
+            *["  " + ln for ln in lines], "fi"]
+
+
 def stop_slots_lines(cfg: Config, app) -> list[str]:
     """(fab stop, after the live master is gone) Stop the warm master too (idle: SIGKILL) and remove every
     slot's files, the record and the link nginx connects to."""
