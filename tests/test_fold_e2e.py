@@ -58,7 +58,7 @@ def test_a_code_only_redeploy_runs_setup_and_prepare_in_one_invocation(site):
     res, channels = deploy(site, "--verbose")
     assert res.returncode == 0, res.stdout + res.stderr
     assert channels == 2, res.stdout  # setup+prepare, publish
-    assert "----- remote invocation setup+prepare" in res.stdout
+    assert "----- setup and prepare run as one invocation" in res.stdout and "remote invocation prepare" in res.stdout
     for phase in ("setup", "upload", "code", "venv", "django", "config", "switch", "restart", "health"):
         assert f" {phase} " in res.stdout, phase
     assert serves(site, release_of(res.stdout))

@@ -100,15 +100,18 @@ class HostDeploy(HostRun):
         self.state.facts, self.state.rel = assumed, self.new_release(key, False)
         archive = self.archive([])
         flag = f"{self.layout.tmp}/{self.rel_id}.fold"
-        built = fold.folded(setup_script, pipeline.script("app", "prepare", self.state),
-                            fold.gate(assumed, self.layout.venv(key), flag, self.fold_key), flag)
+        prepare = pipeline.script("app", "prepare", self.state)
+        gate = fold.gate(assumed, self.layout.venv(key), flag, self.fold_key)
+        built = fold.folded(setup_script, prepare, gate, flag)
+        # (--verbose: the two invocations as --plan shows them, and how they are joined)
+        shown = [("setup", setup_script), ("prepare", prepare), fold.joined(gate)]
 
         def before_line(ph) -> None:
             if ph.name == "setup" and ph.rc == 0:
                 self.stage = "prepare"
             elif ph.name == "code":
                 self.printer.line(self.host, f"upload   release {self.rel_id} ({len(archive) // 1024} KiB)")
-        return self.run("setup+prepare", stdin=archive, built=built, on_phase=before_line)
+        return self.run("setup+prepare", stdin=archive, built=built, shown=shown, on_phase=before_line)
 
     def new_release(self, key: str, has_wheels: bool) -> model.Release:
         return model.Release(self.rel_id, self.source.revision, self.source.branch, self.source.kind,

@@ -68,13 +68,16 @@ class HostRun:
     def facts(self) -> model.Facts | None:
         return self.state.facts
 
-    def run(self, name: str, stdin: bytes | None = None, interruptible: bool = True, built=None, on_phase=None):
+    def run(self, name: str, stdin: bytes | None = None, interruptible: bool = True, built=None, shown=(),
+            on_phase=None):
         """Run the pipeline's invocation `name` on this host (an interruptible one stops at Ctrl-C); `built`: a
-        script already built for it (the app's setup and prepare in one), `on_phase` before each phase line."""
+        script already built for it (the app's setup and prepare in one), listed with --verbose as `shown`
+        ((name, script) pairs, and lines); `on_phase` runs before each phase line."""
         script = built or pipeline.script(self.kind, name, self.state)
         if script.detach:
             self.detached = script.detach
-        self.printer.debug(self.host, pipeline.listing(name, script))
+        for item in shown or [(name, script)]:
+            self.printer.debug(self.host, item if isinstance(item, str) else pipeline.listing(*item))
 
         def phase(ph) -> None:
             if on_phase:

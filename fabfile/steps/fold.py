@@ -37,6 +37,12 @@ def gate(assumed: Facts, venv_dir: str, flag: str, key_fp: str = "") -> list[str
             f'if [ -z "$fold_missed" ]; then : > {q(flag)}; fi']
 
 
+def joined(gate_lines: list[str]) -> str:
+    """How --verbose tells that the setup and prepare invocations it listed run as one."""
+    return ("----- setup and prepare run as one invocation: the setup phase reads no stdin and ends with the gate "
+            "below; prepare runs only when it passes\n" + "\n".join(gate_lines) + "\n----- end of the gate")
+
+
 def folded(setup: Script, prepare: Script, gate_lines: list[str], flag: str) -> Script:
     """One script: setup's phases (the last, setup itself, never reading stdin and ending with the gate),
     then prepare's, run only when the gate created `flag` (removed again)."""
