@@ -83,11 +83,11 @@ class HostDeploy(HostRun):
     def fold_plan(self) -> tuple[model.Facts, str] | None:
         """The remembered facts and venv hash to build this host's prepare from, when setup and prepare may run
         in one invocation: facts remembered, their venv complete there (a code-only redeploy), and not a likely
-        no-op (the last fingerprint this host went live with is another; --force deploys anyway)."""
+        no-op (the last fingerprint this host went live with is another; --force of the live one: as before)."""
         if self.fold_key is None:
             return None
         cached = facts_cache.load(self.cache_target, self.cfg.paths.deploy_to)
-        if cached is None or (cached[1] == self.fingerprint and not self.force):
+        if cached is None or cached[1] == self.fingerprint:
             return None
         facts = cached[0]
         key = venv_hash(self.cfg, self.source.requirements, facts.python_version)
