@@ -65,10 +65,11 @@ class HostDeploy(HostRun):
         """Invocation 1: layout, lock, facts (with the fingerprint of the host's secret key). On failure or
         Ctrl-C cleans up after itself and raises."""
         with self.cleaned_up_on_failure():
+            assumed = self.fold_plan()
+            folded = self.fold_script(*assumed) if assumed else None  # (built while the SSH handshake runs)
             open_connection(self.conn)
             self.stage = "setup"
-            assumed = self.fold_plan()
-            res = self.run_folded(*assumed) if assumed else self.run("setup")
+            res = self.run_folded(*folded) if folded else self.run("setup")
             raw = res.facts
             self.state.facts = facts = model.Facts.parse(raw)
             self.key_fp = raw.get(secret_key.FACT, "")
@@ -93,9 +94,9 @@ class HostDeploy(HostRun):
         key = venv_hash(self.cfg, self.source.requirements, facts.python_version)
         return (facts, key) if key in facts.venvs else None
 
-    def run_folded(self, assumed: model.Facts, key: str):
-        """Setup, the gate and prepare in one invocation (steps/fold.py), the archive (no wheels) on stdin.
-        The phase lines show as in two invocations; the stage becomes "prepare" once setup ended."""
+    def fold_script(self, assumed: model.Facts, key: str) -> tuple:
+        """Setup, the gate and prepare as one script (steps/fold.py), what --verbose lists for it, and the
+        archive (no wheels) it reads on stdin."""
         setup_script = pipeline.script("app", "setup", self.state)
         self.state.facts, self.state.rel = assumed, self.new_release(key, False)
         archive = self.archive([])
@@ -105,6 +106,11 @@ class HostDeploy(HostRun):
         built = fold.folded(setup_script, prepare, gate, flag)
         # (--verbose: the two invocations as --plan shows them, and how they are joined)
         shown = [("setup", setup_script), ("prepare", prepare), fold.joined(gate)]
+        return built, shown, archive
+
+    def run_folded(self, built: Script, shown: list, archive: bytes):
+        """Run the folded script: the phase lines show as in two invocations; the stage becomes "prepare" once
+        setup ended."""
 
         def before_line(ph) -> None:
             if ph.name == "setup" and ph.rc == 0:
