@@ -1,6 +1,7 @@
 """The benchmark keeps working (CI runs its short version: sample project, 1 host, 25 ms). It asserts no
 timing, only that it measured everything and that fab used the round trips it should: one SSH connection per
-host per command, three channels for a deploy, one for a no-op redeploy and one for a rollback, with uWSGI and
+host per command, three channels for a first deploy, two for a code-only redeploy (setup and prepare in one:
+steps/fold.py), one for a no-op redeploy and one for a rollback, with uWSGI and
 with gunicorn (measured side by side in the same run); that the naive baseline was measured beside the limit
 (every row has a naive time and a fab/naive ratio); and that the app server's RSS per host was read for fab and
 for naive."""
@@ -26,7 +27,7 @@ def test_quick_benchmark_runs_and_counts_round_trips():
     assert {(r[0], r[1], r[2]) for r in rows} == {(s, m, "25") for s in ("uwsgi", "gunicorn") for m in MEASURES}
     for server in ("uwsgi", "gunicorn"):
         channels = {r[1]: int(r[9]) for r in rows if r[0] == server}
-        assert channels == {"first": 3, "code": 3, "noop": 1, "rollback": 1}, server
+        assert channels == {"first": 3, "code": 2, "noop": 1, "rollback": 1}, server
     assert {int(r[8]) for r in rows} == {1}
     for r in rows:  # every ratio is a real measurement of both sides (printed values are rounded)
         fab, limit, naive, to_limit, to_naive = (float(x) for x in r[3:8])

@@ -1,5 +1,6 @@
 """One app host of a deploy: the three invocations of pipeline.APP, run in order by deploy_all (setup,
-build, publish), and the cleanups that put the host back when the deploy stops."""
+build, publish), and the cleanups that put the host back when the deploy stops. A code-only redeploy runs
+setup and prepare in one invocation when the host's facts are what fab remembers (steps/fold.py)."""
 from __future__ import annotations
 
 import base64
@@ -12,6 +13,7 @@ from fabdeploy.errors import FabdeployError
 from fabdeploy.hosts.connect import open_connection
 from fabdeploy.hosts.fleet import deferred_interrupt
 from fabdeploy.hosts.roles import server_of
+from fabdeploy.local import facts_cache
 from fabdeploy.local.source import Source, bundle
 from fabdeploy.local.wheelhouse import build_wheels, venv_hash
 from fabdeploy.ops.host_run import HostRun
@@ -22,7 +24,7 @@ from fabdeploy.remote import detach, markers
 from fabdeploy.remote.runner import Interrupted, run_script
 from fabdeploy.remote.script import Phase, Script, mask
 from fabdeploy.remote.shell import q
-from fabdeploy.steps import cleanup, live_check, lock, secret_key
+from fabdeploy.steps import cleanup, fold, live_check, lock, secret_key
 from fabdeploy.steps.lock import LockOwner
 
 
@@ -32,7 +34,8 @@ class HostDeploy(HostRun):
     kind = "app"
 
     def __init__(self, conn, cfg: Config, source: Source, rel_id: str, printer: Printer, shared: Shared,
-                 cancel: threading.Event, wait: int = 0, force: bool = False, passwords: dict | None = None):
+                 cancel: threading.Event, wait: int = 0, force: bool = False, passwords: dict | None = None,
+                 fold_key: str | None = None):
         self.source, self.rel_id, self.force, self.shared = source, rel_id, force, shared
         self.fingerprint = live_check.fingerprint(cfg, source.revision, source.requirements, server_of(conn),
                                                   fleet.digest(cfg, passwords or {}))
@@ -41,6 +44,9 @@ class HostDeploy(HostRun):
                          fingerprint="" if force else self.fingerprint, requirement_files=source.requirement_files)
         self.held_interrupt = False
         self.key_fp = ""  # fingerprint of the host's shared/secret_key ("" = none)
+        # setup and prepare may run in one invocation (None: never; "" any SECRET_KEY, else that one's fingerprint)
+        self.fold_key = fold_key
+        self.cache_target = facts_cache.target_of(conn)
 
     @property
     def rel(self) -> model.Release | None:
@@ -59,29 +65,77 @@ class HostDeploy(HostRun):
         """Invocation 1: layout, lock, facts (with the fingerprint of the host's secret key). On failure or
         Ctrl-C cleans up after itself and raises."""
         with self.cleaned_up_on_failure():
+            assumed = self.fold_plan()
+            folded = self.fold_script(*assumed) if assumed else None  # (built while the SSH handshake runs)
             open_connection(self.conn)
             self.stage = "setup"
-            raw = self.run("setup").facts
+            res = self.run_folded(*folded) if folded else self.run("setup")
+            raw = res.facts
             self.state.facts = facts = model.Facts.parse(raw)
             self.key_fp = raw.get(secret_key.FACT, "")
             # an unchanged host's lock is already released
-            self.stage = "unchanged" if facts.unchanged else "locked"
+            self.stage = "unchanged" if facts.unchanged else "prepared" if "code" in res.phases else "locked"
+            if self.stage != "prepared":
+                self.state.rel = None
+            if assumed and self.stage == "locked":
+                self.printer.line(self.host, "setup    the host is not as at its last deploy "
+                                  f"({raw.get(fold.FACT) or 'setup'}): prepare runs on its own")
+
+    def fold_plan(self) -> tuple[model.Facts, str] | None:
+        """The remembered facts and venv hash to build this host's prepare from, when setup and prepare may run
+        in one invocation: facts remembered, their venv complete there (a code-only redeploy), and not a likely
+        no-op (the last fingerprint this host went live with is another; --force of the live one: as before)."""
+        if self.fold_key is None:
+            return None
+        cached = facts_cache.load(self.cache_target, self.cfg.paths.deploy_to)
+        if cached is None or cached[1] == self.fingerprint:
+            return None
+        facts = cached[0]
+        key = venv_hash(self.cfg, self.source.requirements, facts.python_version)
+        return (facts, key) if key in facts.venvs else None
+
+    def fold_script(self, assumed: model.Facts, key: str) -> tuple:
+        """Setup, the gate and prepare as one script (steps/fold.py), what --verbose lists for it, and the
+        archive (no wheels) it reads on stdin."""
+        setup_script = pipeline.script("app", "setup", self.state)
+        self.state.facts, self.state.rel = assumed, self.new_release(key, False)
+        archive = self.archive([])
+        flag = f"{self.layout.tmp}/{self.rel_id}.fold"
+        prepare = pipeline.script("app", "prepare", self.state)
+        gate = fold.gate(assumed, self.layout.venv(key), flag, self.fold_key)
+        built = fold.folded(setup_script, prepare, gate, flag)
+        # (--verbose: the two invocations as --plan shows them, and how they are joined)
+        shown = [("setup", setup_script), ("prepare", prepare), fold.joined(gate)]
+        return built, shown, archive
+
+    def run_folded(self, built: Script, shown: list, archive: bytes):
+        """Run the folded script: the phase lines show as in two invocations; the stage becomes "prepare" once
+        setup ended."""
+
+        def before_line(ph) -> None:
+            if ph.name == "setup" and ph.rc == 0:
+                self.stage = "prepare"
+            elif ph.name == "code":
+                self.printer.line(self.host, f"upload   release {self.rel_id} ({len(archive) // 1024} KiB)")
+        return self.run("setup+prepare", stdin=archive, built=built, shown=shown, on_phase=before_line)
+
+    def new_release(self, key: str, has_wheels: bool) -> model.Release:
+        return model.Release(self.rel_id, self.source.revision, self.source.branch, self.source.kind,
+                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), self.owner.who, key, has_wheels,
+                             self.fingerprint)
 
     def build(self) -> None:
         """Invocation 2: upload, venv, migrate, static, config. Changes nothing the running site uses; on
         failure or Ctrl-C cleans up after itself and raises."""
         cfg, facts = self.cfg, self.facts
-        if self.stage == "unchanged":
+        if self.stage in ("unchanged", "prepared"):
             return
         with self.cleaned_up_on_failure():
             key = venv_hash(cfg, self.source.requirements, facts.python_version)
             need_venv = key not in facts.venvs
             wheels = self.wheels(key, facts) if (need_venv and cfg.pip.wheelhouse) else []
             self.check_cancel("wheels")
-            self.state.rel = rel = model.Release(
-                self.rel_id, self.source.revision, self.source.branch, self.source.kind,
-                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), self.owner.who, key, bool(wheels),
-                self.fingerprint)
+            self.state.rel = rel = self.new_release(key, bool(wheels))
             archive = self.archive(wheels)
             self.printer.line(self.host, f"upload   release {rel.id} ({len(archive) // 1024} KiB"
                               + (f", {len(wheels)} wheels" if wheels else "") + ")")
@@ -115,6 +169,7 @@ class HostDeploy(HostRun):
                 raise
             self.printer.line(self.host, "the SSH channel broke during publish; the host finished it by itself "
                               "(exit status 0)")
+        facts_cache.save(self.cache_target, cfg.paths.deploy_to, facts, self.fingerprint, self.rel.venv_hash)
         return Outcome(self.host, self.rel_id, True, "", time.monotonic() - self.started,
                        site_url(cfg, self.conn.host))
 

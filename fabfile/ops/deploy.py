@@ -8,6 +8,7 @@
                   cleanup, finish                lock: detached on the host (detach.py), so it finishes even
                                                  when fab dies or its connection drops
 
+A code-only redeploy to a host that is as fab remembers it runs invocations 1 and 2 as one (steps/fold.py).
 A failure (or Ctrl-C) before the switch stops the remote half, removes the half-built release and leaves
 `current`, uWSGI and nginx as they were; the switch invocation is never cut in half by Ctrl-C. Every run
 ends with an audit line and the lock released.
@@ -61,8 +62,10 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
     # the db host's passwords, read once before the app hosts' setup: they are part of the "already live"
     # fingerprint (a rotated password reaches every app host on the next deploy)
     passwords = fleet.read_passwords(cfg, app_conns[0].config, printer) if app_conns else {}
-    apps = [HostDeploy(conn, cfg, source, rel_id, printer, shared, cancel, wait, force, passwords)
-            for conn in app_conns]
+    apps = [HostDeploy(conn, cfg, source, rel_id, printer, shared, cancel, wait, force, passwords,
+                       fold_key(cfg, len(app_conns), adopt_secret_key)) for conn in app_conns]
+    for hd in apps:  # (known before setup: a host that prepares in its setup invocation needs them)
+        hd.state.fleet_passwords = dict(passwords)
     record = {"revision": source.revision, "branch": source.branch}
     lbs = [LbDeploy(conn, cfg, rel_id, printer, cancel, wait, record) for conn in conns
            if server_of(conn).role == "lb"]
@@ -194,6 +197,16 @@ def deploy_all(conns: list, cfg: Config, printer: Printer, wait: int | None = No
         raise
     finally:
         _close(everyone)
+
+
+def fold_key(cfg: Config, n_apps: int, adopt: str | None) -> str | None:
+    """May the app hosts run setup and prepare in one invocation (steps/fold.py)? Not when the keys may move
+    (--adopt-secret-key) or when several app hosts share a database (which one migrates is decided after
+    every setup); else the SECRET_KEY fingerprint a folded host must have ("" any: one of its own)."""
+    if adopt or (fleet.shared(cfg) and n_apps > 1):
+        return None
+    configured = cfg.secret_env.get("SECRET_KEY", "")
+    return secret_key.key_fingerprint(configured) if configured else ""
 
 
 def acme_order(lbs: list[LbDeploy], cfg: Config) -> list:

@@ -68,16 +68,25 @@ class HostRun:
     def facts(self) -> model.Facts | None:
         return self.state.facts
 
-    def run(self, name: str, stdin: bytes | None = None, interruptible: bool = True):
-        """Run the pipeline's invocation `name` on this host (an interruptible one stops at Ctrl-C)."""
-        script = pipeline.script(self.kind, name, self.state)
+    def run(self, name: str, stdin: bytes | None = None, interruptible: bool = True, built=None, shown=(),
+            on_phase=None):
+        """Run the pipeline's invocation `name` on this host (an interruptible one stops at Ctrl-C); `built`: a
+        script already built for it (the app's setup and prepare in one), listed with --verbose as `shown`
+        ((name, script) pairs, and lines); `on_phase` runs before each phase line."""
+        script = built or pipeline.script(self.kind, name, self.state)
         if script.detach:
             self.detached = script.detach
-        self.printer.debug(self.host, pipeline.listing(name, script))
+        for item in shown or [(name, script)]:
+            self.printer.debug(self.host, item if isinstance(item, str) else pipeline.listing(*item))
+
+        def phase(ph) -> None:
+            if on_phase:
+                on_phase(ph)
+            self.printer.phase(self.host, ph)
         return run_script(self.conn, script, host=self.host, stdin=stdin,
                           timeout=self.cfg.pip.timeout + 600 + self.wait,
                           remote=self.remote if interruptible else None, cancel=self.cancel if interruptible else None,
-                          on_phase=lambda ph: self.printer.phase(self.host, ph),
+                          on_phase=phase,
                           on_output=(lambda s, ln: self.printer.debug(self.host, ln)) if self.printer.verbose
                           else None)
 

@@ -24,6 +24,9 @@ class Phase:
     # A failure does not stop the script: later phases see the name in $fabdeploy_failed and decide
     # (the health phase reverts when the restart failed). Never make the last phase keep_going.
     keep_going: bool = False
+    # A shell test the script's own shell runs after the phase succeeded: false ends the script there,
+    # successfully, what is left of its stdin read and dropped (a folded setup whose gate failed: fold.py).
+    stop_unless: str = ""
 
 
 @dataclass
@@ -59,6 +62,8 @@ class Script:
                 out.append(f'[ "$rc" -eq 0 ] || {{ fabdeploy_phase={name}; fabdeploy_on_failure; exit "$rc"; }}')
             else:
                 out.append('[ "$rc" -eq 0 ] || exit "$rc"')
+            if phase.stop_unless:
+                out.append(f"{phase.stop_unless} || {{ cat >/dev/null; exit 0; }}")
         return "\n".join(out) + "\n"
 
     def command(self) -> str:
