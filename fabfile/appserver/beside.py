@@ -261,11 +261,11 @@ def early(cfg: Config, rel, server=None) -> Early | None:
     at once; early_argv); not when this deploy replaces the host's secret key at the switch (the app reads it
     when it loads). A failure to start here changes nothing: the restart starts it as usual. A deploy that
     stops before the switch stops it again (abandon_lines). None: not here."""
-    from fabdeploy import appserver
     from fabdeploy.steps.code import env_file_names
-    app = appserver.of(cfg)
-    if not applies(cfg, app) or not (argv := app.early_argv(cfg, rel, rel.id)):
+    app = early_app(cfg, rel)
+    if not app:
         return None
+    argv = app.early_argv(cfg, rel, rel.id)
     lay = Layout(cfg.paths.deploy_to)
     T, sl = lay.staging(rel.id), Slots(cfg, app)
     path, text = app.slot_config(cfg, rel, server, rel.id)
@@ -284,17 +284,26 @@ def early(cfg: Config, rel, server=None) -> Early | None:
 
 
 def early_var_lines(cfg: Config, rel) -> list[str]:
-    """(a deploy's restart, before the reload) $early: the release whose master `early` started."""
+    """(a deploy's restart, before the reload) $early: the release whose master `early` started; [] where
+    none is started early."""
+    if not early_app(cfg, rel):
+        return []
     T = Layout(cfg.paths.deploy_to).staging(rel.id)
     return [f"early=; [ ! -e {q(T + '/early')} ] || early={q(rel.id)}"]
+
+
+def early_app(cfg: Config, rel):
+    """The app server, when its master for the release starts early (see early); else None."""
+    from fabdeploy import appserver
+    app = appserver.of(cfg)
+    return app if applies(cfg, app) and app.early_argv(cfg, rel, rel.id) else None
 
 
 def abandon_lines(cfg: Config, rel) -> list[str]:
     """(a deploy that stops before its switch) The master `early` started for the release, if any:
     killed (it never served) and its slot's files removed."""
-    from fabdeploy import appserver
-    app = appserver.of(cfg)
-    if not applies(cfg, app) or not app.early_argv(cfg, rel, rel.id):
+    app = early_app(cfg, rel)
+    if not app:
         return []
     sl = Slots(cfg, app)
     return [

@@ -78,8 +78,7 @@ def restart(cfg: Config, rel: Release, facts: Facts, server: Server | None = Non
     """Start the app server or reload it gracefully and wait until every worker runs the new release (and
     have it started at boot, where the process manager does not do that itself); then nginx."""
     lay = Layout(cfg.paths.deploy_to)
-    early = beside.early_var_lines(cfg, rel) if beside.early(cfg, rel) else []  # (the django phase's)
-    lines = early + reload(cfg, q(lay.release(rel.id)), q(lay.venv(rel.venv_hash)), rel.id)
+    lines = beside.early_var_lines(cfg, rel) + reload(cfg, q(lay.release(rel.id)), q(lay.venv(rel.venv_hash)), rel.id)
     lines += manager.of(cfg).boot_lines(cfg, appserver.of(cfg))  # back after a reboot
     if runs_nginx(cfg, server):
         lines += nginx_restart_lines(facts, lay.staging(rel.id) + "/nginx-changed")
