@@ -278,7 +278,7 @@ def early(cfg: Config, rel, server=None) -> Early | None:
              f"  if {AS_APP} {' '.join(q(a) for a in argv)} </dev/null >{q(log)} 2>&1; then : > {q(marker)}; "
              f"else rm -f {q(path)}; fi",
              "fi"]
-    params = {"argv": argv, "cwd": lay.deploy_to, "unless": T + "/secret_key",
+    params = {"argv": argv, "config": path, "cwd": lay.deploy_to, "unless": T + "/secret_key",
               "drop": sorted({*env_file_names(cfg), "DJANGO_SETTINGS_MODULE", "FABDEPLOY_RELEASE"})}
     return Early(prep, lines, params, marker)
 

@@ -130,13 +130,17 @@ def app_get(addr, port, host, path):
         text = "\n".join(f"socket = {p.socket}.{s}" if ln.startswith("socket = ")
                          else f"pidfile = {p.pidfile}.{s}" if ln.startswith("pidfile = ") else ln
                          for ln in self.render_config(cfg, rel, server).splitlines())
-        return f"{Layout(cfg.paths.deploy_to).config}/{self.config_name}.{s}", text
+        return self.slot_config_path(cfg, s), text
+
+    def slot_config_path(self, cfg: Config, s: str) -> str:
+        """Where slot s's own ini is (sl.conf, unquoted)."""
+        return f"{Layout(cfg.paths.deploy_to).config}/{self.config_name}.{s}"
 
     def early_argv(self, cfg: Config, rel: Release, s: str) -> list[str]:
         """The command that starts the release's master in slot s from its slot_config: uWSGI daemonizes
         before it loads the app, so it returns at once; SIGTERM stops it gracefully."""
-        ini = f"{Layout(cfg.paths.deploy_to).config}/{self.config_name}.{s}"  # (slot_config's path)
-        return [Layout(cfg.paths.deploy_to).venv(rel.venv_hash) + "/bin/uwsgi", "--ini", ini,
+        return [Layout(cfg.paths.deploy_to).venv(rel.venv_hash) + "/bin/uwsgi", "--ini",
+                self.slot_config_path(cfg, s),
                 "--hook-master-start", "unix_signal:15 gracefully_kill_them_all"]
 
     def socket_ready(self, cfg: Config) -> str:

@@ -326,7 +326,7 @@ def start_early(e, env0):
     added (the env file, the settings module): what the restart would start it with. It daemonizes at once;
     when that worked, EARLY_OK tells the shell, which tells the restart to wait for it instead of starting one."""
     import subprocess
-    if os.path.exists(e["unless"]) or not os.path.exists(e["argv"][2]):  # (a key staged for the switch; no ini)
+    if os.path.exists(e["unless"]) or not os.path.exists(e["config"]):  # (a key staged for the switch; no config)
         return
     env = {k: v for k, v in env0.items() if k not in set(e["drop"])}
     try:  # (what it says before it daemonizes is lost: a master that does not start here is started by the
