@@ -38,7 +38,13 @@ def test_supervisord_runs_uvicorn_through_the_runner_script(site):
     assert "supervisord" in parent_comm(site, pid) and masters(site, "uvicorn") == [str(pid)]
     conf = site.host.path("/etc/supervisor/conf.d/sample.conf").read_text()
     assert f"command=/bin/sh {D}/shared/config/uvicorn-run.sh" in conf and "user=sample" in conf
-    assert re.match(r"sample\s+RUNNING", ctl(site, "status", "sample"))
+    # (supervisord says RUNNING once the program has stayed up startsecs=1; the deploy reports the master as
+    # soon as it answers, which can be inside that second)
+    deadline, status = time.monotonic() + 10, ""
+    while time.monotonic() < deadline and not re.match(r"sample\s+(RUNNING|FATAL|BACKOFF|EXITED)", status):
+        status = ctl(site, "status", "sample")
+        time.sleep(0.2)
+    assert re.match(rf"sample\s+RUNNING\s+pid {pid},", status), status
     assert uvicorn_workers(site, pid) == [f"{D}/releases/{rel}"] * 2
     assert sh(site, f"stat -c '%a %U %G' {D}/shared/run/uvicorn.sock") == "660 sample www-data"
     assert f"Release: {rel}" in page(site)
