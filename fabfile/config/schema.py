@@ -94,6 +94,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "known_hosts": Key("", _str(None)),
         "identity_file": Key("", _str(None)),
         "connect_timeout": Key(15, _int(1, 600)),
+        "pipelined_auth": Key(True, _bool),
     },
     "health": {
         "path": Key("/", _str(re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*$"), "a URL path like /health", False)),

@@ -12,6 +12,7 @@ from fabric import Connection
 
 from fabdeploy.config import Config
 from fabdeploy.errors import ConfigError, FabdeployError
+from fabdeploy.hosts.pipelined_auth import PipelinedHopTransport, PipelinedTransport
 
 
 class ConnectError(FabdeployError):
@@ -31,9 +32,10 @@ def make_connection(target: str, cfg: Config, fabric_config=None) -> Connection:
     return prepare(conn, cfg)
 
 
-def prepare(conn: Connection, cfg: Config) -> Connection:
+def prepare(conn: Connection, cfg: Config, hop: bool = False) -> Connection:
     """Apply fabdeploy's SSH policy to a (not yet opened) Connection and to every gateway hop it goes through
     (ProxyJump from ssh_config: Fabric gives each hop its own client with auto-add host keys)."""
+    conn.connect_kwargs = dict(conn.connect_kwargs)  # (Fabric gives the Connections of one config the same dict)
     if cfg.ssh.identity_file:
         key = Path(cfg.ssh.identity_file).expanduser()
         if not key.is_file():
@@ -45,6 +47,8 @@ def prepare(conn: Connection, cfg: Config) -> Connection:
             conn.connect_kwargs["key_filename"] = [str(key), *files]
     if conn.connect_timeout is None:
         conn.connect_timeout = cfg.ssh.connect_timeout
+    if cfg.ssh.pipelined_auth:
+        conn.connect_kwargs.setdefault("transport_factory", PipelinedHopTransport if hop else PipelinedTransport)
     client = conn.client
     if cfg.ssh.strict_host_keys:
         try:
@@ -61,7 +65,7 @@ def prepare(conn: Connection, cfg: Config) -> Connection:
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     # A ProxyCommand gateway (a string) is a program of its own, e.g. `ssh -W`, checking keys as it is set up.
     if isinstance(conn.gateway, Connection):
-        prepare(conn.gateway, cfg)
+        prepare(conn.gateway, cfg, hop=True)
     return conn
 
 

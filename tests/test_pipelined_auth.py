@@ -1,0 +1,26 @@
+"""Which public-key attempts are pipelined (fabdeploy.hosts.pipelined_auth): the rule without a server (the
+e2e module proves the protocol against a real sshd)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from fabdeploy.hosts.pipelined_auth import _can_sign_now
+
+
+def handler(key_type: str, extensions: dict) -> SimpleNamespace:
+    from paramiko.auth_handler import AuthHandler
+    h = SimpleNamespace(private_key=SimpleNamespace(public_blob=None, get_name=lambda: key_type),
+                        transport=SimpleNamespace(server_extensions=extensions))
+    h._get_key_type_and_bits = lambda key: AuthHandler._get_key_type_and_bits(h, key)
+    return h
+
+
+def test_any_key_but_rsa_signs_at_once():
+    for kind in ("ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-ed25519-cert-v01@openssh.com"):
+        assert _can_sign_now(handler(kind, {}))
+
+
+def test_rsa_waits_for_the_servers_signature_algorithms():
+    assert not _can_sign_now(handler("ssh-rsa", {}))
+    assert not _can_sign_now(handler("ssh-rsa-cert-v01@openssh.com", {"other": b"x"}))
+    assert _can_sign_now(handler("ssh-rsa", {"server-sig-algs": b"rsa-sha2-512,rsa-sha2-256"}))
