@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import threading
 import time
@@ -227,6 +228,9 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
     deadline = time.monotonic() + timeout
     status_seen = 0.0
     try:
+        # (paramiko signals this pipe when output or EOF arrives: the loop sleeps until then instead of waking
+        # every few ms; at ten hosts the polling alone took about a second of CPU per deploy)
+        ready = chan.fileno()
         while True:
             busy = False
             if chan.recv_ready():
@@ -250,7 +254,10 @@ def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, t
                 if time.monotonic() > deadline:
                     chan.close()
                     raise RemoteError(host, _running(phases, script), f"timed out after {timeout:.0f}s")
-                time.sleep(0.002)
+                if chan.eof_received:  # (the pipe stays signalled after EOF: the exit status is a poll away)
+                    time.sleep(0.002)
+                else:  # (a timeout: the exit status, a cancel and the deadline are looked at anyway)
+                    select.select([ready], [], [], 0.05)
     except (socket.error, paramiko.SSHException, EOFError) as exc:
         raise RemoteError(host, _running(phases, script), f"SSH connection lost ({exc})") from None
     outs.close()
