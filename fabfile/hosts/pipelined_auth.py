@@ -27,7 +27,7 @@ import time
 
 import paramiko
 from paramiko.auth_handler import AuthHandler
-from paramiko.common import MSG_UNIMPLEMENTED, cMSG_CHANNEL_OPEN
+from paramiko.common import MSG_UNIMPLEMENTED, WARNING, cMSG_CHANNEL_OPEN
 from paramiko.message import Message
 
 
@@ -107,11 +107,14 @@ class PipelinedTransport(paramiko.Transport):
 
     def _parse_unimplemented(self, m: Message) -> None:
         """OpenSSH's answer to an early session request that came before the authentication succeeded (sent
-        with a refused key): that request is void (paramiko would log a warning for the message)."""
+        with a refused key): that request is void (paramiko would log a warning for the message, as it still
+        does for any other)."""
         early = self._early
         if early is not None and not early.event.is_set():
             early.refused = True
             early.event.set()
+        else:  # (anything else: as paramiko has it)
+            self._log(WARNING, "Oops, unhandled type 3 ('unimplemented')")
 
     def open_session(self, window_size=None, max_packet_size=None, timeout=None):
         """The session channel asked for with the successful key's request (RFC 4252 5.1: a message sent
