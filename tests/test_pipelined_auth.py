@@ -1,10 +1,14 @@
-"""Which public-key attempts are pipelined (fabdeploy.hosts.pipelined_auth): the rule without a server (the
-e2e module proves the protocol against a real sshd)."""
+"""Which public-key attempts are pipelined (fabdeploy.hosts.pipelined_auth) and which transport each
+Connection gets: the rules without a server (the e2e module proves the protocol against a real sshd)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from fabdeploy.hosts.pipelined_auth import _can_sign_now
+from fabric import Connection
+
+from fabdeploy.hosts.connect import prepare
+from fabdeploy.hosts.pipelined_auth import PipelinedHopTransport, PipelinedTransport, _can_sign_now
+from test_phases import make_cfg
 
 
 def handler(key_type: str, extensions: dict) -> SimpleNamespace:
@@ -24,3 +28,15 @@ def test_rsa_waits_for_the_servers_signature_algorithms():
     assert not _can_sign_now(handler("ssh-rsa", {}))
     assert not _can_sign_now(handler("ssh-rsa-cert-v01@openssh.com", {"other": b"x"}))
     assert _can_sign_now(handler("ssh-rsa", {"server-sig-algs": b"rsa-sha2-512,rsa-sha2-256"}))
+
+
+def test_a_proxyjump_hop_gets_no_early_channel_and_the_switch_turns_both_off():
+    def prepared(**ssh):
+        conn = Connection("deploy@10.0.1.5", gateway=Connection("deploy@10.0.0.1"))
+        return prepare(conn, make_cfg(ssh={"strict_host_keys": False, **ssh}))
+    conn = prepared()
+    assert conn.connect_kwargs["transport_factory"] is PipelinedTransport
+    assert conn.gateway.connect_kwargs["transport_factory"] is PipelinedHopTransport
+    assert not PipelinedHopTransport.early_session and PipelinedTransport.early_session
+    conn = prepared(pipelined_auth=False)
+    assert "transport_factory" not in conn.connect_kwargs and "transport_factory" not in conn.gateway.connect_kwargs

@@ -1,8 +1,9 @@
 """`[ssh] pipelined_auth` (issue 16) against a real OpenSSH sshd in a lab host: the signed public-key request goes
 right behind the ssh-userauth service request, before the server's acceptance, and the first session channel
 right behind that request (two round trips less per connection); wrong keys before the right one (the early
-channel void, a plain one opened), an RSA key, a ProxyJump hop, the option off, and a refused key through the
-real `fab` all behave as paramiko's own steps do."""
+channel void, a plain one opened), an RSA key, the option off, and a refused key through the real `fab` all
+behave as paramiko's own steps do. (A ProxyJump hop's transport: tests/test_pipelined_auth.py; a deploy through
+one: tests/test_gateway_e2e.py.)"""
 from __future__ import annotations
 
 import logging
