@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from e2e_site import D, deploy, fab, new_site, page, sh, workers
+from e2e_site import D, children, deploy, fab, new_site, page, sh, workers
 from test_load_e2e import Load, broken_deploy_under_load
 
 RUN = f"{D}/shared/run"
@@ -24,7 +24,10 @@ RUN = f"{D}/shared/run"
 
 @pytest.fixture(scope="module")
 def site(make_host, tmp_path_factory, wheel_cache):
-    return new_site(make_host("beside"), tmp_path_factory, wheel_cache, "beside", keep=6)
+    # (health.path /seen: the sample's view that logs "<pid> <User-Agent>" of every request, so the tests see
+    # each worker's warm-up GET come before anything else it answered)
+    return new_site(make_host("beside"), tmp_path_factory, wheel_cache, "beside", keep=6,
+                    extra='[health]\npath = "/seen"\n')
 
 
 def masters(site) -> dict[str, int]:
@@ -112,6 +115,31 @@ def test_a_deploy_under_load_swaps_to_a_new_master_and_keeps_the_old_one_warm(si
     assert not site.host.path(f"{D}/shared/config/uwsgi.ini.{first}").exists()
 
 
+def first_answers(site) -> dict[int, str]:
+    """{pid: the User-Agent of the first request it answered} from the sample's seen.log (health.path /seen)."""
+    first: dict[int, str] = {}
+    for ln in site.host.path(f"{D}/shared/media/seen.log").read_text().splitlines():
+        pid, _, agent = ln.partition(" ")
+        first.setdefault(int(pid), agent)
+    return first
+
+
+def test_every_new_worker_answers_its_own_warm_up_get_before_its_first_request(site):
+    """[app] warm_workers (default): each worker of every master these deploys started (the first one's, the
+    early ones') GETs health.path from itself in process before it answered anything else; the check through
+    nginx came after. Nothing failed in the warm-ups."""
+    first = first_answers(site)
+    pids = [w for m in masters(site).values() for w in children(site, m)]
+    assert len(pids) == 4 and all(first.get(w) == "fabdeploy-warm" for w in pids), (pids, first)
+    assert set(first.values()) == {"fabdeploy-warm"}, first  # (every worker so far, the stopped ones' too)
+    seen = site.host.path(f"{D}/shared/media/seen.log").read_text()
+    assert "fabdeploy-health" in seen
+    release = site.releases[-1]
+    assert "import = fabdeploy_warm" in site.host.path(f"{D}/shared/config/uwsgi.ini").read_text()
+    assert site.host.path(f"{D}/releases/{release}/fabdeploy_warm.py").exists()
+    assert "fabdeploy: warming worker" not in site.host.path(f"{D}/shared/log/uwsgi.log").read_text()
+
+
 def test_a_rollback_under_load_swaps_back_to_the_warm_master(site):
     second, third = site.releases[-2:]
     warm = masters(site)[second]
@@ -160,8 +188,9 @@ def test_a_release_that_fails_its_health_check_does_not_keep_its_master(site):
     to the warm master: the failed release's master is stopped too (nothing reaches it; the release is bad)."""
     live = live_pid(site)
     views = (site.proj.src / "pages" / "views.py").read_text()
-    site.proj.commit("500", {"pages/views.py": views.replace("def index(request):\n",
-                                                             "def index(request):\n    raise RuntimeError('500')\n", 1)})
+    broken = views.replace("def index(request):\n", "def index(request):\n    raise RuntimeError('500')\n", 1)
+    broken = broken.replace("def seen(request):\n", "def seen(request):\n    raise RuntimeError('500')\n", 1)
+    site.proj.commit("500", {"pages/views.py": broken})  # (the page and health.path /seen)
     res = fab(site, "deploy")
     out = res.stdout + res.stderr
     assert res.returncode != 0 and "-> 500" in out and f"reverted to {site.releases[-2]}" in out, out
@@ -220,6 +249,22 @@ def test_stop_stops_every_master_and_start_starts_one_again(site):
     res = fab(site, "start")
     assert res.returncode == 0, res.stdout + res.stderr
     assert masters(site) == {site.releases[-1]: live_pid(site)} and f"Release: {site.releases[-1]}" in page(site)
+
+
+def test_warm_workers_false_leaves_new_workers_cold(site):
+    """[app] warm_workers = false: no warm-up module in the release or import in the ini; the new workers'
+    first request is a real one (the health check's)."""
+    cfg = site.proj.root / "deploy.toml"
+    cfg.write_text(cfg.read_text().replace("keep_warm = true", "keep_warm = true\nwarm_workers = false"))
+    site.proj.commit("cold", {"pages/message.txt": "Cold\n"})
+    rel, _ = deploy(site)
+    new = children(site, live_pid(site))
+    first = first_answers(site)
+    answered = [first.get(w) for w in new]  # (the check reached one of them; the other may have had nothing)
+    assert len(new) == 2 and "fabdeploy-health" in answered and set(answered) <= {"fabdeploy-health", None}, first
+    assert "fabdeploy_warm" not in site.host.path(f"{D}/shared/config/uwsgi.ini").read_text()
+    assert not site.host.path(f"{D}/releases/{rel}/fabdeploy_warm.py").exists()
+    cfg.write_text(cfg.read_text().replace("\nwarm_workers = false", ""))
 
 
 def test_a_master_started_on_the_socket_path_itself_is_adopted_then_stopped_once_idle(site):

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from e2e_site import D, deploy, fab, master, new_site, page, sh, workers
+from e2e_site import D, children, deploy, fab, master, new_site, page, sh, workers
 from test_load_e2e import Load, broken_deploy_under_load
 
 GUNICORN = """\
@@ -25,7 +25,9 @@ GUNICORN = """\
     threads = 2
     graceful_timeout = 10
     reload_timeout = 20
-    """
+    [health]
+    path = "/seen"
+    """  # (/seen: the sample's view that logs "<pid> <User-Agent>" of every request: the warm-up GETs show)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +56,21 @@ def test_the_socket_is_660_with_the_nginx_group_and_every_worker_runs_the_releas
     conf = site.host.path(f"{D}/shared/config/gunicorn.conf.py").read_text()
     assert "worker_class = 'gthread'" in conf and f"chdir = '{D}/releases/{site.releases[-1]}'" in conf
     assert "'DJANGO_SETTINGS_MODULE=fabdeploy_settings'" in conf
+
+
+def test_each_worker_answered_its_own_warm_up_get_first(site):
+    """[app] warm_workers: post_worker_init in the config GETs health.path in process from every new worker
+    before its first request (the check through nginx came after)."""
+    first: dict[str, str] = {}
+    for ln in site.host.path(f"{D}/shared/media/seen.log").read_text().splitlines():
+        pid, _, agent = ln.partition(" ")
+        first.setdefault(pid, agent)
+    pids = [str(w) for w in children(site, master(site, "gunicorn"))]
+    assert len(pids) == 2 and all(first.get(w) == "fabdeploy-warm" for w in pids), (pids, first)
+    assert set(first.values()) == {"fabdeploy-warm"}, first
+    conf = site.host.path(f"{D}/shared/config/gunicorn.conf.py").read_text()
+    assert "def post_worker_init(worker):" in conf and "fabdeploy_warm.warm(worker.wsgi)" in conf
+    assert "fabdeploy: warming worker" not in site.host.path(f"{D}/shared/log/gunicorn.log").read_text()
 
 
 def test_deploy_and_rollback_under_load_drop_nothing_and_load_the_new_release(site):
@@ -117,7 +134,7 @@ def test_status_and_logs_are_sane(site):
     assert st["current"] == site.releases[0] and st["http"]["status"] == 200 and st["nginx"]["site_enabled"]
     assert (st["last"]["action"], st["last"]["result"], st["last"]["release"]) == ("rollback", "ok", site.releases[0])
     text = fab(site, "status").stdout
-    assert f"http      GET / (Host: {site.host.address}) -> 200 in" in text, text
+    assert f"http      GET /seen (Host: {site.host.address}) -> 200 in" in text, text
     assert re.search(r"app       gunicorn master \d+ up, 2 workers$", text, re.M), text
     res = fab(site, "logs", "-n", "20", "--which", "app")
     assert res.returncode == 0, res.stderr

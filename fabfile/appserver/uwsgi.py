@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from fabdeploy import manager
-from fabdeploy.appserver import beside
+from fabdeploy.appserver import beside, warm
 from fabdeploy.appserver.base import AppServer, common_keys
 from fabdeploy.config import Config
 from fabdeploy.config.checks import _int
@@ -75,7 +75,8 @@ def app_get(addr, port, host, path):
             processes=cfg.uwsgi.processes, threads=cfg.uwsgi.threads, socket=self.listen(cfg, server),
             static_maps=static_maps(cfg, server), pidfile=p.pidfile,
             logfile=p.log, max_requests=cfg.uwsgi.max_requests, harakiri=cfg.uwsgi.harakiri,
-            buffer_size=cfg.uwsgi.buffer_size, listen=cfg.uwsgi.listen, options=cfg.uwsgi.options)
+            buffer_size=cfg.uwsgi.buffer_size, listen=cfg.uwsgi.listen, options=cfg.uwsgi.options,
+            warm=warm.MODULE if warm.applies(cfg) else "")
 
     def foreground_argv(self, cfg: Config) -> list[str]:
         lay = Layout(cfg.paths.deploy_to)

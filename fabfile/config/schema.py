@@ -71,6 +71,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         # uWSGI/gunicorn without a process manager: the previous release's master stays up, idle, after a
         # switch (appserver/beside.py), so a rollback to it is a socket rename
         "keep_warm": Key(True, _bool),
+        # uWSGI/gunicorn (WSGI): every new worker GETs health.path from itself, in process, before its first
+        # request (appserver/warm.py)
+        "warm_workers": Key(True, _bool),
     },
     "nginx": {
         "server_name": Key("_", _server_names),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fabdeploy import database
+from fabdeploy.appserver import warm
 from fabdeploy.ops.manage import wrapper as manage_wrapper
 from fabdeploy.config import Config
 from fabdeploy.front import tls
@@ -84,6 +85,7 @@ def code(cfg: Config, rel: Release, secret_key: str | None = None, passwords: di
         *write_file(f"{R}/.fabdeploy/release.json", rel.metadata()),
         *write_file(f"{R}/.fabdeploy/venv", rel.venv_hash),
         *write_file(f"{R}/{SETTINGS_MODULE}.py", settings),
+        *warm.release_lines(cfg, rel.id),
     ]
     lines += seed_static(cfg, rel.id)
     for d in cfg.paths.shared_dirs:

@@ -7,6 +7,7 @@ import json
 
 from fabdeploy.ops.manage import wrapper as manage_wrapper
 from fabdeploy import appserver
+from fabdeploy.appserver import warm
 from fabdeploy.config import Config
 from fabdeploy.front.firewall import firewall
 from fabdeploy.front.nginx import nginx_site
@@ -32,7 +33,7 @@ def fingerprint(cfg: Config, revision: str, requirements: bytes, server: Server 
         parts = [revision, requirements.decode(errors="replace"), cfg.pip.packages, " ".join(app.requirements(cfg)),
                  nginx_site(cfg, server) if runs_nginx(cfg, server) else "", app.render_config(cfg, probe, server),
                  firewall(cfg, server, "STAGING"),
-                 settings_overlay(cfg, "RELEASE"),
+                 settings_overlay(cfg, "RELEASE"), warm.module_text(cfg) if warm.applies(cfg) else "",
                  sorted(cfg.django.env.items()), cfg.hooks.__dict__, cfg.health.__dict__, cfg.project.python,
                  manage_wrapper(cfg)]
     if cfg.tls.mode == "acme":  # (another server or email: a real deploy, which issues with them)

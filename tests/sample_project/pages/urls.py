@@ -6,6 +6,7 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("whoami", views.whoami, name="whoami"),
     path("health", views.health, name="health"),
+    path("seen", views.seen, name="seen"),
     path("async/", views.async_view, name="async"),
     path("boom/", views.boom, name="boom"),
     path("upload", views.upload, name="upload"),

@@ -73,6 +73,15 @@ async def async_view(request):
                          "server": request.META.get("SERVER_SOFTWARE", "") or "asgi"})
 
 
+def seen(request):
+    """Append "<pid> <User-Agent>" to MEDIA_ROOT/seen.log: which process answered whom, in order (the tests
+    of warm workers)."""
+    line = f"{os.getpid()} {request.META.get('HTTP_USER_AGENT', '-')}\n"
+    with open(Path(settings.MEDIA_ROOT) / "seen.log", "a", encoding="utf-8") as f:
+        f.write(line)
+    return HttpResponse("seen", content_type="text/plain")
+
+
 def health(request):
     return HttpResponse("ok", content_type="text/plain")
 

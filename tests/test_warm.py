@@ -1,0 +1,119 @@
+"""Warm workers (fabfile/appserver/warm.py): where the warm-up module is written and hooked in, and what its
+GET is (run here with a real Django, in a subprocess). The e2e proof (every new worker's first answer is its
+own warm-up) is in test_beside_e2e.py (uWSGI) and test_gunicorn_e2e.py."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+
+from fabdeploy.appserver import warm
+from fabdeploy.appserver.gunicorn import Gunicorn
+from fabdeploy.appserver.uwsgi import UWSGI
+from fabdeploy.steps import live_check
+from fabdeploy.steps.code import code
+from test_appserver import gunicorn_cfg
+from test_phases import make_cfg, make_rel
+
+
+def test_applies_to_uwsgi_and_wsgi_gunicorn_unless_switched_off():
+    assert warm.applies(make_cfg()) and warm.applies(gunicorn_cfg())
+    assert not warm.applies(make_cfg(app={"warm_workers": False}))
+    assert not warm.applies(make_cfg(app={"server": "gunicorn", "asgi": "shop.asgi:application"}))
+    assert not warm.applies(make_cfg(app={"server": "uvicorn", "asgi": "shop.asgi:application"}))
+
+
+def test_the_uwsgi_ini_imports_the_module_and_the_code_phase_writes_it():
+    cfg, rel = make_cfg(health={"path": "/healthz"}), make_rel()
+    ini = UWSGI().render_config(cfg, rel).splitlines()
+    assert "import = fabdeploy_warm" in ini and ini.index("import = fabdeploy_warm") < ini.index("master = true")
+    text = "\n".join(code(cfg, rel).lines)
+    assert f"/srv/shop/releases/{rel.id}/fabdeploy_warm.py" in text and "PATH = '/healthz'" in text
+    module = warm.module_text(cfg)
+    ast.parse(module)
+    assert "@uwsgidecorators.postfork" in module and "WSGI = 'shop.wsgi:application'" in module
+
+
+def test_gunicorn_calls_it_from_post_worker_init_and_its_module_has_no_uwsgi_part():
+    cfg, rel = gunicorn_cfg(), make_rel()
+    conf = Gunicorn().render_config(cfg, rel)
+    ast.parse(conf)
+    assert "def post_worker_init(worker):" in conf and "fabdeploy_warm.warm(worker.wsgi)" in conf
+    module = warm.module_text(cfg)
+    ast.parse(module)
+    assert "uwsgi" not in module.lower()
+
+
+def test_off_means_no_module_no_import_no_hook():
+    for cfg in (make_cfg(app={"warm_workers": False}), make_cfg(app={"server": "gunicorn", "warm_workers": False})):
+        rel = make_rel()
+        assert "fabdeploy_warm" not in "\n".join(code(cfg, rel).lines)
+        from fabdeploy import appserver
+        assert "fabdeploy_warm" not in appserver.of(cfg).render_config(cfg, rel)
+
+
+def test_switching_it_makes_the_next_deploy_a_real_one():
+    on, off = make_cfg(), make_cfg(app={"warm_workers": False})
+    assert live_check.fingerprint(on, "r" * 40, b"django\n") != live_check.fingerprint(off, "r" * 40, b"django\n")
+    other_path = make_cfg(health={"path": "/up"})
+    assert live_check.fingerprint(on, "r" * 40, b"django\n") != live_check.fingerprint(other_path, "r" * 40, b"django\n")
+
+
+def test_the_get_reaches_the_view_with_a_host_django_accepts_and_closes_the_response(tmp_path):
+    """The gunicorn module (warm(app)) run by a real Django: the GET goes through the WSGI handler with the
+    first plain ALLOWED_HOSTS name, https when SECURE_SSL_REDIRECT (so the view answers, not the redirect), the
+    path decoded and the query kept; the response is closed (request_finished fired)."""
+    cfg = gunicorn_cfg(health={"path": "/a%20b/?x=1"})
+    (tmp_path / "fabdeploy_warm.py").write_text(warm.module_text(cfg))
+    (tmp_path / "wsettings.py").write_text(textwrap.dedent("""\
+        SECRET_KEY = "k" * 50
+        DEBUG = False
+        ALLOWED_HOSTS = [".wild.test", "*.x", "site.test", "other.test"]
+        SECURE_SSL_REDIRECT = True
+        ROOT_URLCONF = "wurls"
+        INSTALLED_APPS = []
+        DATABASES = {}
+        """))
+    (tmp_path / "wurls.py").write_text(textwrap.dedent("""\
+        import json
+        from django.http import HttpResponse
+        from django.urls import path
+        SEEN = []
+        def view(request):
+            SEEN.append({"host": request.get_host(), "secure": request.is_secure(), "path": request.path,
+                         "x": request.GET.get("x"), "agent": request.META["HTTP_USER_AGENT"]})
+            return HttpResponse("ok")
+        urlpatterns = [path("a b/", view)]
+        """))
+    program = textwrap.dedent("""\
+        import json, django
+        from django.core.signals import request_finished
+        from django.core.wsgi import get_wsgi_application
+        finished = []
+        request_finished.connect(lambda **kw: finished.append(1), weak=False)
+        import fabdeploy_warm, wurls
+        fabdeploy_warm.warm(get_wsgi_application())
+        print(json.dumps({"seen": wurls.SEEN, "finished": len(finished)}))
+        """)
+    res = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={"DJANGO_SETTINGS_MODULE": "wsettings", "PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out == {"seen": [{"host": "site.test", "secure": True, "path": "/a b/", "x": "1",
+                             "agent": "fabdeploy-warm"}], "finished": 1}, (out, res.stderr)
+
+
+def test_an_exception_is_one_line_on_stderr_and_the_worker_goes_on(tmp_path):
+    cfg = gunicorn_cfg()
+    (tmp_path / "fabdeploy_warm.py").write_text(warm.module_text(cfg))
+    (tmp_path / "wsettings.py").write_text('SECRET_KEY = "k" * 50\nALLOWED_HOSTS = []\n')
+    program = ("import fabdeploy_warm\n"
+               "def app(environ, start_response):\n    raise ValueError('broken app')\n"
+               "fabdeploy_warm.warm(app)\nprint('served on')\n")
+    res = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={"DJANGO_SETTINGS_MODULE": "wsettings", "PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0 and res.stdout == "served on\n", res
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fabdeploy: warming worker ") and "GET / failed: ValueError('broken app')" in lines[0], lines
