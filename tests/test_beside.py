@@ -3,6 +3,9 @@ steps, what keep_warm changes, what fab stop adds. (Run for real: tests/test_bes
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -69,11 +72,13 @@ def test_the_app_users_part_of_a_switch_is_one_sudo_to_read_and_one_to_swap():
     assert beside.state_lines(sl, "uwsgi") == [
         f"st=$(${{ASAPP-}} sh -c {beside.q(beside.STATE_SH)} sh {run}/uwsgi.sock.live {run}/uwsgi.pid \"$rel\" "
         f"uwsgi {ere} || true)",
-        'words() { live=${1:--} livem=${2:--} wa=${3:--} wb=${4:--}; }; words $st',
+        'words() { live=${1:--} livem=${2:--} wa=${3:--} ra=${4:--} wb=${5:--} rb=${6:--}; }; words $st',
         '[ "$live" != - ] || live=',
         'case "$livem" in "" | *[!0-9]*) livem=;; esac',
         'case "$wa" in "" | *[!0-9]*) wa=;; esac',
+        'case "$ra" in "" | *[!0-9]*) ra=;; esac',
         'case "$wb" in "" | *[!0-9]*) wb=;; esac',
+        'case "$rb" in "" | *[!0-9]*) rb=;; esac',
     ]
     assert beside.swap_retire_lines(cfg, appserver.of(cfg), sl, "uwsgi") == [
         f'gone=$(${{ASAPP-}} sh -c {beside.q(beside.SWAP_SH)} sh "$s" "$pid" "$live" "$rel" true uwsgi '
@@ -104,6 +109,13 @@ def sh_app(script: str, *args) -> subprocess.CompletedProcess:
     return subprocess.run(["sh", "-c", script, "sh", *map(str, args)], capture_output=True, text=True, timeout=30)
 
 
+def wait_for(path: Path, seconds: float = 5) -> bool:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return path.exists()
+
+
 def test_the_swap_keeps_at_most_one_warm_master(tmp_path):
     """SWAP_SH run by sh over stand-in slots: the socket path becomes the new slot's (one rename), the
     records name it, the replaced slot is kept warm, every other live slot is signalled, dead slots' files are
@@ -113,26 +125,47 @@ def test_the_swap_keeps_at_most_one_warm_master(tmp_path):
     slots = {"20260101T000000Z-aaaaaaa": "live-before", "20260102T000000Z-bbbbbbb": "warm-before",
              "20260103T000000Z-ccccccc": "new", "20260104T000000Z-ddddddd": "dead"}
     procs = {}
+    # (stand-in masters: a TERM is noted in <run>/<pid>.term and, like a uWSGI master finishing its
+    # requests, they stay up until killed)
+    stand_in = ("import os, signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: "
+                "open(os.path.join(sys.argv[1], str(os.getpid()) + '.term'), 'w').close()); time.sleep(60)")
     for slot, role in slots.items():
         if role != "dead":
-            procs[slot] = subprocess.Popen(["sleep", "60"])
+            procs[slot] = subprocess.Popen([sys.executable, "-c", stand_in, str(run)])
         (run / f"uwsgi.pid.{slot}").write_text(f"{procs[slot].pid if slot in procs else 999999}\n")
         (run / f"uwsgi.sock.{slot}").write_text(slot)
     (run / "uwsgi.sock").write_text("x")
     new, live = "20260103T000000Z-ccccccc", "20260101T000000Z-aaaaaaa"
     try:
-        out = sh_app(beside.SWAP_SH, new, procs[new].pid, live, new, "true", "sleep", run / "uwsgi.sock",
+        name = Path(f"/proc/{procs[new].pid}/comm").read_text().strip()
+        out = sh_app(beside.SWAP_SH, new, procs[new].pid, live, new, "true", name, run / "uwsgi.sock",
                      run / "uwsgi.pid", run / "uwsgi.sock.live", beside.SLOT_ERE)
         assert out.returncode == 0, out.stderr
         assert sorted(out.stdout.split()) == ["20260102T000000Z-bbbbbbb", "20260104T000000Z-ddddddd"]
         assert (run / "uwsgi.sock").read_text() == new and (run / "uwsgi.sock").stat().st_nlink == 2
         assert (run / "uwsgi.pid").read_text() == f"{procs[new].pid}\n" and (run / "uwsgi.sock.live").read_text() == new + "\n"
-        assert procs["20260102T000000Z-bbbbbbb"].wait(timeout=5) == -15  # TERM
+        retired = procs["20260102T000000Z-bbbbbbb"]
+        assert wait_for(run / f"{retired.pid}.term")  # TERM
+        # (marked retiring with its pid: the state read never offers it as a warm master)
+        assert (run / "uwsgi.sock.retiring.20260102T000000Z-bbbbbbb").read_text() == f"{retired.pid}\n"
         assert procs[live].poll() is None and procs[new].poll() is None
         assert not (run / "uwsgi.pid.20260104T000000Z-ddddddd").exists()
+        # the next swap (a rollback) while it still finishes its requests: no second TERM; once it has
+        # exited, its files and mark go
+        (run / f"{retired.pid}.term").unlink()
+        args = (live, procs[live].pid, new, live, "true", name, run / "uwsgi.sock", run / "uwsgi.pid",
+                run / "uwsgi.sock.live", beside.SLOT_ERE)
+        again = sh_app(beside.SWAP_SH, *args)
+        assert again.returncode == 0 and again.stdout.split() == ["20260102T000000Z-bbbbbbb"], again
+        assert not (run / f"{retired.pid}.term").exists() and retired.poll() is None
+        retired.kill()
+        retired.wait()
+        again = sh_app(beside.SWAP_SH, new, procs[new].pid, live, new, *args[4:])
+        assert again.returncode == 0 and again.stdout.split() == ["20260102T000000Z-bbbbbbb"], again
+        assert not list(run.glob("uwsgi.*.20260102T000000Z-bbbbbbb")) and procs[new].poll() is None
         # a failing step stops it with its own message: nothing after it ran
         (run / "uwsgi.sock.20260105T000000Z-eeeeeee").mkdir()
-        bad = sh_app(beside.SWAP_SH, "20260105T000000Z-eeeeeee", 1, new, "x", "true", "sleep", run / "uwsgi.sock",
+        bad = sh_app(beside.SWAP_SH, "20260105T000000Z-eeeeeee", 1, new, "x", "true", name, run / "uwsgi.sock",
                      run / "uwsgi.pid", run / "uwsgi.sock.live", beside.SLOT_ERE)
         assert bad.returncode != 0 and "ln" in bad.stderr and bad.stdout == ""
         assert (run / "uwsgi.sock.live").read_text() == new + "\n"
@@ -150,16 +183,21 @@ def test_the_state_read_names_the_live_slot_and_the_releases_masters(tmp_path):
         (run / "uwsgi.pid.20260101T000000Z-aaaaaaa").write_text(f"{me.pid}\n")
         (run / "uwsgi.pid.20260102T000000Z-bbbbbbb.b").write_text(f"{me.pid}\n")
         args = (run / "uwsgi.sock.live", run / "uwsgi.pid", "20260102T000000Z-bbbbbbb", "sleep", beside.SLOT_ERE)
-        assert sh_app(beside.STATE_SH, *args).stdout == f"20260101T000000Z-aaaaaaa {me.pid} - {me.pid}\n"
+        assert sh_app(beside.STATE_SH, *args).stdout == f"20260101T000000Z-aaaaaaa {me.pid} - - {me.pid} -\n"
+        # a master a swap stopped (marked retiring with its pid) is no warm master: the last word names it
+        (run / "uwsgi.sock.retiring.20260102T000000Z-bbbbbbb.b").write_text(f"{me.pid}\n")
+        assert sh_app(beside.STATE_SH, *args).stdout == f"20260101T000000Z-aaaaaaa {me.pid} - - - {me.pid}\n"
+        (run / "uwsgi.sock.retiring.20260102T000000Z-bbbbbbb.b").write_text("1\n")  # (another pid's, stale)
+        assert sh_app(beside.STATE_SH, *args).stdout == f"20260101T000000Z-aaaaaaa {me.pid} - - {me.pid} -\n"
         (run / "uwsgi.sock.live").write_text("../etc\n")  # not a slot's name
-        assert sh_app(beside.STATE_SH, *args).stdout == f"- - - {me.pid}\n"
+        assert sh_app(beside.STATE_SH, *args).stdout == f"- - - - {me.pid} -\n"
     finally:
         me.kill()
 
 
 def test_fab_stop_stops_the_slots_too_only_where_they_exist():
     stop = "\n".join(appserver.of(make_cfg()).stop_lines(make_cfg()))
-    assert 'rm -f /srv/shop/shared/run/uwsgi.sock.live /srv/shop/shared/run/uwsgi.sock' in stop
+    assert f"sh -c {beside.q(beside.RM_RECORD_SH)} sh /srv/shop/shared/run/uwsgi.sock.live /srv/shop/shared/run/uwsgi.sock" in stop
     cfg = make_cfg(app={"manager": "supervisor"})
     assert "uwsgi.sock.live" not in "\n".join(appserver.of(cfg).stop_lines(cfg))
 

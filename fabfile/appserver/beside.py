@@ -37,12 +37,17 @@ SERVERS = ("uwsgi", "gunicorn")  # the app servers that start beside the live on
 SLOT_ERE = RELEASE_GLOB_ERE.strip("^$") + r"(\.b)?"
 # The app user's side of a switch: shared/run is its own, so what is read and done there runs as it, in one
 # `sh -c` each (one sudo, not one per file: issue 16).
-# STATE_SH record pidfile release process ere: four words, "-" for none: the live slot (the record), its
-# master, and the masters of the release's two slots.
+# STATE_SH record pidfile release process ere: six words, "-" for none: the live slot (the record), its
+# master, then for each of the release's two slots its master when it serves or is warm, and its master when
+# it is retiring (SWAP_SH stopped it and marked it in <socket>.retiring.<slot>: it finishes its requests and
+# exits; never swapped to, and its slot is reused only once it is gone).
 STATE_SH = "\n".join([
     ALIVE_FN,
-    'live=$(cat "$1" 2>/dev/null || true); printf "%s\\n" "$live" | grep -Eqx "$5|adopted" || live=-',
-    'echo "$live $(alive "$2.$live" "$4" || echo -) $(alive "$2.$3" "$4" || echo -) $(alive "$2.$3.b" "$4" || echo -)"',
+    'rec=$1 pidf=$2 rel=$3 proc=$4 ere=$5 sock=${1%.live}',
+    'live=$(cat "$rec" 2>/dev/null || true); printf "%s\\n" "$live" | grep -Eqx "$ere|adopted" || live=-',
+    'slot() { m=$(alive "$pidf.$1" "$proc") || { echo "- -"; return; }; '
+    'if [ "$(cat "$sock.retiring.$1" 2>/dev/null)" = "$m" ]; then echo "- $m"; else echo "$m -"; fi; }',
+    'echo "$live $(alive "$pidf.$live" "$proc" || echo -) $(slot "$rel") $(slot "$rel.b")"',
 ])
 # ADOPT_SH socket slot pid pidfile: the live master's socket gets the slot's name, its pid the slot's pidfile,
 # and the slot the adopted mark.
@@ -65,8 +70,11 @@ SWAP_SH = "\n".join([
     '  printf "%s\\n" "$x" | grep -Eqx "$ere|adopted" || continue',
     '  [ "$x" != "$s" ] || continue',
     '  m=$(alive "$pidf.$x" "$proc" || true)',
-    '  if [ -z "$m" ]; then rm -f "$pidf.$x" "$sock.$x" "$sock.adopted.$x"; echo "$x"; continue; fi',
+    '  if [ -z "$m" ]; then rm -f "$pidf.$x" "$sock.$x" "$sock.adopted.$x" "$sock.retiring.$x"; echo "$x"; continue; fi',
     '  if [ "$x" = "$live" ] && { [ -e "$sock.adopted.$x" ] || { $keep && [ "${x%.b}" != "$rel" ]; }; }; then continue; fi',
+    # (retiring already: stopped by an earlier swap)
+    '  if [ "$(cat "$sock.retiring.$x" 2>/dev/null)" = "$m" ]; then echo "$x"; continue; fi',
+    '  (umask 027; printf "%s\\n" "$m" > "$sock.retiring.$x")',
     '  if [ -e "$sock.adopted.$x" ]; then',
     '    kill -KILL "$m" $(children "$m") 2>/dev/null || true',
     "  else",
@@ -77,8 +85,13 @@ SWAP_SH = "\n".join([
     "  fi",
     '  echo "$x"',
     "done",
+    # (the marks of retiring masters that have exited: their pidfile is gone with them)
+    'for f in "$sock".retiring.*; do [ ! -e "$f" ] || alive "$f" "$proc" >/dev/null || rm -f "$f"; done',
 ])
 
+
+# RM_RECORD_SH record socket: (fab stop) the record, the link nginx connects to, the retiring marks left
+RM_RECORD_SH = 'rm -f "$1" "$2" "$2".retiring.*'
 
 # a unix socket's path holds at most 107 bytes (sun_path); a slot's adds "." and the longest slot name
 SUN_PATH_MAX, SLOT_MAX = 107, len(".20261126T053502Z-0123456789ab.b")
@@ -115,6 +128,10 @@ class Slots:
 
     def adopted(self, s: str) -> str:
         return f'{q(self.live)}.adopted."{s}"'
+
+    def retiring(self, s: str) -> str:
+        """The mark of a slot whose master was stopped and is finishing its requests (its pid)."""
+        return f'{q(self.live)}.retiring."{s}"'
 
 
 def swap_lines(cfg: Config, app, release_word: str, venv_word: str, label: str) -> list[str]:
@@ -167,7 +184,13 @@ def switch_body(cfg: Config, app, sl: Slots, proc: str, release_word: str, label
         "else",
         '  if [ -z "$s" ]; then',
         '    s=$rel; [ "$s" != "$live" ] || s=$rel.b',
-        f'    {AS_APP} rm -f {sl.sock("$s")} {sl.pid("$s")} {sl.adopted("$s")}',
+        # (a master of that slot still finishing its requests after an earlier swap stopped it: its exit would
+        # remove the files of a new master there; wait for it, at most 10 s, then kill it)
+        '    r=$ra; [ "$s" = "$rel" ] || r=$rb',
+        '    if [ -n "$r" ]; then j=0; while [ $j -lt 500 ] && [ -d "/proc/$r" ] && '
+        """! grep -qs '^State:[[:space:]]*Z' "/proc/$r/status"; do j=$((j + 1)); sleep 0.02; done; """
+        f'[ $j -lt 500 ] || {AS_APP} kill -KILL "$r" $(children "$r") 2>/dev/null || true; fi',
+        f'    {AS_APP} rm -f {sl.sock("$s")} {sl.pid("$s")} {sl.adopted("$s")} {sl.retiring("$s")}',
         *["    " + ln for ln in start],
         "  fi",
         *["  " + ln for ln in app.want_lines(cfg)],
@@ -204,12 +227,13 @@ def ready_sh(app) -> str:
 
 def state_lines(sl: Slots, proc: str) -> list[str]:
     """Read, as the app user in one call (STATE_SH), the live slot ($live, "" for none), its master ($livem)
-    and the masters of the release's two slots ($wa, $wb): every pid checked to be digits."""
+    and the masters of the release's two slots ($wa, $wb; $ra, $rb when retiring): every pid checked to be
+    digits."""
     return [
         f"st=$({AS_APP} sh -c {q(STATE_SH)} sh {sl.record} {q(sl.pidfile)} \"$rel\" {proc} {q(SLOT_ERE)} || true)",
-        'words() { live=${1:--} livem=${2:--} wa=${3:--} wb=${4:--}; }; words $st',
+        'words() { live=${1:--} livem=${2:--} wa=${3:--} ra=${4:--} wb=${5:--} rb=${6:--}; }; words $st',
         '[ "$live" != - ] || live=',
-        *[f'case "${v}" in "" | *[!0-9]*) {v}=;; esac' for v in ("livem", "wa", "wb")],
+        *[f'case "${v}" in "" | *[!0-9]*) {v}=;; esac' for v in ("livem", "wa", "ra", "wb", "rb")],
     ]
 
 
@@ -336,7 +360,7 @@ def stop_slots_lines(cfg: Config, app) -> list[str]:
         f'for x in $({AS_APP} ls -1 {q(sl.run)} | sed -n "s/^{name}\\.//p" | grep -Ex {q(SLOT_ERE + "|adopted")}); do',
         f"  m=$(alive {sl.pid('$x')} {q(app.process)} || true)",
         f'  [ -z "$m" ] || {AS_APP} kill -KILL "$m" $(children "$m") 2>/dev/null || true',
-        f"  {AS_APP} rm -f {sl.pid('$x')} {sl.sock('$x')} {sl.adopted('$x')}; rm -f {sl.conf(app, '$x')}",
+        f"  {AS_APP} rm -f {sl.pid('$x')} {sl.sock('$x')} {sl.adopted('$x')} {sl.retiring('$x')}; rm -f {sl.conf(app, '$x')}",
         "done",
-        f"{AS_APP} rm -f {sl.record} {q(sl.live)}",
+        f"{AS_APP} sh -c {q(RM_RECORD_SH)} sh {sl.record} {q(sl.live)}",
     ]
