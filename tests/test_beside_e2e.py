@@ -115,26 +115,36 @@ def test_a_deploy_under_load_swaps_to_a_new_master_and_keeps_the_old_one_warm(si
     assert not site.host.path(f"{D}/shared/config/uwsgi.ini.{first}").exists()
 
 
-def first_answers(site) -> dict[int, str]:
-    """{pid: the User-Agent of the first request it answered} from the sample's seen.log (health.path /seen)."""
+def first_answers(site, css: bool = False) -> dict[int, str]:
+    """{pid: the User-Agent of the first request it answered (with `css`: and the first line of the collected
+    site.css then)} from the sample's seen.log (health.path /seen)."""
     first: dict[int, str] = {}
     for ln in site.host.path(f"{D}/shared/media/seen.log").read_text().splitlines():
-        pid, _, agent = ln.partition(" ")
-        first.setdefault(int(pid), agent)
+        pid, agent, collected = ln.split(" ", 2)
+        first.setdefault(int(pid), f"{agent} {collected}" if css else agent)
     return first
 
 
 def test_every_new_worker_answers_its_own_warm_up_get_before_its_first_request(site):
     """[app] warm_workers (default): each worker of every master these deploys started (the first one's, the
     early ones') GETs health.path from itself in process before it answered anything else; the check through
-    nginx came after. Nothing failed in the warm-ups."""
+    nginx came after. A master started early (before collectstatic: here the CSS changed) warms up only once
+    the release is complete: its workers' warm-up saw the new release's collected CSS. Nothing failed."""
+    css = site.proj.src / "pages" / "static" / "pages" / "site.css"
+    site.proj.commit("css", {"pages/static/pages/site.css": css.read_text().replace(
+        "/* fabdeploy-sample-css */", "/* warm-css-4 */", 1)})
+    release, out = deploy(site)
+    assert re.search(r"uwsgi started early beside \d+, swapped", out), out
     first = first_answers(site)
-    pids = [w for m in masters(site).values() for w in children(site, m)]
+    slots = masters(site)  # (the live one, the warm one: the one before is retiring, maybe still there)
+    pids = [w for m in (slots[site.releases[-1]], slots[site.releases[-2]]) for w in children(site, m)]
     assert len(pids) == 4 and all(first.get(w) == "fabdeploy-warm" for w in pids), (pids, first)
     assert set(first.values()) == {"fabdeploy-warm"}, first  # (every worker so far, the stopped ones' too)
+    new = children(site, live_pid(site))
+    assert all(first_answers(site, css=True)[w] == "fabdeploy-warm /*_warm-css-4_*/" for w in new), \
+        site.host.path(f"{D}/shared/media/seen.log").read_text()
     seen = site.host.path(f"{D}/shared/media/seen.log").read_text()
     assert "fabdeploy-health" in seen
-    release = site.releases[-1]
     assert "import = fabdeploy_warm" in site.host.path(f"{D}/shared/config/uwsgi.ini").read_text()
     assert site.host.path(f"{D}/releases/{release}/fabdeploy_warm.py").exists()
     assert "fabdeploy: warming worker" not in site.host.path(f"{D}/shared/log/uwsgi.log").read_text()

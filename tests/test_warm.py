@@ -67,6 +67,8 @@ def test_the_get_reaches_the_view_with_a_host_django_accepts_and_closes_the_resp
     path decoded and the query kept; the response is closed (request_finished fired)."""
     cfg = gunicorn_cfg(health={"path": "/a%20b/?x=1"})
     (tmp_path / "fabdeploy_warm.py").write_text(warm.module_text(cfg))
+    (tmp_path / ".fabdeploy").mkdir()
+    (tmp_path / ".fabdeploy" / "django-done").touch()  # (a complete release: warm() waits for its GET)
     (tmp_path / "wsettings.py").write_text(textwrap.dedent("""\
         SECRET_KEY = "k" * 50
         DEBUG = False
@@ -108,6 +110,8 @@ def test_the_get_reaches_the_view_with_a_host_django_accepts_and_closes_the_resp
 def test_an_exception_is_one_line_on_stderr_and_the_worker_goes_on(tmp_path):
     cfg = gunicorn_cfg()
     (tmp_path / "fabdeploy_warm.py").write_text(warm.module_text(cfg))
+    (tmp_path / ".fabdeploy").mkdir()
+    (tmp_path / ".fabdeploy" / "django-done").touch()  # (a complete release: warm() waits for its GET)
     (tmp_path / "wsettings.py").write_text('SECRET_KEY = "k" * 50\nALLOWED_HOSTS = []\n')
     program = ("import fabdeploy_warm\n"
                "def app(environ, start_response):\n    raise ValueError('broken app')\n"
@@ -117,3 +121,40 @@ def test_an_exception_is_one_line_on_stderr_and_the_worker_goes_on(tmp_path):
     assert res.returncode == 0 and res.stdout == "served on\n", res
     lines = res.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("fabdeploy: warming worker ") and "GET / failed: ValueError('broken app')" in lines[0], lines
+
+
+def test_the_django_phase_ends_by_marking_the_release_complete():
+    from fabdeploy.steps.django_app import django
+    for cfg in (make_cfg(), make_cfg(django={"migrate": False})):
+        lines = django(cfg, make_rel()).lines
+        assert lines[-1] == f": > /srv/shop/releases/{make_rel().id}/.fabdeploy/django-done"
+    assert "django-done" not in "\n".join(django(make_cfg(app={"warm_workers": False}), make_rel()).lines)
+
+
+def test_a_master_started_before_the_release_is_complete_warms_up_once_it_is(tmp_path):
+    """No DONE yet (a master started early): warm() returns at once, its thread GETs once DONE appears;
+    with DONE there it waits for the GET."""
+    (tmp_path / "fabdeploy_warm.py").write_text(warm.module_text(gunicorn_cfg()))
+    (tmp_path / "wsettings.py").write_text('SECRET_KEY = "k" * 50\nALLOWED_HOSTS = ["a.test"]\nDATABASES = {}\n')
+    program = textwrap.dedent("""\
+        import os, sys, time
+        import fabdeploy_warm
+        got = []
+        def app(environ, start_response):
+            got.append(time.monotonic())
+            start_response("200 OK", [])
+            return [b"ok"]
+        t0 = time.monotonic()
+        fabdeploy_warm.warm(app)
+        print("returned", len(got), flush=True)
+        time.sleep(0.3)
+        print("still", len(got), flush=True)
+        os.makedirs(".fabdeploy"); open(".fabdeploy/django-done", "w").close()
+        time.sleep(0.5)
+        print("then", len(got), flush=True)
+        fabdeploy_warm.warm(app)
+        print("complete", len(got), flush=True)
+        """)
+    res = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={"DJANGO_SETTINGS_MODULE": "wsettings", "PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0 and res.stdout.split("\n") == ["returned 0", "still 0", "then 1", "complete 2", ""], res

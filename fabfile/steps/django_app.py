@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fabdeploy.appserver import warm
 from fabdeploy.appserver.base import app_user
 from fabdeploy.appserver.beside import Early
 from fabdeploy.config import Config
@@ -160,7 +161,7 @@ def django(cfg: Config, rel: Release, migrate: bool = True, early: Early | None 
     if not here:
         return Phase("django", lines + boot_lines(cfg, rel, program_args(cfg, rel, check_import=True, migrate=False,
                                                                          rest=rest), as_app=False)
-                     + public_static(cfg, rel) + ([] if cfg.django.migrate else after))
+                     + public_static(cfg, rel) + ([] if cfg.django.migrate else after) + warm.done_lines(cfg, rel.id))
     with_early = {"early": early.params} if early else {}
     E = _out(cfg, rel, "django")
     started = [f"! grep -q {q(EARLY_OK)} {E} || : > {q(early.marker)}"] if early else []  # (tells the restart)
@@ -187,7 +188,8 @@ def django(cfg: Config, rel: Release, migrate: bool = True, early: Early | None 
     return Phase("django", [*lines, f'if [ -z "{AS_APP}" ]; then  # the SSH user is the app user: one boot',
                             *["  " + ln for ln in boot_lines(cfg, rel, both, as_app=False, then=started)],
                             "else  # two: the app user migrates, the deploy user collects into its static root",
-                            *["  " + ln for ln in split], "fi", *public_static(cfg, rel)])
+                            *["  " + ln for ln in split], "fi", *public_static(cfg, rel),
+                            *warm.done_lines(cfg, rel.id)])
 
 
 def public_static(cfg: Config, rel: Release) -> list[str]:

@@ -74,9 +74,14 @@ async def async_view(request):
 
 
 def seen(request):
-    """Append "<pid> <User-Agent>" to MEDIA_ROOT/seen.log: which process answered whom, in order (the tests
-    of warm workers)."""
-    line = f"{os.getpid()} {request.META.get('HTTP_USER_AGENT', '-')}\n"
+    """Append "<pid> <User-Agent> <css>" to MEDIA_ROOT/seen.log: which process answered whom, in order, and
+    the first line of the collected pages/site.css at that moment ("-": none) (the tests of warm workers)."""
+    try:
+        css = (Path(settings.STATIC_ROOT) / "pages" / "site.css").read_text().splitlines()[0].strip() or "-"
+    except (OSError, IndexError, TypeError):
+        css = "-"
+    agent = request.META.get("HTTP_USER_AGENT", "-").replace(" ", "_")
+    line = f"{os.getpid()} {agent} {css.replace(' ', '_')}\n"
     with open(Path(settings.MEDIA_ROOT) / "seen.log", "a", encoding="utf-8") as f:
         f.write(line)
     return HttpResponse("seen", content_type="text/plain")
