@@ -128,13 +128,15 @@ def test_the_swap_keeps_at_most_one_warm_master(tmp_path):
     # (stand-in masters: a TERM is noted in <run>/<pid>.term and, like a uWSGI master finishing its
     # requests, they stay up until killed)
     stand_in = ("import os, signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: "
-                "open(os.path.join(sys.argv[1], str(os.getpid()) + '.term'), 'w').close()); time.sleep(60)")
+                "open(os.path.join(sys.argv[1], str(os.getpid()) + '.term'), 'w').close()); "
+                "open(os.path.join(sys.argv[1], str(os.getpid()) + '.up'), 'w').close(); time.sleep(60)")
     for slot, role in slots.items():
         if role != "dead":
             procs[slot] = subprocess.Popen([sys.executable, "-c", stand_in, str(run)])
         (run / f"uwsgi.pid.{slot}").write_text(f"{procs[slot].pid if slot in procs else 999999}\n")
         (run / f"uwsgi.sock.{slot}").write_text(slot)
     (run / "uwsgi.sock").write_text("x")
+    assert all(wait_for(run / f"{p.pid}.up") for p in procs.values())  # (their TERM handler set)
     new, live = "20260103T000000Z-ccccccc", "20260101T000000Z-aaaaaaa"
     try:
         name = Path(f"/proc/{procs[new].pid}/comm").read_text().strip()
@@ -205,3 +207,64 @@ def test_fab_stop_stops_the_slots_too_only_where_they_exist():
 def test_keep_warm_must_be_a_boolean():
     with pytest.raises(ConfigError, match=r"app\.keep_warm"):
         make_cfg(app={"keep_warm": "yes"})
+
+
+def test_the_fast_path_swaps_in_one_call_only_when_the_common_case_holds(tmp_path):
+    """fast_sh run by sh over stand-in masters (bash, each with one child in its release directory): the
+    master started early with its workers in the release and its socket there is swapped to ("swapped <slot>
+    <pid> <workers> early <live master>", then SWAP_SH's lines); a warm master of the release likewise
+    ("warm"); it prints nothing (the usual path decides) when that master is not ready, is retiring, when the
+    live slot is an adopted one, or when the live master already runs the release."""
+    import socket as _socket
+    import tempfile
+    short = Path(tempfile.mkdtemp(prefix="fb", dir="/tmp"))  # (a unix socket's path: at most 107 bytes)
+    run, rel_dir, live_dir = short / "run", tmp_path / "releases" / "R", tmp_path / "releases" / "L"
+    for d in (run, rel_dir, live_dir):
+        d.mkdir(parents=True)
+    live, rel = "20260101T000000Z-aaaaaaa", "20260102T000000Z-bbbbbbb"
+    procs = [subprocess.Popen(["bash", "-c", 'cd "$1" && sleep 60 & wait', "sh", str(d)]) for d in (live_dir, rel_dir)]
+    try:
+        old, new = procs
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not all(subprocess.run(
+                ["pgrep", "-P", str(p.pid)], capture_output=True).stdout.strip() for p in procs):
+            time.sleep(0.02)
+        (run / "uwsgi.sock.live").write_text(live + "\n")
+        (run / "uwsgi.pid").write_text(f"{old.pid}\n")
+        (run / f"uwsgi.pid.{live}").write_text(f"{old.pid}\n")
+        (run / f"uwsgi.pid.{rel}").write_text(f"{new.pid}\n")
+        (run / f"uwsgi.sock.{live}").write_text("live")
+        (run / "uwsgi.sock").write_text("live")
+
+        def fast(early: str = rel, dir_: Path = rel_dir, want: int = 1, fresh: str = ""):
+            return sh_app(beside.fast_sh(appserver.of(make_cfg())), run / "uwsgi.sock.live", run / "uwsgi.pid", rel,
+                          "bash", beside.SLOT_ERE, early, fresh, "true", run / "uwsgi.sock", dir_, want, beside.SWAP_SH)
+
+        assert fast().stdout == ""  # (no socket yet: not ready)
+        sock = _socket.socket(_socket.AF_UNIX)
+        sock.bind(str(run / f"uwsgi.sock.{rel}"))
+        assert fast(want=2).stdout == "" and fast(dir_=live_dir).stdout == ""  # (too few workers; elsewhere)
+        (run / f"uwsgi.sock.retiring.{rel}").write_text(f"{new.pid}\n")
+        assert fast().stdout == ""
+        (run / f"uwsgi.sock.retiring.{rel}").unlink()
+        (run / "uwsgi.sock.live").write_text("adopted\n")
+        assert fast().stdout == ""
+        (run / "uwsgi.sock.live").write_text(live + "\n")
+        res = fast()
+        assert res.returncode == 0 and res.stdout.splitlines()[0] == f"swapped {rel} {new.pid} 1 early {old.pid}", res
+        assert (run / "uwsgi.sock.live").read_text() == rel + "\n" and (run / "uwsgi.pid").read_text() == f"{new.pid}\n"
+        assert (run / "uwsgi.sock").stat().st_ino == (run / f"uwsgi.sock.{rel}").stat().st_ino
+        assert old.poll() is None  # (kept warm: keep, another release)
+        # the live master runs the release already: nothing here, unless fresh (fab reload: a new master)
+        assert fast(early="").stdout == "" and fast(early="", fresh="1").stdout == ""
+        # back to the warm master of the release before (a rollback): swapped, "warm"
+        back = sh_app(beside.fast_sh(appserver.of(make_cfg())), run / "uwsgi.sock.live", run / "uwsgi.pid", live,
+                      "bash", beside.SLOT_ERE, "", "", "true", run / "uwsgi.sock", live_dir, 1, beside.SWAP_SH)
+        assert back.stdout.splitlines()[0] == f"swapped {live} {old.pid} 1 warm {new.pid}", back
+        sock.close()
+    finally:
+        for p in procs:
+            subprocess.run(["pkill", "-P", str(p.pid)])
+            p.kill()
+        import shutil
+        shutil.rmtree(short, ignore_errors=True)

@@ -1426,7 +1426,7 @@ def test_restart_lines():
     uwsgi = f"/srv/shop/venvs/{VENV}/bin/uwsgi"
     # (uWSGI without a process manager starts the release's master beside the live one: appserver/beside.py)
     assert f"{uwsgi} --ini /srv/shop/shared/config/uwsgi.ini.\"$s\" --hook-master-start" in text
-    assert "    while [ $i -lt 70 ]; do" in lines.lines
+    assert "      while [ $i -lt 70 ]; do" in lines.lines
     assert f'[ "$(${{ASAPP-}} readlink "/proc/$c/cwd" 2>/dev/null)" = /srv/shop/releases/{REL_ID} ]' in text
     assert "npid=$(alive /run/nginx.pid nginx || true)" in lines.lines
     i = lines.lines.index(f"elif [ -f /srv/shop/tmp/{REL_ID}/nginx-changed ]; then")
@@ -1438,8 +1438,8 @@ def test_restart_lines():
     # a failing restart does not stop the script: the health phase after it decides (and reverts)
     assert lines.keep_going is True
     # a master that stays gone for 50 polls (~5 s) ends the wait early
-    assert "    i=0; ready=; gone=0; n=0" in lines.lines
-    assert '      if [ -z "$pid" ]; then gone=$((gone + 1)); [ "$gone" -lt 50 ] || break; fi' in lines.lines
+    assert "      i=0; ready=; gone=0; n=0" in lines.lines
+    assert '        if [ -z "$pid" ]; then gone=$((gone + 1)); [ "$gone" -lt 50 ] || break; fi' in lines.lines
 
 
 # --- uWSGI restart, run for real with the real uWSGI ----------------------------------------------------------

@@ -134,6 +134,56 @@ class Slots:
         return f'{q(self.live)}.retiring."{s}"'
 
 
+def fast_sh(app) -> str:
+    """(sh -c, as the app user) record pidfile release process ere early fresh keep socket dir want swap: the
+    commonest switches in one call: when the live master is the live slot's and the app user's own, and the
+    release's master is either the one started early (its workers all in `dir`, at least `want`, its socket
+    there) or a warm one, print "swapped <slot> <pid> <workers> <early|warm> <live master>" and swap to it
+    (`swap`: SWAP_SH, whose lines follow: the slots gone); print nothing otherwise (the shell then reads the state and
+    decides as before: a first start, a master not ready yet, an adoption, a master of another user, a new
+    master to start, the release already serving)."""
+    return "\n".join([
+        ALIVE_FN, CHILDREN_FN, app.workers_fn(),
+        'rec=$1 pidf=$2 rel=$3 proc=$4 ere=$5 early=$6 fresh=$7 keep=$8 sock=$9 dir=${10} want=${11} swap=${12}',
+        'oldm=$(alive "$pidf" "$proc") && [ -O "/proc/$oldm" ] || exit 0',
+        'live=$(cat "$rec" 2>/dev/null) && printf "%s\\n" "$live" | grep -Eqx "$ere" || exit 0',
+        '[ "$(alive "$pidf.$live" "$proc")" = "$oldm" ] || exit 0',
+        '[ -n "$fresh" ] || [ "${live%.b}" != "$rel" ] || exit 0',
+        'warm() { m=$(alive "$pidf.$1" "$proc") && [ "$(cat "$sock.retiring.$1" 2>/dev/null)" != "$m" ] && echo "$m"; }',
+        'if [ "$early" = "$rel" ]; then',
+        '  [ "$rel" != "$live" ] && pid=$(warm "$rel") || exit 0',
+        '  n=0; for c in $(workers "$pid"); do n=$((n + 1)); [ "$(readlink "/proc/$c/cwd")" = "$dir" ] || exit 0; done',
+        '  [ "$n" -gt 0 ] && [ "$n" -ge "$want" ] && [ -S "$sock.$rel" ] || exit 0',
+        '  s=$rel kind=early',
+        'elif [ "$rel" != "$live" ] && pid=$(warm "$rel"); then s=$rel kind=warm',
+        'elif [ "$rel.b" != "$live" ] && pid=$(warm "$rel.b"); then s=$rel.b kind=warm',
+        "else exit 0; fi",
+        'echo "swapped $s $pid $(children "$pid" | wc -l) $kind $oldm"',
+        'exec sh -c "$swap" sh "$s" "$pid" "$live" "$rel" "$keep" "$proc" "$sock" "$pidf" "$rec" "$ere"',
+    ])
+
+
+def fast_lines(cfg: Config, app, sl: Slots, proc: str, release_word: str) -> list[str]:
+    """Try fast_sh (one sudo where the state read, the readiness check and the swap took three or four): sets
+    $fast, and then $s, $pid, $n, $oldm, $action as the usual path does; a swap that failed stops the phase."""
+    keep = "true" if cfg.app.keep_warm else "false"
+    return [
+        *app.want_lines(cfg),
+        f'fast=; st=$({AS_APP} sh -c {q(fast_sh(app))} sh {sl.record} {q(sl.pidfile)} "$rel" {proc} {q(SLOT_ERE)} '
+        f'"${{early-}}" "${{fresh-}}" {keep} {q(sl.live)} {release_word} "$want" {q(SWAP_SH)}) || '
+        f'{{ case "$st" in swapped*) {fail_expanded(f"{app.title}: the swap to the new master failed")};; esac; st=; }}',
+        'case "$st" in "swapped "*)',
+        '  set -- $st; s=$2 pid=$3 n=$4 oldm=$6',
+        f'  printf "%s\\n" "$s" | grep -Eqx {q(SLOT_ERE)} && case "$pid$n$oldm" in *[!0-9]*) false;; esac || '
+        + fail_expanded(f"{app.title}: an unexpected answer from the swap: $st"),
+        '  case "$5" in early) action="started early beside $oldm, swapped";; *) action="swapped to its warm master";; esac',
+        "  shift 6",
+        f'  for x in $(printf "%s\\n" "$@" | grep -Ex {q(SLOT_ERE + "|adopted")}); do rm -f {sl.conf(app, "$x")}; done',
+        "  fast=1;;",
+        "esac",
+    ]
+
+
 def swap_lines(cfg: Config, app, release_word: str, venv_word: str, label: str) -> list[str]:
     """Make the master of release_word the one nginx reaches: its warm master when there is one, else a new
     master started beside the live one and waited for; then record it and retire the others (see the module
@@ -148,16 +198,20 @@ def swap_lines(cfg: Config, app, release_word: str, venv_word: str, label: str) 
         *app.link_lines(cfg, venv_word),
         *manager.switch_lines(cfg, app),
         f"rel=$(basename {release_word})",
-        f"oldm=$(alive {q(sl.pidfile)} {proc} || true)",
-        *app.foreign_lines(cfg, "oldm"),
-        *state_lines(sl, proc),
-        *adopt_lines(sl),
-        # the live master already runs that release (the health gate's revert after a failed start): nothing
-        # to do, unless $fresh asks for a new master (fab reload)
-        'if [ -z "${fresh-}" ] && [ -n "$oldm" ] && [ "${live%.b}" = "$rel" ]; then',
-        '  pid=$oldm; n=$(children "$pid" | wc -l); action="already serving"',
-        "else",
-        *["  " + ln for ln in switch_body(cfg, app, sl, proc, release_word, label, venv_word)],
+        *fast_lines(cfg, app, sl, proc, release_word),
+        'if [ -z "$fast" ]; then',
+        *["  " + ln for ln in [
+            f"oldm=$(alive {q(sl.pidfile)} {proc} || true)",
+            *app.foreign_lines(cfg, "oldm"),
+            *state_lines(sl, proc),
+            *adopt_lines(sl),
+            # the live master already runs that release (the health gate's revert after a failed start): nothing
+            # to do, unless $fresh asks for a new master (fab reload)
+            'if [ -z "${fresh-}" ] && [ -n "$oldm" ] && [ "${live%.b}" = "$rel" ]; then',
+            '  pid=$oldm; n=$(children "$pid" | wc -l); action="already serving"',
+            "else",
+            *["  " + ln for ln in switch_body(cfg, app, sl, proc, release_word, label, venv_word)],
+            "fi"]],
         "fi",
         note(f"{app.name} $action (master $pid, $n workers on {label})"),
     ]
