@@ -1957,3 +1957,19 @@ def test_unchanged_exit_deploys_when_the_workers_serve_another_release(tmp_path)
         subprocess.run(["pkill", "-P", str(proc.pid)])
         proc.kill()
         proc.wait()
+
+
+def test_the_setup_phase_asks_the_hosts_python_its_facts_and_venv_support_in_one_start(tmp_path):
+    """One python3 run: version, platform, then "venv" or "no-venv" (a Python whose venv/ensurepip does not
+    import: the setup fails with the python3-venv hint)."""
+    from fabdeploy.local.wheelhouse import PYTHON_FACTS_PY
+    from fabdeploy.steps.setup import VENV_CHECK_PY, setup
+    lines = setup(make_cfg()).lines
+    assert sum(" -c " in ln and "python3" in ln for ln in lines) == 1
+    assert any("apt-get install python3-venv" in ln and "sed -n 3p" in ln for ln in lines)
+    ok = subprocess.run([sys.executable, "-c", PYTHON_FACTS_PY + VENV_CHECK_PY], capture_output=True, text=True)
+    assert ok.stdout.splitlines()[2] == "venv", ok
+    (tmp_path / "ensurepip.py").write_text("raise ImportError('stripped')\n")
+    bad = subprocess.run([sys.executable, "-c", PYTHON_FACTS_PY + VENV_CHECK_PY], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert bad.returncode == 0 and bad.stdout.splitlines()[2] == "no-venv", bad

@@ -8,6 +8,9 @@ from fabdeploy.config import Config
 from fabdeploy.front import nginx_toggle
 from fabdeploy.hosts.layout import NGINX_CONF, VENV_COMPLETE, Layout
 from fabdeploy.local.wheelhouse import PYTHON_FACTS_PY
+
+# (after PYTHON_FACTS_PY, in the same Python) a third line: "venv" when it can make virtualenvs
+VENV_CHECK_PY = '\ntry:\n    import venv, ensurepip\nexcept Exception:\n    print("no-venv")\nelse:\n    print("venv")\n'
 from fabdeploy.remote import root
 from fabdeploy.remote.markers import fact, fail
 from fabdeploy.remote.script import Phase
@@ -79,10 +82,11 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         *unchanged_lines,
         "mkdir -p " + " ".join(q(d) for d in dirs),
         f"command -v {q(py)} >/dev/null 2>&1 || {fail(f'{py} not found on the host (project.python)')}",
-        f"python_facts=$({q(py)} -c {q(PYTHON_FACTS_PY)})",
+        # (one Python start: the facts, then whether it can make virtualenvs)
+        f"python_facts=$({q(py)} -c {q(PYTHON_FACTS_PY + (VENV_CHECK_PY if app else ''))})",
         "python_version=$(printf '%s\\n' \"$python_facts\" | sed -n 1p)",
         "python_platform=$(printf '%s\\n' \"$python_facts\" | sed -n 2p)",
-        (f"{q(py)} -c 'import venv, ensurepip' 2>/dev/null || "
+        ("[ \"$(printf '%s\\n' \"$python_facts\" | sed -n 3p)\" = venv ] || "
          + fail(f"{py} has no venv/ensurepip module (on Debian: apt-get install python3-venv)")) if app else "true",
         f"[ -f {NGINX_CONF} ] || " + fail(f"nginx is not installed ({NGINX_CONF} missing)"),
         nginx_user,
