@@ -134,6 +134,12 @@ class Slots:
         return f'{q(self.live)}.retiring."{s}"'
 
 
+# `ready <master> <dir> <want> <socket>` (after the app server's workers_fn): every worker of the master in
+# dir, at least `want` of them (and one), its socket there; sets $n to the workers counted
+READY_FN = ('ready() { n=0; for c in $(workers "$1"); do n=$((n + 1)); [ "$(readlink "/proc/$c/cwd")" = "$2" ] '
+            '|| return 1; done; [ "$n" -gt 0 ] && [ "$n" -ge "$3" ] && [ -S "$4" ]; }')
+
+
 def fast_sh(app) -> str:
     """(sh -c, as the app user) record pidfile release process ere early fresh keep socket dir want swap: the
     commonest switches in one call: when the live master is the live slot's and the app user's own, and the
@@ -143,7 +149,7 @@ def fast_sh(app) -> str:
     decides as before: a first start, a master not ready yet, an adoption, a master of another user, a new
     master to start, the release already serving)."""
     return "\n".join([
-        ALIVE_FN, CHILDREN_FN, app.workers_fn(),
+        ALIVE_FN, CHILDREN_FN, app.workers_fn(), READY_FN,
         'rec=$1 pidf=$2 rel=$3 proc=$4 ere=$5 early=$6 fresh=$7 keep=$8 sock=$9 dir=${10} want=${11} swap=${12}',
         'oldm=$(alive "$pidf" "$proc") && [ -O "/proc/$oldm" ] || exit 0',
         'live=$(cat "$rec" 2>/dev/null) && printf "%s\\n" "$live" | grep -Eqx "$ere" || exit 0',
@@ -151,9 +157,7 @@ def fast_sh(app) -> str:
         '[ -n "$fresh" ] || [ "${live%.b}" != "$rel" ] || exit 0',
         'warm() { m=$(alive "$pidf.$1" "$proc") && [ "$(cat "$sock.retiring.$1" 2>/dev/null)" != "$m" ] && echo "$m"; }',
         'if [ "$early" = "$rel" ]; then',
-        '  [ "$rel" != "$live" ] && pid=$(warm "$rel") || exit 0',
-        '  n=0; for c in $(workers "$pid"); do n=$((n + 1)); [ "$(readlink "/proc/$c/cwd")" = "$dir" ] || exit 0; done',
-        '  [ "$n" -gt 0 ] && [ "$n" -ge "$want" ] && [ -S "$sock.$rel" ] || exit 0',
+        '  [ "$rel" != "$live" ] && pid=$(warm "$rel") && ready "$pid" "$dir" "$want" "$sock.$rel" || exit 0',
         '  s=$rel kind=early',
         'elif [ "$rel" != "$live" ] && pid=$(warm "$rel"); then s=$rel kind=warm',
         'elif [ "$rel.b" != "$live" ] && pid=$(warm "$rel.b"); then s=$rel.b kind=warm',
@@ -271,10 +275,8 @@ def ready_sh(app) -> str:
     of pidfile is alive with at least `want` workers (and one), every one in the release directory, and its
     socket is there; nothing otherwise (the readiness loop then waits as usual)."""
     return "\n".join([
-        ALIVE_FN, CHILDREN_FN, app.workers_fn(),
-        'pid=$(alive "$1" "$2") || exit 0',
-        'n=0; for c in $(workers "$pid"); do n=$((n + 1)); [ "$(readlink "/proc/$c/cwd")" = "$3" ] || exit 0; done',
-        '[ "$n" -gt 0 ] && [ "$n" -ge "$4" ] && [ -S "$5" ] || exit 0',
+        ALIVE_FN, CHILDREN_FN, app.workers_fn(), READY_FN,
+        'pid=$(alive "$1" "$2") && ready "$pid" "$3" "$4" "$5" || exit 0',
         'echo "$pid $n"',
     ])
 
