@@ -4,6 +4,8 @@ later and dies holding it; a lock wait longer than lock.ttl is capped (one warni
 invocation that waits never times out before its remote loop does."""
 from __future__ import annotations
 
+import base64
+import gzip
 import os
 import signal
 import subprocess
@@ -13,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import FAB, make_project, run_fab, sample_config
+from fabdeploy.remote.shell import UNPACK_EVAL, pack
 
 LOCK = "/srv/sample/.fabdeploy-lock"
 
@@ -41,11 +44,30 @@ def drop_lock(host) -> None:
     host.exec(["rm", "-rf", LOCK], user="deploy")
 
 
+def unpacked(cmdline: str) -> str:
+    """A process's command line, with a packed script (remote/shell.py packed_command: `sh -c UNPACK_EVAL
+    <packed>`, a script over PACK_OVER bytes) unpacked."""
+    args = cmdline.split("\0")
+    if UNPACK_EVAL in args and args.index(UNPACK_EVAL) + 1 < len(args):
+        packed = args[args.index(UNPACK_EVAL) + 1]
+        try:
+            return cmdline + gzip.decompress(base64.b64decode(packed)).decode(errors="replace")
+        except (ValueError, OSError, EOFError):
+            return cmdline
+    return cmdline
+
+
+def test_a_packed_scripts_text_is_seen_in_its_command_line():
+    script = "echo '@@fabdeploy begin lock'; mkdir /srv/sample/.fabdeploy-lock\n" * 2000  # (over PACK_OVER)
+    cmdline = "\0".join(["sh", "-c", UNPACK_EVAL, pack(script)]) + "\0"
+    assert "@@fabdeploy" not in cmdline and "@@fabdeploy" in unpacked(cmdline)
+
+
 def waiting_loops(host) -> list[int]:
     """Processes of a fabdeploy script that waits for the lock (the loop's shell and its `sleep 1`)."""
     found = []
     for pid in host.pids():
-        cmd = host.exec(["cat", f"/proc/{pid}/cmdline"], check=False).stdout
+        cmd = unpacked(host.exec(["cat", f"/proc/{pid}/cmdline"], check=False).stdout)
         if "@@fabdeploy" in cmd and ".fabdeploy-lock" in cmd:
             found.append(pid)
     return found
