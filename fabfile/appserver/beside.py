@@ -251,8 +251,7 @@ def switch_body(cfg: Config, app, sl: Slots, proc: str, release_word: str, label
         f'    {AS_APP} rm -f {sl.sock("$s")} {sl.pid("$s")} {sl.adopted("$s")} {sl.retiring("$s")}',
         *["    " + ln for ln in start],
         "  fi",
-        *["  " + ln for ln in app.want_lines(cfg)],
-        '  old=" "',
+        '  old=" "',  # ($want: set by fast_lines, before)
         # (already ready, as a master started early usually is: one call as the app user instead of the loop's
         # three or more)
         f'  set -- $({AS_APP} sh -c {q(ready_sh(app))} sh {sl.pid("$s")} {proc} {release_word} "$want" '

@@ -87,7 +87,7 @@ class Gunicorn(AppServer):
             backlog=g.backlog, workers=g.workers, threads=g.threads, timeout=g.timeout,
             graceful_timeout=g.graceful_timeout, max_requests=g.max_requests,
             max_requests_jitter=g.max_requests_jitter if g.max_requests else 0, pidfile=p.pidfile, logfile=p.log,
-            options=g.options, warm=warm.MODULE if warm.applies(cfg) else "")
+            options=g.options, warm=warm.import_name(cfg))
 
     def bind(self, cfg: Config, server: Server | None) -> str:
         """gunicorn's bind: "unix:/path" for nginx on the same host, else address:port."""

@@ -76,7 +76,7 @@ def app_get(addr, port, host, path):
             static_maps=static_maps(cfg, server), pidfile=p.pidfile,
             logfile=p.log, max_requests=cfg.uwsgi.max_requests, harakiri=cfg.uwsgi.harakiri,
             buffer_size=cfg.uwsgi.buffer_size, listen=cfg.uwsgi.listen, options=cfg.uwsgi.options,
-            warm=warm.MODULE if warm.applies(cfg) else "")
+            warm=warm.import_name(cfg))
 
     def foreground_argv(self, cfg: Config) -> list[str]:
         lay = Layout(cfg.paths.deploy_to)

@@ -33,6 +33,11 @@ def applies(cfg: Config) -> bool:
                                                                             and cfg.app.asgi)
 
 
+def import_name(cfg: Config) -> str:
+    """The module the app server's config imports or calls (MODULE), "" when workers do not warm up."""
+    return MODULE if applies(cfg) else ""
+
+
 def module_text(cfg: Config) -> str:
     """fabdeploy_warm.py for this config."""
     from fabdeploy import appserver

@@ -8,13 +8,13 @@ from fabdeploy.config import Config
 from fabdeploy.front import nginx_toggle
 from fabdeploy.hosts.layout import NGINX_CONF, VENV_COMPLETE, Layout
 from fabdeploy.local.wheelhouse import PYTHON_FACTS_PY
-
-# (after PYTHON_FACTS_PY, in the same Python) a third line: "venv" when it can make virtualenvs
-VENV_CHECK_PY = '\ntry:\n    import venv, ensurepip\nexcept Exception:\n    print("no-venv")\nelse:\n    print("venv")\n'
 from fabdeploy.remote import root
 from fabdeploy.remote.markers import fact, fail
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import q
+
+# (after PYTHON_FACTS_PY, in the same Python) a third line: "venv" when it can make virtualenvs
+VENV_CHECK_PY = '\ntry:\n    import venv, ensurepip\nexcept Exception:\n    print("no-venv")\nelse:\n    print("venv")\n'
 
 
 def root_lines(cfg: Config) -> list[str]:
