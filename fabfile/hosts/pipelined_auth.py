@@ -78,14 +78,15 @@ class PipelinedTransport(paramiko.Transport):
         handler = self.auth_handler = _PipelinedAuthHandler(self)
         handler.auth_publickey(username, key, my_event)
         if self.early_session and handler.pipelined and self._early is None and not self.channels_seen:
-            self._early = self._request_session(handler)
+            self._request_session(handler)
         if event is not None:
             return []
         return handler.wait_for_response(my_event)
 
-    def _request_session(self, handler: AuthHandler) -> "_Early":
-        """Send CHANNEL_OPEN "session" and register its channel, without waiting (paramiko's open_channel
-        up to its wait)."""
+    def _request_session(self, handler: AuthHandler) -> None:
+        """Send CHANNEL_OPEN "session" and register its channel as self._early, without waiting (paramiko's
+        open_channel up to its wait). Registered before it is sent: the server's answer (UNIMPLEMENTED after a
+        refused key) can be read by the transport's thread before this thread runs again."""
         window_size = self._sanitize_window_size(None)
         max_packet_size = self._sanitize_packet_size(None)
         with self.lock:
@@ -102,8 +103,8 @@ class PipelinedTransport(paramiko.Transport):
             self.channels_seen[chanid] = True
             early.chan._set_transport(self)
             early.chan._set_window(window_size, max_packet_size)
+            self._early = early
         self._send_message(m)
-        return early
 
     def _parse_unimplemented(self, m: Message) -> None:
         """OpenSSH's answer to an early session request that came before the authentication succeeded (sent
