@@ -11,7 +11,7 @@ deploy runs, and a hook runs wherever its phase runs.
                prepare   static config                           this release's static files on stdin
                drain     drain                                   a rolling batch out of the upstream
                finish    config restart health cleanup finish    detached on the host
-    rollback   rollback  lock rollback restart finish            rollback's switch runs the switch hooks
+    rollback   rollback  lock rollback restart health finish     rollback's switch runs the switch hooks
 
 Adding a phase: a builder (a function of RunState returning a Phase, or None to leave it out), one Step in
 the invocation that runs it, and its hook name in config.PHASES when users may hook it.
@@ -30,8 +30,8 @@ from fabdeploy.hosts.target import Target
 from fabdeploy.model import Facts, Release
 from fabdeploy.remote.script import Phase, Script
 from fabdeploy.remote.shell import q
-from fabdeploy.steps import (activate, balancer, cleanup, code, configure, django_app, live_check, lock,
-                             rollback, setup, venv)
+from fabdeploy.steps import (activate, balancer, cleanup, code, configure, control, django_app, live_check,
+                             lock, rollback, setup, venv)
 from fabdeploy.steps.health import health
 from fabdeploy.steps.lock import LockOwner
 
@@ -66,8 +66,8 @@ BALANCER = {inv.name: inv for inv in (
                           Step("finish")), detached=True),
 )}
 ROLLBACK = {inv.name: inv for inv in (
-    Invocation("rollback", (Step("lock"), Step("rollback", "switch"), Step("restart", "restart"), Step("finish")),
-               locked=False),
+    Invocation("rollback", (Step("lock"), Step("rollback", "switch"), Step("restart", "restart"), Step("health"),
+                            Step("finish")), locked=False),
 )}
 PIPELINES = {"app": APP, "lb": BALANCER, "rollback": ROLLBACK}
 
@@ -146,6 +146,7 @@ BUILDERS: dict[tuple[str, str], Callable[[RunState], Phase | None]] = {
     ("rollback", "lock"): lambda r: rollback.lock_phase(r.cfg, r.owner, r.wait),
     ("rollback", "rollback"): lambda r: rollback.select_and_switch(r.cfg, r.to, r.strict, r.restore_db),
     ("rollback", "restart"): lambda r: rollback.restart(r.cfg),
+    ("rollback", "health"): lambda r: control.health(r.cfg, r.target.address, r.target.server),
     ("rollback", "finish"): lambda r: rollback.finish(r.cfg, r.owner),
 }
 

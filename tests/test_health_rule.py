@@ -131,6 +131,64 @@ def test_every_server_name_is_checked_and_only_failing_ones_are_reported(web):
     assert code == 1 and out.startswith("GET /catalog/ (Host: shop.example.net) -> 400: ") and "shop.test" not in out
 
 
+
+def fast(port, path, accept=(), hosts=("shop.test",), addr="127.0.0.1"):
+    """health.FAST_SH (what check_command runs first over plain HTTP): its exit code and output."""
+    spec = {"proto": "http", "addr": addr, "port": port, "hosts": list(hosts), "path": path,
+            "accept": list(accept), "tls": False, "timeout": 1}
+    proc = subprocess.run(["sh", "-c", health.fast_check_command(spec)], capture_output=True, text=True, timeout=60)
+    return proc.returncode, proc.stdout
+
+
+@pytest.mark.parametrize("path, accept, hosts", [
+    ("/catalog/", (), ("shop.test",)),
+    ("/catalog/", (), ("shop.test", "www.shop.test")),
+    ("/moved", (200, 302), ("shop.test",)),
+    ("/away", (302,), ("shop.test",)),
+    ("/q?x=1&y='a'&z=$(pwd)", (), ("shop.test",)),
+])
+def test_the_fast_check_says_what_the_rule_says_on_a_first_healthy_answer(web, path, accept, hosts):
+    before = len(web.seen)
+    code, out = fast(web.server_port, path, accept, hosts)
+    assert (code, out) == check(web.server_port, path, accept, hosts)
+    assert code == 0
+    # one request per name, and the same requests the rule's first try sends
+    assert web.seen[before:before + len(hosts)] == [(path, h) for h in hosts]
+
+
+@pytest.mark.parametrize("path, accept, hosts", [
+    ("/", (), ("shop.test",)),  # a redirect: the rule follows it
+    ("/boom", (), ("shop.test",)),
+    ("/gone", (), ("shop.test",)),
+    ("/catalog/", (204,), ("shop.test",)),  # a 2xx that is not the listed code
+    ("/catalog/", (), ("shop.test", "shop.example.net")),  # one name's 400
+])
+def test_the_fast_check_leaves_everything_else_to_the_rule(web, path, accept, hosts):
+    assert fast(web.server_port, path, accept, hosts) == (1, "")
+
+
+def test_the_fast_check_without_a_server_or_over_another_protocol():
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert fast(port, "/") == (1, "")
+    spec = {"proto": "uwsgi", "addr": "127.0.0.1", "port": 1, "hosts": ["a"], "path": "/", "accept": [],
+            "tls": False, "timeout": 1}
+    assert health.fast_check_command(spec) is None
+    assert health.fast_check_command({**spec, "proto": "https"}) is None
+
+
+def test_check_command_falls_back_to_the_rule(web, tmp_path):
+    """check_command: the fast check first, the rule (check_program) when that is not a healthy first answer."""
+    from fabdeploy.steps import health as h
+    cfg = make_cfg(nginx={"listen": f"127.0.0.1:{web.server_port}", "server_name": "shop.test"},
+                   project={"python": sys.executable}, health={"path": "/", "timeout": 2})
+    before = len(web.seen)
+    proc = subprocess.run(["sh", "-c", h.check_command(cfg, "web1")], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "GET / (Host: shop.test) -> 302 /catalog/ -> 200\n")
+    # the fast check's request, then the rule's: the redirect followed
+    assert web.seen[before:] == [("/", "shop.test"), ("/", "shop.test"), ("/catalog/", "shop.test")]
+
 WSGI_APP = '''
 def application(env, start_response):
     host, path = env.get("HTTP_HOST", ""), env["PATH_INFO"]

@@ -714,12 +714,13 @@ def test_rollback_ignores_stderr_noise_of_a_successful_comparison(tmp_path, stri
 
 
 def test_rollback_script_lock_select_finish_audits_the_target(tmp_path):
-    """The whole rollback script minus the uWSGI restart: locked, switched, audited with the target, unlocked."""
+    """The whole rollback script minus the uWSGI restart and its health check: locked, switched, audited with the
+    target, unlocked."""
     lab = RollbackLab(tmp_path)
     owner = LockOwner("rollback", "alice", "d4d4d4d4d4d4d4d4", 1, "now")
     full = rollback_ops.rollback_script(lab.cfg, owner, None, False, 0)
-    assert full.names == ["lock", "rollback", "restart", "finish"]
-    proc = sh(Script([p for p in full.phases if p.name != "restart"]), tmp_path)
+    assert full.names == ["lock", "rollback", "restart", "health", "finish"]
+    proc = sh(Script([p for p in full.phases if p.name not in ("restart", "health")]), tmp_path)
     assert proc.returncode == 0, err(proc)
     assert lab.state()["current"] == lab.lay.release(R1)
     assert not Path(lock.lock_dir(lab.cfg)).exists()

@@ -83,7 +83,7 @@ def test_python_hooks_follow_their_roles_on_the_balancer():
 
 def test_rollback_runs_the_switch_hooks_around_its_switch_and_the_restart_hooks_around_its_reload():
     hooked, plain = phases("rollback", "rollback", make_cfg(hooks=HOOKS)), phases("rollback", "rollback", make_cfg())
-    assert list(hooked) == list(plain) == ["lock", "rollback", "restart", "finish"]
+    assert list(hooked) == list(plain) == ["lock", "rollback", "restart", "health", "finish"]
     before, after = around(hooked["rollback"], plain["rollback"])
     assert "echo before-switch" in before and "echo after-switch" not in before
     assert "echo after-switch" in after and "echo before-switch" not in after

@@ -162,7 +162,7 @@ def rollback_all(conns: list, cfg: Config, printer: Printer, to: str | None, str
     def script(conn, owner, target_release, restore_db) -> Script:
         state = pipeline.RunState(cfg, Target.of(conn, cfg), owner, "", wait=wait, to=target_release,
                                   strict=strict, restore_db=restore_db)
-        s = pipeline.script("rollback", "rollback", state, only=("rollback", "restart", "finish"))
+        s = pipeline.script("rollback", "rollback", state, only=("rollback", "restart", "health", "finish"))
         s.phases[0] = lock.kept_alive(s.phases[0], cfg, owner)
         return s
 

@@ -8,6 +8,8 @@
               them is named (database/restore.matching_lines); --restore-db stops the app and loads it
               (app hosts sharing one database: all stopped first, the dump loaded once: ops/db_fleet.py)
     restart   graceful reload, wait until every worker runs the target
+    health    the deploy's health check through nginx (steps/control.health); a failure fails the rollback,
+              which stays on the target (nothing is switched back)
     finish    audit line, release the lock
 
 The phases are declared in pipeline.ROLLBACK and built in steps/rollback.py; hooks of the switch and
