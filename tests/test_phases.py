@@ -10,6 +10,7 @@ import getpass
 import io
 import json
 import os
+import platform
 import re
 import secrets
 import shlex
@@ -17,8 +18,10 @@ import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -1706,6 +1709,61 @@ def test_cleanup_keeps_the_venv_of_the_running_uwsgi_master(tmp_path):
         master.wait()
 
 
+def _trash_emptied(lay) -> bool:
+    for _ in range(100):  # (the background rm -rf: at most 10 s)
+        if not os.path.exists(lay.trash):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_cleanup_renames_what_goes_into_the_trash_and_empties_it_in_the_background(tmp_path):
+    lay = _cleanup_lab(tmp_path, current_index=7)
+    Path(lay.log).mkdir(parents=True)
+    pruned = Path(lay.release(RELEASES[0]))
+    inode = pruned.stat().st_ino
+    cfg = make_cfg(lay.deploy_to, paths={"keep_releases": 1})
+    # the background rm -rf is held back until the trash has been looked at
+    hold = tmp_path / "bin"
+    hold.mkdir()
+    (hold / "setsid").write_text(f'#!/bin/sh\nwhile [ ! -e {tmp_path}/go ]; do sleep 0.05; done\nexec "$@"\n')
+    (hold / "setsid").chmod(0o755)
+    script = Script([cleanup.cleanup(cfg, make_rel(RELEASES[-1]))])
+    proc = subprocess.run(["sh", "-c", script.text()], capture_output=True, cwd=tmp_path,
+                          env={**os.environ, "PATH": f"{hold}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, err(proc)
+    assert sorted(os.listdir(lay.releases)) == [RELEASES[6], "not-a-release"]
+    trash = Path(lay.trash, RELEASES[-1])
+    # renamed (the same inode), not copied; venvs, static roots and the staging directory too
+    assert (trash / f"r.{RELEASES[0]}").stat().st_ino == inode
+    assert {"v.v-a", "v.v-orphan", f"s.{RELEASES[0]}", "staging"} <= set(os.listdir(trash))
+    (tmp_path / "go").touch()
+    assert _trash_emptied(lay) and Path(lay.log, "trash.log").read_text() == ""
+
+
+def test_cleanup_removes_at_once_where_the_trash_would_copy(tmp_path):
+    """A parent the device check cannot vouch for (here: tmp/ missing, so stat fails): everything is removed
+    in place, nothing renamed."""
+    lay = _cleanup_lab(tmp_path, current_index=7)
+    shutil.rmtree(lay.tmp)
+    cfg = make_cfg(lay.deploy_to, paths={"keep_releases": 1})
+    proc = sh(Script([cleanup.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert sorted(os.listdir(lay.releases)) == [RELEASES[6], "not-a-release"]
+    assert os.listdir(lay.venvs) == ["v-e"] and not os.path.exists(lay.trash)
+
+
+def test_a_trash_left_with_errors_is_said_at_the_next_cleanup(tmp_path):
+    lay = _cleanup_lab(tmp_path, current_index=7)
+    Path(lay.log).mkdir(parents=True)
+    Path(lay.trash, "older").mkdir(parents=True)
+    Path(lay.log, "trash.log").write_text("rm: cannot remove 'x': Permission denied\n")
+    cfg = make_cfg(lay.deploy_to, paths={"keep_releases": 10})
+    proc = sh(Script([cleanup.cleanup(cfg, make_rel(RELEASES[-1]))]), tmp_path)
+    assert proc.returncode == 0, err(proc)
+    assert f"{MARK} warn {lay.trash} could not be removed: rm: cannot remove 'x': Permission denied" in out(proc)
+
+
 def test_cleanup_keeps_everything_when_there_are_few_releases(tmp_path):
     lay = _cleanup_lab(tmp_path, current_index=7)
     cfg = make_cfg(lay.deploy_to, paths={"keep_releases": 10})
@@ -1966,10 +2024,38 @@ def test_the_setup_phase_asks_the_hosts_python_its_facts_and_venv_support_in_one
     from fabdeploy.steps.setup import VENV_CHECK_PY, setup
     lines = setup(make_cfg()).lines
     assert sum(" -c " in ln and "python3" in ln for ln in lines) == 1
-    assert any("apt-get install python3-venv" in ln and "sed -n 3p" in ln for ln in lines)
+    assert any("apt-get install python3-venv" in ln and '"$py_venv" = venv' in ln for ln in lines)
     ok = subprocess.run([sys.executable, "-c", PYTHON_FACTS_PY + VENV_CHECK_PY], capture_output=True, text=True)
     assert ok.stdout.splitlines()[2] == "venv", ok
     (tmp_path / "ensurepip.py").write_text("raise ImportError('stripped')\n")
     bad = subprocess.run([sys.executable, "-c", PYTHON_FACTS_PY + VENV_CHECK_PY], capture_output=True, text=True,
                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert bad.returncode == 0 and bad.stdout.splitlines()[2] == "no-venv", bad
+
+
+def test_the_hosts_python_facts_are_asked_once_and_kept_with_the_interpreters_identity(tmp_path):
+    """setup.python_facts_lines: the first run starts the Python, later runs read the cache; a changed
+    interpreter (its mtime here) or a cached answer without venv support asks again."""
+    from fabdeploy.steps.setup import python_facts_lines
+    log, fake, cache = tmp_path / "starts", tmp_path / "py", tmp_path / "python-facts"
+    fake.write_text(f'#!/bin/sh\necho started >> {log}\nexec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    probe = "\n".join([*python_facts_lines(str(fake), str(cache)),
+                       'echo "$python_version|$python_platform|$py_venv"'])
+
+    def run():
+        proc = subprocess.run(["sh", "-ec", probe], capture_output=True, text=True)
+        assert proc.returncode == 0 and proc.stderr == "", proc
+        return proc.stdout.strip()
+
+    want = f"{platform.python_version()}|{sys.implementation.name} {sysconfig.get_platform()} " \
+           f"{'-'.join(platform.libc_ver()) or '-'}|venv"
+    assert run() == want and run() == want
+    assert log.read_text().count("started") == 1
+    assert cache.read_text().splitlines()[1:] == want.split("|")
+    os.utime(fake, (1, 1))  # another interpreter behind the name
+    assert run() == want and log.read_text().count("started") == 2
+    lines = cache.read_text().splitlines()
+    cache.write_text("\n".join(lines[:3] + ["no-venv"]) + "\n")  # (never written so, but never trusted either)
+    assert run() == want and log.read_text().count("started") == 3
+    assert run() == want and log.read_text().count("started") == 3

@@ -207,8 +207,10 @@ def test_a_builder_of_another_platform_is_refused(tmp_path):
 def test_setup_reports_python_version_and_platform_like_the_builder(tmp_path):
     from test_phases import sh  # the real-sh runner of the phase tests
     cfg = cfg_for(tmp_path, python=sys.executable)
-    lines = [ln for ln in setup.setup(cfg).lines if "python_facts" in ln or "python_platform" in ln
-             or "python_version=" in ln]
+    from fabdeploy.hosts.layout import Layout
+    used = setup.python_facts_lines(cfg.project.python, f"{Layout(cfg.paths.deploy_to).config}/python-facts")
+    assert all(ln in setup.setup(cfg).lines for ln in used)
+    lines = setup.python_facts_lines(cfg.project.python, str(tmp_path / "python-facts"))
     proc = sh("\n".join(lines + ['echo "$python_version|$python_platform"']), tmp_path)
     _, version, platform = local_python_facts(cfg_for(tmp_path, pip={"wheel_python": sys.executable}))
     assert proc.stdout.decode().strip().splitlines()[-1] == f"{version}|{platform}"

@@ -76,6 +76,11 @@ class Layout:
     def staging(self, release_id: str) -> str:
         return f"{self.tmp}/{release_id}"
 
+    @property
+    def trash(self) -> str:
+        """What cleanup removes, renamed here first and removed in the background (steps/cleanup.py)."""
+        return f"{self.deploy_to}/.fabdeploy-trash"
+
 
 NGINX_CONF = "/etc/nginx/nginx.conf"  # the host's main nginx config (its user, pid and includes)
 NGINX_PID = "/run/nginx.pid"  # where nginx keeps its pid when its config does not say

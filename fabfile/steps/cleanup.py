@@ -7,16 +7,16 @@ from fabdeploy.config import Config
 from fabdeploy.front.nginx import site_restore
 from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, Layout
 from fabdeploy.model import UNUSABLE_FN, Facts, Release
-from fabdeploy.remote.markers import note
+from fabdeploy.remote.markers import note, warn
 from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import ALIVE_FN, AS_APP, q, stop_group
 
 
-def prune_lines(keep: int) -> list[str]:
+def prune_lines(keep: int, remove: str = 'rm -rf -- "$r"') -> list[str]:
     """In a directory of release-named entries (the cwd; $cur the one in use): keep `keep` of them and
-    remove the rest, counting them in $removed. Always kept: $cur and (with keep >= 2) the way back, the
-    newest entry older than $cur that is usable (not marked bad, not pending), which is what a rollback
-    picks. The other places go to the newest entries, usable ones first."""
+    remove the rest (`remove`, with the entry in $r), counting them in $removed. Always kept: $cur and (with
+    keep >= 2) the way back, the newest entry older than $cur that is usable (not marked bad, not pending),
+    which is what a rollback picks. The other places go to the newest entries, usable ones first."""
     back = [
         "back=; seen=",
         "for r in $all; do",
@@ -35,24 +35,61 @@ def prune_lines(keep: int) -> list[str]:
         'bad=$(for r in $all; do ! unusable "$r" || echo "$r"; done)',
         "for r in $good $bad; do",
         '  if [ "$r" = "$cur" ] || [ "$r" = "$back" ]; then continue; fi',
-        f'  if [ "$kept" -lt {int(keep)} ]; then kept=$((kept + 1)); else rm -rf -- "$r"; removed=$((removed + 1)); fi',
+        f'  if [ "$kept" -lt {int(keep)} ]; then kept=$((kept + 1)); else {remove}; removed=$((removed + 1)); fi',
         "done",
     ]
 
 
 
+TRASH_PARENTS = ("releases", "venvs", "static", "tmp")  # (Layout properties: where cleanup removes things)
+
+
+def trash_lines(lay: Layout, run: str) -> list[str]:
+    """`gone PARENT PATH NAME` (PARENT one of TRASH_PARENTS): PATH renamed into the trash (Layout.trash/<run>/
+    NAME) when PARENT is on deploy_to's filesystem (a rename never copies), else removed at once; then
+    `empty_trash` removes the trash in the background: a pruned release's `rm -rf` took 0.1 s of the deploy's
+    critical path, a rename is one system call. Its errors go to shared/log/trash.log; a trash still there
+    with errors logged is said at the next cleanup."""
+    to, log = f"{lay.trash}/{run}", f"{lay.log}/trash.log"
+    return [
+        f"if [ -s {q(log)} ] && [ -d {q(lay.trash)} ]; then "
+        + warn(f"{lay.trash} could not be removed: $(tail -n 1 {q(log)})") + "; fi",
+        "trash_ok=' ' trash_made=",
+        f"set -- $(stat -L -c %d {q(lay.deploy_to)} {' '.join(q(getattr(lay, p)) for p in TRASH_PARENTS)} "
+        "2>/dev/null || true)",
+        f'if [ "$#" -eq {len(TRASH_PARENTS) + 1} ]; then',
+        f'  trash_dev=$1; shift; for p in {" ".join(TRASH_PARENTS)}; do '
+        '[ "$1" != "$trash_dev" ] || trash_ok="$trash_ok$p "; shift; done',
+        "fi",
+        "gone() {",
+        '  case $trash_ok in *" $1 "*)',
+        f'    if {{ [ -n "$trash_made" ] || mkdir -p {q(to)}; }} && mv -T -- "$2" {q(to)}/"$3" 2>/dev/null; then '
+        "trash_made=1; return 0; fi;;",
+        "  esac",
+        '  rm -rf -- "$2"',
+        "}",
+        "empty_trash() {",
+        '  [ -n "$trash_made" ] || return 0',
+        f"  if [ -d {q(lay.log)} ]; then tl={q(log)}; else tl=/dev/null; fi",
+        f'  (cd / && setsid nohup rm -rf -- {q(lay.trash)} </dev/null >/dev/null 2>"$tl" &)',
+        "}",
+    ]
+
+
 def cleanup(cfg: Config, rel: Release) -> Phase:
     """Keep keep_releases releases (always current and the release a rollback would go back to; releases
-    marked bad go first) and the virtualenvs they or the running master use."""
+    marked bad go first) and the virtualenvs they or the running master use. What goes is renamed into the
+    trash and removed in the background (trash_lines)."""
     lay = Layout(cfg.paths.deploy_to)
     app = appserver.of(cfg)
     keep = cfg.paths.keep_releases
     return Phase("cleanup", [
         *app.as_app_lines(cfg),
         ALIVE_FN,
+        *trash_lines(lay, rel.id),
         f"cd {q(lay.releases)}",
         f"cur=$(basename \"$(readlink {q(lay.current)})\")",
-        *prune_lines(keep),
+        *prune_lines(keep, f'gone releases {q(lay.releases)}/"$r" "r.$r"'),
         "used=$(cat */.fabdeploy/venv 2>/dev/null | tr '\\n' ' ')",
         f"pid=$(alive {q(app.paths(lay).pidfile)} {app.process} || true)",
         f'exe=$( [ -n "$pid" ] && {AS_APP} readlink "/proc/$pid/exe" || true)',
@@ -61,15 +98,17 @@ def cleanup(cfg: Config, rel: Release) -> Phase:
         '  [ -d "$v" ] || continue',
         '  case " $used " in *" $v "*) continue;; esac',
         f'  case "$exe" in {q(lay.venvs)}/"$v"/*) continue;; esac',
-        '  rm -rf -- "$v"',
+        f'  gone venvs {q(lay.venvs)}/"$v" "v.$v"',
         "done",
         # static roots of releases that are gone
         f"if cd {q(lay.static)} 2>/dev/null; then",
         "  for s in *; do",
-        f'    if echo "$s" | grep -qE {q(RELEASE_GLOB_ERE)} && [ ! -d {q(lay.releases)}/"$s" ]; then rm -rf -- "$s"; fi',
+        f'    if echo "$s" | grep -qE {q(RELEASE_GLOB_ERE)} && [ ! -d {q(lay.releases)}/"$s" ]; then '
+        f'gone static {q(lay.static)}/"$s" "s.$s"; fi',
         "  done",
         "fi",
-        f"rm -rf {q(lay.staging(rel.id))}",
+        f"if [ -e {q(lay.staging(rel.id))} ]; then gone tmp {q(lay.staging(rel.id))} staging; fi",
+        "empty_trash",
         f"left=$(ls -1 {q(lay.releases)} | grep -cE {q(RELEASE_GLOB_ERE)} || true)",
         note(f"$left releases on disk (keep_releases = {keep}), removed $removed"),
     ])

@@ -17,6 +17,31 @@ from fabdeploy.remote.shell import q
 VENV_CHECK_PY = '\ntry:\n    import venv, ensurepip\nexcept Exception:\n    print("no-venv")\nelse:\n    print("venv")\n'
 
 
+def python_facts_lines(py: str, cache: str) -> list[str]:
+    """$python_version, $python_platform and $py_venv ("venv" when the host's Python can make virtualenvs)
+    from one start of that Python (PYTHON_FACTS_PY + VENV_CHECK_PY), or, without starting it (60-100 ms on a
+    small host), from `cache`: the answer of a start that said "venv", kept with the interpreter's device,
+    inode, size and mtime (`stat -L`: another Python behind the same name, an upgrade, asks again). An answer
+    without "venv" is never reused (installing python3-venv does not touch the interpreter)."""
+    return [
+        f"py_path=$(command -v {q(py)}) || {fail(f'{py} not found on the host (project.python)')}",
+        "py_key=$(stat -L -c %d:%i:%s:%Y \"$py_path\" 2>/dev/null) || py_key=",
+        "py_k= python_version= python_platform= py_venv=",
+        f'if [ -n "$py_key" ] && [ -f {q(cache)} ]; then {{ read -r py_k; read -r python_version; '
+        f"read -r python_platform; read -r py_venv; }} < {q(cache)} || true; fi",
+        'if [ -z "$py_key" ] || [ "$py_k" != "$py_key" ] || [ "$py_venv" != venv ] || [ -z "$python_platform" ]; then',
+        f"  python_facts=$({q(py)} -c {q(PYTHON_FACTS_PY + VENV_CHECK_PY)})",
+        "  python_version= python_platform= py_venv=",
+        '  { read -r python_version; read -r python_platform; read -r py_venv; } <<FABDEPLOY_FACTS || true\n'
+        "$python_facts\nFABDEPLOY_FACTS",
+        '  if [ "$py_venv" = venv ] && [ -n "$py_key" ]; then',
+        f"    printf '%s\\n' \"$py_key\" \"$python_version\" \"$python_platform\" \"$py_venv\" > {q(cache + '.tmp')} && "
+        f"mv -f {q(cache + '.tmp')} {q(cache)} || true",
+        "  fi",
+        "fi",
+    ]
+
+
 def root_lines(cfg: Config) -> list[str]:
     """The root commands of the setup phase: deploy_to created and given to the deploy user, the directories
     and the socket nginx reads given to its group."""
@@ -81,12 +106,8 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         *(_secret_key.fingerprint_lines(cfg.paths.deploy_to) if app else []),
         *unchanged_lines,
         "mkdir -p " + " ".join(q(d) for d in dirs),
-        f"command -v {q(py)} >/dev/null 2>&1 || {fail(f'{py} not found on the host (project.python)')}",
-        # (one Python start: the facts, then whether it can make virtualenvs)
-        f"python_facts=$({q(py)} -c {q(PYTHON_FACTS_PY + (VENV_CHECK_PY if app else ''))})",
-        "python_version=$(printf '%s\\n' \"$python_facts\" | sed -n 1p)",
-        "python_platform=$(printf '%s\\n' \"$python_facts\" | sed -n 2p)",
-        ("[ \"$(printf '%s\\n' \"$python_facts\" | sed -n 3p)\" = venv ] || "
+        *python_facts_lines(py, f"{lay.config}/python-facts"),
+        ('[ "$py_venv" = venv ] || '
          + fail(f"{py} has no venv/ensurepip module (on Debian: apt-get install python3-venv)")) if app else "true",
         f"[ -f {NGINX_CONF} ] || " + fail(f"nginx is not installed ({NGINX_CONF} missing)"),
         nginx_user,
