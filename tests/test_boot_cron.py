@@ -56,7 +56,8 @@ def test_the_boot_script_is_the_start_phase_of_fab_start_and_only_the_pidfile_ma
         assert "@reboot" not in restart and "start-at-boot" in restart  # (only its removal, from a pidfile host)
     # a host switching to a manager of its own loses both files
     assert manager.of(cfg).remove_lines(cfg, appserver.of(cfg)) == [
-        f"if [ -e {CRON} ]; then sudo -n /usr/bin/rm -f {CRON}; fi", "rm -f /srv/shop/bin/start-at-boot"]
+        f"if [ -e {CRON} ]; then sudo -n /usr/bin/rm -f {CRON}; fi",
+        "rm -f /srv/shop/bin/start-at-boot /srv/shop/shared/config/boot.stamp"]
 
 
 class Etc:
@@ -112,6 +113,20 @@ def test_install_writes_both_files_once_and_warns_while_no_cron_daemon_is_enable
     assert notes(out(again)) == [] and warnings(again) == []
     assert (etc.cron().stat().st_mtime_ns, script.stat().st_mtime_ns) == before
     assert etc.fake.log() == log  # no sudo at all
+    stamp = Path(boot_cron.stamp_path(cfg))
+    assert stamp.read_text() == f"{boot_cron.digest(cfg, app)} {me}\n"
+    # the files changed by hand after the stamp: compared again, and the cron file put back
+    etc.cron().write_text(etc.cron().read_text().replace("@reboot", "#@reboot"))
+    fixed = etc.run(lines)
+    assert fixed.returncode == 0, err(fixed)
+    assert notes(out(fixed)) == [f"pidfile: {CRON} written (starts uwsgi at boot: {script})"]
+    assert etc.cron().read_text() == boot_cron.cron_entry(cfg, app).replace("@fabdeploy-user@", me)
+    # a stamp for another digest or deploy user: compared again (the files already say it: nothing written)
+    stamp.write_text(f"{boot_cron.digest(cfg, app)} someone-else\n")
+    log = etc.fake.log()
+    again = etc.run(lines)
+    assert again.returncode == 0 and notes(out(again)) == [] and etc.fake.log() == log, err(again)
+    assert stamp.read_text() == f"{boot_cron.digest(cfg, app)} {me}\n"
     # switching to a manager of its own: both gone
     gone = etc.run(manager.of(cfg).remove_lines(cfg, app))
     assert gone.returncode == 0, err(gone)

@@ -6,9 +6,13 @@ shared/log/boot.log. Debian's cron runs the `@reboot` lines of /etc/cron.d at bo
 daemon is enabled gets one warning line on each deploy.
 
 Both files are written only when they differ (atomically: a temp file renamed over; cron ignores file names
-with a dot, so its temp file is never read), and removed when the host switches to a manager of its own
+with a dot, so its temp file is never read), and not even compared while shared/config/boot.stamp (written
+after them: their digest and the deploy user) says they are as this deploy would write them and neither was
+changed after it; they are removed when the host switches to a manager of its own
 (Pidfile.remove_lines)."""
 from __future__ import annotations
+
+import hashlib
 
 from fabdeploy.config import Config, ident
 from fabdeploy.hosts.layout import Layout
@@ -92,13 +96,24 @@ def root_lines(cfg: Config) -> list[str]:
     return list(_commands(cfg).values())
 
 
+def stamp_path(cfg: Config) -> str:
+    return f"{Layout(cfg.paths.deploy_to).config}/boot.stamp"
+
+
+def digest(cfg: Config, app) -> str:
+    """What both files say (the deploy user apart): the stamp's first word."""
+    return hashlib.sha256((boot_script(cfg, app) + "\0" + cron_entry(cfg, app)).encode()).hexdigest()[:16]
+
+
 def install_lines(cfg: Config, app) -> list[str]:
-    """Write the boot script and the cron.d file where they differ; warn when no cron daemon is enabled."""
+    """Write the boot script and the cron.d file where they differ; warn when no cron daemon is enabled.
+    Skipped (about twenty processes and a sudo less per deploy) when the stamp written after they were last
+    written says the same digest and deploy user and neither file has changed since (`-nt`)."""
     script = boot_script(cfg, app)
-    cron, sp = cron_path(cfg), script_path(cfg)
+    cron, sp, stamp = cron_path(cfg), script_path(cfg), stamp_path(cfg)
     staged = f"{Layout(cfg.paths.deploy_to).config}/pidfile.cron"
     c = _commands(cfg)
-    return [
+    write = [
         f"mkdir -p {q(Layout(cfg.paths.deploy_to).bin)}",
         *write_file(sp + ".new", script, mode="0755"),
         f"if cmp -s {q(sp + '.new')} {q(sp)}; then rm -f {q(sp + '.new')}; else mv -f {q(sp + '.new')} {q(sp)}; fi",
@@ -106,11 +121,20 @@ def install_lines(cfg: Config, app) -> list[str]:
         + fail(f"{cron} exists and was not written by fabdeploy: rename the project (project.name) or remove "
                "that file") + "; fi",
         *write_file(staged, cron_entry(cfg, app)),
-        f'sed -i "s/{USER_PLACEHOLDER}/$(id -un)/" {q(staged)}',
+        f'sed -i "s/{USER_PLACEHOLDER}/$boot_me/" {q(staged)}',
         f"if ! cmp -s {q(staged)} {q(cron)}; then",
         f"  {c['install']} && {c['rename']} || "
         + fail(f"could not write {cron} (sudo: install, mv): the app server would not start after a reboot"),
         "  " + note(f"pidfile: {cron} written (starts {app.name} at boot: {sp})"),
+        "fi",
+        f"printf '%s\\n' {q(digest(cfg, app))}\" $boot_me\" > {q(stamp)}",
+    ]
+    return [
+        "boot_me=$(id -un) boot_stamp=",
+        f"if [ -f {q(stamp)} ]; then read -r boot_stamp < {q(stamp)} || true; fi",
+        f'if [ "$boot_stamp" != {q(digest(cfg, app))}" $boot_me" ] || [ ! -f {q(sp)} ] || [ ! -f {q(cron)} ] || '
+        f"[ {q(sp)} -nt {q(stamp)} ] || [ {q(cron)} -nt {q(stamp)} ]; then",
+        *["  " + ln for ln in write],
         "fi",
         *cron_enabled_lines(),
         '[ -n "$cron_on" ] || ' + warn(f"no cron daemon is enabled on this host (apt-get install cron): {app.name} "
@@ -122,4 +146,5 @@ def install_lines(cfg: Config, app) -> list[str]:
 def remove_lines(cfg: Config) -> list[str]:
     """The cron.d file and the boot script gone (a host switching to a manager of its own)."""
     cron = q(cron_path(cfg))
-    return [f"if [ -e {cron} ]; then {_commands(cfg)['remove']}; fi", f"rm -f {q(script_path(cfg))}"]
+    return [f"if [ -e {cron} ]; then {_commands(cfg)['remove']}; fi",
+            f"rm -f {q(script_path(cfg))} {q(stamp_path(cfg))}"]
