@@ -116,3 +116,27 @@ def test_a_refused_key_is_one_line_with_the_option_on(host, tmp_path):
     res = run_fab(proj.root, "releases", env={"HOME": str(tmp_path), "SSH_AUTH_SOCK": ""})
     assert res.returncode != 0 and "Traceback" not in res.stderr + res.stdout
     assert f"  error: {host.address}: SSH authentication failed for user deploy\n" in res.stdout, res.stdout + res.stderr
+
+
+def test_the_next_runs_channel_opened_while_the_first_runs(host):
+    """runner.SpareChannel, as a deploy's publish gets its channel: opened once the first run's channel is open
+    (so the first run still takes the channel asked for with the authentication), then used by the next run."""
+    from fabdeploy.remote.runner import SpareChannel, run_script
+    from fabdeploy.remote.script import Phase, Script
+    conn = make_connection(host.ssh_target(), cfg_for())
+    conn.connect_kwargs.update(key_filename=[str(hostlab.client_key())], allow_agent=False, look_for_keys=False)
+    open_connection(conn)
+    try:
+        spares = []
+        first = run_script(conn, Script([Phase("one", ["sleep 0.3", "echo '@@fabdeploy fact who='$(id -un)"])]),
+                           host="h", opened=lambda: spares.append(SpareChannel(conn)))
+        assert first.facts["who"] == "deploy" and conn.transport.fabdeploy_early_session is True
+        (spare,) = spares
+        spare._thread.join(10)
+        (chan,) = spare._chan
+        assert chan.active and not chan.closed and chan.chanid != 0
+        second = run_script(conn, Script([Phase("two", ["echo '@@fabdeploy fact n=2'"])]), host="h", spare=spare)
+        assert second.facts["n"] == "2" and spare._chan == [] and chan.closed  # (run on it, then closed)
+        assert spare.take(wait=0) is None  # (once)
+    finally:
+        conn.close()

@@ -21,7 +21,7 @@ from fabdeploy.ops.outcome import Outcome, Shared, run_cleanup, site_url
 from fabdeploy.output import Printer
 from fabdeploy.database import fleet
 from fabdeploy.remote import detach, markers
-from fabdeploy.remote.runner import Interrupted, run_script
+from fabdeploy.remote.runner import Interrupted, SpareChannel, run_script
 from fabdeploy.remote.script import Phase, Script, mask
 from fabdeploy.remote.shell import q
 from fabdeploy.steps import cleanup, fold, live_check, lock, secret_key
@@ -47,6 +47,7 @@ class HostDeploy(HostRun):
         # setup and prepare may run in one invocation (None: never; "" any SECRET_KEY, else that one's fingerprint)
         self.fold_key = fold_key
         self.cache_target = facts_cache.target_of(conn)
+        self.spare: SpareChannel | None = None  # publish's channel, opened while prepare runs
 
     @property
     def rel(self) -> model.Release | None:
@@ -117,7 +118,14 @@ class HostDeploy(HostRun):
                 self.stage = "prepare"
             elif ph.name == "code":
                 self.printer.line(self.host, f"upload   release {self.rel_id} ({len(archive) // 1024} KiB)")
-        return self.run("setup+prepare", stdin=archive, built=built, shown=shown, on_phase=before_line)
+        return self.run("setup+prepare", stdin=archive, built=built, shown=shown, on_phase=before_line,
+                        spare_next=self.new_spare)
+
+    def new_spare(self) -> None:
+        """Open publish's channel in the background while prepare runs (one that was not used: closed)."""
+        if self.spare is not None:
+            self.spare.close()
+        self.spare = SpareChannel(self.conn)
 
     def new_release(self, key: str, has_wheels: bool) -> model.Release:
         return model.Release(self.rel_id, self.source.revision, self.source.branch, self.source.kind,
@@ -140,7 +148,7 @@ class HostDeploy(HostRun):
             self.printer.line(self.host, f"upload   release {rel.id} ({len(archive) // 1024} KiB"
                               + (f", {len(wheels)} wheels" if wheels else "") + ")")
             self.stage = "prepare"
-            self.run("prepare", stdin=archive)
+            self.run("prepare", stdin=archive, spare_next=self.new_spare)
             self.stage = "prepared"
 
     def publish(self) -> Outcome:
@@ -156,7 +164,7 @@ class HostDeploy(HostRun):
             with deferred_interrupt():
                 try:
                     # (a detached publish is never stopped: no pgid kept, no cancel)
-                    self.run("publish", interruptible=False)
+                    self.run("publish", interruptible=False, spare=self.spare)
                 finally:
                     self.stage = "published"
         except KeyboardInterrupt:
@@ -175,6 +183,8 @@ class HostDeploy(HostRun):
 
     def abort(self, reason: str) -> None:
         """A prepared host whose fleet will not switch: remove its release, audit, unlock."""
+        if self.spare is not None:
+            self.spare.close()
         self.fail_cleanup(FabdeployError(reason))
 
     def live_release(self) -> str:

@@ -69,10 +69,11 @@ class HostRun:
         return self.state.facts
 
     def run(self, name: str, stdin: bytes | None = None, interruptible: bool = True, built=None, shown=(),
-            on_phase=None):
+            on_phase=None, spare=None, spare_next=None):
         """Run the pipeline's invocation `name` on this host (an interruptible one stops at Ctrl-C); `built`: a
         script already built for it (the app's setup and prepare in one), listed with --verbose as `shown`
-        ((name, script) pairs, and lines); `on_phase` runs before each phase line."""
+        ((name, script) pairs, and lines); `on_phase` runs before each phase line; `spare`: a channel opened
+        for it beforehand (runner.SpareChannel); `spare_next`: called once this run's channel is open."""
         script = built or pipeline.script(self.kind, name, self.state)
         if script.detach:
             self.detached = script.detach
@@ -86,7 +87,7 @@ class HostRun:
         return run_script(self.conn, script, host=self.host, stdin=stdin,
                           timeout=self.cfg.pip.timeout + 600 + self.wait,
                           remote=self.remote if interruptible else None, cancel=self.cancel if interruptible else None,
-                          on_phase=phase,
+                          on_phase=phase, spare=spare, opened=spare_next,
                           on_output=(lambda s, ln: self.printer.debug(self.host, ln)) if self.printer.verbose
                           else None)
 

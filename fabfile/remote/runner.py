@@ -93,6 +93,37 @@ def exec_pipelined(chan, command: str) -> None:
     chan.transport._send_user_message(m)
 
 
+class SpareChannel:
+    """A session channel opened in the background while an invocation runs, for the next one on the same
+    connection (the deploy's publish after its prepare): the next run_script starts with its exec request
+    instead of a round trip for the channel (and sshd's session setup) after the fleet's barrier."""
+
+    def __init__(self, conn):
+        self._chan: list = []
+        transport = conn.client.get_transport() if conn.client else None
+
+        def open_() -> None:
+            try:
+                self._chan.append(transport.open_session())
+            except Exception:  # (the next run opens its own, and reports what is wrong then)
+                pass
+        self._thread = threading.Thread(target=open_, daemon=True, name="spare-channel")
+        if transport is not None:
+            self._thread.start()
+
+    def take(self, wait: float = 10.0):
+        """The open channel (once), or None: the next run opens its own."""
+        if self._thread.ident is not None:  # (started)
+            self._thread.join(wait)
+        chan = self._chan.pop() if self._chan else None
+        return chan if chan is not None and chan.active and not chan.closed else None
+
+    def close(self) -> None:
+        chan = self.take(wait=0)
+        if chan is not None:
+            chan.close()
+
+
 class Interrupted(FabdeployError):
     """The run was cancelled (Ctrl-C) while a remote script was running."""
 
@@ -191,21 +222,27 @@ class _Phases:
 def run_script(conn, script: Script, *, host: str, stdin: bytes | None = None, timeout: float = 3600,
                on_phase: Callable[[PhaseResult], None] | None = None,
                on_output: Callable[[str, str], None] | None = None,
-               cancel: threading.Event | None = None, remote: dict | None = None) -> RunResult:
+               cancel: threading.Event | None = None, remote: dict | None = None,
+               spare: SpareChannel | None = None, opened: Callable[[], None] | None = None) -> RunResult:
     """Run `script` on `conn` (an open fabric Connection); raise RemoteError naming host + phase on failure.
 
     `cancel` set: close the channel and raise Interrupted. `remote` receives the remote "pgid" at start.
+    `spare`: a channel opened beforehand, used when it is still open. `opened`: called once the channel is
+    open and the command sent (e.g. to open a SpareChannel for the next run).
     """
     remote = remote if remote is not None else {}
     parser = _Phases(remote, on_phase, on_output)
     phases, out_all, err_all = parser.phases, parser.out_all, parser.err_all
 
     try:
-        transport = conn.client.get_transport()
-        chan = transport.open_session()
+        chan = spare.take() if spare is not None else None
+        if chan is None:
+            chan = conn.client.get_transport().open_session()
         chan.settimeout(None)
         exec_pipelined(chan, script.command())
         _trace(host)
+        if opened is not None:
+            opened()
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise RemoteError(host, script.names[0], f"SSH connection lost ({exc or type(exc).__name__})") from None
 
