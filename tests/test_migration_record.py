@@ -32,16 +32,6 @@ def test_the_builders_exact_lines():
         'if [ -n "$rec" ] && cp "$cur/.fabdeploy/migrations.applied" "$R/.fabdeploy/migrations.applied".tmp '
         '2>/dev/null; then mv -f "$R/.fabdeploy/migrations.applied".tmp "$R/.fabdeploy/migrations.applied"; '
         'else rm -f "$R/.fabdeploy/migrations.applied" "$R/.fabdeploy/migrations.applied".tmp; fi')
-    assert record.write_lines("/srv/x/releases/r", "/tmp/o") == [
-        "rm -f /srv/x/releases/r/.fabdeploy/migrations.applied /srv/x/releases/r/.fabdeploy/migrations.disk",
-        f"n=$(sed -n 's/^{P}record //p' /tmp/o | tail -n 1)",
-        f'if [ -n "$n" ] && [ "$n" = "$(grep -c \'^{P}applied \' /tmp/o) $(grep -c \'^{P}disk \' /tmp/o)" ]; then',
-        f"  sed -n 's/^{P}disk //p' /tmp/o > /srv/x/releases/r/.fabdeploy/migrations.disk.tmp && "
-        "mv -f /srv/x/releases/r/.fabdeploy/migrations.disk.tmp /srv/x/releases/r/.fabdeploy/migrations.disk",
-        f"  sed -n 's/^{P}applied //p' /tmp/o > /srv/x/releases/r/.fabdeploy/migrations.applied.tmp && "
-        "mv -f /srv/x/releases/r/.fabdeploy/migrations.applied.tmp /srv/x/releases/r/.fabdeploy/migrations.applied",
-        "fi",
-    ]
 
 
 def test_every_way_to_change_the_database_outside_a_deploy_removes_the_live_record():
@@ -61,18 +51,39 @@ def _program_out(tmp_path, text: str) -> tuple[Path, Path]:
 
 
 def test_the_records_are_written_when_complete_and_not_at_all_otherwise(tmp_path):
+    """django_app.scan_lines (the one pass over what the boot said) writes the records; boot_lines removes any
+    from before first."""
+    def scan(rc=0):
+        for f in (rel / ".fabdeploy").iterdir():  # (what boot_lines' first lines do)
+            f.unlink()
+        lines = [f"rc={rc}", *django_app.scan_lines(str(o), str(rel / ".fabdeploy"))]
+        return sh("\n".join(lines), tmp_path)
     rel, o = _program_out(tmp_path, f"noise\n{P}applied pages 0001_initial\n{P}disk pages 0001_initial\n"
                                     f"{P}disk pages 0002_tag\n{P}record 1 2\n")
-    assert sh("\n".join(record.write_lines(str(rel), str(o))), tmp_path).returncode == 0
+    proc = scan()
+    assert proc.returncode == 0 and proc.stdout == b"" and proc.stderr == b"", proc
     assert (rel / ".fabdeploy/migrations.applied").read_text() == "pages 0001_initial\n"
     assert (rel / ".fabdeploy/migrations.disk").read_text() == "pages 0001_initial\npages 0002_tag\n"
-    # a line lost (e.g. glued to the project's own output): no record, and none left from before
+    assert not o.exists()  # (the boot's output removed)
+    # a line lost (e.g. glued to the project's own output): no record
     o.write_text(f"print without newline{P}applied pages 0001_initial\n{P}disk pages 0001_initial\n{P}record 1 1\n")
-    assert sh("\n".join(record.write_lines(str(rel), str(o))), tmp_path).returncode == 0
+    assert scan().returncode == 0
     assert not list((rel / ".fabdeploy").iterdir())
     o.write_text("Traceback: no record line at all\n")
-    assert sh("\n".join(record.write_lines(str(rel), str(o))), tmp_path).returncode == 0
+    assert scan().returncode == 0
     assert not list((rel / ".fabdeploy").iterdir())
+    # a boot that failed writes none, shows its own lines on stderr (not the records) and stops
+    o.write_text(f"{P}applied pages 0001_initial\n{P}disk pages 0001_initial\n{P}record 1 1\n@@fabdeploy warn w\n"
+                 "Traceback (most recent call last):\nValueError: boom\n")
+    proc = scan(rc=1)
+    assert proc.returncode == 1 and not list((rel / ".fabdeploy").iterdir())
+    assert proc.stdout.decode() == "@@fabdeploy warn w\n"
+    assert proc.stderr.decode() == "Traceback (most recent call last):\nValueError: boom\n"
+    cfg = make_cfg(Path("/srv/x"))
+    first = django_app.boot_lines(cfg, make_rel(), django_app.program_args(cfg, make_rel(), check_import=True,
+                                                                          migrate=True, rest=True), as_app=False)
+    assert any(ln.startswith("rm -f ") and "/.fabdeploy/migrations.applied" in ln and "/.fabdeploy/migrations.disk"
+               in ln for ln in first[:3])
 
 
 def _with_records(lab: RollbackLab, applied: str = APPLIED_R5, disk: str = "auth 0001_initial\npages 0001_initial\n"):

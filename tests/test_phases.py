@@ -787,7 +787,7 @@ def test_django_phase_lines():
     assert collect[0] == one[0] and collect[1] == {"static": True}
     seeded = next(i for i, ln in enumerate(lines) if ln.strip().startswith("if [ -f /srv/shop/shared/static/"))
     assert lines[seeded].strip() == f"if [ -f /srv/shop/shared/static/{REL_ID}/.fabdeploy-static-hash ]; then"
-    changed = next(i for i, ln in enumerate(lines) if "changed=; ! grep -q fabdeploy-static-changed" in ln)
+    changed = next(i for i, ln in enumerate(lines) if ln.strip() == "changed=$fd_changed")
     assert seeded < changed < next(i for i, ln in enumerate(lines) if ln.strip() == 'if [ -n "$changed" ]; then')
     # ... side by side: the deploy user's boot starts in the background first, the app user's boot waits for
     # it before it stops on a failure, and its output is shown after the app user's
@@ -798,7 +798,7 @@ def test_django_phase_lines():
     app_fail = next(ln for ln in two if "django.out" in ln and "exit 1" in ln)
     assert 'wait "$bg"; exit 1' in app_fail
     waits = [i for i, ln in enumerate(two) if ln.strip() == 'wait "$bg"']
-    shown = next(i for i, ln in enumerate(two) if "grep -E" in ln and "django-static.out" in ln)
+    shown = next(i for i, ln in enumerate(two) if ln.strip().startswith("awk ") and "django-static.out" in ln)
     assert len(waits) == 1 and bg < waits[0] < shown
 
 

@@ -47,8 +47,6 @@ def app_env_words(cfg: Config, rel: Release, name: str) -> str:
 # the backup, migrate, collectstatic and check --deploy. Its text is set once in the phase ($DJANGO_PY).
 PROGRAM_PY = PY_MARKERS + record.RECORD_PY + (Path(__file__).parent / "django_program.py").read_text()
 MIGRATE_LOCK_WAIT = 600  # seconds a host waits for another one's migrate (app hosts sharing a database)
-MARKERS_OUT = f"^({prefix('note')}|{prefix('warn')})"  # what of the program's stderr goes to the phase's stdout
-NOT_OUTPUT = MARKERS_OUT[:-1] + f"|{DUMP_OK}|{EARLY_OK}|{PROBE_CHANGED}|{record.PREFIX})"  # what of it a failure does not show on stderr
 
 
 def program_args(cfg: Config, rel: Release, *, check_import: bool, migrate: bool, rest: bool) -> dict:
@@ -69,8 +67,8 @@ def program_args(cfg: Config, rel: Release, *, check_import: bool, migrate: bool
 
 
 def _out(cfg: Config, rel: Release, name: str) -> str:
-    """The (quoted) file a boot's stderr goes to, in the release's staging dir."""
-    return q(f"{Layout(cfg.paths.deploy_to).staging(rel.id)}/{name}.out")
+    """The file a boot's stderr goes to, in the release's staging dir."""
+    return f"{Layout(cfg.paths.deploy_to).staging(rel.id)}/{name}.out"
 
 
 def _command(cfg: Config, rel: Release, params: dict, as_app: bool) -> str:
@@ -79,48 +77,97 @@ def _command(cfg: Config, rel: Release, params: dict, as_app: bool) -> str:
     return f'{run} -c "$DJANGO_PY" {q(json.dumps(params, separators=(",", ":")))}'
 
 
-def _fresh(cfg: Config, rel: Release, E: str) -> list[str]:
-    # (the output file private: tracebacks may show settings; the program itself keeps the phase's umask 027)
-    return [f"mkdir -p {q(Layout(cfg.paths.deploy_to).staging(rel.id))}", f"rm -f {E} {E}.rc", f"(umask 077; : > {E})"]
+def _fresh(cfg: Config, rel: Release, E: str, also: str = "") -> list[str]:
+    # (the output file private: tracebacks may show settings; the phase's umask, 027, back after it)
+    return [f"mkdir -p {q(Layout(cfg.paths.deploy_to).staging(rel.id))}", f"rm -f {E} {E}.rc {E}.vars{also}",
+            f"umask 077; : > {E}; umask 027"]
 
 
-def _said(E: str, before_exit: str = "", then: list[str] | None = None) -> list[str]:
-    """Show what a boot said (its output in E, its exit status in $rc): note and warn markers on stdout; when
-    it failed, the rest on stderr and stop (after `before_exit`); else `then` (e.g. the migration record
-    written from it), and E removed."""
+# One pass over what a boot said (its stderr, E), instead of a grep or sed per question: the note and warn
+# markers to stdout; when it failed (rc != 0) every other line but the program's own to stderr; E.vars gets
+# three lines (the dump's extension, "1" when the early master started, "1" when the static inputs changed);
+# with `rec` set and rc 0, the migration records (steps/migration_record.py) into their files when complete
+# (the counts of the last record line). Values are read back with `read`, never evaluated.
+SCAN_AWK = r"""
+function starts(s) { return index(line, s) == 1 }
+{
+  line = $0
+  if (starts(NOTE) || starts(WARN)) { print line; next }
+  own = starts(DUMP) || starts(EARLY) || starts(CHANGED) || starts(PREFIX)
+  if (starts(DUMP) && ext == "") ext = substr(line, length(DUMP) + 1)
+  if (index(line, EARLY)) early = 1
+  if (index(line, CHANGED)) changed = 1
+  if (starts(PREFIX "applied ")) applied[na++] = substr(line, length(PREFIX "applied ") + 1)
+  if (starts(PREFIX "disk ")) disk[nd++] = substr(line, length(PREFIX "disk ") + 1)
+  if (starts(PREFIX "record ")) n = substr(line, length(PREFIX "record ") + 1)
+  if (!own && rc != 0) print line > "/dev/stderr"
+}
+END {
+  print ext > VARS; print early > VARS; print changed > VARS
+  if (rec != "" && rc == 0 && n != "" && n == (na + 0) " " (nd + 0)) {
+    for (i = 0; i < nd; i++) print disk[i] > (rec "/""" + record.DISK + r"""")
+    for (i = 0; i < na; i++) print applied[i] > (rec "/""" + record.APPLIED + r"""")
+  }
+}
+"""
+
+
+def scan_lines(out: str, rec_dir: str = "", before_exit: str = "", then: list[str] | None = None,
+               cleanup: str = "") -> list[str]:
+    """Show what a boot said (its output in the file `out`, its exit status in $rc: SCAN_AWK), set $fd_ext,
+    $fd_early, $fd_changed; when it failed, stop (after `before_exit`); else `then`; `out` and its
+    companions (and the files in `cleanup`) removed."""
+    E = q(out)
+    awk_vars = {"NOTE": prefix("note"), "WARN": prefix("warn"), "DUMP": DUMP_OK, "EARLY": EARLY_OK,
+                "CHANGED": PROBE_CHANGED, "PREFIX": record.PREFIX, "VARS": f"{out}.vars", "rec": rec_dir}
+    words = " ".join(f"-v {k}={q(v)}" for k, v in awk_vars.items())
+    gone = f"rm -f {E} {E}.rc {E}.vars{cleanup}"
     return [
-        f"grep -E {q(MARKERS_OUT)} {E} || true",
-        f'if [ "$rc" != 0 ]; then grep -Ev {q(NOT_OUTPUT)} {E} >&2 || true; '
-        f"rm -f {E} {E}.rc; {before_exit}exit 1; fi",
+        f'awk -v rc="$rc" {words} {q(SCAN_AWK)} {E}',
+        f"fd_ext= fd_early= fd_changed=; {{ read -r fd_ext; read -r fd_early; read -r fd_changed; }} < {E}.vars "
+        "|| true",
+        f'if [ "$rc" != 0 ]; then {gone}; {before_exit}exit 1; fi',
         *(then or []),
-        f"rm -f {E} {E}.rc",
+        gone,
     ]
+
+
+def _rc(E: str) -> str:
+    """$rc from E.rc (1 when it is missing), without a process."""
+    return f"rc=1; if [ -f {E}.rc ]; then read -r rc < {E}.rc || rc=1; fi"
 
 
 def boot_lines(cfg: Config, rel: Release, params: dict, as_app: bool, before_exit: str = "",
                then: list[str] | None = None) -> list[str]:
     """Run the program once with `params` (as the app user: `as_app`), then show what it said: its note and
     warn markers on stdout; when it failed, the rest on stderr and stop. With migrate, its fd 1 (a dump, when
-    one is taken) is gzipped by the deploy user into shared/backups (0600 in 0700), then pruned."""
+    one is taken) is gzipped by the deploy user into shared/backups (0600 in 0700), then pruned; with the
+    migration record, the records are written into the release from what it said."""
     cmd = _command(cfg, rel, params, as_app)
-    E = _out(cfg, rel, "django")
-    lines = _fresh(cfg, rel, E)
+    out = _out(cfg, rel, "django")
+    E = q(out)
+    lay = Layout(cfg.paths.deploy_to)
+    rec = params.get("migrate", {}).get("record")
+    rec_dir = f"{lay.release(rel.id)}/.fabdeploy" if rec else ""
+    # (no record from an earlier run left behind)
+    old = f" {q(rec_dir + '/' + record.APPLIED)} {q(rec_dir + '/' + record.DISK)}" if rec else ""
+    lines = _fresh(cfg, rel, E, old)
+    cleanup = ""
     if "migrate" in params:
         d, b = backup.backups_dir(cfg), q(params["migrate"]["backup"])
+        cleanup = f" {b}.tmp"
         lines += [
             f"(umask 077; mkdir -p {q(d)}) && chmod 700 {q(d)} && rm -f {b}.tmp",
             f"{{ {cmd} 2>{E}; echo $? > {E}.rc; }} | (umask 077; gzip -c > {b}.tmp)",
-            f"rc=$(cat {E}.rc 2>/dev/null || echo 1)",
-            f"ext=$(sed -n 's/^{DUMP_OK}//p' {E} | head -n 1)",
-            f'if [ -n "$ext" ]; then chmod 600 {b}.tmp && mv -f {b}.tmp {b}."$ext".gz; '
-            f'{"; ".join(backup.prune_lines(cfg))}; else rm -f {b}.tmp; fi',
+            _rc(E),
         ]
-    else:
-        lines += [f"rc=0; {cmd} 2>{E} || rc=$?"]
-    lay = Layout(cfg.paths.deploy_to)
-    records = (record.write_lines(lay.release(rel.id), f"{lay.staging(rel.id)}/django.out")
-               if params.get("migrate", {}).get("record") else [])
-    return lines + _said(E, before_exit, records + (then or []))
+        scan = scan_lines(out, rec_dir, before_exit, then, cleanup)
+        # (the dump kept whatever happened next: fd_ext is set by the scan's read, before its failure exit)
+        scan[2:2] = [f'if [ -n "$fd_ext" ]; then chmod 600 {b}.tmp && mv -f {b}.tmp {b}."$fd_ext".gz; '
+                     f'{"; ".join(backup.prune_lines(cfg))}; fi']
+        return lines + scan
+    lines += [f"rc=0; {cmd} 2>{E} || rc=$?"]
+    return lines + scan_lines(out, rec_dir, before_exit, then)
 
 
 def beside_lines(cfg: Config, rel: Release, params: dict) -> tuple[list[str], list[str]]:
@@ -128,10 +175,11 @@ def beside_lines(cfg: Config, rel: Release, params: dict) -> tuple[list[str], li
     (import check, backup, migrate): (its start, its end). The end waits for it and shows what it said after
     the app user's boot; a failing app user's boot waits for it too (`wait "$bg"`) before it stops, so
     nothing still writes into the release when the failed deploy removes it."""
-    E = _out(cfg, rel, "django-static")
+    out = _out(cfg, rel, "django-static")
+    E = q(out)
     start = [*_fresh(cfg, rel, E), f"{{ {_command(cfg, rel, params, as_app=False)} 2>{E}; echo $? > {E}.rc; }} &",
              "bg=$!"]
-    end = ['wait "$bg"', f"rc=$(cat {E}.rc 2>/dev/null || echo 1)", *_said(E)]
+    end = ['wait "$bg"', _rc(E), *scan_lines(out)]
     return start, end
 
 
@@ -163,8 +211,7 @@ def django(cfg: Config, rel: Release, migrate: bool = True, early: Early | None 
                                                                          rest=rest), as_app=False)
                      + public_static(cfg, rel) + ([] if cfg.django.migrate else after) + warm.done_lines(cfg, rel.id))
     with_early = {"early": early.params} if early else {}
-    E = _out(cfg, rel, "django")
-    started = [f"! grep -q {q(EARLY_OK)} {E} || : > {q(early.marker)}"] if early else []  # (tells the restart)
+    started = [f'[ -z "$fd_early" ] || : > {q(early.marker)}'] if early else []  # (tells the restart)
     both = {**program_args(cfg, rel, check_import=True, migrate=True, rest=rest), **with_early}
     app_params = program_args(cfg, rel, check_import=True, migrate=True, rest=False)
     if rest:  # (the two boots at once: they share nothing but the release's code; on two cores, one boot's time)
@@ -178,7 +225,7 @@ def django(cfg: Config, rel: Release, migrate: bool = True, early: Early | None 
         one = {**app_params, "probe": True, "check": cfg.django.check_deploy, **with_early}
         split = [f"if [ -f {q(f'{lay.static}/{rel.id}/{HASH_FILE}')} ]; then",
                  *["  " + ln for ln in boot_lines(cfg, rel, one, as_app=True, then=[
-                     *started, f"changed=; ! grep -q {q(PROBE_CHANGED)} {E} || changed=1"])],
+                     *started, 'changed=$fd_changed'])],
                  '  if [ -n "$changed" ]; then',
                  *["    " + ln for ln in boot_lines(cfg, rel, {"static": True}, as_app=False)],
                  "  fi",

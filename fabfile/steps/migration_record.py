@@ -10,7 +10,8 @@ its migrate:
 
 The program runs as the app user (it owns the database) and cannot write the release (the deploy user's):
 it prints the records on stderr (RECORD_PY, `fabdeploy-migration-` lines, a last line with both counts) and
-the deploy user's shell writes the files when the counts match (write_lines; 0640 by the phase's umask).
+the deploy user's shell writes the files when the counts match (django_app.SCAN_AWK; 0640 by the phase's
+umask).
 
 A rollback from the live release L to T then compares L's applied record with T's disk record with
 `comm -23` (compare_lines: pure shell, no Python started) and, before the switch, makes T's applied record
@@ -56,20 +57,6 @@ def record_migrations():
     sys.stderr.write("\\n".join(lines) + "\\n")
     sys.stderr.flush()
 '''
-
-
-def write_lines(release_dir: str, out_file: str) -> list[str]:
-    """(deploy user, the program succeeded) The records from its stderr `out_file` into the release's
-    .fabdeploy, each complete (the counts of its last line) or not at all."""
-    d, a, e = q(f"{release_dir}/.fabdeploy/{DISK}"), q(f"{release_dir}/.fabdeploy/{APPLIED}"), q(out_file)
-    return [
-        f"rm -f {a} {d}",
-        f"n=$(sed -n 's/^{PREFIX}record //p' {e} | tail -n 1)",
-        f'if [ -n "$n" ] && [ "$n" = "$(grep -c \'^{PREFIX}applied \' {e}) $(grep -c \'^{PREFIX}disk \' {e})" ]; then',
-        f"  sed -n 's/^{PREFIX}disk //p' {e} > {d}.tmp && mv -f {d}.tmp {d}",
-        f"  sed -n 's/^{PREFIX}applied //p' {e} > {a}.tmp && mv -f {a}.tmp {a}",
-        "fi",
-    ]
 
 
 def invalidate_line(current: str) -> str:
