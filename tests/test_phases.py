@@ -107,9 +107,11 @@ def err(proc) -> str:
 
 
 def written(lines: list[str], path: str) -> str:
-    """The content a write_file(path, ...) inside `lines` writes."""
+    """The content a write_file(path, ...) or new_file(path, ...) inside `lines` writes."""
     marker = f"cat > {q(path + '.fabdeploy-tmp')}) <<'"
     for line in lines:
+        if line.startswith("printf '%s' ") and line.endswith(f" > {q(path)}"):
+            return shlex.split(line[len("printf '%s' "):-len(f" > {q(path)}")])[0]
         if marker in line:
             head, _, rest = line.partition("\n")
             delim = head.rsplit("<<'", 1)[1].rstrip("'")

@@ -15,7 +15,7 @@ from fabdeploy.appserver.uwsgi import UWSGI
 from fabdeploy.steps import live_check
 from fabdeploy.steps.code import code
 from test_appserver import gunicorn_cfg
-from test_phases import make_cfg, make_rel
+from test_phases import make_cfg, make_rel, written
 
 
 def test_applies_to_uwsgi_and_wsgi_gunicorn_unless_switched_off():
@@ -29,9 +29,9 @@ def test_the_uwsgi_ini_imports_the_module_and_the_code_phase_writes_it():
     cfg, rel = make_cfg(health={"path": "/healthz"}), make_rel()
     ini = UWSGI().render_config(cfg, rel).splitlines()
     assert "import = fabdeploy_warm" in ini and ini.index("import = fabdeploy_warm") < ini.index("master = true")
-    text = "\n".join(code(cfg, rel).lines)
-    assert f"/srv/shop/releases/{rel.id}/fabdeploy_warm.py" in text and "PATH = '/healthz'" in text
     module = warm.module_text(cfg)
+    assert written(code(cfg, rel).lines, f"/srv/shop/releases/{rel.id}/fabdeploy_warm.py") == module
+    assert "PATH = '/healthz'" in module
     ast.parse(module)
     assert "@uwsgidecorators.postfork" in module and "WSGI = 'shop.wsgi:application'" in module
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.local.render import render
-from fabdeploy.remote.shell import q, write_file
+from fabdeploy.remote.shell import new_file, q
 
 MODULE = "fabdeploy_warm"  # the module's name in each release (on the app server's Python path)
 TIMEOUT = 10  # seconds a new worker waits for its warm-up at most before it serves anyway
@@ -57,4 +57,4 @@ def release_lines(cfg: Config, release_id: str) -> list[str]:
     """(the code phase) Write fabdeploy_warm.py into the release when workers warm up."""
     if not applies(cfg):
         return []
-    return write_file(f"{Layout(cfg.paths.deploy_to).release(release_id)}/{MODULE}.py", module_text(cfg))
+    return [new_file(f"{Layout(cfg.paths.deploy_to).release(release_id)}/{MODULE}.py", module_text(cfg))]

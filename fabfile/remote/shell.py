@@ -41,6 +41,15 @@ def sh_command(text: str, shell: str = "sh -c") -> str:
 
 
 
+def new_file(path: str, content: str) -> str:
+    """The line that writes `content` to `path` with the shell's printf (a builtin: no process): for a file of
+    a release being built, which nothing reads yet (no temp file and rename needed); its mode comes from the
+    umask (the code phase's 022: 0644)."""
+    if not content.endswith("\n"):
+        content += "\n"
+    return f"printf '%s' {q(content)} > {q(path)}"
+
+
 def write_file(path: str, content: str, mode: str = "0644") -> list[str]:
     """Lines that write `content` to `path` (atomically, via a temp file and rename) with `mode`."""
     delim = "FABDEPLOY_EOF"

@@ -11,7 +11,7 @@ from fabdeploy.local.render import render
 from fabdeploy.model import Release
 from fabdeploy.remote.markers import fail, note
 from fabdeploy.remote.script import Phase
-from fabdeploy.remote.shell import q, write_file
+from fabdeploy.remote.shell import new_file, q, write_file
 from fabdeploy.steps import app_user
 from fabdeploy.steps.static import seed_static
 
@@ -82,9 +82,10 @@ def code(cfg: Config, rel: Release, secret_key: str | None = None, passwords: di
         f"mv {q(T + '/release')} {q(R)}",
         f"[ -f {q(R + '/' + cfg.project.manage)} ] || {fail(f'{cfg.project.manage} not found in the release (project.manage)')}",
         f"mkdir -p {q(R + '/.fabdeploy')}",
-        *write_file(f"{R}/.fabdeploy/release.json", rel.metadata()),
-        *write_file(f"{R}/.fabdeploy/venv", rel.venv_hash),
-        *write_file(f"{R}/{SETTINGS_MODULE}.py", settings),
+        "umask 022",  # (the release's own files, written with printf: no process each)
+        new_file(f"{R}/.fabdeploy/release.json", rel.metadata()),
+        new_file(f"{R}/.fabdeploy/venv", rel.venv_hash),
+        new_file(f"{R}/{SETTINGS_MODULE}.py", settings),
         *warm.release_lines(cfg, rel.id),
     ]
     lines += seed_static(cfg, rel.id)
