@@ -160,15 +160,20 @@ def app_get(addr, port, host, path):
                 "esac"]
 
 
+# (one process for the three keys, where a sed and a tail each took six)
+WANT_AWK = r"""
+function value(line) { sub(/^[a-z-]+ *= */, "", line); sub(/ *$/, "", line); return line }
+/^processes *= *[0-9]+ *$/ { procs = value($0) }
+/^cheaper-initial *= *[0-9]+ *$/ { ci = value($0) }
+/^cheaper *= *[0-9]+ *$/ { ch = value($0) }
+END { print (ci != "" ? ci : ch != "" ? ch : procs) }
+"""
+
+
 def expected_workers_lines(ini: str) -> list[str]:
     """Set $want to the number of workers the uWSGI ini starts with: cheaper-initial, else cheaper, else
     processes (the last value of each key wins, as in uWSGI), else 1."""
-    return [
-        f"procs=$(sed -n 's/^processes *= *\\([0-9][0-9]*\\) *$/\\1/p' {q(ini)} | tail -n 1)",
-        f"ci=$(sed -n 's/^cheaper-initial *= *\\([0-9][0-9]*\\) *$/\\1/p' {q(ini)} | tail -n 1)",
-        f"ch=$(sed -n 's/^cheaper *= *\\([0-9][0-9]*\\) *$/\\1/p' {q(ini)} | tail -n 1)",
-        'want=${ci:-${ch:-${procs:-1}}}',
-    ]
+    return [f"want=$(awk {q(WANT_AWK)} {q(ini)} 2>/dev/null || true); want=${{want:-1}}"]
 
 
 def static_maps(cfg: Config, server: Server | None) -> list[tuple[str, str]]:
