@@ -270,8 +270,8 @@ def test_a_server_switch_and_a_manager_switch_stop_the_old_server_with_the_same_
         block = appserver.SERVERS[name].stop_if_present_lines(cfg)
         assert block[0] == (f'case "$present" in *" "/srv/shop/shared/run/{name}.pid" "* | '
                             f'*" "/srv/shop/shared/run/{name}.sock" "*)')
-        i = retire.index(block[0])
-        assert retire[i:i + len(block)] == block
+        i = retire.index("  " + block[0])
+        assert retire[i:i + len(block)] == ["  " + ln for ln in block]
     pidfile_block = ["    " + ln for ln in UWSGI().stop_if_present_lines(cfg, manager.MANAGERS["pidfile"])]
     i = switch.index(pidfile_block[0])
     assert switch[i:i + len(pidfile_block)] == pidfile_block

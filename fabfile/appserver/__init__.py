@@ -15,6 +15,7 @@ from fabdeploy.appserver.hypercorn import Hypercorn
 from fabdeploy.appserver.uvicorn import Uvicorn
 from fabdeploy.appserver.uwsgi import UWSGI
 from fabdeploy.hosts.layout import Layout
+from fabdeploy.remote.shell import q
 
 SERVERS: dict[str, AppServer] = {
     "uwsgi": UWSGI(),
@@ -34,9 +35,17 @@ def retire_lines(cfg) -> list[str]:
     """Lines that stop every other registered app server this deploy_to still runs (a host whose
     `[app] server` changed): its master and workers gone, its pidfile and socket removed, before the chosen
     one starts (behind load balancers they would share address:port). shared/run is the app user's: its
-    files are looked at (once, one sudo for all) and removed as it ($ASAPP)."""
+    files are looked at (once, one sudo for all) and removed as it ($ASAPP). Once done, shared/config/server
+    (the deploy user's) names the server, and while it does nothing is looked at."""
     lay = Layout(cfg.paths.deploy_to)
     mine = of(cfg).paths(lay).pidfile
     others = [s for s in SERVERS.values() if s.paths(lay).pidfile != mine]
-    return [*of(cfg).as_app_lines(cfg), *present_lines(cfg, others),
-            *[ln for server in others for ln in server.stop_if_present_lines(cfg)]]
+    # (skipped, and its sudo, while shared/config/server, written once it ran, names this server)
+    record, name = q(f"{lay.config}/server"), q(cfg.app.server)
+    return [*of(cfg).as_app_lines(cfg),
+            f"srv_was=; [ ! -f {record} ] || read -r srv_was < {record} || srv_was=",
+            f'if [ "$srv_was" != {name} ]; then',
+            *["  " + ln for ln in present_lines(cfg, others)],
+            *["  " + ln for server in others for ln in server.stop_if_present_lines(cfg)],
+            f"  {{ echo {name} > {record}; }} 2>/dev/null || true",
+            "fi"]

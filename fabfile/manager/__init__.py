@@ -40,7 +40,7 @@ def switch_lines(cfg, app) -> list[str]:
     servers = list(dict.fromkeys(SERVERS.values()))
     running = " || ".join(f"alive {q(s.paths(lay).pidfile)} {q(s.process)} >/dev/null" for s in servers)
     lines = [*app.as_app_lines(cfg), ALIVE_FN,
-             f"was=$(cat {record} 2>/dev/null || true)",
+             f"was=; [ ! -f {record} ] || read -r was < {record} || was=",
              # nothing recorded: a master running now was started without a manager; none running: a first start
              'if [ -z "$was" ]; then',
              f"  if {running}; then was=pidfile; else was={q(new.name)}; echo {q(new.name)} > {record}; fi",
