@@ -136,6 +136,11 @@ def test_another_process_on_nginx_port_80_is_named(site):
     pid = background(site.host, "python3 -c \"import socket, time; s = socket.socket(); "
                            "s.bind(('0.0.0.0', 80)); s.listen(); time.sleep(600)\"")
     try:
+        # (python3 may take more than background's second to bind on a loaded machine: wait for it, 20 s at most)
+        for _ in range(100):
+            if site.host.exec("ss -Hltn 'sport = :80'", check=False).stdout.strip():
+                break
+            time.sleep(0.2)
         doctor(site, "port 80 (the nginx site's) is held by python3", f"kill {pid}", "nginx is not running")
     finally:
         site.host.exec(f"kill {pid}", check=False)

@@ -178,6 +178,42 @@ def test_the_fast_check_without_a_server_or_over_another_protocol():
     assert health.fast_check_command({**spec, "proto": "https"}) is None
 
 
+class _KeepAlive(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # (the connection stays open after each answer, as nginx keeps it)
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        if self.path == "/chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"2\r\nxx\r\n0\r\n\r\n")
+        else:
+            self.send_header("Content-Length", "5000")
+            self.end_headers()
+            self.wfile.write(b"y" * 5000)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_fast_check_reads_the_answer_by_its_length_and_closes_first():
+    """Over a kept-alive connection: the body is read by Content-Length (no wait for the server to close), and
+    the check closes its end first, as Python's http.client does (the server's end of port 80 left in no
+    TIME_WAIT); an answer without a length (chunked) goes to the rule."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeepAlive)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        start = time.monotonic()
+        assert fast(srv.server_port, "/page") == (0, "GET /page (Host: shop.test) -> 200\n")
+        assert time.monotonic() - start < health.FAST_TIMEOUT
+        assert fast(srv.server_port, "/chunked") == (1, "")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=10)
+
+
 def test_check_command_falls_back_to_the_rule(web, tmp_path):
     """check_command: the fast check first, the rule (check_program) when that is not a healthy first answer."""
     from fabdeploy.steps import health as h

@@ -207,17 +207,27 @@ def check_spec(cfg: Config, host: str, server: Server | None = None) -> dict:
 # the new workers load): plain HTTP, one GET per Host name with bash's /dev/tcp, healthy only when every
 # name's first answer is healthy by the rule without following anything (in health.accept, or a 2xx when
 # that is empty); it prints what check_program would print then. Anything else (a redirect, another code,
-# no answer, no bash) exits non-zero and check_program decides, from its first request, as before.
-# $1 address, $2 port, $3 path, $4 accepted codes (space-separated, "" = any 2xx), then the Host names.
+# no answer, a body without Content-Length, no bash) exits non-zero and check_program decides, from its
+# first request, as before. Like check_program it reads the whole answer and closes first (the server's end
+# is left in no TIME_WAIT on its port). $1 address, $2 port, $3 path, $4 accepted codes (space-separated,
+# "" = any 2xx), then the Host names.
 FAST_SH = r"""a=$1 p=$2 path=$3 acc=$4; shift 4; said=
 for h; do
   exec 3<>"/dev/tcp/$a/$p" || exit 1
-  printf 'GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: fabdeploy-health\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n' "$path" "$h" >&3 || exit 1
+  printf 'GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: fabdeploy-health\r\nAccept-Encoding: identity\r\n\r\n' "$path" "$h" >&3 || exit 1
   IFS=' ' read -r v s _ <&3 || exit 1
-  cat <&3 >/dev/null; exec 3<&-
   s=${s%$'\r'}
   case $v in HTTP/1.[01]) ;; *) exit 1;; esac
   case $s in [1-5][0-9][0-9]) ;; *) exit 1;; esac
+  len=
+  while IFS= read -r line <&3; do
+    line=${line%$'\r'}
+    [ -n "$line" ] || break
+    case ${line,,} in content-length:*) len=${line#*:}; len=${len//[!0-9]/};; esac
+  done
+  if [ -n "$len" ]; then [ "$len" -eq 0 ] || head -c "$len" <&3 >/dev/null || exit 1
+  elif [ "$s" != 204 ] && [ "$s" != 304 ]; then exit 1; fi
+  exec 3<&-
   if [ -n "$acc" ]; then case " $acc " in *" $s "*) ;; *) exit 1;; esac
   elif [ "$s" -lt 200 ] || [ "$s" -ge 300 ]; then exit 1; fi
   said="${said:+$said; }GET $path (Host: $h) -> $s"
