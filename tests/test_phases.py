@@ -1267,11 +1267,19 @@ def test_config_phase_leaves_an_unchanged_site_alone(tmp_path, fakebin):
     assert lab.run().returncode == 0
     (lab.staging / "nginx-changed").unlink()
     (tmp_path / "sudo.log").unlink()
+    staged = Path(nginx.staged_site(lab.cfg))
+    before = staged.stat().st_mtime_ns
     proc = lab.run()
     assert proc.returncode == 0
     assert notes(out(proc)) == ["nginx site unchanged"]
     assert not (lab.staging / "nginx-changed").exists()
     assert fakebin.log() == ""  # neither install nor nginx -t
+    assert staged.stat().st_mtime_ns == before  # (the stamp said so: not even written and compared)
+    # the site edited by hand after the stamp: compared again and put back
+    lab.site.write_text(lab.site.read_text() + "# edited\n")
+    proc = lab.run()
+    assert proc.returncode == 0 and notes(out(proc)) == [f"nginx site installed at {lab.site}"]
+    assert lab.site.read_text() == nginx.nginx_site(lab.cfg)
 
 
 def test_config_phase_restores_the_previous_site_when_nginx_t_fails(tmp_path, fakebin):

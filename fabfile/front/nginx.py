@@ -2,6 +2,8 @@
 them, reloads that wait for new workers."""
 from __future__ import annotations
 
+import hashlib
+
 from fabdeploy import appserver
 from fabdeploy.front import tls
 from fabdeploy.config import Config, ident
@@ -78,9 +80,18 @@ def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:
     unlink = f'[ "$had_link" = 1 ] || {c["unlink"]}; ' if enabled else ""
     restore = [f"if [ -f {q(prev)} ]; then {install_copy(cfg, prev, site)}; {unlink}"
                f"else {c['remove']}" + (f"; {c['unlink']}" if enabled else "") + "; fi"]
+    # (the write and the compare skipped while the stamp, written once the site was found or installed as
+    # `content`, says so and neither the site nor the staged copy changed after it)
+    stamp, digest = new + ".stamp", hashlib.sha256(content.encode()).hexdigest()[:16]
+    same = (f'[ "$site_stamp" = {digest} ] && [ -f {q(new)} ] && [ -f {q(site)} ] && [ ! {q(site)} -nt {q(stamp)} ] '
+            f'&& [ ! {q(new)} -nt {q(stamp)} ] && {link_ok}')
     lines = [
         f"mkdir -p {q(T)}",
-        *write_file(new, content),
+        f"site_stamp=; [ ! -f {q(stamp)} ] || read -r site_stamp < {q(stamp)} || site_stamp=",
+        f"if {same}; then",
+        "  " + note("nginx site unchanged"),
+        "else",
+        *["  " + ln for ln in write_file(new, content)],
         f"if cmp -s {q(new)} {q(site)} && {link_ok}; then",
         "  " + note("nginx site unchanged"),
         "else",
@@ -105,6 +116,8 @@ def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:
         "  fi",
         f"  touch {q(changed)}",
         "  " + note(f"nginx site installed at {site}"),
+        "fi",
+        f"printf '%s\\n' {digest} > {q(stamp)}",
         "fi",
     ]
     return lines

@@ -101,10 +101,13 @@ def _userinfo(m: re.Match) -> str:
 
 
 def mask(text: str, secrets=()) -> str:
-    """`text` with every secret value replaced by MASK (also as written in a uWSGI ini, with %% for %, and
-    shell-quoted) and every URL's userinfo masked."""
+    """`text` with every secret value replaced by MASK (also as written in a uWSGI ini, with %% for %,
+    shell-quoted, and as it reads inside a larger single-quoted word: a file's content written with printf)
+    and every URL's userinfo masked."""
+    inside = lambda v: v.replace("'", "'\"'\"'")  # noqa: E731 (as it reads inside a larger single-quoted word)
     for value in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(q(value), MASK).replace(value.replace("%", "%%"), MASK).replace(value, MASK)
+        for form in (q(value), inside(value.replace("%", "%%")), inside(value), value.replace("%", "%%"), value):
+            text = text.replace(form, MASK)
     return _USERINFO.sub(_userinfo, text)
 
 

@@ -12,7 +12,7 @@ from fabdeploy.hosts.roles import Server, runs_nginx
 from fabdeploy.model import PENDING, Facts, Release
 from fabdeploy.remote.markers import note
 from fabdeploy.remote.script import Phase
-from fabdeploy.remote.shell import q, write_file
+from fabdeploy.remote.shell import new_file, q
 
 
 def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None) -> Phase:
@@ -22,10 +22,13 @@ def config(cfg: Config, rel: Release, facts: Facts, server: Server | None = None
     lines = [
         # Staged in the release itself (never a shared name another run could touch): the switch installs
         # it, and a rollback restores exactly the config the release ran with.
-        # (0640: the app user reads it through the release's group; it holds the [django] env)
-        *write_file(app.staged_config(lay.release(rel.id)), app.render_config(cfg, rel, server), mode="0640"),
+        # (0640: the app user reads it through the release's group; it holds the [django] env. Nothing reads
+        # it before the switch: written with printf under umask 027, no temp file and rename)
+        "umask 027",
+        new_file(app.staged_config(lay.release(rel.id)), app.render_config(cfg, rel, server)),
         # complete but not live yet: an automatic rollback never picks it (the switch removes the mark)
-        f"touch {q(lay.release(rel.id) + '/.fabdeploy/' + PENDING)}",
+        f": > {q(lay.release(rel.id) + '/.fabdeploy/' + PENDING)}",
+        "umask 022",
     ]
     if runs_nginx(cfg, server):
         lines += tls.install_lines(cfg, server, lay.staging(rel.id))  # (the files `nginx -t` of the new site reads)
