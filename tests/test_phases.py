@@ -1198,11 +1198,11 @@ def test_config_phase_lines_sites_layout():
     staged = "/srv/shop/shared/config/nginx-site.conf"
     assert [ln for ln in lines if "shared/config" in ln and "nginx-site.conf" not in ln] == []
     assert written(lines, staged) == nginx.nginx_site(cfg)
-    assert f"  sudo -n /usr/bin/install -m 0644 {staged} /etc/nginx/sites-available/shop" in lines
-    assert "  sudo -n /usr/bin/ln -sfn /etc/nginx/sites-available/shop /etc/nginx/sites-enabled/shop" in lines
-    assert "  if ! out=$(sudo -n /usr/sbin/nginx -t 2>&1); then" in lines
-    restore = lines[lines.index("  if ! out=$(sudo -n /usr/sbin/nginx -t 2>&1); then") + 1]
-    assert restore.startswith(f"    if [ -f {T}/site.prev ]; then cp {T}/site.prev {staged} && "
+    assert f"    sudo -n /usr/bin/install -m 0644 {staged} /etc/nginx/sites-available/shop" in lines
+    assert "    sudo -n /usr/bin/ln -sfn /etc/nginx/sites-available/shop /etc/nginx/sites-enabled/shop" in lines
+    assert "    if ! out=$(sudo -n /usr/sbin/nginx -t 2>&1); then" in lines
+    restore = lines[lines.index("    if ! out=$(sudo -n /usr/sbin/nginx -t 2>&1); then") + 1]
+    assert restore.startswith(f"      if [ -f {T}/site.prev ]; then cp {T}/site.prev {staged} && "
                               f"sudo -n /usr/bin/install -m 0644 {staged} /etc/nginx/sites-available/shop; ")
     assert restore.endswith("else sudo -n /usr/bin/rm -f /etc/nginx/sites-available/shop; "
                             "sudo -n /usr/bin/rm -f /etc/nginx/sites-enabled/shop; fi")

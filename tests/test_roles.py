@@ -553,7 +553,7 @@ def test_config_phase_of_a_balanced_app_host_installs_no_nginx_site():
 def test_config_phase_of_a_balanced_app_host_with_app_nginx_installs_the_site():
     cfg = lb_cfg(balancer={"app_nginx": True})
     lines = configure.config(cfg, make_rel(), Facts(), app_server(cfg, "deploy@10.0.0.1")).lines
-    assert "  if ! out=$(sudo -n /usr/sbin/nginx -t 2>&1); then" in lines
+    assert "    if ! out=$(sudo -n /usr/sbin/nginx -t 2>&1); then" in lines
     assert "uwsgi_pass 10.0.0.1:8001;" in "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from fabdeploy.appserver.hypercorn import Hypercorn
 from fabdeploy.appserver.uvicorn import Uvicorn
 from fabdeploy.appserver.uwsgi import UWSGI
 from fabdeploy.hosts.layout import Layout
-from fabdeploy.remote.shell import q
+from fabdeploy.remote.shell import q, read_word
 
 SERVERS: dict[str, AppServer] = {
     "uwsgi": UWSGI(),
@@ -41,9 +41,9 @@ def retire_lines(cfg) -> list[str]:
     mine = of(cfg).paths(lay).pidfile
     others = [s for s in SERVERS.values() if s.paths(lay).pidfile != mine]
     # (skipped, and its sudo, while shared/config/server, written once it ran, names this server)
-    record, name = q(f"{lay.config}/server"), q(cfg.app.server)
+    record, name = q(f"{lay.config}/server"), q(cfg.app.server)  # (the deploy user's)
     return [*of(cfg).as_app_lines(cfg),
-            f"srv_was=; [ ! -f {record} ] || read -r srv_was < {record} || srv_was=",
+            read_word("srv_was", f"{lay.config}/server"),
             f'if [ "$srv_was" != {name} ]; then',
             *["  " + ln for ln in present_lines(cfg, others)],
             *["  " + ln for server in others for ln in server.stop_if_present_lines(cfg)],

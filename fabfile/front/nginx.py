@@ -13,7 +13,7 @@ from fabdeploy.local.render import render, render_file
 from fabdeploy.model import Facts
 from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail, note
-from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q, write_file
+from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q, read_word, write_file
 
 
 MANAGED = "# Managed by fabdeploy"  # the first line of every nginx site fabdeploy writes
@@ -85,13 +85,8 @@ def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:
     stamp, digest = new + ".stamp", hashlib.sha256(content.encode()).hexdigest()[:16]
     same = (f'[ "$site_stamp" = {digest} ] && [ -f {q(new)} ] && [ -f {q(site)} ] && [ ! {q(site)} -nt {q(stamp)} ] '
             f'&& [ ! {q(new)} -nt {q(stamp)} ] && {link_ok}')
-    lines = [
-        f"mkdir -p {q(T)}",
-        f"site_stamp=; [ ! -f {q(stamp)} ] || read -r site_stamp < {q(stamp)} || site_stamp=",
-        f"if {same}; then",
-        "  " + note("nginx site unchanged"),
-        "else",
-        *["  " + ln for ln in write_file(new, content)],
+    compare = [
+        *write_file(new, content),
         f"if cmp -s {q(new)} {q(site)} && {link_ok}; then",
         "  " + note("nginx site unchanged"),
         "else",
@@ -104,10 +99,7 @@ def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:
         f"  had_link=0; if [ -L {q(enabled)} ]; then had_link=1; fi" if enabled else "  had_link=0",
         f'  [ "$had_link" = 1 ] || touch {q(T + "/site.unlinked")}',
         f"  {c['install']}",
-    ]
-    if enabled:
-        lines.append(f"  {c['link']}")
-    lines += [
+        *([f"  {c['link']}"] if enabled else []),
         f"  if ! out=$({root.NGINX_TEST} 2>&1); then",
         *["    " + r for r in restore],
         "    printf '%s\\n' \"$out\" >&2",
@@ -118,6 +110,14 @@ def site_install(cfg: Config, content: str, facts: Facts, T: str) -> list[str]:
         "  " + note(f"nginx site installed at {site}"),
         "fi",
         f"printf '%s\\n' {digest} > {q(stamp)}",
+    ]
+    lines = [
+        f"mkdir -p {q(T)}",
+        read_word("site_stamp", stamp),
+        f"if {same}; then",
+        "  " + note("nginx site unchanged"),
+        "else",
+        *["  " + ln for ln in compare],
         "fi",
     ]
     return lines

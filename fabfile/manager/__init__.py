@@ -33,14 +33,14 @@ def switch_lines(cfg, app) -> list[str]:
     from fabdeploy.appserver.control import present_lines
     from fabdeploy.hosts.layout import Layout
     from fabdeploy.remote.markers import note
-    from fabdeploy.remote.shell import ALIVE_FN, q
+    from fabdeploy.remote.shell import ALIVE_FN, q, read_word
     lay = Layout(cfg.paths.deploy_to)
     record = q(lay.config + "/manager")
     new = of(cfg)
     servers = list(dict.fromkeys(SERVERS.values()))
     running = " || ".join(f"alive {q(s.paths(lay).pidfile)} {q(s.process)} >/dev/null" for s in servers)
     lines = [*app.as_app_lines(cfg), ALIVE_FN,
-             f"was=; [ ! -f {record} ] || read -r was < {record} || was=",
+             read_word("was", lay.config + "/manager"),
              # nothing recorded: a master running now was started without a manager; none running: a first start
              'if [ -z "$was" ]; then',
              f"  if {running}; then was=pidfile; else was={q(new.name)}; echo {q(new.name)} > {record}; fi",

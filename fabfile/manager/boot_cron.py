@@ -19,7 +19,7 @@ from fabdeploy.hosts.layout import Layout
 from fabdeploy.manager.base import MANAGED, USER_PLACEHOLDER
 from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail, note, warn
-from fabdeploy.remote.shell import q, write_file
+from fabdeploy.remote.shell import q, read_word, write_file
 
 CRON_DIR = "/etc/cron.d"
 CRON_UNITS = ("cron", "cronie", "crond")  # Debian's, and the names elsewhere
@@ -130,8 +130,8 @@ def install_lines(cfg: Config, app) -> list[str]:
         f"printf '%s\\n' {q(digest(cfg, app))}\" $boot_me\" > {q(stamp)}",
     ]
     return [
-        "boot_me=$(id -un) boot_stamp=",
-        f"if [ -f {q(stamp)} ]; then read -r boot_stamp < {q(stamp)} || true; fi",
+        "boot_me=$(id -un)",
+        read_word("boot_stamp", stamp),
         f'if [ "$boot_stamp" != {q(digest(cfg, app))}" $boot_me" ] || [ ! -f {q(sp)} ] || [ ! -f {q(cron)} ] || '
         f"[ {q(sp)} -nt {q(stamp)} ] || [ {q(cron)} -nt {q(stamp)} ]; then",
         *["  " + ln for ln in write],

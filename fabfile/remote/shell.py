@@ -41,6 +41,12 @@ def sh_command(text: str, shell: str = "sh -c") -> str:
 
 
 
+def read_word(var: str, path: str) -> str:
+    """Set $var to the first line of the file at `path` ("" when it is missing), with `read` (no process):
+    the records and stamps fabdeploy keeps on hosts."""
+    return f"{var}=; [ ! -f {q(path)} ] || read -r {var} < {q(path)} || {var}="
+
+
 def new_file(path: str, content: str) -> str:
     """The line that writes `content` to `path` with the shell's printf (a builtin: no process): for a file of
     a release being built, which nothing reads yet (no temp file and rename needed); its mode comes from the
