@@ -3,7 +3,7 @@
 In a team fabfile::
 
     from fabdeploy.tasks import *   # deploy, rollback, db, releases, status, logs, unlock, manage, doctor,
-                                    # stop, start, restart, reload, provision, secrets, sudoers
+                                    # stop, start, restart, reload, provision, secrets, sudoers, disconnect
 
 Every module has one name, `fabdeploy.<...>`: `fab` in this repository imports this folder as the package
 `fabfile`, which then only hands over the tasks of `fabdeploy` (loaded from this same folder when it is not
@@ -12,7 +12,7 @@ installed) and has no submodules of its own, so no module is ever loaded twice u
 __version__ = "0.1.0"
 
 if __name__ == "fabdeploy":
-    from fabdeploy.tasks import (db, deploy, doctor, logs, manage, provision, releases, reload, restart, rollback, secrets, sudoers,  # noqa: F401,E501
+    from fabdeploy.tasks import (db, deploy, disconnect, doctor, logs, manage, provision, releases, reload, restart, rollback, secrets, sudoers,  # noqa: F401,E501
                                  start, status, stop, unlock)
 else:  # imported as `fabfile` (fab in this repository)
     import importlib.util as _util
@@ -27,6 +27,6 @@ else:  # imported as `fabfile` (fab in this repository)
         _module = _util.module_from_spec(_spec)
         _sys.modules["fabdeploy"] = _module
         _spec.loader.exec_module(_module)
-    from fabdeploy.tasks import (db, deploy, doctor, logs, manage, provision, releases, reload, restart, rollback, secrets, sudoers,  # noqa: F401,E501
+    from fabdeploy.tasks import (db, deploy, disconnect, doctor, logs, manage, provision, releases, reload, restart, rollback, secrets, sudoers,  # noqa: F401,E501
                                  start, status, stop, unlock)
     __path__ = []  # no `fabfile.<module>`: each module is loaded once, as fabdeploy.<module>

@@ -329,6 +329,28 @@ def unlock(c, force=False, config=None, roles=None, parallel=None):
     _exit_if_failed([e for e in errors if e])
 
 
+@task(help={"config": CONFIG_HELP, "roles": ROLES_HELP,
+            "all": "every connection this user has kept, whatever the config (no deploy.toml needed)"})
+@one_line_errors
+def disconnect(c, config=None, roles=None, all=False):
+    """End the SSH connections kept open for the next fab command ([ssh] persist), like `ssh -O exit`."""
+    import os
+
+    from fabdeploy.hosts import keeper
+    printer = Printer()
+    if all:
+        paths = keeper.kept_sockets()
+        printer.info(f"ended {keeper.close_kept(paths)} kept SSH connection(s)")
+        return
+    cfg = _load(config)
+    directory = keeper.runtime_dir(create=False)
+    for conn in target_connections(c, cfg, roles, ALL_ROLES):
+        spec = keeper.spec_of(conn, cfg.ssh, 1)
+        path = directory and spec and os.path.join(directory, keeper.socket_name(spec))
+        live = keeper.close_kept([path]) if path and os.path.exists(path) else 0
+        printer.info(f"{host_label(conn)}: " + ("kept SSH connection ended" if live else "no kept SSH connection"))
+
+
 @task(help={"config": CONFIG_HELP, "host": "the app host to run it on (default: the first app host or -H host)"},
       auto_shortflags=False)
 @one_line_errors
@@ -439,5 +461,5 @@ def _seconds(value, flag: str):
     return number
 
 
-__all__ = ["deploy", "provision", "rollback", "db", "secrets", "releases", "status", "logs", "unlock", "manage", "stop", "start",
+__all__ = ["deploy", "provision", "rollback", "db", "secrets", "releases", "status", "logs", "unlock", "manage", "stop", "start", "disconnect",
            "restart", "reload", "sudoers", "doctor"]

@@ -98,6 +98,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "identity_file": Key("", _str(None)),
         "connect_timeout": Key(15, _int(1, 600)),
         "pipelined_auth": Key(True, _bool),
+        "persist": Key(0, _int(0, 86400)),
     },
     "health": {
         "path": Key("/", _str(re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*$"), "a URL path like /health", False)),

@@ -12,6 +12,7 @@ from fabric import Connection
 
 from fabdeploy.config import Config
 from fabdeploy.errors import ConfigError, FabdeployError
+from fabdeploy.hosts import keeper
 from fabdeploy.hosts.pipelined_auth import PipelinedHopTransport, PipelinedTransport
 
 
@@ -47,6 +48,8 @@ def prepare(conn: Connection, cfg: Config, hop: bool = False) -> Connection:
             conn.connect_kwargs["key_filename"] = [str(key), *files]
     if conn.connect_timeout is None:
         conn.connect_timeout = cfg.ssh.connect_timeout
+    if getattr(cfg.ssh, "persist", 0):
+        object.__setattr__(conn, "fabdeploy_persist", (cfg.ssh, cfg.ssh.persist))  # (see _open)
     if cfg.ssh.pipelined_auth:
         conn.connect_kwargs.setdefault("transport_factory", PipelinedHopTransport if hop else PipelinedTransport)
     client = conn.client
@@ -121,8 +124,16 @@ def open_connection(conn: Connection) -> None:
 
 def _open(conn: Connection) -> None:
     label = host_label(conn)
+    persist = conn.__dict__.get("fabdeploy_persist")
+    spec = keeper.spec_of(conn, *persist) if persist else None
+    if spec is not None:
+        object.__setattr__(conn, "fabdeploy_keep", spec)
+        if keeper.attach(conn):  # (a live kept connection: no handshake over the network)
+            return
     try:
         conn.open()
+        if spec is not None:
+            keeper.keep_later(conn)
     except paramiko.BadHostKeyException as exc:
         raise ConnectError(f"{_about(conn, exc.hostname)[0]}: the SSH host key has CHANGED since it was recorded in "
                            "known_hosts; refusing to connect (check the server, then fix known_hosts)") from None
