@@ -15,10 +15,10 @@ def _ratio(a: float, b: float | None, width: int) -> str:
 
 def print_tables(rows: list[dict], rss: list[dict], runs: int, servers: list[str]) -> None:
     print(f"\nfabdeploy benchmark: medians of {runs} run(s); machine: {os.cpu_count()} cores")
-    print(f"{'project':<8} {'server':<9} {'measure':<9} {'hosts':>5} {'delay':>6} {'fab s':>7} {'limit s':>8} "
+    print(f"{'project':<8} {'server':<9} {'measure':<13} {'hosts':>5} {'delay':>6} {'fab s':>7} {'limit s':>8} "
           f"{'naive s':>8} {'fab/limit':>9} {'fab/naive':>9} {'ssh conns/host':>14} {'channels/host':>13}")
     for r in rows:
-        print(f"{r['project']:<8} {r['server']:<9} {r['measure']:<9} {r['hosts']:>5} {r['delay']:>4g}ms "
+        print(f"{r['project']:<8} {r['server']:<9} {r['measure']:<13} {r['hosts']:>5} {r['delay']:>4g}ms "
               f"{r['fab']:>7.2f} {r['limit']:>8.2f} {_num(r['naive'], 8)} {_ratio(r['fab'], r['limit'], 9)} "
               f"{_ratio(r['fab'], r['naive'], 9)} {r['conns']:>14} {r['channels']:>13}")
     if rss:
@@ -34,7 +34,7 @@ def print_tables(rows: list[dict], rss: list[dict], runs: int, servers: list[str
     if scaled:
         print("\nscaling (fab time with N hosts / with 1 host):")
         for r, ratio in scaled:
-            print(f"  {r['project']:<8} {r['server']:<9} {r['measure']:<9} {r['hosts']:>2} hosts "
+            print(f"  {r['project']:<8} {r['server']:<9} {r['measure']:<13} {r['hosts']:>2} hosts "
                   f"{r['delay']:>4g}ms  {ratio:.2f}")
     by = {(r["project"], r["server"], r["measure"], r["hosts"], r["delay"]): r["fab"] for r in rows}
     others = [sv for sv in servers if sv != "uwsgi"]

@@ -11,6 +11,9 @@ and delays each chunk by D ms each way. Measures, as medians of wall time:
   code      code-only redeploy (requirements unchanged)
   noop      redeploy of the live revision (fab detects it; the naive script redoes everything)
   rollback  fab rollback
+  kept-*    code, noop and rollback again with `[ssh] persist = 60`: fab works through the connection a keeper
+            process kept from the previous fab command (hosts/keeper.py; no SSH handshake over the network),
+            against the same baselines (which open a fresh ssh session each)
 against two baselines, hosts in parallel, each over ONE ssh session per host:
   limit     fab's own remote work as ONE shell script per host (bench/limit.py; a strict lower bound)
   naive     the script a user writes by hand, which checks nothing (bench/naive.py; its own deploy_to,
@@ -46,6 +49,8 @@ from latency_proxy import LatencyProxy  # noqa: E402
 from limit import limit  # noqa: E402
 from report import print_tables  # noqa: E402
 
+from fabdeploy.hosts import keeper  # noqa: E402
+
 FAB = str(Path(sys.executable).parent / "fab")
 WHEELS = REPO / ".cache" / "wheels"
 OFFLINE = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(WHEELS)}
@@ -55,7 +60,7 @@ BASE_PORT = 41000 + FIRST_INDEX  # the relays' ports: two benchmarks at other in
 # project: (settings module, WSGI callable, the file a code-only change rewrites)
 PROJECTS = {"sample": ("sampleproject.settings", "sampleproject.wsgi:application", "pages/message.txt"),
             "big": (bigproject.SETTINGS, bigproject.WSGI, bigproject.MESSAGE)}
-MEASURES = ("first", "code", "noop", "rollback")
+MEASURES = ("first", "code", "noop", "rollback", "kept-code", "kept-noop", "kept-rollback")
 
 
 def git(cwd, *args):
@@ -153,13 +158,19 @@ class Bench:
             if naive_too:
                 h.exec(naive.reset_line(), check=False)
 
-    def fab(self, n: int, *args: str) -> tuple[float, int, int]:
-        """Wall time of one fab command, and SSH connections and channels it opened per host."""
+    def fab(self, n: int, *args: str, persist: bool = False) -> tuple[float, int, int]:
+        """Wall time of one fab command, and SSH connections and channels it opened per host (persist: with
+        `[ssh] persist = 60`)."""
         trace = self.work / "trace"
         trace.unlink(missing_ok=True)
+        config = self.config(n)
+        if persist:
+            kept = config.with_name(f"deploy-{n}-kept.toml")
+            kept.write_text(config.read_text() + "persist = 60\n")  # (the [ssh] section is the last)
+            config = kept
         before = sum(p.connections for p in self.proxies[:n])
         t = time.monotonic()
-        res = subprocess.run([FAB, *args, "--config", str(self.config(n))], cwd=self.work,
+        res = subprocess.run([FAB, *args, "--config", str(config)], cwd=self.work,
                              env={**self.env(), "FABDEPLOY_TRACE": str(trace)}, capture_output=True, text=True,
                              timeout=900)
         wall = time.monotonic() - t
@@ -170,7 +181,27 @@ class Bench:
         return wall, conns // n, channels // n
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, **OFFLINE, "XDG_CACHE_HOME": str(self.work / "cache")}
+        run = self.work / "run"  # (the keepers' sockets: hosts/keeper.py)
+        run.mkdir(mode=0o700, exist_ok=True)
+        return {**os.environ, **OFFLINE, "XDG_CACHE_HOME": str(self.work / "cache"), "XDG_RUNTIME_DIR": str(run)}
+
+    def keep(self, n: int) -> None:
+        """Open the n hosts' connections through fab once with persist, and wait until the keeper serves them."""
+        self.fab(n, "releases", persist=True)
+        deadline = time.monotonic() + 30
+        while len(keeper.kept_sockets(str(self.work / "run" / "fabdeploy-ssh"))) < n:
+            if time.monotonic() > deadline:
+                raise SystemExit("bench: no keeper process 30 s after fab releases with [ssh] persist")
+            time.sleep(0.05)
+
+    def end_keepers(self) -> None:
+        """End the keepers (by their sockets; each ends its own process), and wait for their pids to go."""
+        socks = keeper.kept_sockets(str(self.work / "run" / "fabdeploy-ssh"))
+        pids = [p for p in (keeper.keeper_pid(s) for s in socks) if p]
+        keeper.close_kept(socks)
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def ssh_argvs(self, n: int) -> list[list[str]]:
         """The system ssh client to each host through its LatencyProxy (the command is appended)."""
@@ -246,6 +277,14 @@ def measure(b: Bench, n: int, runs: int, with_naive: bool) -> tuple[dict[str, di
         res["rollback"]["limit"].append(b.limit(n, "rollback"))
         if with_naive:
             res["rollback"]["naive"].append(b.naive(n, "rollback"))
+        b.keep(n)
+        b.commit(f"code {b.project} {n} {r} c")
+        record("kept-code", b.fab(n, "deploy", persist=True))
+        record("kept-noop", b.fab(n, "deploy", persist=True))
+        record("kept-rollback", b.fab(n, "rollback", persist=True))
+        b.end_keepers()
+    for m in ("code", "noop", "rollback"):  # (the same baselines: they open a fresh ssh session each)
+        res[f"kept-{m}"]["limit"], res[f"kept-{m}"]["naive"] = res[m]["limit"], res[m]["naive"]
     return res, mem
 
 

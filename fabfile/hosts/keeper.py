@@ -215,6 +215,7 @@ def close_kept(paths: list[str]) -> int:
 def main() -> None:
     """The keeper process: open each connection of the spec read on stdin, serve it on its socket until it has
     been idle for its `persist` seconds or the connection died, then exit."""
+    os.umask(0o077)
     doc = json.loads(sys.stdin.read() or "{}")
     sys.stdin.close()
     directory = doc.get("dir")
@@ -226,7 +227,7 @@ def main() -> None:
     logging.getLogger("paramiko").addHandler(logging.NullHandler())  # (a client gone is not news)
     logging.getLogger("paramiko").propagate = False
     host_key = paramiko.ECDSAKey.generate()
-    kept = [k for k in (_Kept(spec, directory, host_key) for spec in doc.get("specs", [])) if k.listening()]
+    kept = [k for k in (_Kept(spec, directory, host_key) for spec in doc.get("specs", [])) if not k.served()]
     threads = [threading.Thread(target=k.run, daemon=True) for k in kept]
     for t in threads:
         t.start()
@@ -248,8 +249,13 @@ class _Kept:
         self.lock = threading.Lock()
         self.exit = False
 
+    def served(self) -> bool:
+        """Another keeper serves this connection already."""
+        return keeper_pid(self.path) is not None
+
     def listening(self) -> bool:
-        """Bind the socket (not when a live keeper has it already)."""
+        """Bind the socket and listen (once the connection is open: a client finding the socket finds it
+        served), not when a live keeper has it already."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(self.path)
@@ -269,6 +275,7 @@ class _Kept:
                 probe.close()
         os.chmod(self.path, 0o600)
         self.inode = os.stat(self.path).st_ino
+        sock.listen(16)
         self.listener = sock
         return True
 
@@ -279,7 +286,9 @@ class _Kept:
             self._log(f"cannot keep {self.spec['user']}@{self.spec['host']}:{self.spec['port']}: {exc}")
             self._stop()
             return
-        self.listener.listen(16)
+        if not self.listening():
+            self._stop()
+            return
         self.listener.settimeout(0.5)
         idle = self.spec["persist"]
         while True:
