@@ -2,6 +2,7 @@
 steps, what keep_warm changes, what fab stop adds. (Run for real: tests/test_beside_e2e.py.)"""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -63,6 +64,16 @@ def test_the_swap_is_one_rename_after_the_new_master_is_ready_and_before_anythin
     assert any("(the live master $oldm still serves, untouched)" in ln for ln in fail)
 
 
+@pytest.mark.parametrize("shell_name", ["dash", "bash"])
+def test_is_slot_is_the_slot_pattern(shell_name):
+    words = ["20261127T002703Z-2da6c8c", "20261127T002703Z-2da6c8c.b", "20261127T002703Z-2da6c8c.b.b", "adopted",
+             "20261127T002703Z-2da6c8c.c", ".b", "", "20261127T002703Z-.b"]
+    probe = "\n".join([beside.SLOT_FNS] + [f"is_slot {beside.q(w)} && echo yes || echo no" for w in words])
+    got = subprocess.run([shell_name, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert got == ["yes" if re.fullmatch(beside.SLOT_ERE, w) else "no" for w in words] == \
+        ["yes", "yes", "no", "no", "no", "no", "no", "no"]
+
+
 def test_the_app_users_part_of_a_switch_is_one_sudo_to_read_and_one_to_swap():
     """The exact lines: one STATE_SH call reads the live slot and the masters, one SWAP_SH call swaps,
     records and retires (they ran as a dozen `sudo -n -u` calls); the deploy user removes the config copies."""
@@ -81,10 +92,11 @@ def test_the_app_users_part_of_a_switch_is_one_sudo_to_read_and_one_to_swap():
         'case "$rb" in "" | *[!0-9]*) rb=;; esac',
     ]
     assert beside.swap_retire_lines(cfg, appserver.of(cfg), sl, "uwsgi") == [
+        beside.SLOT_FNS,
         f'gone=$(${{ASAPP-}} sh -c {beside.q(beside.SWAP_SH)} sh "$s" "$pid" "$live" "$rel" true uwsgi '
         f"{run}/uwsgi.sock {run}/uwsgi.pid {run}/uwsgi.sock.live {ere})",
-        f'for x in $(printf "%s\\n" $gone | grep -Ex {beside.q(beside.SLOT_ERE + "|adopted")}); do '
-        'rm -f /srv/shop/shared/config/uwsgi.ini."$x"; done',
+        'for x in $gone; do if is_slot "$x" || [ "$x" = adopted ]; then '
+        'rm -f /srv/shop/shared/config/uwsgi.ini."$x"; fi; done',
     ]
     # a rollback to the warm master: after the state read, the only app-user command is the swap
     lines = [ln.strip() for ln in reload(cfg, "'/srv/shop/releases/X'", "'/v'", "X")]
@@ -92,7 +104,7 @@ def test_the_app_users_part_of_a_switch_is_one_sudo_to_read_and_one_to_swap():
     assert lines[warm + 1] == 'n=$(children "$pid" | wc -l); action="swapped to its warm master"'
     assert lines[warm + 2] == "else"  # (the branch that starts a new master and waits for it)
     after = lines[lines.index('action="${oldm:+started$e beside $oldm, swapped}"; action="${action:-started$e}"') + 1:]
-    assert [ln for ln in after if "${ASAPP-}" in ln] == [beside.swap_retire_lines(cfg, appserver.of(cfg), sl, "uwsgi")[0]]
+    assert [ln for ln in after if "${ASAPP-}" in ln] == [beside.swap_retire_lines(cfg, appserver.of(cfg), sl, "uwsgi")[1]]
 
 
 def test_keep_warm_keeps_the_replaced_master_unless_switched_off():

@@ -32,7 +32,7 @@ from fabdeploy import hooks
 
 from fabdeploy.front import nginx
 
-from fabdeploy.remote import shell
+from fabdeploy.remote import markers, shell
 
 from fabdeploy.steps import activate
 
@@ -55,7 +55,7 @@ from fabdeploy.database import backup
 from fabdeploy.ops.starter import GENERIC_NAMES, PRODUCTION_NAMES
 from fabdeploy.config import parse_config
 from fabdeploy.hosts.layout import RELEASE_ID, Layout, nginx_site_paths
-from fabdeploy.hosts.layout import SETTINGS_MODULE
+from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, SETTINGS_MODULE
 from fabdeploy.model import Facts, Release
 from fabdeploy.remote.markers import MARK, fact
 from fabdeploy.remote.runner import RunResult
@@ -173,8 +173,7 @@ def test_text_wraps_every_phase_in_markers_and_a_set_e_subshell():
     script = Script([Phase("one", ["echo 1"]), Phase("two", ["echo 2a", "echo 2b"])])
     lines = script.text().splitlines()
     # the failed keep_going phases so far, then the process group (for stopping an interrupted run)
-    assert lines[:4] == ["set -u", "umask 022", "fabdeploy_failed=",
-                         f"echo \"{MARK} pgid $(cut -d' ' -f5 /proc/$$/stat)\""]
+    assert lines[:4] == ["set -u", "umask 022", "fabdeploy_failed=", markers.pgid()]
     for name, body in (("one", ["echo 1"]), ("two", ["echo 2a", "echo 2b"])):
         i = lines.index(f"echo '{MARK} begin {name}'; echo '{MARK} begin {name}' >&2")
         assert lines[i + 1:i + 3] == ["(", "set -e"]
@@ -184,6 +183,16 @@ def test_text_wraps_every_phase_in_markers_and_a_set_e_subshell():
                                   '[ "$rc" -eq 0 ] || exit "$rc"']
     assert script.text().endswith("\n")
     assert script.names == ["one", "two"]
+
+
+@pytest.mark.parametrize("shell", ["dash", "bash"])
+def test_the_pgid_line_is_the_fifth_field_of_proc_stat(shell):
+    """(read without a process) what `cut -d' ' -f5 /proc/$$/stat` says, as a process group leader and not"""
+    inner = markers.pgid() + "; cut -d' ' -f5 /proc/$$/stat"
+    out = subprocess.run(["setsid", shell, "-c", inner + "; " + shell + " -c " + shlex.quote(inner)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[:3] == [MARK, "pgid", out[3]] and out[3].isdigit()
+    assert out[4:7] == [MARK, "pgid", out[7]] and out[7] == out[3]
 
 
 def test_keep_going_phase_records_its_failure_instead_of_exiting():
@@ -510,8 +519,8 @@ def test_secret_key_is_generated_on_the_host_and_never_in_a_script():
     assert line.startswith(f"if [ ! -s /srv/shop/shared/secret_key ]; then (umask 077; {code.NEW_KEY_SH} > ")
     # 0600, or 0640 with the app user's group when the app runs as a user of its own
     for f in ("/srv/shop/shared/secret_key", "/srv/shop/shared/config/app.env"):
-        assert (f'if [ -f {f} ]; then if [ "$(id -un)" = ') in text and f"then chmod 600 {f}; else" in text
-        assert f"|| sudo -n /usr/bin/chgrp \"$appg\" {f}; chmod 640 {f}; fi; fi" in text
+        assert (f'if [ -f {f} ]; then if [ {shell.ME_WORD} = ') in text and f"then chmod 600 {f}; else" in text
+        assert f'|| sudo -n /usr/bin/chgrp "$appg" {f}; [ "${{m#*:}}" = 640 ] || chmod 640 {f}; fi; fi' in text
     assert "SECRET_KEY = '" not in text and 'SECRET_KEY = "' not in text
 
 
@@ -1600,22 +1609,48 @@ def test_restart_keeps_waiting_while_the_master_lives(tmp_path):
         lab.stop()
 
 
-def test_alive_function_needs_a_live_process_with_the_right_name(tmp_path):
+@pytest.mark.parametrize("shell_name", ["dash", "bash"])
+def test_alive_function_needs_a_live_process_with_the_right_name(tmp_path, shell_name):
+    """(read with `read`, no process: remote/shell.py ALIVE_FN) a live pid of that name, not a zombie, not a
+    file of anything else; a file without its newline is read too"""
     sleeper = subprocess.Popen(["sleep", "30"])
+    zombie = subprocess.Popen(["sleep", "0"])
     try:
+        deadline = time.monotonic() + 10
+        while not open(f"/proc/{zombie.pid}/stat").read().split(") ")[-1].startswith("Z"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         (tmp_path / "good.pid").write_text(f"{sleeper.pid}\n")
+        (tmp_path / "bare.pid").write_text(f"{sleeper.pid}")
+        (tmp_path / "zombie.pid").write_text(f"{zombie.pid}\n")
+        (tmp_path / "junk.pid").write_text(f"{sleeper.pid}x\n")
         (tmp_path / "empty.pid").write_text("")
         (tmp_path / "dead.pid").write_text("999999999\n")
-        cases = (("good.pid", "sleep"), ("good.pid", "uwsgi"), ("empty.pid", "sleep"), ("dead.pid", "sleep"),
-                 ("missing.pid", "sleep"))
-        probe = "\n".join([shell.ALIVE_FN] + [
+        cases = (("good.pid", "sleep"), ("bare.pid", "sleep"), ("good.pid", "uwsgi"), ("zombie.pid", "sleep"),
+                 ("junk.pid", "sleep"), ("empty.pid", "sleep"), ("dead.pid", "sleep"), ("missing.pid", "sleep"))
+        probe = "\n".join(["set -eu", shell.ALIVE_FN] + [
             f'echo "{f}:{name}=$(alive {q(str(tmp_path / f))} {name} || echo none)"' for f, name in cases])
-        proc = sh(probe, tmp_path)
-        assert out(proc).splitlines() == [f"good.pid:sleep={sleeper.pid}", "good.pid:uwsgi=none",
-                                          "empty.pid:sleep=none", "dead.pid:sleep=none", "missing.pid:sleep=none"]
+        proc = subprocess.run([shell_name, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+        assert proc.stdout.splitlines() == [
+            f"good.pid:sleep={sleeper.pid}", f"bare.pid:sleep={sleeper.pid}", "good.pid:uwsgi=none",
+            "zombie.pid:sleep=none", "junk.pid:sleep=none", "empty.pid:sleep=none", "dead.pid:sleep=none",
+            "missing.pid:sleep=none"]
     finally:
         sleeper.kill()
         sleeper.wait()
+        zombie.wait()
+
+
+@pytest.mark.parametrize("shell_name", ["dash", "bash"])
+def test_is_release_is_the_release_id_pattern(shell_name):
+    words = ["20261127T002703Z-2da6c8c", "20261127T002703Z-0", "20261127T002703Z-", "2026112T002703Z-2da6",
+             "20261127T002703Z-2da6c8c.b", "20261127T002703Z-2DA6", "x20261127T002703Z-2da6", "", "*",
+             "20261127T002703Z-2da6 x", "20261127T0027030Z-2da6"]
+    probe = "\n".join([shell.IS_RELEASE_FN] + [f"is_release {q(w)} && echo yes || echo no" for w in words])
+    got = subprocess.run([shell_name, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert got == ["yes" if re.match(RELEASE_GLOB_ERE, w) else "no" for w in words]
+    assert got.count("yes") == 2
 
 
 # === cleanup ==================================================================================================

@@ -30,11 +30,16 @@ from fabdeploy.config import Config
 from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, Layout
 from fabdeploy.hosts.roles import balanced
 from fabdeploy.remote.markers import fail_expanded, note
-from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, q, write_file
+from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, IS_RELEASE_FN, q, write_file
 
 SERVERS = ("uwsgi", "gunicorn")  # the app servers that start beside the live one
 # a slot's name: a release id, or that and ".b"
 SLOT_ERE = RELEASE_GLOB_ERE.strip("^$") + r"(\.b)?"
+# is_slot WORD: WORD is a slot's name (SLOT_ERE), tested without a process; the scripts below still take the
+# ERE as an argument (their positions stay), and test with this.
+SLOT_FNS = IS_RELEASE_FN + '\nis_slot() { is_release "${1%.b}"; }'
+# read_line VAR FILE: VAR is FILE's first line ("" when it cannot be read), without a process.
+READ_FN = 'read_line() { eval "$1="; read -r "$1" 2>/dev/null < "$2" || true; }'
 # The app user's side of a switch: shared/run is its own, so what is read and done there runs as it, in one
 # `sh -c` each (one sudo, not one per file: issue 16).
 # STATE_SH record pidfile release process ere: six words, "-" for none: the live slot (the record), its
@@ -42,11 +47,11 @@ SLOT_ERE = RELEASE_GLOB_ERE.strip("^$") + r"(\.b)?"
 # it is retiring (SWAP_SH stopped it and marked it in <socket>.retiring.<slot>: it finishes its requests and
 # exits; never swapped to, and its slot is reused only once it is gone).
 STATE_SH = "\n".join([
-    ALIVE_FN,
+    ALIVE_FN, SLOT_FNS, READ_FN,
     'rec=$1 pidf=$2 rel=$3 proc=$4 ere=$5 sock=${1%.live}',
-    'live=$(cat "$rec" 2>/dev/null || true); printf "%s\\n" "$live" | grep -Eqx "$ere|adopted" || live=-',
-    'slot() { m=$(alive "$pidf.$1" "$proc") || { echo "- -"; return; }; '
-    'if [ "$(cat "$sock.retiring.$1" 2>/dev/null)" = "$m" ]; then echo "- $m"; else echo "$m -"; fi; }',
+    'read_line live "$rec"; is_slot "$live" || [ "$live" = adopted ] || live=-',
+    'slot() { m=$(alive "$pidf.$1" "$proc") || { echo "- -"; return; }; read_line r "$sock.retiring.$1"; '
+    'if [ "$r" = "$m" ]; then echo "- $m"; else echo "$m -"; fi; }',
     'echo "$live $(alive "$pidf.$live" "$proc" || echo -) $(slot "$rel") $(slot "$rel.b")"',
 ])
 # ADOPT_SH socket slot pid pidfile: the live master's socket gets the slot's name, its pid the slot's pidfile,
@@ -59,7 +64,7 @@ ADOPT_SH = ('set -e; ln -f "$1" "$1.$2"; umask 027; printf "%s\\n" "$3" > "$4.$2
 SWAP_SH = "\n".join([
     "set -e",
     's=$1 pid=$2 live=$3 rel=$4 keep=$5 proc=$6 sock=$7 pidf=$8 rec=$9 ere=${10}',
-    ALIVE_FN,
+    ALIVE_FN, SLOT_FNS, READ_FN,
     CHILDREN_FN,
     'ln -f "$sock.$s" "$sock.swap"',
     'mv -Tf "$sock.swap" "$sock"',
@@ -67,13 +72,13 @@ SWAP_SH = "\n".join([
     '(umask 027; printf "%s\\n" "$s" > "$rec.tmp"; mv -f "$rec.tmp" "$rec")',
     'for f in "$pidf".*; do',
     '  x=${f#"$pidf".}',
-    '  printf "%s\\n" "$x" | grep -Eqx "$ere|adopted" || continue',
+    '  is_slot "$x" || [ "$x" = adopted ] || continue',
     '  [ "$x" != "$s" ] || continue',
     '  m=$(alive "$pidf.$x" "$proc" || true)',
     '  if [ -z "$m" ]; then rm -f "$pidf.$x" "$sock.$x" "$sock.adopted.$x" "$sock.retiring.$x"; echo "$x"; continue; fi',
     '  if [ "$x" = "$live" ] && { [ -e "$sock.adopted.$x" ] || { $keep && [ "${x%.b}" != "$rel" ]; }; }; then continue; fi',
     # (retiring already: stopped by an earlier swap)
-    '  if [ "$(cat "$sock.retiring.$x" 2>/dev/null)" = "$m" ]; then echo "$x"; continue; fi',
+    '  read_line r "$sock.retiring.$x"; if [ "$r" = "$m" ]; then echo "$x"; continue; fi',
     '  (umask 027; printf "%s\\n" "$m" > "$sock.retiring.$x")',
     '  if [ -e "$sock.adopted.$x" ]; then',
     '    kill -KILL "$m" $(children "$m") 2>/dev/null || true',
@@ -149,13 +154,13 @@ def fast_sh(app) -> str:
     decides as before: a first start, a master not ready yet, an adoption, a master of another user, a new
     master to start, the release already serving)."""
     return "\n".join([
-        ALIVE_FN, CHILDREN_FN, app.workers_fn(), READY_FN,
+        ALIVE_FN, CHILDREN_FN, app.workers_fn(), READY_FN, SLOT_FNS, READ_FN,
         'rec=$1 pidf=$2 rel=$3 proc=$4 ere=$5 early=$6 fresh=$7 keep=$8 sock=$9 dir=${10} want=${11} swap=${12}',
         'oldm=$(alive "$pidf" "$proc") && [ -O "/proc/$oldm" ] || exit 0',
-        'live=$(cat "$rec" 2>/dev/null) && printf "%s\\n" "$live" | grep -Eqx "$ere" || exit 0',
+        'read_line live "$rec"; is_slot "$live" || exit 0',
         '[ "$(alive "$pidf.$live" "$proc")" = "$oldm" ] || exit 0',
         '[ -n "$fresh" ] || [ "${live%.b}" != "$rel" ] || exit 0',
-        'warm() { m=$(alive "$pidf.$1" "$proc") && [ "$(cat "$sock.retiring.$1" 2>/dev/null)" != "$m" ] && echo "$m"; }',
+        'warm() { m=$(alive "$pidf.$1" "$proc") && read_line r "$sock.retiring.$1" && [ "$r" != "$m" ] && echo "$m"; }',
         'if [ "$early" = "$rel" ]; then',
         '  [ "$rel" != "$live" ] && pid=$(warm "$rel") && ready "$pid" "$dir" "$want" "$sock.$rel" || exit 0',
         '  s=$rel kind=early',
@@ -173,16 +178,17 @@ def fast_lines(cfg: Config, app, sl: Slots, proc: str, release_word: str) -> lis
     keep = "true" if cfg.app.keep_warm else "false"
     return [
         *app.want_lines(cfg),
+        SLOT_FNS,
         f'fast=; st=$({AS_APP} sh -c {q(fast_sh(app))} sh {sl.record} {q(sl.pidfile)} "$rel" {proc} {q(SLOT_ERE)} '
         f'"${{early-}}" "${{fresh-}}" {keep} {q(sl.live)} {release_word} "$want" {q(SWAP_SH)}) || '
         f'{{ case "$st" in swapped*) {fail_expanded(f"{app.title}: the swap to the new master failed")};; esac; st=; }}',
         'case "$st" in "swapped "*)',
         '  set -- $st; s=$2 pid=$3 n=$4 oldm=$6',
-        f'  printf "%s\\n" "$s" | grep -Eqx {q(SLOT_ERE)} && case "$pid$n$oldm" in *[!0-9]*) false;; esac || '
+        '  is_slot "$s" && case "$pid$n$oldm" in *[!0-9]*) false;; esac || '
         + fail_expanded(f"{app.title}: an unexpected answer from the swap: $st"),
         '  case "$5" in early) action="started early beside $oldm, swapped";; *) action="swapped to its warm master";; esac',
         "  shift 6",
-        f'  for x in $(printf "%s\\n" "$@" | grep -Ex {q(SLOT_ERE + "|adopted")}); do rm -f {sl.conf(app, "$x")}; done',
+        f'  for x in "$@"; do if is_slot "$x" || [ "$x" = adopted ]; then rm -f {sl.conf(app, "$x")}; fi; done',
         "  fast=1;;",
         "esac",
     ]
@@ -296,9 +302,10 @@ def adopt_lines(sl: Slots) -> list[str]:
     """A live master without a slot (started on the socket path itself): give it one, named after the
     release its cwd is (or "adopted"), and mark it adopted (SWAP_SH then only kills it once idle)."""
     return [
+        SLOT_FNS,
         'if [ -n "$oldm" ] && [ "$livem" != "$oldm" ]; then',
         f'  live=$(basename "$({AS_APP} readlink "/proc/$oldm/cwd" 2>/dev/null)")',
-        f'  printf "%s\\n" "$live" | grep -Eqx {q(SLOT_ERE)} || live=adopted',
+        '  is_slot "$live" || live=adopted',
         f'  {AS_APP} sh -c {q(ADOPT_SH)} sh {q(sl.live)} "$live" "$oldm" {q(sl.pidfile)}',
         "fi",
     ]
@@ -313,9 +320,10 @@ def swap_retire_lines(cfg: Config, app, sl: Slots, proc: str) -> list[str]:
     copies of the slots gone. Nothing here waits for a master to exit."""
     keep = "true" if cfg.app.keep_warm else "false"
     return [
+        SLOT_FNS,
         f'gone=$({AS_APP} sh -c {q(SWAP_SH)} sh "$s" "$pid" "$live" "$rel" {keep} {proc} {q(sl.live)} '
         f"{q(sl.pidfile)} {sl.record} {q(SLOT_ERE)})",
-        f'for x in $(printf "%s\\n" $gone | grep -Ex {q(SLOT_ERE + "|adopted")}); do rm -f {sl.conf(app, "$x")}; done',
+        f'for x in $gone; do if is_slot "$x" || [ "$x" = adopted ]; then rm -f {sl.conf(app, "$x")}; fi; done',
     ]
 
 

@@ -19,7 +19,7 @@ from fabdeploy.hosts.layout import Layout
 from fabdeploy.manager.base import MANAGED, USER_PLACEHOLDER
 from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail, note, warn
-from fabdeploy.remote.shell import q, read_word, write_file
+from fabdeploy.remote.shell import ME_WORD, q, read_word, write_file
 
 CRON_DIR = "/etc/cron.d"
 CRON_UNITS = ("cron", "cronie", "crond")  # Debian's, and the names elsewhere
@@ -130,7 +130,7 @@ def install_lines(cfg: Config, app) -> list[str]:
         f"printf '%s\\n' {q(digest(cfg, app))}\" $boot_me\" > {q(stamp)}",
     ]
     return [
-        "boot_me=$(id -un)",
+        f"boot_me={ME_WORD}",
         read_word("boot_stamp", stamp),
         f'if [ "$boot_stamp" != {q(digest(cfg, app))}" $boot_me" ] || [ ! -f {q(sp)} ] || [ ! -f {q(cron)} ] || '
         f"[ {q(sp)} -nt {q(stamp)} ] || [ {q(cron)} -nt {q(stamp)} ]; then",

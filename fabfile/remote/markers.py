@@ -59,7 +59,9 @@ def fact(key: str, shell_expr: str) -> str:
 
 def pgid() -> str:
     """The script's process group (so that an interrupted run can stop its remote half)."""
-    return line("pgid", "$(cut -d' ' -f5 /proc/$$/stat)")
+    # (the fifth field of /proc/$$/stat, read without a process: the third after the command name's ") ")
+    return ('fd_pg() { echo "' + MARK + ' pgid $3"; }; read -r fd_st < /proc/$$/stat; '
+            'fd_pg ${fd_st##*") "}')
 
 
 def begin(name: str) -> str:

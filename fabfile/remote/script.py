@@ -45,6 +45,8 @@ class Script:
         # The process group, so that an interrupted run can stop its remote half (tar, pip, manage.py).
         out = ["set -u", "umask 022", "fabdeploy_failed=",
                markers.pgid()]
+        if any("FD_ME" in ln for phase in self.phases for ln in phase.lines):
+            out.append("FD_ME=$(id -un)")  # (once: remote/shell.py ME_WORD)
         if self.on_failure:
             out += ["fabdeploy_on_failure() {", "(", *self.on_failure, ") || true", "}"]
         for phase in self.phases:

@@ -76,8 +76,26 @@ def write_file(path: str, content: str, mode: str = "0644") -> list[str]:
 # file merely existing: `nginx -t` leaves an empty pidfile behind; nor a zombie: a master killed with
 # SIGKILL whose parent has not reaped it yet).
 # (a pidfile the SSH user cannot read, in the app user's shared/run, is read as the app user: $ASAPP)
-ALIVE_FN = ('alive() { p=$({ cat "$1" || { [ -n "${ASAPP-}" ] && $ASAPP cat "$1"; }; } 2>/dev/null | tr -dc 0-9); [ -n "$p" ] && [ -d "/proc/$p" ] && '
-            'grep -qs "$2" "/proc/$p/comm" && ! grep -qs "^State:[[:space:]]*Z" "/proc/$p/status" && echo "$p"; }')
+ALIVE_FN = (
+    # alive PIDFILE NAME: the pid in the file when `running` (read with `read`, no process; a file the SSH user
+    # cannot read is read as the app user: one sudo)
+    'running() { _rc=; read -r _rc 2>/dev/null < "/proc/$1/comm" || return 1; case $_rc in *"$2"*) ;; *) return 1;; '
+    'esac; _rs=; read -r _rs 2>/dev/null < "/proc/$1/stat" || return 1; _rs=${_rs##*") "}; case $_rs in Z*) return 1;; '
+    'esac; }\n'
+    'alive() { p=; read -r p 2>/dev/null < "$1" || [ -n "$p" ] || '
+    '{ [ -n "${ASAPP-}" ] && p=$($ASAPP cat "$1" 2>/dev/null | tr -dc 0-9); } || true; '
+    'case $p in ""|*[!0-9]*) return 1;; esac; running "$p" "$2" && echo "$p"; }')
+# (running PID NAME: the process lives, is no zombie, and its name (/proc/PID/comm) contains NAME; no process
+# is started for it, as for everything these helpers do: each fork and exec of `cat`, `grep` or `tr` costs a
+# few ms of a loaded host's CPU, and a deploy ran a hundred of them on each host.)
+
+# The SSH user's name: the script's prelude sets $FD_ME once (remote/script.py); in a body run by another
+# shell (sudo -u, sh -c) it is unset there, and `id -un` tells.
+ME_WORD = '"${FD_ME:-$(id -un)}"'
+
+# is_release WORD: WORD is a release id (layout.RELEASE_GLOB_ERE), tested without a process.
+IS_RELEASE_FN = ('is_release() { case $1 in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9][0-9][0-9][0-9][0-9]Z-?*) '
+                 'case ${1#*Z-} in *[!0-9a-f]*) return 1;; esac;; *) return 1;; esac; }')
 
 
 CHILDREN_FN = ("children() { grep -ls \"^PPid:[[:space:]]*$1\\$\" /proc/[0-9]*/status 2>/dev/null "
@@ -95,14 +113,14 @@ AS_APP = "${ASAPP-}"  # the prefix of a command run as the app user (empty: the 
 def as_app_lines(user: str) -> list[str]:
     """Set $ASAPP to the words that run a command as `user` ("sudo -n -u USER"), or to nothing when the SSH
     user is that user."""
-    return [f'if [ "$(id -un)" = {q(user)} ]; then ASAPP=; else ASAPP={q("sudo -n -u " + user)}; fi']
+    return [f'if [ {ME_WORD} = {q(user)} ]; then ASAPP=; else ASAPP={q("sudo -n -u " + user)}; fi']
 
 
 def as_user(user: str, lines: list[str]) -> str:
     """One line running `lines` (a sh script) as `user`, its stdout and status the caller's: through
     `sudo -n -u USER sh -c`, or plain `sh -c` when the SSH user is that user."""
     body = q("\n".join(lines))
-    return f'if [ "$(id -un)" = {q(user)} ]; then sh -c {body}; else sudo -n -u {q(user)} sh -c {body}; fi'
+    return f'if [ {ME_WORD} = {q(user)} ]; then sh -c {body}; else sudo -n -u {q(user)} sh -c {body}; fi'
 
 
 def stop_group(pgid: int | None) -> list[str]:

@@ -23,7 +23,7 @@ from fabdeploy.config import Config
 from fabdeploy.hosts.layout import Layout
 from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail_expanded, note
-from fabdeploy.remote.shell import q
+from fabdeploy.remote.shell import ME_WORD, q
 from fabdeploy.remote.root import APP_GROUP, ME, NGINX_GROUP, Raw, owner
 
 
@@ -81,7 +81,7 @@ def create_lines(cfg: Config) -> list[str]:
         "  " + note(f"app user {user} created (the app server runs as it)"),
         "fi",
         'appg=$(id -gn "$appu")',
-        'appme=; [ "$(id -un)" != "$appu" ] || appme=1',
+        f'appme=; [ {ME_WORD} != "$appu" ] || appme=1',
     ]
 
 
@@ -90,14 +90,19 @@ def ownership_lines(cfg: Config) -> list[str]:
     app reads or writes, set where they differ (recursively: a host deployed before the app user existed)."""
     lay = Layout(cfg.paths.deploy_to)
     log = app_of(cfg).paths(lay).log
-    lines = ['if [ -z "$appme" ]; then', "  converted="]
-    for path, user, group, mode in _table(cfg):
+    table = _table(cfg)
+    # (one `stat` for all of them; when it does not answer one line each, each is asked alone as before)
+    lines = ['if [ -z "$appme" ]; then', "  converted=",
+             f"  owns=$(stat -L -c %U:%G:%a {' '.join(q(t[0]) for t in table)} 2>/dev/null || true); set -- $owns; "
+             f'[ "$#" -eq {len(table)} ] || set --']
+    for path, user, group, mode in table:
         # (a link, a shared mount of several app hosts, is its target: the app user needs the same uid on each)
         want = f'"{user.strip(chr(34))}:{group.strip(chr(34))}:{mode}"'
         own = _own(path, user, group, mode)
         # an empty directory (a first deploy has just created it): its owner and mode are all there is to set,
         # 2 sudo instead of 4 (the same command lines: the drop-in is unchanged)
-        lines += [f'  if [ "$(stat -L -c %U:%G:%a {q(path)})" != {want} ]; then',
+        lines += [f'  o=${{1:-$(stat -L -c %U:%G:%a {q(path)} || true)}}; [ "$#" -eq 0 ] || shift',
+                  f'  if [ "$o" != {want} ]; then',
                   f'    if [ -r {q(path)} ] && [ -x {q(path)} ] && [ -z "$(ls -A {q(path)})" ]; then '
                   f"{own[0]} && {own[3]}; else {' && '.join(own)}; fi || "
                   + fail_expanded(f"cannot give {path} to the app user $appu (sudo)"),
@@ -121,7 +126,8 @@ def key_lines(cfg: Config) -> list[str]:
     lay = Layout(cfg.paths.deploy_to)
     user = q(app_user(cfg))
     return [  # (one line per file)
-        f'if [ -f {q(f)} ]; then if [ "$(id -un)" = {user} ]; then chmod 600 {q(f)}; else '
-        f'appg=$(id -gn {user}); [ "$(stat -c %G {q(f)})" = "$appg" ] || {_chgrp_app(f)}; chmod 640 {q(f)}; fi; fi'
+        f'if [ -f {q(f)} ]; then if [ {ME_WORD} = {user} ]; then chmod 600 {q(f)}; else '
+        f'appg=${{appg:-$(id -gn {user})}}; m=$(stat -c %G:%a {q(f)} || true); [ "${{m%:*}}" = "$appg" ] || {_chgrp_app(f)}; '
+        f'[ "${{m#*:}}" = 640 ] || chmod 640 {q(f)}; fi; fi'
         for f in (lay.secret_key, lay.env_file)
     ]

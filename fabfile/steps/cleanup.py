@@ -5,11 +5,11 @@ from fabdeploy import appserver
 from fabdeploy.appserver import beside
 from fabdeploy.config import Config
 from fabdeploy.front.nginx import site_restore
-from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, Layout
+from fabdeploy.hosts.layout import Layout
 from fabdeploy.model import UNUSABLE_FN, Facts, Release
 from fabdeploy.remote.markers import note, warn
 from fabdeploy.remote.script import Phase
-from fabdeploy.remote.shell import ALIVE_FN, AS_APP, q, stop_group
+from fabdeploy.remote.shell import ALIVE_FN, AS_APP, IS_RELEASE_FN, q, stop_group
 
 
 def prune_lines(keep: int, remove: str = 'rm -rf -- "$r"') -> list[str]:
@@ -27,7 +27,8 @@ def prune_lines(keep: int, remove: str = 'rm -rf -- "$r"') -> list[str]:
     return [
         "removed=0",
         UNUSABLE_FN,
-        f"all=$(ls -1 | grep -E {q(RELEASE_GLOB_ERE)} | sort -r || true)",  # newest first
+        IS_RELEASE_FN,
+        'all=; for r in *; do if is_release "$r"; then all="$r $all"; fi; done',  # newest first (a glob sorts)
         *back,
         "kept=0",
         'for r in $all; do if [ "$r" = "$cur" ] || [ "$r" = "$back" ]; then kept=$((kept + 1)); fi; done',
@@ -88,9 +89,9 @@ def cleanup(cfg: Config, rel: Release) -> Phase:
         ALIVE_FN,
         *trash_lines(lay, rel.id),
         f"cd {q(lay.releases)}",
-        f"cur=$(basename \"$(readlink {q(lay.current)})\")",
+        f"cur=$(readlink {q(lay.current)} || true); cur=${{cur##*/}}",
         *prune_lines(keep, f'gone releases {q(lay.releases)}/"$r" "r.$r"'),
-        "used=$(cat */.fabdeploy/venv 2>/dev/null | tr '\\n' ' ')",
+        'used=; for f in */.fabdeploy/venv; do v=; read -r v 2>/dev/null < "$f" || true; used="$used $v"; done',
         f"pid=$(alive {q(app.paths(lay).pidfile)} {app.process} || true)",
         f'exe=$( [ -n "$pid" ] && {AS_APP} readlink "/proc/$pid/exe" || true)',
         f"cd {q(lay.venvs)}",
@@ -103,13 +104,13 @@ def cleanup(cfg: Config, rel: Release) -> Phase:
         # static roots of releases that are gone
         f"if cd {q(lay.static)} 2>/dev/null; then",
         "  for s in *; do",
-        f'    if echo "$s" | grep -qE {q(RELEASE_GLOB_ERE)} && [ ! -d {q(lay.releases)}/"$s" ]; then '
+        f'    if is_release "$s" && [ ! -d {q(lay.releases)}/"$s" ]; then '
         f'gone static {q(lay.static)}/"$s" "s.$s"; fi',
         "  done",
         "fi",
         f"if [ -e {q(lay.staging(rel.id))} ]; then gone tmp {q(lay.staging(rel.id))} staging; fi",
         "empty_trash",
-        f"left=$(ls -1 {q(lay.releases)} | grep -cE {q(RELEASE_GLOB_ERE)} || true)",
+        f'left=0; for r in {q(lay.releases)}/*; do if is_release "${{r##*/}}"; then left=$((left + 1)); fi; done',
         note(f"$left releases on disk (keep_releases = {keep}), removed $removed"),
     ])
 

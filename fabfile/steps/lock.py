@@ -118,7 +118,9 @@ def kept_alive(phase: Phase, cfg: Config, owner: LockOwner) -> Phase:
 
 def held(cfg: Config, owner: LockOwner) -> str:
     """A shell condition: this run holds the deploy lock."""
-    return f"[ \"$(cat {q(lock_dir(cfg) + '/token')} 2>/dev/null)\" = {q(owner.token)} ]"
+    # (the token read with `read`: no process; a compound command, so `! held` and `held || x` read as before)
+    return (f"{{ fd_tok=; read -r fd_tok 2>/dev/null < {q(lock_dir(cfg) + '/token')} || true; "
+            f"[ \"$fd_tok\" = {q(owner.token)} ]; }}")
 
 
 def release(cfg: Config, owner: LockOwner) -> list[str]:
