@@ -15,6 +15,7 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -2104,3 +2105,39 @@ def test_the_hosts_python_facts_are_asked_once_and_kept_with_the_interpreters_id
     cache.write_text("\n".join(lines[:3] + ["no-venv"]) + "\n")  # (never written so, but never trusted either)
     assert run() == want and log.read_text().count("started") == 3
     assert run() == want and log.read_text().count("started") == 3
+
+
+def _group(command: str) -> subprocess.Popen:
+    """A process group of its own (setsid execs: its pgid is the Popen's pid), left unreaped by this test
+    until it waits: its leader stays a zombie once killed, as under an init that reaps late."""
+    proc = subprocess.Popen(["setsid", "sh", "-c", command])
+    deadline = time.monotonic() + 10
+    while os.getpgid(proc.pid) != proc.pid or open(f"/proc/{proc.pid}/comm").read().strip() != "sleep":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return proc
+
+
+@pytest.mark.parametrize("shell_name", ["dash", "bash"])
+def test_stop_group_does_not_wait_for_zombies_but_for_the_living(shell_name):
+    """shell.stop_group: TERM, then wait while a process of the group lives (zombies do not count: `kill -0`
+    counted them and waited the full 5 s), then KILL. Counted in the loop's turns (50 = the full wait)."""
+    dies = _group("sleep 30 & exec sleep 1000")
+    # (ignored TERM is inherited; the full wait once, with dash)
+    stubborn = _group("trap '' TERM; sleep 30 & exec sleep 1000") if shell_name == "dash" else None
+    groups = [g for g in (dies, stubborn) if g]
+    try:
+        turns = []
+        for proc in groups:
+            script = "set -eu\n" + "\n".join(shell.stop_group(proc.pid)) + '\necho "turns=$i"'
+            res = subprocess.run([shell_name, "-c", script], capture_output=True, text=True, timeout=60)
+            assert res.returncode == 0, res.stderr
+            turns.append(int(res.stdout.split("turns=")[1]))
+            assert proc.wait(timeout=10) in (-signal.SIGTERM, -signal.SIGKILL)
+        assert turns[0] < 50 and dies.returncode == -signal.SIGTERM
+        assert stubborn is None or (turns[1] == 50 and stubborn.returncode == -signal.SIGKILL)
+    finally:
+        for proc in groups:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

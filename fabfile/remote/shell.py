@@ -123,13 +123,20 @@ def as_user(user: str, lines: list[str]) -> str:
     return f'if [ {ME_WORD} = {q(user)} ]; then sh -c {body}; else sudo -n -u {q(user)} sh -c {body}; fi'
 
 
+# group_lives PGID: a process of that group is alive and no zombie (`kill -0 -PGID` also counts the zombies,
+# which an init that reaps late, or none at all in a container, leaves for seconds or for ever).
+GROUP_LIVES_FN = ('group_lives() { for f in /proc/[0-9]*/stat; do read -r l 2>/dev/null < "$f" || continue; '
+                  'set -- ${l##*") "}; [ "${3-}" = "$g" ] && [ "$1" != Z ] && return 0; done; return 1; }')
+
+
 def stop_group(pgid: int | None) -> list[str]:
     """Lines that stop an interrupted script's process group (TERM, up to 5 s, then KILL); none without one."""
     if not pgid:
         return []
     return [
         f"if kill -TERM -{int(pgid)} 2>/dev/null; then",
-        f"  i=0; while kill -0 -{int(pgid)} 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done",
+        f"  g={int(pgid)}; {GROUP_LIVES_FN}",
+        "  i=0; while group_lives && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done",
         f"  kill -KILL -{int(pgid)} 2>/dev/null || true",
         "fi",
     ]
