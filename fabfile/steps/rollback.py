@@ -13,10 +13,10 @@ from fabdeploy.config import Config
 from fabdeploy.database import fleet
 from fabdeploy.database.backup import backups_dir
 from fabdeploy.database.restore import find_lines, matching_lines, restore_lines
-from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, SETTINGS_MODULE, VENV_COMPLETE, Layout
+from fabdeploy.hosts.layout import SETTINGS_MODULE, VENV_COMPLETE, Layout
 from fabdeploy.remote.markers import fact, fail_expanded, note, warn
 from fabdeploy.remote.script import Phase
-from fabdeploy.remote.shell import AS_APP, q
+from fabdeploy.remote.shell import AS_APP, IS_RELEASE_FN, q
 from fabdeploy.steps.django_app import APP_ENV_SH
 from fabdeploy.steps import control, lock
 from fabdeploy.steps import migration_record as record
@@ -53,12 +53,15 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool, restore_db: boo
     else:
         pick = [
             "T=; past=0",
-            f"for r in $(ls -1 | grep -E {q(RELEASE_GLOB_ERE)} | sort -r); do",
+            IS_RELEASE_FN,
+            'all=; for r in *; do if is_release "$r"; then all="$r $all"; fi; done',  # newest first (a glob sorts)
+            "for r in $all; do",
             '  if [ "$r" = "$cur" ]; then past=1; continue; fi',
             '  [ "$past" = 1 ] || continue',
             '  [ -f "$r/.fabdeploy/bad" ] && continue',
             f'  [ -f "$r/.fabdeploy/{model.PENDING}" ] && continue  # never went live',
-            f'  [ -f {q(lay.venvs)}/"$(cat "$r/.fabdeploy/venv" 2>/dev/null)"/{VENV_COMPLETE} ] || continue',
+            '  v=; read -r v 2>/dev/null < "$r/.fabdeploy/venv" || true',
+            f'  [ -f {q(lay.venvs)}/"$v"/{VENV_COMPLETE} ] || continue',
             f"  [ -f {app.staged_config(chr(34) + '$r' + chr(34))} ] || continue",
             '  T=$r; break',
             "done",
@@ -68,10 +71,11 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool, restore_db: boo
               if strict else "true")
     return Phase("rollback", [
         f"cd {q(lay.releases)} 2>/dev/null || {fail_expanded('nothing is deployed here')}",
-        f'cur=$(basename "$(readlink {q(lay.current)})" 2>/dev/null || true)',
+        f'cur=$(readlink {q(lay.current)} 2>/dev/null || true); cur=${{cur##*/}}',
         f'[ -n "$cur" ] || {fail_expanded("nothing is deployed here (no current release)")}',
         *pick,
-        f'V={q(lay.venvs)}/"$(cat "$T/.fabdeploy/venv" 2>/dev/null)"',
+        'v=; read -r v 2>/dev/null < "$T/.fabdeploy/venv" || true',
+        f'V={q(lay.venvs)}/"$v"',
         f'[ -f "$V/{VENV_COMPLETE}" ] || {fail_expanded("the virtualenv of release $T was removed; deploy it again instead")}',
         f"[ -f {app.staged_config(target_word)} ] || "
         + fail_expanded(f"release $T has no saved {app.title} config; deploy it again instead"),
@@ -87,7 +91,9 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool, restore_db: boo
         f'env DJANGO_SETTINGS_MODULE={SETTINGS_MODULE} "$V/bin/python" -c {q(UNKNOWN_MIGRATIONS_PY)}) || '
         + fail_expanded("could not compare the migrations of release $T with the database"),
         "fi",
-        "unknown_list=$(printf '%s\\n' \"$unknown\" | awk 'NF == 2 {printf \" %s.%s\", $1, $2}')",
+        # (" app.name" for each line "app name" of $unknown, by the shell: no process)
+        "unknown_list=; while read -r fd_a fd_n; do if [ -n \"$fd_n\" ]; then unknown_list=\"$unknown_list $fd_a.$fd_n\"; "
+        "fi; done <<FD_UNKNOWN\n$unknown\nFD_UNKNOWN",
         "printf '%s\\n' \"$unknown\" | while read -r app name; do [ -n \"$name\" ] && "
         + warn("the database has migration $app.$name that $T does not know (left applied; fabdeploy never "
                "unapplies migrations)") + "; done || true",
