@@ -205,7 +205,8 @@ def test_every_fabdeploy_task_is_a_fleet_task():
     """Each task in `from fabdeploy.tasks import *` is called once for all -H hosts by FleetExecutor."""
     from fabdeploy import executor
     from fabdeploy import tasks
-    assert sorted(tasks.__all__) == ["db", "deploy", "doctor", "logs", "manage", "provision", "releases", "reload",
-                                     "restart", "rollback", "secrets", "start", "status", "stop", "sudoers", "unlock"]
+    assert sorted(tasks.__all__) == ["db", "deploy", "disconnect", "doctor", "logs", "manage", "provision", "releases",
+                                     "reload", "restart", "rollback", "secrets", "start", "status", "stop", "sudoers",
+                                     "unlock"]
     for name in tasks.__all__:
         assert executor.is_fleet_task(getattr(tasks, name)), name
