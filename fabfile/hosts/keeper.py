@@ -2,7 +2,7 @@
 
 A fab command pays for its SSH connection before any work: TCP, key exchange, authentication, a channel (four
 to six round trips, with pipelined_auth four). With `persist = N`, a fab run that opened a host's connection
-itself leaves, as it exits, one background process (`python -m fabdeploy.hosts.keeper`, detached) holding an
+itself leaves, as it exits, one detached background process (this module's main()) holding an
 authenticated connection to each such host for N seconds of idleness; the next fab command within that time
 talks to that process over a unix socket instead: a local SSH handshake (no network round trip), then each
 session channel the run opens is forwarded to the kept connection (exec, stdin, stdout, stderr, exit status,
@@ -64,7 +64,7 @@ def spec_of(conn, ssh, persist: int) -> dict | None:
         return None
     kwargs = {}
     for key, value in conn.connect_kwargs.items():
-        if key in ("transport_factory",):
+        if key == "transport_factory":  # (the keeper's own prepare() sets it)
             continue
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             value = list(value)
@@ -184,10 +184,13 @@ def _package_dir() -> str:
 
 
 def kept_sockets(directory: str | None = None) -> list[str]:
+    """The keepers' sockets in `directory` (default: runtime_dir()); none when there is no such directory."""
     directory = directory or runtime_dir(create=False)
-    if directory is None:
+    try:
+        names = os.listdir(directory) if directory else []
+    except OSError:
         return []
-    return sorted(os.path.join(directory, n) for n in os.listdir(directory) if n.endswith(".sock"))
+    return sorted(os.path.join(directory, n) for n in names if n.endswith(".sock"))
 
 
 def close_kept(paths: list[str]) -> int:
