@@ -334,8 +334,6 @@ def unlock(c, force=False, config=None, roles=None, parallel=None):
 @one_line_errors
 def disconnect(c, config=None, roles=None, all=False):
     """End the SSH connections kept open for the next fab command ([ssh] persist), like `ssh -O exit`."""
-    import os
-
     from fabdeploy.hosts import keeper
     printer = Printer()
     if all:
@@ -346,8 +344,7 @@ def disconnect(c, config=None, roles=None, all=False):
     directory = keeper.runtime_dir(create=False)
     for conn in target_connections(c, cfg, roles, ALL_ROLES):
         spec = keeper.spec_of(conn, cfg.ssh, 1)
-        path = directory and spec and os.path.join(directory, keeper.socket_name(spec))
-        live = keeper.close_kept([path]) if path and os.path.exists(path) else 0
+        live = keeper.close_kept([keeper.socket_path(spec, directory)]) if directory and spec else 0
         printer.info(f"{host_label(conn)}: " + ("kept SSH connection ended" if live else "no kept SSH connection"))
 
 

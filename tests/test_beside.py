@@ -92,7 +92,6 @@ def test_the_app_users_part_of_a_switch_is_one_sudo_to_read_and_one_to_swap():
         'case "$rb" in "" | *[!0-9]*) rb=;; esac',
     ]
     assert beside.swap_retire_lines(cfg, appserver.of(cfg), sl, "uwsgi") == [
-        beside.SLOT_FNS,
         f'gone=$(${{ASAPP-}} sh -c {beside.q(beside.SWAP_SH)} sh "$s" "$pid" "$live" "$rel" true uwsgi '
         f"{run}/uwsgi.sock {run}/uwsgi.pid {run}/uwsgi.sock.live {ere})",
         'for x in $gone; do if is_slot "$x" || [ "$x" = adopted ]; then '
@@ -104,7 +103,7 @@ def test_the_app_users_part_of_a_switch_is_one_sudo_to_read_and_one_to_swap():
     assert lines[warm + 1] == 'n=$(children "$pid" | wc -l); action="swapped to its warm master"'
     assert lines[warm + 2] == "else"  # (the branch that starts a new master and waits for it)
     after = lines[lines.index('action="${oldm:+started$e beside $oldm, swapped}"; action="${action:-started$e}"') + 1:]
-    assert [ln for ln in after if "${ASAPP-}" in ln] == [beside.swap_retire_lines(cfg, appserver.of(cfg), sl, "uwsgi")[1]]
+    assert [ln for ln in after if "${ASAPP-}" in ln] == [beside.swap_retire_lines(cfg, appserver.of(cfg), sl, "uwsgi")[0]]
 
 
 def test_keep_warm_keeps_the_replaced_master_unless_switched_off():

@@ -30,7 +30,7 @@ from fabdeploy.config import Config
 from fabdeploy.hosts.layout import RELEASE_GLOB_ERE, Layout
 from fabdeploy.hosts.roles import balanced
 from fabdeploy.remote.markers import fail_expanded, note
-from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, IS_RELEASE_FN, q, write_file
+from fabdeploy.remote.shell import ALIVE_FN, AS_APP, CHILDREN_FN, IS_RELEASE_FN, READ_LINE_FN, q, write_file
 
 SERVERS = ("uwsgi", "gunicorn")  # the app servers that start beside the live one
 # a slot's name: a release id, or that and ".b"
@@ -38,8 +38,6 @@ SLOT_ERE = RELEASE_GLOB_ERE.strip("^$") + r"(\.b)?"
 # is_slot WORD: WORD is a slot's name (SLOT_ERE), tested without a process; the scripts below still take the
 # ERE as an argument (their positions stay), and test with this.
 SLOT_FNS = IS_RELEASE_FN + '\nis_slot() { is_release "${1%.b}"; }'
-# read_line VAR FILE: VAR is FILE's first line ("" when it cannot be read), without a process.
-READ_FN = 'read_line() { eval "$1="; read -r "$1" 2>/dev/null < "$2" || true; }'
 # The app user's side of a switch: shared/run is its own, so what is read and done there runs as it, in one
 # `sh -c` each (one sudo, not one per file: issue 16).
 # STATE_SH record pidfile release process ere: six words, "-" for none: the live slot (the record), its
@@ -47,7 +45,7 @@ READ_FN = 'read_line() { eval "$1="; read -r "$1" 2>/dev/null < "$2" || true; }'
 # it is retiring (SWAP_SH stopped it and marked it in <socket>.retiring.<slot>: it finishes its requests and
 # exits; never swapped to, and its slot is reused only once it is gone).
 STATE_SH = "\n".join([
-    ALIVE_FN, SLOT_FNS, READ_FN,
+    ALIVE_FN, SLOT_FNS, READ_LINE_FN,
     'rec=$1 pidf=$2 rel=$3 proc=$4 ere=$5 sock=${1%.live}',
     'read_line live "$rec"; is_slot "$live" || [ "$live" = adopted ] || live=-',
     'slot() { m=$(alive "$pidf.$1" "$proc") || { echo "- -"; return; }; read_line r "$sock.retiring.$1"; '
@@ -64,7 +62,7 @@ ADOPT_SH = ('set -e; ln -f "$1" "$1.$2"; umask 027; printf "%s\\n" "$3" > "$4.$2
 SWAP_SH = "\n".join([
     "set -e",
     's=$1 pid=$2 live=$3 rel=$4 keep=$5 proc=$6 sock=$7 pidf=$8 rec=$9 ere=${10}',
-    ALIVE_FN, SLOT_FNS, READ_FN,
+    ALIVE_FN, SLOT_FNS, READ_LINE_FN,
     CHILDREN_FN,
     'ln -f "$sock.$s" "$sock.swap"',
     'mv -Tf "$sock.swap" "$sock"',
@@ -154,7 +152,7 @@ def fast_sh(app) -> str:
     decides as before: a first start, a master not ready yet, an adoption, a master of another user, a new
     master to start, the release already serving)."""
     return "\n".join([
-        ALIVE_FN, CHILDREN_FN, app.workers_fn(), READY_FN, SLOT_FNS, READ_FN,
+        ALIVE_FN, CHILDREN_FN, app.workers_fn(), READY_FN, SLOT_FNS, READ_LINE_FN,
         'rec=$1 pidf=$2 rel=$3 proc=$4 ere=$5 early=$6 fresh=$7 keep=$8 sock=$9 dir=${10} want=${11} swap=${12}',
         'oldm=$(alive "$pidf" "$proc") && [ -O "/proc/$oldm" ] || exit 0',
         'read_line live "$rec"; is_slot "$live" || exit 0',
@@ -178,7 +176,6 @@ def fast_lines(cfg: Config, app, sl: Slots, proc: str, release_word: str) -> lis
     keep = "true" if cfg.app.keep_warm else "false"
     return [
         *app.want_lines(cfg),
-        SLOT_FNS,
         f'fast=; st=$({AS_APP} sh -c {q(fast_sh(app))} sh {sl.record} {q(sl.pidfile)} "$rel" {proc} {q(SLOT_ERE)} '
         f'"${{early-}}" "${{fresh-}}" {keep} {q(sl.live)} {release_word} "$want" {q(SWAP_SH)}) || '
         f'{{ case "$st" in swapped*) {fail_expanded(f"{app.title}: the swap to the new master failed")};; esac; st=; }}',
@@ -205,6 +202,7 @@ def swap_lines(cfg: Config, app, release_word: str, venv_word: str, label: str) 
         *app.as_app_lines(cfg),
         ALIVE_FN,
         CHILDREN_FN,
+        SLOT_FNS,  # (is_slot: fast_lines, adopt_lines and swap_retire_lines below)
         *app.link_lines(cfg, venv_word),
         *manager.switch_lines(cfg, app),
         f"rel=$(basename {release_word})",
@@ -302,7 +300,6 @@ def adopt_lines(sl: Slots) -> list[str]:
     """A live master without a slot (started on the socket path itself): give it one, named after the
     release its cwd is (or "adopted"), and mark it adopted (SWAP_SH then only kills it once idle)."""
     return [
-        SLOT_FNS,
         'if [ -n "$oldm" ] && [ "$livem" != "$oldm" ]; then',
         f'  live=$(basename "$({AS_APP} readlink "/proc/$oldm/cwd" 2>/dev/null)")',
         '  is_slot "$live" || live=adopted',
@@ -320,7 +317,6 @@ def swap_retire_lines(cfg: Config, app, sl: Slots, proc: str) -> list[str]:
     copies of the slots gone. Nothing here waits for a master to exit."""
     keep = "true" if cfg.app.keep_warm else "false"
     return [
-        SLOT_FNS,
         f'gone=$({AS_APP} sh -c {q(SWAP_SH)} sh "$s" "$pid" "$live" "$rel" {keep} {proc} {q(sl.live)} '
         f"{q(sl.pidfile)} {sl.record} {q(SLOT_ERE)})",
         f'for x in $gone; do if is_slot "$x" || [ "$x" = adopted ]; then rm -f {sl.conf(app, "$x")}; fi; done',

@@ -48,8 +48,8 @@ def prepare(conn: Connection, cfg: Config, hop: bool = False) -> Connection:
             conn.connect_kwargs["key_filename"] = [str(key), *files]
     if conn.connect_timeout is None:
         conn.connect_timeout = cfg.ssh.connect_timeout
-    if getattr(cfg.ssh, "persist", 0):
-        object.__setattr__(conn, "fabdeploy_persist", (cfg.ssh, cfg.ssh.persist))  # (see _open)
+    if cfg.ssh.persist:
+        object.__setattr__(conn, "fabdeploy_persist", cfg.ssh)  # (see _open)
     if cfg.ssh.pipelined_auth:
         conn.connect_kwargs.setdefault("transport_factory", PipelinedHopTransport if hop else PipelinedTransport)
     client = conn.client
@@ -124,8 +124,8 @@ def open_connection(conn: Connection) -> None:
 
 def _open(conn: Connection) -> None:
     label = host_label(conn)
-    persist = conn.__dict__.get("fabdeploy_persist")
-    spec = keeper.spec_of(conn, *persist) if persist else None
+    ssh = conn.__dict__.get("fabdeploy_persist")
+    spec = keeper.spec_of(conn, ssh, ssh.persist) if ssh else None
     if spec is not None:
         object.__setattr__(conn, "fabdeploy_keep", spec)
         if keeper.attach(conn):  # (a live kept connection: no handshake over the network)

@@ -83,6 +83,10 @@ def socket_name(spec: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24] + ".sock"
 
 
+def socket_path(spec: dict, directory: str) -> str:
+    return os.path.join(directory, socket_name(spec))
+
+
 def _peer(sock: socket.socket) -> tuple[int, int]:
     """The pid and uid of the process at the other end of a unix socket."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -114,7 +118,7 @@ def attach(conn) -> bool:
     if directory is None:
         return False
     import paramiko
-    path = os.path.join(directory, socket_name(spec))
+    path = socket_path(spec, directory)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     transport = None
     try:
@@ -243,7 +247,7 @@ class _Kept:
 
     def __init__(self, spec: dict, directory: str, host_key):
         self.spec, self.host_key = spec, host_key
-        self.path = os.path.join(directory, socket_name(spec))
+        self.path = socket_path(spec, directory)
         self.listener: socket.socket | None = None
         self.clients: list = []
         self.last_used = time.monotonic()
@@ -263,19 +267,13 @@ class _Kept:
         try:
             sock.bind(self.path)
         except OSError:
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.settimeout(2)
-                probe.connect(self.path)
-                return False  # (another keeper serves it)
+            if self.served():  # (by another keeper, started meanwhile)
+                return False
+            try:  # (a socket file its keeper left behind)
+                os.unlink(self.path)
+                sock.bind(self.path)
             except OSError:
-                try:
-                    os.unlink(self.path)
-                    sock.bind(self.path)
-                except OSError:
-                    return False
-            finally:
-                probe.close()
+                return False
         os.chmod(self.path, 0o600)
         self.inode = os.stat(self.path).st_ino
         sock.listen(16)
@@ -324,7 +322,8 @@ class _Kept:
                           connect_kwargs=dict(spec["connect_kwargs"]), connect_timeout=spec["timeout"],
                           config=Config(overrides={"load_ssh_configs": False}))
         ssh = SimpleNamespace(**{k: spec[k] for k in ("strict_host_keys", "known_hosts", "identity_file",
-                                                       "pipelined_auth")}, connect_timeout=spec["timeout"])
+                                                       "pipelined_auth")}, connect_timeout=spec["timeout"],
+                              persist=0)  # (the keeper's own connection is not kept by another keeper)
         prepare(conn, SimpleNamespace(ssh=ssh))
         conn.open()
         self.upstream = conn.transport

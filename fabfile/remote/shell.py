@@ -93,6 +93,10 @@ ALIVE_FN = (
 # shell (sudo -u, sh -c) it is unset there, and `id -un` tells.
 ME_WORD = '"${FD_ME:-$(id -un)}"'
 
+# read_line VAR FILE: VAR is FILE's first line ("" when it cannot be read), without a process: read_word for
+# a file whose path is only known on the host.
+READ_LINE_FN = 'read_line() { eval "$1="; read -r "$1" 2>/dev/null < "$2" || true; }'
+
 # is_release WORD: WORD is a release id (layout.RELEASE_GLOB_ERE), tested without a process.
 IS_RELEASE_FN = ('is_release() { case $1 in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]T[0-9][0-9][0-9][0-9][0-9][0-9]Z-?*) '
                  'case ${1#*Z-} in *[!0-9a-f]*) return 1;; esac;; *) return 1;; esac; }')

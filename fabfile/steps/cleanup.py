@@ -9,7 +9,7 @@ from fabdeploy.hosts.layout import Layout
 from fabdeploy.model import UNUSABLE_FN, Facts, Release
 from fabdeploy.remote.markers import note, warn
 from fabdeploy.remote.script import Phase
-from fabdeploy.remote.shell import ALIVE_FN, AS_APP, IS_RELEASE_FN, q, stop_group
+from fabdeploy.remote.shell import ALIVE_FN, AS_APP, IS_RELEASE_FN, READ_LINE_FN, q, stop_group
 
 
 def prune_lines(keep: int, remove: str = 'rm -rf -- "$r"') -> list[str]:
@@ -91,7 +91,8 @@ def cleanup(cfg: Config, rel: Release) -> Phase:
         f"cd {q(lay.releases)}",
         f"cur=$(readlink {q(lay.current)} || true); cur=${{cur##*/}}",
         *prune_lines(keep, f'gone releases {q(lay.releases)}/"$r" "r.$r"'),
-        'used=; for f in */.fabdeploy/venv; do v=; read -r v 2>/dev/null < "$f" || true; used="$used $v"; done',
+        READ_LINE_FN,
+        'used=; for f in */.fabdeploy/venv; do read_line v "$f"; used="$used $v"; done',
         f"pid=$(alive {q(app.paths(lay).pidfile)} {app.process} || true)",
         f'exe=$( [ -n "$pid" ] && {AS_APP} readlink "/proc/$pid/exe" || true)',
         f"cd {q(lay.venvs)}",

@@ -22,7 +22,7 @@ from fabdeploy.remote.detach import ERR_VAR
 from fabdeploy.remote import markers
 from fabdeploy.remote.markers import fail_expanded
 from fabdeploy.remote.script import Phase, mask
-from fabdeploy.remote.shell import q
+from fabdeploy.remote.shell import q, read_word
 
 
 @dataclass(frozen=True)
@@ -119,8 +119,7 @@ def kept_alive(phase: Phase, cfg: Config, owner: LockOwner) -> Phase:
 def held(cfg: Config, owner: LockOwner) -> str:
     """A shell condition: this run holds the deploy lock."""
     # (the token read with `read`: no process; a compound command, so `! held` and `held || x` read as before)
-    return (f"{{ fd_tok=; read -r fd_tok 2>/dev/null < {q(lock_dir(cfg) + '/token')} || true; "
-            f"[ \"$fd_tok\" = {q(owner.token)} ]; }}")
+    return f"{{ {read_word('fd_tok', lock_dir(cfg) + '/token')}; [ \"$fd_tok\" = {q(owner.token)} ]; }}"
 
 
 def release(cfg: Config, owner: LockOwner) -> list[str]:

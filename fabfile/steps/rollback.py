@@ -16,7 +16,7 @@ from fabdeploy.database.restore import find_lines, matching_lines, restore_lines
 from fabdeploy.hosts.layout import SETTINGS_MODULE, VENV_COMPLETE, Layout
 from fabdeploy.remote.markers import fact, fail_expanded, note, warn
 from fabdeploy.remote.script import Phase
-from fabdeploy.remote.shell import AS_APP, IS_RELEASE_FN, q
+from fabdeploy.remote.shell import AS_APP, IS_RELEASE_FN, READ_LINE_FN, q
 from fabdeploy.steps.django_app import APP_ENV_SH
 from fabdeploy.steps import control, lock
 from fabdeploy.steps import migration_record as record
@@ -54,13 +54,14 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool, restore_db: boo
         pick = [
             "T=; past=0",
             IS_RELEASE_FN,
+            READ_LINE_FN,
             'all=; for r in *; do if is_release "$r"; then all="$r $all"; fi; done',  # newest first (a glob sorts)
             "for r in $all; do",
             '  if [ "$r" = "$cur" ]; then past=1; continue; fi',
             '  [ "$past" = 1 ] || continue',
             '  [ -f "$r/.fabdeploy/bad" ] && continue',
             f'  [ -f "$r/.fabdeploy/{model.PENDING}" ] && continue  # never went live',
-            '  v=; read -r v 2>/dev/null < "$r/.fabdeploy/venv" || true',
+            '  read_line v "$r/.fabdeploy/venv"',
             f'  [ -f {q(lay.venvs)}/"$v"/{VENV_COMPLETE} ] || continue',
             f"  [ -f {app.staged_config(chr(34) + '$r' + chr(34))} ] || continue",
             '  T=$r; break',
@@ -74,7 +75,8 @@ def select_and_switch(cfg: Config, to: str | None, strict: bool, restore_db: boo
         f'cur=$(readlink {q(lay.current)} 2>/dev/null || true); cur=${{cur##*/}}',
         f'[ -n "$cur" ] || {fail_expanded("nothing is deployed here (no current release)")}',
         *pick,
-        'v=; read -r v 2>/dev/null < "$T/.fabdeploy/venv" || true',
+        READ_LINE_FN,
+        'read_line v "$T/.fabdeploy/venv"',
         f'V={q(lay.venvs)}/"$v"',
         f'[ -f "$V/{VENV_COMPLETE}" ] || {fail_expanded("the virtualenv of release $T was removed; deploy it again instead")}',
         f"[ -f {app.staged_config(target_word)} ] || "
