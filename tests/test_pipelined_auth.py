@@ -65,3 +65,41 @@ def test_the_early_channel_is_registered_before_its_request_is_sent():
         assert t._early.wait(t, 1) is None  # void: open_session opens a plain one
     finally:
         a.close(), b.close()
+
+
+def test_an_acceptance_read_before_the_sender_runs_again_sends_no_second_request(tmp_path):
+    """The server's SERVICE_ACCEPT can be handled by the transport's thread between the SERVICE_REQUEST leaving
+    and the signed request being built (a CI run: two requests with a refused key, the second one's failure
+    read by the right key's handler). Here the acceptance is handled inside the send: one request per key."""
+    import socket
+    import subprocess
+
+    import paramiko
+    from paramiko.common import MSG_USERAUTH_REQUEST, cMSG_SERVICE_REQUEST
+    from paramiko.message import Message
+
+    from fabdeploy.hosts.pipelined_auth import _PipelinedAuthHandler
+
+    sent = []
+
+    class AcceptsAtOnce(PipelinedTransport):
+        def _send_message(self, data):
+            raw = data.asbytes()
+            sent.append(raw[0])
+            if raw[:1] == cMSG_SERVICE_REQUEST:
+                accept = Message()
+                accept.add_string("ssh-userauth")
+                accept.rewind()
+                self.auth_handler._parse_service_accept(accept)
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
+    a, b = socket.socketpair()
+    try:
+        t = AcceptsAtOnce(a)
+        t.session_id = b"x" * 32
+        handler = t.auth_handler = _PipelinedAuthHandler(t)
+        handler.auth_publickey("deploy", paramiko.Ed25519Key.from_private_key_file(str(tmp_path / "k")), None)
+        assert sent.count(MSG_USERAUTH_REQUEST) == 1 and handler.pipelined
+        assert t.fabdeploy_pipelined_auth is True
+    finally:
+        a.close(), b.close()

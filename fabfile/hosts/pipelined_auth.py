@@ -35,9 +35,12 @@ class _PipelinedAuthHandler(AuthHandler):
     pipelined = False
 
     def _request_auth(self) -> None:
+        # marked before the SERVICE_REQUEST goes: the transport's thread can read the server's acceptance
+        # before this thread runs again, and would then send the request too (two attempts with this key, the
+        # second's USERAUTH_FAILURE read by the next key's handler: a CI run failed so)
+        self.pipelined = self.auth_method == "publickey" and _can_sign_now(self)
         super()._request_auth()  # SERVICE_REQUEST ssh-userauth
-        if self.auth_method == "publickey" and _can_sign_now(self):
-            self.pipelined = True  # (first: an acceptance arriving from now on is only noted)
+        if self.pipelined:
             accept = Message()
             accept.add_string("ssh-userauth")
             accept.rewind()
