@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from fabric import Connection
 
 from fabdeploy.hosts.connect import prepare
+from fabdeploy.hosts.nodelay import NoDelayTransport, set_nodelay
 from fabdeploy.hosts.pipelined_auth import PipelinedHopTransport, PipelinedTransport, _can_sign_now
 from test_phases import make_cfg
 
@@ -39,7 +40,9 @@ def test_a_proxyjump_hop_gets_no_early_channel_and_the_switch_turns_both_off():
     assert conn.gateway.connect_kwargs["transport_factory"] is PipelinedHopTransport
     assert not PipelinedHopTransport.early_session and PipelinedTransport.early_session
     conn = prepared(pipelined_auth=False)
-    assert "transport_factory" not in conn.connect_kwargs and "transport_factory" not in conn.gateway.connect_kwargs
+    # (still TCP_NODELAY: fabdeploy.hosts.nodelay)
+    assert conn.connect_kwargs["transport_factory"] is NoDelayTransport
+    assert conn.gateway.connect_kwargs["transport_factory"] is NoDelayTransport
 
 
 def test_the_early_channel_is_registered_before_its_request_is_sent():
@@ -103,3 +106,16 @@ def test_an_acceptance_read_before_the_sender_runs_again_sends_no_second_request
         assert t.fabdeploy_pipelined_auth is True
     finally:
         a.close(), b.close()
+
+
+def test_nodelay_is_set_on_tcp_sockets_only():
+    import socket
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    a, b = socket.socketpair()
+    try:
+        assert set_nodelay(tcp) and tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert not set_nodelay(a)  # (a unix socket: a kept connection's, hosts/keeper.py)
+        assert not set_nodelay(object())  # (a ProxyJump hop's channel, a ProxyCommand)
+        assert issubclass(PipelinedTransport, NoDelayTransport) and issubclass(PipelinedHopTransport, NoDelayTransport)
+    finally:
+        tcp.close(), a.close(), b.close()

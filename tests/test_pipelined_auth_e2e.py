@@ -7,14 +7,15 @@ one: tests/test_gateway_e2e.py.)"""
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 
-import paramiko
 import pytest
 
 import hostlab
 from conftest import make_project, run_fab, sample_config
 from fabdeploy.hosts.connect import ConnectError, make_connection, open_connection
+from fabdeploy.hosts.nodelay import NoDelayTransport
 from fabdeploy.hosts.pipelined_auth import PipelinedTransport
 from test_phases import make_cfg
 
@@ -101,7 +102,21 @@ def test_an_rsa_key_authenticates(host, tmp_path):
 
 def test_off_is_paramikos_two_steps(host):
     conn, who = connect(host, cfg_for(pipelined_auth=False), hostlab.client_key())
-    assert who == "deploy" and type(conn.transport) is paramiko.Transport
+    assert who == "deploy" and type(conn.transport) is NoDelayTransport
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_the_connections_socket_sends_small_writes_at_once(host, pipelined):
+    """TCP_NODELAY (fabdeploy.hosts.nodelay), as OpenSSH sets it, with the option on or off: read back from the
+    open connection's socket."""
+    conn = make_connection(host.ssh_target(), cfg_for(pipelined_auth=pipelined))
+    conn.connect_kwargs.update(key_filename=[str(hostlab.client_key())], allow_agent=False, look_for_keys=False)
+    open_connection(conn)
+    try:
+        assert conn.transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert conn.run("id -un", hide=True, in_stream=False).stdout.strip() == "deploy"
+    finally:
+        conn.close()
 
 
 def test_a_refused_key_is_one_line_with_the_option_on(host, tmp_path):

@@ -13,6 +13,7 @@ from fabric import Connection
 from fabdeploy.config import Config
 from fabdeploy.errors import ConfigError, FabdeployError
 from fabdeploy.hosts import keeper
+from fabdeploy.hosts.nodelay import NoDelayTransport
 from fabdeploy.hosts.pipelined_auth import PipelinedHopTransport, PipelinedTransport
 
 
@@ -52,6 +53,8 @@ def prepare(conn: Connection, cfg: Config, hop: bool = False) -> Connection:
         object.__setattr__(conn, "fabdeploy_persist", cfg.ssh)  # (see _open)
     if cfg.ssh.pipelined_auth:
         conn.connect_kwargs.setdefault("transport_factory", PipelinedHopTransport if hop else PipelinedTransport)
+    else:
+        conn.connect_kwargs.setdefault("transport_factory", NoDelayTransport)  # (TCP_NODELAY: hosts/nodelay.py)
     client = conn.client
     if cfg.ssh.strict_host_keys:
         try:

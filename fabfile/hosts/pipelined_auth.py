@@ -30,6 +30,8 @@ from paramiko.auth_handler import AuthHandler
 from paramiko.common import MSG_UNIMPLEMENTED, WARNING, cMSG_CHANNEL_OPEN
 from paramiko.message import Message
 
+from fabdeploy.hosts.nodelay import NoDelayTransport
+
 
 class _PipelinedAuthHandler(AuthHandler):
     pipelined = False
@@ -60,7 +62,7 @@ def _can_sign_now(handler: AuthHandler) -> bool:
     return "rsa" not in key_type or "server-sig-algs" in handler.transport.server_extensions
 
 
-class PipelinedTransport(paramiko.Transport):
+class PipelinedTransport(NoDelayTransport):
     """A paramiko Transport whose public-key attempts are pipelined (SSHClient.connect's transport_factory),
     and whose first session channel is asked for right behind the first attempt (see open_session)."""
 

@@ -1,0 +1,32 @@
+"""TCP_NODELAY on the SSH connection's socket, as OpenSSH's ssh and sshd set it on theirs (paramiko does not).
+
+Without it the kernel holds back a small write while an earlier one is not acknowledged yet (Nagle's
+algorithm): the key exchange's ECDH_INIT right behind the client's KEXINIT, the pipelined authentication's
+request and early channel right behind NEWKEYS and the service request, a command's last bytes of input behind
+its exec request, each waited for the server's ACK of the write before it: about one round trip each on a real
+network (on loopback the ACK comes at once, so a local test never sees it)."""
+from __future__ import annotations
+
+import socket
+
+import paramiko
+
+
+def set_nodelay(sock) -> bool:
+    """Turn Nagle's algorithm off on a TCP socket; anything else (a ProxyJump hop's channel, a ProxyCommand's
+    pipe, a unix socket) is left as it is. True when it was set."""
+    if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
+    return True
+
+
+class NoDelayTransport(paramiko.Transport):
+    """paramiko's Transport on a socket with TCP_NODELAY (SSHClient.connect's transport_factory)."""
+
+    def __init__(self, sock, *args, **kwargs):
+        set_nodelay(sock)
+        super().__init__(sock, *args, **kwargs)
