@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from fabric import Connection
 
 from fabdeploy.hosts.connect import prepare
-from fabdeploy.hosts.nodelay import NoDelayTransport, set_nodelay
+from fabdeploy.hosts.nodelay import NoDelayTransport, quickack, set_nodelay
 from fabdeploy.hosts.pipelined_auth import PipelinedHopTransport, PipelinedTransport, _can_sign_now
 from test_phases import make_cfg
 
@@ -116,6 +116,7 @@ def test_nodelay_is_set_on_tcp_sockets_only():
         assert set_nodelay(tcp) and tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         assert not set_nodelay(a)  # (a unix socket: a kept connection's, hosts/keeper.py)
         assert not set_nodelay(object())  # (a ProxyJump hop's channel, a ProxyCommand)
+        assert quickack(tcp) and not quickack(a) and not quickack(object())
         assert issubclass(PipelinedTransport, NoDelayTransport) and issubclass(PipelinedHopTransport, NoDelayTransport)
     finally:
         tcp.close(), a.close(), b.close()

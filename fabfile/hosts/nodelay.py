@@ -24,6 +24,21 @@ def set_nodelay(sock) -> bool:
     return True
 
 
+def quickack(sock) -> bool:
+    """Acknowledge what arrives next at once (TCP_QUICKACK) on a TCP socket: sshd sets TCP_NODELAY only once
+    a session starts, so during the authentication its second small write (USERAUTH_SUCCESS and the early
+    channel's confirmation, behind its SERVICE_ACCEPT) waits for the client's ACK of the first, which the
+    kernel delays up to 40 ms when the connection looks interactive. Not sticky: set after the writes it is
+    for. Measured over a link delayed 25 ms each way: `fab releases` on three hosts 0.63-0.64 s -> 0.58-0.60 s."""
+    if not isinstance(sock, socket.socket) or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+    except (OSError, AttributeError):  # (TCP_QUICKACK is Linux's)
+        return False
+    return True
+
+
 class NoDelayTransport(paramiko.Transport):
     """paramiko's Transport on a socket with TCP_NODELAY (SSHClient.connect's transport_factory)."""
 

@@ -30,7 +30,7 @@ from paramiko.auth_handler import AuthHandler
 from paramiko.common import MSG_UNIMPLEMENTED, WARNING, cMSG_CHANNEL_OPEN
 from paramiko.message import Message
 
-from fabdeploy.hosts.nodelay import NoDelayTransport
+from fabdeploy.hosts.nodelay import NoDelayTransport, quickack
 
 
 class _PipelinedAuthHandler(AuthHandler):
@@ -84,6 +84,8 @@ class PipelinedTransport(NoDelayTransport):
         handler.auth_publickey(username, key, my_event)
         if self.early_session and handler.pipelined and self._early is None and not self.channels_seen:
             self._request_session(handler)
+        if handler.pipelined:
+            quickack(self.sock)  # (sshd's SERVICE_ACCEPT acknowledged at once: see nodelay.quickack)
         if event is not None:
             return []
         return handler.wait_for_response(my_event)
