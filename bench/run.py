@@ -5,8 +5,12 @@
     sudo .venv/bin/python bench/run.py --quick         # sample project, 1 host, 25 ms, 1 run (what CI runs)
     sudo .venv/bin/python bench/run.py --project big --hosts 3 --delays 25 --servers uwsgi
 
-For every host a LatencyProxy (bench/latency_proxy.py) sits between the deploying side and the host's sshd
-and delays each chunk by D ms each way. Measures, as medians of wall time:
+Between the deploying side and every host a link delays what goes by D ms each way (--link): `tun` (the
+default) carries the IP packets through TUN devices (bench/tun_link.py), so the client's TCP connection, its
+handshake and its ACKs cross the delay as on a real network; `relay` is a TCP relay that delays the bytes it
+forwards (bench/latency_proxy.py; the client's TCP talks to a local relay: its connect and its ACKs cost no
+round trip, so what Nagle's algorithm or a delayed ACK would cost never shows; the earlier sessions' numbers).
+Measures, as medians of wall time:
   first     first deploy to fresh hosts (virtualenv built from the wheelhouse)
   code      code-only redeploy (requirements unchanged)
   noop      redeploy of the live revision (fab detects it; the naive script redoes everything)
@@ -48,6 +52,7 @@ import hostlab  # noqa: E402
 import naive  # noqa: E402
 import rss  # noqa: E402
 from latency_proxy import LatencyProxy  # noqa: E402
+from tun_link import TunLink, tun_usable  # noqa: E402
 from limit import limit  # noqa: E402
 from report import print_tables  # noqa: E402
 
@@ -95,17 +100,19 @@ def git(cwd, *args):
 
 
 class Bench:
-    def __init__(self, work: Path, nhosts: int):
+    def __init__(self, work: Path, nhosts: int, link: str = "tun"):
         self.work = work
+        self.link = link  # "tun" (bench/tun_link.py) or "relay" (bench/latency_proxy.py)
         self.hosts = [hostlab.create_host(f"bench{FIRST_INDEX + i}", FIRST_INDEX + i) for i in range(nhosts)]
-        self.proxies: list[LatencyProxy] = []
+        self.proxies: list[LatencyProxy | TunLink] = []
         (work / "fabfile.py").write_text("from fabdeploy.tasks import *\n")
         self.known = work / "known_hosts"
         lines = hostlab.known_hosts().read_text().splitlines()
         with self.known.open("w") as f:
             for i, h in enumerate(self.hosts):
                 key = next(ln.split(" ", 1)[1] for ln in lines if ln.startswith(h.address + " "))
-                f.write(f"[127.0.0.1]:{BASE_PORT + i} {key}\n")
+                host, port = self.endpoint(i)
+                f.write(f"{host if port == 22 else f'[{host}]:{port}'} {key}\n")
         for h in self.hosts:  # (the naive script's package index: the wheels already on the host)
             shutil.copytree(WHEELS.resolve(), h.path(NAIVE_WHEELS), dirs_exist_ok=True)
             os.chmod(h.path(NAIVE_WHEELS), 0o755)
@@ -138,14 +145,22 @@ class Bench:
         per deploy, like the naive script's commands); the sample project keeps fab's default app user."""
         return '\n            user = "deploy"' if self.project == "big" else ""
 
+    def endpoint(self, i: int) -> tuple[str, int]:
+        """Where the deploying side reaches host i's sshd: its own address over a TUN link, or the local
+        port of its relay."""
+        return (self.hosts[i].address, 22) if self.link == "tun" else ("127.0.0.1", BASE_PORT + i)
+
     def set_delay(self, delay_ms: float) -> None:
         for p in self.proxies:
             p.stop()
-        self.proxies = [LatencyProxy(BASE_PORT + i, (h.address, 22), delay_ms).start()
-                        for i, h in enumerate(self.hosts)]
+        if self.link == "tun":
+            self.proxies = [TunLink(h.netns, h.index, h.address, delay_ms).start() for h in self.hosts]
+        else:
+            self.proxies = [LatencyProxy(BASE_PORT + i, (h.address, 22), delay_ms).start()
+                            for i, h in enumerate(self.hosts)]
 
     def config(self, n: int) -> Path:
-        targets = ", ".join(f'"deploy@127.0.0.1:{BASE_PORT + i}"' for i in range(n))
+        targets = ", ".join(f'"deploy@{host}:{port}"' for host, port in map(self.endpoint, range(n)))
         path = self.work / f"deploy-{n}.toml"
         path.write_text(textwrap.dedent(f"""\
             [project]
@@ -231,10 +246,10 @@ class Bench:
             time.sleep(0.05)
 
     def ssh_argvs(self, n: int) -> list[list[str]]:
-        """The system ssh client to each host through its LatencyProxy (the command is appended)."""
+        """The system ssh client to each host over its link (the command is appended)."""
         return [["ssh", "-F", "/dev/null", "-i", str(hostlab.client_key()), "-o", "IdentitiesOnly=yes",
                  "-o", f"UserKnownHostsFile={self.known}", "-o", "StrictHostKeyChecking=yes", "-o",
-                 "BatchMode=yes", "-p", str(BASE_PORT + i), "deploy@127.0.0.1"] for i in range(n)]
+                 "BatchMode=yes", "-p", str(port), f"deploy@{host}"] for host, port in map(self.endpoint, range(n))]
 
     def limit(self, n: int, action: str) -> float:
         settle()
@@ -341,6 +356,8 @@ def main() -> int:
                                            "(default: every delay; 25 with --quick)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--servers", default="uwsgi,gunicorn", help="app servers to measure, side by side")
+    ap.add_argument("--link", choices=["tun", "relay"], default="tun",
+                    help="how the delay is put between fab and the hosts (default tun; relay: the TCP relay)")
     args = ap.parse_args()
     servers = [x.strip() for x in args.servers.split(",") if x.strip()]
     hosts = [1] if args.quick else [int(x) for x in args.hosts.split(",")]
@@ -357,8 +374,14 @@ def main() -> int:
         return 1
     hostlab.ensure_machine_setup()
     compile_fabdeploy()
+    link = args.link
+    if link == "tun" and not tun_usable():
+        print("bench: /dev/net/tun cannot be opened here; the delay goes through the TCP relay (--link relay)",
+              flush=True)
+        link = "relay"
+    print(f"bench: link {link}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="fabdeploy-bench-"))
-    b = Bench(work, max(hosts))
+    b = Bench(work, max(hosts), link)
     rows, rss_rows = [], []
     try:
         for proj in projects:

@@ -4,7 +4,7 @@ host per command (none with `[ssh] persist` once a keeper holds the connection),
 deploy, two for a code-only redeploy (setup and prepare in one: steps/fold.py), one for a no-op redeploy and one
 for a rollback, with uWSGI and with gunicorn (measured side by side in the same run); that the naive baseline was
 measured beside the limit (every row has a naive time and a fab/naive ratio); and that the app server's RSS per
-host was read for fab and for naive."""
+host was read for fab and for naive. The delay is the TUN link's (bench/tun_link.py)."""
 import os
 import re
 import subprocess
@@ -23,6 +23,9 @@ def test_quick_benchmark_runs_and_counts_round_trips():
     res = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick"],
                          capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # the delay at the IP layer (bench/tun_link.py): fab's and the baselines' TCP cross it as on a network, and
+    # the connections counted below are the SYNs that went over it
+    assert "bench: link tun\n" in res.stdout
     rows = re.findall(rf"^sample\s+(uwsgi|gunicorn)\s+({ALT})\s+1\s+(\d+)ms\s+([\d.]+)\s+"
                       r"([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)$", res.stdout, re.M)
     assert {(r[0], r[1], r[2]) for r in rows} == {(s, m, "25") for s in ("uwsgi", "gunicorn") for m in MEASURES}
