@@ -2141,3 +2141,38 @@ def test_stop_group_does_not_wait_for_zombies_but_for_the_living(shell_name):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.parametrize("shell_name", ["dash", "bash"])
+@pytest.mark.parametrize("source", ["children-file", "grep"])
+def test_children_lists_and_counts_a_masters_children(shell_name, source):
+    """shell.CHILDREN_FN: a master's child pids, one a line (from /proc/PID/task/*/children by `read`; the grep
+    through /proc/*/status where a kernel has no such file), and n_children's count; nothing for a process
+    that is gone."""
+    fn = shell.CHILDREN_FN
+    if source == "grep":  # (as on a kernel without CONFIG_PROC_CHILDREN)
+        fn = fn.replace('[ -r "/proc/$1/task/$1/children" ]', "false")
+    master = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            kids = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == master.pid]
+            if len(kids) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        script = f'{fn}\nchildren {master.pid}; echo "n=$(n_children {master.pid})"; children 999999999; echo end'
+        res = subprocess.run([shell_name, "-c", script], capture_output=True, text=True, timeout=10)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.split() == sorted(kids, key=int) + ["n=2", "end"]
+    finally:
+        for p in kids:
+            os.kill(int(p), signal.SIGKILL)
+        master.wait(timeout=10)
+
+
+def _ppid(pid: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("PPid:"))
+    except (OSError, StopIteration):
+        return -1

@@ -165,7 +165,7 @@ def fast_sh(app) -> str:
         'elif [ "$rel" != "$live" ] && pid=$(warm "$rel"); then s=$rel kind=warm',
         'elif [ "$rel.b" != "$live" ] && pid=$(warm "$rel.b"); then s=$rel.b kind=warm',
         "else exit 0; fi",
-        'echo "swapped $s $pid $(children "$pid" | wc -l) $kind $oldm"',
+        'echo "swapped $s $pid $(n_children "$pid") $kind $oldm"',
         'exec sh -c "$swap" sh "$s" "$pid" "$live" "$rel" "$keep" "$proc" "$sock" "$pidf" "$rec" "$ere"',
     ])
 
@@ -216,7 +216,7 @@ def swap_lines(cfg: Config, app, release_word: str, venv_word: str, label: str) 
             # the live master already runs that release (the health gate's revert after a failed start): nothing
             # to do, unless $fresh asks for a new master (fab reload)
             'if [ -z "${fresh-}" ] && [ -n "$oldm" ] && [ "${live%.b}" = "$rel" ]; then',
-            '  pid=$oldm; n=$(children "$pid" | wc -l); action="already serving"',
+            '  pid=$oldm; n=$(n_children "$pid"); action="already serving"',
             "else",
             *["  " + ln for ln in switch_body(cfg, app, sl, proc, release_word, label, venv_word)],
             "fi"]],
@@ -242,7 +242,7 @@ def switch_body(cfg: Config, app, sl: Slots, proc: str, release_word: str, label
         'elif [ "$rel" != "$live" ] && [ -n "$wa" ]; then pid=$wa; s=$rel; '
         'elif [ "$rel.b" != "$live" ] && [ -n "$wb" ]; then pid=$wb; s=$rel.b; fi',
         'if [ -n "$pid" ]; then',
-        "  n=$(children \"$pid\" | wc -l); action=\"swapped to its warm master\"",
+        "  n=$(n_children \"$pid\"); action=\"swapped to its warm master\"",
         "else",
         '  if [ -z "$s" ]; then',
         '    s=$rel; [ "$s" != "$live" ] || s=$rel.b',

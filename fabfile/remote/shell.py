@@ -102,8 +102,14 @@ IS_RELEASE_FN = ('is_release() { case $1 in [0-9][0-9][0-9][0-9][0-9][0-9][0-9][
                  'case ${1#*Z-} in *[!0-9a-f]*) return 1;; esac;; *) return 1;; esac; }')
 
 
-CHILDREN_FN = ("children() { grep -ls \"^PPid:[[:space:]]*$1\\$\" /proc/[0-9]*/status 2>/dev/null "
-               "| cut -d/ -f3; }")
+# children PID: its child processes' pids, one a line, read from /proc/PID/task/*/children (every thread's, by
+# `read`: no process, where the grep through every /proc/*/status was two and read them all); a kernel without
+# that file (CONFIG_PROC_CHILDREN) gets the grep. n_children PID: how many (no `| wc -l`).
+CHILDREN_FN = ('children() { if [ -r "/proc/$1/task/$1/children" ]; then for _t in /proc/"$1"/task/*/children; do '
+               '_c=; read -r _c 2>/dev/null < "$_t" || true; for _p in $_c; do echo "$_p"; done; done; '
+               'elif [ -d "/proc/$1" ]; then grep -ls "^PPid:[[:space:]]*$1\\$" /proc/[0-9]*/status 2>/dev/null '
+               '| cut -d/ -f3; fi; }\n'
+               'n_children() { set -- $(children "$1"); echo $#; }')
 
 
 
