@@ -100,7 +100,7 @@ def test_the_app_users_part_of_a_switch_is_one_sudo_to_read_and_one_to_swap():
     # a rollback to the warm master: after the state read, the only app-user command is the swap
     lines = [ln.strip() for ln in reload(cfg, "'/srv/shop/releases/X'", "'/v'", "X")]
     warm = lines.index('if [ -n "$pid" ]; then', lines.index(beside.state_lines(sl, "uwsgi")[0]))
-    assert lines[warm + 1] == 'n=$(children "$pid" | wc -l); action="swapped to its warm master"'
+    assert lines[warm + 1] == 'n=$(n_children "$pid"); action="swapped to its warm master"'
     assert lines[warm + 2] == "else"  # (the branch that starts a new master and waits for it)
     after = lines[lines.index('action="${oldm:+started$e beside $oldm, swapped}"; action="${action:-started$e}"') + 1:]
     assert [ln for ln in after if "${ASAPP-}" in ln] == [beside.swap_retire_lines(cfg, appserver.of(cfg), sl, "uwsgi")[0]]
