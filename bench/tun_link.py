@@ -14,9 +14,10 @@ end). Needs root and /dev/net/tun (the kernel's netem qdisc would do the same; t
 """
 from __future__ import annotations
 
-import collections
 import ctypes
 import fcntl
+import heapq
+import itertools
 import os
 import select
 import struct
@@ -75,6 +76,76 @@ def tun_usable() -> bool:
     return True
 
 
+class _Carrier:
+    """The one thread that carries every link's packets (one select over all the devices, one heap of what is
+    due): ten links are one thread, not ten contending for the interpreter beside the measured commands."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.routes: dict[int, tuple[int, "TunLink", bool]] = {}  # fd -> (the other end's fd, link, from here)
+        self.closing: list[tuple["TunLink", threading.Event]] = []
+        self.wake_r, self.wake_w = os.pipe()
+        self.thread: threading.Thread | None = None
+
+    def add(self, link: "TunLink") -> None:
+        a, b = link.fds
+        with self.lock:
+            self.routes[a] = (b, link, True)
+            self.routes[b] = (a, link, False)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="tunlink", daemon=True)
+                self.thread.start()
+        os.write(self.wake_w, b"x")
+
+    def remove(self, link: "TunLink") -> None:
+        """Stop carrying the link's packets and close its devices (in the carrying thread, between selects)."""
+        done = threading.Event()
+        with self.lock:
+            self.closing.append((link, done))
+        os.write(self.wake_w, b"x")
+        done.wait(5)
+
+    def _run(self) -> None:
+        due: list = []  # (time, seq, out fd, link, packet)
+        seq = itertools.count()
+        while True:
+            with self.lock:
+                for link, done in self.closing:
+                    for fd in link.fds:
+                        self.routes.pop(fd, None)
+                        os.close(fd)  # (the devices go with their last descriptor)
+                    due = [d for d in due if d[3] is not link]  # (its fd numbers may be reused)
+                    heapq.heapify(due)
+                    done.set()
+                self.closing.clear()
+                routes = dict(self.routes)
+            timeout = max(0.0, due[0][0] - time.monotonic()) if due else None
+            ready, _, _ = select.select([self.wake_r, *routes], [], [], timeout)
+            for fd in ready:
+                if fd == self.wake_r:
+                    os.read(self.wake_r, 512)
+                    continue
+                out, link, outward = routes[fd]
+                try:
+                    packet = os.read(fd, 65536)
+                except OSError:
+                    continue
+                heapq.heappush(due, (time.monotonic() + link.delay, next(seq), out, link, packet))
+                link.packets += 1
+                if outward and is_syn(packet):
+                    link.connections += 1
+            now = time.monotonic()
+            while due and due[0][0] <= now:
+                _, _, out, _, packet = heapq.heappop(due)
+                try:
+                    os.write(out, packet)
+                except OSError:
+                    pass  # (a device going down: the packet is lost, as on a wire)
+
+
+_CARRIER = _Carrier()
+
+
 class TunLink:
     def __init__(self, netns: str, index: int, address: str, delay_ms: float):
         self.netns, self.index, self.delay = netns, index, delay_ms / 1000.0
@@ -85,8 +156,6 @@ class TunLink:
         self.fds: tuple[int, int] | None = None
         self.packets = 0
         self.connections = 0  # TCP connections opened from this side (SYNs without ACK: the relay's count)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> "TunLink":
         here, there = self.names
@@ -101,41 +170,10 @@ class TunLink:
                     ipns + ["addr", "add", self.peer, "peer", self.local, "dev", there],
                     ipns + ["link", "set", there, "up"]):
             subprocess.run(cmd, check=True)
-        self._thread = threading.Thread(target=self._carry, name=f"tunlink-{self.index}", daemon=True)
-        self._thread.start()
+        _CARRIER.add(self)
         return self
 
-    def _carry(self) -> None:
-        a, b = self.fds
-        other = {a: b, b: a}
-        queue: collections.deque = collections.deque()  # (due, out fd, packet): FIFO, one delay for all
-        while not self._stop.is_set():
-            timeout = max(0.0, queue[0][0] - time.monotonic()) if queue else 0.2
-            try:
-                ready, _, _ = select.select([a, b], [], [], timeout)
-            except (OSError, ValueError):
-                return
-            for fd in ready:
-                try:
-                    packet = os.read(fd, 65536)
-                except OSError:
-                    return
-                queue.append((time.monotonic() + self.delay, other[fd], packet))
-                self.packets += 1
-                if fd == a and is_syn(packet):
-                    self.connections += 1
-            now = time.monotonic()
-            while queue and queue[0][0] <= now:
-                _, out, packet = queue.popleft()
-                try:
-                    os.write(out, packet)
-                except OSError:
-                    pass  # (a device going down: the packet is lost, as on a wire)
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(2)
-        for fd in self.fds or ():
-            os.close(fd)  # (the devices go with their last descriptor)
+        if self.fds:
+            _CARRIER.remove(self)
         self.fds = None
