@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -160,7 +161,10 @@ def test_stop_waits_until_master_and_workers_are_gone_and_is_idempotent(site):
 def test_stop_kills_a_master_that_ignores_the_stop_after_the_timeout(tmp_path):
     s = Site(tmp_path, reload_timeout=1)
     fake = tmp_path / "uwsgi"  # a "master" named uwsgi that ignores SIGINT (comm: the script's name)
-    fake.write_text(f"#!/bin/sh\ntrap '' INT\necho $$ > {q(s.p.pidfile)}\nwhile :; do sleep 0.1; done\n")
+    # (no children at all: a shell loop's `sleep`, between its fork and its exec, is named uwsgi too, and was
+    # once counted as a worker under load)
+    fake.write_text(f"#!{sys.executable}\nimport os, signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                    f"open({str(s.p.pidfile)!r}, 'w').write(f'{{os.getpid()}}\\n')\nwhile True:\n    time.sleep(1)\n")
     fake.chmod(0o755)
     os.system(f"setsid {q(str(fake))} </dev/null >/dev/null 2>&1 &")
     for _ in range(50):

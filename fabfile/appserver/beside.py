@@ -205,7 +205,7 @@ def swap_lines(cfg: Config, app, release_word: str, venv_word: str, label: str) 
         SLOT_FNS,  # (is_slot: fast_lines, adopt_lines and swap_retire_lines below)
         *app.link_lines(cfg, venv_word),
         *manager.switch_lines(cfg, app),
-        f"rel=$(basename {release_word})",
+        f"rel={release_word}; rel=${{rel##*/}}",
         *fast_lines(cfg, app, sl, proc, release_word),
         'if [ -z "$fast" ]; then',
         *["  " + ln for ln in [

@@ -47,6 +47,12 @@ def read_word(var: str, path: str) -> str:
     return f"{var}=; [ ! -f {q(path)} ] || read -r {var} < {q(path)} || {var}="
 
 
+def link_name_word(path: str) -> str:
+    """A shell word: the last part of the symlink `path`'s target (a release id for `current`), with readlink
+    and the shell's ${x##*/} (no basename)."""
+    return f'"$(fd_l=$(readlink {q(path)}); echo "${{fd_l##*/}}")"'
+
+
 def new_file(path: str, content: str) -> str:
     """The line that writes `content` to `path` with the shell's printf (a builtin: no process): for a file of
     a release being built, which nothing reads yet (no temp file and rename needed); its mode comes from the

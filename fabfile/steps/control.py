@@ -20,7 +20,7 @@ from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, runs_nginx
 from fabdeploy.remote.markers import fail_expanded, note
 from fabdeploy.remote.script import Phase
-from fabdeploy.remote.shell import q
+from fabdeploy.remote.shell import link_name_word, q
 from fabdeploy.steps import lock
 from fabdeploy.steps.health import check_command
 from fabdeploy.steps.lock import LockOwner
@@ -40,8 +40,8 @@ def current_release(cfg: Config) -> list[str]:
     lay = Layout(cfg.paths.deploy_to)
     return [
         f"R=$(readlink {q(lay.current)}) || {fail_expanded('nothing is deployed here (no current release)')}",
-        'T=$(basename "$R")',
-        f'V={q(lay.venvs)}/"$(cat "$R/.fabdeploy/venv" 2>/dev/null)"',
+        'T=${R##*/}',
+        f'fd_v=; read -r fd_v 2>/dev/null < "$R/.fabdeploy/venv" || true; V={q(lay.venvs)}/"$fd_v"',
         f'[ -f "$V/.fabdeploy-complete" ] || {fail_expanded("the virtualenv of the live release $T is gone: deploy again")}',
     ]
 
@@ -117,7 +117,7 @@ def finish(cfg: Config, owner: LockOwner) -> Phase:
     """The audit line (action, the live release), then the lock released."""
     lay = Layout(cfg.paths.deploy_to)
     return lock.finish(cfg, owner, {"result": "ok"}, dynamic={
-        "release": f'"$(basename "$(readlink {q(lay.current)})")"'})
+        "release": link_name_word(lay.current)})
 
 
 def on_failure(cfg: Config, owner: LockOwner) -> list[str]:

@@ -138,10 +138,13 @@ def audit(cfg: Config, owner: LockOwner, record: dict, dynamic: dict[str, str] |
     fmt = "%s" + "".join(f', "{k}": "%s"' for k in dynamic) + ', "time": "%s", "duration": %s}\\n'
     args = q(head) + " " + "".join(f"{v} " for v in dynamic.values())
     A = audit_file(cfg)
+    log = q(Layout(cfg.paths.deploy_to).log)
+    # (one `date` for the time and the seconds, the lock's start read with `read`, mkdir only when missing)
     return [
-        f"if ! err=$({{ mkdir -p {q(Layout(cfg.paths.deploy_to).log)} && "
-        f"start=$(cat {q(L + '/started')} 2>/dev/null || date +%s) && "
-        f"(umask 027; printf {q(fmt)} {args}\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\" \"$(( $(date +%s) - start ))\" "
+        f"if ! err=$({{ {{ [ -d {log} ] || mkdir -p {log}; }} && {{ {read_word('start', L + '/started')}; }} && "
+        "fd_now=$(date -u '+%Y-%m-%dT%H:%M:%SZ %s') && "
+        'case $start in ""|*[!0-9]*) start=${fd_now#* };; esac && '
+        f"(umask 027; printf {q(fmt)} {args}\"${{fd_now% *}}\" \"$(( ${{fd_now#* }} - start ))\" "
         f">> {q(A)}); }} 2>&1); then",
         "  " + markers.literal("warn", f"could not append the audit line to {A}: ", _LAST_ERR_LINE),
         "fi",

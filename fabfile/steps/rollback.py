@@ -16,7 +16,7 @@ from fabdeploy.database.restore import find_lines, matching_lines, restore_lines
 from fabdeploy.hosts.layout import SETTINGS_MODULE, VENV_COMPLETE, Layout
 from fabdeploy.remote.markers import fact, fail_expanded, note, warn
 from fabdeploy.remote.script import Phase
-from fabdeploy.remote.shell import AS_APP, IS_RELEASE_FN, READ_LINE_FN, q
+from fabdeploy.remote.shell import AS_APP, IS_RELEASE_FN, READ_LINE_FN, link_name_word, q
 from fabdeploy.steps.django_app import APP_ENV_SH
 from fabdeploy.steps import control, lock
 from fabdeploy.steps import migration_record as record
@@ -149,8 +149,8 @@ def restart(cfg: Config) -> Phase:
     """Reload the app server onto the release `current` now points at."""
     lay = Layout(cfg.paths.deploy_to)
     return Phase("restart", [
-        f'R=$(readlink {q(lay.current)}); T=$(basename "$R")',
-        f'V={q(lay.venvs)}/"$(cat "$R/.fabdeploy/venv")"',
+        f'R=$(readlink {q(lay.current)}); T=${{R##*/}}',
+        f'fd_v=; read -r fd_v < "$R/.fabdeploy/venv" || [ -n "$fd_v" ]; V={q(lay.venvs)}/"$fd_v"',
         *reload(cfg, '"$R"', '"$V"', "$T"),
     ])
 
@@ -159,7 +159,7 @@ def finish(cfg: Config, owner: LockOwner) -> Phase:
     """The audit line (naming the release rolled back to), then the lock released."""
     lay = Layout(cfg.paths.deploy_to)
     return lock.finish(cfg, owner, {"result": "ok"}, dynamic={
-        "release": f'"$(basename "$(readlink {q(lay.current)})")"'})
+        "release": link_name_word(lay.current)})
 
 
 def lock_phase(cfg: Config, owner: LockOwner, wait: int) -> Phase:
