@@ -104,7 +104,7 @@ class Bench:
         self.work = work
         self.link = link  # "tun" (bench/tun_link.py) or "relay" (bench/latency_proxy.py)
         self.hosts = [hostlab.create_host(f"bench{FIRST_INDEX + i}", FIRST_INDEX + i) for i in range(nhosts)]
-        self.proxies: list[LatencyProxy | TunLink] = []
+        self.links: list[LatencyProxy | TunLink] = []
         (work / "fabfile.py").write_text("from fabdeploy.tasks import *\n")
         self.known = work / "known_hosts"
         lines = hostlab.known_hosts().read_text().splitlines()
@@ -151,12 +151,12 @@ class Bench:
         return (self.hosts[i].address, 22) if self.link == "tun" else ("127.0.0.1", BASE_PORT + i)
 
     def set_delay(self, delay_ms: float) -> None:
-        for p in self.proxies:
+        for p in self.links:
             p.stop()
         if self.link == "tun":
-            self.proxies = [TunLink(h.netns, h.index, h.address, delay_ms).start() for h in self.hosts]
+            self.links = [TunLink(h.netns, h.index, h.address, delay_ms).start() for h in self.hosts]
         else:
-            self.proxies = [LatencyProxy(BASE_PORT + i, (h.address, 22), delay_ms).start()
+            self.links = [LatencyProxy(BASE_PORT + i, (h.address, 22), delay_ms).start()
                             for i, h in enumerate(self.hosts)]
 
     def config(self, n: int) -> Path:
@@ -210,7 +210,7 @@ class Bench:
             kept.write_text(config.read_text() + "persist = 60\n")  # (the [ssh] section is the last)
             config = kept
         settle()
-        before = sum(p.connections for p in self.proxies[:n])
+        before = sum(p.connections for p in self.links[:n])
         t = time.monotonic()
         res = subprocess.run([FAB, *args, "--config", str(config)], cwd=self.work,
                              env={**self.env(), "FABDEPLOY_TRACE": str(trace)}, capture_output=True, text=True,
@@ -219,7 +219,7 @@ class Bench:
         if res.returncode != 0:
             raise SystemExit(f"bench: fab {' '.join(args)} failed:\n{res.stdout}{res.stderr}")
         channels = len(trace.read_text().splitlines()) if trace.exists() else 0
-        conns = sum(p.connections for p in self.proxies[:n]) - before
+        conns = sum(p.connections for p in self.links[:n]) - before
         return wall, conns // n, channels // n
 
     def env(self) -> dict[str, str]:
@@ -282,7 +282,7 @@ class Bench:
         return sum(rss.warm_kb(h, "/srv/bench/shared/run", self.server) for h in self.hosts[:n]) / n / 1024
 
     def close(self) -> None:
-        for p in self.proxies:
+        for p in self.links:
             p.stop()
         for h in self.hosts:
             h.destroy()

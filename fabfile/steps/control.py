@@ -20,7 +20,7 @@ from fabdeploy.hosts.layout import Layout
 from fabdeploy.hosts.roles import Server, runs_nginx
 from fabdeploy.remote.markers import fail_expanded, note
 from fabdeploy.remote.script import Phase
-from fabdeploy.remote.shell import link_name_word, q
+from fabdeploy.remote.shell import READ_LINE_FN, link_name_word, q
 from fabdeploy.steps import lock
 from fabdeploy.steps.health import check_command
 from fabdeploy.steps.lock import LockOwner
@@ -41,7 +41,8 @@ def current_release(cfg: Config) -> list[str]:
     return [
         f"R=$(readlink {q(lay.current)}) || {fail_expanded('nothing is deployed here (no current release)')}",
         'T=${R##*/}',
-        f'fd_v=; read -r fd_v 2>/dev/null < "$R/.fabdeploy/venv" || true; V={q(lay.venvs)}/"$fd_v"',
+        READ_LINE_FN,
+        f'read_line fd_v "$R/.fabdeploy/venv"; V={q(lay.venvs)}/"$fd_v"',
         f'[ -f "$V/.fabdeploy-complete" ] || {fail_expanded("the virtualenv of the live release $T is gone: deploy again")}',
     ]
 
