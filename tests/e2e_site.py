@@ -43,6 +43,13 @@ def master(site, name: str = "uwsgi") -> int:
     return int(site.host.path(f"{site.d}/shared/run/{name}.pid").read_text())
 
 
+def seen_lines(site) -> list[tuple[int, str, str, int]]:
+    """(pid, User-Agent, the collected site.css's first line then, the pid that first ran the view in that
+    process's memory) of every line of the sample's seen.log (health.path /seen), in order."""
+    text = site.host.path(f"{site.d}/shared/media/seen.log").read_text()
+    return [(int(p), a, c, int(f)) for p, a, c, f in (ln.split(" ") for ln in text.splitlines())]
+
+
 def children(where, pid: int, comm: str = "") -> list[int]:
     """The children of pid on the host (only those named comm, when given)."""
     named = f" && grep -qsx {comm} /proc/$c/comm" if comm else ""

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from e2e_site import D, children, deploy, fab, new_site, page, sh, workers
+from e2e_site import D, children, deploy, fab, new_site, page, seen_lines, sh, workers
 from test_load_e2e import Load, broken_deploy_under_load
 
 RUN = f"{D}/shared/run"
@@ -24,8 +24,8 @@ RUN = f"{D}/shared/run"
 
 @pytest.fixture(scope="module")
 def site(make_host, tmp_path_factory, wheel_cache):
-    # (health.path /seen: the sample's view that logs "<pid> <User-Agent>" of every request, so the tests see
-    # each worker's warm-up GET come before anything else it answered)
+    # (health.path /seen: the sample's view that logs "<pid> <User-Agent> <css> <first>" of every request, so the
+    # tests see each master's warm-up GET come before anything its workers answered)
     return new_site(make_host("beside"), tmp_path_factory, wheel_cache, "beside", keep=6,
                     extra='[health]\npath = "/seen"\n')
 
@@ -115,39 +115,36 @@ def test_a_deploy_under_load_swaps_to_a_new_master_and_keeps_the_old_one_warm(si
     assert not site.host.path(f"{D}/shared/config/uwsgi.ini.{first}").exists()
 
 
-def first_answers(site, css: bool = False) -> dict[int, str]:
-    """{pid: the User-Agent of the first request it answered (with `css`: and the first line of the collected
-    site.css then)} from the sample's seen.log (health.path /seen)."""
-    first: dict[int, str] = {}
-    for ln in site.host.path(f"{D}/shared/media/seen.log").read_text().splitlines():
-        pid, agent, collected = ln.split(" ", 2)
-        first.setdefault(int(pid), f"{agent} {collected}" if css else agent)
-    return first
-
-
-def test_every_new_worker_answers_its_own_warm_up_get_before_its_first_request(site):
-    """[app] warm_workers (default): each worker of every master these deploys started (the first one's, the
-    early ones') GETs health.path from itself in process before it answered anything else; the check through
-    nginx came after. A master started early (before collectstatic: here the CSS changed) warms up only once
-    the release is complete: its workers' warm-up saw the new release's collected CSS. Nothing failed."""
+def test_every_new_master_answers_the_warm_up_get_before_its_workers_answer_anything(site):
+    """[app] warm_workers (default): the master of every release these deploys started GETs health.path in
+    process, once, before it forks: every worker's answers show the view had already run in its memory (its
+    master's pid), no worker answered a warm-up of its own, and no process ever ran the view cold. A master
+    started early (before collectstatic: here the CSS changed) warms up only once the release is complete: its
+    GET saw the new release's collected CSS. The check through nginx came after."""
     css = site.proj.src / "pages" / "static" / "pages" / "site.css"
     site.proj.commit("css", {"pages/static/pages/site.css": css.read_text().replace(
         "/* fabdeploy-sample-css */", "/* warm-css-4 */", 1)})
     release, out = deploy(site)
     assert re.search(r"uwsgi started early beside \d+, swapped", out), out
-    first = first_answers(site)
+    lines = seen_lines(site)
     slots = masters(site)  # (the live one, the warm one: the one before is retiring, maybe still there)
-    pids = [w for m in (slots[site.releases[-1]], slots[site.releases[-2]]) for w in children(site, m)]
-    assert len(pids) == 4 and all(first.get(w) == "fabdeploy-warm" for w in pids), (pids, first)
-    assert set(first.values()) == {"fabdeploy-warm"}, first  # (every worker so far, the stopped ones' too)
-    new = children(site, live_pid(site))
-    assert all(first_answers(site, css=True)[w] == "fabdeploy-warm /*_warm-css-4_*/" for w in new), \
-        site.host.path(f"{D}/shared/media/seen.log").read_text()
-    seen = site.host.path(f"{D}/shared/media/seen.log").read_text()
-    assert "fabdeploy-health" in seen
+    live, kept = slots[site.releases[-1]], slots[site.releases[-2]]
+    for m in (live, kept):
+        mine = [ln for ln in lines if ln[0] == m]
+        assert mine and mine[0][1] == "fabdeploy-warm" and mine[0][3] == m, (m, lines)
+        ws = children(site, m)
+        assert len(ws) == 2 and all(ln[3] == m and ln[1] != "fabdeploy-warm" for ln in lines if ln[0] in ws), \
+            (m, ws, lines)
+    assert [ln[2] for ln in lines if ln[0] == live][0] == "/*_warm-css-4_*/", lines
+    served = [ln for ln in lines if ln[0] in children(site, live)]
+    assert served and served[0][1] == "fabdeploy-health", lines  # (a worker's first answer: the check)
+    first: dict[int, tuple] = {}
+    for ln in lines:
+        first.setdefault(ln[0], ln)
+    assert all(a == "fabdeploy-warm" if f == p else f != p for p, a, _, f in first.values()), lines
     assert "import = fabdeploy_warm" in site.host.path(f"{D}/shared/config/uwsgi.ini").read_text()
     assert site.host.path(f"{D}/releases/{release}/fabdeploy_warm.py").exists()
-    assert "fabdeploy: warming worker" not in site.host.path(f"{D}/shared/log/uwsgi.log").read_text()
+    assert "fabdeploy: warming" not in site.host.path(f"{D}/shared/log/uwsgi.log").read_text()
 
 
 def test_a_rollback_under_load_swaps_back_to_the_warm_master(site):
@@ -262,16 +259,22 @@ def test_stop_stops_every_master_and_start_starts_one_again(site):
 
 
 def test_warm_workers_false_leaves_new_workers_cold(site):
-    """[app] warm_workers = false: no warm-up module in the release or import in the ini; the new workers'
-    first request is a real one (the health check's)."""
+    """[app] warm_workers = false: no warm-up module in the release or import in the ini; the master answers
+    nothing, and a new worker's first request is a real one (the health check's), run cold."""
     cfg = site.proj.root / "deploy.toml"
     cfg.write_text(cfg.read_text().replace("keep_warm = true", "keep_warm = true\nwarm_workers = false"))
     site.proj.commit("cold", {"pages/message.txt": "Cold\n"})
     rel, _ = deploy(site)
-    new = children(site, live_pid(site))
-    first = first_answers(site)
-    answered = [first.get(w) for w in new]  # (the check reached one of them; the other may have had nothing)
-    assert len(new) == 2 and "fabdeploy-health" in answered and set(answered) <= {"fabdeploy-health", None}, first
+    m = live_pid(site)
+    new = children(site, m)
+    lines = seen_lines(site)
+    first: dict[int, tuple] = {}
+    for ln in lines:
+        first.setdefault(ln[0], ln)
+    # (the check reached one of them, cold: the view ran first in its own memory; the other may have had nothing)
+    answered = [first[w][1:] if w in first else None for w in new]
+    assert m not in first and len(new) == 2 and answered.count(None) <= 1, lines
+    assert all(a is None or (a[0], a[2]) == ("fabdeploy-health", w) for a, w in zip(answered, new)), lines
     assert "fabdeploy_warm" not in site.host.path(f"{D}/shared/config/uwsgi.ini").read_text()
     assert not site.host.path(f"{D}/releases/{rel}/fabdeploy_warm.py").exists()
     cfg.write_text(cfg.read_text().replace("\nwarm_workers = false", ""))

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from e2e_site import D, children, deploy, fab, master, new_site, page, sh, workers
+from e2e_site import D, children, deploy, fab, master, new_site, page, seen_lines, sh, workers
 from test_load_e2e import Load, broken_deploy_under_load
 
 GUNICORN = """\
@@ -27,7 +27,7 @@ GUNICORN = """\
     reload_timeout = 20
     [health]
     path = "/seen"
-    """  # (/seen: the sample's view that logs "<pid> <User-Agent>" of every request: the warm-up GETs show)
+    """  # (/seen: the sample's view that logs "<pid> <User-Agent> <css> <first>" of every request: the warm-up shows)
 
 
 @pytest.fixture(scope="module")
@@ -58,19 +58,21 @@ def test_the_socket_is_660_with_the_nginx_group_and_every_worker_runs_the_releas
     assert "'DJANGO_SETTINGS_MODULE=fabdeploy_settings'" in conf
 
 
-def test_each_worker_answered_its_own_warm_up_get_first(site):
-    """[app] warm_workers: post_worker_init in the config GETs health.path in process from every new worker
-    before its first request (the check through nginx came after)."""
-    first: dict[str, str] = {}
-    for ln in site.host.path(f"{D}/shared/media/seen.log").read_text().splitlines():
-        pid, agent, _ = ln.split(" ", 2)  # (the third: the collected CSS's first line)
-        first.setdefault(pid, agent)
-    pids = [str(w) for w in children(site, master(site, "gunicorn"))]
-    assert len(pids) == 2 and all(first.get(w) == "fabdeploy-warm" for w in pids), (pids, first)
-    assert set(first.values()) == {"fabdeploy-warm"}, first
+def test_the_master_answered_the_warm_up_get_before_its_workers_answered_anything(site):
+    """[app] warm_workers: gunicorn preloads the app (the pidfile manager's daemon mode); its config's
+    when_ready GETs health.path in the master, in process, before it forks: the workers' answers (the check
+    through nginx came after) show the view had already run in their memory (the master's pid), and none of
+    them answered a warm-up of its own."""
+    m = master(site, "gunicorn")
+    lines = seen_lines(site)
+    mine = [ln for ln in lines if ln[0] == m]
+    assert mine and mine[0][1] == "fabdeploy-warm" and mine[0][3] == m, (m, lines)
+    pids = children(site, m)
+    served = [ln for ln in lines if ln[0] in pids]
+    assert len(pids) == 2 and served and all(ln[3] == m and ln[1] != "fabdeploy-warm" for ln in served), lines
     conf = site.host.path(f"{D}/shared/config/gunicorn.conf.py").read_text()
-    assert "def post_worker_init(worker):" in conf and "fabdeploy_warm.warm(worker.wsgi)" in conf
-    assert "fabdeploy: warming worker" not in site.host.path(f"{D}/shared/log/gunicorn.log").read_text()
+    assert "def when_ready(server):" in conf and "preload_app = True" in conf
+    assert "fabdeploy: warming" not in site.host.path(f"{D}/shared/log/gunicorn.log").read_text()
 
 
 def test_deploy_and_rollback_under_load_drop_nothing_and_load_the_new_release(site):

@@ -8,6 +8,8 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 from fabdeploy.appserver import warm
 from fabdeploy.appserver.gunicorn import Gunicorn
@@ -36,11 +38,12 @@ def test_the_uwsgi_ini_imports_the_module_and_the_code_phase_writes_it():
     assert "@uwsgidecorators.postfork" in module and "WSGI = 'shop.wsgi:application'" in module
 
 
-def test_gunicorn_calls_it_from_post_worker_init_and_its_module_has_no_uwsgi_part():
+def test_gunicorn_calls_it_from_when_ready_and_post_worker_init_and_its_module_has_no_uwsgi_part():
     cfg, rel = gunicorn_cfg(), make_rel()
     conf = Gunicorn().render_config(cfg, rel)
     ast.parse(conf)
     assert "def post_worker_init(worker):" in conf and "fabdeploy_warm.warm(worker.wsgi)" in conf
+    assert "def when_ready(server):" in conf and "fabdeploy_warm.warm_master(server.app.wsgi())" in conf
     module = warm.module_text(cfg)
     ast.parse(module)
     assert "uwsgi" not in module.lower()
@@ -158,3 +161,153 @@ def test_a_master_started_before_the_release_is_complete_warms_up_once_it_is(tmp
     res = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                          env={"DJANGO_SETTINGS_MODULE": "wsettings", "PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0 and res.stdout.split("\n") == ["returned 0", "still 0", "then 1", "complete 2", ""], res
+
+
+UWSGI_BIN = Path(sys.executable).parent / "uwsgi"
+
+
+def _uwsgi_release(tmp_path, app_text: str, done: bool):
+    """A release-like directory for a real uWSGI here: fabdeploy_warm.py (wsgi wapp:application, health.path
+    /w), the settings, the app module; DONE there when `done`."""
+    cfg = make_cfg(project={"wsgi": "wapp:application"}, health={"path": "/w"})
+    (tmp_path / "fabdeploy_warm.py").write_text(warm.module_text(cfg))
+    (tmp_path / ".fabdeploy").mkdir()
+    if done:
+        (tmp_path / ".fabdeploy" / "django-done").touch()
+    (tmp_path / "wsettings.py").write_text('SECRET_KEY = "k" * 50\nALLOWED_HOSTS = ["a.test"]\nDATABASES = {}\n')
+    (tmp_path / "wapp.py").write_text(textwrap.dedent(app_text))
+    return tmp_path
+
+
+def _start_uwsgi(rel) -> subprocess.Popen:
+    ini = textwrap.dedent(f"""\
+        [uwsgi]
+        chdir = {rel}
+        pythonpath = {rel}
+        module = wapp:application
+        env = DJANGO_SETTINGS_MODULE=wsettings
+        import = fabdeploy_warm
+        master = true
+        need-app = true
+        processes = 2
+        threads = 2
+        enable-threads = true
+        http-socket = {rel}/http.sock
+        die-on-term = true
+        """)
+    (rel / "uwsgi.ini").write_text(ini)
+    return subprocess.Popen([str(UWSGI_BIN), "--ini", str(rel / "uwsgi.ini")], stdout=open(rel / "out", "wb"),
+                            stderr=subprocess.STDOUT, cwd=rel, env={"PATH": "/usr/bin:/bin", "WLOG": str(rel / "log")})
+
+
+def _until(check, seconds=20.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _get_unix(path: str) -> str:
+    import http.client
+    import socket
+
+    class Conn(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(10)
+            self.sock.connect(path)
+    c = Conn("a.test", timeout=10)
+    c.request("GET", "/", headers={"Host": "a.test", "User-Agent": "visitor"})
+    return c.getresponse().read().decode()
+
+
+WAPP = """\
+    import os
+    from django.core.wsgi import get_wsgi_application
+    django_app = get_wsgi_application()
+    FIRST = []  # the pid of the process that first ran application() in this memory (a fork inherits it)
+
+    def application(environ, start_response):
+        FIRST.append(FIRST[0] if FIRST else os.getpid())
+        import fabdeploy_warm
+        with open(os.environ["WLOG"], "a") as f:
+            f.write(f"{os.getpid()} {environ['HTTP_USER_AGENT']} {FIRST[0]} {fabdeploy_warm.WARMED}\\n")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+    """
+
+
+def test_a_real_uwsgi_master_answers_the_get_once_before_it_forks_and_its_workers_inherit_it(tmp_path):
+    """A real uWSGI (the venv's) with the ini's `import`: a master started before DONE loads the app and waits
+    (no worker, no GET); once DONE appears the master (its own pid) answers the GET, then forks; a worker's
+    first request finds what the master's GET ran (FIRST: the master's pid) and WARMED set."""
+    rel = _uwsgi_release(tmp_path, WAPP, done=False)
+    proc = _start_uwsgi(rel)
+    try:
+        out = rel / "out"
+        assert _until(lambda: b"Python main interpreter initialized" in out.read_bytes()), out.read_text()
+        time.sleep(1)  # (the app loads, then the master waits for DONE)
+        assert proc.poll() is None and b"spawned uWSGI worker" not in out.read_bytes(), out.read_text()
+        assert not (rel / "log").exists()
+        (rel / ".fabdeploy" / "django-done").touch()
+        assert _until(lambda: out.read_bytes().count(b"spawned uWSGI worker") == 2), out.read_text()
+        assert (rel / "log").read_text() == f"{proc.pid} fabdeploy-warm {proc.pid} False\n"
+        assert _get_unix(str(rel / "http.sock")) == "ok"
+        lines = (rel / "log").read_text().splitlines()
+        worker, agent, first, warmed = lines[1].split()
+        assert int(worker) != proc.pid and (agent, first, warmed) == ("visitor", str(proc.pid), "True"), lines
+        assert "fabdeploy" not in out.read_text()  # (nothing failed)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_the_wsgi_modules_own_error_is_what_uwsgi_reports(tmp_path):
+    """The import hook leaves a broken WSGI module's error to uWSGI: its traceback names the real error and no
+    other, and the master exits (need-app); nothing was warmed."""
+    rel = _uwsgi_release(tmp_path, "raise ValueError('broken wsgi module')\n", done=True)
+    proc = _start_uwsgi(rel)
+    try:
+        assert proc.wait(30) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = (rel / "out").read_text()
+    assert "ValueError: broken wsgi module" in out and out.count("Traceback") == 1, out
+    assert "fabdeploy: warming" not in out and not (rel / "log").exists()
+
+
+def test_a_master_waits_for_done_then_answers_once_and_its_forks_skip_theirs(tmp_path):
+    """warm_master (gunicorn's when_ready): no DONE, it waits (no GET); then one GET, WARMED set, so a process
+    forked afterwards (a worker) finds it set and its post_worker_init does not GET again."""
+    (tmp_path / "fabdeploy_warm.py").write_text(warm.module_text(gunicorn_cfg()))
+    (tmp_path / "wsettings.py").write_text('SECRET_KEY = "k" * 50\nALLOWED_HOSTS = ["a.test"]\nDATABASES = {}\n')
+    program = textwrap.dedent("""\
+        import os, threading, time
+        import fabdeploy_warm
+        got = []
+        def app(environ, start_response):
+            got.append(os.getpid())
+            start_response("200 OK", [])
+            return [b"ok"]
+        t = threading.Thread(target=fabdeploy_warm.warm_master, args=(app,))
+        t.start()
+        time.sleep(0.4)
+        print("waiting", t.is_alive(), len(got), fabdeploy_warm.WARMED, flush=True)
+        os.makedirs(".fabdeploy"); open(".fabdeploy/django-done", "w").close()
+        t.join(10)
+        print("done", t.is_alive(), got == [os.getpid()], fabdeploy_warm.WARMED, flush=True)
+        pid = os.fork()
+        if pid == 0:
+            if not fabdeploy_warm.WARMED:
+                fabdeploy_warm.warm(app)
+            print("worker", len(got), flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        """)
+    res = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={"DJANGO_SETTINGS_MODULE": "wsettings", "PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0 and res.stdout.split("\n") == ["waiting True 0 False", "done False True True",
+                                                             "worker 1", ""], res

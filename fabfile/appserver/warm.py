@@ -1,15 +1,20 @@
-"""Warm workers (`[app] warm_workers`, issue 16): each new uWSGI or gunicorn worker answers one GET of
-health.path to itself, in process, before its first request (templates/warm.py.j2, written into every
-release as fabdeploy_warm.py).
+"""Warm workers (`[app] warm_workers`, issue 16): a new uWSGI or gunicorn master answers one GET of
+health.path, in process, after it has loaded the app and before it forks its workers (templates/warm.py.j2,
+written into every release as fabdeploy_warm.py); its workers inherit what the GET loaded.
 
-A new worker's first request loads what Django loads lazily (the URLconf and the views' modules, templates,
+A new process's first request loads what Django loads lazily (the URLconf and the views' modules, templates,
 translation catalogs, the database connection): measured 118-194 ms on the benchmark's lab hosts under a
-deploy's load, 2-4 ms for the next. Started early (appserver/beside.py), the new master forks its workers
-while the deploy still runs collectstatic and check --deploy: their warm-up waits for the end of the django
-phase (DONE: a GET before the static files are collected would leave ManifestStaticFilesStorage's manifest
-empty in that worker), then runs while the config phase and the switch do. uWSGI imports the module (`import = fabdeploy_warm`: before the app;
-it only registers a postfork hook); gunicorn's config calls it from post_worker_init. ASGI servers (and
-gunicorn running app.asgi) are not warmed.
+deploy's load, 2-4 ms for the next. Each worker answered its own GET until the eleventh session; one GET in
+the master (its database connections and caches closed after it, as Django's request_finished does) costs a
+worker's share of that at ten hosts on two cores, and the workers share the loaded pages copy-on-write.
+Started early (appserver/beside.py), the new master loads the app while the deploy still runs collectstatic
+and check --deploy; its GET waits for the end of the django phase (DONE: a GET before the static files are
+collected would leave ManifestStaticFilesStorage's manifest empty), then it forks. uWSGI imports the module
+(`import = fabdeploy_warm`, before the app), which watches for the import of the WSGI module and warms up once
+that has run (the module's own errors stay uWSGI's); gunicorn's config calls it from when_ready when it
+preloads the app (its daemon mode), else from post_worker_init in each worker. Workers of a master that did not
+answer it (lazy-apps, a GET past TIMEOUT) answer their own. ASGI servers (and gunicorn running app.asgi) are
+not warmed.
 """
 from __future__ import annotations
 

@@ -73,15 +73,22 @@ async def async_view(request):
                          "server": request.META.get("SERVER_SOFTWARE", "") or "asgi"})
 
 
+_SEEN_FIRST: list[int] = []  # the pid that first ran seen() in this memory (a forked worker inherits its master's)
+
+
 def seen(request):
-    """Append "<pid> <User-Agent> <css>" to MEDIA_ROOT/seen.log: which process answered whom, in order, and
-    the first line of the collected pages/site.css at that moment ("-": none) (the tests of warm workers)."""
+    """Append "<pid> <User-Agent> <css> <first>" to MEDIA_ROOT/seen.log: which process answered whom, in order,
+    the first line of the collected pages/site.css at that moment ("-": none), and the process that first ran
+    this view in this process's memory (a worker forked from a master that answered the warm-up GET: the
+    master's pid) (the tests of warm workers)."""
+    if not _SEEN_FIRST:
+        _SEEN_FIRST.append(os.getpid())
     try:
         css = (Path(settings.STATIC_ROOT) / "pages" / "site.css").read_text().splitlines()[0].strip() or "-"
     except (OSError, IndexError, TypeError):
         css = "-"
     agent = request.META.get("HTTP_USER_AGENT", "-").replace(" ", "_")
-    line = f"{os.getpid()} {agent} {css.replace(' ', '_')}\n"
+    line = f"{os.getpid()} {agent} {css.replace(' ', '_')} {_SEEN_FIRST[0]}\n"
     with open(Path(settings.MEDIA_ROOT) / "seen.log", "a", encoding="utf-8") as f:
         f.write(line)
     return HttpResponse("seen", content_type="text/plain")
