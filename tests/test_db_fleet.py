@@ -163,7 +163,7 @@ def test_the_passwords_are_written_masked_and_migrate_runs_on_one_host():
     cfg = cfg_of()
     phase = code_step.code(cfg, REL, None, {"database.password": "s3cr3tvalue"})
     text = "\n".join(phase.lines)
-    assert "/srv/shop/shared/config/database.password.fabdeploy-tmp" in text and "chmod 0600" in text
+    assert "(umask 177; cat > /srv/shop/shared/config/database.password.fabdeploy-tmp)" in text  # (0600)
     assert text.index("database.password.fabdeploy-tmp") < text.index("dbpw=$(cat")
     from test_phases import _boots
     assert any("migrate" in params for _, params in _boots(django_app.django(cfg, REL).lines))

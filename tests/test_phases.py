@@ -275,6 +275,20 @@ def test_write_file_uses_the_plain_delimiter_when_possible_and_sets_mode(tmp_pat
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
+@pytest.mark.parametrize("mode", ["0600", "0640", "0644", "0444", "0755", "0700", "2750"])
+def test_write_file_gives_the_new_file_its_mode_and_runs_rm_and_chmod_only_when_needed(mode, tmp_path):
+    """The temp file is created with the mode (its umask) unless the mode has execute or special bits (chmod);
+    a leftover temp file, or a symlink planted under its name, is removed first (never written through)."""
+    target, tmp = tmp_path / "f", tmp_path / "f.fabdeploy-tmp"
+    lines = write_file(str(target), "x\n", mode=mode)
+    assert any(ln.startswith("chmod ") for ln in lines) == bool(int(mode, 8) & 0o7111)
+    elsewhere = tmp_path / "elsewhere"
+    tmp.symlink_to(elsewhere)
+    assert sh(Script([Phase("w", lines)]), tmp_path).returncode == 0
+    assert target.read_text() == "x\n" and not elsewhere.exists() and not tmp.exists()
+    assert stat.S_IMODE(target.stat().st_mode) == int(mode, 8)
+
+
 def test_write_file_terminates_the_last_line(tmp_path):
     target = tmp_path / "f"
     assert sh(Script([Phase("w", write_file(str(target), "no newline"))]), tmp_path).returncode == 0
@@ -500,8 +514,8 @@ def test_code_phase_env_file_is_quoted_and_private():
     lines = code.code(cfg, make_rel()).lines
     env_file = written(lines, "/srv/shop/shared/config/app.env")
     assert env_file.splitlines() == [f"{k}={q(v)}" for k, v in sorted(SECRET_ENV.items())]
-    i = next(i for i, ln in enumerate(lines) if "app.env.fabdeploy-tmp) <<" in ln)
-    assert lines[i + 1] == "chmod 0600 /srv/shop/shared/config/app.env.fabdeploy-tmp"
+    # (created 0600 under its umask: nothing else ever reads it)
+    assert any(ln.startswith("(umask 177; cat > /srv/shop/shared/config/app.env.fabdeploy-tmp) <<") for ln in lines)
 
 
 def test_code_phase_links_shared_dirs():

@@ -14,23 +14,28 @@ from fabdeploy.remote import root
 from fabdeploy.remote.markers import fail, fail_expanded, note
 from fabdeploy.remote.shell import ALIVE_FN, CHILDREN_FN, q
 
-PID_SED = r"s/^[[:space:]]*pid[[:space:]][[:space:]]*\([^[:space:];]*\).*/\1/p"
+# (one line) nginx.conf read once by the shell itself, no grep/sed/head: $fd_nu the first `user` directive's
+# value, $nginx_pid the first `pid` directive's (else NGINX_PID), $fd_se non-empty when the file names
+# sites-enabled anywhere. A `read` per line (the last one too without its newline); a directive's value ends at
+# its `;`, as the sed expressions these replace had it.
+SCAN_LINE = (f"fd_nu= nginx_pid= fd_se=; if [ -r {NGINX_CONF} ]; then "
+             "while read -r fd_k fd_v fd_r || [ -n \"$fd_k\" ]; do "
+             'case "$fd_k $fd_v $fd_r" in *sites-enabled*) fd_se=1;; esac; '
+             'if [ -z "$nginx_pid" ] && [ "$fd_k" = pid ]; then nginx_pid=${fd_v%%;*}; fi; '
+             'if [ -z "$fd_nu" ] && [ "$fd_k" = user ]; then fd_nu=${fd_v%%;*}; fi; '
+             f"fd_k=; done < {NGINX_CONF}; fi; "
+             f'[ -n "$nginx_pid" ] || nginx_pid={NGINX_PID}')
 
 
 def layout_line(cfg: Config) -> str:
-    """Set $nginx_layout ("sites" or "conf.d"): nginx.layout, or on "auto" what the host's nginx.conf includes."""
+    """(after SCAN_LINE, on "auto") Set $nginx_layout ("sites" or "conf.d"): nginx.layout, or on "auto" whether
+    the host's nginx.conf includes sites-enabled."""
     return {
-        "auto": f"if [ -d /etc/nginx/sites-enabled ] && grep -qs sites-enabled {NGINX_CONF}; "
+        "auto": 'if [ -d /etc/nginx/sites-enabled ] && [ -n "$fd_se" ]; '
                 "then nginx_layout=sites; else nginx_layout=conf.d; fi",
         "sites": "nginx_layout=sites",
         "conf.d": "nginx_layout=conf.d",
     }[cfg.nginx.layout]
-
-
-def pid_line() -> str:
-    """Set $nginx_pid: the pidfile nginx.conf names, else /run/nginx.pid."""
-    return (f"nginx_pid=$(sed -n {q(PID_SED)} {NGINX_CONF} | head -n 1); "
-            f'[ -n "$nginx_pid" ] || nginx_pid={NGINX_PID}')
 
 
 def site_vars(cfg: Config) -> list[str]:
@@ -39,8 +44,8 @@ def site_vars(cfg: Config) -> list[str]:
     site, enabled = nginx_site_paths("sites", cfg.project.name)
     conf, _ = nginx_site_paths("conf.d", cfg.project.name)
     return [
+        SCAN_LINE,
         layout_line(cfg),
-        pid_line(),
         f'if [ "$nginx_layout" = sites ]; then site={q(site)}; live={q(enabled)}; parked=',
         f"else site={q(conf)}; live={q(conf)}; parked={q(conf + '.disabled')}; fi",
     ]

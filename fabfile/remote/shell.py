@@ -63,18 +63,24 @@ def new_file(path: str, content: str) -> str:
 
 
 def write_file(path: str, content: str, mode: str = "0644") -> list[str]:
-    """Lines that write `content` to `path` (atomically, via a temp file and rename) with `mode`."""
+    """Lines that write `content` to `path` (atomically, via a temp file and rename) with `mode`. The temp file
+    is new (a leftover one, or anything planted under its name, is removed first: rm only then), written from
+    a here-document (the content verbatim: secrets in it are masked as they are in display()) under the umask
+    that gives it `mode` from creation; a mode with execute or special bits, which a created file never gets,
+    is set with chmod. Usually two programs: cat and mv."""
     delim = "FABDEPLOY_EOF"
     while delim in content:
         delim = "FABDEPLOY_EOF_" + _secrets.token_hex(4)
     if not content.endswith("\n"):
         content += "\n"
-    tmp = f"{path}.fabdeploy-tmp"
+    tmp = q(f"{path}.fabdeploy-tmp")
+    m = int(mode, 8)
+    umask = "077" if m & 0o7111 else f"{0o777 & ~m:03o}"
     return [
-        f"rm -f {q(tmp)}",
-        f"(umask 077; cat > {q(tmp)}) <<'{delim}'\n{content}{delim}",
-        f"chmod {mode} {q(tmp)}",
-        f"mv -f {q(tmp)} {q(path)}",
+        f"if [ -e {tmp} ] || [ -L {tmp} ]; then rm -f {tmp}; fi",
+        f"(umask {umask}; cat > {tmp}) <<'{delim}'\n{content}{delim}",
+        *([f"chmod {mode} {tmp}"] if m & 0o7111 else []),
+        f"mv -f {tmp} {q(path)}",
     ]
 
 

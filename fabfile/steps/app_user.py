@@ -97,7 +97,9 @@ def ownership_lines(cfg: Config) -> list[str]:
              f'[ "$#" -eq {len(table)} ] || set --']
     for path, user, group, mode in table:
         # (a link, a shared mount of several app hosts, is its target: the app user needs the same uid on each)
-        want = f'"{user.strip(chr(34))}:{group.strip(chr(34))}:{mode}"'
+        # (the deploy user compared as the prelude's $FD_ME: no `id` per directory; the sudo lines keep ME)
+        mine = ME_WORD.strip(chr(34)) if user == ME else user.strip(chr(34))
+        want = f'"{mine}:{group.strip(chr(34))}:{mode}"'
         own = _own(path, user, group, mode)
         # an empty directory (a first deploy has just created it): its owner and mode are all there is to set,
         # 2 sudo instead of 4 (the same command lines: the drop-in is unchanged)

@@ -11,7 +11,7 @@ from fabdeploy.local.wheelhouse import PYTHON_FACTS_PY
 from fabdeploy.remote import root
 from fabdeploy.remote.markers import fact, fail
 from fabdeploy.remote.script import Phase
-from fabdeploy.remote.shell import q
+from fabdeploy.remote.shell import ME_WORD, q
 
 # (after PYTHON_FACTS_PY, in the same Python) a third line: "venv" when it can make virtualenvs
 VENV_CHECK_PY = '\ntry:\n    import venv, ensurepip\nexcept Exception:\n    print("no-venv")\nelse:\n    print("venv")\n'
@@ -95,10 +95,8 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
     shared_dirs = [f"{lay.shared}/{d}" for d in cfg.paths.shared_dirs]
     dirs = [lay.releases, lay.venvs, lay.tmp, lay.shared, lay.log, lay.run, lay.config,
             f"{lay.shared}/static", f"{lay.shared}/media", f"{lay.shared}/db", *shared_dirs]
-    user_sed = r"s/^[[:space:]]*user[[:space:]][[:space:]]*\([^[:space:];]*\).*/\1/p"
     nginx_user = (f"nginx_user={q(cfg.nginx.user)}" if cfg.nginx.user else
-                  f"nginx_user=$(sed -n {q(user_sed)} {NGINX_CONF} | head -n 1); "
-                  '[ -n "$nginx_user" ] || nginx_user=www-data')
+                  'nginx_user=${fd_nu:-www-data}')  # (SCAN_LINE's)
     lines = [
         *_sudo_mkdir_owned(cfg.paths.deploy_to),
         *lock_lines,
@@ -110,8 +108,8 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         ('[ "$py_venv" = venv ] || '
          + fail(f"{py} has no venv/ensurepip module (on Debian: apt-get install python3-venv)")) if app else "true",
         f"[ -f {NGINX_CONF} ] || " + fail(f"nginx is not installed ({NGINX_CONF} missing)"),
+        nginx_toggle.SCAN_LINE,
         nginx_user,
-        nginx_toggle.pid_line(),
         'nginx_group=$(id -gn "$nginx_user" 2>/dev/null) || '
         '{ echo "nginx user $nginx_user does not exist (nginx.user)" >&2; exit 1; }',
         nginx_toggle.layout_line(cfg),
@@ -142,6 +140,6 @@ def setup(cfg: Config, lock_lines: list[str] = (), unchanged_lines: list[str] = 
         fact("nginx_pid", "$nginx_pid"),
         fact("current", "$current"),
         fact("venvs", "$venvs"),
-        fact("user", "$(id -un)"),
+        fact("user", ME_WORD.strip('"')),  # (the prelude's $FD_ME: no `id` of its own)
     ]
     return Phase("setup", lines, sudo=True)
