@@ -311,3 +311,30 @@ def test_a_master_waits_for_done_then_answers_once_and_its_forks_skip_theirs(tmp
                          env={"DJANGO_SETTINGS_MODULE": "wsettings", "PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0 and res.stdout.split("\n") == ["waiting True 0 False", "done False True True",
                                                              "worker 1", ""], res
+
+
+def test_a_master_whose_get_outlasts_the_timeout_says_so_and_forks_only_once_it_ended(tmp_path, monkeypatch):
+    """warm_master with a GET slower than TIMEOUT (1 s here): one line on stderr at TIMEOUT, and it returns
+    only once the GET has ended (no fork while a thread of it may hold a lock), WARMED set."""
+    monkeypatch.setattr(warm, "TIMEOUT", 1)
+    (tmp_path / "fabdeploy_warm.py").write_text(warm.module_text(gunicorn_cfg()))
+    (tmp_path / ".fabdeploy").mkdir()
+    (tmp_path / ".fabdeploy" / "django-done").touch()
+    (tmp_path / "wsettings.py").write_text('SECRET_KEY = "k" * 50\nALLOWED_HOSTS = ["a.test"]\nDATABASES = {}\n')
+    program = textwrap.dedent("""\
+        import sys, time
+        import fabdeploy_warm
+        def app(environ, start_response):
+            time.sleep(2.5)
+            start_response("200 OK", [])
+            return [b"ok"]
+        t0 = time.monotonic()
+        fabdeploy_warm.warm_master(app)
+        print(round(time.monotonic() - t0), fabdeploy_warm.WARMED, flush=True)
+        """)
+    res = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={"DJANGO_SETTINGS_MODULE": "wsettings", "PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0 and res.stdout.split() in (["2", "True"], ["3", "True"]), res
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fabdeploy: warming master ") and \
+        "takes more than 1 s; its workers are forked once it ends" in lines[0], lines

@@ -12,8 +12,9 @@ and check --deploy; its GET waits for the end of the django phase (DONE: a GET b
 collected would leave ManifestStaticFilesStorage's manifest empty), then it forks. uWSGI imports the module
 (`import = fabdeploy_warm`, before the app), which watches for the import of the WSGI module and warms up once
 that has run (the module's own errors stay uWSGI's); gunicorn's config calls it from when_ready when it
-preloads the app (its daemon mode), else from post_worker_init in each worker. Workers of a master that did not
-answer it (lazy-apps, a GET past TIMEOUT) answer their own. ASGI servers (and gunicorn running app.asgi) are
+preloads the app (its daemon mode), else from post_worker_init in each worker. A master forks only once its
+GET has ended (past TIMEOUT: one line on stderr, and it waits on). Workers of a master that did not answer it
+(lazy-apps, no preload) answer their own. ASGI servers (and gunicorn running app.asgi) are
 not warmed.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from fabdeploy.local.render import render
 from fabdeploy.remote.shell import new_file, q
 
 MODULE = "fabdeploy_warm"  # the module's name in each release (on the app server's Python path)
-TIMEOUT = 10  # seconds a new worker waits for its warm-up at most before it serves anyway
+TIMEOUT = 10  # seconds a worker waits for its own warm-up at most before it serves anyway (a master: then it says so)
 # (in the release) written at the end of the django phase: the release is complete; the warm-up of a master
 # started early (before collectstatic) waits for it
 DONE = ".fabdeploy/django-done"
