@@ -4,7 +4,7 @@ written into every release as fabdeploy_warm.py); its workers inherit what the G
 
 A new process's first request loads what Django loads lazily (the URLconf and the views' modules, templates,
 translation catalogs, the database connection): measured 118-194 ms on the benchmark's lab hosts under a
-deploy's load, 2-4 ms for the next. Each worker answered its own GET until the eleventh session; one GET in
+deploy's load, 2-4 ms for the next. Each worker answered its own GET until the ninth session; one GET in
 the master (its database connections and caches closed after it, as Django's request_finished does) costs a
 worker's share of that at ten hosts on two cores, and the workers share the loaded pages copy-on-write.
 Started early (appserver/beside.py), the new master loads the app while the deploy still runs collectstatic
