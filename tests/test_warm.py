@@ -20,6 +20,12 @@ from test_appserver import gunicorn_cfg
 from test_phases import make_cfg, make_rel, written
 
 
+def _python(tmp_path, program: str) -> subprocess.CompletedProcess:
+    """Run `program` in a Python of its own in tmp_path (fabdeploy_warm.py and wsettings.py there)."""
+    return subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={"DJANGO_SETTINGS_MODULE": "wsettings", "PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+
+
 def test_applies_to_uwsgi_and_wsgi_gunicorn_unless_switched_off():
     assert warm.applies(make_cfg()) and warm.applies(gunicorn_cfg())
     assert not warm.applies(make_cfg(app={"warm_workers": False}))
@@ -102,8 +108,7 @@ def test_the_get_reaches_the_view_with_a_host_django_accepts_and_closes_the_resp
         fabdeploy_warm.warm(get_wsgi_application())
         print(json.dumps({"seen": wurls.SEEN, "finished": len(finished)}))
         """)
-    res = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                         env={"DJANGO_SETTINGS_MODULE": "wsettings", "PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    res = _python(tmp_path, program)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out == {"seen": [{"host": "site.test", "secure": True, "path": "/a b/", "x": "1",
@@ -119,8 +124,7 @@ def test_an_exception_is_one_line_on_stderr_and_the_worker_goes_on(tmp_path):
     program = ("import fabdeploy_warm\n"
                "def app(environ, start_response):\n    raise ValueError('broken app')\n"
                "fabdeploy_warm.warm(app)\nprint('served on')\n")
-    res = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                         env={"DJANGO_SETTINGS_MODULE": "wsettings", "PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    res = _python(tmp_path, program)
     assert res.returncode == 0 and res.stdout == "served on\n", res
     lines = res.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("fabdeploy: warming worker ") and "GET / failed: ValueError('broken app')" in lines[0], lines
@@ -158,8 +162,7 @@ def test_a_master_started_before_the_release_is_complete_warms_up_once_it_is(tmp
         fabdeploy_warm.warm(app)
         print("complete", len(got), flush=True)
         """)
-    res = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                         env={"DJANGO_SETTINGS_MODULE": "wsettings", "PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    res = _python(tmp_path, program)
     assert res.returncode == 0 and res.stdout.split("\n") == ["returned 0", "still 0", "then 1", "complete 2", ""], res
 
 
@@ -307,8 +310,7 @@ def test_a_master_waits_for_done_then_answers_once_and_its_forks_skip_theirs(tmp
             os._exit(0)
         os.waitpid(pid, 0)
         """)
-    res = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                         env={"DJANGO_SETTINGS_MODULE": "wsettings", "PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    res = _python(tmp_path, program)
     assert res.returncode == 0 and res.stdout.split("\n") == ["waiting True 0 False", "done False True True",
                                                              "worker 1", ""], res
 
@@ -332,8 +334,7 @@ def test_a_master_whose_get_outlasts_the_timeout_says_so_and_forks_only_once_it_
         fabdeploy_warm.warm_master(app)
         print(round(time.monotonic() - t0), fabdeploy_warm.WARMED, flush=True)
         """)
-    res = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                         env={"DJANGO_SETTINGS_MODULE": "wsettings", "PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    res = _python(tmp_path, program)
     assert res.returncode == 0 and res.stdout.split() in (["2", "True"], ["3", "True"]), res
     lines = res.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("fabdeploy: warming master ") and \
