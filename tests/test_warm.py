@@ -37,6 +37,7 @@ def test_the_uwsgi_ini_imports_the_module_and_the_code_phase_writes_it():
     cfg, rel = make_cfg(health={"path": "/healthz"}), make_rel()
     ini = UWSGI().render_config(cfg, rel).splitlines()
     assert "import = fabdeploy_warm" in ini and ini.index("import = fabdeploy_warm") < ini.index("master = true")
+    assert "skip-atexit-teardown = true" in ini  # (with the module: its uwsgi.atexit does what an app needs of it)
     module = warm.module_text(cfg)
     assert written(code(cfg, rel).lines, f"/srv/shop/releases/{rel.id}/fabdeploy_warm.py") == module
     assert "PATH = '/healthz'" in module
@@ -61,6 +62,7 @@ def test_off_means_no_module_no_import_no_hook():
         assert "fabdeploy_warm" not in "\n".join(code(cfg, rel).lines)
         from fabdeploy import appserver
         assert "fabdeploy_warm" not in appserver.of(cfg).render_config(cfg, rel)
+        assert "skip-atexit" not in appserver.of(cfg).render_config(cfg, rel)
 
 
 def test_switching_it_makes_the_next_deploy_a_real_one():
@@ -182,7 +184,7 @@ def _uwsgi_release(tmp_path, app_text: str, done: bool):
     return tmp_path
 
 
-def _start_uwsgi(rel) -> subprocess.Popen:
+def _start_uwsgi(rel, extra: str = "") -> subprocess.Popen:
     ini = textwrap.dedent(f"""\
         [uwsgi]
         chdir = {rel}
@@ -197,7 +199,7 @@ def _start_uwsgi(rel) -> subprocess.Popen:
         enable-threads = true
         http-socket = {rel}/http.sock
         die-on-term = true
-        """)
+        """) + extra
     (rel / "uwsgi.ini").write_text(ini)
     return subprocess.Popen([str(UWSGI_BIN), "--ini", str(rel / "uwsgi.ini")], stdout=open(rel / "out", "wb"),
                             stderr=subprocess.STDOUT, cwd=rel, env={"PATH": "/usr/bin:/bin", "WLOG": str(rel / "log")})
@@ -339,3 +341,56 @@ def test_a_master_whose_get_outlasts_the_timeout_says_so_and_forks_only_once_it_
     lines = res.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("fabdeploy: warming master ") and \
         "takes more than 1 s; its workers are forked once it ends" in lines[0], lines
+
+
+EXIT_APP = """\
+    import atexit, os, sys
+    import uwsgi
+    from django.core.wsgi import get_wsgi_application
+    application = get_wsgi_application()
+
+    def log(what):
+        with open(os.environ["WLOG"], "a") as f:
+            f.write(f"{what} {os.getpid()}\\n")
+
+    class Torn:  # (its __del__ runs in the interpreter's teardown, when there is one; the modules it would use
+        # may be gone by then: it keeps what it needs)
+        def __init__(self):
+            self.fd = os.open(os.environ["WLOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            self.write, self.pid = os.write, os.getpid
+
+        def __del__(self):
+            self.write(self.fd, b"teardown %d\\n" % self.pid())
+    KEEP = Torn()
+    atexit.register(log, "atexit")
+    uwsgi.atexit = lambda: log("uwsgi")  # (the app's own, set at import: after fabdeploy_warm set its)
+    sys.stdout.write("no newline yet")  # (flushed at exit)
+    """
+
+
+def test_uwsgi_processes_exit_without_the_teardown_but_with_what_an_app_needs_of_it(tmp_path):
+    """skip-atexit-teardown (rendered with the module): each worker of a real uWSGI that exits gracefully runs
+    the app's own uwsgi.atexit, then Python's atexit functions, and flushes stdout; the interpreter's teardown
+    (module objects freed: Torn.__del__) does not run. Without the option the same app tears down (what the
+    option saves), with the atexit functions run once."""
+    graceful = "hook-master-start = unix_signal:15 gracefully_kill_them_all\n"  # (how the deploy retires one)
+    for skip in (True, False):
+        rel = tmp_path / str(skip)
+        rel.mkdir()
+        _uwsgi_release(rel, EXIT_APP, done=True)
+        proc = _start_uwsgi(rel, graceful + ("skip-atexit-teardown = true\n" if skip else ""))
+        try:
+            out = rel / "out"
+            assert _until(lambda: out.read_bytes().count(b"spawned uWSGI worker") == 2), out.read_text()
+        finally:
+            proc.terminate()
+            proc.wait(20)
+        seen: dict[str, list[str]] = {}
+        for line in (rel / "log").read_text().splitlines():
+            what, pid = line.split()
+            seen.setdefault(pid, []).append(what)
+        # (the two workers: a master's exit runs no Python exit at all, with or without the option)
+        assert len(seen) == 2 and str(proc.pid) not in seen, seen
+        want = ["uwsgi", "atexit"] if skip else ["uwsgi", "atexit", "teardown"]
+        assert all(whats == want for whats in seen.values()), (skip, seen)
+        assert (rel / "out").read_text().count("no newline yet") == 1, (rel / "out").read_text()
