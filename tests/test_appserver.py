@@ -246,8 +246,11 @@ def test_every_server_waits_for_readiness_with_the_one_loop_of_the_seam():
         lines = app.reload_lines(cfg, "'/r'", "'/v'", "X")
         loop = 'for c in $(workers "$pid"); do'
         assert [ln.strip() for ln in lines].count(loop) == 1, (app.name, cfg.app.manager)
-        start = next(i for i, ln in enumerate(lines) if ln.strip() == "i=0; ready=; gone=0; n=0")
+        start = next(i for i, ln in enumerate(lines) if ln.strip() in ("i=0; ready=; gone=0; n=0",
+                                                                      "i=$late; ready=; gone=0; n=0"))
         wait = app.ready_lines(cfg, "'/r'", "X")[1:]
+        # (beside: after the fast path waited the whole reload_timeout for an early master, no second wait)
+        assert ("$late" in lines[start]) == beside.applies(cfg, app)
         if beside.applies(cfg, app):  # (the master started beside the live one, in its slot)
             assert lines[start + 2].strip() == f'pid=$(alive /srv/shop/shared/run/{app.name}.pid."$s" {app.process} || true)'
         elif app.name == "gunicorn" and cfg.app.manager == "pidfile":  # (the new master of a USR2 upgrade)

@@ -224,8 +224,9 @@ def test_the_fast_path_swaps_in_one_call_only_when_the_common_case_holds(tmp_pat
     """fast_sh run by sh over stand-in masters (bash, each with one child in its release directory): the
     master started early with its workers in the release and its socket there is swapped to ("swapped <slot>
     <pid> <workers> early <live master>", then SWAP_SH's lines); a warm master of the release likewise
-    ("warm"); it prints nothing (the usual path decides) when that master is not ready, is retiring, when the
-    live slot is an adopted one, or when the live master already runs the release."""
+    ("warm"); an early master not ready yet is waited for (its socket appears 0.3 s later: swapped), and is
+    "late" once the turns are spent; it prints nothing (the usual path decides) when that master is dead or
+    retiring, when the live slot is an adopted one, or when the live master already runs the release."""
     import socket as _socket
     import tempfile
     short = Path(tempfile.mkdtemp(prefix="fb", dir="/tmp"))  # (a unix socket's path: at most 107 bytes)
@@ -247,21 +248,37 @@ def test_the_fast_path_swaps_in_one_call_only_when_the_common_case_holds(tmp_pat
         (run / f"uwsgi.sock.{live}").write_text("live")
         (run / "uwsgi.sock").write_text("live")
 
-        def fast(early: str = rel, dir_: Path = rel_dir, want: int = 1, fresh: str = ""):
+        def fast(early: str = rel, dir_: Path = rel_dir, want: int = 1, fresh: str = "", turns: int = 0):
             return sh_app(beside.fast_sh(appserver.of(make_cfg())), run / "uwsgi.sock.live", run / "uwsgi.pid", rel,
-                          "bash", beside.SLOT_ERE, early, fresh, "true", run / "uwsgi.sock", dir_, want, beside.SWAP_SH)
+                          "bash", beside.SLOT_ERE, early, fresh, "true", run / "uwsgi.sock", dir_, want, beside.SWAP_SH,
+                          turns)
 
-        assert fast().stdout == ""  # (no socket yet: not ready)
+        assert fast().stdout == "late\n"  # (no socket yet: not ready, and no turn left to wait)
         sock = _socket.socket(_socket.AF_UNIX)
         sock.bind(str(run / f"uwsgi.sock.{rel}"))
-        assert fast(want=2).stdout == "" and fast(dir_=live_dir).stdout == ""  # (too few workers; elsewhere)
+        # (too few workers; elsewhere: waited 3 turns, 0.15 s)
+        assert fast(want=2, turns=3).stdout == "late\n" and fast(dir_=live_dir).stdout == "late\n"
+        (run / f"uwsgi.pid.{rel}").write_text("999999\n")  # (that master died: the usual path at once)
+        t0 = time.monotonic()
+        assert fast(turns=1000).stdout == "" and time.monotonic() - t0 < 5
+        (run / f"uwsgi.pid.{rel}").write_text(f"{new.pid}\n")
         (run / f"uwsgi.sock.retiring.{rel}").write_text(f"{new.pid}\n")
         assert fast().stdout == ""
         (run / f"uwsgi.sock.retiring.{rel}").unlink()
         (run / "uwsgi.sock.live").write_text("adopted\n")
         assert fast().stdout == ""
         (run / "uwsgi.sock.live").write_text(live + "\n")
-        res = fast()
+        # not ready yet (its socket comes 0.3 s later, as a master's after its warm-up GET and fork): waited for
+        sock.close()
+        (run / f"uwsgi.sock.{rel}").unlink()
+        import threading
+
+        def bind_later():
+            time.sleep(0.3)
+            sock2.bind(str(run / f"uwsgi.sock.{rel}"))
+        sock = sock2 = _socket.socket(_socket.AF_UNIX)
+        threading.Thread(target=bind_later).start()
+        res = fast(turns=200)
         assert res.returncode == 0 and res.stdout.splitlines()[0] == f"swapped {rel} {new.pid} 1 early {old.pid}", res
         assert (run / "uwsgi.sock.live").read_text() == rel + "\n" and (run / "uwsgi.pid").read_text() == f"{new.pid}\n"
         assert (run / "uwsgi.sock").stat().st_ino == (run / f"uwsgi.sock.{rel}").stat().st_ino

@@ -1475,7 +1475,7 @@ def test_restart_lines():
     # a failing restart does not stop the script: the health phase after it decides (and reverts)
     assert lines.keep_going is True
     # a master that stays gone for 50 polls (~5 s) ends the wait early
-    assert "      i=0; ready=; gone=0; n=0" in lines.lines
+    assert "      i=$late; ready=; gone=0; n=0" in lines.lines
     assert '        if [ -z "$pid" ]; then gone=$((gone + 1)); [ "$gone" -lt 50 ] || break; fi' in lines.lines
 
 

@@ -144,23 +144,36 @@ READY_FN = ('ready() { n=0; for c in $(workers "$1"); do n=$((n + 1)); [ "$(read
 
 
 def fast_sh(app) -> str:
-    """(sh -c, as the app user) record pidfile release process ere early fresh keep socket dir want swap: the
-    commonest switches in one call: when the live master is the live slot's and the app user's own, and the
-    release's master is either the one started early (its workers all in `dir`, at least `want`, its socket
-    there) or a warm one, print "swapped <slot> <pid> <workers> <early|warm> <live master>" and swap to it
-    (`swap`: SWAP_SH, whose lines follow: the slots gone); print nothing otherwise (the shell then reads the state and
-    decides as before: a first start, a master not ready yet, an adoption, a master of another user, a new
-    master to start, the release already serving)."""
+    """(sh -c, as the app user) record pidfile release process ere early fresh keep socket dir want swap turns:
+    the commonest switches in one call: when the live master is the live slot's and the app user's own, and the
+    release's master is either the one started early (once its workers are all in `dir`, at least `want`, its
+    socket there: waited for, `turns` times 0.05 s at most, while that master lives) or a warm one, print
+    "swapped <slot> <pid> <workers> <early|warm> <live master>" and swap to it (`swap`: SWAP_SH, whose lines
+    follow: the slots gone); print "late" when the early master lived but was not ready in time (the shell's
+    readiness wait then reports it without waiting again); nothing otherwise (the shell then reads the state
+    and decides as before: a first start, an early master that died, an adoption, a master of another user, a
+    new master to start, the release already serving).
+
+    A master started early is rarely ready when the restart phase begins: it answers its warm-up GET once the
+    django phase has ended, then forks (appserver/warm.py). Waited for here, in the one call, that costs a few
+    `sleep`s instead of the shell's state read, readiness check and readiness loop (nine sudos per deploy,
+    about 6 ms of CPU each, measured on the benchmark's hosts)."""
     return "\n".join([
         ALIVE_FN, CHILDREN_FN, app.workers_fn(), READY_FN, SLOT_FNS, READ_LINE_FN,
-        'rec=$1 pidf=$2 rel=$3 proc=$4 ere=$5 early=$6 fresh=$7 keep=$8 sock=$9 dir=${10} want=${11} swap=${12}',
+        'rec=$1 pidf=$2 rel=$3 proc=$4 ere=$5 early=$6 fresh=$7 keep=$8 sock=$9 dir=${10} want=${11} swap=${12} '
+        'turns=${13}',
         'oldm=$(alive "$pidf" "$proc") && [ -O "/proc/$oldm" ] || exit 0',
         'read_line live "$rec"; is_slot "$live" || exit 0',
         '[ "$(alive "$pidf.$live" "$proc")" = "$oldm" ] || exit 0',
         '[ -n "$fresh" ] || [ "${live%.b}" != "$rel" ] || exit 0',
         'warm() { m=$(alive "$pidf.$1" "$proc") && read_line r "$sock.retiring.$1" && [ "$r" != "$m" ] && echo "$m"; }',
         'if [ "$early" = "$rel" ]; then',
-        '  [ "$rel" != "$live" ] && pid=$(warm "$rel") && ready "$pid" "$dir" "$want" "$sock.$rel" || exit 0',
+        '  [ "$rel" != "$live" ] || exit 0',
+        '  j=0; until pid=$(warm "$rel") && ready "$pid" "$dir" "$want" "$sock.$rel"; do',
+        '    [ -n "$pid" ] || exit 0',
+        '    [ $j -lt "$turns" ] || { echo late; exit 0; }',
+        '    j=$((j + 1)); sleep 0.05',
+        '  done',
         '  s=$rel kind=early',
         'elif [ "$rel" != "$live" ] && pid=$(warm "$rel"); then s=$rel kind=warm',
         'elif [ "$rel.b" != "$live" ] && pid=$(warm "$rel.b"); then s=$rel.b kind=warm',
@@ -174,11 +187,14 @@ def fast_lines(cfg: Config, app, sl: Slots, proc: str, release_word: str) -> lis
     """Try fast_sh (one sudo where the state read, the readiness check and the swap took three or four): sets
     $fast, and then $s, $pid, $n, $oldm, $action as the usual path does; a swap that failed stops the phase."""
     keep = "true" if cfg.app.keep_warm else "false"
+    timeout = app.reload_timeout(cfg)
     return [
         *app.want_lines(cfg),
         f'fast=; st=$({AS_APP} sh -c {q(fast_sh(app))} sh {sl.record} {q(sl.pidfile)} "$rel" {proc} {q(SLOT_ERE)} '
-        f'"${{early-}}" "${{fresh-}}" {keep} {q(sl.live)} {release_word} "$want" {q(SWAP_SH)}) || '
+        f'"${{early-}}" "${{fresh-}}" {keep} {q(sl.live)} {release_word} "$want" {q(SWAP_SH)} {timeout * 20}) || '
         f'{{ case "$st" in swapped*) {fail_expanded(f"{app.title}: the swap to the new master failed")};; esac; st=; }}',
+        # (the early master was waited for the whole reload_timeout: the readiness wait below reports it at once)
+        f'late=0; [ "$st" != late ] || late={timeout * 10}',
         'case "$st" in "swapped "*)',
         '  set -- $st; s=$2 pid=$3 n=$4 oldm=$6',
         '  is_slot "$s" && case "$pid$n$oldm" in *[!0-9]*) false;; esac || '
@@ -262,7 +278,7 @@ def switch_body(cfg: Config, app, sl: Slots, proc: str, release_word: str, label
         f'{sl.sock("$s")} 2>/dev/null || true)',
         '  if [ $# -eq 2 ]; then pid=$1; n=$2; else',
         *["  " + ln for ln in app.ready_lines(
-            cfg, release_word, label, pid=[f"pid=$(alive {sl.pid('$s')} {proc} || true)"],
+            cfg, release_word, label, pid=[f"pid=$(alive {sl.pid('$s')} {proc} || true)"], start="$late",
             sock=f"{AS_APP} test -S {sl.sock('$s')}", hint=untouched,
             on_fail=[f'{{ [ -z "$pid" ] || {AS_APP} kill -KILL "$pid" $(children "$pid"); '
                      f'{AS_APP} rm -f {sl.sock("$s")} {sl.pid("$s")}; rm -f {sl.conf(app, "$s")}; }} 2>/dev/null || true'])],

@@ -66,7 +66,7 @@ class Control:
 
     def ready_lines(self, cfg: Config, release_word: str, label: str, *, pid: list[str] | None = None,
                     gone_limit: int | None = 50, hint: str = "", sock: str | None = None,
-                    on_fail: list[str] = ()) -> list[str]:
+                    on_fail: list[str] = (), start: str = "0") -> list[str]:
         """Wait (reload_timeout) until the master in $pid has every worker it should ($want, at least one)
         on the release (each worker's cwd is release_word) and none of the workers it replaces ($old: their
         pids, space-padded; " " for none), and its socket exists (socket_ready); else the last lines of its
@@ -77,7 +77,7 @@ class Control:
         after that many turns (0.1 s each) without a master, give up (the app failed to load and the master
         exited); None: wait the whole timeout (a master that is still being started). sock: the shell condition
         that its socket is there (default socket_ready). on_fail: lines run before the error (a master
-        started beside the live one is stopped)."""
+        started beside the live one is stopped). start: the turns already waited (a shell word)."""
         p = self.paths(Layout(cfg.paths.deploy_to))
         timeout = self.reload_timeout(cfg)
         sock = self.socket_ready(cfg) if sock is None else sock
@@ -86,7 +86,7 @@ class Control:
                 if gone_limit else [])
         return [
             self.workers_fn(),
-            "i=0; ready=; gone=0; n=0",
+            f"i={start}; ready=; gone=0; n=0",
             f"while [ $i -lt {timeout * 10} ]; do",
             *["  " + ln for ln in pid],
             *["  " + ln for ln in gone],

@@ -93,12 +93,15 @@ def cleanup(cfg: Config, rel: Release) -> Phase:
         *prune_lines(keep, f'gone releases {q(lay.releases)}/"$r" "r.$r"'),
         READ_LINE_FN,
         'used=; for f in */.fabdeploy/venv; do read_line v "$f"; used="$used $v"; done',
-        f"pid=$(alive {q(app.paths(lay).pidfile)} {app.process} || true)",
-        f'exe=$( [ -n "$pid" ] && {AS_APP} readlink "/proc/$pid/exe" || true)',
         f"cd {q(lay.venvs)}",
+        "exe=-",
         "for v in *; do",
         '  [ -d "$v" ] || continue',
         '  case " $used " in *" $v "*) continue;; esac',
+        # (the running master's binary, read once a venv no release uses is found: a redeploy that reuses its
+        # venv reads nothing as the app user)
+        f'  if [ "$exe" = - ]; then pid=$(alive {q(app.paths(lay).pidfile)} {app.process} || true); '
+        f'exe=$( [ -n "$pid" ] && {AS_APP} readlink "/proc/$pid/exe" || true); fi',
         f'  case "$exe" in {q(lay.venvs)}/"$v"/*) continue;; esac',
         f'  gone venvs {q(lay.venvs)}/"$v" "v.$v"',
         "done",
