@@ -1015,47 +1015,73 @@ def test_venv_reuse_branch_runs_without_pip(tmp_path):
     assert proc.returncode == 0 and notes(out(proc)) == [f"reused {VENV}"]
 
 
-def test_venv_build_lines_run_pip_from_the_wheel_else_ensurepip():
+def test_venv_build_lines_run_the_hosts_pip_else_ensurepip():
     V = "/srv/shop/venvs/abc"
     lines = venv.build_lines("python3", V)
-    assert lines[0] == f"pipwhl=$(python3 -c {q(venv.PIP_WHEEL_PY)} 2>/dev/null) || pipwhl="
-    assert lines[1:4] == ['if [ -n "$pipwhl" ]; then', f"  python3 -m venv --without-pip {V}",
-                          f'  venv_pip() {{ {V}/bin/python "$pipwhl/pip" "$@"; }}']
-    assert lines[4] == f"  printf '%s\\n' \"$pipwhl\" > {V}/fabdeploy-pip-wheel"
+    assert lines[0] == f"piprun=$(python3 -c {q(venv.PIP_RUN_PY)} 2>/dev/null) || piprun="
+    assert lines[1:4] == ['if [ -n "$piprun" ]; then', f"  python3 -m venv --without-pip {V}",
+                          f'  venv_pip() {{ {V}/bin/python "$piprun" "$@"; }}']
+    assert lines[4] == f"  printf '%s\\n' \"$piprun\" > {V}/fabdeploy-pip"
     assert lines[5] == f"  printf '%s\\n' {' '.join(q(ln) for ln in venv.PIP_WRAPPER)} > {V}/bin/pip"
     assert lines[6:8] == [f"  chmod 0755 {V}/bin/pip", "else"]
     assert lines[8].startswith(f"  out=$(python3 -m venv {V} 2>&1) || {{ echo ")
     assert lines[9:] == [f'  venv_pip() {{ {V}/bin/python -m pip "$@"; }}', "fi"]
 
 
-def test_pip_wheel_lookup_picks_the_newest_of_the_interpreters_own(tmp_path):
+def _pip_run(tmp_path, runner: bool) -> subprocess.CompletedProcess:
+    """PIP_RUN_PY with a `pip` package of tmp_path's first on the path (with __pip-runner__.py or not) and
+    ensurepip's _bundled wheels of tmp_path's."""
     bundled = tmp_path / "ensurepip" / "_bundled"
     bundled.mkdir(parents=True)
     (tmp_path / "ensurepip" / "__init__.py").write_text("")
     for name in ("pip-99.9.1-py3-none-any.whl", "pip-100.0.0-py3-none-any.whl", "setuptools-200.0-py3-none-any.whl",
                  "pip-latest.whl"):
         (bundled / name).write_bytes(b"")
-    proc = subprocess.run([sys.executable, "-c", venv.PIP_WHEEL_PY], capture_output=True, text=True,
+    (tmp_path / "pip").mkdir()
+    (tmp_path / "pip" / "__init__.py").write_text("")
+    if runner:
+        (tmp_path / "pip" / "__pip-runner__.py").write_text("")
+    return subprocess.run([sys.executable, "-c", venv.PIP_RUN_PY], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
-    assert proc.stdout == f"{bundled}/pip-100.0.0-py3-none-any.whl\n", proc.stderr
 
 
-def _build(tmp_path, python: str) -> tuple[subprocess.CompletedProcess, Path]:
+def test_pip_lookup_picks_the_installed_pip_with_a_runner(tmp_path):
+    proc = _pip_run(tmp_path, runner=True)
+    assert proc.stdout == f"{tmp_path}/pip/__pip-runner__.py\n", proc.stderr
+
+
+def test_pip_lookup_else_picks_the_newest_wheel_of_the_interpreters_own(tmp_path):
+    """An installed pip without __pip-runner__.py (older than 22.3) is passed over for the wheels."""
+    proc = _pip_run(tmp_path, runner=False)
+    assert proc.stdout == f"{tmp_path}/ensurepip/_bundled/pip-100.0.0-py3-none-any.whl/pip\n", proc.stderr
+
+
+def _build(tmp_path, python: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, Path]:
     V = tmp_path / "venvs" / "v1"
     script = "set -e\n" + "\n".join(venv.build_lines(python, str(V))) + '\nvenv_pip --version\n'
-    return subprocess.run(["sh", "-c", script], capture_output=True, text=True), V
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env), V
 
 
-def test_venv_built_without_pip_gets_a_bin_pip_of_the_hosts_wheel(tmp_path):
-    python = sys._base_executable  # this machine's interpreter (Debian: its wheel is python3-pip-whl's)
-    wheel = subprocess.run([python, "-c", venv.PIP_WHEEL_PY], capture_output=True, text=True).stdout.strip()
-    assert wheel.endswith(".whl")
-    proc, V = _build(tmp_path, python)
-    assert proc.returncode == 0 and proc.stdout.startswith("pip ") and f"{wheel}/pip" in proc.stdout, proc.stderr
-    assert not list((V / "lib").glob("python3*/site-packages/pip"))  # no pip (nor setuptools) in the venv
-    assert (V / "fabdeploy-pip-wheel").read_text() == wheel + "\n"
-    proc = subprocess.run([V / "bin" / "pip", "--version"], capture_output=True, text=True)  # users' venv/bin/pip
-    assert proc.returncode == 0 and f"{wheel}/pip" in proc.stdout and str(V) not in proc.stdout, proc.stderr
+def test_venv_built_without_pip_gets_a_bin_pip_of_the_hosts_pip(tmp_path):
+    """With this machine's interpreter: its installed pip (Debian's python3-pip: compiled on disk) runs for the
+    venv, else its wheel; and with the installed pip hidden (a `pip` without the runner first on the path), the
+    wheel. Either way the venv has no pip of its own, and its bin/pip runs the same pip."""
+    python = sys._base_executable  # this machine's interpreter (Debian: python3-pip, python3-pip-whl)
+    hidden = tmp_path / "hide"
+    (hidden / "pip").mkdir(parents=True)
+    (hidden / "pip" / "__init__.py").write_text("")
+    for env in (None, {**os.environ, "PYTHONPATH": str(hidden)}):
+        want = subprocess.run([python, "-c", venv.PIP_RUN_PY], capture_output=True, text=True, env=env).stdout.strip()
+        assert want.endswith(("/__pip-runner__.py", ".whl/pip") if env is None else ".whl/pip"), want
+        where = tmp_path / ("plain" if env is None else "hidden")
+        where.mkdir()
+        proc, V = _build(where, python, env)
+        shown = want.removesuffix("/__pip-runner__.py").removesuffix("/pip")
+        assert proc.returncode == 0 and proc.stdout.startswith("pip ") and shown in proc.stdout, (proc, want)
+        assert not list((V / "lib").glob("python3*/site-packages/pip"))  # no pip (nor setuptools) in the venv
+        assert (V / "fabdeploy-pip").read_text() == want + "\n"
+        proc = subprocess.run([V / "bin" / "pip", "--version"], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0 and shown in proc.stdout and str(V) not in proc.stdout, proc.stderr
 
 
 def test_venv_without_a_pip_wheel_is_built_with_ensurepip(tmp_path):
@@ -1075,7 +1101,7 @@ def test_venv_without_a_pip_wheel_whose_ensurepip_fails_says_so_in_one_line(tmp_
     fake.chmod(0o755)
     proc, V = _build(tmp_path, str(fake))
     assert proc.returncode == 1 and proc.stdout == "", proc.stderr
-    assert proc.stderr == (f"{MARK} error no pip wheel found for {fake} and its ensurepip failed: cannot build the "
+    assert proc.stderr == (f"{MARK} error no pip found for {fake} and its ensurepip failed: cannot build the "
                            "virtualenv (on Debian: apt-get install python3-venv python3-pip-whl) "
                            "Error: ensurepip is not available\n")
 
