@@ -15,7 +15,9 @@ that has run (the module's own errors stay uWSGI's); gunicorn's config calls it 
 preloads the app (its daemon mode), else from post_worker_init in each worker. A master forks only once its
 GET has ended (past TIMEOUT: one line on stderr, and it waits on). Workers of a master that did not answer it
 (lazy-apps, no preload) answer their own. ASGI servers (and gunicorn running app.asgi) are
-not warmed.
+not warmed. Under uWSGI the ini also sets skip-atexit-teardown with the module, whose uwsgi.atexit does what an
+app needs of a worker's exit (its own uwsgi.atexit, Python's atexit functions, connections closed, output
+flushed) without the interpreter's teardown (README: the tenth session's speed section).
 """
 from __future__ import annotations
 

@@ -11,16 +11,14 @@ from fabdeploy.remote.script import Phase
 from fabdeploy.remote.shell import q
 
 
-# Prints the pip wheel to run pip from (pip's documented `python <wheel>/pip ...`), or nothing: the newest of
-# the ones the interpreter's own ensurepip would install (its _bundled dir, the distribution's WHEEL_PKG_DIR:
-# /usr/share/python-wheels on Debian, Ubuntu and Fedora), else the newest in the distributions' shared dirs.
 # What runs pip for a virtualenv built without one (prints a path for `V/bin/python PATH`, "" for none): the
 # interpreter's installed pip when it has one in a directory, through its __pip-runner__.py (pip >= 22.3: "run
 # exactly this copy of pip within a different environment", what pip's own --python does), whose modules are
-# compiled once on disk (Debian's python3-pip); else the newest pip wheel of the interpreter's own
-# (ensurepip's, the distribution's), run from the zip, which compiles pip's modules in memory on every run:
-# 0.73 s for `pip --version` against 0.19 s, and 2.32 s against 1.53 s for the sample's install (Debian 12's
-# pip 23.0.1 both ways, measured here).
+# compiled once on disk (Debian's python3-pip); else pip's documented `python <wheel>/pip` with the newest pip
+# wheel the interpreter's own ensurepip would install (its _bundled dir, the distribution's WHEEL_PKG_DIR:
+# /usr/share/python-wheels on Debian, Ubuntu and Fedora), else the newest in the distributions' shared dirs. A
+# pip run from its zip compiles its own modules in memory on every run: 0.73 s for `pip --version` against
+# 0.19 s, and 2.32 s against 1.53 s for the sample's install (Debian 12's pip 23.0.1 both ways, measured here).
 PIP_RUN_PY = r"""
 import glob, os, re, sysconfig
 def newest(dirs):
